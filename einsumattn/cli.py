@@ -1,0 +1,124 @@
+"""The `einsumattn` command line.
+
+Exit status: 0 success; 2 a problem in the spec or the arguments (a diagnostic on
+stderr); 1 an internal error (a bug in einsumattn: reported without a traceback unless
+EINSUMATTN_DEBUG=1 is set).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+
+from . import __version__
+from .diagnostics import BindError, SpecError
+
+EXIT_OK = 0
+EXIT_INTERNAL = 1
+EXIT_USER = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse's own usage errors: status 2, no traceback
+        self.print_usage(sys.stderr)
+        print(f"einsumattn: error: {message}", file=sys.stderr)
+        raise SystemExit(EXIT_USER)
+
+
+def _parse_assignments(text: str, what: str, cast) -> dict:
+    """`B=1,H=2` -> {'B': 1, 'H': 2}."""
+    result = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise BindError(f"{what}: expected NAME=VALUE, got '{item}'")
+        try:
+            result[name.strip()] = cast(value.strip())
+        except ValueError:
+            raise BindError(f"{what}: '{value.strip()}' is not a valid value for "
+                            f"{name.strip()}") from None
+    return result
+
+
+def _cmd_parse(args) -> int:
+    from .loader import load
+    from .ir.summary import summary
+
+    cascade = load(args.spec)
+    print(summary(cascade))
+    return EXIT_OK
+
+
+def _cmd_eval(args) -> int:
+    import numpy as np
+
+    from .evaluate import evaluate
+    from .ir import bind
+    from .loader import load
+
+    cascade = load(args.spec)
+    sizes = _parse_assignments(args.shapes, "--shapes", int)
+    params = _parse_assignments(args.params, "--params", float)
+    binding = bind(cascade, sizes=sizes, params=params)
+    rng = np.random.default_rng(args.seed)
+    inputs = {t.name: rng.standard_normal(binding.extent(cascade, t.name))
+              for t in cascade.inputs}
+    outputs = evaluate(cascade, inputs, params)
+    print(f"{cascade.name}: oracle (float64), seed {args.seed}, sizes "
+          + ", ".join(f"{k}={v}" for k, v in binding.sizes.items()))
+    for name, value in outputs.items():
+        finite = "all finite" if np.isfinite(value).all() else "NOT all finite"
+        print(f"  {name:<8} shape {tuple(value.shape)}  sum {value.sum():.10g}  "
+              f"sum|x| {np.abs(value).sum():.10g}  {finite}")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="einsumattn",
+                     description="Compile attention variants written as cascades of Einsums.")
+    parser.add_argument("--version", action="version", version=f"einsumattn {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    commands.required = True
+
+    p = commands.add_parser("parse", help="check a spec and print a summary of its cascade")
+    p.add_argument("spec", help="path of a .attn file")
+    p.set_defaults(run=_cmd_parse)
+
+    p = commands.add_parser("eval", help="run the float64 oracle on random inputs")
+    p.add_argument("spec", help="path of a .attn file")
+    p.add_argument("--shapes", default="", metavar="R=N,...",
+                   help="sizes of the ranks the inputs do not fix, e.g. B=1,H=2,P=8,M=8")
+    p.add_argument("--params", default="", metavar="NAME=VALUE,...",
+                   help="override param defaults")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
+    p.set_defaults(run=_cmd_eval)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except SpecError as error:
+        print(error.render(), file=sys.stderr)
+        return EXIT_USER
+    except BindError as error:
+        print(f"einsumattn: error: {error}", file=sys.stderr)
+        return EXIT_USER
+    except KeyboardInterrupt:
+        print("einsumattn: interrupted", file=sys.stderr)
+        return 130
+    except (RecursionError, MemoryError) as error:
+        print(f"einsumattn: error: the spec is too large or too deeply nested to process "
+              f"({type(error).__name__})", file=sys.stderr)
+        return EXIT_USER
+    except Exception as error:  # noqa: BLE001 - the last line of defence: no tracebacks
+        if os.environ.get("EINSUMATTN_DEBUG"):
+            traceback.print_exc()
+        print(f"einsumattn: internal error: {type(error).__name__}: {error}\n"
+              f"This is a bug in einsumattn; please report it with the spec. "
+              f"Set EINSUMATTN_DEBUG=1 for the traceback.", file=sys.stderr)
+        return EXIT_INTERNAL

@@ -1,0 +1,5 @@
+"""Frontend: `.attn` text -> syntax tree (`ast`), with positions on every node."""
+
+from .parser import FUNCTIONS, KEYWORDS, RESERVED, parse
+
+__all__ = ["parse", "KEYWORDS", "FUNCTIONS", "RESERVED"]

@@ -1,0 +1,352 @@
+"""Text -> syntax tree: the lark LALR parser over `grammars/attn.lark`, and syntax errors
+turned into diagnostics.
+
+The parser never lets an exception other than `SpecError` escape for any input text:
+binary junk, an empty file, megabytes of text and deep nesting all end in a diagnostic.
+"""
+
+from __future__ import annotations
+
+import functools
+from importlib import resources
+from typing import Iterator
+
+from lark import Lark, Token, Transformer, Tree, v_args
+from lark.exceptions import (UnexpectedCharacters, UnexpectedEOF, UnexpectedInput,
+                             UnexpectedToken, VisitError)
+
+from ..diagnostics import Source, SpecError, Span
+from . import ast
+
+# Reserved words of the language: keywords and function names (LANGUAGE.md, "Lexical rules").
+KEYWORDS = frozenset("attention dims input param split init output where and or not "
+                     "sum max min inf".split())
+FUNCTIONS = frozenset("exp log sqrt tanh sigmoid relu elu abs sign max min where".split())
+RESERVED = KEYWORDS | FUNCTIONS
+
+# Deeper nesting than this is rejected with a diagnostic; the later stages walk
+# expressions recursively, and no attention formula comes near it.
+MAX_NESTING = 64
+
+_TOKEN_WORDS = {
+    "NAME": "a name", "NUMBER": "a number", "INT": "an integer", "_NL": "the end of the line",
+    "$END": "the end of the file", "LSQB": "'['", "RSQB": "']'", "LPAR": "'('",
+    "RPAR": "')'", "COMMA": "','", "EQUAL": "'='", "ADD_OP": "'+' or '-'",
+    "MUL_OP": "'*', '/', '//' or '%'", "POW": "'**'", "COMP_OP": "a comparison",
+    "REDOP": "'sum', 'max' or 'min'", "WHERE": "'where'", "AND": "'and'", "OR": "'or'",
+    "NOT": "'not'", "ARROW": "'->'", "INF": "'inf'",
+}
+
+
+@functools.lru_cache(maxsize=1)
+def _lark() -> Lark:
+    grammar = resources.files("einsumattn").joinpath("grammars/attn.lark").read_text("utf-8")
+    return Lark(grammar, parser="lalr", lexer="contextual", propagate_positions=True,
+                maybe_placeholders=False, postlex=_BracketNewlines())
+
+
+class _BracketNewlines:
+    """Post-lexer: a newline inside (...) or [...] does not end the statement.
+
+    It also bounds bracket nesting, so that deeply nested input is a diagnostic and not
+    a RecursionError in a later stage.
+    """
+
+    always_accept = ("_NL",)
+
+    def __init__(self) -> None:
+        self.open_brackets: list[Token] = []
+
+    def process(self, stream: Iterator[Token]) -> Iterator[Token]:
+        self.open_brackets = []
+        for token in stream:
+            if token.type in ("LPAR", "LSQB"):
+                self.open_brackets.append(token)
+                if len(self.open_brackets) > MAX_NESTING:
+                    raise SpecError(
+                        f"brackets nested more than {MAX_NESTING} deep",
+                        _token_span(token),
+                        "define intermediate tensors instead of one deeply nested expression")
+            elif token.type in ("RPAR", "RSQB"):
+                if self.open_brackets:
+                    self.open_brackets.pop()
+            elif token.type == "_NL" and self.open_brackets:
+                continue
+            yield token
+
+
+def _token_span(token: Token) -> Span:
+    line = token.line or 1
+    column = token.column or 1
+    end_line = token.end_line or line
+    end_column = token.end_column or column + max(1, len(str(token)))
+    return Span(line, column, end_line, end_column)
+
+
+def _meta_span(meta) -> Span:
+    return Span(meta.line, meta.column, meta.end_line, meta.end_column)
+
+
+def _span_of(node) -> Span:
+    if isinstance(node, Token):
+        return _token_span(node)
+    return node.span
+
+
+def _check_name(token: Token, what: str) -> str:
+    name = str(token)
+    if name in RESERVED:
+        raise SpecError(f"'{name}' is a reserved word and cannot name {what}",
+                        _token_span(token), f"rename it, e.g. '{name}_'")
+    return name
+
+
+def _number(text: str) -> float | int:
+    if text.isdigit():
+        return int(text)
+    return float(text)
+
+
+@v_args(meta=True)
+class _ToAst(Transformer):
+    """Builds `ast` nodes from lark's parse tree."""
+
+    # -------------------------------------------------------------- expressions
+    def number(self, meta, children):
+        return ast.Number(_number(str(children[0])), _meta_span(meta))
+
+    def inf(self, meta, children):
+        return ast.Inf(_meta_span(meta))
+
+    def name(self, meta, children):
+        token = children[0]
+        return ast.Name(_check_name(token, "a value"), _token_span(token))
+
+    def expr_list(self, meta, children):
+        return tuple(children)
+
+    def name_list(self, meta, children):
+        return tuple(ast.Name(_check_name(t, "an index variable"), _token_span(t))
+                     for t in children)
+
+    def access(self, meta, children):
+        token, indices = children
+        return ast.Access(_check_name(token, "a tensor"), indices, _meta_span(meta),
+                          _token_span(token))
+
+    def call(self, meta, children):
+        token, args = children
+        return ast.Call(str(token), args, _meta_span(meta), _token_span(token))
+
+    def reduction(self, meta, children):
+        op, names, body = children
+        return ast.Reduce(str(op), names, body, _meta_span(meta))
+
+    def unary(self, meta, children):
+        op, operand = children
+        return ast.Unary(str(op), operand, _meta_span(meta))
+
+    def power(self, meta, children):
+        left, _op, right = children
+        return ast.Binary("**", left, right, _meta_span(meta))
+
+    def _fold(self, children, make):
+        # `a - b - c` arrives flat as [a, '-', b, '-', c]; fold it left-associatively.
+        result = children[0]
+        for i in range(1, len(children), 2):
+            op, right = children[i], children[i + 1]
+            result = make(str(op), result, right,
+                          _span_of(result).merge(_span_of(right)))
+        return result
+
+    def arith(self, meta, children):
+        return self._fold(children, ast.Binary)
+
+    def term(self, meta, children):
+        return self._fold(children, ast.Binary)
+
+    def comparison(self, meta, children):
+        if len(children) > 3:
+            raise SpecError("chained comparisons such as 'a < b < c' are not supported",
+                            _token_span(children[3]), "write 'a < b and b < c'")
+        return self._fold(children, ast.Compare)
+
+    def and_test(self, meta, children):
+        return self._fold(children, ast.BoolOp)
+
+    def or_test(self, meta, children):
+        return self._fold(children, ast.BoolOp)
+
+    def not_test(self, meta, children):
+        return ast.Not(children[1], _meta_span(meta))
+
+    # -------------------------------------------------------------- statements
+    def lhs(self, meta, children):
+        token = children[0]
+        indices = children[1] if len(children) > 1 else None
+        return ast.Lhs(_check_name(token, "a tensor"), indices, _meta_span(meta),
+                       _token_span(token))
+
+    def attention_stmt(self, meta, children):
+        return ast.AttentionStmt(_check_name(children[0], "a kernel"), _meta_span(meta))
+
+    def dim_decl(self, meta, children):
+        name = _check_name(children[0], "a dim")
+        size = int(children[1]) if len(children) > 1 else None
+        return ast.DimDecl(name, size, _meta_span(meta))
+
+    def dims_stmt(self, meta, children):
+        return ast.DimsStmt(tuple(children), _meta_span(meta))
+
+    def input_decl(self, meta, children):
+        token = children[0]
+        indices = children[1] if len(children) > 1 else None
+        return ast.InputDecl(_check_name(token, "an input"), indices, _meta_span(meta),
+                             _token_span(token))
+
+    def input_stmt(self, meta, children):
+        return ast.InputStmt(tuple(children), _meta_span(meta))
+
+    def param_stmt(self, meta, children):
+        token = children[0]
+        default = children[1] if len(children) > 1 else None
+        return ast.ParamStmt(_check_name(token, "a param"), default, _meta_span(meta),
+                             _token_span(token))
+
+    def split_factor(self, meta, children):
+        token = children[0]
+        value = int(token) if token.type == "INT" else str(token)
+        return value, _token_span(token)
+
+    def split_stmt(self, meta, children):
+        parent, _arrow, outer, inner, by, (factor, factor_span) = children
+        if str(by) != "by":
+            raise SpecError(f"expected 'by' after the split's ranks, found '{by}'",
+                            _token_span(by), "write 'split M -> M1, M0 by 64'")
+        return ast.SplitStmt(
+            _check_name(parent, "a rank"), _check_name(outer, "a rank"),
+            _check_name(inner, "a rank"), factor, _meta_span(meta), _token_span(parent),
+            _token_span(outer), _token_span(inner), factor_span)
+
+    def einsum_stmt(self, meta, children):
+        lhs, rhs = children[0], children[1]
+        filt = children[3] if len(children) > 2 else None
+        return ast.EinsumStmt(lhs, rhs, filt, _meta_span(meta))
+
+    def init_stmt(self, meta, children):
+        return ast.InitStmt(children[0], children[1], _meta_span(meta))
+
+    def output_stmt(self, meta, children):
+        return ast.OutputStmt(tuple((_check_name(t, "an output"), _token_span(t))
+                                    for t in children), _meta_span(meta))
+
+    def start(self, meta, children):
+        return tuple(children)
+
+
+def _tree_depth_check(tree: Tree) -> None:
+    """Reject parse trees deeper than MAX_NESTING (unary chains, `**` towers) iteratively,
+    before any recursive stage sees them."""
+    stack = [(tree, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_NESTING * 3:
+            raise SpecError(f"expression nested more than {MAX_NESTING} levels deep",
+                            _meta_span(node.meta) if not node.meta.empty else None,
+                            "define intermediate tensors instead of one deeply nested "
+                            "expression")
+        for child in node.children:
+            if isinstance(child, Tree):
+                stack.append((child, depth + 1))
+
+
+def parse(text: str, filename: str = "<spec>") -> ast.Spec:
+    """Parse spec text into a syntax tree, or raise `SpecError`."""
+    source = Source(text, filename)
+    if "\x00" in text:
+        index = text.index("\x00")
+        line = text.count("\n", 0, index) + 1
+        column = index - (text.rfind("\n", 0, index) + 1) + 1
+        raise SpecError("the file contains a NUL byte; a spec is plain text",
+                        Span.point(line, column), "is this the right file?", source)
+    parser = _lark()
+    try:
+        tree = parser.parse(text + "\n")
+        _tree_depth_check(tree)
+        statements = _ToAst().transform(tree)
+    except SpecError as error:
+        raise error.with_source(source) from None
+    except VisitError as error:
+        if isinstance(error.orig_exc, SpecError):
+            raise error.orig_exc.with_source(source) from None
+        raise
+    except UnexpectedInput as error:
+        raise _syntax_error(error, parser, source) from None
+    if not statements:
+        raise SpecError("the spec is empty", None,
+                        "a spec needs inputs, at least one Einsum and an 'output' line",
+                        source)
+    return ast.Spec(statements, source)
+
+
+def _describe(token_types) -> str:
+    words = sorted({_TOKEN_WORDS.get(t, f"'{t.lower()}'") for t in token_types
+                    if not t.startswith("__")})
+    if len(words) > 6:
+        return "an expression or statement"
+    return ", ".join(words)
+
+
+def _syntax_error(error: UnexpectedInput, parser: Lark, source: Source) -> SpecError:
+    if isinstance(error, UnexpectedCharacters):
+        char = source.text[error.pos_in_stream] if error.pos_in_stream < len(source.text) \
+            else "?"
+        shown = repr(char) if char.isprintable() else f"U+{ord(char):04X}"
+        return SpecError(f"unexpected character {shown}",
+                         Span.point(error.line, error.column),
+                         "specs use names, numbers, brackets and the operators "
+                         "+ - * / // % ** < <= > >= == !=", source)
+    if isinstance(error, UnexpectedToken):
+        token = error.token
+        expected = _describe(error.expected)
+        if token.type == "$END":
+            return _eof_error(source, expected)
+        span = _token_span(token)
+        shown = "the end of the line" if token.type == "_NL" else f"'{token}'"
+        hint = f"expected {expected} here"
+        if token.type == "REDOP":
+            hint = ("a reduction such as 'sum[m] ...' may only stand first on the right "
+                    "of '='; define an intermediate tensor for it")
+        elif token.type == "EQUAL":
+            hint = "'=' defines a tensor; to compare, write '=='"
+        return SpecError(f"unexpected {shown}", span, hint, source)
+    if isinstance(error, UnexpectedEOF):
+        return _eof_error(source, _describe(error.expected))
+    return SpecError("could not parse the spec", None, None, source)
+
+
+def _eof_error(source: Source, expected: str) -> SpecError:
+    # At the end of the file the likely cause is an unclosed bracket: point at it.
+    depth_stack: list[tuple[int, int]] = []
+    line, column = 1, 1
+    in_comment = False
+    for char in source.text:
+        if char == "\n":
+            line, column, in_comment = line + 1, 1, False
+            continue
+        if char == "#":
+            in_comment = True
+        if not in_comment:
+            if char in "([":
+                depth_stack.append((line, column))
+            elif char in ")]" and depth_stack:
+                depth_stack.pop()
+        column += 1
+    if depth_stack:
+        line, column = depth_stack[-1]
+        return SpecError("this bracket is never closed", Span.point(line, column),
+                         "close it before the end of the statement", source)
+    last = len(source.text.splitlines()) or 1
+    return SpecError("the spec ends in the middle of a statement",
+                     Span.point(last, max(1, len(source.line_text(last)) + 1)),
+                     f"expected {expected}", source)

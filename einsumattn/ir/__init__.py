@@ -1,0 +1,12 @@
+"""The Cascade IR: checked Einsums over named ranks, in dataflow order.
+
+`build(spec)` turns a syntax tree into a `Cascade`; `bind(...)` gives it concrete sizes.
+"""
+
+from .bind import Binding, bind
+from .build import build
+from .cascade import Cascade, Einsum, ParamDecl, Rank, Split, Tensor
+from . import expr
+
+__all__ = ["build", "bind", "Binding", "Cascade", "Einsum", "ParamDecl", "Rank", "Split",
+           "Tensor", "expr"]

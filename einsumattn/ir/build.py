@@ -1,0 +1,703 @@
+"""Syntax tree -> checked Cascade.
+
+This is where names are resolved (index variable, dim, param or tensor), reductions are
+made explicit, recurrences are checked, and the dataflow graph is built and ordered.
+Every inconsistency becomes a `SpecError` pointing at the offending spot.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import networkx as nx
+import sympy
+
+from ..diagnostics import Source, SpecError, Span, did_you_mean
+from ..frontend import FUNCTIONS, ast
+from . import expr as ir
+from .cascade import Cascade, Einsum, ParamDecl, Rank, Split, Tensor, dataflow_graph
+
+_FUNCTION_ARITY = {**{name: 1 for name in ir.FUNCTIONS_1}, "max": 2, "min": 2, "where": 3}
+
+
+def build(spec: ast.Spec, default_name: str = "attention") -> Cascade:
+    """Check a parsed spec and build its Cascade, or raise `SpecError`."""
+    try:
+        return _Builder(spec, default_name).build()
+    except SpecError as error:
+        raise error.with_source(spec.source) from None
+
+
+def size_symbol(name: str) -> sympy.Symbol:
+    """The symbol for a rank's or an integer param's size."""
+    return sympy.Symbol(name, integer=True, positive=True)
+
+
+@dataclass
+class _Context:
+    """Where an expression stands, which decides what its names may mean."""
+    kind: str  # 'param' | 'einsum' | 'init' | 'index'
+    allow_reduce: bool = False
+
+
+def _node_span(node) -> Span:
+    return node.span
+
+
+class _Builder:
+    def __init__(self, spec: ast.Spec, default_name: str):
+        self.spec = spec
+        self.name = default_name
+        self.ranks: dict[str, Rank] = {}
+        self.var_rank: dict[str, str] = {}
+        self.splits: list[Split] = []
+        self.params: dict[str, ast.ParamStmt] = {}
+        self.tensors: dict[str, Tensor] = {}
+        self.einsum_stmts: dict[str, ast.EinsumStmt] = {}
+        self.init_stmts: dict[str, ast.InitStmt] = {}
+        self.outputs: ast.OutputStmt | None = None
+        # name -> (what it is, where it was declared), for duplicate and clash messages
+        self.declared: dict[str, tuple[str, Span]] = {}
+        # rank -> first place it is used, for 'cannot be bound' messages
+        self.rank_uses: dict[str, Span] = {}
+        self.statement_order: dict[str, int] = {}
+
+    # ================================================================ declarations
+    def _declare(self, name: str, what: str, span: Span) -> None:
+        if name in self.declared:
+            kind, first = self.declared[name]
+            raise SpecError(f"'{name}' is already defined as {kind}", span,
+                            f"first defined at line {first.line}; rename one of them")
+        self.declared[name] = (what, span)
+
+    def _add_rank(self, name: str, size: sympy.Expr, span: Span, fixed: int | None = None,
+                  split_of: str | None = None) -> None:
+        self._declare(name, "a rank", span)
+        var = name.lower()
+        if var in self.declared and var != name:
+            kind, first = self.declared[var]
+            raise SpecError(f"rank {name}'s index variable '{var}' clashes with {kind} "
+                            f"'{var}' (line {first.line})", span,
+                            "index variables are the lower-case names of ranks; rename one")
+        if var != name:
+            self.declared[var] = (f"the index variable of rank {name}", span)
+        self.var_rank[var] = name
+        self.ranks[name] = Rank(name, size, fixed, split_of, span)
+
+    def build(self) -> Cascade:
+        statements = self.spec.statements
+        for position, stmt in enumerate(statements):
+            if isinstance(stmt, ast.AttentionStmt):
+                if position != 0:
+                    raise SpecError("'attention' must be the first statement", stmt.span,
+                                    "move it to the top of the file")
+                self.name = stmt.name
+        for stmt in statements:
+            if isinstance(stmt, ast.DimsStmt):
+                for dim in stmt.dims:
+                    if dim.size is not None and dim.size < 1:
+                        raise SpecError(f"dim {dim.name} has size {dim.size}", dim.span,
+                                        "a fixed size must be a positive integer")
+                    size = sympy.Integer(dim.size) if dim.size is not None \
+                        else size_symbol(dim.name)
+                    self._add_rank(dim.name, size, dim.span, fixed=dim.size)
+        for stmt in statements:
+            if isinstance(stmt, ast.ParamStmt):
+                self._declare(stmt.name, "a param", stmt.name_span)
+                self.params[stmt.name] = stmt
+        for stmt in statements:
+            if isinstance(stmt, ast.SplitStmt):
+                self._split(stmt)
+        for stmt in statements:
+            if isinstance(stmt, ast.InputStmt):
+                for decl in stmt.inputs:
+                    self._input(decl)
+        for index, stmt in enumerate(statements):
+            if isinstance(stmt, ast.EinsumStmt):
+                self._define(stmt, index)
+        for stmt in statements:
+            if isinstance(stmt, ast.InitStmt):
+                self._init_decl(stmt)
+            elif isinstance(stmt, ast.OutputStmt):
+                if self.outputs is not None:
+                    raise SpecError("a second 'output' statement", stmt.span,
+                                    f"list every output on one line (the first is at line "
+                                    f"{self.outputs.span.line})")
+                self.outputs = stmt
+
+        params = {name: ParamDecl(name, self._param_default(stmt), stmt.span)
+                  for name, stmt in self.params.items()}
+        self._check_param_cycles(params)
+        einsums = [self._einsum(self.einsum_stmts[name]) for name in self.einsum_stmts]
+        self._check_inits()
+        outputs = self._outputs()
+        einsums = self._order(einsums)
+        self._check_bindable()
+        cascade = Cascade(self.name, self.ranks, tuple(self.splits), params, self.tensors,
+                          tuple(einsums), outputs, self.spec.source)
+        # Inputs first (declaration order), then defined tensors in dataflow order.
+        ordered = {t.name: t for t in cascade.tensors.values() if t.is_input}
+        ordered.update({e.tensor: self.tensors[e.tensor] for e in einsums})
+        cascade.tensors = ordered
+        return cascade
+
+    def _split(self, stmt: ast.SplitStmt) -> None:
+        if stmt.parent not in self.ranks:
+            raise SpecError(f"split of unknown rank '{stmt.parent}'", stmt.parent_span,
+                            did_you_mean(stmt.parent, self.ranks)
+                            or "declare it first with 'dims'")
+        factor = stmt.factor
+        if isinstance(factor, int):
+            if factor < 1:
+                raise SpecError("a split factor must be a positive integer",
+                                stmt.factor_span, "e.g. 'by 64'")
+            inner_size: sympy.Expr = sympy.Integer(factor)
+        elif factor in self.ranks:
+            inner_size = self.ranks[factor].size
+            self.rank_uses.setdefault(factor, stmt.factor_span)
+        elif factor in self.params:
+            inner_size = size_symbol(factor)
+        else:
+            raise SpecError(f"split factor '{factor}' is neither a dim nor a param",
+                            stmt.factor_span,
+                            did_you_mean(factor, list(self.ranks) + list(self.params))
+                            or "give an integer, a dim or a param")
+        if stmt.outer == stmt.inner:
+            raise SpecError("the two parts of a split need different names",
+                            stmt.inner_span, "e.g. 'split M -> M1, M0 by 64'")
+        parent = self.ranks[stmt.parent]
+        self._add_rank(stmt.inner, inner_size, stmt.inner_span, split_of=stmt.parent,
+                       fixed=factor if isinstance(factor, int) else None)
+        self._add_rank(stmt.outer, sympy.ceiling(parent.size / inner_size), stmt.outer_span,
+                       split_of=stmt.parent)
+        self.splits.append(Split(stmt.parent, stmt.outer, stmt.inner, factor, stmt.span))
+
+    def _rank_of_index(self, node: ast.Expr, tensor: str) -> str:
+        """The rank of a declaring index (input declaration, left side): a bare variable."""
+        if isinstance(node, ast.Name):
+            if node.id in self.var_rank:
+                rank = self.var_rank[node.id]
+                self.rank_uses.setdefault(rank, node.span)
+                return rank
+            raise self._no_rank_error(node.id, node.span)
+        raise SpecError(f"{tensor}'s indices here must be index variables, one per rank",
+                        node.span, f"write e.g. {tensor}[b, h, p, e]")
+
+    def _no_rank_error(self, name: str, span: Span) -> SpecError:
+        if name in self.ranks:
+            return SpecError(f"'{name}' is a rank; index it with its variable "
+                             f"'{name.lower()}'", span,
+                             f"write '{name.lower()}' (a rank's name as an index reads "
+                             f"the final position of a recurrence)")
+        hint = did_you_mean(name, self.var_rank) or (
+            f"index variables are the lower-case names of ranks: declare "
+            f"'dims {name.upper()}' to use '{name}'")
+        return SpecError(f"index variable '{name}' has no rank", span, hint)
+
+    def _check_distinct(self, variables: list[str], nodes, tensor: str) -> None:
+        seen: set[str] = set()
+        for var, node in zip(variables, nodes):
+            if var in seen:
+                raise SpecError(f"index variable '{var}' appears twice in {tensor}'s indices",
+                                node.span, "each position of a tensor needs its own rank")
+            seen.add(var)
+
+    def _input(self, decl: ast.InputDecl) -> None:
+        self._declare(decl.name, "an input", decl.name_span)
+        indices = decl.indices or ()
+        ranks = [self._rank_of_index(node, decl.name) for node in indices]
+        self._check_distinct([self.ranks[r].var for r in ranks], indices, decl.name)
+        self.tensors[decl.name] = Tensor(decl.name, tuple(ranks), True, None, decl.span)
+
+    def _lhs(self, lhs: ast.Lhs, init: bool) -> tuple[list[str], int | None]:
+        """The variables of a left side, and the position of its iterative rank (x+1 in
+        an Einsum, the literal 0 in an init)."""
+        variables: list[str] = []
+        iterative: int | None = None
+        for position, node in enumerate(lhs.indices or ()):
+            var: str | None = None
+            if isinstance(node, ast.Name):
+                var = node.id
+            elif (not init and isinstance(node, ast.Binary) and node.op == "+"
+                  and isinstance(node.left, ast.Name) and isinstance(node.right, ast.Number)
+                  and node.right.value == 1):
+                var = node.left.id
+                if iterative is not None:
+                    raise SpecError(f"{lhs.tensor} has two iterative positions", node.span,
+                                    "a recurrence advances one rank: only one index may "
+                                    "be 'x+1'")
+                iterative = position
+            elif init and isinstance(node, ast.Number) and node.value == 0:
+                if iterative is not None:
+                    raise SpecError(f"init of {lhs.tensor} has two positions '0'", node.span,
+                                    "an init gives position 0 of the one iterative rank")
+                iterative = position
+                variables.append("")
+                continue
+            if var is None:
+                what = ("index variables, and one '0' at the iterative position" if init
+                        else "index variables (or 'x+1' at one position, for a recurrence)")
+                raise SpecError(f"the left side of {lhs.tensor} must use {what}", node.span,
+                                f"write e.g. {lhs.tensor}[b, h, p]; compute shifted or "
+                                f"strided positions on the right side")
+            if var not in self.var_rank:
+                raise self._no_rank_error(var, node.span if isinstance(node, ast.Name)
+                                          else node.left.span)
+            self.rank_uses.setdefault(self.var_rank[var], node.span)
+            variables.append(var)
+        nodes = list(lhs.indices or ())
+        named = [(v, n) for v, n in zip(variables, nodes) if v]
+        self._check_distinct([v for v, _ in named], [n for _, n in named], lhs.tensor)
+        return variables, iterative
+
+    def _define(self, stmt: ast.EinsumStmt, order: int) -> None:
+        lhs = stmt.lhs
+        if lhs.tensor in self.tensors and self.tensors[lhs.tensor].is_input:
+            raise SpecError(f"'{lhs.tensor}' is an input and cannot be defined",
+                            lhs.name_span, "give the defined tensor another name")
+        self._declare(lhs.tensor, "a tensor", lhs.name_span)
+        variables, iterative = self._lhs(lhs, init=False)
+        ranks = tuple(self.var_rank[v] for v in variables)
+        self.tensors[lhs.tensor] = Tensor(lhs.tensor, ranks, False, iterative, lhs.span)
+        self.einsum_stmts[lhs.tensor] = stmt
+        self.statement_order[lhs.tensor] = order
+
+    def _init_decl(self, stmt: ast.InitStmt) -> None:
+        name = stmt.lhs.tensor
+        if name not in self.einsum_stmts:
+            raise SpecError(f"init of '{name}', which no Einsum defines", stmt.lhs.name_span,
+                            did_you_mean(name, self.einsum_stmts)
+                            or f"define the recurrence {name}[..., x+1, ...] = ...")
+        if self.tensors[name].iterative is None:
+            raise SpecError(f"init of '{name}', which is not a recurrence",
+                            stmt.lhs.name_span,
+                            f"an init gives position 0 of a tensor defined as "
+                            f"{name}[..., x+1, ...]; remove it or make {name} iterative")
+        if name in self.init_stmts:
+            raise SpecError(f"a second init of '{name}'", stmt.span,
+                            f"the first is at line {self.init_stmts[name].span.line}")
+        self.init_stmts[name] = stmt
+
+    # ================================================================ expressions
+    def _param_default(self, stmt: ast.ParamStmt) -> ir.Expr | None:
+        if stmt.default is None:
+            return None
+        return self._numeric(stmt.default, _Context("param"), set())
+
+    def _check_param_cycles(self, params: dict[str, ParamDecl]) -> None:
+        graph = nx.DiGraph()
+        for name, decl in params.items():
+            graph.add_node(name)
+            if decl.default is not None:
+                for node in ir.walk(decl.default):
+                    if isinstance(node, ir.Param):
+                        graph.add_edge(node.name, name)
+        try:
+            cycle = nx.find_cycle(graph)
+        except nx.NetworkXNoCycle:
+            return
+        name = cycle[0][1]
+        raise SpecError(f"param '{name}' depends on itself through "
+                        f"{' -> '.join(edge[0] for edge in cycle)} -> {name}",
+                        self.params[name].name_span, "give one of them a plain value")
+
+    def _numeric(self, node: ast.Expr, ctx: _Context, lhs_vars: set[str]) -> ir.Expr:
+        result = self._resolve(node, ctx, lhs_vars)
+        if ir.is_boolean(result):
+            raise SpecError("a condition is used where a number is expected", node.span,
+                            "use where(cond, a, b) to turn a condition into a value")
+        return result
+
+    def _condition(self, node: ast.Expr, ctx: _Context, lhs_vars: set[str]) -> ir.Expr:
+        result = self._resolve(node, ctx, lhs_vars)
+        if not ir.is_boolean(result):
+            raise SpecError("a number is used where a condition is expected", node.span,
+                            "write a comparison, e.g. 'm <= p'")
+        return result
+
+    def _resolve(self, node: ast.Expr, ctx: _Context, lhs_vars: set[str]) -> ir.Expr:
+        sub = _Context(ctx.kind)  # reductions are legal only at the root
+        span = node.span
+        if isinstance(node, ast.Number):
+            return ir.Const(node.value, span)
+        if isinstance(node, ast.Inf):
+            return ir.Const(math.inf, span)
+        if isinstance(node, ast.Name):
+            return self._name(node, ctx)
+        if isinstance(node, ast.Access):
+            return self._access(node, ctx, lhs_vars)
+        if isinstance(node, ast.Unary):
+            operand = self._numeric(node.operand, sub, lhs_vars)
+            return operand if node.op == "+" else ir.Op("neg", (operand,), span)
+        if isinstance(node, ast.Binary):
+            left = self._numeric(node.left, sub, lhs_vars)
+            right = self._numeric(node.right, sub, lhs_vars)
+            return ir.Op(node.op, (left, right), span)
+        if isinstance(node, ast.Compare):
+            left = self._numeric(node.left, sub, lhs_vars)
+            right = self._numeric(node.right, sub, lhs_vars)
+            return ir.Op(node.op, (left, right), span)
+        if isinstance(node, ast.BoolOp):
+            left = self._condition(node.left, sub, lhs_vars)
+            right = self._condition(node.right, sub, lhs_vars)
+            return ir.Op(node.op, (left, right), span)
+        if isinstance(node, ast.Not):
+            return ir.Op("not", (self._condition(node.operand, sub, lhs_vars),), span)
+        if isinstance(node, ast.Call):
+            return self._call(node, sub, lhs_vars)
+        if isinstance(node, ast.Reduce):
+            raise SpecError(f"'{node.op}[...]' inside an expression", node.span,
+                            "a reduction may only stand first on the right of '=' and "
+                            "applies to all of it; define an intermediate tensor for it")
+        raise AssertionError(f"unhandled syntax node {type(node).__name__}")
+
+    def _name(self, node: ast.Name, ctx: _Context) -> ir.Expr:
+        name, span = node.id, node.span
+        if name in self.var_rank:
+            if ctx.kind == "param":
+                raise SpecError(f"index variable '{name}' in a param's default", span,
+                                "a param's default may use numbers, dims and other params")
+            self.rank_uses.setdefault(self.var_rank[name], span)
+            return ir.Index(name, span)
+        if name in self.ranks:
+            self.rank_uses.setdefault(name, span)
+            return ir.Dim(name, span)
+        if name in self.params:
+            if ctx.kind == "index":
+                raise SpecError(f"param '{name}' in a tensor index", span,
+                                "index positions use index variables, dims and integers; "
+                                "declare it as a fixed dim instead ('dims X = 4')")
+            return ir.Param(name, span)
+        if name in self.tensors:
+            tensor = self.tensors[name]
+            if ctx.kind == "param":
+                raise SpecError(f"tensor '{name}' in a param's default", span,
+                                "a param's default may use numbers, dims and other params")
+            if ctx.kind == "index":
+                raise SpecError(f"tensor '{name}' read inside a tensor index", span,
+                                "index positions are affine in index variables; reading a "
+                                "tensor there (a gather) is not supported in version 1")
+            if not tensor.is_scalar:
+                variables = ", ".join(self.ranks[r].var for r in tensor.ranks)
+                raise SpecError(f"tensor '{name}' has {len(tensor.ranks)} rank(s) and needs "
+                                f"indices", span, f"write {name}[{variables}]")
+            return ir.Read(name, (), span)
+        if name.islower() and len(name) <= 3:
+            raise self._no_rank_error(name, span)
+        known = list(self.var_rank) + list(self.ranks) + list(self.params) + \
+            list(self.tensors)
+        raise SpecError(f"unknown name '{name}'", span,
+                        did_you_mean(name, known)
+                        or "declare it as a dim, param, input or tensor")
+
+    def _access(self, node: ast.Access, ctx: _Context, lhs_vars: set[str]) -> ir.Expr:
+        name = node.tensor
+        if ctx.kind == "param":
+            raise SpecError(f"tensor '{name}' in a param's default", node.span,
+                            "a param's default may use numbers, dims and other params")
+        if ctx.kind == "index":
+            raise SpecError(f"tensor '{name}' read inside a tensor index", node.span,
+                            "index positions are affine in index variables; reading a "
+                            "tensor there (a gather) is not supported in version 1")
+        if name not in self.tensors:
+            if name in self.ranks or name in self.params or name in self.var_rank:
+                raise SpecError(f"'{name}' is not a tensor and cannot be indexed",
+                                node.name_span, "only inputs and defined tensors take [ ]")
+            raise SpecError(f"unknown tensor '{name}'", node.name_span,
+                            did_you_mean(name, self.tensors)
+                            or "declare it with 'input' or define it with an Einsum")
+        tensor = self.tensors[name]
+        if len(node.indices) != len(tensor.ranks):
+            expected = ", ".join(self.ranks[r].var for r in tensor.ranks)
+            raise SpecError(f"{name} has {len(tensor.ranks)} rank(s) but is indexed with "
+                            f"{len(node.indices)}", node.span,
+                            f"write {name}[{expected}]" if expected
+                            else f"{name} is a scalar: write {name} without brackets")
+        indices = tuple(self._index(index, lhs_vars) for index in node.indices)
+        return ir.Read(name, indices, node.span)
+
+    def _index(self, node: ast.Expr, lhs_vars: set[str]) -> ir.Expr:
+        result = self._numeric(node, _Context("index"), lhs_vars)
+        _check_affine(result, node)
+        return result
+
+    def _call(self, node: ast.Call, ctx: _Context, lhs_vars: set[str]) -> ir.Expr:
+        func = node.func
+        if func not in FUNCTIONS:
+            if func in self.tensors:
+                raise SpecError(f"tensor '{func}' is called like a function",
+                                node.name_span, f"index tensors with brackets: {func}[...]")
+            raise SpecError(f"unknown function '{func}'", node.name_span,
+                            did_you_mean(func, FUNCTIONS)
+                            or f"functions are: {', '.join(sorted(FUNCTIONS))}")
+        arity = _FUNCTION_ARITY[func]
+        if len(node.args) != arity:
+            raise SpecError(f"{func}() takes {arity} argument(s), got {len(node.args)}",
+                            node.span, _CALL_HINTS.get(func))
+        if func == "where":
+            cond = self._condition(node.args[0], ctx, lhs_vars)
+            args = (cond,) + tuple(self._numeric(a, ctx, lhs_vars) for a in node.args[1:])
+        else:
+            args = tuple(self._numeric(a, ctx, lhs_vars) for a in node.args)
+        return ir.Op(func, args, node.span)
+
+    # ================================================================ einsums
+    def _einsum(self, stmt: ast.EinsumStmt) -> Einsum:
+        lhs = stmt.lhs
+        tensor = self.tensors[lhs.tensor]
+        variables, iterative = self._lhs(lhs, init=False)
+        lhs_set = set(variables)
+        rhs = stmt.rhs
+        reduce_op: str | None = None
+        named: tuple[ast.Name, ...] = ()
+        if isinstance(rhs, ast.Reduce):
+            reduce_op, named, rhs = rhs.op, rhs.variables, rhs.body
+        ctx = _Context("einsum")
+        body = self._numeric(rhs, ctx, lhs_set)
+        filt = self._condition(stmt.filter, ctx, lhs_set) if stmt.filter else None
+
+        right_vars: list[str] = []
+        for expr in (body, filt):
+            if expr is not None:
+                for var in ir.index_vars(expr):
+                    if var not in right_vars:
+                        right_vars.append(var)
+        right_only = [v for v in right_vars if v not in lhs_set]
+        if reduce_op is None:
+            reduced = tuple(right_only)
+            if reduced:
+                reduce_op = "sum"
+            explicit = False
+        else:
+            reduced_list: list[str] = []
+            for name in named:
+                if name.id not in self.var_rank:
+                    raise self._no_rank_error(name.id, name.span)
+                if name.id in lhs_set:
+                    raise SpecError(f"'{name.id}' is reduced but also on the left of "
+                                    f"{lhs.tensor}", name.span,
+                                    f"remove '{name.id}' from {reduce_op}[...] or from the "
+                                    f"left side")
+                if name.id in reduced_list:
+                    raise SpecError(f"'{name.id}' is named twice in {reduce_op}[...]",
+                                    name.span, "name each reduced variable once")
+                self.rank_uses.setdefault(self.var_rank[name.id], name.span)
+                reduced_list.append(name.id)
+            missing = [v for v in right_only if v not in reduced_list]
+            if missing:
+                listed = ", ".join(reduced_list + missing)
+                raise SpecError(f"'{missing[0]}' appears only on the right but "
+                                f"{reduce_op}[...] does not name it", stmt.rhs.span,
+                                f"an explicit reduction names every right-only variable: "
+                                f"write {reduce_op}[{listed}]")
+            reduced = tuple(reduced_list)
+            explicit = True
+
+        if iterative is not None:
+            self._check_recurrence(lhs.tensor, variables[iterative], iterative,
+                                   [body] + ([filt] if filt is not None else []))
+        elif lhs.tensor in ir.tensors_read(body) or (
+                filt is not None and lhs.tensor in ir.tensors_read(filt)):
+            raise SpecError(f"{lhs.tensor} reads itself", lhs.name_span,
+                            f"only a recurrence may read itself: define "
+                            f"{lhs.tensor}[..., x+1, ...] from {lhs.tensor}[..., x, ...] "
+                            f"with an init")
+
+        init = None
+        if iterative is not None:
+            init_stmt = self.init_stmts.get(lhs.tensor)
+            if init_stmt is not None:
+                init = self._init_value(init_stmt, variables, iterative)
+        return Einsum(lhs.tensor, tuple(variables), body, reduce_op, reduced, filt,
+                      iterative, init, explicit, stmt.span)
+
+    def _check_recurrence(self, tensor: str, x: str, position: int, exprs) -> None:
+        """A recurrence may read itself only at positions <= x at its iterative rank."""
+        for expr in exprs:
+            for read in ir.reads(expr):
+                if read.tensor != tensor:
+                    continue
+                offset = _constant_offset(read.indices[position], x)
+                if offset is None or offset > 0:
+                    span = read.indices[position].span or read.span
+                    raise SpecError(f"the recurrence {tensor} reads itself at "
+                                    f"'{ir.to_text(read.indices[position])}'", span,
+                                    f"step {x}+1 may read {tensor} only at positions up to "
+                                    f"{x} (e.g. {tensor}[..., {x}, ...]); it has no later "
+                                    f"value yet")
+
+    def _init_value(self, stmt: ast.InitStmt, variables: list[str],
+                    iterative: int) -> ir.Expr:
+        init_vars, init_position = self._lhs(stmt.lhs, init=True)
+        name = stmt.lhs.tensor
+        if len(init_vars) != len(variables):
+            raise SpecError(f"init of {name} has {len(init_vars)} indices but {name} has "
+                            f"{len(variables)}", stmt.lhs.span,
+                            "an init indexes the tensor like its recurrence, with 0 at "
+                            "the iterative position")
+        nodes = stmt.lhs.indices or ()
+        if init_position != iterative:
+            raise SpecError(f"init of {name} puts '0' at position {init_position} but the "
+                            f"recurrence advances position {iterative + 1}",
+                            nodes[init_position].span if init_position is not None
+                            else stmt.lhs.span,
+                            "the 0 goes where the recurrence has 'x+1'")
+        for position, (mine, theirs) in enumerate(zip(init_vars, variables)):
+            if position != iterative and mine != theirs:
+                raise SpecError(f"init of {name} uses '{mine}' where the recurrence uses "
+                                f"'{theirs}'", nodes[position].span,
+                                f"use the same variable at each position: '{theirs}'")
+        allowed = set(variables) - {variables[iterative]}
+        value = self._numeric(stmt.value, _Context("init"), allowed)
+        for var in ir.index_vars(value):
+            if var not in allowed:
+                node = next(n for n in ir.walk(value)
+                            if isinstance(n, ir.Index) and n.var == var)
+                raise SpecError(f"'{var}' in the init of {name} is not on its left side",
+                                node.span or stmt.span,
+                                "an init is elementwise over the left side's other "
+                                "variables; it has no reduction")
+        if name in ir.tensors_read(value):
+            raise SpecError(f"the init of {name} reads {name}", stmt.value.span,
+                            "position 0 must come from other tensors or constants")
+        return value
+
+    def _check_inits(self) -> None:
+        for name, tensor in self.tensors.items():
+            if tensor.iterative is not None and name not in self.init_stmts:
+                stmt = self.einsum_stmts[name]
+                indices = ["0" if i == tensor.iterative else self.ranks[r].var
+                           for i, r in enumerate(tensor.ranks)]
+                raise SpecError(f"the recurrence {name} has no init", stmt.lhs.span,
+                                f"give position 0: 'init {name}[{', '.join(indices)}] = 0'")
+
+    def _outputs(self) -> tuple[str, ...]:
+        if self.outputs is None:
+            last = self.spec.source.text.rstrip().count("\n") + 1
+            raise SpecError("the spec has no 'output' statement", Span.point(last, 1),
+                            "name the results at the end, e.g. 'output AV'")
+        names: list[str] = []
+        for name, span in self.outputs.names:
+            if name not in self.tensors:
+                raise SpecError(f"output '{name}' is never defined", span,
+                                did_you_mean(name, self.einsum_stmts)
+                                or "define it with an Einsum")
+            if self.tensors[name].is_input:
+                raise SpecError(f"output '{name}' is an input", span,
+                                "outputs are tensors the cascade computes")
+            if name in names:
+                raise SpecError(f"output '{name}' is listed twice", span,
+                                "list each output once")
+            names.append(name)
+        return tuple(names)
+
+    def _order(self, einsums: list[Einsum]) -> list[Einsum]:
+        graph = dataflow_graph(self.tensors.values(), einsums)
+        graph.remove_edges_from(list(nx.selfloop_edges(graph)))
+        try:
+            cycle = nx.find_cycle(graph)
+        except nx.NetworkXNoCycle:
+            cycle = None
+        if cycle:
+            names = [edge[0] for edge in cycle]
+            first = min(names, key=lambda n: self.statement_order.get(n, 0))
+            path = " -> ".join(names[names.index(first):] + names[:names.index(first)]
+                               + [first])
+            raise SpecError(f"a cycle between tensors: {path}",
+                            self.einsum_stmts[first].lhs.name_span,
+                            "a tensor cannot depend on itself through others; a "
+                            "recurrence reads only itself at earlier positions")
+        order = {name: i for i, name in enumerate(self.statement_order)}
+        by_name = {e.tensor: e for e in einsums}
+        ordered = nx.lexicographical_topological_sort(
+            graph, key=lambda n: (0, 0) if n not in order else (1, order[n]))
+        return [by_name[name] for name in ordered if name in by_name]
+
+    def _check_bindable(self) -> None:
+        """Every rank in use must get a size: fixed, from an input's shape, or from a
+        split of a rank that gets one."""
+        bound = {name for name, rank in self.ranks.items() if rank.fixed is not None}
+        for tensor in self.tensors.values():
+            if tensor.is_input:
+                bound.update(tensor.ranks)
+        changed = True
+        while changed:
+            changed = False
+            for split in self.splits:
+                factor_ok = not isinstance(split.factor, str) or split.factor in bound \
+                    or split.factor in self.params
+                if split.parent in bound and factor_ok:
+                    for part in (split.outer, split.inner):
+                        if part not in bound:
+                            bound.add(part)
+                            changed = True
+        for rank, span in self.rank_uses.items():
+            if rank not in bound:
+                raise SpecError(f"the size of rank {rank} cannot be bound", span,
+                                f"no input has rank {rank} and it has no fixed size: add an "
+                                f"input indexed by '{rank.lower()}' or declare "
+                                f"'dims {rank} = 16'")
+
+
+_CALL_HINTS = {
+    "where": "write where(condition, value_if_true, value_if_false)",
+    "max": "max(a, b) takes two values; for a reduction write 'max[m] X[..., m]'",
+    "min": "min(a, b) takes two values; for a reduction write 'min[m] X[..., m]'",
+}
+
+
+def _constant_offset(index: ir.Expr, var: str) -> int | None:
+    """For a recurrence's read of itself at its iterative position: c where the index is
+    `var + c` for an integer c; -1 for the literal 0 (position 0 always exists before
+    step 0); None for any other form."""
+    if isinstance(index, ir.Const) and index.value == 0:
+        return -1
+    if isinstance(index, ir.Index) and index.var == var:
+        return 0
+    if isinstance(index, ir.Op) and index.op in ("+", "-") and len(index.args) == 2:
+        left, right = index.args
+        if isinstance(left, ir.Index) and left.var == var and isinstance(right, ir.Const) \
+                and isinstance(right.value, int):
+            return right.value if index.op == "+" else -right.value
+    return None
+
+
+def _check_affine(expr: ir.Expr, node: ast.Expr) -> None:
+    """Index positions: affine in index variables with integer or dim coefficients,
+    optionally `// d` or `% d` by a dim or a positive integer."""
+
+    def has_var(e: ir.Expr) -> bool:
+        return any(isinstance(n, ir.Index) for n in ir.walk(e))
+
+    def fail(e: ir.Expr, why: str) -> SpecError:
+        return SpecError(f"tensor index '{ir.to_text(expr)}' is not affine: {why}",
+                         e.span or node.span,
+                         "index positions are sums of index variables times integers or "
+                         "dims, optionally '// d' or '% d' by a dim or integer")
+
+    stack = [expr]
+    while stack:
+        e = stack.pop()
+        if isinstance(e, ir.Const):
+            if not isinstance(e.value, int):
+                raise fail(e, f"{ir.to_text(e)} is not an integer")
+        elif isinstance(e, ir.Op):
+            if e.op in ("+", "-", "neg"):
+                stack.extend(e.args)
+            elif e.op == "*":
+                if has_var(e.args[0]) and has_var(e.args[1]):
+                    raise fail(e, "it multiplies two index variables")
+                stack.extend(e.args)
+            elif e.op in ("//", "%"):
+                divisor = e.args[1]
+                if not (isinstance(divisor, ir.Dim) or
+                        (isinstance(divisor, ir.Const) and isinstance(divisor.value, int)
+                         and divisor.value > 0)):
+                    raise fail(divisor, f"'{e.op}' needs a dim or a positive integer on "
+                                        f"its right")
+                stack.append(e.args[0])
+            else:
+                raise fail(e, f"'{e.op}' is not allowed in an index")
+        elif not isinstance(e, (ir.Index, ir.Dim)):
+            raise fail(e, f"'{ir.to_text(e)}' is not allowed in an index")

@@ -1,0 +1,193 @@
+"""The Cascade IR: ranks, tensors and Einsums, checked and in dataflow order.
+
+A `Cascade` is the single source of truth for every later stage: analyses read it,
+rewrites return a new one, code generators read a schedule derived from it. It is built
+from a syntax tree by `einsumattn.ir.build` and never refers back to the text, except
+for spans used in messages.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable
+
+import networkx as nx
+import sympy
+
+from ..diagnostics import Source, Span
+from .expr import Expr, index_vars, tensors_read
+
+
+@dataclass(frozen=True)
+class Rank:
+    """A rank (dimension). `size` is symbolic: a Symbol for a rank bound at call time, an
+    Integer for a fixed one, an expression in other sizes for the parts of a split."""
+
+    name: str
+    size: sympy.Expr
+    fixed: int | None = None
+    split_of: str | None = None  # the parent rank, for the two parts of a split
+    span: Span | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def var(self) -> str:
+        """The index variable that ranges over this rank: its lower-case name."""
+        return self.name.lower()
+
+
+@dataclass(frozen=True)
+class Split:
+    """`split M -> M1, M0 by 64`: m = m1*M0 + m0, M0 = factor, M1 = ceil(M / M0)."""
+
+    parent: str
+    outer: str
+    inner: str
+    factor: int | str  # an integer, or the name of a dim or param
+    span: Span | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class ParamDecl:
+    name: str
+    default: Expr | None  # None: the param is required
+    span: Span | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """A tensor: an input or the result of one Einsum. An iterative tensor's extent at
+    its iterative position is the rank's size + 1 (positions 0..X)."""
+
+    name: str
+    ranks: tuple[str, ...]
+    is_input: bool
+    iterative: int | None = None
+    span: Span | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def is_scalar(self) -> bool:
+        return not self.ranks
+
+
+@dataclass(frozen=True)
+class Einsum:
+    """One Einsum: tensor[indices] = reduce_op[reduced] body where filter.
+
+    `indices` are the left side's index variables in order; for a recurrence, the
+    variable at position `iterative` is x in `T[..., x+1, ...]`, and `init` gives
+    position 0. With no reduction, `reduce_op` is None and `reduced` is empty."""
+
+    tensor: str
+    indices: tuple[str, ...]
+    body: Expr
+    reduce_op: str | None = None
+    reduced: tuple[str, ...] = ()
+    filter: Expr | None = None
+    iterative: int | None = None
+    init: Expr | None = None
+    explicit_reduction: bool = field(default=False, compare=False)
+    span: Span | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def iter_var(self) -> str | None:
+        return None if self.iterative is None else self.indices[self.iterative]
+
+    @property
+    def variables(self) -> tuple[str, ...]:
+        """The iteration space: left variables, then reduced ones."""
+        return self.indices + self.reduced
+
+    @property
+    def reads(self) -> list[str]:
+        """Tensors read by the body, filter and init, in order of first appearance."""
+        seen: dict[str, None] = {}
+        for expr in (self.body, self.filter, self.init):
+            if expr is not None:
+                for name in tensors_read(expr):
+                    seen.setdefault(name, None)
+        return list(seen)
+
+    @property
+    def used_vars(self) -> list[str]:
+        seen: dict[str, None] = {}
+        for expr in (self.body, self.filter):
+            if expr is not None:
+                for var in index_vars(expr):
+                    seen.setdefault(var, None)
+        return list(seen)
+
+
+@dataclass
+class Cascade:
+    name: str
+    ranks: dict[str, Rank]
+    splits: tuple[Split, ...]
+    params: dict[str, ParamDecl]
+    tensors: dict[str, Tensor]
+    einsums: tuple[Einsum, ...]  # in dataflow (topological) order
+    outputs: tuple[str, ...]
+    source: Source | None = field(default=None, repr=False)
+    graph: nx.DiGraph = field(default_factory=nx.DiGraph, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.graph.nodes:
+            self.graph = dataflow_graph(self.tensors.values(), self.einsums)
+
+    # --------------------------------------------------------------- lookups
+    @property
+    def inputs(self) -> tuple[Tensor, ...]:
+        return tuple(t for t in self.tensors.values() if t.is_input)
+
+    def einsum(self, tensor: str) -> Einsum:
+        for einsum in self.einsums:
+            if einsum.tensor == tensor:
+                return einsum
+        raise KeyError(tensor)
+
+    def rank_of_var(self, var: str) -> Rank:
+        for rank in self.ranks.values():
+            if rank.var == var:
+                return rank
+        raise KeyError(var)
+
+    def var_rank(self, var: str) -> str:
+        return self.rank_of_var(var).name
+
+    def split_of(self, rank: str) -> Split | None:
+        """The split that `rank` is a part of, if any."""
+        for split in self.splits:
+            if rank in (split.outer, split.inner):
+                return split
+        return None
+
+    def root_rank(self, rank: str) -> str:
+        """The unsplit rank that `rank` is (a part of)."""
+        split = self.split_of(rank)
+        while split is not None:
+            rank = split.parent
+            split = self.split_of(rank)
+        return rank
+
+    def extent(self, tensor: str, position: int) -> sympy.Expr:
+        """The symbolic extent of a tensor at a position (size + 1 for an iterative one)."""
+        t = self.tensors[tensor]
+        size = self.ranks[t.ranks[position]].size
+        return size + 1 if t.iterative == position else size
+
+    def consumers(self, tensor: str) -> list[str]:
+        return list(self.graph.successors(tensor))
+
+    def producers(self, tensor: str) -> list[str]:
+        return [p for p in self.graph.predecessors(tensor) if p != tensor]
+
+
+def dataflow_graph(tensors: Iterable[Tensor], einsums: Iterable[Einsum]) -> nx.DiGraph:
+    """Producer -> consumer graph over tensors. A recurrence's read of itself is a
+    self-loop; every other cycle is rejected when the IR is built."""
+    graph = nx.DiGraph()
+    for tensor in tensors:
+        graph.add_node(tensor.name, input=tensor.is_input)
+    for einsum in einsums:
+        for name in einsum.reads:
+            graph.add_edge(name, einsum.tensor)
+    return graph

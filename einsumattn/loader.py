@@ -1,0 +1,53 @@
+"""Reading a spec from a file or a string, and running the frontend and IR builder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .diagnostics import Source, SpecError, Span
+from .frontend import parse
+from .ir import Cascade, build
+
+
+def _looks_like_path(spec: str) -> bool:
+    return "\n" not in spec and (spec.endswith(".attn") or os.path.isfile(spec))
+
+
+def read_spec(spec: str | os.PathLike) -> Source:
+    """The source text of a spec: a `Path`, a string naming a file (one line ending in
+    `.attn`, or an existing file), or else the spec text itself."""
+    if isinstance(spec, os.PathLike) or (isinstance(spec, str) and _looks_like_path(spec)):
+        path = Path(spec)
+        try:
+            data = path.read_bytes()
+        except IsADirectoryError:
+            raise SpecError(f"'{path}' is a directory, not a spec file",
+                            hint="give the path of a .attn file") from None
+        except OSError as error:
+            raise SpecError(f"cannot read '{path}': {error.strerror or error}",
+                            hint="check the path") from None
+        return Source(_decode(data, str(path)), str(path))
+    return Source(spec, "<spec>")
+
+
+def _decode(data: bytes, filename: str) -> str:
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        column = error.start - (data.rfind(b"\n", 0, error.start) + 1) + 1
+        raise SpecError(f"the file is not UTF-8 text (byte 0x{data[error.start]:02x})",
+                        Span.point(line, column), "a spec is a UTF-8 text file",
+                        Source(data[:error.start].decode("utf-8", "replace"), filename)
+                        ) from None
+
+
+def load(spec: str | os.PathLike) -> Cascade:
+    """Parse and check a spec (a path or the spec text) into a Cascade.
+
+    Raises `SpecError` for any problem in the spec."""
+    source = read_spec(spec)
+    tree = parse(source.text, source.filename)
+    default_name = Path(source.filename).stem if source.filename != "<spec>" else "attention"
+    return build(tree, default_name)

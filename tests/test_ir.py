@@ -1,0 +1,150 @@
+"""The Cascade IR: resolution, reductions, recurrences, ordering, printing, binding."""
+
+import pathlib
+
+import pytest
+import sympy
+
+import einsumattn
+from einsumattn import BindError, SpecError
+from einsumattn.ir import bind, expr as ir
+from einsumattn.ir.printer import cascade_text
+
+from conftest import EXAMPLES, ROOT
+
+SOFTMAX = (ROOT / "examples" / "softmax_3pass.attn").read_text()
+
+
+def _structure(cascade):
+    """Everything that defines a cascade's meaning, for equality checks."""
+    return (cascade.name, {n: (r.size, r.fixed, r.split_of) for n, r in cascade.ranks.items()},
+            cascade.splits, cascade.params, cascade.tensors, cascade.einsums, cascade.outputs)
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+def test_printed_cascade_parses_back_to_the_same_ir(path):
+    cascade = einsumattn.load(path)
+    again = einsumattn.load(cascade_text(cascade))
+    assert _structure(again) == _structure(cascade)
+
+
+def test_implicit_reduction_is_a_sum_over_right_only_variables():
+    cascade = einsumattn.load(SOFTMAX)
+    qk = cascade.einsum("QK")
+    assert (qk.reduce_op, qk.reduced, qk.indices) == ("sum", ("e",), ("b", "h", "p", "m"))
+    gm = cascade.einsum("GM")
+    assert (gm.reduce_op, gm.reduced) == ("max", ("m",))
+    sn = cascade.einsum("SN")
+    assert (sn.reduce_op, sn.reduced) == (None, ())
+
+
+def test_names_resolve_to_index_dim_param_and_tensor():
+    cascade = einsumattn.load(SOFTMAX)
+    nodes = list(ir.walk(cascade.einsum("QK").body))
+    assert ir.Param("scale") in nodes
+    assert ir.Read("Q", (ir.Index("b"), ir.Index("h"), ir.Index("p"), ir.Index("e"))) in nodes
+    assert cascade.params["scale"].default == ir.Op("/", (ir.Const(1), ir.Op(
+        "sqrt", (ir.Dim("E"),))))
+
+
+def test_dataflow_order_follows_dependencies_not_source_order():
+    text = """
+dims P, M
+input X[p, m]
+output Z
+Z[p] = sum[m] Y[p, m]
+Y[p, m] = exp(X[p, m])
+"""
+    cascade = einsumattn.load(text)
+    assert [e.tensor for e in cascade.einsums] == ["Y", "Z"]
+    assert list(cascade.graph.edges) == [("X", "Y"), ("Y", "Z")]
+
+
+def test_recurrence_is_a_self_loop_with_init_and_iterative_extent():
+    cascade = einsumattn.load(ROOT / "examples" / "softmax_1pass.attn")
+    rm = cascade.einsum("RM")
+    assert rm.iterative == 3 and rm.iter_var == "m1"
+    assert rm.init == ir.Op("neg", (ir.Const(float("inf")),)) or rm.init == ir.Const(
+        -float("inf"))
+    assert cascade.graph.has_edge("RM", "RM")
+    m1 = cascade.ranks["M1"]
+    assert m1.split_of == "M"
+    assert sympy.simplify(m1.size - sympy.ceiling(sympy.Symbol("M", integer=True,
+                                                               positive=True) / 16)) == 0
+    assert cascade.extent("RM", 3) == m1.size + 1
+
+
+def test_split_sizes_bind_from_the_parent_rank():
+    cascade = einsumattn.load(ROOT / "examples" / "softmax_1pass.attn")
+    binding = bind(cascade, sizes={"B": 1, "H": 1, "P": 2, "M": 33, "E": 4, "F": 4})
+    assert (binding.sizes["M0"], binding.sizes["M1"]) == (16, 3)
+    assert binding.extent(cascade, "RM") == (1, 1, 2, 4)
+
+
+def test_split_by_a_param_uses_its_value():
+    text = """
+dims P, M
+input X[p, m]
+param T = 4
+split M -> M1, M0 by T
+Y[p, m1] = sum[m0] X[p, m1*M0 + m0]
+output Y
+"""
+    cascade = einsumattn.load(text)
+    assert bind(cascade, sizes={"P": 1, "M": 10}).sizes["M1"] == 3
+    assert bind(cascade, sizes={"P": 1, "M": 10}, params={"T": 5}).sizes["M1"] == 2
+    with pytest.raises(BindError, match="positive integer"):
+        bind(cascade, sizes={"P": 1, "M": 10}, params={"T": 2.5})
+
+
+@pytest.mark.parametrize("shapes, message", [
+    ({"Q": (1, 2, 3, 4), "K": (1, 2, 5, 4), "V": (1, 3, 5, 4)}, "rank H is 3 from input V"),
+    ({"Q": (1, 2, 3, 4), "K": (1, 2, 5), "V": (1, 2, 5, 4)}, "input K has 4 rank"),
+    ({"Q": (1, 2, 0, 4), "K": (1, 2, 5, 4), "V": (1, 2, 5, 4)}, "positive integer size"),
+])
+def test_binding_errors_name_the_input_and_rank(shapes, message):
+    with pytest.raises(BindError, match=message):
+        bind(einsumattn.load(SOFTMAX), shapes=shapes)
+
+
+def test_binding_checks_params():
+    cascade = einsumattn.load(SOFTMAX)
+    shapes = {"Q": (1, 1, 2, 4), "K": (1, 1, 3, 4), "V": (1, 1, 3, 2)}
+    assert bind(cascade, shapes=shapes).params["scale"] == pytest.approx(0.5)
+    assert bind(cascade, shapes=shapes, params={"scale": 3}).params["scale"] == 3.0
+    with pytest.raises(BindError, match="unknown param 'scal'"):
+        bind(cascade, shapes=shapes, params={"scal": 3})
+    required = einsumattn.load("dims P\ninput X[p]\nparam s\nY[p] = X[p] * s\noutput Y")
+    with pytest.raises(BindError, match="param 's' has no default"):
+        bind(required, shapes={"X": (3,)})
+
+
+def test_unbound_rank_is_reported_when_sizes_are_missing():
+    with pytest.raises(BindError, match="rank M"):
+        bind(einsumattn.load(SOFTMAX), sizes={"B": 1, "H": 1, "P": 2, "E": 2, "F": 2})
+
+
+def test_load_reads_paths_and_text(tmp_path):
+    path = tmp_path / "mine.attn"
+    path.write_text("dims P\ninput X[p]\nY[p] = X[p]\noutput Y\n")
+    assert einsumattn.load(path).name == "mine"          # default name: the file's stem
+    assert einsumattn.load(str(path)).name == "mine"
+    assert einsumattn.load(path.read_text()).name == "attention"
+    with pytest.raises(SpecError, match="cannot read"):
+        einsumattn.load(tmp_path / "missing.attn")
+
+
+def test_spec_text_cannot_smuggle_python():
+    # Names are resolved against the spec's own declarations; nothing is eval'd.
+    for rhs in ("__import__", "os", "eval", "X.__class__"):
+        with pytest.raises(SpecError):
+            einsumattn.load(f"dims P\ninput X[p]\nY[p] = X[p] * {rhs}\noutput Y")
+
+
+def test_expression_text_round_trips_precedence():
+    cascade = einsumattn.load(
+        "dims P\ninput X[p]\nY[p] = -X[p] ** 2 + (1 - X[p]) * 2 ** -1 / (X[p] - (1 - 2))\n"
+        "output Y")
+    body = cascade.einsum("Y").body
+    again = einsumattn.load(f"dims P\ninput X[p]\nY[p] = {ir.to_text(body)}\noutput Y")
+    assert again.einsum("Y").body == body

@@ -1,0 +1,173 @@
+"""The oracle's semantics, rule by rule (LANGUAGE.md: absent points, reductions,
+recurrences, splits, numbers), each against an independent computation."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import einsumattn
+from einsumattn import BindError
+
+
+def run(text, inputs, params=None, **kw):
+    return einsumattn.evaluate(einsumattn.load(text), inputs, params, **kw)
+
+
+def test_out_of_range_reads_are_absent_and_skipped_by_sums():
+    # Shifted read: Y[p] = X[p+1] + 1 is absent at the last p, returned as 0; the sum skips it.
+    out = run("dims P\ninput X[p]\nY[p] = X[p + 1] + 1\nS = sum[p] X[p + 1] + 1\noutput Y, S",
+              {"X": np.array([1.0, 2.0, 3.0])})
+    np.testing.assert_array_equal(out["Y"], [3.0, 4.0, 0.0])
+    assert out["S"] == 7.0
+
+
+def test_reduction_over_no_present_point_yields_its_identity():
+    text = """
+dims P, M
+input X[p, m]
+GM[p] = max[m] X[p, m] where m < p
+GN[p] = min[m] X[p, m] where m < p
+GS[p] = sum[m] X[p, m] where m < p
+output GM, GN, GS
+"""
+    out = run(text, {"X": np.ones((2, 2))})
+    assert out["GM"][0] == -math.inf and out["GN"][0] == math.inf and out["GS"][0] == 0.0
+    assert (out["GM"][1], out["GN"][1], out["GS"][1]) == (1.0, 1.0, 1.0)
+
+
+def test_fully_masked_softmax_row_is_zero_not_nan():
+    text = """
+dims P, M, F
+input S[p, m], V[m, f]
+QK[p, m] = S[p, m] where m < p
+GM[p] = max[m] QK[p, m]
+SN[p, m] = exp(QK[p, m] - GM[p])
+SD[p] = sum[m] SN[p, m]
+AV[p, f] = SN[p, m] / SD[p] * V[m, f]
+output AV
+"""
+    s, v = np.random.default_rng(0).standard_normal((3, 3)), np.ones((3, 2))
+    out = run(text, [s, v])["AV"]
+    assert np.isfinite(out).all()
+    np.testing.assert_array_equal(out[0], [0.0, 0.0])
+    np.testing.assert_allclose(out[1:], 1.0)
+
+
+def test_where_needs_only_the_branch_it_picks():
+    text = "dims P\ninput X[p]\nY[p] = where(p < 2, X[p], X[p + 10])\noutput Y"
+    out = run(text, {"X": np.array([5.0, 6.0, 7.0])})["Y"]
+    np.testing.assert_array_equal(out, [5.0, 6.0, 0.0])  # p = 2 picks an absent read
+
+
+def test_filters_may_read_integer_tensors():
+    # Document masking: keys of the same document only (a tensor read in a filter).
+    text = """
+dims P, M
+input S[p, m], DOC[m]
+T[p] = sum[m] S[p, m] where DOC[p] == DOC[m]
+output T
+"""
+    s = np.arange(16, dtype=float).reshape(4, 4)
+    doc = torch.tensor([0, 0, 1, 1], dtype=torch.int64)
+    same = (doc[:, None] == doc[None, :]).numpy()
+    np.testing.assert_array_equal(run(text, [s, doc])["T"], (s * same).sum(1))
+
+
+def test_split_padding_points_are_absent():
+    # M = 5 split by 2: (m1, m0) = (2, 1) is position 5, outside M.
+    text = """
+dims P, M, E
+input Q[p, e], K[m, e]
+split M -> M1, M0 by 2
+S[p, m1, m0] = Q[p, e] * K[m1*M0 + m0, e]
+C[p] = sum[m1, m0] 1 + 0 * S[p, m1, m0]
+L[p, m1] = max[m0] S[p, m1, m0]
+output S, C, L
+"""
+    q, k = np.ones((1, 2)), -np.ones((5, 2))
+    out = run(text, [q, k])
+    assert out["S"].shape == (1, 3, 2) and out["S"][0, 2, 1] == 0.0   # absent -> 0
+    assert out["C"][0] == 5.0                     # 6 points of M1 x M0, 5 of them in M
+    np.testing.assert_array_equal(out["L"], [[-2.0, -2.0, -2.0]])  # not max(-2, 0)
+
+
+def test_recurrence_reads_earlier_positions_of_itself():
+    # Fibonacci-like: T[x+1] = T[x] + T[x-1] (T[-1] is absent, so step 0 is absent too).
+    text = """
+dims X
+input A[x]
+init T[0] = 1
+T[x+1] = T[x] + where(x > 0, T[x - 1], 0) + 0 * A[x]
+output T
+"""
+    out = run(text, {"A": np.zeros(6)})["T"]
+    np.testing.assert_array_equal(out, [1, 1, 2, 3, 5, 8, 13])
+
+
+def test_recurrence_final_value_read_by_rank_name():
+    text = """
+dims B, T
+input G[b, t], X[b, t]
+init S[b, 0] = 0
+S[b, t+1] = G[b, t] * S[b, t] + X[b, t]
+F[b] = S[b, T]
+output F
+"""
+    g, x = np.random.default_rng(1).random((2, 2, 5))
+    expected = np.zeros(2)
+    for t in range(5):
+        expected = g[:, t] * expected + x[:, t]
+    np.testing.assert_allclose(run(text, [g, x])["F"], expected, rtol=1e-14)
+
+
+def test_scalars_inputs_and_tensors():
+    text = "dims K\ninput A[k], B[k], alpha\nY = A[k] * B[k]\nZ = Y * alpha\noutput Z"
+    out = run(text, [np.array([1.0, 2.0]), np.array([3.0, 4.0]), np.float64(0.5)])
+    assert out["Z"] == pytest.approx(5.5)
+
+
+def test_integer_division_and_modulo_follow_python():
+    text = "dims P\ninput X[p]\nY[p] = (p - 3) // 2 + 10 * ((p - 3) % 2) + 0 * X[p]\noutput Y"
+    out = run(text, {"X": np.zeros(6)})["Y"]
+    np.testing.assert_array_equal(out, [(p - 3) // 2 + 10 * ((p - 3) % 2) for p in range(6)])
+
+
+@pytest.mark.parametrize("func, reference", [
+    ("exp", np.exp), ("tanh", np.tanh), ("abs", np.abs), ("sign", np.sign),
+    ("sigmoid", lambda x: 1 / (1 + np.exp(-x))), ("relu", lambda x: np.maximum(x, 0)),
+    ("elu", lambda x: torch.nn.functional.elu(torch.from_numpy(x)).numpy()),
+])
+def test_functions(func, reference):
+    x = np.array([-3.0, -0.5, 0.0, 0.25, 4.0])
+    out = run(f"dims P\ninput X[p]\nY[p] = {func}(X[p])\noutput Y", [x])["Y"]
+    np.testing.assert_allclose(out, reference(x), rtol=1e-15, atol=0)
+
+
+def test_sigmoid_does_not_overflow():
+    out = run("dims P\ninput X[p]\nY[p] = sigmoid(X[p])\noutput Y", [np.array([-1e4, 1e4])])
+    np.testing.assert_array_equal(out["Y"], [0.0, 1.0])
+
+
+def test_inputs_of_any_float_dtype_are_evaluated_in_float64():
+    x = torch.tensor([1.0, 2.0], dtype=torch.bfloat16)
+    out = run("dims P\ninput X[p]\nY[p] = X[p] / 3\noutput Y", [x])["Y"]
+    assert out.dtype == np.float64
+    np.testing.assert_array_equal(out, np.array([1.0, 2.0]) / 3)
+
+
+def test_intermediates_are_available_on_request():
+    out = run("dims P\ninput X[p]\nY[p] = X[p] + 1\nZ[p] = Y[p] * 2\noutput Z",
+              [np.ones(2)], intermediates=True)
+    assert set(out) == {"X", "Y", "Z"}
+
+
+def test_input_errors_are_clear():
+    cascade = einsumattn.load("dims P\ninput X[p], W[p]\nY[p] = X[p] * W[p]\noutput Y")
+    with pytest.raises(BindError, match="expected 2 inputs"):
+        einsumattn.evaluate(cascade, [np.ones(2)])
+    with pytest.raises(BindError, match="missing input 'W'"):
+        einsumattn.evaluate(cascade, {"X": np.ones(2)})
+    with pytest.raises(BindError, match="rank P is 3 from input W"):
+        einsumattn.evaluate(cascade, [np.ones(2), np.ones(3)])
