@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+from .analysis import analyze
 from .diagnostics import BindError, SpecError
 from .evaluate import evaluate
 from .ir import Cascade
@@ -13,5 +14,5 @@ from .loader import load, read_spec
 
 __version__ = "0.1.0"
 
-__all__ = ["load", "read_spec", "evaluate", "Cascade", "SpecError", "BindError",
+__all__ = ["load", "read_spec", "evaluate", "analyze", "Cascade", "SpecError", "BindError",
            "__version__"]

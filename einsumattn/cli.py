@@ -75,6 +75,21 @@ def _cmd_eval(args) -> int:
     return EXIT_OK
 
 
+def _cmd_analyze(args) -> int:
+    from .analysis import analyze
+
+    sizes = _parse_assignments(args.bind, "--bind", int) if args.bind else None
+    report = analyze(args.spec, sizes=sizes, dtype=args.dtype)
+    text = report.render(args.format)
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as handle:
+            handle.write(text if text.endswith("\n") else text + "\n")
+        print(f"wrote {args.output}", file=sys.stderr)
+    else:
+        print(text)
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="einsumattn",
                      description="Compile attention variants written as cascades of Einsums.")
@@ -94,6 +109,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override param defaults")
     p.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
     p.set_defaults(run=_cmd_eval)
+
+    p = commands.add_parser("analyze", help="passes per rank, buffers and cost: the report")
+    p.add_argument("spec", help="path of a .attn file")
+    p.add_argument("--format", choices=("text", "json", "md", "dot"), default="text")
+    p.add_argument("--bind", default="", metavar="R=N,...",
+                   help="sizes for numbers beside the formulas, e.g. B=1,H=16,P=4096,"
+                        "M=4096,E=64,F=64,P0=64 (tile sizes such as P0 too)")
+    p.add_argument("--dtype", default="float16",
+                   choices=("float16", "bfloat16", "float32", "float64"),
+                   help="element type for byte counts (default float16)")
+    p.add_argument("-o", "--output", help="write the report to a file")
+    p.set_defaults(run=_cmd_analyze)
     return parser
 
 
@@ -108,6 +135,11 @@ def main(argv: list[str] | None = None) -> int:
     except BindError as error:
         print(f"einsumattn: error: {error}", file=sys.stderr)
         return EXIT_USER
+    except BrokenPipeError:
+        # The reader went away (`einsumattn analyze x.attn | head`): not an error of ours.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
     except KeyboardInterrupt:
         print("einsumattn: interrupted", file=sys.stderr)
         return 130

@@ -1,0 +1,195 @@
+"""Buffer bounds implied by the passes over a rank.
+
+A tensor produced before a pass boundary and read after it must stay live across the
+boundary. If it is indexed by the streamed rank R, its minimum live footprint is a whole
+fiber of R: buffer it on chip, or spill it to memory and read it again (traffic that
+grows with R). Footprints are counted per *program*: one point of each batch-like
+parallel rank, and a tile of the innermost parallel rank (P0 query rows for attention),
+the way a GPU kernel assigns work. Within a pass, the working state counts what one
+step of the traversal holds: the current tile of a split's inner part (M0), one element
+of an unsplit streamed rank, the current and next positions of a recurrence, and the
+accumulators of reductions over R. For a 1-pass cascade that state contains no size of
+R: on-chip memory does not grow with the sequence.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import sympy
+
+from ..ir import Cascade
+from ..ir.build import size_symbol
+from ..ir import expr as ir
+from .passes import RankPasses
+
+
+@dataclass(frozen=True)
+class LiveTensor:
+    name: str
+    footprint: sympy.Expr      # elements per program
+    spill_bytes: sympy.Expr    # extra traffic if spilled instead: write once, read per pass
+    passes_reading: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Boundary:
+    after_pass: int
+    live: tuple[LiveTensor, ...]
+    reread_inputs: tuple[tuple[str, sympy.Expr], ...]  # (input, bytes read again)
+
+    @property
+    def footprint(self) -> sympy.Expr:
+        return sympy.Add(*(t.footprint for t in self.live))
+
+    @property
+    def spill_bytes(self) -> sympy.Expr:
+        return sympy.Add(*(t.spill_bytes for t in self.live))
+
+
+@dataclass
+class RankBuffers:
+    rank: str
+    parallel: tuple[str, ...]          # ranks one program handles a point or a tile of
+    tile: dict[str, sympy.Expr]        # parallel rank -> points per program
+    boundaries: list[Boundary] = field(default_factory=list)
+    pass_state: dict[int, sympy.Expr] = field(default_factory=dict)
+    onchip_state: sympy.Expr = sympy.Integer(0)
+
+    @property
+    def grows_with_rank(self) -> bool:
+        """Whether the on-chip state per program depends on the streamed rank's size."""
+        return bool(self._rank_symbols & self.onchip_state.free_symbols)
+
+    _rank_symbols: set = field(default_factory=set, repr=False)
+
+
+def tile_symbol(cascade: Cascade, rank: str) -> sympy.Symbol:
+    # P0 for P, as in FlashAttention's papers; M0_t where M0 is already a rank's name.
+    name = f"{rank}0" if not rank[-1].isdigit() else f"{rank}_t"
+    if name in cascade.ranks:
+        name = f"{rank}_t"
+    return size_symbol(name)
+
+
+def analyse_buffers(cascade: Cascade, passes: RankPasses, bytes_per_element: int) -> RankBuffers:
+    rank = passes.rank
+    family = {cascade.var_rank(v) for v in passes.variables}
+    streaming = [e for e in cascade.einsums if e.tensor in passes.pass_of]
+    # Sequential ranks are loops around the traversal, one point per step: the other
+    # parts of the same split (M1 while analysing M0), and ranks recurrences iterate.
+    sequential = {cascade.var_rank(e.iter_var) for e in cascade.einsums
+                  if e.iter_var is not None} - family
+    part = rank
+    while cascade.split_of(part) is not None:
+        split = cascade.split_of(part)
+        if split.inner == part:
+            sequential.add(split.outer)  # analysing M0: M1 is the loop around each tile
+        sequential.add(split.parent)
+        part = split.parent
+
+    # Parallel ranks: on the left of every Einsum that streams over the rank.
+    common = None
+    for einsum in streaming:
+        ranks = [cascade.var_rank(v) for v in einsum.indices]
+        common = ranks if common is None else [r for r in common if r in ranks]
+    parallel = tuple(r for r in (common or []) if r not in family and r not in sequential)
+    tile = {r: sympy.Integer(1) for r in parallel}
+    if parallel:
+        tile[parallel[-1]] = tile_symbol(cascade, parallel[-1])
+
+    def size(r: str) -> sympy.Expr:
+        return cascade.ranks[r].size
+
+    def extent(var: str, fiber: bool) -> sympy.Expr:
+        """Points of one variable held per program: a whole fiber of the rank, or one
+        step of the traversal (the inner tile of a split, else one element)."""
+        r = cascade.var_rank(var)
+        if r in tile:
+            return tile[r]
+        if r in sequential:
+            return sympy.Integer(1)
+        if r in family:
+            split = cascade.split_of(r)
+            inner_tile = split is not None and split.inner == r
+            return size(r) if fiber or inner_tile else sympy.Integer(1)
+        return size(r)
+
+    def access_footprint(indices, iterative: int | None, fiber: bool) -> sympy.Expr:
+        result = sympy.Integer(1)
+        for position, index in enumerate(indices):
+            if position == iterative:
+                result *= 2 if not fiber else 1  # current and next; final value after
+                continue
+            for var in ir.index_vars(index):
+                result *= extent(var, fiber)
+        return result
+
+    def output_footprint(tensor: str, fiber: bool) -> sympy.Expr:
+        einsum = cascade.einsum(tensor)
+        return access_footprint([ir.Index(v) for v in einsum.indices], einsum.iterative,
+                                fiber)
+
+    def input_footprint(tensor: str, fiber: bool) -> sympy.Expr:
+        """The largest access of an input by the streaming Einsums."""
+        found = [access_footprint(read.indices, None, fiber) for e in streaming
+                 for read in _all_reads(e) if read.tensor == tensor]
+        return sympy.Max(*found) if found else sympy.Integer(0)
+
+    def footprint(tensor: str, fiber: bool) -> sympy.Expr:
+        return input_footprint(tensor, fiber) if cascade.tensors[tensor].is_input \
+            else output_footprint(tensor, fiber)
+
+    def total(tensor: str) -> sympy.Expr:
+        t = cascade.tensors[tensor]
+        return sympy.Mul(*(size(r) + (1 if i == t.iterative else 0)
+                           for i, r in enumerate(t.ranks)))
+
+    # When each tensor becomes available, and which passes read it.
+    produced: dict[str, int] = {t.name: 0 for t in cascade.inputs}
+    for einsum in cascade.einsums:
+        produced[einsum.tensor] = passes.pass_of.get(einsum.tensor, passes.ready[einsum.tensor])
+    readers: dict[str, set[int]] = {name: set() for name in cascade.tensors}
+    for einsum in streaming:
+        for name in einsum.reads:
+            if name != einsum.tensor:
+                readers[name].add(passes.pass_of[einsum.tensor])
+
+    result = RankBuffers(rank, parallel, tile)
+    result._rank_symbols = {size_symbol(r) for r in family} | {
+        s for r in family for s in size(r).free_symbols}
+    for k in range(1, passes.passes):
+        live, reread = [], []
+        for name, reading in readers.items():
+            later = tuple(sorted(p for p in reading if p > k))
+            if not later or produced[name] > k:
+                continue
+            if cascade.tensors[name].is_input:
+                if produced[name] == 0 and min(reading) <= k:
+                    reread.append((name, total(name) * bytes_per_element))
+                continue
+            spill = total(name) * bytes_per_element * (1 + len(later))
+            live.append(LiveTensor(name, footprint(name, fiber=True), spill, later))
+        result.boundaries.append(Boundary(k, tuple(live), tuple(reread)))
+
+    for number in range(1, passes.passes + 1):
+        members = [e for e in streaming if passes.pass_of[e.tensor] == number]
+        names = dict.fromkeys(e.tensor for e in members)
+        for einsum in members:
+            for name in einsum.reads:
+                if cascade.tensors[name].is_input:
+                    names.setdefault(name, None)
+        state = sympy.Add(*(footprint(n, fiber=False) for n in names))
+        # Buffers live during this pass: those crossing the boundary into it or out of it.
+        carried = {t.name: t.footprint for b in result.boundaries
+                   if b.after_pass in (number - 1, number) for t in b.live}
+        result.pass_state[number] = sympy.simplify(state)
+        result.onchip_state = sympy.Max(result.onchip_state,
+                                        sympy.simplify(state + sympy.Add(*carried.values())))
+    return result
+
+
+def _all_reads(einsum):
+    for expr in (einsum.body, einsum.filter, einsum.init):
+        if expr is not None:
+            yield from ir.reads(expr)
