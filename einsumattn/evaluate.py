@@ -116,7 +116,14 @@ def _evaluate_points(cascade: Cascade, einsum: Einsum, kept: tuple[str, ...],
                      fixed: dict[str, np.int64], store: dict[str, _Value],
                      binding: Binding) -> _Value:
     """Evaluate an Einsum over the iteration space kept + reduced (with the variables in
-    `fixed` held at one value), reduce, and return the value over `kept`."""
+    `fixed` held at one value), reduce, and return the value over `kept`.
+
+    Absence is a set of conditions, each with the index variables it depends on
+    (docs/language.md, "Absent points"). A condition that involves no reduced variable
+    decides whether the left-side point exists; one that involves a reduced variable
+    only removes that term from the reduction. So `QK[p, m] = sum[e] ... where m <= p`
+    makes QK absent above the diagonal, while `sum[m] ... where m < p` skips terms and
+    yields the identity for a row with none."""
     axes = kept + einsum.reduced
     env: dict[str, np.ndarray] = dict(fixed)
     for axis, var in enumerate(axes):
@@ -127,44 +134,93 @@ def _evaluate_points(cascade: Cascade, einsum: Einsum, kept: tuple[str, ...],
     full = tuple(binding.sizes[cascade.var_rank(v)] for v in axes)
 
     evaluator = _Evaluator(cascade, store, binding, env)
-    body = evaluator.value(einsum.body)
+    body = evaluator.term(einsum.body)
     value = np.broadcast_to(np.asarray(body.value, dtype=np.float64), full)
-    present = np.broadcast_to(body.present, full)
-    if einsum.filter is not None:
-        cond = evaluator.value(einsum.filter)
-        present = present & np.broadcast_to(cond.present & cond.value.astype(bool), full)
-    present = present & np.broadcast_to(_inside_splits(cascade, env, binding), full)
+    conditions = list(body.conditions)
+    for conjunct in _conjuncts(einsum.filter):
+        cond = evaluator.term(conjunct)
+        mask = np.asarray(cond.value, dtype=bool)
+        for c in cond.conditions:
+            mask = mask & c.mask
+        conditions.append(_Condition(mask, frozenset(ir.index_vars(conjunct))
+                                     | cond.variables))
+    conditions += _split_domains(cascade, env, binding)
+
+    reduced = set(einsum.reduced)
+    everywhere = np.ones(full, dtype=bool)
+    point = everywhere.copy()     # conditions on the left-side point alone
+    term = everywhere.copy()      # all conditions: which terms of the reduction exist
+    for condition in conditions:
+        mask = np.broadcast_to(condition.mask, full)
+        term &= mask
+        if not condition.variables & reduced:
+            point &= mask
     if einsum.reduce_op is None:
-        return _Value(np.array(value), np.array(present))
+        return _Value(np.array(value), term)
     reduced_axes = tuple(range(len(kept), len(axes)))
     identity = ir.REDUCTION_IDENTITY[einsum.reduce_op]
-    masked = np.where(present, value, identity)
     reducer = {"sum": np.sum, "max": np.max, "min": np.min}[einsum.reduce_op]
     with np.errstate(all="ignore"):
-        if all(full[a] > 0 for a in reduced_axes):
-            reduced = reducer(masked, axis=reduced_axes)
-        else:
-            reduced = np.full(tuple(full[:len(kept)]), identity)
-    # A reduction yields a value at every point: its identity where nothing was present.
-    return _Value(np.asarray(reduced, dtype=np.float64),
-                  np.ones(np.shape(reduced), dtype=bool))
+        result = reducer(np.where(term, value, identity), axis=reduced_axes)
+    # A present left point with no present term gets the identity (sum 0, max -inf).
+    return _Value(np.asarray(result, dtype=np.float64), np.all(point, axis=reduced_axes))
 
 
-def _inside_splits(cascade: Cascade, env: dict[str, np.ndarray], binding: Binding):
-    """A point of a split's (M1, M0) with m1*M0 + m0 >= M is not a point of M: it is
-    absent wherever both parts of the split are in the iteration space (docs/language.md,
-    "Splits")."""
-    inside = np.True_
+def _conjuncts(expr: ir.Expr | None) -> list[ir.Expr]:
+    """`a and b and c` -> [a, b, c]: each is a condition of its own."""
+    if expr is None:
+        return []
+    if isinstance(expr, ir.Op) and expr.op == "and":
+        return _conjuncts(expr.args[0]) + _conjuncts(expr.args[1])
+    return [expr]
+
+
+def _split_domains(cascade: Cascade, env: dict[str, np.ndarray],
+                   binding: Binding) -> list["_Condition"]:
+    """A point of a split's (M1, M0) with m1*M0 + m0 >= M is not a point of M: a
+    condition on m1 and m0 wherever both are in the iteration space."""
+    conditions = []
     for split in cascade.splits:
         outer, inner = cascade.ranks[split.outer].var, cascade.ranks[split.inner].var
         if outer in env and inner in env:
             position = env[outer] * binding.sizes[split.inner] + env[inner]
-            inside = inside & (position < binding.sizes[split.parent])
-    return inside
+            conditions.append(_Condition(position < binding.sizes[split.parent],
+                                         frozenset({outer, inner})))
+    return conditions
+
+
+class _Condition:
+    """Where something is present, and the index variables that decides it."""
+
+    __slots__ = ("mask", "variables")
+
+    def __init__(self, mask, variables: frozenset):
+        self.mask = mask
+        self.variables = variables
+
+
+class _Term:
+    """The value of an expression and the conditions under which it is present."""
+
+    __slots__ = ("value", "conditions")
+
+    def __init__(self, value, conditions: tuple[_Condition, ...] = ()):
+        self.value = value
+        self.conditions = conditions
+
+    @property
+    def variables(self) -> frozenset:
+        return frozenset().union(*(c.variables for c in self.conditions))
+
+    def mask(self):
+        mask = np.True_
+        for condition in self.conditions:
+            mask = mask & condition.mask
+        return mask
 
 
 class _Evaluator:
-    """Evaluates IR expressions to `_Value`s broadcastable over the iteration space."""
+    """Evaluates IR expressions to `_Term`s broadcastable over the iteration space."""
 
     def __init__(self, cascade: Cascade, store: dict[str, _Value], binding: Binding,
                  env: dict[str, np.ndarray]):
@@ -173,30 +229,30 @@ class _Evaluator:
         self.binding = binding
         self.env = env
 
-    def value(self, expr: ir.Expr) -> _Value:
+    def term(self, expr: ir.Expr) -> _Term:
         if isinstance(expr, ir.Const):
-            return _Value(np.float64(expr.value), np.True_)
+            return _Term(np.float64(expr.value))
         if isinstance(expr, ir.Index):
-            return _Value(self.env[expr.var].astype(np.float64), np.True_)
+            return _Term(self.env[expr.var].astype(np.float64))
         if isinstance(expr, ir.Dim):
-            return _Value(np.float64(self.binding.sizes[expr.rank]), np.True_)
+            return _Term(np.float64(self.binding.sizes[expr.rank]))
         if isinstance(expr, ir.Param):
-            return _Value(np.float64(self.binding.params[expr.name]), np.True_)
+            return _Term(np.float64(self.binding.params[expr.name]))
         if isinstance(expr, ir.Read):
             return self.read(expr)
         assert isinstance(expr, ir.Op)
-        args = [self.value(a) for a in expr.args]
+        args = [self.term(a) for a in expr.args]
         result = apply(expr.op, [a.value for a in args])
         if expr.op == "where":
-            # where(c, a, b) needs c, and only the branch it picks.
-            cond = args[0].value.astype(bool) if hasattr(args[0].value, "astype") \
-                else bool(args[0].value)
-            present = args[0].present & np.where(cond, args[1].present, args[2].present)
-        else:
-            present = args[0].present
-            for arg in args[1:]:
-                present = present & arg.present
-        return _Value(result, present)
+            # where(c, a, b) needs c, and only the branch it picks: one condition.
+            cond, if_true, if_false = args
+            picked = np.where(np.asarray(cond.value, dtype=bool), if_true.mask(),
+                              if_false.mask())
+            variables = cond.variables | if_true.variables | if_false.variables
+            if not variables:
+                return _Term(result)
+            return _Term(result, (_Condition(cond.mask() & picked, variables),))
+        return _Term(result, tuple(c for a in args for c in a.conditions))
 
     def index(self, expr: ir.Expr) -> np.ndarray:
         """Integer value of an affine index expression."""
@@ -210,16 +266,26 @@ class _Evaluator:
         args = [self.index(a) for a in expr.args]
         return apply(expr.op, args)
 
-    def read(self, expr: ir.Read) -> _Value:
+    def read(self, expr: ir.Read) -> _Term:
         source = self.store[expr.tensor]
         if not expr.indices:
-            return _Value(source.value[()], source.present[()])
-        coords = [self.index(i) for i in expr.indices]
-        coords = np.broadcast_arrays(*coords)
-        inside = np.ones(coords[0].shape, dtype=bool)
+            present = source.present[()]
+            return _Term(source.value[()], () if present else
+                         (_Condition(np.False_, frozenset()),))
+        coords = np.broadcast_arrays(*[self.index(i) for i in expr.indices])
+        conditions = []
+        inside_all = np.ones(coords[0].shape, dtype=bool)
         clipped = []
-        for coord, extent in zip(coords, source.value.shape):
-            inside &= (coord >= 0) & (coord < extent)
+        for index, coord, extent in zip(expr.indices, coords, source.value.shape):
+            inside = (coord >= 0) & (coord < extent)
+            inside_all &= inside
             clipped.append(np.clip(coord, 0, extent - 1))
+            if not inside.all():
+                # Each coordinate's range is a condition on the variables it uses.
+                conditions.append(_Condition(inside, frozenset(ir.index_vars(index))))
         clipped_t = tuple(clipped)
-        return _Value(source.value[clipped_t], inside & source.present[clipped_t])
+        if not source.present.all():
+            # Where a coordinate is outside, the range condition decides, not the clip.
+            present = source.present[clipped_t] | ~inside_all
+            conditions.append(_Condition(present, frozenset(ir.index_vars(expr))))
+        return _Term(source.value[clipped_t], tuple(conditions))

@@ -171,3 +171,38 @@ def test_input_errors_are_clear():
         einsumattn.evaluate(cascade, {"X": np.ones(2)})
     with pytest.raises(BindError, match="rank P is 3 from input W"):
         einsumattn.evaluate(cascade, [np.ones(2), np.ones(3)])
+
+
+def test_filter_on_a_contraction_masks_the_left_point():
+    # QK sums over e; `where m <= p` involves no reduced variable, so it removes the (p, m)
+    # point itself (causal masking), instead of leaving an empty sum of 0.
+    text = """
+dims P, M, E
+input A[p, e], B[m, e]
+X[p, m] = A[p, e] * B[m, e]  where m <= p
+Y[p, m] = exp(X[p, m])
+output Y
+"""
+    out = run(text, [np.ones((2, 1)), np.ones((3, 1))])["Y"]
+    np.testing.assert_array_equal(out, [[math.e, 0, 0], [math.e, math.e, 0]])
+
+
+def test_conditions_on_the_point_versus_on_the_terms():
+    # A condition on p alone makes G[p] absent (returned as 0); a condition involving the
+    # reduced m only skips terms, and a row with none yields max's identity, -inf.
+    # `and` splits a filter into conditions that are judged separately.
+    text = """
+dims P, M
+input X[p, m]
+G[p] = max[m] X[p, m] where m < p and p < 2
+output G
+"""
+    out = run(text, [np.full((3, 3), 5.0)])["G"]
+    np.testing.assert_array_equal(out, [-math.inf, 5.0, 0.0])
+
+
+def test_absent_factor_on_the_left_point_propagates_through_a_sum():
+    # Z[p + 1] is out of range at the last p for every m: the sum at that p is absent.
+    text = "dims P, M\ninput X[p, m], Z[p]\nY[p] = X[p, m] * Z[p + 1]\noutput Y"
+    out = run(text, [np.ones((2, 3)), np.array([1.0, 2.0])], intermediates=False)["Y"]
+    np.testing.assert_array_equal(out, [6.0, 0.0])

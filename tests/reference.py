@@ -1,0 +1,152 @@
+"""Hand-written PyTorch references for the example specs in `examples/`.
+
+Each function implements one attention variant directly from its paper's math,
+independently of the `.attn` specs (no cascades, no running maxima, no spec
+semantics), so that a test comparing the two checks the spec *and* the oracle.
+All functions expect float64 tensors and return float64 tensors.
+
+Conventions: queries Q[B, H, P, E], keys K[B, H, M, E], values V[B, H, M, F];
+`scale` defaults to 1 / sqrt(E).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def _default_scale(q: torch.Tensor, scale: float | None) -> float:
+    return 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+
+
+def _masked_softmax_av(scores: torch.Tensor, v: torch.Tensor,
+                       keep: torch.Tensor | None) -> torch.Tensor:
+    """softmax(scores) @ v over the last axis, keys where `keep` is False removed.
+
+    A query row with no kept key gets an all-zero output (the einsumattn convention:
+    a sum over no points is 0), where `torch.softmax` alone would give NaN.
+    """
+    if keep is None:
+        return torch.softmax(scores, dim=-1) @ v
+    weights = torch.softmax(scores.masked_fill(~keep, float("-inf")), dim=-1)
+    weights = torch.where(keep.any(dim=-1, keepdim=True), weights, torch.zeros_like(weights))
+    return weights @ v
+
+
+def softmax_attention(q, k, v, scale=None, keep=None):
+    """Scaled dot-product attention, Vaswani et al. 2017, "Attention Is All You Need":
+    softmax(Q K^T * scale) V, optionally restricted to keys where the boolean `keep[P, M]`
+    holds. FuseMax (Nayak et al., MICRO 2024) Cascades 4 and 5 compute the same function.
+    """
+    scores = torch.einsum("bhpe,bhme->bhpm", q, k) * _default_scale(q, scale)
+    return _masked_softmax_av(scores, v, keep)
+
+
+def causal_mask(p: int, m: int, strict: bool = False) -> torch.Tensor:
+    """keep[p, m] = m <= p (or m < p with `strict`): top-left aligned causal mask."""
+    return torch.tril(torch.ones(p, m, dtype=torch.bool), diagonal=-1 if strict else 0)
+
+
+def causal_softmax_attention(q, k, v, scale=None):
+    """Causal (decoder) softmax attention, Vaswani et al. 2017: query p attends to keys
+    m <= p."""
+    return softmax_attention(q, k, v, scale, causal_mask(q.shape[-2], k.shape[-2]))
+
+
+def sliding_window_sinks_mask(p: int, m: int, window: int, sinks: int) -> torch.Tensor:
+    """StreamingLLM's key set: the `window` most recent causal keys plus the first `sinks`."""
+    qi = torch.arange(p).unsqueeze(1)
+    ki = torch.arange(m).unsqueeze(0)
+    return (ki <= qi) & ((qi - ki < window) | (ki < sinks))
+
+
+def sliding_window_sinks_attention(q, k, v, window=4, sinks=1, scale=None):
+    """StreamingLLM, Xiao et al. 2024, "Efficient Streaming Language Models with Attention
+    Sinks": causal attention over a rolling window of recent tokens plus the initial
+    "attention sink" tokens, whose keys are always kept."""
+    keep = sliding_window_sinks_mask(q.shape[-2], k.shape[-2], window, sinks)
+    return softmax_attention(q, k, v, scale, keep)
+
+
+def alibi_slopes(n_heads: int) -> torch.Tensor:
+    """ALiBi head slopes, Press et al. 2022, "Train Short, Test Long", section 3: a
+    geometric sequence that starts at 2^(-8/n) and uses that number as its ratio
+    (1/2, 1/4, ..., 1/256 for n = 8)."""
+    start = 2.0 ** (-8.0 / n_heads)
+    return torch.tensor([start * start ** i for i in range(n_heads)], dtype=torch.float64)
+
+
+def alibi_attention(q, k, v, scale=None):
+    """ALiBi, Press et al. 2022: causal softmax(q_i K^T * scale + slope * [-(i-1), ..., -1, 0])
+    V; the penalty is slope_h * (j - i) for key j <= query i."""
+    n_heads, p, m = q.shape[1], q.shape[-2], k.shape[-2]
+    distance = (torch.arange(m).unsqueeze(0) - torch.arange(p).unsqueeze(1)).to(torch.float64)
+    bias = alibi_slopes(n_heads).view(n_heads, 1, 1) * distance          # [H, P, M]
+    scores = torch.einsum("bhpe,bhme->bhpm", q, k) * _default_scale(q, scale) + bias
+    return _masked_softmax_av(scores, v, causal_mask(p, m))
+
+
+def softcap_attention(q, k, v, cap=50.0, scale=None):
+    """Logit soft-capping, Gemma Team 2024, "Gemma 2": logits <- cap * tanh(logits / cap)
+    before the softmax."""
+    scores = torch.einsum("bhpe,bhme->bhpm", q, k) * _default_scale(q, scale)
+    return _masked_softmax_av(cap * torch.tanh(scores / cap), v, None)
+
+
+def gqa_attention(q, k, v, scale=None):
+    """Grouped-query attention, Ainslie et al. 2023, "GQA": H query heads in KH groups of
+    H / KH consecutive heads; each group shares one key/value head (KH = 1 is multi-query
+    attention, KH = H is multi-head attention)."""
+    group = q.shape[1] // k.shape[1]
+    k = k.repeat_interleave(group, dim=1)
+    v = v.repeat_interleave(group, dim=1)
+    return softmax_attention(q, k, v, scale)
+
+
+def sigmoid_attention(q, k, v, bias=None, scale=None):
+    """Sigmoid self-attention, Ramapuram et al. 2024, "Theory, Analysis, and Best
+    Practices for Sigmoid Self-Attention": sigma(Q K^T * scale + b) V with b = -log(n),
+    n the sequence (key) length; no normalisation over keys."""
+    if bias is None:
+        bias = -math.log(k.shape[-2])
+    scores = torch.einsum("bhpe,bhme->bhpm", q, k) * _default_scale(q, scale)
+    return torch.sigmoid(scores + bias) @ v
+
+
+def linear_attention(q, k, v):
+    """Linear attention, Katharopoulos et al. 2020, "Transformers are RNNs", eq. 6 with
+    phi(x) = elu(x) + 1: V'_i = phi(Q_i)^T (sum_j phi(K_j) V_j^T) / phi(Q_i)^T sum_j phi(K_j)."""
+    fq, fk = F.elu(q) + 1, F.elu(k) + 1
+    kv = torch.einsum("bhme,bhmf->bhef", fk, v)
+    num = torch.einsum("bhpe,bhef->bhpf", fq, kv)
+    den = torch.einsum("bhpe,bhe->bhp", fq, fk.sum(dim=-2))
+    return num / den.unsqueeze(-1)
+
+
+def gla_recurrent(q, k, v, gk, scale=None):
+    """Gated linear attention, Yang et al. 2024, "Gated Linear Attention Transformers with
+    Hardware-Efficient Training", recurrent form: S_t = diag(alpha_t) S_{t-1} + k_t v_t^T,
+    o_t = (scale q_t)^T S_t with alpha_t = exp(gk_t) (log-space gates, as
+    flash-linear-attention's fused_recurrent_gla). Shapes Q, K, GK [B, H, T, D], V [B, H, T, F].
+    """
+    b, h, t_len, d = q.shape
+    scale = 1.0 / math.sqrt(d) if scale is None else scale
+    state = q.new_zeros(b, h, d, v.shape[-1])
+    out = []
+    for t in range(t_len):
+        state = torch.exp(gk[:, :, t]).unsqueeze(-1) * state \
+            + k[:, :, t].unsqueeze(-1) * v[:, :, t].unsqueeze(-2)
+        out.append(torch.einsum("bhd,bhdf->bhf", q[:, :, t] * scale, state))
+    return torch.stack(out, dim=2)
+
+
+def eca(x, conv_weight):
+    """Efficient channel attention, Wang et al. 2020, "ECA-Net": global average pooling,
+    a 1-D convolution of odd size k across channels with zero padding (k - 1) // 2 and no
+    bias, a sigmoid, and a per-channel rescaling of the input X[B, C, H, W]."""
+    ksize = conv_weight.shape[0]
+    pooled = x.mean(dim=(2, 3))                                           # [B, C]
+    y = F.conv1d(pooled.unsqueeze(1), conv_weight.view(1, 1, ksize), padding=(ksize - 1) // 2)
+    return x * torch.sigmoid(y.squeeze(1)).view(x.shape[0], x.shape[1], 1, 1)
