@@ -47,7 +47,9 @@ class Source:
     filename: str = "<spec>"
 
     def line_text(self, line: int) -> str:
-        lines = self.text.splitlines()
+        # Only '\n' ends a line (the parser normalises CR and CRLF); splitlines() would
+        # also split at form feeds and U+2028, which are ordinary characters here.
+        lines = self.text.split("\n")
         if 1 <= line <= len(lines):
             return lines[line - 1]
         return ""
@@ -108,9 +110,9 @@ def _window(text: str, col: int) -> tuple[str, int]:
     return prefix + piece + suffix, col - start + len(prefix)
 
 
-def did_you_mean(name: str, candidates: Iterable[str]) -> str | None:
+def did_you_mean(name: str, candidates: Iterable[str], cutoff: float = 0.6) -> str | None:
     """A 'did you mean' hint naming the closest candidate, if one is close."""
-    close = difflib.get_close_matches(name, sorted(set(candidates)), n=1, cutoff=0.6)
+    close = difflib.get_close_matches(name, sorted(set(candidates)), n=1, cutoff=cutoff)
     return f"did you mean '{close[0]}'?" if close else None
 
 

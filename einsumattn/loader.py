@@ -36,7 +36,9 @@ def _decode(data: bytes, filename: str) -> str:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as error:
         line = data.count(b"\n", 0, error.start) + 1
-        column = error.start - (data.rfind(b"\n", 0, error.start) + 1) + 1
+        line_start = data.rfind(b"\n", 0, error.start) + 1
+        # Columns count characters, not bytes: decode what precedes the bad byte.
+        column = len(data[line_start:error.start].decode("utf-8", "replace")) + 1
         raise SpecError(f"the file is not UTF-8 text (byte 0x{data[error.start]:02x})",
                         Span.point(line, column), "a spec is a UTF-8 text file",
                         Source(data[:error.start].decode("utf-8", "replace"), filename)

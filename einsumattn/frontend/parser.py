@@ -8,6 +8,7 @@ binary junk, an empty file, megabytes of text and deep nesting all end in a diag
 from __future__ import annotations
 
 import functools
+import re
 from importlib import resources
 from typing import Iterator
 
@@ -27,6 +28,9 @@ RESERVED = KEYWORDS | FUNCTIONS
 # Deeper nesting than this is rejected with a diagnostic; the later stages walk
 # expressions recursively, and no attention formula comes near it.
 MAX_NESTING = 64
+# The deepest expression tree accepted, counting each operator of a chain (`a+b+c` is 3
+# deep): the recursive stages stay far below Python's recursion limit.
+MAX_EXPRESSION_DEPTH = 200
 
 _TOKEN_WORDS = {
     "NAME": "a name", "NUMBER": "a number", "INT": "an integer", "_NL": "the end of the line",
@@ -119,8 +123,10 @@ class _ToAst(Transformer):
         return ast.Inf(_meta_span(meta))
 
     def name(self, meta, children):
+        # Reserved words used as bare names are reported by the IR builder, which knows
+        # the declarations: `dims EXP` is the real mistake behind a use of `exp`.
         token = children[0]
-        return ast.Name(_check_name(token, "a value"), _token_span(token))
+        return ast.Name(str(token), _token_span(token))
 
     def expr_list(self, meta, children):
         return tuple(children)
@@ -260,8 +266,28 @@ def _tree_depth_check(tree: Tree) -> None:
                 stack.append((child, depth + 1))
 
 
+def _ast_depth_check(statements) -> None:
+    """Long operator chains (`a + a + ... + a`) fold into deep trees that the later,
+    recursive stages walk: bound their depth with a located diagnostic."""
+    for statement in statements:
+        roots = [getattr(statement, name, None) for name in ("rhs", "filter", "value",
+                                                              "default")]
+        stack = [(node, 1) for node in roots if node is not None]
+        while stack:
+            node, depth = stack.pop()
+            if depth > MAX_EXPRESSION_DEPTH:
+                raise SpecError(
+                    f"expression more than {MAX_EXPRESSION_DEPTH} operations deep",
+                    node.span, "split it into intermediate tensors (one Einsum each)")
+            stack.extend((child, depth + 1) for child in ast.children(node))
+
+
 def parse(text: str, filename: str = "<spec>") -> ast.Spec:
     """Parse spec text into a syntax tree, or raise `SpecError`."""
+    # lark counts lines by '\n': bring CRLF and lone CR to '\n' so positions are right.
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    if text.startswith("\ufeff"):
+        text = text[1:]
     source = Source(text, filename)
     if "\x00" in text:
         index = text.index("\x00")
@@ -274,6 +300,7 @@ def parse(text: str, filename: str = "<spec>") -> ast.Spec:
         tree = parser.parse(text + "\n")
         _tree_depth_check(tree)
         statements = _ToAst().transform(tree)
+        _ast_depth_check(statements)
     except SpecError as error:
         raise error.with_source(source) from None
     except VisitError as error:
@@ -289,12 +316,27 @@ def parse(text: str, filename: str = "<spec>") -> ast.Spec:
     return ast.Spec(statements, source)
 
 
+_VALUE_START = {"NAME", "NUMBER", "LPAR", "INF", "REDOP", "WHERE"}
+_OPERATORS = {"ADD_OP", "MUL_OP", "POW", "COMP_OP"}
+
+
 def _describe(token_types) -> str:
-    words = sorted({_TOKEN_WORDS.get(t, f"'{t.lower()}'") for t in token_types
-                    if not t.startswith("__")})
-    if len(words) > 6:
-        return "an expression or statement"
-    return ", ".join(words)
+    """What the parser expected, in words."""
+    expected = {t for t in token_types if not t.startswith("__")}
+    if expected & _VALUE_START and "NAME" in expected and "NUMBER" in expected:
+        return "a value here: a name, a number, '(' or a function call"
+    if expected & _OPERATORS and "_NL" in expected:
+        return "an operator (such as '*') or the end of the line here"
+    words = sorted({_TOKEN_WORDS.get(t, f"'{t.lower()}'") for t in expected})
+    if len(words) > 5:
+        return "something else here"
+    return " or ".join(words) + " here"
+
+
+def _text_before(source: Source, token: Token) -> str:
+    """The statement text before `token` on its line (lark records the previous token
+    only for some errors, so read it from the source)."""
+    return source.line_text(token.line)[:token.column - 1].rstrip()
 
 
 def _syntax_error(error: UnexpectedInput, parser: Lark, source: Source) -> SpecError:
@@ -308,45 +350,86 @@ def _syntax_error(error: UnexpectedInput, parser: Lark, source: Source) -> SpecE
                          "+ - * / // % ** < <= > >= == !=", source)
     if isinstance(error, UnexpectedToken):
         token = error.token
-        expected = _describe(error.expected)
+        accepted = set(error.expected)
+        if getattr(error, "interactive_parser", None) is not None:
+            try:  # what the parser truly accepts here (the lexer always offers '_NL')
+                accepted = set(error.interactive_parser.accepts()) or accepted
+            except Exception:  # noqa: BLE001 - a better message is optional
+                pass
+        expected = _describe(accepted)
         if token.type == "$END":
             return _eof_error(source, expected)
+        before = _text_before(source, token)
+        after_equal = before.endswith("=") and not before.endswith(("==", "<=", ">=", "!="))
+        unclosed = _unclosed_before(source, token)
+        if unclosed is not None:
+            return SpecError("this bracket is never closed", unclosed,
+                             f"close it before the end of the statement (line "
+                             f"{token.line} reads as its continuation)", source)
+        reduction = re.search(r"\b(sum|max|min)\s*$", before)
+        if token.type == "LSQB" and reduction:
+            # `1 + sum[m] X`: underline the reduction to the end of the statement.
+            line = source.line_text(token.line).split("#", 1)[0].rstrip()
+            start = reduction.start(1) + 1
+            return SpecError(f"'{reduction.group(1)}[...]' inside an expression",
+                             Span(token.line, start, token.line, len(line) + 1),
+                             "a reduction may only stand first on the right of '=' and "
+                             "applies to all of it; define an intermediate tensor for it",
+                             source)
         span = _token_span(token)
-        shown = "the end of the line" if token.type == "_NL" else f"'{token}'"
-        hint = f"expected {expected} here"
-        if token.type == "REDOP":
-            hint = ("a reduction such as 'sum[m] ...' may only stand first on the right "
-                    "of '='; define an intermediate tensor for it")
+        shown = "end of the line" if token.type == "_NL" else f"'{token}'"
+        hint = f"expected {expected}"
+        if after_equal and accepted == {"INT"}:
+            hint = "a fixed size must be a positive integer, e.g. 'E = 64'"
+        elif after_equal and token.type == "_NL":
+            hint = "expected an expression after '=' here"
         elif token.type == "EQUAL":
             hint = "'=' defines a tensor; to compare, write '=='"
+        elif token.type == "REDOP":
+            hint = ("a reduction such as 'sum[m] ...' may only stand first on the right "
+                    "of '='; define an intermediate tensor for it")
         return SpecError(f"unexpected {shown}", span, hint, source)
     if isinstance(error, UnexpectedEOF):
         return _eof_error(source, _describe(error.expected))
     return SpecError("could not parse the spec", None, None, source)
 
 
+def _unclosed_before(source: Source, token: Token) -> Span | None:
+    """If `token` starts its line while a bracket opened on an earlier line is still
+    open, that bracket is the likely culprit: newlines inside brackets continue a
+    statement, so an unclosed one swallows the next line."""
+    line_text = source.line_text(token.line)
+    if token.column != len(line_text) - len(line_text.lstrip()) + 1:
+        return None
+    stack = _open_brackets(source, upto_line=token.line)
+    if stack and stack[-1][0] < token.line:
+        return Span.point(*stack[-1])
+    return None
+
+
+def _open_brackets(source: Source, upto_line: int | None = None) -> list[tuple[int, int]]:
+    """Positions of the brackets still open (ignoring comments), before `upto_line`."""
+    stack: list[tuple[int, int]] = []
+    for number, text in enumerate(source.text.split("\n"), 1):
+        if upto_line is not None and number >= upto_line:
+            break
+        for column, char in enumerate(text.split("#", 1)[0], 1):
+            if char in "([":
+                stack.append((number, column))
+            elif char in ")]" and stack:
+                stack.pop()
+    return stack
+
+
 def _eof_error(source: Source, expected: str) -> SpecError:
     # At the end of the file the likely cause is an unclosed bracket: point at it.
-    depth_stack: list[tuple[int, int]] = []
-    line, column = 1, 1
-    in_comment = False
-    for char in source.text:
-        if char == "\n":
-            line, column, in_comment = line + 1, 1, False
-            continue
-        if char == "#":
-            in_comment = True
-        if not in_comment:
-            if char in "([":
-                depth_stack.append((line, column))
-            elif char in ")]" and depth_stack:
-                depth_stack.pop()
-        column += 1
-    if depth_stack:
-        line, column = depth_stack[-1]
-        return SpecError("this bracket is never closed", Span.point(line, column),
+    stack = _open_brackets(source)
+    if stack:
+        return SpecError("this bracket is never closed", Span.point(*stack[-1]),
                          "close it before the end of the statement", source)
-    last = len(source.text.splitlines()) or 1
+    last = len(source.text.split("\n")) or 1
+    while last > 1 and not source.line_text(last).strip():
+        last -= 1
     return SpecError("the spec ends in the middle of a statement",
                      Span.point(last, max(1, len(source.line_text(last)) + 1)),
                      f"expected {expected}", source)

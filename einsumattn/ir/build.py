@@ -14,7 +14,7 @@ import networkx as nx
 import sympy
 
 from ..diagnostics import Source, SpecError, Span, did_you_mean
-from ..frontend import FUNCTIONS, ast
+from ..frontend import FUNCTIONS, RESERVED, ast
 from . import expr as ir
 from .cascade import Cascade, Einsum, ParamDecl, Rank, Split, Tensor, dataflow_graph
 
@@ -75,6 +75,9 @@ class _Builder:
                   split_of: str | None = None) -> None:
         self._declare(name, "a rank", span)
         var = name.lower()
+        if var in RESERVED:
+            raise SpecError(f"rank {name}'s index variable '{var}' is a reserved word", span,
+                            "rename the rank: its index variable is its lower-case name")
         if var in self.declared and var != name:
             kind, first = self.declared[var]
             raise SpecError(f"rank {name}'s index variable '{var}' clashes with {kind} "
@@ -176,6 +179,7 @@ class _Builder:
     def _rank_of_index(self, node: ast.Expr, tensor: str) -> str:
         """The rank of a declaring index (input declaration, left side): a bare variable."""
         if isinstance(node, ast.Name):
+            _check_not_reserved(node)
             if node.id in self.var_rank:
                 rank = self.var_rank[node.id]
                 self.rank_uses.setdefault(rank, node.span)
@@ -190,9 +194,14 @@ class _Builder:
                              f"'{name.lower()}'", span,
                              f"write '{name.lower()}' (a rank's name as an index reads "
                              f"the final position of a recurrence)")
-        hint = did_you_mean(name, self.var_rank) or (
-            f"index variables are the lower-case names of ranks: declare "
-            f"'dims {name.upper()}' to use '{name}'")
+        variables = ", ".join(self.var_rank)
+        if name.upper() in self.declared:
+            hint = (f"index variables are the lower-case names of ranks: "
+                    f"{variables or 'none declared'}")
+        else:
+            hint = did_you_mean(name, self.var_rank) or (
+                f"index variables are the lower-case names of ranks ({variables}); "
+                f"declare 'dims {name.upper()}' to use '{name}'")
         return SpecError(f"index variable '{name}' has no rank", span, hint)
 
     def _check_distinct(self, variables: list[str], nodes, tensor: str) -> None:
@@ -236,12 +245,9 @@ class _Builder:
                 variables.append("")
                 continue
             if var is None:
-                what = ("index variables, and one '0' at the iterative position" if init
-                        else "index variables (or 'x+1' at one position, for a recurrence)")
-                raise SpecError(f"the left side of {lhs.tensor} must use {what}", node.span,
-                                f"write e.g. {lhs.tensor}[b, h, p]; compute shifted or "
-                                f"strided positions on the right side")
+                raise SpecError(*self._lhs_problem(lhs, position, init))
             if var not in self.var_rank:
+                _check_not_reserved(node if isinstance(node, ast.Name) else node.left)
                 raise self._no_rank_error(var, node.span if isinstance(node, ast.Name)
                                           else node.left.span)
             self.rank_uses.setdefault(self.var_rank[var], node.span)
@@ -250,6 +256,29 @@ class _Builder:
         named = [(v, n) for v, n in zip(variables, nodes) if v]
         self._check_distinct([v for v, _ in named], [n for _, n in named], lhs.tensor)
         return variables, iterative
+
+    def _lhs_problem(self, lhs: ast.Lhs, position: int, init: bool) -> tuple:
+        """Message, span and hint for a left-side index that is not a variable."""
+        node = lhs.indices[position]
+        if init:
+            tensor = self.tensors.get(lhs.tensor)
+            if tensor is not None and tensor.iterative is not None:
+                parts = ["0" if i == tensor.iterative else self.ranks[r].var
+                         for i, r in enumerate(tensor.ranks)]
+                hint = (f"an init gives position 0: write init {lhs.tensor}"
+                        f"[{', '.join(parts)}] = ...")
+            else:
+                hint = "an init gives position 0 of a recurrence's iterative rank"
+            return (f"the left side of an init must use index variables and one '0'",
+                    node.span, hint)
+        suggestion = []
+        for index in lhs.indices:
+            names = [n.id for n in _ast_names(index) if n.id in self.var_rank]
+            suggestion.append(names[0] if names else "?")
+        return (f"the left side of {lhs.tensor} must use index variables (or 'x+1' at one "
+                f"position, for a recurrence)", node.span,
+                f"write e.g. {lhs.tensor}[{', '.join(suggestion)}]; compute shifted or "
+                f"strided positions on the right side")
 
     def _define(self, stmt: ast.EinsumStmt, order: int) -> None:
         lhs = stmt.lhs
@@ -297,9 +326,12 @@ class _Builder:
             cycle = nx.find_cycle(graph)
         except nx.NetworkXNoCycle:
             return
-        name = cycle[0][1]
-        raise SpecError(f"param '{name}' depends on itself through "
-                        f"{' -> '.join(edge[0] for edge in cycle)} -> {name}",
+        # Edges run from a param to the params whose defaults use it; read them backwards
+        # to say "X uses Y uses ... X".
+        names = [edge[1] for edge in reversed(cycle)]
+        name = names[0]
+        raise SpecError(f"param '{name}' depends on itself: "
+                        f"{' -> '.join(names + [name])}",
                         self.params[name].name_span, "give one of them a plain value")
 
     def _numeric(self, node: ast.Expr, ctx: _Context, lhs_vars: set[str]) -> ir.Expr:
@@ -354,6 +386,7 @@ class _Builder:
 
     def _name(self, node: ast.Name, ctx: _Context) -> ir.Expr:
         name, span = node.id, node.span
+        _check_not_reserved(node)
         if name in self.var_rank:
             if ctx.kind == "param":
                 raise SpecError(f"index variable '{name}' in a param's default", span,
@@ -383,13 +416,17 @@ class _Builder:
                 raise SpecError(f"tensor '{name}' has {len(tensor.ranks)} rank(s) and needs "
                                 f"indices", span, f"write {name}[{variables}]")
             return ir.Read(name, (), span)
-        if name.islower() and len(name) <= 3:
+        if name.islower() and len(name) <= 3 and ctx.kind != "param":
             raise self._no_rank_error(name, span)
-        known = list(self.var_rank) + list(self.ranks) + list(self.params) + \
-            list(self.tensors)
+        if ctx.kind == "param":
+            known = list(self.ranks) + list(self.params)
+            fallback = f"declare it with 'dims {name}' or 'param {name}'"
+        else:
+            known = list(self.var_rank) + list(self.ranks) + list(self.params) + \
+                list(self.tensors)
+            fallback = "declare it as a dim, param, input or tensor"
         raise SpecError(f"unknown name '{name}'", span,
-                        did_you_mean(name, known)
-                        or "declare it as a dim, param, input or tensor")
+                        did_you_mean(name, known) or fallback)
 
     def _access(self, node: ast.Access, ctx: _Context, lhs_vars: set[str]) -> ir.Expr:
         name = node.tensor
@@ -429,12 +466,13 @@ class _Builder:
                 raise SpecError(f"tensor '{func}' is called like a function",
                                 node.name_span, f"index tensors with brackets: {func}[...]")
             raise SpecError(f"unknown function '{func}'", node.name_span,
-                            did_you_mean(func, FUNCTIONS)
+                            did_you_mean(func, FUNCTIONS, cutoff=0.65)
                             or f"functions are: {', '.join(sorted(FUNCTIONS))}")
         arity = _FUNCTION_ARITY[func]
         if len(node.args) != arity:
             raise SpecError(f"{func}() takes {arity} argument(s), got {len(node.args)}",
-                            node.span, _CALL_HINTS.get(func))
+                            node.span, _CALL_HINTS.get(func, f"write {func}(x) with one "
+                                                             f"argument"))
         if func == "where":
             cond = self._condition(node.args[0], ctx, lhs_vars)
             args = (cond,) + tuple(self._numeric(a, ctx, lhs_vars) for a in node.args[1:])
@@ -499,7 +537,9 @@ class _Builder:
                                    [body] + ([filt] if filt is not None else []))
         elif lhs.tensor in ir.tensors_read(body) or (
                 filt is not None and lhs.tensor in ir.tensors_read(filt)):
-            raise SpecError(f"{lhs.tensor} reads itself", lhs.name_span,
+            own = next(r for e in (body, filt) if e is not None for r in ir.reads(e)
+                       if r.tensor == lhs.tensor)
+            raise SpecError(f"{lhs.tensor} reads itself", own.span or lhs.name_span,
                             f"only a recurrence may read itself: define "
                             f"{lhs.tensor}[..., x+1, ...] from {lhs.tensor}[..., x, ...] "
                             f"with an init")
@@ -538,8 +578,8 @@ class _Builder:
                             "the iterative position")
         nodes = stmt.lhs.indices or ()
         if init_position != iterative:
-            raise SpecError(f"init of {name} puts '0' at position {init_position} but the "
-                            f"recurrence advances position {iterative + 1}",
+            raise SpecError(f"init of {name} puts '0' at position {init_position + 1} but "
+                            f"the recurrence advances position {iterative + 1}",
                             nodes[init_position].span if init_position is not None
                             else stmt.lhs.span,
                             "the 0 goes where the recurrence has 'x+1'")
@@ -701,3 +741,20 @@ def _check_affine(expr: ir.Expr, node: ast.Expr) -> None:
                 raise fail(e, f"'{e.op}' is not allowed in an index")
         elif not isinstance(e, (ir.Index, ir.Dim)):
             raise fail(e, f"'{ir.to_text(e)}' is not allowed in an index")
+
+
+def _ast_names(node: ast.Expr) -> list[ast.Name]:
+    """The bare names inside a syntax-tree expression, in order."""
+    found, stack = [], [node]
+    while stack:
+        current = stack.pop()
+        if isinstance(current, ast.Name):
+            found.append(current)
+        stack.extend(reversed(ast.children(current)))
+    return found
+
+
+def _check_not_reserved(node: ast.Name) -> None:
+    if node.id in RESERVED:
+        raise SpecError(f"'{node.id}' is a reserved word and cannot name a value", node.span,
+                        f"rename it, e.g. '{node.id}_'")
