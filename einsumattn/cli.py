@@ -11,6 +11,7 @@ import argparse
 import os
 import sys
 import traceback
+from pathlib import Path
 
 from . import __version__
 from .diagnostics import BindError, SpecError
@@ -46,7 +47,7 @@ def _cmd_parse(args) -> int:
     from .loader import load
     from .ir.summary import summary
 
-    cascade = load(args.spec)
+    cascade = load(Path(args.spec))
     print(summary(cascade))
     return EXIT_OK
 
@@ -58,7 +59,7 @@ def _cmd_eval(args) -> int:
     from .ir import bind
     from .loader import load
 
-    cascade = load(args.spec)
+    cascade = load(Path(args.spec))
     sizes = _parse_assignments(args.shapes, "--shapes", int)
     params = _parse_assignments(args.params, "--params", float)
     binding = bind(cascade, sizes=sizes, params=params)
@@ -79,7 +80,7 @@ def _cmd_analyze(args) -> int:
     from .analysis import analyze
 
     sizes = _parse_assignments(args.bind, "--bind", int) if args.bind else None
-    report = analyze(args.spec, sizes=sizes, dtype=args.dtype)
+    report = analyze(Path(args.spec), sizes=sizes, dtype=args.dtype)
     text = report.render(args.format)
     if args.output:
         with open(args.output, "w", encoding="utf-8") as handle:

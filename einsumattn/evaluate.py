@@ -248,7 +248,9 @@ class _Evaluator:
             cond, if_true, if_false = args
             picked = np.where(np.asarray(cond.value, dtype=bool), if_true.mask(),
                               if_false.mask())
-            variables = cond.variables | if_true.variables | if_false.variables
+            # The mask depends on c's own variables too (which branch is picked).
+            variables = (cond.variables | if_true.variables | if_false.variables
+                         | frozenset(ir.index_vars(expr.args[0])))
             if not variables:
                 return _Term(result)
             return _Term(result, (_Condition(cond.mask() & picked, variables),))

@@ -23,10 +23,11 @@ def read_spec(spec: str | os.PathLike) -> Source:
             data = path.read_bytes()
         except IsADirectoryError:
             raise SpecError(f"'{path}' is a directory, not a spec file",
-                            hint="give the path of a .attn file") from None
+                            hint="give the path of a .attn file",
+                            source=Source("", str(path))) from None
         except OSError as error:
             raise SpecError(f"cannot read '{path}': {error.strerror or error}",
-                            hint="check the path") from None
+                            hint="check the path", source=Source("", str(path))) from None
         return Source(_decode(data, str(path)), str(path))
     return Source(spec, "<spec>")
 

@@ -206,3 +206,11 @@ def test_absent_factor_on_the_left_point_propagates_through_a_sum():
     text = "dims P, M\ninput X[p, m], Z[p]\nY[p] = X[p, m] * Z[p + 1]\noutput Y"
     out = run(text, [np.ones((2, 3)), np.array([1.0, 2.0])], intermediates=False)["Y"]
     np.testing.assert_array_equal(out, [6.0, 0.0])
+
+
+def test_where_inside_a_reduction_drops_only_the_terms_that_pick_an_absent_branch():
+    # At p = 1, A2[p + 1] is out of range; only the m = 0 term picks it.
+    text = "dims P, M\ninput A2[p], X[p, m]\nWH[p] = sum[m] where(m < 1, A2[p + 1], X[p, m])\n" \
+           "output WH"
+    out = run(text, [np.ones(2), np.full((2, 3), 2.0)])["WH"]
+    np.testing.assert_array_equal(out, [1.0 + 2.0 + 2.0, 2.0 + 2.0])

@@ -379,7 +379,9 @@ def _syntax_error(error: UnexpectedInput, parser: Lark, source: Source) -> SpecE
         span = _token_span(token)
         shown = "end of the line" if token.type == "_NL" else f"'{token}'"
         hint = f"expected {expected}"
-        if after_equal and accepted == {"INT"}:
+        if str(token).startswith(".") and before[-1:].isdigit():
+            hint = "sizes and split factors are whole numbers"
+        elif after_equal and accepted == {"INT"}:
             hint = "a fixed size must be a positive integer, e.g. 'E = 64'"
         elif after_equal and token.type == "_NL":
             hint = "expected an expression after '=' here"

@@ -657,10 +657,14 @@ class _Builder:
     def _check_bindable(self) -> None:
         """Every rank in use must get a size: fixed, from an input's shape, or from a
         split of a rank that gets one."""
-        bound = {name for name, rank in self.ranks.items() if rank.fixed is not None}
+        split_parts = {part: s for s in self.splits for part in (s.outer, s.inner)}
+        bound = {name for name, rank in self.ranks.items()
+                 if rank.fixed is not None and name not in split_parts}
         for tensor in self.tensors.values():
             if tensor.is_input:
-                bound.update(tensor.ranks)
+                # A split's parts get their sizes from the parent, never the other way
+                # (M1 = ceil(M / M0) does not determine M).
+                bound.update(r for r in tensor.ranks if r not in split_parts)
         changed = True
         while changed:
             changed = False
@@ -673,6 +677,15 @@ class _Builder:
                             bound.add(part)
                             changed = True
         for rank, span in self.rank_uses.items():
+            if rank not in bound and rank in split_parts:
+                parent = split_parts[rank].parent
+                root = parent
+                while root in split_parts:
+                    root = split_parts[root].parent
+                raise SpecError(f"the size of rank {rank} cannot be bound", span,
+                                f"{rank} is a part of the split of {parent}, whose size "
+                                f"comes from {root}: add an input indexed by "
+                                f"'{root.lower()}' or declare 'dims {root} = 64'")
             if rank not in bound:
                 raise SpecError(f"the size of rank {rank} cannot be bound", span,
                                 f"no input has rank {rank} and it has no fixed size: add an "

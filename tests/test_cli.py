@@ -1,0 +1,92 @@
+"""The einsumattn command: parse and eval output, exit codes, and packaging."""
+
+import subprocess
+import sys
+import zipfile
+
+import pytest
+
+from einsumattn.cli import main
+
+from conftest import EXAMPLES, ROOT
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+def test_parse_summarises_every_example(path, capsys):
+    assert main(["parse", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert ": ok" in out and "Einsums in dataflow order" in out and "output" in out
+
+
+def test_parse_summary_shows_resolved_reductions_and_recurrences(capsys):
+    main(["parse", str(ROOT / "examples" / "softmax_1pass.attn")])
+    out = capsys.readouterr().out
+    assert "split    M -> M1, M0: M0 = 16, M1 = ceil(M / M0), m = m1*M0 + m0" in out
+    assert "BQK[b, h, p, m1, m0]  = sum[e] Q[b, h, p, e] * K[b, h, m1 * M0 + m0, e]" in out
+    assert "recurrence over M1, init -inf" in out
+
+
+def test_eval_prints_shapes_and_checksums(capsys):
+    args = ["eval", str(ROOT / "examples" / "softmax_3pass.attn"),
+            "--shapes", "B=1,H=2,P=3,M=5,E=4,F=2", "--seed", "3"]
+    assert main(args) == 0
+    first = capsys.readouterr().out
+    assert "AV       shape (1, 2, 3, 2)" in first and "all finite" in first
+    main(args)
+    assert capsys.readouterr().out == first          # the seed fixes the inputs
+    main(args[:-1] + ["4"])
+    assert capsys.readouterr().out != first
+
+
+@pytest.mark.parametrize("args, message", [
+    (["eval", "examples/softmax_3pass.attn", "--shapes", "B=1,H=2"], "rank P"),
+    (["eval", "examples/softmax_3pass.attn", "--shapes", "B=x"], "not a valid value"),
+    (["eval", "examples/softmax_3pass.attn", "--shapes", "B=1,H=1,P=1,M=1,E=1,F=1",
+      "--params", "scal=2"], "unknown param 'scal'"),
+    (["parse", "no/such/file.attn"], "no/such/file.attn: error: cannot read"),
+    (["parse", "not_a_spec.txt"], "not_a_spec.txt: error: cannot read"),
+    (["frobnicate"], "invalid choice"),
+])
+def test_user_errors_exit_2_with_a_message(args, message, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    with pytest.raises(SystemExit) if args[0] == "frobnicate" else _no_raise() as raised:
+        code = main(args)
+    code = raised.value.code if args[0] == "frobnicate" else code
+    assert code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+class _no_raise:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_module_entry_point_runs():
+    result = subprocess.run([sys.executable, "-m", "einsumattn", "--version"],
+                            capture_output=True, text=True, check=True)
+    assert result.stdout.startswith("einsumattn ")
+
+
+@pytest.mark.slow
+def test_wheel_ships_the_grammar_and_templates(tmp_path):
+    # An install from a wheel must find grammars/attn.lark (and templates/, later).
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                    "-q", "-w", str(tmp_path), str(ROOT)], check=True)
+    (wheel,) = tmp_path.glob("einsumattn-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "einsumattn/grammars/attn.lark" in names
+    target = tmp_path / "site"
+    with zipfile.ZipFile(wheel) as archive:
+        archive.extractall(target)
+    # The installed copy parses a spec from outside the source tree.
+    code = ("import einsumattn, sys; assert 'site' in einsumattn.__file__; "
+            "print(einsumattn.load(sys.argv[1]).name)")
+    result = subprocess.run([sys.executable, "-c", code, str(EXAMPLES[0])],
+                            capture_output=True, text=True, cwd=tmp_path,
+                            env={"PYTHONPATH": str(target), "PATH": ""})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == EXAMPLES[0].stem
