@@ -86,29 +86,20 @@ def test_diagnostic(spec: Path, capsys, monkeypatch):
 
 # ------------------------------------------------------------------ bytes and line breaks
 
-def test_not_utf8(tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("name, data, column, shown, byte", [
+    ("latin1.attn", b"Y[m] = X[m] * 2  # \xe9t\xe9", 20, "Y[m] = X[m] * 2  # ", "0xe9"),
+    # The column counts characters, not bytes: 'é' (2 bytes in UTF-8) is one column.
+    ("mb.attn", "Y[m] = X[m] # été ".encode("utf-8") + b"\xff", 19, "Y[m] = X[m] # été ",
+     "0xff"),
+])
+def test_not_utf8(name, data, column, shown, byte, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    Path("latin1.attn").write_bytes(
-        b"attention a\ndims M\ninput X[m]\nY[m] = X[m] * 2  # \xe9t\xe9\noutput Y\n")
-    code, out, err = run_parse("latin1.attn", capsys)
+    Path(name).write_bytes(b"attention a\ndims M\ninput X[m]\n" + data + b"\noutput Y\n")
+    code, out, err = run_parse(name, capsys)
     assert code == 2 and out == ""
-    assert err == ("latin1.attn:4:20: error: the file is not UTF-8 text (byte 0xe9)\n"
-                   "    4 | Y[m] = X[m] * 2  # \n"
-                   "      |                    ^\n"
-                   "hint: a spec is a UTF-8 text file\n")
-
-
-def test_not_utf8_column_counts_characters(tmp_path, capsys, monkeypatch):
-    """The column of a bad byte counts characters, not bytes: 'é' (2 bytes in UTF-8)
-    earlier on the line is one column, so the caret stands right after 'été '."""
-    monkeypatch.chdir(tmp_path)
-    Path("mb.attn").write_bytes("attention a\ndims M\ninput X[m]\nY[m] = X[m] # été "
-                                .encode("utf-8") + b"\xff\noutput Y\n")
-    code, out, err = run_parse("mb.attn", capsys)
-    assert code == 2 and out == ""
-    assert err == ("mb.attn:4:19: error: the file is not UTF-8 text (byte 0xff)\n"
-                   "    4 | Y[m] = X[m] # été \n"
-                   "      |                   ^\n"
+    assert err == (f"{name}:4:{column}: error: the file is not UTF-8 text (byte {byte})\n"
+                   f"    4 | {shown}\n"
+                   f"      | {' ' * (column - 1)}^\n"
                    "hint: a spec is a UTF-8 text file\n")
 
 
@@ -157,18 +148,11 @@ def test_line_breaks(name, tmp_path):
 
 # ------------------------------------------------------------------ the API
 
-SOFTMAX = """attention softmax_3pass
-dims  B, H, P, M, E, F
-input Q[b, h, p, e], K[b, h, m, e], V[b, h, m, f]
-param scale = 1 / sqrt(E)
-QK[b, h, p, m] = Q[b, h, p, e] * K[b, h, m, e] * scale
-GM[b, h, p]    = max[m] QK[b, h, p, m]
-SN[b, h, p, m] = exp(QK[b, h, p, m] - GM[b, h, p])
-SD[b, h, p]    = sum[m] SN[b, h, p, m]
-A[b, h, p, m]  = SN[b, h, p, m] / SD[b, h, p]
-AV[b, h, p, f] = A[b, h, p, m] * V[b, h, m, f]
-output AV
-"""
+SOFTMAX = (REPO / "examples" / "softmax_3pass.attn").read_text()
+
+
+def _line_of(text: str, needle: str) -> int:
+    return next(n for n, line in enumerate(text.split("\n"), 1) if needle in line)
 
 
 def test_softmax_base_is_valid():
@@ -179,16 +163,18 @@ def test_span_of_unknown_tensor():
     with pytest.raises(einsumattn.SpecError) as info:
         einsumattn.load(SOFTMAX.replace("exp(QK[", "exp(QKK["))
     span = info.value.span
-    assert (span.line, span.column, span.end_line, span.end_column) == (7, 22, 7, 25)
+    line = _line_of(SOFTMAX, "exp(QK[")
+    assert (span.line, span.column, span.end_line, span.end_column) == (line, 22, line, 25)
     assert info.value.hint == "did you mean 'QK'?"
-    assert info.value.render().startswith("<spec>:7:22: error: unknown tensor 'QKK'\n")
+    assert info.value.render().startswith(f"<spec>:{line}:22: error: unknown tensor 'QKK'\n")
 
 
 def test_span_of_reduced_variable_on_left():
     with pytest.raises(einsumattn.SpecError) as info:
         einsumattn.load(SOFTMAX.replace("max[m] QK", "max[m, p] QK"))
     span = info.value.span
-    assert (span.line, span.column, span.end_line, span.end_column) == (6, 25, 6, 26)
+    line = _line_of(SOFTMAX, "max[m] QK")
+    assert (span.line, span.column, span.end_line, span.end_column) == (line, 25, line, 26)
 
 
 LONG = 10_000
