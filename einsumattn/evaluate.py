@@ -248,11 +248,12 @@ class _Evaluator:
             cond, if_true, if_false = args
             picked = np.where(np.asarray(cond.value, dtype=bool), if_true.mask(),
                               if_false.mask())
-            # The mask depends on c's own variables too (which branch is picked).
-            variables = (cond.variables | if_true.variables | if_false.variables
-                         | frozenset(ir.index_vars(expr.args[0])))
-            if not variables:
+            if not (cond.conditions or if_true.conditions or if_false.conditions):
                 return _Term(result)
+            # One condition, depending on every index variable written in the where(...):
+            # a syntactic rule, so whether it decides the point or a term never depends
+            # on the data (docs/language.md, 2.8).
+            variables = frozenset(ir.index_vars(expr))
             return _Term(result, (_Condition(cond.mask() & picked, variables),))
         return _Term(result, tuple(c for a in args for c in a.conditions))
 
