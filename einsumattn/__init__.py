@@ -6,13 +6,16 @@
 
 from __future__ import annotations
 
-from .analysis import analyze
+# First, so that submodules can import it while the package initialises.
+__version__ = "0.1.0"
+
+from .analysis import analyze  # noqa: E402
+from .codegen import compile
 from .diagnostics import BindError, SpecError
 from .evaluate import evaluate
 from .ir import Cascade
 from .loader import load, read_spec
 
-__version__ = "0.1.0"
 
-__all__ = ["load", "read_spec", "evaluate", "analyze", "Cascade", "SpecError", "BindError",
+__all__ = ["load", "read_spec", "evaluate", "analyze", "compile", "Cascade", "SpecError", "BindError",
            "__version__"]

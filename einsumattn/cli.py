@@ -1,7 +1,7 @@
 """The `einsumattn` command line.
 
 Exit status: 0 success; 2 a problem in the spec or the arguments (a diagnostic on
-stderr); 1 an internal error (a bug in einsumattn: reported without a traceback unless
+stderr); 1 a failed check (`check` found a mismatch) or an internal error (a bug in einsumattn: reported without a traceback unless
 EINSUMATTN_DEBUG=1 is set).
 """
 
@@ -91,6 +91,33 @@ def _cmd_analyze(args) -> int:
     return EXIT_OK
 
 
+def _cmd_compile(args) -> int:
+    from .codegen import compile_to_file
+
+    path = compile_to_file(Path(args.spec), args.output)
+    print(f"wrote {path}")
+    return EXIT_OK
+
+
+def _cmd_check(args) -> int:
+    from .codegen.compile import compile as compile_spec
+    from .loader import load
+    from .verify import run_check
+
+    cascade = load(Path(args.spec))
+    module = compile_spec(Path(args.spec))
+    backends = ("torch", "triton") if args.backend == "both" else (args.backend,)
+    if "triton" in backends and module.TRITON_FALLBACK is not None:
+        print(f"note: no Triton kernels for this spec ({module.TRITON_FALLBACK}); "
+              f"checking the torch backend only")
+        backends = tuple(b for b in backends if b != "triton") or ("torch",)
+    print(f"{cascade.name}: checking {', '.join(backends)} against the float64 oracle, "
+          f"{args.examples} cases")
+    ok = run_check(cascade, module, backends, args.examples)
+    print("all cases agree" if ok else "MISMATCH: see the smallest failing case above")
+    return EXIT_OK if ok else EXIT_INTERNAL
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="einsumattn",
                      description="Compile attention variants written as cascades of Einsums.")
@@ -122,6 +149,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="element type for byte counts (default float16)")
     p.add_argument("-o", "--output", help="write the report to a file")
     p.set_defaults(run=_cmd_analyze)
+
+    p = commands.add_parser("compile", help="generate the module: Triton kernels and the "
+                                            "torch reference")
+    p.add_argument("spec", help="path of a .attn file")
+    p.add_argument("-o", "--output", default=".", help="folder for <name>.py (default: .)")
+    p.set_defaults(run=_cmd_compile)
+
+    p = commands.add_parser("check", help="compare the generated backends with the oracle "
+                                          "on random cases (hypothesis)")
+    p.add_argument("spec", help="path of a .attn file")
+    p.add_argument("--backend", choices=("torch", "triton", "both"), default="both")
+    p.add_argument("--examples", type=int, default=50, help="cases to try (default 50)")
+    p.set_defaults(run=_cmd_check)
     return parser
 
 

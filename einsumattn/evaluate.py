@@ -65,43 +65,46 @@ def normalize_inputs(cascade: Cascade, inputs) -> dict[str, np.ndarray]:
 
 def evaluate(cascade: Cascade, inputs: Mapping[str, Any] | Sequence[Any],
              params: Mapping[str, float] | None = None, *,
-             intermediates: bool = False) -> dict[str, np.ndarray]:
+             intermediates: bool = False, dtype=np.float64) -> dict[str, np.ndarray]:
     """Evaluate a cascade in float64.
 
     `inputs`: a mapping by name or a sequence in declaration order (numpy arrays, torch
     tensors or nested lists). Returns the outputs by name in `output` order, float64,
     with absent points as 0; with `intermediates=True`, every tensor the same way.
+    `dtype=np.float32` evaluates in float32 instead: not ground truth, but a probe of how
+    well-conditioned a case is for a float32 backend (`verify.py`).
     """
     arrays = normalize_inputs(cascade, inputs)
     binding = bind(cascade, shapes={n: a.shape for n, a in arrays.items()}, params=params)
     store: dict[str, _Value] = {}
     for name, array in arrays.items():
-        value = array.astype(np.float64) if array.dtype != np.float64 else array
+        value = array.astype(dtype) if array.dtype != dtype else array
         store[name] = _Value(value, np.ones(value.shape, dtype=bool))
     for einsum in cascade.einsums:
-        store[einsum.tensor] = _evaluate_einsum(cascade, einsum, store, binding)
+        store[einsum.tensor] = _evaluate_einsum(cascade, einsum, store, binding, dtype)
     names = list(store) if intermediates else list(cascade.outputs)
-    return {name: np.where(store[name].present, store[name].value, 0.0) for name in names}
+    return {name: np.where(store[name].present, store[name].value, dtype(0.0))
+            for name in names}
 
 
 def _evaluate_einsum(cascade: Cascade, einsum: Einsum, store: dict[str, _Value],
-                     binding: Binding) -> _Value:
+                     binding: Binding, dtype) -> _Value:
     shape = binding.extent(cascade, einsum.tensor)
     if einsum.iterative is None:
-        return _evaluate_points(cascade, einsum, einsum.indices, {}, store, binding)
+        return _evaluate_points(cascade, einsum, einsum.indices, {}, store, binding, dtype)
     # A recurrence: position 0 from the init, then step x writes position x+1 from the
     # values at positions <= x (the builder checked that it reads nothing later).
     x = einsum.iter_var
     position = einsum.iterative
     others = tuple(v for v in einsum.indices if v != x)
-    result = _Value(np.zeros(shape), np.zeros(shape, dtype=bool))
+    result = _Value(np.zeros(shape, dtype=dtype), np.zeros(shape, dtype=bool))
     store[einsum.tensor] = result
     init = _evaluate_points(cascade, Einsum(einsum.tensor, others, einsum.init), others, {},
-                            store, binding)
+                            store, binding, dtype)
     _put(result, position, 0, init)
     for step in range(binding.sizes[cascade.var_rank(x)]):
         value = _evaluate_points(cascade, einsum, others, {x: np.int64(step)}, store,
-                                 binding)
+                                 binding, dtype)
         _put(result, position, step + 1, value)
     return result
 
@@ -114,7 +117,7 @@ def _put(result: _Value, position: int, index: int, value: _Value) -> None:
 
 def _evaluate_points(cascade: Cascade, einsum: Einsum, kept: tuple[str, ...],
                      fixed: dict[str, np.int64], store: dict[str, _Value],
-                     binding: Binding) -> _Value:
+                     binding: Binding, dtype=np.float64) -> _Value:
     """Evaluate an Einsum over the iteration space kept + reduced (with the variables in
     `fixed` held at one value), reduce, and return the value over `kept`.
 
@@ -133,11 +136,11 @@ def _evaluate_points(cascade: Cascade, einsum: Einsum, kept: tuple[str, ...],
         env[var] = np.arange(extent, dtype=np.int64).reshape(shape)
     full = tuple(binding.sizes[cascade.var_rank(v)] for v in axes)
 
-    evaluator = _Evaluator(cascade, store, binding, env)
+    evaluator = _Evaluator(cascade, store, binding, env, dtype)
     body = evaluator.term(einsum.body)
-    value = np.broadcast_to(np.asarray(body.value, dtype=np.float64), full)
+    value = np.broadcast_to(np.asarray(body.value, dtype=dtype), full)
     conditions = list(body.conditions)
-    for conjunct in _conjuncts(einsum.filter):
+    for conjunct in ir.conjuncts(einsum.filter):
         cond = evaluator.term(conjunct)
         mask = np.asarray(cond.value, dtype=bool)
         for c in cond.conditions:
@@ -161,18 +164,9 @@ def _evaluate_points(cascade: Cascade, einsum: Einsum, kept: tuple[str, ...],
     identity = ir.REDUCTION_IDENTITY[einsum.reduce_op]
     reducer = {"sum": np.sum, "max": np.max, "min": np.min}[einsum.reduce_op]
     with np.errstate(all="ignore"):
-        result = reducer(np.where(term, value, identity), axis=reduced_axes)
+        result = reducer(np.where(term, value, dtype(identity)), axis=reduced_axes)
     # A present left point with no present term gets the identity (sum 0, max -inf).
-    return _Value(np.asarray(result, dtype=np.float64), np.all(point, axis=reduced_axes))
-
-
-def _conjuncts(expr: ir.Expr | None) -> list[ir.Expr]:
-    """`a and b and c` -> [a, b, c]: each is a condition of its own."""
-    if expr is None:
-        return []
-    if isinstance(expr, ir.Op) and expr.op == "and":
-        return _conjuncts(expr.args[0]) + _conjuncts(expr.args[1])
-    return [expr]
+    return _Value(np.asarray(result, dtype=dtype), np.all(point, axis=reduced_axes))
 
 
 def _split_domains(cascade: Cascade, env: dict[str, np.ndarray],
@@ -223,21 +217,22 @@ class _Evaluator:
     """Evaluates IR expressions to `_Term`s broadcastable over the iteration space."""
 
     def __init__(self, cascade: Cascade, store: dict[str, _Value], binding: Binding,
-                 env: dict[str, np.ndarray]):
+                 env: dict[str, np.ndarray], dtype=np.float64):
         self.cascade = cascade
         self.store = store
         self.binding = binding
         self.env = env
+        self.dtype = dtype
 
     def term(self, expr: ir.Expr) -> _Term:
         if isinstance(expr, ir.Const):
-            return _Term(np.float64(expr.value))
+            return _Term(self.dtype(expr.value))
         if isinstance(expr, ir.Index):
-            return _Term(self.env[expr.var].astype(np.float64))
+            return _Term(self.env[expr.var].astype(self.dtype))
         if isinstance(expr, ir.Dim):
-            return _Term(np.float64(self.binding.sizes[expr.rank]))
+            return _Term(self.dtype(self.binding.sizes[expr.rank]))
         if isinstance(expr, ir.Param):
-            return _Term(np.float64(self.binding.params[expr.name]))
+            return _Term(self.dtype(self.binding.params[expr.name]))
         if isinstance(expr, ir.Read):
             return self.read(expr)
         assert isinstance(expr, ir.Op)

@@ -106,6 +106,15 @@ def index_vars(expr: Expr) -> list[str]:
     return list(seen)
 
 
+def conjuncts(expr: Expr | None) -> list[Expr]:
+    """`a and b and c` -> [a, b, c] (a filter's separate conditions); None -> []."""
+    if expr is None:
+        return []
+    if isinstance(expr, Op) and expr.op == "and":
+        return conjuncts(expr.args[0]) + conjuncts(expr.args[1])
+    return [expr]
+
+
 def reads(expr: Expr) -> list[Read]:
     return [node for node in walk(expr) if isinstance(node, Read)]
 

@@ -1,0 +1,13 @@
+"""Code generation: a Cascade -> a self-contained Python module (torch reference backend,
+and Triton kernels as they land), plus compiling, caching and importing it.
+
+module.py         the module's source, from templates/module.py.j2
+torch_backend.py  the reference backend: one torch block per Einsum
+printers.py       IR expressions as Python / torch source
+compile.py        compile(), the cache, atomic writes
+"""
+
+from .compile import compile, compile_to_file
+from .module import generate
+
+__all__ = ["compile", "compile_to_file", "generate"]

@@ -1,0 +1,150 @@
+"""Cascade -> the source of a self-contained Python module (templates/module.py.j2).
+
+The module imports only torch and math, binds and checks shapes on every call, and
+carries the spec and its analysis in its docstring.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from importlib import resources
+
+import jinja2
+
+from .. import __version__
+from ..analysis import analyze
+from ..analysis.presence import absent_tensors
+from ..diagnostics import SpecError
+from ..ir import Cascade
+from .printers import PythonScalarPrinter
+from .torch_backend import TorchEmitter
+
+# Names the generated code defines itself; a spec may not use them.
+GENERATED_NAMES = frozenset({"device", "sizes", "params", "origin", "out_dtype", "math",
+                             "torch", "warnings", "reference", "overrides", "annotations"})
+
+TRITON_PENDING = ("Triton kernels are not generated yet in this version of einsumattn "
+                  "(the code generation issue is in progress)")
+
+
+def class_name(name: str) -> str:
+    """`softmax_3pass` -> `Softmax3pass` (LANGUAGE.md, `attention NAME`)."""
+    return "".join(part[:1].upper() + part[1:] for part in name.split("_") if part) or "Attention"
+
+
+def _environment() -> jinja2.Environment:
+    loader = jinja2.FunctionLoader(lambda name: resources.files("einsumattn").joinpath(
+        "templates", name).read_text("utf-8"))
+    return jinja2.Environment(loader=loader, keep_trailing_newline=True,
+                              undefined=jinja2.StrictUndefined, autoescape=False)
+
+
+def _check_names(cascade: Cascade) -> None:
+    names = set(cascade.tensors) | set(cascade.params) | set(cascade.ranks) | \
+        {r.var for r in cascade.ranks.values()}
+    clash = sorted(n for n in names if n in GENERATED_NAMES or n.startswith("_")
+                   or n.endswith("_ok"))
+    if clash:
+        raise SpecError(f"the name '{clash[0]}' is used by the generated code",
+                        hint="rename it in the spec (names may not start with '_', end in "
+                             "'_ok', or be one of: " + ", ".join(sorted(GENERATED_NAMES)) + ")",
+                        source=cascade.source)
+
+
+def _bind_lines(cascade: Cascade) -> list[str]:
+    """Statements of `_bind`: sizes from inputs, params, then the splits' sizes."""
+    lines = []
+    for tensor in cascade.inputs:
+        ranks = ", ".join(f'"{r}"' for r in tensor.ranks)
+        ranks = f"({ranks},)" if len(tensor.ranks) == 1 else f"({ranks})"
+        lines.append(f'_take(sizes, origin, "{tensor.name}", {tensor.name}, {ranks})')
+    printer = PythonScalarPrinter({**{r: f'sizes["{r}"]' for r in cascade.ranks},
+                                   **{p: f'params["{p}"]' for p in cascade.params}})
+
+    def split_lines(param_factors: bool) -> None:
+        for split in cascade.splits:
+            if isinstance(split.factor, str) and split.factor in cascade.params:
+                if not param_factors:
+                    continue
+                lines.append(f'if not float(params["{split.factor}"]).is_integer() or '
+                             f'params["{split.factor}"] < 1:')
+                lines.append(f'    raise ValueError("param {split.factor} splits rank '
+                             f'{split.parent} and must be a positive integer")')
+                factor = f'int(params["{split.factor}"])'
+            elif param_factors:
+                continue
+            elif isinstance(split.factor, str):
+                factor = f'sizes["{split.factor}"]'
+            else:
+                factor = str(split.factor)
+            lines.append(f'sizes["{split.inner}"] = {factor}')
+            lines.append(f'sizes["{split.outer}"] = -(-sizes["{split.parent}"] // '
+                         f'sizes["{split.inner}"])')
+
+    split_lines(param_factors=False)
+    lines.append("params = dict(overrides)")
+    for param in cascade.params.values():
+        if param.default is None:
+            lines.append(f'if "{param.name}" not in params:')
+            lines.append(f'    raise TypeError("param {param.name} has no default and was '
+                         f'not given")')
+        else:
+            lines.append(f'params.setdefault("{param.name}", {printer(param.default)})')
+    split_lines(param_factors=True)
+    return lines
+
+
+def generate(cascade: Cascade, *, module_name: str | None = None) -> str:
+    """The source of the generated module for a cascade."""
+    _check_names(cascade)
+    report = analyze(cascade)
+    source_text = cascade.source.text if cascade.source else ""
+    source_name = cascade.source.filename if cascade.source else "<spec>"
+    absent = absent_tensors(cascade)
+    first = cascade.inputs[0].name if cascade.inputs else None
+    if first is None:
+        raise SpecError("a spec needs at least one input to compile",
+                        hint="declare the tensors it computes from with 'input'",
+                        source=cascade.source)
+    out_dtype = ("next((t.dtype for t in (" + ", ".join(t.name for t in cascade.inputs) +
+                 ",) if t.is_floating_point()), torch.float32)")
+    fixed = {r.name: r.fixed for r in cascade.ranks.values()
+             if r.fixed is not None and r.name not in
+             {p for s in cascade.splits for p in (s.outer, s.inner)}}
+    analysis_lines = report.to_text().split("\n")
+    # Keep the docstring to the pass summary and the reasons (the full report is a
+    # command away: einsumattn analyze).
+    cut = next((i for i, line in enumerate(analysis_lines) if line.startswith("Cost")),
+               len(analysis_lines))
+    analysis = "\n".join(analysis_lines[:cut]).rstrip().replace("\\", "\\\\")
+    context = {
+        "name": cascade.name,
+        "class_name": class_name(cascade.name),
+        "function_name": cascade.name,
+        "module_name": module_name or cascade.name,
+        "version": __version__,
+        "source_name": source_name,
+        "spec_source": source_text.strip().replace("\\", "\\\\").replace('"""', "'''"),
+        "spec_hash": hashlib.sha256(source_text.encode("utf-8")).hexdigest(),
+        "analysis": analysis,
+        "backends_note": "torch: the reference (any device).\n"
+                         f"triton: {TRITON_PENDING}; falls back to torch with a warning.",
+        "has_triton": False,
+        "triton_fallback": TRITON_PENDING,
+        "inputs": [t.name for t in cascade.inputs],
+        "outputs": list(cascade.outputs),
+        "params": list(cascade.params.values()),
+        "ranks": list(cascade.ranks),
+        "first_input": first,
+        "out_dtype": out_dtype,
+        "float_inputs": [t.name for t in cascade.inputs],
+        "fixed_sizes": repr(fixed),
+        "fixed_origin": repr({r: "its fixed size in the spec" for r in fixed}),
+        "bind_lines": _bind_lines(cascade),
+        "body_lines": TorchEmitter(cascade).emit(),
+        "absent": absent,
+    }
+    return _environment().get_template("module.py.j2").render(**context)
+
+
+__all__ = ["generate", "class_name"]

@@ -1,0 +1,240 @@
+"""Equivalence checking of generated backends against the float64 oracle.
+
+Shared by `einsumattn check` and the test suite, so both judge with the same tolerance.
+
+The oracle evaluates the *same rounded inputs* a backend receives (cast to the dtype, then
+to float64), so input rounding needs no tolerance. What remains is the backend's own
+arithmetic: intermediates in float32 and the final cast of the outputs.
+
+Tolerance, per output element (the one place it is stated):
+
+    |out - ref| <= u_out * |ref| + K * u_f32 * S * max(1, max|ref|)
+
+- u_out: unit roundoff of the output dtype (float16 2**-11, bfloat16 2**-8, float32
+  2**-24): the final cast alone may move a value by that relative amount.
+- u_f32 * S: a float32 intermediate of magnitude S carries an absolute rounding error of
+  about S * u_f32; exp() turns an absolute error d in its argument into a relative error
+  d, so a softmax over logits of size S is only good to about S * u_f32 relative. S is
+  the largest finite magnitude among the inputs and the oracle's intermediates, which is
+  what makes logits of 1e4 checkable at all.
+- K = 256: a few rounding steps per Einsum, accumulated along reductions (pairwise sums
+  grow like log2 of the length; the fixed factor covers reductions up to ~2**16 terms
+  and cascades of a dozen Einsums with room to spare, without hiding a wrong mask,
+  which moves a result by O(|ref|)).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .evaluate import evaluate
+from .ir import Cascade
+
+UNIT_ROUNDOFF = {"float16": 2.0 ** -11, "bfloat16": 2.0 ** -8, "float32": 2.0 ** -24}
+ACCUMULATION_FACTOR = 256
+
+
+@dataclass
+class Comparison:
+    output: str
+    max_error: float
+    allowed: float        # the tolerance at the worst element
+    worst_index: tuple
+    ok: bool
+
+    def describe(self) -> str:
+        verdict = "ok" if self.ok else "MISMATCH"
+        return (f"{self.output}: max |error| {self.max_error:.3g} (allowed {self.allowed:.3g} "
+                f"at {self.worst_index}) {verdict}")
+
+
+def magnitude(values) -> float:
+    """Largest finite |x| over arrays (1.0 if none)."""
+    largest = 1.0
+    for array in values:
+        array = np.asarray(array, dtype=np.float64)
+        finite = array[np.isfinite(array)]
+        if finite.size:
+            largest = max(largest, float(np.abs(finite).max()))
+    return largest
+
+
+# Largest finite values: an exact intermediate past float32's range, or an output past
+# its dtype's, cannot be represented by a backend that follows the language.
+LARGEST = {"float16": 65504.0, "bfloat16": 3.3895e38, "float32": 3.4028e38}
+
+
+def representable(cascade: Cascade, inputs: dict, dtype: str,
+                  params: dict | None = None) -> bool:
+    """Whether the exact intermediates fit float32 and the outputs fit `dtype`."""
+    reference = evaluate(cascade, inputs, params, intermediates=True)
+    if magnitude(reference.values()) > LARGEST["float32"]:
+        return False
+    return magnitude(reference[name] for name in cascade.outputs) <= LARGEST[dtype]
+
+
+def well_conditioned(cascade: Cascade, inputs: dict, dtype: str,
+                     params: dict | None = None) -> bool:
+    """Whether plain float32 arithmetic can reach the exact result here: the oracle run
+    in float32 must itself pass `compare`. When it does not (elu(-100) + 1 is 0 in
+    float32 and 3.7e-44 exactly, so a ratio of such values is 0/0), no float32 backend
+    can agree, and a mismatch says nothing about the generated code."""
+    probe = evaluate(cascade, inputs, params, dtype=np.float32)
+    return all(r.ok for r in compare(cascade, inputs, tuple(probe.values()), dtype, params))
+
+
+def compare(cascade: Cascade, inputs: dict, outputs, dtype: str,
+            params: dict | None = None) -> list[Comparison]:
+    """Compare backend `outputs` (a tensor or tuple, in output order) with the oracle on
+    the same inputs (already rounded to `dtype` by the caller)."""
+    reference = evaluate(cascade, inputs, params, intermediates=True)
+    scale = magnitude(reference.values())
+    if not isinstance(outputs, (tuple, list)):
+        outputs = (outputs,)
+    results = []
+    for name, got in zip(cascade.outputs, outputs):
+        got = _to_numpy(got)
+        ref = reference[name]
+        if got.shape != ref.shape:
+            results.append(Comparison(name, float("inf"), 0.0, (), False))
+            continue
+        allowed = UNIT_ROUNDOFF[dtype] * np.abs(ref) + ACCUMULATION_FACTOR * \
+            UNIT_ROUNDOFF["float32"] * scale * max(1.0, magnitude([ref]))
+        with np.errstate(invalid="ignore", over="ignore"):
+            error = np.abs(got - ref)
+            error = np.where(np.isnan(got) != np.isnan(ref), np.inf,
+                             np.where(got == ref, 0.0, error))  # inf == inf is exact
+        with np.errstate(invalid="ignore"):
+            excess = error - allowed
+        worst = np.unravel_index(int(np.nanargmax(excess)), excess.shape) if excess.size \
+            else ()
+        ok = bool(np.all(error <= allowed)) if error.size else True
+        results.append(Comparison(name, float(np.nanmax(error)) if error.size else 0.0,
+                                  float(allowed[worst]) if error.size else 0.0,
+                                  tuple(int(i) for i in worst), ok))
+    return results
+
+
+def _to_numpy(value) -> np.ndarray:
+    if hasattr(value, "detach"):
+        return value.detach().cpu().double().numpy()
+    return np.asarray(value, dtype=np.float64)
+
+
+# ------------------------------------------------------------------ the check runner
+
+SIZES = (1, 2, 3, 4, 5, 7, 8, 11, 13, 16, 17)
+MAX_POINTS = 30_000     # the oracle materialises iteration spaces: keep them small
+DTYPES = ("float32", "float16", "bfloat16")
+SCALES = (1.0, 10.0, 100.0)   # 100 gives attention logits of order 1e4
+
+
+@dataclass
+class Case:
+    sizes: dict
+    dtype: str
+    scale: float
+    contiguous: bool
+    seed: int
+
+    def describe(self) -> str:
+        sizes = ",".join(f"{k}={v}" for k, v in self.sizes.items())
+        layout = "contiguous" if self.contiguous else "non-contiguous"
+        return f"sizes {sizes}, {self.dtype}, scale {self.scale:g}, {layout}, seed {self.seed}"
+
+
+def case_inputs(cascade: Cascade, case: Case) -> dict:
+    """Random inputs for a case: normal values times the scale, rounded to the dtype;
+    non-contiguous ones are transposed views of a transposed copy."""
+    import torch
+
+    from .ir import bind
+
+    binding = bind(cascade, sizes=case.sizes)
+    generator = torch.Generator().manual_seed(case.seed)
+    dtype = getattr(torch, case.dtype)
+    inputs = {}
+    for tensor in cascade.inputs:
+        shape = binding.extent(cascade, tensor.name)
+        value = (torch.randn(shape, generator=generator, dtype=torch.float64) * case.scale)
+        value = value.to(dtype)
+        if not case.contiguous and value.dim() >= 2:
+            value = value.transpose(-1, -2).contiguous().transpose(-1, -2)
+        inputs[tensor.name] = value
+    return inputs
+
+
+def cases(cascade: Cascade):
+    """A hypothesis strategy of `Case`s for a cascade."""
+    from hypothesis import assume, strategies as st
+
+    free = [r.name for r in cascade.ranks.values() if r.fixed is None and r.split_of is None]
+
+    @st.composite
+    def build(draw):
+        sizes = {r: draw(st.sampled_from(SIZES), label=r) for r in free}
+        points = 1
+        for einsum in cascade.einsums:
+            space = 1
+            for var in einsum.variables:
+                rank = cascade.var_rank(var)
+                root = cascade.root_rank(rank)
+                space *= sizes.get(root, cascade.ranks[root].fixed or 1)
+            points = max(points, space)
+        assume(points <= MAX_POINTS)
+        return Case(sizes, draw(st.sampled_from(DTYPES), label="dtype"),
+                    draw(st.sampled_from(SCALES), label="scale"),
+                    draw(st.booleans(), label="contiguous"),
+                    draw(st.integers(0, 2 ** 16), label="seed"))
+    return build()
+
+
+def run_check(cascade: Cascade, module, backends: tuple[str, ...], examples: int = 50,
+              report=print) -> bool:
+    """Compare each backend with the oracle on `examples` hypothesis cases; report each
+    case, and on a mismatch the smallest failing case hypothesis finds. True if all pass."""
+    import warnings
+
+    from hypothesis import HealthCheck, given, reject, settings
+    from hypothesis.errors import Unsatisfiable
+
+    cls = getattr(module, module.__all__[0])
+    failures: list[str] = []
+
+    def run(case: Case) -> None:
+        inputs = case_inputs(cascade, case)
+        if not representable(cascade, inputs, case.dtype):
+            report(f"  skip   {case.describe()}: exact values exceed float32 / "
+                   f"{case.dtype} range")
+            reject()
+        for backend in backends:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                layer = cls(backend=backend)
+            outputs = layer(*inputs.values())
+            results = compare(cascade, inputs, outputs, case.dtype)
+            verdict = "ok" if all(r.ok for r in results) else "MISMATCH"
+            if verdict != "ok" and not well_conditioned(cascade, inputs, case.dtype):
+                report(f"  skip   {case.describe()}: ill-conditioned in float32 (the "
+                       f"oracle run in float32 disagrees with float64 too)")
+                reject()
+            report(f"  {backend:<6} {case.describe()}: {verdict}")
+            if verdict != "ok":
+                detail = "; ".join(r.describe() for r in results if not r.ok)
+                failures.append(f"{backend}: {case.describe()}\n    {detail}")
+                raise AssertionError(detail)
+
+    test = settings(max_examples=examples, deadline=None, database=None, derandomize=True,
+                    suppress_health_check=list(HealthCheck))(given(cases(cascade))(run))
+    try:
+        test()
+    except Unsatisfiable:
+        report("  could not draw cases small enough for the oracle")
+        return False
+    except AssertionError:
+        report("smallest failing case:")
+        report(f"  {failures[-1]}")
+        return False
+    return True

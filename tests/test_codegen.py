@@ -1,0 +1,196 @@
+"""Generated modules: they import without einsumattn, bind and check shapes, agree with
+the float64 oracle (torch backend), and are cached and written atomically."""
+
+import subprocess
+import sys
+import types
+import warnings
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+
+import einsumattn
+from einsumattn.codegen import compile_to_file, generate
+from einsumattn.codegen.compile import cache_dir, import_file
+from einsumattn.verify import Case, case_inputs, compare, run_check
+
+from conftest import EXAMPLES, ROOT
+from spec_generator import cascades
+
+CLASS_NAMES = {"softmax_3pass": "Softmax3pass", "gla_recurrent": "GlaRecurrent",
+               "sliding_window_sinks": "SlidingWindowSinks", "eca": "Eca"}
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("EINSUMATTN_CACHE_DIR", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """Every example compiled into one folder."""
+    folder = tmp_path_factory.mktemp("generated")
+    return {path.stem: compile_to_file(path, folder) for path in EXAMPLES}
+
+
+def test_every_example_imports_and_runs_without_einsumattn(built):
+    # A fresh interpreter where `import einsumattn` fails: the modules need only torch.
+    script = "\n".join([
+        "import importlib.util, sys, warnings, torch",
+        "sys.modules['einsumattn'] = None",
+        "for path in sys.argv[1:]:",
+        "    spec = importlib.util.spec_from_file_location('m', path)",
+        "    module = importlib.util.module_from_spec(spec); spec.loader.exec_module(module)",
+        "    layer = getattr(module, module.__all__[0])(backend='torch')",
+        "    print(path.rsplit('/', 1)[-1], module.INPUTS, module.OUTPUTS)",
+    ])
+    result = subprocess.run([sys.executable, "-c", script, *map(str, built.values())],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.splitlines()) == len(EXAMPLES)
+
+
+@pytest.mark.parametrize("name, cls", sorted(CLASS_NAMES.items()))
+def test_names_follow_the_language(built, name, cls):
+    module = import_file(built[name], f"names_{name}")
+    assert module.__all__[:2] == [cls, name]
+    assert isinstance(getattr(module, name), types.FunctionType)
+
+
+def test_docstring_carries_spec_and_analysis(built):
+    module = import_file(built["softmax_3pass"], "doc_softmax")
+    doc = module.__doc__
+    assert "GM[b, h, p]    = max[m] QK[b, h, p, m]" in doc
+    assert "Why M needs 3 passes" in doc and "GM fully reduces M" in doc
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+def test_torch_backend_agrees_with_the_oracle(path, built):
+    cascade = einsumattn.load(path)
+    module = import_file(built[path.stem], f"agree_{path.stem}")
+    reports = []
+    assert run_check(cascade, module, ("torch",), examples=12, report=reports.append), \
+        "\n".join(reports)
+
+
+@given(cascades())
+@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+def test_torch_backend_agrees_on_random_cascades(spec):
+    cascade = einsumattn.load(spec.text)
+    module = types.ModuleType("random_cascade")
+    exec(compile(generate(cascade), "<generated>", "exec"), module.__dict__)
+    sizes = {r: 3 for r in cascade.ranks if cascade.ranks[r].fixed is None}
+    case = Case(sizes, "float32", 1.0, True, 0)
+    inputs = case_inputs(cascade, case)
+    outputs = module.reference(*inputs.values())
+    results = compare(cascade, inputs, outputs, "float32")
+    assert all(r.ok for r in results), (spec.text, [r.describe() for r in results])
+
+
+def test_check_reports_a_wrong_backend_with_the_smallest_case():
+    """A module that is slightly wrong must fail the check, and shrinking must find a
+    small case (the check is not vacuous)."""
+    cascade = einsumattn.load(ROOT / "examples" / "softmax_3pass.attn")
+    source = generate(cascade).replace("A = SN / SD[:, :, :, None]",
+                                       "A = SN / (SD[:, :, :, None] + 1e-3)")
+    module = types.ModuleType("wrong")
+    exec(compile(source, "<wrong>", "exec"), module.__dict__)
+    lines = []
+    assert not run_check(cascade, module, ("torch",), examples=30, report=lines.append)
+    assert "smallest failing case:" in lines
+    smallest = lines[lines.index("smallest failing case:") + 1]
+    # Shrinking reaches the smallest sizes: the error does not need a big case.
+    assert "sizes B=1,H=1,P=1,M=1,E=1,F=1" in smallest, lines[-3:]
+
+
+def test_masks_are_not_optional():
+    """Dropping the causal mask must be caught: the generated code is the one place
+    masks can go wrong, and the oracle computes them independently."""
+    cascade = einsumattn.load(ROOT / "examples" / "causal_softmax.attn")
+    source = generate(cascade)
+    assert "QK_ok" in source
+    broken = source.replace("QK_ok = ", "QK_ok = torch.ones_like(QK, dtype=torch.bool) | ")
+    module = types.ModuleType("unmasked")
+    exec(compile(broken, "<unmasked>", "exec"), module.__dict__)
+    assert not run_check(cascade, module, ("torch",), examples=20, report=lambda _: None)
+
+
+def test_shapes_are_bound_and_checked(built):
+    module = import_file(built["softmax_3pass"], "shapes_softmax")
+    q, k, v = torch.randn(1, 2, 3, 4), torch.randn(1, 2, 5, 4), torch.randn(1, 2, 5, 6)
+    assert module.softmax_3pass(q, k, v, backend="torch").shape == (1, 2, 3, 6)
+    with pytest.raises(ValueError, match=r"input K: dimension 2 is rank M, expected 5 "
+                                         r"\(from input V\)|input V: dimension 2 is rank M"):
+        module.softmax_3pass(q, k, torch.randn(1, 2, 6, 6), backend="torch")
+    with pytest.raises(ValueError, match=r"input Q must have 4 dimension\(s\) \(B, H, P, E\)"):
+        module.softmax_3pass(q[0], k, v, backend="torch")
+    with pytest.raises(TypeError, match="dtype torch.float64"):
+        module.softmax_3pass(q.double(), k, v, backend="torch")
+    with pytest.raises(TypeError, match="unexpected keyword argument 'scal'"):
+        module.Softmax3pass(backend="torch", scal=1.0)
+
+
+def test_output_dtype_is_the_first_floating_inputs(built):
+    module = import_file(built["softmax_3pass"], "dtype_softmax")
+    q, k, v = (torch.randn(1, 1, 4, 8, dtype=torch.bfloat16) for _ in range(3))
+    assert module.softmax_3pass(q, k, v, backend="torch").dtype == torch.bfloat16
+
+
+def test_params_override_defaults(built):
+    module = import_file(built["softcap"], "params_softcap")
+    q, k, v = (torch.randn(1, 1, 4, 8) * 10 for _ in range(3))
+    capped = module.softcap(q, k, v, backend="torch", cap=1.0)
+    assert not torch.allclose(capped, module.softcap(q, k, v, backend="torch"))
+
+
+def test_triton_fallback_is_explicit(built):
+    module = import_file(built["softmax_3pass"], "fallback_softmax")
+    assert module.TRITON_FALLBACK
+    with pytest.warns(UserWarning, match="Triton backend is not available"):
+        layer = module.Softmax3pass()
+    assert layer.backend == "torch"
+
+
+def test_compile_caches_and_reuses(tmp_path):
+    spec = ROOT / "examples" / "softmax_3pass.attn"
+    first = einsumattn.compile(spec, backend="torch")
+    path = first.__file__
+    assert path.startswith(str(cache_dir()))
+    mtime = __import__("os").stat(path).st_mtime_ns
+    second = einsumattn.compile(spec, backend="torch")
+    assert second.__file__ == path and __import__("os").stat(path).st_mtime_ns == mtime
+    changed = spec.read_text().replace("1 / sqrt(E)", "0.5 / sqrt(E)")
+    assert einsumattn.compile(changed, backend="torch").__file__ != path
+    q = torch.randn(1, 1, 3, 4)
+    assert first.compiled(q, q, q).shape == (1, 1, 3, 4)
+
+
+def test_two_processes_compiling_at_once_both_succeed(tmp_path):
+    script = ("import einsumattn, sys; m = einsumattn.compile(sys.argv[1], backend='torch'); "
+              "print(m.__file__)")
+    spec = str(ROOT / "examples" / "gqa.attn")
+    env = dict(__import__("os").environ, EINSUMATTN_CACHE_DIR=str(tmp_path / "shared"))
+    procs = [subprocess.Popen([sys.executable, "-c", script, spec], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [p.communicate() for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    assert outs[0][0] == outs[1][0]
+    leftovers = [f for f in (tmp_path / "shared").rglob("*") if f.name.endswith(".tmp")]
+    assert not leftovers
+
+
+def test_cli_compile_and_check(tmp_path, capsys):
+    from einsumattn.cli import main
+    assert main(["compile", str(ROOT / "examples" / "alibi.attn"), "-o", str(tmp_path)]) == 0
+    assert (tmp_path / "alibi.py").exists()
+    assert main(["check", str(ROOT / "examples" / "alibi.attn"), "--examples", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "checking torch against the float64 oracle" in out and "all cases agree" in out
+    assert "no Triton kernels for this spec" in out
+
+
+def test_names_used_by_generated_code_are_rejected():
+    with pytest.raises(einsumattn.SpecError, match="'device' is used by the generated code"):
+        generate(einsumattn.load("dims P\ninput X[p]\ndevice[p] = X[p]\noutput device"))
