@@ -105,6 +105,14 @@ def _cmd_check(args) -> int:
     from .verify import run_check
 
     cascade = load(Path(args.spec))
+    if args.backend != "torch" and "TRITON_INTERPRET" not in os.environ:
+        import torch
+
+        if not torch.cuda.is_available():
+            # Before triton is imported: without a GPU, kernels run in its interpreter.
+            os.environ["TRITON_INTERPRET"] = "1"
+            print("note: no GPU here, so Triton kernels run in Triton's interpreter (slow; "
+                  "small sizes)")
     module = compile_spec(Path(args.spec))
     backends = ("torch", "triton") if args.backend == "both" else (args.backend,)
     if "triton" in backends and module.TRITON_FALLBACK is not None:

@@ -145,7 +145,7 @@ class Case:
         return f"sizes {sizes}, {self.dtype}, scale {self.scale:g}, {layout}, seed {self.seed}"
 
 
-def case_inputs(cascade: Cascade, case: Case) -> dict:
+def case_inputs(cascade: Cascade, case: Case, device: str | None = None) -> dict:
     """Random inputs for a case: normal values times the scale, rounded to the dtype;
     non-contiguous ones are transposed views of a transposed copy."""
     import torch
@@ -160,6 +160,8 @@ def case_inputs(cascade: Cascade, case: Case) -> dict:
         shape = binding.extent(cascade, tensor.name)
         value = (torch.randn(shape, generator=generator, dtype=torch.float64) * case.scale)
         value = value.to(dtype)
+        if device is not None:
+            value = value.to(device)
         if not case.contiguous and value.dim() >= 2:
             value = value.transpose(-1, -2).contiguous().transpose(-1, -2)
         inputs[tensor.name] = value
@@ -200,11 +202,15 @@ def run_check(cascade: Cascade, module, backends: tuple[str, ...], examples: int
     from hypothesis import HealthCheck, given, reject, settings
     from hypothesis.errors import Unsatisfiable
 
+    import torch
+
     cls = getattr(module, module.__all__[0])
     failures: list[str] = []
+    # Kernels run where the data is: on the GPU when there is one.
+    device = "cuda" if torch.cuda.is_available() else None
 
     def run(case: Case) -> None:
-        inputs = case_inputs(cascade, case)
+        inputs = case_inputs(cascade, case, device)
         if not representable(cascade, inputs, case.dtype):
             report(f"  skip   {case.describe()}: exact values exceed float32 / "
                    f"{case.dtype} range")

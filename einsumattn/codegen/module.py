@@ -18,13 +18,20 @@ from ..diagnostics import SpecError
 from ..ir import Cascade
 from .printers import PythonScalarPrinter
 from .torch_backend import TorchEmitter
+from .triton_backend import HELPERS, TritonEmitter, Unsupported
 
 # Names the generated code defines itself; a spec may not use them.
 GENERATED_NAMES = frozenset({"device", "sizes", "params", "origin", "out_dtype", "math",
                              "torch", "warnings", "reference", "overrides", "annotations"})
 
-TRITON_PENDING = ("Triton kernels are not generated yet in this version of einsumattn "
-                  "(the code generation issue is in progress)")
+
+
+def _backends_note(fallback: str | None, count: int) -> str:
+    torch_note = "torch: the reference, one block of torch code per Einsum (any device)."
+    if fallback is not None:
+        return f"{torch_note}\ntriton: {fallback}; backend='triton' warns and runs torch."
+    return (f"{torch_note}\ntriton: {count} kernel(s), one per Einsum, intermediates in "
+            f"global memory (the unfused schedule; see docs/codegen.md).")
 
 
 def class_name(name: str) -> str:
@@ -94,10 +101,27 @@ def _bind_lines(cascade: Cascade) -> list[str]:
     return lines
 
 
+def _triton(cascade: Cascade) -> dict:
+    """The Triton part of the module, or the reason there is none."""
+    try:
+        emitter = TritonEmitter(cascade)
+        kernels = emitter.kernels()
+        host = emitter.host_lines(kernels)
+    except Unsupported as reason:
+        return {"triton_fallback": f"not expressible in Triton yet: {reason}",
+                "kernel_sources": [], "host_lines": [], "tuning": {}, "helpers": ""}
+    return {"triton_fallback": None,
+            "kernel_sources": ["\n".join(k.source) for k in kernels],
+            "host_lines": host,
+            "tuning": {k.einsum.tensor: k.tuning for k in kernels},
+            "helpers": HELPERS.strip()}
+
+
 def generate(cascade: Cascade, *, module_name: str | None = None) -> str:
     """The source of the generated module for a cascade."""
     _check_names(cascade)
     report = analyze(cascade)
+    triton = _triton(cascade)
     source_text = cascade.source.text if cascade.source else ""
     source_name = cascade.source.filename if cascade.source else "<spec>"
     absent = absent_tensors(cascade)
@@ -127,10 +151,9 @@ def generate(cascade: Cascade, *, module_name: str | None = None) -> str:
         "spec_source": source_text.strip().replace("\\", "\\\\").replace('"""', "'''"),
         "spec_hash": hashlib.sha256(source_text.encode("utf-8")).hexdigest(),
         "analysis": analysis,
-        "backends_note": "torch: the reference (any device).\n"
-                         f"triton: {TRITON_PENDING}; falls back to torch with a warning.",
-        "has_triton": False,
-        "triton_fallback": TRITON_PENDING,
+        **triton,
+        "has_triton": triton["triton_fallback"] is None,
+        "backends_note": _backends_note(triton["triton_fallback"], len(cascade.einsums)),
         "inputs": [t.name for t in cascade.inputs],
         "outputs": list(cascade.outputs),
         "params": list(cascade.params.values()),
