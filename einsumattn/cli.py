@@ -114,11 +114,12 @@ def _cmd_check(args) -> int:
             print("note: no GPU here, so Triton kernels run in Triton's interpreter (slow; "
                   "small sizes)")
     module = compile_spec(Path(args.spec))
-    backends = ("torch", "triton") if args.backend == "both" else (args.backend,)
+    backends = ("torch", "triton", "triton-unfused") if args.backend == "all" \
+        else (args.backend,)
     if "triton" in backends and module.TRITON_FALLBACK is not None:
         print(f"note: no Triton kernels for this spec ({module.TRITON_FALLBACK}); "
               f"checking the torch backend only")
-        backends = tuple(b for b in backends if b != "triton") or ("torch",)
+        backends = tuple(b for b in backends if not b.startswith("triton")) or ("torch",)
     print(f"{cascade.name}: checking {', '.join(backends)} against the float64 oracle, "
           f"{args.examples} cases")
     ok = run_check(cascade, module, backends, args.examples)
@@ -167,7 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("check", help="compare the generated backends with the oracle "
                                           "on random cases (hypothesis)")
     p.add_argument("spec", help="path of a .attn file")
-    p.add_argument("--backend", choices=("torch", "triton", "both"), default="both")
+    p.add_argument("--backend", choices=("torch", "triton", "triton-unfused", "all"),
+                   default="all", help="triton: the fused schedule where there is one")
     p.add_argument("--examples", type=int, default=50, help="cases to try (default 50)")
     p.set_defaults(run=_cmd_check)
     return parser

@@ -204,7 +204,7 @@ def test_cli_compile_and_check(tmp_path, capsys):
     assert (tmp_path / "alibi.py").exists()
     assert main(["check", str(ROOT / "examples" / "alibi.attn"), "--examples", "5"]) == 0
     out = capsys.readouterr().out
-    assert "checking torch, triton against the float64 oracle" in out
+    assert "checking torch, triton, triton-unfused against the float64 oracle" in out
     assert "all cases agree" in out
 
 
@@ -230,13 +230,65 @@ def test_triton_backend_agrees_on_random_cascades(tmp_path_factory, spec):
         assert all(r.ok for r in results), (spec.text, [r.describe() for r in results])
 
 
-def test_check_catches_a_triton_kernel_without_its_mask(tmp_path):
+@pytest.mark.parametrize("backend, masked, unmasked", [
+    # The unfused schedule carries the causal mask to later kernels through QK_ok.
+    ("triton-unfused", "((m <= p) & live).to(tl.int8)", "(live).to(tl.int8)"),
+    # The fused kernel applies it to each score tile (inside the diagonal tile too).
+    ("triton", "QK_ok = lanes & (m[None, :] <= p[:, None])", "QK_ok = lanes"),
+])
+def test_check_catches_a_triton_kernel_without_its_mask(tmp_path, backend, masked, unmasked):
     cascade = einsumattn.load(ROOT / "examples" / "causal_softmax.attn")
     source = generate(cascade)
-    # The causal mask reaches later kernels through QK_ok: store it as all-present.
-    masked = "((m <= p) & live).to(tl.int8)"
     assert masked in source
-    path = tmp_path / "unmasked_triton.py"
-    path.write_text(source.replace(masked, "(live).to(tl.int8)"))
-    module = import_file(path, "unmasked_triton")
-    assert not run_check(cascade, module, ("triton",), examples=10, report=lambda _: None)
+    path = tmp_path / f"unmasked_{backend.replace('-', '_')}.py"
+    path.write_text(source.replace(masked, unmasked))
+    module = import_file(path, path.stem)
+    assert not run_check(cascade, module, (backend,), examples=10, report=lambda _: None)
+
+
+FUSED = ["softmax_3pass", "causal_softmax", "sliding_window_sinks", "alibi", "softcap", "gqa",
+         "sigmoid_attention"]
+
+
+@pytest.mark.parametrize("name", FUSED)
+def test_attention_family_gets_one_fused_kernel(name, built):
+    module = import_file(built[name], f"fused_{name}")
+    text = open(module.__file__).read()
+    assert f"def _fused_{name}(" in text and "tl.dot(" in text
+    assert "triton: one fused kernel" in module.__doc__
+    passes = einsumattn.analyze(ROOT / "examples" / f"{name}.attn").passes["M"]
+    assert text.count("for start in range(") == passes      # one loop over key tiles a pass
+
+
+def test_fused_kernel_of_three_passes_recomputes_instead_of_buffering(built):
+    text = open(import_file(built["softmax_3pass"], "recompute").__file__).read()
+    fused = text[text.index("def _fused_softmax_3pass"):text.index("TUNING_FUSED")]
+    assert fused.count("QK = tl.dot(") == 3          # the score tile, once per pass
+    assert "torch.empty" not in fused                # no M-sized buffer anywhere
+
+
+def test_causal_and_window_kernels_skip_masked_tiles():
+    from einsumattn.codegen.fused import fuse
+    causal = fuse(einsumattn.load(ROOT / "examples" / "causal_softmax.attn"))
+    assert all(lo is None and hi is not None for lo, hi in causal.pruned.values())
+    window = fuse(einsumattn.load(WINDOW))
+    assert all(lo is not None and hi is not None for lo, hi in window.pruned.values())
+    unmasked = fuse(einsumattn.load(ROOT / "examples" / "softmax_3pass.attn"))
+    assert all(bounds == (None, None) for bounds in unmasked.pruned.values())
+
+
+# The sliding-window example without its sink keys: a window on both sides of the diagonal.
+WINDOW = (ROOT / "examples" / "sliding_window_sinks.attn").read_text().replace(
+    "where m <= p and (p - m < W or m < S)", "where m <= p and p - m < W").replace(
+    "attention sliding_window_sinks", "attention sliding_window")
+
+
+@pytest.mark.parametrize("window", [1, 5, 20, 70])
+def test_pruned_window_kernel_agrees_across_many_tiles(tmp_path, window):
+    cascade = einsumattn.load(WINDOW)
+    module = import_file(compile_to_file(WINDOW, tmp_path), f"window_{window}")
+    sizes = dict(B=1, H=2, P=53, M=53, E=8, F=8)       # 4 row tiles, 4 key tiles of 16
+    inputs = case_inputs(cascade, Case(sizes, "float32", 1.0, True, window))
+    out = module.SlidingWindow(backend="triton", W=window)(*inputs.values())
+    results = compare(cascade, inputs, out, "float32", params={"W": window})
+    assert all(r.ok for r in results), [r.describe() for r in results]

@@ -18,6 +18,7 @@ from ..diagnostics import SpecError
 from ..ir import Cascade
 from .printers import PythonScalarPrinter
 from .torch_backend import TorchEmitter
+from .fused import NotFusable, fuse
 from .triton_backend import HELPERS, TritonEmitter, Unsupported
 
 # Names the generated code defines itself; a spec may not use them.
@@ -26,12 +27,12 @@ GENERATED_NAMES = frozenset({"device", "sizes", "params", "origin", "out_dtype",
 
 
 
-def _backends_note(fallback: str | None, count: int) -> str:
+def _backends_note(fallback: str | None, count: int, schedule: str) -> str:
     torch_note = "torch: the reference, one block of torch code per Einsum (any device)."
     if fallback is not None:
         return f"{torch_note}\ntriton: {fallback}; backend='triton' warns and runs torch."
-    return (f"{torch_note}\ntriton: {count} kernel(s), one per Einsum, intermediates in "
-            f"global memory (the unfused schedule; see docs/codegen.md).")
+    return (f"{torch_note}\ntriton: {schedule}.\ntriton-unfused: {count} kernel(s), one per "
+            f"Einsum, intermediates in global memory (see docs/codegen.md).")
 
 
 def class_name(name: str) -> str:
@@ -109,12 +110,23 @@ def _triton(cascade: Cascade) -> dict:
         host = emitter.host_lines(kernels)
     except Unsupported as reason:
         return {"triton_fallback": f"not expressible in Triton yet: {reason}",
-                "kernel_sources": [], "host_lines": [], "tuning": {}, "helpers": ""}
+                "kernel_sources": [], "host_lines": [], "tuning": {}, "helpers": "",
+                "fused_source": None, "fused_host": [], "fused_tuning": {},
+                "schedule_note": ""}
+    try:
+        fused = fuse(cascade)
+    except NotFusable as reason:
+        fused, why = None, str(reason)
     return {"triton_fallback": None,
             "kernel_sources": ["\n".join(k.source) for k in kernels],
             "host_lines": host,
             "tuning": {k.einsum.tensor: k.tuning for k in kernels},
-            "helpers": HELPERS.strip()}
+            "helpers": HELPERS.strip(),
+            "fused_source": "\n".join(fused.source) if fused else None,
+            "fused_host": fused.host if fused else [],
+            "fused_tuning": fused.tuning if fused else {},
+            "schedule_note": fused.description if fused else
+            f"the unfused schedule (not fusable: {why})"}
 
 
 def generate(cascade: Cascade, *, module_name: str | None = None) -> str:
@@ -153,7 +165,8 @@ def generate(cascade: Cascade, *, module_name: str | None = None) -> str:
         "analysis": analysis,
         **triton,
         "has_triton": triton["triton_fallback"] is None,
-        "backends_note": _backends_note(triton["triton_fallback"], len(cascade.einsums)),
+        "backends_note": _backends_note(triton["triton_fallback"], len(cascade.einsums),
+                                        triton["schedule_note"]),
         "inputs": [t.name for t in cascade.inputs],
         "outputs": list(cascade.outputs),
         "params": list(cascade.params.values()),

@@ -1,0 +1,587 @@
+"""The fused streaming schedule: one Triton kernel for an attention-like cascade.
+
+The schedule is derived from the IR and the pass analysis of the cascade's primary
+rank R (the key rank M of attention):
+
+- the program grid covers the *parallel* ranks: one point of each batch-like rank (B, H)
+  and a tile of BLOCK_P points of the row rank (the query rank P);
+- *feature* ranks (E, F: every other rank) are held whole in a tile of BLOCK_<F>;
+- for each pass over R there is one loop over tiles of BLOCK_M keys. A stream tile (a
+  tensor over (row, R)) is computed in the loop of every pass that needs it: it is
+  recomputed rather than buffered, so no M-sized buffer exists;
+- contractions of a row tile with a key tile over a feature rank are `tl.dot`
+  (QK = Q K^T), and sums over R of a stream tile times a key tile are `tl.dot`
+  accumulators (AV += A V); other reductions over R accumulate with tl.max / tl.sum;
+- row values (reductions over R, and what follows from them) stay in registers between
+  passes;
+- an affine filter on the stream tiles (`m <= p`, `p - m < W`) that masks every term of
+  every accumulator of a pass prunes that pass's loop bounds: a causal kernel never
+  visits the tiles above the diagonal.
+
+What does not fit this shape (split ranks, recurrences, tensors without all parallel
+ranks, reductions over feature ranks after the stream) raises NotFusable with the
+reason, and the module uses the unfused schedule instead.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import sympy
+
+from ..analysis import analyze
+from ..analysis.presence import (Condition, absent_tensors, einsum_conditions,
+                                 point_conditions)
+from ..ir import Cascade, Einsum
+from ..ir import expr as ir
+from ..ir.printer import lhs_text, rhs_text
+from .triton_backend import TritonPrinter, Unsupported
+
+BLOCK_P = 16
+BLOCK_M = 16
+
+
+class NotFusable(Exception):
+    """The cascade does not fit the fused schedule (the reason is the message)."""
+
+
+@dataclass
+class FusedKernel:
+    name: str
+    source: list[str]
+    host: list[str]                 # host statements: allocate outputs, launch
+    tuning: dict
+    description: str                # for the module's docstring
+    pruned: dict                    # pass -> (lower bound text | None, upper bound text | None)
+
+
+def _layout_vars(layout: tuple[str, ...], var: str) -> str:
+    if len(layout) == 1 or var not in layout:
+        return var
+    return f"{var}[:, None]" if layout.index(var) == 0 else f"{var}[None, :]"
+
+
+class _Fuser:
+    def __init__(self, cascade: Cascade):
+        self.cascade = cascade
+        if cascade.splits:
+            raise NotFusable("split ranks (the fused schedule picks its own tiles)")
+        if any(e.iterative is not None for e in cascade.einsums):
+            raise NotFusable("recurrences")
+        report = analyze(cascade)
+        rank = report.primary_rank
+        if rank is None or rank not in report.ranks:
+            raise NotFusable("no rank is streamed")
+        self.passes = report.ranks[rank]
+        buffers = report.rank_buffers[rank]
+        self.stream = cascade.ranks[rank].var
+        parallel = [cascade.ranks[r].var for r in buffers.parallel]
+        if not parallel:
+            raise NotFusable("no parallel rank to spread programs over")
+        self.row = parallel[-1]
+        self.batch = parallel[:-1]
+        self.features = [r.var for r in cascade.ranks.values()
+                         if r.var not in parallel and r.var != self.stream]
+        self.absent = absent_tensors(cascade)
+        self.kinds: dict[str, str] = {}
+        self.layouts: dict[str, tuple[str, ...]] = {}
+        for einsum in cascade.einsums:
+            self._classify(einsum)
+        for output in cascade.outputs:
+            if self.kinds[output] not in ("row", "accumulate", "dot-accumulate"):
+                raise NotFusable(f"output {output} is not a per-row value")
+
+    # ---------------------------------------------------------------- classification
+    def _classify(self, einsum: Einsum) -> None:
+        name = einsum.tensor
+        left = [v for v in einsum.indices if v not in self.batch]
+        if not set(self.batch) <= set(einsum.indices) or self.row not in einsum.indices:
+            raise NotFusable(f"{name} does not have every parallel rank "
+                             f"({', '.join(self.batch + [self.row])})")
+        extra = [v for v in left if v not in (self.row, self.stream)]
+        if len(extra) > 1:
+            raise NotFusable(f"{name} has more than one feature rank")
+        reduced = set(einsum.reduced)
+        if self.stream in left:
+            if extra:
+                raise NotFusable(f"{name} has a feature rank beside the streamed one")
+            if name in self.absent and any(c.kind == "absent" and not c.read.indices
+                                           for c in self._conditions(einsum)):
+                raise NotFusable(f"{name}: absent scalar reads")
+            if not reduced:
+                kind = "stream"
+            elif len(reduced) == 1 and einsum.reduce_op == "sum" and reduced <= set(self.features):
+                kind = "stream-dot"
+            else:
+                raise NotFusable(f"{name}: a reduction this schedule does not tile")
+            self.layouts[name] = (self.row, self.stream)
+        elif self.stream in reduced:
+            if reduced != {self.stream}:
+                raise NotFusable(f"{name} reduces the streamed rank with another")
+            if extra and einsum.reduce_op == "sum":
+                kind = "dot-accumulate"
+            elif extra:
+                raise NotFusable(f"{name}: a max/min over the stream with a feature rank")
+            else:
+                kind = "accumulate"
+            self.layouts[name] = (self.row,) + tuple(extra)
+        else:
+            if reduced:
+                raise NotFusable(f"{name} reduces a feature rank outside the stream")
+            kind = "row"
+            self.layouts[name] = (self.row,) + tuple(extra)
+            if name in self.absent:
+                raise NotFusable(f"{name}: a per-row value that may be absent")
+        self.kinds[name] = kind
+
+    def _conditions(self, einsum: Einsum) -> list[Condition]:
+        return einsum_conditions(self.cascade, einsum, self.absent)
+
+    # ---------------------------------------------------------------- printing
+    def names(self, layout: tuple[str, ...]) -> dict[str, str]:
+        names = {v: v for v in self.batch}
+        for var in (self.row, self.stream, *self.features):
+            names[var] = _layout_vars(layout, var)
+        return names
+
+    def read(self, node: ir.Read, layout: tuple[str, ...], lanes: str) -> str:
+        """A tensor read as a block in `layout`: an input is loaded; an intermediate is
+        the register value (reshaped from its own layout)."""
+        t = self.cascade.tensors[node.tensor]
+        if not t.is_input:
+            own = self.layouts[node.tensor]
+            for index, var in zip([i for i, v in zip(node.indices, self.cascade.einsum(
+                    node.tensor).indices) if v not in self.batch], own):
+                if index != ir.Index(var):
+                    raise NotFusable(f"{node.tensor} is read at shifted positions")
+            return self._reshape(node.tensor, own, layout)
+        names = self.names(layout)
+        printer = TritonPrinter(names, self._no_read, integer=True)
+        terms, masks = [], []
+        for position, index in enumerate(node.indices):
+            text = printer(index)
+            rank = t.ranks[position]
+            if not _plain(self.cascade, node.tensor, position, index):
+                text = f"tl.minimum(tl.maximum({text}, 0), {rank} - 1)"
+            terms.append(f"({text}) * s_{node.tensor}_{position}")
+            for var in ir.index_vars(index):
+                if var in self.features:
+                    masks.append(f"({_layout_vars(layout, var)} < {self.cascade.var_rank(var)})")
+        mask = " & ".join([lanes] + masks)
+        return (f"tl.load({node.tensor}_ptr + {' + '.join(terms) or '0'}, mask={mask}, "
+                f"other=0.0).to(tl.float32)")
+
+    def _reshape(self, name: str, own: tuple[str, ...], layout: tuple[str, ...]) -> str:
+        if own == layout[:len(own)]:
+            return name if len(own) == len(layout) else f"{name}[:, None]"
+        if own == (self.row,) and len(layout) == 2 and layout[0] == self.row:
+            return f"{name}[:, None]"
+        raise NotFusable(f"{name} is read in another layout ({', '.join(layout)})")
+
+    @staticmethod
+    def _no_read(node):
+        raise NotFusable(f"a tensor read inside an index ({ir.to_text(node)})")
+
+    def value(self, expr: ir.Expr, layout: tuple[str, ...], lanes: str) -> str:
+        try:
+            return TritonPrinter(self.names(layout), lambda r: self.read(r, layout, lanes))(expr)
+        except Unsupported as reason:
+            raise NotFusable(str(reason)) from None
+
+    def mask(self, condition: Condition, layout: tuple[str, ...], lanes: str) -> str:
+        if condition.kind in ("filter", "range"):
+            text = TritonPrinter(self.names(layout), lambda r: self.read(r, layout, lanes),
+                                 integer=condition.kind != "filter")(condition.expr)
+            inner = [self.mask(c, layout, lanes) for part in condition.parts for c in part]
+            return " & ".join([f"({text})"] + inner)
+        if condition.kind == "absent":
+            name = condition.read.tensor
+            if self.kinds.get(name) not in ("stream", "stream-dot"):
+                raise NotFusable(f"a condition on the absence of {name}")
+            return f"{name}_ok"
+        raise NotFusable(f"a {condition.kind} condition")
+
+
+def _plain(cascade: Cascade, tensor: str, position: int, index: ir.Expr) -> bool:
+    from ..analysis.presence import _in_range_by_construction
+    return _in_range_by_construction(cascade, tensor, position, index)
+
+
+def _product(expr: ir.Expr) -> list[ir.Expr]:
+    if isinstance(expr, ir.Op) and expr.op == "*":
+        return _product(expr.args[0]) + _product(expr.args[1])
+    return [expr]
+
+
+def fuse(cascade: Cascade) -> FusedKernel:
+    """The fused kernel for a cascade, or NotFusable."""
+    return _Emitter(_Fuser(cascade)).emit()
+
+
+class _Emitter:
+    def __init__(self, fuser: _Fuser):
+        self.f = fuser
+        self.cascade = fuser.cascade
+        self.lines: list[str] = []
+        self.hoisted: dict[str, str] = {}   # text of a loop-invariant tile -> its name
+        self.offsets: dict[str, str] = {}   # kernel argument -> host expression
+
+    def line(self, text: str, depth: int = 1) -> None:
+        self.lines.append("    " * depth + text)
+
+    def emit(self) -> FusedKernel:
+        f, cascade = self.f, self.cascade
+        passes = f.passes
+        name = f"_fused_{cascade.name}"
+        n_passes = passes.passes
+        stream_einsums = [e for e in cascade.einsums if f.kinds[e.tensor] in ("stream",
+                                                                              "stream-dot")]
+        self.line(f"# program: one point of {', '.join(f.batch) or 'nothing'}, "
+                  f"BLOCK_{f.row.upper()} points of {f.row}; "
+                  f"{n_passes} pass(es) over {f.stream}", 1)
+        self.line("batch = tl.program_id(1).to(tl.int64)")
+        rest = "batch"
+        for var in reversed(f.batch):
+            size = cascade.var_rank(var)
+            if var == f.batch[0]:
+                self.line(f"{var} = {rest}")
+            else:
+                self.line(f"{var} = {rest} % {size}")
+                self.line(f"rest = {rest} // {size}")
+                rest = "rest"
+        row_size = cascade.var_rank(f.row)
+        self.line(f"{f.row} = tl.program_id(0).to(tl.int64) * BLOCK_{f.row.upper()} + "
+                  f"tl.arange(0, BLOCK_{f.row.upper()})")
+        self.line(f"row_live = {f.row} < {row_size}")
+        for var in f.features:
+            self.line(f"{var} = tl.arange(0, BLOCK_{var.upper()})")
+
+        pruned = {}
+        available = {t.name for t in cascade.inputs}
+        self._rows(available)
+        for number in range(1, n_passes + 1):
+            members = [e for e in cascade.einsums if passes.pass_of.get(e.tensor) == number]
+            accumulators = [e for e in members if f.kinds[e.tensor] in ("accumulate",
+                                                                        "dot-accumulate")]
+            needed = self._stream_closure(accumulators, stream_einsums)
+            lo, hi = self._bounds(accumulators, needed)
+            pruned[number] = (lo, hi)
+            self.line("")
+            self.line(f"# pass {number} over {f.stream}: "
+                      f"{', '.join(e.tensor for e in accumulators) or 'nothing accumulates'}")
+            for acc in accumulators:
+                self._init_accumulator(acc)
+            stream = cascade.var_rank(f.stream)
+            block = f"BLOCK_{f.stream.upper()}"
+            start = lo or "0"
+            stop = hi or stream
+            self.line(f"for start in range({start}, {stop}, {block}):")
+            self.line(f"{f.stream} = start + tl.arange(0, {block})", 2)
+            self.line(f"lanes = row_live[:, None] & ({f.stream} < {stream})[None, :]", 2)
+            for einsum in needed:
+                self._stream(einsum)
+            for acc in accumulators:
+                self._accumulate(acc)
+            available.update(acc.tensor for acc in accumulators)
+            self._rows(available)
+        # Loop-invariant row tiles, loaded once, before the passes.
+        marker = next(i for i, text in enumerate(self.lines) if text.strip().startswith("# pass"))
+        loads = [f"    {name} = {text}" for text, name in self.hoisted.items()]
+        self.lines[marker - 1:marker - 1] = loads
+        self.line("")
+        outputs = []
+        for output in cascade.outputs:
+            layout = f.layouts[output]
+            offset, mask = self._store_address(output, layout)
+            self.line(f"tl.store({output}_ptr + {offset}, {output}, mask={mask})")
+            outputs.append(output)
+        source, host, tuning = self._wrap(name, outputs)
+        described = ", ".join(f"pass {k}: {_range_text(pruned[k], f.stream)}"
+                              for k in sorted(pruned))
+        return FusedKernel(name, source, host, tuning,
+                           f"one fused kernel {name}: grid over "
+                           f"{', '.join(f.batch + [f.row + ' tiles'])}; {described}", pruned)
+
+    # ---------------------------------------------------------------- pieces
+    def _rows(self, available: set[str]) -> None:
+        """Row values whose every input is available (inputs, finished accumulators,
+        row values already computed), in dataflow order."""
+        for einsum in self.cascade.einsums:
+            if self.f.kinds[einsum.tensor] != "row" or einsum.tensor in available:
+                continue
+            if all(r in available for r in einsum.reads):
+                layout = self.f.layouts[einsum.tensor]
+                self.line(f"# {lhs_text(self.cascade, einsum)} = {rhs_text(einsum)}")
+                value = self.f.value(einsum.body, layout, self._row_lanes(layout))
+                self.line(f"{einsum.tensor} = {value} + {self._zeros(layout)}")
+                available.add(einsum.tensor)
+
+    def _row_lanes(self, layout: tuple[str, ...]) -> str:
+        if len(layout) == 1:
+            return "row_live"
+        feature = layout[1]
+        return f"row_live[:, None] & ({feature} < {self.cascade.var_rank(feature)})[None, :]"
+
+    def _zeros(self, layout: tuple[str, ...]) -> str:
+        dims = ", ".join(f"BLOCK_{v.upper()}" for v in layout)
+        return f"tl.zeros([{dims}], tl.float32)"
+
+    def _stream_closure(self, accumulators, stream_einsums) -> list[Einsum]:
+        needed: set[str] = set()
+        stack = [r for acc in accumulators for r in acc.reads]
+        while stack:
+            name = stack.pop()
+            if name in needed or self.f.kinds.get(name) not in ("stream", "stream-dot"):
+                continue
+            needed.add(name)
+            stack.extend(self.cascade.einsum(name).reads)
+        return [e for e in stream_einsums if e.tensor in needed]
+
+    def _stream(self, einsum: Einsum) -> None:
+        f = self.f
+        layout = (f.row, f.stream)
+        self.line(f"# {lhs_text(self.cascade, einsum)} = {rhs_text(einsum)}", 2)
+        if f.kinds[einsum.tensor] == "stream":
+            value = f.value(einsum.body, layout, "lanes")
+        else:
+            value = self._tile_dot(einsum)
+        self.line(f"{einsum.tensor} = {value}", 2)
+        conditions = point_conditions(einsum, f._conditions(einsum))
+        if einsum.tensor in f.absent:
+            masks = [f.mask(c, layout, "lanes") for c in conditions]
+            self.line(f"{einsum.tensor}_ok = {' & '.join(['lanes'] + masks)}", 2)
+
+    def _tile_dot(self, einsum: Einsum) -> str:
+        """sum over a feature of (row-side factors) * (key-side factors) * scalars:
+        tl.dot(row tile, key tile transposed)."""
+        f = self.f
+        (feature,) = einsum.reduced
+        row_side, key_side, other = [], [], []
+        for factor in _product(einsum.body):
+            variables = set(ir.index_vars(factor)) - set(f.batch)
+            if variables <= {f.row, feature} and feature in variables:
+                row_side.append(factor)
+            elif variables <= {f.stream, feature} and feature in variables:
+                key_side.append(factor)
+            elif feature not in variables:
+                other.append(factor)
+            else:
+                raise NotFusable(f"{einsum.tensor}: a factor over both sides of the product")
+        if not row_side or not key_side:
+            raise NotFusable(f"{einsum.tensor}: not a product of a row tile and a key tile")
+        # read() adds the feature mask; the lanes here are the row and key lanes.
+        key_lanes = f"({f.stream} < {self.cascade.var_rank(f.stream)})[:, None]"
+        a = self._hoisted(" * ".join(f.value(x, (f.row, feature), "row_live[:, None]")
+                                     for x in row_side), f"{einsum.tensor}_rows")
+        b = " * ".join(f.value(x, (f.stream, feature), key_lanes) for x in key_side)
+        text = f"tl.dot({a}, tl.trans({b}), input_precision=\"ieee\")"
+        for factor in other:
+            text += f" * {f.value(factor, (f.row, f.stream), 'lanes')}"
+        return text
+
+    def _hoisted(self, text: str, name: str) -> str:
+        """A row tile that does not change along the stream, computed once before the
+        passes (the Q tile of QK): the name it gets there."""
+        if text not in self.hoisted:
+            self.hoisted[text] = name
+        return self.hoisted[text]
+
+    def _identity(self, op: str) -> str:
+        return {"sum": "0.0", "max": "float('-inf')", "min": "float('inf')"}[op]
+
+    def _init_accumulator(self, einsum: Einsum) -> None:
+        layout = self.f.layouts[einsum.tensor]
+        dims = ", ".join(f"BLOCK_{v.upper()}" for v in layout)
+        self.line(f"{einsum.tensor} = tl.full([{dims}], {self._identity(einsum.reduce_op)}, "
+                  f"tl.float32)")
+
+    def _term_mask(self, einsum: Einsum) -> str:
+        layout = (self.f.row, self.f.stream)
+        masks = [self.f.mask(c, layout, "lanes") for c in self.f._conditions(einsum)]
+        return " & ".join(["lanes"] + masks)
+
+    def _accumulate(self, einsum: Einsum) -> None:
+        f = self.f
+        layout = (f.row, f.stream)
+        name = einsum.tensor
+        self.line(f"# {lhs_text(self.cascade, einsum)} = {rhs_text(einsum)}", 2)
+        ok = self._term_mask(einsum)
+        if f.kinds[name] == "accumulate":
+            term = f.value(einsum.body, layout, "lanes")
+            identity = self._identity(einsum.reduce_op)
+            masked = f"tl.where({ok}, {term}, {identity})"
+            combine = {"sum": f"{name} + tl.sum({masked}, axis=1)",
+                       "max": f"tl.maximum({name}, tl.max({masked}, axis=1))",
+                       "min": f"tl.minimum({name}, tl.min({masked}, axis=1))"}[einsum.reduce_op]
+            self.line(f"{name} = {combine}", 2)
+            return
+        # sum over the stream of (stream tile) * (key tile over a feature): tl.dot.
+        feature = f.layouts[name][1]
+        tile_side, key_side = [], []
+        for factor in _product(einsum.body):
+            variables = set(ir.index_vars(factor)) - set(f.batch)
+            if variables <= {f.row, f.stream}:
+                tile_side.append(factor)
+            elif variables <= {f.stream, feature}:
+                key_side.append(factor)
+            else:
+                raise NotFusable(f"{name}: not a stream tile times a key tile")
+        if not key_side:
+            raise NotFusable(f"{name}: no key tile to contract with")
+        key_lanes = f"({f.stream} < {self.cascade.var_rank(f.stream)})[:, None]"
+        a = " * ".join(f.value(x, layout, "lanes") for x in tile_side) or "1.0"
+        b = " * ".join(f.value(x, (f.stream, feature), key_lanes) for x in key_side)
+        self.line(f"{name} += tl.dot(tl.where({ok}, {a}, 0.0), {b}, "
+                  f"input_precision=\"ieee\")", 2)
+
+    def _store_address(self, name: str, layout: tuple[str, ...]) -> tuple[str, str]:
+        einsum = self.cascade.einsum(name)
+        terms = []
+        for position, var in enumerate(einsum.indices):
+            text = _layout_vars(layout, var) if var in layout else var
+            terms.append(f"{text} * s_{name}_{position}")
+        return " + ".join(terms), self._row_lanes(layout)
+
+    # ---------------------------------------------------------------- bounds
+    def _bounds(self, accumulators, needed) -> tuple[str | None, str | None]:
+        """Loop bounds for a pass from affine point filters on stream tiles that mask
+        every term of every accumulator of the pass (else the whole range)."""
+        f = self.f
+        if not accumulators:
+            return None, None
+        candidates = None
+        for acc in accumulators:
+            masked_by = self._filters_masking(acc)
+            candidates = masked_by if candidates is None else candidates & masked_by
+        lo, hi = None, None
+        tile = f"BLOCK_{f.row.upper()}"
+        first_row = f"tl.program_id(0) * {tile}"
+        for filt in sorted(candidates or (), key=str):
+            bound = _stream_bound(filt, f.stream, f.row)
+            if bound is None:
+                continue
+            side, offset = bound
+            if offset.free_symbols:
+                # An offset with params (a window W) is an integer the host computes:
+                # rounded outwards, so a fractional param visits more tiles, never fewer.
+                name = f"{side}_offset"
+                rounding = "math.floor" if side == "lower" else "math.ceil"
+                self.offsets[name] = f"{rounding}({sympy.pycode(offset)})"
+                offset = name
+            else:
+                offset = str(int(offset))
+            if side == "upper":   # m <= row + offset
+                hi = (f"tl.minimum({self.cascade.var_rank(f.stream)}, "
+                      f"{first_row} + {tile} + ({offset}))")
+            else:                 # m >= row + offset
+                block = f"BLOCK_{f.stream.upper()}"
+                lo = f"tl.maximum(0, {first_row} + ({offset})) // {block} * {block}"
+        return lo, hi
+
+    def _filters_masking(self, einsum: Einsum) -> set:
+        """Filter conjuncts (on stream tiles) that every present term of `einsum` obeys."""
+        found = set()
+        for condition in self.f._conditions(einsum):
+            if condition.kind == "filter":
+                found.add(condition.expr)
+            elif condition.kind == "absent" and \
+                    self.f.kinds.get(condition.read.tensor) in ("stream", "stream-dot"):
+                found |= self._filters_masking(self.cascade.einsum(condition.read.tensor))
+        return found
+
+    # ---------------------------------------------------------------- kernel text
+    def _wrap(self, name: str, outputs: list[str]) -> tuple[list[str], list[str], dict]:
+        cascade, f = self.cascade, self.f
+        body = "\n".join(self.lines)
+        inputs = [t.name for t in cascade.inputs if re.search(rf"\b{t.name}_ptr\b", body)]
+        args = [f"{o}_ptr" for o in outputs] + [f"{i}_ptr" for i in inputs]
+        host = list(outputs) + inputs
+        for tensor in outputs + inputs:
+            for position in range(len(cascade.tensors[tensor].ranks)):
+                args.append(f"s_{tensor}_{position}")
+                host.append(f"{tensor}.stride({position})")
+        used = [n for n in list(cascade.ranks) + list(cascade.params)
+                if re.search(rf"\b{re.escape(n)}\b", body)]
+        args += used + list(self.offsets)
+        host += used + list(self.offsets.values())
+        blocks = [f"BLOCK_{v.upper()}" for v in [f.row, f.stream] + f.features]
+        source = ["@triton.jit",
+                  f"def {name}({', '.join(args)}, "
+                  f"{', '.join(b + ': tl.constexpr' for b in blocks)}):"] + self.lines
+        tuning = {f"BLOCK_{f.row.upper()}": BLOCK_P, f"BLOCK_{f.stream.upper()}": BLOCK_M}
+        host_lines = []
+        for output in outputs:
+            shape = ", ".join(cascade.tensors[output].ranks)
+            host_lines.append(f"{output} = torch.empty(({shape}{',' if len(cascade.tensors[output].ranks) == 1 else ''}), "
+                              f"device=device, dtype=torch.float32)")
+        host_lines.append("tuning = dict(TUNING_FUSED)")
+        for var in f.features:
+            size = cascade.var_rank(var)
+            host_lines.append(f'tuning["BLOCK_{var.upper()}"] = max(16, '
+                              f"triton.next_power_of_2({size}))")
+        batch = " * ".join(cascade.var_rank(v) for v in f.batch) or "1"
+        host_lines.append(f"{name}[(triton.cdiv({cascade.var_rank(f.row)}, "
+                          f'tuning["BLOCK_{f.row.upper()}"]), {batch})](')
+        host_lines.append(f"    {', '.join(host)},")
+        host_lines.append("    **tuning)")
+        return source, host_lines, tuning
+
+
+def _stream_bound(condition: ir.Expr, stream: str, row: str):
+    """('upper', c) for m <= row + c, ('lower', c) for m >= row + c; None otherwise.
+    c is printed for the kernel (integers and params)."""
+    if not isinstance(condition, ir.Op) or condition.op not in ("<", "<=", ">", ">="):
+        return None
+    symbols = {}
+
+    def to_sympy(node):
+        if isinstance(node, ir.Const):
+            return sympy.nsimplify(node.value)
+        if isinstance(node, ir.Index):
+            return symbols.setdefault(node.var, sympy.Symbol(node.var))
+        if isinstance(node, (ir.Param, ir.Dim)):
+            name = node.name if isinstance(node, ir.Param) else node.rank
+            return symbols.setdefault(name, sympy.Symbol(name))
+        if isinstance(node, ir.Op) and node.op in ("+", "-", "*", "neg"):
+            args = [to_sympy(a) for a in node.args]
+            return {"+": lambda: args[0] + args[1], "-": lambda: args[0] - args[1],
+                    "*": lambda: args[0] * args[1], "neg": lambda: -args[0]}[node.op]()
+        raise ValueError
+    try:
+        difference = sympy.expand(to_sympy(condition.args[0]) - to_sympy(condition.args[1]))
+    except ValueError:
+        return None
+    m, p = sympy.Symbol(stream), sympy.Symbol(row)
+    a = difference.coeff(m)
+    rest = sympy.expand(difference - a * m)
+    if a not in (1, -1) or rest.coeff(p) != -a:
+        return None
+    constant = sympy.expand(rest + a * p)       # difference = a*(m - p) + constant
+    if constant.free_symbols - {sympy.Symbol(s) for s in symbols if s not in (stream, row)}:
+        return None
+    # a*(m - p) + constant OP 0  ->  m - p OP' -constant/a
+    op = condition.op
+    if a == -1:
+        op = {"<": ">", "<=": ">=", ">": "<", ">=": "<="}[op]
+    offset = -constant / a
+    # m < row + c is m <= row + c - 1 for integer c (a param is rounded on the host).
+    shifted = {"<": ("upper", offset - 1), "<=": ("upper", offset),
+               ">": ("lower", offset + 1), ">=": ("lower", offset)}[op]
+    side, value = shifted
+    value = sympy.expand(value)
+    if not value.free_symbols and not value.is_Integer:
+        return None
+    return side, value
+
+
+def _range_text(bounds, stream: str) -> str:
+    lo, hi = bounds
+    if lo is None and hi is None:
+        return f"all {stream} tiles"
+    parts = []
+    if lo is not None:
+        parts.append("skips tiles before the window")
+    if hi is not None:
+        parts.append("skips tiles past the diagonal")
+    return ", ".join(parts)
