@@ -292,3 +292,13 @@ def test_pruned_window_kernel_agrees_across_many_tiles(tmp_path, window):
     out = module.SlidingWindow(backend="triton", W=window)(*inputs.values())
     results = compare(cascade, inputs, out, "float32", params={"W": window})
     assert all(r.ok for r in results), [r.describe() for r in results]
+
+
+def test_kernel_indices_are_int64(built):
+    """Index times stride may pass 2**31 elements: every index a kernel builds is int64."""
+    for name in ("causal_softmax", "gla_recurrent", "eca"):
+        text = open(import_file(built[name], f"int64_{name}").__file__).read()
+        assert "tl.program_id(0).to(tl.int64)" in text
+        for line in text.splitlines():
+            if "tl.arange(0, BLOCK_M)" in line or "tl.arange(0, RBLOCK)" in line:
+                assert ".to(tl.int64)" in line, line

@@ -277,7 +277,8 @@ class _Emitter:
             start = lo or "0"
             stop = hi or stream
             self.line(f"for start in range({start}, {stop}, {block}):")
-            self.line(f"{f.stream} = start + tl.arange(0, {block})", 2)
+            # int64: key index times stride may pass 2**31 elements.
+            self.line(f"{f.stream} = start + tl.arange(0, {block}).to(tl.int64)", 2)
             self.line(f"lanes = row_live[:, None] & ({f.stream} < {stream})[None, :]", 2)
             for einsum in needed:
                 self._stream(einsum)

@@ -349,7 +349,7 @@ class _KernelBody:
             self.lines.append(f"    {target} = tl.full([BLOCK], {identity}, tl.float32)")
             r_points = " * ".join(self.emitter._size(v) for v in einsum.reduced)
             self.lines.append(f"    for r0 in range(0, {r_points}, RBLOCK):")
-            self.lines.append("        rflat = (r0 + tl.arange(0, RBLOCK))[None, :]")
+            self.lines.append("        rflat = (r0 + tl.arange(0, RBLOCK).to(tl.int64))[None, :]")
             self.lines.append(f"        lanes = live[:, None] & (rflat < {r_points})")
             saved, self.lines = self.lines, []
             self._decompose("rflat", einsum.reduced, "_r")
