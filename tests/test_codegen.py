@@ -226,8 +226,11 @@ def test_triton_backend_agrees_on_random_cascades(tmp_path_factory, spec):
         sizes = {r: size + i % 2 for i, r in enumerate(cascade.ranks)
                  if cascade.ranks[r].fixed is None and cascade.ranks[r].split_of is None}
         inputs = case_inputs(cascade, Case(sizes, "float32", 1.0, contiguous, 0))
-        results = compare(cascade, inputs, cls(backend="triton")(*inputs.values()), "float32")
-        assert all(r.ok for r in results), (spec.text, [r.describe() for r in results])
+        for backend in ("triton", "triton-unfused"):   # fused where it applies, and not
+            results = compare(cascade, inputs, cls(backend=backend)(*inputs.values()),
+                              "float32")
+            assert all(r.ok for r in results), (backend, spec.text,
+                                                [r.describe() for r in results])
 
 
 @pytest.mark.parametrize("backend, masked, unmasked", [
@@ -247,7 +250,7 @@ def test_check_catches_a_triton_kernel_without_its_mask(tmp_path, backend, maske
 
 
 FUSED = ["softmax_3pass", "causal_softmax", "sliding_window_sinks", "alibi", "softcap", "gqa",
-         "sigmoid_attention"]
+         "sigmoid_attention"]   # softmax_1pass fuses too: its own test below
 
 
 @pytest.mark.parametrize("name", FUSED)
@@ -302,3 +305,54 @@ def test_kernel_indices_are_int64(built):
         for line in text.splitlines():
             if "tl.arange(0, BLOCK_M)" in line or "tl.arange(0, RBLOCK)" in line:
                 assert ".to(tl.int64)" in line, line
+
+
+def test_one_pass_spec_becomes_a_flash_attention_kernel(built):
+    """FuseMax's Cascade 5 as written compiles to FlashAttention's loop: one pass over
+    key tiles (the split's tile), the running max and sums carried in registers, the
+    division after the loop, nothing written to memory but the output."""
+    module = import_file(built["softmax_1pass"], "flash")
+    text = open(module.__file__).read()
+    fused = text[text.index("def _fused_softmax_1pass"):text.index("TUNING_FUSED")]
+    assert fused.count("for m1 in range(0, M1):") == 1
+    for carried in ("RM_at = RM", "RD_at = RD", "RNV_at = RNV"):
+        assert carried in fused
+    assert "PRM = tl.exp(RM_at - RM)" in fused
+    assert fused.count("tl.store(") == 1 and "AV = RNV / RD[:, None]" in fused
+    cascade = einsumattn.load(ROOT / "examples" / "softmax_1pass.attn")
+    reports = []
+    assert run_check(cascade, module, ("triton",), examples=8, report=reports.append), \
+        "\n".join(reports)
+
+
+def test_a_split_that_cannot_be_a_tile_is_explained(tmp_path):
+    # FuseMax's fixture splits M by 4: too small for tl.dot, so the unfused schedule runs.
+    module = import_file(compile_to_file(ROOT / "tests" / "fusemax" / "cascade5.attn",
+                                         tmp_path), "fusemax5")
+    assert "not fusable: split factor 4: a tile needs a power of two >= 16" in module.__doc__
+
+
+def test_not_is_printed_as_its_own_comparison(tmp_path):
+    # `not (p < 1)` once printed as `(p < 1 == 0)`: a chained comparison in Python.
+    text = "attention negated\ndims P\ninput X[p]\nY[p] = X[p] where not (p < 1)\noutput Y\n"
+    module = import_file(compile_to_file(text, tmp_path), "negated")
+    x = torch.tensor([1.0, 2.0, 3.0])
+    for backend in ("torch", "triton-unfused"):
+        torch.testing.assert_close(module.Negated(backend=backend)(x),
+                                   torch.tensor([0.0, 2.0, 3.0]))
+
+
+def test_fused_output_absent_on_its_own_row_is_stored_as_zero(tmp_path):
+    # AV reads the next head's values: for the last head every term is out of range on a
+    # condition of the head alone, so that head's output is absent (0), in the fused kernel too.
+    text = (ROOT / "examples" / "softmax_3pass.attn").read_text().replace(
+        "A[b, h, p, m] * V[b, h, m, f]", "A[b, h, p, m] * V[b, h + 1, m, f]").replace(
+        "attention softmax_3pass", "attention next_head")
+    cascade = einsumattn.load(text)
+    module = import_file(compile_to_file(text, tmp_path), "next_head")
+    assert "def _fused_next_head(" in open(module.__file__).read()
+    inputs = case_inputs(cascade, Case(dict(B=1, H=3, P=5, M=7, E=4, F=4), "float32", 1.0,
+                                       True, 0))
+    out = module.NextHead(backend="triton")(*inputs.values())
+    assert bool((out[:, -1] == 0).all()) and bool((out[:, :-1] != 0).any())
+    assert all(r.ok for r in compare(cascade, inputs, out, "float32"))

@@ -65,10 +65,6 @@ def _layout_vars(layout: tuple[str, ...], var: str) -> str:
 class _Fuser:
     def __init__(self, cascade: Cascade):
         self.cascade = cascade
-        if cascade.splits:
-            raise NotFusable("split ranks (the fused schedule picks its own tiles)")
-        if any(e.iterative is not None for e in cascade.einsums):
-            raise NotFusable("recurrences")
         report = analyze(cascade)
         rank = report.primary_rank
         if rank is None or rank not in report.ranks:
@@ -76,16 +72,38 @@ class _Fuser:
         self.passes = report.ranks[rank]
         buffers = report.rank_buffers[rank]
         self.stream = cascade.ranks[rank].var
+        # A split of the streamed rank: its outer part is the loop, its inner part the
+        # tile (FuseMax's Cascade 5); recurrences over the outer part are loop-carried.
+        self.loop: str | None = None
+        splits = [s for s in cascade.splits if s.parent == rank]
+        if len(cascade.splits) > len(splits) or len(splits) > 1:
+            raise NotFusable("splits other than one split of the streamed rank")
+        if splits:
+            split = splits[0]
+            if not isinstance(split.factor, int) or split.factor < 16 or \
+                    split.factor & (split.factor - 1):
+                raise NotFusable(f"split factor {split.factor}: a tile needs a power of two "
+                                 f">= 16")
+            if self.passes.passes != 1:
+                raise NotFusable(f"{self.passes.passes} passes over a split rank")
+            self.loop = cascade.ranks[split.outer].var
+            self.stream = cascade.ranks[split.inner].var
+            self.tile = split.factor
+        for einsum in cascade.einsums:
+            if einsum.iterative is not None and einsum.iter_var != self.loop:
+                raise NotFusable(f"the recurrence {einsum.tensor} is not over the key tiles")
         parallel = [cascade.ranks[r].var for r in buffers.parallel]
         if not parallel:
             raise NotFusable("no parallel rank to spread programs over")
         self.row = parallel[-1]
         self.batch = parallel[:-1]
         self.features = [r.var for r in cascade.ranks.values()
-                         if r.var not in parallel and r.var != self.stream]
+                         if r.var not in parallel and r.var not in (self.stream, self.loop)
+                         and r.name != rank]
         self.absent = absent_tensors(cascade)
         self.kinds: dict[str, str] = {}
         self.layouts: dict[str, tuple[str, ...]] = {}
+        self.row_masks: dict[str, list[Condition]] = {}   # output -> conditions at store
         for einsum in cascade.einsums:
             self._classify(einsum)
         for output in cascade.outputs:
@@ -94,14 +112,10 @@ class _Fuser:
 
     # ---------------------------------------------------------------- classification
     def _classify(self, einsum: Einsum) -> None:
+        if self.loop is not None:
+            return self._classify_split(einsum)
         name = einsum.tensor
-        left = [v for v in einsum.indices if v not in self.batch]
-        if not set(self.batch) <= set(einsum.indices) or self.row not in einsum.indices:
-            raise NotFusable(f"{name} does not have every parallel rank "
-                             f"({', '.join(self.batch + [self.row])})")
-        extra = [v for v in left if v not in (self.row, self.stream)]
-        if len(extra) > 1:
-            raise NotFusable(f"{name} has more than one feature rank")
+        left, extra = self._left(einsum)
         reduced = set(einsum.reduced)
         if self.stream in left:
             if extra:
@@ -109,23 +123,13 @@ class _Fuser:
             if name in self.absent and any(c.kind == "absent" and not c.read.indices
                                            for c in self._conditions(einsum)):
                 raise NotFusable(f"{name}: absent scalar reads")
-            if not reduced:
-                kind = "stream"
-            elif len(reduced) == 1 and einsum.reduce_op == "sum" and reduced <= set(self.features):
-                kind = "stream-dot"
-            else:
-                raise NotFusable(f"{name}: a reduction this schedule does not tile")
-            self.layouts[name] = (self.row, self.stream)
+            kind = self._tile_kind(einsum)
         elif self.stream in reduced:
             if reduced != {self.stream}:
                 raise NotFusable(f"{name} reduces the streamed rank with another")
-            if extra and einsum.reduce_op == "sum":
-                kind = "dot-accumulate"
-            elif extra:
-                raise NotFusable(f"{name}: a max/min over the stream with a feature rank")
-            else:
-                kind = "accumulate"
-            self.layouts[name] = (self.row,) + tuple(extra)
+            kind = self._reduction_kind(einsum, extra, "dot-accumulate", "accumulate")
+            if name in self.absent:
+                self._row_mask(einsum)
         else:
             if reduced:
                 raise NotFusable(f"{name} reduces a feature rank outside the stream")
@@ -135,12 +139,90 @@ class _Fuser:
                 raise NotFusable(f"{name}: a per-row value that may be absent")
         self.kinds[name] = kind
 
+    def _left(self, einsum: Einsum) -> tuple[list[str], list[str]]:
+        """The left variables other than batch ones, and the (at most one) feature rank
+        among them; every tensor must have every parallel rank."""
+        if not set(self.batch) <= set(einsum.indices) or self.row not in einsum.indices:
+            raise NotFusable(f"{einsum.tensor} does not have every parallel rank "
+                             f"({', '.join(self.batch + [self.row])})")
+        left = [v for v in einsum.indices if v not in self.batch]
+        extra = [v for v in left if v not in (self.row, self.stream, self.loop)]
+        if len(extra) > 1:
+            raise NotFusable(f"{einsum.tensor} has more than one feature rank")
+        return left, extra
+
+    def _reduction_kind(self, einsum: Einsum, extra: list[str], dot: str, plain: str) -> str:
+        """A reduction over the key tile into a per-row value: a tl.dot with a key tile
+        when it keeps a feature rank (a sum), else a plain tl.sum / tl.max / tl.min."""
+        self.layouts[einsum.tensor] = (self.row,) + tuple(extra)
+        if extra and einsum.reduce_op == "sum":
+            return dot
+        if extra:
+            raise NotFusable(f"{einsum.tensor}: a max/min over the keys with a feature rank")
+        return plain
+
+    def _tile_kind(self, einsum: Einsum) -> str:
+        """A tensor over (row, key tile): elementwise, or a contraction over a feature."""
+        reduced = set(einsum.reduced)
+        self.layouts[einsum.tensor] = (self.row, self.stream)
+        if not reduced:
+            return "stream"
+        if len(reduced) == 1 and einsum.reduce_op == "sum" and reduced <= set(self.features):
+            return "stream-dot"
+        raise NotFusable(f"{einsum.tensor}: a reduction this schedule does not tile")
+
+    def _classify_split(self, einsum: Einsum) -> None:
+        """Kinds with the stream split into a loop (outer) and a tile (inner):
+        stream / stream-dot: a tile over (row, inner) for the current outer step;
+        tile-reduce / tile-dot: a reduction over the tile, once per step;
+        tile-row: a per-row value of the current step;  carried: a recurrence over the
+        outer part;  row: before or after the loop."""
+        name = einsum.tensor
+        left, extra = self._left(einsum)
+        reduced = set(einsum.reduced)
+        if self.loop in reduced:
+            raise NotFusable(f"{name} reduces over the key tiles (not a recurrence)")
+        if einsum.iterative is not None:
+            kind = "carried"
+            self.layouts[name] = (self.row,) + tuple(extra)
+        elif self.stream in left:
+            if self.loop not in left or extra:
+                raise NotFusable(f"{name}: a tile needs the outer part and no feature rank")
+            kind = self._tile_kind(einsum)
+        elif self.stream in reduced:
+            if reduced != {self.stream} or self.loop not in left:
+                raise NotFusable(f"{name} reduces the tile together with another rank")
+            kind = self._reduction_kind(einsum, extra, "tile-dot", "tile-reduce")
+        else:
+            if reduced:
+                raise NotFusable(f"{name} reduces a feature rank outside the stream")
+            kind = "tile-row" if self.loop in left else "row"
+            self.layouts[name] = (self.row,) + tuple(extra)
+        if kind not in ("stream", "stream-dot") and name in self.absent:
+            raise NotFusable(f"{name}: a per-row value that may be absent")
+        self.kinds[name] = kind
+
+    def _row_mask(self, einsum: Einsum) -> None:
+        """Per-row values live in registers without masks. An output that nothing reads
+        may still be absent on conditions of its own row (GQA's kv head index): those
+        are applied when it is stored (absent -> 0). Anything else stays unfused."""
+        name = einsum.tensor
+        points = point_conditions(einsum, self._conditions(einsum))
+        allowed = set(self.batch) | {self.row}
+        readers = [e for e in self.cascade.einsums if name in e.reads]
+        if name not in self.cascade.outputs or readers or \
+                any(not c.variables <= allowed or c.kind == "absent" for c in points):
+            raise NotFusable(f"{name}: a per-row value that may be absent")
+        self.row_masks[name] = points
+
     def _conditions(self, einsum: Einsum) -> list[Condition]:
         return einsum_conditions(self.cascade, einsum, self.absent)
 
     # ---------------------------------------------------------------- printing
     def names(self, layout: tuple[str, ...]) -> dict[str, str]:
         names = {v: v for v in self.batch}
+        if self.loop is not None:
+            names[self.loop] = self.loop
         for var in (self.row, self.stream, *self.features):
             names[var] = _layout_vars(layout, var)
         return names
@@ -149,6 +231,8 @@ class _Fuser:
         """A tensor read as a block in `layout`: an input is loaded; an intermediate is
         the register value (reshaped from its own layout)."""
         t = self.cascade.tensors[node.tensor]
+        if not t.is_input and self.loop is not None:
+            return self._split_read(node, layout)
         if not t.is_input:
             own = self.layouts[node.tensor]
             for index, var in zip([i for i, v in zip(node.indices, self.cascade.einsum(
@@ -168,9 +252,32 @@ class _Fuser:
             for var in ir.index_vars(index):
                 if var in self.features:
                     masks.append(f"({_layout_vars(layout, var)} < {self.cascade.var_rank(var)})")
+        address = f"{node.tensor}_ptr + {' + '.join(terms) or '0'}"
+        if not set(ir.index_vars(node)) - set(self.batch) - {self.loop}:
+            # One address per program (batch coordinates only): valid, so no mask.
+            return f"tl.load({address}).to(tl.float32)"
         mask = " & ".join([lanes] + masks)
-        return (f"tl.load({node.tensor}_ptr + {' + '.join(terms) or '0'}, mask={mask}, "
-                f"other=0.0).to(tl.float32)")
+        return f"tl.load({address}, mask={mask}, other=0.0).to(tl.float32)"
+
+    def _split_read(self, node: ir.Read, layout: tuple[str, ...]) -> str:
+        """A register value in split mode. A recurrence read at the outer variable is its
+        value before this step (`X_at`), at outer+1 or at the final position its current
+        value; every other position must be the reader's own variables."""
+        einsum = self.cascade.einsum(node.tensor)
+        name = node.tensor
+        for position, (index, var) in enumerate(zip(node.indices, einsum.indices)):
+            if var in self.batch:
+                continue
+            if position == einsum.iterative:
+                outer = self.cascade.var_rank(self.loop)
+                if index == ir.Index(self.loop):
+                    name = f"{node.tensor}_at"
+                elif index not in (ir.Op("+", (ir.Index(self.loop), ir.Const(1))),
+                                   ir.Dim(outer)):
+                    raise NotFusable(f"{node.tensor} is read at step {ir.to_text(index)}")
+            elif index != ir.Index(var):
+                raise NotFusable(f"{node.tensor} is read at shifted positions")
+        return self._reshape(name, self.layouts[node.tensor], layout)
 
     def _reshape(self, name: str, own: tuple[str, ...], layout: tuple[str, ...]) -> str:
         if own == layout[:len(own)]:
@@ -190,7 +297,7 @@ class _Fuser:
             raise NotFusable(str(reason)) from None
 
     def mask(self, condition: Condition, layout: tuple[str, ...], lanes: str) -> str:
-        if condition.kind in ("filter", "range"):
+        if condition.kind in ("filter", "range", "split"):
             text = TritonPrinter(self.names(layout), lambda r: self.read(r, layout, lanes),
                                  integer=condition.kind != "filter")(condition.expr)
             inner = [self.mask(c, layout, lanes) for part in condition.parts for c in part]
@@ -216,7 +323,8 @@ def _product(expr: ir.Expr) -> list[ir.Expr]:
 
 def fuse(cascade: Cascade) -> FusedKernel:
     """The fused kernel for a cascade, or NotFusable."""
-    return _Emitter(_Fuser(cascade)).emit()
+    fuser = _Fuser(cascade)
+    return (_SplitEmitter if fuser.loop is not None else _Emitter)(fuser).emit()
 
 
 class _Emitter:
@@ -237,25 +345,7 @@ class _Emitter:
         n_passes = passes.passes
         stream_einsums = [e for e in cascade.einsums if f.kinds[e.tensor] in ("stream",
                                                                               "stream-dot")]
-        self.line(f"# program: one point of {', '.join(f.batch) or 'nothing'}, "
-                  f"BLOCK_{f.row.upper()} points of {f.row}; "
-                  f"{n_passes} pass(es) over {f.stream}", 1)
-        self.line("batch = tl.program_id(1).to(tl.int64)")
-        rest = "batch"
-        for var in reversed(f.batch):
-            size = cascade.var_rank(var)
-            if var == f.batch[0]:
-                self.line(f"{var} = {rest}")
-            else:
-                self.line(f"{var} = {rest} % {size}")
-                self.line(f"rest = {rest} // {size}")
-                rest = "rest"
-        row_size = cascade.var_rank(f.row)
-        self.line(f"{f.row} = tl.program_id(0).to(tl.int64) * BLOCK_{f.row.upper()} + "
-                  f"tl.arange(0, BLOCK_{f.row.upper()})")
-        self.line(f"row_live = {f.row} < {row_size}")
-        for var in f.features:
-            self.line(f"{var} = tl.arange(0, BLOCK_{var.upper()})")
+        self._prologue(n_passes)
 
         pruned = {}
         available = {t.name for t in cascade.inputs}
@@ -286,16 +376,13 @@ class _Emitter:
                 self._accumulate(acc)
             available.update(acc.tensor for acc in accumulators)
             self._rows(available)
-        # Loop-invariant row tiles, loaded once, before the passes.
-        marker = next(i for i, text in enumerate(self.lines) if text.strip().startswith("# pass"))
-        loads = [f"    {name} = {text}" for text, name in self.hoisted.items()]
-        self.lines[marker - 1:marker - 1] = loads
+        self._hoist()
         self.line("")
         outputs = []
         for output in cascade.outputs:
             layout = f.layouts[output]
             offset, mask = self._store_address(output, layout)
-            self.line(f"tl.store({output}_ptr + {offset}, {output}, mask={mask})")
+            self.line(f"tl.store({output}_ptr + {offset}, {self._stored(output)}, mask={mask})")
             outputs.append(output)
         source, host, tuning = self._wrap(name, outputs)
         described = ", ".join(f"pass {k}: {_range_text(pruned[k], f.stream)}"
@@ -305,6 +392,36 @@ class _Emitter:
                            f"{', '.join(f.batch + [f.row + ' tiles'])}; {described}", pruned)
 
     # ---------------------------------------------------------------- pieces
+    def _prologue(self, n_passes: int) -> None:
+        """The program's coordinates: its batch point, its row tile, the feature tiles."""
+        f, cascade = self.f, self.cascade
+        self.line(f"# program: one point of {', '.join(f.batch) or 'nothing'}, "
+                  f"BLOCK_{f.row.upper()} points of {f.row}; "
+                  f"{n_passes} pass(es) over {cascade.root_rank(cascade.var_rank(f.stream))}")
+        self.line("batch = tl.program_id(1).to(tl.int64)")
+        rest = "batch"
+        for var in reversed(f.batch):
+            size = cascade.var_rank(var)
+            if var == f.batch[0]:
+                self.line(f"{var} = {rest}")
+            else:
+                self.line(f"{var} = {rest} % {size}")
+                self.line(f"rest = {rest} // {size}")
+                rest = "rest"
+        row_size = cascade.var_rank(f.row)
+        self.line(f"{f.row} = tl.program_id(0).to(tl.int64) * BLOCK_{f.row.upper()} + "
+                  f"tl.arange(0, BLOCK_{f.row.upper()})")
+        self.line(f"row_live = {f.row} < {row_size}")
+        for var in f.features:
+            self.line(f"{var} = tl.arange(0, BLOCK_{var.upper()})")
+
+    def _hoist(self) -> None:
+        """Put the loop-invariant row tiles before the first loop."""
+        marker = next(i for i, text in enumerate(self.lines)
+                      if text.strip().startswith(("# pass", "# the key tiles")))
+        loads = [f"    {name} = {text}" for text, name in self.hoisted.items()]
+        self.lines[marker - 1:marker - 1] = loads
+
     def _rows(self, available: set[str]) -> None:
         """Row values whose every input is available (inputs, finished accumulators,
         row values already computed), in dataflow order."""
@@ -360,7 +477,7 @@ class _Emitter:
         (feature,) = einsum.reduced
         row_side, key_side, other = [], [], []
         for factor in _product(einsum.body):
-            variables = set(ir.index_vars(factor)) - set(f.batch)
+            variables = set(ir.index_vars(factor)) - set(f.batch) - {f.loop}
             if variables <= {f.row, feature} and feature in variables:
                 row_side.append(factor)
             elif variables <= {f.stream, feature} and feature in variables:
@@ -402,26 +519,32 @@ class _Emitter:
         masks = [self.f.mask(c, layout, "lanes") for c in self.f._conditions(einsum)]
         return " & ".join(["lanes"] + masks)
 
-    def _accumulate(self, einsum: Einsum) -> None:
+    def _accumulate(self, einsum: Einsum, fresh: bool = False) -> None:
+        """A reduction over the key tile: into an accumulator across tiles, or (`fresh`)
+        the tile's own value (a per-step value of a split stream)."""
         f = self.f
         layout = (f.row, f.stream)
         name = einsum.tensor
         self.line(f"# {lhs_text(self.cascade, einsum)} = {rhs_text(einsum)}", 2)
         ok = self._term_mask(einsum)
-        if f.kinds[name] == "accumulate":
+        if f.kinds[name] in ("accumulate", "tile-reduce"):
             term = f.value(einsum.body, layout, "lanes")
             identity = self._identity(einsum.reduce_op)
             masked = f"tl.where({ok}, {term}, {identity})"
-            combine = {"sum": f"{name} + tl.sum({masked}, axis=1)",
-                       "max": f"tl.maximum({name}, tl.max({masked}, axis=1))",
-                       "min": f"tl.minimum({name}, tl.min({masked}, axis=1))"}[einsum.reduce_op]
+            reducer = {"sum": "tl.sum", "max": "tl.max", "min": "tl.min"}[einsum.reduce_op]
+            tile = f"{reducer}({masked}, axis=1)"
+            if fresh:
+                self.line(f"{name} = {tile}", 2)
+                return
+            combine = {"sum": f"{name} + {tile}", "max": f"tl.maximum({name}, {tile})",
+                       "min": f"tl.minimum({name}, {tile})"}[einsum.reduce_op]
             self.line(f"{name} = {combine}", 2)
             return
         # sum over the stream of (stream tile) * (key tile over a feature): tl.dot.
         feature = f.layouts[name][1]
         tile_side, key_side = [], []
         for factor in _product(einsum.body):
-            variables = set(ir.index_vars(factor)) - set(f.batch)
+            variables = set(ir.index_vars(factor)) - set(f.batch) - {f.loop}
             if variables <= {f.row, f.stream}:
                 tile_side.append(factor)
             elif variables <= {f.stream, feature}:
@@ -433,8 +556,18 @@ class _Emitter:
         key_lanes = f"({f.stream} < {self.cascade.var_rank(f.stream)})[:, None]"
         a = " * ".join(f.value(x, layout, "lanes") for x in tile_side) or "1.0"
         b = " * ".join(f.value(x, (f.stream, feature), key_lanes) for x in key_side)
-        self.line(f"{name} += tl.dot(tl.where({ok}, {a}, 0.0), {b}, "
+        self.line(f"{name} {'=' if fresh else '+='} tl.dot(tl.where({ok}, {a}, 0.0), {b}, "
                   f"input_precision=\"ieee\")", 2)
+
+    def _stored(self, name: str) -> str:
+        """An output's value as stored: absent points (row conditions) as 0."""
+        conditions = self.f.row_masks.get(name)
+        if not conditions:
+            return name
+        layout = self.f.layouts[name]
+        lanes = self._row_lanes(layout)
+        mask = " & ".join(self.f.mask(c, layout, lanes) for c in conditions)
+        return f"tl.where({mask}, {name}, 0.0)"
 
     def _store_address(self, name: str, layout: tuple[str, ...]) -> tuple[str, str]:
         einsum = self.cascade.einsum(name)
@@ -510,7 +643,9 @@ class _Emitter:
         source = ["@triton.jit",
                   f"def {name}({', '.join(args)}, "
                   f"{', '.join(b + ': tl.constexpr' for b in blocks)}):"] + self.lines
-        tuning = {f"BLOCK_{f.row.upper()}": BLOCK_P, f"BLOCK_{f.stream.upper()}": BLOCK_M}
+        # A split's tile is the spec's own factor; otherwise the key tile is ours to tune.
+        tile = f.tile if f.loop is not None else BLOCK_M
+        tuning = {f"BLOCK_{f.row.upper()}": BLOCK_P, f"BLOCK_{f.stream.upper()}": tile}
         host_lines = []
         for output in outputs:
             shape = ", ".join(cascade.tensors[output].ranks)
@@ -527,6 +662,60 @@ class _Emitter:
         host_lines.append(f"    {', '.join(host)},")
         host_lines.append("    **tuning)")
         return source, host_lines, tuning
+
+
+class _SplitEmitter(_Emitter):
+    """The schedule for a split streamed rank: one loop over its outer part, the inner
+    part as the tile, recurrences over the outer part carried in registers."""
+
+    def emit(self) -> FusedKernel:
+        f, cascade = self.f, self.cascade
+        name = f"_fused_{cascade.name}"
+        outer = cascade.var_rank(f.loop)
+        stream = cascade.root_rank(outer)
+        inner = cascade.var_rank(f.stream)
+        self._prologue(1)
+        available = {t.name for t in cascade.inputs}
+        self._rows(available)
+        carried = [e for e in cascade.einsums if f.kinds[e.tensor] == "carried"]
+        self.line("")
+        self.line(f"# the key tiles: {f.loop} steps over {outer} = ceil({stream} / {inner}); "
+                  f"{', '.join(e.tensor for e in carried) or 'nothing'} carried across steps")
+        for einsum in carried:
+            layout = f.layouts[einsum.tensor]
+            init = f.value(einsum.init, layout, self._row_lanes(layout))
+            self.line(f"{einsum.tensor} = {init} + {self._zeros(layout)}")
+        self.line(f"for {f.loop} in range(0, {outer}):")
+        self.line(f"{f.stream} = tl.arange(0, BLOCK_{f.stream.upper()}).to(tl.int64)", 2)
+        self.line(f"lanes = row_live[:, None] & ({f.loop} * {inner} + {f.stream} < "
+                  f"{stream})[None, :]", 2)
+        for einsum in carried:
+            self.line(f"{einsum.tensor}_at = {einsum.tensor}  # at step {f.loop}", 2)
+        for einsum in cascade.einsums:
+            kind = f.kinds[einsum.tensor]
+            if kind in ("stream", "stream-dot"):
+                self._stream(einsum)
+            elif kind in ("tile-reduce", "tile-dot"):
+                self._accumulate(einsum, fresh=True)
+            elif kind in ("tile-row", "carried"):
+                layout = f.layouts[einsum.tensor]
+                self.line(f"# {lhs_text(cascade, einsum)} = {rhs_text(einsum)}", 2)
+                value = f.value(einsum.body, layout, self._row_lanes(layout))
+                self.line(f"{einsum.tensor} = {value} + {self._zeros(layout)}", 2)
+        available.update(e.tensor for e in cascade.einsums if f.kinds[e.tensor] != "row")
+        self.line("")
+        self._rows(available)
+        self._hoist()
+        self.line("")
+        for output in cascade.outputs:
+            offset, mask = self._store_address(output, f.layouts[output])
+            self.line(f"tl.store({output}_ptr + {offset}, {self._stored(output)}, mask={mask})")
+        source, host, tuning = self._wrap(name, list(cascade.outputs))
+        return FusedKernel(name, source, host, tuning,
+                           f"one fused kernel {name}: grid over "
+                           f"{', '.join(f.batch + [f.row + ' tiles'])}; one loop over "
+                           f"{outer} tiles of {inner} keys with {', '.join(e.tensor for e in carried)} "
+                           f"carried in registers", {1: (None, None)})
 
 
 def _stream_bound(condition: ir.Expr, stream: str, row: str):

@@ -68,6 +68,10 @@ class TritonPrinter(Printer):
         return {"and": "&", "or": "|", "not": "~"}[op]
 
     def print(self, expr: ir.Expr, context: int) -> str:
+        if isinstance(expr, ir.Op) and expr.op == "not":
+            # `== 0` rather than `~`: also right when the operand is a Python bool (the
+            # interpreter folds scalar comparisons), where ~True would be -2.
+            return f"(({self.print(expr.args[0], 0)}) == 0)"
         if isinstance(expr, ir.Op) and expr.op in ("//", "%"):
             left, right = (self.print(a, 0) for a in expr.args)
             helper = "_floordiv" if expr.op == "//" else "_mod"
