@@ -90,3 +90,18 @@ def test_wheel_ships_the_grammar_and_templates(tmp_path):
                             env={"PYTHONPATH": str(target), "PATH": ""})
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == EXAMPLES[0].stem
+
+
+def test_benchmark_script_runs(tmp_path):
+    """benchmarks/attention.py is for GPU sessions; its smoke mode keeps it runnable."""
+    out = tmp_path / "rows.json"
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "attention.py"),
+                             "--smoke", "--device", "cpu", "--specs", "causal_softmax",
+                             "--json", str(out)], capture_output=True, text=True,
+                            env={**__import__("os").environ,
+                                 "EINSUMATTN_CACHE_DIR": str(tmp_path / "cache")})
+    assert result.returncode == 0, result.stderr
+    assert "| causal_softmax | 32 |" in result.stdout and "torch SDPA" in result.stdout
+    import json
+    rows = json.loads(out.read_text())
+    assert all(r["max_diff_vs_peer"] < 1e-5 for r in rows if r["max_diff_vs_peer"] is not None)

@@ -1,13 +1,14 @@
 """Compiling a spec: generate the module, write it atomically, import it.
 
-Generated files are cached under a key made of the spec text, the options and the
-einsumattn version, so recompiling an unchanged spec is an import. Files are written to
+Generated files are cached under a key made of the spec text, the options, the
+einsumattn version and a hash of the generator's own sources, so recompiling an unchanged spec is an import. Files are written to
 a temporary name in the same folder and renamed into place (`os.replace` is atomic), so
 two processes compiling the same spec at once both end with a complete file.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import os
@@ -30,8 +31,23 @@ def cache_dir() -> Path:
     return Path(base) / "einsumattn"
 
 
+@functools.lru_cache(maxsize=1)
+def generator_fingerprint() -> str:
+    """A hash of the code that generates modules (the IR, analyses, code generators and
+    templates): a changed generator never reuses a module an older one wrote, even
+    within one version number (as during development)."""
+    package = Path(__file__).resolve().parent.parent
+    digest = hashlib.sha256()
+    for path in sorted(package.rglob("*")):
+        if path.suffix in (".py", ".j2", ".lark") and "__pycache__" not in path.parts:
+            digest.update(str(path.relative_to(package)).encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
 def cache_key(text: str, options: dict) -> str:
-    material = "\0".join([__version__, text] + [f"{k}={options[k]!r}" for k in sorted(options)])
+    material = "\0".join([__version__, generator_fingerprint(), text] +
+                          [f"{k}={options[k]!r}" for k in sorted(options)])
     return hashlib.sha256(material.encode("utf-8")).hexdigest()[:20]
 
 

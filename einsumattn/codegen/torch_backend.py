@@ -69,9 +69,12 @@ class _EinsumEmitter:
         """A read by distinct plain variables, in the order of the space, each of its
         position's rank: a zero-copy view with None for the other axes."""
         order = []
+        iterative = self.cascade.tensors[node.tensor].iterative
         for position, index in enumerate(node.indices):
             if not isinstance(index, ir.Index):
                 return False
+            if position == iterative:
+                return False   # X + 1 positions there, not X: a view would not line up
             if not _in_range(self.cascade, node.tensor, position, index):
                 return False
             if index.var in self.fixed:

@@ -1,0 +1,171 @@
+"""Forward-pass benchmarks: einsumattn's generated kernels against PyTorch's in one run.
+
+    python benchmarks/attention.py                       # GPU: the DESIGN.md shapes
+    python benchmarks/attention.py --smoke --device cpu  # a seconds-long check of the script
+
+For each spec and shape it times, on the same inputs: the fused Triton kernel
+(backend="triton"), the unfused schedule (small sizes only), and the peers that compute
+the same thing: torch.nn.functional.scaled_dot_product_attention (causal flag where the
+spec is causal) and FlexAttention when torch provides it. It reports milliseconds,
+TFLOP/s (4*B*H*P*M*D multiply-adds counted as FLOPs, halved for causal masks) and the
+ratio of each einsumattn backend to the best peer in the same run, with the device,
+shapes and dtype, as a Markdown table (and JSON with --json).
+
+Every einsumattn result is first checked against the peer's output (max |diff| is
+reported); a benchmark of a wrong kernel is worse than none.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+import time
+import warnings
+
+import torch
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import einsumattn  # noqa: E402
+
+# spec -> (is causal, the SDPA call that computes it)
+SPECS = {
+    "softmax_3pass": False,
+    "softmax_1pass": False,
+    "causal_softmax": True,
+    "sigmoid_attention": None,   # no SDPA equivalent: timed without a peer
+}
+
+
+def timed(fn, device: str, repeats: int) -> float:
+    """Milliseconds per call (median)."""
+    if device == "cuda":
+        import triton.testing
+        return float(triton.testing.do_bench(fn, warmup=5, rep=repeats * 10))
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - start) * 1e3)
+    return sorted(samples)[len(samples) // 2]
+
+
+def peers(name: str, q, k, v, causal):
+    """Functions computing the spec with PyTorch's own kernels."""
+    found = {}
+    if causal is None:
+        return found
+    scale = q.shape[-1] ** -0.5
+    found["torch SDPA"] = lambda: torch.nn.functional.scaled_dot_product_attention(
+        q, k, v, is_causal=causal, scale=scale)
+    try:
+        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+        if q.is_cuda:
+            block_mask = None
+            if causal:
+                block_mask = create_block_mask(lambda b, h, qi, ki: ki <= qi, None, None,
+                                               q.shape[-2], k.shape[-2], device=q.device)
+            compiled = torch.compile(flex_attention)
+            found["FlexAttention"] = lambda: compiled(q, k, v, block_mask=block_mask,
+                                                      scale=scale)
+    except Exception:  # noqa: BLE001 - a peer that cannot run is reported as absent
+        pass
+    return found
+
+
+def run(args) -> list[dict]:
+    rows = []
+    device = args.device
+    dtype = getattr(torch, args.dtype)
+    for name in args.specs:
+        causal = SPECS[name]
+        module = einsumattn.compile(ROOT / "examples" / f"{name}.attn", backend="torch")
+        cls = getattr(module, module.__all__[0])
+        for seq in args.seq:
+            b, h, d = args.batch, args.heads, args.head_dim
+            gen = torch.Generator(device="cpu").manual_seed(0)
+            q, k, v = (torch.randn(b, h, seq, d, generator=gen).to(device=device, dtype=dtype)
+                       for _ in range(3))
+            flops = 4 * b * h * seq * seq * d * (0.5 if causal else 1.0)
+            candidates = {}
+            backends = ["torch"] if device == "cpu" and not args.interpret else []
+            if device == "cuda" or args.interpret:
+                backends = ["triton"] + (["triton-unfused"] if seq <= args.unfused_max else [])
+            for backend in backends:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    layer = cls(backend=backend)
+                candidates[f"einsumattn {backend}"] = (lambda layer=layer: layer(q, k, v))
+            references = peers(name, q, k, v, causal)
+            expected = next(iter(references.values()))() if references else None
+            times = {}
+            for label, fn in {**references, **candidates}.items():
+                out = fn()
+                diff = float((out.float() - expected.float()).abs().max()) \
+                    if expected is not None else None
+                ms = timed(fn, device, args.repeats)
+                times[label] = ms
+                rows.append({"spec": name, "seq": seq, "batch": b, "heads": h, "head_dim": d,
+                             "dtype": args.dtype, "device": device_name(device, args.interpret),
+                             "backend": label, "ms": ms, "tflops": flops / ms / 1e9,
+                             "max_diff_vs_peer": diff})
+            best_peer = min((times[p] for p in references), default=None)
+            for row in rows:
+                if row["spec"] == name and row["seq"] == seq and best_peer:
+                    row["vs_best_peer"] = best_peer / row["ms"]
+    return rows
+
+
+def device_name(device: str, interpret: bool) -> str:
+    if device == "cuda":
+        return torch.cuda.get_device_name()
+    return f"{device} (Triton kernels in the interpreter)" if interpret else device
+
+
+def markdown(rows: list[dict]) -> str:
+    head = ("| spec | seq | B x H x D | dtype | backend | ms | TFLOP/s | speed vs best peer "
+            "| max diff vs peer |\n|---|---|---|---|---|---|---|---|---|")
+    lines = [head]
+    for r in rows:
+        ratio = f"{r['vs_best_peer']:.2f}x" if r.get("vs_best_peer") else "-"
+        diff = f"{r['max_diff_vs_peer']:.2e}" if r["max_diff_vs_peer"] is not None else "-"
+        lines.append(f"| {r['spec']} | {r['seq']} | {r['batch']}x{r['heads']}x{r['head_dim']} "
+                     f"| {r['dtype']} | {r['backend']} | {r['ms']:.3f} | {r['tflops']:.2f} "
+                     f"| {ratio} | {diff} |")
+    return f"Device: {rows[0]['device']}\n\n" + "\n".join(lines) + "\n" if rows else ""
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--specs", nargs="+", default=list(SPECS), choices=list(SPECS))
+    parser.add_argument("--seq", nargs="+", type=int, default=[1024, 4096, 16384])
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--heads", type=int, default=16)
+    parser.add_argument("--head-dim", type=int, default=64)
+    parser.add_argument("--dtype", default="float16",
+                        choices=("float16", "bfloat16", "float32"))
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--unfused-max", type=int, default=2048,
+                        help="largest sequence for the (slow) unfused schedule")
+    parser.add_argument("--interpret", action="store_true",
+                        help="on the CPU, also run the Triton kernels in the interpreter")
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny sizes, one repeat: checks that the script runs")
+    parser.add_argument("--json", help="also write the rows to this file")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.seq, args.batch, args.heads, args.head_dim, args.repeats = [32], 1, 2, 16, 1
+        args.dtype = "float32"
+    rows = run(args)
+    print(markdown(rows))
+    if args.json:
+        pathlib.Path(args.json).write_text(json.dumps(rows, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
