@@ -17,3 +17,9 @@ EXAMPLES = sorted((ROOT / "examples").glob("*.attn"))
 @pytest.fixture(scope="session")
 def root() -> pathlib.Path:
     return ROOT
+
+
+# The sliding-window example without its sink keys: a window on both sides of the diagonal.
+WINDOW = (ROOT / "examples" / "sliding_window_sinks.attn").read_text().replace(
+    "where m <= p and (p - m < W or m < S)", "where m <= p and p - m < W").replace(
+    "attention sliding_window_sinks", "attention sliding_window")

@@ -15,7 +15,7 @@ from einsumattn.codegen import compile_to_file, generate
 from einsumattn.codegen.compile import cache_dir, import_file
 from einsumattn.verify import Case, case_inputs, compare, run_check
 
-from conftest import EXAMPLES, ROOT
+from conftest import EXAMPLES, ROOT, WINDOW
 from spec_generator import cascades
 
 CLASS_NAMES = {"softmax_3pass": "Softmax3pass", "gla_recurrent": "GlaRecurrent",
@@ -280,10 +280,6 @@ def test_causal_and_window_kernels_skip_masked_tiles():
     assert all(bounds == (None, None) for bounds in unmasked.pruned.values())
 
 
-# The sliding-window example without its sink keys: a window on both sides of the diagonal.
-WINDOW = (ROOT / "examples" / "sliding_window_sinks.attn").read_text().replace(
-    "where m <= p and (p - m < W or m < S)", "where m <= p and p - m < W").replace(
-    "attention sliding_window_sinks", "attention sliding_window")
 
 
 @pytest.mark.parametrize("window", [1, 5, 20, 70])

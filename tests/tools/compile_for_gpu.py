@@ -1,0 +1,65 @@
+"""Compile every Triton kernel of generated modules for a GPU, ahead of time, on a
+machine without one: Triton's front end, LLVM and the bundled ptxas all run on the CPU.
+
+    TRITON_INTERPRET= python tests/tools/compile_for_gpu.py MODULE.py ...   [--arch 90]
+
+The interpreter (what the other tests run kernels in) accepts code the GPU compiler
+rejects; this is the check that the generated kernels are real GPU kernels. It
+compiles, it does not run: correctness on a GPU still needs a GPU.
+
+Signatures: input pointers as fp32 and as fp16 (both are loaded as float32),
+intermediates fp32, masks int8, strides int64, sizes int32, params fp32, block sizes
+as in the module's TUNING tables (16 for the feature tiles). Prints a line per kernel
+and exits 1 if any fails."""
+import importlib.util, sys, time, traceback
+import triton
+from triton.backends.compiler import GPUTarget
+
+def signature(module, kernel, half):
+    params = set(module.PARAMS)
+    sig, constexprs = {}, {}
+    tuning = {}
+    for t in list(getattr(module, "TUNING", {}).values()) + [getattr(module, "TUNING_FUSED", {})]:
+        tuning.update(t)
+    for name in kernel.arg_names:
+        if name.startswith("BLOCK") or name == "RBLOCK":
+            sig[name] = "constexpr"
+            constexprs[name] = tuning.get(name, 16)
+        elif name.endswith("_ok_ptr"):
+            sig[name] = "*i8"
+        elif name.endswith("_ptr"):
+            tensor = name[:-4]
+            sig[name] = "*fp16" if (half and tensor in module.INPUTS) else "*fp32"
+        elif name.startswith("s_"):
+            sig[name] = "i64"
+        elif name in params:
+            sig[name] = "fp32"
+        else:                      # sizes, and the window offsets the host computes
+            sig[name] = "i32"
+    return sig, constexprs
+
+arguments = sys.argv[1:]
+arch = 90
+if "--arch" in arguments:
+    at = arguments.index("--arch")
+    arch = int(arguments[at + 1])
+    del arguments[at:at + 2]
+failures = 0
+for path in arguments:
+    spec = importlib.util.spec_from_file_location("m", path)
+    module = importlib.util.module_from_spec(spec); spec.loader.exec_module(module)
+    kernels = [getattr(module, n) for n in dir(module) if n.startswith(("_k_", "_fused_"))]
+    for kernel in kernels:
+        for half in (False, True):
+            sig, constexprs = signature(module, kernel, half)
+            start = time.time()
+            try:
+                triton.compile(triton.compiler.ASTSource(fn=kernel, signature=sig, constexprs=constexprs),
+                               target=GPUTarget("cuda", arch, 32))
+                status = "ok"
+            except Exception as e:
+                failures += 1
+                status = "FAIL " + str(e).splitlines()[0][:200] if str(e) else "FAIL " + type(e).__name__
+            print(f"{path.rsplit('/',1)[-1]:28} {kernel.__name__:28} {'fp16' if half else 'fp32'} {time.time()-start:5.1f}s {status}", flush=True)
+print("failures", failures)
+sys.exit(1 if failures else 0)
