@@ -376,3 +376,20 @@ def test_cache_key_follows_the_generator():
     with unittest.mock.patch("einsumattn.codegen.compile.generator_fingerprint",
                              return_value="another generator"):
         assert cache_key("spec", {}) != before
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton", "triton-unfused"])
+def test_fully_masked_rows_are_zero_in_every_backend(tmp_path, backend):
+    """`m < p` leaves query 0 without any key: max is -inf, exp(-inf - -inf) is NaN in
+    the arithmetic, and the row must still come out as exactly 0 (LANGUAGE.md)."""
+    text = (ROOT / "examples" / "causal_softmax.attn").read_text().replace(
+        "where m <= p", "where m < p").replace("attention causal_softmax",
+                                               "attention strictly_causal")
+    cascade = einsumattn.load(text)
+    module = import_file(compile_to_file(text, tmp_path), f"strict_{backend.replace('-', '_')}")
+    inputs = case_inputs(cascade, Case(dict(B=1, H=2, P=20, M=20, E=4, F=3), "float32",
+                                       1.0, True, 3))
+    out = module.StrictlyCausal(backend=backend)(*inputs.values())
+    assert not torch.isnan(out).any()
+    assert bool((out[:, :, 0] == 0).all())
+    assert all(r.ok for r in compare(cascade, inputs, out, "float32"))
