@@ -93,9 +93,14 @@ def _cmd_analyze(args) -> int:
 
 def _cmd_compile(args) -> int:
     from .codegen import compile_to_file
+    from .codegen.module import backends_summary
+    from .loader import load
 
-    path = compile_to_file(Path(args.spec), args.output)
+    cascade = load(Path(args.spec))
+    path = compile_to_file(cascade, args.output)
     print(f"wrote {path}")
+    for line in backends_summary(cascade).splitlines():
+        print(f"  {line}")
     return EXIT_OK
 
 

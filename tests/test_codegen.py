@@ -202,6 +202,10 @@ def test_cli_compile_and_check(tmp_path, capsys):
     from einsumattn.cli import main
     assert main(["compile", str(ROOT / "examples" / "alibi.attn"), "-o", str(tmp_path)]) == 0
     assert (tmp_path / "alibi.py").exists()
+    assert "triton: one fused kernel _fused_alibi" in capsys.readouterr().out
+    assert main(["compile", str(ROOT / "examples" / "eca.attn"), "-o", str(tmp_path)]) == 0
+    assert "triton: the unfused schedule (not fusable: GAP reduces the streamed rank with " \
+           "another)" in capsys.readouterr().out
     assert main(["check", str(ROOT / "examples" / "alibi.attn"), "--examples", "5"]) == 0
     out = capsys.readouterr().out
     assert "checking torch, triton, triton-unfused against the float64 oracle" in out

@@ -129,6 +129,13 @@ def _triton(cascade: Cascade) -> dict:
             f"the unfused schedule (not fusable: {why})"}
 
 
+def backends_summary(cascade: Cascade) -> str:
+    """What each backend of the compiled module runs, and why (shown at compile time)."""
+    triton = _triton(cascade)
+    return _backends_note(triton["triton_fallback"], len(cascade.einsums),
+                          triton["schedule_note"])
+
+
 def generate(cascade: Cascade, *, module_name: str | None = None) -> str:
     """The source of the generated module for a cascade."""
     _check_names(cascade)
