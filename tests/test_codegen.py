@@ -414,3 +414,21 @@ def test_a_module_runs_on_torch_alone(built):
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "(1, 2, 5, 4)"
+
+
+def test_linear_attention_is_cut_into_two_fused_kernels(built):
+    """KV and KS reduce the keys for every (b, h, e); NUM needs all of e for each query
+    tile: the value crosses program tiles, so the cascade is cut there, and says why."""
+    module = import_file(built["linear_attention"], "cut_linear")
+    assert "triton: 2 fused kernels, cut because NUM does not have every parallel rank" \
+           in module.__doc__
+    text = open(module.__file__).read()
+    assert "def _fused_linear_attention_stage1(" in text
+    assert "def _fused_linear_attention_stage2(" in text
+    stage1 = text[text.index("def _fused_linear_attention_stage1"):
+                  text.index("def _fused_linear_attention_stage2")]
+    assert "KV += tl.dot(" in stage1                    # the key reduction, per e tile
+    cascade = einsumattn.load(ROOT / "examples" / "linear_attention.attn")
+    reports = []
+    assert run_check(cascade, module, ("triton",), examples=8, report=reports.append), \
+        "\n".join(reports)

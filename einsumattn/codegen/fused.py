@@ -25,8 +25,11 @@ reason, and the module uses the unfused schedule instead.
 
 from __future__ import annotations
 
+import itertools
 import re
 from dataclasses import dataclass
+
+import networkx as nx
 
 import sympy
 
@@ -234,12 +237,12 @@ class _Fuser:
         if not t.is_input and self.loop is not None:
             return self._split_read(node, layout)
         if not t.is_input:
-            own = self.layouts[node.tensor]
-            for index, var in zip([i for i, v in zip(node.indices, self.cascade.einsum(
-                    node.tensor).indices) if v not in self.batch], own):
+            # Registers hold the value at the reader's own point only: every coordinate
+            # must be the tensor's own variable there (its layout may order them anew).
+            for index, var in zip(node.indices, self.cascade.einsum(node.tensor).indices):
                 if index != ir.Index(var):
                     raise NotFusable(f"{node.tensor} is read at shifted positions")
-            return self._reshape(node.tensor, own, layout)
+            return self._reshape(node.tensor, self.layouts[node.tensor], layout)
         names = self.names(layout)
         printer = TritonPrinter(names, self._no_read, integer=True)
         terms, masks = [], []
@@ -319,6 +322,65 @@ def _product(expr: ir.Expr) -> list[ir.Expr]:
     if isinstance(expr, ir.Op) and expr.op == "*":
         return _product(expr.args[0]) + _product(expr.args[1])
     return [expr]
+
+
+def fuse_stages(cascade: Cascade) -> tuple[list[FusedKernel], str | None]:
+    """Fused kernels for a cascade: one if it fuses whole; else two, cut where the
+    first stage's results must cross program tiles (written to memory, read by the
+    second); the reason the whole did not fuse is the cut's reason. NotFusable if
+    neither works."""
+    try:
+        return [fuse(cascade)], None
+    except NotFusable as whole:
+        reason = str(whole)
+    # Stage 1 is closed upwards: one or two tensors with everything they depend on.
+    order = list(cascade.einsums)
+    names = [e.tensor for e in order]
+    graph = cascade.graph.copy()
+    graph.remove_edges_from(list(nx.selfloop_edges(graph)))
+    candidates = []
+    for count in (1, 2):
+        for chosen in itertools.combinations(names, count):
+            closure = set(chosen)
+            for name in chosen:
+                closure |= {a for a in nx.ancestors(graph, name) if a in names}
+            if 0 < len(closure) < len(names) and closure not in candidates:
+                candidates.append(closure)
+    for closure in sorted(candidates, key=len):
+        first = [e for e in order if e.tensor in closure]
+        second = [e for e in order if e.tensor not in closure]
+        try:
+            stage1 = fuse(_stage(cascade, first, second, 1))
+            stage2 = fuse(_stage(cascade, second, (), 2))
+        except NotFusable:
+            continue
+        return [stage1, stage2], reason
+    raise NotFusable(reason)
+
+
+def _stage(cascade: Cascade, einsums: list[Einsum], later, number: int) -> Cascade:
+    """A sub-cascade: the given Einsums, with what earlier stages computed as inputs
+    and what later stages (or the caller) need as outputs."""
+    mine = {e.tensor for e in einsums}
+    needed_later = {r for e in later for r in e.reads} | set(cascade.outputs)
+    outputs = tuple(t for t in mine if t in needed_later)
+    reads = {r for e in einsums for r in e.reads}
+    tensors = {}
+    for name, tensor in cascade.tensors.items():
+        if tensor.is_input and name in reads:
+            tensors[name] = tensor
+        elif name in reads and name not in mine:
+            if tensor.iterative is not None:
+                raise NotFusable(f"the recurrence {name} would cross a cut")
+            tensors[name] = type(tensor)(name, tensor.ranks, True)   # from memory
+    for einsum in einsums:
+        tensors[einsum.tensor] = cascade.tensors[einsum.tensor]
+    if not outputs:
+        raise NotFusable("a stage with no result")
+    return Cascade(f"{cascade.name}_stage{number}", cascade.ranks, cascade.splits,
+                   cascade.params, tensors, tuple(einsums),
+                   tuple(sorted(outputs, key=[e.tensor for e in einsums].index)),
+                   cascade.source)
 
 
 def fuse(cascade: Cascade) -> FusedKernel:
@@ -651,7 +713,7 @@ class _Emitter:
             shape = ", ".join(cascade.tensors[output].ranks)
             host_lines.append(f"{output} = torch.empty(({shape}{',' if len(cascade.tensors[output].ranks) == 1 else ''}), "
                               f"device=device, dtype=torch.float32)")
-        host_lines.append("tuning = dict(TUNING_FUSED)")
+        host_lines.append(f'tuning = dict(TUNING_FUSED["{name}"])')
         for var in f.features:
             size = cascade.var_rank(var)
             host_lines.append(f'tuning["BLOCK_{var.upper()}"] = max(16, '

@@ -18,7 +18,7 @@ from ..diagnostics import SpecError
 from ..ir import Cascade
 from .printers import PythonScalarPrinter
 from .torch_backend import TorchEmitter
-from .fused import NotFusable, fuse
+from .fused import NotFusable, fuse_stages
 from .triton_backend import HELPERS, TritonEmitter, Unsupported
 
 # Names the generated code defines itself; a spec may not use them.
@@ -114,19 +114,25 @@ def _triton(cascade: Cascade) -> dict:
                 "fused_source": None, "fused_host": [], "fused_tuning": {},
                 "schedule_note": ""}
     try:
-        fused = fuse(cascade)
+        fused, cut = fuse_stages(cascade)
     except NotFusable as reason:
-        fused, why = None, str(reason)
+        fused, cut, why = [], None, str(reason)
+    if len(fused) == 1:
+        note = fused[0].description
+    elif fused:
+        note = (f"{len(fused)} fused kernels, cut because {cut}: "
+                + "; then ".join(k.description for k in fused))
+    else:
+        note = f"the unfused schedule (not fusable: {why})"
     return {"triton_fallback": None,
             "kernel_sources": ["\n".join(k.source) for k in kernels],
             "host_lines": host,
             "tuning": {k.einsum.tensor: k.tuning for k in kernels},
             "helpers": HELPERS.strip(),
-            "fused_source": "\n".join(fused.source) if fused else None,
-            "fused_host": fused.host if fused else [],
-            "fused_tuning": fused.tuning if fused else {},
-            "schedule_note": fused.description if fused else
-            f"the unfused schedule (not fusable: {why})"}
+            "fused_source": "\n\n".join("\n".join(k.source) for k in fused) or None,
+            "fused_host": [line for k in fused for line in k.host],
+            "fused_tuning": {k.name: k.tuning for k in fused},
+            "schedule_note": note}
 
 
 def backends_summary(cascade: Cascade) -> str:
