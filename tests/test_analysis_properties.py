@@ -6,8 +6,6 @@ when the value leaves a full reduction of the rank (or the final value of a recu
 over it) and nothing when it streams. The analysis itself propagates "ready" levels
 forward in dataflow order; the two must agree."""
 
-from functools import lru_cache
-
 import networkx as nx
 from hypothesis import given, settings
 from hypothesis import strategies as st

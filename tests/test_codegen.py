@@ -4,7 +4,6 @@ the float64 oracle (torch backend), and are cached and written atomically."""
 import subprocess
 import sys
 import types
-import warnings
 
 import pytest
 import torch

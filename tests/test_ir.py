@@ -1,7 +1,5 @@
 """The Cascade IR: resolution, reductions, recurrences, ordering, printing, binding."""
 
-import pathlib
-
 import pytest
 import sympy
 

@@ -133,7 +133,7 @@ def analyse_buffers(cascade: Cascade, passes: RankPasses, bytes_per_element: int
     def input_footprint(tensor: str, fiber: bool) -> sympy.Expr:
         """The largest access of an input by the streaming Einsums."""
         found = [access_footprint(read.indices, None, fiber) for e in streaming
-                 for read in _all_reads(e) if read.tensor == tensor]
+                 for read in e.accesses() if read.tensor == tensor]
         return sympy.Max(*found) if found else sympy.Integer(0)
 
     def footprint(tensor: str, fiber: bool) -> sympy.Expr:
@@ -188,8 +188,3 @@ def analyse_buffers(cascade: Cascade, passes: RankPasses, bytes_per_element: int
                                         sympy.simplify(state + sympy.Add(*carried.values())))
     return result
 
-
-def _all_reads(einsum):
-    for expr in (einsum.body, einsum.filter, einsum.init):
-        if expr is not None:
-            yield from ir.reads(expr)

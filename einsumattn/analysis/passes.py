@@ -111,12 +111,6 @@ def analysed_ranks(cascade: Cascade) -> list[str]:
             any(traverses(e, rank_variables(cascade, r)) for e in cascade.einsums)]
 
 
-def _reads_with_positions(einsum: Einsum):
-    for expr in (einsum.body, einsum.filter, einsum.init):
-        if expr is not None:
-            yield from ir.reads(expr)
-
-
 def analyse_rank(cascade: Cascade, rank: str) -> RankPasses:
     variables = rank_variables(cascade, rank)
     ready: dict[str, int] = {t.name: 0 for t in cascade.inputs}
@@ -128,7 +122,7 @@ def analyse_rank(cascade: Cascade, rank: str) -> RankPasses:
 
     for einsum in cascade.einsums:
         need, cause = 0, None
-        for read in _reads_with_positions(einsum):
+        for read in einsum.accesses():
             producer = read.tensor
             if producer == einsum.tensor:
                 continue  # a recurrence reading its own earlier positions
@@ -150,7 +144,7 @@ def analyse_rank(cascade: Cascade, rank: str) -> RankPasses:
                     traverses(cascade.einsum(t), variables) for t in cause[2]):
                 producer, kind, via = cause
                 fibers = tuple(dict.fromkeys(
-                    r.tensor for r in _reads_with_positions(einsum)
+                    r.tensor for r in einsum.accesses()
                     if r.tensor != einsum.tensor and _indexed_by(cascade, r.tensor, rank)))
                 dependencies.append(Dependency(rank, producer, einsum.tensor, via, kind,
                                                fibers, need + 1))

@@ -37,7 +37,7 @@ class Condition:
     parts: tuple[tuple["Condition", ...], ...] = ()
 
 
-def _in_range_by_construction(cascade: Cascade, tensor: str, position: int,
+def in_range_by_construction(cascade: Cascade, tensor: str, position: int,
                               index: ir.Expr) -> bool:
     """A coordinate that cannot leave the extent: the plain variable of the position's
     rank; for a recurrence's iterative position also x+1 and the final position X."""
@@ -65,7 +65,7 @@ def expression_conditions(cascade: Cascade, expr: ir.Expr,
     if isinstance(expr, ir.Read):
         found = []
         for position, index in enumerate(expr.indices):
-            if _in_range_by_construction(cascade, expr.tensor, position, index):
+            if in_range_by_construction(cascade, expr.tensor, position, index):
                 continue
             bound = ir.Op("and", (ir.Op("<=", (ir.Const(0), index)),
                                   ir.Op("<", (index, extent_expr(cascade, expr.tensor,

@@ -35,7 +35,7 @@ import sympy
 
 from ..analysis import analyze
 from ..analysis.presence import (Condition, absent_tensors, einsum_conditions,
-                                 point_conditions)
+                                 in_range_by_construction, point_conditions)
 from ..ir import Cascade, Einsum
 from ..ir import expr as ir
 from ..ir.printer import lhs_text, rhs_text
@@ -249,7 +249,7 @@ class _Fuser:
         for position, index in enumerate(node.indices):
             text = printer(index)
             rank = t.ranks[position]
-            if not _plain(self.cascade, node.tensor, position, index):
+            if not in_range_by_construction(self.cascade, node.tensor, position, index):
                 text = f"tl.minimum(tl.maximum({text}, 0), {rank} - 1)"
             terms.append(f"({text}) * s_{node.tensor}_{position}")
             for var in ir.index_vars(index):
@@ -311,17 +311,6 @@ class _Fuser:
                 raise NotFusable(f"a condition on the absence of {name}")
             return f"{name}_ok"
         raise NotFusable(f"a {condition.kind} condition")
-
-
-def _plain(cascade: Cascade, tensor: str, position: int, index: ir.Expr) -> bool:
-    from ..analysis.presence import _in_range_by_construction
-    return _in_range_by_construction(cascade, tensor, position, index)
-
-
-def _product(expr: ir.Expr) -> list[ir.Expr]:
-    if isinstance(expr, ir.Op) and expr.op == "*":
-        return _product(expr.args[0]) + _product(expr.args[1])
-    return [expr]
 
 
 def fuse_stages(cascade: Cascade) -> tuple[list[FusedKernel], str | None]:
@@ -538,7 +527,7 @@ class _Emitter:
         f = self.f
         (feature,) = einsum.reduced
         row_side, key_side, other = [], [], []
-        for factor in _product(einsum.body):
+        for factor in ir.product_factors(einsum.body):
             variables = set(ir.index_vars(factor)) - set(f.batch) - {f.loop}
             if variables <= {f.row, feature} and feature in variables:
                 row_side.append(factor)
@@ -605,7 +594,7 @@ class _Emitter:
         # sum over the stream of (stream tile) * (key tile over a feature): tl.dot.
         feature = f.layouts[name][1]
         tile_side, key_side = [], []
-        for factor in _product(einsum.body):
+        for factor in ir.product_factors(einsum.body):
             variables = set(ir.index_vars(factor)) - set(f.batch) - {f.loop}
             if variables <= {f.row, f.stream}:
                 tile_side.append(factor)

@@ -1,96 +1,15 @@
-"""IR expressions -> source text, one printer class per target (in the spirit of sympy's
-CodePrinter): Python scalars (param defaults), torch tensors (the reference backend),
-and later Triton blocks. The base class owns precedence and parentheses; a target
-overrides how leaves, functions and conditionals are spelled.
+"""IR expressions -> Python source, one printer class per target (in the spirit of
+sympy's CodePrinter): Python scalars (param defaults) and torch tensors (the reference
+backend); Triton's is in triton_backend.py, the spec's own spelling in ir/expr.py. The
+base class, `ir.expr.Printer`, owns precedence and parentheses; a target overrides how
+leaves, functions and conditionals are spelled.
 """
 
 from __future__ import annotations
 
-import math
 
 from ..ir import expr as ir
-
-# Python's binding strengths; higher binds tighter.
-_PRECEDENCE = {"or": 1, "and": 2, "not": 3, "<": 4, "<=": 4, ">": 4, ">=": 4, "==": 4,
-               "!=": 4, "|": 5, "&": 6, "+": 7, "-": 7, "*": 8, "/": 8, "//": 8, "%": 8,
-               "neg": 9, "~": 9, "**": 10}
-_ATOM = 11
-
-
-class Printer:
-    """Prints an expression; subclasses name leaves and functions for their target."""
-
-    def __init__(self, names: dict[str, str] | None = None):
-        # Names for index variables, dims, params and tensor reads in the target code.
-        self.names = names or {}
-
-    def __call__(self, expr: ir.Expr) -> str:
-        return self.print(expr, 0)
-
-    # -- hooks -----------------------------------------------------------------
-    def const(self, value) -> str:
-        if value == math.inf:
-            return "math.inf"
-        if value == -math.inf:
-            return "-math.inf"
-        return repr(value)
-
-    def index(self, node: ir.Index) -> str:
-        return self.names.get(node.var, node.var)
-
-    def dim(self, node: ir.Dim) -> str:
-        return self.names.get(node.rank, node.rank)
-
-    def param(self, node: ir.Param) -> str:
-        return self.names.get(node.name, node.name)
-
-    def read(self, node: ir.Read) -> str:
-        raise NotImplementedError(f"{type(self).__name__} cannot read tensors")
-
-    def function(self, op: str, args: list[str]) -> str:
-        raise NotImplementedError(op)
-
-    def boolean(self, op: str) -> str:
-        """How `and`/`or`/`not` are spelled (words for Python, & | ~ for tensors)."""
-        return op
-
-    # -- structure ---------------------------------------------------------------
-    def print(self, expr: ir.Expr, context: int) -> str:
-        if isinstance(expr, ir.Const):
-            text = self.const(expr.value)
-            return f"({text})" if text.startswith("-") and context > _PRECEDENCE["+"] else text
-        if isinstance(expr, ir.Index):
-            return self.index(expr)
-        if isinstance(expr, ir.Dim):
-            return self.dim(expr)
-        if isinstance(expr, ir.Param):
-            return self.param(expr)
-        if isinstance(expr, ir.Read):
-            return self.read(expr)
-        assert isinstance(expr, ir.Op)
-        op, args = expr.op, expr.args
-        if op in ("and", "or", "not"):
-            op = self.boolean(op)
-        if op == "neg" or op in ("not", "~"):
-            strength = _PRECEDENCE[op]
-            sign = {"neg": "-", "not": "not ", "~": "~"}[op]
-            return self._wrap(f"{sign}{self.print(args[0], strength)}", strength, context)
-        if op in _PRECEDENCE:
-            strength = _PRECEDENCE[op]
-            if op == "**":
-                text = f"{self.print(args[0], strength + 1)} ** {self.print(args[1], strength)}"
-            else:
-                # Comparisons chain in Python: parenthesise a comparison operand.
-                right = strength + 1
-                left = strength + 1 if strength == _PRECEDENCE["<"] else strength
-                text = f"{self.print(args[0], left)} {op} {self.print(args[1], right)}"
-            return self._wrap(text, strength, context)
-        return self.function(op, [self.print(a, 0) for a in args])
-
-    @staticmethod
-    def _wrap(text: str, strength: int, context: int) -> str:
-        return f"({text})" if strength < context else text
-
+from ..ir.expr import Printer
 
 class PythonScalarPrinter(Printer):
     """Plain Python floats with `math`: param defaults computed from sizes."""

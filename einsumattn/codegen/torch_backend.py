@@ -21,7 +21,7 @@ import re
 from dataclasses import dataclass
 
 from ..analysis.presence import (Condition, absent_tensors, einsum_conditions,
-                                 point_conditions)
+                                 in_range_by_construction, point_conditions)
 from ..ir import Cascade, Einsum
 from ..ir import expr as ir
 from ..ir.printer import lhs_text, rhs_text
@@ -53,7 +53,7 @@ class _EinsumEmitter:
         parts = []
         for position, index in enumerate(node.indices):
             text = printer(index)
-            if not _in_range(self.cascade, node.tensor, position, index):
+            if not in_range_by_construction(self.cascade, node.tensor, position, index):
                 extent = self.extent_text(node.tensor, position)
                 text = f"({text}).clamp(0, {extent} - 1)" if varies(index) else \
                     f"min(max({text}, 0), {extent} - 1)"
@@ -75,7 +75,7 @@ class _EinsumEmitter:
                 return False
             if position == iterative:
                 return False   # X + 1 positions there, not X: a view would not line up
-            if not _in_range(self.cascade, node.tensor, position, index):
+            if not in_range_by_construction(self.cascade, node.tensor, position, index):
                 return False
             if index.var in self.fixed:
                 order.append(-1)
@@ -131,11 +131,6 @@ class _EinsumEmitter:
 
     def conjunction(self, conditions: list[Condition]) -> str:
         return " & ".join(self.condition_mask(c) for c in conditions) or "True"
-
-
-def _in_range(cascade: Cascade, tensor: str, position: int, index: ir.Expr) -> bool:
-    from ..analysis.presence import _in_range_by_construction
-    return _in_range_by_construction(cascade, tensor, position, index)
 
 
 class TorchEmitter:
@@ -194,14 +189,14 @@ class TorchEmitter:
             else:
                 mask = emitter.conjunction(terms + points) if terms else None
                 identity = _IDENTITY[einsum.reduce_op]
-                full = body if set(emitter.axes) <= _covered_vars(einsum.body) and \
+                full = body if set(emitter.axes) <= set(ir.index_vars(einsum.body)) and \
                     _reads_any(einsum.body) else f"_full({body}, {self._shape(emitter.axes)})"
                 masked = f"torch.where({mask}, {full}, {identity})" if mask else full
                 masked = masked if _is_atom(masked) else f"({masked})"
                 value = f"{masked}.{_REDUCER[einsum.reduce_op]}({dims_text})"
         # A value that does not vary over every left variable (or is an index integer)
         # is broadcast to the left shape in float32.
-        covers = set(kept) <= _covered_vars(einsum.body) and _reads_any(einsum.body)
+        covers = set(kept) <= set(ir.index_vars(einsum.body)) and _reads_any(einsum.body)
         if covers:
             self.lines.append(f"{indent}{target} = {value}")
         else:
@@ -224,7 +219,7 @@ class TorchEmitter:
         one factor: no tensor of the whole iteration space is built."""
         if einsum.reduce_op != "sum":
             return None
-        factors = _product_factors(einsum.body)
+        factors = ir.product_factors(einsum.body)
         # Factors that vary over the space are einsum operands; constants and scalar
         # tensors (0-d) multiply the result.
         tensor_factors = [f for f in factors if ir.index_vars(f)]
@@ -234,8 +229,7 @@ class TorchEmitter:
         masked = [emitter.value(f) for f in tensor_factors]
         for condition in terms:
             owner = next((i for i, f in enumerate(tensor_factors)
-                          if condition.variables <= set(ir.index_vars(f))
-                          | (self._condition_vars_of(f))), None)
+                          if condition.variables <= set(ir.index_vars(f))), None)
             if owner is None:
                 return None
             masked[owner] = f"torch.where({emitter.condition_mask(condition)}, " \
@@ -262,10 +256,6 @@ class TorchEmitter:
         if not set(einsum.reduced) <= covered:
             return None
         return call
-
-    @staticmethod
-    def _condition_vars_of(expr: ir.Expr) -> set[str]:
-        return set(ir.index_vars(expr))
 
     def _with_grids(self, axes: tuple[str, ...], emit, indent: str = "") -> None:
         """Run `emit` (which appends statements), then put before them the index grids
@@ -333,17 +323,7 @@ def _is_atom(text: str) -> bool:
     return False
 
 
-def _covered_vars(expr: ir.Expr) -> set[str]:
-    """Variables an expression's value varies over (so its broadcast shape has them)."""
-    return set(ir.index_vars(expr))
-
-
 def _reads_any(expr: ir.Expr) -> bool:
     """Whether the value comes from a tensor (so it is float32, not an index integer)."""
     return any(isinstance(n, ir.Read) and n.indices for n in ir.walk(expr))
 
-
-def _product_factors(expr: ir.Expr) -> list[ir.Expr]:
-    if isinstance(expr, ir.Op) and expr.op == "*":
-        return _product_factors(expr.args[0]) + _product_factors(expr.args[1])
-    return [expr]

@@ -23,11 +23,11 @@ import re
 from dataclasses import dataclass, field
 
 from ..analysis.presence import (Condition, absent_tensors, einsum_conditions,
-                                 point_conditions)
+                                 in_range_by_construction, point_conditions)
 from ..ir import Cascade, Einsum
 from ..ir import expr as ir
 from ..ir.printer import lhs_text, rhs_text
-from .printers import Printer
+from ..ir.expr import Printer
 
 BLOCK = 128   # left-side points per program
 RBLOCK = 32   # reduced points per loop step
@@ -144,9 +144,7 @@ class TritonEmitter:
         kept = tuple(v for v in einsum.indices if v != x)
         reduced = einsum.reduced
         name = f"_k_{einsum.tensor}"
-        reads = sorted({r.tensor for expr in (einsum.body, einsum.filter, einsum.init)
-                        if expr is not None for r in ir.reads(expr)}
-                       | ({einsum.tensor} if recurrence else set()))
+        reads = sorted(set(einsum.reads) | ({einsum.tensor} if recurrence else set()))
         if recurrence:
             self._check_recurrence(einsum)
         ranks = [r for r in cascade.ranks]
@@ -265,7 +263,7 @@ class _KernelBody:
         terms = []
         for position, index in enumerate(indices):
             text = printer(index)
-            if not _in_range(self.cascade, tensor, position, index):
+            if not in_range_by_construction(self.cascade, tensor, position, index):
                 extent = self.emitter._extent(tensor, position)
                 text = f"tl.minimum(tl.maximum({text}, 0), {extent} - 1)"
             terms.append(f"({text}) * s_{tensor}_{position}")
@@ -386,11 +384,6 @@ class _KernelBody:
         if not self.kept:
             terms.append("0 * flat")
         return " + ".join(terms)
-
-
-def _in_range(cascade: Cascade, tensor: str, position: int, index: ir.Expr) -> bool:
-    from ..analysis.presence import _in_range_by_construction
-    return _in_range_by_construction(cascade, tensor, position, index)
 
 
 # Helpers every generated Triton module defines: floor division and modulo with Python's

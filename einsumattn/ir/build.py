@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import networkx as nx
 import sympy
 
-from ..diagnostics import Source, SpecError, Span, did_you_mean
+from ..diagnostics import SpecError, Span, did_you_mean
 from ..frontend import FUNCTIONS, RESERVED, ast
 from . import expr as ir
 from .cascade import Cascade, Einsum, ParamDecl, Rank, Split, Tensor, dataflow_graph
@@ -269,7 +269,7 @@ class _Builder:
                         f"[{', '.join(parts)}] = ...")
             else:
                 hint = "an init gives position 0 of a recurrence's iterative rank"
-            return (f"the left side of an init must use index variables and one '0'",
+            return ("the left side of an init must use index variables and one '0'",
                     node.span, hint)
         suggestion = []
         for index in lhs.indices:
@@ -483,7 +483,6 @@ class _Builder:
     # ================================================================ einsums
     def _einsum(self, stmt: ast.EinsumStmt) -> Einsum:
         lhs = stmt.lhs
-        tensor = self.tensors[lhs.tensor]
         variables, iterative = self._lhs(lhs, init=False)
         lhs_set = set(variables)
         rhs = stmt.rhs

@@ -15,7 +15,7 @@ import networkx as nx
 import sympy
 
 from ..diagnostics import Source, Span
-from .expr import Expr, index_vars, tensors_read
+from .expr import Expr, Read, index_vars, reads
 
 
 @dataclass(frozen=True)
@@ -97,15 +97,15 @@ class Einsum:
         """The iteration space: left variables, then reduced ones."""
         return self.indices + self.reduced
 
+    def accesses(self) -> list[Read]:
+        """Every tensor read of the body, filter and init, in order."""
+        return [read for expr in (self.body, self.filter, self.init) if expr is not None
+                for read in reads(expr)]
+
     @property
     def reads(self) -> list[str]:
         """Tensors read by the body, filter and init, in order of first appearance."""
-        seen: dict[str, None] = {}
-        for expr in (self.body, self.filter, self.init):
-            if expr is not None:
-                for name in tensors_read(expr):
-                    seen.setdefault(name, None)
-        return list(seen)
+        return list(dict.fromkeys(read.tensor for read in self.accesses()))
 
     @property
     def used_vars(self) -> list[str]:

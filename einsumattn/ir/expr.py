@@ -115,6 +115,14 @@ def conjuncts(expr: Expr | None) -> list[Expr]:
     return [expr]
 
 
+def product_factors(expr: Expr) -> list[Expr]:
+    """`a * b * c` -> [a, b, c]: the factors of a product (an expression is its own
+    single factor)."""
+    if isinstance(expr, Op) and expr.op == "*":
+        return product_factors(expr.args[0]) + product_factors(expr.args[1])
+    return [expr]
+
+
 def reads(expr: Expr) -> list[Read]:
     return [node for node in walk(expr) if isinstance(node, Read)]
 
@@ -127,50 +135,109 @@ def tensors_read(expr: Expr) -> list[str]:
 
 
 def to_text(expr: Expr) -> str:
-    """Spec-language text of an expression (fully parenthesised where precedence needs it).
-    Used in reports and in printing rewritten cascades."""
-    return _text(expr, 0)
+    """Spec-language text of an expression (parenthesised where precedence needs it).
+    Used in reports, diagnostics and printing rewritten cascades."""
+    return SpecPrinter()(expr)
 
 
-# Binding strength, as in Python: higher binds tighter.
+# Python's binding strengths; higher binds tighter.
 _PRECEDENCE = {"or": 1, "and": 2, "not": 3, "<": 4, "<=": 4, ">": 4, ">=": 4, "==": 4,
-               "!=": 4, "+": 5, "-": 5, "*": 6, "/": 6, "//": 6, "%": 6, "neg": 7, "**": 8}
+               "!=": 4, "|": 5, "&": 6, "+": 7, "-": 7, "*": 8, "/": 8, "//": 8, "%": 8,
+               "neg": 9, "~": 9, "**": 10}
 
 
-def _text(expr: Expr, context: int) -> str:
-    if isinstance(expr, Const):
-        value = expr.value
+class Printer:
+    """Prints an expression; subclasses name leaves and functions for their target."""
+
+    def __init__(self, names: dict[str, str] | None = None):
+        # Names for index variables, dims, params and tensor reads in the target code.
+        self.names = names or {}
+
+    def __call__(self, expr: Expr) -> str:
+        return self.print(expr, 0)
+
+    # -- hooks -----------------------------------------------------------------
+    def const(self, value) -> str:
         if value == math.inf:
-            text = "inf"
-        elif value == -math.inf:
-            text = "-inf"
-        elif isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
-            text = f"{value:.1f}"
-        else:
-            text = repr(value)
-        return f"({text})" if text.startswith("-") and context > 5 else text
-    if isinstance(expr, Index):
-        return expr.var
-    if isinstance(expr, Dim):
-        return expr.rank
-    if isinstance(expr, Param):
-        return expr.name
-    if isinstance(expr, Read):
-        if not expr.indices:
-            return expr.tensor
-        return f"{expr.tensor}[{', '.join(_text(i, 0) for i in expr.indices)}]"
-    assert isinstance(expr, Op)
-    op, args = expr.op, expr.args
-    if op in _PRECEDENCE:
-        mine = _PRECEDENCE[op]
-        if op == "neg":
-            text = f"-{_text(args[0], mine)}"
-        elif op == "not":
-            text = f"not {_text(args[0], mine)}"
-        elif op == "**":
-            # Right-associative: the left operand needs parentheses at equal strength.
-            text = f"{_text(args[0], mine + 1)} ** {_text(args[1], mine)}"
-        else:
-            text = f"{_text(args[0], mine)} {op} {_text(args[1], mine + 1)}"
-        return f"({text})" if mine < context or (mine == context and op == "**") else text
-    return f"{op}({', '.join(_text(a, 0) for a in args)})"
+            return "math.inf"
+        if value == -math.inf:
+            return "-math.inf"
+        return repr(value)
+
+    def index(self, node: Index) -> str:
+        return self.names.get(node.var, node.var)
+
+    def dim(self, node: Dim) -> str:
+        return self.names.get(node.rank, node.rank)
+
+    def param(self, node: Param) -> str:
+        return self.names.get(node.name, node.name)
+
+    def read(self, node: Read) -> str:
+        raise NotImplementedError(f"{type(self).__name__} cannot read tensors")
+
+    def function(self, op: str, args: list[str]) -> str:
+        raise NotImplementedError(op)
+
+    def boolean(self, op: str) -> str:
+        """How `and`/`or`/`not` are spelled (words for Python, & | ~ for tensors)."""
+        return op
+
+    # -- structure ---------------------------------------------------------------
+    def print(self, expr: Expr, context: int) -> str:
+        if isinstance(expr, Const):
+            text = self.const(expr.value)
+            return f"({text})" if text.startswith("-") and context > _PRECEDENCE["+"] else text
+        if isinstance(expr, Index):
+            return self.index(expr)
+        if isinstance(expr, Dim):
+            return self.dim(expr)
+        if isinstance(expr, Param):
+            return self.param(expr)
+        if isinstance(expr, Read):
+            return self.read(expr)
+        assert isinstance(expr, Op)
+        op, args = expr.op, expr.args
+        if op in ("and", "or", "not"):
+            op = self.boolean(op)
+        if op == "neg" or op in ("not", "~"):
+            strength = _PRECEDENCE[op]
+            sign = {"neg": "-", "not": "not ", "~": "~"}[op]
+            return self._wrap(f"{sign}{self.print(args[0], strength)}", strength, context)
+        if op in _PRECEDENCE:
+            strength = _PRECEDENCE[op]
+            if op == "**":
+                text = f"{self.print(args[0], strength + 1)} ** {self.print(args[1], strength)}"
+            else:
+                # Comparisons chain in Python: parenthesise a comparison operand.
+                right = strength + 1
+                left = strength + 1 if strength == _PRECEDENCE["<"] else strength
+                text = f"{self.print(args[0], left)} {op} {self.print(args[1], right)}"
+            return self._wrap(text, strength, context)
+        return self.function(op, [self.print(a, 0) for a in args])
+
+    @staticmethod
+    def _wrap(text: str, strength: int, context: int) -> str:
+        return f"({text})" if strength < context else text
+
+
+class SpecPrinter(Printer):
+    """The `.attn` spelling: `inf`, words for `and`/`or`/`not`, the spec's function names,
+    reads as `T[i, j]`. Its output parses back to the same expression."""
+
+    def const(self, value) -> str:
+        if value == math.inf:
+            return "inf"
+        if value == -math.inf:
+            return "-inf"
+        if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
+            return f"{value:.1f}"
+        return repr(value)
+
+    def read(self, node: Read) -> str:
+        if not node.indices:
+            return node.tensor
+        return f"{node.tensor}[{', '.join(self(i) for i in node.indices)}]"
+
+    def function(self, op: str, args: list[str]) -> str:
+        return f"{op}({', '.join(args)})"

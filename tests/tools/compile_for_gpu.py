@@ -11,7 +11,7 @@ Signatures: input pointers as fp32 and as fp16 (both are loaded as float32),
 intermediates fp32, masks int8, strides int64, sizes int32, params fp32, block sizes
 as in the module's TUNING tables (16 for the feature tiles). Prints a line per kernel
 and exits 1 if any fails."""
-import importlib.util, sys, time, traceback
+import importlib.util, sys, time
 import triton
 from triton.backends.compiler import GPUTarget
 
