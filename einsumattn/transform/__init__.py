@@ -1,0 +1,157 @@
+"""Rewrites: Cascade -> Cascade, each applied only where its algebraic condition holds.
+
+    result = einsumattn.transform.rewrite(cascade)      # or einsumattn.rewrite(path)
+    result.cascade     # the derived cascade (fewest passes this stage can justify)
+    result.steps       # what was applied, with the identity sympy proved
+    result.blocked     # what could not be rewritten in the passes that remain, and why
+    print(result.text())   # `.attn` source that parses back to result.cascade
+
+The rules, in the order they run (docs/rewrites.md):
+1. factor out of a sum (factor.py): deferred division and scaling;
+2. separable moments (factor.py): sums of products split per factor;
+3. online max-shift (online.py): split the streamed rank and carry a running max.
+A step is kept only if no rank's pass count grows; rules 1 and 2 run to a fixed point
+before rule 3.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from ..analysis.passes import analyse_passes, fully_reduces, rank_variables
+from ..ir import Cascade
+from ..ir.printer import cascade_text
+from .factor import factor_sums
+from .online import ONLINE, SPLIT, may_be_empty, online_max_shift, split_rank
+from .steps import Blocked, Step
+
+DEFAULT_TILE = 64
+
+
+@dataclass
+class Rewritten:
+    original: Cascade
+    cascade: Cascade
+    steps: list[Step] = field(default_factory=list)
+    blocked: list[Blocked] = field(default_factory=list)
+
+    def passes(self, which: str = "after") -> dict[str, int]:
+        cascade = self.cascade if which == "after" else self.original
+        return {rank: info.passes for rank, info in analyse_passes(cascade).items()
+                if cascade.ranks[rank].split_of is None}
+
+    def text(self) -> str:
+        """The derived cascade as `.attn` source: a header naming each step, and a
+        comment above every Einsum a step wrote."""
+        before, after = self.passes("before"), self.passes("after")
+        source = self.original.source.filename if self.original.source else "<spec>"
+        header = [f"# Derived by `einsumattn rewrite` from {source}.",
+                  "# passes: " + ", ".join(
+                      f"{r} {before[r]} -> {after.get(r, before[r])}" for r in before)]
+        if not self.steps:
+            header.append("# No rewrite applies: this is the spec's own pass structure.")
+        comments: dict[str, str] = {}
+        for number, step in enumerate(self.steps, 1):
+            header.append(f"# step {number}, {step.comment()}")
+            header.append(f"#   proved: {step.identity}")
+            for tensor in step.tensors:
+                comments.setdefault(tensor, f"step {number}: {step.rule}")
+        for note in self.blocked:
+            header.append(f"# not rewritten: {note.explain()}")
+        return "\n".join(header) + "\n" + cascade_text(self.cascade, comments)
+
+
+def _worse(before: Cascade, after: Cascade) -> str | None:
+    old = analyse_passes(before)
+    new = analyse_passes(after)
+    for rank, info in new.items():
+        if rank in old and info.passes > old[rank].passes:
+            return f"passes over {rank} would grow from {old[rank].passes} to {info.passes}"
+    return None
+
+
+def rewrite(spec: "str | os.PathLike | Cascade", *, tile: int = DEFAULT_TILE,
+            online: bool = True) -> Rewritten:
+    """Derive the fewest-pass cascade. `tile` is the split factor the online max-shift
+    gives the streamed rank (the key tile of the fused kernel: a power of two >= 16
+    there; any positive integer for the oracle)."""
+    from ..loader import load
+
+    original = spec if isinstance(spec, Cascade) else load(spec)
+    cascade, steps, blocked = factor_sums(original)
+    if _worse(original, cascade):  # the rules never do this; refuse rather than trust
+        cascade, steps = original, []
+    if online:
+        cascade, more, notes = _online(cascade, tile)
+        steps += more
+        blocked += notes
+    return Rewritten(original, cascade, steps, _still_relevant(cascade, blocked))
+
+
+def _streamed_rank(cascade: Cascade) -> str | None:
+    """The rank the online rule splits: the analysis's primary rank (the one the fused
+    schedule streams), if it still takes more than one pass."""
+    from ..analysis import analyze
+
+    rank = analyze(cascade).primary_rank
+    passes = analyse_passes(cascade)
+    if rank is None or rank not in passes or passes[rank].passes < 2:
+        return None
+    return rank
+
+
+def _online(cascade: Cascade, tile: int) -> tuple[Cascade, list[Step], list[Blocked]]:
+    rank = _streamed_rank(cascade)
+    if rank is None:
+        return cascade, [], []
+    variables = rank_variables(cascade, rank)
+    maxima = [e for e in cascade.einsums if e.reduce_op == "max" and e.iterative is None
+              and fully_reduces(e, variables)]
+    if not maxima:
+        return cascade, [], []
+    empty = {e.tensor: may_be_empty(cascade, e) for e in maxima}
+    split = split_rank(cascade, rank, tile)
+    if isinstance(split, Blocked):
+        return cascade, [], [split]
+    current, outer, inner = split
+    steps: list[Step] = []
+    notes: list[Blocked] = []
+    for name in empty:
+        result = online_max_shift(current, outer, inner, current.einsum(name), empty[name])
+        if isinstance(result, Blocked):
+            notes.append(result)
+            continue
+        candidate, step, blocked = result
+        worse = _worse(cascade, candidate)
+        if worse:
+            notes.append(Blocked(ONLINE, name, worse))
+            continue
+        current = candidate
+        steps.append(step)
+        notes += blocked
+    if not steps:
+        return cascade, [], notes
+    split_step = Step(SPLIT, f"{rank} -> {current.ranks[current.var_rank(outer)].name}, "
+                             f"{current.ranks[current.var_rank(inner)].name} by {tile} "
+                             f"(m = {outer}*{current.var_rank(inner)} + {inner}; the last "
+                             f"tile's padding is absent)", (),
+                      "a bijection of m onto the present (m1, m0)")
+    return current, [split_step, *steps], notes
+
+
+def _still_relevant(cascade: Cascade, blocked: list[Blocked]) -> list[Blocked]:
+    """Notes about tensors that still run after the first pass of some rank: those
+    explain why the remaining passes are the lower bound for this cascade."""
+    late = set()
+    for info in analyse_passes(cascade).values():
+        late |= {name for name, number in info.pass_of.items() if number > 1}
+    seen, kept = set(), []
+    for note in blocked:
+        if note.tensor in late and (note.rule, note.tensor) not in seen:
+            seen.add((note.rule, note.tensor))
+            kept.append(note)
+    return kept
+
+
+__all__ = ["rewrite", "Rewritten", "Step", "Blocked", "DEFAULT_TILE"]

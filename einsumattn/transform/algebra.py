@@ -1,0 +1,198 @@
+"""IR expressions <-> sympy, and the proof obligations of the rewrites.
+
+A rewrite states the identity its step relies on as two IR expressions (before and
+after); `prove_equal` turns both into sympy, reads of tensors becoming real symbols, and
+asks sympy to simplify the difference to zero. Functions sympy knows (exp, log, sqrt,
+max, min) are sympy's own, so identities such as exp(a - g)*exp(g - y) = exp(a - y) are
+proved rather than assumed; every other operation (sigmoid, where, comparisons, ...) is an
+uninterpreted function, equal only to itself.
+
+`from_sympy` turns an expression back into IR, for the rewrites that expand a body into
+terms (separable moments).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from typing import Callable
+
+import sympy
+
+from ..ir import expr as ir
+
+# IR function name -> sympy function, for the ones sympy may reason about.
+_KNOWN = {"exp": sympy.exp, "log": sympy.log, "sqrt": sympy.sqrt}
+_OPAQUE_PREFIX = "op_"
+
+
+class NotAlgebraic(Exception):
+    """An expression sympy cannot carry back into IR."""
+
+
+# ------------------------------------------------------------------ IR rebuilding
+def rebuild(expr: ir.Expr, leaf: Callable[[ir.Expr], ir.Expr | None]) -> ir.Expr:
+    """A copy of `expr` with each node for which `leaf(node)` returns an expression
+    replaced by it (outermost first); other nodes are rebuilt from their children."""
+    found = leaf(expr)
+    if found is not None:
+        return found
+    if isinstance(expr, ir.Read):
+        return replace(expr, indices=tuple(rebuild(i, leaf) for i in expr.indices))
+    if isinstance(expr, ir.Op):
+        return replace(expr, args=tuple(rebuild(a, leaf) for a in expr.args))
+    return expr
+
+
+def substitute(expr: ir.Expr, values: dict[str, ir.Expr]) -> ir.Expr:
+    """Index variables replaced by expressions (`m` -> `m1*M0 + m0`), reads included."""
+    return rebuild(expr, lambda n: values.get(n.var) if isinstance(n, ir.Index) else None)
+
+
+def replace_reads(expr: ir.Expr, fn: Callable[[ir.Read], ir.Expr | None]) -> ir.Expr:
+    return rebuild(expr, lambda n: fn(n) if isinstance(n, ir.Read) else None)
+
+
+# ------------------------------------------------------------------ to and from sympy
+class Algebra:
+    """One symbol table shared by the expressions of one proof, so that the same read
+    (same tensor, same coordinates) is the same symbol on both sides."""
+
+    def __init__(self) -> None:
+        self.symbols: dict[object, sympy.Symbol] = {}
+        self.nodes: dict[sympy.Symbol, ir.Expr] = {}
+
+    def symbol(self, node: ir.Expr, name: str, **assumptions) -> sympy.Symbol:
+        key = node if not isinstance(node, ir.Read) else ("read", node)
+        if key not in self.symbols:
+            symbol = sympy.Symbol(f"{name}_{len(self.symbols)}", **assumptions)
+            self.symbols[key] = symbol
+            self.nodes[symbol] = node
+        return self.symbols[key]
+
+    def fresh(self, name: str) -> sympy.Symbol:
+        """A real symbol standing for no node (g, y in an identity)."""
+        return sympy.Symbol(f"{name}_{len(self.nodes)}_", real=True)
+
+    def to_sympy(self, expr: ir.Expr) -> sympy.Expr:
+        if isinstance(expr, ir.Const):
+            value = expr.value
+            if isinstance(value, float) and math.isinf(value):
+                return sympy.oo if value > 0 else -sympy.oo
+            return sympy.Rational(value)  # exact: a float is a binary fraction
+        if isinstance(expr, ir.Index):
+            return self.symbol(expr, expr.var, integer=True)
+        if isinstance(expr, ir.Dim):
+            return self.symbol(expr, expr.rank, positive=True, integer=True)
+        if isinstance(expr, ir.Param):
+            return self.symbol(expr, expr.name, real=True)
+        if isinstance(expr, ir.Read):
+            return self.symbol(expr, expr.tensor, real=True)
+        args = [self.to_sympy(a) for a in expr.args]
+        op = expr.op
+        if op == "+":
+            return args[0] + args[1]
+        if op == "-":
+            return args[0] - args[1]
+        if op == "*":
+            return args[0] * args[1]
+        if op == "/":
+            return args[0] / args[1]
+        if op == "neg":
+            return -args[0]
+        if op == "**":
+            return args[0] ** args[1]
+        if op in _KNOWN:
+            return _KNOWN[op](*args)
+        if op == "max":
+            return sympy.Max(*args)
+        if op == "min":
+            return sympy.Min(*args)
+        return sympy.Function(_OPAQUE_PREFIX + op)(*args)
+
+    def to_ir(self, value: sympy.Expr) -> ir.Expr:
+        """Back to IR: sums with `-` for negative terms, products as numerator /
+        denominator, `sqrt` for a half power."""
+        if value.could_extract_minus_sign() and not value.is_Number:
+            return ir.Op("neg", (self.to_ir(-value),))
+        if isinstance(value, sympy.Symbol):
+            if value not in self.nodes:
+                raise NotAlgebraic(f"a symbol with no node: {value}")
+            return self.nodes[value]
+        if value.is_Integer:
+            return ir.Const(float(int(value)))
+        if value.is_Rational:
+            p, q = int(value.p), int(value.q)
+            if q & (q - 1) == 0:  # a power of two: exact as a float
+                return ir.Const(p / q)
+            return ir.Op("/", (ir.Const(float(p)), ir.Const(float(q))))
+        if value.is_Float:
+            return ir.Const(float(value))
+        if value in (sympy.oo, -sympy.oo):
+            return ir.Const(math.inf) if value == sympy.oo else ir.Op("neg", (
+                ir.Const(math.inf),))
+        if isinstance(value, sympy.Add):
+            terms = sorted(value.args, key=lambda t: (t.could_extract_minus_sign(),
+                                                       sympy.default_sort_key(t)))
+            result = self.to_ir(terms[0])
+            for term in terms[1:]:
+                if term.could_extract_minus_sign():
+                    result = ir.Op("-", (result, self.to_ir(-term)))
+                else:
+                    result = ir.Op("+", (result, self.to_ir(term)))
+            return result
+        if isinstance(value, sympy.Mul):
+            numerator, denominator = sympy.fraction(value)
+            if denominator != 1:
+                return ir.Op("/", (self.to_ir(numerator), self.to_ir(denominator)))
+            factors = sorted(sympy.Mul.make_args(value), key=lambda f: (
+                not f.is_Number, sympy.default_sort_key(f)))
+            result = self.to_ir(factors[0])
+            for factor in factors[1:]:
+                result = ir.Op("*", (result, self.to_ir(factor)))
+            return result
+        if isinstance(value, sympy.Pow):
+            base, exponent = value.args
+            if exponent == sympy.Rational(1, 2):
+                return ir.Op("sqrt", (self.to_ir(base),))
+            if exponent.is_Integer and exponent < 0:
+                return ir.Op("/", (ir.Const(1.0), self.to_ir(base ** -exponent)))
+            if exponent.is_Integer:
+                return ir.Op("**", (self.to_ir(base), ir.Const(int(exponent))))
+            return ir.Op("**", (self.to_ir(base), self.to_ir(exponent)))
+        if isinstance(value, sympy.exp):
+            return ir.Op("exp", (self.to_ir(value.args[0]),))
+        if isinstance(value, sympy.log):
+            return ir.Op("log", (self.to_ir(value.args[0]),))
+        if isinstance(value, (sympy.Max, sympy.Min)):
+            name = "max" if isinstance(value, sympy.Max) else "min"
+            args = [self.to_ir(a) for a in value.args]
+            result = args[0]
+            for arg in args[1:]:
+                result = ir.Op(name, (result, arg))
+            return result
+        if isinstance(value, sympy.core.function.AppliedUndef) and \
+                value.func.__name__.startswith(_OPAQUE_PREFIX):
+            return ir.Op(value.func.__name__[len(_OPAQUE_PREFIX):],
+                         tuple(self.to_ir(a) for a in value.args))
+        raise NotAlgebraic(f"no IR form for {value}")
+
+
+def is_zero(value: sympy.Expr) -> bool:
+    """Whether sympy can show `value` is identically zero (cheap forms first)."""
+    if value == 0:
+        return True
+    for simplify in (sympy.expand, lambda v: sympy.powsimp(sympy.expand(v), force=True),
+                     sympy.simplify):
+        try:
+            if simplify(value) == 0:
+                return True
+        except (TypeError, ValueError, RecursionError):  # sympy gives up on some forms
+            return False
+    return False
+
+
+def prove_equal(before: ir.Expr, after: ir.Expr) -> bool:
+    """The proof obligation of a step: `before - after` simplifies to zero."""
+    algebra = Algebra()
+    return is_zero(algebra.to_sympy(before) - algebra.to_sympy(after))

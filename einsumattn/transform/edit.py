@@ -1,0 +1,77 @@
+"""Building the Cascade a rewrite returns: new tensors, dataflow order, dead code.
+
+Rewrites never patch an existing Cascade: they list the Einsums of the new one and call
+`assemble`, which derives the tensors' ranks from the Einsums, drops what no output
+needs any more, and orders Einsums by dataflow (keeping the given order among
+independent ones, so the printed cascade reads in the order the rewrite wrote it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import networkx as nx
+
+from ..ir import Cascade, Einsum, Rank, Split, Tensor
+from ..ir.cascade import dataflow_graph
+from ..analysis.passes import analyse_rank
+
+
+def tensor_of(cascade: Cascade, einsum: Einsum, ranks: dict[str, Rank]) -> Tensor:
+    """The tensor an Einsum defines, its ranks read off its left side."""
+    by_var = {rank.var: name for name, rank in ranks.items()}
+    old = cascade.tensors.get(einsum.tensor)
+    return Tensor(einsum.tensor, tuple(by_var[v] for v in einsum.indices), False,
+                  einsum.iterative, old.span if old is not None else None)
+
+
+def assemble(cascade: Cascade, einsums: list[Einsum], *,
+             ranks: dict[str, Rank] | None = None,
+             splits: tuple[Split, ...] | None = None) -> Cascade:
+    ranks = dict(cascade.ranks if ranks is None else ranks)
+    splits = cascade.splits if splits is None else splits
+    by_name = {e.tensor: e for e in einsums}
+    # Dead code: keep what the outputs need.
+    needed: set[str] = set()
+    stack = list(cascade.outputs)
+    while stack:
+        name = stack.pop()
+        if name in needed or name not in by_name:
+            continue
+        needed.add(name)
+        stack.extend(by_name[name].reads)
+    einsums = [e for e in einsums if e.tensor in needed]
+    inputs = {t.name: t for t in cascade.tensors.values() if t.is_input}
+    defined = {e.tensor: tensor_of(cascade, e, ranks) for e in einsums}
+    graph = dataflow_graph([*inputs.values(), *defined.values()], einsums)
+    graph.remove_edges_from(list(nx.selfloop_edges(graph)))
+    position = {e.tensor: i for i, e in enumerate(einsums)}
+    order = nx.lexicographical_topological_sort(
+        graph, key=lambda n: (0, 0) if n not in position else (1, position[n]))
+    ordered = [by_name[name] for name in order if name in position]
+    tensors = {**inputs, **{e.tensor: defined[e.tensor] for e in ordered}}
+    return Cascade(cascade.name, ranks, tuple(splits), dict(cascade.params), tensors,
+                   tuple(ordered), cascade.outputs, cascade.source)
+
+
+def fresh_name(cascade: Cascade, base: str, taken: set[str] = frozenset()) -> str:
+    """`base`, or `base2`, `base3`, ... : a name no tensor, rank, param or variable has."""
+    used = set(cascade.tensors) | set(cascade.ranks) | set(cascade.params) | \
+        {r.var for r in cascade.ranks.values()} | set(taken)
+    name, number = base, 2
+    while name in used or name.lower() in used:
+        name, number = f"{base}{number}", number + 1
+    return name
+
+
+def late_tensors(cascade: Cascade, rank: str) -> set[str]:
+    """Tensors whose values exist only after a full traversal of `rank` (a reduction of
+    it, or anything computed from one): reading them while traversing `rank` again is
+    a read-read dependency."""
+    ready = analyse_rank(cascade, rank).ready
+    return {name for name, level in ready.items() if level > 0}
+
+
+def with_body(einsum: Einsum, **changes) -> Einsum:
+    """A copy of an Einsum with fields changed; the span is dropped (new code)."""
+    return replace(einsum, span=None, **changes)
