@@ -313,69 +313,141 @@ class _Fuser:
         raise NotFusable(f"a {condition.kind} condition")
 
 
+# At most this many stage kernels are tried while looking for cuts (each is a fuse()).
+CUT_SEARCH_BUDGET = 120
+
+
 def fuse_stages(cascade: Cascade) -> tuple[list[FusedKernel], str | None]:
-    """Fused kernels for a cascade: one if it fuses whole; else two, cut where the
-    first stage's results must cross program tiles (written to memory, read by the
-    second); the reason the whole did not fuse is the cut's reason. NotFusable if
-    neither works."""
+    """Fused kernels for a cascade: one if it fuses whole; else a sequence of stages,
+    cut where a value must cross program tiles (written to global memory by one kernel,
+    read by the next). Returns the kernels and the reasons for the cuts (None for one
+    kernel): the reason for each cut is why the stages from there on did not fuse as
+    one kernel. NotFusable (the whole cascade's reason) if no sequence of cuts works.
+
+    Each stage is closed upwards within what is left (one or two tensors and what they
+    need that no earlier stage computed); the smallest first stage whose remainder can be
+    cut into the fewest stages is taken (two, then three, ...), within CUT_SEARCH_BUDGET
+    tries."""
     try:
         return [fuse(cascade)], None
     except NotFusable as whole:
         reason = str(whole)
-    # Stage 1 is closed upwards: one or two tensors with everything they depend on.
-    order = list(cascade.einsums)
-    names = [e.tensor for e in order]
+    order = [e.tensor for e in cascade.einsums]
     graph = cascade.graph.copy()
     graph.remove_edges_from(list(nx.selfloop_edges(graph)))
-    candidates = []
-    for count in (1, 2):
-        for chosen in itertools.combinations(names, count):
-            closure = set(chosen)
-            for name in chosen:
-                closure |= {a for a in nx.ancestors(graph, name) if a in names}
-            if 0 < len(closure) < len(names) and closure not in candidates:
-                candidates.append(closure)
-    for closure in sorted(candidates, key=len):
-        first = [e for e in order if e.tensor in closure]
-        second = [e for e in order if e.tensor not in closure]
-        try:
-            stage1 = fuse(_stage(cascade, first, second, 1))
-            stage2 = fuse(_stage(cascade, second, (), 2))
-        except NotFusable:
-            continue
-        return [stage1, stage2], reason
-    raise NotFusable(reason)
+    ancestors = {name: set(nx.ancestors(graph, name)) & set(order) for name in order}
+    tried: dict[tuple[frozenset, frozenset], str | None] = {}
+    plans: dict = {}
+
+    def attempt(stage: frozenset, remaining: frozenset) -> str | None:
+        """None if `stage` fuses as the first of `remaining`, else the reason."""
+        key = (stage, remaining)
+        if key not in tried:
+            if len(tried) >= CUT_SEARCH_BUDGET:
+                return "the search for cuts ran out of tries"
+            try:
+                fuse(_stage(cascade, stage, remaining - stage, 0))
+                tried[key] = None
+            except NotFusable as why:
+                tried[key] = str(why)
+        return tried[key]
+
+    def plan(remaining: frozenset, why: str, most: int):
+        """At most `most` stages for `remaining` (which does not fuse whole, because
+        `why`): (stages, reasons for the cuts), or None."""
+        key = (remaining, most)
+        if key in plans:
+            return plans[key]
+        plans[key] = None
+        names = [n for n in order if n in remaining]
+        candidates: list[frozenset] = []
+        for count in (1, 2):
+            for chosen in itertools.combinations(names, count):
+                closure = frozenset(chosen).union(*(ancestors[n] & remaining for n in chosen))
+                if len(closure) < len(remaining) and closure not in candidates:
+                    candidates.append(closure)
+        for first in sorted(candidates, key=len):
+            if attempt(first, remaining) is not None:
+                continue
+            rest = remaining - first
+            rest_why = attempt(rest, rest)
+            if rest_why is None:
+                found = ([rest], [])
+            elif most > 2:
+                found = plan(rest, rest_why, most - 1)
+            else:
+                continue
+            if found is not None:
+                plans[key] = ([first] + found[0], [why] + found[1])
+                break
+        return plans[key]
+
+    everything = frozenset(order)
+    found = None
+    # Fewest kernels first: two stages, then three, ...
+    for most in range(2, len(order) + 1):
+        found = plan(everything, reason, most)
+        if found is not None or len(tried) >= CUT_SEARCH_BUDGET:
+            break
+    if found is None:
+        raise NotFusable(reason)
+    stages, reasons = found
+    kernels, done = [], frozenset()
+    for number, stage in enumerate(stages, 1):
+        later = everything - done - stage
+        kernels.append(fuse(_stage(cascade, stage, later, number)))
+        done |= stage
+    if len(reasons) == 1:
+        return kernels, reasons[0]
+    return kernels, "; ".join(f"{why} (before {kernel.name})"
+                              for why, kernel in zip(reasons, kernels[1:]))
 
 
-def _stage(cascade: Cascade, einsums: list[Einsum], later, number: int) -> Cascade:
-    """A sub-cascade: the given Einsums, with what earlier stages computed as inputs
-    and what later stages (or the caller) need as outputs."""
-    mine = {e.tensor for e in einsums}
-    needed_later = {r for e in later for r in e.reads} | set(cascade.outputs)
-    outputs = tuple(t for t in mine if t in needed_later)
+def _stage(cascade: Cascade, stage: frozenset, later: frozenset, number: int) -> Cascade:
+    """A sub-cascade: the stage's Einsums, with what earlier stages computed as inputs
+    (from memory) and what later stages (or the caller) need as outputs."""
+    einsums = [e for e in cascade.einsums if e.tensor in stage]
+    needed_later = {r for e in cascade.einsums if e.tensor in later for r in e.reads} | \
+        set(cascade.outputs)
+    outputs = tuple(e.tensor for e in einsums if e.tensor in needed_later)
     reads = {r for e in einsums for r in e.reads}
+    absent = absent_tensors(cascade)
     tensors = {}
     for name, tensor in cascade.tensors.items():
         if tensor.is_input and name in reads:
             tensors[name] = tensor
-        elif name in reads and name not in mine:
+        elif name in reads and name not in stage:
             if tensor.iterative is not None:
                 raise NotFusable(f"the recurrence {name} would cross a cut")
+            if name in absent:
+                # Memory holds values, not presence: a later stage would read 0 as present.
+                raise NotFusable(f"{name} may be absent and would cross a cut")
             tensors[name] = type(tensor)(name, tensor.ranks, True)   # from memory
     for einsum in einsums:
         tensors[einsum.tensor] = cascade.tensors[einsum.tensor]
     if not outputs:
         raise NotFusable("a stage with no result")
     return Cascade(f"{cascade.name}_stage{number}", cascade.ranks, cascade.splits,
-                   cascade.params, tensors, tuple(einsums),
-                   tuple(sorted(outputs, key=[e.tensor for e in einsums].index)),
-                   cascade.source)
+                   cascade.params, tensors, tuple(einsums), outputs, cascade.source)
 
 
 def fuse(cascade: Cascade) -> FusedKernel:
-    """The fused kernel for a cascade, or NotFusable."""
-    fuser = _Fuser(cascade)
-    return (_SplitEmitter if fuser.loop is not None else _Emitter)(fuser).emit()
+    """The fused kernel for a cascade: the attention schedule where it applies, else the
+    loop schedule (codegen/loops.py); NotFusable with the reason if neither does. The
+    reason is the loop schedule's when a value would cross program tiles (a cut can
+    help), else the attention schedule's."""
+    from .loops import Crossing, fuse_loops
+    try:
+        fuser = _Fuser(cascade)
+        return (_SplitEmitter if fuser.loop is not None else _Emitter)(fuser).emit()
+    except NotFusable as reason:
+        attention = reason
+    try:
+        return fuse_loops(cascade)
+    except Crossing:
+        raise
+    except NotFusable:
+        raise attention from None
 
 
 class _Emitter:
@@ -449,20 +521,8 @@ class _Emitter:
         self.line(f"# program: one point of {', '.join(f.batch) or 'nothing'}, "
                   f"BLOCK_{f.row.upper()} points of {f.row}; "
                   f"{n_passes} pass(es) over {cascade.root_rank(cascade.var_rank(f.stream))}")
-        self.line("batch = tl.program_id(1).to(tl.int64)")
-        rest = "batch"
-        for var in reversed(f.batch):
-            size = cascade.var_rank(var)
-            if var == f.batch[0]:
-                self.line(f"{var} = {rest}")
-            else:
-                self.line(f"{var} = {rest} % {size}")
-                self.line(f"rest = {rest} // {size}")
-                rest = "rest"
-        row_size = cascade.var_rank(f.row)
-        self.line(f"{f.row} = tl.program_id(0).to(tl.int64) * BLOCK_{f.row.upper()} + "
-                  f"tl.arange(0, BLOCK_{f.row.upper()})")
-        self.line(f"row_live = {f.row} < {row_size}")
+        self.lines += program_coordinates(cascade, f.batch, f.row, f"BLOCK_{f.row.upper()}")
+        self.line(f"row_live = {f.row} < {cascade.var_rank(f.row)}")
         for var in f.features:
             self.line(f"{var} = tl.arange(0, BLOCK_{var.upper()})")
 
@@ -678,18 +738,9 @@ class _Emitter:
     # ---------------------------------------------------------------- kernel text
     def _wrap(self, name: str, outputs: list[str]) -> tuple[list[str], list[str], dict]:
         cascade, f = self.cascade, self.f
-        body = "\n".join(self.lines)
-        inputs = [t.name for t in cascade.inputs if re.search(rf"\b{t.name}_ptr\b", body)]
-        args = [f"{o}_ptr" for o in outputs] + [f"{i}_ptr" for i in inputs]
-        host = list(outputs) + inputs
-        for tensor in outputs + inputs:
-            for position in range(len(cascade.tensors[tensor].ranks)):
-                args.append(f"s_{tensor}_{position}")
-                host.append(f"{tensor}.stride({position})")
-        used = [n for n in list(cascade.ranks) + list(cascade.params)
-                if re.search(rf"\b{re.escape(n)}\b", body)]
-        args += used + list(self.offsets)
-        host += used + list(self.offsets.values())
+        args, host = kernel_arguments(cascade, "\n".join(self.lines), outputs)
+        args += list(self.offsets)
+        host += list(self.offsets.values())
         blocks = [f"BLOCK_{v.upper()}" for v in [f.row, f.stream] + f.features]
         source = ["@triton.jit",
                   f"def {name}({', '.join(args)}, "
@@ -767,6 +818,39 @@ class _SplitEmitter(_Emitter):
                            f"{', '.join(f.batch + [f.row + ' tiles'])}; one loop over "
                            f"{outer} tiles of {inner} keys with {', '.join(e.tensor for e in carried)} "
                            f"carried in registers", {1: (None, None)})
+
+
+def program_coordinates(cascade: Cascade, batch: list[str], row: str, block: str) -> list[str]:
+    """Kernel lines: the program's point of each batch rank (grid axis 1, row-major) and
+    its tile of `block` points of the row rank (grid axis 0), in int64."""
+    lines = ["    batch = tl.program_id(1).to(tl.int64)"]
+    rest = "batch"
+    for var in reversed(batch):
+        if var == batch[0]:
+            lines.append(f"    {var} = {rest}")
+        else:
+            lines.append(f"    {var} = {rest} % {cascade.var_rank(var)}")
+            lines.append(f"    rest = {rest} // {cascade.var_rank(var)}")
+            rest = "rest"
+    lines.append(f"    {row} = tl.program_id(0).to(tl.int64) * {block} + tl.arange(0, {block})")
+    return lines
+
+
+def kernel_arguments(cascade: Cascade, body: str, outputs: list[str]) -> tuple[list[str],
+                                                                                list[str]]:
+    """A fused kernel's arguments and the host expressions passed for them: output and
+    input pointers (the inputs its body loads), their strides, the sizes and params it
+    uses."""
+    inputs = [t.name for t in cascade.inputs if re.search(rf"\b{t.name}_ptr\b", body)]
+    args = [f"{o}_ptr" for o in outputs] + [f"{i}_ptr" for i in inputs]
+    host = list(outputs) + inputs
+    for tensor in outputs + inputs:
+        for position in range(len(cascade.tensors[tensor].ranks)):
+            args.append(f"s_{tensor}_{position}")
+            host.append(f"{tensor}.stride({position})")
+    used = [n for n in list(cascade.ranks) + list(cascade.params)
+            if re.search(rf"\b{re.escape(n)}\b", body)]
+    return args + used, host + used
 
 
 def _stream_bound(condition: ir.Expr, stream: str, row: str):
