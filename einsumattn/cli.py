@@ -76,12 +76,57 @@ def _cmd_eval(args) -> int:
     return EXIT_OK
 
 
+def _rewrite_section(result, fmt: str):
+    """Passes before and after the rewrites, the steps, and what blocks the rest."""
+    from .analysis.passes import analyse_passes
+
+    before, after = result.passes("before"), result.passes("after")
+    remaining = [d.explain() for info in analyse_passes(result.cascade).values()
+                 for d in info.dependencies if result.cascade.ranks[info.rank].split_of is None]
+    if fmt == "json":
+        return {"passes_before": before, "passes_after": after,
+                "steps": [{"rule": s.rule, "summary": s.summary, "proved": s.identity}
+                          for s in result.steps],
+                "blocked": [{"rule": b.rule, "tensor": b.tensor, "reason": b.reason}
+                            for b in result.blocked],
+                "remaining_dependencies": remaining}
+    lines = ["Rewrites (einsumattn rewrite; compile applies them)",
+             "  passes: " + ", ".join(f"{r} {before[r]} -> {after.get(r, before[r])}"
+                                      for r in before)]
+    lines += [f"  step {n}, {step.comment()}" for n, step in enumerate(result.steps, 1)]
+    if not result.steps:
+        lines.append("  no rewrite applies")
+    for note in result.blocked:
+        lines.append(f"  blocked: {note.explain()}")
+    if remaining:
+        lines.append("  the remaining passes are the lower bound for the derived cascade: "
+                     "each is forced by a read-read dependency no rule removes:")
+        lines += [f"    {text}" for text in remaining]
+    if fmt == "md":
+        return "\n## " + lines[0] + "\n\n" + "\n".join(f"- {line.strip()}"
+                                                    for line in lines[1:])
+    return "\n" + "\n".join(lines)
+
+
 def _cmd_analyze(args) -> int:
+    import json
+
     from .analysis import analyze
+    from .loader import load
+    from .transform import rewrite
 
     sizes = _parse_assignments(args.bind, "--bind", int) if args.bind else None
-    report = analyze(Path(args.spec), sizes=sizes, dtype=args.dtype)
+    cascade = load(Path(args.spec))
+    report = analyze(cascade, sizes=sizes, dtype=args.dtype)
     text = report.render(args.format)
+    if args.format != "dot":
+        section = _rewrite_section(rewrite(cascade, tile=args.tile), args.format)
+        if args.format == "json":
+            data = json.loads(text)
+            data["rewrite"] = section
+            text = json.dumps(data, indent=2)
+        else:
+            text = text.rstrip("\n") + "\n" + section
     if args.output:
         with open(args.output, "w", encoding="utf-8") as handle:
             handle.write(text if text.endswith("\n") else text + "\n")
@@ -91,15 +136,33 @@ def _cmd_analyze(args) -> int:
     return EXIT_OK
 
 
+def _cmd_rewrite(args) -> int:
+    from .loader import load
+    from .transform import rewrite
+
+    result = rewrite(load(Path(args.spec)), tile=args.tile)
+    text = result.text()
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        print(f"wrote {args.output}", file=sys.stderr)
+    else:
+        print(text, end="")
+    return EXIT_OK
+
+
 def _cmd_compile(args) -> int:
     from .codegen import compile_to_file
     from .codegen.module import backends_summary
     from .loader import load
 
     cascade = load(Path(args.spec))
-    path = compile_to_file(cascade, args.output)
+    print(f"compiling {args.spec} (rewrites {'off' if args.no_rewrite else 'on'}) ...",
+          file=sys.stderr)
+    path = compile_to_file(cascade, args.output, rewrite=not args.no_rewrite, tile=args.tile)
     print(f"wrote {path}")
-    for line in backends_summary(cascade).splitlines():
+    for line in backends_summary(cascade, rewrite=not args.no_rewrite,
+                                 tile=args.tile).splitlines():
         print(f"  {line}")
     return EXIT_OK
 
@@ -124,7 +187,7 @@ def _cmd_check(args) -> int:
             os.environ["TRITON_INTERPRET"] = "1"
             print("note: no GPU here, so Triton kernels run in Triton's interpreter (slow; "
                   "small sizes)")
-    module = compile_spec(Path(args.spec))
+    module = compile_spec(Path(args.spec), rewrite=not args.no_rewrite, tile=args.tile)
     backends = ("torch", "triton", "triton-unfused") if args.backend == "all" \
         else (args.backend,)
     if "triton" in backends and module.TRITON_FALLBACK is not None:
@@ -136,6 +199,30 @@ def _cmd_check(args) -> int:
     ok = run_check(cascade, module, backends, args.examples)
     print("all cases agree" if ok else "MISMATCH: see the smallest failing case above")
     return EXIT_OK if ok else EXIT_INTERNAL
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a positive integer")
+    return value
+
+
+def _tile_option(p: argparse.ArgumentParser) -> None:
+    from .transform import DEFAULT_TILE
+
+    p.add_argument("--tile", type=_positive, default=DEFAULT_TILE, metavar="N",
+                   help=f"key tile the online rewrite splits the streamed rank by (default "
+                        f"{DEFAULT_TILE}; the fused kernel needs a power of two >= 16)")
+
+
+def _rewrite_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-rewrite", action="store_true",
+                   help="keep the spec's own pass structure in the Triton kernels")
+    _tile_option(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -168,12 +255,21 @@ def build_parser() -> argparse.ArgumentParser:
                    choices=("float16", "bfloat16", "float32", "float64"),
                    help="element type for byte counts (default float16)")
     p.add_argument("-o", "--output", help="write the report to a file")
+    _tile_option(p)
     p.set_defaults(run=_cmd_analyze)
+
+    p = commands.add_parser("rewrite", help="print the derived fewest-pass cascade as .attn "
+                                            "source, a comment per rule applied")
+    p.add_argument("spec", help="path of a .attn file")
+    p.add_argument("-o", "--output", help="write it to a file")
+    _tile_option(p)
+    p.set_defaults(run=_cmd_rewrite)
 
     p = commands.add_parser("compile", help="generate the module: Triton kernels and the "
                                             "torch reference")
     p.add_argument("spec", help="path of a .attn file")
     p.add_argument("-o", "--output", default=".", help="folder for <name>.py (default: .)")
+    _rewrite_options(p)
     p.set_defaults(run=_cmd_compile)
 
     p = commands.add_parser("check", help="compare the generated backends with the oracle "
@@ -182,6 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=("torch", "triton", "triton-unfused", "all"),
                    default="all", help="triton: the fused schedule where there is one")
     p.add_argument("--examples", type=int, default=50, help="cases to try (default 50)")
+    _rewrite_options(p)
     p.set_defaults(run=_cmd_check)
     return parser
 

@@ -21,6 +21,7 @@ from .. import __version__
 from ..ir import Cascade
 from ..loader import load, read_spec
 from .module import generate
+from ..transform import DEFAULT_TILE
 
 
 def cache_dir() -> Path:
@@ -65,11 +66,13 @@ def write_atomically(path: Path, text: str) -> None:
         raise
 
 
-def compile_to_file(spec, out_dir: str | os.PathLike) -> Path:
+def compile_to_file(spec, out_dir: str | os.PathLike, *, rewrite: bool = True,
+                    tile: int = DEFAULT_TILE) -> Path:
     """Generate the module for a spec into `out_dir/<name>.py`; return its path."""
     cascade = spec if isinstance(spec, Cascade) else load(spec)
     path = Path(out_dir) / f"{cascade.name}.py"
-    write_atomically(path, generate(cascade, module_name=cascade.name))
+    write_atomically(path, generate(cascade, module_name=cascade.name, rewrite=rewrite,
+                                    tile=tile))
     return path
 
 
@@ -81,22 +84,26 @@ def import_file(path: Path, module_name: str) -> ModuleType:
     return module
 
 
-def compile(spec, *, backend: str = "triton") -> ModuleType:  # noqa: A001 - the API's name
+def compile(spec, *, backend: str = "triton", rewrite: bool = True,  # noqa: A001
+            tile: int = DEFAULT_TILE) -> ModuleType:
     """Compile a spec (path or text) and return the imported generated module.
 
     The module is cached by the spec text, options and einsumattn version. `backend` is
     recorded as the default of the module's `compiled` entry point:
-    `module.compiled(*inputs)` runs with that backend.
+    `module.compiled(*inputs)` runs with that backend. `rewrite=False` keeps the spec's
+    own pass structure in the Triton kernels; `tile` is the key tile the online rewrite
+    splits the streamed rank by.
     """
     if backend not in ("triton", "torch"):
         raise ValueError(f"backend must be 'triton' or 'torch', got {backend!r}")
     source = read_spec(spec)
     cascade = load(spec)
-    key = cache_key(source.text, {"name": cascade.name})
+    key = cache_key(source.text, {"name": cascade.name, "rewrite": rewrite, "tile": tile})
     folder = cache_dir() / key
     path = folder / f"{cascade.name}.py"
     if not path.exists():
-        write_atomically(path, generate(cascade, module_name=cascade.name))
+        write_atomically(path, generate(cascade, module_name=cascade.name, rewrite=rewrite,
+                                        tile=tile))
     module = import_file(path, f"einsumattn_generated.{cascade.name}_{key}")
     cls = getattr(module, _class_of(module))
     module.compiled = cls(backend=backend) if backend == "torch" else _lazy(cls, backend)

@@ -20,6 +20,7 @@ from .printers import PythonScalarPrinter
 from .torch_backend import TorchEmitter
 from .fused import NotFusable, fuse_stages
 from .triton_backend import HELPERS, TritonEmitter, Unsupported
+from ..transform import DEFAULT_TILE, Rewritten, rewrite as derive
 
 # Names the generated code defines itself; a spec may not use them.
 GENERATED_NAMES = frozenset({"device", "sizes", "params", "origin", "out_dtype", "math",
@@ -135,18 +136,69 @@ def _triton(cascade: Cascade) -> dict:
             "schedule_note": note}
 
 
-def backends_summary(cascade: Cascade) -> str:
+class Plan:
+    """Which cascade each backend runs. The torch reference is always the spec's own
+    cascade (the readable statement of the math); the Triton backends run the derived
+    cascade of `einsumattn rewrite`, unless rewriting is off, finds nothing, or the
+    derived cascade does not fuse where the spec's own does (then the spec's own, said
+    in the note)."""
+
+    def __init__(self, cascade: Cascade, *, rewrite: bool = True, tile: int = DEFAULT_TILE):
+        self.cascade = cascade
+        self.rewritten: Rewritten | None = derive(cascade, tile=tile) if rewrite else None
+        self.kernel = cascade
+        self.note = "the spec's own cascade (rewrites off: --no-rewrite)" \
+            if not rewrite else "the spec's own cascade (no rewrite applies)"
+        if self.rewritten is not None and self.rewritten.steps:
+            derived = self.rewritten.cascade
+            before, after = self.rewritten.passes("before"), self.rewritten.passes("after")
+            change = ", ".join(f"{r} {before[r]} -> {after.get(r, before[r])} passes"
+                               for r in before if before[r] != after.get(r, before[r]))
+            self.kernel = derived
+            self.note = f"the derived cascade ({change or 'same passes'}; " \
+                        f"einsumattn rewrite prints it)"
+            try:
+                fuse_stages(derived)
+            except NotFusable as derived_reason:
+                try:
+                    fuse_stages(cascade)
+                    self.kernel = cascade
+                    self.note = (f"the spec's own cascade: the derived one ({change}) does "
+                                 f"not fuse ({derived_reason})")
+                except NotFusable:
+                    pass
+            except Unsupported:
+                pass
+        self.triton = _triton(self.kernel)
+
+    def summary(self) -> str:
+        return _backends_note(self.triton["triton_fallback"], len(self.kernel.einsums),
+                              self.triton["schedule_note"]) + f"\nTriton kernels compute {self.note}."
+
+
+def backends_summary(cascade: Cascade, *, rewrite: bool = True,
+                     tile: int = DEFAULT_TILE) -> str:
     """What each backend of the compiled module runs, and why (shown at compile time)."""
-    triton = _triton(cascade)
-    return _backends_note(triton["triton_fallback"], len(cascade.einsums),
-                          triton["schedule_note"])
+    return Plan(cascade, rewrite=rewrite, tile=tile).summary()
 
 
-def generate(cascade: Cascade, *, module_name: str | None = None) -> str:
+def _pass_summary(report) -> str:
+    """The report's pass summary and reasons (the full report is a command away:
+    einsumattn analyze)."""
+    lines = report.to_text().split("\n")
+    cut = next((i for i, line in enumerate(lines) if line.startswith("Cost")), len(lines))
+    return "\n".join(lines[:cut]).rstrip()
+
+
+def generate(cascade: Cascade, *, module_name: str | None = None, rewrite: bool = True,
+             tile: int = DEFAULT_TILE) -> str:
     """The source of the generated module for a cascade."""
     _check_names(cascade)
-    report = analyze(cascade)
-    triton = _triton(cascade)
+    plan = Plan(cascade, rewrite=rewrite, tile=tile)
+    kernel = plan.kernel
+    _check_names(kernel)
+    report = analyze(kernel)
+    triton = plan.triton
     source_text = cascade.source.text if cascade.source else ""
     source_name = cascade.source.filename if cascade.source else "<spec>"
     absent = absent_tensors(cascade)
@@ -160,12 +212,12 @@ def generate(cascade: Cascade, *, module_name: str | None = None) -> str:
     fixed = {r.name: r.fixed for r in cascade.ranks.values()
              if r.fixed is not None and r.name not in
              {p for s in cascade.splits for p in (s.outer, s.inner)}}
-    analysis_lines = report.to_text().split("\n")
-    # Keep the docstring to the pass summary and the reasons (the full report is a
-    # command away: einsumattn analyze).
-    cut = next((i for i, line in enumerate(analysis_lines) if line.startswith("Cost")),
-               len(analysis_lines))
-    analysis = "\n".join(analysis_lines[:cut]).rstrip().replace("\\", "\\\\")
+    analysis = _pass_summary(analyze(cascade))
+    if kernel is not cascade and plan.rewritten is not None:
+        analysis += ("\n\nThe Triton kernels compute the derived cascade (einsumattn "
+                     "rewrite):\n\n" + _pass_summary(report) + "\n\n" +
+                     plan.rewritten.text().rstrip())
+    analysis = analysis.replace("\\", "\\\\").replace('"""', "\'\'\'")
     context = {
         "name": cascade.name,
         "class_name": class_name(cascade.name),
@@ -178,18 +230,18 @@ def generate(cascade: Cascade, *, module_name: str | None = None) -> str:
         "analysis": analysis,
         **triton,
         "has_triton": triton["triton_fallback"] is None,
-        "backends_note": _backends_note(triton["triton_fallback"], len(cascade.einsums),
-                                        triton["schedule_note"]),
+        "backends_note": plan.summary(),
         "inputs": [t.name for t in cascade.inputs],
         "outputs": list(cascade.outputs),
         "params": list(cascade.params.values()),
-        "ranks": list(cascade.ranks),
+        "ranks": list(kernel.ranks),
         "first_input": first,
         "out_dtype": out_dtype,
         "float_inputs": [t.name for t in cascade.inputs],
         "fixed_sizes": repr(fixed),
         "fixed_origin": repr({r: "its fixed size in the spec" for r in fixed}),
-        "bind_lines": _bind_lines(cascade),
+        # The kernel cascade's ranks include the spec's, plus the splits a rewrite added.
+        "bind_lines": _bind_lines(kernel),
         "body_lines": TorchEmitter(cascade).emit(),
         "absent": absent,
     }

@@ -1,8 +1,8 @@
 """Building the Cascade a rewrite returns: new tensors, dataflow order, dead code.
 
 Rewrites never patch an existing Cascade: they list the Einsums of the new one and call
-`assemble`, which derives the tensors' ranks from the Einsums, drops what no output
-needs any more, and orders Einsums by dataflow (keeping the given order among
+`assemble`, which derives the tensors' ranks from the Einsums, drops what the rewrite
+left unread, and orders Einsums by dataflow (keeping the given order among
 independent ones, so the printed cascade reads in the order the rewrite wrote it).
 """
 
@@ -27,20 +27,21 @@ def tensor_of(cascade: Cascade, einsum: Einsum, ranks: dict[str, Rank]) -> Tenso
 
 def assemble(cascade: Cascade, einsums: list[Einsum], *,
              ranks: dict[str, Rank] | None = None,
-             splits: tuple[Split, ...] | None = None) -> Cascade:
+             splits: tuple[Split, ...] | None = None,
+             removable: set[str] = frozenset()) -> Cascade:
+    """The new Cascade. Of the tensors in `removable` (those the rewrite stopped
+    reading), the ones nothing reads any more are dropped; the spec's own unused
+    tensors are never touched."""
     ranks = dict(cascade.ranks if ranks is None else ranks)
     splits = cascade.splits if splits is None else splits
+    while True:
+        read = {name for e in einsums for name in e.reads if name != e.tensor}
+        dead = {e.tensor for e in einsums if e.tensor in removable and e.tensor not in read
+                and e.tensor not in cascade.outputs}
+        if not dead:
+            break
+        einsums = [e for e in einsums if e.tensor not in dead]
     by_name = {e.tensor: e for e in einsums}
-    # Dead code: keep what the outputs need.
-    needed: set[str] = set()
-    stack = list(cascade.outputs)
-    while stack:
-        name = stack.pop()
-        if name in needed or name not in by_name:
-            continue
-        needed.add(name)
-        stack.extend(by_name[name].reads)
-    einsums = [e for e in einsums if e.tensor in needed]
     inputs = {t.name: t for t in cascade.tensors.values() if t.is_input}
     defined = {e.tensor: tensor_of(cascade, e, ranks) for e in einsums}
     graph = dataflow_graph([*inputs.values(), *defined.values()], einsums)

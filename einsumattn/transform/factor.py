@@ -212,7 +212,9 @@ def _rewrite_sum(cascade: Cascade, einsum: Einsum):
             einsums.append(result)
         else:
             einsums.append(existing)
-    new = assemble(cascade, einsums)
+    stopped = {name for level in range(depth + 1)
+               for name in ir.tensors_read(inline(cascade, einsum.body, level))}
+    new = assemble(cascade, einsums, removable=stopped)
     moved = sorted({r.tensor for o, _ in groups for r in ir.reads(o) if r.tensor in late})
     written = ", ".join(e.tensor for e in new_einsums)
     summary = (f"{', '.join(moved)} does not depend on "

@@ -249,7 +249,7 @@ def online_max_shift(cascade: Cascade, outer: str, inner: str, max_einsum: Einsu
         if einsum.tensor == G.tensor:
             einsums.extend(new)
         einsums.extend(replaced.get(einsum.tensor, [einsum]))
-    result = assemble(cascade, einsums)
+    result = assemble(cascade, einsums, removable={G.tensor, *scaled})
     names = ", ".join(a.tensor for a in accumulators)
     step = Step(ONLINE, f"{names} no longer wait for {G.tensor}: running max "
                         f"{running} over the {outer_rank} tiles, each running sum rescaled "
