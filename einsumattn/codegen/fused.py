@@ -27,13 +27,15 @@ from __future__ import annotations
 
 import itertools
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import networkx as nx
 
 import sympy
 
-from ..analysis import analyze
+from ..analysis import Report
+from ..analysis.buffers import analyse_buffers
+from ..analysis.passes import analyse_passes
 from ..analysis.presence import (Condition, absent_tensors, einsum_conditions,
                                  in_range_by_construction, point_conditions)
 from ..ir import Cascade, Einsum
@@ -57,6 +59,9 @@ class FusedKernel:
     tuning: dict
     description: str                # for the module's docstring
     pruned: dict                    # pass -> (lower bound text | None, upper bound text | None)
+    # The schedule as data (tests and tools read it): "form" ("attention", "split",
+    # "tiles" or "steps") and the ranks each role went to.
+    facts: dict = field(default_factory=dict)
 
 
 def _layout_vars(layout: tuple[str, ...], var: str) -> str:
@@ -68,12 +73,18 @@ def _layout_vars(layout: tuple[str, ...], var: str) -> str:
 class _Fuser:
     def __init__(self, cascade: Cascade):
         self.cascade = cascade
-        report = analyze(cascade)
-        rank = report.primary_rank
-        if rank is None or rank not in report.ranks:
+        if not cascade.splits:
+            for einsum in cascade.einsums:     # checked again below; here before analysis
+                if einsum.iterative is not None:
+                    raise NotFusable(f"the recurrence {einsum.tensor} is not over the key tiles")
+        # The passes of every rank (to choose the primary one) and the buffers of that
+        # one: the part of `analyze` the schedule reads (the cut search calls this often).
+        ranks = analyse_passes(cascade)
+        rank = Report(cascade, "float16", ranks, {}, None).primary_rank
+        if rank is None or rank not in ranks:
             raise NotFusable("no rank is streamed")
-        self.passes = report.ranks[rank]
-        buffers = report.rank_buffers[rank]
+        self.passes = ranks[rank]
+        buffers = analyse_buffers(cascade, self.passes, 2)
         self.stream = cascade.ranks[rank].var
         # A split of the streamed rank: its outer part is the loop, its inner part the
         # tile (FuseMax's Cascade 5); recurrences over the outer part are loop-carried.
@@ -433,21 +444,20 @@ def _stage(cascade: Cascade, stage: frozenset, later: frozenset, number: int) ->
 
 def fuse(cascade: Cascade) -> FusedKernel:
     """The fused kernel for a cascade: the attention schedule where it applies, else the
-    loop schedule (codegen/loops.py); NotFusable with the reason if neither does. The
-    reason is the loop schedule's when a value would cross program tiles (a cut can
-    help), else the attention schedule's."""
+    loop schedule (codegen/loops.py); NotFusable with the reasons if neither does: the
+    loop schedule's alone when a value would cross program tiles (a cut can help)."""
     from .loops import Crossing, fuse_loops
     try:
         fuser = _Fuser(cascade)
         return (_SplitEmitter if fuser.loop is not None else _Emitter)(fuser).emit()
     except NotFusable as reason:
-        attention = reason
+        attention = str(reason)
     try:
         return fuse_loops(cascade)
     except Crossing:
         raise
-    except NotFusable:
-        raise attention from None
+    except NotFusable as loop:
+        raise NotFusable(f"{attention} (the loop schedule: {loop})") from None
 
 
 class _Emitter:
@@ -512,9 +522,18 @@ class _Emitter:
                               for k in sorted(pruned))
         return FusedKernel(name, source, host, tuning,
                            f"one fused kernel {name}: grid over "
-                           f"{', '.join(f.batch + [f.row + ' tiles'])}; {described}", pruned)
+                           f"{', '.join(f.batch + [f.row + ' tiles'])}; {described}", pruned,
+                           self._facts("attention", n_passes))
 
     # ---------------------------------------------------------------- pieces
+    def _facts(self, form: str, passes: int) -> dict:
+        f = self.f
+        return {"form": form, "row": f.row, "batch": f.batch,
+                "loop": [f.loop or f.stream], "held": f.features, "passes": passes,
+                "carried": [e for e, k in f.kinds.items() if k == "carried"],
+                "accumulated": [e for e, k in f.kinds.items()
+                                if k in ("accumulate", "dot-accumulate")]}
+
     def _prologue(self, n_passes: int) -> None:
         """The program's coordinates: its batch point, its row tile, the feature tiles."""
         f, cascade = self.f, self.cascade
@@ -817,7 +836,7 @@ class _SplitEmitter(_Emitter):
                            f"one fused kernel {name}: grid over "
                            f"{', '.join(f.batch + [f.row + ' tiles'])}; one loop over "
                            f"{outer} tiles of {inner} keys with {', '.join(e.tensor for e in carried)} "
-                           f"carried in registers", {1: (None, None)})
+                           f"carried in registers", {1: (None, None)}, self._facts("split", 1))
 
 
 def program_coordinates(cascade: Cascade, batch: list[str], row: str, block: str) -> list[str]:

@@ -322,8 +322,14 @@ class _LoopEmitter:
         host.append("    **tuning)")
         grid = ", ".join(f.batch + [f"{f.row} tiles"])
         held = f"; {', '.join(f.held)} held whole in a tile" if f.held else ""
+        facts = {"form": "steps" if f.step else "tiles", "row": f.row, "batch": f.batch,
+                 "loop": [f.step] if f.step else f.loop, "held": f.held,
+                 "passes": 1 if f.step else f.passes,
+                 "carried": [e for e, k in f.kinds.items() if k == "carried"],
+                 "accumulated": [e for e, k in f.kinds.items() if k == "reduce"]}
         return FusedKernel(name, source, host, tuning,
-                           f"one fused kernel {name}: grid over {grid}{held}; {loop_text}", {})
+                           f"one fused kernel {name}: grid over {grid}{held}; {loop_text}", {},
+                           facts)
 
     # ---------------------------------------------------------------- recurrences
     def _steps(self) -> str:
