@@ -78,23 +78,6 @@ def test_eca_module_names_each_kernel_and_the_cut(tmp_path):
     assert "_fused_eca_stage1" in doc and "_fused_eca_stage2" in doc
 
 
-@pytest.mark.parametrize("sizes", [
-    dict(B=2, C=21, H=9, W=8, K=5),     # 2 channel tiles, 72 > 64 lanes: 2 (h, w) tiles
-    dict(B=1, C=3, H=1, W=1, K=7),      # a kernel wider than the channels: all padding
-    dict(B=3, C=16, H=5, W=13, K=1),
-])
-def test_eca_stages_agree_with_the_oracle(tmp_path, sizes):
-    assert sizes["C"] <= 2 * BLOCK_ROW and sizes["H"] * sizes["W"] <= 2 * BLOCK_LANES
-    ok, report = _agrees(ECA, _module(ECA, tmp_path, f"eca_{sizes['C']}"), sizes, scale=10.0)
-    assert ok, report
-
-
-def test_eca_examples_agree_in_every_dtype(tmp_path):
-    reports = []
-    assert run_check(einsumattn.load(ECA), _module(ECA, tmp_path, "eca_check"), ("triton",),
-                     examples=6, report=reports.append), "\n".join(reports)
-
-
 def test_eca_without_zero_padding_fails_the_check(tmp_path):
     """The channels outside 0 .. C-1 are absent (zero padding): a convolution kernel that
     reads the clamped edge channel instead must fail."""
@@ -145,21 +128,6 @@ def test_gla_recurrence_is_one_kernel_with_its_state_in_registers():
     assert (facts["batch"], facts["row"], facts["held"]) == (["b", "h"], "f", ["d"])
 
 
-@pytest.mark.parametrize("sizes", [
-    dict(B=1, H=2, T=7, D=5, F=20),     # 2 F tiles, odd D
-    dict(B=2, H=1, T=1, D=17, F=3),     # one step; D over a tile of 16
-])
-def test_gla_kernel_agrees_with_the_oracle(tmp_path, sizes):
-    ok, report = _agrees(GLA, _module(GLA, tmp_path, f"gla_{sizes['T']}"), sizes)
-    assert ok, report
-
-
-def test_gla_examples_agree_in_every_dtype(tmp_path):
-    reports = []
-    assert run_check(einsumattn.load(GLA), _module(GLA, tmp_path, "gla_check"), ("triton",),
-                     examples=6, report=reports.append), "\n".join(reports)
-
-
 def test_gla_without_the_carried_state_fails_the_check(tmp_path):
     source = generate(einsumattn.load(GLA))
     carried = "S_at = S  # at step t"
@@ -176,6 +144,29 @@ def test_per_step_tensors_and_the_final_state(tmp_path):
     ok, report = _agrees(GLA_FINAL, _module(GLA_FINAL, tmp_path, "gla_final"),
                          dict(B=1, H=2, T=5, D=4, F=18), scale=1.0)
     assert ok, report
+
+
+# ---------------------------------------------------------------- against the oracle
+@pytest.mark.parametrize("spec, sizes", [
+    (ECA, dict(B=2, C=21, H=9, W=8, K=5)),   # 2 channel tiles; 72 lanes: 2 (h, w) tiles
+    (ECA, dict(B=1, C=3, H=1, W=1, K=7)),    # a kernel wider than the channels
+    (ECA, dict(B=3, C=16, H=5, W=13, K=1)),
+    (GLA, dict(B=1, H=2, T=7, D=5, F=20)),   # 2 F tiles, odd D
+    (GLA, dict(B=2, H=1, T=1, D=17, F=3)),   # one step; D over a tile of 16
+], ids=["eca-tiles", "eca-wide-kernel", "eca-k1", "gla-tiles", "gla-one-step"])
+def test_fused_kernels_agree_with_the_oracle(tmp_path, spec, sizes):
+    assert max(sizes.values()) <= 2 * BLOCK_ROW and sizes.get("H", 0) * sizes.get("W", 0) \
+        <= 2 * BLOCK_LANES                  # small enough for the interpreter
+    module = _module(spec, tmp_path, f"{spec.stem}_{'_'.join(map(str, sizes.values()))}")
+    ok, report = _agrees(spec, module, sizes, scale=10.0 if spec == ECA else 1.0)
+    assert ok, report
+
+
+@pytest.mark.parametrize("spec", [ECA, GLA], ids=lambda p: p.stem)
+def test_examples_agree_in_every_dtype(tmp_path, spec):
+    reports = []
+    assert run_check(einsumattn.load(spec), _module(spec, tmp_path, f"check_{spec.stem}"),
+                     ("triton",), examples=6, report=reports.append), "\n".join(reports)
 
 
 # ---------------------------------------------------------------- fallbacks
