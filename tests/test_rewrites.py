@@ -75,10 +75,6 @@ EXPECTED_M = {
     "clipped_softmax": (3, 2), "diff_attention": (3, 1), "masked_rows": (3, 1),
 }
 
-SEPARABLE_SQUARE = ("separable moments leaves VAR = sum[m] (S - MU) * (S - MU) / M "
-                    "unexpanded: factor.py's sympy.expand(..., deep=False) does not "
-                    "expand the power (S - MU)**2 inside the product with 1/M, so the "
-                    "variance keeps its own pass (M 3 -> 2, not 1)")
 
 
 @functools.lru_cache(maxsize=None)
@@ -165,9 +161,7 @@ def test_efficient_attention_declares_m_before_e():
 # --------------------------------------------------------------------------- passes
 def _expected_m(name):
     before, after = EXPECTED_M[name]
-    marks = [pytest.mark.xfail(strict=True, reason=SEPARABLE_SQUARE)] \
-        if name == "normalized_attention" else []
-    return pytest.param(name, before, after, marks=marks, id=name)
+    return pytest.param(name, before, after, id=name)
 
 
 @pytest.mark.parametrize("name, before, after", [_expected_m(n) for n in SPECS])
@@ -411,8 +405,8 @@ def test_property_attention_like_cascades(spec, tile, m, p, logit, seed):
 
 
 # --------------------------------------------------------------------------- bugs
-@pytest.mark.xfail(strict=True, reason=SEPARABLE_SQUARE)
 def test_variance_written_as_a_product_is_separable():
+    """(S - MU) * (S - MU) / M: the square must be expanded inside the product."""
     text = """
 dims P, M
 input X[p, m]
@@ -435,30 +429,24 @@ D[p]    = sum[m] N[p, m]
 output D
 """
 
-MAX_DOMAIN = ("online max-shift with a max whose filter is narrower than the sums' "
-              "domain: tiles before the first present point of the max leave the "
-              "running max at -inf, and exp(X - (-inf)) = inf there, so the running "
-              "sums become inf * 0 = NaN (online.py does not check that the sums read "
-              "no point the max skips)")
-NEG_INF_SCORES = ("online max-shift with -inf scores (an additive -inf mask, a value "
-                  "not an absent point): a tile whose scores are all -inf leaves the "
-                  "running max at -inf, and the rescale factor exp(-inf - (-inf)) and "
-                  "exp(S - RG) are NaN; the where(RG == -inf, 0, ...) guard is only "
-                  "written when a filter may empty a row")
 
 
-@pytest.mark.parametrize("score, where", [
-    pytest.param("X[p, m]", "", id="plain"),
-    pytest.param("X[p, m]", " where m >= p", id="max_over_narrower_domain",
-                 marks=pytest.mark.xfail(strict=True, reason=MAX_DOMAIN)),
-    pytest.param("X[p, m] + where(m >= p, 0, -inf)", "", id="additive_minus_inf_mask",
-                 marks=pytest.mark.xfail(strict=True, reason=NEG_INF_SCORES)),
+@pytest.mark.parametrize("score, where, passes", [
+    pytest.param("X[p, m]", "", 1, id="plain"),
+    # The max skips points the sum reads: before the max's first point there is no
+    # running max to shift by, so the rule must refuse (and say why), not give NaN.
+    pytest.param("X[p, m]", " where m >= p", 2, id="max_over_narrower_domain"),
+    # A tile of -inf scores (a value, not an absent point): exp(-inf - -inf) is NaN
+    # unless the shift is made finite.
+    pytest.param("X[p, m] + where(m >= p, 0, -inf)", "", 1, id="additive_minus_inf_mask"),
 ])
-def test_online_softmax_sum_edge_cases(score, where):
+def test_online_softmax_sum_edge_cases(score, where, passes):
     """Rewrite with tile 2 and compare with the original on a 4 x 4 input; the original
     itself is finite (every row has a key)."""
     result = rewrite(SOFTMAX_SUM.format(score=score, where=where), tile=2)
-    assert result.passes("after")["M"] == 1
+    assert result.passes("after")["M"] == passes, result.text()
+    if passes == 2:
+        assert any("skips points" in b.reason for b in result.blocked), result.blocked
     x = np.random.default_rng(0).uniform(-1, 1, (4, 4))
     want = einsumattn.evaluate(result.original, {"X": x})["D"]
     assert np.isfinite(want).all()

@@ -23,7 +23,7 @@ from ..analysis.passes import analyse_passes, fully_reduces, rank_variables
 from ..ir import Cascade
 from ..ir.printer import cascade_text
 from .factor import factor_sums
-from .online import ONLINE, SPLIT, may_be_empty, online_max_shift, split_rank
+from .online import ONLINE, SPLIT, online_max_shift, split_rank
 from .steps import Blocked, Step
 
 DEFAULT_TILE = 64
@@ -110,15 +110,14 @@ def _online(cascade: Cascade, tile: int) -> tuple[Cascade, list[Step], list[Bloc
               and fully_reduces(e, variables)]
     if not maxima:
         return cascade, [], []
-    empty = {e.tensor: may_be_empty(cascade, e) for e in maxima}
     split = split_rank(cascade, rank, tile)
     if isinstance(split, Blocked):
         return cascade, [], [split]
     current, outer, inner = split
     steps: list[Step] = []
     notes: list[Blocked] = []
-    for name in empty:
-        result = online_max_shift(current, outer, inner, current.einsum(name), empty[name])
+    for name in [e.tensor for e in maxima]:
+        result = online_max_shift(current, outer, inner, current.einsum(name))
         if isinstance(result, Blocked):
             notes.append(result)
             continue

@@ -241,7 +241,7 @@ def _separate(einsum: Einsum, body: ir.Expr, late: set[str], reduced: set[str]):
         # Distribute products only: exp(a - g) must stay whole (splitting it into
         # exp(a) * exp(-g) would drop the max-shift that keeps exp in range).
         expanded = sympy.expand(algebra.to_sympy(body), power_exp=False, power_base=False,
-                                log=False, deep=False)
+                                log=False)
     except (TypeError, ValueError):
         return Blocked(MOMENTS, einsum.tensor, "the body does not expand")
     groups: dict[sympy.Expr, sympy.Expr] = {}

@@ -7,9 +7,11 @@ tiles seen so far:
 
     LG[r, m1]    = max[m0] X                               local max of tile m1
     RG[r, m1+1]  = max(RG[r, m1], LG[r, m1])               running max, RG[r, 0] = -inf
-    CG[r, m1]    = exp(RG[r, m1] - RG[r, m1+1])            rescale factor of tile m1
+    SG[r, m1]    = RG[r, m1+1] (0 while it is -inf)        the shift of tile m1
+    CG[r, m1]    = exp(RG[r, m1] - SG[r, m1])              rescale factor of tile m1
+                   (0 while RG[r, m1] is -inf: nothing to rescale yet)
     for each sum S = sum[m] exp(A - G) * W :
-    LS[.., m1]   = sum[m0] exp(A - RG[r, m1+1]) * W        the tile's contribution
+    LS[.., m1]   = sum[m0] exp(A - SG[r, m1]) * W          the tile's contribution
     RS[.., m1+1] = LS[.., m1] + RS[.., m1] * CG[r, m1]     running sum, RS[.., 0] = 0
     S            = RS[.., M1]                              exact once every tile is in
 
@@ -23,9 +25,13 @@ scale with it, which sympy checks for each reader as the identity
 fails (clipped softmax: min/max after normalisation) keeps reading the exact values,
 recomputed after the loop, and the report names it.
 
-Rows whose every point is absent (a fully masked row) keep RG = -inf, where
-exp(RG[m1] - RG[m1+1]) would be exp(-inf + inf) = NaN: the rescale factor is written
-where(RG[r, m1+1] == -inf, 0, ...), so the running sums stay 0 (the empty sum), never NaN.
+Rows whose every point so far is absent (a masked row or tile) or -inf (an additive -inf
+mask) keep RG = -inf, where exp(RG[m1] - RG[m1+1]) would be exp(-inf + inf) = NaN. The
+exponentials therefore use a shift SG = where(RG == -inf, 0, RG) (any shift is exact when
+the rescale factors use the same one; the max only keeps exp in range), and the rescale
+factor is 0 while RG[r, m1] is -inf: no point has been summed yet, since the rule
+requires every point of a sum to be a point of the max (a max with a narrower filter than
+its sums is blocked). Running sums of an empty row stay 0 (the empty sum), never NaN.
 """
 
 from __future__ import annotations
@@ -35,7 +41,6 @@ import math
 import sympy
 
 from ..analysis.passes import rank_variables
-from ..analysis.presence import einsum_conditions, absent_tensors
 from ..ir import Cascade, Einsum, Rank, Split
 from ..ir import expr as ir
 from ..ir.build import size_symbol
@@ -143,11 +148,9 @@ def _scales(algebra: Algebra, einsum: Einsum, g_reads: set, scaled: dict) -> boo
     return is_zero(body.xreplace(before) * factor - body.xreplace({**before, **after}))
 
 
-def online_max_shift(cascade: Cascade, outer: str, inner: str, max_einsum: Einsum,
-                     may_be_empty: bool):
-    """Rule 3 for one max reduction over the split rank. `may_be_empty`: some row of
-    the max may have no present point (decided before the split, whose padding is not a
-    mask). Returns (cascade, step, blocked) or a Blocked when nothing would be gained."""
+def online_max_shift(cascade: Cascade, outer: str, inner: str, max_einsum: Einsum):
+    """Rule 3 for one max reduction over the split rank. Returns (cascade, step,
+    blocked) or a Blocked when nothing would be gained."""
     G = max_einsum
     if not {outer, inner} <= set(G.reduced) or G.filter is not None and \
             set(ir.index_vars(G.filter)) - set(G.variables):
@@ -184,13 +187,22 @@ def online_max_shift(cascade: Cascade, outer: str, inner: str, max_einsum: Einsu
             g_index[einsum.tensor] = index
         else:
             blocked.append(Blocked(ONLINE, einsum.tensor, _why_not(einsum, G.tensor)))
+    narrower = [e.tensor for e in accumulators if not set(ir.conjuncts(G.filter)) <=
+                set(ir.conjuncts(e.filter))]
+    if narrower:
+        # Terms of a sum at points the max skips would be exponentiated before the
+        # running max exists: no finite rescaling keeps them exact.
+        return Blocked(ONLINE, narrower[0],
+                       f"{G.tensor}'s filter {ir.to_text(G.filter)} skips points "
+                       f"{narrower[0]} sums")
     if not accumulators:
         return blocked[0] if blocked else Blocked(
             ONLINE, G.tensor, f"no sum over the rank reads exp(... - {G.tensor})")
 
     r_vars = G.indices
     left = tuple(ir.Index(v) for v in r_vars)
-    local, running, rescale = name(f"L{G.tensor}"), name(f"R{G.tensor}"), name(f"C{G.tensor}")
+    local, running = name(f"L{G.tensor}"), name(f"R{G.tensor}")
+    shift, rescale = name(f"S{G.tensor}"), name(f"C{G.tensor}")
     outer_rank = _rank_of(cascade, outer)
     at = lambda tensor, idx, step: ir.Read(tensor, idx + (step,))  # noqa: E731
     new: list[Einsum] = [
@@ -201,18 +213,26 @@ def online_max_shift(cascade: Cascade, outer: str, inner: str, max_einsum: Einsu
                              at(local, left, ir.Index(outer)))),
                iterative=len(r_vars), init=NEG_INF),
     ]
-    ratio = ir.Op("exp", (ir.Op("-", (at(running, left, ir.Index(outer)),
-                                      at(running, left, _next(outer)))),))
-    if may_be_empty:
-        ratio = ir.Op("where", (ir.Op("==", (at(running, left, _next(outer)), NEG_INF)),
-                                ir.Const(0.0), ratio))
-    new.append(Einsum(rescale, r_vars + (outer,), ratio))
+    # The shift each tile's exponentials use: the running max, or 0 while it is still
+    # -inf (only -inf scores so far), so that exp(-inf - -inf) = NaN is never formed.
+    def safe(position: ir.Expr) -> ir.Expr:
+        value = at(running, left, position)
+        return ir.Op("where", (ir.Op("==", (value, NEG_INF)), ir.Const(0.0), value))
+
+    new.append(Einsum(shift, r_vars + (outer,), safe(_next(outer))))
+    # Before the row's first point the running sums are 0 (every point of a sum is a
+    # point of the max: checked above), so the factor is 0 there rather than
+    # exp(0 - shift), which overflows for a very negative first shift (0 * inf = NaN).
+    previous = at(running, left, ir.Index(outer))
+    new.append(Einsum(rescale, r_vars + (outer,), ir.Op("where", (
+        ir.Op("==", (previous, NEG_INF)), ir.Const(0.0),
+        ir.Op("exp", (ir.Op("-", (previous, at(shift, left, ir.Index(outer)))),))))))
 
     def per_tile(expr: ir.Expr) -> ir.Expr:
-        """G -> the running max after this tile; scaled tensors -> their copies."""
+        """G -> this tile's shift; scaled tensors -> their per-tile copies."""
         def swap(read: ir.Read):
             if read.tensor == G.tensor:
-                return ir.Read(running, read.indices + (_next(outer),))
+                return ir.Read(shift, read.indices + (ir.Index(outer),))
             if read.tensor in scaled:
                 return ir.Read(scaled[read.tensor], read.indices)
             return None
@@ -225,7 +245,7 @@ def online_max_shift(cascade: Cascade, outer: str, inner: str, max_einsum: Einsu
         if einsum.tensor in scaled:
             copy = with_body(einsum, tensor=scaled[einsum.tensor], body=per_tile(einsum.body))
             replaced.setdefault(einsum.tensor, [einsum]).insert(0, copy)
-    produced = [local, running, rescale, *scaled.values()]
+    produced = [local, running, shift, rescale, *scaled.values()]
     for acc in accumulators:
         tile_sum, run_sum = name(f"L{acc.tensor}"), name(f"R{acc.tensor}")
         keep = acc.indices
@@ -275,13 +295,6 @@ def _g_index(cascade: Cascade, einsum: Einsum, g_reads: set, g_index: dict,
             values = dict(zip(producer.indices, read.indices))
             found.add(tuple(substitute(i, values) for i in g_index[read.tensor]))
     return found.pop() if len(found) == 1 else None
-
-
-def may_be_empty(cascade: Cascade, einsum: Einsum) -> bool:
-    """Whether some left point of a reduction may have no present term (a mask)."""
-    reduced = set(einsum.reduced)
-    return any(c.variables & reduced and c.kind != "split"
-               for c in einsum_conditions(cascade, einsum, absent_tensors(cascade)))
 
 
 def _why_not(einsum: Einsum, g: str) -> str:
