@@ -314,6 +314,8 @@ class _Fuser:
         if condition.kind in ("filter", "range", "split"):
             text = TritonPrinter(self.names(layout), lambda r: self.read(r, layout, lanes),
                                  integer=condition.kind != "filter")(condition.expr)
+            if condition.variables <= set(self.batch) | {self.loop}:
+                text = scalar_condition(text)
             inner = [self.mask(c, layout, lanes) for part in condition.parts for c in part]
             return " & ".join([f"({text})"] + inner)
         if condition.kind == "absent":
@@ -837,6 +839,13 @@ class _SplitEmitter(_Emitter):
                            f"{', '.join(f.batch + [f.row + ' tiles'])}; one loop over "
                            f"{outer} tiles of {inner} keys with {', '.join(e.tensor for e in carried)} "
                            f"carried in registers", {1: (None, None)}, self._facts("split", 1))
+
+
+def scalar_condition(text: str) -> str:
+    """A condition with one value per program, as a boolean that `&` takes in Triton's
+    interpreter too (it rejects `block & (int64 >= 3.0)`, a scalar compared with a float;
+    the GPU compiler takes both)."""
+    return f"({text}) != 0"
 
 
 def program_coordinates(cascade: Cascade, batch: list[str], row: str, block: str) -> list[str]:

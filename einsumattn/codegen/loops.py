@@ -31,7 +31,8 @@ from ..analysis.presence import (Condition, absent_tensors, einsum_conditions,
 from ..ir import Cascade, Einsum
 from ..ir import expr as ir
 from ..ir.printer import lhs_text, rhs_text
-from .fused import FusedKernel, NotFusable, kernel_arguments, program_coordinates
+from .fused import (FusedKernel, NotFusable, kernel_arguments, program_coordinates,
+                    scalar_condition)
 from .triton_backend import TritonPrinter, Unsupported
 
 BLOCK_ROW = 16     # points of the row rank per program
@@ -253,9 +254,7 @@ class _LoopFuser:
             text = TritonPrinter(self.names(layout), lambda r: self.read(r, layout),
                                  integer=condition.kind != "filter")(condition.expr)
             if not self.layout(condition.variables - set(self.batch) - {self.step}):
-                # One value per program: `!= 0` keeps it a boolean that `&` takes in
-                # Triton's interpreter too (it rejects `block & (int64 >= 3.0)`).
-                text = f"({text}) != 0"
+                text = scalar_condition(text)
             inner = [self.mask(c, layout) for part in condition.parts for c in part]
             return " & ".join([f"({text})"] + inner)
         if condition.kind == "absent":
