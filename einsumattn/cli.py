@@ -91,8 +91,7 @@ def _rewrite_section(result, fmt: str):
                             for b in result.blocked],
                 "remaining_dependencies": remaining}
     lines = ["Rewrites (einsumattn rewrite; compile applies them)",
-             "  passes: " + ", ".join(f"{r} {before[r]} -> {after.get(r, before[r])}"
-                                      for r in before)]
+             "  passes: " + result.change(only_changed=False).removesuffix(" passes")]
     lines += [f"  step {n}, {step.comment()}" for n, step in enumerate(result.steps, 1)]
     if not result.steps:
         lines.append("  no rewrite applies")

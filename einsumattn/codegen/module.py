@@ -113,7 +113,8 @@ def _triton(cascade: Cascade) -> dict:
         return {"triton_fallback": f"not expressible in Triton yet: {reason}",
                 "kernel_sources": [], "host_lines": [], "tuning": {}, "helpers": "",
                 "fused_source": None, "fused_host": [], "fused_tuning": {},
-                "schedule_note": ""}
+                "schedule_note": "", "not_fused": str(reason)}
+    why = None
     try:
         fused, cut = fuse_stages(cascade)
     except NotFusable as reason:
@@ -133,6 +134,7 @@ def _triton(cascade: Cascade) -> dict:
             "fused_source": "\n\n".join("\n".join(k.source) for k in fused) or None,
             "fused_host": [line for k in fused for line in k.host],
             "fused_tuning": {k.name: k.tuning for k in fused},
+            "not_fused": why,
             "schedule_note": note}
 
 
@@ -149,27 +151,16 @@ class Plan:
         self.kernel = cascade
         self.note = "the spec's own cascade (rewrites off: --no-rewrite)" \
             if not rewrite else "the spec's own cascade (no rewrite applies)"
+        self.triton = _triton(cascade)
         if self.rewritten is not None and self.rewritten.steps:
-            derived = self.rewritten.cascade
-            before, after = self.rewritten.passes("before"), self.rewritten.passes("after")
-            change = ", ".join(f"{r} {before[r]} -> {after.get(r, before[r])} passes"
-                               for r in before if before[r] != after.get(r, before[r]))
-            self.kernel = derived
-            self.note = f"the derived cascade ({change or 'same passes'}; " \
-                        f"einsumattn rewrite prints it)"
-            try:
-                fuse_stages(derived)
-            except NotFusable as derived_reason:
-                try:
-                    fuse_stages(cascade)
-                    self.kernel = cascade
-                    self.note = (f"the spec's own cascade: the derived one ({change}) does "
-                                 f"not fuse ({derived_reason})")
-                except NotFusable:
-                    pass
-            except Unsupported:
-                pass
-        self.triton = _triton(self.kernel)
+            change = self.rewritten.change()
+            derived = _triton(self.rewritten.cascade)
+            if derived["fused_source"] is None and self.triton["fused_source"] is not None:
+                self.note = (f"the spec's own cascade: the derived one ({change}) does "
+                             f"not fuse ({derived['not_fused']})")
+            else:
+                self.kernel, self.triton = self.rewritten.cascade, derived
+                self.note = f"the derived cascade ({change}; einsumattn rewrite prints it)"
 
     def summary(self) -> str:
         return _backends_note(self.triton["triton_fallback"], len(self.kernel.einsums),

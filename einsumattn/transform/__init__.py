@@ -41,14 +41,19 @@ class Rewritten:
         return {rank: info.passes for rank, info in analyse_passes(cascade).items()
                 if cascade.ranks[rank].split_of is None}
 
+    def change(self, only_changed: bool = True) -> str:
+        """`M 3 -> 1`: passes per rank before and after (the ranks that changed)."""
+        before, after = self.passes("before"), self.passes("after")
+        changes = [f"{r} {before[r]} -> {after.get(r, before[r])}" for r in before
+                   if not only_changed or before[r] != after.get(r, before[r])]
+        return ", ".join(changes) + " passes" if changes else "same passes"
+
     def text(self) -> str:
         """The derived cascade as `.attn` source: a header naming each step, and a
         comment above every Einsum a step wrote."""
-        before, after = self.passes("before"), self.passes("after")
         source = self.original.source.filename if self.original.source else "<spec>"
         header = [f"# Derived by `einsumattn rewrite` from {source}.",
-                  "# passes: " + ", ".join(
-                      f"{r} {before[r]} -> {after.get(r, before[r])}" for r in before)]
+                  "# passes: " + self.change(only_changed=False).removesuffix(" passes")]
         if not self.steps:
             header.append("# No rewrite applies: this is the spec's own pass structure.")
         comments: dict[str, str] = {}

@@ -203,7 +203,7 @@ def online_max_shift(cascade: Cascade, outer: str, inner: str, max_einsum: Einsu
     left = tuple(ir.Index(v) for v in r_vars)
     local, running = name(f"L{G.tensor}"), name(f"R{G.tensor}")
     shift, rescale = name(f"S{G.tensor}"), name(f"C{G.tensor}")
-    outer_rank = _rank_of(cascade, outer)
+    outer_rank = cascade.var_rank(outer)
     at = lambda tensor, idx, step: ir.Read(tensor, idx + (step,))  # noqa: E731
     new: list[Einsum] = [
         Einsum(local, r_vars + (outer,), G.body, "max",
@@ -278,10 +278,6 @@ def online_max_shift(cascade: Cascade, outer: str, inner: str, max_einsum: Einsu
                 tuple(a.tensor for a in accumulators) + (G.tensor,),
                 "exp(a - g) * exp(g - y) = exp(a - y) for every reader (sympy)")
     return result, step, blocked
-
-
-def _rank_of(cascade: Cascade, var: str) -> str:
-    return cascade.var_rank(var)
 
 
 def _g_index(cascade: Cascade, einsum: Einsum, g_reads: set, g_index: dict,
