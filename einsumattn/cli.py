@@ -195,6 +195,11 @@ def _cmd_check(args) -> int:
         backends = tuple(b for b in backends if not b.startswith("triton")) or ("torch",)
     print(f"{cascade.name}: checking {', '.join(backends)} against the float64 oracle, "
           f"{args.examples} cases")
+    rounded = getattr(module, "DOT_ROUNDING", None)
+    if "triton" in backends and rounded:
+        print(f"note: with float16/bfloat16 inputs the fused kernels round the computed "
+              f"tl.dot operands of {', '.join(sorted(rounded))} to that dtype; their "
+              f"tolerance adds the first-order bound of exactly that (docs/codegen.md)")
     ok = run_check(cascade, module, backends, args.examples)
     print("all cases agree" if ok else "MISMATCH: see the smallest failing case above")
     return EXIT_OK if ok else EXIT_INTERNAL

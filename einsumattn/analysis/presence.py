@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import sympy
+
 from ..ir import Cascade, Einsum
 from ..ir import expr as ir
 
@@ -40,7 +42,10 @@ class Condition:
 def in_range_by_construction(cascade: Cascade, tensor: str, position: int,
                               index: ir.Expr) -> bool:
     """A coordinate that cannot leave the extent: the plain variable of the position's
-    rank; for a recurrence's iterative position also x+1 and the final position X."""
+    rank; for a recurrence's iterative position also x+1 and the final position X; and
+    any coordinate whose range over its variables' ranks provably lies inside the extent,
+    as GQA's kv head `h * KH // H` (0 <= h < H gives 0 <= h * KH // H <= (H-1) KH / H < KH,
+    for every size)."""
     t = cascade.tensors[tensor]
     rank = t.ranks[position]
     if isinstance(index, ir.Index) and cascade.var_rank(index.var) == rank:
@@ -50,7 +55,54 @@ def in_range_by_construction(cascade: Cascade, tensor: str, position: int,
         if index == ir.Op("+", (ir.Index(var), ir.Const(1))) or index == ir.Dim(rank) \
                 or index == ir.Const(0):
             return True
-    return False
+    bounds = _interval(cascade, index)
+    if bounds is None:
+        return False
+    low, high = bounds
+    extent = cascade.extent(tensor, position)
+    # The coordinate is an integer <= high, so high < extent keeps it below the extent.
+    return _provably(low >= 0) and _provably(sympy.simplify(extent - high) > 0)
+
+
+def _provably(relation) -> bool:
+    return relation is sympy.true
+
+
+def _interval(cascade: Cascade, expr: ir.Expr):
+    """(low, high): sympy bounds of an integer index expression over every point of its
+    variables' ranks, for sizes >= 1; None where no such bound is derived (anything but
+    +, -, products of nonnegative factors, and floor division by a positive size)."""
+    if isinstance(expr, ir.Const):
+        if isinstance(expr.value, float) and not expr.value.is_integer():
+            return None
+        return sympy.Integer(int(expr.value)), sympy.Integer(int(expr.value))
+    if isinstance(expr, ir.Index):
+        size = cascade.ranks[cascade.var_rank(expr.var)].size
+        return sympy.Integer(0), size - 1
+    if isinstance(expr, ir.Dim):
+        size = cascade.ranks[expr.rank].size
+        return size, size
+    if not isinstance(expr, ir.Op) or expr.op not in ("+", "-", "*", "//", "neg"):
+        return None
+    parts = [_interval(cascade, a) for a in expr.args]
+    if any(p is None for p in parts):
+        return None
+    if expr.op == "neg":
+        (low, high), = parts
+        return -high, -low
+    (a_low, a_high), (b_low, b_high) = parts
+    if expr.op == "+":
+        return a_low + b_low, a_high + b_high
+    if expr.op == "-":
+        return a_low - b_high, a_high - b_low
+    if not (_provably(a_low >= 0) and _provably(b_low >= 0)):
+        return None
+    if expr.op == "*":
+        return a_low * b_low, a_high * b_high
+    # a // b for a >= 0 and a positive divisor b >= b_low: 0 <= a // b <= a_high / b_low.
+    if not _provably(b_low > 0):
+        return None
+    return sympy.Integer(0), a_high / b_low
 
 
 def extent_expr(cascade: Cascade, tensor: str, position: int) -> ir.Expr:

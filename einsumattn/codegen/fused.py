@@ -41,6 +41,7 @@ from ..analysis.presence import (Condition, absent_tensors, einsum_conditions,
 from ..ir import Cascade, Einsum
 from ..ir import expr as ir
 from ..ir.printer import lhs_text, rhs_text
+from ..transform.algebra import Algebra
 from .triton_backend import TritonPrinter, Unsupported
 
 BLOCK_P = 16
@@ -469,9 +470,16 @@ class _Emitter:
         self.lines: list[str] = []
         self.hoisted: dict[str, str] = {}   # text of a loop-invariant tile -> its name
         self.offsets: dict[str, str] = {}   # kernel argument -> host expression
+        # Einsum -> how many of its tl.dot operands are computed values, rounded to the
+        # inputs' precision when the dot runs on half-precision operands (see _dot).
+        self.rounded: dict[str, int] = {}
 
     def line(self, text: str, depth: int = 1) -> None:
         self.lines.append("    " * depth + text)
+
+    @property
+    def uses_dot(self) -> bool:
+        return any("_to_dot(" in text for text in self.lines)
 
     def emit(self) -> FusedKernel:
         f, cascade = self.f, self.cascade
@@ -534,7 +542,8 @@ class _Emitter:
                 "loop": [f.loop or f.stream], "held": f.features, "passes": passes,
                 "carried": [e for e, k in f.kinds.items() if k == "carried"],
                 "accumulated": [e for e, k in f.kinds.items()
-                                if k in ("accumulate", "dot-accumulate")]}
+                                if k in ("accumulate", "dot-accumulate")],
+                "rounded": dict(self.rounded)}
 
     def _prologue(self, n_passes: int) -> None:
         """The program's coordinates: its batch point, its row tile, the feature tiles."""
@@ -625,7 +634,7 @@ class _Emitter:
         a = self._hoisted(" * ".join(f.value(x, (f.row, feature), "row_live[:, None]")
                                      for x in row_side), f"{einsum.tensor}_rows")
         b = " * ".join(f.value(x, (f.stream, feature), key_lanes) for x in key_side)
-        text = f"tl.dot({a}, tl.trans({b}), input_precision=\"ieee\")"
+        text = self._dot(einsum, (a, row_side), (f"tl.trans({b})", key_side))
         for factor in other:
             text += f" * {f.value(factor, (f.row, f.stream), 'lanes')}"
         return text
@@ -688,8 +697,31 @@ class _Emitter:
         key_lanes = f"({f.stream} < {self.cascade.var_rank(f.stream)})[:, None]"
         a = " * ".join(f.value(x, layout, "lanes") for x in tile_side) or "1.0"
         b = " * ".join(f.value(x, (f.stream, feature), key_lanes) for x in key_side)
-        self.line(f"{name} {'=' if fresh else '+='} tl.dot(tl.where({ok}, {a}, 0.0), {b}, "
-                  f"input_precision=\"ieee\")", 2)
+        dot = self._dot(einsum, (f"tl.where({ok}, {a}, 0.0)", tile_side), (b, key_side))
+        self.line(f"{name} {'=' if fresh else '+='} {dot}", 2)
+
+    def _dot(self, einsum: Einsum, *operands: tuple[str, list]) -> str:
+        """tl.dot of two operand tiles (text, and the factors each is the product of).
+
+        Operands enter in the inputs' precision (DOT_DTYPE, chosen by the host): float16
+        and bfloat16 inputs give tensor-core dots, whose products are exact and whose sums
+        are float32, as in FlashAttention; float32 inputs give an IEEE float32 dot, never
+        TF32. An operand that is one input read is then exact (it had that precision
+        already); a computed one (the probabilities of P V) is rounded, and the count is
+        recorded for the equivalence check's tolerance (verify.py)."""
+        rounded = sum(not self._exact_operand(factors) for _, factors in operands)
+        if rounded:
+            self.rounded[einsum.tensor] = rounded
+        (a, _), (b, _) = operands
+        return (f"tl.dot(_to_dot({a}, DOT_DTYPE), _to_dot({b}, DOT_DTYPE), "
+                f"input_precision=\"ieee\")")
+
+    def _exact_operand(self, factors: list) -> bool:
+        """An operand that is a single read of an input: exact in the inputs' dtype."""
+        if len(factors) != 1 or not isinstance(factors[0], ir.Read):
+            return False
+        tensor = self.cascade.tensors.get(factors[0].tensor)
+        return tensor is not None and tensor.is_input
 
     def _stored(self, name: str) -> str:
         """An output's value as stored: absent points (row conditions) as 0."""
@@ -763,6 +795,8 @@ class _Emitter:
         args += list(self.offsets)
         host += list(self.offsets.values())
         blocks = [f"BLOCK_{v.upper()}" for v in [f.row, f.stream] + f.features]
+        if self.uses_dot:
+            blocks.append("DOT_DTYPE")
         source = ["@triton.jit",
                   f"def {name}({', '.join(args)}, "
                   f"{', '.join(b + ': tl.constexpr' for b in blocks)}):"] + self.lines
@@ -783,7 +817,9 @@ class _Emitter:
         host_lines.append(f"{name}[(triton.cdiv({cascade.var_rank(f.row)}, "
                           f'tuning["BLOCK_{f.row.upper()}"]), {batch})](')
         host_lines.append(f"    {', '.join(host)},")
-        host_lines.append("    **tuning)")
+        # The dot precision follows the inputs' dtype (_dot_dtype in the module).
+        host_lines.append("    **tuning, DOT_DTYPE=dot_dtype)" if self.uses_dot else
+                          "    **tuning)")
         return source, host_lines, tuning
 
 
@@ -886,32 +922,32 @@ def _stream_bound(condition: ir.Expr, stream: str, row: str):
     c is printed for the kernel (integers and params)."""
     if not isinstance(condition, ir.Op) or condition.op not in ("<", "<=", ">", ">="):
         return None
-    symbols = {}
-
-    def to_sympy(node):
-        if isinstance(node, ir.Const):
-            return sympy.nsimplify(node.value)
+    algebra = Algebra()
+    difference = sympy.expand(algebra.to_sympy(condition.args[0]) -
+                              algebra.to_sympy(condition.args[1]))
+    # Affine in indices, sizes and params only: no tensor reads, no functions.
+    names, constants = {}, set()
+    for symbol in difference.free_symbols:
+        node = algebra.nodes[symbol]
+        if isinstance(node, ir.Read):
+            return None
         if isinstance(node, ir.Index):
-            return symbols.setdefault(node.var, sympy.Symbol(node.var))
-        if isinstance(node, (ir.Param, ir.Dim)):
-            name = node.name if isinstance(node, ir.Param) else node.rank
-            return symbols.setdefault(name, sympy.Symbol(name))
-        if isinstance(node, ir.Op) and node.op in ("+", "-", "*", "neg"):
-            args = [to_sympy(a) for a in node.args]
-            return {"+": lambda: args[0] + args[1], "-": lambda: args[0] - args[1],
-                    "*": lambda: args[0] * args[1], "neg": lambda: -args[0]}[node.op]()
-        raise ValueError
-    try:
-        difference = sympy.expand(to_sympy(condition.args[0]) - to_sympy(condition.args[1]))
-    except ValueError:
+            names[symbol] = sympy.Symbol(node.var)
+        else:            # a param or a size: known on the host
+            names[symbol] = sympy.Symbol(node.name if isinstance(node, ir.Param) else
+                                         node.rank)
+            constants.add(names[symbol])
+    if difference.atoms(sympy.Function):
         return None
+    # Plain names from here on: the offset is printed into the kernel and the host.
+    difference = difference.xreplace(names)
     m, p = sympy.Symbol(stream), sympy.Symbol(row)
     a = difference.coeff(m)
     rest = sympy.expand(difference - a * m)
     if a not in (1, -1) or rest.coeff(p) != -a:
         return None
     constant = sympy.expand(rest + a * p)       # difference = a*(m - p) + constant
-    if constant.free_symbols - {sympy.Symbol(s) for s in symbols if s not in (stream, row)}:
+    if constant.free_symbols - constants:
         return None
     # a*(m - p) + constant OP 0  ->  m - p OP' -constant/a
     op = condition.op

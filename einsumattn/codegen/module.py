@@ -113,7 +113,7 @@ def _triton(cascade: Cascade) -> dict:
         return {"triton_fallback": f"not expressible in Triton yet: {reason}",
                 "kernel_sources": [], "host_lines": [], "tuning": {}, "helpers": "",
                 "fused_source": None, "fused_host": [], "fused_tuning": {},
-                "schedule_note": "", "not_fused": str(reason)}
+                "schedule_note": "", "not_fused": str(reason), "dot_rounding": {}}
     why = None
     try:
         fused, cut = fuse_stages(cascade)
@@ -134,6 +134,7 @@ def _triton(cascade: Cascade) -> dict:
             "fused_source": "\n\n".join("\n".join(k.source) for k in fused) or None,
             "fused_host": [line for k in fused for line in k.host],
             "fused_tuning": {k.name: k.tuning for k in fused},
+            "dot_rounding": {e: n for k in fused for e, n in k.facts.get("rounded", {}).items()},
             "not_fused": why,
             "schedule_note": note}
 
@@ -235,6 +236,7 @@ def generate(cascade: Cascade, *, module_name: str | None = None, rewrite: bool 
         "bind_lines": _bind_lines(kernel),
         "body_lines": TorchEmitter(cascade).emit(),
         "absent": absent,
+        "compile_options": {"rewrite": rewrite, "tile": tile},
     }
     return _environment().get_template("module.py.j2").render(**context)
 

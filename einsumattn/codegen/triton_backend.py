@@ -401,6 +401,23 @@ def _mod(a, b):
     return tl.where((r != 0) & ((r < 0) != (b < 0)), r + b, r)
 
 
+# Triton's interpreter (TRITON_INTERPRET=1) truncates float32 -> bfloat16 and multiplies
+# bfloat16 bit patterns in tl.dot (triton-lang/triton#11584); _to_dot works around both.
+_INTERPRETED = tl.constexpr(os.environ.get("TRITON_INTERPRET") == "1")
+
+
+@triton.jit
+def _to_dot(x, DOT_DTYPE: tl.constexpr):
+    """A tl.dot operand in the dot's precision (float32 values in, rounded to nearest)."""
+    if _INTERPRETED and DOT_DTYPE == tl.bfloat16:
+        # Round to nearest even by hand; the rounded value enters the dot as float32,
+        # which holds it exactly, so the dot sees what the GPU's would.
+        bits = x.to(tl.uint32, bitcast=True)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+        return bits.to(tl.float32, bitcast=True)
+    return x.to(DOT_DTYPE)
+
+
 @triton.jit
 def _floordiv_f(a, b):
     return tl.floor(a / b)

@@ -168,6 +168,16 @@ class Cascade:
             split = self.split_of(rank)
         return rank
 
+    def fresh_name(self, base: str, taken: set[str] = frozenset()) -> str:
+        """`base`, or `base2`, `base3`, ... : a name no tensor, rank, param or variable
+        has (nor any in `taken`), in either case."""
+        used = set(self.tensors) | set(self.ranks) | set(self.params) | \
+            {r.var for r in self.ranks.values()} | set(taken)
+        name, number = base, 2
+        while name in used or name.lower() in used:
+            name, number = f"{base}{number}", number + 1
+        return name
+
     def extent(self, tensor: str, position: int) -> sympy.Expr:
         """The symbolic extent of a tensor at a position (size + 1 for an iterative one)."""
         t = self.tensors[tensor]

@@ -57,12 +57,7 @@ def assemble(cascade: Cascade, einsums: list[Einsum], *,
 
 def fresh_name(cascade: Cascade, base: str, taken: set[str] = frozenset()) -> str:
     """`base`, or `base2`, `base3`, ... : a name no tensor, rank, param or variable has."""
-    used = set(cascade.tensors) | set(cascade.ranks) | set(cascade.params) | \
-        {r.var for r in cascade.ranks.values()} | set(taken)
-    name, number = base, 2
-    while name in used or name.lower() in used:
-        name, number = f"{base}{number}", number + 1
-    return name
+    return cascade.fresh_name(base, taken)
 
 
 def late_tensors(cascade: Cascade, rank: str) -> set[str]:

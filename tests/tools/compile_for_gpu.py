@@ -7,15 +7,20 @@ The interpreter (what the other tests run kernels in) accepts code the GPU compi
 rejects; this is the check that the generated kernels are real GPU kernels. It
 compiles, it does not run: correctness on a GPU still needs a GPU.
 
-Signatures: input pointers as fp32 and as fp16 (both are loaded as float32),
-intermediates fp32, masks int8, strides int64, sizes int32, params fp32, block sizes
-as in the module's TUNING tables (16 for the feature tiles). Prints a line per kernel
-and exits 1 if any fails."""
+Signatures: input pointers as fp32, fp16 and bf16 (loaded as float32; tl.dot operands
+in the inputs' dtype, DOT_DTYPE, as the module's _dot_dtype chooses), intermediates
+fp32, masks int8, strides int64, sizes int32, params fp32, block sizes as in the
+module's TUNING tables (16 for the feature tiles). A kernel with fp16/bf16 dots must
+use the tensor cores (mma in its PTX). Prints a line per kernel and dtype and exits 1 if
+any fails."""
 import importlib.util, sys, time
 import triton
+import triton.language as tl
 from triton.backends.compiler import GPUTarget
 
-def signature(module, kernel, half):
+DTYPES = {"fp32": tl.float32, "fp16": tl.float16, "bf16": tl.bfloat16}
+
+def signature(module, kernel, dtype):
     params = set(module.PARAMS)
     sig, constexprs = {}, {}
     tuning = {}
@@ -25,11 +30,14 @@ def signature(module, kernel, half):
         if name.startswith("BLOCK") or name == "RBLOCK":
             sig[name] = "constexpr"
             constexprs[name] = tuning.get(name, 16)
+        elif name == "DOT_DTYPE":
+            sig[name] = "constexpr"
+            constexprs[name] = DTYPES[dtype]
         elif name.endswith("_ok_ptr"):
             sig[name] = "*i8"
         elif name.endswith("_ptr"):
             tensor = name[:-4]
-            sig[name] = "*fp16" if (half and tensor in module.INPUTS) else "*fp32"
+            sig[name] = f"*{dtype}" if tensor in module.INPUTS else "*fp32"
         elif name.startswith("s_"):
             sig[name] = "i64"
         elif name in params:
@@ -50,16 +58,21 @@ for path in arguments:
     module = importlib.util.module_from_spec(spec); spec.loader.exec_module(module)
     kernels = [getattr(module, n) for n in dir(module) if n.startswith(("_k_", "_fused_"))]
     for kernel in kernels:
-        for half in (False, True):
-            sig, constexprs = signature(module, kernel, half)
+        for dtype in DTYPES:
+            sig, constexprs = signature(module, kernel, dtype)
             start = time.time()
             try:
-                triton.compile(triton.compiler.ASTSource(fn=kernel, signature=sig, constexprs=constexprs),
-                               target=GPUTarget("cuda", arch, 32))
+                compiled = triton.compile(triton.compiler.ASTSource(fn=kernel, signature=sig, constexprs=constexprs),
+                                          target=GPUTarget("cuda", arch, 32))
                 status = "ok"
+                # Half-precision dots must run on the tensor cores (mma / wgmma in the PTX).
+                if "DOT_DTYPE" in kernel.arg_names and dtype != "fp32" and \
+                        "mma" not in compiled.asm["ptx"]:
+                    failures += 1
+                    status = "FAIL a half-precision tl.dot without tensor-core instructions"
             except Exception as e:
                 failures += 1
                 status = "FAIL " + str(e).splitlines()[0][:200] if str(e) else "FAIL " + type(e).__name__
-            print(f"{path.rsplit('/',1)[-1]:28} {kernel.__name__:28} {'fp16' if half else 'fp32'} {time.time()-start:5.1f}s {status}", flush=True)
+            print(f"{path.rsplit('/',1)[-1]:28} {kernel.__name__:28} {dtype} {time.time()-start:5.1f}s {status}", flush=True)
 print("failures", failures)
 sys.exit(1 if failures else 0)

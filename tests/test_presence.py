@@ -1,0 +1,64 @@
+"""The static presence analysis (analysis/presence.py): which reads can leave their
+tensor's extent. A coordinate whose range over its variables' ranks provably stays
+inside the extent for every size needs no mask; one that can leave it keeps its mask,
+and the oracle agrees on both counts."""
+
+import itertools
+
+import numpy as np
+import pytest
+
+import einsumattn
+from einsumattn.analysis.presence import absent_tensors, in_range_by_construction
+from einsumattn.codegen.module import Plan
+from einsumattn.evaluate import evaluate
+from einsumattn.ir import expr as ir
+
+from conftest import ROOT
+
+SPEC = """dims H, KH, M
+input Q[h], K[kh, m]
+Y[h, m] = Q[h] * K[{index}, m]
+output Y
+"""
+
+
+def _index(text: str) -> ir.Expr:
+    cascade = einsumattn.load(SPEC.format(index=text))
+    return cascade, cascade.einsum("Y").body.args[1].indices[0]
+
+
+@pytest.mark.parametrize("text, inside", [
+    ("h * KH // H", True),          # GQA's kv head: <= (H - 1) KH / H < KH
+    ("h // 2", False),              # H > 2 KH reads past the kv heads
+    ("h * KH // H // 2", True),
+    ("(h * KH + KH - 1) // H", True),   # <= (H KH - 1) / H < KH
+    ("h * KH // H + 1", False),     # the last head reads kv head KH
+    ("h - 1", False),               # h = 0 reads -1
+    ("KH - 1", True),
+    ("KH", False),
+    ("h % KH", False),              # no rule for %: kept (safe)
+])
+def test_index_ranges_are_proved_only_when_they_hold(text, inside):
+    cascade, index = _index(text)
+    assert in_range_by_construction(cascade, "K", 0, index) is inside
+    assert ("Y" in absent_tensors(cascade)) is (not inside)
+
+
+@pytest.mark.parametrize("text", ["h * KH // H", "h * KH // H // 2", "(h * KH + KH - 1) // H",
+                                  "KH - 1"])
+def test_proved_ranges_hold_at_every_small_size(text):
+    """The oracle, which checks every read at run time, never finds a point absent."""
+    cascade, _ = _index(text)
+    for h, kh in itertools.product(range(1, 7), range(1, 7)):
+        k = np.arange(kh * 2, dtype=float).reshape(kh, 2) + 1      # no zero entries
+        y = evaluate(cascade, {"Q": np.ones(h), "K": k})["Y"]     # absent points are 0
+        assert np.all(y != 0), (text, h, kh)
+
+
+def test_gqa_is_fused_from_its_derived_one_pass_cascade():
+    cascade = einsumattn.load(ROOT / "examples" / "gqa.attn")
+    assert absent_tensors(cascade) == set()
+    plan = Plan(cascade)
+    assert plan.kernel is plan.rewritten.cascade
+    assert "one loop over M1 tiles" in plan.triton["schedule_note"]
