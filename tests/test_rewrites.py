@@ -454,16 +454,7 @@ def test_online_softmax_sum_edge_cases(score, where, passes):
     assert not np.isnan(got).any() and np.allclose(got, want), (got, want)
 
 
-SHARED_MASK = ("separable moments is blocked for sum[m] (S1/D1 - S2/D2) * V when S1 and "
-               "S2 are filtered by the same mask: factor.py requires each term to read "
-               "every masked tensor of the body (S1 and S2) instead of comparing the "
-               "absent points they carry, which are the same; a causal Differential "
-               "Transformer stays at 2 passes over M")
-
-
-@pytest.mark.xfail(strict=True, reason=SHARED_MASK)
-def test_two_maps_under_one_mask_are_separable():
-    text = """
+SHARED_MASK = """
 dims P, M
 input X[p, m], Y[p, m], V[m]
 S1[p, m] = X[p, m]  where m <= p
@@ -473,5 +464,31 @@ D2[p] = sum[m] S2[p, m]
 O[p] = sum[m] (S1[p, m] / D1[p] - S2[p, m] / D2[p]) * V[m]
 output O
 """
-    assert rewrite(text.replace("  where m <= p", ""), tile=2).passes("after")["M"] == 1
-    assert rewrite(text, tile=2).passes("after")["M"] == 1
+
+
+def test_two_maps_under_one_mask_are_separable():
+    """S1 and S2 carry the same absent points (one mask), so sum[m] S1 V and sum[m] S2 V
+    each keep exactly the body's terms: separable moments applies (a causal Differential
+    Transformer in one pass). Masks that differ keep the rule blocked."""
+    assert rewrite(SHARED_MASK.replace("  where m <= p", ""), tile=2).passes("after")["M"] == 1
+    result = rewrite(SHARED_MASK, tile=2)
+    assert result.passes("after")["M"] == 1, result.text()
+    for seed in range(3):
+        inputs = _inputs(result.original, {"P": 5, "M": 5}, 1.0, seed)
+        _assert_equivalent(result, inputs, f"shared mask, seed {seed}")
+    other = rewrite(SHARED_MASK.replace("Y[p, m]  where m <= p", "Y[p, m]  where m < p"),
+                    tile=2)
+    assert other.passes("after")["M"] == 2
+    assert any("would not carry the absent points of S1, S2" in b.reason
+               for b in other.blocked), other.blocked
+
+
+def test_a_causal_differential_transformer_takes_one_pass():
+    text = SPECS["diff_attention"].read_text().replace("* scale\n", "* scale  where m <= p\n")
+    assert text.count("where m <= p") == 2
+    result = rewrite(text, tile=4)
+    assert result.passes("after")["M"] == 1, result.text()
+    cascade = result.original
+    for seed in range(2):
+        _assert_equivalent(result, _inputs(cascade, _sizes("causal_softmax", 9), 3.0, seed),
+                           f"causal diff attention, seed {seed}")

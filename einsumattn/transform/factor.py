@@ -32,7 +32,8 @@ from __future__ import annotations
 import sympy
 
 from ..analysis.passes import fully_reduces, rank_variables
-from ..analysis.presence import absent_tensors, einsum_conditions, expression_conditions
+from ..analysis.presence import (absent_tensors, einsum_conditions, expression_conditions,
+                                 point_conditions)
 from ..ir import Cascade, Einsum
 from ..ir import expr as ir
 from .algebra import Algebra, NotAlgebraic, is_zero, prove_equal, substitute, replace_reads
@@ -171,8 +172,15 @@ def _rewrite_sum(cascade: Cascade, einsum: Einsum):
     if len(groups) > 1 and may_be_empty:
         carried = [r for r in ir.reads(body) if expression_conditions(cascade, r, absent)
                    and set(ir.index_vars(r)) & reduced]
+        points = {r: _carried_points(cascade, r, absent) for r in carried}
+        everywhere = frozenset().union(*(p for p in points.values() if p is not None))
         for _, inner in groups:
-            if not set(carried) <= set(ir.reads(inner)):
+            mine = [points.get(r) for r in ir.reads(inner) if r in points]
+            # A term keeps the body's terms if it reads every masked tensor, or if the
+            # conditions its reads carry are the body's (S1 and S2 under one mask).
+            same = None not in points.values() and \
+                frozenset().union(*mine) == everywhere
+            if not (set(carried) <= set(ir.reads(inner)) or same):
                 return Blocked(MOMENTS, einsum.tensor,
                                f"the term sum[{', '.join(einsum.reduced)}] "
                                f"{ir.to_text(inner)} would not carry the absent points of "
@@ -223,6 +231,37 @@ def _rewrite_sum(cascade: Cascade, einsum: Einsum):
     identity = f"{ir.to_text(body)} = {ir.to_text(expected)}"
     return new, Step(rule, summary, (*[e.tensor for e in new_einsums], einsum.tensor),
                      identity)
+
+
+def _carried_points(cascade: Cascade, read: ir.Read, absent: set[str]):
+    """The conditions, in the reader's coordinates, under which `read` is present: its
+    own coordinates' ranges, and the point conditions (filters, ranges, splits) of the
+    tensor it reads, followed through the reads that make that tensor absent, with each
+    producer's variables replaced by the indices it is read at. None where a condition
+    is of another kind (a where, a filter on values that may be absent): then no
+    comparison is made."""
+    found = set()
+    for condition in expression_conditions(cascade, read, absent):
+        if condition.kind == "range":
+            found.add(condition.expr)
+            continue
+        if condition.kind != "absent":
+            return None
+        producer = cascade.einsum(condition.read.tensor)
+        mapping = dict(zip(producer.indices, condition.read.indices))
+        for point in point_conditions(producer, einsum_conditions(cascade, producer,
+                                                                  absent)):
+            if point.kind == "absent":
+                inner = _carried_points(cascade, substitute(point.read, mapping), absent)
+                if inner is None:
+                    return None
+                found |= inner
+            elif point.kind in ("filter", "range", "split") and point.expr is not None \
+                    and not any(point.parts):
+                found.add(substitute(point.expr, mapping))
+            else:
+                return None
+    return frozenset(found)
 
 
 def _scale(outside: ir.Expr, partial: ir.Read) -> ir.Expr:
