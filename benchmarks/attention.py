@@ -99,6 +99,10 @@ def run(args) -> list[dict]:
                     warnings.simplefilter("ignore")
                     layer = cls(backend=backend)
                 candidates[f"einsumattn {backend}"] = (lambda layer=layer: layer(q, k, v))
+                if backend == "triton":
+                    for tune in args.tune:
+                        candidates[f"einsumattn triton {tune}"] = tuned(module, layer, tune,
+                                                                        (q, k, v))
             references = peers(name, q, k, v, causal)
             expected = next(iter(references.values()))() if references else None
             times = {}
@@ -117,6 +121,28 @@ def run(args) -> list[dict]:
                 if row["spec"] == name and row["seq"] == seq and best_peer:
                     row["vs_best_peer"] = best_peer / row["ms"]
     return rows
+
+
+def tuned(module, layer, tune: str, inputs):
+    """A call of the fused kernels with TUNING_FUSED overridden by `tune`
+    ("BLOCK_P=64,num_warps=8": block sizes, or Triton's launch options num_warps and
+    num_stages), restored after each call."""
+    overrides = {}
+    for item in tune.split(","):
+        key, _, value = item.partition("=")
+        overrides[key.strip()] = int(value)
+
+    def call():
+        saved = {name: dict(table) for name, table in module.TUNING_FUSED.items()}
+        try:
+            for table in module.TUNING_FUSED.values():
+                table.update({k: v for k, v in overrides.items()
+                              if k in table or not k.startswith("BLOCK_")})
+            return layer(*inputs)
+        finally:
+            for name, table in saved.items():
+                module.TUNING_FUSED[name] = table
+    return call
 
 
 def device_name(device: str, interpret: bool) -> str:
@@ -155,6 +181,9 @@ def main(argv=None) -> int:
                         help="on the CPU, also run the Triton kernels in the interpreter")
     parser.add_argument("--smoke", action="store_true",
                         help="tiny sizes, one repeat: checks that the script runs")
+    parser.add_argument("--tune", nargs="*", default=[],
+                        help="extra fused-kernel variants to time, e.g. BLOCK_P=64,num_warps=4 "
+                             "BLOCK_P=128,num_warps=8 (TUNING_FUSED overrides)")
     parser.add_argument("--json", help="also write the rows to this file")
     args = parser.parse_args(argv)
     if args.smoke:

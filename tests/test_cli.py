@@ -105,3 +105,20 @@ def test_benchmark_script_runs(tmp_path):
     import json
     rows = json.loads(out.read_text())
     assert all(r["max_diff_vs_peer"] < 1e-5 for r in rows if r["max_diff_vs_peer"] is not None)
+
+
+def test_benchmark_times_tuning_variants_of_the_fused_kernel(tmp_path):
+    """--tune adds rows for TUNING_FUSED overrides (a GPU session sweeps tiles in one
+    call); here in the interpreter, where only the plumbing and the outputs count."""
+    out = tmp_path / "rows.json"
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "attention.py"),
+                             "--smoke", "--device", "cpu", "--interpret", "--specs",
+                             "causal_softmax", "--unfused-max", "0", "--tune", "BLOCK_P=32",
+                             "--json", str(out)], capture_output=True, text=True,
+                            env={**__import__("os").environ, "TRITON_INTERPRET": "1",
+                                 "EINSUMATTN_CACHE_DIR": str(tmp_path / "cache")})
+    assert result.returncode == 0, result.stderr
+    import json
+    rows = {r["backend"]: r for r in json.loads(out.read_text())}
+    assert {"einsumattn triton", "einsumattn triton BLOCK_P=32"} <= set(rows)
+    assert rows["einsumattn triton BLOCK_P=32"]["max_diff_vs_peer"] < 1e-5
