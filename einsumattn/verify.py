@@ -191,16 +191,22 @@ class Case:
     scale: float
     contiguous: bool
     seed: int
+    # Inputs broadcast along their first rank (a stride-0 view of one slice, as
+    # `x[:1].expand(...)` gives): one K/V shared by every batch, say.
+    broadcast: bool = False
 
     def describe(self) -> str:
         sizes = ",".join(f"{k}={v}" for k, v in self.sizes.items())
         layout = "contiguous" if self.contiguous else "non-contiguous"
+        if self.broadcast:
+            layout += ", broadcast over the first rank"
         return f"sizes {sizes}, {self.dtype}, scale {self.scale:g}, {layout}, seed {self.seed}"
 
 
 def case_inputs(cascade: Cascade, case: Case, device: str | None = None) -> dict:
     """Random inputs for a case: normal values times the scale, rounded to the dtype;
-    non-contiguous ones are transposed views of a transposed copy."""
+    non-contiguous ones are transposed views of a transposed copy; broadcast ones are
+    stride-0 views of their first slice along the first rank."""
     import torch
 
     from .ir import bind
@@ -217,6 +223,8 @@ def case_inputs(cascade: Cascade, case: Case, device: str | None = None) -> dict
             value = value.to(device)
         if not case.contiguous and value.dim() >= 2:
             value = value.transpose(-1, -2).contiguous().transpose(-1, -2)
+        if case.broadcast and value.dim() >= 2:
+            value = value[:1].expand(value.shape)
         inputs[tensor.name] = value
     return inputs
 
@@ -242,7 +250,8 @@ def cases(cascade: Cascade):
         return Case(sizes, draw(st.sampled_from(DTYPES), label="dtype"),
                     draw(st.sampled_from(SCALES), label="scale"),
                     draw(st.booleans(), label="contiguous"),
-                    draw(st.integers(0, 2 ** 16), label="seed"))
+                    draw(st.integers(0, 2 ** 16), label="seed"),
+                    draw(st.booleans(), label="broadcast"))
     return build()
 
 
@@ -273,7 +282,14 @@ def run_check(cascade: Cascade, module, backends: tuple[str, ...], examples: int
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 layer = cls(backend=backend)
-            outputs = layer(*inputs.values())
+            try:
+                outputs = layer(*inputs.values())
+            except Exception as error:  # noqa: BLE001 - reported with its case, below
+                detail = f"raised {type(error).__name__}: {str(error).splitlines()[0][:300]}" \
+                    if str(error) else f"raised {type(error).__name__}"
+                report(f"  {backend:<6} {case.describe()}: ERROR {detail}")
+                failures.append(f"{backend}: {case.describe()}\n    {detail}")
+                raise AssertionError(detail) from None
             results = compare(cascade, inputs, outputs, case.dtype,
                               rounding=rounding if backend == "triton" else None)
             verdict = "ok" if all(r.ok for r in results) else "MISMATCH"

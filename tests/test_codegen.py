@@ -5,6 +5,8 @@ import subprocess
 import sys
 import types
 
+import re
+
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -12,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 import einsumattn
 from einsumattn.codegen import compile_to_file, generate
 from einsumattn.codegen.compile import cache_dir, import_file
-from einsumattn.verify import Case, case_inputs, compare, run_check
+from einsumattn.verify import Case, case_inputs, compare, dot_rounding, run_check
 
 from conftest import EXAMPLES, ROOT, WINDOW
 from spec_generator import cascades
@@ -175,6 +177,17 @@ def test_triton_backend_agrees_with_the_oracle(path, built):
         "\n".join(reports)
 
 
+@pytest.mark.parametrize("name", ["causal_softmax", "gqa", "softcap"])
+def test_derived_kernels_agree_over_several_key_tiles(tmp_path, name):
+    """Compiled with 16-key tiles, hypothesis's sizes (up to 17) take two key tiles: the
+    running max and rescaled sums cross a tile boundary in every drawn case that can."""
+    path = ROOT / "examples" / f"{name}.attn"
+    module = import_file(compile_to_file(path, tmp_path, tile=16), f"tiles16_{name}")
+    reports = []
+    assert run_check(einsumattn.load(path), module, ("triton",), examples=6,
+                     report=reports.append), "\n".join(reports)
+
+
 def test_compile_caches_and_reuses(tmp_path):
     spec = ROOT / "examples" / "softmax_3pass.attn"
     first = einsumattn.compile(spec, backend="torch")
@@ -219,9 +232,53 @@ def test_cli_compile_and_check(tmp_path, capsys):
     assert "all cases agree" in out
 
 
-def test_names_used_by_generated_code_are_rejected():
-    with pytest.raises(einsumattn.SpecError, match="'device' is used by the generated code"):
-        generate(einsumattn.load("dims P\ninput X[p]\ndevice[p] = X[p]\noutput device"))
+@pytest.mark.parametrize("name", ["device", "tl", "lanes", "tuning", "pass", "float"])
+def test_names_used_by_generated_code_are_rejected(name):
+    with pytest.raises(einsumattn.SpecError, match=f"'{name}' is used by the generated code") \
+            as error:
+        generate(einsumattn.load(f"dims P\ninput X[p]\n{name}[p] = X[p]\noutput {name}"))
+    assert error.value.span is not None and error.value.span.line == 3
+
+
+@pytest.mark.parametrize("stem", ["my-spec", "2pass", "class"])
+def test_a_module_name_that_is_not_an_identifier_is_rejected(tmp_path, stem):
+    path = tmp_path / f"{stem}.attn"
+    path.write_text("dims P\ninput X[p]\nY[p] = X[p]\noutput Y\n")
+    with pytest.raises(einsumattn.SpecError, match=f"module name '{stem}' is not a Python"):
+        compile_to_file(path, tmp_path / "out")
+    path.write_text(f"attention ok_name\n{path.read_text()}")
+    assert compile_to_file(path, tmp_path / "out").name == "ok_name.py"
+
+
+def test_math_on_sizes_and_indices_runs_in_triton(tmp_path):
+    """sqrt(P), log(p + 1), exp(-p): Triton's math takes floats only, so integer sizes
+    and indices are converted; both Triton schedules agree with the oracle."""
+    spec = ("attention intmath\ndims P, E\ninput X[p, e]\n"
+            "Y[p] = sum[e] X[p, e] * sqrt(E) + log(p + 1) + exp(0 - p) + sigmoid(e)\n"
+            "output Y\n")
+    module = import_file(compile_to_file(spec, tmp_path), "intmath")
+    cascade = einsumattn.load(spec)
+    inputs = case_inputs(cascade, Case({"P": 5, "E": 3}, "float32", 1.0, True, 0))
+    for backend in ("triton", "triton-unfused"):
+        out = module.Intmath(backend=backend)(*inputs.values())
+        assert all(r.ok for r in compare(cascade, inputs, out, "float32")), backend
+
+
+def test_check_reports_a_backend_that_raises_with_its_case(tmp_path):
+    path = compile_to_file(ROOT / "examples" / "softcap.attn", tmp_path)
+    source = path.read_text()
+    marker = "    sizes, params = _bind(Q, K, V, _check_params("
+    start = source.index("def _triton_forward")
+    at = source.index(marker, start)
+    broken = tmp_path / "raising.py"
+    broken.write_text(source[:at] + "    raise RuntimeError('boom')\n" + source[at:])
+    module = import_file(broken, "raising")
+    lines = []
+    cascade = einsumattn.load(ROOT / "examples" / "softcap.attn")
+    assert not run_check(cascade, module, ("triton",), examples=3, report=lines.append)
+    assert any("ERROR raised RuntimeError: boom" in line and "sizes " in line
+               for line in lines), lines
+    assert "smallest failing case:" in lines
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
@@ -281,27 +338,80 @@ def test_fused_kernel_of_three_passes_recomputes_instead_of_buffering(built_own)
     assert "torch.empty" not in fused                # no M-sized buffer anywhere
 
 
-def test_causal_and_window_kernels_skip_masked_tiles():
+@pytest.mark.parametrize("rewrite", [True, False], ids=["derived", "own"])
+def test_causal_and_window_kernels_skip_masked_tiles(rewrite):
+    """Both the kernel `compile` builds by default (the derived one-pass cascade, a split
+    loop) and the spec's own schedule (--no-rewrite) bound their key loops."""
     from einsumattn.codegen.fused import fuse
-    causal = fuse(einsumattn.load(ROOT / "examples" / "causal_softmax.attn"))
+    from einsumattn.codegen.module import Plan
+
+    def kernel(spec):
+        return fuse(Plan(einsumattn.load(spec), rewrite=rewrite).kernel)
+    causal = kernel(ROOT / "examples" / "causal_softmax.attn")
     assert all(lo is None and hi is not None for lo, hi in causal.pruned.values())
-    window = fuse(einsumattn.load(WINDOW))
+    window = kernel(WINDOW)
     assert all(lo is not None and hi is not None for lo, hi in window.pruned.values())
-    unmasked = fuse(einsumattn.load(ROOT / "examples" / "softmax_3pass.attn"))
+    unmasked = kernel(ROOT / "examples" / "softmax_3pass.attn")
     assert all(bounds == (None, None) for bounds in unmasked.pruned.values())
+    if rewrite:
+        assert "proved" in causal.facts["skipping"]
 
 
+def _visited_tiles(module, pid: int, **values) -> range:
+    """The key tiles program `pid` of a split kernel visits: its loop's range expression,
+    evaluated (tl.minimum/maximum as min/max; every operand there is >= 0, so Triton's
+    truncating // is Python's //)."""
+    text = open(module.__file__).read()
+    kernel = text[text.index("def _fused_"):]
+    bounds = re.search(r"for m1 in range\((.*)\):", kernel).group(1)
+    bounds = bounds.replace("tl.minimum", "min").replace("tl.maximum", "max").replace(
+        "tl.program_id(0)", str(pid))
+    return range(*eval(f"({bounds})", {}, values))
+
+
+def test_default_causal_and_window_kernels_visit_only_needed_tiles(tmp_path):
+    """Counting visited tiles per row tile (tile 16 keys, 16 rows, 53 of each): causal
+    stops at the diagonal tile; a window of 20 also starts at the tile of p - 19."""
+    causal = import_file(compile_to_file(ROOT / "examples" / "causal_softmax.attn", tmp_path,
+                                         tile=16), "visits_causal")
+    window = import_file(compile_to_file(WINDOW, tmp_path, tile=16), "visits_window")
+    sizes = dict(M1=4, M0=16, BLOCK_P=16)
+    for pid in range(4):
+        assert _visited_tiles(causal, pid, **sizes) == range(0, pid + 1)
+        first_key = max(0, 16 * pid - 19)
+        assert _visited_tiles(window, pid, lower_offset=-19, **sizes) == \
+            range(first_key // 16, pid + 1)
+    assert "W, math.floor(1 - W)," in open(window.__file__).read()   # lower_offset = 1 - W
+    own = import_file(compile_to_file(ROOT / "examples" / "softmax_1pass.attn", tmp_path),
+                      "visits_flash")
+    assert _visited_tiles(own, 0, M1=4) == range(0, 4)    # nothing masked: every tile
 
 
 @pytest.mark.parametrize("window", [1, 5, 20, 70])
 def test_pruned_window_kernel_agrees_across_many_tiles(tmp_path, window):
     cascade = einsumattn.load(WINDOW)
-    module = import_file(compile_to_file(WINDOW, tmp_path), f"window_{window}")
+    module = import_file(compile_to_file(WINDOW, tmp_path, tile=16), f"window_{window}")
+    assert "tl.maximum(0, tl.program_id(0) * BLOCK_P + (lower_offset)) // M0" in \
+        open(module.__file__).read()
     sizes = dict(B=1, H=2, P=53, M=53, E=8, F=8)       # 4 row tiles, 4 key tiles of 16
-    inputs = case_inputs(cascade, Case(sizes, "float32", 1.0, True, window))
-    out = module.SlidingWindow(backend="triton", W=window)(*inputs.values())
-    results = compare(cascade, inputs, out, "float32", params={"W": window})
-    assert all(r.ok for r in results), [r.describe() for r in results]
+    for dtype in ("float32", "bfloat16"):
+        inputs = case_inputs(cascade, Case(sizes, dtype, 1.0, True, window))
+        out = module.SlidingWindow(backend="triton", W=window)(*inputs.values())
+        results = compare(cascade, inputs, out, dtype, params={"W": window},
+                          rounding=dot_rounding(cascade, module))
+        assert all(r.ok for r in results), [r.describe() for r in results]
+
+
+def test_a_masked_step_that_is_not_an_identity_is_not_skipped():
+    """FuseMax's Cascade 5 under a causal mask: exp(RM - RM') is NaN for a row that has
+    seen no key yet, so skipping masked tiles would change its result; the loop keeps
+    every tile and the facts say why."""
+    from einsumattn.codegen.fused import fuse
+    text = (ROOT / "examples" / "softmax_1pass.attn").read_text()
+    causal = einsumattn.load(text.replace("* scale\n", "* scale  where m1 * M0 + m0 <= p\n", 1))
+    kernel = fuse(causal)
+    assert kernel.pruned == {1: (None, None)}
+    assert "from 0 to nan (initial state)" in kernel.facts["skipping"]
 
 
 def test_kernel_indices_are_int64(built):

@@ -41,7 +41,8 @@ from ..analysis.presence import (Condition, absent_tensors, einsum_conditions,
 from ..ir import Cascade, Einsum
 from ..ir import expr as ir
 from ..ir.printer import lhs_text, rhs_text
-from ..transform.algebra import Algebra
+from ..transform.algebra import Algebra, substitute
+from .skipping import masked_steps_are_identities
 from .triton_backend import TritonPrinter, Unsupported
 
 BLOCK_P = 16
@@ -746,29 +747,10 @@ class _Emitter:
         """Loop bounds for a pass from affine point filters on stream tiles that mask
         every term of every accumulator of the pass (else the whole range)."""
         f = self.f
-        if not accumulators:
-            return None, None
-        candidates = None
-        for acc in accumulators:
-            masked_by = self._filters_masking(acc)
-            candidates = masked_by if candidates is None else candidates & masked_by
         lo, hi = None, None
         tile = f"BLOCK_{f.row.upper()}"
         first_row = f"tl.program_id(0) * {tile}"
-        for filt in sorted(candidates or (), key=str):
-            bound = _stream_bound(filt, f.stream, f.row)
-            if bound is None:
-                continue
-            side, offset = bound
-            if offset.free_symbols:
-                # An offset with params (a window W) is an integer the host computes:
-                # rounded outwards, so a fractional param visits more tiles, never fewer.
-                name = f"{side}_offset"
-                rounding = "math.floor" if side == "lower" else "math.ceil"
-                self.offsets[name] = f"{rounding}({sympy.pycode(offset)})"
-                offset = name
-            else:
-                offset = str(int(offset))
+        for side, offset in self._masking_offsets(accumulators, lambda c: c):
             if side == "upper":   # m <= row + offset
                 hi = (f"tl.minimum({self.cascade.var_rank(f.stream)}, "
                       f"{first_row} + {tile} + ({offset}))")
@@ -776,6 +758,35 @@ class _Emitter:
                 block = f"BLOCK_{f.stream.upper()}"
                 lo = f"tl.maximum(0, {first_row} + ({offset})) // {block} * {block}"
         return lo, hi
+
+    def _masking_offsets(self, reductions, position) -> list[tuple[str, str]]:
+        """(side, offset text) for each affine filter `key <= row + offset` ('upper') or
+        `key >= row + offset` ('lower') that masks every term of every reduction in
+        `reductions`. `position` rewrites a filter so the key is the index variable
+        `self.f.stream` (a split's key is m1 * M0 + m0). An offset with params (a window
+        W) is an integer the host computes, rounded outwards: a fractional param visits
+        more tiles, never fewer."""
+        if not reductions:
+            return []
+        candidates = None
+        for reduction in reductions:
+            masked_by = self._filters_masking(reduction)
+            candidates = masked_by if candidates is None else candidates & masked_by
+        found = []
+        for filt in sorted(candidates or (), key=str):
+            bound = _stream_bound(position(filt), self.f.stream, self.f.row)
+            if bound is None:
+                continue
+            side, offset = bound
+            if offset.free_symbols:
+                name = f"{side}_offset"
+                rounding = "math.floor" if side == "lower" else "math.ceil"
+                self.offsets[name] = f"{rounding}({sympy.pycode(offset)})"
+                offset = name
+            else:
+                offset = str(int(offset))
+            found.append((side, offset))
+        return found
 
     def _filters_masking(self, einsum: Einsum) -> set:
         """Filter conjuncts (on stream tiles) that every present term of `einsum` obeys."""
@@ -844,7 +855,8 @@ class _SplitEmitter(_Emitter):
             layout = f.layouts[einsum.tensor]
             init = f.value(einsum.init, layout, self._row_lanes(layout))
             self.line(f"{einsum.tensor} = {init} + {self._zeros(layout)}")
-        self.line(f"for {f.loop} in range(0, {outer}):")
+        lo, hi = self._step_bounds()
+        self.line(f"for {f.loop} in range({lo or 0}, {hi or outer}):")
         self.line(f"{f.stream} = tl.arange(0, BLOCK_{f.stream.upper()}).to(tl.int64)", 2)
         self.line(f"lanes = row_live[:, None] & ({f.loop} * {inner} + {f.stream} < "
                   f"{stream})[None, :]", 2)
@@ -874,7 +886,41 @@ class _SplitEmitter(_Emitter):
                            f"one fused kernel {name}: grid over "
                            f"{', '.join(f.batch + [f.row + ' tiles'])}; one loop over "
                            f"{outer} tiles of {inner} keys with {', '.join(e.tensor for e in carried)} "
-                           f"carried in registers", {1: (None, None)}, self._facts("split", 1))
+                           f"carried in registers; {_range_text((lo, hi), f.loop)}",
+                           {1: (lo, hi)}, {**self._facts("split", 1),
+                                           "skipping": self.skipping})
+
+    def _step_bounds(self) -> tuple[str | None, str | None]:
+        """The range of steps m1 for this row tile: affine filters that mask every term of
+        every per-step reduction bound it, when a fully masked step provably changes
+        nothing carried (codegen/skipping.py); else every step (and the reason why, in
+        the facts)."""
+        f, cascade = self.f, self.cascade
+        reductions = [e for e in cascade.einsums if f.kinds[e.tensor] in ("tile-reduce",
+                                                                           "tile-dot")]
+        inner = cascade.var_rank(f.stream)
+        # The key is m1 * M0 + m0: written as a plain `m0` so the bound reads off it.
+        key = ir.Op("-", (ir.Index(f.stream), ir.Op("*", (ir.Index(f.loop), ir.Dim(inner)))))
+        offsets = self._masking_offsets(reductions,
+                                        lambda c: substitute(c, {f.stream: key}))
+        self.skipping = "no affine filter masks every per-step reduction"
+        if not offsets:
+            return None, None
+        why_not = masked_steps_are_identities(cascade, f.kinds, f.loop)
+        if why_not is not None:
+            self.offsets.clear()
+            self.skipping = why_not
+            return None, None
+        self.skipping = "a fully masked step changes nothing carried (proved)"
+        first_row = f"tl.program_id(0) * BLOCK_{f.row.upper()}"
+        lo, hi = None, None
+        for side, offset in offsets:
+            if side == "upper":   # keys up to the last row + offset
+                hi = (f"tl.minimum({cascade.var_rank(f.loop)}, tl.maximum(0, {first_row} + "
+                      f"BLOCK_{f.row.upper()} + ({offset}) + {inner} - 1) // {inner})")
+            else:                 # keys from the first row + offset
+                lo = f"tl.maximum(0, {first_row} + ({offset})) // {inner}"
+        return lo, hi
 
 
 def scalar_condition(text: str) -> str:

@@ -7,6 +7,7 @@ carries the spec and its analysis in its docstring.
 from __future__ import annotations
 
 import hashlib
+import keyword
 from importlib import resources
 
 import jinja2
@@ -23,8 +24,17 @@ from .triton_backend import HELPERS, TritonEmitter, Unsupported
 from ..transform import DEFAULT_TILE, Rewritten, rewrite as derive
 
 # Names the generated code defines itself; a spec may not use them.
-GENERATED_NAMES = frozenset({"device", "sizes", "params", "origin", "out_dtype", "math",
-                             "torch", "warnings", "reference", "overrides", "annotations"})
+GENERATED_NAMES = frozenset({
+    # the module and its host code
+    "device", "sizes", "params", "origin", "out_dtype", "math", "torch", "warnings",
+    "reference", "overrides", "annotations", "os", "triton", "tl", "tuning", "dot_dtype",
+    "fused", "self", "backend", "lower_offset", "upper_offset",
+    # kernel locals and launch constants
+    "lanes", "live", "row_live", "batch", "rest", "pid", "start", "flat", "rflat", "r0",
+    "term", "ok", "step", "DOT_DTYPE", "RBLOCK",
+    # builtins the generated code calls
+    "float", "int", "range", "dict", "set", "next", "sorted", "super", "getattr",
+    "isinstance", "len", "tuple", "str", "repr", "TypeError", "ValueError", "RuntimeError"})
 
 
 
@@ -49,14 +59,23 @@ def _environment() -> jinja2.Environment:
 
 
 def _check_names(cascade: Cascade) -> None:
+    if not cascade.name.isidentifier() or keyword.iskeyword(cascade.name):
+        raise SpecError(f"the module name '{cascade.name}' is not a Python identifier",
+                        hint="name the attention with an `attention NAME` line (letters, "
+                             "digits and '_'), or rename the file",
+                        source=cascade.source)
     names = set(cascade.tensors) | set(cascade.params) | set(cascade.ranks) | \
         {r.var for r in cascade.ranks.values()}
     clash = sorted(n for n in names if n in GENERATED_NAMES or n.startswith("_")
-                   or n.endswith("_ok"))
+                   or n.endswith("_ok") or keyword.iskeyword(n))
     if clash:
+        declared = cascade.tensors.get(clash[0]) or cascade.params.get(clash[0]) or \
+            cascade.ranks.get(clash[0])
         raise SpecError(f"the name '{clash[0]}' is used by the generated code",
+                        span=getattr(declared, "span", None),
                         hint="rename it in the spec (names may not start with '_', end in "
-                             "'_ok', or be one of: " + ", ".join(sorted(GENERATED_NAMES)) + ")",
+                             "'_ok', be a Python keyword, or be one of: " +
+                             ", ".join(sorted(GENERATED_NAMES)) + ")",
                         source=cascade.source)
 
 

@@ -49,6 +49,8 @@ class TritonPrinter(Printer):
               "elu": "tl.where({0} > 0, {0}, tl.exp(tl.minimum({0}, 0.0)) - 1.0)",
               "sign": "tl.where({0} > 0, 1.0, tl.where({0} < 0, -1.0, 0.0))"}
 
+    _FLOAT_ONLY = frozenset({"exp", "log", "sqrt", "sigmoid", "tanh", "elu"})
+
     def __init__(self, names: dict[str, str], read, integer: bool = False):
         super().__init__(names)
         self._read = read
@@ -80,6 +82,11 @@ class TritonPrinter(Printer):
             return f"{helper}({left}, {right})"
         if isinstance(expr, ir.Op) and expr.op == "**":
             return self._power(*expr.args)
+        if isinstance(expr, ir.Op) and expr.op in self._FLOAT_ONLY and \
+                _integer_valued(expr.args[0]):
+            # sqrt(P), exp(m - p): Triton's math takes floats only; `+ 0.0` converts an
+            # integer size or index (a tensor, or a literal for a fixed size) to float32.
+            return self._UNARY[expr.op].format(f"({self.print(expr.args[0], 0)}) + 0.0")
         return super().print(expr, context)
 
     def _power(self, base: ir.Expr, exponent: ir.Expr) -> str:
@@ -103,6 +110,15 @@ class TritonPrinter(Printer):
         if op == "where":
             return f"tl.where({args[0]}, {args[1]}, {args[2]})"
         raise Unsupported(op)
+
+
+def _integer_valued(expr: ir.Expr) -> bool:
+    """An expression of indices and sizes only (integers in a kernel): no read, no
+    param, no float constant."""
+    nodes = list(ir.walk(expr))
+    return any(isinstance(n, (ir.Index, ir.Dim)) for n in nodes) and not any(
+        isinstance(n, (ir.Read, ir.Param)) or
+        (isinstance(n, ir.Const) and not float(n.value).is_integer()) for n in nodes)
 
 
 @dataclass

@@ -1,0 +1,138 @@
+"""When a split schedule may skip a fully masked key tile: a proof with sympy.
+
+In the split schedule (codegen/fused.py, `_SplitEmitter`) each step m1 of the loop
+computes per-step reductions over its tile (LGM = max[m0] QK, LSD = sum[m0] LSN, ...)
+and updates the recurrences carried across steps (RGM, RSD, RSNV). A tile whose every
+term is masked (above the causal diagonal, before a sliding window) gives each per-step
+reduction its identity (sum 0, max -inf, min +inf). Skipping the tile is right exactly
+when such a step leaves every carried value unchanged. That is proved here, for the two
+kinds of state a row can be in:
+
+- *finite*: every carried value is a real number (the row has seen a present key).
+  Each update, with the per-step reductions at their identities and the per-step values
+  inlined, must simplify to the value itself: max(RG, -inf) = RG, exp(RG - RG) = 1,
+  L + R * 1 = R with L = 0.
+- *initial*: every carried value is its `init` (the row has seen no present key yet).
+  The update must give the init again: FuseMax's own Cascade 5 fails this
+  (exp(-inf - -inf) is NaN), the rewrite's guarded rescale passes it.
+
+A row's state is one of the two: it starts initial, stays initial while its tiles are
+masked, and becomes finite at its first present key. So a loop may start at the first
+tile that holds a present key and stop after the last one.
+"""
+
+from __future__ import annotations
+
+import math
+
+import sympy
+
+from ..ir import Cascade, Einsum
+from ..ir import expr as ir
+
+IDENTITY = {"sum": sympy.Integer(0), "max": -sympy.oo, "min": sympy.oo}
+
+
+class _Unknown(Exception):
+    """An operation the proof does not model: no skipping."""
+
+
+def masked_steps_are_identities(cascade: Cascade, kinds: dict[str, str],
+                                loop: str) -> str | None:
+    """None if a fully masked step leaves every carried value unchanged (in both states);
+    else the reason it may not be skipped."""
+    carried = [e for e in cascade.einsums if kinds.get(e.tensor) == "carried"]
+    if not carried:
+        return "nothing is carried across steps"
+    try:
+        for state in ("finite", "initial"):
+            proof = _Step(cascade, kinds, loop, state)
+            for einsum in carried:
+                before = proof.state(einsum)
+                after = proof.updated(einsum)
+                if sympy.simplify(after - before) != 0 and after != before:
+                    return (f"a masked step changes {einsum.tensor} from "
+                            f"{before} to {after} ({state} state)")
+    except _Unknown as unknown:
+        return f"the step uses {unknown}, which the proof does not model"
+    return None
+
+
+class _Step:
+    """The values of one loop step with every tile term masked, as sympy expressions."""
+
+    def __init__(self, cascade: Cascade, kinds: dict[str, str], loop: str, state: str):
+        self.cascade, self.kinds, self.loop, self.state_kind = cascade, kinds, loop, state
+        self.symbols: dict[object, sympy.Symbol] = {}
+        self.new: dict[str, sympy.Expr] = {}
+
+    def state(self, einsum: Einsum) -> sympy.Expr:
+        """A carried value at step m1, before the update."""
+        if self.state_kind == "initial":
+            return self.value(einsum.init)
+        return self._symbol(("state", einsum.tensor), einsum.tensor)
+
+    def updated(self, einsum: Einsum) -> sympy.Expr:
+        if einsum.tensor not in self.new:
+            if einsum.reduce_op is not None:
+                raise _Unknown(f"a reduction in the recurrence {einsum.tensor}")
+            self.new[einsum.tensor] = self.value(einsum.body)
+        return self.new[einsum.tensor]
+
+    def _symbol(self, key, name: str) -> sympy.Symbol:
+        if key not in self.symbols:
+            self.symbols[key] = sympy.Symbol(f"{name}_{len(self.symbols)}", real=True)
+        return self.symbols[key]
+
+    def read(self, node: ir.Read) -> sympy.Expr:
+        kind = self.kinds.get(node.tensor)
+        if kind in ("tile-reduce", "tile-dot"):
+            return IDENTITY[self.cascade.einsum(node.tensor).reduce_op]
+        if kind == "carried":
+            einsum = self.cascade.einsum(node.tensor)
+            position = node.indices[einsum.iterative]
+            if position == ir.Index(self.loop):
+                return self.state(einsum)
+            if position == ir.Op("+", (ir.Index(self.loop), ir.Const(1))):
+                return self.updated(einsum)
+            raise _Unknown(f"{ir.to_text(node)} (a carried value at another step)")
+        if kind == "tile-row":
+            return self.value(self.cascade.einsum(node.tensor).body)
+        if kind in ("stream", "stream-dot"):
+            raise _Unknown(f"{ir.to_text(node)} (a tile value outside a reduction)")
+        # Inputs and row values: the same at every step, any real value.
+        return self._symbol(("read", node), node.tensor)
+
+    def value(self, expr: ir.Expr) -> sympy.Expr:
+        if isinstance(expr, ir.Const):
+            if isinstance(expr.value, float) and math.isinf(expr.value):
+                return sympy.oo if expr.value > 0 else -sympy.oo
+            return sympy.Rational(expr.value)
+        if isinstance(expr, ir.Read):
+            return self.read(expr)
+        if isinstance(expr, (ir.Index, ir.Dim, ir.Param)):
+            key = expr
+            name = getattr(expr, "var", None) or getattr(expr, "rank", None) or expr.name
+            return self._symbol(("leaf", key), name)
+        args = [self.value(a) for a in expr.args]
+        op = expr.op
+        simple = {
+            "+": lambda: args[0] + args[1], "-": lambda: args[0] - args[1],
+            "*": lambda: args[0] * args[1], "/": lambda: args[0] / args[1],
+            "neg": lambda: -args[0], "**": lambda: args[0] ** args[1],
+            "exp": lambda: sympy.exp(args[0]), "log": lambda: sympy.log(args[0]),
+            "sqrt": lambda: sympy.sqrt(args[0]), "abs": lambda: sympy.Abs(args[0]),
+            "tanh": lambda: sympy.tanh(args[0]),
+            "sigmoid": lambda: 1 / (1 + sympy.exp(-args[0])),
+            "relu": lambda: sympy.Max(args[0], 0),
+            "max": lambda: sympy.Max(*args), "min": lambda: sympy.Min(*args),
+            "==": lambda: sympy.Eq(*args), "!=": lambda: sympy.Ne(*args),
+            "<": lambda: sympy.Lt(*args), "<=": lambda: sympy.Le(*args),
+            ">": lambda: sympy.Gt(*args), ">=": lambda: sympy.Ge(*args),
+            "and": lambda: sympy.And(*args), "or": lambda: sympy.Or(*args),
+            "not": lambda: sympy.Not(args[0]),
+            "where": lambda: sympy.Piecewise((args[1], args[0]), (args[2], True)),
+        }
+        if op not in simple:
+            raise _Unknown(op)
+        return simple[op]()
