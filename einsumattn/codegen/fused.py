@@ -751,6 +751,7 @@ class _Emitter:
         tile = f"BLOCK_{f.row.upper()}"
         first_row = f"tl.program_id(0) * {tile}"
         for side, offset in self._masking_offsets(accumulators, lambda c: c):
+            offset = self._offset_text(side, offset)
             if side == "upper":   # m <= row + offset
                 hi = (f"tl.minimum({self.cascade.var_rank(f.stream)}, "
                       f"{first_row} + {tile} + ({offset}))")
@@ -759,13 +760,11 @@ class _Emitter:
                 lo = f"tl.maximum(0, {first_row} + ({offset})) // {block} * {block}"
         return lo, hi
 
-    def _masking_offsets(self, reductions, position) -> list[tuple[str, str]]:
-        """(side, offset text) for each affine filter `key <= row + offset` ('upper') or
+    def _masking_offsets(self, reductions, position) -> list[tuple[str, sympy.Expr]]:
+        """(side, offset) for each affine filter `key <= row + offset` ('upper') or
         `key >= row + offset` ('lower') that masks every term of every reduction in
         `reductions`. `position` rewrites a filter so the key is the index variable
-        `self.f.stream` (a split's key is m1 * M0 + m0). An offset with params (a window
-        W) is an integer the host computes, rounded outwards: a fractional param visits
-        more tiles, never fewer."""
+        `self.f.stream` (a split's key is m1 * M0 + m0)."""
         if not reductions:
             return []
         candidates = None
@@ -775,18 +774,20 @@ class _Emitter:
         found = []
         for filt in sorted(candidates or (), key=str):
             bound = _stream_bound(position(filt), self.f.stream, self.f.row)
-            if bound is None:
-                continue
-            side, offset = bound
-            if offset.free_symbols:
-                name = f"{side}_offset"
-                rounding = "math.floor" if side == "lower" else "math.ceil"
-                self.offsets[name] = f"{rounding}({sympy.pycode(offset)})"
-                offset = name
-            else:
-                offset = str(int(offset))
-            found.append((side, offset))
+            if bound is not None:
+                found.append(bound)
         return found
+
+    def _offset_text(self, side: str, offset: sympy.Expr) -> str:
+        """An offset as the kernel reads it: an integer, or (with params, a window W) a
+        kernel argument the host computes, rounded outwards, so a fractional param visits
+        more tiles, never fewer."""
+        if not offset.free_symbols:
+            return str(int(offset))
+        name = f"{side}_offset"
+        rounding = "math.floor" if side == "lower" else "math.ceil"
+        self.offsets[name] = f"{rounding}({sympy.pycode(offset)})"
+        return name
 
     def _filters_masking(self, einsum: Einsum) -> set:
         """Filter conjuncts (on stream tiles) that every present term of `einsum` obeys."""
@@ -908,13 +909,13 @@ class _SplitEmitter(_Emitter):
             return None, None
         why_not = masked_steps_are_identities(cascade, f.kinds, f.loop)
         if why_not is not None:
-            self.offsets.clear()
             self.skipping = why_not
             return None, None
         self.skipping = "a fully masked step changes nothing carried (proved)"
         first_row = f"tl.program_id(0) * BLOCK_{f.row.upper()}"
         lo, hi = None, None
         for side, offset in offsets:
+            offset = self._offset_text(side, offset)
             if side == "upper":   # keys up to the last row + offset
                 hi = (f"tl.minimum({cascade.var_rank(f.loop)}, tl.maximum(0, {first_row} + "
                       f"BLOCK_{f.row.upper()} + ({offset}) + {inner} - 1) // {inner})")

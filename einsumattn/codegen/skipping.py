@@ -23,12 +23,11 @@ tile that holds a present key and stop after the last one.
 
 from __future__ import annotations
 
-import math
-
 import sympy
 
 from ..ir import Cascade, Einsum
 from ..ir import expr as ir
+from ..transform.algebra import Algebra
 
 IDENTITY = {"sum": sympy.Integer(0), "max": -sympy.oo, "min": sympy.oo}
 
@@ -58,31 +57,38 @@ def masked_steps_are_identities(cascade: Cascade, kinds: dict[str, str],
     return None
 
 
-class _Step:
-    """The values of one loop step with every tile term masked, as sympy expressions."""
+class _Step(Algebra):
+    """The values of one loop step with every tile term masked, as sympy expressions:
+    the IR -> sympy translation of the rewrites' proofs, with reads resolved to their
+    values in the step and `where` and comparisons interpreted (Piecewise, relations)
+    rather than left opaque."""
+
+    # Functions the proof interprets beyond Algebra's exp, log, sqrt, max and min.
+    _INTERPRETED = {
+        "abs": sympy.Abs, "tanh": sympy.tanh,
+        "sigmoid": lambda x: 1 / (1 + sympy.exp(-x)), "relu": lambda x: sympy.Max(x, 0),
+        "==": sympy.Eq, "!=": sympy.Ne, "<": sympy.Lt, "<=": sympy.Le, ">": sympy.Gt,
+        ">=": sympy.Ge, "and": sympy.And, "or": sympy.Or, "not": sympy.Not,
+        "where": lambda c, a, b: sympy.Piecewise((a, c), (b, True)),
+    }
 
     def __init__(self, cascade: Cascade, kinds: dict[str, str], loop: str, state: str):
+        super().__init__()
         self.cascade, self.kinds, self.loop, self.state_kind = cascade, kinds, loop, state
-        self.symbols: dict[object, sympy.Symbol] = {}
         self.new: dict[str, sympy.Expr] = {}
 
     def state(self, einsum: Einsum) -> sympy.Expr:
         """A carried value at step m1, before the update."""
         if self.state_kind == "initial":
-            return self.value(einsum.init)
-        return self._symbol(("state", einsum.tensor), einsum.tensor)
+            return self.to_sympy(einsum.init)
+        return self.symbol(("state", einsum.tensor), einsum.tensor, real=True)
 
     def updated(self, einsum: Einsum) -> sympy.Expr:
         if einsum.tensor not in self.new:
             if einsum.reduce_op is not None:
                 raise _Unknown(f"a reduction in the recurrence {einsum.tensor}")
-            self.new[einsum.tensor] = self.value(einsum.body)
+            self.new[einsum.tensor] = self.to_sympy(einsum.body)
         return self.new[einsum.tensor]
-
-    def _symbol(self, key, name: str) -> sympy.Symbol:
-        if key not in self.symbols:
-            self.symbols[key] = sympy.Symbol(f"{name}_{len(self.symbols)}", real=True)
-        return self.symbols[key]
 
     def read(self, node: ir.Read) -> sympy.Expr:
         kind = self.kinds.get(node.tensor)
@@ -97,42 +103,15 @@ class _Step:
                 return self.updated(einsum)
             raise _Unknown(f"{ir.to_text(node)} (a carried value at another step)")
         if kind == "tile-row":
-            return self.value(self.cascade.einsum(node.tensor).body)
+            return self.to_sympy(self.cascade.einsum(node.tensor).body)
         if kind in ("stream", "stream-dot"):
             raise _Unknown(f"{ir.to_text(node)} (a tile value outside a reduction)")
         # Inputs and row values: the same at every step, any real value.
-        return self._symbol(("read", node), node.tensor)
+        return super().read(node)
 
-    def value(self, expr: ir.Expr) -> sympy.Expr:
-        if isinstance(expr, ir.Const):
-            if isinstance(expr.value, float) and math.isinf(expr.value):
-                return sympy.oo if expr.value > 0 else -sympy.oo
-            return sympy.Rational(expr.value)
-        if isinstance(expr, ir.Read):
-            return self.read(expr)
-        if isinstance(expr, (ir.Index, ir.Dim, ir.Param)):
-            key = expr
-            name = getattr(expr, "var", None) or getattr(expr, "rank", None) or expr.name
-            return self._symbol(("leaf", key), name)
-        args = [self.value(a) for a in expr.args]
-        op = expr.op
-        simple = {
-            "+": lambda: args[0] + args[1], "-": lambda: args[0] - args[1],
-            "*": lambda: args[0] * args[1], "/": lambda: args[0] / args[1],
-            "neg": lambda: -args[0], "**": lambda: args[0] ** args[1],
-            "exp": lambda: sympy.exp(args[0]), "log": lambda: sympy.log(args[0]),
-            "sqrt": lambda: sympy.sqrt(args[0]), "abs": lambda: sympy.Abs(args[0]),
-            "tanh": lambda: sympy.tanh(args[0]),
-            "sigmoid": lambda: 1 / (1 + sympy.exp(-args[0])),
-            "relu": lambda: sympy.Max(args[0], 0),
-            "max": lambda: sympy.Max(*args), "min": lambda: sympy.Min(*args),
-            "==": lambda: sympy.Eq(*args), "!=": lambda: sympy.Ne(*args),
-            "<": lambda: sympy.Lt(*args), "<=": lambda: sympy.Le(*args),
-            ">": lambda: sympy.Gt(*args), ">=": lambda: sympy.Ge(*args),
-            "and": lambda: sympy.And(*args), "or": lambda: sympy.Or(*args),
-            "not": lambda: sympy.Not(args[0]),
-            "where": lambda: sympy.Piecewise((args[1], args[0]), (args[2], True)),
-        }
-        if op not in simple:
-            raise _Unknown(op)
-        return simple[op]()
+    def function(self, op: str, args: list) -> sympy.Expr:
+        if op in self._INTERPRETED:
+            return self._INTERPRETED[op](*args)
+        if op in ("exp", "log", "sqrt", "max", "min"):
+            return super().function(op, args)
+        raise _Unknown(op)

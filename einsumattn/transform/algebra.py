@@ -87,7 +87,7 @@ class Algebra:
         if isinstance(expr, ir.Param):
             return self.symbol(expr, expr.name, real=True)
         if isinstance(expr, ir.Read):
-            return self.symbol(expr, expr.tensor, real=True)
+            return self.read(expr)
         args = [self.to_sympy(a) for a in expr.args]
         op = expr.op
         if op == "+":
@@ -102,6 +102,16 @@ class Algebra:
             return -args[0]
         if op == "**":
             return args[0] ** args[1]
+        return self.function(op, args)
+
+    def read(self, node: ir.Read) -> sympy.Expr:
+        """A tensor read: a real symbol, the same for the same tensor and coordinates.
+        Subclasses that know a read's value return it instead."""
+        return self.symbol(node, node.tensor, real=True)
+
+    def function(self, op: str, args: list) -> sympy.Expr:
+        """exp, log, sqrt, max and min as sympy's own; every other operation (sigmoid,
+        where, comparisons, ...) as an uninterpreted function, equal only to itself."""
         if op in _KNOWN:
             return _KNOWN[op](*args)
         if op == "max":
