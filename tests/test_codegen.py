@@ -568,3 +568,18 @@ def test_linear_attention_is_cut_into_two_fused_kernels(built):
     reports = []
     assert run_check(cascade, module, ("triton",), examples=8, report=reports.append), \
         "\n".join(reports)
+
+
+def test_broadcast_inputs_are_stride_zero_views_and_agree(built):
+    """Case.broadcast gives inputs that share one slice along their first rank (stride
+    0, as `k[:1].expand(...)`); both Triton schedules read them right."""
+    cascade = einsumattn.load(ROOT / "examples" / "causal_softmax.attn")
+    case = Case({"B": 3, "H": 2, "P": 5, "M": 7, "E": 4, "F": 3}, "float32", 1.0, True, 0,
+                broadcast=True)
+    inputs = case_inputs(cascade, case)
+    assert all(t.stride(0) == 0 for t in inputs.values())
+    assert "broadcast over the first rank" in case.describe()
+    module = import_file(built["causal_softmax"], "broadcast_causal")
+    for backend in ("triton", "triton-unfused"):
+        out = module.CausalSoftmax(backend=backend)(*inputs.values())
+        assert all(r.ok for r in compare(cascade, inputs, out, "float32")), backend

@@ -392,12 +392,10 @@ def test_property_attention_like_cascades(spec, tile, m, p, logit, seed):
     what = f"tile={tile} M={m} P={p} scale={logit}\n{text}\n{result.text()}"
     _check_property(result, inputs, what)
     assert result.passes("before")["M"] == passes, what
-    # Two maps under the same mask, A = N1/D1 - lam*N2/D2: separable moments is
-    # blocked today (test_two_maps_under_one_mask_are_separable, strict xfail).
-    shared_mask = passes == 3 and "Q2" in text and filt != "none"
+    # Two maps under the same mask (A = N1/D1 - lam*N2/D2) separate too: one pass.
     if clip:
         assert result.passes("after")["M"] == 2, what
-    elif not shared_mask:
+    else:
         assert result.passes("after")["M"] == 1, what
     if filt == "empty_rows":
         out = einsumattn.evaluate(result.cascade, inputs)[result.cascade.outputs[0]]
