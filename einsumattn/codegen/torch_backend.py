@@ -25,7 +25,7 @@ from ..analysis.presence import (Condition, absent_tensors, einsum_conditions,
 from ..ir import Cascade, Einsum
 from ..ir import expr as ir
 from ..ir.printer import lhs_text, rhs_text
-from .printers import TorchPrinter, varies
+from .printers import TorchPrinter, is_atom
 
 _IDENTITY = {"sum": "0.0", "max": "-math.inf", "min": "math.inf"}
 _REDUCER = {"sum": "sum", "max": "amax", "min": "amin"}
@@ -49,13 +49,13 @@ class _EinsumEmitter:
             return name or node.tensor
         if self._is_plain_view(node):
             return f"{name or node.tensor}{self._view_slices(node)}"
-        printer = TorchPrinter(self.read)
+        printer = TorchPrinter(self.read, self.fixed, integer=True)
         parts = []
         for position, index in enumerate(node.indices):
             text = printer(index)
             if not in_range_by_construction(self.cascade, node.tensor, position, index):
                 extent = self.extent_text(node.tensor, position)
-                text = f"({text}).clamp(0, {extent} - 1)" if varies(index) else \
+                text = f"({text}).clamp(0, {extent} - 1)" if printer.tensor(index) else \
                     f"min(max({text}, 0), {extent} - 1)"
             parts.append(text)
         return f"{name or node.tensor}[{', '.join(parts)}]"
@@ -114,8 +114,11 @@ class _EinsumEmitter:
             parts.pop()
         return f"[{', '.join(parts)}]"
 
-    def value(self, expr: ir.Expr) -> str:
-        return TorchPrinter(self.read)(expr)
+    def value(self, expr: ir.Expr, beside: str | None = None) -> str:
+        """`expr` as torch code; `beside`: the binary operator the text will stand next
+        to (the printer then adds the parentheses that needs)."""
+        printer = TorchPrinter(self.read, self.fixed)
+        return printer(expr) if beside is None else printer.operand(expr, beside)
 
     def condition_mask(self, condition: Condition) -> str:
         if condition.kind in ("filter", "range", "split"):
@@ -192,7 +195,7 @@ class TorchEmitter:
                 full = body if set(emitter.axes) <= set(ir.index_vars(einsum.body)) and \
                     _reads_any(einsum.body) else f"_full({body}, {self._shape(emitter.axes)})"
                 masked = f"torch.where({mask}, {full}, {identity})" if mask else full
-                masked = masked if _is_atom(masked) else f"({masked})"
+                masked = masked if is_atom(masked) else f"({masked})"
                 value = f"{masked}.{_REDUCER[einsum.reduce_op]}({dims_text})"
         # A value that does not vary over every left variable (or is an index integer)
         # is broadcast to the left shape in float32.
@@ -220,10 +223,10 @@ class TorchEmitter:
         if einsum.reduce_op != "sum":
             return None
         factors = ir.product_factors(einsum.body)
-        # Factors that vary over the space are einsum operands; constants and scalar
-        # tensors (0-d) multiply the result.
-        tensor_factors = [f for f in factors if ir.index_vars(f)]
-        scalars = [f for f in factors if not ir.index_vars(f)]
+        # Factors that vary over the space are einsum operands; constants, scalar
+        # tensors (0-d) and functions of a recurrence's step multiply the result.
+        tensor_factors = [f for f in factors if set(ir.index_vars(f)) & set(emitter.axes)]
+        scalars = [f for f in factors if f not in tensor_factors]
         if len(tensor_factors) < 1:
             return None
         masked = [emitter.value(f) for f in tensor_factors]
@@ -247,7 +250,7 @@ class TorchEmitter:
                              else f"_f32({m})" for m, f in zip(masked, tensor_factors))
         call = f"torch.einsum(\"{subscripts}\", {operands})"
         for scalar in scalars:
-            call += f" * {emitter.value(scalar)}"
+            call += f" * {emitter.value(scalar, beside='*')}"
         # A factor that does not cover every reduced axis is summed over it by einsum
         # only where some operand has that axis: check coverage.
         covered = set()
@@ -301,26 +304,6 @@ class TorchEmitter:
             self._compute(einsum, step, others, f"{name}[{at(x + ' + 1')}]",
                           f"{name}_ok[{at(x + ' + 1')}]" if absent else None, indent="    ")
         self._with_grids(axes, loop)
-
-
-def _is_atom(text: str) -> bool:
-    """Whether `text.method()` applies to all of `text`: a name, or a name followed by
-    one bracket group that closes at the very end (`X[...]`, `torch.where(...)`)."""
-    match = re.match(r"[\w.]+", text)
-    if not match:
-        return False
-    rest = text[match.end():]
-    if not rest:
-        return True
-    if rest[0] not in "([":
-        return False
-    depth = 0
-    for position, char in enumerate(rest):
-        depth += char in "([{"
-        depth -= char in ")]}"
-        if depth == 0:
-            return position == len(rest) - 1
-    return False
 
 
 def _reads_any(expr: ir.Expr) -> bool:

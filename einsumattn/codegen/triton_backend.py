@@ -41,13 +41,17 @@ class TritonPrinter(Printer):
     """Expressions over Triton blocks. `names` maps index variables, dims and params to
     the kernel's names; `read` prints a load."""
 
+    # NaN in gives NaN out, as in the oracle: tl.maximum and tl.minimum drop a NaN
+    # operand unless told to propagate it, and sign passes a NaN through its last branch.
+    _NAN = "propagate_nan=tl.PropagateNan.ALL"
     _UNARY = {"exp": "tl.exp({0})", "log": "tl.log({0})", "sqrt": "tl.sqrt({0})",
               "sigmoid": "tl.sigmoid({0})", "abs": "tl.abs({0})",
               # tanh through sigmoid: tanh(x) = 2 sigmoid(2x) - 1 (no tl.tanh everywhere)
               "tanh": "(2.0 * tl.sigmoid(2.0 * ({0})) - 1.0)",
-              "relu": "tl.maximum({0}, 0.0)",
-              "elu": "tl.where({0} > 0, {0}, tl.exp(tl.minimum({0}, 0.0)) - 1.0)",
-              "sign": "tl.where({0} > 0, 1.0, tl.where({0} < 0, -1.0, 0.0))"}
+              "relu": f"tl.maximum({{0}}, 0.0, {_NAN})",
+              "elu": f"tl.where(({{0}}) > 0, {{0}}, tl.exp(tl.minimum({{0}}, 0.0, {_NAN})) - 1.0)",
+              "sign": "tl.where(({0}) > 0, 1.0, tl.where(({0}) < 0, -1.0, "
+                      "tl.where(({0}) == 0, 0.0, {0})))"}
 
     _FLOAT_ONLY = frozenset({"exp", "log", "sqrt", "sigmoid", "tanh", "elu"})
 
@@ -66,7 +70,7 @@ class TritonPrinter(Printer):
     def read(self, node: ir.Read) -> str:
         return self._read(node)
 
-    def boolean(self, op: str) -> str:
+    def boolean(self, op: str, expr: ir.Op) -> str:
         return {"and": "&", "or": "|", "not": "~"}[op]
 
     def print(self, expr: ir.Expr, context: int) -> str:
@@ -74,6 +78,12 @@ class TritonPrinter(Printer):
             # `== 0` rather than `~`: also right when the operand is a Python bool (the
             # interpreter folds scalar comparisons), where ~True would be -2.
             return f"(({self.print(expr.args[0], 0)}) == 0)"
+        if isinstance(expr, ir.Op) and expr.op in ("and", "or"):
+            # tl.where rather than & and |: Triton's interpreter cannot & a scalar
+            # condition (a scalar read compared) with a block of them.
+            a, b = (self.print(arg, 0) for arg in expr.args)
+            return f"tl.where({a}, {b}, False)" if expr.op == "and" else \
+                f"tl.where({a}, True, {b})"
         if isinstance(expr, ir.Op) and expr.op in ("//", "%"):
             left, right = (self.print(a, 0) for a in expr.args)
             helper = "_floordiv" if expr.op == "//" else "_mod"
@@ -97,6 +107,11 @@ class TritonPrinter(Printer):
                 return "1.0"
             text = " * ".join([f"({self.print(base, 0)})"] * abs(n))
             return f"({text})" if n > 0 else f"(1.0 / ({text}))"
+        if isinstance(base, ir.Const) and base.value == 1:
+            return "1.0"       # 1 ** x is 1 for every x, NaN included (numpy's power)
+        if isinstance(base, ir.Const) and base.value == math.inf:
+            x = self.print(exponent, 0)
+            return f"tl.where(({x}) == 0, 1.0, tl.exp(({x}) * float('inf')))"
         if isinstance(base, ir.Const) and base.value > 0:
             return f"tl.exp(({self.print(exponent, 0)}) * {math.log(base.value)!r})"
         raise Unsupported("'**' with a base that is not a positive constant and an exponent "
@@ -106,7 +121,8 @@ class TritonPrinter(Printer):
         if op in self._UNARY:
             return self._UNARY[op].format(args[0])
         if op in ("max", "min"):
-            return f"tl.{'maximum' if op == 'max' else 'minimum'}({args[0]}, {args[1]})"
+            return f"tl.{'maximum' if op == 'max' else 'minimum'}({args[0]}, {args[1]}, " \
+                   f"{self._NAN})"
         if op == "where":
             return f"tl.where({args[0]}, {args[1]}, {args[2]})"
         raise Unsupported(op)
@@ -434,12 +450,28 @@ def _to_dot(x, DOT_DTYPE: tl.constexpr):
     return x.to(DOT_DTYPE)
 
 
-@triton.jit
-def _floordiv_f(a, b):
-    return tl.floor(a / b)
-
-
+# Float // and % as Python's and numpy's (the oracle's), infinities included: from C's
+# fmod (Triton's float %), as numpy computes them. floor(a / b) would give inf for
+# inf // 2 (NaN) and 0 for -5 // inf (-1); a - b * floor(a / b) NaN for 5 % inf (5).
+# The casts make constant operands float32 tensors in the interpreter too, where they
+# would otherwise be Python floats (Python's %, and an error for a zero divisor).
 @triton.jit
 def _mod_f(a, b):
-    return a - b * tl.floor(a / b)
+    a = tl.cast(a, tl.float32)
+    b = tl.cast(b, tl.float32)
+    r = a % b
+    return tl.where((r != 0) & ((r < 0) != (b < 0)), r + b, r)
+
+
+@triton.jit
+def _floordiv_f(a, b):
+    a = tl.cast(a, tl.float32)
+    b = tl.cast(b, tl.float32)
+    r = a % b
+    q = (a - r) / b
+    q = tl.where((r != 0) & ((r < 0) != (b < 0)), q - 1.0, q)
+    whole = tl.floor(q)
+    whole = tl.where(q - whole > 0.5, whole + 1.0, whole)
+    # A zero quotient takes the sign of a / b; a zero divisor gives a / b (inf or NaN).
+    return tl.where(b == 0, a / b, tl.where(q == 0, 0.0 * (a / b), whole))
 '''

@@ -1,0 +1,291 @@
+"""Every printer against the oracle on random expression trees.
+
+A printer turns an IR expression into source text for one target: torch (the reference
+backend), Triton (the kernels), plain Python (param defaults, and the parts of a torch
+body that do not vary) and the `.attn` language itself. Precedence and parentheses are
+the printer's job, and each target's spelling of a function must compute what the oracle
+computes (evaluate.py, ir/semantics.py), NaN and infinities included. Here hypothesis
+draws expression trees over every operation of ir/expr.py, each printer prints them, the
+printed text runs, and `verify.compare` holds the result to the oracle's evaluation of
+the same tree, with the tolerance and the ill-conditioning rule the check uses.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+import einsumattn
+from einsumattn.codegen import generate
+from einsumattn.codegen.printers import PythonScalarPrinter, TorchPrinter
+from einsumattn.codegen.triton_backend import HELPERS, TritonPrinter, Unsupported
+
+triton_errors = pytest.importorskip("triton.runtime.errors")
+InterpreterError = triton_errors.InterpreterError
+from einsumattn.ir import expr as ir
+from einsumattn.ir.semantics import BINARY, UNARY
+from einsumattn.verify import ACCUMULATION_FACTOR, UNIT_ROUNDOFF, magnitude
+
+# The iteration space of every tree: one variable i over rank I, a power of two so that a
+# Triton block covers it exactly.
+SIZE = 8
+# Input values: signed zeros, small and large magnitudes, infinities and NaN. All are
+# exact in float32, so the oracle and the float32 printers see the same numbers.
+VALUES = (0.0, -0.0, 1.0, -1.0, 0.5, -2.5, 3.0, 100.0, -100.0, math.inf, -math.inf,
+          math.nan)
+CONSTANTS = (0, 1, 2, 3, 0.5, 2.5, 100, math.inf)
+FUNCTIONS_1 = sorted(ir.FUNCTIONS_1)
+OPERATORS = ("+", "-", "*", "/", "//", "%", "**")
+
+SPEC_HEADER = """dims I
+input X[i], Y[i], S
+param c
+"""
+
+X, Y, S = (ir.Read("X", (ir.Index("i"),)), ir.Read("Y", (ir.Index("i"),)),
+           ir.Read("S", ()))
+
+
+def test_every_operation_is_drawn():
+    """The strategy below covers the IR's operations (a new function must be added)."""
+    drawn = set(OPERATORS) | {"neg", "where", "max", "min"} | set(FUNCTIONS_1) | \
+        set(COMPARISONS) | {"and", "or", "not"}
+    assert drawn == set(ir.ARITHMETIC | ir.FUNCTIONS_1 | ir.FUNCTIONS_2 | ir.COMPARISONS |
+                        ir.BOOLEAN | ir.CONDITIONAL)
+    assert set(UNARY) | set(BINARY) | {"where"} == drawn
+
+
+# ------------------------------------------------------------------ the trees
+
+COMPARISONS = ("<", "<=", ">", ">=", "==", "!=")
+
+
+def _constants(negative: bool):
+    """Constants as the parser builds them (non-negative, a minus is `neg`), or with
+    negative values too, as rewrites build them (`Const(-inf)`, the identity of max)."""
+    values = CONSTANTS + ((-1, -2.5, -math.inf) if negative else ())
+    return st.sampled_from(values).map(ir.Const)
+
+
+def _leaf(draw, varying: bool, negative: bool) -> ir.Expr:
+    leaves = [ir.Dim("I"), ir.Param("c")] + ([X, Y, S, ir.Index("i")] if varying else [])
+    if draw(st.booleans()):
+        return draw(_constants(negative))
+    return draw(st.sampled_from(leaves))
+
+
+@st.composite
+def conditions(draw, varying: bool, negative: bool, depth: int) -> ir.Expr:
+    """A condition: a comparison of trees, or `and`/`or`/`not` of conditions."""
+    kind = draw(st.sampled_from(("compare",) * 3 + ("not", "and", "or"))) if depth else \
+        "compare"
+    if kind == "compare":
+        return ir.Op(draw(st.sampled_from(COMPARISONS)),
+                     (draw(trees(varying, negative, depth)),
+                      draw(trees(varying, negative, depth))))
+    inner = conditions(varying, negative, depth - 1)
+    return ir.Op(kind, tuple(draw(inner) for _ in range(1 if kind == "not" else 2)))
+
+
+@st.composite
+def trees(draw, varying: bool = True, negative: bool = True, depth: int = 4) -> ir.Expr:
+    """Numeric expression trees over every operation and function of the IR."""
+    if depth == 0 or draw(st.integers(0, 3)) == 0:
+        return _leaf(draw, varying, negative)
+    inner = trees(varying, negative, depth - 1)
+    kind = draw(st.sampled_from(("operator", "neg", "function", "max/min", "where")))
+    if kind == "operator":
+        return ir.Op(draw(st.sampled_from(OPERATORS)), (draw(inner), draw(inner)))
+    if kind == "neg":
+        return ir.Op("neg", (draw(inner),))
+    if kind == "function":
+        return ir.Op(draw(st.sampled_from(FUNCTIONS_1)), (draw(inner),))
+    if kind == "max/min":
+        return ir.Op(draw(st.sampled_from(("max", "min"))), (draw(inner), draw(inner)))
+    return ir.Op("where", (draw(conditions(varying, negative, depth - 1)), draw(inner),
+                           draw(inner)))
+
+
+def _canonical(expr: ir.Expr) -> ir.Expr:
+    """The tree the parser builds for the same text: a negative constant is `neg`."""
+    if isinstance(expr, ir.Const) and expr.value < 0:
+        return ir.Op("neg", (ir.Const(-expr.value),))
+    if isinstance(expr, ir.Op):
+        return ir.Op(expr.op, tuple(_canonical(a) for a in expr.args))
+    return expr
+
+
+# ------------------------------------------------------------------ the oracle's side
+
+def _cascade(tree: ir.Expr):
+    """`O[i] = tree` as a spec, printed by the SpecPrinter and parsed back: the parsed
+    tree must be the drawn one (the SpecPrinter's own test), and the cascade gives the
+    oracle's value of the tree."""
+    text = f"{SPEC_HEADER}O[i] = {ir.to_text(tree)}\noutput O\n"
+    cascade = einsumattn.load(text)
+    assert cascade.einsums[0].body == _canonical(tree), text
+    return cascade
+
+
+def _case(draw_values):
+    return {"X": torch.tensor(draw_values[0], dtype=torch.float32),
+            "Y": torch.tensor(draw_values[1], dtype=torch.float32),
+            "S": torch.tensor(draw_values[2], dtype=torch.float32)}
+
+
+values = st.tuples(st.lists(st.sampled_from(VALUES), min_size=SIZE, max_size=SIZE),
+                   st.lists(st.sampled_from(VALUES), min_size=SIZE, max_size=SIZE),
+                   st.sampled_from(VALUES))
+params = st.sampled_from(VALUES)
+
+
+def _mismatches(got: np.ndarray, reference: np.ndarray, scale: float) -> np.ndarray:
+    """Where `got` is not the oracle's `reference`: NaN where the oracle has NaN and only
+    there, an infinity exactly, a finite value within `verify.compare`'s tolerance
+    (float32 intermediates of magnitude up to `scale`; there is no reduction here, but
+    the tolerance is the check's own). `compare` itself is not used: it counts a NaN
+    that matches a NaN as a mismatch."""
+    allowed = UNIT_ROUNDOFF["float32"] * (np.abs(reference) + ACCUMULATION_FACTOR * scale *
+                                          max(1.0, magnitude([reference])))
+    with np.errstate(invalid="ignore"):
+        close = np.abs(got - reference) <= allowed
+    same = np.where(np.isnan(reference), np.isnan(got),
+                    np.where(np.isinf(reference), got == reference, close))
+    return ~same
+
+
+def _agrees(tree, inputs, c, got) -> None:
+    cascade = _cascade(tree)
+    got = torch.as_tensor(got, dtype=torch.float64).expand(SIZE).numpy()
+    reference = einsumattn.evaluate(cascade, inputs, {"c": c}, intermediates=True)
+    scale = magnitude(reference.values())
+    # Ill-conditioned in float32: the oracle itself, run in float32, is off (no float32
+    # backend can agree; verify.well_conditioned's rule).
+    probe = einsumattn.evaluate(cascade, inputs, {"c": c}, dtype=np.float32)["O"]
+    assume(not _mismatches(probe.astype(np.float64), reference["O"], scale).any())
+    wrong = _mismatches(got, reference["O"], scale)
+    assert not wrong.any(), (ir.to_text(tree), f"c = {c}", {k: v.tolist() for k, v in
+                                                            inputs.items()},
+                             f"got {got.tolist()}", f"oracle {reference['O'].tolist()}")
+
+
+# ------------------------------------------------------------------ each printer
+
+# Arithmetic on Python numbers raises where IEEE arithmetic gives inf or NaN (1 / 0,
+# math.log(-1), math.exp(1000)). Sizes and params are Python numbers in the generated
+# code, so such a case raises there; docs/codegen.md states the limitation.
+PYTHON_ARITHMETIC_ERRORS = (ZeroDivisionError, OverflowError, ValueError)
+
+
+def _python_arithmetic(run):
+    """`run()`, or a discarded example where Python's arithmetic raises."""
+    try:
+        return run()
+    except PYTHON_ARITHMETIC_ERRORS as error:
+        if isinstance(error, ValueError) and "math domain error" not in str(error):
+            raise
+        assume(False)
+
+
+def run_torch(tree, inputs, c):
+    text = TorchPrinter(lambda read: read.tensor)(tree)
+    namespace = {"torch": torch, "math": math, "device": "cpu", "I": SIZE, "c": c,
+                 "i": torch.arange(SIZE), **inputs}
+    return eval(text, namespace)  # noqa: S307 - printed by the printer under test
+
+
+def run_python(tree, c):
+    text = PythonScalarPrinter()(tree)
+    return eval(text, {"math": math, "I": SIZE, "c": c})  # noqa: S307
+
+
+_KERNEL = '''
+import os
+import triton
+import triton.language as tl
+{helpers}
+
+@triton.jit
+def kernel(X_ptr, Y_ptr, S_ptr, O_ptr, c, I, N: tl.constexpr):
+    i = tl.arange(0, N)
+    live = i < I
+    value = ({value}) + tl.zeros([N], tl.float32)
+    tl.store(O_ptr + i, value, mask=live)
+'''
+
+
+def _triton_read(read: ir.Read) -> str:
+    if not read.indices:
+        return f"tl.load({read.tensor}_ptr)"
+    return f"tl.load({read.tensor}_ptr + i, mask=live, other=0.0)"
+
+
+def run_triton(tree, inputs, c, folder):
+    text = TritonPrinter({}, _triton_read)(tree)
+    path = folder / f"kernel_{abs(hash(text))}.py"
+    path.write_text(_KERNEL.format(helpers=HELPERS, value=text))
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[path.stem] = module
+    try:
+        spec.loader.exec_module(module)
+        out = torch.empty(SIZE, dtype=torch.float32)
+        module.kernel[(1,)](inputs["X"], inputs["Y"], inputs["S"].reshape(1), out, c, SIZE,
+                            SIZE)
+    finally:
+        del sys.modules[path.stem]
+    return out
+
+
+# ------------------------------------------------------------------ the properties
+
+PROPERTY = settings(max_examples=200, deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow,
+                                           HealthCheck.filter_too_much,
+                                           HealthCheck.function_scoped_fixture])
+
+
+@PROPERTY
+@given(trees(negative=False))
+def test_spec_printer_round_trips(tree):
+    """Printed as `.attn` text and parsed back, a tree is itself."""
+    _cascade(tree)
+
+
+@PROPERTY
+@given(trees(), values, params)
+def test_torch_printer_agrees_with_the_oracle(tree, drawn, c):
+    inputs = _case(drawn)
+    _agrees(tree, inputs, c, _python_arithmetic(lambda: run_torch(tree, inputs, c)))
+
+
+@PROPERTY
+@given(trees(varying=False), params)
+def test_python_printer_agrees_with_the_oracle(tree, c):
+    inputs = _case(([0.0] * SIZE, [0.0] * SIZE, 0.0))
+    _agrees(tree, inputs, c, _python_arithmetic(lambda: run_python(tree, c)))
+
+
+@pytest.mark.slow
+@settings(PROPERTY, max_examples=60)
+@given(trees(), values, params)
+def test_triton_printer_agrees_with_the_oracle(tmp_path, tree, drawn, c):
+    inputs = _case(drawn)
+    try:
+        got = run_triton(tree, inputs, c, tmp_path)
+    except Unsupported:
+        assume(False)   # the module falls back to torch for this, and says why
+    except InterpreterError as error:
+        # The interpreter computes with a scalar argument (the param) as a Python float,
+        # so `1 / c` at c = 0 raises there, where a GPU divides in float32 (inf).
+        if not isinstance(error.__cause__, ZeroDivisionError):
+            raise
+        assume(False)
+    _agrees(tree, inputs, c, got)
