@@ -83,20 +83,29 @@ class PythonScalarPrinter(Printer):
 
 # Operations whose result is an integer when every operand is (torch and Python alike).
 _INTEGER_PRESERVING = frozenset({"+", "-", "*", "//", "%", "neg", "max", "min", "abs",
-                                 "sign", "relu", "where"})
+                                 "sign", "relu"})
 
 
-def is_integer(expr: ir.Expr) -> bool:
+def is_integer(expr: ir.Expr, divisions: bool = True) -> bool:
     """Whether a value is surely an integer: sizes, indices, integer constants and what
-    integer-preserving operations make of them (params may be floats)."""
+    integer-preserving operations make of them (params may be floats). `divisions`:
+    whether `//` and `%` may appear (an integer division by zero raises)."""
     if isinstance(expr, ir.Const):
         return isinstance(expr.value, int)
     if isinstance(expr, (ir.Index, ir.Dim)):
         return True
     if isinstance(expr, (ir.Param, ir.Read)):
         return False
-    args = expr.args[1:] if expr.op == "where" else expr.args
-    return expr.op in _INTEGER_PRESERVING and all(is_integer(a) for a in args)
+    allowed = _INTEGER_PRESERVING if divisions else _INTEGER_PRESERVING - {"//", "%"}
+    return expr.op in allowed and all(is_integer(a, divisions) for a in expr.args)
+
+
+def integer_comparison(expr: ir.Expr) -> bool:
+    """A comparison of integers that a printer of values prints as one of integers
+    (`m <= p`): exact, and as readable as the spec. Not with `//` or `%`, which divide
+    by zero as floats (inf) but raise as integers."""
+    return isinstance(expr, ir.Op) and expr.op in ir.COMPARISONS and \
+        all(is_integer(a, divisions=False) for a in expr.args)
 
 
 class TorchPrinter(PythonScalarPrinter):
@@ -107,10 +116,11 @@ class TorchPrinter(PythonScalarPrinter):
     (integers stay integers), else values. The printed text runs where `torch`, `math`
     and `device` are defined, as in the generated `reference`.
 
-    Values follow the oracle's float semantics: an index or a size used as a value is a
-    float (`i ** -1` is 1/i, not an integer-power error; `-(p - m)` is -0.0 where p = m,
-    so `1 / -(p - m)` is -inf), and NaN passes through every function (`torch.sign(nan)`
-    is 0, so sign is spelled). A comparison of integers stays one of integers (exact)."""
+    Values follow the oracle's float semantics: an index, a size or a constant used as a
+    value is a float (`i ** -1` is 1/i, not an integer-power error; `-(p - m)` is -0.0
+    where p = m, so `1 / -(p - m)` is -inf), and NaN passes through every function
+    (`torch.sign(nan)` is 0, so sign is spelled). A comparison of integers stays one of
+    integers (exact)."""
 
     _TORCH = {"exp": "torch.exp", "log": "torch.log", "sqrt": "torch.sqrt",
               "tanh": "torch.tanh", "sigmoid": "torch.sigmoid", "relu": "torch.relu",
@@ -135,6 +145,11 @@ class TorchPrinter(PythonScalarPrinter):
         name = super().dim(node)
         return name if self.integer else f"float({name})"
 
+    def const(self, value) -> str:
+        # A value is a float: where(c, 1, 0) must not make an int64 tensor, which
+        # divides by zero with an error and has no elu.
+        return super().const(value if self.integer else float(value))
+
     def tensor(self, expr: ir.Expr) -> bool:
         """Whether `expr` is a tensor when the printed code runs: it reads a tensor or
         uses an index grid (not an index held fixed as a Python int)."""
@@ -147,8 +162,7 @@ class TorchPrinter(PythonScalarPrinter):
         return {"and": "&", "or": "|", "not": "~"}[op]
 
     def print(self, expr: ir.Expr, context: int) -> str:
-        if isinstance(expr, ir.Op) and expr.op in ir.COMPARISONS and not self.integer and \
-                all(is_integer(a) for a in expr.args):
+        if not self.integer and integer_comparison(expr):
             return TorchPrinter(self._read, self.fixed, integer=True).print(expr, context)
         if not isinstance(expr, ir.Op) or not self.tensor(expr):
             return super().print(expr, context)

@@ -28,6 +28,7 @@ from ..ir import Cascade, Einsum
 from ..ir import expr as ir
 from ..ir.printer import lhs_text, rhs_text
 from ..ir.expr import Printer
+from .printers import integer_comparison
 
 BLOCK = 128   # left-side points per program
 RBLOCK = 32   # reduced points per loop step
@@ -45,15 +46,18 @@ class TritonPrinter(Printer):
     # operand unless told to propagate it, and sign passes a NaN through its last branch.
     _NAN = "propagate_nan=tl.PropagateNan.ALL"
     _UNARY = {"exp": "tl.exp({0})", "log": "tl.log({0})", "sqrt": "tl.sqrt({0})",
-              "sigmoid": "tl.sigmoid({0})", "abs": "tl.abs({0})",
-              # tanh through sigmoid: tanh(x) = 2 sigmoid(2x) - 1 (no tl.tanh everywhere)
-              "tanh": "(2.0 * tl.sigmoid(2.0 * ({0})) - 1.0)",
+              # sigmoid as the oracle writes it: exp of -|x| only, so no overflow to
+              # 1 / (1 + inf) = 0 where the value is a small positive number.
+              "sigmoid": "tl.where(({0}) >= 0, 1.0 / (1.0 + tl.exp(-tl.abs({0}))), "
+                         "tl.exp(-tl.abs({0})) / (1.0 + tl.exp(-tl.abs({0}))))",
+              "abs": "tl.abs({0})",
+              # tanh through sigmoid: tanh(x) = 2 sigmoid(2x) - 1 (no tl.tanh everywhere);
+              # at a zero, the zero itself (tanh(-0.0) is -0.0).
+              "tanh": "tl.where(({0}) == 0, {0}, 2.0 * tl.sigmoid(2.0 * ({0})) - 1.0)",
               "relu": f"tl.maximum({{0}}, 0.0, {_NAN})",
               "elu": f"tl.where(({{0}}) > 0, {{0}}, tl.exp(tl.minimum({{0}}, 0.0, {_NAN})) - 1.0)",
               "sign": "tl.where(({0}) > 0, 1.0, tl.where(({0}) < 0, -1.0, "
                       "tl.where(({0}) == 0, 0.0, {0})))"}
-
-    _FLOAT_ONLY = frozenset({"exp", "log", "sqrt", "sigmoid", "tanh", "elu"})
 
     def __init__(self, names: dict[str, str], read, integer: bool = False):
         super().__init__(names)
@@ -92,12 +96,22 @@ class TritonPrinter(Printer):
             return f"{helper}({left}, {right})"
         if isinstance(expr, ir.Op) and expr.op == "**":
             return self._power(*expr.args)
-        if isinstance(expr, ir.Op) and expr.op in self._FLOAT_ONLY and \
-                _integer_valued(expr.args[0]):
-            # sqrt(P), exp(m - p): Triton's math takes floats only; `+ 0.0` converts an
-            # integer size or index (a tensor, or a literal for a fixed size) to float32.
-            return self._UNARY[expr.op].format(f"({self.print(expr.args[0], 0)}) + 0.0")
+        if not self.integer and integer_comparison(expr):
+            return TritonPrinter(self.names, self._read, integer=True).print(expr, context)
         return super().print(expr, context)
+
+    def index(self, node: ir.Index) -> str:
+        return self._value(super().index(node))
+
+    def dim(self, node: ir.Dim) -> str:
+        return self._value(super().dim(node))
+
+    def _value(self, integer: str) -> str:
+        """An index or a size used as a value is a float, as in the oracle: Triton's
+        math takes floats only (sqrt(P), exp(m - p)), and -(p - m) must be -0.0 where
+        p = m (1 / -(p - m) is -inf). `+ 0.0` converts a block, a scalar argument or the
+        literal of a fixed size to float32."""
+        return integer if self.integer else f"({integer} + 0.0)"
 
     def _power(self, base: ir.Expr, exponent: ir.Expr) -> str:
         if isinstance(exponent, ir.Const) and float(exponent.value).is_integer() \
@@ -126,15 +140,6 @@ class TritonPrinter(Printer):
         if op == "where":
             return f"tl.where({args[0]}, {args[1]}, {args[2]})"
         raise Unsupported(op)
-
-
-def _integer_valued(expr: ir.Expr) -> bool:
-    """An expression of indices and sizes only (integers in a kernel): no read, no
-    param, no float constant."""
-    nodes = list(ir.walk(expr))
-    return any(isinstance(n, (ir.Index, ir.Dim)) for n in nodes) and not any(
-        isinstance(n, (ir.Read, ir.Param)) or
-        (isinstance(n, ir.Const) and not float(n.value).is_integer()) for n in nodes)
 
 
 @dataclass
