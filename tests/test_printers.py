@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, assume, currently_in_test_context, given, se
 from hypothesis import strategies as st
 
 import einsumattn
-from einsumattn.codegen import generate
+from einsumattn.codegen.compile import compile_to_file, import_file
 from einsumattn.codegen.printers import PythonScalarPrinter, TorchPrinter
 from einsumattn.codegen.triton_backend import HELPERS, TritonPrinter, Unsupported
 
@@ -32,7 +32,7 @@ triton_errors = pytest.importorskip("triton.runtime.errors")
 InterpreterError = triton_errors.InterpreterError
 from einsumattn.ir import expr as ir
 from einsumattn.ir.semantics import BINARY, UNARY
-from einsumattn.verify import ACCUMULATION_FACTOR, UNIT_ROUNDOFF, magnitude
+from einsumattn.verify import ACCUMULATION_FACTOR, UNIT_ROUNDOFF, compare, magnitude
 
 # The iteration space of every tree: one variable i over rank I, a power of two so that a
 # Triton block covers it exactly.
@@ -413,36 +413,50 @@ def test_functions_at_nan_and_infinities(tree, printer, tmp_path):
         assert checked >= 4
 
 
-def _reference_agrees(text: str, sizes: dict) -> None:
-    """The generated module's torch backend against the oracle on random inputs."""
+def _backends_agree(text: str, sizes: dict, folder) -> None:
+    """Every backend of the generated module against the oracle on random inputs."""
     cascade = einsumattn.load(text)
-    namespace: dict = {}
-    exec(compile(generate(cascade), "<generated>", "exec"), namespace)  # noqa: S102
+    module = import_file(compile_to_file(cascade, folder), f"printers_{cascade.name}")
     generator = torch.Generator().manual_seed(0)
     inputs = {t.name: torch.randn([sizes[r] for r in t.ranks], generator=generator)
               for t in cascade.inputs}
-    outputs = namespace["reference"](*inputs.values())
-    from einsumattn.verify import compare
-    results = compare(cascade, inputs, outputs, "float32")
-    assert all(r.ok for r in results), (text, [r.describe() for r in results])
+    layer = getattr(module, module.__all__[0])
+    for backend in ("torch", "triton", "triton-unfused"):
+        results = compare(cascade, inputs, layer(backend=backend)(*inputs.values()),
+                          "float32")
+        assert all(r.ok for r in results), (backend, [r.describe() for r in results])
 
 
-def test_a_factor_outside_the_contraction_keeps_its_parentheses():
+def test_a_factor_outside_the_contraction_keeps_its_parentheses(tmp_path):
     """`A * V * (S + 1)`: the factor that does not depend on m multiplies the einsum,
-    and was printed `torch.einsum(...) * S + 1`."""
-    _reference_agrees("""dims P, M, F
+    and was printed `torch.einsum(...) * S + 1`; in the fused kernel `tl.dot(...) *
+    tl.load(S_ptr) + 1.0`, and `(V + S)` as a dot operand among others the same way."""
+    _backends_agree("""attention outside
+dims P, M, F
 input A[p, m], V[m, f], S
 O[p, f] = A[p, m] * V[m, f] * (S + 1)
 output O
-""", {"P": 3, "M": 4, "F": 2})
+""", {"P": 3, "M": 4, "F": 2}, tmp_path)
+    _backends_agree("""attention outside_fused
+dims  B, H, P, M, E, F
+input Q[b, h, p, e], K[b, h, m, e], V[b, h, m, f], S
+QK[b, h, p, m] = Q[b, h, p, e] * (K[b, h, m, e] - S) * K[b, h, m, e] * (S + 1)  where m <= p
+GM[b, h, p]    = max[m] QK[b, h, p, m]
+SN[b, h, p, m] = exp(QK[b, h, p, m] - GM[b, h, p])
+SD[b, h, p]    = sum[m] SN[b, h, p, m]
+A[b, h, p, m]  = SN[b, h, p, m] / SD[b, h, p]
+AV[b, h, p, f] = A[b, h, p, m] * (S + 1) * (V[b, h, m, f] + S) * V[b, h, m, f]
+output AV
+""", {"B": 1, "H": 2, "P": 5, "M": 5, "E": 3, "F": 2}, tmp_path)
 
 
-def test_the_random_cascade_a_clean_clone_failed_on():
+def test_the_random_cascade_a_clean_clone_failed_on(tmp_path):
     """The random-cascade property test's failure on a clean clone:
     `exp(tanh(X1[b])) * exp(tanh(X1[b])) * (tanh(T1) + 1)` lost its parentheses."""
-    _reference_agrees("""dims P, B
+    _backends_agree("""attention clean_clone
+dims P, B
 input X1[b], X0[p]
 T1 = X1[b] * X1[b]
 T2[p] = exp(tanh(X1[b])) * exp(tanh(X1[b])) * (tanh(T1) + 1) * X0[p]
 output T2
-""", {"P": 3, "B": 4})
+""", {"P": 3, "B": 4}, tmp_path)
