@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import os
 import sys
 import traceback
@@ -33,18 +34,23 @@ class UsageError(Exception):
     sentence, which says what to do."""
 
 
+# A full disk or quota: never einsumattn's bug, though the error names no file.
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
 @contextlib.contextmanager
 def _writing_to(path: str | os.PathLike, advice: str):
-    """OS errors on a path the user chose (no permission, a file where a folder must be,
-    a full disk) are the user's to fix: a UsageError naming the path, with `advice`.
+    """OS errors on a path the user chose (no permission, a file where a folder must be)
+    and a full disk are the user's to fix: a UsageError naming the path, with `advice`.
     OS errors on any other path stay internal errors."""
     try:
         yield
     except OSError as error:
-        if not _within(error.filename, path):
+        if not (_within(error.filename, path) or error.errno in _FULL):
             raise
         reason = error.strerror or type(error).__name__
-        raise UsageError(f"cannot write '{error.filename}': {reason}; {advice}") from None
+        raise UsageError(f"cannot write '{error.filename or path}': {reason}; "
+                         f"{advice}") from None
 
 
 def _within(filename, path) -> bool:

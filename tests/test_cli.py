@@ -156,8 +156,10 @@ def _many_ranks_spec(folder, ranks: int, extra_reduced: int = 0):
     "compile -o a file", "compile -o inside a file", "analyze -o a folder",
     "rewrite -o a folder", "analyze -o inside a file", "check --examples 0",
     "check --examples -3", "eval --seed -1", "eval 65 ranks", "eval 33 ranks",
-    "eval 33 index variables", "check 33 ranks"])
+    "eval 33 index variables", "check 33 ranks", "analyze -o a full disk"])
 def test_argument_errors_exit_2_with_what_to_do(case, tmp_path, capsys, monkeypatch):
+    if case.endswith("full disk") and not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full here")
     monkeypatch.chdir(ROOT)
     monkeypatch.setenv("EINSUMATTN_CACHE_DIR", str(tmp_path / "cache"))
     (tmp_path / "file").write_text("")
@@ -188,6 +190,9 @@ def test_argument_errors_exit_2_with_what_to_do(case, tmp_path, capsys, monkeypa
             "the Einsum of Y has 33 index variables: the float64 oracle evaluates at most 32"),
         "check 33 ranks": (["check", _many_ranks_spec(tmp_path, 33)[0], "--examples", "1"],
                            "tensor X has 33 ranks"),
+        "analyze -o a full disk": (["analyze", spec, "-o", "/dev/full"],
+                                   "cannot write '/dev/full': No space left on device; give "
+                                   "-o a file path you can write to"),
     }[case]
     code, err = _exit_code_and_stderr(args, capsys)
     assert code == 2, err
