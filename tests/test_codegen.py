@@ -16,7 +16,7 @@ from einsumattn.codegen import compile_to_file, generate
 from einsumattn.codegen.compile import cache_dir, import_file
 from einsumattn.verify import Case, case_inputs, compare, dot_rounding, run_check
 
-from conftest import EXAMPLES, ROOT, WINDOW
+from conftest import EXAMPLES, ROOT, WINDOW, examples
 from spec_generator import cascades
 
 CLASS_NAMES = {"softmax_3pass": "Softmax3pass", "gla_recurrent": "GlaRecurrent",
@@ -102,7 +102,7 @@ def test_torch_backend_agrees_with_the_oracle(path, built):
 
 
 @given(cascades())
-@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=examples(40), deadline=None, suppress_health_check=list(HealthCheck))
 def test_torch_backend_agrees_on_random_cascades(spec):
     cascade = einsumattn.load(spec.text)
     module = types.ModuleType("random_cascade")
@@ -300,7 +300,7 @@ def test_check_reports_a_backend_that_raises_with_its_case(tmp_path):
     assert "smallest failing case:" in lines
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=examples(25), deadline=None, suppress_health_check=list(HealthCheck))
 @given(spec=cascades())
 def test_triton_backend_agrees_on_random_cascades(tmp_path_factory, spec):
     # Triton reads kernel source from the file, so the module is written out first.
