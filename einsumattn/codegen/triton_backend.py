@@ -227,7 +227,16 @@ class TritonEmitter:
             lines.append(f"{kernel.name}[({grid},)](")
             lines.append(f"    {', '.join(kernel.args)},")
             lines.append("    **tuning)")
+        lines += self._absent_outputs_as_zero()
         return lines
+
+    def _absent_outputs_as_zero(self) -> list[str]:
+        """Outputs hold their final values: 0 where absent. Which outputs may be absent is
+        a fact of the cascade the kernels compute, which is not always the spec's (the
+        derived `AV = where(SNV == 0, 0, SNV / SD[b, h, b])` is absent for b >= P, where
+        the spec's sum over absent terms is a present 0)."""
+        return [f"{output} = torch.where({output}_ok != 0, {output}, 0.0)"
+                for output in self.cascade.outputs if output in self.absent]
 
     def _check_recurrence(self, einsum: Einsum) -> None:
         """Steps read the recurrence from global memory; other programs' points would
