@@ -47,6 +47,9 @@ from .triton_backend import TritonPrinter, Unsupported
 
 BLOCK_P = 16
 BLOCK_M = 16
+# Alternatives (`or`) in the per-key form of a mask before the kernel takes an OR over
+# the rows of the score tile instead (codegen keeps generated code small).
+MAX_KEY_ALTERNATIVES = 8
 
 
 class NotFusable(Exception):
@@ -695,11 +698,112 @@ class _Emitter:
                 raise NotFusable(f"{name}: not a stream tile times a key tile")
         if not key_side:
             raise NotFusable(f"{name}: no key tile to contract with")
-        key_lanes = f"({f.stream} < {self.cascade.var_rank(f.stream)})[:, None]"
+        # The key tile is zeroed at keys no row of the program sees: a zero probability
+        # alone would still give 0 * inf = NaN from padding or a KV cache past its length.
+        seen = f"_keys_{name}"
+        self.line(f"{seen} = {self._keys_seen(einsum, ok)}", 2)
         a = " * ".join(f.value(x, layout, "lanes") for x in tile_side) or "1.0"
-        b = " * ".join(f.value(x, (f.stream, feature), key_lanes) for x in key_side)
+        b = " * ".join(f.value(x, (f.stream, feature), f"{seen}[:, None]") for x in key_side)
+        if not all(self._loaded_per_key(x) for x in key_side):
+            b = f"tl.where({seen}[:, None], {b}, 0.0)"   # a function of a masked load
         dot = self._dot(einsum, (f"tl.where({ok}, {a}, 0.0)", tile_side), (b, key_side))
         self.line(f"{name} {'=' if fresh else '+='} {dot}", 2)
+
+    def _loaded_per_key(self, factor: ir.Expr) -> bool:
+        """An input read whose load is masked per key (its masked lanes load 0)."""
+        return isinstance(factor, ir.Read) and self.cascade.tensors[factor.tensor].is_input \
+            and self.f.stream in ir.index_vars(factor)
+
+    def _keys_seen(self, einsum: Einsum, terms: str) -> str:
+        """A mask over the key tile: the keys that some live row of the program's tile sees
+        in `einsum`'s terms (`terms`: their mask over rows and keys). Conditions made of
+        conditions on the key alone (the key length, padding) and of affine filters of key
+        and row (`m <= p`, `p - m < W`), with `and` / `or`, give it per key, at no cost per
+        score; any other condition on the rows needs an OR over the rows of `terms`."""
+        alternatives = [((), ())]
+        for condition in self._leaf_conditions(einsum):
+            found = self._alternatives(condition)
+            if found is None or len(alternatives) * len(found) > MAX_KEY_ALTERNATIVES:
+                return f"tl.max(({terms}).to(tl.int32), axis=0) != 0"
+            alternatives = [(a + b, c + d) for a, c in alternatives for b, d in found]
+        texts = [list(dict.fromkeys(keys + tuple(self._rows_reach(bounds))))
+                 for keys, bounds in alternatives]
+        common = [t for t in texts[0] if all(t in other for other in texts)]
+        either = [" & ".join(t for t in other if t not in common) or "(0 == 0)"
+                  for other in texts]
+        if len(either) > 1:
+            common.append("(" + " | ".join(f"({text})" for text in either) + ")")
+        # `!= 0`: Triton's interpreter gives `block & scalar` int32 data, which a load's
+        # mask rejects (on the GPU it is a no-op on a boolean).
+        return f"({' & '.join([self._keys_live()] + common)}) != 0"
+
+    def _alternatives(self, condition: Condition, expr: ir.Expr | None = None):
+        """A condition (or `expr`, a part of it) as alternatives a key may meet it by,
+        each (conditions on the key alone, as text; affine filters of key and row, as
+        `_stream_bound`s); None where a part depends on the row otherwise."""
+        f = self.f
+        if expr is None:
+            if condition.kind not in ("filter", "range", "split"):
+                return None
+            found = self._alternatives(condition, condition.expr)
+            for inner in (c for part in condition.parts for c in part):
+                more = self._alternatives(inner)
+                if found is None or more is None:
+                    return None
+                found = [(a + b, c + d) for a, c in found for b, d in more]
+            return found
+        variables = frozenset(ir.index_vars(expr))
+        if not variables & {f.row, *f.features}:
+            text = f.mask(Condition(condition.kind, variables, expr), (f.stream,),
+                          self._keys_live())
+            return [((text,), ())]
+        if isinstance(expr, ir.Op) and expr.op in ("and", "or"):
+            left, right = (self._alternatives(condition, arg) for arg in expr.args)
+            if left is None or right is None:
+                return None
+            if expr.op == "or":
+                return left + right
+            return [(a + b, c + d) for a, c in left for b, d in right]
+        bound = _stream_bound(self._keyed(expr), f.stream, f.row)
+        return None if bound is None else [((), (bound,))]
+
+    def _rows_reach(self, bounds) -> list[str]:
+        """Per-key conditions for affine filters `key <= row + c` ('upper') and
+        `key >= row + c` ('lower'): some live row of the tile (first..last) meets them all.
+        A key k needs a row p with k - c_upper <= p <= k - c_lower within first..last,
+        which exists exactly when k <= last + c_upper, k >= first + c_lower and
+        c_lower <= c_upper."""
+        f, key = self.f, self._key()
+        block = f"BLOCK_{f.row.upper()}"
+        first = f"tl.program_id(0) * {block}"
+        last = f"tl.minimum({first} + {block}, {self.cascade.var_rank(f.row)}) - 1"
+        found, sides = [], {"upper": [], "lower": []}
+        for side, offset in bounds:
+            text = self._offset_text(side, offset)
+            sides[side].append((offset, text))
+            found.append(f"({key} <= {last} + ({text}))" if side == "upper" else
+                         f"({key} >= {first} + ({text}))")
+        for (low, low_text), (high, high_text) in itertools.product(sides["lower"],
+                                                                     sides["upper"]):
+            gap = sympy.simplify(high - low)
+            if not gap.is_number:
+                found.append(f"({scalar_condition(f'{low_text} <= {high_text}')})")
+            elif gap < 0:
+                found.append(f"({key} < 0)")      # no row meets both: no key is seen
+        return found
+
+    def _keyed(self, condition: ir.Expr) -> ir.Expr:
+        """A condition with the key written as the index variable of the tile, so that
+        `_stream_bound` reads a bound off it (here the key is that variable)."""
+        return condition
+
+    def _key(self) -> str:
+        """The key index of the tile's lanes, as the kernel computes it."""
+        return self.f.stream
+
+    def _keys_live(self) -> str:
+        """The tile's keys that exist (the last tile may reach past the key rank)."""
+        return f"({self._key()} < {self.cascade.root_rank(self.cascade.var_rank(self.f.stream))})"
 
     def _dot(self, einsum: Einsum, *operands: tuple[str, list]) -> str:
         """tl.dot of two operand tiles (text, and the factors each is the product of).
@@ -750,7 +854,7 @@ class _Emitter:
         lo, hi = None, None
         tile = f"BLOCK_{f.row.upper()}"
         first_row = f"tl.program_id(0) * {tile}"
-        for side, offset in self._masking_offsets(accumulators, lambda c: c):
+        for side, offset in self._masking_offsets(accumulators):
             offset = self._offset_text(side, offset)
             if side == "upper":   # m <= row + offset
                 hi = (f"tl.minimum({self.cascade.var_rank(f.stream)}, "
@@ -760,11 +864,10 @@ class _Emitter:
                 lo = f"tl.maximum(0, {first_row} + ({offset})) // {block} * {block}"
         return lo, hi
 
-    def _masking_offsets(self, reductions, position) -> list[tuple[str, sympy.Expr]]:
+    def _masking_offsets(self, reductions) -> list[tuple[str, sympy.Expr]]:
         """(side, offset) for each affine filter `key <= row + offset` ('upper') or
         `key >= row + offset` ('lower') that masks every term of every reduction in
-        `reductions`. `position` rewrites a filter so the key is the index variable
-        `self.f.stream` (a split's key is m1 * M0 + m0)."""
+        `reductions`."""
         if not reductions:
             return []
         candidates = None
@@ -773,7 +876,7 @@ class _Emitter:
             candidates = masked_by if candidates is None else candidates & masked_by
         found = []
         for filt in sorted(candidates or (), key=str):
-            bound = _stream_bound(position(filt), self.f.stream, self.f.row)
+            bound = _stream_bound(self._keyed(filt), self.f.stream, self.f.row)
             if bound is not None:
                 found.append(bound)
         return found
@@ -784,20 +887,34 @@ class _Emitter:
         more tiles, never fewer."""
         if not offset.free_symbols:
             return str(int(offset))
-        name = f"{side}_offset"
         rounding = "math.floor" if side == "lower" else "math.ceil"
-        self.offsets[name] = f"{rounding}({sympy.pycode(offset)})"
+        host = f"{rounding}({sympy.pycode(offset)})"
+        named = [name for name, text in self.offsets.items() if text == host]
+        if named:
+            return named[0]
+        same_side = sum(name.startswith(side) for name in self.offsets)
+        name = f"{side}_offset" + (str(same_side + 1) if same_side else "")
+        self.offsets[name] = host
         return name
 
     def _filters_masking(self, einsum: Einsum) -> set:
         """Filter conjuncts (on stream tiles) that every present term of `einsum` obeys."""
-        found = set()
-        for condition in self.f._conditions(einsum):
-            if condition.kind == "filter":
-                found.add(condition.expr)
-            elif condition.kind == "absent" and \
+        return {c.expr for c in self._leaf_conditions(einsum) if c.kind == "filter"}
+
+    def _leaf_conditions(self, einsum: Einsum, points: bool = False) -> list[Condition]:
+        """The conditions on `einsum`'s terms (`points`: on its points), with the absence
+        of a stream tile replaced by the conditions its `_ok` mask is made of."""
+        conditions = self.f._conditions(einsum)
+        if points:
+            conditions = point_conditions(einsum, conditions)
+        found = []
+        for condition in conditions:
+            if condition.kind == "absent" and \
                     self.f.kinds.get(condition.read.tensor) in ("stream", "stream-dot"):
-                found |= self._filters_masking(self.cascade.einsum(condition.read.tensor))
+                found += self._leaf_conditions(self.cascade.einsum(condition.read.tensor),
+                                               points=True)
+            else:
+                found.append(condition)
         return found
 
     # ---------------------------------------------------------------- kernel text
@@ -900,10 +1017,7 @@ class _SplitEmitter(_Emitter):
         reductions = [e for e in cascade.einsums if f.kinds[e.tensor] in ("tile-reduce",
                                                                            "tile-dot")]
         inner = cascade.var_rank(f.stream)
-        # The key is m1 * M0 + m0: written as a plain `m0` so the bound reads off it.
-        key = ir.Op("-", (ir.Index(f.stream), ir.Op("*", (ir.Index(f.loop), ir.Dim(inner)))))
-        offsets = self._masking_offsets(reductions,
-                                        lambda c: substitute(c, {f.stream: key}))
+        offsets = self._masking_offsets(reductions)
         self.skipping = "no affine filter masks every per-step reduction"
         if not offsets:
             return None, None
@@ -922,6 +1036,18 @@ class _SplitEmitter(_Emitter):
             else:                 # keys from the first row + offset
                 lo = f"tl.maximum(0, {first_row} + ({offset})) // {inner}"
         return lo, hi
+
+
+    def _keyed(self, condition: ir.Expr) -> ir.Expr:
+        """The key is m1 * M0 + m0: written as a plain `m0` so a bound reads off it."""
+        f = self.f
+        inner = ir.Dim(self.cascade.var_rank(f.stream))
+        key = ir.Op("-", (ir.Index(f.stream), ir.Op("*", (ir.Index(f.loop), inner))))
+        return substitute(condition, {f.stream: key})
+
+    def _key(self) -> str:
+        f = self.f
+        return f"({f.loop} * {self.cascade.var_rank(f.stream)} + {f.stream})"
 
 
 def scalar_condition(text: str) -> str:
