@@ -43,7 +43,7 @@ from ..ir import expr as ir
 from ..ir.printer import lhs_text, rhs_text
 from ..transform.algebra import Algebra, substitute
 from .skipping import masked_steps_are_identities
-from .triton_backend import TritonPrinter, Unsupported
+from .triton_backend import TritonPrinter, Unsupported, tile_asserts
 
 BLOCK_P = 16
 BLOCK_M = 16
@@ -108,6 +108,7 @@ class _Fuser:
             self.loop = cascade.ranks[split.outer].var
             self.stream = cascade.ranks[split.inner].var
             self.tile = split.factor
+            self.tile_block = f"BLOCK_{self.stream.upper()}"
         for einsum in cascade.einsums:
             if einsum.iterative is not None and einsum.iter_var != self.loop:
                 raise NotFusable(f"the recurrence {einsum.tensor} is not over the key tiles")
@@ -116,9 +117,12 @@ class _Fuser:
             raise NotFusable("no parallel rank to spread programs over")
         self.row = parallel[-1]
         self.batch = parallel[:-1]
+        # Ranks no Einsum iterates over (a stage's, the queries of the keys' stage)
+        # get no tile: a BLOCK of their size would be a compilation per size.
+        used = {v for einsum in cascade.einsums for v in einsum.variables}
         self.features = [r.var for r in cascade.ranks.values()
                          if r.var not in parallel and r.var not in (self.stream, self.loop)
-                         and r.name != rank]
+                         and r.name != rank and r.var in used]
         self.absent = absent_tensors(cascade)
         self.kinds: dict[str, str] = {}
         self.layouts: dict[str, tuple[str, ...]] = {}
@@ -242,6 +246,8 @@ class _Fuser:
         names = {v: v for v in self.batch}
         if self.loop is not None:
             names[self.loop] = self.loop
+            # The split factor is the tile: the kernel knows it as its constexpr.
+            names[self.cascade.var_rank(self.stream)] = self.tile_block
         for var in (self.row, self.stream, *self.features):
             names[var] = _layout_vars(layout, var)
         return names
@@ -633,8 +639,11 @@ class _Emitter:
                 raise NotFusable(f"{einsum.tensor}: a factor over both sides of the product")
         if not row_side or not key_side:
             raise NotFusable(f"{einsum.tensor}: not a product of a row tile and a key tile")
-        # read() adds the feature mask; the lanes here are the row and key lanes.
-        key_lanes = f"({f.stream} < {self.cascade.var_rank(f.stream)})[:, None]"
+        # read() adds the feature mask; the lanes here are the row and key lanes. The key
+        # tile's addresses are clamped and a score at a key no row sees is masked before any
+        # arithmetic across keys, so the key side needs no more than the tile's own lanes.
+        size = f.tile_block if f.loop is not None else self.cascade.var_rank(f.stream)
+        key_lanes = f"({f.stream} < {size})[:, None]"
         a = self._hoisted(" * ".join(f.value(x, (f.row, feature), "row_live[:, None]")
                                      for x in row_side), f"{einsum.tensor}_rows")
         b = " * ".join(f.value(x, (f.stream, feature), key_lanes) for x in key_side)
@@ -722,6 +731,8 @@ class _Emitter:
         score; any other condition on the rows needs an OR over the rows of `terms`."""
         alternatives = [((), ())]
         for condition in self._leaf_conditions(einsum):
+            if self._said_by_keys_live(condition):
+                continue
             found = self._alternatives(condition)
             if found is None or len(alternatives) * len(found) > MAX_KEY_ALTERNATIVES:
                 return f"tl.max(({terms}).to(tl.int32), axis=0) != 0"
@@ -736,6 +747,20 @@ class _Emitter:
         # `!= 0`: Triton's interpreter gives `block & scalar` int32 data, which a load's
         # mask rejects (on the GPU it is a no-op on a boolean).
         return f"({' & '.join([self._keys_live()] + common)}) != 0"
+
+    def _said_by_keys_live(self, condition: Condition) -> bool:
+        """The split's `m1 * M0 + m0 < M`, and the range of a read at the key itself
+        (`V[.., m1 * M0 + m0, ..]`): what `_keys_live` says already."""
+        if condition.kind == "split":
+            return True
+        if condition.kind != "range" or self.f.loop is None:
+            return False
+        f = self.f
+        inner = self.cascade.var_rank(f.stream)
+        key = ir.Op("+", (ir.Op("*", (ir.Index(f.loop), ir.Dim(inner))), ir.Index(f.stream)))
+        root = ir.Dim(self.cascade.root_rank(inner))
+        return condition.expr == ir.Op("and", (ir.Op("<=", (ir.Const(0), key)),
+                                               ir.Op("<", (key, root))))
 
     def _alternatives(self, condition: Condition, expr: ir.Expr | None = None):
         """A condition (or `expr`, a part of it) as alternatives a key may meet it by,
@@ -926,18 +951,23 @@ class _Emitter:
         blocks = [f"BLOCK_{v.upper()}" for v in [f.row, f.stream] + f.features]
         if self.uses_dot:
             blocks.append("DOT_DTYPE")
-        source = ["@triton.jit",
-                  f"def {name}({', '.join(args)}, "
-                  f"{', '.join(b + ': tl.constexpr' for b in blocks)}):"] + self.lines
         # A split's tile is the spec's own factor; otherwise the key tile is ours to tune.
         tile = f.tile if f.loop is not None else BLOCK_M
         tuning = {f"BLOCK_{f.row.upper()}": BLOCK_P, f"BLOCK_{f.stream.upper()}": tile}
+        knobs = [k for k in tuning if f.loop is None or k != f.tile_block]
+        source = ["@triton.jit",
+                  f"def {name}({', '.join(args)}, "
+                  f"{', '.join(b + ': tl.constexpr' for b in blocks)}):",
+                  *tile_asserts(knobs, 16 if self.uses_dot else 1)] + \
+            self.lines
         host_lines = []
         for output in outputs:
             shape = ", ".join(cascade.tensors[output].ranks)
             host_lines.append(f"{output} = torch.empty(({shape}{',' if len(cascade.tensors[output].ranks) == 1 else ''}), "
                               f"device=device, dtype=torch.float32)")
         host_lines.append(f'tuning = dict(TUNING_FUSED["{name}"])')
+        if f.loop is not None:
+            host_lines += self._split_tile_check(name)
         for var in f.features:
             size = cascade.var_rank(var)
             host_lines.append(f'tuning["BLOCK_{var.upper()}"] = max(16, '
@@ -950,6 +980,21 @@ class _Emitter:
         host_lines.append("    **tuning, DOT_DTYPE=dot_dtype)" if self.uses_dot else
                           "    **tuning)")
         return source, host_lines, tuning
+
+
+    def _split_tile_check(self, name: str) -> list[str]:
+        """Host lines refusing a key tile other than the split factor: the kernel's key
+        index is m1 * BLOCK_M0 + m0 over the host's M1 = ceil(M / M0) steps."""
+        f, cascade = self.f, self.cascade
+        inner = cascade.var_rank(f.stream)
+        split = next(s for s in cascade.splits if s.inner == inner)
+        entry = f"TUNING_FUSED['{name}']['{f.tile_block}']"
+        return [f'if tuning["{f.tile_block}"] != {inner}:',
+                f'    raise ValueError(f"{entry} is {{tuning[\'{f.tile_block}\']}}, but the '
+                f'key tile is the split factor {inner} = {{{inner}}} of the cascade (split '
+                f'{split.parent} -> {split.outer}, {inner} by {split.factor}), fixed when the '
+                f'module was generated: for another tile, change the split or the tile the '
+                f'online rewrite splits by (einsumattn compile --tile N)")']
 
 
 class _SplitEmitter(_Emitter):
@@ -976,8 +1021,7 @@ class _SplitEmitter(_Emitter):
         lo, hi = self._step_bounds()
         self.line(f"for {f.loop} in range({lo or 0}, {hi or outer}):")
         self.line(f"{f.stream} = tl.arange(0, BLOCK_{f.stream.upper()}).to(tl.int64)", 2)
-        self.line(f"lanes = row_live[:, None] & ({f.loop} * {inner} + {f.stream} < "
-                  f"{stream})[None, :]", 2)
+        self.line(f"lanes = row_live[:, None] & {self._keys_live()}[None, :]", 2)
         for einsum in carried:
             self.line(f"{einsum.tensor}_at = {einsum.tensor}  # at step {f.loop}", 2)
         for einsum in cascade.einsums:
@@ -1016,7 +1060,7 @@ class _SplitEmitter(_Emitter):
         f, cascade = self.f, self.cascade
         reductions = [e for e in cascade.einsums if f.kinds[e.tensor] in ("tile-reduce",
                                                                            "tile-dot")]
-        inner = cascade.var_rank(f.stream)
+        tile = f.tile_block
         offsets = self._masking_offsets(reductions)
         self.skipping = "no affine filter masks every per-step reduction"
         if not offsets:
@@ -1032,11 +1076,10 @@ class _SplitEmitter(_Emitter):
             offset = self._offset_text(side, offset)
             if side == "upper":   # keys up to the last row + offset
                 hi = (f"tl.minimum({cascade.var_rank(f.loop)}, tl.maximum(0, {first_row} + "
-                      f"BLOCK_{f.row.upper()} + ({offset}) + {inner} - 1) // {inner})")
+                      f"BLOCK_{f.row.upper()} + ({offset}) + {tile} - 1) // {tile})")
             else:                 # keys from the first row + offset
-                lo = f"tl.maximum(0, {first_row} + ({offset})) // {inner}"
+                lo = f"tl.maximum(0, {first_row} + ({offset})) // {tile}"
         return lo, hi
-
 
     def _keyed(self, condition: ir.Expr) -> ir.Expr:
         """The key is m1 * M0 + m0: written as a plain `m0` so a bound reads off it."""
@@ -1047,7 +1090,7 @@ class _SplitEmitter(_Emitter):
 
     def _key(self) -> str:
         f = self.f
-        return f"({f.loop} * {self.cascade.var_rank(f.stream)} + {f.stream})"
+        return f"({f.loop} * {f.tile_block} + {f.stream})"
 
 
 def scalar_condition(text: str) -> str:
@@ -1078,6 +1121,7 @@ def kernel_arguments(cascade: Cascade, body: str, outputs: list[str]) -> tuple[l
     """A fused kernel's arguments and the host expressions passed for them: output and
     input pointers (the inputs its body loads), their strides, the sizes and params it
     uses."""
+    body = re.sub(r"#.*", "", body)     # what the comments restate is not used
     inputs = [t.name for t in cascade.inputs if re.search(rf"\b{t.name}_ptr\b", body)]
     args = [f"{o}_ptr" for o in outputs] + [f"{i}_ptr" for i in inputs]
     host = list(outputs) + inputs

@@ -133,6 +133,15 @@ class Kernel:
     tuning: dict = field(default_factory=dict)
 
 
+def tile_asserts(knobs, least: int) -> list[str]:
+    """Kernel lines that refuse, when the kernel compiles, a block size from a tuning
+    table that the kernel cannot take: tl.arange needs a power of two, tl.dot at least
+    16 in each dimension."""
+    return [f'    tl.static_assert({k} >= {least} and ({k} & ({k} - 1)) == 0, '
+            f'"{k}: a block size of the tuning table, a power of two >= {least}")'
+            for k in knobs]
+
+
 class TritonEmitter:
     """Kernels for a cascade, and the host code that allocates and launches them."""
 
@@ -195,7 +204,8 @@ class TritonEmitter:
 
         lines = ["@triton.jit",
                  f"def {name}({', '.join(args)}, BLOCK: tl.constexpr, RBLOCK: tl.constexpr):",
-                 f"    # {lhs_text(cascade, einsum)} = {rhs_text(einsum)}"]
+                 f"    # {lhs_text(cascade, einsum)} = {rhs_text(einsum)}",
+                 *tile_asserts(("BLOCK", "RBLOCK"), 1)]
         if recurrence:
             lines.append(f"    # a recurrence over {self._size(x)}: the steps run in order "
                          f"inside each program")
