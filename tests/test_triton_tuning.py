@@ -180,3 +180,22 @@ def test_the_benchmark_tunes_the_split_tile_by_compiling(tmp_path):
     # The variant ran a module compiled with 32-key tiles (the compile cache holds it).
     assert any("'BLOCK_M0': 32" in module.read_text()
                for module in (tmp_path / "cache").rglob("*.py"))
+
+
+@pytest.mark.parametrize("block, rblock", [(32, 64), (256, 16)])
+def test_the_unfused_block_sizes_are_safe_to_change(modules, block, rblock):
+    module = modules["causal_softmax", True]
+    saved = {name: dict(table) for name, table in module.TUNING.items()}
+    try:
+        for table in module.TUNING.values():
+            table.update(BLOCK=block, RBLOCK=rblock)
+        cascade = einsumattn.load(ROOT / "examples" / "causal_softmax.attn")
+        inputs = case_inputs(cascade, Case(SIZES, "float32", 1.0, False, 0))
+        out = layer(module, "triton-unfused")(*inputs.values())
+        assert all(r.ok for r in compare(cascade, inputs, out, "float32"))
+        for table in module.TUNING.values():
+            table.update(RBLOCK=24)
+        with pytest.raises(Exception, match="RBLOCK: a block size of the tuning table"):
+            layer(module, "triton-unfused")(*inputs.values())
+    finally:
+        module.TUNING.update(saved)
