@@ -47,8 +47,8 @@ from .triton_backend import TritonPrinter, Unsupported, tile_asserts
 
 BLOCK_P = 16
 BLOCK_M = 16
-# Alternatives (`or`) in the per-key form of a mask before the kernel takes an OR over
-# the rows of the score tile instead (codegen keeps generated code small).
+# The most alternatives (`or`) the per-key form of a key-tile mask may have; past it the
+# kernel ORs the score mask over the rows instead, and the generated line stays short.
 MAX_KEY_ALTERNATIVES = 8
 
 
@@ -779,8 +779,11 @@ class _Emitter:
             return found
         variables = frozenset(ir.index_vars(expr))
         if not variables & {f.row, *f.features}:
-            text = f.mask(Condition(condition.kind, variables, expr), (f.stream,),
-                          self._keys_live())
+            try:
+                text = f.mask(Condition(condition.kind, variables, expr), (f.stream,),
+                              self._keys_live())
+            except NotFusable:          # not printable per key: the rows will tell
+                return None
             return [((text,), ())]
         if isinstance(expr, ir.Op) and expr.op in ("and", "or"):
             left, right = (self._alternatives(condition, arg) for arg in expr.args)
@@ -980,7 +983,6 @@ class _Emitter:
         host_lines.append("    **tuning, DOT_DTYPE=dot_dtype)" if self.uses_dot else
                           "    **tuning)")
         return source, host_lines, tuning
-
 
     def _split_tile_check(self, name: str) -> list[str]:
         """Host lines refusing a key tile other than the split factor: the kernel's key
