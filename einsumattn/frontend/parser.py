@@ -25,6 +25,11 @@ KEYWORDS = frozenset("attention dims input param split init output where and or 
 FUNCTIONS = frozenset("exp log sqrt tanh sigmoid relu elu abs sign max min where".split())
 RESERVED = KEYWORDS | FUNCTIONS
 
+# The largest spec accepted, in bytes of UTF-8 (the biggest attention spec is a few KB):
+# files are read only this far, so /dev/zero or a log file is refused at once, and
+# the time of every later stage is bounded with it.
+MAX_SPEC_BYTES = 2**20
+
 # Deeper nesting than this is rejected with a diagnostic; the later stages walk
 # expressions recursively, and no attention formula comes near it.
 MAX_NESTING = 64
@@ -49,11 +54,24 @@ def _lark() -> Lark:
                 maybe_placeholders=False, postlex=_BracketNewlines())
 
 
+# Binary operators by how loosely they bind; an operator ends the chains of the operators
+# that bind tighter (`a*b + c*d` is two products of one '*' each).
+_CHAIN_CLASSES = ("OR", "AND", "COMP_OP", "ADD_OP", "MUL_OP")
+# Tokens after which '+' or '-' is binary (else it is unary minus or plus).
+_VALUE_END = frozenset({"NAME", "NUMBER", "INT", "INF", "RPAR", "RSQB"})
+# Tokens that end every chain at their bracket level: a new operand list or statement
+# part. (`where` starts a filter too, unless it calls where(...).)
+_CHAIN_BREAKS = frozenset({"COMMA", "EQUAL", "_NL"})
+
+
 class _BracketNewlines:
     """Post-lexer: a newline inside (...) or [...] does not end the statement.
 
     It also bounds bracket nesting, so that deeply nested input is a diagnostic and not
-    a RecursionError in a later stage.
+    a RecursionError in a later stage; and it stops an operator chain longer than
+    MAX_EXPRESSION_DEPTH as the tokens arrive. Such a chain is rejected after parsing
+    anyway (it folds into a tree that deep), but parsing a megabyte of `a + a + ...`
+    first took minutes and half a gigabyte.
     """
 
     always_accept = ("_NL",)
@@ -63,20 +81,47 @@ class _BracketNewlines:
 
     def process(self, stream: Iterator[Token]) -> Iterator[Token]:
         self.open_brackets = []
+        # Per open bracket (and the statement level): operators in the current chain of
+        # each class.
+        chains: list[dict[str, int]] = [{}]
+        previous = None
         for token in stream:
-            if token.type in ("LPAR", "LSQB"):
+            kind = token.type
+            if previous == "WHERE" and kind != "LPAR":
+                chains[-1].clear()
+            if kind in ("LPAR", "LSQB"):
                 self.open_brackets.append(token)
+                chains.append({})
                 if len(self.open_brackets) > MAX_NESTING:
                     raise SpecError(
                         f"brackets nested more than {MAX_NESTING} deep",
                         _token_span(token),
                         "define intermediate tensors instead of one deeply nested expression")
-            elif token.type in ("RPAR", "RSQB"):
+            elif kind in ("RPAR", "RSQB"):
                 if self.open_brackets:
                     self.open_brackets.pop()
-            elif token.type == "_NL" and self.open_brackets:
+                    chains.pop()
+            elif kind == "_NL" and self.open_brackets:
                 continue
+            elif kind in _CHAIN_BREAKS:
+                chains[-1].clear()
+            elif kind in _CHAIN_CLASSES and (kind != "ADD_OP" or previous in _VALUE_END):
+                _count_operator(chains[-1], token)
+            previous = kind
             yield token
+
+
+def _count_operator(chain: dict[str, int], token: Token) -> None:
+    """Count a binary operator in its chain; a chain of more operators than the depth
+    limit allows is an error at the first operator past it."""
+    position = _CHAIN_CLASSES.index(token.type)
+    for tighter in _CHAIN_CLASSES[position + 1:]:
+        chain.pop(tighter, None)
+    chain[token.type] = chain.get(token.type, 0) + 1
+    if chain[token.type] > MAX_EXPRESSION_DEPTH:
+        raise SpecError(f"expression more than {MAX_EXPRESSION_DEPTH} operations deep",
+                        _token_span(token),
+                        "split it into intermediate tensors (one Einsum each)")
 
 
 def _token_span(token: Token) -> Span:
@@ -282,8 +327,23 @@ def _ast_depth_check(statements) -> None:
             stack.extend((child, depth + 1) for child in ast.children(node))
 
 
+def too_large(prefix: str, filename: str) -> SpecError:
+    """The diagnostic for a spec past MAX_SPEC_BYTES, given the text that fits: it points
+    at the first character past the limit."""
+    prefix = prefix.replace("\r\n", "\n").replace("\r", "\n")
+    line = prefix.count("\n") + 1
+    column = len(prefix) - (prefix.rfind("\n") + 1) + 1
+    return SpecError(f"the spec is larger than the limit of {MAX_SPEC_BYTES // 2**20} MiB "
+                     f"({MAX_SPEC_BYTES} bytes)", Span.point(line, column),
+                     "a spec is a short text file (the position is the first byte past "
+                     "the limit): is this the right file?", Source(prefix, filename))
+
+
 def parse(text: str, filename: str = "<spec>") -> ast.Spec:
     """Parse spec text into a syntax tree, or raise `SpecError`."""
+    if len(text) > MAX_SPEC_BYTES // 4 and len(text.encode("utf-8")) > MAX_SPEC_BYTES:
+        fitting = text.encode("utf-8")[:MAX_SPEC_BYTES].decode("utf-8", "ignore")
+        raise too_large(fitting, filename)
     # lark counts lines by '\n': bring CRLF and lone CR to '\n' so positions are right.
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     if text.startswith("\ufeff"):
