@@ -2,6 +2,7 @@
 recurrences, splits, numbers), each against an independent computation."""
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -214,3 +215,77 @@ def test_where_inside_a_reduction_drops_only_the_terms_that_pick_an_absent_branc
            "output WH"
     out = run(text, [np.ones(2), np.full((2, 3), 2.0)])["WH"]
     np.testing.assert_array_equal(out, [1.0 + 2.0 + 2.0, 2.0 + 2.0])
+
+
+# ------------------------------------------------------------------ memory
+
+SOFTMAX = (Path(__file__).resolve().parent.parent / "examples" / "softmax_3pass.attn")
+
+
+def test_a_case_past_the_memory_limit_is_refused_before_anything_is_allocated(
+        monkeypatch):
+    """The estimate comes from the shapes alone: inputs that would take terabytes to
+    convert (zero-copy broadcast views here) are never converted, and no Einsum runs."""
+    import importlib
+
+    oracle = importlib.import_module("einsumattn.evaluate")  # the name is the function
+
+    def never(*args, **kwargs):
+        raise AssertionError("allocated before refusing")
+
+    monkeypatch.setattr(oracle, "_to_numpy", never)
+    monkeypatch.setattr(oracle, "_evaluate_einsum", never)
+    cascade = einsumattn.load(SOFTMAX)
+    b, h, p, m, e, f = 64, 64, 4096, 4096, 128, 128
+    inputs = [np.broadcast_to(np.float64(0), shape)
+              for shape in ((b, h, p, e), (b, h, m, e), (b, h, m, f))]
+    with pytest.raises(BindError) as caught:
+        einsumattn.evaluate(cascade, inputs, max_bytes=2**40)
+    message = str(caught.value)
+    assert "the largest array: the iteration space of QK (b, h, p, m, e), 64 TiB" in message
+    assert "more than the limit of 1 TiB" in message
+    assert "EINSUMATTN_EVAL_MEMORY" in message
+
+
+@pytest.mark.parametrize("path", sorted(SOFTMAX.parent.glob("*.attn")),
+                         ids=lambda p: p.stem)
+def test_the_memory_estimate_bounds_what_the_oracle_allocates(path):
+    """numpy reports its allocations to tracemalloc: the peak of a whole evaluation stays
+    under the estimate (which also counts the inputs, already allocated here)."""
+    import tracemalloc
+
+    from einsumattn.evaluate import estimate_memory
+    from einsumattn.ir import bind
+
+    cascade = einsumattn.load(path)
+    free = {r: 5 for r, rank in cascade.ranks.items()
+            if rank.split_of is None and rank.fixed is None}
+    binding = bind(cascade, sizes=free)
+    rng = np.random.default_rng(0)
+    inputs = {t.name: rng.standard_normal(binding.extent(cascade, t.name))
+              for t in cascade.inputs}
+    tracemalloc.start()
+    try:
+        einsumattn.evaluate(cascade, inputs)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak <= estimate_memory(cascade, binding)[0]
+
+
+@pytest.mark.parametrize("text, expected", [("2G", 2 * 2**30), ("512m", 512 * 2**20),
+                                            ("1.5GB", 3 * 2**29), ("1000", 1000)])
+def test_the_memory_limit_is_read_from_the_environment(text, expected, monkeypatch):
+    from einsumattn.evaluate import memory_limit
+
+    monkeypatch.setenv("EINSUMATTN_EVAL_MEMORY", text)
+    assert memory_limit() == expected
+
+
+def test_a_memory_limit_that_is_not_a_size_is_a_bind_error(monkeypatch):
+    monkeypatch.setenv("EINSUMATTN_EVAL_MEMORY", "lots")
+    with pytest.raises(BindError, match="is not a size"):
+        run("dims P\ninput X[p]\nY[p] = X[p]\noutput Y", [np.ones(2)])
+    monkeypatch.setenv("EINSUMATTN_EVAL_MEMORY", "100")
+    with pytest.raises(BindError, match="more than the limit of 100 bytes"):
+        run("dims P\ninput X[p]\nY[p] = X[p]\noutput Y", [np.ones(200)])
