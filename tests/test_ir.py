@@ -146,3 +146,73 @@ def test_expression_text_round_trips_precedence():
     body = cascade.einsum("Y").body
     again = einsumattn.load(f"dims P\ninput X[p]\nY[p] = {ir.to_text(body)}\noutput Y")
     assert again.einsum("Y").body == body
+
+
+# ------------------------------------------------------------------ numbers
+
+NUMBERS = "dims P\ninput X[p]\n{}\noutput Y\n"
+
+
+@pytest.mark.parametrize("literal, accepted", [
+    ("9007199254740992", True),            # 2**53
+    ("009007199254740992", True),          # leading zeros do not count
+    ("9007199254740993", False),
+    ("99999999999999999999999", False),
+    ("1" + "0" * 5000, False),             # int() itself refuses 4300+ digits
+])
+def test_integer_literals_are_exact_up_to_2_to_the_53(literal, accepted):
+    text = NUMBERS.format(f"Y[p] = X[p] + {literal}")
+    if accepted:
+        body = einsumattn.load(text).einsums[0].body
+        assert body.args[1] == ir.Const(int(literal))
+        return
+    with pytest.raises(SpecError) as caught:
+        einsumattn.load(text)
+    error = caught.value
+    assert "is larger than 2**53 (9007199254740992)" in error.message
+    assert (error.span.line, error.span.column) == (3, 15)
+    assert "write it as a decimal" in error.hint
+
+
+@pytest.mark.parametrize("statement", ["dims M = 9007199254740993\ninput Z[m]",
+                                       "split P -> P1, P0 by 9007199254740993"])
+def test_sizes_and_split_factors_past_2_to_the_53_are_errors(statement):
+    text = f"dims P\n{statement}\ninput X[p]\nY[p] = X[p]\noutput Y\n"
+    with pytest.raises(SpecError, match="larger than 2\\*\\*53") as caught:
+        einsumattn.load(text)
+    assert caught.value.hint == "sizes and split factors are whole numbers up to 2**53"
+
+
+@pytest.mark.parametrize("expression, accepted", [
+    ("2 ** 53", True), ("2 ** 53 + 1", False), ("-(2 ** 53)", True),
+    ("2 ** 100", False), ("10 ** 10 ** 10", False),   # refused before it is computed
+    ("4503599627370496 * 2", True), ("4503599627370496 * 4", False),
+    ("2.0 ** 100", True), ("2 ** -1", True), ("7 // 2 % 3", True),
+    ("1e308 * 10", False), ("exp(1000)", False), ("10.0 ** 400", False),
+    ("1 / 0", False), ("7 // 0", False), ("7 % (3 - 3)", False),
+    ("log(0)", False), ("sqrt(-1)", False), ("(-8) ** 0.5", False),
+    ("inf - inf", True), ("exp(inf)", True), ("-inf * 0.5", True),   # already infinite
+    ("sigmoid(-1000)", True), ("where(1 < 2, 3, 1 / 0)", False),
+])
+def test_constant_steps_stay_exact_and_finite(expression, accepted):
+    """Constants are computed as Python numbers by the generated code: a step that leaves
+    the exact integers or overflows float64 is a located error, not an error at every
+    call. Values and params alike."""
+    for body in (f"Y[p] = X[p] * ({expression})", f"param c = {expression}\nY[p] = X[p] * c"):
+        text = NUMBERS.format(body)
+        if accepted:
+            einsumattn.load(text)
+            continue
+        with pytest.raises(SpecError) as caught:
+            einsumattn.load(text)
+        assert caught.value.span is not None and caught.value.span.line == 3
+        assert caught.value.hint
+
+
+def test_a_large_integer_constant_is_pointed_at_with_a_decimal_spelling():
+    with pytest.raises(SpecError) as caught:
+        einsumattn.load(NUMBERS.format("Y[p] = X[p + 4503599627370496 * 4]"))
+    error = caught.value
+    assert error.message.startswith("the integer constant '4503599627370496 * 4' is larger")
+    assert (error.span.line, error.span.column) == (3, 14)
+    assert error.hint.endswith("4503599627370496.0 * 4")

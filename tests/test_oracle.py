@@ -289,3 +289,21 @@ def test_a_memory_limit_that_is_not_a_size_is_a_bind_error(monkeypatch):
     monkeypatch.setenv("EINSUMATTN_EVAL_MEMORY", "100")
     with pytest.raises(BindError, match="more than the limit of 100 bytes"):
         run("dims P\ninput X[p]\nY[p] = X[p]\noutput Y", [np.ones(200)])
+
+
+# ------------------------------------------------------------------ numbers
+
+def test_the_largest_exact_integers_compile_and_run_on_torch():
+    """The boundary of the integer rule (2**53, as a literal, a param default and an
+    integer step) and a large float written as a decimal: the torch backend runs them
+    without OverflowError and agrees with the oracle."""
+    text = ("dims P, E\ninput Q[p, e]\nparam big = 2 ** 52 * 2\n"
+            "Y[p, e] = elu(Q[p, e]) + 9007199254740992 / big + 1e23 * 0 + 2.0 ** 100 / 1e30\n"
+            "output Y\n")
+    module = einsumattn.compile(text, backend="torch")
+    q = torch.randn(3, 4)
+    got = module.attention(q, backend="torch")
+    expected = einsumattn.evaluate(einsumattn.load(text), [q])["Y"]
+    np.testing.assert_allclose(got.double().numpy(), expected, rtol=1e-6, atol=1e-6)
+    x = q.double().numpy()
+    assert np.allclose(expected, np.where(x > 0, x, np.expm1(x)) + 1 + 2.0 ** 100 / 1e30)

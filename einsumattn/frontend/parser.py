@@ -8,6 +8,7 @@ binary junk, an empty file, megabytes of text and deep nesting all end in a diag
 from __future__ import annotations
 
 import functools
+import math
 import re
 from importlib import resources
 from typing import Iterator
@@ -24,6 +25,10 @@ KEYWORDS = frozenset("attention dims input param split init output where and or 
                      "sum max min inf".split())
 FUNCTIONS = frozenset("exp log sqrt tanh sigmoid relu elu abs sign max min where".split())
 RESERVED = KEYWORDS | FUNCTIONS
+
+# The largest integer a literal (or, in ir/constants.py, a constant integer step) may
+# have: every integer up to it is exact in float64, and in int64 with room to spare.
+MAX_EXACT_INTEGER = 2**53
 
 # The largest spec accepted, in bytes of UTF-8 (the biggest attention spec is a few KB):
 # files are read only this far, so /dev/zero or a log file is refused at once, and
@@ -150,10 +155,36 @@ def _check_name(token: Token, what: str) -> str:
     return name
 
 
-def _number(text: str) -> float | int:
+def _number(token: Token) -> float | int:
+    text = str(token)
     if text.isdigit():
-        return int(text)
+        return _integer(token)
     return float(text)
+
+
+def _integer(token: Token, hint: str | None = None) -> int:
+    """An integer literal, at most MAX_EXACT_INTEGER (docs/language.md, section 3,
+    "Numbers"): generated code keeps integers as Python ints, which torch and Triton
+    refuse past 64 bits, on every call."""
+    digits = str(token).lstrip("0") or "0"
+    # Compare lengths first: int() of a 5000-digit literal is itself an error in Python.
+    if len(digits) > len(str(MAX_EXACT_INTEGER)) or int(digits) > MAX_EXACT_INTEGER:
+        shown = digits if len(digits) <= 30 else f"{digits[:12]}...{digits[-6:]} " \
+                                                  f"({len(digits)} digits)"
+        raise SpecError(f"the integer {shown} is larger than 2**53 ({MAX_EXACT_INTEGER}), "
+                        f"the largest integer kept exact", _token_span(token),
+                        hint or f"write it as a decimal (e.g. {_as_decimal(digits)}) if "
+                                f"a floating-point value is meant")
+    return int(digits)
+
+
+_SIZE_HINT = "sizes and split factors are whole numbers up to 2**53"
+
+
+def _as_decimal(digits: str) -> str:
+    """`99999999999999999999999` -> `1e+23`."""
+    value = float(digits)
+    return repr(value) if math.isfinite(value) else f"{digits[0]}e{len(digits) - 1}"
 
 
 @v_args(meta=True)
@@ -162,7 +193,7 @@ class _ToAst(Transformer):
 
     # -------------------------------------------------------------- expressions
     def number(self, meta, children):
-        return ast.Number(_number(str(children[0])), _meta_span(meta))
+        return ast.Number(_number(children[0]), _meta_span(meta))
 
     def inf(self, meta, children):
         return ast.Inf(_meta_span(meta))
@@ -243,7 +274,7 @@ class _ToAst(Transformer):
 
     def dim_decl(self, meta, children):
         name = _check_name(children[0], "a dim")
-        size = int(children[1]) if len(children) > 1 else None
+        size = _integer(children[1], _SIZE_HINT) if len(children) > 1 else None
         return ast.DimDecl(name, size, _meta_span(meta))
 
     def dims_stmt(self, meta, children):
@@ -266,7 +297,7 @@ class _ToAst(Transformer):
 
     def split_factor(self, meta, children):
         token = children[0]
-        value = int(token) if token.type == "INT" else str(token)
+        value = _integer(token, _SIZE_HINT) if token.type == "INT" else str(token)
         return value, _token_span(token)
 
     def split_stmt(self, meta, children):

@@ -17,6 +17,7 @@ from ..diagnostics import SpecError, Span, did_you_mean
 from ..frontend import FUNCTIONS, RESERVED, ast
 from . import expr as ir
 from .cascade import Cascade, Einsum, ParamDecl, Rank, Split, Tensor, dataflow_graph
+from .constants import check_constants
 
 _FUNCTION_ARITY = {**{name: 1 for name in ir.FUNCTIONS_1}, "max": 2, "min": 2, "where": 3}
 
@@ -312,7 +313,9 @@ class _Builder:
     def _param_default(self, stmt: ast.ParamStmt) -> ir.Expr | None:
         if stmt.default is None:
             return None
-        return self._numeric(stmt.default, _Context("param"), set())
+        default = self._numeric(stmt.default, _Context("param"), set())
+        check_constants(default)
+        return default
 
     def _check_param_cycles(self, params: dict[str, ParamDecl]) -> None:
         graph = nx.DiGraph()
@@ -548,6 +551,9 @@ class _Builder:
             init_stmt = self.init_stmts.get(lhs.tensor)
             if init_stmt is not None:
                 init = self._init_value(init_stmt, variables, iterative)
+        for part in (body, filt, init):
+            if part is not None:
+                check_constants(part)
         return Einsum(lhs.tensor, tuple(variables), body, reduce_op, reduced, filt,
                       iterative, init, explicit, stmt.span)
 
