@@ -17,6 +17,7 @@ import numpy as np
 from ..diagnostics import BindError
 from . import expr as ir
 from .cascade import Cascade
+from .divisors import checked_divisors, divisor_problem, size_value
 from .semantics import apply
 
 
@@ -123,6 +124,11 @@ def bind(cascade: Cascade, *, shapes: Mapping[str, Sequence[int]] | None = None,
             size(rank)
     for name in cascade.params:
         param(name)
+
+    for divisor, read in checked_divisors(cascade):
+        value = size_value(divisor, known)
+        if value < 1:
+            raise BindError(divisor_problem(divisor, read).format(value=value, **known))
 
     for tensor in cascade.inputs:
         if shapes is None or tensor.name not in shapes:
