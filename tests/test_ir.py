@@ -216,3 +216,78 @@ def test_a_large_integer_constant_is_pointed_at_with_a_decimal_spelling():
     assert error.message.startswith("the integer constant '4503599627370496 * 4' is larger")
     assert (error.span.line, error.span.column) == (3, 14)
     assert error.hint.endswith("4503599627370496.0 * 4")
+
+
+# ------------------------------------------------------------------ index divisors
+
+DIVISOR = """dims B, H, KH, P, M, E, G = 4
+split M -> M1, M0 by 16
+input Q[b, h, p, e], K[b, kh, m, e]
+Y[b, h, p, m] = Q[b, h, p, e] * K[b, h {op} {divisor}, m, e]
+output Y
+"""
+
+
+@pytest.mark.parametrize("divisor, checked", [
+    ("KH", False), ("2", False), ("G", False),                 # a dim or an integer, as in 1.0
+    ("(2 * KH)", False), ("(H + 1)", False), ("(KH * H)", False),
+    ("(G - 3)", False), ("(H + 1 - 1)", False), ("(M0 // 4)", False),  # fixed sizes count
+    ("(H // KH)", True), ("(2 * (H // KH))", True), ("(H // KH + 0)", True),
+    ("(H // KH // 2)", True), ("(M1)", False),
+])
+@pytest.mark.parametrize("op", ["//", "%"])
+def test_divisors_are_positive_integer_expressions_of_dims(divisor, checked, op):
+    """Accepted: proved at least 1 from the declarations, or at least 1 once its floor
+    quotients are, which the binding then checks."""
+    from einsumattn.ir.divisors import checked_divisors
+
+    cascade = einsumattn.load(DIVISOR.format(op=op, divisor=divisor))
+    index = cascade.einsum("Y").body.args[1].indices[1]
+    assert index.op == op and index.args[0] == ir.Index("h")
+    assert [ir.to_text(d) for d, _ in checked_divisors(cascade)] == \
+        ([ir.to_text(index.args[1])] if checked else [])
+
+
+def test_the_paper_spelling_of_gqa_builds_nested_floor_divisions():
+    cascade = einsumattn.load(DIVISOR.format(op="//", divisor="(H // KH)"))
+    index = cascade.einsum("Y").body.args[1].indices[1]
+    assert index == ir.Op("//", (ir.Index("h"), ir.Op("//", (ir.Dim("H"), ir.Dim("KH")))))
+
+
+@pytest.mark.parametrize("divisor, column, message", [
+    ("(H - KH)", 44, "the divisor 'H - KH' of '//' cannot be proved positive"),
+    ("(H - 1)", 44, "the divisor 'H - 1' of '//' cannot be proved positive"),
+    ("(G - 4)", 44, "the divisor 'G - 4' of '//' cannot be proved positive"),
+    ("0", 43, "the divisor '0' of '//' cannot be proved positive"),
+    ("(0 * H)", 44, "the divisor '0 * H' of '//' cannot be proved positive"),
+    ("(H // (KH - KH))", 44, "the divisor 'H // (KH - KH)' of '//' cannot be proved"),
+    ("(H // KH - 1)", 44, "the divisor 'H // KH - 1' of '//' cannot be proved positive"),
+    ("(H // kh)", 49, "'kh' is not one"),
+    ("(H % KH)", 44, "'H % KH' is not one"),
+    ("(H / KH)", 44, "'H / KH' is not one"),
+])
+def test_divisors_that_cannot_be_proved_positive_are_errors(divisor, column, message):
+    with pytest.raises(SpecError) as caught:
+        einsumattn.load(DIVISOR.format(op="//", divisor=divisor))
+    error = caught.value
+    assert message in error.message
+    assert (error.span.line, error.span.column) == (4, column)
+    assert error.hint
+
+
+def test_a_divisor_below_1_at_binding_is_a_bind_error_naming_it():
+    cascade = einsumattn.load(DIVISOR.format(op="//", divisor="(H // KH)"))
+    bind(cascade, sizes={"B": 1, "H": 4, "KH": 4, "P": 1, "M": 1, "E": 1})
+    with pytest.raises(BindError) as caught:
+        bind(cascade, sizes={"B": 1, "H": 2, "KH": 4, "P": 1, "M": 1, "E": 1})
+    assert str(caught.value) == (
+        "the index divisor 'H // KH' in K[b, h // (H // KH), m, e] is 0 at H=2, KH=4; it "
+        "must be at least 1 (a floor quotient such as H // KH needs H >= KH)")
+
+
+def test_a_split_whose_parts_are_unused_binds():
+    """_rank_used asked every split about its parts, and so asked M1 about M1 forever
+    (a RecursionError at evaluation) when a declared split was not used."""
+    cascade = einsumattn.load("dims M\nsplit M -> M1, M0 by 4\ninput X[m]\nY[m] = X[m]\n"
+                              "output Y\n")
+    assert bind(cascade, sizes={"M": 3}).sizes == {"M": 3}

@@ -307,3 +307,75 @@ def test_the_largest_exact_integers_compile_and_run_on_torch():
     np.testing.assert_allclose(got.double().numpy(), expected, rtol=1e-6, atol=1e-6)
     x = q.double().numpy()
     assert np.allclose(expected, np.where(x > 0, x, np.expm1(x)) + 1 + 2.0 ** 100 / 1e30)
+
+
+# ------------------------------------------------------------------ index divisors
+
+GQA_PAPER = (SOFTMAX.parent / "gqa.attn").read_text().replace("h * KH // H", "h // (H // KH)")
+
+
+def _gqa_inputs(h, kh, seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal((2, h, 3, 4)), rng.standard_normal((2, kh, 5, 4)),
+            rng.standard_normal((2, kh, 5, 3))]
+
+
+def _softmax_attention(q, k, v, group):
+    """Softmax attention where query head h reads kv head group(h), absent (0) past the
+    kv heads: written out in numpy, independently of the cascade."""
+    out = np.zeros(q.shape[:3] + (v.shape[-1],))
+    for head in range(q.shape[1]):
+        kv = group(head)
+        if kv >= k.shape[1]:
+            continue
+        scores = np.einsum("bpe,bme->bpm", q[:, head], k[:, kv]) / np.sqrt(q.shape[-1])
+        weights = np.exp(scores - scores.max(-1, keepdims=True))
+        weights /= weights.sum(-1, keepdims=True)
+        out[:, head] = np.einsum("bpm,bmf->bpf", weights, v[:, kv])
+    return out
+
+
+@pytest.mark.parametrize("h, kh", [(4, 2), (6, 3), (4, 4), (4, 1), (5, 2)])
+def test_gqa_as_papers_write_it(h, kh):
+    """K[b, h // (H // KH), m, e]: query head h reads kv head h // (H / KH); with H = 5,
+    KH = 2 the last head reads kv head 2, outside K, and its rows are absent (0)."""
+    q, k, v = _gqa_inputs(h, kh)
+    got = run(GQA_PAPER, [q, k, v])["AV"]
+    expected = _softmax_attention(q, k, v, lambda head: head // (h // kh))
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_gqa_as_papers_write_it_refuses_fewer_query_heads_than_kv_heads():
+    with pytest.raises(BindError, match=r"'H // KH' in K\[b, h // \(H // KH\), m, e\] is 0 "
+                                        r"at H=2, KH=4"):
+        run(GQA_PAPER, _gqa_inputs(2, 4))
+
+
+def test_gqa_as_papers_write_it_compiles_and_agrees_on_torch():
+    module = einsumattn.compile(GQA_PAPER, backend="torch")
+    cascade = einsumattn.load(GQA_PAPER)
+    for h, kh in ((4, 2), (5, 2)):
+        inputs = [torch.tensor(x, dtype=torch.float32) for x in _gqa_inputs(h, kh, seed=h)]
+        got = module.gqa(*inputs, backend="torch").double().numpy()
+        expected = einsumattn.evaluate(cascade, inputs)["AV"]
+        # float32 against float64 on outputs of order 1: a few roundings of 2**-24 each.
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match=r"'H // KH' .* is 0 at H=2, KH=4"):
+        module.gqa(*[torch.tensor(x, dtype=torch.float32) for x in _gqa_inputs(2, 4)],
+                   backend="torch")
+
+
+def test_check_cases_respect_the_divisors():
+    """`einsumattn check` draws sizes for every free rank: only those the spec allows."""
+    from hypothesis import given, settings
+
+    from einsumattn.verify import cases
+
+    cascade = einsumattn.load(GQA_PAPER)
+
+    @settings(max_examples=40, deadline=None, database=None)
+    @given(cases(cascade))
+    def drawn(case):
+        assert case.sizes["H"] >= case.sizes["KH"]
+
+    drawn()

@@ -163,8 +163,12 @@ def _rank_used(cascade: Cascade, rank: str) -> bool:
         if decl.default is not None and any(isinstance(n, ir.Dim) and n.rank == rank
                                             for n in ir.walk(decl.default)):
             return True
-    return any(s.parent == rank or s.factor == rank for s in cascade.splits
-               if _rank_used(cascade, s.outer) or _rank_used(cascade, s.inner))
+    # The parent or factor of a split one of whose parts is used. (Asking about the parts
+    # of every split, not only of this rank's, recursed forever on a split whose parts
+    # are unused.)
+    return any((s.parent == rank or s.factor == rank) and
+               (_rank_used(cascade, s.outer) or _rank_used(cascade, s.inner))
+               for s in cascade.splits)
 
 
 def _scalar(expr: ir.Expr, size, param) -> float:
