@@ -2,7 +2,8 @@
 
 LANGUAGE.md 1.1: a divisor is any positive integer expression of dims (integers, dims,
 `+ - * //`, parentheses): `K[b, h // (H // KH), m, e]`. Positivity is proved from the
-declarations by interval arithmetic (a dim is at least 1, a fixed dim is its size):
+declarations by interval arithmetic (intervals.py: a dim is at least 1, a fixed dim is
+its size):
 
 - proved at least 1 for every size (`G`, `2 * KH`, `H + 1`): accepted;
 - at least 1 once each floor quotient inside it is (`H // KH`, at least 1 when H >= KH,
@@ -16,10 +17,11 @@ See docs/language.md, section 3, "Index divisors".
 
 from __future__ import annotations
 
-import math
+import sympy
 
 from . import expr as ir
 from .cascade import Cascade, Rank
+from .intervals import interval, provably
 
 _SIZE_OPS = frozenset({"+", "-", "*", "//", "neg"})
 
@@ -38,51 +40,38 @@ def size_expression_problem(expr: ir.Expr) -> ir.Expr | None:
     return None
 
 
-def bounds(expr: ir.Expr, ranks: dict[str, Rank],
-           assume_quotients: bool = False) -> tuple[float, float]:
-    """(low, high) of a size expression over every size >= 1 (infinite where unbounded).
-    With `assume_quotients`, each floor quotient of positive parts counts as at least 1.
-    A `//` whose own divisor is not positive under the same rules gives (-inf, inf)."""
-    if isinstance(expr, ir.Const):
-        return expr.value, expr.value
-    if isinstance(expr, ir.Dim):
-        fixed = ranks[expr.rank].fixed
-        return (fixed, fixed) if fixed is not None else (1, math.inf)
-    assert isinstance(expr, ir.Op)
-    parts = [bounds(a, ranks, assume_quotients) for a in expr.args]
-    if expr.op == "neg":
-        (low, high), = parts
-        return -high, -low
-    (a_low, a_high), (b_low, b_high) = parts
-    if expr.op == "+":
-        return a_low + b_low, a_high + b_high
-    if expr.op == "-":
-        return a_low - b_high, a_high - b_low
-    if expr.op == "*":
-        corners = [_times(x, y) for x in (a_low, a_high) for y in (b_low, b_high)]
-        return min(corners), max(corners)
-    # a // b, for b >= 1 and a >= 0: from a_low // b_high to a_high // b_low.
-    if b_low < 1 or a_low < 0:
-        return -math.inf, math.inf
-    low = 0 if b_high == math.inf else a_low // b_high
-    if assume_quotients and a_low >= 1:
-        low = max(low, 1)
-    return low, a_high if a_high == math.inf else a_high // b_low
+def _bounds(divisor: ir.Expr, ranks: dict[str, Rank], assume_quotients: bool):
+    """(low, high) of a size expression (intervals.py), a dim being its symbolic size.
+    A quotient a // b is at least floor(a_low / b_high), and with `assume_quotients` at
+    least 1 when a is (what the binding then checks)."""
+
+    def leaf(node: ir.Expr):
+        if isinstance(node, ir.Const):
+            return sympy.Integer(node.value), sympy.Integer(node.value)
+        size = ranks[node.rank].size
+        return size, size
+
+    def quotient_low(a_low: sympy.Expr, b_high: sympy.Expr) -> sympy.Expr:
+        if assume_quotients and provably(a_low >= 1):
+            return sympy.Integer(1)
+        return sympy.floor(a_low / b_high)
+
+    return interval(divisor, leaf, quotient_low)
 
 
-def _times(x: float, y: float) -> float:
-    # 0 times an unbounded size is 0 (math gives nan for 0 * inf).
-    return 0 if x == 0 or y == 0 else x * y
+def _at_least_one(divisor: ir.Expr, ranks: dict[str, Rank], assume_quotients: bool) -> bool:
+    bounds = _bounds(divisor, ranks, assume_quotients)
+    return bounds is not None and provably(bounds[0] >= 1)
 
 
 def proved_positive(divisor: ir.Expr, ranks: dict[str, Rank]) -> bool:
     """At least 1 for every size: no check is needed when sizes are bound."""
-    return bounds(divisor, ranks)[0] >= 1
+    return _at_least_one(divisor, ranks, assume_quotients=False)
 
 
 def positive_when_bound(divisor: ir.Expr, ranks: dict[str, Rank]) -> bool:
     """At least 1 once each floor quotient in it is: accepted, and checked at binding."""
-    return bounds(divisor, ranks, assume_quotients=True)[0] >= 1
+    return _at_least_one(divisor, ranks, assume_quotients=True)
 
 
 def checked_divisors(cascade: Cascade) -> list[tuple[ir.Expr, ir.Read]]:
