@@ -120,7 +120,7 @@ def _cmd_parse(args) -> int:
 def _cmd_eval(args) -> int:
     import numpy as np
 
-    from .evaluate import evaluate
+    from .evaluate import check_memory, evaluate
     from .ir import bind
     from .loader import load
 
@@ -129,6 +129,7 @@ def _cmd_eval(args) -> int:
     sizes = _parse_assignments(args.shapes, "--shapes", int)
     params = _parse_assignments(args.params, "--params", float)
     binding = bind(cascade, sizes=sizes, params=params)
+    check_memory(cascade, binding)   # refuse before the random inputs are made
     rng = np.random.default_rng(args.seed)
     inputs = {t.name: rng.standard_normal(binding.extent(cascade, t.name))
               for t in cascade.inputs}

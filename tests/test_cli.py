@@ -252,3 +252,19 @@ def test_os_errors_on_other_paths_stay_internal_errors(tmp_path):
     with pytest.raises(FileNotFoundError):
         with _writing_to(tmp_path / "out", "advice"):
             raise FileNotFoundError(2, "No such file", "/somewhere/else/template.j2")
+
+
+def test_eval_refuses_past_the_memory_limit_before_making_inputs(monkeypatch, capsys):
+    """The memory estimate runs before eval draws its random inputs (a 275 GB case must
+    not start allocating): drawing them here fails the test."""
+    import numpy as np
+
+    def no_inputs(*args, **kwargs):
+        raise AssertionError("eval drew its inputs before checking the memory it needs")
+
+    monkeypatch.setenv("EINSUMATTN_EVAL_MEMORY", "32M")
+    monkeypatch.setattr(np.random, "default_rng", no_inputs)
+    code = main(["eval", str(ROOT / "examples" / "softmax_3pass.attn"), "--shapes",
+                 "B=64,H=64,P=4096,M=4096,E=128,F=128"])
+    assert code == 2
+    assert "more than the limit of 32 MiB" in capsys.readouterr().err
