@@ -17,6 +17,7 @@ from ..analysis import analyze
 from ..analysis.presence import absent_tensors
 from ..diagnostics import SpecError
 from ..ir import Cascade
+from ..ir.divisors import checked_divisors, divisor_problem
 from .printers import PythonScalarPrinter
 from .torch_backend import TorchEmitter
 from .fused import NotFusable, fuse_stages
@@ -119,6 +120,10 @@ def _bind_lines(cascade: Cascade) -> list[str]:
         else:
             lines.append(f'params.setdefault("{param.name}", {printer(param.default)})')
     split_lines(param_factors=True)
+    for divisor, read in checked_divisors(cascade):   # e.g. K[b, h // (H // KH), m, e]
+        lines.append(f"if {printer(divisor)} < 1:")
+        lines.append(f"    raise ValueError({divisor_problem(divisor, read)!r}"
+                     f".format(value={printer(divisor)}, **sizes))")
     return lines
 
 
