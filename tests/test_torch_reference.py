@@ -27,20 +27,18 @@ def build(text: str, folder):
     return cascade, import_file(path, f"torch_reference_{cascade.name}_{next(_modules)}")
 
 
-SOFTMAX = """attention {name}
-dims  B, H, P, M, E, F
-input Q[b, h, p, e], K[b, h, m, e], V[b, h, m, f]{inputs}
-param scale = 1 / sqrt(E){params}
+def softmax(name: str, mask: str, inputs: str = "", params: str = "") -> str:
+    """The causal softmax example under another name, with another mask, and with more
+    inputs and params."""
+    text = (ROOT / "examples" / "causal_softmax.attn").read_text()
+    for old, new in (("attention causal_softmax", f"attention {name}"),
+                     ("where m <= p", f"where {mask}"),
+                     ("V[b, h, m, f]\n", f"V[b, h, m, f]{inputs}\n"),
+                     ("param scale = 1 / sqrt(E)", f"param scale = 1 / sqrt(E){params}")):
+        assert old in text
+        text = text.replace(old, new, 1)
+    return text
 
-QK[b, h, p, m] = Q[b, h, p, e] * K[b, h, m, e] * scale  where {mask}
-GM[b, h, p]    = max[m] QK[b, h, p, m]
-SN[b, h, p, m] = exp(QK[b, h, p, m] - GM[b, h, p])
-SD[b, h, p]    = sum[m] SN[b, h, p, m]
-A[b, h, p, m]  = SN[b, h, p, m] / SD[b, h, p]
-AV[b, h, p, f] = A[b, h, p, m] * V[b, h, m, f]
-
-output AV
-"""
 
 # Masks under which keys 5.. are seen by no query (P = 4, M = 8): padding past a valid
 # length L, causal attention with more keys than queries (a KV cache past the queries),
@@ -55,9 +53,8 @@ UNSEEN = slice(5, None)
 
 def _softmax(tmp_path, kind: str):
     spec = MASKS[kind]
-    text = SOFTMAX.format(name=f"masked_{kind}", mask=spec["mask"], params=spec["params"],
-                          inputs=spec["inputs"])
-    return build(text, tmp_path)
+    return build(softmax(f"masked_{kind}", spec["mask"], spec["inputs"], spec["params"]),
+                 tmp_path)
 
 
 def _inputs(kind: str, poison: float, where: str, seed: int = 0) -> dict:
@@ -125,8 +122,7 @@ def test_fully_masked_rows_have_zero_gradients(tmp_path, mask_text, mask):
     backward of exp(QK - GM) at GM = -inf and of SN / SD at SD = 0 multiplied a zero
     gradient by inf). Elsewhere the gradients are those of attention written directly."""
     params = "\nparam L" if "L" in mask_text else ""
-    _, module = build(SOFTMAX.format(name="grad_rows", mask=mask_text, params=params,
-                                     inputs=""), tmp_path)
+    _, module = build(softmax("grad_rows", mask_text, params=params), tmp_path)
     kwargs = {"L": 3} if params else {}
     generator = torch.Generator().manual_seed(1)
     leaves = [torch.randn(2, 2, 6 if i == 0 else 8, 4, generator=generator,
@@ -152,8 +148,7 @@ def test_fully_masked_rows_have_zero_gradients(tmp_path, mask_text, mask):
 def test_forward_values_are_unchanged_by_the_gradient_guards(tmp_path):
     """The guards only choose where gradients flow: with and without autograd the
     outputs are bitwise the same."""
-    _, module = build(SOFTMAX.format(name="guards", mask="m <= p - 2", params="",
-                                     inputs=""), tmp_path)
+    _, module = build(softmax("guards", "m <= p - 2"), tmp_path)
     generator = torch.Generator().manual_seed(2)
     leaves = [torch.randn(1, 2, 5, 4, generator=generator) for _ in range(3)]
     with torch.no_grad():
@@ -191,7 +186,8 @@ def test_a_recurrence_computes_with_its_step(tmp_path):
 dims T, D, E
 input X[t, d], W[d, e]
 init S[0, e] = 0
-S[t+1, e] = S[t, e] * 0.5 + X[t, d] * W[d, e] * exp(-t) * 2 ** (-t) + sign(t - 2) * max(t, 1) + where(t > 1, X[t, 0], 0)
+S[t+1, e] = (S[t, e] * 0.5 + X[t, d] * W[d, e] * exp(-t) * 2 ** (-t)
+             + sign(t - 2) * max(t, 1) + where(t > 1, X[t, 0], 0))
 O[e] = S[T, e]
 output O
 """
