@@ -191,13 +191,13 @@ class TorchEmitter:
         # A value that does not vary over every left variable (or is an index integer)
         # is broadcast to the left shape in float32.
         covers = set(kept) <= set(ir.index_vars(einsum.body)) and _reads_any(einsum.body)
-        line = f"{indent}{target} = {{}}" if covers else f"{indent}{target} = _full({{}}, {shape})"
+        assign = f"{target} = {{}}" if covers else f"{target} = _full({{}}, {shape})"
         if einsum.reduce_op is None:
-            self.lines.append(line.format(emitter.value(einsum.body, present=points)))
+            self.lines.append(indent + assign.format(emitter.value(einsum.body, present=points)))
         else:
             masked = self._masked_reduction(einsum, emitter, terms, points, kept)
             einsum_call = self._einsum_call(einsum, emitter, terms, points, kept)
-            self.lines.append(line.format(einsum_call or masked))
+            self.lines.append(indent + assign.format(einsum_call or masked))
             if einsum_call is not None and terms and \
                     len(ir.product_factors(einsum.body)) > 1:
                 # torch.einsum zeroes a masked term's own factor, so another factor's
@@ -206,7 +206,7 @@ class TorchEmitter:
                 # else the masked reduction recomputes it exactly (rarely: inf or NaN
                 # in the data).
                 self.lines.append(f"{indent}if not torch.isfinite({target}).all():")
-                self.lines.append("    " + line.format(masked))
+                self.lines.append(f"{indent}    " + assign.format(masked))
         if ok_target is not None:
             mask = emitter.conjunction(points)
             if re.fullmatch(r"\w+_ok", mask) and mask != ok_target:
