@@ -35,6 +35,8 @@ from einsumattn.ir import expr as ir
 from einsumattn.ir.semantics import BINARY, UNARY
 from einsumattn.verify import ACCUMULATION_FACTOR, UNIT_ROUNDOFF, compare, magnitude
 
+from conftest import examples
+
 # The iteration space of every tree: one variable i over rank I, a power of two so that a
 # Triton block covers it exactly.
 SIZE = 8
@@ -342,7 +344,7 @@ def run_triton(tree, inputs, params, folder):
 
 # ------------------------------------------------------------------ the properties
 
-PROPERTY = settings(max_examples=200, deadline=None,
+PROPERTY = settings(max_examples=examples(200), deadline=None,
                     suppress_health_check=[HealthCheck.too_slow,
                                            HealthCheck.filter_too_much,
                                            HealthCheck.function_scoped_fixture])
@@ -370,7 +372,7 @@ def test_python_printer_agrees_with_the_oracle(tree, c):
 
 
 @pytest.mark.slow
-@settings(PROPERTY, max_examples=200)
+@PROPERTY
 @given(trees(), values, params)
 def test_triton_printer_agrees_with_the_oracle(tmp_path, tree, drawn, c):
     inputs, params = _case(drawn), {"c": c, "d": 0.0}
