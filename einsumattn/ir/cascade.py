@@ -128,6 +128,9 @@ class Cascade:
     outputs: tuple[str, ...]
     source: Source | None = field(default=None, repr=False)
     graph: nx.DiGraph = field(default_factory=nx.DiGraph, repr=False)
+    # The `attention NAME` statement (None when the name is the file's stem): where a
+    # name that cannot name the generated module is reported.
+    name_span: Span | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not self.graph.nodes:
