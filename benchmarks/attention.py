@@ -125,7 +125,7 @@ def run(args) -> list[dict]:
 
 def tuned(module, layer, tune: str, inputs):
     """A call of the fused kernels with TUNING_FUSED overridden by `tune`
-    ("BLOCK_P=64,num_warps=8": block sizes, or Triton's launch options num_warps and
+    ("p__BLOCK=64,num_warps=8": block sizes, as the kernel names them, or Triton's launch options num_warps and
     num_stages), restored after each call."""
     overrides = {}
     for item in tune.split(","):
@@ -137,7 +137,7 @@ def tuned(module, layer, tune: str, inputs):
         try:
             for table in module.TUNING_FUSED.values():
                 table.update({k: v for k, v in overrides.items()
-                              if k in table or not k.startswith("BLOCK_")})
+                              if k in table or not k.endswith("_BLOCK")})
             return layer(*inputs)
         finally:
             for name, table in saved.items():
@@ -182,8 +182,8 @@ def main(argv=None) -> int:
     parser.add_argument("--smoke", action="store_true",
                         help="tiny sizes, one repeat: checks that the script runs")
     parser.add_argument("--tune", nargs="*", default=[],
-                        help="extra fused-kernel variants to time, e.g. BLOCK_P=64,num_warps=4 "
-                             "BLOCK_P=128,num_warps=8 (TUNING_FUSED overrides)")
+                        help="extra fused-kernel variants to time, e.g. p__BLOCK=64,num_warps=4 "
+                             "p__BLOCK=128,num_warps=8 (TUNING_FUSED overrides)")
     parser.add_argument("--json", help="also write the rows to this file")
     args = parser.parse_args(argv)
     if args.smoke:

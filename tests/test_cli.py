@@ -113,12 +113,12 @@ def test_benchmark_times_tuning_variants_of_the_fused_kernel(tmp_path):
     out = tmp_path / "rows.json"
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "attention.py"),
                              "--smoke", "--device", "cpu", "--interpret", "--specs",
-                             "causal_softmax", "--unfused-max", "0", "--tune", "BLOCK_P=32",
+                             "causal_softmax", "--unfused-max", "0", "--tune", "p__BLOCK=32",
                              "--json", str(out)], capture_output=True, text=True,
                             env={**__import__("os").environ, "TRITON_INTERPRET": "1",
                                  "EINSUMATTN_CACHE_DIR": str(tmp_path / "cache")})
     assert result.returncode == 0, result.stderr
     import json
     rows = {r["backend"]: r for r in json.loads(out.read_text())}
-    assert {"einsumattn triton", "einsumattn triton BLOCK_P=32"} <= set(rows)
-    assert rows["einsumattn triton BLOCK_P=32"]["max_diff_vs_peer"] < 1e-5
+    assert {"einsumattn triton", "einsumattn triton p__BLOCK=32"} <= set(rows)
+    assert rows["einsumattn triton p__BLOCK=32"]["max_diff_vs_peer"] < 1e-5
