@@ -200,7 +200,7 @@ WRAPPER_NAMES = frozenset({"self", "backend", "more", "super", "_reference", "_f
 # Names the generated module defines or imports at its top level (besides its kernels,
 # its class and its function). tests/test_names.py checks this list against modules.
 MODULE_NAMES = frozenset({
-    "annotations", "math", "os", "warnings", "torch", "triton", "tl",
+    "__all__", "annotations", "math", "os", "warnings", "torch", "triton", "tl",
     "SPEC_SHA256", "EINSUMATTN_VERSION", "INPUTS", "OUTPUTS", "PARAMS", "COMPILE_OPTIONS",
     "TRITON_FALLBACK", "TUNING", "TUNING_FUSED", "DOT_ROUNDING",
     "reference", "_reference", "_forward", "_backend", "_check_params", "_take", "_bind",
