@@ -94,19 +94,23 @@ def instantiate(template: str, chosen: dict[str, str], att: str = "named") -> st
 
 def fill(template: str, pool: list[str]) -> tuple[dict[str, str], list[str]]:
     """Names for as many slots of `template` as the pool gives, in order (a rank takes
-    its lower-case index variable too: both must be free), and what is left."""
+    its lower-case index variable too: both must be free, and differ), and what is
+    left."""
     _, ranks, tensors, params, _ = TEMPLATES[template]
     chosen, taken, left = {}, set(), []
     slots = ranks + tensors + params
     for name in pool:
-        free = [s for s in slots if s not in chosen]
-        slot = free[0] if free else None
-        spelled = {name, name.lower()} if slot in ranks else {name}
-        if slot is None or not all(_legal(n) for n in spelled) or spelled & taken:
+        for slot in (s for s in slots if s not in chosen):
+            spelled = {name, name.lower()} if slot in ranks else {name}
+            # A rank's name must differ from its index variable's, or it reads as the
+            # variable where the template uses the size (`sqrt(E)`).
+            if all(_legal(n) for n in spelled) and not spelled & taken and \
+                    (slot not in ranks or len(spelled) == 2):
+                chosen[slot] = name
+                taken |= spelled
+                break
+        else:
             left.append(name)
-            continue
-        chosen[slot] = name
-        taken |= spelled
     # Slots the pool did not fill keep the template's names: those must be free too.
     for slot in slots:
         if slot not in chosen:
@@ -177,7 +181,10 @@ def identifiers() -> list[str]:
         found |= scope_names(tree)
         found |= {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
         found |= {n.arg for n in ast.walk(tree) if isinstance(n, ast.keyword) and n.arg}
-    found |= set(keyword.kwlist) | set(keyword.softkwlist) | set(dir(builtins))
+    # Builtins: the functions and constants (the exception classes are alike: a few).
+    found |= set(keyword.kwlist) | set(keyword.softkwlist) | \
+        {n for n in dir(builtins) if not n[:1].isupper()} | \
+        {"TypeError", "ValueError", "RuntimeError", "Exception", "Ellipsis"}
     found |= {"device", "sizes", "params", "origin", "out_dtype", "overrides", "tuning",
               "dot_dtype", "fused", "lower_offset", "upper_offset", "lanes", "live",
               "row_live", "batch", "rest", "pid", "start", "flat", "rflat", "r0", "term",
@@ -200,8 +207,9 @@ def test_every_name_the_generated_code_uses_works_as_a_spec_name(identifiers, tm
     pool, failures, number = list(identifiers), [], 0
     while pool:
         template = list(TEMPLATES)[number % len(TEMPLATES)]
-        chosen, pool = fill(template, pool)
-        number += 1
+        chosen, left = fill(template, pool)
+        assert len(left) < len(pool)                    # every spec takes some names
+        pool, number = left, number + 1
         problems = agrees(template, chosen, tmp_path / str(number), f"pool{number}")
         if problems:
             failures.append((instantiate(template, chosen), problems))
@@ -217,11 +225,11 @@ def test_every_name_the_generated_code_uses_works_as_a_spec_name(identifiers, tm
     ("attention", {"QK": "QK", "GM": "QK_ok", "SN": "s_QK_0", "SD": "_k_QK"}),
     # Python keywords and builtins, the generator's locals and module names.
     ("attention", {"Q": "class", "K": "def", "V": "return", "QK": "lambda", "scale": "self",
-                   "GM": "torch", "SN": "tl", "SD": "range", "AV": "None", "E": "math"}),
+                   "GM": "torch", "SN": "tl", "SD": "range", "AV": "None", "E": "Math"}),
     ("loops", {"X": "lanes", "CW": "import", "GAP": "reference", "Y": "TUNING",
                "S": "_bind", "O": "sizes", "gain": "backend", "H": "_HW", "W": "H_W"}),
     ("recurrence", {"S": "S_at", "G": "S__at", "O": "device", "Q": "__debug_",
-                    "scale": "__p", "T": "step", "D": "start"}),
+                    "scale": "__p", "T": "Step", "D": "START"}),
 ])
 def test_names_the_generator_uses_itself_compile_and_agree(tmp_path, template, chosen):
     assert agrees(template, chosen, tmp_path, f"own_{abs(hash(str(chosen)))}") == []
