@@ -349,25 +349,25 @@ def types_of(tree: ast.Module) -> list[str]:
 def test_public_arguments_keep_the_spec_names_where_python_allows(tmp_path):
     text = ("attention api\ndims P\ninput self[p], _forward[p], X_[p]\n"
             "param class = 1\nparam class_ = 2\nparam __p = 3\nparam backend = 4\n"
-            "Y[p] = self[p] * class + _forward[p] * class_ + X_[p] * __p + backend\n"
-            "output Y\n")
+            "param __debug__ = 0\n"
+            "Y[p] = self[p] * class + _forward[p] * class_ + X_[p] * __p + backend + "
+            "__debug__\noutput Y\n")
     module = import_file(compile_to_file(text, tmp_path), "api")
     public = lambda f: list(inspect.signature(f).parameters)  # noqa: E731
     assert public(module.reference) == ["self_", "_forward_", "X_", "class_", "class__",
-                                        "__p", "backend_"]
+                                        "__p", "backend_", "__debug__0_"]
     assert public(module.api) == ["self_", "_forward_", "X_", "backend", "class_",
-                                  "class__", "__p", "backend_"]
+                                  "class__", "__p", "backend_", "__debug__0_"]
     x = [torch.full((3,), float(v)) for v in (1, 10, 100)]
     expected = 1 * 1 + 10 * 2 + 100 * 3 + 4
     assert module.reference(*x).tolist() == [expected] * 3
     # Keywords by those names, in the function and the class (`__p` through **more,
     # since Python renames `__p` inside a class body).
-    changed = 1 * 5 + 10 * 6 + 100 * 7 + 8
-    assert module.reference(*x, class_=5, class__=6, __p=7, backend_=8).tolist() == [changed] * 3
-    assert module.api(*x, backend="torch", class_=5, class__=6, __p=7,
-                      backend_=8).tolist() == [changed] * 3
-    layer = module.Api(backend="torch", class_=5, class__=6, __p=7, backend_=8)
-    assert layer(*x).tolist() == [changed] * 3
+    changed = 1 * 5 + 10 * 6 + 100 * 7 + 8 + 9
+    given = dict(class_=5, class__=6, __p=7, backend_=8, __debug__0_=9)
+    assert module.reference(*x, **given).tolist() == [changed] * 3
+    assert module.api(*x, backend="torch", **given).tolist() == [changed] * 3
+    assert module.Api(backend="torch", **given)(*x).tolist() == [changed] * 3
     with pytest.raises(TypeError, match="unknown param 'nope'"):
         module.Api(backend="torch", nope=1)
 

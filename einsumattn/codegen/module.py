@@ -195,30 +195,33 @@ def _pass_summary(report) -> str:
     return "\n".join(lines[:cut]).rstrip()
 
 
-def _signatures(inputs: list[str], params: list[str]) -> dict[str, str]:
+def _signatures(inputs: list[str], params: list[str]) -> dict:
     """The public API's argument lists (names.public_names) and the internal functions'
     (the mangled names), as the template writes them."""
     public = names.public_names(inputs + params)
-    # A name starting with '__' is mangled by Python inside a class body (`__p` becomes
-    # `_Cls__p`), so the class takes such params through **more, under their own name.
+    # A name starting with '__' is renamed by Python inside a class body (`__p` becomes
+    # `_Cls__p`), so the class takes such params through **more, by the same names.
     explicit = [p for p in params if not public[p].startswith("__")]
     hidden = [p for p in params if p not in explicit]
 
     def keywords(chosen: list[str]) -> str:
         return "".join(f", {public[p]}=None" for p in chosen)
 
-    def overrides(chosen: list[str], rest: bool = False) -> str:
-        items = [f"{string_literal(p)}: {public[p]}" for p in chosen] + ["**more"] * rest
+    def overrides(chosen: list[str], rest: list[str] = ()) -> str:
+        items = [f"{string_literal(p)}: {public[p]}" for p in chosen] + \
+            [f"{string_literal(p)}: more.pop({string_literal(public[p])}, None)"
+             for p in rest] + ["**more"] * bool(rest)      # what is left is unknown
         return "{" + ", ".join(items) + "}"
 
-    return {"args": ", ".join(mangle(i) for i in inputs),
+    return {"public": public,
+            "args": ", ".join(mangle(i) for i in inputs),
             "public_args": ", ".join(public[i] for i in inputs),
             "keyword_params": ", *" + keywords(params) if params else "",
             "function_params": keywords(params),
             "overrides": overrides(params),
             "class_params": (", *" + keywords(explicit) if explicit else "")
             + (", **more" if hidden else ""),
-            "class_overrides": overrides(explicit, rest=bool(hidden))}
+            "class_overrides": overrides(explicit, rest=hidden)}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -210,11 +210,13 @@ MODULE_NAMES = frozenset({
 
 def public_names(names: Iterable[str]) -> dict[str, str]:
     """The argument name of each spec input and param in the public API: the spec's own
-    name where Python allows it, else the mangled spelling. Not allowed: Python keywords
-    and `WRAPPER_NAMES`; and a name that is the mangled spelling of another one in the
+    name where Python allows it, else the mangled spelling. Not allowed: Python keywords,
+    `__debug__` and `WRAPPER_NAMES`; and a name that is the mangled spelling of another one in the
     same API (`class` is `class_` there, so a spec name `class_` becomes `class__`)."""
     names = list(names)
-    mangled = {n for n in names if keyword.iskeyword(n) or n in WRAPPER_NAMES}
+    # `__debug__` is the one identifier Python refuses to bind, even as an argument.
+    mangled = {n for n in names if keyword.iskeyword(n) or n in WRAPPER_NAMES
+               or n == "__debug__"}
     while True:
         taken = {mangle(n) for n in mangled}
         clash = {n for n in names if n not in mangled and n in taken}
