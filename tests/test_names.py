@@ -217,8 +217,8 @@ def test_every_name_the_generated_code_uses_works_as_a_spec_name(identifiers, tm
 
 
 @pytest.mark.parametrize("template, chosen", [
-    # A tensor Q and a tensor Q_ptr: once the same kernel argument twice.
-    ("attention", {"Q": "Q", "K": "Q_ptr"}),
+    # A tensor Q and a param Q_ptr: once the same kernel argument twice; a tensor Q_ptr.
+    ("attention", {"Q": "Q", "scale": "Q_ptr", "K": "K_ok", "V": "K_ptr"}),
     # A param named like the unfused kernels' block size, a rank named like its grid's.
     ("attention", {"scale": "BLOCK", "P": "RBLOCK"}),
     # A tensor named as another's mask, stride and kernel once were.
