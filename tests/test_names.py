@@ -235,6 +235,31 @@ def test_names_the_generator_uses_itself_compile_and_agree(tmp_path, template, c
     assert agrees(template, chosen, tmp_path, f"own_{abs(hash(str(chosen)))}") == []
 
 
+@pytest.mark.parametrize("text, sizes", [
+    # A rank named in lower case is its own index variable: the generated code still
+    # needs its size apart from the index (`m__N`, `m__n`).
+    ((ROOT / "examples" / "causal_softmax.attn").read_text().replace(
+        "dims  B, H, P, M, E, F", "dims  B, h, P, m, E, F"),
+     {"B": 1, "h": 2, "P": 5, "m": 6, "E": 3, "F": 2}),
+    ("attention lower\ndims _, E\ninput X[_, e], Y[_, e]\nZ[_] = X[_, e] * Y[_, e]\n"
+     "output Z\n", {"_": 3, "E": 4}),
+])
+def test_a_rank_named_in_lower_case_keeps_its_size_and_its_index_apart(tmp_path, text,
+                                                                      sizes):
+    text = re.sub(r"attention \w+", "attention lower", text)
+    cascade = einsumattn.load(text)
+    module = import_file(compile_to_file(text, tmp_path), f"lower_{len(sizes)}")
+    inputs = case_inputs(cascade, Case(sizes, "float32", 1.0, True, 0))
+    for backend in ("torch", "triton", "triton-unfused"):
+        out = module.Lower(backend=backend)(*inputs.values())
+        assert all(r.ok for r in compare(cascade, inputs, out, "float32")), backend
+
+
+def test_einsum_subscripts_are_the_spec_letters():
+    source = generate(einsumattn.load(ROOT / "examples" / "causal_softmax.attn"))
+    assert 'torch.einsum("bhpme,bhpme->bhpm", Q_[:, :, :, None], K_[:, :, None])' in source
+
+
 SUFFIXES = st.sampled_from(["", "_", "__", "_ptr", "__ptr", "_ok", "__ok", "_s0", "__s0",
                             "__kernel", "_fused", "__BLOCK", "__at", "0_", "_2", "__r"])
 BASES = st.sampled_from(["Q", "K", "QK", "p", "m", "S", "_", "__x", "lanes", "torch", "tl",

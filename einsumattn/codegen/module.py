@@ -48,6 +48,7 @@ def _environment() -> jinja2.Environment:
     # Identifiers for spec names, and literals for any text: the template writes nothing
     # from the spec another way.
     environment.filters["ident"] = mangle
+    environment.filters["size"] = names.rank_spelling
     environment.filters["literal"] = string_literal
     environment.filters["docstring"] = lambda text: string_literal(text, multiline=True)
     environment.filters["block"] = _indented

@@ -66,6 +66,15 @@ def mangle(name: str) -> str:
     return name + ("0_" if name.startswith("__") else "_")
 
 
+def rank_spelling(name: str) -> str:
+    """The spelling of a rank's size. A rank whose name has no upper-case letter (`dims
+    n`) is its own index variable in the spec, but the generated code needs the size and
+    the index apart: the size is then `n__N` and the index `n__n` (derived names with
+    tags of their own), so that the index stays the size's lower-case spelling as the
+    IR wants (`Rank.var`)."""
+    return mangle(name) + ("_N" if name == name.lower() else "")
+
+
 def is_mangled(word: str) -> bool:
     """Whether `word` is the spelling `mangle` gives some name (the inverse's domain)."""
     if word.startswith("__") and len(word) >= 4 and word.endswith("0_"):
@@ -84,7 +93,7 @@ def spec_letter(var: str) -> str:
     """An index variable's spelling in the spec when that is one ASCII letter (`m` for
     `m_`, and for an unrenamed `m`), else '': torch.einsum subscripts can then be the
     spec's own variables."""
-    bare = spec_name(var) if is_mangled(var) else var
+    bare = spec_text(var)
     return bare if len(bare) == 1 and bare.isascii() and bare.isalpha() else ""
 
 
@@ -94,9 +103,14 @@ _WORD = re.compile(r"(?<![A-Za-z0-9_])[A-Za-z_][A-Za-z0-9_]*")
 def spec_text(text: str) -> str:
     """Text about a renamed cascade (a schedule note, a fallback reason, a comment) with
     each spec name back in the spec's spelling. Exact on text the generator writes: only
-    spec names end in `_` there (the rule above)."""
-    return _WORD.sub(lambda m: spec_name(m.group()) if is_mangled(m.group())
-                     else m.group(), text)
+    spec names end in `_` there (the rule above), and only a lower-case rank's size and
+    index end in the tags `N` and `n`."""
+    def original(match: re.Match) -> str:
+        word = match.group()
+        if word.endswith(("__N", "__n")) and is_mangled(word[:-2]):
+            word = word[:-2]
+        return spec_name(word) if is_mangled(word) else match.group()
+    return _WORD.sub(original, text)
 
 
 def spec_comments(source: str) -> str:
@@ -113,18 +127,26 @@ def spec_comments(source: str) -> str:
     return "".join(lines)
 
 
-def rename(cascade: Cascade, spell=mangle) -> Cascade:
-    """The same cascade with every name spelled by `spell`: tensors, params, ranks (and
-    their sympy size symbols), index variables, splits, outputs and the cascade's own
-    name. Emitters given the result cannot print an unmangled spec name."""
+def rename(cascade: Cascade, spell=mangle, spell_rank=rank_spelling) -> Cascade:
+    """The same cascade with every name spelled by `spell` (ranks by `spell_rank`):
+    tensors, params, ranks (and their sympy size symbols), index variables, splits,
+    outputs and the cascade's own name. Emitters given the result cannot print an
+    unmangled spec name."""
+
+    def rank(name: str) -> str:
+        return spell_rank(name)
+
+    def var(name: str) -> str:
+        """An index variable: the lower-case spelling of its rank's (Rank.var)."""
+        return spell_rank(name).lower() if name in cascade.ranks else spell(name)
 
     def expr(node: ir.Expr | None) -> ir.Expr | None:
         if node is None or isinstance(node, ir.Const):
             return node
         if isinstance(node, ir.Index):
-            return dataclasses.replace(node, var=spell(node.var))
+            return dataclasses.replace(node, var=var(node.var))
         if isinstance(node, ir.Dim):
-            return dataclasses.replace(node, rank=spell(node.rank))
+            return dataclasses.replace(node, rank=rank(node.rank))
         if isinstance(node, ir.Param):
             return dataclasses.replace(node, name=spell(node.name))
         if isinstance(node, ir.Read):
@@ -132,27 +154,30 @@ def rename(cascade: Cascade, spell=mangle) -> Cascade:
                                        indices=tuple(expr(i) for i in node.indices))
         return dataclasses.replace(node, args=tuple(expr(a) for a in node.args))
 
+    def symbol(name: str) -> str:          # a size: a rank's, or a param's (split factor)
+        return rank(name) if name in cascade.ranks else spell(name)
+
     def size(value):
-        return value.xreplace({symbol: type(symbol)(spell(symbol.name),
-                                                    **symbol.assumptions0)
-                               for symbol in value.free_symbols})
+        return value.xreplace({s: type(s)(symbol(s.name), **s.assumptions0)
+                               for s in value.free_symbols})
 
-    def names(values: Iterable[str]) -> tuple[str, ...]:
-        return tuple(spell(v) for v in values)
+    def names(values: Iterable[str], how=spell) -> tuple[str, ...]:
+        return tuple(how(v) for v in values)
 
-    ranks = {spell(r.name): Rank(spell(r.name), size(r.size), r.fixed,
-                                 r.split_of and spell(r.split_of), r.span)
+    ranks = {rank(r.name): Rank(rank(r.name), size(r.size), r.fixed,
+                                r.split_of and rank(r.split_of), r.span)
              for r in cascade.ranks.values()}
-    splits = tuple(Split(spell(s.parent), spell(s.outer), spell(s.inner),
-                         spell(s.factor) if isinstance(s.factor, str) else s.factor, s.span)
-                   for s in cascade.splits)
+    splits = tuple(Split(rank(s.parent), rank(s.outer), rank(s.inner),
+                         symbol(s.factor) if isinstance(s.factor, str) else s.factor,
+                         s.span) for s in cascade.splits)
     params = {spell(p.name): ParamDecl(spell(p.name), expr(p.default), p.span)
               for p in cascade.params.values()}
-    tensors = {spell(t.name): Tensor(spell(t.name), names(t.ranks), t.is_input, t.iterative,
-                                     t.span) for t in cascade.tensors.values()}
-    einsums = tuple(Einsum(spell(e.tensor), names(e.indices), expr(e.body), e.reduce_op,
-                           names(e.reduced), expr(e.filter), e.iterative, expr(e.init),
-                           e.explicit_reduction, e.span) for e in cascade.einsums)
+    tensors = {spell(t.name): Tensor(spell(t.name), names(t.ranks, rank), t.is_input,
+                                     t.iterative, t.span) for t in cascade.tensors.values()}
+    einsums = tuple(Einsum(spell(e.tensor), names(e.indices, var), expr(e.body),
+                           e.reduce_op, names(e.reduced, var), expr(e.filter), e.iterative,
+                           expr(e.init), e.explicit_reduction, e.span)
+                    for e in cascade.einsums)
     return dataclasses.replace(cascade, name=spell(cascade.name), ranks=ranks,
                                splits=splits, params=params, tensors=tensors,
                                einsums=einsums, outputs=names(cascade.outputs),
@@ -313,7 +338,7 @@ def _name_span(cascade: Cascade) -> Span | None:
     return Span(span.line, start + 1, span.line, start + 1 + len(cascade.name))
 
 
-__all__ = ["mangle", "is_mangled", "spec_name", "spec_text", "spec_comments", "rename",
+__all__ = ["mangle", "rank_spelling", "is_mangled", "spec_name", "spec_text", "spec_comments", "rename",
            "string_literal", "public_names", "class_name", "function_name",
            "check_module_name", "module_name_problem", "WRAPPER_NAMES", "MODULE_NAMES",
            "MAX_MODULE_NAME"]
