@@ -243,7 +243,7 @@ def test_names_the_generator_uses_itself_compile_and_agree(tmp_path, template, c
      {"B": 1, "h": 2, "P": 5, "m": 6, "E": 3, "F": 2}),
     ("attention lower\ndims _, E\ninput X[_, e], Y[_, e]\nZ[_] = X[_, e] * Y[_, e]\n"
      "output Z\n", {"_": 3, "E": 4}),
-])
+], ids=["dims h and m", "dims _"])
 def test_a_rank_named_in_lower_case_keeps_its_size_and_its_index_apart(tmp_path, text,
                                                                       sizes):
     text = re.sub(r"attention \w+", "attention lower", text)

@@ -12,6 +12,9 @@ words:
   Cascade before any emitter runs, so an emitter cannot print an unmangled spec name.
   A name that starts with two underscores is written `name0_` instead, so that no
   spelling is a `__dunder__` (Python reserves those: `__debug__` cannot even be bound).
+  A rank named without upper-case letters (`dims n`) is its own index variable in the
+  spec; the code needs its size and its index apart, so they are the derived names
+  `n__N` and `n__n` (`rank_spelling`).
 - **Derived names** (a pointer, a mask, a stride, a kernel made for a spec name) are
   `name_ + "_" + tag`: `Q__ptr`, `QK__ok`, `Q__s0`, `QK__kernel`, `p__BLOCK`,
   `RM__at`. A tag is a fixed word of the generator (`ptr`, `ok`, `ok_ptr`, `s0`, `s1`,
