@@ -30,8 +30,11 @@ names differ, or are the same name and tag: the last `__` of a derived name is w
 tag starts (the tag has no `__` and does not start with `_`), so name and tag can be
 read back. (c) A derived name contains `__` and an own name does not. (d) `mangle` is
 one-to-one (strip the `_`, or the `0_`), and spec names are distinct in one namespace
-(the IR builder refuses a name declared twice, index variables included). Python
-keywords and builtins never end in `_`, so no spelling is one of them either.
+(the IR builder refuses a name declared twice, index variables included; a lower-case
+rank, the one name with two meanings, gets two tags). The attention name may equal
+another spec name, but it is only ever written in derived names, its kernels', whose
+tags (`fused`, `stage1_fused`) no other name gets. Python keywords and builtins never
+end in `_`, so no spelling is one of them either.
 
 What a user reads keeps the spec's own spelling: comments in the generated code
 (`spec_comments`), the schedule notes and fallback reasons (`spec_text`), the
