@@ -101,8 +101,8 @@ def run(args) -> list[dict]:
                 candidates[f"einsumattn {backend}"] = (lambda layer=layer: layer(q, k, v))
                 if backend == "triton":
                     for tune in args.tune:
-                        candidates[f"einsumattn triton {tune}"] = tuned(module, layer, tune,
-                                                                        (q, k, v))
+                        candidates[f"einsumattn triton {tune}"] = tuned(
+                            ROOT / "examples" / f"{name}.attn", module, tune, (q, k, v))
             references = peers(name, q, k, v, causal)
             expected = next(iter(references.values()))() if references else None
             times = {}
@@ -123,26 +123,68 @@ def run(args) -> list[dict]:
     return rows
 
 
-def tuned(module, layer, tune: str, inputs):
-    """A call of the fused kernels with TUNING_FUSED overridden by `tune`
-    ("p__BLOCK=64,num_warps=8": block sizes, as the kernel names them, or Triton's launch options num_warps and
-    num_stages), restored after each call."""
+# Triton's launch options, which any kernel takes; the block sizes are each kernel's own.
+LAUNCH_OPTIONS = ("num_warps", "num_stages")
+
+
+class TuneError(ValueError):
+    """A --tune variant that names no safe knob of the spec's fused kernels."""
+
+
+def tuned(path, module, tune: str, inputs):
+    """A call of the fused kernels in the variant `tune` ("p__BLOCK=64,num_warps=8"): the
+    block sizes TUNING_FUSED lists and Triton's num_warps / num_stages override the
+    module's tables (restored after each call); `tile=N` compiles the spec with key
+    tiles of N for the split the online rewrite makes (the split kernels' m0__BLOCK is
+    that split's factor and cannot be overridden). A knob the kernels do not have, or a
+    value they refuse, is a TuneError."""
     overrides = {}
     for item in tune.split(","):
         key, _, value = item.partition("=")
+        if not value.strip().isdigit():
+            raise TuneError(f"--tune {tune}: write KNOB=INTEGER pairs separated by commas, "
+                            f"e.g. p__BLOCK=128,num_warps=8")
         overrides[key.strip()] = int(value)
+    if "tile" in overrides:
+        module = einsumattn.compile(path, backend="torch", tile=overrides.pop("tile"))
+    knobs = {k for table in module.TUNING_FUSED.values() for k in table} | \
+        set(LAUNCH_OPTIONS)
+    unknown = sorted(set(overrides) - knobs)
+    if unknown:
+        raise TuneError(f"--tune {tune}: {path.stem}'s fused kernels have no knob "
+                        f"{unknown[0]}; they have {', '.join(sorted(knobs))} and tile=N")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        layer = getattr(module, module.__all__[0])(backend="triton")
 
     def call():
         saved = {name: dict(table) for name, table in module.TUNING_FUSED.items()}
         try:
             for table in module.TUNING_FUSED.values():
                 table.update({k: v for k, v in overrides.items()
-                              if k in table or not k.endswith("_BLOCK")})
+                              if k in table or k in LAUNCH_OPTIONS})
             return layer(*inputs)
         finally:
             for name, table in saved.items():
                 module.TUNING_FUSED[name] = table
+
+    try:
+        call()            # the kernels check their tiles: refused values stop here
+    except ValueError as error:          # the host's check of a split's key tile
+        raise TuneError(f"--tune {tune}: {error} (here: tile=N)") from None
+    except (AssertionError, *triton_error()) as error:    # a kernel's tl.static_assert
+        raise TuneError(f"--tune {tune}: {str(error).splitlines()[0]}") from None
     return call
+
+
+def triton_error():
+    """The error Triton raises for a failed tl.static_assert (a tile a kernel refuses)."""
+    try:
+        from triton.runtime.errors import InterpreterError
+        from triton.compiler.errors import CompilationError
+        return (InterpreterError, CompilationError)
+    except ImportError:
+        return ()
 
 
 def device_name(device: str, interpret: bool) -> str:
@@ -183,13 +225,20 @@ def main(argv=None) -> int:
                         help="tiny sizes, one repeat: checks that the script runs")
     parser.add_argument("--tune", nargs="*", default=[],
                         help="extra fused-kernel variants to time, e.g. p__BLOCK=64,num_warps=4 "
-                             "p__BLOCK=128,num_warps=8 (TUNING_FUSED overrides)")
+                             "p__BLOCK=128,num_warps=8,tile=128: the block sizes in "
+                             "TUNING_FUSED (p__BLOCK, and m__BLOCK of unsplit kernels), "
+                             "num_warps, num_stages, and tile=N (key tiles of the derived "
+                             "split: a recompilation; m0__BLOCK is that split's factor)")
     parser.add_argument("--json", help="also write the rows to this file")
     args = parser.parse_args(argv)
     if args.smoke:
         args.seq, args.batch, args.heads, args.head_dim, args.repeats = [32], 1, 2, 16, 1
         args.dtype = "float32"
-    rows = run(args)
+    try:
+        rows = run(args)
+    except TuneError as error:
+        print(f"attention.py: {error}", file=sys.stderr)
+        return 2
     print(markdown(rows))
     if args.json:
         pathlib.Path(args.json).write_text(json.dumps(rows, indent=2))

@@ -1,13 +1,16 @@
 """The `einsumattn` command line.
 
-Exit status: 0 success; 2 a problem in the spec or the arguments (a diagnostic on
-stderr); 1 a failed check (`check` found a mismatch) or an internal error (a bug in einsumattn: reported without a traceback unless
-EINSUMATTN_DEBUG=1 is set).
+Exit status: 0 success; 2 a problem in the spec or the arguments, including a path the
+command cannot write (a diagnostic on stderr saying what to do); 1 a failed check (`check`
+found a mismatch) or an internal error (a bug in einsumattn: reported without a traceback
+unless EINSUMATTN_DEBUG=1 is set).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import os
 import sys
 import traceback
@@ -19,6 +22,68 @@ from .diagnostics import BindError, SpecError
 EXIT_OK = 0
 EXIT_INTERNAL = 1
 EXIT_USER = 2
+
+# The float64 oracle broadcasts index arrays over an Einsum's whole iteration space, and
+# numpy broadcasts at most 32 dimensions (NPY_MAXDIMS of numpy 1; numpy 2 keeps 32 for
+# np.broadcast, 64 for arrays). `eval` and `check` say so before they start.
+ORACLE_MAX_DIMS = 32
+
+
+class UsageError(Exception):
+    """An argument the command cannot use (a path it cannot write, say): exit 2 with this
+    sentence, which says what to do."""
+
+
+# A full disk or quota: never einsumattn's bug, though the error names no file.
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+@contextlib.contextmanager
+def _writing_to(path: str | os.PathLike, advice: str):
+    """OS errors on a path the user chose (no permission, a file where a folder must be)
+    and a full disk are the user's to fix: a UsageError naming the path, with `advice`.
+    OS errors on any other path stay internal errors."""
+    try:
+        yield
+    except OSError as error:
+        if not (_within(error.filename, path) or error.errno in _FULL):
+            raise
+        reason = error.strerror or type(error).__name__
+        raise UsageError(f"cannot write '{error.filename or path}': {reason}; "
+                         f"{advice}") from None
+
+
+def _within(filename, path) -> bool:
+    """Whether `filename` is `path`, inside it, or one of its parent folders."""
+    if filename is None:
+        return False
+    filename, path = Path(os.path.abspath(filename)), Path(os.path.abspath(path))
+    return filename == path or path in filename.parents or filename in path.parents
+
+
+def _write_text(path: str, text: str) -> None:
+    """An -o file of analyze or rewrite: its folder is made if missing, like compile's."""
+    with _writing_to(path, "give -o a file path you can write to"):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write(text)
+    print(f"wrote {path}", file=sys.stderr)
+
+
+def _check_oracle_limits(cascade) -> None:
+    """A SpecError at the first tensor or Einsum with more dimensions than the oracle can
+    evaluate (an internal numpy error otherwise)."""
+    too_large = [(f"tensor {t.name} has {len(t.ranks)} ranks", t.span)
+                 for t in cascade.tensors.values() if len(t.ranks) > ORACLE_MAX_DIMS]
+    too_large += [(f"the Einsum of {e.tensor} has {len(e.variables)} index variables",
+                   e.span) for e in cascade.einsums if len(e.variables) > ORACLE_MAX_DIMS]
+    if too_large:
+        what, span = too_large[0]
+        raise SpecError(f"{what}: the float64 oracle evaluates at most {ORACLE_MAX_DIMS} "
+                        f"(numpy's limit on broadcast dimensions)", span,
+                        hint=f"eval and check need at most {ORACLE_MAX_DIMS} ranks per tensor "
+                             f"and index variables per Einsum; parse, analyze and compile "
+                             f"have no such limit", source=cascade.source)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -55,14 +120,16 @@ def _cmd_parse(args) -> int:
 def _cmd_eval(args) -> int:
     import numpy as np
 
-    from .evaluate import evaluate
+    from .evaluate import check_memory, evaluate
     from .ir import bind
     from .loader import load
 
     cascade = load(Path(args.spec))
+    _check_oracle_limits(cascade)
     sizes = _parse_assignments(args.shapes, "--shapes", int)
     params = _parse_assignments(args.params, "--params", float)
     binding = bind(cascade, sizes=sizes, params=params)
+    check_memory(cascade, binding)   # refuse before the random inputs are made
     rng = np.random.default_rng(args.seed)
     inputs = {t.name: rng.standard_normal(binding.extent(cascade, t.name))
               for t in cascade.inputs}
@@ -127,9 +194,7 @@ def _cmd_analyze(args) -> int:
         else:
             text = text.rstrip("\n") + "\n" + section
     if args.output:
-        with open(args.output, "w", encoding="utf-8") as handle:
-            handle.write(text if text.endswith("\n") else text + "\n")
-        print(f"wrote {args.output}", file=sys.stderr)
+        _write_text(args.output, text if text.endswith("\n") else text + "\n")
     else:
         print(text)
     return EXIT_OK
@@ -142,9 +207,7 @@ def _cmd_rewrite(args) -> int:
     result = rewrite(load(Path(args.spec)), tile=args.tile)
     text = result.text()
     if args.output:
-        with open(args.output, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        print(f"wrote {args.output}", file=sys.stderr)
+        _write_text(args.output, text)
     else:
         print(text, end="")
     return EXIT_OK
@@ -158,7 +221,9 @@ def _cmd_compile(args) -> int:
     cascade = load(Path(args.spec))
     print(f"compiling {args.spec} (rewrites {'off' if args.no_rewrite else 'on'}) ...",
           file=sys.stderr)
-    path = compile_to_file(cascade, args.output, rewrite=not args.no_rewrite, tile=args.tile)
+    with _writing_to(args.output, "give -o a folder you can write to"):
+        path = compile_to_file(cascade, args.output, rewrite=not args.no_rewrite,
+                               tile=args.tile)
     print(f"wrote {path}")
     for line in backends_summary(cascade, rewrite=not args.no_rewrite,
                                  tile=args.tile).splitlines():
@@ -167,7 +232,7 @@ def _cmd_compile(args) -> int:
 
 
 def _cmd_check(args) -> int:
-    from .codegen.compile import compile as compile_spec
+    from .codegen.compile import cache_dir, compile as compile_spec
     from .loader import load
     from .verify import run_check
 
@@ -178,6 +243,7 @@ def _cmd_check(args) -> int:
     warnings.filterwarnings("ignore", category=RuntimeWarning,
                             module="triton.runtime.interpreter")
     cascade = load(Path(args.spec))
+    _check_oracle_limits(cascade)
     if args.backend != "torch" and "TRITON_INTERPRET" not in os.environ:
         import torch
 
@@ -186,7 +252,8 @@ def _cmd_check(args) -> int:
             os.environ["TRITON_INTERPRET"] = "1"
             print("note: no GPU here, so Triton kernels run in Triton's interpreter (slow; "
                   "small sizes)")
-    module = compile_spec(Path(args.spec), rewrite=not args.no_rewrite, tile=args.tile)
+    with _writing_to(cache_dir(), "set EINSUMATTN_CACHE_DIR to a folder you can write to"):
+        module = compile_spec(Path(args.spec), rewrite=not args.no_rewrite, tile=args.tile)
     backends = ("torch", "triton", "triton-unfused") if args.backend == "all" \
         else (args.backend,)
     if "triton" in backends and module.TRITON_FALLBACK is not None:
@@ -205,14 +272,56 @@ def _cmd_check(args) -> int:
     return EXIT_OK if ok else EXIT_INTERNAL
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a positive integer")
-    return value
+def _integer_from(least: int):
+    """An argparse type: a whole number of at least `least`."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = least - 1
+        if value < least:
+            raise argparse.ArgumentTypeError(f"give a whole number of {least} or more, "
+                                             f"not '{text}'")
+        return value
+    return parse
+
+
+_positive = _integer_from(1)
+_non_negative = _integer_from(0)
+
+
+def _file_in_the_way(folder: Path) -> Path | None:
+    """The file, if any, at `folder` or at the nearest of its parents that exists: no
+    folder can be made there."""
+    for candidate in (folder, *folder.parents):
+        if candidate.exists():
+            return None if candidate.is_dir() else candidate
+    return None
+
+
+def _output_folder(text: str) -> str:
+    """compile -o: a folder (made if missing), never an existing file. Checked before the
+    compile starts."""
+    blocking = _file_in_the_way(Path(text))
+    if blocking == Path(text):
+        raise argparse.ArgumentTypeError(f"'{text}' is a file; -o takes the folder to write "
+                                         f"<name>.py into (e.g. -o build)")
+    if blocking is not None:
+        raise argparse.ArgumentTypeError(f"'{blocking}' is a file, so no folder '{text}' can "
+                                         f"be made in it; give -o a folder path (e.g. -o build)")
+    return text
+
+
+def _output_file(text: str) -> str:
+    """analyze/rewrite -o: a file (its folder made if missing), never an existing folder."""
+    if os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"'{text}' is a folder; -o takes the path of the "
+                                         f"file to write (e.g. -o {Path(text) / 'out.txt'})")
+    blocking = _file_in_the_way(Path(text).parent)
+    if blocking is not None:
+        raise argparse.ArgumentTypeError(f"'{blocking}' is a file, not a folder, so it cannot "
+                                         f"hold '{text}'; give -o another file path")
+    return text
 
 
 def _tile_option(p: argparse.ArgumentParser) -> None:
@@ -246,7 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sizes of the ranks the inputs do not fix, e.g. B=1,H=2,P=8,M=8")
     p.add_argument("--params", default="", metavar="NAME=VALUE,...",
                    help="override param defaults")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
+    p.add_argument("--seed", type=_non_negative, default=0, help="seed of the random inputs")
     p.set_defaults(run=_cmd_eval)
 
     p = commands.add_parser("analyze", help="passes per rank, buffers and cost: the report")
@@ -258,21 +367,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="float16",
                    choices=("float16", "bfloat16", "float32", "float64"),
                    help="element type for byte counts (default float16)")
-    p.add_argument("-o", "--output", help="write the report to a file")
+    p.add_argument("-o", "--output", type=_output_file, help="write the report to a file")
     _tile_option(p)
     p.set_defaults(run=_cmd_analyze)
 
     p = commands.add_parser("rewrite", help="print the derived fewest-pass cascade as .attn "
                                             "source, a comment per rule applied")
     p.add_argument("spec", help="path of a .attn file")
-    p.add_argument("-o", "--output", help="write it to a file")
+    p.add_argument("-o", "--output", type=_output_file, help="write it to a file")
     _tile_option(p)
     p.set_defaults(run=_cmd_rewrite)
 
     p = commands.add_parser("compile", help="generate the module: Triton kernels and the "
                                             "torch reference")
     p.add_argument("spec", help="path of a .attn file")
-    p.add_argument("-o", "--output", default=".", help="folder for <name>.py (default: .)")
+    p.add_argument("-o", "--output", type=_output_folder, default=".",
+                   help="folder for <name>.py, made if missing (default: .)")
     _rewrite_options(p)
     p.set_defaults(run=_cmd_compile)
 
@@ -281,7 +391,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spec", help="path of a .attn file")
     p.add_argument("--backend", choices=("torch", "triton", "triton-unfused", "all"),
                    default="all", help="triton: the fused schedule where there is one")
-    p.add_argument("--examples", type=int, default=50, help="cases to try (default 50)")
+    p.add_argument("--examples", type=_positive, default=50,
+                   help="cases to try (default 50)")
     _rewrite_options(p)
     p.set_defaults(run=_cmd_check)
     return parser
@@ -295,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
     except SpecError as error:
         print(error.render(), file=sys.stderr)
         return EXIT_USER
-    except BindError as error:
+    except (BindError, UsageError) as error:
         print(f"einsumattn: error: {error}", file=sys.stderr)
         return EXIT_USER
     except BrokenPipeError:

@@ -13,6 +13,8 @@ present, and absent output points are returned as 0.
 
 from __future__ import annotations
 
+import math
+import os
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -45,6 +47,11 @@ def _to_numpy(array: Any) -> np.ndarray:
 
 def normalize_inputs(cascade: Cascade, inputs) -> dict[str, np.ndarray]:
     """Inputs by name, from a mapping or a sequence in declaration order."""
+    return {name: _to_numpy(value) for name, value in _by_name(cascade, inputs).items()}
+
+
+def _by_name(cascade: Cascade, inputs) -> dict[str, Any]:
+    """Inputs by name as given (not converted: their shapes are checked first)."""
     names = [t.name for t in cascade.inputs]
     if isinstance(inputs, Mapping):
         unknown = [k for k in inputs if k not in names]
@@ -60,12 +67,13 @@ def normalize_inputs(cascade: Cascade, inputs) -> dict[str, np.ndarray]:
             raise BindError(f"expected {len(names)} inputs ({', '.join(names)}), got "
                             f"{len(inputs)}")
         given = dict(zip(names, inputs))
-    return {name: _to_numpy(given[name]) for name in names}
+    return {name: given[name] for name in names}
 
 
 def evaluate(cascade: Cascade, inputs: Mapping[str, Any] | Sequence[Any],
              params: Mapping[str, float] | None = None, *,
-             intermediates: bool = False, dtype=np.float64) -> dict[str, np.ndarray]:
+             intermediates: bool = False, dtype=np.float64,
+             max_bytes: int | None = None) -> dict[str, np.ndarray]:
     """Evaluate a cascade in float64.
 
     `inputs`: a mapping by name or a sequence in declaration order (numpy arrays, torch
@@ -73,9 +81,14 @@ def evaluate(cascade: Cascade, inputs: Mapping[str, Any] | Sequence[Any],
     with absent points as 0; with `intermediates=True`, every tensor the same way.
     `dtype=np.float32` evaluates in float32 instead: not ground truth, but a probe of how
     well-conditioned a case is for a float32 backend (`verify.py`).
+    `max_bytes`: the memory the evaluation may take (default: `memory_limit()`); a case
+    estimated to need more is a BindError before anything is allocated.
     """
-    arrays = normalize_inputs(cascade, inputs)
-    binding = bind(cascade, shapes={n: a.shape for n, a in arrays.items()}, params=params)
+    given = _by_name(cascade, inputs)
+    shapes = {name: tuple(np.shape(value)) for name, value in given.items()}
+    binding = bind(cascade, shapes=shapes, params=params)
+    check_memory(cascade, binding, max_bytes, np.dtype(dtype).itemsize)
+    arrays = {name: _to_numpy(value) for name, value in given.items()}
     store: dict[str, _Value] = {}
     for name, array in arrays.items():
         value = array.astype(dtype) if array.dtype != dtype else array
@@ -85,6 +98,105 @@ def evaluate(cascade: Cascade, inputs: Mapping[str, Any] | Sequence[Any],
     names = list(store) if intermediates else list(cascade.outputs)
     return {name: np.where(store[name].present, store[name].value, dtype(0.0))
             for name in names}
+
+
+# ----------------------------------------------------------------------------- memory
+# The oracle materialises every tensor and, for each Einsum, arrays over its whole
+# iteration space (left and reduced variables): a contraction such as QK over e holds
+# B*H*P*M*E values at once. So its memory is estimated from the sizes before anything is
+# allocated, and a case past the limit is refused with the largest array named.
+
+MEMORY_VARIABLE = "EINSUMATTN_EVAL_MEMORY"
+_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def memory_limit() -> int:
+    """Bytes the oracle may use: $EINSUMATTN_EVAL_MEMORY (a number of bytes, or with a
+    K, M, G or T suffix: `64G`), else half of the machine's physical memory."""
+    text = os.environ.get(MEMORY_VARIABLE, "").strip().upper().removesuffix("B")
+    if text:
+        unit = text[-1] if text[-1] in _UNITS else ""
+        try:
+            value = float(text[:len(text) - len(unit)])
+        except ValueError:
+            raise BindError(f"{MEMORY_VARIABLE}='{os.environ[MEMORY_VARIABLE]}' is not a "
+                            f"size; write e.g. {MEMORY_VARIABLE}=64G") from None
+        return int(value * _UNITS[unit])
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
+    except (AttributeError, ValueError, OSError):
+        return 8 * 2**30
+
+
+def estimate_memory(cascade: Cascade, binding: Binding,
+                    itemsize: int = 8) -> tuple[int, str, int]:
+    """(total bytes, the largest array in words, its bytes) of evaluating the cascade:
+    every tensor kept (values and presence), and the arrays of the Einsum whose
+    evaluation needs the most at once."""
+    stored, largest = 0, ("", 0)
+    for name in cascade.tensors:
+        elements = math.prod(binding.extent(cascade, name))
+        stored += elements * (itemsize + 1)
+        largest = max(largest, (f"tensor {name}", elements * itemsize), key=lambda x: x[1])
+    working = 0
+    for einsum in cascade.einsums:
+        space = [v for v in einsum.variables if v != einsum.iter_var]
+        points = math.prod(binding.sizes[cascade.var_rank(v)] for v in space)
+        described = (f"the iteration space of {einsum.tensor} "
+                     f"({', '.join(space) or 'one point'})", points * itemsize)
+        largest = max(largest, described, key=lambda x: x[1])
+        working = max(working, _einsum_bytes(cascade, einsum, binding, points, itemsize))
+    return stored + working, largest[0], largest[1]
+
+
+def _einsum_bytes(cascade: Cascade, einsum: Einsum, binding: Binding, points: int,
+                  itemsize: int) -> int:
+    """An upper bound on what one Einsum's evaluation allocates at once: an array per
+    operation and read, over the variables under it (a gather also makes an index array
+    per coordinate), and the masks and the reduction over the whole space."""
+    size = {v: binding.sizes[cascade.var_rank(v)] for v in einsum.variables}
+    size.pop(einsum.iter_var, None)   # one step of a recurrence at a time
+    total = points * (itemsize + 3)   # the reduction's input and three masks
+    for expr in (einsum.body, einsum.filter, einsum.init):
+        if expr is None:
+            continue
+        for node, variables in _variables_under(expr):
+            if isinstance(node, (ir.Op, ir.Read)):
+                elements = math.prod(size.get(v, 1) for v in variables)
+                arrays = 1 + (len(node.indices) if isinstance(node, ir.Read) else 0)
+                total += elements * (itemsize + 1) * arrays
+    return total
+
+
+def _variables_under(expr: ir.Expr):
+    """(node, the index variables in its subtree) for every node, children first."""
+    found: dict[int, frozenset] = {}
+    nodes = list(ir.walk(expr))
+    for node in reversed(nodes):   # walk lists parents first
+        own = {node.var} if isinstance(node, ir.Index) else set()
+        found[id(node)] = frozenset(own).union(*(found[id(c)] for c in ir.children(node)))
+    return [(node, found[id(node)]) for node in nodes]
+
+
+def check_memory(cascade: Cascade, binding: Binding, max_bytes: int | None = None,
+                 itemsize: int = 8) -> None:
+    """A BindError when evaluating at this binding would take more than `max_bytes`
+    (default: `memory_limit()`)."""
+    limit = memory_limit() if max_bytes is None else max_bytes
+    total, largest, largest_bytes = estimate_memory(cascade, binding, itemsize)
+    if total > limit:
+        unit = "G" if total >= 2**30 else "M"
+        raise BindError(f"evaluating {cascade.name} at these sizes needs about "
+                        f"{_size_text(total)} (the largest array: {largest}, "
+                        f"{_size_text(largest_bytes)}), more than the limit of "
+                        f"{_size_text(limit)}; use smaller sizes, or raise the limit with "
+                        f"{MEMORY_VARIABLE} (e.g. {MEMORY_VARIABLE}="
+                        f"{math.ceil(total / _UNITS[unit])}{unit})")
+
+
+def _size_text(count: int) -> str:
+    unit = next(u for u in "TGMK" if count >= _UNITS[u]) if count >= 2**10 else ""
+    return f"{count / _UNITS[unit]:.3g} {unit}iB" if unit else f"{count} bytes"
 
 
 def _evaluate_einsum(cascade: Cascade, einsum: Einsum, store: dict[str, _Value],

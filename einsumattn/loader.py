@@ -7,6 +7,7 @@ from pathlib import Path
 
 from .diagnostics import Source, SpecError, Span
 from .frontend import parse
+from .frontend.parser import MAX_SPEC_BYTES, too_large
 from .ir import Cascade, build
 
 
@@ -20,7 +21,9 @@ def read_spec(spec: str | os.PathLike) -> Source:
     if isinstance(spec, os.PathLike) or (isinstance(spec, str) and _looks_like_path(spec)):
         path = Path(spec)
         try:
-            data = path.read_bytes()
+            with open(path, "rb") as handle:
+                # One byte more than the limit tells a file at the limit from a larger one.
+                data = handle.read(MAX_SPEC_BYTES + 1)
         except IsADirectoryError:
             raise SpecError(f"'{path}' is a directory, not a spec file",
                             hint="give the path of a .attn file",
@@ -28,6 +31,8 @@ def read_spec(spec: str | os.PathLike) -> Source:
         except OSError as error:
             raise SpecError(f"cannot read '{path}': {error.strerror or error}",
                             hint="check the path", source=Source("", str(path))) from None
+        if len(data) > MAX_SPEC_BYTES:
+            raise too_large(data[:MAX_SPEC_BYTES].decode("utf-8", "ignore"), str(path))
         return Source(_decode(data, str(path)), str(path))
     return Source(spec, "<spec>")
 

@@ -16,9 +16,10 @@ from einsumattn.analysis.passes import (analysed_ranks, analyse_rank, fully_redu
 from einsumattn.ir import Einsum
 from einsumattn.ir import expr as ir
 
+from conftest import examples
 from spec_generator import cascades
 
-SETTINGS = settings(max_examples=60, deadline=None)
+SETTINGS = settings(max_examples=examples(60), deadline=None)
 
 
 def _blocking(cascade, producer: Einsum, consumer: Einsum, variables) -> bool:

@@ -1,5 +1,6 @@
 """The einsumattn command: parse and eval output, exit codes, and packaging."""
 
+import os
 import subprocess
 import sys
 import zipfile
@@ -122,3 +123,148 @@ def test_benchmark_times_tuning_variants_of_the_fused_kernel(tmp_path):
     rows = {r["backend"]: r for r in json.loads(out.read_text())}
     assert {"einsumattn triton", "einsumattn triton p__BLOCK=32"} <= set(rows)
     assert rows["einsumattn triton p__BLOCK=32"]["max_diff_vs_peer"] < 1e-5
+
+
+def _exit_code_and_stderr(args, capsys) -> tuple[int, str]:
+    """Run the command in process: its exit status (argparse's errors exit by SystemExit)
+    and its stderr."""
+    try:
+        code = main(args)
+    except SystemExit as exit_:
+        code = exit_.code
+    return code, capsys.readouterr().err
+
+
+def _many_ranks_spec(folder, ranks: int, extra_reduced: int = 0):
+    """Y = sigmoid(X) over `ranks` ranks, optionally times a sum over more ranks (which
+    only the Einsum's iteration space holds)."""
+    dims = [f"D{i}" for i in range(ranks + extra_reduced)]
+    left = ", ".join(d.lower() for d in dims[:ranks])
+    text = f"dims {', '.join(dims)}\ninput X[{left}]\n"
+    if extra_reduced:
+        text += f"input Z[{', '.join(d.lower() for d in dims[ranks:])}]\n"
+        text += f"Y[{left}] = X[{left}] * Z[{', '.join(d.lower() for d in dims[ranks:])}]\n"
+    else:
+        text += f"Y[{left}] = sigmoid(X[{left}])\n"
+    path = folder / f"ranks{ranks}_{extra_reduced}.attn"
+    path.write_text(text + "output Y\n")
+    shapes = ",".join(f"{d}=1" for d in dims)
+    return str(path), shapes
+
+
+@pytest.mark.parametrize("case", [
+    "compile -o a file", "compile -o inside a file", "analyze -o a folder",
+    "rewrite -o a folder", "analyze -o inside a file", "check --examples 0",
+    "check --examples -3", "eval --seed -1", "eval 65 ranks", "eval 33 ranks",
+    "eval 33 index variables", "check 33 ranks", "analyze -o a full disk"])
+def test_argument_errors_exit_2_with_what_to_do(case, tmp_path, capsys, monkeypatch):
+    if case.endswith("full disk") and not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full here")
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setenv("EINSUMATTN_CACHE_DIR", str(tmp_path / "cache"))
+    (tmp_path / "file").write_text("")
+    spec = "examples/gqa.attn"
+    args, message = {
+        "compile -o a file": (["compile", spec, "-o", str(tmp_path / "file")],
+                              "is a file; -o takes the folder to write <name>.py into"),
+        "compile -o inside a file": (["compile", spec, "-o", str(tmp_path / "file" / "x")],
+                                     "is a file, so no folder"),
+        "analyze -o a folder": (["analyze", spec, "-o", str(tmp_path)],
+                                "is a folder; -o takes the path of the file to write"),
+        "rewrite -o a folder": (["rewrite", spec, "-o", str(tmp_path)],
+                                "is a folder; -o takes the path of the file to write"),
+        "analyze -o inside a file": (["analyze", spec, "-o", str(tmp_path / "file" / "r.txt")],
+                                     "is a file, not a folder, so it cannot hold"),
+        "check --examples 0": (["check", spec, "--examples", "0"],
+                               "--examples: give a whole number of 1 or more, not '0'"),
+        "check --examples -3": (["check", spec, "--examples", "-3"],
+                                "give a whole number of 1 or more, not '-3'"),
+        "eval --seed -1": (["eval", spec, "--seed", "-1"],
+                           "--seed: give a whole number of 0 or more, not '-1'"),
+        "eval 65 ranks": (["eval", *_eval_args(tmp_path, 65)],
+                          "tensor X has 65 ranks: the float64 oracle evaluates at most 32"),
+        "eval 33 ranks": (["eval", *_eval_args(tmp_path, 33)],
+                          "tensor X has 33 ranks: the float64 oracle evaluates at most 32"),
+        "eval 33 index variables": (
+            ["eval", *_eval_args(tmp_path, 30, 3)],
+            "the Einsum of Y has 33 index variables: the float64 oracle evaluates at most 32"),
+        "check 33 ranks": (["check", _many_ranks_spec(tmp_path, 33)[0], "--examples", "1"],
+                           "tensor X has 33 ranks"),
+        "analyze -o a full disk": (["analyze", spec, "-o", "/dev/full"],
+                                   "cannot write '/dev/full': No space left on device; give "
+                                   "-o a file path you can write to"),
+    }[case]
+    code, err = _exit_code_and_stderr(args, capsys)
+    assert code == 2, err
+    assert message in err, err
+    assert "Traceback" not in err and "internal error" not in err, err
+    assert not (tmp_path / "file").read_text()            # nothing written over the file
+
+
+def _eval_args(folder, ranks: int, extra_reduced: int = 0) -> list[str]:
+    path, shapes = _many_ranks_spec(folder, ranks, extra_reduced)
+    return [path, "--shapes", shapes]
+
+
+def test_eval_takes_as_many_ranks_as_the_oracle_can(tmp_path, capsys):
+    """32 ranks, the limit `eval` states, evaluate."""
+    assert main(["eval", *_eval_args(tmp_path, 32)]) == 0
+    assert "Y        shape (1, 1," in capsys.readouterr().out
+
+
+def test_output_folders_are_made_if_missing(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("EINSUMATTN_CACHE_DIR", str(tmp_path / "cache"))
+    spec = str(ROOT / "examples" / "softmax_3pass.attn")
+    assert main(["compile", spec, "-o", str(tmp_path / "a" / "b")]) == 0
+    assert (tmp_path / "a" / "b" / "softmax_3pass.py").is_file()
+    assert main(["rewrite", spec, "-o", str(tmp_path / "c" / "d.attn")]) == 0
+    assert (tmp_path / "c" / "d.attn").read_text().startswith("#")
+
+
+def test_a_folder_that_cannot_be_written_exits_2(tmp_path, capsys, monkeypatch):
+    """An unwritable -o folder (simulated: chmod does not stop root) is the user's to fix,
+    and so is an unwritable compile cache for `check`."""
+    import tempfile
+
+    def refuse(*args, dir=None, **kwargs):
+        raise PermissionError(13, "Permission denied", os.path.join(dir, ".x.tmp"))
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    monkeypatch.setenv("EINSUMATTN_CACHE_DIR", str(tmp_path / "cache"))
+    spec = str(ROOT / "examples" / "softmax_3pass.attn")
+    code, err = _exit_code_and_stderr(["compile", spec, "-o", str(tmp_path / "out")], capsys)
+    assert code == 2 and "Traceback" not in err, err
+    assert f"cannot write '{tmp_path / 'out' / '.x.tmp'}': Permission denied; give -o a " \
+           f"folder you can write to" in err
+    code, err = _exit_code_and_stderr(["check", spec, "--backend", "torch", "--examples", "1"],
+                                      capsys)
+    assert code == 2 and "set EINSUMATTN_CACHE_DIR to a folder you can write to" in err, err
+
+
+def test_os_errors_on_other_paths_stay_internal_errors(tmp_path):
+    """Only the user's own path makes an OS error the user's: a missing template, say,
+    is still einsumattn's bug."""
+    from einsumattn.cli import UsageError, _writing_to
+
+    with pytest.raises(UsageError, match="Permission denied; advice"):
+        with _writing_to(tmp_path / "out", "advice"):
+            raise PermissionError(13, "Permission denied", str(tmp_path / "out" / "x.py"))
+    with pytest.raises(FileNotFoundError):
+        with _writing_to(tmp_path / "out", "advice"):
+            raise FileNotFoundError(2, "No such file", "/somewhere/else/template.j2")
+
+
+def test_eval_refuses_past_the_memory_limit_before_making_inputs(monkeypatch, capsys):
+    """The memory estimate runs before eval draws its random inputs (a 275 GB case must
+    not start allocating): drawing them here fails the test."""
+    import numpy as np
+
+    def no_inputs(*args, **kwargs):
+        raise AssertionError("eval drew its inputs before checking the memory it needs")
+
+    monkeypatch.setenv("EINSUMATTN_EVAL_MEMORY", "32M")
+    monkeypatch.setattr(np.random, "default_rng", no_inputs)
+    code = main(["eval", str(ROOT / "examples" / "softmax_3pass.attn"), "--shapes",
+                 "B=64,H=64,P=4096,M=4096,E=128,F=128"])
+    assert code == 2
+    assert "more than the limit of 32 MiB" in capsys.readouterr().err

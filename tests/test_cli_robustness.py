@@ -23,8 +23,9 @@ output Y
 """
 
 
-def run_cli(*args: str | os.PathLike, timeout: float = TIME_LIMIT * 2):
-    env = dict(os.environ)
+def run_cli(*args: str | os.PathLike, timeout: float = TIME_LIMIT * 2,
+            extra_env: dict | None = None):
+    env = dict(os.environ, **(extra_env or {}))
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     start = time.monotonic()
     proc = subprocess.run([sys.executable, "-m", "einsumattn", *map(str, args)],
@@ -185,10 +186,12 @@ def test_ten_megabytes_of_text_with_newlines(tmp_path):
 
 @pytest.mark.slow
 def test_ten_megabytes_of_comments_then_valid_spec(tmp_path):
+    """Past the 1 MiB size limit, comments or not (docs/language.md, 2.14 Limits)."""
     f = tmp_path / "comments.attn"
     line = "# softmax attention: QK[b, h, p, m] = Q[b, h, p, e] * K[b, h, m, e]\n"
     f.write_text(line * (10 * 2**20 // len(line)) + VALID_SPEC)
-    parse_file(f, allowed=(0,))
+    proc = parse_file(f, allowed=(2,))
+    assert "larger than the limit of 1 MiB" in proc.stderr.decode()
 
 
 @pytest.mark.slow
@@ -197,3 +200,45 @@ def test_ten_megabytes_of_comments_only(tmp_path):
     line = "# nothing but a comment, over and over again\n"
     f.write_text(line * (10 * 2**20 // len(line)))
     parse_file(f, allowed=(2,))
+
+
+# ------------------------------------------------------------------ resource bounds
+
+SIZE_LIMIT = 2**20
+
+
+def test_dev_zero_is_refused_at_once():
+    """A character device that never ends: read only to the size limit."""
+    if not Path("/dev/zero").exists():
+        pytest.skip("no /dev/zero")
+    proc = parse_file("/dev/zero", allowed=(2,))
+    assert "larger than the limit of 1 MiB" in proc.stderr.decode()
+
+
+def test_a_file_past_the_size_limit_is_refused_with_a_position(tmp_path):
+    f = tmp_path / "big.attn"
+    f.write_bytes(b"# c\n" * (SIZE_LIMIT // 4) + VALID_SPEC.encode())
+    proc = parse_file(f, allowed=(2,))
+    stderr = proc.stderr.decode()
+    # 1 MiB of 4-byte lines: the first byte past it starts line 262145.
+    assert f"{f}:{SIZE_LIMIT // 4 + 1}:1: error: the spec is larger than the limit" in stderr
+
+
+def test_a_file_at_the_size_limit_is_read(tmp_path):
+    padding = SIZE_LIMIT - len(VALID_SPEC.encode())
+    f = tmp_path / "at_limit.attn"
+    f.write_bytes(b"#" * (padding - 1) + b"\n" + VALID_SPEC.encode())
+    assert f.stat().st_size == SIZE_LIMIT
+    parse_file(f, allowed=(0,))
+
+
+def test_eval_refuses_a_case_past_the_memory_limit(tmp_path):
+    proc, elapsed = run_cli("eval", REPO / "examples" / "softmax_3pass.attn", "--shapes",
+                            "B=1,H=1,P=128,M=128,E=128,F=128",
+                            extra_env={"EINSUMATTN_EVAL_MEMORY": "32M"})
+    assert_clean(proc, elapsed, allowed=(2,), what="eval past the memory limit")
+    stderr = proc.stderr.decode()
+    assert "more than the limit of 32 MiB" in stderr
+    assert "the iteration space of QK (b, h, p, m, e)" in stderr
+    assert "EINSUMATTN_EVAL_MEMORY" in stderr
+

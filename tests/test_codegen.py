@@ -16,7 +16,7 @@ from einsumattn.codegen import compile_to_file, generate
 from einsumattn.codegen.compile import cache_dir, import_file
 from einsumattn.verify import Case, case_inputs, compare, dot_rounding, run_check
 
-from conftest import EXAMPLES, ROOT, WINDOW
+from conftest import EXAMPLES, ROOT, WINDOW, examples
 from spec_generator import cascades
 
 CLASS_NAMES = {"softmax_3pass": "Softmax3pass", "gla_recurrent": "GlaRecurrent",
@@ -102,7 +102,7 @@ def test_torch_backend_agrees_with_the_oracle(path, built):
 
 
 @given(cascades())
-@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=examples(40), deadline=None, suppress_health_check=list(HealthCheck))
 def test_torch_backend_agrees_on_random_cascades(spec):
     cascade = einsumattn.load(spec.text)
     module = types.ModuleType("random_cascade")
@@ -292,7 +292,7 @@ def test_check_reports_a_backend_that_raises_with_its_case(tmp_path):
     assert "smallest failing case:" in lines
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=examples(25), deadline=None, suppress_health_check=list(HealthCheck))
 @given(spec=cascades())
 def test_triton_backend_agrees_on_random_cascades(tmp_path_factory, spec):
     # Triton reads kernel source from the file, so the module is written out first.
@@ -386,7 +386,7 @@ def test_default_causal_and_window_kernels_visit_only_needed_tiles(tmp_path):
     causal = import_file(compile_to_file(ROOT / "examples" / "causal_softmax.attn", tmp_path,
                                          tile=16), "visits_causal")
     window = import_file(compile_to_file(WINDOW, tmp_path, tile=16), "visits_window")
-    sizes = dict(M1_=4, M0_=16, p__BLOCK=16)
+    sizes = dict(M1_=4, m0__BLOCK=16, p__BLOCK=16)
     for pid in range(4):
         assert _visited_tiles(causal, pid, **sizes) == range(0, pid + 1)
         first_key = max(0, 16 * pid - 19)
@@ -402,7 +402,7 @@ def test_default_causal_and_window_kernels_visit_only_needed_tiles(tmp_path):
 def test_pruned_window_kernel_agrees_across_many_tiles(tmp_path, window):
     cascade = einsumattn.load(WINDOW)
     module = import_file(compile_to_file(WINDOW, tmp_path, tile=16), f"window_{window}")
-    assert "tl.maximum(0, tl.program_id(0) * p__BLOCK + (lower_offset)) // M0_" in \
+    assert "tl.maximum(0, tl.program_id(0) * p__BLOCK + (lower_offset)) // m0__BLOCK" in \
         open(module.__file__).read()
     sizes = dict(B=1, H=2, P=53, M=53, E=8, F=8)       # 4 row tiles, 4 key tiles of 16
     for dtype in ("float32", "bfloat16"):

@@ -216,3 +216,59 @@ def test_long_flat_sum_is_not_a_recursion_error():
     except RecursionError:
         recursion = True
     assert not recursion, "einsumattn.load raised RecursionError on a valid 1000-term sum"
+
+
+# ------------------------------------------------------------------ resource bounds
+
+def test_a_long_operator_chain_stops_parsing_where_it_passes_the_limit(monkeypatch):
+    """A flat chain past the depth limit is refused while it is being lexed, at the first
+    operator past the limit, before lark builds the tree (parsing a megabyte of
+    `X[m] + X[m] + ...` first took minutes)."""
+    from einsumattn.frontend import parser
+
+    def no_tree(*args):
+        raise AssertionError("the whole chain was parsed into a tree")
+
+    monkeypatch.setattr(parser._ToAst, "transform", no_tree)
+    line = "Y[m] = " + " + ".join(["X[m]"] * 20_000)
+    with pytest.raises(einsumattn.SpecError) as caught:
+        einsumattn.load(f"dims M\ninput X[m]\n{line}\noutput Y\n")
+    error = caught.value
+    assert error.message == "expression more than 200 operations deep"
+    # The 201st '+': after "Y[m] = " and 201 terms of "X[m] + ".
+    assert (error.span.line, error.span.column) == (3, len("Y[m] = ") + 201 * 7 - 1)
+
+
+@pytest.mark.parametrize("rhs", [
+    " + ".join(["X[m]"] * 199),                     # 199 '+': depth 200, the limit
+    " + ".join(["X[m] * X[m]"] * 150),              # '+' ends each product's chain
+    " * ".join(["(X[m] + X[m])"] * 150),            # brackets start chains of their own
+    " + ".join(["-X[m]"] * 100) + " - " + " - ".join(["X[m]"] * 90),  # unary minus
+    "max(" + " + ".join(["X[m]"] * 150) + ", " + " + ".join(["X[m]"] * 150) + ")",
+    " + ".join(["where(m < 1, X[m], X[m])"] * 150),  # a where() call is not a filter
+])
+def test_chains_within_the_limit_are_not_cut_short(rhs):
+    """The early check counts only what the depth limit would reject anyway."""
+    cascade = einsumattn.load(f"dims M\ninput X[m]\nY[m] = {rhs}\noutput Y\n")
+    assert cascade.outputs == ("Y",)
+
+
+def test_a_filter_starts_a_chain_of_its_own():
+    body = " + ".join(["X[m]"] * 150)
+    condition = " + ".join(["m"] * 150) + " > 0"
+    cascade = einsumattn.load(f"dims M\ninput X[m]\nY[m] = {body} where {condition}\n"
+                              f"output Y\n")
+    assert cascade.einsums[0].filter is not None
+
+
+def test_spec_text_past_the_size_limit_is_refused_before_parsing(monkeypatch):
+    from einsumattn.frontend import parser
+
+    monkeypatch.setattr(parser, "_lark", lambda: pytest.fail("the parser was started"))
+    text = "# padding\n" * (parser.MAX_SPEC_BYTES // 10) + "dims M\n"
+    with pytest.raises(einsumattn.SpecError) as caught:
+        einsumattn.load(text)
+    error = caught.value
+    assert "larger than the limit of 1 MiB (1048576 bytes)" in error.message
+    # The first byte past the limit: 1 MiB of 10-byte lines ends 6 bytes into a line.
+    assert (error.span.line, error.span.column) == (2**20 // 10 + 1, 2**20 % 10 + 1)

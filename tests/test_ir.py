@@ -146,3 +146,148 @@ def test_expression_text_round_trips_precedence():
     body = cascade.einsum("Y").body
     again = einsumattn.load(f"dims P\ninput X[p]\nY[p] = {ir.to_text(body)}\noutput Y")
     assert again.einsum("Y").body == body
+
+
+# ------------------------------------------------------------------ numbers
+
+NUMBERS = "dims P\ninput X[p]\n{}\noutput Y\n"
+
+
+@pytest.mark.parametrize("literal, accepted", [
+    ("9007199254740992", True),            # 2**53
+    ("009007199254740992", True),          # leading zeros do not count
+    ("9007199254740993", False),
+    ("99999999999999999999999", False),
+    ("1" + "0" * 5000, False),             # int() itself refuses 4300+ digits
+])
+def test_integer_literals_are_exact_up_to_2_to_the_53(literal, accepted):
+    text = NUMBERS.format(f"Y[p] = X[p] + {literal}")
+    if accepted:
+        body = einsumattn.load(text).einsums[0].body
+        assert body.args[1] == ir.Const(int(literal))
+        return
+    with pytest.raises(SpecError) as caught:
+        einsumattn.load(text)
+    error = caught.value
+    assert "is larger than 2**53 (9007199254740992)" in error.message
+    assert (error.span.line, error.span.column) == (3, 15)
+    assert "write it as a decimal" in error.hint
+
+
+@pytest.mark.parametrize("statement", ["dims M = 9007199254740993\ninput Z[m]",
+                                       "split P -> P1, P0 by 9007199254740993"])
+def test_sizes_and_split_factors_past_2_to_the_53_are_errors(statement):
+    text = f"dims P\n{statement}\ninput X[p]\nY[p] = X[p]\noutput Y\n"
+    with pytest.raises(SpecError, match="larger than 2\\*\\*53") as caught:
+        einsumattn.load(text)
+    assert caught.value.hint == "sizes and split factors are whole numbers up to 2**53"
+
+
+@pytest.mark.parametrize("expression, accepted", [
+    ("2 ** 53", True), ("2 ** 53 + 1", False), ("-(2 ** 53)", True),
+    ("2 ** 100", False), ("10 ** 10 ** 10", False),   # refused before it is computed
+    ("4503599627370496 * 2", True), ("4503599627370496 * 4", False),
+    ("2.0 ** 100", True), ("2 ** -1", True), ("7 // 2 % 3", True),
+    ("1e308 * 10", False), ("exp(1000)", False), ("10.0 ** 400", False),
+    ("1 / 0", False), ("7 // 0", False), ("7 % (3 - 3)", False),
+    ("log(0)", False), ("sqrt(-1)", False), ("(-8) ** 0.5", False),
+    ("inf - inf", True), ("exp(inf)", True), ("-inf * 0.5", True),   # already infinite
+    ("sigmoid(-1000)", True), ("where(1 < 2, 3, 1 / 0)", False),
+])
+def test_constant_steps_stay_exact_and_finite(expression, accepted):
+    """Constants are computed as Python numbers by the generated code: a step that leaves
+    the exact integers or overflows float64 is a located error, not an error at every
+    call. Values and params alike."""
+    for body in (f"Y[p] = X[p] * ({expression})", f"param c = {expression}\nY[p] = X[p] * c"):
+        text = NUMBERS.format(body)
+        if accepted:
+            einsumattn.load(text)
+            continue
+        with pytest.raises(SpecError) as caught:
+            einsumattn.load(text)
+        assert caught.value.span is not None and caught.value.span.line == 3
+        assert caught.value.hint
+
+
+def test_a_large_integer_constant_is_pointed_at_with_a_decimal_spelling():
+    with pytest.raises(SpecError) as caught:
+        einsumattn.load(NUMBERS.format("Y[p] = X[p + 4503599627370496 * 4]"))
+    error = caught.value
+    assert error.message.startswith("the integer constant '4503599627370496 * 4' is larger")
+    assert (error.span.line, error.span.column) == (3, 14)
+    assert error.hint.endswith("4503599627370496.0 * 4")
+
+
+# ------------------------------------------------------------------ index divisors
+
+DIVISOR = """dims B, H, KH, P, M, E, G = 4
+split M -> M1, M0 by 16
+input Q[b, h, p, e], K[b, kh, m, e]
+Y[b, h, p, m] = Q[b, h, p, e] * K[b, h {op} {divisor}, m, e]
+output Y
+"""
+
+
+@pytest.mark.parametrize("divisor, checked", [
+    ("KH", False), ("2", False), ("G", False),                 # a dim or an integer, as in 1.0
+    ("(2 * KH)", False), ("(H + 1)", False), ("(KH * H)", False),
+    ("(G - 3)", False), ("(H + 1 - 1)", False), ("(M0 // 4)", False),  # fixed sizes count
+    ("(H // KH)", True), ("(2 * (H // KH))", True), ("(H // KH + 0)", True),
+    ("(H // KH // 2)", True), ("(M1)", False),
+])
+@pytest.mark.parametrize("op", ["//", "%"])
+def test_divisors_are_positive_integer_expressions_of_dims(divisor, checked, op):
+    """Accepted: proved at least 1 from the declarations, or at least 1 once its floor
+    quotients are, which the binding then checks."""
+    from einsumattn.ir.divisors import checked_divisors
+
+    cascade = einsumattn.load(DIVISOR.format(op=op, divisor=divisor))
+    index = cascade.einsum("Y").body.args[1].indices[1]
+    assert index.op == op and index.args[0] == ir.Index("h")
+    assert [ir.to_text(d) for d, _ in checked_divisors(cascade)] == \
+        ([ir.to_text(index.args[1])] if checked else [])
+
+
+def test_the_paper_spelling_of_gqa_builds_nested_floor_divisions():
+    cascade = einsumattn.load(DIVISOR.format(op="//", divisor="(H // KH)"))
+    index = cascade.einsum("Y").body.args[1].indices[1]
+    assert index == ir.Op("//", (ir.Index("h"), ir.Op("//", (ir.Dim("H"), ir.Dim("KH")))))
+
+
+@pytest.mark.parametrize("divisor, column, message", [
+    ("(H - KH)", 44, "the divisor 'H - KH' of '//' cannot be proved positive"),
+    ("(H - 1)", 44, "the divisor 'H - 1' of '//' cannot be proved positive"),
+    ("(G - 4)", 44, "the divisor 'G - 4' of '//' cannot be proved positive"),
+    ("0", 43, "the divisor '0' of '//' cannot be proved positive"),
+    ("(0 * H)", 44, "the divisor '0 * H' of '//' cannot be proved positive"),
+    ("(H // (KH - KH))", 44, "the divisor 'H // (KH - KH)' of '//' cannot be proved"),
+    ("(H // KH - 1)", 44, "the divisor 'H // KH - 1' of '//' cannot be proved positive"),
+    ("(H // kh)", 49, "'kh' is not one"),
+    ("(H % KH)", 44, "'H % KH' is not one"),
+    ("(H / KH)", 44, "'H / KH' is not one"),
+])
+def test_divisors_that_cannot_be_proved_positive_are_errors(divisor, column, message):
+    with pytest.raises(SpecError) as caught:
+        einsumattn.load(DIVISOR.format(op="//", divisor=divisor))
+    error = caught.value
+    assert message in error.message
+    assert (error.span.line, error.span.column) == (4, column)
+    assert error.hint
+
+
+def test_a_divisor_below_1_at_binding_is_a_bind_error_naming_it():
+    cascade = einsumattn.load(DIVISOR.format(op="//", divisor="(H // KH)"))
+    bind(cascade, sizes={"B": 1, "H": 4, "KH": 4, "P": 1, "M": 1, "E": 1})
+    with pytest.raises(BindError) as caught:
+        bind(cascade, sizes={"B": 1, "H": 2, "KH": 4, "P": 1, "M": 1, "E": 1})
+    assert str(caught.value) == (
+        "the index divisor 'H // KH' in K[b, h // (H // KH), m, e] is 0 at H=2, KH=4; it "
+        "must be at least 1 (a floor quotient such as H // KH needs H >= KH)")
+
+
+def test_a_split_whose_parts_are_unused_binds():
+    """_rank_used asked every split about its parts, and so asked M1 about M1 forever
+    (a RecursionError at evaluation) when a declared split was not used."""
+    cascade = einsumattn.load("dims M\nsplit M -> M1, M0 by 4\ninput X[m]\nY[m] = X[m]\n"
+                              "output Y\n")
+    assert bind(cascade, sizes={"M": 3}).sizes == {"M": 3}

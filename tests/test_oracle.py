@@ -2,6 +2,7 @@
 recurrences, splits, numbers), each against an independent computation."""
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -214,3 +215,167 @@ def test_where_inside_a_reduction_drops_only_the_terms_that_pick_an_absent_branc
            "output WH"
     out = run(text, [np.ones(2), np.full((2, 3), 2.0)])["WH"]
     np.testing.assert_array_equal(out, [1.0 + 2.0 + 2.0, 2.0 + 2.0])
+
+
+# ------------------------------------------------------------------ memory
+
+SOFTMAX = (Path(__file__).resolve().parent.parent / "examples" / "softmax_3pass.attn")
+
+
+def test_a_case_past_the_memory_limit_is_refused_before_anything_is_allocated(
+        monkeypatch):
+    """The estimate comes from the shapes alone: inputs that would take terabytes to
+    convert (zero-copy broadcast views here) are never converted, and no Einsum runs."""
+    import importlib
+
+    oracle = importlib.import_module("einsumattn.evaluate")  # the name is the function
+
+    def never(*args, **kwargs):
+        raise AssertionError("allocated before refusing")
+
+    monkeypatch.setattr(oracle, "_to_numpy", never)
+    monkeypatch.setattr(oracle, "_evaluate_einsum", never)
+    cascade = einsumattn.load(SOFTMAX)
+    b, h, p, m, e, f = 64, 64, 4096, 4096, 128, 128
+    inputs = [np.broadcast_to(np.float64(0), shape)
+              for shape in ((b, h, p, e), (b, h, m, e), (b, h, m, f))]
+    with pytest.raises(BindError) as caught:
+        einsumattn.evaluate(cascade, inputs, max_bytes=2**40)
+    message = str(caught.value)
+    assert "the largest array: the iteration space of QK (b, h, p, m, e), 64 TiB" in message
+    assert "more than the limit of 1 TiB" in message
+    assert "EINSUMATTN_EVAL_MEMORY" in message
+
+
+@pytest.mark.parametrize("path", sorted(SOFTMAX.parent.glob("*.attn")),
+                         ids=lambda p: p.stem)
+def test_the_memory_estimate_bounds_what_the_oracle_allocates(path):
+    """numpy reports its allocations to tracemalloc: the peak of a whole evaluation stays
+    under the estimate (which also counts the inputs, already allocated here)."""
+    import tracemalloc
+
+    from einsumattn.evaluate import estimate_memory
+    from einsumattn.ir import bind
+
+    cascade = einsumattn.load(path)
+    free = {r: 5 for r, rank in cascade.ranks.items()
+            if rank.split_of is None and rank.fixed is None}
+    binding = bind(cascade, sizes=free)
+    rng = np.random.default_rng(0)
+    inputs = {t.name: rng.standard_normal(binding.extent(cascade, t.name))
+              for t in cascade.inputs}
+    tracemalloc.start()
+    try:
+        einsumattn.evaluate(cascade, inputs)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak <= estimate_memory(cascade, binding)[0]
+
+
+@pytest.mark.parametrize("text, expected", [("2G", 2 * 2**30), ("512m", 512 * 2**20),
+                                            ("1.5GB", 3 * 2**29), ("1000", 1000)])
+def test_the_memory_limit_is_read_from_the_environment(text, expected, monkeypatch):
+    from einsumattn.evaluate import memory_limit
+
+    monkeypatch.setenv("EINSUMATTN_EVAL_MEMORY", text)
+    assert memory_limit() == expected
+
+
+def test_a_memory_limit_that_is_not_a_size_is_a_bind_error(monkeypatch):
+    monkeypatch.setenv("EINSUMATTN_EVAL_MEMORY", "lots")
+    with pytest.raises(BindError, match="is not a size"):
+        run("dims P\ninput X[p]\nY[p] = X[p]\noutput Y", [np.ones(2)])
+    monkeypatch.setenv("EINSUMATTN_EVAL_MEMORY", "100")
+    with pytest.raises(BindError, match="more than the limit of 100 bytes"):
+        run("dims P\ninput X[p]\nY[p] = X[p]\noutput Y", [np.ones(200)])
+
+
+# ------------------------------------------------------------------ numbers
+
+def test_the_largest_exact_integers_compile_and_run_on_torch():
+    """The boundary of the integer rule (2**53, as a literal, a param default and an
+    integer step) and a large float written as a decimal: the torch backend runs them
+    without OverflowError and agrees with the oracle."""
+    text = ("dims P, E\ninput Q[p, e]\nparam big = 2 ** 52 * 2\n"
+            "Y[p, e] = elu(Q[p, e]) + 9007199254740992 / big + 1e23 * 0 + 2.0 ** 100 / 1e30\n"
+            "output Y\n")
+    module = einsumattn.compile(text, backend="torch")
+    q = torch.randn(3, 4)
+    got = module.attention(q, backend="torch")
+    expected = einsumattn.evaluate(einsumattn.load(text), [q])["Y"]
+    np.testing.assert_allclose(got.double().numpy(), expected, rtol=1e-6, atol=1e-6)
+    x = q.double().numpy()
+    assert np.allclose(expected, np.where(x > 0, x, np.expm1(x)) + 1 + 2.0 ** 100 / 1e30)
+
+
+# ------------------------------------------------------------------ index divisors
+
+GQA_PAPER = (SOFTMAX.parent / "gqa.attn").read_text().replace("h * KH // H", "h // (H // KH)")
+
+
+def _gqa_inputs(h, kh, seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal((2, h, 3, 4)), rng.standard_normal((2, kh, 5, 4)),
+            rng.standard_normal((2, kh, 5, 3))]
+
+
+def _softmax_attention(q, k, v, group):
+    """Softmax attention where query head h reads kv head group(h), absent (0) past the
+    kv heads: written out in numpy, independently of the cascade."""
+    out = np.zeros(q.shape[:3] + (v.shape[-1],))
+    for head in range(q.shape[1]):
+        kv = group(head)
+        if kv >= k.shape[1]:
+            continue
+        scores = np.einsum("bpe,bme->bpm", q[:, head], k[:, kv]) / np.sqrt(q.shape[-1])
+        weights = np.exp(scores - scores.max(-1, keepdims=True))
+        weights /= weights.sum(-1, keepdims=True)
+        out[:, head] = np.einsum("bpm,bmf->bpf", weights, v[:, kv])
+    return out
+
+
+@pytest.mark.parametrize("h, kh", [(4, 2), (6, 3), (4, 4), (4, 1), (5, 2)])
+def test_gqa_as_papers_write_it(h, kh):
+    """K[b, h // (H // KH), m, e]: query head h reads kv head h // (H / KH); with H = 5,
+    KH = 2 the last head reads kv head 2, outside K, and its rows are absent (0)."""
+    q, k, v = _gqa_inputs(h, kh)
+    got = run(GQA_PAPER, [q, k, v])["AV"]
+    expected = _softmax_attention(q, k, v, lambda head: head // (h // kh))
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_gqa_as_papers_write_it_refuses_fewer_query_heads_than_kv_heads():
+    with pytest.raises(BindError, match=r"'H // KH' in K\[b, h // \(H // KH\), m, e\] is 0 "
+                                        r"at H=2, KH=4"):
+        run(GQA_PAPER, _gqa_inputs(2, 4))
+
+
+def test_gqa_as_papers_write_it_compiles_and_agrees_on_torch():
+    module = einsumattn.compile(GQA_PAPER, backend="torch")
+    cascade = einsumattn.load(GQA_PAPER)
+    for h, kh in ((4, 2), (5, 2)):
+        inputs = [torch.tensor(x, dtype=torch.float32) for x in _gqa_inputs(h, kh, seed=h)]
+        got = module.gqa(*inputs, backend="torch").double().numpy()
+        expected = einsumattn.evaluate(cascade, inputs)["AV"]
+        # float32 against float64 on outputs of order 1: a few roundings of 2**-24 each.
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match=r"'H // KH' .* is 0 at H=2, KH=4"):
+        module.gqa(*[torch.tensor(x, dtype=torch.float32) for x in _gqa_inputs(2, 4)],
+                   backend="torch")
+
+
+def test_check_cases_respect_the_divisors():
+    """`einsumattn check` draws sizes for every free rank: only those the spec allows."""
+    from hypothesis import given, settings
+
+    from einsumattn.verify import cases
+
+    cascade = einsumattn.load(GQA_PAPER)
+
+    @settings(max_examples=40, deadline=None, database=None)
+    @given(cases(cascade))
+    def drawn(case):
+        assert case.sizes["H"] >= case.sizes["KH"]
+
+    drawn()

@@ -38,6 +38,10 @@ def _index(text: str) -> ir.Expr:
     ("KH - 1", True),
     ("KH", False),
     ("h % KH", False),              # no rule for %: kept (safe)
+    # Divisors that are expressions of dims (LANGUAGE.md 1.1).
+    ("h * KH // (2 * H)", True),    # <= (H - 1) KH / (2 H) < KH
+    ("h // (H // KH)", False),      # H = 5, KH = 2: head 4 reads kv head 2
+    ("h // (2 * KH)", False),
 ])
 def test_index_ranges_are_proved_only_when_they_hold(text, inside):
     cascade, index = _index(text)
@@ -46,7 +50,7 @@ def test_index_ranges_are_proved_only_when_they_hold(text, inside):
 
 
 @pytest.mark.parametrize("text", ["h * KH // H", "h * KH // H // 2", "(h * KH + KH - 1) // H",
-                                  "KH - 1"])
+                                  "KH - 1", "h * KH // (2 * H)"])
 def test_proved_ranges_hold_at_every_small_size(text):
     """The oracle, which checks every read at run time, never finds a point absent."""
     cascade, _ = _index(text)
@@ -62,3 +66,11 @@ def test_gqa_is_fused_from_its_derived_one_pass_cascade():
     plan = Plan(cascade)
     assert plan.kernel is plan.rewritten.cascade
     assert "one loop over M1 tiles" in plan.triton["schedule_note"]
+
+
+def test_an_unproved_divisor_range_is_absent_where_it_leaves_the_extent():
+    """h // (H // KH) with H = 5, KH = 2: heads 0..3 read kv heads 0 and 1, head 4 reads
+    kv head 2, which is outside K: its row is absent (0), as the kept mask says."""
+    cascade, _ = _index("h // (H // KH)")
+    y = evaluate(cascade, {"Q": np.ones(5), "K": np.ones((2, 3))})["Y"]
+    assert np.all(y[:4] == 1) and np.all(y[4] == 0)

@@ -41,11 +41,11 @@ try:
 except ImportError:  # tests/ is not a package: pytest puts it on sys.path
     import spec_generator as gen
 
-# EINSUMATTN_PROPERTY_EXAMPLES=5000 runs a long campaign instead of the quick default.
-_EXAMPLES = int(os.environ.get("EINSUMATTN_PROPERTY_EXAMPLES", "0") or 0)
-PROPS = settings(max_examples=_EXAMPLES or 80, deadline=None,
+# The thorough hypothesis profile scales these counts (tests/conftest.py, README).
+from conftest import examples  # noqa: E402
+PROPS = settings(max_examples=examples(80), deadline=None,
                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-FUZZ = settings(max_examples=_EXAMPLES or 100, deadline=None,
+FUZZ = settings(max_examples=examples(100), deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                        HealthCheck.filter_too_much])
 
@@ -114,7 +114,7 @@ def test_cascade_einsums_match_generator(spec):
                 assert order.index(r) < order.index(e.name), spec.text
 
 
-@settings(max_examples=_EXAMPLES or 30, deadline=None)
+@settings(max_examples=examples(30), deadline=None)
 @given(spec=gen.cascades(comments=False))
 def test_render_round_trip(spec):
     """`spec_generator.render` re-renders a spec from its parts, byte for byte."""
@@ -160,7 +160,7 @@ def test_oracle_matches_generator_reference(spec, data):
         _close(out[name], expected[name], f"{name} sizes={sizes}", spec.text)
 
 
-@settings(max_examples=_EXAMPLES or 20, deadline=None)
+@settings(max_examples=examples(20), deadline=None)
 @given(spec=gen.cascades(), data=st.data())
 def test_inputs_as_torch_sequence(spec, data):
     """Inputs given as a sequence of torch tensors in declaration order evaluate the same
@@ -173,7 +173,7 @@ def test_inputs_as_torch_sequence(spec, data):
         np.testing.assert_array_equal(np.asarray(out2[name]), np.asarray(out[name]))
 
 
-@settings(max_examples=_EXAMPLES or 25, deadline=None,
+@settings(max_examples=examples(25), deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(spec=gen.cascades(), data=st.data())
 def test_cli_in_process_on_generated_specs(spec, data):
@@ -210,7 +210,7 @@ HEAD = "dims P, M\ninput X[p, m]\n"
 sizes_pm = st.tuples(st.integers(1, 5), st.integers(1, 5))
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=examples(25), deadline=None)
 @given(pm=sizes_pm, seed=st.integers(0, 1000),
        false_filter=st.sampled_from(["m < 0", "p > P", "m >= M", "p != p",
                                      "m < 0 and p >= 0", "not (m >= 0)"]))
@@ -249,7 +249,7 @@ output S, I, EG, EN, SG, Y, YS, YE, Z, G, N
         np.testing.assert_array_equal(out["N"], zeros_p)
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=examples(25), deadline=None)
 @given(pm=sizes_pm, seed=st.integers(0, 1000), shift=st.integers(0, 3))
 def test_causal_softmax_fully_masked_rows_are_zero(pm, seed, shift):
     """`where m <= p - shift`: rows p < shift are fully masked and give 0, never NaN;
@@ -374,7 +374,7 @@ output S
     np.testing.assert_array_equal(out["S"], [1.0, -np.inf])
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=examples(25), deadline=None)
 @given(m=st.integers(1, 6), seed=st.integers(0, 1000), shift=st.integers(1, 3))
 def test_out_of_range_access_is_absent(m, seed, shift):
     x = np.random.default_rng(seed).uniform(-1, 1, m)
@@ -545,7 +545,7 @@ def test_parse_mutated_valid_specs(spec_and_text):
     _check_parse_and_load(text)
 
 
-@settings(max_examples=60, deadline=None,
+@settings(max_examples=examples(60), deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(_mutated_spec())
 def test_mutated_spec_that_loads_also_evaluates(spec_and_text):

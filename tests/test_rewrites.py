@@ -50,6 +50,7 @@ try:
 except ImportError:  # tests/ is not a package: pytest puts it on sys.path
     import spec_generator as gen
     from test_ir import _structure
+from conftest import examples
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -297,7 +298,7 @@ def test_one_pass_cascades_have_no_blocked_notes():
 
 
 # --------------------------------------------------------------------------- properties
-PROPS = settings(max_examples=40, deadline=None,
+PROPS = settings(max_examples=examples(40), deadline=None,
                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                         HealthCheck.filter_too_much])
 

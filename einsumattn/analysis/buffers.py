@@ -21,6 +21,7 @@ import sympy
 from ..ir import Cascade
 from ..ir.build import size_symbol
 from ..ir import expr as ir
+from .formulas import tidy
 from .passes import RankPasses
 
 
@@ -116,14 +117,15 @@ def analyse_buffers(cascade: Cascade, passes: RankPasses, bytes_per_element: int
         return size(r)
 
     def access_footprint(indices, iterative: int | None, fiber: bool) -> sympy.Expr:
-        result = sympy.Integer(1)
+        # One product at the end: multiplying in one factor at a time re-sorts the
+        # product each time (quadratic in the number of ranks).
+        factors = []
         for position, index in enumerate(indices):
             if position == iterative:
-                result *= 2 if not fiber else 1  # current and next; final value after
+                factors.append(sympy.Integer(2 if not fiber else 1))  # current and next
                 continue
-            for var in ir.index_vars(index):
-                result *= extent(var, fiber)
-        return result
+            factors += [extent(var, fiber) for var in ir.index_vars(index)]
+        return sympy.Mul(*factors)
 
     def output_footprint(tensor: str, fiber: bool) -> sympy.Expr:
         einsum = cascade.einsum(tensor)
@@ -172,6 +174,7 @@ def analyse_buffers(cascade: Cascade, passes: RankPasses, bytes_per_element: int
             live.append(LiveTensor(name, footprint(name, fiber=True), spill, later))
         result.boundaries.append(Boundary(k, tuple(live), tuple(reread)))
 
+    states = []
     for number in range(1, passes.passes + 1):
         members = [e for e in streaming if passes.pass_of[e.tensor] == number]
         names = dict.fromkeys(e.tensor for e in members)
@@ -183,8 +186,10 @@ def analyse_buffers(cascade: Cascade, passes: RankPasses, bytes_per_element: int
         # Buffers live during this pass: those crossing the boundary into it or out of it.
         carried = {t.name: t.footprint for b in result.boundaries
                    if b.after_pass in (number - 1, number) for t in b.live}
-        result.pass_state[number] = sympy.simplify(state)
-        result.onchip_state = sympy.Max(result.onchip_state,
-                                        sympy.simplify(state + sympy.Add(*carried.values())))
+        result.pass_state[number] = tidy(state)
+        states.append(tidy(state + sympy.Add(*carried.values())))
+    # One Max at the end: each Max compares its arguments, and comparing against the
+    # initial 0 asks sympy to prove a long sum of sizes nonnegative.
+    result.onchip_state = sympy.Max(*states) if states else sympy.Integer(0)
     return result
 

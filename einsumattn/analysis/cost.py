@@ -21,6 +21,7 @@ import sympy
 
 from ..ir import Cascade, Einsum
 from ..ir import expr as ir
+from .formulas import ratio
 
 CATEGORIES = ("mac", "add", "mul", "div", "exp", "transcendental", "maxmin", "compare")
 
@@ -58,7 +59,7 @@ class Cost:
     intensity: sympy.Expr = field(init=False)
 
     def __post_init__(self) -> None:
-        self.intensity = sympy.simplify(self.flops / self.bytes) if self.bytes != 0 \
+        self.intensity = ratio(self.flops, self.bytes) if self.bytes != 0 \
             else sympy.oo
 
 

@@ -87,40 +87,60 @@ def rank_variables(cascade: Cascade, rank: str) -> tuple[str, ...]:
 
 
 def traverses(einsum: Einsum, variables: tuple[str, ...]) -> bool:
-    return bool(set(einsum.variables) & set(variables))
+    return not set(variables).isdisjoint(einsum.variables)
 
 
 def fully_reduces(einsum: Einsum, variables: tuple[str, ...]) -> bool:
-    return traverses(einsum, variables) and not set(einsum.indices) & set(variables)
+    return traverses(einsum, variables) and set(variables).isdisjoint(einsum.indices)
 
 
 def analysed_ranks(cascade: Cascade) -> list[str]:
     """Ranks worth a pass count: those some Einsum fully reduces, the ranks of splits,
     and the ranks recurrences iterate over; in declaration order."""
-    chosen = set()
+    # Each variable belongs to its rank's family and to those of the ranks split into
+    # it: one look at each Einsum's variables finds every rank it traverses or reduces
+    # (asking per rank and Einsum was quadratic in their numbers).
+    families: dict[str, set[str]] = {}
     for rank in cascade.ranks:
-        variables = rank_variables(cascade, rank)
-        if any(fully_reduces(e, variables) for e in cascade.einsums):
-            chosen.add(rank)
+        for var in rank_variables(cascade, rank):
+            families.setdefault(var, set()).add(rank)
+    traversed: set[str] = set()
+    chosen: set[str] = set()
+    for einsum in cascade.einsums:
+        touched = set().union(*(families.get(v, ()) for v in einsum.variables))
+        kept = set().union(*(families.get(v, ()) for v in einsum.indices))
+        traversed |= touched
+        chosen |= touched - kept
     for split in cascade.splits:
         chosen.update((split.parent, split.outer, split.inner))
     for einsum in cascade.einsums:
         if einsum.iter_var is not None:
             chosen.add(cascade.var_rank(einsum.iter_var))
-    return [r for r in cascade.ranks if r in chosen and
-            any(traverses(e, rank_variables(cascade, r)) for e in cascade.einsums)]
+    return [r for r in cascade.ranks if r in chosen and r in traversed]
 
 
 def analyse_rank(cascade: Cascade, rank: str) -> RankPasses:
     variables = rank_variables(cascade, rank)
-    ready: dict[str, int] = {t.name: 0 for t in cascade.inputs}
+    family = frozenset(variables)
+    inputs = [t.name for t in cascade.inputs]
+    ready: dict[str, int] = dict.fromkeys(inputs, 0)
     pass_of: dict[str, int] = {}
     # For each tensor, the dependency that set its `ready` level: (producer, kind, path).
-    origin: dict[str, tuple[str, str, tuple[str, ...]] | None] = {
-        t.name: None for t in cascade.inputs}
+    origin: dict[str, tuple[str, str, tuple[str, ...]] | None] = dict.fromkeys(inputs)
+    full: list[str] = []
     dependencies: list[Dependency] = []
+    # Tensors that can raise a reader's level: ready after a pass, or streaming (a final
+    # value read). An Einsum that neither traverses the rank nor reads one of them is
+    # ready at 0 at once: the common case, and the cut search of the fused schedule
+    # asks for every rank of many sub-cascades.
+    raising: set[str] = set()
 
     for einsum in cascade.einsums:
+        walks = not (family.isdisjoint(einsum.indices) and family.isdisjoint(einsum.reduced))
+        if not walks and raising.isdisjoint(einsum.reads):
+            ready[einsum.tensor] = 0
+            origin[einsum.tensor] = None
+            continue
         need, cause = 0, None
         for read in einsum.accesses():
             producer = read.tensor
@@ -130,33 +150,35 @@ def analyse_rank(cascade: Cascade, rank: str) -> RankPasses:
             if why is not None:
                 why = (why[0], why[1], why[2] + (producer,) if why[0] != producer
                        else why[2])
-            final = _final_value_read(cascade, einsum, read, variables)
-            if final and pass_of.get(producer, 0) > level:
+            if producer in pass_of and pass_of[producer] > level and \
+                    _final_value_read(cascade, einsum, read, variables):
                 level, why = pass_of[producer], (producer, "final value", ())
             if level > need:
                 need, cause = level, why
-        if traverses(einsum, variables):
+        if walks:
             pass_of[einsum.tensor] = need + 1
+            raising.add(einsum.tensor)
             # Record only the dependencies that force the pass: the value reaches this
             # Einsum without passing through another Einsum that streams over the rank
             # (SD is in pass 2 because SN is; the dependency is GM -> SN).
-            if need > 0 and cause is not None and not any(
-                    traverses(cascade.einsum(t), variables) for t in cause[2]):
+            if need > 0 and cause is not None and not any(t in pass_of for t in cause[2]):
                 producer, kind, via = cause
                 fibers = tuple(dict.fromkeys(
                     r.tensor for r in einsum.accesses()
                     if r.tensor != einsum.tensor and _indexed_by(cascade, r.tensor, rank)))
                 dependencies.append(Dependency(rank, producer, einsum.tensor, via, kind,
                                                fibers, need + 1))
-        if fully_reduces(einsum, variables):
+        if walks and family.isdisjoint(einsum.indices):  # a full reduction of the rank
+            full.append(einsum.tensor)
             ready[einsum.tensor] = pass_of[einsum.tensor]
             origin[einsum.tensor] = (einsum.tensor, "reduction", ())
         else:
             ready[einsum.tensor] = need
             origin[einsum.tensor] = cause
+        if ready[einsum.tensor] > 0:
+            raising.add(einsum.tensor)
     passes = max(pass_of.values(), default=0)
-    full = tuple(e.tensor for e in cascade.einsums if fully_reduces(e, variables))
-    return RankPasses(rank, variables, passes, pass_of, ready, dependencies, full)
+    return RankPasses(rank, variables, passes, pass_of, ready, dependencies, tuple(full))
 
 
 def _indexed_by(cascade: Cascade, tensor: str, rank: str) -> bool:

@@ -18,6 +18,7 @@ import sympy
 
 from ..ir import Cascade, Einsum
 from ..ir import expr as ir
+from ..ir.intervals import interval, provably
 
 
 @dataclass(frozen=True)
@@ -61,48 +62,28 @@ def in_range_by_construction(cascade: Cascade, tensor: str, position: int,
     low, high = bounds
     extent = cascade.extent(tensor, position)
     # The coordinate is an integer <= high, so high < extent keeps it below the extent.
-    return _provably(low >= 0) and _provably(sympy.simplify(extent - high) > 0)
-
-
-def _provably(relation) -> bool:
-    return relation is sympy.true
+    return provably(low >= 0) and provably(sympy.simplify(extent - high) > 0)
 
 
 def _interval(cascade: Cascade, expr: ir.Expr):
     """(low, high): sympy bounds of an integer index expression over every point of its
     variables' ranks, for sizes >= 1; None where no such bound is derived (anything but
     +, -, products of nonnegative factors, and floor division by a positive size)."""
-    if isinstance(expr, ir.Const):
-        if isinstance(expr.value, float) and not expr.value.is_integer():
-            return None
-        return sympy.Integer(int(expr.value)), sympy.Integer(int(expr.value))
-    if isinstance(expr, ir.Index):
-        size = cascade.ranks[cascade.var_rank(expr.var)].size
-        return sympy.Integer(0), size - 1
-    if isinstance(expr, ir.Dim):
-        size = cascade.ranks[expr.rank].size
-        return size, size
-    if not isinstance(expr, ir.Op) or expr.op not in ("+", "-", "*", "//", "neg"):
+
+    def leaf(node: ir.Expr):
+        if isinstance(node, ir.Const):
+            if isinstance(node.value, float) and not node.value.is_integer():
+                return None
+            return sympy.Integer(int(node.value)), sympy.Integer(int(node.value))
+        if isinstance(node, ir.Index):
+            size = cascade.ranks[cascade.var_rank(node.var)].size
+            return sympy.Integer(0), size - 1
+        if isinstance(node, ir.Dim):
+            size = cascade.ranks[node.rank].size
+            return size, size
         return None
-    parts = [_interval(cascade, a) for a in expr.args]
-    if any(p is None for p in parts):
-        return None
-    if expr.op == "neg":
-        (low, high), = parts
-        return -high, -low
-    (a_low, a_high), (b_low, b_high) = parts
-    if expr.op == "+":
-        return a_low + b_low, a_high + b_high
-    if expr.op == "-":
-        return a_low - b_high, a_high - b_low
-    if not (_provably(a_low >= 0) and _provably(b_low >= 0)):
-        return None
-    if expr.op == "*":
-        return a_low * b_low, a_high * b_high
-    # a // b for a >= 0 and a positive divisor b >= b_low: 0 <= a // b <= a_high / b_low.
-    if not _provably(b_low > 0):
-        return None
-    return sympy.Integer(0), a_high / b_low
+
+    return interval(expr, leaf)
 
 
 def extent_expr(cascade: Cascade, tensor: str, position: int) -> ir.Expr:

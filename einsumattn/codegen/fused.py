@@ -43,10 +43,13 @@ from ..ir import expr as ir
 from ..ir.printer import lhs_text, rhs_text
 from ..transform.algebra import Algebra, substitute
 from .skipping import masked_steps_are_identities
-from .triton_backend import TritonPrinter, Unsupported
+from .triton_backend import TritonPrinter, Unsupported, tile_asserts
 
 BLOCK_P = 16
 BLOCK_M = 16
+# The most alternatives (`or`) the per-key form of a key-tile mask may have; past it the
+# kernel ORs the score mask over the rows instead, and the generated line stays short.
+MAX_KEY_ALTERNATIVES = 8
 
 
 class NotFusable(Exception):
@@ -105,6 +108,7 @@ class _Fuser:
             self.loop = cascade.ranks[split.outer].var
             self.stream = cascade.ranks[split.inner].var
             self.tile = split.factor
+            self.tile_block = f"{self.stream}_BLOCK"
         for einsum in cascade.einsums:
             if einsum.iterative is not None and einsum.iter_var != self.loop:
                 raise NotFusable(f"the recurrence {einsum.tensor} is not over the key tiles")
@@ -113,9 +117,12 @@ class _Fuser:
             raise NotFusable("no parallel rank to spread programs over")
         self.row = parallel[-1]
         self.batch = parallel[:-1]
+        # Ranks no Einsum iterates over (a stage's, the queries of the keys' stage)
+        # get no tile: a BLOCK of their size would be a compilation per size.
+        used = {v for einsum in cascade.einsums for v in einsum.variables}
         self.features = [r.var for r in cascade.ranks.values()
                          if r.var not in parallel and r.var not in (self.stream, self.loop)
-                         and r.name != rank]
+                         and r.name != rank and r.var in used]
         self.absent = absent_tensors(cascade)
         self.kinds: dict[str, str] = {}
         self.layouts: dict[str, tuple[str, ...]] = {}
@@ -239,6 +246,8 @@ class _Fuser:
         names = {v: v for v in self.batch}
         if self.loop is not None:
             names[self.loop] = self.loop
+            # The split factor is the tile: the kernel knows it as its constexpr.
+            names[self.cascade.var_rank(self.stream)] = self.tile_block
         for var in (self.row, self.stream, *self.features):
             names[var] = _layout_vars(layout, var)
         return names
@@ -630,8 +639,11 @@ class _Emitter:
                 raise NotFusable(f"{einsum.tensor}: a factor over both sides of the product")
         if not row_side or not key_side:
             raise NotFusable(f"{einsum.tensor}: not a product of a row tile and a key tile")
-        # read() adds the feature mask; the lanes here are the row and key lanes.
-        key_lanes = f"({f.stream} < {self.cascade.var_rank(f.stream)})[:, None]"
+        # read() adds the feature mask; the lanes here are the row and key lanes. The key
+        # tile's addresses are clamped and a score at a key no row sees is masked before any
+        # arithmetic across keys, so the key side needs no more than the tile's own lanes.
+        size = f.tile_block if f.loop is not None else self.cascade.var_rank(f.stream)
+        key_lanes = f"({f.stream} < {size})[:, None]"
         a = self._hoisted(" * ".join(f.value(x, (f.row, feature), "row_live[:, None]")
                                      for x in row_side), f"{einsum.tensor}_rows")
         b = " * ".join(f.value(x, (f.stream, feature), key_lanes) for x in key_side)
@@ -695,11 +707,131 @@ class _Emitter:
                 raise NotFusable(f"{name}: not a stream tile times a key tile")
         if not key_side:
             raise NotFusable(f"{name}: no key tile to contract with")
-        key_lanes = f"({f.stream} < {self.cascade.var_rank(f.stream)})[:, None]"
+        # The key tile is zeroed at keys no row of the program sees: a zero probability
+        # alone would still give 0 * inf = NaN from padding or a KV cache past its length.
+        seen = f"{name}_keys"
+        self.line(f"{seen} = {self._keys_seen(einsum, ok)}", 2)
         a = " * ".join(f.value(x, layout, "lanes") for x in tile_side) or "1.0"
-        b = " * ".join(f.value(x, (f.stream, feature), key_lanes) for x in key_side)
+        b = " * ".join(f.value(x, (f.stream, feature), f"{seen}[:, None]") for x in key_side)
+        if not all(self._loaded_per_key(x) for x in key_side):
+            b = f"tl.where({seen}[:, None], {b}, 0.0)"   # a function of a masked load
         dot = self._dot(einsum, (f"tl.where({ok}, {a}, 0.0)", tile_side), (b, key_side))
         self.line(f"{name} {'=' if fresh else '+='} {dot}", 2)
+
+    def _loaded_per_key(self, factor: ir.Expr) -> bool:
+        """An input read whose load is masked per key (its masked lanes load 0)."""
+        return isinstance(factor, ir.Read) and self.cascade.tensors[factor.tensor].is_input \
+            and self.f.stream in ir.index_vars(factor)
+
+    def _keys_seen(self, einsum: Einsum, terms: str) -> str:
+        """A mask over the key tile: the keys that some live row of the program's tile sees
+        in `einsum`'s terms (`terms`: their mask over rows and keys). Conditions made of
+        conditions on the key alone (the key length, padding) and of affine filters of key
+        and row (`m <= p`, `p - m < W`), with `and` / `or`, give it per key, at no cost per
+        score; any other condition on the rows needs an OR over the rows of `terms`."""
+        alternatives = [((), ())]
+        for condition in self._leaf_conditions(einsum):
+            if self._said_by_keys_live(condition):
+                continue
+            found = self._alternatives(condition)
+            if found is None or len(alternatives) * len(found) > MAX_KEY_ALTERNATIVES:
+                return f"tl.max(({terms}).to(tl.int32), axis=0) != 0"
+            alternatives = [(a + b, c + d) for a, c in alternatives for b, d in found]
+        texts = [list(dict.fromkeys(keys + tuple(self._rows_reach(bounds))))
+                 for keys, bounds in alternatives]
+        common = [t for t in texts[0] if all(t in other for other in texts)]
+        either = [" & ".join(t for t in other if t not in common) or "(0 == 0)"
+                  for other in texts]
+        if len(either) > 1:
+            common.append("(" + " | ".join(f"({text})" for text in either) + ")")
+        # `!= 0`: Triton's interpreter gives `block & scalar` int32 data, which a load's
+        # mask rejects (on the GPU it is a no-op on a boolean).
+        return f"({' & '.join([self._keys_live()] + common)}) != 0"
+
+    def _said_by_keys_live(self, condition: Condition) -> bool:
+        """The split's `m1 * M0 + m0 < M`, and the range of a read at the key itself
+        (`V[.., m1 * M0 + m0, ..]`): what `_keys_live` says already."""
+        if condition.kind == "split":
+            return True
+        if condition.kind != "range" or self.f.loop is None:
+            return False
+        f = self.f
+        inner = self.cascade.var_rank(f.stream)
+        key = ir.Op("+", (ir.Op("*", (ir.Index(f.loop), ir.Dim(inner))), ir.Index(f.stream)))
+        root = ir.Dim(self.cascade.root_rank(inner))
+        return condition.expr == ir.Op("and", (ir.Op("<=", (ir.Const(0), key)),
+                                               ir.Op("<", (key, root))))
+
+    def _alternatives(self, condition: Condition, expr: ir.Expr | None = None):
+        """A condition (or `expr`, a part of it) as alternatives a key may meet it by,
+        each (conditions on the key alone, as text; affine filters of key and row, as
+        `_stream_bound`s); None where a part depends on the row otherwise."""
+        f = self.f
+        if expr is None:
+            if condition.kind not in ("filter", "range", "split"):
+                return None
+            found = self._alternatives(condition, condition.expr)
+            for inner in (c for part in condition.parts for c in part):
+                more = self._alternatives(inner)
+                if found is None or more is None:
+                    return None
+                found = [(a + b, c + d) for a, c in found for b, d in more]
+            return found
+        variables = frozenset(ir.index_vars(expr))
+        if not variables & {f.row, *f.features}:
+            try:
+                text = f.mask(Condition(condition.kind, variables, expr), (f.stream,),
+                              self._keys_live())
+            except NotFusable:          # not printable per key: the rows will tell
+                return None
+            return [((text,), ())]
+        if isinstance(expr, ir.Op) and expr.op in ("and", "or"):
+            left, right = (self._alternatives(condition, arg) for arg in expr.args)
+            if left is None or right is None:
+                return None
+            if expr.op == "or":
+                return left + right
+            return [(a + b, c + d) for a, c in left for b, d in right]
+        bound = _stream_bound(self._keyed(expr), f.stream, f.row)
+        return None if bound is None else [((), (bound,))]
+
+    def _rows_reach(self, bounds) -> list[str]:
+        """Per-key conditions for affine filters `key <= row + c` ('upper') and
+        `key >= row + c` ('lower'): some live row of the tile (first..last) meets them all.
+        A key k needs a row p with k - c_upper <= p <= k - c_lower within first..last,
+        which exists exactly when k <= last + c_upper, k >= first + c_lower and
+        c_lower <= c_upper."""
+        f, key = self.f, self._key()
+        block = f"{f.row}_BLOCK"
+        first = f"tl.program_id(0) * {block}"
+        last = f"tl.minimum({first} + {block}, {self.cascade.var_rank(f.row)}) - 1"
+        found, sides = [], {"upper": [], "lower": []}
+        for side, offset in bounds:
+            text = self._offset_text(side, offset)
+            sides[side].append((offset, text))
+            found.append(f"({key} <= {last} + ({text}))" if side == "upper" else
+                         f"({key} >= {first} + ({text}))")
+        for (low, low_text), (high, high_text) in itertools.product(sides["lower"],
+                                                                     sides["upper"]):
+            gap = sympy.simplify(high - low)
+            if not gap.is_number:
+                found.append(f"({scalar_condition(f'{low_text} <= {high_text}')})")
+            elif gap < 0:
+                found.append(f"({key} < 0)")      # no row meets both: no key is seen
+        return found
+
+    def _keyed(self, condition: ir.Expr) -> ir.Expr:
+        """A condition with the key written as the index variable of the tile, so that
+        `_stream_bound` reads a bound off it (here the key is that variable)."""
+        return condition
+
+    def _key(self) -> str:
+        """The key index of the tile's lanes, as the kernel computes it."""
+        return self.f.stream
+
+    def _keys_live(self) -> str:
+        """The tile's keys that exist (the last tile may reach past the key rank)."""
+        return f"({self._key()} < {self.cascade.root_rank(self.cascade.var_rank(self.f.stream))})"
 
     def _dot(self, einsum: Einsum, *operands: tuple[str, list]) -> str:
         """tl.dot of two operand tiles (text, and the factors each is the product of).
@@ -750,7 +882,7 @@ class _Emitter:
         lo, hi = None, None
         tile = f"{f.row}_BLOCK"
         first_row = f"tl.program_id(0) * {tile}"
-        for side, offset in self._masking_offsets(accumulators, lambda c: c):
+        for side, offset in self._masking_offsets(accumulators):
             offset = self._offset_text(side, offset)
             if side == "upper":   # m <= row + offset
                 hi = (f"tl.minimum({self.cascade.var_rank(f.stream)}, "
@@ -760,11 +892,10 @@ class _Emitter:
                 lo = f"tl.maximum(0, {first_row} + ({offset})) // {block} * {block}"
         return lo, hi
 
-    def _masking_offsets(self, reductions, position) -> list[tuple[str, sympy.Expr]]:
+    def _masking_offsets(self, reductions) -> list[tuple[str, sympy.Expr]]:
         """(side, offset) for each affine filter `key <= row + offset` ('upper') or
         `key >= row + offset` ('lower') that masks every term of every reduction in
-        `reductions`. `position` rewrites a filter so the key is the index variable
-        `self.f.stream` (a split's key is m1 * M0 + m0)."""
+        `reductions`."""
         if not reductions:
             return []
         candidates = None
@@ -773,7 +904,7 @@ class _Emitter:
             candidates = masked_by if candidates is None else candidates & masked_by
         found = []
         for filt in sorted(candidates or (), key=str):
-            bound = _stream_bound(position(filt), self.f.stream, self.f.row)
+            bound = _stream_bound(self._keyed(filt), self.f.stream, self.f.row)
             if bound is not None:
                 found.append(bound)
         return found
@@ -784,20 +915,34 @@ class _Emitter:
         more tiles, never fewer."""
         if not offset.free_symbols:
             return str(int(offset))
-        name = f"{side}_offset"
         rounding = "math.floor" if side == "lower" else "math.ceil"
-        self.offsets[name] = f"{rounding}({sympy.pycode(offset)})"
+        host = f"{rounding}({sympy.pycode(offset)})"
+        named = [name for name, text in self.offsets.items() if text == host]
+        if named:
+            return named[0]
+        same_side = sum(name.startswith(side) for name in self.offsets)
+        name = f"{side}_offset" + (str(same_side + 1) if same_side else "")
+        self.offsets[name] = host
         return name
 
     def _filters_masking(self, einsum: Einsum) -> set:
         """Filter conjuncts (on stream tiles) that every present term of `einsum` obeys."""
-        found = set()
-        for condition in self.f._conditions(einsum):
-            if condition.kind == "filter":
-                found.add(condition.expr)
-            elif condition.kind == "absent" and \
+        return {c.expr for c in self._leaf_conditions(einsum) if c.kind == "filter"}
+
+    def _leaf_conditions(self, einsum: Einsum, points: bool = False) -> list[Condition]:
+        """The conditions on `einsum`'s terms (`points`: on its points), with the absence
+        of a stream tile replaced by the conditions its `_ok` mask is made of."""
+        conditions = self.f._conditions(einsum)
+        if points:
+            conditions = point_conditions(einsum, conditions)
+        found = []
+        for condition in conditions:
+            if condition.kind == "absent" and \
                     self.f.kinds.get(condition.read.tensor) in ("stream", "stream-dot"):
-                found |= self._filters_masking(self.cascade.einsum(condition.read.tensor))
+                found += self._leaf_conditions(self.cascade.einsum(condition.read.tensor),
+                                               points=True)
+            else:
+                found.append(condition)
         return found
 
     # ---------------------------------------------------------------- kernel text
@@ -809,18 +954,23 @@ class _Emitter:
         blocks = [f"{v}_BLOCK" for v in [f.row, f.stream] + f.features]
         if self.uses_dot:
             blocks.append("DOT_DTYPE")
-        source = ["@triton.jit",
-                  f"def {name}({', '.join(args)}, "
-                  f"{', '.join(b + ': tl.constexpr' for b in blocks)}):"] + self.lines
         # A split's tile is the spec's own factor; otherwise the key tile is ours to tune.
         tile = f.tile if f.loop is not None else BLOCK_M
         tuning = {f"{f.row}_BLOCK": BLOCK_P, f"{f.stream}_BLOCK": tile}
+        knobs = [k for k in tuning if f.loop is None or k != f.tile_block]
+        source = ["@triton.jit",
+                  f"def {name}({', '.join(args)}, "
+                  f"{', '.join(b + ': tl.constexpr' for b in blocks)}):",
+                  *tile_asserts(knobs, 16 if self.uses_dot else 1)] + \
+            self.lines
         host_lines = []
         for output in outputs:
             shape = ", ".join(cascade.tensors[output].ranks)
             host_lines.append(f"{output} = torch.empty(({shape}{',' if len(cascade.tensors[output].ranks) == 1 else ''}), "
                               f"device=device, dtype=torch.float32)")
         host_lines.append(f'tuning = dict(TUNING_FUSED["{name}"])')
+        if f.loop is not None:
+            host_lines += self._split_tile_check(name)
         for var in f.features:
             size = cascade.var_rank(var)
             host_lines.append(f'tuning["{var}_BLOCK"] = max(16, '
@@ -833,6 +983,20 @@ class _Emitter:
         host_lines.append("    **tuning, DOT_DTYPE=dot_dtype)" if self.uses_dot else
                           "    **tuning)")
         return source, host_lines, tuning
+
+    def _split_tile_check(self, name: str) -> list[str]:
+        """Host lines refusing a key tile other than the split factor: the kernel's key
+        index is m1 * BLOCK_M0 + m0 over the host's M1 = ceil(M / M0) steps."""
+        f, cascade = self.f, self.cascade
+        inner = cascade.var_rank(f.stream)
+        split = next(s for s in cascade.splits if s.inner == inner)
+        entry = f"TUNING_FUSED['{name}']['{f.tile_block}']"
+        return [f'if tuning["{f.tile_block}"] != {inner}:',
+                f'    raise ValueError(f"{entry} is {{tuning[\'{f.tile_block}\']}}, but the '
+                f'key tile is the split factor {inner} = {{{inner}}} of the cascade (split '
+                f'{split.parent} -> {split.outer}, {inner} by {split.factor}), fixed when the '
+                f'module was generated: for another tile, change the split or the tile the '
+                f'online rewrite splits by (einsumattn compile --tile N)")']
 
 
 class _SplitEmitter(_Emitter):
@@ -859,8 +1023,7 @@ class _SplitEmitter(_Emitter):
         lo, hi = self._step_bounds()
         self.line(f"for {f.loop} in range({lo or 0}, {hi or outer}):")
         self.line(f"{f.stream} = tl.arange(0, {f.stream}_BLOCK).to(tl.int64)", 2)
-        self.line(f"lanes = row_live[:, None] & ({f.loop} * {inner} + {f.stream} < "
-                  f"{stream})[None, :]", 2)
+        self.line(f"lanes = row_live[:, None] & {self._keys_live()}[None, :]", 2)
         for einsum in carried:
             self.line(f"{einsum.tensor}_at = {einsum.tensor}  # at step {f.loop}", 2)
         for einsum in cascade.einsums:
@@ -899,11 +1062,8 @@ class _SplitEmitter(_Emitter):
         f, cascade = self.f, self.cascade
         reductions = [e for e in cascade.einsums if f.kinds[e.tensor] in ("tile-reduce",
                                                                            "tile-dot")]
-        inner = cascade.var_rank(f.stream)
-        # The key is m1 * M0 + m0: written as a plain `m0` so the bound reads off it.
-        key = ir.Op("-", (ir.Index(f.stream), ir.Op("*", (ir.Index(f.loop), ir.Dim(inner)))))
-        offsets = self._masking_offsets(reductions,
-                                        lambda c: substitute(c, {f.stream: key}))
+        tile = f.tile_block
+        offsets = self._masking_offsets(reductions)
         self.skipping = "no affine filter masks every per-step reduction"
         if not offsets:
             return None, None
@@ -918,10 +1078,21 @@ class _SplitEmitter(_Emitter):
             offset = self._offset_text(side, offset)
             if side == "upper":   # keys up to the last row + offset
                 hi = (f"tl.minimum({cascade.var_rank(f.loop)}, tl.maximum(0, {first_row} + "
-                      f"{f.row}_BLOCK + ({offset}) + {inner} - 1) // {inner})")
+                      f"{f.row}_BLOCK + ({offset}) + {tile} - 1) // {tile})")
             else:                 # keys from the first row + offset
-                lo = f"tl.maximum(0, {first_row} + ({offset})) // {inner}"
+                lo = f"tl.maximum(0, {first_row} + ({offset})) // {tile}"
         return lo, hi
+
+    def _keyed(self, condition: ir.Expr) -> ir.Expr:
+        """The key is m1 * M0 + m0: written as a plain `m0` so a bound reads off it."""
+        f = self.f
+        inner = ir.Dim(self.cascade.var_rank(f.stream))
+        key = ir.Op("-", (ir.Index(f.stream), ir.Op("*", (ir.Index(f.loop), inner))))
+        return substitute(condition, {f.stream: key})
+
+    def _key(self) -> str:
+        f = self.f
+        return f"({f.loop} * {f.tile_block} + {f.stream})"
 
 
 def scalar_condition(text: str) -> str:
@@ -952,6 +1123,7 @@ def kernel_arguments(cascade: Cascade, body: str, outputs: list[str]) -> tuple[l
     """A fused kernel's arguments and the host expressions passed for them: output and
     input pointers (the inputs its body loads), their strides, the sizes and params it
     uses."""
+    body = re.sub(r"#.*", "", body)     # what the comments restate is not used
     inputs = [t.name for t in cascade.inputs if re.search(rf"\b{t.name}_ptr\b", body)]
     args = [f"{o}_ptr" for o in outputs] + [f"{i}_ptr" for i in inputs]
     host = list(outputs) + inputs

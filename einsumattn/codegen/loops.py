@@ -33,7 +33,7 @@ from ..ir import expr as ir
 from ..ir.printer import lhs_text, rhs_text
 from .fused import (FusedKernel, NotFusable, kernel_arguments, program_coordinates,
                     scalar_condition)
-from .triton_backend import TritonPrinter, Unsupported
+from .triton_backend import TritonPrinter, Unsupported, tile_asserts
 
 BLOCK_ROW = 16     # points of the row rank per program
 BLOCK_LANES = 64   # points of the (flattened) loop ranks per tile
@@ -304,7 +304,8 @@ class _LoopEmitter:
                                            list(cascade.outputs))
         source = ["@triton.jit",
                   f"def {name}({', '.join(args)}, "
-                  f"{', '.join(b + ': tl.constexpr' for b in blocks)}):"] + self.lines
+                  f"{', '.join(b + ': tl.constexpr' for b in blocks)}):",
+                  *tile_asserts(tuning, 1)] + self.lines
         host = []
         for output in cascade.outputs:
             ranks = cascade.tensors[output].ranks

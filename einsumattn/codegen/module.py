@@ -17,6 +17,7 @@ from ..analysis import analyze
 from ..analysis.presence import absent_tensors
 from ..diagnostics import SpecError
 from ..ir import Cascade
+from ..ir.divisors import checked_divisors, divisor_problem
 from . import names
 from .names import mangle, spec_text, string_literal
 from .printers import PythonScalarPrinter
@@ -100,6 +101,10 @@ def _bind_lines(cascade: Cascade) -> list[str]:
         else:
             lines.append(f"params.setdefault({key}, {printer(param.default)})")
     split_lines(param_factors=True)
+    for divisor, read in checked_divisors(cascade):   # e.g. K[b, h // (H // KH), m, e]
+        lines.append(f"if {printer(divisor)} < 1:")
+        lines.append(f"    raise ValueError({string_literal(divisor_problem(divisor, read))}"
+                     f".format({printer(divisor)}, **sizes))")
     return lines
 
 

@@ -133,6 +133,15 @@ class Kernel:
     tuning: dict = field(default_factory=dict)
 
 
+def tile_asserts(knobs, least: int) -> list[str]:
+    """Kernel lines that refuse, when the kernel compiles, a block size from a tuning
+    table that the kernel cannot take: tl.arange needs a power of two, tl.dot at least
+    16 in each dimension."""
+    return [f'    tl.static_assert({k} >= {least} and ({k} & ({k} - 1)) == 0, '
+            f'"{k}: a block size of the tuning table, a power of two >= {least}")'
+            for k in knobs]
+
+
 class TritonEmitter:
     """Kernels for a cascade, and the host code that allocates and launches them."""
 
@@ -195,7 +204,8 @@ class TritonEmitter:
 
         lines = ["@triton.jit",
                  f"def {name}({', '.join(args)}, BLOCK: tl.constexpr, RBLOCK: tl.constexpr):",
-                 f"    # {lhs_text(cascade, einsum)} = {rhs_text(einsum)}"]
+                 f"    # {lhs_text(cascade, einsum)} = {rhs_text(einsum)}",
+                 *tile_asserts(("BLOCK", "RBLOCK"), 1)]
         if recurrence:
             lines.append(f"    # a recurrence over {self._size(x)}: the steps run in order "
                          f"inside each program")
@@ -226,7 +236,16 @@ class TritonEmitter:
             lines.append(f"{kernel.name}[({kernel.grid},)](")
             lines.append(f"    {', '.join(kernel.args)},")
             lines.append("    **tuning)")
+        lines += self._absent_outputs_as_zero()
         return lines
+
+    def _absent_outputs_as_zero(self) -> list[str]:
+        """Outputs hold their final values: 0 where absent. Which outputs may be absent is
+        a fact of the cascade the kernels compute, which is not always the spec's (the
+        derived `AV = where(SNV == 0, 0, SNV / SD[b, h, b])` is absent for b >= P, where
+        the spec's sum over absent terms is a present 0)."""
+        return [f"{output} = torch.where({output}_ok != 0, {output}, 0.0)"
+                for output in self.cascade.outputs if output in self.absent]
 
     def _check_recurrence(self, einsum: Einsum) -> None:
         """Steps read the recurrence from global memory; other programs' points would

@@ -8,6 +8,7 @@ binary junk, an empty file, megabytes of text and deep nesting all end in a diag
 from __future__ import annotations
 
 import functools
+import math
 import re
 from importlib import resources
 from typing import Iterator
@@ -24,6 +25,15 @@ KEYWORDS = frozenset("attention dims input param split init output where and or 
                      "sum max min inf".split())
 FUNCTIONS = frozenset("exp log sqrt tanh sigmoid relu elu abs sign max min where".split())
 RESERVED = KEYWORDS | FUNCTIONS
+
+# The largest integer a literal (or, in ir/constants.py, a constant integer step) may
+# have: every integer up to it is exact in float64, and in int64 with room to spare.
+MAX_EXACT_INTEGER = 2**53
+
+# The largest spec accepted, in bytes of UTF-8 (the biggest attention spec is a few KB):
+# files are read only this far, so /dev/zero or a log file is refused at once, and
+# the time of every later stage is bounded with it.
+MAX_SPEC_BYTES = 2**20
 
 # Deeper nesting than this is rejected with a diagnostic; the later stages walk
 # expressions recursively, and no attention formula comes near it.
@@ -49,11 +59,24 @@ def _lark() -> Lark:
                 maybe_placeholders=False, postlex=_BracketNewlines())
 
 
+# Binary operators by how loosely they bind; an operator ends the chains of the operators
+# that bind tighter (`a*b + c*d` is two products of one '*' each).
+_CHAIN_CLASSES = ("OR", "AND", "COMP_OP", "ADD_OP", "MUL_OP")
+# Tokens after which '+' or '-' is binary (else it is unary minus or plus).
+_VALUE_END = frozenset({"NAME", "NUMBER", "INT", "INF", "RPAR", "RSQB"})
+# Tokens that end every chain at their bracket level: a new operand list or statement
+# part. (`where` starts a filter too, unless it calls where(...).)
+_CHAIN_BREAKS = frozenset({"COMMA", "EQUAL", "_NL"})
+
+
 class _BracketNewlines:
     """Post-lexer: a newline inside (...) or [...] does not end the statement.
 
     It also bounds bracket nesting, so that deeply nested input is a diagnostic and not
-    a RecursionError in a later stage.
+    a RecursionError in a later stage; and it stops an operator chain longer than
+    MAX_EXPRESSION_DEPTH as the tokens arrive. Such a chain is rejected after parsing
+    anyway (it folds into a tree that deep), but parsing a megabyte of `a + a + ...`
+    first took minutes and half a gigabyte.
     """
 
     always_accept = ("_NL",)
@@ -63,20 +86,47 @@ class _BracketNewlines:
 
     def process(self, stream: Iterator[Token]) -> Iterator[Token]:
         self.open_brackets = []
+        # Per open bracket (and the statement level): operators in the current chain of
+        # each class.
+        chains: list[dict[str, int]] = [{}]
+        previous = None
         for token in stream:
-            if token.type in ("LPAR", "LSQB"):
+            kind = token.type
+            if previous == "WHERE" and kind != "LPAR":
+                chains[-1].clear()
+            if kind in ("LPAR", "LSQB"):
                 self.open_brackets.append(token)
+                chains.append({})
                 if len(self.open_brackets) > MAX_NESTING:
                     raise SpecError(
                         f"brackets nested more than {MAX_NESTING} deep",
                         _token_span(token),
                         "define intermediate tensors instead of one deeply nested expression")
-            elif token.type in ("RPAR", "RSQB"):
+            elif kind in ("RPAR", "RSQB"):
                 if self.open_brackets:
                     self.open_brackets.pop()
-            elif token.type == "_NL" and self.open_brackets:
+                    chains.pop()
+            elif kind == "_NL" and self.open_brackets:
                 continue
+            elif kind in _CHAIN_BREAKS:
+                chains[-1].clear()
+            elif kind in _CHAIN_CLASSES and (kind != "ADD_OP" or previous in _VALUE_END):
+                _count_operator(chains[-1], token)
+            previous = kind
             yield token
+
+
+def _count_operator(chain: dict[str, int], token: Token) -> None:
+    """Count a binary operator in its chain; a chain of more operators than the depth
+    limit allows is an error at the first operator past it."""
+    position = _CHAIN_CLASSES.index(token.type)
+    for tighter in _CHAIN_CLASSES[position + 1:]:
+        chain.pop(tighter, None)
+    chain[token.type] = chain.get(token.type, 0) + 1
+    if chain[token.type] > MAX_EXPRESSION_DEPTH:
+        raise SpecError(f"expression more than {MAX_EXPRESSION_DEPTH} operations deep",
+                        _token_span(token),
+                        "split it into intermediate tensors (one Einsum each)")
 
 
 def _token_span(token: Token) -> Span:
@@ -105,10 +155,36 @@ def _check_name(token: Token, what: str) -> str:
     return name
 
 
-def _number(text: str) -> float | int:
+def _number(token: Token) -> float | int:
+    text = str(token)
     if text.isdigit():
-        return int(text)
+        return _integer(token)
     return float(text)
+
+
+def _integer(token: Token, hint: str | None = None) -> int:
+    """An integer literal, at most MAX_EXACT_INTEGER (docs/language.md, section 3,
+    "Numbers"): generated code keeps integers as Python ints, which torch and Triton
+    refuse past 64 bits, on every call."""
+    digits = str(token).lstrip("0") or "0"
+    # Compare lengths first: int() of a 5000-digit literal is itself an error in Python.
+    if len(digits) > len(str(MAX_EXACT_INTEGER)) or int(digits) > MAX_EXACT_INTEGER:
+        shown = digits if len(digits) <= 30 else f"{digits[:12]}...{digits[-6:]} " \
+                                                  f"({len(digits)} digits)"
+        raise SpecError(f"the integer {shown} is larger than 2**53 ({MAX_EXACT_INTEGER}), "
+                        f"the largest integer kept exact", _token_span(token),
+                        hint or f"write it as a decimal (e.g. {_as_decimal(digits)}) if "
+                                f"a floating-point value is meant")
+    return int(digits)
+
+
+_SIZE_HINT = "sizes and split factors are whole numbers up to 2**53"
+
+
+def _as_decimal(digits: str) -> str:
+    """`99999999999999999999999` -> `1e+23`."""
+    value = float(digits)
+    return repr(value) if math.isfinite(value) else f"{digits[0]}e{len(digits) - 1}"
 
 
 @v_args(meta=True)
@@ -117,7 +193,7 @@ class _ToAst(Transformer):
 
     # -------------------------------------------------------------- expressions
     def number(self, meta, children):
-        return ast.Number(_number(str(children[0])), _meta_span(meta))
+        return ast.Number(_number(children[0]), _meta_span(meta))
 
     def inf(self, meta, children):
         return ast.Inf(_meta_span(meta))
@@ -198,7 +274,7 @@ class _ToAst(Transformer):
 
     def dim_decl(self, meta, children):
         name = _check_name(children[0], "a dim")
-        size = int(children[1]) if len(children) > 1 else None
+        size = _integer(children[1], _SIZE_HINT) if len(children) > 1 else None
         return ast.DimDecl(name, size, _meta_span(meta))
 
     def dims_stmt(self, meta, children):
@@ -221,7 +297,7 @@ class _ToAst(Transformer):
 
     def split_factor(self, meta, children):
         token = children[0]
-        value = int(token) if token.type == "INT" else str(token)
+        value = _integer(token, _SIZE_HINT) if token.type == "INT" else str(token)
         return value, _token_span(token)
 
     def split_stmt(self, meta, children):
@@ -282,8 +358,23 @@ def _ast_depth_check(statements) -> None:
             stack.extend((child, depth + 1) for child in ast.children(node))
 
 
+def too_large(prefix: str, filename: str) -> SpecError:
+    """The diagnostic for a spec past MAX_SPEC_BYTES, given the text that fits: it points
+    at the first character past the limit."""
+    prefix = prefix.replace("\r\n", "\n").replace("\r", "\n")
+    line = prefix.count("\n") + 1
+    column = len(prefix) - (prefix.rfind("\n") + 1) + 1
+    return SpecError(f"the spec is larger than the limit of {MAX_SPEC_BYTES // 2**20} MiB "
+                     f"({MAX_SPEC_BYTES} bytes)", Span.point(line, column),
+                     "a spec is a short text file (the position is the first byte past "
+                     "the limit): is this the right file?", Source(prefix, filename))
+
+
 def parse(text: str, filename: str = "<spec>") -> ast.Spec:
     """Parse spec text into a syntax tree, or raise `SpecError`."""
+    if len(text) > MAX_SPEC_BYTES // 4 and len(text.encode("utf-8")) > MAX_SPEC_BYTES:
+        fitting = text.encode("utf-8")[:MAX_SPEC_BYTES].decode("utf-8", "ignore")
+        raise too_large(fitting, filename)
     # lark counts lines by '\n': bring CRLF and lone CR to '\n' so positions are right.
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     if text.startswith("\ufeff"):

@@ -17,6 +17,7 @@ import numpy as np
 from ..diagnostics import BindError
 from . import expr as ir
 from .cascade import Cascade
+from .divisors import checked_divisors, divisor_problem, size_value
 from .semantics import apply
 
 
@@ -124,6 +125,11 @@ def bind(cascade: Cascade, *, shapes: Mapping[str, Sequence[int]] | None = None,
     for name in cascade.params:
         param(name)
 
+    for divisor, read in checked_divisors(cascade):
+        value = size_value(divisor, known)
+        if value < 1:
+            raise BindError(divisor_problem(divisor, read).format(value, **known))
+
     for tensor in cascade.inputs:
         if shapes is None or tensor.name not in shapes:
             continue
@@ -157,8 +163,12 @@ def _rank_used(cascade: Cascade, rank: str) -> bool:
         if decl.default is not None and any(isinstance(n, ir.Dim) and n.rank == rank
                                             for n in ir.walk(decl.default)):
             return True
-    return any(s.parent == rank or s.factor == rank for s in cascade.splits
-               if _rank_used(cascade, s.outer) or _rank_used(cascade, s.inner))
+    # The parent or factor of a split one of whose parts is used. (Asking about the parts
+    # of every split, not only of this rank's, recursed forever on a split whose parts
+    # are unused.)
+    return any((s.parent == rank or s.factor == rank) and
+               (_rank_used(cascade, s.outer) or _rank_used(cascade, s.inner))
+               for s in cascade.splits)
 
 
 def _scalar(expr: ir.Expr, size, param) -> float:

@@ -17,6 +17,8 @@ from ..diagnostics import SpecError, Span, did_you_mean
 from ..frontend import FUNCTIONS, RESERVED, ast
 from . import expr as ir
 from .cascade import Cascade, Einsum, ParamDecl, Rank, Split, Tensor, dataflow_graph
+from . import divisors
+from .constants import check_constants
 
 _FUNCTION_ARITY = {**{name: 1 for name in ir.FUNCTIONS_1}, "max": 2, "min": 2, "where": 3}
 
@@ -314,7 +316,9 @@ class _Builder:
     def _param_default(self, stmt: ast.ParamStmt) -> ir.Expr | None:
         if stmt.default is None:
             return None
-        return self._numeric(stmt.default, _Context("param"), set())
+        default = self._numeric(stmt.default, _Context("param"), set())
+        check_constants(default)
+        return default
 
     def _check_param_cycles(self, params: dict[str, ParamDecl]) -> None:
         graph = nx.DiGraph()
@@ -458,7 +462,7 @@ class _Builder:
 
     def _index(self, node: ast.Expr, lhs_vars: set[str]) -> ir.Expr:
         result = self._numeric(node, _Context("index"), lhs_vars)
-        _check_affine(result, node)
+        _check_affine(result, node, self.ranks)
         return result
 
     def _call(self, node: ast.Call, ctx: _Context, lhs_vars: set[str]) -> ir.Expr:
@@ -550,6 +554,9 @@ class _Builder:
             init_stmt = self.init_stmts.get(lhs.tensor)
             if init_stmt is not None:
                 init = self._init_value(init_stmt, variables, iterative)
+        for part in (body, filt, init):
+            if part is not None:
+                check_constants(part)
         return Einsum(lhs.tensor, tuple(variables), body, reduce_op, reduced, filt,
                       iterative, init, explicit, stmt.span)
 
@@ -717,9 +724,9 @@ def _constant_offset(index: ir.Expr, var: str) -> int | None:
     return None
 
 
-def _check_affine(expr: ir.Expr, node: ast.Expr) -> None:
+def _check_affine(expr: ir.Expr, node: ast.Expr, ranks: dict[str, Rank]) -> None:
     """Index positions: affine in index variables with integer or dim coefficients,
-    optionally `// d` or `% d` by a dim or a positive integer."""
+    optionally `// d` or `% d` by a positive integer expression of dims (divisors.py)."""
 
     def has_var(e: ir.Expr) -> bool:
         return any(isinstance(n, ir.Index) for n in ir.walk(e))
@@ -728,7 +735,8 @@ def _check_affine(expr: ir.Expr, node: ast.Expr) -> None:
         return SpecError(f"tensor index '{ir.to_text(expr)}' is not affine: {why}",
                          e.span or node.span,
                          "index positions are sums of index variables times integers or "
-                         "dims, optionally '// d' or '% d' by a dim or integer")
+                         "dims, optionally '// d' or '% d' by a positive integer "
+                         "expression of dims")
 
     stack = [expr]
     while stack:
@@ -744,17 +752,29 @@ def _check_affine(expr: ir.Expr, node: ast.Expr) -> None:
                     raise fail(e, "it multiplies two index variables")
                 stack.extend(e.args)
             elif e.op in ("//", "%"):
-                divisor = e.args[1]
-                if not (isinstance(divisor, ir.Dim) or
-                        (isinstance(divisor, ir.Const) and isinstance(divisor.value, int)
-                         and divisor.value > 0)):
-                    raise fail(divisor, f"'{e.op}' needs a dim or a positive integer on "
-                                        f"its right")
+                _check_divisor(e.op, e.args[1], fail, ranks)
                 stack.append(e.args[0])
             else:
                 raise fail(e, f"'{e.op}' is not allowed in an index")
         elif not isinstance(e, (ir.Index, ir.Dim)):
             raise fail(e, f"'{ir.to_text(e)}' is not allowed in an index")
+
+
+def _check_divisor(op: str, divisor: ir.Expr, fail, ranks: dict[str, Rank]) -> None:
+    """A divisor is an integer expression of dims (`+ - * //`) that is positive, proved
+    from the declarations, or once its floor quotients are (checked when sizes are
+    bound); see divisors.py."""
+    bad = divisors.size_expression_problem(divisor)
+    if bad is not None:
+        raise fail(bad, f"'{op}' needs a positive integer expression of dims on its "
+                        f"right, and '{ir.to_text(bad)}' is not one (a divisor uses dims, "
+                        f"integers and + - * //)")
+    if not divisors.positive_when_bound(divisor, ranks):
+        text = ir.to_text(divisor)
+        raise SpecError(f"the divisor '{text}' of '{op}' cannot be proved positive",
+                        divisor.span, "a divisor is a positive integer expression of "
+                        "dims: dims and positive integers combined by +, * and // (as "
+                        "in H // KH); a subtraction or a 0 can make it 0 or negative")
 
 
 def _ast_names(node: ast.Expr) -> list[ast.Name]:

@@ -99,13 +99,23 @@ class Einsum:
 
     def accesses(self) -> list[Read]:
         """Every tensor read of the body, filter and init, in order."""
-        return [read for expr in (self.body, self.filter, self.init) if expr is not None
-                for read in reads(expr)]
+        # Computed once per Einsum (it is immutable): the analyses ask for every rank,
+        # and walking the expressions each time made them quadratic in the ranks.
+        found = self.__dict__.get("_accesses")
+        if found is None:
+            found = tuple(read for expr in (self.body, self.filter, self.init)
+                          if expr is not None for read in reads(expr))
+            object.__setattr__(self, "_accesses", found)
+        return list(found)
 
     @property
     def reads(self) -> list[str]:
         """Tensors read by the body, filter and init, in order of first appearance."""
-        return list(dict.fromkeys(read.tensor for read in self.accesses()))
+        found = self.__dict__.get("_reads")
+        if found is None:
+            found = tuple(dict.fromkeys(read.tensor for read in self.accesses()))
+            object.__setattr__(self, "_reads", found)
+        return list(found)
 
     @property
     def used_vars(self) -> list[str]:
@@ -131,6 +141,11 @@ class Cascade:
     # The `attention NAME` statement (None when the name is the file's stem): where a
     # name that cannot name the generated module is reported.
     name_span: Span | None = field(default=None, compare=False, repr=False)
+    # Lookup tables, rebuilt when `ranks` or `einsums` changed: analyses look variables
+    # and Einsums up per access, and a scan each time made them quadratic in the ranks.
+    _rank_by_var: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+    _einsum_position: dict = field(default_factory=dict, init=False, repr=False,
+                                   compare=False)
 
     def __post_init__(self) -> None:
         if not self.graph.nodes:
@@ -142,16 +157,23 @@ class Cascade:
         return tuple(t for t in self.tensors.values() if t.is_input)
 
     def einsum(self, tensor: str) -> Einsum:
-        for einsum in self.einsums:
-            if einsum.tensor == tensor:
-                return einsum
-        raise KeyError(tensor)
+        position = self._einsum_position.get(tensor)
+        if position is None or position >= len(self.einsums) or \
+                self.einsums[position].tensor != tensor:
+            self._einsum_position = {e.tensor: i for i, e in enumerate(self.einsums)}
+            position = self._einsum_position.get(tensor)
+            if position is None:
+                raise KeyError(tensor)
+        return self.einsums[position]
 
     def rank_of_var(self, var: str) -> Rank:
-        for rank in self.ranks.values():
-            if rank.var == var:
-                return rank
-        raise KeyError(var)
+        rank = self._rank_by_var.get(var)
+        if rank is None or self.ranks.get(rank.name) is not rank:
+            self._rank_by_var = {r.var: r for r in self.ranks.values()}
+            rank = self._rank_by_var.get(var)
+            if rank is None:
+                raise KeyError(var)
+        return rank
 
     def var_rank(self, var: str) -> str:
         return self.rank_of_var(var).name

@@ -1,0 +1,201 @@
+"""The knobs in TUNING / TUNING_FUSED: each is safe to change or refused with an error
+that names it, and no kernel's constexprs follow a sequence length (one compilation per
+power of two of M, and no compiling at all past tl.arange's 2**20)."""
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+
+import einsumattn
+from einsumattn.codegen import compile_to_file
+from einsumattn.codegen.compile import import_file
+from einsumattn.verify import Case, case_inputs, compare
+
+from conftest import ROOT
+
+
+@pytest.fixture(scope="module")
+def modules(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tuning")
+    found = {}
+    for name in ("causal_softmax", "softmax_1pass", "softmax_3pass", "linear_attention",
+                 "eca", "gla_recurrent"):
+        for rewrite in (True, False):
+            path = compile_to_file(ROOT / "examples" / f"{name}.attn",
+                                   folder / ("derived" if rewrite else "own"), rewrite=rewrite)
+            found[name, rewrite] = import_file(path, f"tuning_{name}_{rewrite}")
+    return found
+
+
+def layer(module, backend="triton"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return getattr(module, module.__all__[0])(backend=backend)
+
+
+@contextlib.contextmanager
+def tuned(module, **overrides):
+    saved = {name: dict(table) for name, table in module.TUNING_FUSED.items()}
+    try:
+        for table in module.TUNING_FUSED.values():
+            table.update(overrides)
+        yield
+    finally:
+        module.TUNING_FUSED.update(saved)
+
+
+def agrees(name, module, sizes):
+    cascade = einsumattn.load(ROOT / "examples" / f"{name}.attn")
+    inputs = case_inputs(cascade, Case(sizes, "float32", 1.0, False, 0))
+    out = layer(module)(*inputs.values())
+    return all(r.ok for r in compare(cascade, inputs, out, "float32"))
+
+
+SIZES = dict(B=1, H=2, P=40, M=70, E=4, F=3)
+
+
+@pytest.mark.parametrize("tile", [16, 128])
+def test_a_split_kernels_key_tile_is_refused_with_what_to_do(modules, tile):
+    """m0__BLOCK is the split factor M0 of the derived cascade: the kernel's key index is
+    m1 * m0__BLOCK + m0 over the host's M1 = ceil(M / M0) steps, so another value would
+    read the wrong keys (0.1 off SDPA). It is refused, with the way to get that tile."""
+    module = modules["causal_softmax", True]
+    assert module.TUNING_FUSED["causal_softmax__fused"]["m0__BLOCK"] == 64
+    with tuned(module, m0__BLOCK=tile), pytest.raises(ValueError) as error:
+        agrees("causal_softmax", module, SIZES)
+    message = str(error.value)
+    assert f"TUNING_FUSED['causal_softmax__fused']['m0__BLOCK'] is {tile}" in message
+    assert "split factor M0 = 64" in message and "einsumattn compile --tile N" in message
+
+
+def test_the_split_tile_is_chosen_at_compile_time(tmp_path):
+    module = import_file(compile_to_file(ROOT / "examples" / "causal_softmax.attn",
+                                         tmp_path, tile=16), "tile16")
+    assert module.TUNING_FUSED["causal_softmax__fused"]["m0__BLOCK"] == 16
+    assert agrees("causal_softmax", module, SIZES)
+
+
+@pytest.mark.parametrize("name, rewrite, knob", [
+    ("causal_softmax", True, "p__BLOCK"), ("softmax_1pass", True, "p__BLOCK"),
+    ("causal_softmax", False, "p__BLOCK"), ("causal_softmax", False, "m__BLOCK"),
+    ("softmax_3pass", False, "m__BLOCK")])
+@pytest.mark.parametrize("value", [32, 64])
+def test_the_tunable_tiles_are_safe_to_change(modules, name, rewrite, knob, value):
+    module = modules[name, rewrite]
+    assert all(knob in table for table in module.TUNING_FUSED.values())
+    with tuned(module, **{knob: value}):
+        assert agrees(name, module, SIZES)
+
+
+def test_a_tile_the_kernel_cannot_take_is_refused_by_name(modules):
+    module = modules["causal_softmax", True]
+    with tuned(module, p__BLOCK=24), pytest.raises(Exception,
+                                                 match=r"p__BLOCK: a block size of the tuning "
+                                                       r"table, a power of two >= 16"):
+        agrees("causal_softmax", module, SIZES)
+
+
+def launched_constexprs(module, inputs, run=False) -> dict:
+    """kernel -> the constexprs of its launch, for one call of the Triton backend (the
+    kernels themselves run only with `run`)."""
+    from triton.runtime import interpreter
+
+    found = {}
+    call = interpreter.GridExecutor.__call__
+
+    def record(self, *args, **kwargs):
+        found[self.fn.__name__] = {k: v for k, v in kwargs.items() if k in self.constexprs}
+        return call(self, *args, **kwargs) if run else None
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(interpreter.GridExecutor, "__call__", record)
+        layer(module)(*inputs)
+    return found
+
+
+def zeros(name, sizes):
+    cascade = einsumattn.load(ROOT / "examples" / f"{name}.attn")
+    from einsumattn.ir import bind
+    binding = bind(cascade, sizes=sizes)
+    return [torch.zeros(binding.extent(cascade, t.name)) for t in cascade.inputs]
+
+
+LONG = 2 ** 20 + 1     # past tl.arange's largest block
+
+
+@pytest.mark.parametrize("name, short, long", [
+    ("linear_attention", dict(B=1, H=1, P=3, M=5, E=4, F=4),
+     dict(B=1, H=1, P=LONG, M=LONG, E=4, F=4)),
+    ("causal_softmax", dict(B=1, H=1, P=3, M=5, E=4, F=4),
+     dict(B=1, H=1, P=LONG, M=LONG, E=4, F=4)),
+    ("eca", dict(B=1, C=3, H=2, W=3, K=3), dict(B=1, C=LONG, H=1, W=1, K=3)),
+    ("eca", dict(B=1, C=3, H=2, W=3, K=3), dict(B=1, C=2, H=1, W=LONG, K=3)),
+    ("gla_recurrent", dict(B=1, H=1, T=3, D=4, F=4), dict(B=1, H=1, T=LONG, D=4, F=4)),
+])
+def test_kernel_constexprs_do_not_follow_the_sequence_length(modules, name, short, long):
+    """The kernels get the same constexprs for 3 keys and for 2**20 + 1 (launches
+    recorded, not run): one compilation serves every length. Linear attention passed
+    p__BLOCK = next_power_of_2(P) and m__BLOCK = next_power_of_2(M) to kernels that never
+    used them."""
+    module = modules[name, True]
+    first = launched_constexprs(module, zeros(name, short))
+    assert first and all(k.endswith("_fused") for k in first)
+    assert launched_constexprs(module, zeros(name, long)) == first
+
+
+def benchmark(tmp_path, tune):
+    return subprocess.run([sys.executable, str(ROOT / "benchmarks" / "attention.py"),
+                           "--smoke", "--device", "cpu", "--interpret", "--specs",
+                           "causal_softmax", "--unfused-max", "0", "--tune", tune,
+                           "--json", str(tmp_path / "rows.json")],
+                          capture_output=True, text=True,
+                          env={**os.environ, "TRITON_INTERPRET": "1",
+                               "EINSUMATTN_CACHE_DIR": str(tmp_path / "cache")})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tune, reason", [
+    ("m0__BLOCK=128", "is the split factor M0 = 64 of the cascade"),
+    ("p__BLOCK=24", "p__BLOCK: a block size of the tuning table, a power of two >= 16"),
+    ("q__BLOCK=32", "causal_softmax's fused kernels have no knob q__BLOCK"),
+])
+def test_the_benchmark_refuses_a_knob_that_is_not_safe(tmp_path, tune, reason):
+    result = benchmark(tmp_path, tune)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert reason in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_the_benchmark_tunes_the_split_tile_by_compiling(tmp_path):
+    result = benchmark(tmp_path, "p__BLOCK=32,tile=32")
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = {r["backend"]: r for r in json.loads((tmp_path / "rows.json").read_text())}
+    assert rows["einsumattn triton p__BLOCK=32,tile=32"]["max_diff_vs_peer"] < 1e-5
+    # The variant ran a module compiled with 32-key tiles (the compile cache holds it).
+    assert any("'m0__BLOCK': 32" in module.read_text()
+               for module in (tmp_path / "cache").rglob("*.py"))
+
+
+@pytest.mark.parametrize("block, rblock", [(32, 64), (256, 16)])
+def test_the_unfused_block_sizes_are_safe_to_change(modules, block, rblock):
+    module = modules["causal_softmax", True]
+    saved = {name: dict(table) for name, table in module.TUNING.items()}
+    try:
+        for table in module.TUNING.values():
+            table.update(BLOCK=block, RBLOCK=rblock)
+        cascade = einsumattn.load(ROOT / "examples" / "causal_softmax.attn")
+        inputs = case_inputs(cascade, Case(SIZES, "float32", 1.0, False, 0))
+        out = layer(module, "triton-unfused")(*inputs.values())
+        assert all(r.ok for r in compare(cascade, inputs, out, "float32"))
+        for table in module.TUNING.values():
+            table.update(RBLOCK=24)
+        with pytest.raises(Exception, match="RBLOCK: a block size of the tuning table"):
+            layer(module, "triton-unfused")(*inputs.values())
+    finally:
+        module.TUNING.update(saved)

@@ -1,0 +1,86 @@
+"""The equivalence check's judgement at float32's limits (verify.py): subnormal values,
+which flush-to-zero hardware and torch's sigmoid drop, are no mismatch; errors at
+normal values still are."""
+
+import numpy as np
+import pytest
+import torch
+
+import einsumattn
+from einsumattn.evaluate import evaluate
+from einsumattn.verify import (Case, case_inputs, compare, flushing_subnormals, run_check,
+                               well_conditioned)
+
+from conftest import EXAMPLES
+
+SIGMOID = "dims I\ninput X[i]\nY[i] = sigmoid(X[i])\noutput Y\n"
+LOG_SIGMOID = "dims I\ninput X[i]\nY[i] = log(sigmoid(X[i]))\noutput Y\n"
+COPY = "dims I\ninput X[i]\nY[i] = X[i]\noutput Y\n"
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_sigmoid_of_minus_90_flushed_to_zero_is_a_match(dtype):
+    """Exactly 8.2e-40, a float32 subnormal; torch computes 0."""
+    x = torch.tensor([-90.0], dtype=getattr(torch, dtype))
+    got = torch.sigmoid(x.float()).to(x.dtype)
+    assert got.item() == 0.0
+    (result,) = compare(einsumattn.load(SIGMOID), {"X": x}, got, dtype)
+    assert result.ok, result.describe()
+
+
+def test_a_float16_output_in_the_subnormal_range_may_be_flushed():
+    """3e-5 is below float16's smallest normal (6.1e-5): it carries only absolute
+    precision, and 0 is as good an answer."""
+    x = torch.tensor([3e-5], dtype=torch.float16)
+    (result,) = compare(einsumattn.load(COPY), {"X": x}, torch.zeros(1, dtype=x.dtype),
+                        "float16")
+    assert result.ok, result.describe()
+
+
+@pytest.mark.parametrize("dtype, value", [("float16", 1e-3), ("float16", 7e-5),
+                                          ("float32", 1e-3), ("bfloat16", 1e-3)])
+def test_a_wrong_value_in_the_normal_range_is_still_a_mismatch(dtype, value):
+    x = torch.tensor([value], dtype=getattr(torch, dtype))
+    (result,) = compare(einsumattn.load(COPY), {"X": x}, torch.zeros(1, dtype=x.dtype), dtype)
+    assert not result.ok, result.describe()
+
+
+def test_an_underflow_that_decides_the_result_makes_the_case_ill_conditioned():
+    """log(sigmoid(-90)) is -90, and numpy's float32 (gradual underflow) gets it; a
+    backend that flushes the subnormal sigmoid gets -inf. Flush-to-zero arithmetic is
+    legitimate float32 (GPUs do it), so the case cannot judge a backend."""
+    cascade = einsumattn.load(LOG_SIGMOID)
+    at_the_limit = {"X": torch.tensor([-90.0])}
+    flushed = evaluate(flushing_subnormals(cascade), at_the_limit, dtype=np.float32)["Y"]
+    assert flushed[0] == -np.inf
+    assert not well_conditioned(cascade, at_the_limit, "float32")
+    # Away from the limit the case judges, and a wrong answer is a mismatch.
+    normal = {"X": torch.tensor([-5.0])}
+    assert well_conditioned(cascade, normal, "float32")
+    (result,) = compare(cascade, normal, torch.tensor([-np.inf]), "float32")
+    assert not result.ok
+
+
+def test_check_passes_a_backend_that_flushes_subnormals(tmp_path, monkeypatch):
+    """The reported false alarm: torch's float32 sigmoid flushes, the float32 oracle did
+    not, and `check` reported MISMATCH (then spent minutes shrinking)."""
+    monkeypatch.setenv("EINSUMATTN_CACHE_DIR", str(tmp_path))
+    cascade = einsumattn.load(LOG_SIGMOID)
+    module = einsumattn.compile(LOG_SIGMOID, backend="torch")
+    lines = []
+    assert run_check(cascade, module, ("torch",), examples=50, report=lines.append), \
+        "\n".join(lines)
+    assert any("ill-conditioned in float32" in line for line in lines)   # not vacuous
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+def test_flushing_changes_nothing_away_from_the_subnormal_range(path):
+    """The flushing probe is the same cascade (masks, absent points, recurrences) where
+    no value underflows."""
+    cascade = einsumattn.load(path)
+    free = [r.name for r in cascade.ranks.values() if r.fixed is None and r.split_of is None]
+    inputs = case_inputs(cascade, Case({r: 4 for r in free}, "float32", 1.0, True, 7))
+    plain = evaluate(cascade, inputs, dtype=np.float32)
+    flushed = evaluate(flushing_subnormals(cascade), inputs, dtype=np.float32)
+    for name in plain:
+        np.testing.assert_array_equal(flushed[name], plain[name], err_msg=name)
