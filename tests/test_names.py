@@ -7,12 +7,14 @@ import ast
 import builtins
 import dataclasses
 import inspect
+import io
 import keyword
 import os
 import pathlib
 import re
 import subprocess
 import sys
+import tokenize
 
 import pytest
 import torch
@@ -312,6 +314,20 @@ def test_generated_names_fall_into_the_three_namespaces(example):
                    if not (w.startswith("__") and w.endswith("__")))
     assert {"Q_", "K_"} <= kinds["spec"] or {"X_"} <= kinds["spec"]
     assert kinds["derived"]
+
+
+@pytest.mark.parametrize("example", ["causal_softmax", "softmax_1pass", "gqa", "eca"])
+def test_messages_in_generated_code_say_the_spec_names(example):
+    """Strings the generated code shows users (errors, warnings) use the spec's names,
+    not their spellings in the code: the split kernels' tile check once said `M0_`."""
+    source = generate(einsumattn.load(ROOT / "examples" / f"{example}.attn"))
+    strings = [t.string for t in tokenize.generate_tokens(io.StringIO(source).readline)
+               if t.type == tokenize.STRING and not t.string.startswith('"""')]
+    assert strings
+    for string in strings:
+        said = re.sub(r"\{[^{}]*\}", "", string)         # f-string fields are code
+        assert not [w for w in re.findall(r"(?<![\w])[A-Za-z_]\w*", said)
+                    if names.is_mangled(w)], string
 
 
 def test_wrappers_read_only_their_arguments_and_the_names_they_reserve():

@@ -42,6 +42,7 @@ from ..ir import Cascade, Einsum
 from ..ir import expr as ir
 from ..ir.printer import lhs_text, rhs_text
 from ..transform.algebra import Algebra, substitute
+from .names import spec_text
 from .skipping import masked_steps_are_identities
 from .triton_backend import TritonPrinter, Unsupported, tile_asserts
 
@@ -991,10 +992,13 @@ class _Emitter:
         inner = cascade.var_rank(f.stream)
         split = next(s for s in cascade.splits if s.inner == inner)
         entry = f"TUNING_FUSED['{name}']['{f.tile_block}']"
+        # The message says the spec's names (names.py); {inner} is the value at run time.
+        factor = spec_text(f"the split factor {inner}")
+        split_text = spec_text(f"(split {split.parent} -> {split.outer}, {inner} by "
+                               f"{split.factor})")
         return [f'if tuning["{f.tile_block}"] != {inner}:',
                 f'    raise ValueError(f"{entry} is {{tuning[\'{f.tile_block}\']}}, but the '
-                f'key tile is the split factor {inner} = {{{inner}}} of the cascade (split '
-                f'{split.parent} -> {split.outer}, {inner} by {split.factor}), fixed when the '
+                f'key tile is {factor} = {{{inner}}} of the cascade {split_text}, fixed when the '
                 f'module was generated: for another tile, change the split or the tile the '
                 f'online rewrite splits by (einsumattn compile --tile N)")']
 

@@ -104,7 +104,7 @@ def _bind_lines(cascade: Cascade) -> list[str]:
     for divisor, read in checked_divisors(cascade):   # e.g. K[b, h // (H // KH), m, e]
         lines.append(f"if {printer(divisor)} < 1:")
         lines.append(f"    raise ValueError({string_literal(divisor_problem(divisor, read))}"
-                     f".format({printer(divisor)}, **sizes))")
+                     f".format(value={printer(divisor)}, **sizes))")
     return lines
 
 

@@ -128,7 +128,7 @@ def bind(cascade: Cascade, *, shapes: Mapping[str, Sequence[int]] | None = None,
     for divisor, read in checked_divisors(cascade):
         value = size_value(divisor, known)
         if value < 1:
-            raise BindError(divisor_problem(divisor, read).format(value, **known))
+            raise BindError(divisor_problem(divisor, read).format(value=value, **known))
 
     for tensor in cascade.inputs:
         if shapes is None or tensor.name not in shapes:

@@ -105,12 +105,10 @@ def size_value(expr: ir.Expr, sizes: dict[str, int]) -> int:
 
 
 def divisor_problem(divisor: ir.Expr, read: ir.Read) -> str:
-    """The binding error for a divisor below 1, as a `str.format` template: field 0 the
-    divisor's value (positional, so no rank name can clash with it: a rank may be called
-    `value`) and one field per rank in the divisor (the generated module fills it in
-    too)."""
+    """The binding error for a divisor below 1, as a `str.format` template: fields
+    `value` and one per rank in the divisor (the generated module fills it in too)."""
     ranks = sorted({n.rank for n in ir.walk(divisor) if isinstance(n, ir.Dim)})
     bound = ", ".join(f"{r}={{{r}}}" for r in ranks)
     return (f"the index divisor '{ir.to_text(divisor)}' in {ir.to_text(read)} is "
-            f"{{0}} at {bound}; it must be at least 1 (a floor quotient such as "
+            f"{{value}} at {bound}; it must be at least 1 (a floor quotient such as "
             f"H // KH needs H >= KH)")
