@@ -30,7 +30,7 @@ from einsumattn.frontend import FUNCTIONS, RESERVED
 from einsumattn.loader import load_source
 from einsumattn.verify import Case, case_inputs, compare
 
-from conftest import ROOT
+from conftest import ROOT, examples
 
 
 @pytest.fixture(autouse=True)
@@ -269,7 +269,7 @@ BASES = st.sampled_from(["Q", "K", "QK", "p", "m", "S", "_", "__x", "lanes", "to
                          "_bind", "sizes", "True", "none"])
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=examples(12), deadline=None, suppress_health_check=list(HealthCheck))
 @given(st.lists(st.tuples(BASES, SUFFIXES).map("".join), min_size=6, max_size=14),
        st.sampled_from(list(TEMPLATES)))
 def test_random_names_from_the_generators_vocabulary_compile(tmp_path_factory, drawn,
@@ -510,7 +510,7 @@ def _exec(code: str):
     return module
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=examples(60), deadline=None, suppress_health_check=list(HealthCheck))
 @given(filename=st.text(st.characters(blacklist_categories=()), min_size=1, max_size=40),
        comment=st.text(st.characters(blacklist_characters="\n\r"), max_size=60))
 def test_any_file_name_and_comment_reach_the_docstring_exactly(filename, comment):
