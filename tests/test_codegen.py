@@ -578,3 +578,15 @@ def test_broadcast_inputs_are_stride_zero_views_and_agree(built):
     for backend in ("triton", "triton-unfused"):
         out = module.CausalSoftmax(backend=backend)(*inputs.values())
         assert all(r.ok for r in compare(cascade, inputs, out, "float32")), backend
+
+
+@pytest.mark.parametrize("split", ["", "split M -> M1, M0 by 4\n"])
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_a_declared_rank_nothing_uses_needs_no_size(backend, split):
+    """`dims P, M, E` with M used nowhere: no input binds M, so the module must not ask
+    for its size (it raised KeyError: 'M'); a split of it is skipped likewise."""
+    text = ("attention unused_rank\ndims P, M, E\ninput Q[p, e]\n" + split +
+            "Y[p] = sum[e] Q[p, e]\noutput Y\n")
+    module = einsumattn.compile(text, backend=backend)
+    q = torch.randn(3, 4, dtype=torch.float32)
+    torch.testing.assert_close(module.compiled(q), q.sum(1))

@@ -16,7 +16,7 @@ from .. import __version__
 from ..analysis import analyze
 from ..analysis.presence import absent_tensors
 from ..diagnostics import SpecError
-from ..ir import Cascade
+from ..ir import Cascade, rank_used
 from ..ir.divisors import checked_divisors, divisor_problem
 from . import names
 from .names import mangle, spec_text, string_literal
@@ -70,6 +70,8 @@ def _bind_lines(cascade: Cascade) -> list[str]:
 
     def split_lines(param_factors: bool) -> None:
         for split in cascade.splits:
+            if not rank_used(cascade, split.parent):
+                continue
             if isinstance(split.factor, str) and split.factor in cascade.params:
                 if not param_factors:
                     continue
@@ -281,7 +283,7 @@ def generate(cascade: Cascade, **options) -> str:
         "params": list(cascade.params),
         **_signatures(inputs, list(cascade.params)),
         # The kernel cascade's ranks include the spec's, plus the splits a rewrite added.
-        "ranks": list(kernel.ranks),
+        "ranks": [r for r in kernel.ranks if rank_used(kernel, r)],
         "first_input": inputs[0],
         "fixed": fixed,
         "bind_lines": _bind_lines(kernel),
