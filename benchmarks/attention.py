@@ -132,10 +132,10 @@ class TuneError(ValueError):
 
 
 def tuned(path, module, tune: str, inputs):
-    """A call of the fused kernels in the variant `tune` ("BLOCK_P=64,num_warps=8"): the
+    """A call of the fused kernels in the variant `tune` ("p__BLOCK=64,num_warps=8"): the
     block sizes TUNING_FUSED lists and Triton's num_warps / num_stages override the
     module's tables (restored after each call); `tile=N` compiles the spec with key
-    tiles of N for the split the online rewrite makes (the split kernels' BLOCK_M0 is
+    tiles of N for the split the online rewrite makes (the split kernels' m0__BLOCK is
     that split's factor and cannot be overridden). A knob the kernels do not have, or a
     value they refuse, is a TuneError."""
     overrides = {}
@@ -143,7 +143,7 @@ def tuned(path, module, tune: str, inputs):
         key, _, value = item.partition("=")
         if not value.strip().isdigit():
             raise TuneError(f"--tune {tune}: write KNOB=INTEGER pairs separated by commas, "
-                            f"e.g. BLOCK_P=128,num_warps=8")
+                            f"e.g. p__BLOCK=128,num_warps=8")
         overrides[key.strip()] = int(value)
     if "tile" in overrides:
         module = einsumattn.compile(path, backend="torch", tile=overrides.pop("tile"))
@@ -224,11 +224,11 @@ def main(argv=None) -> int:
     parser.add_argument("--smoke", action="store_true",
                         help="tiny sizes, one repeat: checks that the script runs")
     parser.add_argument("--tune", nargs="*", default=[],
-                        help="extra fused-kernel variants to time, e.g. BLOCK_P=64,num_warps=4 "
-                             "BLOCK_P=128,num_warps=8,tile=128: the block sizes in "
-                             "TUNING_FUSED (BLOCK_P, and BLOCK_M of unsplit kernels), "
+                        help="extra fused-kernel variants to time, e.g. p__BLOCK=64,num_warps=4 "
+                             "p__BLOCK=128,num_warps=8,tile=128: the block sizes in "
+                             "TUNING_FUSED (p__BLOCK, and m__BLOCK of unsplit kernels), "
                              "num_warps, num_stages, and tile=N (key tiles of the derived "
-                             "split: a recompilation; BLOCK_M0 is that split's factor)")
+                             "split: a recompilation; m0__BLOCK is that split's factor)")
     parser.add_argument("--json", help="also write the rows to this file")
     args = parser.parse_args(argv)
     if args.smoke:

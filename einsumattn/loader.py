@@ -55,7 +55,12 @@ def load(spec: str | os.PathLike) -> Cascade:
     """Parse and check a spec (a path or the spec text) into a Cascade.
 
     Raises `SpecError` for any problem in the spec."""
-    source = read_spec(spec)
+    return load_source(read_spec(spec))
+
+
+def load_source(source: Source) -> Cascade:
+    """The Cascade of a spec already read: a function of `source` (its text and file
+    name) alone, which is what lets compile() key its cache by the source."""
     tree = parse(source.text, source.filename)
     default_name = Path(source.filename).stem if source.filename != "<spec>" else "attention"
     return build(tree, default_name)

@@ -1,6 +1,7 @@
 """The einsumattn command: parse and eval output, exit codes, and packaging."""
 
 import os
+import re
 import subprocess
 import sys
 import zipfile
@@ -114,15 +115,15 @@ def test_benchmark_times_tuning_variants_of_the_fused_kernel(tmp_path):
     out = tmp_path / "rows.json"
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "attention.py"),
                              "--smoke", "--device", "cpu", "--interpret", "--specs",
-                             "causal_softmax", "--unfused-max", "0", "--tune", "BLOCK_P=32",
+                             "causal_softmax", "--unfused-max", "0", "--tune", "p__BLOCK=32",
                              "--json", str(out)], capture_output=True, text=True,
                             env={**__import__("os").environ, "TRITON_INTERPRET": "1",
                                  "EINSUMATTN_CACHE_DIR": str(tmp_path / "cache")})
     assert result.returncode == 0, result.stderr
     import json
     rows = {r["backend"]: r for r in json.loads(out.read_text())}
-    assert {"einsumattn triton", "einsumattn triton BLOCK_P=32"} <= set(rows)
-    assert rows["einsumattn triton BLOCK_P=32"]["max_diff_vs_peer"] < 1e-5
+    assert {"einsumattn triton", "einsumattn triton p__BLOCK=32"} <= set(rows)
+    assert rows["einsumattn triton p__BLOCK=32"]["max_diff_vs_peer"] < 1e-5
 
 
 def _exit_code_and_stderr(args, capsys) -> tuple[int, str]:
@@ -224,18 +225,21 @@ def test_output_folders_are_made_if_missing(tmp_path, capsys, monkeypatch):
 def test_a_folder_that_cannot_be_written_exits_2(tmp_path, capsys, monkeypatch):
     """An unwritable -o folder (simulated: chmod does not stop root) is the user's to fix,
     and so is an unwritable compile cache for `check`."""
-    import tempfile
+    real_open = os.open
 
-    def refuse(*args, dir=None, **kwargs):
-        raise PermissionError(13, "Permission denied", os.path.join(dir, ".x.tmp"))
+    def refuse(path, *args, **kwargs):     # the generated files' temporary names
+        if str(path).endswith(".tmp"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
 
-    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    monkeypatch.setattr(os, "open", refuse)
     monkeypatch.setenv("EINSUMATTN_CACHE_DIR", str(tmp_path / "cache"))
     spec = str(ROOT / "examples" / "softmax_3pass.attn")
     code, err = _exit_code_and_stderr(["compile", spec, "-o", str(tmp_path / "out")], capsys)
     assert code == 2 and "Traceback" not in err, err
-    assert f"cannot write '{tmp_path / 'out' / '.x.tmp'}': Permission denied; give -o a " \
-           f"folder you can write to" in err
+    assert re.search(f"cannot write '{re.escape(str(tmp_path / 'out'))}/\\.softmax_3pass\\.py\\."
+                     f"[0-9a-f]+\\.tmp': Permission denied; give -o a folder you can write to",
+                     err), err
     code, err = _exit_code_and_stderr(["check", spec, "--backend", "torch", "--examples", "1"],
                                       capsys)
     assert code == 2 and "set EINSUMATTN_CACHE_DIR to a folder you can write to" in err, err

@@ -58,7 +58,7 @@ def _agrees(spec, module, sizes, seed=0, scale=1.0, contiguous=False, dtype="flo
 # ---------------------------------------------------------------- ECA: two stages
 def test_eca_is_cut_into_pooling_and_gating_kernels():
     kernels, cut = fuse_stages(einsumattn.load(ECA))
-    assert [k.name for k in kernels] == ["_fused_eca_stage1", "_fused_eca_stage2"]
+    assert [k.name for k in kernels] == ["eca_stage1_fused", "eca_stage2_fused"]
     pool, gate = (k.facts for k in kernels)
     # Stage 1 reduces both spatial ranks at once, over flattened tiles of (h, w).
     assert pool["form"] == "tiles" and pool["loop"] == ["h", "w"]
@@ -75,7 +75,7 @@ def test_eca_is_cut_into_pooling_and_gating_kernels():
 def test_eca_module_names_each_kernel_and_the_cut(tmp_path):
     doc = _module(ECA, tmp_path, "eca_doc").__doc__
     assert "triton: 2 fused kernels, cut because Y reads GAP at c + k - K // 2" in doc
-    assert "_fused_eca_stage1" in doc and "_fused_eca_stage2" in doc
+    assert "eca__stage1_fused" in doc and "eca__stage2_fused" in doc
 
 
 def test_eca_without_zero_padding_fails_the_check(tmp_path):
@@ -83,8 +83,8 @@ def test_eca_without_zero_padding_fails_the_check(tmp_path):
     reads the clamped edge channel instead must fail."""
     cascade = einsumattn.load(ECA)
     source = generate(cascade)
-    padded = "(tl.where(0 <= c[:, None] + k[None, :] - _floordiv(K, 2), " \
-             "c[:, None] + k[None, :] - _floordiv(K, 2) < C, False))"
+    padded = "(tl.where(0 <= c_[:, None] + k_[None, :] - _floordiv(K_, 2), " \
+             "c_[:, None] + k_[None, :] - _floordiv(K_, 2) < C_, False))"
     assert padded in source
     path = tmp_path / "eca_unpadded.py"
     path.write_text(source.replace(padded, "(0 == 0)"))
@@ -103,15 +103,15 @@ def test_a_cascade_with_nothing_crossing_is_one_kernel_of_two_passes(tmp_path):
 # ---------------------------------------------------------------- more than two stages
 def test_two_convolutions_are_cut_twice(tmp_path):
     kernels, cut = fuse_stages(einsumattn.load(ECA2))
-    assert [k.name for k in kernels] == [f"_fused_eca_twice_stage{i}" for i in (1, 2, 3)]
+    assert [k.name for k in kernels] == [f"eca_twice_stage{i}_fused" for i in (1, 2, 3)]
     # The middle stage is Y alone: its only rank beyond the grid, K, is its loop.
     assert [k.facts["accumulated"] for k in kernels] == [["GAP"], ["Y"], []]
     # Each cut has its own reason, named with the kernel that follows it.
     first, second = cut.split("; ")
     assert first.startswith("Y reads GAP at c + k - K // 2") and \
-        first.endswith("(before _fused_eca_twice_stage2)")
+        first.endswith("(before eca_twice_stage2_fused)")
     assert second.startswith("Y2 reads Y at c + k - K // 2") and \
-        second.endswith("(before _fused_eca_twice_stage3)")
+        second.endswith("(before eca_twice_stage3_fused)")
     module = _module(ECA2, tmp_path, "eca_twice")
     assert "triton: 3 fused kernels, cut because" in module.__doc__
     ok, report = _agrees(ECA2, module, dict(B=2, C=19, H=3, W=5, K=3), scale=10.0)
@@ -121,19 +121,19 @@ def test_two_convolutions_are_cut_twice(tmp_path):
 # ---------------------------------------------------------------- GLA: a recurrence
 def test_gla_recurrence_is_one_kernel_with_its_state_in_registers():
     kernels, cut = fuse_stages(einsumattn.load(GLA))
-    assert cut is None and [k.name for k in kernels] == ["_fused_gla_recurrent"]
+    assert cut is None and [k.name for k in kernels] == ["gla_recurrent_fused"]
     facts = kernels[0].facts
     assert facts["form"] == "steps" and facts["loop"] == ["t"] and facts["carried"] == ["S"]
-    # A program: one (b, h), a tile of F; D held whole (the state is BLOCK_F x BLOCK_D).
+    # A program: one (b, h), a tile of F; D held whole (the state is f__BLOCK x d__BLOCK).
     assert (facts["batch"], facts["row"], facts["held"]) == (["b", "h"], "f", ["d"])
 
 
 def test_gla_without_the_carried_state_fails_the_check(tmp_path):
     source = generate(einsumattn.load(GLA))
-    carried = "S_at = S  # at step t"
+    carried = "S__at = S_  # at step t"
     assert carried in source
     path = tmp_path / "gla_forgetful.py"
-    path.write_text(source.replace(carried, "S_at = S * 0.0"))
+    path.write_text(source.replace(carried, "S__at = S_ * 0.0"))
     ok, _ = _agrees(GLA, import_file(path, "gla_forgetful"), dict(B=1, H=1, T=4, D=3, F=3))
     assert not ok
 

@@ -65,13 +65,13 @@ def tiles(module):
     """16 rows and 64 keys per tile (the split's own tile is 64): the first row tile's
     first key tile holds keys that none of its rows sees."""
     for table in module.TUNING_FUSED.values():
-        table["BLOCK_P"] = 16
-        if "BLOCK_M" in table:
-            table["BLOCK_M"] = 64
+        table["p__BLOCK"] = 16
+        if "m__BLOCK" in table:
+            table["m__BLOCK"] = 64
 
 
 def schedules(module) -> str:
-    return "fused" if "def _fused_" in open(module.__file__).read() else "unfused"
+    return "fused" if "_fused(" in open(module.__file__).read() else "unfused"
 
 
 @pytest.mark.parametrize("poison", sorted(POISONS))

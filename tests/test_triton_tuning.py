@@ -62,29 +62,29 @@ SIZES = dict(B=1, H=2, P=40, M=70, E=4, F=3)
 
 @pytest.mark.parametrize("tile", [16, 128])
 def test_a_split_kernels_key_tile_is_refused_with_what_to_do(modules, tile):
-    """BLOCK_M0 is the split factor M0 of the derived cascade: the kernel's key index is
-    m1 * BLOCK_M0 + m0 over the host's M1 = ceil(M / M0) steps, so another value would
+    """m0__BLOCK is the split factor M0 of the derived cascade: the kernel's key index is
+    m1 * m0__BLOCK + m0 over the host's M1 = ceil(M / M0) steps, so another value would
     read the wrong keys (0.1 off SDPA). It is refused, with the way to get that tile."""
     module = modules["causal_softmax", True]
-    assert module.TUNING_FUSED["_fused_causal_softmax"]["BLOCK_M0"] == 64
-    with tuned(module, BLOCK_M0=tile), pytest.raises(ValueError) as error:
+    assert module.TUNING_FUSED["causal_softmax__fused"]["m0__BLOCK"] == 64
+    with tuned(module, m0__BLOCK=tile), pytest.raises(ValueError) as error:
         agrees("causal_softmax", module, SIZES)
     message = str(error.value)
-    assert f"TUNING_FUSED['_fused_causal_softmax']['BLOCK_M0'] is {tile}" in message
+    assert f"TUNING_FUSED['causal_softmax__fused']['m0__BLOCK'] is {tile}" in message
     assert "split factor M0 = 64" in message and "einsumattn compile --tile N" in message
 
 
 def test_the_split_tile_is_chosen_at_compile_time(tmp_path):
     module = import_file(compile_to_file(ROOT / "examples" / "causal_softmax.attn",
                                          tmp_path, tile=16), "tile16")
-    assert module.TUNING_FUSED["_fused_causal_softmax"]["BLOCK_M0"] == 16
+    assert module.TUNING_FUSED["causal_softmax__fused"]["m0__BLOCK"] == 16
     assert agrees("causal_softmax", module, SIZES)
 
 
 @pytest.mark.parametrize("name, rewrite, knob", [
-    ("causal_softmax", True, "BLOCK_P"), ("softmax_1pass", True, "BLOCK_P"),
-    ("causal_softmax", False, "BLOCK_P"), ("causal_softmax", False, "BLOCK_M"),
-    ("softmax_3pass", False, "BLOCK_M")])
+    ("causal_softmax", True, "p__BLOCK"), ("softmax_1pass", True, "p__BLOCK"),
+    ("causal_softmax", False, "p__BLOCK"), ("causal_softmax", False, "m__BLOCK"),
+    ("softmax_3pass", False, "m__BLOCK")])
 @pytest.mark.parametrize("value", [32, 64])
 def test_the_tunable_tiles_are_safe_to_change(modules, name, rewrite, knob, value):
     module = modules[name, rewrite]
@@ -95,8 +95,8 @@ def test_the_tunable_tiles_are_safe_to_change(modules, name, rewrite, knob, valu
 
 def test_a_tile_the_kernel_cannot_take_is_refused_by_name(modules):
     module = modules["causal_softmax", True]
-    with tuned(module, BLOCK_P=24), pytest.raises(Exception,
-                                                 match=r"BLOCK_P: a block size of the tuning "
+    with tuned(module, p__BLOCK=24), pytest.raises(Exception,
+                                                 match=r"p__BLOCK: a block size of the tuning "
                                                        r"table, a power of two >= 16"):
         agrees("causal_softmax", module, SIZES)
 
@@ -141,11 +141,11 @@ LONG = 2 ** 20 + 1     # past tl.arange's largest block
 def test_kernel_constexprs_do_not_follow_the_sequence_length(modules, name, short, long):
     """The kernels get the same constexprs for 3 keys and for 2**20 + 1 (launches
     recorded, not run): one compilation serves every length. Linear attention passed
-    BLOCK_P = next_power_of_2(P) and BLOCK_M = next_power_of_2(M) to kernels that never
+    p__BLOCK = next_power_of_2(P) and m__BLOCK = next_power_of_2(M) to kernels that never
     used them."""
     module = modules[name, True]
     first = launched_constexprs(module, zeros(name, short))
-    assert first and all(k.startswith("_fused_") for k in first)
+    assert first and all(k.endswith("_fused") for k in first)
     assert launched_constexprs(module, zeros(name, long)) == first
 
 
@@ -161,9 +161,9 @@ def benchmark(tmp_path, tune):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("tune, reason", [
-    ("BLOCK_M0=128", "is the split factor M0 = 64 of the cascade"),
-    ("BLOCK_P=24", "BLOCK_P: a block size of the tuning table, a power of two >= 16"),
-    ("BLOCK_Q=32", "causal_softmax's fused kernels have no knob BLOCK_Q"),
+    ("m0__BLOCK=128", "is the split factor M0 = 64 of the cascade"),
+    ("p__BLOCK=24", "p__BLOCK: a block size of the tuning table, a power of two >= 16"),
+    ("q__BLOCK=32", "causal_softmax's fused kernels have no knob q__BLOCK"),
 ])
 def test_the_benchmark_refuses_a_knob_that_is_not_safe(tmp_path, tune, reason):
     result = benchmark(tmp_path, tune)
@@ -173,12 +173,12 @@ def test_the_benchmark_refuses_a_knob_that_is_not_safe(tmp_path, tune, reason):
 
 @pytest.mark.slow
 def test_the_benchmark_tunes_the_split_tile_by_compiling(tmp_path):
-    result = benchmark(tmp_path, "BLOCK_P=32,tile=32")
+    result = benchmark(tmp_path, "p__BLOCK=32,tile=32")
     assert result.returncode == 0, result.stderr[-2000:]
     rows = {r["backend"]: r for r in json.loads((tmp_path / "rows.json").read_text())}
-    assert rows["einsumattn triton BLOCK_P=32,tile=32"]["max_diff_vs_peer"] < 1e-5
+    assert rows["einsumattn triton p__BLOCK=32,tile=32"]["max_diff_vs_peer"] < 1e-5
     # The variant ran a module compiled with 32-key tiles (the compile cache holds it).
-    assert any("'BLOCK_M0': 32" in module.read_text()
+    assert any("'m0__BLOCK': 32" in module.read_text()
                for module in (tmp_path / "cache").rglob("*.py"))
 
 

@@ -4,6 +4,7 @@ and Triton kernels as they land), plus compiling, caching and importing it.
 module.py         the module's source, from templates/module.py.j2
 torch_backend.py  the reference backend: one torch block per Einsum
 printers.py       IR expressions as Python / torch source
+names.py          the spec's names in generated code: a namespace of their own
 compile.py        compile(), the cache, atomic writes
 """
 

@@ -4,9 +4,9 @@ The schedule is derived from the IR and the pass analysis of the cascade's prima
 rank R (the key rank M of attention):
 
 - the program grid covers the *parallel* ranks: one point of each batch-like rank (B, H)
-  and a tile of BLOCK_P points of the row rank (the query rank P);
-- *feature* ranks (E, F: every other rank) are held whole in a tile of BLOCK_<F>;
-- for each pass over R there is one loop over tiles of BLOCK_M keys. A stream tile (a
+  and a tile of p__BLOCK points of the row rank (the query rank P);
+- *feature* ranks (E, F: every other rank) are held whole in a tile of f__BLOCK;
+- for each pass over R there is one loop over tiles of m__BLOCK keys. A stream tile (a
   tensor over (row, R)) is computed in the loop of every pass that needs it: it is
   recomputed rather than buffered, so no M-sized buffer exists;
 - contractions of a row tile with a key tile over a feature rank are `tl.dot`
@@ -42,6 +42,7 @@ from ..ir import Cascade, Einsum
 from ..ir import expr as ir
 from ..ir.printer import lhs_text, rhs_text
 from ..transform.algebra import Algebra, substitute
+from .names import spec_text
 from .skipping import masked_steps_are_identities
 from .triton_backend import TritonPrinter, Unsupported, tile_asserts
 
@@ -108,7 +109,7 @@ class _Fuser:
             self.loop = cascade.ranks[split.outer].var
             self.stream = cascade.ranks[split.inner].var
             self.tile = split.factor
-            self.tile_block = f"BLOCK_{self.stream.upper()}"
+            self.tile_block = f"{self.stream}_BLOCK"
         for einsum in cascade.einsums:
             if einsum.iterative is not None and einsum.iter_var != self.loop:
                 raise NotFusable(f"the recurrence {einsum.tensor} is not over the key tiles")
@@ -273,7 +274,7 @@ class _Fuser:
             rank = t.ranks[position]
             if not in_range_by_construction(self.cascade, node.tensor, position, index):
                 text = f"tl.minimum(tl.maximum({text}, 0), {rank} - 1)"
-            terms.append(f"({text}) * s_{node.tensor}_{position}")
+            terms.append(f"({text}) * {node.tensor}_s{position}")
             for var in ir.index_vars(index):
                 if var in self.features:
                     masks.append(f"({_layout_vars(layout, var)} < {self.cascade.var_rank(var)})")
@@ -501,7 +502,7 @@ class _Emitter:
     def emit(self) -> FusedKernel:
         f, cascade = self.f, self.cascade
         passes = f.passes
-        name = f"_fused_{cascade.name}"
+        name = f"{cascade.name}_fused"
         n_passes = passes.passes
         stream_einsums = [e for e in cascade.einsums if f.kinds[e.tensor] in ("stream",
                                                                               "stream-dot")]
@@ -523,7 +524,7 @@ class _Emitter:
             for acc in accumulators:
                 self._init_accumulator(acc)
             stream = cascade.var_rank(f.stream)
-            block = f"BLOCK_{f.stream.upper()}"
+            block = f"{f.stream}_BLOCK"
             start = lo or "0"
             stop = hi or stream
             self.line(f"for start in range({start}, {stop}, {block}):")
@@ -566,12 +567,12 @@ class _Emitter:
         """The program's coordinates: its batch point, its row tile, the feature tiles."""
         f, cascade = self.f, self.cascade
         self.line(f"# program: one point of {', '.join(f.batch) or 'nothing'}, "
-                  f"BLOCK_{f.row.upper()} points of {f.row}; "
+                  f"{f.row}_BLOCK points of {f.row}; "
                   f"{n_passes} pass(es) over {cascade.root_rank(cascade.var_rank(f.stream))}")
-        self.lines += program_coordinates(cascade, f.batch, f.row, f"BLOCK_{f.row.upper()}")
+        self.lines += program_coordinates(cascade, f.batch, f.row, f"{f.row}_BLOCK")
         self.line(f"row_live = {f.row} < {cascade.var_rank(f.row)}")
         for var in f.features:
-            self.line(f"{var} = tl.arange(0, BLOCK_{var.upper()})")
+            self.line(f"{var} = tl.arange(0, {var}_BLOCK)")
 
     def _hoist(self) -> None:
         """Put the loop-invariant row tiles before the first loop."""
@@ -600,7 +601,7 @@ class _Emitter:
         return f"row_live[:, None] & ({feature} < {self.cascade.var_rank(feature)})[None, :]"
 
     def _zeros(self, layout: tuple[str, ...]) -> str:
-        dims = ", ".join(f"BLOCK_{v.upper()}" for v in layout)
+        dims = ", ".join(f"{v}_BLOCK" for v in layout)
         return f"tl.zeros([{dims}], tl.float32)"
 
     def _stream_closure(self, accumulators, stream_einsums) -> list[Einsum]:
@@ -671,7 +672,7 @@ class _Emitter:
 
     def _init_accumulator(self, einsum: Einsum) -> None:
         layout = self.f.layouts[einsum.tensor]
-        dims = ", ".join(f"BLOCK_{v.upper()}" for v in layout)
+        dims = ", ".join(f"{v}_BLOCK" for v in layout)
         self.line(f"{einsum.tensor} = tl.full([{dims}], {self._identity(einsum.reduce_op)}, "
                   f"tl.float32)")
 
@@ -716,7 +717,7 @@ class _Emitter:
             raise NotFusable(f"{name}: no key tile to contract with")
         # The key tile is zeroed at keys no row of the program sees: a zero probability
         # alone would still give 0 * inf = NaN from padding or a KV cache past its length.
-        seen = f"_keys_{name}"
+        seen = f"{name}_keys"
         self.line(f"{seen} = {self._keys_seen(einsum, ok)}", 2)
         a = " * ".join(f.factor(x, layout, "lanes") for x in tile_side) or "1.0"
         b = " * ".join(f.factor(x, (f.stream, feature), f"{seen}[:, None]") for x in key_side)
@@ -809,7 +810,7 @@ class _Emitter:
         which exists exactly when k <= last + c_upper, k >= first + c_lower and
         c_lower <= c_upper."""
         f, key = self.f, self._key()
-        block = f"BLOCK_{f.row.upper()}"
+        block = f"{f.row}_BLOCK"
         first = f"tl.program_id(0) * {block}"
         last = f"tl.minimum({first} + {block}, {self.cascade.var_rank(f.row)}) - 1"
         found, sides = [], {"upper": [], "lower": []}
@@ -878,7 +879,7 @@ class _Emitter:
         terms = []
         for position, var in enumerate(einsum.indices):
             text = _layout_vars(layout, var) if var in layout else var
-            terms.append(f"{text} * s_{name}_{position}")
+            terms.append(f"{text} * {name}_s{position}")
         return " + ".join(terms), self._row_lanes(layout)
 
     # ---------------------------------------------------------------- bounds
@@ -887,7 +888,7 @@ class _Emitter:
         every term of every accumulator of the pass (else the whole range)."""
         f = self.f
         lo, hi = None, None
-        tile = f"BLOCK_{f.row.upper()}"
+        tile = f"{f.row}_BLOCK"
         first_row = f"tl.program_id(0) * {tile}"
         for side, offset in self._masking_offsets(accumulators):
             offset = self._offset_text(side, offset)
@@ -895,7 +896,7 @@ class _Emitter:
                 hi = (f"tl.minimum({self.cascade.var_rank(f.stream)}, "
                       f"{first_row} + {tile} + ({offset}))")
             else:                 # m >= row + offset
-                block = f"BLOCK_{f.stream.upper()}"
+                block = f"{f.stream}_BLOCK"
                 lo = f"tl.maximum(0, {first_row} + ({offset})) // {block} * {block}"
         return lo, hi
 
@@ -958,12 +959,12 @@ class _Emitter:
         args, host = kernel_arguments(cascade, "\n".join(self.lines), outputs)
         args += list(self.offsets)
         host += list(self.offsets.values())
-        blocks = [f"BLOCK_{v.upper()}" for v in [f.row, f.stream] + f.features]
+        blocks = [f"{v}_BLOCK" for v in [f.row, f.stream] + f.features]
         if self.uses_dot:
             blocks.append("DOT_DTYPE")
         # A split's tile is the spec's own factor; otherwise the key tile is ours to tune.
         tile = f.tile if f.loop is not None else BLOCK_M
-        tuning = {f"BLOCK_{f.row.upper()}": BLOCK_P, f"BLOCK_{f.stream.upper()}": tile}
+        tuning = {f"{f.row}_BLOCK": BLOCK_P, f"{f.stream}_BLOCK": tile}
         knobs = [k for k in tuning if f.loop is None or k != f.tile_block]
         source = ["@triton.jit",
                   f"def {name}({', '.join(args)}, "
@@ -980,11 +981,11 @@ class _Emitter:
             host_lines += self._split_tile_check(name)
         for var in f.features:
             size = cascade.var_rank(var)
-            host_lines.append(f'tuning["BLOCK_{var.upper()}"] = max(16, '
+            host_lines.append(f'tuning["{var}_BLOCK"] = max(16, '
                               f"triton.next_power_of_2({size}))")
         batch = " * ".join(cascade.var_rank(v) for v in f.batch) or "1"
         host_lines.append(f"{name}[(triton.cdiv({cascade.var_rank(f.row)}, "
-                          f'tuning["BLOCK_{f.row.upper()}"]), {batch})](')
+                          f'tuning["{f.row}_BLOCK"]), {batch})](')
         host_lines.append(f"    {', '.join(host)},")
         # The dot precision follows the inputs' dtype (_dot_dtype in the module).
         host_lines.append("    **tuning, DOT_DTYPE=dot_dtype)" if self.uses_dot else
@@ -998,10 +999,13 @@ class _Emitter:
         inner = cascade.var_rank(f.stream)
         split = next(s for s in cascade.splits if s.inner == inner)
         entry = f"TUNING_FUSED['{name}']['{f.tile_block}']"
+        # The message says the spec's names (names.py); {inner} is the value at run time.
+        factor = spec_text(f"the split factor {inner}")
+        split_text = spec_text(f"(split {split.parent} -> {split.outer}, {inner} by "
+                               f"{split.factor})")
         return [f'if tuning["{f.tile_block}"] != {inner}:',
                 f'    raise ValueError(f"{entry} is {{tuning[\'{f.tile_block}\']}}, but the '
-                f'key tile is the split factor {inner} = {{{inner}}} of the cascade (split '
-                f'{split.parent} -> {split.outer}, {inner} by {split.factor}), fixed when the '
+                f'key tile is {factor} = {{{inner}}} of the cascade {split_text}, fixed when the '
                 f'module was generated: for another tile, change the split or the tile the '
                 f'online rewrite splits by (einsumattn compile --tile N)")']
 
@@ -1012,7 +1016,7 @@ class _SplitEmitter(_Emitter):
 
     def emit(self) -> FusedKernel:
         f, cascade = self.f, self.cascade
-        name = f"_fused_{cascade.name}"
+        name = f"{cascade.name}_fused"
         outer = cascade.var_rank(f.loop)
         stream = cascade.root_rank(outer)
         inner = cascade.var_rank(f.stream)
@@ -1029,7 +1033,7 @@ class _SplitEmitter(_Emitter):
             self.line(f"{einsum.tensor} = {init} + {self._zeros(layout)}")
         lo, hi = self._step_bounds()
         self.line(f"for {f.loop} in range({lo or 0}, {hi or outer}):")
-        self.line(f"{f.stream} = tl.arange(0, BLOCK_{f.stream.upper()}).to(tl.int64)", 2)
+        self.line(f"{f.stream} = tl.arange(0, {f.stream}_BLOCK).to(tl.int64)", 2)
         self.line(f"lanes = row_live[:, None] & {self._keys_live()}[None, :]", 2)
         for einsum in carried:
             self.line(f"{einsum.tensor}_at = {einsum.tensor}  # at step {f.loop}", 2)
@@ -1079,13 +1083,13 @@ class _SplitEmitter(_Emitter):
             self.skipping = why_not
             return None, None
         self.skipping = "a fully masked step changes nothing carried (proved)"
-        first_row = f"tl.program_id(0) * BLOCK_{f.row.upper()}"
+        first_row = f"tl.program_id(0) * {f.row}_BLOCK"
         lo, hi = None, None
         for side, offset in offsets:
             offset = self._offset_text(side, offset)
             if side == "upper":   # keys up to the last row + offset
                 hi = (f"tl.minimum({cascade.var_rank(f.loop)}, tl.maximum(0, {first_row} + "
-                      f"BLOCK_{f.row.upper()} + ({offset}) + {tile} - 1) // {tile})")
+                      f"{f.row}_BLOCK + ({offset}) + {tile} - 1) // {tile})")
             else:                 # keys from the first row + offset
                 lo = f"tl.maximum(0, {first_row} + ({offset})) // {tile}"
         return lo, hi
@@ -1136,7 +1140,7 @@ def kernel_arguments(cascade: Cascade, body: str, outputs: list[str]) -> tuple[l
     host = list(outputs) + inputs
     for tensor in outputs + inputs:
         for position in range(len(cascade.tensors[tensor].ranks)):
-            args.append(f"s_{tensor}_{position}")
+            args.append(f"{tensor}_s{position}")
             host.append(f"{tensor}.stride({position})")
     used = [n for n in list(cascade.ranks) + list(cascade.params)
             if re.search(rf"\b{re.escape(n)}\b", body)]

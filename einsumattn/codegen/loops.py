@@ -2,7 +2,7 @@
 not attention-shaped, with its loop read off the IR.
 
 - The *grid* ranks are those every Einsum has on its left (ECA: B, C; GLA: B, H, F): a
-  program takes one point of each and a tile of BLOCK_<ROW> points of the last one (the
+  program takes one point of each and a tile of <row>_BLOCK points of the last one (the
   row rank), so nothing a program computes is needed by another.
 - With a recurrence (an iterative rank X, GLA's T), the program loops over X one step at
   a time; the recurrences are carried in registers (`S_at` is the value before the step,
@@ -10,11 +10,11 @@ not attention-shaped, with its loop read off the IR.
   final values runs after the loop: flash-linear-attention's fused recurrent kernel,
   derived from the spec.
 - Without one, the ranks of the largest iteration space beyond the grid (ECA: H, W) are
-  the *loop*, flattened and taken in tiles of BLOCK__<HW> lanes: reductions over all of
+  the *loop*, flattened and taken in tiles of <h>_flat_BLOCK lanes: reductions over all of
   them (GAP) accumulate across the tiles, tensors over them (O) are computed per tile and
   stored. A tensor that needs a finished reduction is computed in a later pass over the
   tiles (its inputs are re-read: nothing loop-sized is buffered).
-- Every other rank (ECA's K, GLA's D) is *held* whole in a tile of BLOCK_<K>, and may be
+- Every other rank (ECA's K, GLA's D) is *held* whole in a tile of <k>_BLOCK, and may be
   reduced with tl.sum / tl.max / tl.min inside a step.
 
 A register value can be read only at the program's own points. A read at other points of
@@ -77,7 +77,8 @@ class _LoopFuser:
         # The loop: the largest iteration space beyond the grid (none with a recurrence).
         self.loop: list[str] = [] if self.step else max(spaces, key=len)
         self.held = [v for v in order if any(v in s for s in spaces) and v not in self.loop]
-        self.lanes = "_" + "".join(self.loop)                # the flattened loop index
+        # The flattened loop index, named after the loop's first rank (names.py's rule).
+        self.lanes = f"{self.loop[0]}_flat" if self.loop else "flat"
         self.absent = absent_tensors(cascade)
         self.kinds: dict[str, str] = {}
         self.layouts: dict[str, tuple[str, ...]] = {}
@@ -228,7 +229,7 @@ class _LoopFuser:
             text = printer(index)
             if not in_range_by_construction(self.cascade, node.tensor, position, index):
                 text = f"tl.minimum(tl.maximum({text}, 0), {tensor.ranks[position]} - 1)"
-            terms.append(f"({text}) * s_{node.tensor}_{position}")
+            terms.append(f"({text}) * {node.tensor}_s{position}")
         address = f"{node.tensor}_ptr + {' + '.join(terms) or '0'}"
         dims = self.layout(set(ir.index_vars(node)) - set(self.batch) - {self.step})
         if not dims:
@@ -281,12 +282,12 @@ class _LoopEmitter:
 
     def emit(self) -> FusedKernel:
         f, cascade = self.f, self.cascade
-        name = f"_fused_{cascade.name}"
+        name = f"{cascade.name}_fused"
         self.lines += program_coordinates(cascade, f.batch, f.row,
-                                          f"BLOCK_{f.row.upper()}")
+                                          f"{f.row}_BLOCK")
         self.line(f"{f.row}_live = {f.row} < {cascade.var_rank(f.row)}")
         for var in f.held:
-            self.line(f"{var} = tl.arange(0, BLOCK_{var.upper()}).to(tl.int64)")
+            self.line(f"{var} = tl.arange(0, {var}_BLOCK).to(tl.int64)")
             self.line(f"{var}_live = {var} < {cascade.var_rank(var)}")
         if f.step is not None:
             loop_text = self._steps()
@@ -295,10 +296,10 @@ class _LoopEmitter:
         for output in cascade.outputs:
             if f.kinds[output] in ("row", "reduce"):
                 self._store(output, 1)
-        tuning = {f"BLOCK_{f.row.upper()}": BLOCK_ROW}
+        tuning = {f"{f.row}_BLOCK": BLOCK_ROW}
         if f.loop and f.passes:
-            tuning[f"BLOCK_{f.lanes.upper()}"] = BLOCK_LANES
-        blocks = list(tuning) + [f"BLOCK_{v.upper()}" for v in f.held]
+            tuning[f"{f.lanes}_BLOCK"] = BLOCK_LANES
+        blocks = list(tuning) + [f"{v}_BLOCK" for v in f.held]
         args, host_args = kernel_arguments(cascade, "\n".join(self.lines),
                                            list(cascade.outputs))
         source = ["@triton.jit",
@@ -313,11 +314,11 @@ class _LoopEmitter:
                         f"dtype=torch.float32)")
         host.append(f'tuning = dict(TUNING_FUSED["{name}"])')
         for var in f.held:
-            host.append(f'tuning["BLOCK_{var.upper()}"] = max(16, '
+            host.append(f'tuning["{var}_BLOCK"] = max(16, '
                         f"triton.next_power_of_2({cascade.var_rank(var)}))")
         batch = " * ".join(cascade.var_rank(v) for v in f.batch) or "1"
         host.append(f"{name}[(triton.cdiv({cascade.var_rank(f.row)}, "
-                    f'tuning["BLOCK_{f.row.upper()}"]), {batch})](')
+                    f'tuning["{f.row}_BLOCK"]), {batch})](')
         host.append(f"    {', '.join(host_args)},")
         host.append("    **tuning)")
         grid = ", ".join(f.batch + [f"{f.row} tiles"])
@@ -369,7 +370,7 @@ class _LoopEmitter:
                 self._compute(einsum, 1)
         described = []
         size = " * ".join(cascade.var_rank(v) for v in f.loop)
-        block = f"BLOCK_{f.lanes.upper()}"
+        block = f"{f.lanes}_BLOCK"
         for number in range(1, f.passes + 1):
             accumulators = [e for e in cascade.einsums if f.kinds[e.tensor] == "reduce"
                             and f.ready[e.tensor] == number]
@@ -380,7 +381,7 @@ class _LoopEmitter:
             self.line(f"# pass {number} over ({', '.join(f.loop)}) in tiles of {block}")
             for acc in accumulators:
                 layout = f.layouts[acc.tensor]
-                dims = ", ".join(f"BLOCK_{d.upper()}" for d in layout)
+                dims = ", ".join(f"{d}_BLOCK" for d in layout)
                 self.line(f"{acc.tensor} = tl.full([{dims}], {_IDENTITY[acc.reduce_op]}, "
                           f"tl.float32)")
             self.line(f"for start in range(0, {size}, {block}):")
@@ -423,7 +424,7 @@ class _LoopEmitter:
 
     # ---------------------------------------------------------------- pieces
     def _zeros(self, layout: tuple[str, ...]) -> str:
-        return f"tl.zeros([{', '.join(f'BLOCK_{d.upper()}' for d in layout)}], tl.float32)"
+        return f"tl.zeros([{', '.join(f'{d}_BLOCK' for d in layout)}], tl.float32)"
 
     def _compute(self, einsum: Einsum, depth: int, accumulate: bool = False) -> None:
         """The statements for one tensor in registers (and its `_ok` mask when it may be
@@ -461,7 +462,7 @@ class _LoopEmitter:
         einsum = self.cascade.einsum(name)
         layout = f.layouts[name]
         names = f.names(layout)
-        terms = [f"{names[var]} * s_{name}_{position}"
+        terms = [f"{names[var]} * {name}_s{position}"
                  for position, var in enumerate(einsum.indices)]
         value = f"tl.where({name}_ok, {name}, 0.0)" if name in f.absent else name
         self.line(f"tl.store({name}_ptr + {' + '.join(terms)}, {value}, "

@@ -6,8 +6,8 @@ carries the spec and its analysis in its docstring.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
-import keyword
 from importlib import resources
 
 import jinja2
@@ -16,27 +16,15 @@ from .. import __version__
 from ..analysis import analyze
 from ..analysis.presence import absent_tensors
 from ..diagnostics import SpecError
-from ..ir import Cascade
+from ..ir import Cascade, rank_used
 from ..ir.divisors import checked_divisors, divisor_problem
+from . import names
+from .names import mangle, spec_text, string_literal
 from .printers import PythonScalarPrinter
 from .torch_backend import TorchEmitter
 from .fused import NotFusable, fuse_stages
 from .triton_backend import HELPERS, TritonEmitter, Unsupported
 from ..transform import DEFAULT_TILE, Rewritten, rewrite as derive
-
-# Names the generated code defines itself; a spec may not use them.
-GENERATED_NAMES = frozenset({
-    # the module and its host code
-    "device", "sizes", "params", "origin", "out_dtype", "math", "torch", "warnings",
-    "reference", "overrides", "annotations", "os", "triton", "tl", "tuning", "dot_dtype",
-    "fused", "self", "backend", "lower_offset", "upper_offset",
-    # kernel locals and launch constants
-    "lanes", "live", "row_live", "batch", "rest", "pid", "start", "flat", "rflat", "r0",
-    "term", "ok", "step", "DOT_DTYPE", "RBLOCK",
-    # builtins the generated code calls
-    "float", "int", "range", "dict", "set", "next", "sorted", "super", "getattr",
-    "isinstance", "len", "tuple", "str", "repr", "TypeError", "ValueError", "RuntimeError"})
-
 
 
 def _backends_note(fallback: str | None, count: int, schedule: str) -> str:
@@ -47,102 +35,104 @@ def _backends_note(fallback: str | None, count: int, schedule: str) -> str:
             f"Einsum, intermediates in global memory (see docs/codegen.md).")
 
 
-def class_name(name: str) -> str:
-    """`softmax_3pass` -> `Softmax3pass` (LANGUAGE.md, `attention NAME`)."""
-    return "".join(part[:1].upper() + part[1:] for part in name.split("_") if part) or "Attention"
+def _indented(text: str) -> str:
+    """Every line but blank ones indented by four spaces. Lines end at '\\n' only (as in
+    the spec language), so form feeds and U+2028 in a spec reach the docstring as is."""
+    return "\n".join("    " + line if line else line for line in text.split("\n"))
 
 
 def _environment() -> jinja2.Environment:
     loader = jinja2.FunctionLoader(lambda name: resources.files("einsumattn").joinpath(
         "templates", name).read_text("utf-8"))
-    return jinja2.Environment(loader=loader, keep_trailing_newline=True,
-                              undefined=jinja2.StrictUndefined, autoescape=False)
-
-
-def _check_names(cascade: Cascade) -> None:
-    if not cascade.name.isidentifier() or keyword.iskeyword(cascade.name):
-        raise SpecError(f"the module name '{cascade.name}' is not a Python identifier",
-                        hint="name the attention with an `attention NAME` line (letters, "
-                             "digits and '_'), or rename the file",
-                        source=cascade.source)
-    names = set(cascade.tensors) | set(cascade.params) | set(cascade.ranks) | \
-        {r.var for r in cascade.ranks.values()}
-    clash = sorted(n for n in names if n in GENERATED_NAMES or n.startswith("_")
-                   or n.endswith("_ok") or keyword.iskeyword(n))
-    if clash:
-        declared = cascade.tensors.get(clash[0]) or cascade.params.get(clash[0]) or \
-            cascade.ranks.get(clash[0])
-        raise SpecError(f"the name '{clash[0]}' is used by the generated code",
-                        span=getattr(declared, "span", None),
-                        hint="rename it in the spec (names may not start with '_', end in "
-                             "'_ok', be a Python keyword, or be one of: " +
-                             ", ".join(sorted(GENERATED_NAMES)) + ")",
-                        source=cascade.source)
+    environment = jinja2.Environment(loader=loader, keep_trailing_newline=True,
+                                     undefined=jinja2.StrictUndefined, autoescape=False)
+    # Identifiers for spec names, and literals for any text: the template writes nothing
+    # from the spec another way.
+    environment.filters["ident"] = mangle
+    environment.filters["size"] = names.rank_spelling
+    environment.filters["literal"] = string_literal
+    environment.filters["docstring"] = lambda text: string_literal(text, multiline=True)
+    environment.filters["block"] = _indented
+    return environment
 
 
 def _bind_lines(cascade: Cascade) -> list[str]:
-    """Statements of `_bind`: sizes from inputs, params, then the splits' sizes."""
+    """Statements of `_bind`: sizes from inputs, params, then the splits' sizes. The
+    `sizes` and `params` dicts are keyed by the spec's names (as strings)."""
     lines = []
     for tensor in cascade.inputs:
-        ranks = ", ".join(f'"{r}"' for r in tensor.ranks)
-        ranks = f"({ranks},)" if len(tensor.ranks) == 1 else f"({ranks})"
-        lines.append(f'_take(sizes, origin, "{tensor.name}", {tensor.name}, {ranks})')
-    printer = PythonScalarPrinter({**{r: f'sizes["{r}"]' for r in cascade.ranks},
-                                   **{p: f'params["{p}"]' for p in cascade.params}})
+        ranks = "".join(f"{string_literal(r)}, " for r in tensor.ranks)
+        lines.append(f"_take(sizes, origin, {string_literal(tensor.name)}, "
+                     f"{mangle(tensor.name)}, ({ranks.rstrip(' ')}))")
+    printer = PythonScalarPrinter({**{r: f"sizes[{string_literal(r)}]" for r in cascade.ranks},
+                                   **{p: f"params[{string_literal(p)}]"
+                                      for p in cascade.params}})
 
     def split_lines(param_factors: bool) -> None:
         for split in cascade.splits:
+            if not rank_used(cascade, split.parent):
+                continue
             if isinstance(split.factor, str) and split.factor in cascade.params:
                 if not param_factors:
                     continue
-                lines.append(f'if not float(params["{split.factor}"]).is_integer() or '
-                             f'params["{split.factor}"] < 1:')
-                lines.append(f'    raise ValueError("param {split.factor} splits rank '
-                             f'{split.parent} and must be a positive integer")')
-                factor = f'int(params["{split.factor}"])'
+                factor = f"params[{string_literal(split.factor)}]"
+                lines.append(f"if not float({factor}).is_integer() or {factor} < 1:")
+                message = (f"param {split.factor} splits rank {split.parent} and must be a "
+                           f"positive integer")
+                lines.append(f"    raise ValueError({string_literal(message)})")
+                factor = f"int({factor})"
             elif param_factors:
                 continue
             elif isinstance(split.factor, str):
-                factor = f'sizes["{split.factor}"]'
+                factor = f"sizes[{string_literal(split.factor)}]"
             else:
                 factor = str(split.factor)
-            lines.append(f'sizes["{split.inner}"] = {factor}')
-            lines.append(f'sizes["{split.outer}"] = -(-sizes["{split.parent}"] // '
-                         f'sizes["{split.inner}"])')
+            inner, outer = string_literal(split.inner), string_literal(split.outer)
+            lines.append(f"sizes[{inner}] = {factor}")
+            lines.append(f"sizes[{outer}] = -(-sizes[{string_literal(split.parent)}] // "
+                         f"sizes[{inner}])")
 
     split_lines(param_factors=False)
     lines.append("params = dict(overrides)")
     for param in cascade.params.values():
+        key = string_literal(param.name)
         if param.default is None:
-            lines.append(f'if "{param.name}" not in params:')
-            lines.append(f'    raise TypeError("param {param.name} has no default and was '
-                         f'not given")')
+            lines.append(f"if {key} not in params:")
+            message = f"param {param.name} has no default and was not given"
+            lines.append(f"    raise TypeError({string_literal(message)})")
         else:
-            lines.append(f'params.setdefault("{param.name}", {printer(param.default)})')
+            lines.append(f"params.setdefault({key}, {printer(param.default)})")
     split_lines(param_factors=True)
     for divisor, read in checked_divisors(cascade):   # e.g. K[b, h // (H // KH), m, e]
         lines.append(f"if {printer(divisor)} < 1:")
-        lines.append(f"    raise ValueError({divisor_problem(divisor, read)!r}"
+        lines.append(f"    raise ValueError({string_literal(divisor_problem(divisor, read))}"
                      f".format(value={printer(divisor)}, **sizes))")
     return lines
 
 
+_NO_TRITON = {"kernel_sources": [], "host_lines": [], "tuning": {}, "helpers": "",
+              "fused_source": None, "fused_host": [], "fused_tuning": {},
+              "schedule_note": "", "dot_rounding": {}, "kernel_names": []}
+
+
 def _triton(cascade: Cascade) -> dict:
-    """The Triton part of the module, or the reason there is none."""
+    """The Triton part of the module, or the reason there is none. The emitters run on
+    the cascade renamed into the spec's namespace (names.py), so the code they print
+    cannot collide with the generator's own names; what they say (notes, reasons) is
+    turned back into the spec's spelling."""
+    renamed = names.rename(cascade)
     try:
-        emitter = TritonEmitter(cascade)
+        emitter = TritonEmitter(renamed)
         kernels = emitter.kernels()
         host = emitter.host_lines(kernels)
     except Unsupported as reason:
-        return {"triton_fallback": f"not expressible in Triton yet: {reason}",
-                "kernel_sources": [], "host_lines": [], "tuning": {}, "helpers": "",
-                "fused_source": None, "fused_host": [], "fused_tuning": {},
-                "schedule_note": "", "not_fused": str(reason), "dot_rounding": {}}
+        return {**_NO_TRITON, "triton_fallback": "not expressible in Triton yet: "
+                + spec_text(str(reason)), "not_fused": spec_text(str(reason))}
     why = None
     try:
-        fused, cut = fuse_stages(cascade)
+        fused, cut = fuse_stages(renamed)
     except NotFusable as reason:
-        fused, cut, why = [], None, str(reason)
+        fused, cut, why = [], None, spec_text(str(reason))
     if len(fused) == 1:
         note = fused[0].description
     elif fused:
@@ -153,14 +143,16 @@ def _triton(cascade: Cascade) -> dict:
     return {"triton_fallback": None,
             "kernel_sources": ["\n".join(k.source) for k in kernels],
             "host_lines": host,
-            "tuning": {k.einsum.tensor: k.tuning for k in kernels},
+            "tuning": {k.name: k.tuning for k in kernels},
             "helpers": HELPERS.strip(),
             "fused_source": "\n\n".join("\n".join(k.source) for k in fused) or None,
             "fused_host": [line for k in fused for line in k.host],
             "fused_tuning": {k.name: k.tuning for k in fused},
-            "dot_rounding": {e: n for k in fused for e, n in k.facts.get("rounded", {}).items()},
+            "dot_rounding": {names.spec_name(e): n for k in fused
+                             for e, n in k.facts.get("rounded", {}).items()},
+            "kernel_names": [k.name for k in kernels + fused],
             "not_fused": why,
-            "schedule_note": note}
+            "schedule_note": spec_text(note)}
 
 
 class Plan:
@@ -168,7 +160,7 @@ class Plan:
     cascade (the readable statement of the math); the Triton backends run the derived
     cascade of `einsumattn rewrite`, unless rewriting is off, finds nothing, or the
     derived cascade does not fuse where the spec's own does (then the spec's own, said
-    in the note)."""
+    in the note). `kernel` is in the spec's names; the emitters see it renamed."""
 
     def __init__(self, cascade: Cascade, *, rewrite: bool = True, tile: int = DEFAULT_TILE):
         self.cascade = cascade
@@ -198,6 +190,11 @@ def backends_summary(cascade: Cascade, *, rewrite: bool = True,
     return Plan(cascade, rewrite=rewrite, tile=tile).summary()
 
 
+def spec_sha256(text: str) -> str:
+    """The module's SPEC_SHA256: the hash of the spec's text (which the cache checks)."""
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
 def _pass_summary(report) -> str:
     """The report's pass summary and reasons (the full report is a command away:
     einsumattn analyze)."""
@@ -206,63 +203,96 @@ def _pass_summary(report) -> str:
     return "\n".join(lines[:cut]).rstrip()
 
 
-def generate(cascade: Cascade, *, module_name: str | None = None, rewrite: bool = True,
-             tile: int = DEFAULT_TILE) -> str:
-    """The source of the generated module for a cascade."""
-    _check_names(cascade)
-    plan = Plan(cascade, rewrite=rewrite, tile=tile)
-    kernel = plan.kernel
-    _check_names(kernel)
-    report = analyze(kernel)
-    triton = plan.triton
-    source_text = cascade.source.text if cascade.source else ""
-    source_name = cascade.source.filename if cascade.source else "<spec>"
-    absent = absent_tensors(cascade)
-    first = cascade.inputs[0].name if cascade.inputs else None
-    if first is None:
+def _signatures(inputs: list[str], params: list[str]) -> dict:
+    """The public API's argument lists (names.public_names) and the internal functions'
+    (the mangled names), as the template writes them."""
+    public = names.public_names(inputs + params)
+    # A name starting with '__' is renamed by Python inside a class body (`__p` becomes
+    # `_Cls__p`), so the class takes such params through **more, by the same names.
+    explicit = [p for p in params if not public[p].startswith("__")]
+    hidden = [p for p in params if p not in explicit]
+
+    def keywords(chosen: list[str]) -> str:
+        return "".join(f", {public[p]}=None" for p in chosen)
+
+    def overrides(chosen: list[str], rest: list[str] = ()) -> str:
+        items = [f"{string_literal(p)}: {public[p]}" for p in chosen] + \
+            [f"{string_literal(p)}: more.pop({string_literal(public[p])}, None)"
+             for p in rest] + ["**more"] * bool(rest)      # what is left is unknown
+        return "{" + ", ".join(items) + "}"
+
+    return {"public": public,
+            "args": ", ".join(mangle(i) for i in inputs),
+            "public_args": ", ".join(public[i] for i in inputs),
+            "keyword_params": ", *" + keywords(params) if params else "",
+            "function_params": keywords(params),
+            "overrides": overrides(params),
+            "class_params": (", *" + keywords(explicit) if explicit else "")
+            + (", **more" if hidden else ""),
+            "class_overrides": overrides(explicit, rest=hidden)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """Everything besides the spec (its text and file name) that decides the generated
+    text. `generate` takes exactly these fields, and compile()'s cache key hashes every
+    field of this class, so an option cannot be left out of the key."""
+
+    rewrite: bool = True
+    tile: int = DEFAULT_TILE
+    module_name: str | None = None     # for the docstring's `from NAME import ...`
+
+
+def generate(cascade: Cascade, **options) -> str:
+    """The source of the generated module for a cascade (`options`: the fields of
+    `Options`)."""
+    settings = Options(**options)
+    names.check_module_name(cascade)
+    if not cascade.inputs:
         raise SpecError("a spec needs at least one input to compile",
                         hint="declare the tensors it computes from with 'input'",
                         source=cascade.source)
-    out_dtype = ("next((t.dtype for t in (" + ", ".join(t.name for t in cascade.inputs) +
-                 ",) if t.is_floating_point()), torch.float32)")
-    fixed = {r.name: r.fixed for r in cascade.ranks.values()
-             if r.fixed is not None and r.name not in
-             {p for s in cascade.splits for p in (s.outer, s.inner)}}
+    plan = Plan(cascade, rewrite=settings.rewrite, tile=settings.tile)
+    kernel, triton = plan.kernel, plan.triton
     analysis = _pass_summary(analyze(cascade))
     if kernel is not cascade and plan.rewritten is not None:
         analysis += ("\n\nThe Triton kernels compute the derived cascade (einsumattn "
-                     "rewrite):\n\n" + _pass_summary(report) + "\n\n" +
+                     "rewrite):\n\n" + _pass_summary(analyze(kernel)) + "\n\n" +
                      plan.rewritten.text().rstrip())
-    analysis = analysis.replace("\\", "\\\\").replace('"""', "\'\'\'")
+    source_text = cascade.source.text if cascade.source else ""
+    inputs = [t.name for t in cascade.inputs]
+    cls = names.class_name(cascade.name)
+    fixed = {r.name: r.fixed for r in cascade.ranks.values()
+             if r.fixed is not None and r.name not in
+             {p for s in cascade.splits for p in (s.outer, s.inner)}}
     context = {
         "name": cascade.name,
-        "class_name": class_name(cascade.name),
-        "function_name": cascade.name,
-        "module_name": module_name or cascade.name,
+        "class_name": cls,
+        "function_name": names.function_name(cascade.name, cls, triton["kernel_names"]),
+        "module_name": settings.module_name or cascade.name,
         "version": __version__,
-        "source_name": source_name,
-        "spec_source": source_text.strip().replace("\\", "\\\\").replace('"""', "'''"),
-        "spec_hash": hashlib.sha256(source_text.encode("utf-8")).hexdigest(),
+        "source_name": cascade.source.filename if cascade.source else "<spec>",
+        "spec_source": source_text.strip(),
+        "spec_hash": spec_sha256(source_text),
         "analysis": analysis,
         **triton,
         "has_triton": triton["triton_fallback"] is None,
         "backends_note": plan.summary(),
-        "inputs": [t.name for t in cascade.inputs],
+        "inputs": inputs,
         "outputs": list(cascade.outputs),
-        "params": list(cascade.params.values()),
-        "ranks": list(kernel.ranks),
-        "first_input": first,
-        "out_dtype": out_dtype,
-        "float_inputs": [t.name for t in cascade.inputs],
-        "fixed_sizes": repr(fixed),
-        "fixed_origin": repr({r: "its fixed size in the spec" for r in fixed}),
+        "params": list(cascade.params),
+        **_signatures(inputs, list(cascade.params)),
         # The kernel cascade's ranks include the spec's, plus the splits a rewrite added.
+        "ranks": [r for r in kernel.ranks if rank_used(kernel, r)],
+        "first_input": inputs[0],
+        "fixed": fixed,
         "bind_lines": _bind_lines(kernel),
-        "body_lines": TorchEmitter(cascade).emit(),
-        "absent": absent,
-        "compile_options": {"rewrite": rewrite, "tile": tile},
+        "body_lines": TorchEmitter(names.rename(cascade)).emit(),
+        "absent": absent_tensors(cascade),
+        "compile_options": {"rewrite": settings.rewrite, "tile": settings.tile},
     }
-    return _environment().get_template("module.py.j2").render(**context)
+    source = _environment().get_template("module.py.j2").render(**context)
+    return names.spec_comments(source)
 
 
-__all__ = ["generate", "class_name"]
+__all__ = ["generate", "Options", "Plan", "spec_sha256"]

@@ -25,6 +25,7 @@ from ..analysis.presence import (Condition, absent_tensors, einsum_conditions,
 from ..ir import Cascade, Einsum
 from ..ir import expr as ir
 from ..ir.printer import lhs_text, rhs_text
+from .names import spec_letter
 from .printers import TorchPrinter, is_atom
 
 _IDENTITY = {"sum": "0.0", "max": "-math.inf", "min": "math.inf"}
@@ -264,8 +265,9 @@ class TorchEmitter:
                             f"{masked[owner]}, 0.0)"
         if len(emitter.axes) > len(_LETTERS):
             return None
-        if all(len(v) == 1 for v in emitter.axes):
-            letters = {v: v for v in emitter.axes}          # the spec's own variables
+        own = {v: spec_letter(v) for v in emitter.axes}     # the spec's own variables
+        if all(own.values()) and len(set(own.values())) == len(own):
+            letters = own
         else:
             letters = {v: _LETTERS[i] for i, v in enumerate(emitter.axes)}
         full = "".join(letters[v] for v in emitter.axes)

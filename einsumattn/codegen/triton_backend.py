@@ -189,7 +189,7 @@ class TritonEmitter:
         x = einsum.iter_var
         kept = tuple(v for v in einsum.indices if v != x)
         reduced = einsum.reduced
-        name = f"_k_{einsum.tensor}"
+        name = f"{einsum.tensor}_kernel"
         reads = sorted(set(einsum.reads) | ({einsum.tensor} if recurrence else set()))
         if recurrence:
             self._check_recurrence(einsum)
@@ -213,7 +213,7 @@ class TritonEmitter:
         strides: dict[str, list[str]] = {}
         for tensor in [out] + [t for t in reads if t != out]:
             rank_count = len(cascade.tensors[tensor].ranks)
-            strides[tensor] = [f"s_{tensor}_{i}" for i in range(rank_count)]
+            strides[tensor] = [f"{tensor}_s{i}" for i in range(rank_count)]
             args += strides[tensor]
             host += [f"{tensor}.stride({i})" for i in range(rank_count)]
         body = _KernelBody(self, einsum, kept, reduced, strides).emit(recurrence)
@@ -232,7 +232,7 @@ class TritonEmitter:
                          f"inside each program")
         lines += body
         points = " * ".join(self._size(v) for v in kept) or "1"
-        grid = f"triton.cdiv({points}, BLOCK)"
+        grid = f'triton.cdiv({points}, tuning["BLOCK"])'
         return Kernel(name, einsum, lines, host, grid, {"BLOCK": BLOCK, "RBLOCK": RBLOCK})
 
     def host_lines(self, kernels: list[Kernel]) -> list[str]:
@@ -253,9 +253,8 @@ class TritonEmitter:
             if einsum.tensor in self.absent:
                 lines.append(f"{einsum.tensor}_ok = torch.empty({shape_text}, device=device, "
                              f"dtype=torch.int8)")
-            lines.append(f'tuning = TUNING["{einsum.tensor}"]')
-            grid = kernel.grid.replace("BLOCK", 'tuning["BLOCK"]')
-            lines.append(f"{kernel.name}[({grid},)](")
+            lines.append(f'tuning = TUNING["{kernel.name}"]')
+            lines.append(f"{kernel.name}[({kernel.grid},)](")
             lines.append(f"    {', '.join(kernel.args)},")
             lines.append("    **tuning)")
         lines += self._absent_outputs_as_zero()
@@ -322,7 +321,7 @@ class _KernelBody:
             if not in_range_by_construction(self.cascade, tensor, position, index):
                 extent = self.emitter._extent(tensor, position)
                 text = f"tl.minimum(tl.maximum({text}, 0), {extent} - 1)"
-            terms.append(f"({text}) * s_{tensor}_{position}")
+            terms.append(f"({text}) * {tensor}_s{position}")
         return " + ".join(terms) or "0"
 
     @staticmethod
@@ -432,9 +431,9 @@ class _KernelBody:
         terms = []
         for position, var in enumerate(self.einsum.indices):
             if position == self.einsum.iterative:
-                terms.append(f"({iterative_at}) * s_{self.einsum.tensor}_{position}")
+                terms.append(f"({iterative_at}) * {self.einsum.tensor}_s{position}")
             else:
-                terms.append(f"{names[var]} * s_{self.einsum.tensor}_{position}")
+                terms.append(f"{names[var]} * {self.einsum.tensor}_s{position}")
         # A scalar output (or a recurrence with no other variable): make the address a
         # block (every lane but the first is masked off) so it matches the stored block.
         if not self.kept:

@@ -3,10 +3,10 @@
 `build(spec)` turns a syntax tree into a `Cascade`; `bind(...)` gives it concrete sizes.
 """
 
-from .bind import Binding, bind
+from .bind import Binding, bind, rank_used
 from .build import build
 from .cascade import Cascade, Einsum, ParamDecl, Rank, Split, Tensor
 from . import expr
 
-__all__ = ["build", "bind", "Binding", "Cascade", "Einsum", "ParamDecl", "Rank", "Split",
+__all__ = ["build", "bind", "rank_used", "Binding", "Cascade", "Einsum", "ParamDecl", "Rank", "Split",
            "Tensor", "expr"]

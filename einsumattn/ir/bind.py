@@ -120,7 +120,7 @@ def bind(cascade: Cascade, *, shapes: Mapping[str, Sequence[int]] | None = None,
         return known[rank]
 
     for rank in cascade.ranks:
-        if _rank_used(cascade, rank):
+        if rank_used(cascade, rank):
             size(rank)
     for name in cascade.params:
         param(name)
@@ -148,7 +148,9 @@ def _check_positive(rank: str, value, where: str) -> None:
                         f"from {where}")
 
 
-def _rank_used(cascade: Cascade, rank: str) -> bool:
+def rank_used(cascade: Cascade, rank: str) -> bool:
+    """Whether the cascade needs the rank's size: a declared rank that nothing uses is
+    never bound (no input need have it), so nothing may ask for its size."""
     var = cascade.ranks[rank].var
     if any(rank in t.ranks for t in cascade.tensors.values()):
         return True
@@ -167,7 +169,7 @@ def _rank_used(cascade: Cascade, rank: str) -> bool:
     # of every split, not only of this rank's, recursed forever on a split whose parts
     # are unused.)
     return any((s.parent == rank or s.factor == rank) and
-               (_rank_used(cascade, s.outer) or _rank_used(cascade, s.inner))
+               (rank_used(cascade, s.outer) or rank_used(cascade, s.inner))
                for s in cascade.splits)
 
 

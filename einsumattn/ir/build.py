@@ -51,6 +51,7 @@ class _Builder:
     def __init__(self, spec: ast.Spec, default_name: str):
         self.spec = spec
         self.name = default_name
+        self.name_span: Span | None = None
         self.ranks: dict[str, Rank] = {}
         self.var_rank: dict[str, str] = {}
         self.splits: list[Split] = []
@@ -97,7 +98,7 @@ class _Builder:
                 if position != 0:
                     raise SpecError("'attention' must be the first statement", stmt.span,
                                     "move it to the top of the file")
-                self.name = stmt.name
+                self.name, self.name_span = stmt.name, stmt.span
         for stmt in statements:
             if isinstance(stmt, ast.DimsStmt):
                 for dim in stmt.dims:
@@ -140,7 +141,8 @@ class _Builder:
         einsums = self._order(einsums)
         self._check_bindable()
         cascade = Cascade(self.name, self.ranks, tuple(self.splits), params, self.tensors,
-                          tuple(einsums), outputs, self.spec.source)
+                          tuple(einsums), outputs, self.spec.source,
+                          name_span=self.name_span)
         # Inputs first (declaration order), then defined tensors in dataflow order.
         ordered = {t.name: t for t in cascade.tensors.values() if t.is_input}
         ordered.update({e.tensor: self.tensors[e.tensor] for e in einsums})

@@ -138,6 +138,9 @@ class Cascade:
     outputs: tuple[str, ...]
     source: Source | None = field(default=None, repr=False)
     graph: nx.DiGraph = field(default_factory=nx.DiGraph, repr=False)
+    # The `attention NAME` statement (None when the name is the file's stem): where a
+    # name that cannot name the generated module is reported.
+    name_span: Span | None = field(default=None, compare=False, repr=False)
     # Lookup tables, rebuilt when `ranks` or `einsums` changed: analyses look variables
     # and Einsums up per access, and a scan each time made them quadratic in the ranks.
     _rank_by_var: dict = field(default_factory=dict, init=False, repr=False, compare=False)

@@ -13,32 +13,37 @@ fp32, masks int8, strides int64, sizes int32, params fp32, block sizes as in the
 module's TUNING tables (16 for the feature tiles). A kernel with fp16/bf16 dots must
 use the tensor cores (mma in its PTX). Prints a line per kernel and dtype and exits 1 if
 any fails."""
-import importlib.util, sys, time
+import importlib.util, re, sys, time
 import triton
 import triton.language as tl
 from triton.backends.compiler import GPUTarget
 
 DTYPES = {"fp32": tl.float32, "fp16": tl.float16, "bf16": tl.bfloat16}
 
+def spelled(name):
+    """A spec name as generated code spells it (einsumattn/codegen/names.py)."""
+    return name + ("0_" if name.startswith("__") else "_")
+
 def signature(module, kernel, dtype):
-    params = set(module.PARAMS)
+    params = {spelled(p) for p in module.PARAMS}
+    inputs = {spelled(i) for i in module.INPUTS}
     sig, constexprs = {}, {}
     tuning = {}
     for t in list(getattr(module, "TUNING", {}).values()) + [getattr(module, "TUNING_FUSED", {})]:
         tuning.update(t)
     for name in kernel.arg_names:
-        if name.startswith("BLOCK") or name == "RBLOCK":
+        if name.endswith("_BLOCK") or name in ("BLOCK", "RBLOCK"):
             sig[name] = "constexpr"
             constexprs[name] = tuning.get(name, 16)
         elif name == "DOT_DTYPE":
             sig[name] = "constexpr"
             constexprs[name] = DTYPES[dtype]
-        elif name.endswith("_ok_ptr"):
+        elif name.endswith("__ok_ptr"):
             sig[name] = "*i8"
-        elif name.endswith("_ptr"):
+        elif name.endswith("__ptr"):
             tensor = name[:-4]
-            sig[name] = f"*{dtype}" if tensor in module.INPUTS else "*fp32"
-        elif name.startswith("s_"):
+            sig[name] = f"*{dtype}" if tensor in inputs else "*fp32"
+        elif re.search(r"__s[0-9]+$", name):
             sig[name] = "i64"
         elif name in params:
             sig[name] = "fp32"
@@ -56,7 +61,7 @@ failures = 0
 for path in arguments:
     spec = importlib.util.spec_from_file_location("m", path)
     module = importlib.util.module_from_spec(spec); spec.loader.exec_module(module)
-    kernels = [getattr(module, n) for n in dir(module) if n.startswith(("_k_", "_fused_"))]
+    kernels = [getattr(module, n) for n in dir(module) if n.endswith(("__kernel", "_fused"))]
     for kernel in kernels:
         for dtype in DTYPES:
             sig, constexprs = signature(module, kernel, dtype)
