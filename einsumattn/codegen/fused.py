@@ -316,11 +316,18 @@ class _Fuser:
     def _no_read(node):
         raise NotFusable(f"a tensor read inside an index ({ir.to_text(node)})")
 
-    def value(self, expr: ir.Expr, layout: tuple[str, ...], lanes: str) -> str:
+    def value(self, expr: ir.Expr, layout: tuple[str, ...], lanes: str,
+              beside: str | None = None) -> str:
+        """`expr` in a tile; `beside`: the operator the text will stand next to."""
         try:
-            return TritonPrinter(self.names(layout), lambda r: self.read(r, layout, lanes))(expr)
+            printer = TritonPrinter(self.names(layout), lambda r: self.read(r, layout, lanes))
+            return printer(expr) if beside is None else printer.operand(expr, beside)
         except Unsupported as reason:
             raise NotFusable(str(reason)) from None
+
+    def factor(self, expr: ir.Expr, layout: tuple[str, ...], lanes: str) -> str:
+        """A factor of a product, to be joined with ` * ` (`(S + 1)` keeps its parentheses)."""
+        return self.value(expr, layout, lanes, beside="*")
 
     def mask(self, condition: Condition, layout: tuple[str, ...], lanes: str) -> str:
         if condition.kind in ("filter", "range", "split"):
@@ -645,12 +652,12 @@ class _Emitter:
         # arithmetic across keys, so the key side needs no more than the tile's own lanes.
         size = f.tile_block if f.loop is not None else self.cascade.var_rank(f.stream)
         key_lanes = f"({f.stream} < {size})[:, None]"
-        a = self._hoisted(" * ".join(f.value(x, (f.row, feature), "row_live[:, None]")
+        a = self._hoisted(" * ".join(f.factor(x, (f.row, feature), "row_live[:, None]")
                                      for x in row_side), f"{einsum.tensor}_rows")
-        b = " * ".join(f.value(x, (f.stream, feature), key_lanes) for x in key_side)
+        b = " * ".join(f.factor(x, (f.stream, feature), key_lanes) for x in key_side)
         text = self._dot(einsum, (a, row_side), (f"tl.trans({b})", key_side))
         for factor in other:
-            text += f" * {f.value(factor, (f.row, f.stream), 'lanes')}"
+            text += f" * {f.factor(factor, (f.row, f.stream), 'lanes')}"
         return text
 
     def _hoisted(self, text: str, name: str) -> str:
@@ -712,8 +719,8 @@ class _Emitter:
         # alone would still give 0 * inf = NaN from padding or a KV cache past its length.
         seen = f"{name}_keys"
         self.line(f"{seen} = {self._keys_seen(einsum, ok)}", 2)
-        a = " * ".join(f.value(x, layout, "lanes") for x in tile_side) or "1.0"
-        b = " * ".join(f.value(x, (f.stream, feature), f"{seen}[:, None]") for x in key_side)
+        a = " * ".join(f.factor(x, layout, "lanes") for x in tile_side) or "1.0"
+        b = " * ".join(f.factor(x, (f.stream, feature), f"{seen}[:, None]") for x in key_side)
         if not all(self._loaded_per_key(x) for x in key_side):
             b = f"tl.where({seen}[:, None], {b}, 0.0)"   # a function of a masked load
         dot = self._dot(einsum, (f"tl.where({ok}, {a}, 0.0)", tile_side), (b, key_side))

@@ -7,72 +7,194 @@ leaves, functions and conditionals are spelled.
 
 from __future__ import annotations
 
+import re
 
 from ..ir import expr as ir
 from ..ir.expr import Printer
 
+
+def is_atom(text: str) -> bool:
+    """Whether `text` is one operand whatever stands next to it: a name or number, or
+    one followed by bracket groups that close at the very end (`X[...]`, `f(...)`)."""
+    match = re.match(r"[\w.]+", text)
+    if not match:
+        return False
+    depth = 0
+    for char in text[match.end():]:
+        if depth == 0 and char not in "([":
+            return False
+        depth += char in "([{"
+        depth -= char in ")]}"
+    return depth == 0
+
+
+def _operand(text: str) -> str:
+    """Text printed for no context, made safe to stand next to an operator."""
+    return text if is_atom(text) else f"({text})"
+
+
+def _never_nan(expr: ir.Expr) -> bool:
+    return isinstance(expr, (ir.Const, ir.Dim))
+
+
 class PythonScalarPrinter(Printer):
-    """Plain Python floats with `math`: param defaults computed from sizes."""
+    """Plain Python floats with `math`: param defaults computed from sizes, and the parts
+    of a torch body that vary over no index. NaN in gives NaN out, as in the oracle
+    (`ir/semantics.py`): Python's `max(1, nan)` is 1, so max, min and sign are spelled to
+    pass a NaN through."""
 
     _MATH = {"exp": "math.exp", "log": "math.log", "sqrt": "math.sqrt", "tanh": "math.tanh",
              "abs": "abs"}
 
+    def print(self, expr: ir.Expr, context: int) -> str:
+        if isinstance(expr, ir.Op) and expr.op == "**" and not is_integer(expr.args[1]):
+            # Python's (-8) ** 0.5 is a complex number; math.pow raises instead.
+            return f"math.pow({self.print(expr.args[0], 0)}, {self.print(expr.args[1], 0)})"
+        if isinstance(expr, ir.Op) and expr.op in ("max", "min") and \
+                not _never_nan(expr.args[1]):
+            # max(a, b) keeps a NaN `a` (it never compares greater) but not a NaN `b`.
+            a, b = (self.print(arg, 0) for arg in expr.args)
+            return f"({_operand(b)} if {_operand(b)} != {_operand(b)} else " \
+                   f"{expr.op}({a}, {b}))"
+        return super().print(expr, context)
+
     def function(self, op: str, args: list[str]) -> str:
         if op in self._MATH:
             return f"{self._MATH[op]}({args[0]})"
+        # An argument that stands next to an operator below is parenthesised: it was
+        # printed for no context.
+        x = _operand(args[0])
         if op in ("max", "min"):
             return f"{op}({args[0]}, {args[1]})"
         if op == "sigmoid":
-            return f"(1 / (1 + math.exp(-({args[0]}))))"
+            # exp of a negative argument only: no OverflowError for large |x|.
+            return f"(1 / (1 + math.exp(-{x})) if {x} >= 0 else " \
+                   f"math.exp({x}) / (1 + math.exp({x})))"
         if op == "relu":
             return f"max({args[0]}, 0.0)"
         if op == "elu":
-            return f"({args[0]} if {args[0]} > 0 else math.expm1({args[0]}))"
+            return f"({x} if {x} > 0 else math.expm1({x}))"
         if op == "sign":
-            return f"(math.copysign(1.0, {args[0]}) if {args[0]} != 0 else 0.0)"
+            return f"({x} if {x} == 0 or {x} != {x} else math.copysign(1.0, {x}))"
         if op == "where":
             return f"({args[1]} if {args[0]} else {args[2]})"
         raise NotImplementedError(op)
 
 
-def varies(expr: ir.Expr) -> bool:
-    """Whether an expression varies over an iteration space (else a Python number)."""
-    return any(isinstance(n, (ir.Index, ir.Read)) for n in ir.walk(expr))
+# Operations whose result is an integer when every operand is (torch and Python alike).
+_INTEGER_PRESERVING = frozenset({"+", "-", "*", "//", "%", "neg", "max", "min", "abs",
+                                 "sign", "relu"})
+
+
+def is_integer(expr: ir.Expr, divisions: bool = True) -> bool:
+    """Whether a value is surely an integer: sizes, indices, integer constants and what
+    integer-preserving operations make of them (params may be floats). `divisions`:
+    whether `//` and `%` may appear (an integer division by zero raises)."""
+    if isinstance(expr, ir.Const):
+        return isinstance(expr.value, int)
+    if isinstance(expr, (ir.Index, ir.Dim)):
+        return True
+    if isinstance(expr, (ir.Param, ir.Read)):
+        return False
+    allowed = _INTEGER_PRESERVING if divisions else _INTEGER_PRESERVING - {"//", "%"}
+    return expr.op in allowed and all(is_integer(a, divisions) for a in expr.args)
+
+
+def integer_comparison(expr: ir.Expr) -> bool:
+    """A comparison of integers that a printer of values prints as one of integers
+    (`m <= p`): exact, and as readable as the spec. Not with `//` or `%`, which divide
+    by zero as floats (inf) but raise as integers."""
+    return isinstance(expr, ir.Op) and expr.op in ir.COMPARISONS and \
+        all(is_integer(a, divisions=False) for a in expr.args)
 
 
 class TorchPrinter(PythonScalarPrinter):
     """torch tensors in the broadcast layout of one Einsum's iteration space; parts that
-    do not vary stay Python numbers (spelled by PythonScalarPrinter). `read` prints a
-    tensor read (the backend decides between a view and a gather)."""
+    are not tensors stay Python numbers (spelled by PythonScalarPrinter). `read` prints a
+    tensor read (the backend decides between a view and a gather); `fixed` names index
+    variables that are Python ints (a recurrence's step); `integer`: index arithmetic
+    (integers stay integers), else values. The printed text runs where `torch`, `math`
+    and `device` are defined, as in the generated `reference`.
+
+    Values follow the oracle's float semantics: an index, a size or a constant used as a
+    value is a float (`i ** -1` is 1/i, not an integer-power error; `-(p - m)` is -0.0
+    where p = m, so `1 / -(p - m)` is -inf), and NaN passes through every function
+    (`torch.sign(nan)` is 0, so sign is spelled). A comparison of integers stays one of
+    integers (exact)."""
 
     _TORCH = {"exp": "torch.exp", "log": "torch.log", "sqrt": "torch.sqrt",
               "tanh": "torch.tanh", "sigmoid": "torch.sigmoid", "relu": "torch.relu",
-              "elu": "torch.nn.functional.elu", "abs": "torch.abs", "sign": "torch.sign"}
+              "elu": "torch.nn.functional.elu", "abs": "torch.abs"}
 
-    def __init__(self, read):
+    def __init__(self, read, fixed=(), integer: bool = False):
         super().__init__()
         self._read = read
+        self.fixed = frozenset(fixed)
+        self.integer = integer
 
     def read(self, node: ir.Read) -> str:
         return self._read(node)
 
-    def boolean(self, op: str) -> str:
+    def index(self, node: ir.Index) -> str:
+        name = super().index(node)
+        if self.integer:
+            return name
+        return f"float({name})" if node.var in self.fixed else f"{name}.float()"
+
+    def dim(self, node: ir.Dim) -> str:
+        name = super().dim(node)
+        return name if self.integer else f"float({name})"
+
+    def const(self, value) -> str:
+        # A value is a float: where(c, 1, 0) must not make an int64 tensor, which
+        # divides by zero with an error and has no elu.
+        return super().const(value if self.integer else float(value))
+
+    def tensor(self, expr: ir.Expr) -> bool:
+        """Whether `expr` is a tensor when the printed code runs: it reads a tensor or
+        uses an index grid (not an index held fixed as a Python int)."""
+        return any(isinstance(n, ir.Read) or isinstance(n, ir.Op) and n.op == "_tensor" or
+                   isinstance(n, ir.Index) and n.var not in self.fixed for n in ir.walk(expr))
+
+    def boolean(self, op: str, expr: ir.Op) -> str:
+        if not self.tensor(expr):
+            return op
         return {"and": "&", "or": "|", "not": "~"}[op]
 
     def print(self, expr: ir.Expr, context: int) -> str:
-        if isinstance(expr, ir.Op) and expr.op in self._TORCH and varies(expr):
-            return f"{self._TORCH[expr.op]}({self.print(expr.args[0], 0)})"
-        if isinstance(expr, ir.Op) and expr.op in ("max", "min", "where") and varies(expr):
-            args = [self.print(a, 0) for a in expr.args]
-            tensors = [varies(a) for a in expr.args]
-            if expr.op == "where":
-                if not tensors[0]:
-                    return f"({args[1]} if {args[0]} else {args[2]})"
-                return f"torch.where({', '.join(args)})"
-            if all(tensors):
-                name = "maximum" if expr.op == "max" else "minimum"
-                return f"torch.{name}({args[0]}, {args[1]})"
-            tensor, number = (args[0], args[1]) if tensors[0] else (args[1], args[0])
-            bound = "min" if expr.op == "max" else "max"
+        if not self.integer and integer_comparison(expr):
+            return TorchPrinter(self._read, self.fixed, integer=True).print(expr, context)
+        if not isinstance(expr, ir.Op) or not self.tensor(expr):
+            return super().print(expr, context)
+        op, args = expr.op, expr.args
+        if op in self._TORCH:
+            return f"{self._TORCH[op]}({self.print(args[0], 0)})"
+        if op == "/" and not self.tensor(args[0]):
+            # torch divides a number by a tensor as number * (1 / tensor): 0 / 1e-44 is
+            # then 0 * inf = NaN. A tensor numerator divides.
+            return self.print(ir.Op("/", (ir.Op("_tensor", (args[0],)), args[1])), context)
+        if op == "sign":
+            x = self.print(args[0], 0)
+            return f"torch.where(torch.isnan({x}), {x}, torch.sign({x}))"
+        if op == "where":
+            cond, if_true, if_false = (self.print(a, 0) for a in args)
+            if not self.tensor(args[0]):
+                # A branch is a tensor: so is the result, whichever the condition picks.
+                cond = f"torch.tensor({cond}, device=device)"
+            return f"torch.where({cond}, {if_true}, {if_false})"
+        if op in ("max", "min"):
+            texts = [self.print(a, 0) for a in args]
+            if all(self.tensor(a) for a in args):
+                name = "maximum" if op == "max" else "minimum"
+                return f"torch.{name}({texts[0]}, {texts[1]})"
+            tensor, number = texts if self.tensor(args[0]) else reversed(texts)
+            bound = "min" if op == "max" else "max"
             return f"torch.clamp({tensor}, {bound}={number})"
-        return super().print(expr, context)
+        # Operators: precedence and parentheses (not PythonScalarPrinter's spellings of
+        # Python numbers).
+        return Printer.print(self, expr, context)
+
+    def function(self, op: str, args: list[str]) -> str:
+        if op == "_tensor":    # a conversion the printer inserts (not an IR operation)
+            return f"torch.tensor({args[0]}, device=device)"
+        return super().function(op, args)

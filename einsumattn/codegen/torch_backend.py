@@ -26,7 +26,7 @@ from ..ir import Cascade, Einsum
 from ..ir import expr as ir
 from ..ir.printer import lhs_text, rhs_text
 from .names import spec_letter
-from .printers import TorchPrinter, varies
+from .printers import TorchPrinter, is_atom
 
 _IDENTITY = {"sum": "0.0", "max": "-math.inf", "min": "math.inf"}
 _REDUCER = {"sum": "sum", "max": "amax", "min": "amin"}
@@ -50,13 +50,13 @@ class _EinsumEmitter:
             return name or node.tensor
         if self._is_plain_view(node):
             return f"{name or node.tensor}{self._view_slices(node)}"
-        printer = TorchPrinter(self.read)
+        printer = TorchPrinter(self.read, self.fixed, integer=True)
         parts = []
         for position, index in enumerate(node.indices):
             text = printer(index)
             if not in_range_by_construction(self.cascade, node.tensor, position, index):
                 extent = self.extent_text(node.tensor, position)
-                text = f"({text}).clamp(0, {extent} - 1)" if varies(index) else \
+                text = f"({text}).clamp(0, {extent} - 1)" if printer.tensor(index) else \
                     f"min(max({text}, 0), {extent} - 1)"
             parts.append(text)
         return f"{name or node.tensor}[{', '.join(parts)}]"
@@ -115,8 +115,20 @@ class _EinsumEmitter:
             parts.pop()
         return f"[{', '.join(parts)}]"
 
-    def value(self, expr: ir.Expr) -> str:
-        return TorchPrinter(self.read)(expr)
+    def value(self, expr: ir.Expr, beside: str | None = None,
+              present: list[Condition] | None = None) -> str:
+        """`expr` as torch code; `beside`: the binary operator the text will stand next
+        to (the printer then adds the parentheses that needs). `present`: the conditions
+        under which the value is used; elsewhere no gradient may reach the tensors it
+        reads (`_grad_only`): the value there is discarded by a torch.where, but its
+        derivative may be inf (exp(QK - GM) at GM = -inf, SN / SD at SD = 0), and the
+        discarded gradient, 0, times inf is NaN."""
+        read = self.read
+        if present and not isinstance(expr, ir.Read):
+            mask = self.conjunction(present)
+            read = lambda node: f"_grad_only({mask}, {self.read(node)})"  # noqa: E731
+        printer = TorchPrinter(read, self.fixed)
+        return printer(expr) if beside is None else printer.operand(expr, beside)
 
     def condition_mask(self, condition: Condition) -> str:
         if condition.kind in ("filter", "range", "split"):
@@ -177,31 +189,25 @@ class TorchEmitter:
         points = point_conditions(einsum, conditions)
         terms = [c for c in conditions if c not in points]
         shape = self._shape(kept)
-        body = emitter.value(einsum.body)
-        n_kept = len(kept)
-        if einsum.reduce_op is None:
-            value = body
-        else:
-            dims = tuple(range(n_kept, len(emitter.axes)))
-            dims_text = f"dim={dims[0]}" if len(dims) == 1 else f"dim={dims}"
-            einsum_call = self._einsum_call(einsum, emitter, terms, kept)
-            if einsum_call is not None:
-                value = einsum_call
-            else:
-                mask = emitter.conjunction(terms + points) if terms else None
-                identity = _IDENTITY[einsum.reduce_op]
-                full = body if set(emitter.axes) <= set(ir.index_vars(einsum.body)) and \
-                    _reads_any(einsum.body) else f"_full({body}, {self._shape(emitter.axes)})"
-                masked = f"torch.where({mask}, {full}, {identity})" if mask else full
-                masked = masked if _is_atom(masked) else f"({masked})"
-                value = f"{masked}.{_REDUCER[einsum.reduce_op]}({dims_text})"
         # A value that does not vary over every left variable (or is an index integer)
         # is broadcast to the left shape in float32.
         covers = set(kept) <= set(ir.index_vars(einsum.body)) and _reads_any(einsum.body)
-        if covers:
-            self.lines.append(f"{indent}{target} = {value}")
+        assign = f"{target} = {{}}" if covers else f"{target} = _full({{}}, {shape})"
+        if einsum.reduce_op is None:
+            self.lines.append(indent + assign.format(emitter.value(einsum.body, present=points)))
         else:
-            self.lines.append(f"{indent}{target} = _full({value}, {shape})")
+            masked = self._masked_reduction(einsum, emitter, terms, points, kept)
+            einsum_call = self._einsum_call(einsum, emitter, terms, points, kept)
+            self.lines.append(indent + assign.format(einsum_call or masked))
+            if einsum_call is not None and terms and \
+                    len(ir.product_factors(einsum.body)) > 1:
+                # torch.einsum zeroes a masked term's own factor, so another factor's
+                # inf or NaN there gives 0 * inf = NaN (a NaN stored in padded keys).
+                # The oracle skips masked terms: only a finite result is surely right,
+                # else the masked reduction recomputes it exactly (rarely: inf or NaN
+                # in the data).
+                self.lines.append(f"{indent}if not torch.isfinite({target}).all():")
+                self.lines.append(f"{indent}    " + assign.format(masked))
         if ok_target is not None:
             mask = emitter.conjunction(points)
             if re.fullmatch(r"\w+_ok", mask) and mask != ok_target:
@@ -214,20 +220,42 @@ class TorchEmitter:
                 line = f"_full({mask}, {shape}, torch.bool)"
             self.lines.append(f"{indent}{ok_target} = {line}")
 
+    def _masked_reduction(self, einsum: Einsum, emitter: _EinsumEmitter,
+                          terms: list[Condition], points: list[Condition],
+                          kept: tuple[str, ...]) -> str:
+        """The reduction of the body over the whole iteration space, its masked terms
+        replaced by the reduction's identity: exact whatever the values, but it builds
+        the whole space."""
+        body = emitter.value(einsum.body, present=terms + points)
+        dims = tuple(range(len(kept), len(emitter.axes)))
+        dims_text = f"dim={dims[0]}" if len(dims) == 1 else f"dim={dims}"
+        mask = emitter.conjunction(terms + points) if terms else None
+        identity = _IDENTITY[einsum.reduce_op]
+        full = body if set(emitter.axes) <= set(ir.index_vars(einsum.body)) and \
+            _reads_any(einsum.body) else f"_full({body}, {self._shape(emitter.axes)})"
+        masked = f"torch.where({mask}, {full}, {identity})" if mask else full
+        masked = masked if is_atom(masked) else f"({masked})"
+        return f"{masked}.{_REDUCER[einsum.reduce_op]}({dims_text})"
+
     def _einsum_call(self, einsum: Einsum, emitter: _EinsumEmitter,
-                     terms: list[Condition], kept: tuple[str, ...]) -> str | None:
+                     terms: list[Condition], points: list[Condition],
+                     kept: tuple[str, ...]) -> str | None:
         """`torch.einsum` for a sum of a product whose term conditions each belong to
         one factor: no tensor of the whole iteration space is built."""
         if einsum.reduce_op != "sum":
             return None
         factors = ir.product_factors(einsum.body)
-        # Factors that vary over the space are einsum operands; constants and scalar
-        # tensors (0-d) multiply the result.
-        tensor_factors = [f for f in factors if ir.index_vars(f)]
-        scalars = [f for f in factors if not ir.index_vars(f)]
+        # Factors that vary over the space are einsum operands; constants, scalar
+        # tensors (0-d) and functions of a recurrence's step multiply the result.
+        tensor_factors = [f for f in factors if set(ir.index_vars(f)) & set(emitter.axes)]
+        scalars = [f for f in factors if f not in tensor_factors]
         if len(tensor_factors) < 1:
             return None
-        masked = [emitter.value(f) for f in tensor_factors]
+        # A computed factor passes gradients only where the conditions over its own
+        # variables hold (a condition over others does not make its value unused).
+        masked = [emitter.value(f, present=[c for c in terms + points
+                                            if c.variables <= set(ir.index_vars(f))])
+                  for f in tensor_factors]
         for condition in terms:
             owner = next((i for i, f in enumerate(tensor_factors)
                           if condition.variables <= set(ir.index_vars(f))), None)
@@ -249,7 +277,7 @@ class TorchEmitter:
                              else f"_f32({m})" for m, f in zip(masked, tensor_factors))
         call = f"torch.einsum(\"{subscripts}\", {operands})"
         for scalar in scalars:
-            call += f" * {emitter.value(scalar)}"
+            call += f" * {emitter.value(scalar, beside='*')}"
         # A factor that does not cover every reduced axis is summed over it by einsum
         # only where some operand has that axis: check coverage.
         covered = set()
@@ -303,26 +331,6 @@ class TorchEmitter:
             self._compute(einsum, step, others, f"{name}[{at(x + ' + 1')}]",
                           f"{name}_ok[{at(x + ' + 1')}]" if absent else None, indent="    ")
         self._with_grids(axes, loop)
-
-
-def _is_atom(text: str) -> bool:
-    """Whether `text.method()` applies to all of `text`: a name, or a name followed by
-    one bracket group that closes at the very end (`X[...]`, `torch.where(...)`)."""
-    match = re.match(r"[\w.]+", text)
-    if not match:
-        return False
-    rest = text[match.end():]
-    if not rest:
-        return True
-    if rest[0] not in "([":
-        return False
-    depth = 0
-    for position, char in enumerate(rest):
-        depth += char in "([{"
-        depth -= char in ")]}"
-        if depth == 0:
-            return position == len(rest) - 1
-    return False
 
 
 def _reads_any(expr: ir.Expr) -> bool:

@@ -156,6 +156,13 @@ class Printer:
     def __call__(self, expr: Expr) -> str:
         return self.print(expr, 0)
 
+    def operand(self, expr: Expr, op: str) -> str:
+        """`expr` printed to stand on either side of the binary operator `op`. Code that
+        puts printed text next to an operator asks for it here: pasting the text
+        printed for no context (`call + " * " + printer(x)`) drops parentheses that
+        `x = S + 1` needs."""
+        return self.print(expr, _PRECEDENCE[op] + 1)
+
     # -- hooks -----------------------------------------------------------------
     def const(self, value) -> str:
         if value == math.inf:
@@ -179,8 +186,9 @@ class Printer:
     def function(self, op: str, args: list[str]) -> str:
         raise NotImplementedError(op)
 
-    def boolean(self, op: str) -> str:
-        """How `and`/`or`/`not` are spelled (words for Python, & | ~ for tensors)."""
+    def boolean(self, op: str, expr: Op) -> str:
+        """How `and`/`or`/`not` are spelled at `expr` (words for Python, & | ~ for
+        tensors)."""
         return op
 
     # -- structure ---------------------------------------------------------------
@@ -199,7 +207,7 @@ class Printer:
         assert isinstance(expr, Op)
         op, args = expr.op, expr.args
         if op in ("and", "or", "not"):
-            op = self.boolean(op)
+            op = self.boolean(op, expr)
         if op == "neg" or op in ("not", "~"):
             strength = _PRECEDENCE[op]
             sign = {"neg": "-", "not": "not ", "~": "~"}[op]
