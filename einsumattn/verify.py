@@ -213,11 +213,14 @@ def compare(cascade: Cascade, inputs: dict, outputs, dtype: str,
         # Subnormal range of the output dtype: absolute precision only, possibly flushed.
         tiny = SMALLEST_NORMAL[dtype]
         allowed = np.where(np.abs(ref) < tiny, np.maximum(allowed, tiny), allowed)
+        # A non-finite reference (NaN, +-inf) is matched exactly: NaN by NaN, an infinity
+        # by the same infinity. (Its tolerance u*|ref| would be inf or NaN, passing any
+        # value or none.)
+        allowed = np.where(np.isfinite(ref), allowed, 0.0)
         with np.errstate(invalid="ignore", over="ignore"):
-            error = np.abs(got - ref)
-            error = np.where(np.isnan(got) != np.isnan(ref), np.inf,
-                             np.where(got == ref, 0.0, error))  # inf == inf is exact
-        with np.errstate(invalid="ignore"):
+            same = (got == ref) | (np.isnan(got) & np.isnan(ref))
+            error = np.where(same, 0.0, np.abs(got - ref))
+            error = np.where(np.isnan(error), np.inf, error)   # NaN against a number
             excess = error - allowed
         worst = np.unravel_index(int(np.nanargmax(excess)), excess.shape) if excess.size \
             else ()

@@ -45,6 +45,30 @@ def test_a_wrong_value_in_the_normal_range_is_still_a_mismatch(dtype, value):
     assert not result.ok, result.describe()
 
 
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize("values", [[NAN], [NAN, NAN], [NAN, 1.0], [INF, -INF, NAN]])
+def test_non_finite_outputs_equal_to_the_oracle_are_a_match(values):
+    """sign(NaN) is NaN (LANGUAGE.md follows IEEE): a backend that returns the oracle's
+    NaN or infinity exactly is right (an all-NaN output crashed nanargmax)."""
+    x = torch.tensor(values, dtype=torch.float32)
+    (result,) = compare(einsumattn.load(COPY), {"X": x}, x.clone(), "float32")
+    assert result.ok, result.describe()
+
+
+@pytest.mark.parametrize("expected, got", [(INF, 3.0e38), (INF, -INF), (-INF, 0.0),
+                                           (NAN, 0.0), (1.0, NAN), (1.0, INF)])
+def test_a_non_finite_value_against_another_value_is_a_mismatch(expected, got):
+    """An infinite reference has an infinite u*|ref| tolerance: it must not pass a
+    finite value (or the other infinity)."""
+    x = torch.tensor([expected, 2.0], dtype=torch.float32)
+    (result,) = compare(einsumattn.load(COPY), {"X": x},
+                        torch.tensor([got, 2.0], dtype=torch.float32), "float32")
+    assert not result.ok, result.describe()
+    assert result.worst_index == (0,)
+
+
 def test_an_underflow_that_decides_the_result_makes_the_case_ill_conditioned():
     """log(sigmoid(-90)) is -90, and numpy's float32 (gradual underflow) gets it; a
     backend that flushes the subnormal sigmoid gets -inf. Flush-to-zero arithmetic is
