@@ -590,3 +590,18 @@ def test_a_declared_rank_nothing_uses_needs_no_size(backend, split):
     module = einsumattn.compile(text, backend=backend)
     q = torch.randn(3, 4, dtype=torch.float32)
     torch.testing.assert_close(module.compiled(q), q.sum(1))
+
+
+@pytest.mark.parametrize("condition", ["S > 0", "P > 2", "scale > 0.5 and S > 0",
+                                       "not (S > 0) or P == 1"])
+def test_a_filter_with_one_value_for_every_point(tmp_path, condition):
+    """A filter that reads no index variable (a scalar input, a size, a param) is one
+    boolean for every lane: the unfused kernel's `lanes & (S > 0.0)` raised in Triton's
+    interpreter (which `check` runs on the CPU)."""
+    text = (f"attention scalar_filter\ndims P, M\ninput A[p, m], S\nparam scale = 1\n"
+            f"O[p] = A[p, m] * scale where {condition}\noutput O\n")
+    cascade = einsumattn.load(text)
+    module = import_file(compile_to_file(cascade, tmp_path), "scalar_filter_module")
+    reports = []
+    assert run_check(cascade, module, ("torch", "triton", "triton-unfused"), examples=8,
+                     report=reports.append), "\n".join(reports)

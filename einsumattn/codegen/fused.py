@@ -44,7 +44,7 @@ from ..ir.printer import lhs_text, rhs_text
 from ..transform.algebra import Algebra, substitute
 from .names import spec_text
 from .skipping import masked_steps_are_identities
-from .triton_backend import TritonPrinter, Unsupported, tile_asserts
+from .triton_backend import TritonPrinter, Unsupported, scalar_condition, tile_asserts
 
 BLOCK_P = 16
 BLOCK_M = 16
@@ -1104,13 +1104,6 @@ class _SplitEmitter(_Emitter):
     def _key(self) -> str:
         f = self.f
         return f"({f.loop} * {f.tile_block} + {f.stream})"
-
-
-def scalar_condition(text: str) -> str:
-    """A condition with one value per program, as a boolean that `&` takes in Triton's
-    interpreter too (it rejects `block & (int64 >= 3.0)`, a scalar compared with a float;
-    the GPU compiler takes both)."""
-    return f"({text}) != 0"
 
 
 def program_coordinates(cascade: Cascade, batch: list[str], row: str, block: str) -> list[str]:

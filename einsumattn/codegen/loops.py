@@ -31,9 +31,8 @@ from ..analysis.presence import (Condition, absent_tensors, einsum_conditions,
 from ..ir import Cascade, Einsum
 from ..ir import expr as ir
 from ..ir.printer import lhs_text, rhs_text
-from .fused import (FusedKernel, NotFusable, kernel_arguments, program_coordinates,
-                    scalar_condition)
-from .triton_backend import TritonPrinter, Unsupported, tile_asserts
+from .fused import FusedKernel, NotFusable, kernel_arguments, program_coordinates
+from .triton_backend import TritonPrinter, Unsupported, scalar_condition, tile_asserts
 
 BLOCK_ROW = 16     # points of the row rank per program
 BLOCK_LANES = 64   # points of the (flattened) loop ranks per tile

@@ -34,6 +34,13 @@ BLOCK = 128   # left-side points per program
 RBLOCK = 32   # reduced points per loop step
 
 
+def scalar_condition(text: str) -> str:
+    """A condition with one value per program, as a boolean that `&` takes in Triton's
+    interpreter too (it rejects `block & (S > 0.0)`, a block and one loaded value compared;
+    the GPU compiler takes both)."""
+    return f"({text}) != 0"
+
+
 class Unsupported(Exception):
     """A construct this schedule cannot express (the module falls back, and says why)."""
 
@@ -352,6 +359,8 @@ class _KernelBody:
         if condition.kind in ("filter", "range", "split"):
             text = TritonPrinter(names, lambda r: self._load(r, names, lanes),
                                  integer=condition.kind != "filter")(condition.expr)
+            if not condition.variables:
+                text = scalar_condition(text)     # one value for every lane
             inner = [self._mask(c, names, lanes) for part in condition.parts for c in part]
             return " & ".join([f"({text})"] + inner)
         if condition.kind == "absent":
