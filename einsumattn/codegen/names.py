@@ -133,18 +133,15 @@ def spec_comments(source: str) -> str:
     return "".join(lines)
 
 
-def rename(cascade: Cascade, spell=mangle, spell_rank=rank_spelling) -> Cascade:
-    """The same cascade with every name spelled by `spell` (ranks by `spell_rank`):
-    tensors, params, ranks (and their sympy size symbols), index variables, splits,
-    outputs and the cascade's own name. Emitters given the result cannot print an
-    unmangled spec name."""
-
-    def rank(name: str) -> str:
-        return spell_rank(name)
+def rename(cascade: Cascade) -> Cascade:
+    """The same cascade with every name in its generated-code spelling (`mangle`, ranks
+    by `rank_spelling`): tensors, params, ranks (and their sympy size symbols), index
+    variables, splits, outputs and the cascade's own name. Emitters given the result
+    cannot print an unmangled spec name."""
 
     def var(name: str) -> str:
         """An index variable: the lower-case spelling of its rank's (Rank.var)."""
-        return spell_rank(name).lower() if name in cascade.ranks else spell(name)
+        return rank_spelling(name).lower() if name in cascade.ranks else mangle(name)
 
     def expr(node: ir.Expr | None) -> ir.Expr | None:
         if node is None or isinstance(node, ir.Const):
@@ -152,39 +149,40 @@ def rename(cascade: Cascade, spell=mangle, spell_rank=rank_spelling) -> Cascade:
         if isinstance(node, ir.Index):
             return dataclasses.replace(node, var=var(node.var))
         if isinstance(node, ir.Dim):
-            return dataclasses.replace(node, rank=rank(node.rank))
+            return dataclasses.replace(node, rank=rank_spelling(node.rank))
         if isinstance(node, ir.Param):
-            return dataclasses.replace(node, name=spell(node.name))
+            return dataclasses.replace(node, name=mangle(node.name))
         if isinstance(node, ir.Read):
-            return dataclasses.replace(node, tensor=spell(node.tensor),
+            return dataclasses.replace(node, tensor=mangle(node.tensor),
                                        indices=tuple(expr(i) for i in node.indices))
         return dataclasses.replace(node, args=tuple(expr(a) for a in node.args))
 
     def symbol(name: str) -> str:          # a size: a rank's, or a param's (split factor)
-        return rank(name) if name in cascade.ranks else spell(name)
+        return rank_spelling(name) if name in cascade.ranks else mangle(name)
 
     def size(value):
         return value.xreplace({s: type(s)(symbol(s.name), **s.assumptions0)
                                for s in value.free_symbols})
 
-    def names(values: Iterable[str], how=spell) -> tuple[str, ...]:
+    def names(values: Iterable[str], how=mangle) -> tuple[str, ...]:
         return tuple(how(v) for v in values)
 
-    ranks = {rank(r.name): Rank(rank(r.name), size(r.size), r.fixed,
-                                r.split_of and rank(r.split_of), r.span)
+    ranks = {rank_spelling(r.name): Rank(rank_spelling(r.name), size(r.size), r.fixed,
+                                         r.split_of and rank_spelling(r.split_of), r.span)
              for r in cascade.ranks.values()}
-    splits = tuple(Split(rank(s.parent), rank(s.outer), rank(s.inner),
+    splits = tuple(Split(*names((s.parent, s.outer, s.inner), rank_spelling),
                          symbol(s.factor) if isinstance(s.factor, str) else s.factor,
                          s.span) for s in cascade.splits)
-    params = {spell(p.name): ParamDecl(spell(p.name), expr(p.default), p.span)
+    params = {mangle(p.name): ParamDecl(mangle(p.name), expr(p.default), p.span)
               for p in cascade.params.values()}
-    tensors = {spell(t.name): Tensor(spell(t.name), names(t.ranks, rank), t.is_input,
-                                     t.iterative, t.span) for t in cascade.tensors.values()}
-    einsums = tuple(Einsum(spell(e.tensor), names(e.indices, var), expr(e.body),
+    tensors = {mangle(t.name): Tensor(mangle(t.name), names(t.ranks, rank_spelling),
+                                      t.is_input, t.iterative, t.span)
+               for t in cascade.tensors.values()}
+    einsums = tuple(Einsum(mangle(e.tensor), names(e.indices, var), expr(e.body),
                            e.reduce_op, names(e.reduced, var), expr(e.filter), e.iterative,
                            expr(e.init), e.explicit_reduction, e.span)
                     for e in cascade.einsums)
-    return dataclasses.replace(cascade, name=spell(cascade.name), ranks=ranks,
+    return dataclasses.replace(cascade, name=mangle(cascade.name), ranks=ranks,
                                splits=splits, params=params, tensors=tensors,
                                einsums=einsums, outputs=names(cascade.outputs),
                                graph=nx.DiGraph())
@@ -334,7 +332,7 @@ def check_module_name(cascade: Cascade) -> None:
 
 def _name_span(cascade: Cascade) -> Span | None:
     """The NAME of the `attention NAME` line, or None when there is none."""
-    span = getattr(cascade, "name_span", None)
+    span = cascade.name_span
     if span is None or cascade.source is None:
         return span
     line = cascade.source.line_text(span.line)
@@ -344,7 +342,7 @@ def _name_span(cascade: Cascade) -> Span | None:
     return Span(span.line, start + 1, span.line, start + 1 + len(cascade.name))
 
 
-__all__ = ["mangle", "rank_spelling", "is_mangled", "spec_name", "spec_text", "spec_comments", "rename",
-           "string_literal", "public_names", "class_name", "function_name",
+__all__ = ["mangle", "rank_spelling", "is_mangled", "spec_name", "spec_text", "spec_comments",
+           "rename", "string_literal", "public_names", "class_name", "function_name",
            "check_module_name", "module_name_problem", "WRAPPER_NAMES", "MODULE_NAMES",
            "MAX_MODULE_NAME"]
