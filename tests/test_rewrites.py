@@ -518,3 +518,26 @@ def test_a_factor_that_may_be_absent_stays_in_a_sum_that_may_be_empty():
     for sizes in ({"P": 2, "F": 2}, {"P": 4, "F": 4}, {"P": 3, "F": 1}):
         inputs = _inputs(result.original, sizes, 1.0, 0)
         _assert_equivalent(result, inputs, f"sizes {sizes}", nan_free_intermediates=False)
+
+
+def test_a_sum_whose_terms_cancel_is_left_as_written():
+    """Found by the thorough profile (the CLI on generated specs): T3[b, f] - T3[b, f]
+    expands to no term at all, and separable moments had nothing to recombine (an
+    internal error). It reports itself blocked; the cascade still evaluates as before."""
+    text = """attention cancelling
+
+dims  B = 4, P, M, F
+input X0[b, p, m, f], X1[b]
+
+T1 = sum[b, p, m, f] X0[b, p, m, f]
+T2[b] = tanh(X1[b] - T1)
+T3[b, f] = sum[p, m] T2[b] - X0[b, p, M - 1 - m, f]
+T4[m, f] = sum[b] T2[b] * (T3[b, f] - T3[b, f])
+
+output T4
+"""
+    result = rewrite(text, tile=2)
+    assert any(b.tensor == "T4" and "terms cancel" in b.reason for b in result.blocked), \
+        result.blocked
+    inputs = _inputs(result.original, {"P": 2, "M": 3, "F": 2}, 1.0, 0)
+    _assert_equivalent(result, inputs, "cancelling terms", nan_free_intermediates=False)

@@ -312,10 +312,16 @@ def _separate(einsum: Einsum, body: ir.Expr, late: set[str], reduced: set[str]):
                 outside *= factor
         groups[inside] = groups.get(inside, sympy.Integer(0)) + outside
     try:
-        return [(algebra.to_ir(sympy.factor_terms(outside)), algebra.to_ir(inside))
-                for inside, outside in groups.items() if not is_zero(outside)]
+        separated = [(algebra.to_ir(sympy.factor_terms(outside)), algebra.to_ir(inside))
+                     for inside, outside in groups.items() if not is_zero(outside)]
     except NotAlgebraic as reason:
         return Blocked(MOMENTS, einsum.tensor, str(reason))
+    if not separated:
+        # T3[b, f] - T3[b, f]: zero for finite values, but NaN where T3 is infinite, so
+        # the sum is left as written rather than replaced by 0.
+        return Blocked(MOMENTS, einsum.tensor, f"its terms cancel when {ir.to_text(body)} "
+                       f"is expanded: nothing to separate")
+    return separated
 
 
 def _text(algebra: Algebra, value: sympy.Expr) -> str:
