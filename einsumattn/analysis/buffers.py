@@ -22,7 +22,8 @@ from ..ir import Cascade
 from ..ir.build import size_symbol
 from ..ir import expr as ir
 from .formulas import tidy
-from .passes import RankPasses
+from ..ir.memo import per_cascade
+from .passes import RankPasses, analyse_rank
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,19 @@ def tile_symbol(cascade: Cascade, rank: str) -> sympy.Symbol:
 
 
 def analyse_buffers(cascade: Cascade, passes: RankPasses, bytes_per_element: int) -> RankBuffers:
+    """The buffers implied by `passes` (memoized when `passes` is the cascade's own,
+    memoized analysis of its rank: the result is shared, read it only)."""
+    if analyse_rank(cascade, passes.rank) is passes:
+        return _memoized_buffers(cascade, passes.rank, bytes_per_element)
+    return _buffers(cascade, passes, bytes_per_element)
+
+
+@per_cascade
+def _memoized_buffers(cascade: Cascade, rank: str, bytes_per_element: int) -> RankBuffers:
+    return _buffers(cascade, analyse_rank(cascade, rank), bytes_per_element)
+
+
+def _buffers(cascade: Cascade, passes: RankPasses, bytes_per_element: int) -> RankBuffers:
     rank = passes.rank
     family = {cascade.var_rank(v) for v in passes.variables}
     streaming = [e for e in cascade.einsums if e.tensor in passes.pass_of]

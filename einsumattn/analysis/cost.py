@@ -15,7 +15,8 @@ comparisons and where). FLOPs = 2*mac + the rest.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import functools
+from dataclasses import dataclass
 
 import sympy
 
@@ -56,11 +57,13 @@ class Cost:
     flops: sympy.Expr
     bytes: sympy.Expr             # minimum: every input read once, every output written once
     bytes_per_element: int
-    intensity: sympy.Expr = field(init=False)
 
-    def __post_init__(self) -> None:
-        self.intensity = ratio(self.flops, self.bytes) if self.bytes != 0 \
-            else sympy.oo
+    @functools.cached_property
+    def intensity(self) -> sympy.Expr:
+        """FLOPs per byte, common factors cancelled. Computed when first asked for (a
+        report that shows it): the cancellation is the costliest formula of the
+        analysis, and compiling never reads it."""
+        return ratio(self.flops, self.bytes) if self.bytes != 0 else sympy.oo
 
 
 def _op_counts(expr: ir.Expr) -> dict[str, int]:

@@ -20,13 +20,12 @@ import os
 from dataclasses import dataclass, field
 
 from ..analysis.passes import analyse_passes, fully_reduces, rank_variables
+from ..defaults import DEFAULT_TILE
 from ..ir import Cascade
 from ..ir.printer import cascade_text
 from .factor import factor_sums
 from .online import ONLINE, SPLIT, online_max_shift, split_rank
 from .steps import Blocked, Step
-
-DEFAULT_TILE = 64
 
 
 @dataclass

@@ -1,0 +1,159 @@
+"""Compile speed by construction (docs/compile-speed.md): what `import einsumattn` loads,
+analyses memoized on the cascade, and proofs that try cheap forms before sympy's
+`simplify`. No test here times anything: benchmarks/compile_time.py measures."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import sympy
+
+import einsumattn
+from einsumattn.analysis import analyze
+from einsumattn.analysis.buffers import _buffers, analyse_buffers
+from einsumattn.analysis.formulas import ratio
+from einsumattn.analysis.passes import analyse_passes, analyse_rank, analysed_ranks
+from einsumattn.analysis.presence import (_absent_tensors, _einsum_conditions,
+                                          absent_tensors, einsum_conditions)
+from einsumattn.ir.intervals import provably_positive
+from einsumattn.loader import load
+
+ROOT = Path(__file__).resolve().parent.parent
+SPECS = sorted((ROOT / "examples").glob("*.attn")) + \
+    sorted((ROOT / "benchmarks" / "specs").glob("*.attn"))
+HEAVY = ("sympy", "networkx", "torch", "lark", "jinja2", "numpy", "triton")
+
+
+def _loaded_after(code: str) -> list[str]:
+    """The heavy modules a fresh interpreter has loaded after running `code`."""
+    probe = (f"{code}\nimport sys\n"
+             f"print(' '.join(m for m in {HEAVY!r} if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          cwd=ROOT, check=True)
+    return done.stdout.split()
+
+
+def test_import_loads_no_heavy_dependency():
+    assert _loaded_after("import einsumattn") == []
+
+
+def test_help_loads_no_heavy_dependency():
+    code = ("import contextlib, io\nfrom einsumattn.cli import main\n"
+            "with contextlib.redirect_stdout(io.StringIO()):\n"
+            "    try:\n        main(['--help'])\n    except SystemExit:\n        pass")
+    assert _loaded_after(code) == []
+
+
+def test_public_names_are_the_functions():
+    from einsumattn.codegen import compile as compile_function
+    from einsumattn.evaluate import evaluate
+    from einsumattn.ir import Cascade
+
+    assert einsumattn.load is load and einsumattn.analyze is analyze
+    assert einsumattn.compile is compile_function and einsumattn.Cascade is Cascade
+    # The submodule einsumattn.evaluate is loaded by now (this file imports it): the
+    # package attribute of that name is still the function.
+    assert einsumattn.evaluate is evaluate
+    assert {"load", "evaluate", "analyze", "compile", "SpecError"} <= set(dir(einsumattn))
+    with pytest.raises(AttributeError):
+        einsumattn.no_such_name
+
+
+def test_evaluate_is_the_function_whichever_is_imported_first():
+    code = ("import einsumattn.evaluate, einsumattn\n"
+            "assert callable(einsumattn.evaluate), einsumattn.evaluate\n"
+            "from einsumattn import evaluate\nassert callable(evaluate)")
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+
+
+@pytest.fixture(scope="module", params=SPECS, ids=lambda p: p.stem)
+def cascade(request):
+    return load(request.param)
+
+
+def test_cascade_is_frozen(cascade):
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cascade.name = "other"
+
+
+def test_memoized_analyses_equal_fresh_ones(cascade):
+    ranks = analysed_ranks(cascade)
+    assert analyse_passes(cascade) == {r: analyse_rank.uncached(cascade, r) for r in ranks}
+    assert absent_tensors(cascade) == set(_absent_tensors.uncached(cascade))
+    absent = absent_tensors(cascade)
+    for einsum in cascade.einsums:
+        assert einsum_conditions(cascade, einsum, absent) == \
+            list(_einsum_conditions.uncached(cascade, einsum, frozenset(absent), None))
+    for rank, info in analyse_passes(cascade).items():
+        assert analyse_buffers(cascade, info, 2) == _buffers(cascade, info, 2)
+
+
+def test_memo_is_per_cascade_object(cascade):
+    rank = analysed_ranks(cascade)[0]
+    first = analyse_rank(cascade, rank)
+    assert analyse_rank(cascade, rank) is first            # asked again: the same result
+    copy = dataclasses.replace(cascade)                    # a new cascade starts empty
+    assert not copy._memo
+    assert analyse_rank(copy, rank) == first and analyse_rank(copy, rank) is not first
+
+
+def test_shared_results_come_in_fresh_containers(cascade):
+    """Callers may change the list, set or dict they get without changing the memo."""
+    absent = absent_tensors(cascade)
+    absent.add("not a tensor")
+    assert "not a tensor" not in absent_tensors(cascade)
+    passes = analyse_passes(cascade)
+    passes.clear()
+    assert analyse_passes(cascade)
+    conditions = einsum_conditions(cascade, cascade.einsums[0], set())
+    conditions.append(None)
+    assert None not in einsum_conditions(cascade, cascade.einsums[0], set())
+
+
+def test_report_is_new_per_call_and_intensity_is_unchanged(cascade):
+    first, second = analyze(cascade), analyze(cascade)
+    assert first is not second and first.to_text() == second.to_text()
+    cost = first.cost
+    expected = ratio(cost.flops, cost.bytes) if cost.bytes != 0 else sympy.oo
+    assert cost.intensity == expected
+    assert first.to_text() == first.passes_text() + "\n\n" + first.cost_text()
+
+
+def test_provably_positive_tries_cheap_forms_first(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("sympy.simplify called")
+
+    monkeypatch.setattr(sympy, "simplify", refuse)
+    m, h, kh = (sympy.Symbol(n, positive=True, integer=True) for n in ("M", "H", "KH"))
+    assert provably_positive(m - (m - 1))
+    assert provably_positive(kh - (h - 1) * kh / h)                  # GQA's kv head
+    assert not provably_positive(m - 64 * sympy.ceiling(m / 64) + 1)  # split: false at 65
+    assert not provably_positive(m - 2)                                 # false at 1
+
+
+def test_provably_positive_still_asks_simplify_when_cheap_forms_do_not_decide():
+    x = sympy.Symbol("X", positive=True, integer=True)
+    # Positive at every sample and for every size, but not as an expanded polynomial.
+    assert provably_positive(sympy.cos(x) ** 2 + sympy.sin(x) ** 2)
+
+
+def test_generating_causal_softmax_never_calls_simplify(monkeypatch):
+    from einsumattn.codegen.module import generate
+
+    cascade = load(ROOT / "examples" / "causal_softmax.attn")
+    calls = []
+    original = sympy.simplify
+
+    def counted(value, *args, **kwargs):
+        calls.append(value)
+        return original(value, *args, **kwargs)
+
+    monkeypatch.setattr(sympy, "simplify", counted)
+    generate(cascade, rewrite=True, module_name=cascade.name)
+    # sympy.simplify returns at once on an atom (0 or nan); anything else is the
+    # costly call (and imports sympy.physics the first time).
+    assert [value for value in calls if sympy.sympify(value).args] == []
