@@ -157,3 +157,59 @@ def test_generating_causal_softmax_never_calls_simplify(monkeypatch):
     # sympy.simplify returns at once on an atom (0 or nan); anything else is the
     # costly call (and imports sympy.physics the first time).
     assert [value for value in calls if sympy.sympify(value).args] == []
+
+
+def test_compiling_needs_no_numpy():
+    code = ("from einsumattn.loader import load\n"
+            "from einsumattn.codegen.module import generate\n"
+            "cascade = load('examples/causal_softmax.attn')\n"
+            "generate(cascade, rewrite=True, module_name=cascade.name)")
+    assert "numpy" not in _loaded_after(code)
+
+
+def test_operation_tables_are_built_on_first_use():
+    from einsumattn.ir import semantics
+
+    assert semantics.apply("+", [1.0, 2.0]) == 3.0
+    assert semantics.UNARY["exp"] is semantics.UNARY["exp"] and "//" in semantics.BINARY
+    with pytest.raises(AttributeError):
+        semantics.NO_SUCH_TABLE
+
+
+def test_buffer_formulas_are_derived_when_read(cascade):
+    for rank, info in analyse_passes(cascade).items():
+        buffers = _buffers(cascade, info, 2)
+        assert buffers.parallel is not None and "_footprints" not in buffers.__dict__
+        state = buffers.onchip_state                     # now derived, once
+        assert "_footprints" in buffers.__dict__ and buffers.onchip_state is state
+
+
+def _sizes(*names):
+    return [sympy.Symbol(n, positive=True, integer=True) for n in names]
+
+
+def test_maximum_is_sympy_max():
+    from einsumattn.analysis.formulas import maximum
+
+    e, f, m, p, p0 = _sizes("E", "F", "M", "P", "P0")
+    cases = [(e * p0 + m, f * p0 + m),                       # incomparable: both kept
+             (e * p0 + m, f * p0 + m, p0 * (m + 2)),
+             (p0 * (e * m + e * p + 4 * m + 4 * p + 2),     # comparable: the first wins
+              p0 * (e * m + e * p + 3 * m + 2 * p + 3)),
+             (e, e), (e,), (e, sympy.Integer(3)), (sympy.Max(e, f), m)]
+    for args in cases:
+        assert maximum(*args) == sympy.Max(*args)
+        assert str(maximum(*args)) == str(sympy.Max(*args))
+
+
+def test_maximum_skips_the_proofs_of_incomparable_formulas(monkeypatch):
+    from einsumattn.analysis import formulas
+
+    e, f, m, p0 = _sizes("E", "F", "M", "P0")
+    expected = sympy.Max(e * p0 + m, f * p0 + m)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("pairwise proofs attempted")
+
+    monkeypatch.setattr(sympy.Max, "_is_connected", classmethod(refuse))
+    assert formulas.maximum(e * p0 + m, f * p0 + m) == expected

@@ -11,6 +11,9 @@ gave them: expand, then pull out the common factor of the terms
 
 from __future__ import annotations
 
+import itertools
+import random
+
 import sympy
 
 # A ratio of formulas in at most this many sizes is cancelled in full (a common factor
@@ -65,3 +68,42 @@ def ratio(numerator: sympy.Expr, denominator: sympy.Expr) -> sympy.Expr:
     if len(quotient.free_symbols) <= FULL_CANCEL_SIZES:
         return sympy.simplify(quotient)
     return tidy(numerator) / tidy(denominator)
+
+
+# Sizes drawn once, the same in every process: assignments of sizes at which `maximum`
+# looks for a sign change of the difference of two formulas.
+_SAMPLES = random.Random(20261130)
+_SAMPLE_SIZES = [[_SAMPLES.randint(1, 64) for _ in range(32)] for _ in range(16)]
+
+
+def maximum(*args: sympy.Expr) -> sympy.Expr:
+    """`sympy.Max(*args)`. Max drops an argument it proves no larger than another, and
+    its proof attempts cost tens of milliseconds a pair when they fail; the formulas of
+    an analysis are mostly incomparable (`E*P0 + ...` against `F*P0 + ...`). Where, for
+    every pair, sizes are found at which the first is the larger and sizes at which the
+    second is, no proof exists, so Max would keep them all: they are kept without
+    asking. Anything else (a pair not shown incomparable, a nested Max or Min, a
+    number) goes to sympy.Max as before: the result is the same either way."""
+    args = list(dict.fromkeys(sympy.sympify(a) for a in args))
+    if len(args) > 1 and not any(a.is_number or a.has(sympy.Max, sympy.Min) for a in args) \
+            and all(_incomparable(x, y) for x, y in itertools.combinations(args, 2)):
+        return sympy.Max(*args, evaluate=False)
+    return sympy.Max(*args)
+
+
+def _incomparable(x: sympy.Expr, y: sympy.Expr) -> bool:
+    """Whether x - y is positive at some sample sizes and negative at others (its free
+    symbols are sizes: positive integers)."""
+    difference = x - y
+    symbols = sorted(difference.free_symbols, key=str)
+    if len(symbols) > len(_SAMPLE_SIZES[0]):
+        return False
+    signs = set()
+    for sizes in _SAMPLE_SIZES:
+        value = difference.xreplace({s: sympy.Integer(v) for s, v in zip(symbols, sizes)})
+        if not value.is_number or not value.is_extended_real:
+            return False
+        signs.add((value > 0, value < 0))
+        if (True, False) in signs and (False, True) in signs:
+            return True
+    return False
