@@ -213,3 +213,15 @@ def test_maximum_skips_the_proofs_of_incomparable_formulas(monkeypatch):
 
     monkeypatch.setattr(sympy.Max, "_is_connected", classmethod(refuse))
     assert formulas.maximum(e * p0 + m, f * p0 + m) == expected
+
+
+def test_rewrite_is_derived_once_per_cascade(cascade):
+    from einsumattn.transform import rewrite
+
+    first, second = rewrite(cascade, tile=16), rewrite(cascade, tile=16)
+    assert second.cascade is first.cascade            # derived once: the same objects
+    assert second.steps == first.steps and second.steps is not first.steps
+    first.steps.clear()
+    assert rewrite(cascade, tile=16).steps == second.steps
+    if second.steps:                                    # another tile, another derivation
+        assert rewrite(cascade, tile=32).cascade is not second.cascade
