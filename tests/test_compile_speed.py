@@ -225,3 +225,13 @@ def test_rewrite_is_derived_once_per_cascade(cascade):
     assert rewrite(cascade, tile=16).steps == second.steps
     if second.steps:                                    # another tile, another derivation
         assert rewrite(cascade, tile=32).cascade is not second.cascade
+
+
+def test_compiling_computes_no_cost():
+    from einsumattn.codegen.module import generate
+
+    cascade = load(ROOT / "examples" / "softmax_3pass.attn")
+    generate(cascade, rewrite=True, module_name=cascade.name)
+    cost = analyze(cascade).cost                  # the memoized analysis compile used
+    assert not {"einsums", "total", "flops", "bytes", "intensity"} & set(vars(cost))
+    assert cost.flops != 0 and "flops" in vars(cost)    # computed when read
