@@ -235,3 +235,28 @@ def test_compiling_computes_no_cost():
     cost = analyze(cascade).cost                  # the memoized analysis compile used
     assert not {"einsums", "total", "flops", "bytes", "intensity"} & set(vars(cost))
     assert cost.flops != 0 and "flops" in vars(cost)    # computed when read
+
+
+def test_buffer_formulas_equal_those_of_sympy_max(cascade, monkeypatch):
+    from einsumattn.analysis import buffers as module
+
+    def states():
+        return {rank: str(_buffers(cascade, info, 2).onchip_state)
+                for rank, info in analyse_passes(cascade).items()}
+
+    fast = states()
+    monkeypatch.setattr(module, "maximum", sympy.Max)
+    assert states() == fast
+
+
+def test_formula_values_at_sample_sizes():
+    from fractions import Fraction
+
+    from einsumattn.analysis.formulas import _value
+
+    e, m = _sizes("E", "M")
+    formula = 3 * e * m / 2 + sympy.ceiling(m / 64) - e ** 2 + sympy.Rational(1, 3)
+    sizes = {e: 5, m: 65}
+    assert _value(formula, sizes) == Fraction(str(formula.xreplace(
+        {e: sympy.Integer(5), m: sympy.Integer(65)})))
+    assert _value(sympy.sqrt(e), sizes) is None and _value(e * sympy.pi, sizes) is None
