@@ -111,7 +111,8 @@ def machine() -> dict:
         pass
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
                             capture_output=True, text=True).stdout.strip()
-    return {"cpu": model or platform.processor(), "cores": os.cpu_count(),
+    gpu = "an NVIDIA GPU (nvidia-smi found)" if shutil.which("nvidia-smi") else "no GPU"
+    return {"cpu": model or platform.processor(), "cores": os.cpu_count(), "gpu": gpu,
             "platform": platform.platform(), "python": platform.python_version(),
             "commit": commit, "date": time.strftime("%Y-%m-%d %H:%M %Z")}
 
@@ -131,7 +132,8 @@ def render(data: dict) -> str:
     info = data["machine"]
     lines = [f"einsumattn compile time, {data['runs']} run(s) per row (median), fresh "
              f"process and empty EINSUMATTN_CACHE_DIR each run",
-             f"machine: {info['cpu']}, {info['cores']} cores, {info['platform']}, "
+             f"machine: {info['cpu']}, {info['cores']} cores, {info.get('gpu', '')}, "
+             f"{info['platform']}, "
              f"Python {info['python']}, commit {info['commit']}, {info['date']}",
              f"load average (1 min) before {data['load_before']:.2f}, after "
              f"{data['load_after']:.2f}",
@@ -167,13 +169,13 @@ def main(argv: list[str] | None = None) -> int:
 
     env = _environment()
     chosen = lambda specs: [s for s in specs if args.only is None or s.stem in args.only]
-    load_before = os.getloadavg()[0]
+    load_before, started = os.getloadavg()[0], machine()    # the date the runs start
     examples = [compile_times(s, args.runs, env) for s in chosen(EXAMPLES)]
     papers = [compile_times(s, args.runs, env) for s in chosen(PAPER_SPECS)]
     imported = import_time(max(args.runs, 5), env)
     data = {"command": " ".join([Path(sys.executable).name, "benchmarks/compile_time.py",
                                  *(argv if argv is not None else sys.argv[1:])]),
-            "runs": args.runs, "machine": machine(), "load_before": load_before,
+            "runs": args.runs, "machine": started, "load_before": load_before,
             "load_after": os.getloadavg()[0], "examples": examples, "paper_specs": papers,
             "import": imported, "targets": TARGETS,
             "summary": summary(examples, papers, imported)}
