@@ -17,16 +17,16 @@ before rule 3.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..analysis.passes import analyse_passes, fully_reduces, rank_variables
+from ..defaults import DEFAULT_TILE
 from ..ir import Cascade
+from ..ir.memo import per_cascade
 from ..ir.printer import cascade_text
 from .factor import factor_sums
 from .online import ONLINE, SPLIT, online_max_shift, split_rank
 from .steps import Blocked, Step
-
-DEFAULT_TILE = 64
 
 
 @dataclass
@@ -84,6 +84,15 @@ def rewrite(spec: "str | os.PathLike | Cascade", *, tile: int = DEFAULT_TILE,
     from ..loader import load
 
     original = spec if isinstance(spec, Cascade) else load(spec)
+    derived = _rewrite(original, tile, online)
+    # The same derivation, in lists of its own (the cascades are immutable and shared).
+    return replace(derived, steps=list(derived.steps), blocked=list(derived.blocked))
+
+
+@per_cascade
+def _rewrite(original: Cascade, tile: int, online: bool) -> Rewritten:
+    """`rewrite` of a cascade, derived once per cascade and options: compiling asks for
+    it from several stages, and what they derive from it is memoized on its cascades."""
     cascade, steps, blocked = factor_sums(original)
     if _worse(original, cascade):  # the rules never do this; refuse rather than trust
         cascade, steps = original, []
