@@ -215,7 +215,7 @@ def _cmd_rewrite(args) -> int:
 
 def _cmd_compile(args) -> int:
     from .codegen import compile_to_file
-    from .codegen.module import backends_summary
+    from .backends.module import backends_summary
     from .loader import load
 
     cascade = load(Path(args.spec))

@@ -167,7 +167,7 @@ def dot_rounding(cascade: Cascade, module) -> DotRounding | None:
     operands = getattr(module, "DOT_ROUNDING", None)
     if not operands:
         return None
-    from .codegen.module import Plan
+    from .backends.module import Plan
 
     kernel = Plan(cascade, **module.COMPILE_OPTIONS).kernel
     return DotRounding(kernel, dict(operands))

@@ -353,8 +353,8 @@ def test_fused_kernel_of_three_passes_recomputes_instead_of_buffering(built_own)
 def test_causal_and_window_kernels_skip_masked_tiles(rewrite):
     """Both the kernel `compile` builds by default (the derived one-pass cascade, a split
     loop) and the spec's own schedule (--no-rewrite) bound their key loops."""
-    from einsumattn.codegen.fused import fuse
-    from einsumattn.codegen.module import Plan
+    from einsumattn.backends.triton_fused import fuse
+    from einsumattn.backends.module import Plan
 
     def kernel(spec):
         return fuse(Plan(einsumattn.load(spec), rewrite=rewrite).kernel)
@@ -417,7 +417,7 @@ def test_a_masked_step_that_is_not_an_identity_is_not_skipped():
     """FuseMax's Cascade 5 under a causal mask: exp(RM - RM') is NaN for a row that has
     seen no key yet, so skipping masked tiles would change its result; the loop keeps
     every tile and the facts say why."""
-    from einsumattn.codegen.fused import fuse
+    from einsumattn.backends.triton_fused import fuse
     text = (ROOT / "examples" / "softmax_1pass.attn").read_text()
     causal = einsumattn.load(text.replace("* scale\n", "* scale  where m1 * M0 + m0 <= p\n", 1))
     kernel = fuse(causal)
@@ -504,7 +504,7 @@ def test_cache_key_follows_the_generator():
     from einsumattn.codegen.compile import cache_key, generator_fingerprint
     assert len(generator_fingerprint()) == 64
     generator_fingerprint.cache_clear()
-    from einsumattn.codegen.module import Options
+    from einsumattn.backends.module import Options
     from einsumattn.diagnostics import Source
     before = cache_key(Source("spec"), Options())
     import unittest.mock

@@ -1,4 +1,4 @@
-"""The fused loop schedule and cuts into stages (codegen/loops.py, fused.fuse_stages):
+"""The fused loop schedule and cuts into stages (backends/triton_loops.py, schedule/stages.py):
 ECA is cut into a pooling kernel and a convolution-and-gate kernel, GLA's recurrence is
 one kernel with its state in registers, and a cascade with two convolutions is cut
 twice. Each is checked as a schedule (kernels, their form, the reason for each cut) and
@@ -10,8 +10,10 @@ import pytest
 import einsumattn
 from einsumattn.codegen import compile_to_file, generate
 from einsumattn.codegen.compile import import_file
-from einsumattn.codegen.fused import NotFusable, fuse, fuse_stages
-from einsumattn.codegen.loops import BLOCK_LANES, BLOCK_ROW, Crossing
+from einsumattn.backends.triton_fused import fuse, fuse_stages
+from einsumattn.schedule.stages import NotFusable
+from einsumattn.backends.triton_loops import BLOCK_LANES, BLOCK_ROW
+from einsumattn.schedule.stages import Crossing
 from einsumattn.verify import Case, case_inputs, compare, run_check
 
 from conftest import ROOT

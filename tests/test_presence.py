@@ -10,7 +10,7 @@ import pytest
 
 import einsumattn
 from einsumattn.analysis.presence import absent_tensors, in_range_by_construction
-from einsumattn.codegen.module import Plan
+from einsumattn.backends.module import Plan
 from einsumattn.evaluate import evaluate
 from einsumattn.ir import expr as ir
 

@@ -5,8 +5,8 @@ import einsumattn
 from einsumattn.analysis.passes import analyse_passes
 from einsumattn.cli import main
 from einsumattn.codegen.compile import compile_to_file, import_file
-from einsumattn.codegen.fused import fuse_stages
-from einsumattn.codegen.module import Plan
+from einsumattn.backends.triton_fused import fuse_stages
+from einsumattn.backends.module import Plan
 from einsumattn.transform import rewrite
 from einsumattn.verify import Case, case_inputs, compare
 

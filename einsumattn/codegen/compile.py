@@ -34,7 +34,7 @@ from .. import __version__
 from ..diagnostics import Source
 from ..ir import Cascade
 from ..loader import load, load_source, read_spec
-from .module import Options, generate, spec_sha256
+from ..backends.module import Options, generate, spec_sha256
 from ..transform import DEFAULT_TILE
 
 

@@ -21,9 +21,11 @@ from ..ir.divisors import checked_divisors, divisor_problem
 from . import names
 from .names import mangle, spec_text, string_literal
 from .printers import PythonScalarPrinter
-from .torch_backend import TorchEmitter
-from .fused import NotFusable, fuse_stages
-from .triton_backend import HELPERS, TritonEmitter, Unsupported
+from .torch_reference import TorchEmitter
+from ..schedule.stages import NotFusable
+from .triton_fused import fuse_stages
+from .triton_printer import HELPERS, Unsupported
+from .triton_unfused import TritonEmitter
 from ..transform import DEFAULT_TILE, Rewritten, rewrite as derive
 
 

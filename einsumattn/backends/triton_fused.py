@@ -26,10 +26,6 @@ reason, and the module uses the unfused schedule instead.
 from __future__ import annotations
 
 import itertools
-import re
-from dataclasses import dataclass, field
-
-import networkx as nx
 
 import sympy
 
@@ -41,33 +37,20 @@ from ..analysis.presence import (Condition, absent_tensors, einsum_conditions,
 from ..ir import Cascade, Einsum
 from ..ir import expr as ir
 from ..ir.printer import lhs_text, rhs_text
-from ..transform.algebra import Algebra, substitute
+from ..schedule.bounds import stream_bound
+from ..schedule.skipping import masked_steps_are_identities
+from ..schedule.stages import Crossing, NotFusable, cut_stages
+from ..transform.algebra import substitute
 from .names import spec_text
-from .skipping import masked_steps_are_identities
-from .triton_backend import TritonPrinter, Unsupported, scalar_condition, tile_asserts
+from .triton_kernel import FusedKernel, kernel_arguments, program_coordinates
+from .triton_loops import fuse_loops
+from .triton_printer import TritonPrinter, Unsupported, scalar_condition, tile_asserts
 
 BLOCK_P = 16
 BLOCK_M = 16
 # The most alternatives (`or`) the per-key form of a key-tile mask may have; past it the
 # kernel ORs the score mask over the rows instead, and the generated line stays short.
 MAX_KEY_ALTERNATIVES = 8
-
-
-class NotFusable(Exception):
-    """The cascade does not fit the fused schedule (the reason is the message)."""
-
-
-@dataclass
-class FusedKernel:
-    name: str
-    source: list[str]
-    host: list[str]                 # host statements: allocate outputs, launch
-    tuning: dict
-    description: str                # for the module's docstring
-    pruned: dict                    # pass -> (lower bound text | None, upper bound text | None)
-    # The schedule as data (tests and tools read it): "form" ("attention", "split",
-    # "tiles" or "steps") and the ranks each role went to.
-    facts: dict = field(default_factory=dict)
 
 
 def _layout_vars(layout: tuple[str, ...], var: str) -> str:
@@ -345,129 +328,10 @@ class _Fuser:
         raise NotFusable(f"a {condition.kind} condition")
 
 
-# At most this many stage kernels are tried while looking for cuts (each is a fuse()).
-CUT_SEARCH_BUDGET = 120
-
-
-def fuse_stages(cascade: Cascade) -> tuple[list[FusedKernel], str | None]:
-    """Fused kernels for a cascade: one if it fuses whole; else a sequence of stages,
-    cut where a value must cross program tiles (written to global memory by one kernel,
-    read by the next). Returns the kernels and the reasons for the cuts (None for one
-    kernel): the reason for each cut is why the stages from there on did not fuse as
-    one kernel. NotFusable (the whole cascade's reason) if no sequence of cuts works.
-
-    Each stage is closed upwards within what is left (one or two tensors and what they
-    need that no earlier stage computed); the smallest first stage whose remainder can be
-    cut into the fewest stages is taken (two, then three, ...), within CUT_SEARCH_BUDGET
-    tries."""
-    try:
-        return [fuse(cascade)], None
-    except NotFusable as whole:
-        reason = str(whole)
-    order = [e.tensor for e in cascade.einsums]
-    graph = cascade.graph.copy()
-    graph.remove_edges_from(list(nx.selfloop_edges(graph)))
-    ancestors = {name: set(nx.ancestors(graph, name)) & set(order) for name in order}
-    tried: dict[tuple[frozenset, frozenset], str | None] = {}
-    plans: dict = {}
-
-    def attempt(stage: frozenset, remaining: frozenset) -> str | None:
-        """None if `stage` fuses as the first of `remaining`, else the reason."""
-        key = (stage, remaining)
-        if key not in tried:
-            if len(tried) >= CUT_SEARCH_BUDGET:
-                return "the search for cuts ran out of tries"
-            try:
-                fuse(_stage(cascade, stage, remaining - stage, 0))
-                tried[key] = None
-            except NotFusable as why:
-                tried[key] = str(why)
-        return tried[key]
-
-    def plan(remaining: frozenset, why: str, most: int):
-        """At most `most` stages for `remaining` (which does not fuse whole, because
-        `why`): (stages, reasons for the cuts), or None."""
-        key = (remaining, most)
-        if key in plans:
-            return plans[key]
-        plans[key] = None
-        names = [n for n in order if n in remaining]
-        candidates: list[frozenset] = []
-        for count in (1, 2):
-            for chosen in itertools.combinations(names, count):
-                closure = frozenset(chosen).union(*(ancestors[n] & remaining for n in chosen))
-                if len(closure) < len(remaining) and closure not in candidates:
-                    candidates.append(closure)
-        for first in sorted(candidates, key=len):
-            if attempt(first, remaining) is not None:
-                continue
-            rest = remaining - first
-            rest_why = attempt(rest, rest)
-            if rest_why is None:
-                found = ([rest], [])
-            elif most > 2:
-                found = plan(rest, rest_why, most - 1)
-            else:
-                continue
-            if found is not None:
-                plans[key] = ([first] + found[0], [why] + found[1])
-                break
-        return plans[key]
-
-    everything = frozenset(order)
-    found = None
-    # Fewest kernels first: two stages, then three, ...
-    for most in range(2, len(order) + 1):
-        found = plan(everything, reason, most)
-        if found is not None or len(tried) >= CUT_SEARCH_BUDGET:
-            break
-    if found is None:
-        raise NotFusable(reason)
-    stages, reasons = found
-    kernels, done = [], frozenset()
-    for number, stage in enumerate(stages, 1):
-        later = everything - done - stage
-        kernels.append(fuse(_stage(cascade, stage, later, number)))
-        done |= stage
-    if len(reasons) == 1:
-        return kernels, reasons[0]
-    return kernels, "; ".join(f"{why} (before {kernel.name})"
-                              for why, kernel in zip(reasons, kernels[1:]))
-
-
-def _stage(cascade: Cascade, stage: frozenset, later: frozenset, number: int) -> Cascade:
-    """A sub-cascade: the stage's Einsums, with what earlier stages computed as inputs
-    (from memory) and what later stages (or the caller) need as outputs."""
-    einsums = [e for e in cascade.einsums if e.tensor in stage]
-    needed_later = {r for e in cascade.einsums if e.tensor in later for r in e.reads} | \
-        set(cascade.outputs)
-    outputs = tuple(e.tensor for e in einsums if e.tensor in needed_later)
-    reads = {r for e in einsums for r in e.reads}
-    absent = absent_tensors(cascade)
-    tensors = {}
-    for name, tensor in cascade.tensors.items():
-        if tensor.is_input and name in reads:
-            tensors[name] = tensor
-        elif name in reads and name not in stage:
-            if tensor.iterative is not None:
-                raise NotFusable(f"the recurrence {name} would cross a cut")
-            if name in absent:
-                # Memory holds values, not presence: a later stage would read 0 as present.
-                raise NotFusable(f"{name} may be absent and would cross a cut")
-            tensors[name] = type(tensor)(name, tensor.ranks, True)   # from memory
-    for einsum in einsums:
-        tensors[einsum.tensor] = cascade.tensors[einsum.tensor]
-    if not outputs:
-        raise NotFusable("a stage with no result")
-    return Cascade(f"{cascade.name}_stage{number}", cascade.ranks, cascade.splits,
-                   cascade.params, tensors, tuple(einsums), outputs, cascade.source)
-
-
 def fuse(cascade: Cascade) -> FusedKernel:
     """The fused kernel for a cascade: the attention schedule where it applies, else the
-    loop schedule (codegen/loops.py); NotFusable with the reasons if neither does: the
+    loop schedule (triton_loops.py); NotFusable with the reasons if neither does: the
     loop schedule's alone when a value would cross program tiles (a cut can help)."""
-    from .loops import Crossing, fuse_loops
     try:
         fuser = _Fuser(cascade)
         return (_SplitEmitter if fuser.loop is not None else _Emitter)(fuser).emit()
@@ -479,6 +343,11 @@ def fuse(cascade: Cascade) -> FusedKernel:
         raise
     except NotFusable as loop:
         raise NotFusable(f"{attention} (the loop schedule: {loop})") from None
+
+
+def fuse_stages(cascade: Cascade) -> tuple[list[FusedKernel], str | None]:
+    """The fused kernels of a cascade: one, or the stages of schedule/stages.py's cuts."""
+    return cut_stages(cascade, fuse)
 
 
 class _Emitter:
@@ -773,7 +642,7 @@ class _Emitter:
     def _alternatives(self, condition: Condition, expr: ir.Expr | None = None):
         """A condition (or `expr`, a part of it) as alternatives a key may meet it by,
         each (conditions on the key alone, as text; affine filters of key and row, as
-        `_stream_bound`s); None where a part depends on the row otherwise."""
+        `stream_bound`s); None where a part depends on the row otherwise."""
         f = self.f
         if expr is None:
             if condition.kind not in ("filter", "range", "split"):
@@ -800,7 +669,7 @@ class _Emitter:
             if expr.op == "or":
                 return left + right
             return [(a + b, c + d) for a, c in left for b, d in right]
-        bound = _stream_bound(self._keyed(expr), f.stream, f.row)
+        bound = stream_bound(self._keyed(expr), f.stream, f.row)
         return None if bound is None else [((), (bound,))]
 
     def _rows_reach(self, bounds) -> list[str]:
@@ -830,7 +699,7 @@ class _Emitter:
 
     def _keyed(self, condition: ir.Expr) -> ir.Expr:
         """A condition with the key written as the index variable of the tile, so that
-        `_stream_bound` reads a bound off it (here the key is that variable)."""
+        `stream_bound` reads a bound off it (here the key is that variable)."""
         return condition
 
     def _key(self) -> str:
@@ -912,7 +781,7 @@ class _Emitter:
             candidates = masked_by if candidates is None else candidates & masked_by
         found = []
         for filt in sorted(candidates or (), key=str):
-            bound = _stream_bound(self._keyed(filt), self.f.stream, self.f.row)
+            bound = stream_bound(self._keyed(filt), self.f.stream, self.f.row)
             if bound is not None:
                 found.append(bound)
         return found
@@ -1068,7 +937,7 @@ class _SplitEmitter(_Emitter):
     def _step_bounds(self) -> tuple[str | None, str | None]:
         """The range of steps m1 for this row tile: affine filters that mask every term of
         every per-step reduction bound it, when a fully masked step provably changes
-        nothing carried (codegen/skipping.py); else every step (and the reason why, in
+        nothing carried (schedule/skipping.py); else every step (and the reason why, in
         the facts)."""
         f, cascade = self.f, self.cascade
         reductions = [e for e in cascade.einsums if f.kinds[e.tensor] in ("tile-reduce",
@@ -1104,87 +973,6 @@ class _SplitEmitter(_Emitter):
     def _key(self) -> str:
         f = self.f
         return f"({f.loop} * {f.tile_block} + {f.stream})"
-
-
-def program_coordinates(cascade: Cascade, batch: list[str], row: str, block: str) -> list[str]:
-    """Kernel lines: the program's point of each batch rank (grid axis 1, row-major) and
-    its tile of `block` points of the row rank (grid axis 0), in int64."""
-    lines = ["    batch = tl.program_id(1).to(tl.int64)"]
-    rest = "batch"
-    for var in reversed(batch):
-        if var == batch[0]:
-            lines.append(f"    {var} = {rest}")
-        else:
-            lines.append(f"    {var} = {rest} % {cascade.var_rank(var)}")
-            lines.append(f"    rest = {rest} // {cascade.var_rank(var)}")
-            rest = "rest"
-    lines.append(f"    {row} = tl.program_id(0).to(tl.int64) * {block} + tl.arange(0, {block})")
-    return lines
-
-
-def kernel_arguments(cascade: Cascade, body: str, outputs: list[str]) -> tuple[list[str],
-                                                                                list[str]]:
-    """A fused kernel's arguments and the host expressions passed for them: output and
-    input pointers (the inputs its body loads), their strides, the sizes and params it
-    uses."""
-    body = re.sub(r"#.*", "", body)     # what the comments restate is not used
-    inputs = [t.name for t in cascade.inputs if re.search(rf"\b{t.name}_ptr\b", body)]
-    args = [f"{o}_ptr" for o in outputs] + [f"{i}_ptr" for i in inputs]
-    host = list(outputs) + inputs
-    for tensor in outputs + inputs:
-        for position in range(len(cascade.tensors[tensor].ranks)):
-            args.append(f"{tensor}_s{position}")
-            host.append(f"{tensor}.stride({position})")
-    used = [n for n in list(cascade.ranks) + list(cascade.params)
-            if re.search(rf"\b{re.escape(n)}\b", body)]
-    return args + used, host + used
-
-
-def _stream_bound(condition: ir.Expr, stream: str, row: str):
-    """('upper', c) for m <= row + c, ('lower', c) for m >= row + c; None otherwise.
-    c is printed for the kernel (integers and params)."""
-    if not isinstance(condition, ir.Op) or condition.op not in ("<", "<=", ">", ">="):
-        return None
-    algebra = Algebra()
-    difference = sympy.expand(algebra.to_sympy(condition.args[0]) -
-                              algebra.to_sympy(condition.args[1]))
-    # Affine in indices, sizes and params only: no tensor reads, no functions.
-    names, constants = {}, set()
-    for symbol in difference.free_symbols:
-        node = algebra.nodes[symbol]
-        if isinstance(node, ir.Read):
-            return None
-        if isinstance(node, ir.Index):
-            names[symbol] = sympy.Symbol(node.var)
-        else:            # a param or a size: known on the host
-            names[symbol] = sympy.Symbol(node.name if isinstance(node, ir.Param) else
-                                         node.rank)
-            constants.add(names[symbol])
-    if difference.atoms(sympy.Function):
-        return None
-    # Plain names from here on: the offset is printed into the kernel and the host.
-    difference = difference.xreplace(names)
-    m, p = sympy.Symbol(stream), sympy.Symbol(row)
-    a = difference.coeff(m)
-    rest = sympy.expand(difference - a * m)
-    if a not in (1, -1) or rest.coeff(p) != -a:
-        return None
-    constant = sympy.expand(rest + a * p)       # difference = a*(m - p) + constant
-    if constant.free_symbols - constants:
-        return None
-    # a*(m - p) + constant OP 0  ->  m - p OP' -constant/a
-    op = condition.op
-    if a == -1:
-        op = {"<": ">", "<=": ">=", ">": "<", ">=": "<="}[op]
-    offset = -constant / a
-    # m < row + c is m <= row + c - 1 for integer c (a param is rounded on the host).
-    shifted = {"<": ("upper", offset - 1), "<=": ("upper", offset),
-               ">": ("lower", offset + 1), ">=": ("lower", offset)}[op]
-    side, value = shifted
-    value = sympy.expand(value)
-    if not value.free_symbols and not value.is_Integer:
-        return None
-    return side, value
 
 
 def _range_text(bounds, stream: str) -> str:

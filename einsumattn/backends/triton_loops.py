@@ -19,7 +19,7 @@ not attention-shaped, with its loop read off the IR.
 
 A register value can be read only at the program's own points. A read at other points of
 a grid rank (ECA's `GAP[b, c + k - K // 2]`) raises `Crossing`: the value crosses program
-tiles, which is where `fused.fuse_stages` cuts the cascade into kernels with the value in
+tiles, which is where `schedule/stages.py` cuts the cascade into kernels with the value in
 global memory between them. Anything else that does not fit raises NotFusable with the
 reason.
 """
@@ -31,15 +31,12 @@ from ..analysis.presence import (Condition, absent_tensors, einsum_conditions,
 from ..ir import Cascade, Einsum
 from ..ir import expr as ir
 from ..ir.printer import lhs_text, rhs_text
-from .fused import FusedKernel, NotFusable, kernel_arguments, program_coordinates
-from .triton_backend import TritonPrinter, Unsupported, scalar_condition, tile_asserts
+from ..schedule.stages import Crossing, NotFusable
+from .triton_kernel import FusedKernel, kernel_arguments, program_coordinates
+from .triton_printer import TritonPrinter, Unsupported, scalar_condition, tile_asserts
 
 BLOCK_ROW = 16     # points of the row rank per program
 BLOCK_LANES = 64   # points of the (flattened) loop ranks per tile
-
-
-class Crossing(NotFusable):
-    """A value one program computes is read by another (it must cross program tiles)."""
 
 
 _IDENTITY = {"sum": "0.0", "max": "float('-inf')", "min": "float('inf')"}
