@@ -358,14 +358,16 @@ def test_causal_and_window_kernels_skip_masked_tiles(rewrite):
 
     def kernel(spec):
         return fuse(Plan(einsumattn.load(spec), rewrite=rewrite).kernel)
+    def sides(kernel):       # per pass, which bounds its key loop has
+        return [{bound.side for bound in p.bounds} for p in kernel.schedule.passes]
     causal = kernel(ROOT / "examples" / "causal_softmax.attn")
-    assert all(lo is None and hi is not None for lo, hi in causal.pruned.values())
+    assert sides(causal) == [{"upper"}] * len(causal.schedule.passes)
     window = kernel(WINDOW)
-    assert all(lo is not None and hi is not None for lo, hi in window.pruned.values())
+    assert sides(window) == [{"lower", "upper"}] * len(window.schedule.passes)
     unmasked = kernel(ROOT / "examples" / "softmax_3pass.attn")
-    assert all(bounds == (None, None) for bounds in unmasked.pruned.values())
+    assert sides(unmasked) == [set()] * len(unmasked.schedule.passes)
     if rewrite:
-        assert "proved" in causal.facts["skipping"]
+        assert "proved" in causal.schedule.skipping
 
 
 def _visited_tiles(module, pid: int, **values) -> range:
@@ -421,8 +423,8 @@ def test_a_masked_step_that_is_not_an_identity_is_not_skipped():
     text = (ROOT / "examples" / "softmax_1pass.attn").read_text()
     causal = einsumattn.load(text.replace("* scale\n", "* scale  where m1 * M0 + m0 <= p\n", 1))
     kernel = fuse(causal)
-    assert kernel.pruned == {1: (None, None)}
-    assert "from 0 to nan (initial state)" in kernel.facts["skipping"]
+    assert [p.bounds for p in kernel.schedule.passes] == [()]
+    assert "from 0 to nan (initial state)" in kernel.schedule.skipping
 
 
 def test_kernel_indices_are_int64(built):

@@ -151,7 +151,7 @@ def _triton(cascade: Cascade) -> dict:
             "fused_host": [line for k in fused for line in k.host],
             "fused_tuning": {k.name: k.tuning for k in fused},
             "dot_rounding": {names.spec_name(e): n for k in fused
-                             for e, n in k.facts.get("rounded", {}).items()},
+                             for e, n in k.schedule.rounded},
             "kernel_names": [k.name for k in kernels + fused],
             "not_fused": why,
             "schedule_note": spec_text(note)}

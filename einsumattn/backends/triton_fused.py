@@ -26,18 +26,17 @@ reason, and the module uses the unfused schedule instead.
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 
 import sympy
 
-from ..analysis import Report
-from ..analysis.buffers import analyse_buffers
-from ..analysis.passes import analyse_passes
-from ..analysis.presence import (Condition, absent_tensors, einsum_conditions,
-                                 in_range_by_construction, point_conditions)
+from ..analysis.presence import Condition, in_range_by_construction, point_conditions
 from ..ir import Cascade, Einsum
 from ..ir import expr as ir
 from ..ir.printer import lhs_text, rhs_text
+from ..schedule.attention import AttentionRoles
 from ..schedule.bounds import stream_bound
+from ..schedule.model import Bound, Role
 from ..schedule.skipping import masked_steps_are_identities
 from ..schedule.stages import Crossing, NotFusable, cut_stages
 from ..transform.algebra import substitute
@@ -46,8 +45,6 @@ from .triton_kernel import FusedKernel, kernel_arguments, program_coordinates
 from .triton_loops import fuse_loops
 from .triton_printer import TritonPrinter, Unsupported, scalar_condition, tile_asserts
 
-BLOCK_P = 16
-BLOCK_M = 16
 # The most alternatives (`or`) the per-key form of a key-tile mask may have; past it the
 # kernel ORs the score mask over the rows instead, and the generated line stays short.
 MAX_KEY_ALTERNATIVES = 8
@@ -59,171 +56,8 @@ def _layout_vars(layout: tuple[str, ...], var: str) -> str:
     return f"{var}[:, None]" if layout.index(var) == 0 else f"{var}[None, :]"
 
 
-class _Fuser:
-    def __init__(self, cascade: Cascade):
-        self.cascade = cascade
-        if not cascade.splits:
-            for einsum in cascade.einsums:     # checked again below; here before analysis
-                if einsum.iterative is not None:
-                    raise NotFusable(f"the recurrence {einsum.tensor} is not over the key tiles")
-        # The passes of every rank (to choose the primary one) and the buffers of that
-        # one: the part of `analyze` the schedule reads (the cut search calls this often).
-        ranks = analyse_passes(cascade)
-        rank = Report(cascade, "float16", ranks, {}, None).primary_rank
-        if rank is None or rank not in ranks:
-            raise NotFusable("no rank is streamed")
-        self.passes = ranks[rank]
-        buffers = analyse_buffers(cascade, self.passes, 2)
-        self.stream = cascade.ranks[rank].var
-        # A split of the streamed rank: its outer part is the loop, its inner part the
-        # tile (FuseMax's Cascade 5); recurrences over the outer part are loop-carried.
-        self.loop: str | None = None
-        splits = [s for s in cascade.splits if s.parent == rank]
-        if len(cascade.splits) > len(splits) or len(splits) > 1:
-            raise NotFusable("splits other than one split of the streamed rank")
-        if splits:
-            split = splits[0]
-            if not isinstance(split.factor, int) or split.factor < 16 or \
-                    split.factor & (split.factor - 1):
-                raise NotFusable(f"split factor {split.factor}: a tile needs a power of two "
-                                 f">= 16")
-            if self.passes.passes != 1:
-                raise NotFusable(f"{self.passes.passes} passes over a split rank")
-            self.loop = cascade.ranks[split.outer].var
-            self.stream = cascade.ranks[split.inner].var
-            self.tile = split.factor
-            self.tile_block = f"{self.stream}_BLOCK"
-        for einsum in cascade.einsums:
-            if einsum.iterative is not None and einsum.iter_var != self.loop:
-                raise NotFusable(f"the recurrence {einsum.tensor} is not over the key tiles")
-        parallel = [cascade.ranks[r].var for r in buffers.parallel]
-        if not parallel:
-            raise NotFusable("no parallel rank to spread programs over")
-        self.row = parallel[-1]
-        self.batch = parallel[:-1]
-        # Ranks no Einsum iterates over (a stage's, the queries of the keys' stage)
-        # get no tile: a BLOCK of their size would be a compilation per size.
-        used = {v for einsum in cascade.einsums for v in einsum.variables}
-        self.features = [r.var for r in cascade.ranks.values()
-                         if r.var not in parallel and r.var not in (self.stream, self.loop)
-                         and r.name != rank and r.var in used]
-        self.absent = absent_tensors(cascade)
-        self.kinds: dict[str, str] = {}
-        self.layouts: dict[str, tuple[str, ...]] = {}
-        self.row_masks: dict[str, list[Condition]] = {}   # output -> conditions at store
-        for einsum in cascade.einsums:
-            self._classify(einsum)
-        for output in cascade.outputs:
-            if self.kinds[output] not in ("row", "accumulate", "dot-accumulate"):
-                raise NotFusable(f"output {output} is not a per-row value")
-
-    # ---------------------------------------------------------------- classification
-    def _classify(self, einsum: Einsum) -> None:
-        if self.loop is not None:
-            return self._classify_split(einsum)
-        name = einsum.tensor
-        left, extra = self._left(einsum)
-        reduced = set(einsum.reduced)
-        if self.stream in left:
-            if extra:
-                raise NotFusable(f"{name} has a feature rank beside the streamed one")
-            if name in self.absent and any(c.kind == "absent" and not c.read.indices
-                                           for c in self._conditions(einsum)):
-                raise NotFusable(f"{name}: absent scalar reads")
-            kind = self._tile_kind(einsum)
-        elif self.stream in reduced:
-            if reduced != {self.stream}:
-                raise NotFusable(f"{name} reduces the streamed rank with another")
-            kind = self._reduction_kind(einsum, extra, "dot-accumulate", "accumulate")
-            if name in self.absent:
-                self._row_mask(einsum)
-        else:
-            if reduced:
-                raise NotFusable(f"{name} reduces a feature rank outside the stream")
-            kind = "row"
-            self.layouts[name] = (self.row,) + tuple(extra)
-            if name in self.absent:
-                raise NotFusable(f"{name}: a per-row value that may be absent")
-        self.kinds[name] = kind
-
-    def _left(self, einsum: Einsum) -> tuple[list[str], list[str]]:
-        """The left variables other than batch ones, and the (at most one) feature rank
-        among them; every tensor must have every parallel rank."""
-        if not set(self.batch) <= set(einsum.indices) or self.row not in einsum.indices:
-            raise NotFusable(f"{einsum.tensor} does not have every parallel rank "
-                             f"({', '.join(self.batch + [self.row])})")
-        left = [v for v in einsum.indices if v not in self.batch]
-        extra = [v for v in left if v not in (self.row, self.stream, self.loop)]
-        if len(extra) > 1:
-            raise NotFusable(f"{einsum.tensor} has more than one feature rank")
-        return left, extra
-
-    def _reduction_kind(self, einsum: Einsum, extra: list[str], dot: str, plain: str) -> str:
-        """A reduction over the key tile into a per-row value: a tl.dot with a key tile
-        when it keeps a feature rank (a sum), else a plain tl.sum / tl.max / tl.min."""
-        self.layouts[einsum.tensor] = (self.row,) + tuple(extra)
-        if extra and einsum.reduce_op == "sum":
-            return dot
-        if extra:
-            raise NotFusable(f"{einsum.tensor}: a max/min over the keys with a feature rank")
-        return plain
-
-    def _tile_kind(self, einsum: Einsum) -> str:
-        """A tensor over (row, key tile): elementwise, or a contraction over a feature."""
-        reduced = set(einsum.reduced)
-        self.layouts[einsum.tensor] = (self.row, self.stream)
-        if not reduced:
-            return "stream"
-        if len(reduced) == 1 and einsum.reduce_op == "sum" and reduced <= set(self.features):
-            return "stream-dot"
-        raise NotFusable(f"{einsum.tensor}: a reduction this schedule does not tile")
-
-    def _classify_split(self, einsum: Einsum) -> None:
-        """Kinds with the stream split into a loop (outer) and a tile (inner):
-        stream / stream-dot: a tile over (row, inner) for the current outer step;
-        tile-reduce / tile-dot: a reduction over the tile, once per step;
-        tile-row: a per-row value of the current step;  carried: a recurrence over the
-        outer part;  row: before or after the loop."""
-        name = einsum.tensor
-        left, extra = self._left(einsum)
-        reduced = set(einsum.reduced)
-        if self.loop in reduced:
-            raise NotFusable(f"{name} reduces over the key tiles (not a recurrence)")
-        if einsum.iterative is not None:
-            kind = "carried"
-            self.layouts[name] = (self.row,) + tuple(extra)
-        elif self.stream in left:
-            if self.loop not in left or extra:
-                raise NotFusable(f"{name}: a tile needs the outer part and no feature rank")
-            kind = self._tile_kind(einsum)
-        elif self.stream in reduced:
-            if reduced != {self.stream} or self.loop not in left:
-                raise NotFusable(f"{name} reduces the tile together with another rank")
-            kind = self._reduction_kind(einsum, extra, "tile-dot", "tile-reduce")
-        else:
-            if reduced:
-                raise NotFusable(f"{name} reduces a feature rank outside the stream")
-            kind = "tile-row" if self.loop in left else "row"
-            self.layouts[name] = (self.row,) + tuple(extra)
-        if kind not in ("stream", "stream-dot") and name in self.absent:
-            raise NotFusable(f"{name}: a per-row value that may be absent")
-        self.kinds[name] = kind
-
-    def _row_mask(self, einsum: Einsum) -> None:
-        """Per-row values live in registers without masks. An output that nothing reads
-        may still be absent on conditions of its own row (GQA's kv head index): those
-        are applied when it is stored (absent -> 0). Anything else stays unfused."""
-        name = einsum.tensor
-        points = point_conditions(einsum, self._conditions(einsum))
-        allowed = set(self.batch) | {self.row}
-        readers = [e for e in self.cascade.einsums if name in e.reads]
-        if name not in self.cascade.outputs or readers or \
-                any(not c.variables <= allowed or c.kind == "absent" for c in points):
-            raise NotFusable(f"{name}: a per-row value that may be absent")
-        self.row_masks[name] = points
-
-    def _conditions(self, einsum: Einsum) -> list[Condition]:
-        return einsum_conditions(self.cascade, einsum, self.absent)
+class _Tiles(AttentionRoles):
+    """The attention schedule's decisions, with the printing of tiles in them."""
 
     # ---------------------------------------------------------------- printing
     def names(self, layout: tuple[str, ...]) -> dict[str, str]:
@@ -322,7 +156,7 @@ class _Fuser:
             return " & ".join([f"({text})"] + inner)
         if condition.kind == "absent":
             name = condition.read.tensor
-            if self.kinds.get(name) not in ("stream", "stream-dot"):
+            if self.kinds.get(name) not in (Role.STREAM, Role.STREAM_DOT):
                 raise NotFusable(f"a condition on the absence of {name}")
             return f"{name}_ok"
         raise NotFusable(f"a {condition.kind} condition")
@@ -333,7 +167,7 @@ def fuse(cascade: Cascade) -> FusedKernel:
     loop schedule (triton_loops.py); NotFusable with the reasons if neither does: the
     loop schedule's alone when a value would cross program tiles (a cut can help)."""
     try:
-        fuser = _Fuser(cascade)
+        fuser = _Tiles(cascade)
         return (_SplitEmitter if fuser.loop is not None else _Emitter)(fuser).emit()
     except NotFusable as reason:
         attention = str(reason)
@@ -351,7 +185,7 @@ def fuse_stages(cascade: Cascade) -> tuple[list[FusedKernel], str | None]:
 
 
 class _Emitter:
-    def __init__(self, fuser: _Fuser):
+    def __init__(self, fuser: _Tiles):
         self.f = fuser
         self.cascade = fuser.cascade
         self.lines: list[str] = []
@@ -360,33 +194,36 @@ class _Emitter:
         # Einsum -> how many of its tl.dot operands are computed values, rounded to the
         # inputs' precision when the dot runs on half-precision operands (see _dot).
         self.rounded: dict[str, int] = {}
+        self.schedule = fuser.kernel_schedule(f"{self.cascade.name}_fused")
+        self.loops_start: int | None = None  # where the first loop's lines begin
+        self.bounds: dict[int, tuple[Bound, ...]] = {}   # pass -> the bounds it uses
+        self.skipping: str | None = None
 
     def line(self, text: str, depth: int = 1) -> None:
         self.lines.append("    " * depth + text)
 
     @property
     def uses_dot(self) -> bool:
-        return any("_to_dot(" in text for text in self.lines)
+        return self.schedule.uses_dot
+
+    def _begin_loops(self) -> None:
+        """Mark where the loops begin: loop-invariant tiles are computed before it."""
+        if self.loops_start is None:
+            self.loops_start = len(self.lines)
 
     def emit(self) -> FusedKernel:
         f, cascade = self.f, self.cascade
-        passes = f.passes
-        name = f"{cascade.name}_fused"
-        n_passes = passes.passes
-        stream_einsums = [e for e in cascade.einsums if f.kinds[e.tensor] in ("stream",
-                                                                              "stream-dot")]
+        name = self.schedule.name
+        n_passes = len(self.schedule.passes)
         self._prologue(n_passes)
 
         pruned = {}
         available = {t.name for t in cascade.inputs}
         self._rows(available)
-        for number in range(1, n_passes + 1):
-            members = [e for e in cascade.einsums if passes.pass_of.get(e.tensor) == number]
-            accumulators = [e for e in members if f.kinds[e.tensor] in ("accumulate",
-                                                                        "dot-accumulate")]
-            needed = self._stream_closure(accumulators, stream_einsums)
-            lo, hi = self._bounds(accumulators, needed)
+        for number, accumulators, needed in f.pass_plan():
+            lo, hi = self._bounds(number, accumulators)
             pruned[number] = (lo, hi)
+            self._begin_loops()
             self.line("")
             self.line(f"# pass {number} over {f.stream}: "
                       f"{', '.join(e.tensor for e in accumulators) or 'nothing accumulates'}")
@@ -417,20 +254,20 @@ class _Emitter:
         source, host, tuning = self._wrap(name, outputs)
         described = ", ".join(f"pass {k}: {_range_text(pruned[k], f.stream)}"
                               for k in sorted(pruned))
-        return FusedKernel(name, source, host, tuning,
-                           f"one fused kernel {name}: grid over "
-                           f"{', '.join(f.batch + [f.row + ' tiles'])}; {described}", pruned,
-                           self._facts("attention", n_passes))
+        return self._kernel(source, host, tuning,
+                            f"one fused kernel {name}: grid over "
+                            f"{', '.join(f.batch + [f.row + ' tiles'])}; {described}")
 
     # ---------------------------------------------------------------- pieces
-    def _facts(self, form: str, passes: int) -> dict:
-        f = self.f
-        return {"form": form, "row": f.row, "batch": f.batch,
-                "loop": [f.loop or f.stream], "held": f.features, "passes": passes,
-                "carried": [e for e, k in f.kinds.items() if k == "carried"],
-                "accumulated": [e for e, k in f.kinds.items()
-                                if k in ("accumulate", "dot-accumulate")],
-                "rounded": dict(self.rounded)}
+    def _kernel(self, source: list[str], host: list[str], tuning: dict,
+                description: str) -> FusedKernel:
+        """The kernel, with its schedule completed by what printing proved: the bounds
+        of each pass, the rounded dot operands, why tiles are (not) skipped."""
+        passes = tuple(replace(p, bounds=self.bounds.get(p.number, ()))
+                       for p in self.schedule.passes)
+        schedule = self.schedule.with_(passes=passes, rounded=tuple(self.rounded.items()),
+                                       skipping=self.skipping, description=description)
+        return FusedKernel(self.schedule.name, source, host, tuning, schedule)
 
     def _prologue(self, n_passes: int) -> None:
         """The program's coordinates: its batch point, its row tile, the feature tiles."""
@@ -445,16 +282,14 @@ class _Emitter:
 
     def _hoist(self) -> None:
         """Put the loop-invariant row tiles before the first loop."""
-        marker = next(i for i, text in enumerate(self.lines)
-                      if text.strip().startswith(("# pass", "# the key tiles")))
         loads = [f"    {name} = {text}" for text, name in self.hoisted.items()]
-        self.lines[marker - 1:marker - 1] = loads
+        self.lines[self.loops_start:self.loops_start] = loads
 
     def _rows(self, available: set[str]) -> None:
         """Row values whose every input is available (inputs, finished accumulators,
         row values already computed), in dataflow order."""
         for einsum in self.cascade.einsums:
-            if self.f.kinds[einsum.tensor] != "row" or einsum.tensor in available:
+            if self.f.kinds[einsum.tensor] != Role.ROW or einsum.tensor in available:
                 continue
             if all(r in available for r in einsum.reads):
                 layout = self.f.layouts[einsum.tensor]
@@ -473,30 +308,18 @@ class _Emitter:
         dims = ", ".join(f"{v}_BLOCK" for v in layout)
         return f"tl.zeros([{dims}], tl.float32)"
 
-    def _stream_closure(self, accumulators, stream_einsums) -> list[Einsum]:
-        needed: set[str] = set()
-        stack = [r for acc in accumulators for r in acc.reads]
-        while stack:
-            name = stack.pop()
-            if name in needed or self.f.kinds.get(name) not in ("stream", "stream-dot"):
-                continue
-            needed.add(name)
-            stack.extend(self.cascade.einsum(name).reads)
-        return [e for e in stream_einsums if e.tensor in needed]
-
     def _stream(self, einsum: Einsum) -> None:
         f = self.f
         layout = (f.row, f.stream)
         self.line(f"# {lhs_text(self.cascade, einsum)} = {rhs_text(einsum)}", 2)
-        if f.kinds[einsum.tensor] == "stream":
+        if f.kinds[einsum.tensor] == Role.STREAM:
             value = f.value(einsum.body, layout, "lanes")
         else:
             value = self._tile_dot(einsum)
         self.line(f"{einsum.tensor} = {value}", 2)
-        conditions = point_conditions(einsum, f._conditions(einsum))
         if einsum.tensor in f.absent:
-            masks = [f.mask(c, layout, "lanes") for c in conditions]
-            self.line(f"{einsum.tensor}_ok = {' & '.join(['lanes'] + masks)}", 2)
+            conditions = point_conditions(einsum, f._conditions(einsum))
+            self.line(f"{einsum.tensor}_ok = {self._tile_mask(conditions)}", 2)
 
     def _tile_dot(self, einsum: Einsum) -> str:
         """sum over a feature of (row-side factors) * (key-side factors) * scalars:
@@ -546,9 +369,16 @@ class _Emitter:
                   f"tl.float32)")
 
     def _term_mask(self, einsum: Einsum) -> str:
+        return self._tile_mask(self.f._conditions(einsum))
+
+    def _tile_mask(self, conditions: list[Condition]) -> str:
+        """`lanes` and the conditions on a key tile beyond it, each once."""
         layout = (self.f.row, self.f.stream)
-        masks = [self.f.mask(c, layout, "lanes") for c in self.f._conditions(einsum)]
-        return " & ".join(["lanes"] + masks)
+        beyond = self.f.beyond_lanes(conditions)
+        masks = [self.f.mask(c, layout, "lanes") for c in beyond]
+        # A key tile's `_ok` mask starts with `lanes`: where one is used, lanes is said.
+        lanes = [] if any(c.kind == "absent" for c in beyond) else ["lanes"]
+        return " & ".join(dict.fromkeys(lanes + masks))
 
     def _accumulate(self, einsum: Einsum, fresh: bool = False) -> None:
         """A reduction over the key tile: into an accumulator across tiles, or (`fresh`)
@@ -558,7 +388,7 @@ class _Emitter:
         name = einsum.tensor
         self.line(f"# {lhs_text(self.cascade, einsum)} = {rhs_text(einsum)}", 2)
         ok = self._term_mask(einsum)
-        if f.kinds[name] in ("accumulate", "tile-reduce"):
+        if f.kinds[name] in (Role.ACCUMULATE, Role.TILE_REDUCE):
             term = f.value(einsum.body, layout, "lanes")
             identity = self._identity(einsum.reduce_op)
             masked = f"tl.where({ok}, {term}, {identity})"
@@ -608,7 +438,7 @@ class _Emitter:
         score; any other condition on the rows needs an OR over the rows of `terms`."""
         alternatives = [((), ())]
         for condition in self._leaf_conditions(einsum):
-            if self._said_by_keys_live(condition):
+            if self.f.said_by_live_keys(condition):
                 continue
             found = self._alternatives(condition)
             if found is None or len(alternatives) * len(found) > MAX_KEY_ALTERNATIVES:
@@ -624,20 +454,6 @@ class _Emitter:
         # `!= 0`: Triton's interpreter gives `block & scalar` int32 data, which a load's
         # mask rejects (on the GPU it is a no-op on a boolean).
         return f"({' & '.join([self._keys_live()] + common)}) != 0"
-
-    def _said_by_keys_live(self, condition: Condition) -> bool:
-        """The split's `m1 * M0 + m0 < M`, and the range of a read at the key itself
-        (`V[.., m1 * M0 + m0, ..]`): what `_keys_live` says already."""
-        if condition.kind == "split":
-            return True
-        if condition.kind != "range" or self.f.loop is None:
-            return False
-        f = self.f
-        inner = self.cascade.var_rank(f.stream)
-        key = ir.Op("+", (ir.Op("*", (ir.Index(f.loop), ir.Dim(inner))), ir.Index(f.stream)))
-        root = ir.Dim(self.cascade.root_rank(inner))
-        return condition.expr == ir.Op("and", (ir.Op("<=", (ir.Const(0), key)),
-                                               ir.Op("<", (key, root))))
 
     def _alternatives(self, condition: Condition, expr: ir.Expr | None = None):
         """A condition (or `expr`, a part of it) as alternatives a key may meet it by,
@@ -752,14 +568,16 @@ class _Emitter:
         return " + ".join(terms), self._row_lanes(layout)
 
     # ---------------------------------------------------------------- bounds
-    def _bounds(self, accumulators, needed) -> tuple[str | None, str | None]:
+    def _bounds(self, number: int, accumulators) -> tuple[str | None, str | None]:
         """Loop bounds for a pass from affine point filters on stream tiles that mask
         every term of every accumulator of the pass (else the whole range)."""
         f = self.f
         lo, hi = None, None
         tile = f"{f.row}_BLOCK"
         first_row = f"tl.program_id(0) * {tile}"
-        for side, offset in self._masking_offsets(accumulators):
+        offsets = self._masking_offsets(accumulators)
+        self.bounds[number] = tuple(Bound(side, str(offset)) for side, offset in offsets)
+        for side, offset in offsets:
             offset = self._offset_text(side, offset)
             if side == "upper":   # m <= row + offset
                 hi = (f"tl.minimum({self.cascade.var_rank(f.stream)}, "
@@ -815,7 +633,7 @@ class _Emitter:
         found = []
         for condition in conditions:
             if condition.kind == "absent" and \
-                    self.f.kinds.get(condition.read.tensor) in ("stream", "stream-dot"):
+                    self.f.kinds.get(condition.read.tensor) in (Role.STREAM, Role.STREAM_DOT):
                 found += self._leaf_conditions(self.cascade.einsum(condition.read.tensor),
                                                points=True)
             else:
@@ -824,17 +642,15 @@ class _Emitter:
 
     # ---------------------------------------------------------------- kernel text
     def _wrap(self, name: str, outputs: list[str]) -> tuple[list[str], list[str], dict]:
-        cascade, f = self.cascade, self.f
-        args, host = kernel_arguments(cascade, "\n".join(self.lines), outputs)
+        cascade, f, schedule = self.cascade, self.f, self.schedule
+        args, host = kernel_arguments(cascade, schedule)
         args += list(self.offsets)
         host += list(self.offsets.values())
         blocks = [f"{v}_BLOCK" for v in [f.row, f.stream] + f.features]
         if self.uses_dot:
             blocks.append("DOT_DTYPE")
-        # A split's tile is the spec's own factor; otherwise the key tile is ours to tune.
-        tile = f.tile if f.loop is not None else BLOCK_M
-        tuning = {f"{f.row}_BLOCK": BLOCK_P, f"{f.stream}_BLOCK": tile}
-        knobs = [k for k in tuning if f.loop is None or k != f.tile_block]
+        tuning = {knob.name: knob.default for knob in schedule.knobs}
+        knobs = [knob.name for knob in schedule.knobs if not knob.fixed]
         source = ["@triton.jit",
                   f"def {name}({', '.join(args)}, "
                   f"{', '.join(b + ': tl.constexpr' for b in blocks)}):",
@@ -885,14 +701,15 @@ class _SplitEmitter(_Emitter):
 
     def emit(self) -> FusedKernel:
         f, cascade = self.f, self.cascade
-        name = f"{cascade.name}_fused"
+        name = self.schedule.name
         outer = cascade.var_rank(f.loop)
         stream = cascade.root_rank(outer)
         inner = cascade.var_rank(f.stream)
         self._prologue(1)
         available = {t.name for t in cascade.inputs}
         self._rows(available)
-        carried = [e for e in cascade.einsums if f.kinds[e.tensor] == "carried"]
+        carried = [e for e in cascade.einsums if f.kinds[e.tensor] == Role.CARRIED]
+        self._begin_loops()
         self.line("")
         self.line(f"# the key tiles: {f.loop} steps over {outer} = ceil({stream} / {inner}); "
                   f"{', '.join(e.tensor for e in carried) or 'nothing'} carried across steps")
@@ -908,16 +725,16 @@ class _SplitEmitter(_Emitter):
             self.line(f"{einsum.tensor}_at = {einsum.tensor}  # at step {f.loop}", 2)
         for einsum in cascade.einsums:
             kind = f.kinds[einsum.tensor]
-            if kind in ("stream", "stream-dot"):
+            if kind in (Role.STREAM, Role.STREAM_DOT):
                 self._stream(einsum)
-            elif kind in ("tile-reduce", "tile-dot"):
+            elif kind in (Role.TILE_REDUCE, Role.TILE_DOT):
                 self._accumulate(einsum, fresh=True)
-            elif kind in ("tile-row", "carried"):
+            elif kind in (Role.TILE_ROW, Role.CARRIED):
                 layout = f.layouts[einsum.tensor]
                 self.line(f"# {lhs_text(cascade, einsum)} = {rhs_text(einsum)}", 2)
                 value = f.value(einsum.body, layout, self._row_lanes(layout))
                 self.line(f"{einsum.tensor} = {value} + {self._zeros(layout)}", 2)
-        available.update(e.tensor for e in cascade.einsums if f.kinds[e.tensor] != "row")
+        available.update(e.tensor for e in cascade.einsums if f.kinds[e.tensor] != Role.ROW)
         self.line("")
         self._rows(available)
         self._hoist()
@@ -926,13 +743,12 @@ class _SplitEmitter(_Emitter):
             offset, mask = self._store_address(output, f.layouts[output])
             self.line(f"tl.store({output}_ptr + {offset}, {self._stored(output)}, mask={mask})")
         source, host, tuning = self._wrap(name, list(cascade.outputs))
-        return FusedKernel(name, source, host, tuning,
-                           f"one fused kernel {name}: grid over "
-                           f"{', '.join(f.batch + [f.row + ' tiles'])}; one loop over "
-                           f"{outer} tiles of {inner} keys with {', '.join(e.tensor for e in carried)} "
-                           f"carried in registers; {_range_text((lo, hi), f.loop)}",
-                           {1: (lo, hi)}, {**self._facts("split", 1),
-                                           "skipping": self.skipping})
+        return self._kernel(source, host, tuning,
+                            f"one fused kernel {name}: grid over "
+                            f"{', '.join(f.batch + [f.row + ' tiles'])}; one loop over "
+                            f"{outer} tiles of {inner} keys with "
+                            f"{', '.join(e.tensor for e in carried)} carried in registers; "
+                            f"{_range_text((lo, hi), f.loop)}")
 
     def _step_bounds(self) -> tuple[str | None, str | None]:
         """The range of steps m1 for this row tile: affine filters that mask every term of
@@ -940,8 +756,7 @@ class _SplitEmitter(_Emitter):
         nothing carried (schedule/skipping.py); else every step (and the reason why, in
         the facts)."""
         f, cascade = self.f, self.cascade
-        reductions = [e for e in cascade.einsums if f.kinds[e.tensor] in ("tile-reduce",
-                                                                           "tile-dot")]
+        ((_, reductions, _),) = f.pass_plan()
         tile = f.tile_block
         offsets = self._masking_offsets(reductions)
         self.skipping = "no affine filter masks every per-step reduction"
@@ -952,6 +767,7 @@ class _SplitEmitter(_Emitter):
             self.skipping = why_not
             return None, None
         self.skipping = "a fully masked step changes nothing carried (proved)"
+        self.bounds[1] = tuple(Bound(side, str(offset)) for side, offset in offsets)
         first_row = f"tl.program_id(0) * {f.row}_BLOCK"
         lo, hi = None, None
         for side, offset in offsets:

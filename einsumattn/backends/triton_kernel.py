@@ -3,10 +3,10 @@ and the kernel's arguments."""
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ..ir import Cascade
+from ..schedule.model import KernelSchedule
 
 
 @dataclass
@@ -15,11 +15,11 @@ class FusedKernel:
     source: list[str]
     host: list[str]                 # host statements: allocate outputs, launch
     tuning: dict
-    description: str                # for the module's docstring
-    pruned: dict                    # pass -> (lower bound text | None, upper bound text | None)
-    # The schedule as data (tests and tools read it): "form" ("attention", "split",
-    # "tiles" or "steps") and the ranks each role went to.
-    facts: dict = field(default_factory=dict)
+    schedule: KernelSchedule        # what it computes and how, as data
+
+    @property
+    def description(self) -> str:   # for the module's docstring
+        return self.schedule.description
 
 
 def program_coordinates(cascade: Cascade, batch: list[str], row: str, block: str) -> list[str]:
@@ -38,19 +38,15 @@ def program_coordinates(cascade: Cascade, batch: list[str], row: str, block: str
     return lines
 
 
-def kernel_arguments(cascade: Cascade, body: str, outputs: list[str]) -> tuple[list[str],
-                                                                                list[str]]:
-    """A fused kernel's arguments and the host expressions passed for them: output and
-    input pointers (the inputs its body loads), their strides, the sizes and params it
-    uses."""
-    body = re.sub(r"#.*", "", body)     # what the comments restate is not used
-    inputs = [t.name for t in cascade.inputs if re.search(rf"\b{t.name}_ptr\b", body)]
-    args = [f"{o}_ptr" for o in outputs] + [f"{i}_ptr" for i in inputs]
-    host = list(outputs) + inputs
-    for tensor in outputs + inputs:
+def kernel_arguments(cascade: Cascade, schedule: KernelSchedule) -> tuple[list[str],
+                                                                          list[str]]:
+    """A fused kernel's arguments and the host expressions passed for them, from its
+    schedule: output and input pointers, their strides, the sizes and params."""
+    tensors = list(schedule.outputs) + list(schedule.inputs)
+    args = [f"{t}_ptr" for t in tensors]
+    host = list(tensors)
+    for tensor in tensors:
         for position in range(len(cascade.tensors[tensor].ranks)):
             args.append(f"{tensor}_s{position}")
             host.append(f"{tensor}.stride({position})")
-    used = [n for n in list(cascade.ranks) + list(cascade.params)
-            if re.search(rf"\b{re.escape(n)}\b", body)]
-    return args + used, host + used
+    return args + list(schedule.scalars), host + list(schedule.scalars)

@@ -18,7 +18,6 @@ tensor; whether the value is *present* is a separate mask, from the conditions o
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 from ..analysis.presence import (Condition, absent_tensors, einsum_conditions,
@@ -26,6 +25,7 @@ from ..analysis.presence import (Condition, absent_tensors, einsum_conditions,
 from ..ir import Cascade, Einsum
 from ..ir import expr as ir
 from ..ir.printer import lhs_text, rhs_text
+from ..schedule.kernel import scalars
 from .triton_printer import TritonPrinter, Unsupported, scalar_condition, tile_asserts
 
 BLOCK = 128   # left-side points per program
@@ -74,8 +74,6 @@ class TritonEmitter:
         reads = sorted(set(einsum.reads) | ({einsum.tensor} if recurrence else set()))
         if recurrence:
             self._check_recurrence(einsum)
-        ranks = [r for r in cascade.ranks]
-        params = list(cascade.params)
         args, host = [], []
         out = einsum.tensor
         args += [f"{out}_ptr"]
@@ -98,9 +96,7 @@ class TritonEmitter:
             args += strides[tensor]
             host += [f"{tensor}.stride({i})" for i in range(rank_count)]
         body = _KernelBody(self, einsum, kept, reduced, strides).emit(recurrence)
-        # Only the sizes and params the kernel uses.
-        text = "\n".join(body)
-        used = [n for n in ranks + params if re.search(rf"\b{re.escape(n)}\b", text)]
+        used = list(scalars(cascade, [einsum]))
         args += used
         host += used
 
