@@ -147,8 +147,15 @@ def tuned(path, module, tune: str, inputs):
         overrides[key.strip()] = int(value)
     if "tile" in overrides:
         module = einsumattn.compile(path, backend="torch", tile=overrides.pop("tile"))
-    knobs = {k for table in module.TUNING_FUSED.values() for k in table} | \
-        set(LAUNCH_OPTIONS)
+    # The knobs the schedule says may be tuned (a split's key tile is the spec's own).
+    schedule = module.SCHEDULE["kernels"]
+    knobs = {name for kernel in schedule for name, knob in kernel["knobs"].items()
+             if not knob["fixed"]} | set(LAUNCH_OPTIONS)
+    fixed = sorted({name for kernel in schedule for name, knob in kernel["knobs"].items()
+                    if knob["fixed"]} & set(overrides))
+    if fixed:
+        raise TuneError(f"--tune {tune}: {fixed[0]} is the key tile the spec's split fixes; "
+                        f"change it with tile=N")
     unknown = sorted(set(overrides) - knobs)
     if unknown:
         raise TuneError(f"--tune {tune}: {path.stem}'s fused kernels have no knob "

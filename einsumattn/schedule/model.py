@@ -12,7 +12,9 @@ conditions, and its knobs with their defaults and constraints.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+
+from ..ir.expr import to_text
 
 
 class Role(enum.Enum):
@@ -152,7 +154,6 @@ class KernelSchedule:
         return self._roles[tensor]
 
     def with_(self, **changes) -> "KernelSchedule":
-        from dataclasses import replace
         return replace(self, _roles=None, **changes)
 
 
@@ -164,3 +165,45 @@ class Schedule:
     kernels: tuple[KernelSchedule, ...]
     cut: str | None = None
     not_fused: str | None = None
+
+
+def _condition_text(condition) -> str:
+    """A presence condition in the spec's syntax (for the data, not for a kernel)."""
+    if condition.kind == "absent":
+        return f"{to_text(condition.read)} is present"
+    return to_text(condition.expr)
+
+
+def kernel_data(kernel: KernelSchedule, spell=str) -> dict:
+    """A kernel's schedule as plain dicts, tuples, strings and numbers (what a generated
+    module's SCHEDULE holds); `spell` turns a generated name into the spec's."""
+    def names(items) -> tuple:
+        return tuple(spell(item) for item in items)
+    return {
+        "name": kernel.name,
+        "form": kernel.form.value,
+        "grid": {"batch": names(kernel.batch), "row": spell(kernel.row),
+                 "row_tile": f"{kernel.row}_BLOCK"},
+        "loops": tuple({"var": spell(loop.var), "extent": spell(loop.extent),
+                        "kind": loop.kind.value, "tile": loop.tile, "over": names(loop.over)}
+                       for loop in kernel.loops),
+        "held": names(kernel.held),
+        "tensors": {spell(t.name): {"role": t.role.value, "layout": names(t.layout)}
+                    for t in kernel.tensors},
+        "passes": tuple({"number": p.number, "accumulates": names(p.accumulates),
+                         "recomputes": names(p.recomputes),
+                         "bounds": tuple((b.side, spell(b.offset)) for b in p.bounds)}
+                        for p in kernel.passes),
+        "inputs": names(kernel.inputs),
+        "outputs": names(kernel.outputs),
+        "scalars": names(kernel.scalars),
+        "stores": {spell(s.tensor): tuple(sorted(spell(_condition_text(c))
+                                                 for c in s.absent_unless))
+                   for s in kernel.stores},
+        "knobs": {k.name: {"default": k.default, "constraint": k.constraint,
+                           "fixed": k.fixed} for k in kernel.knobs},
+        "uses_dot": kernel.uses_dot,
+        "rounded": {spell(name): count for name, count in kernel.rounded},
+        "skipping": None if kernel.skipping is None else spell(kernel.skipping),
+        "describe": spell(kernel.description),
+    }
