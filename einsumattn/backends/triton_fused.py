@@ -30,7 +30,7 @@ from dataclasses import replace
 
 import sympy
 
-from ..analysis.presence import Condition, in_range_by_construction, point_conditions
+from ..analysis.presence import Condition, point_conditions
 from ..ir import Cascade, Einsum
 from ..ir import expr as ir
 from ..ir.printer import lhs_text, rhs_text
@@ -41,9 +41,10 @@ from ..schedule.skipping import masked_steps_are_identities
 from ..schedule.stages import Crossing, NotFusable, cut_stages
 from ..transform.algebra import substitute
 from .names import spec_text
-from .triton_kernel import FusedKernel, kernel_arguments, program_coordinates
+from .triton_kernel import (FusedKernel, kernel_arguments, kernel_source, launch_lines,
+                            program_coordinates)
 from .triton_loops import fuse_loops
-from .triton_printer import TritonPrinter, Unsupported, scalar_condition, tile_asserts
+from .triton_printer import TritonPrinter, Unsupported, element_offset, load, scalar_condition
 
 # The most alternatives (`or`) the per-key form of a key-tile mask may have; past it the
 # kernel ORs the score mask over the rows instead, and the generated line stays short.
@@ -83,24 +84,15 @@ class _Tiles(AttentionRoles):
                 if index != ir.Index(var):
                     raise NotFusable(f"{node.tensor} is read at shifted positions")
             return self._reshape(node.tensor, self.layouts[node.tensor], layout)
-        names = self.names(layout)
-        printer = TritonPrinter(names, self._no_read, integer=True)
-        terms, masks = [], []
-        for position, index in enumerate(node.indices):
-            text = printer(index)
-            rank = t.ranks[position]
-            if not in_range_by_construction(self.cascade, node.tensor, position, index):
-                text = f"tl.minimum(tl.maximum({text}, 0), {rank} - 1)"
-            terms.append(f"({text}) * {node.tensor}_s{position}")
-            for var in ir.index_vars(index):
-                if var in self.features:
-                    masks.append(f"({_layout_vars(layout, var)} < {self.cascade.var_rank(var)})")
-        address = f"{node.tensor}_ptr + {' + '.join(terms) or '0'}"
+        printer = TritonPrinter(self.names(layout), self._no_read, integer=True)
+        address = f"{node.tensor}_ptr + " + \
+            element_offset(self.cascade, node.tensor, node.indices, printer)
         if not set(ir.index_vars(node)) - set(self.batch) - {self.loop}:
-            # One address per program (batch coordinates only): valid, so no mask.
-            return f"tl.load({address}).to(tl.float32)"
-        mask = " & ".join([lanes] + masks)
-        return f"tl.load({address}, mask={mask}, other=0.0).to(tl.float32)"
+            return load(address)    # one address per program (batch coordinates only)
+        masks = [f"({_layout_vars(layout, var)} < {self.cascade.var_rank(var)})"
+                 for index in node.indices for var in ir.index_vars(index)
+                 if var in self.features]
+        return load(address, " & ".join([lanes] + masks))
 
     def _split_read(self, node: ir.Read, layout: tuple[str, ...]) -> str:
         """A register value in split mode. A recurrence read at the outer variable is its
@@ -651,31 +643,10 @@ class _Emitter:
             blocks.append("DOT_DTYPE")
         tuning = {knob.name: knob.default for knob in schedule.knobs}
         knobs = [knob.name for knob in schedule.knobs if not knob.fixed]
-        source = ["@triton.jit",
-                  f"def {name}({', '.join(args)}, "
-                  f"{', '.join(b + ': tl.constexpr' for b in blocks)}):",
-                  *tile_asserts(knobs, 16 if self.uses_dot else 1)] + \
-            self.lines
-        host_lines = []
-        for output in outputs:
-            shape = ", ".join(cascade.tensors[output].ranks)
-            host_lines.append(f"{output} = torch.empty(({shape}{',' if len(cascade.tensors[output].ranks) == 1 else ''}), "
-                              f"device=device, dtype=torch.float32)")
-        host_lines.append(f'tuning = dict(TUNING_FUSED["{name}"])')
-        if f.loop is not None:
-            host_lines += self._split_tile_check(name)
-        for var in f.features:
-            size = cascade.var_rank(var)
-            host_lines.append(f'tuning["{var}_BLOCK"] = max(16, '
-                              f"triton.next_power_of_2({size}))")
-        batch = " * ".join(cascade.var_rank(v) for v in f.batch) or "1"
-        host_lines.append(f"{name}[(triton.cdiv({cascade.var_rank(f.row)}, "
-                          f'tuning["{f.row}_BLOCK"]), {batch})](')
-        host_lines.append(f"    {', '.join(host)},")
-        # The dot precision follows the inputs' dtype (_dot_dtype in the module).
-        host_lines.append("    **tuning, DOT_DTYPE=dot_dtype)" if self.uses_dot else
-                          "    **tuning)")
-        return source, host_lines, tuning
+        source = kernel_source(name, args, blocks, knobs, 16 if self.uses_dot else 1,
+                               self.lines)
+        checks = self._split_tile_check(name) if f.loop is not None else []
+        return source, launch_lines(cascade, schedule, host, checks, self.uses_dot), tuning
 
     def _split_tile_check(self, name: str) -> list[str]:
         """Host lines refusing a key tile other than the split factor: the kernel's key

@@ -1,5 +1,5 @@
 """What the fused Triton schedules share: the kernel record, the program's coordinates,
-and the kernel's arguments."""
+the kernel's arguments and signature, and the host lines that launch it."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from ..ir import Cascade
 from ..schedule.model import KernelSchedule
+from .triton_printer import tile_asserts
 
 
 @dataclass
@@ -50,3 +51,37 @@ def kernel_arguments(cascade: Cascade, schedule: KernelSchedule) -> tuple[list[s
             args.append(f"{tensor}_s{position}")
             host.append(f"{tensor}.stride({position})")
     return args + list(schedule.scalars), host + list(schedule.scalars)
+
+
+def kernel_source(name: str, args: list[str], blocks: list[str], knobs: list[str],
+                  least: int, body: list[str]) -> list[str]:
+    """A kernel's text: its signature (arguments, then the block sizes as constexprs),
+    the compile-time checks of its tunable knobs, its body."""
+    return ["@triton.jit",
+            f"def {name}({', '.join(args)}, "
+            f"{', '.join(b + ': tl.constexpr' for b in blocks)}):",
+            *tile_asserts(knobs, least)] + body
+
+
+def launch_lines(cascade: Cascade, schedule: KernelSchedule, host_args: list[str],
+                 checks: list[str] = (), dot: bool = False) -> list[str]:
+    """Host lines: allocate the outputs, take the kernel's tuning table (`checks` run on
+    it), size the held ranks' tiles, launch one program per batch point and row tile."""
+    lines = []
+    for output in schedule.outputs:
+        ranks = cascade.tensors[output].ranks
+        lines.append(f"{output} = torch.empty(({', '.join(ranks)}"
+                     f"{',' if len(ranks) == 1 else ''}), device=device, "
+                     f"dtype=torch.float32)")
+    lines.append(f'tuning = dict(TUNING_FUSED["{schedule.name}"])')
+    lines += checks
+    for var in schedule.held:
+        lines.append(f'tuning["{var}_BLOCK"] = max(16, '
+                     f"triton.next_power_of_2({cascade.var_rank(var)}))")
+    batch = " * ".join(cascade.var_rank(v) for v in schedule.batch) or "1"
+    lines.append(f"{schedule.name}[(triton.cdiv({cascade.var_rank(schedule.row)}, "
+                 f'tuning["{schedule.row}_BLOCK"]), {batch})](')
+    lines.append(f"    {', '.join(host_args)},")
+    # The dot precision follows the inputs' dtype (_dot_dtype in the module).
+    lines.append("    **tuning, DOT_DTYPE=dot_dtype)" if dot else "    **tuning)")
+    return lines

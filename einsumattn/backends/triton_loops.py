@@ -26,15 +26,16 @@ reason.
 
 from __future__ import annotations
 
-from ..analysis.presence import Condition, in_range_by_construction, point_conditions
+from ..analysis.presence import Condition, point_conditions
 from ..ir import Cascade, Einsum
 from ..ir import expr as ir
 from ..ir.printer import lhs_text, rhs_text
 from ..schedule.loops import LoopRoles
 from ..schedule.model import Role
 from ..schedule.stages import NotFusable
-from .triton_kernel import FusedKernel, kernel_arguments, program_coordinates
-from .triton_printer import TritonPrinter, Unsupported, scalar_condition, tile_asserts
+from .triton_kernel import (FusedKernel, kernel_arguments, kernel_source, launch_lines,
+                            program_coordinates)
+from .triton_printer import TritonPrinter, Unsupported, element_offset, load, scalar_condition
 
 
 
@@ -85,21 +86,14 @@ class _LoopTiles(LoopRoles):
                     name += "_at"
             return self.reshape(f"{name}_ok" if ok else name, self.layouts[node.tensor], layout)
         printer = TritonPrinter(self.names(layout), self._no_read, integer=True)
-        terms = []
-        for position, index in enumerate(node.indices):
-            text = printer(index)
-            if not in_range_by_construction(self.cascade, node.tensor, position, index):
-                text = f"tl.minimum(tl.maximum({text}, 0), {tensor.ranks[position]} - 1)"
-            terms.append(f"({text}) * {node.tensor}_s{position}")
-        address = f"{node.tensor}_ptr + {' + '.join(terms) or '0'}"
+        address = f"{node.tensor}_ptr + " + \
+            element_offset(self.cascade, node.tensor, node.indices, printer)
         dims = self.layout(set(ir.index_vars(node)) - set(self.batch) - {self.step})
         if not dims:
-            # One address per program (batch coordinates, the step): valid, no mask.
-            return f"tl.load({address}).to(tl.float32)"
+            return load(address)    # one address per program (batch coordinates, the step)
         # Masked on the tile dimensions the address has (a K[d] tile is loaded once, not
         # once per row), and broadcast where it is used.
-        mask = " & ".join(_expand(f"{d}_live", d, layout) for d in dims)
-        return f"tl.load({address}, mask={mask}, other=0.0).to(tl.float32)"
+        return load(address, " & ".join(_expand(f"{d}_live", d, layout) for d in dims))
 
     @staticmethod
     def _no_read(node):
@@ -158,25 +152,8 @@ class _LoopEmitter:
         tuning = {knob.name: knob.default for knob in schedule.knobs}
         blocks = list(tuning) + [f"{v}_BLOCK" for v in f.held]
         args, host_args = kernel_arguments(cascade, schedule)
-        source = ["@triton.jit",
-                  f"def {name}({', '.join(args)}, "
-                  f"{', '.join(b + ': tl.constexpr' for b in blocks)}):",
-                  *tile_asserts(tuning, 1)] + self.lines
-        host = []
-        for output in cascade.outputs:
-            ranks = cascade.tensors[output].ranks
-            host.append(f"{output} = torch.empty(({', '.join(ranks)}"
-                        f"{',' if len(ranks) == 1 else ''}), device=device, "
-                        f"dtype=torch.float32)")
-        host.append(f'tuning = dict(TUNING_FUSED["{name}"])')
-        for var in f.held:
-            host.append(f'tuning["{var}_BLOCK"] = max(16, '
-                        f"triton.next_power_of_2({cascade.var_rank(var)}))")
-        batch = " * ".join(cascade.var_rank(v) for v in f.batch) or "1"
-        host.append(f"{name}[(triton.cdiv({cascade.var_rank(f.row)}, "
-                    f'tuning["{f.row}_BLOCK"]), {batch})](')
-        host.append(f"    {', '.join(host_args)},")
-        host.append("    **tuning)")
+        source = kernel_source(name, args, blocks, list(tuning), 1, self.lines)
+        host = launch_lines(cascade, schedule, host_args)
         grid = ", ".join(f.batch + [f"{f.row} tiles"])
         held = f"; {', '.join(f.held)} held whole in a tile" if f.held else ""
         return FusedKernel(name, source, host, tuning, schedule.with_(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 
+from ..analysis.presence import in_range_by_construction
 from ..ir import expr as ir
 from ..ir.expr import Printer
 from .printers import integer_comparison
@@ -125,6 +126,32 @@ class TritonPrinter(Printer):
         if op == "where":
             return f"tl.where({args[0]}, {args[1]}, {args[2]})"
         raise Unsupported(op)
+
+
+def element_offset(cascade, tensor: str, indices, printer: "TritonPrinter",
+                   extent=None) -> str:
+    """The offset of `tensor`'s element at `indices`, for every Triton schedule: each
+    coordinate times its stride, clamped into its extent (`extent(position)`, default the
+    rank) where it could leave it, so every address a live lane touches is inside the
+    tensor; whether the value is present is the mask's business."""
+    terms = []
+    for position, index in enumerate(indices):
+        text = printer(index)
+        if not in_range_by_construction(cascade, tensor, position, index):
+            bound = extent(position) if extent else cascade.tensors[tensor].ranks[position]
+            text = f"tl.minimum(tl.maximum({text}, 0), {bound} - 1)"
+        terms.append(f"({text}) * {tensor}_s{position}")
+    return " + ".join(terms) or "0"
+
+
+def load(address: str, mask: str | None = None, ok: bool = False) -> str:
+    """A load as float32 (or, `ok`, a presence flag as a boolean); masked lanes read 0.
+    No mask where the address is one per program and valid."""
+    if mask is None:
+        return f"(tl.load({address}) != 0)" if ok else f"tl.load({address}).to(tl.float32)"
+    if ok:
+        return f"(tl.load({address}, mask={mask}, other=0) != 0)"
+    return f"tl.load({address}, mask={mask}, other=0.0).to(tl.float32)"
 
 
 def tile_asserts(knobs, least: int) -> list[str]:

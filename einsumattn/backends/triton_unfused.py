@@ -20,13 +20,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..analysis.presence import (Condition, absent_tensors, einsum_conditions,
-                                 in_range_by_construction, point_conditions)
+from ..analysis.presence import Condition, absent_tensors, einsum_conditions, point_conditions
 from ..ir import Cascade, Einsum
 from ..ir import expr as ir
 from ..ir.printer import lhs_text, rhs_text
 from ..schedule.kernel import scalars
-from .triton_printer import TritonPrinter, Unsupported, scalar_condition, tile_asserts
+from .triton_printer import (TritonPrinter, Unsupported, element_offset, load, scalar_condition,
+                             tile_asserts)
 
 BLOCK = 128   # left-side points per program
 RBLOCK = 32   # reduced points per loop step
@@ -192,14 +192,8 @@ class _KernelBody:
 
     def _offset(self, tensor: str, indices, names: dict[str, str]) -> str:
         printer = TritonPrinter(names, self._no_read, integer=True)
-        terms = []
-        for position, index in enumerate(indices):
-            text = printer(index)
-            if not in_range_by_construction(self.cascade, tensor, position, index):
-                extent = self.emitter._extent(tensor, position)
-                text = f"tl.minimum(tl.maximum({text}, 0), {extent} - 1)"
-            terms.append(f"({text}) * {tensor}_s{position}")
-        return " + ".join(terms) or "0"
+        return element_offset(self.cascade, tensor, indices, printer,
+                              lambda position: self.emitter._extent(tensor, position))
 
     @staticmethod
     def _no_read(node):
@@ -208,19 +202,13 @@ class _KernelBody:
     def _load(self, node: ir.Read, names: dict[str, str], lanes: str, ok: bool = False) -> str:
         pointer = f"{node.tensor}_ok_ptr" if ok else f"{node.tensor}_ptr"
         block_vars = set(self.kept) | set(self.einsum.reduced)
+        address = f"{pointer} + {self._offset(node.tensor, node.indices, names)}" \
+            if node.indices else pointer
         if not node.indices or not set(ir.index_vars(node)) & block_vars:
             # One address (a scalar tensor, or a read at the recurrence's step only): it
             # is valid (coordinates are clamped), needs no mask, and broadcasts.
-            if node.indices:
-                offset = self._offset(node.tensor, node.indices, names)
-                return f"(tl.load({pointer} + {offset}) != 0)" if ok else \
-                    f"tl.load({pointer} + {offset}).to(tl.float32)"
-            return f"(tl.load({pointer}) != 0)" if ok else \
-                f"tl.load({pointer}).to(tl.float32)"
-        offset = self._offset(node.tensor, node.indices, names)
-        if ok:
-            return f"(tl.load({pointer} + {offset}, mask={lanes}, other=0) != 0)"
-        return f"tl.load({pointer} + {offset}, mask={lanes}, other=0.0).to(tl.float32)"
+            return load(address, ok=ok)
+        return load(address, lanes, ok=ok)
 
     def _value(self, expr: ir.Expr, names: dict[str, str], lanes: str) -> str:
         return TritonPrinter(names, lambda r: self._load(r, names, lanes))(expr)
