@@ -120,7 +120,9 @@ class _LoopTiles(LoopRoles):
         return f"({cond} & tl.where({choice}, {if_true}, {if_false}))"
 
     def all(self, conditions: list[Condition], layout: tuple[str, ...]) -> str:
-        return " & ".join([self.live(layout)] + [self.mask(c, layout) for c in conditions])
+        # A mask is a set: a condition two reads share is tested once.
+        return " & ".join(dict.fromkeys([self.live(layout)] +
+                                        [self.mask(c, layout) for c in conditions]))
 
 
 class _LoopEmitter:

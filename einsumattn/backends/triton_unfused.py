@@ -229,7 +229,9 @@ class _KernelBody:
         return f"({cond} & tl.where({choice}, {if_true}, {if_false}))"
 
     def _all(self, conditions: list[Condition], names: dict[str, str], lanes: str) -> str:
-        return " & ".join(self._mask(c, names, lanes) for c in conditions) or "(0 == 0)"
+        # A mask is a set: a condition two reads share is tested once.
+        return " & ".join(dict.fromkeys(self._mask(c, names, lanes) for c in conditions)) \
+            or "(0 == 0)"
 
     def emit(self, recurrence: bool) -> list[str]:
         einsum = self.einsum
