@@ -90,6 +90,7 @@ def test_backends_are_named_in_one_place(causal, tmp_path):
         causal.CausalSoftmax(backend="cuda")
     with pytest.raises(ValueError, match="'triton', 'triton-unfused' or 'torch'"):
         einsumattn.compile(CAUSAL, backend="cuda")
+    assert callable(einsumattn.compile(CAUSAL, backend="triton-unfused").compiled)
     # A spec the Triton backends cannot run: the registry's reason, per backend.
     spec = tmp_path / "power.attn"
     spec.write_text("dims N\ninput X[n], Y[n]\nZ[n] = X[n] ** Y[n]\noutput Z\n")

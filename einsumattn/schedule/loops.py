@@ -9,7 +9,7 @@ of a grid rank raises `Crossing`, where schedule/stages.py cuts the cascade.
 
 from __future__ import annotations
 
-from ..analysis.presence import Condition, absent_tensors, einsum_conditions
+from ..analysis.presence import Condition, absent_tensors, einsum_conditions, point_conditions
 from ..ir import Cascade, Einsum
 from ..ir import expr as ir
 from .kernel import live_einsums, loaded_inputs, scalars
@@ -211,5 +211,12 @@ class LoopRoles:
                           for e in cascade.einsums),
             passes=passes, inputs=loaded_inputs(cascade, live),
             outputs=tuple(cascade.outputs), scalars=scalars(cascade, live),
-            stores=tuple(Store(o) for o in cascade.outputs), knobs=tuple(knobs),
+            stores=tuple(self._store(o) for o in cascade.outputs), knobs=tuple(knobs),
             uses_dot=False)
+
+    def _store(self, output: str) -> Store:
+        """An output that may be absent is stored as 0 where its point conditions fail."""
+        if output not in self.absent:
+            return Store(output)
+        einsum = self.cascade.einsum(output)
+        return Store(output, frozenset(point_conditions(einsum, self.conditions(einsum))))
