@@ -256,10 +256,12 @@ def _cmd_check(args) -> int:
     with _writing_to(cache_dir(), "set EINSUMATTN_CACHE_DIR to a folder you can write to"):
         module = compile_spec(Path(args.spec), rewrite=not args.no_rewrite, tile=args.tile)
     backends = tuple(module.BACKENDS) if args.backend == "all" else (args.backend,)
-    if "triton" in backends and module.TRITON_FALLBACK is not None:
-        print(f"note: no Triton kernels for this spec ({module.TRITON_FALLBACK}); "
+    # A backend that does not apply to this spec (the module says why) is not checked.
+    unavailable = [module.BACKENDS[b] for b in backends if module.BACKENDS[b] is not None]
+    if unavailable:
+        print(f"note: no Triton kernels for this spec ({unavailable[0]}); "
               f"checking the torch backend only")
-        backends = tuple(b for b in backends if not b.startswith("triton")) or ("torch",)
+        backends = tuple(b for b in backends if module.BACKENDS[b] is None) or ("torch",)
     print(f"{cascade.name}: checking {', '.join(backends)} against the float64 oracle, "
           f"{args.examples} cases")
     rounded = getattr(module, "DOT_ROUNDING", None)

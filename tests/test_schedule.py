@@ -115,3 +115,16 @@ def test_key_tile_masks_hold_each_condition_once():
         [("filter", "m1 * M0 + m0 <= p")]
     # A condition given twice is kept once.
     assert roles.beyond_lanes(conditions + conditions) == left
+
+
+def test_check_skips_the_backends_the_module_says_do_not_apply(tmp_path, capsys,
+                                                               monkeypatch):
+    """Read from the module's BACKENDS: `--backend triton-unfused` on a spec no Triton
+    backend runs checks the torch backend, and says why."""
+    monkeypatch.setenv("EINSUMATTN_CACHE_DIR", str(tmp_path / "cache"))
+    spec = tmp_path / "power.attn"
+    spec.write_text("dims N\ninput X[n], Y[n]\nZ[n] = X[n] ** Y[n]\noutput Z\n")
+    assert main(["check", str(spec), "--backend", "triton-unfused", "--examples", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "note: no Triton kernels for this spec (not expressible in Triton" in out
+    assert "checking torch against the float64 oracle" in out
