@@ -151,11 +151,13 @@ def tuned(path, module, tune: str, inputs):
     schedule = module.SCHEDULE["kernels"]
     knobs = {name for kernel in schedule for name, knob in kernel["knobs"].items()
              if not knob["fixed"]} | set(LAUNCH_OPTIONS)
-    fixed = sorted({name for kernel in schedule for name, knob in kernel["knobs"].items()
-                    if knob["fixed"]} & set(overrides))
+    fixed = sorted((name, knob["constraint"]) for kernel in schedule
+                   for name, knob in kernel["knobs"].items()
+                   if knob["fixed"] and name in overrides)
     if fixed:
-        raise TuneError(f"--tune {tune}: {fixed[0]} is the key tile the spec's split fixes; "
-                        f"change it with tile=N")
+        name, constraint = fixed[0]
+        raise TuneError(f"--tune {tune}: {name} is {constraint}, fixed when the module was "
+                        f"generated; for another key tile use tile=N")
     unknown = sorted(set(overrides) - knobs)
     if unknown:
         raise TuneError(f"--tune {tune}: {path.stem}'s fused kernels have no knob "

@@ -128,3 +128,23 @@ def test_check_skips_the_backends_the_module_says_do_not_apply(tmp_path, capsys,
     out = capsys.readouterr().out
     assert "note: no Triton kernels for this spec (not expressible in Triton" in out
     assert "checking torch against the float64 oracle" in out
+
+
+def test_a_kernel_receives_every_input_it_computes_from(tmp_path):
+    """The loop schedule carries a recurrence no output reads (S) through its steps: the
+    kernel computes it, so it receives Z, which only S reads (arguments come from what the
+    schedule computes, not from what the outputs need)."""
+    from einsumattn.backends.triton_fused import fuse_stages
+    from einsumattn.verify import Case, case_inputs, compare
+    text = ("dims B, T, F\ninput X[b, t, f], Z[b, t, f]\ninit S[b, 0, f] = 0\n"
+            "S[b, t+1, f] = S[b, t, f] * 0.5 + Z[b, t, f]\nY[b, t, f] = X[b, t, f] * 2\n"
+            "output Y\n")
+    cascade = einsumattn.load(text)
+    (kernel,), _ = fuse_stages(cascade)
+    assert kernel.schedule.inputs == ("X", "Z") and kernel.schedule.carried == ("S",)
+    spec = tmp_path / "unread.attn"
+    spec.write_text(text)
+    module = import_file(compile_to_file(spec, tmp_path), "schedule_unread")
+    inputs = case_inputs(cascade, Case(dict(B=2, T=3, F=5), "float32", 1.0, True, 1))
+    out = module.Unread(backend="triton")(*inputs.values())
+    assert all(r.ok for r in compare(cascade, inputs, out, "float32"))

@@ -12,7 +12,7 @@ from ..analysis.passes import analyse_passes
 from ..analysis.presence import Condition, absent_tensors, einsum_conditions, point_conditions
 from ..ir import Cascade, Einsum
 from ..ir import expr as ir
-from .kernel import live_einsums, loaded_inputs, scalars
+from .kernel import loaded_inputs, scalars
 from .masks import range_comparisons
 from .model import Form, KernelSchedule, Knob, Loop, LoopKind, Pass, Role, Store, TensorPlan
 from .stages import NotFusable
@@ -252,14 +252,20 @@ class AttentionRoles:
         """The decisions as data, before anything is printed (the emitter adds the bounds
         it proved and the dot operands it rounds)."""
         cascade = self.cascade
-        live = live_einsums(cascade)
+        plan = self.pass_plan()
+        # What the kernel computes: every per-row value and reduction, and the key tiles
+        # some pass needs (a split stream computes every tile value in its one loop).
+        tiles = {e.tensor for _, _, needed in plan for e in needed}
+        live = [e for e in cascade.einsums
+                if not self.kinds[e.tensor].on_key_tile or e.tensor in tiles]
         uses_dot = any(self.kinds[e.tensor].uses_dot for e in live)
         least = "a power of two >= 16" if uses_dot else "a power of two"
         tile = f"{self.stream}_BLOCK"
         if self.loop is not None:
             outer = cascade.var_rank(self.loop)
             loops = (Loop(self.loop, outer, LoopKind.SPLIT_STEPS, tile, (self.loop,)),)
-            key_knob = Knob(tile, self.tile, "the split factor of the spec", fixed=True)
+            key_knob = Knob(tile, self.tile, f"the split factor {cascade.var_rank(self.stream)}"
+                                             f" = {self.tile} of the cascade", fixed=True)
         else:
             loops = tuple(Loop(self.stream, cascade.var_rank(self.stream), LoopKind.KEY_TILES,
                                tile, (self.stream,)) for _ in range(self.passes.passes))
@@ -271,7 +277,7 @@ class AttentionRoles:
                                      self.layouts[e.tensor]) for e in cascade.einsums),
             passes=tuple(Pass(number, tuple(e.tensor for e in reductions),
                               tuple(e.tensor for e in tiles))
-                         for number, reductions, tiles in self.pass_plan()),
+                         for number, reductions, tiles in plan),
             inputs=loaded_inputs(cascade, live), outputs=tuple(cascade.outputs),
             scalars=scalars(cascade, live),
             stores=tuple(Store(o, frozenset(self.row_masks.get(o, ())))

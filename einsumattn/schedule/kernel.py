@@ -1,22 +1,10 @@
-"""What a fused kernel reads, from the schedule rather than from its printed text: the
-Einsums it computes, the inputs they load, and the sizes and params they receive."""
+"""What a kernel reads, from the schedule rather than from its printed text: the inputs
+the Einsums it computes load, and the sizes and params they receive."""
 
 from __future__ import annotations
 
 from ..ir import Cascade, Einsum
 from ..ir import expr as ir
-
-
-def live_einsums(cascade: Cascade) -> list[Einsum]:
-    """The Einsums the outputs depend on, in dataflow order (a kernel computes no more)."""
-    needed, stack = set(), list(cascade.outputs)
-    while stack:
-        name = stack.pop()
-        if name in needed or cascade.tensors[name].is_input:
-            continue
-        needed.add(name)
-        stack.extend(cascade.einsum(name).reads)
-    return [e for e in cascade.einsums if e.tensor in needed]
 
 
 def loaded_inputs(cascade: Cascade, einsums: list[Einsum]) -> tuple[str, ...]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from ..analysis.presence import Condition, absent_tensors, einsum_conditions, point_conditions
 from ..ir import Cascade, Einsum
 from ..ir import expr as ir
-from .kernel import live_einsums, loaded_inputs, scalars
+from .kernel import loaded_inputs, scalars
 from .model import Form, KernelSchedule, Knob, Loop, LoopKind, Pass, Role, Store, TensorPlan
 from .stages import Crossing, NotFusable
 
@@ -187,7 +187,10 @@ class LoopRoles:
     def kernel_schedule(self, name: str) -> KernelSchedule:
         """The decisions as data, before anything is printed."""
         cascade = self.cascade
-        live = live_einsums(cascade)
+        # What the kernel computes: everything but the loop tiles no pass needs.
+        tiles = {e.tensor for *_, needed in self.pass_plan() for e in needed}
+        live = [e for e in cascade.einsums
+                if self.kinds[e.tensor] != Role.STREAM or e.tensor in tiles]
         knobs = [Knob(f"{self.row}_BLOCK", BLOCK_ROW, "a power of two")]
         if self.step is not None:
             loops = (Loop(self.step, cascade.var_rank(self.step), LoopKind.RECURRENCE_STEPS,

@@ -200,7 +200,7 @@ def kernel_data(kernel: KernelSchedule, spell=str) -> dict:
         "stores": {spell(s.tensor): tuple(sorted(spell(_condition_text(c))
                                                  for c in s.absent_unless))
                    for s in kernel.stores},
-        "knobs": {k.name: {"default": k.default, "constraint": k.constraint,
+        "knobs": {k.name: {"default": k.default, "constraint": spell(k.constraint),
                            "fixed": k.fixed} for k in kernel.knobs},
         "uses_dot": kernel.uses_dot,
         "rounded": {spell(name): count for name, count in kernel.rounded},
