@@ -363,7 +363,7 @@ def test_module_level_names_are_listed(example):
                     top.add(target.id)
                 elif isinstance(target, ast.alias):
                     top.add((target.asname or target.name).split(".")[0])
-    kernels = set(Plan(cascade).triton["kernel_names"])
+    kernels = set(Plan(cascade).triton.kernel_names)
     module = types_of(tree)
     assert top - names.MODULE_NAMES - kernels - set(module) == set()
 

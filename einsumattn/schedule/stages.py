@@ -32,11 +32,11 @@ CUT_SEARCH_BUDGET = 120
 
 def cut_stages(cascade: Cascade, fuse: Callable[[Cascade], T]) -> tuple[list[T], str | None]:
     """Fused kernels for a cascade (`fuse`: a cascade -> its kernel, or NotFusable): one
-    if it fuses whole; else a sequence of stages,
-    cut where a value must cross program tiles (written to global memory by one kernel,
-    read by the next). Returns the kernels and the reasons for the cuts (None for one
-    kernel): the reason for each cut is why the stages from there on did not fuse as
-    one kernel. NotFusable (the whole cascade's reason) if no sequence of cuts works.
+    if it fuses whole; else a sequence of stages, cut where a value must cross program
+    tiles (written to global memory by one kernel, read by the next). Returns the kernels
+    and the reasons for the cuts (None for one kernel): the reason for each cut is why
+    the stages from there on did not fuse as one kernel. NotFusable (the whole cascade's
+    reason) if no sequence of cuts works.
 
     Each stage is closed upwards within what is left (one or two tensors and what they
     need that no earlier stage computed); the smallest first stage whose remainder can be
