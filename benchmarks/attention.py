@@ -147,8 +147,17 @@ def tuned(path, module, tune: str, inputs):
         overrides[key.strip()] = int(value)
     if "tile" in overrides:
         module = einsumattn.compile(path, backend="torch", tile=overrides.pop("tile"))
-    knobs = {k for table in module.TUNING_FUSED.values() for k in table} | \
-        set(LAUNCH_OPTIONS)
+    # The knobs the schedule says may be tuned (a split's key tile is the spec's own).
+    schedule = module.SCHEDULE["kernels"]
+    knobs = {name for kernel in schedule for name, knob in kernel["knobs"].items()
+             if not knob["fixed"]} | set(LAUNCH_OPTIONS)
+    fixed = sorted((name, knob["constraint"]) for kernel in schedule
+                   for name, knob in kernel["knobs"].items()
+                   if knob["fixed"] and name in overrides)
+    if fixed:
+        name, constraint = fixed[0]
+        raise TuneError(f"--tune {tune}: {name} is {constraint}, fixed when the module was "
+                        f"generated; for another key tile use tile=N")
     unknown = sorted(set(overrides) - knobs)
     if unknown:
         raise TuneError(f"--tune {tune}: {path.stem}'s fused kernels have no knob "

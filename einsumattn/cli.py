@@ -215,18 +215,19 @@ def _cmd_rewrite(args) -> int:
 
 def _cmd_compile(args) -> int:
     from .codegen import compile_to_file
-    from .codegen.module import backends_summary
+    from .backends.module import Plan
     from .loader import load
 
     cascade = load(Path(args.spec))
     print(f"compiling {args.spec} (rewrites {'off' if args.no_rewrite else 'on'}) ...",
           file=sys.stderr)
+    # Built once: the module is generated from it and the summary below is its own.
+    plan = Plan(cascade, rewrite=not args.no_rewrite, tile=args.tile)
     with _writing_to(args.output, "give -o a folder you can write to"):
         path = compile_to_file(cascade, args.output, rewrite=not args.no_rewrite,
-                               tile=args.tile)
+                               tile=args.tile, plan=plan)
     print(f"wrote {path}")
-    for line in backends_summary(cascade, rewrite=not args.no_rewrite,
-                                 tile=args.tile).splitlines():
+    for line in plan.summary().splitlines():
         print(f"  {line}")
     return EXIT_OK
 
@@ -254,12 +255,13 @@ def _cmd_check(args) -> int:
                   "small sizes)")
     with _writing_to(cache_dir(), "set EINSUMATTN_CACHE_DIR to a folder you can write to"):
         module = compile_spec(Path(args.spec), rewrite=not args.no_rewrite, tile=args.tile)
-    backends = ("torch", "triton", "triton-unfused") if args.backend == "all" \
-        else (args.backend,)
-    if "triton" in backends and module.TRITON_FALLBACK is not None:
-        print(f"note: no Triton kernels for this spec ({module.TRITON_FALLBACK}); "
+    backends = tuple(module.BACKENDS) if args.backend == "all" else (args.backend,)
+    # A backend that does not apply to this spec (the module says why) is not checked.
+    unavailable = [module.BACKENDS[b] for b in backends if module.BACKENDS[b] is not None]
+    if unavailable:
+        print(f"note: no Triton kernels for this spec ({unavailable[0]}); "
               f"checking the torch backend only")
-        backends = tuple(b for b in backends if not b.startswith("triton")) or ("torch",)
+        backends = tuple(b for b in backends if module.BACKENDS[b] is None) or ("torch",)
     print(f"{cascade.name}: checking {', '.join(backends)} against the float64 oracle, "
           f"{args.examples} cases")
     rounded = getattr(module, "DOT_ROUNDING", None)
@@ -339,6 +341,8 @@ def _rewrite_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .backends.registry import backend_names
+
     parser = _Parser(prog="einsumattn",
                      description="Compile attention variants written as cascades of Einsums.")
     parser.add_argument("--version", action="version", version=f"einsumattn {__version__}")
@@ -389,7 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("check", help="compare the generated backends with the oracle "
                                           "on random cases (hypothesis)")
     p.add_argument("spec", help="path of a .attn file")
-    p.add_argument("--backend", choices=("torch", "triton", "triton-unfused", "all"),
+    p.add_argument("--backend", choices=(*backend_names(), "all"),
                    default="all", help="triton: the fused schedule where there is one")
     p.add_argument("--examples", type=_positive, default=50,
                    help="cases to try (default 50)")

@@ -163,13 +163,16 @@ class DotRounding:
 
 def dot_rounding(cascade: Cascade, module) -> DotRounding | None:
     """What the fused Triton kernels of a generated module round (None: nothing). The
-    kernels' cascade is rebuilt from the spec with the module's compile options."""
+    kernels' cascade is the one the module's SCHEDULE carries (read, not rebuilt)."""
     operands = getattr(module, "DOT_ROUNDING", None)
     if not operands:
         return None
-    from .codegen.module import Plan
+    from .diagnostics import Source
+    from .loader import load_source
 
-    kernel = Plan(cascade, **module.COMPILE_OPTIONS).kernel
+    schedule = module.SCHEDULE
+    kernel = load_source(Source(schedule["cascade"], "<SCHEDULE['cascade']>")) \
+        if schedule["derived"] else cascade
     return DotRounding(kernel, dict(operands))
 
 

@@ -362,37 +362,45 @@ FUSED = ["softmax_3pass", "causal_softmax", "sliding_window_sinks", "alibi", "so
 @pytest.mark.parametrize("name", FUSED)
 def test_attention_family_gets_one_fused_kernel(name, built_own):
     module = import_file(built_own[name], f"fused_{name}")
-    text = open(module.__file__).read()
-    assert f"def {name}__fused(" in text and "tl.dot(" in text
-    assert "triton: one fused kernel" in module.__doc__
+    (kernel,) = module.SCHEDULE["kernels"]
+    assert kernel["name"] == f"{name}__fused" and kernel["form"] == "attention"
+    assert kernel["uses_dot"] and "triton: one fused kernel" in module.__doc__
     passes = einsumattn.analyze(ROOT / "examples" / f"{name}.attn").passes["M"]
-    assert text.count("for start in range(") == passes      # one loop over key tiles a pass
+    # One loop over key tiles a pass.
+    assert [loop["kind"] for loop in kernel["loops"]] == ["key tiles"] * passes
+    assert [p["number"] for p in kernel["passes"]] == list(range(1, passes + 1))
 
 
 def test_fused_kernel_of_three_passes_recomputes_instead_of_buffering(built_own):
-    text = open(import_file(built_own["softmax_3pass"], "recompute").__file__).read()
-    fused = text[text.index("def softmax_3pass__fused"):text.index("TUNING_FUSED")]
-    assert fused.count("QK_ = tl.dot(") == 3          # the score tile, once per pass
-    assert "torch.empty" not in fused                # no M-sized buffer anywhere
+    module = import_file(built_own["softmax_3pass"], "recompute")
+    (kernel,) = module.SCHEDULE["kernels"]
+    # The score tile is computed again in each pass, for what that pass accumulates.
+    assert [(p["accumulates"], p["recomputes"]) for p in kernel["passes"]] == \
+        [(("GM",), ("QK",)), (("SD",), ("QK", "SN")), (("AV",), ("QK", "SN", "A"))]
+    assert kernel["tensors"]["QK"]["role"] == "stream-dot"
+    # No M-sized buffer: only the output goes to memory.
+    assert kernel["outputs"] == ("AV",) and kernel["inputs"] == ("Q", "K", "V")
 
 
 @pytest.mark.parametrize("rewrite", [True, False], ids=["derived", "own"])
 def test_causal_and_window_kernels_skip_masked_tiles(rewrite):
     """Both the kernel `compile` builds by default (the derived one-pass cascade, a split
     loop) and the spec's own schedule (--no-rewrite) bound their key loops."""
-    from einsumattn.codegen.fused import fuse
-    from einsumattn.codegen.module import Plan
+    from einsumattn.backends.triton_fused import fuse
+    from einsumattn.backends.module import Plan
 
     def kernel(spec):
         return fuse(Plan(einsumattn.load(spec), rewrite=rewrite).kernel)
+    def sides(kernel):       # per pass, which bounds its key loop has
+        return [{bound.side for bound in p.bounds} for p in kernel.schedule.passes]
     causal = kernel(ROOT / "examples" / "causal_softmax.attn")
-    assert all(lo is None and hi is not None for lo, hi in causal.pruned.values())
+    assert sides(causal) == [{"upper"}] * len(causal.schedule.passes)
     window = kernel(WINDOW)
-    assert all(lo is not None and hi is not None for lo, hi in window.pruned.values())
+    assert sides(window) == [{"lower", "upper"}] * len(window.schedule.passes)
     unmasked = kernel(ROOT / "examples" / "softmax_3pass.attn")
-    assert all(bounds == (None, None) for bounds in unmasked.pruned.values())
+    assert sides(unmasked) == [set()] * len(unmasked.schedule.passes)
     if rewrite:
-        assert "proved" in causal.facts["skipping"]
+        assert "proved" in causal.schedule.skipping
 
 
 def _visited_tiles(module, pid: int, **values) -> range:
@@ -444,12 +452,12 @@ def test_a_masked_step_that_is_not_an_identity_is_not_skipped():
     """FuseMax's Cascade 5 under a causal mask: exp(RM - RM') is NaN for a row that has
     seen no key yet, so skipping masked tiles would change its result; the loop keeps
     every tile and the facts say why."""
-    from einsumattn.codegen.fused import fuse
+    from einsumattn.backends.triton_fused import fuse
     text = (ROOT / "examples" / "softmax_1pass.attn").read_text()
     causal = einsumattn.load(text.replace("* scale\n", "* scale  where m1 * M0 + m0 <= p\n", 1))
     kernel = fuse(causal)
-    assert kernel.pruned == {1: (None, None)}
-    assert "from 0 to nan (initial state)" in kernel.facts["skipping"]
+    assert [p.bounds for p in kernel.schedule.passes] == [()]
+    assert "from 0 to nan (initial state)" in kernel.schedule.skipping
 
 
 def test_kernel_indices_are_int64(built):
@@ -468,13 +476,14 @@ def test_one_pass_spec_becomes_a_flash_attention_kernel(built):
     key tiles (the split's tile), the running max and sums carried in registers, the
     division after the loop, nothing written to memory but the output."""
     module = import_file(built["softmax_1pass"], "flash")
-    text = open(module.__file__).read()
-    fused = text[text.index("def softmax_1pass__fused"):text.index("TUNING_FUSED")]
-    assert fused.count("for m1_ in range(0, M1_):") == 1
-    for carried in ("RM__at = RM_", "RD__at = RD_", "RNV__at = RNV_"):
-        assert carried in fused
-    assert "PRM_ = tl.exp(RM__at - RM_)" in fused
-    assert fused.count("tl.store(") == 1 and "AV_ = RNV_ / RD_[:, None]" in fused
+    (kernel,) = module.SCHEDULE["kernels"]
+    assert [(loop["var"], loop["kind"]) for loop in kernel["loops"]] == \
+        [("m1", "split steps")]
+    assert kernel["passes"][0]["bounds"] == ()         # no mask: every tile
+    roles = {name: t["role"] for name, t in kernel["tensors"].items()}
+    assert {n for n, role in roles.items() if role == "carried"} == {"RM", "RD", "RNV"}
+    assert roles["PRM"] == "tile-row" and roles["AV"] == "row"   # the division after it
+    assert kernel["outputs"] == ("AV",)
     cascade = einsumattn.load(ROOT / "examples" / "softmax_1pass.attn")
     reports = []
     assert run_check(cascade, module, ("triton",), examples=8, report=reports.append), \
@@ -531,7 +540,7 @@ def test_cache_key_follows_the_generator():
     from einsumattn.codegen.compile import cache_key, generator_fingerprint
     assert len(generator_fingerprint()) == 64
     generator_fingerprint.cache_clear()
-    from einsumattn.codegen.module import Options
+    from einsumattn.backends.module import Options
     from einsumattn.diagnostics import Source
     before = cache_key(Source("spec"), Options())
     import unittest.mock
@@ -580,12 +589,12 @@ def test_linear_attention_is_cut_into_two_fused_kernels(built):
     module = import_file(built["linear_attention"], "cut_linear")
     assert "triton: 2 fused kernels, cut because NUM does not have every parallel rank" \
            in module.__doc__
-    text = open(module.__file__).read()
-    assert "def linear_attention__stage1_fused(" in text
-    assert "def linear_attention__stage2_fused(" in text
-    stage1 = text[text.index("def linear_attention__stage1_fused"):
-                  text.index("def linear_attention__stage2_fused")]
-    assert "KV_ += tl.dot(" in stage1                    # the key reduction, per e tile
+    stage1, stage2 = module.SCHEDULE["kernels"]
+    assert (stage1["name"], stage2["name"]) == ("linear_attention__stage1_fused",
+                                                "linear_attention__stage2_fused")
+    assert module.SCHEDULE["cut"].startswith("NUM does not have every parallel rank")
+    assert stage1["tensors"]["KV"]["role"] == "dot-accumulate"   # per e tile, a tl.dot
+    assert stage1["outputs"] == ("KV", "KS") and stage2["inputs"] == ("Q", "KV", "KS")
     cascade = einsumattn.load(ROOT / "examples" / "linear_attention.attn")
     reports = []
     assert run_check(cascade, module, ("triton",), examples=8, report=reports.append), \

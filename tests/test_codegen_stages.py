@@ -1,4 +1,4 @@
-"""The fused loop schedule and cuts into stages (codegen/loops.py, fused.fuse_stages):
+"""The fused loop schedule and cuts into stages (backends/triton_loops.py, schedule/stages.py):
 ECA is cut into a pooling kernel and a convolution-and-gate kernel, GLA's recurrence is
 one kernel with its state in registers, and a cascade with two convolutions is cut
 twice. Each is checked as a schedule (kernels, their form, the reason for each cut) and
@@ -10,8 +10,11 @@ import pytest
 import einsumattn
 from einsumattn.codegen import compile_to_file, generate
 from einsumattn.codegen.compile import import_file
-from einsumattn.codegen.fused import NotFusable, fuse, fuse_stages
-from einsumattn.codegen.loops import BLOCK_LANES, BLOCK_ROW, Crossing
+from einsumattn.backends.triton_fused import fuse, fuse_stages
+from einsumattn.schedule.stages import NotFusable
+from einsumattn.schedule.loops import BLOCK_LANES, BLOCK_ROW
+from einsumattn.schedule.model import Form, LoopKind, Role
+from einsumattn.schedule.stages import Crossing
 from einsumattn.verify import Case, case_inputs, compare, run_check
 
 from conftest import ROOT
@@ -59,13 +62,16 @@ def _agrees(spec, module, sizes, seed=0, scale=1.0, contiguous=False, dtype="flo
 def test_eca_is_cut_into_pooling_and_gating_kernels():
     kernels, cut = fuse_stages(einsumattn.load(ECA))
     assert [k.name for k in kernels] == ["eca_stage1_fused", "eca_stage2_fused"]
-    pool, gate = (k.facts for k in kernels)
+    pool, gate = (k.schedule for k in kernels)
     # Stage 1 reduces both spatial ranks at once, over flattened tiles of (h, w).
-    assert pool["form"] == "tiles" and pool["loop"] == ["h", "w"]
-    assert pool["accumulated"] == ["GAP"] and pool["passes"] == 1
-    assert (pool["batch"], pool["row"]) == (["b"], "c")
+    assert pool.form is Form.TILES and [loop.over for loop in pool.loops] == [("h", "w")]
+    assert pool.loops[0].kind is LoopKind.FLAT_TILES
+    assert pool.accumulated == ("GAP",) and len(pool.passes) == 1
+    assert (pool.batch, pool.row) == (("b",), "c")
     # Stage 2: the convolution over K held whole, the gate, and X * S over (h, w) tiles.
-    assert gate["form"] == "tiles" and gate["held"] == ["k"] and gate["passes"] == 1
+    assert gate.form is Form.TILES and gate.held == ("k",) and len(gate.passes) == 1
+    # Each kernel loads what it reads: the gate reads GAP back from memory.
+    assert pool.inputs == ("X",) and gate.inputs == ("X", "CW", "GAP")
     # The cut is there because the convolution reads GAP at other channels.
     assert cut.startswith("Y reads GAP at c + k - K // 2, other points of c")
     with pytest.raises(Crossing, match="Y reads GAP at c \\+ k - K // 2"):
@@ -95,7 +101,9 @@ def test_eca_without_zero_padding_fails_the_check(tmp_path):
 def test_a_cascade_with_nothing_crossing_is_one_kernel_of_two_passes(tmp_path):
     kernels, cut = fuse_stages(einsumattn.load(SE))
     assert cut is None and len(kernels) == 1
-    assert kernels[0].facts["passes"] == 2 and kernels[0].facts["accumulated"] == ["GAP"]
+    schedule = kernels[0].schedule
+    assert len(schedule.passes) == 2 and schedule.accumulated == ("GAP",)
+    assert schedule.passes[0].accumulates == ("GAP",)
     ok, report = _agrees(SE, _module(SE, tmp_path, "se"), dict(B=2, C=17, H=7, W=11))
     assert ok, report
 
@@ -105,7 +113,7 @@ def test_two_convolutions_are_cut_twice(tmp_path):
     kernels, cut = fuse_stages(einsumattn.load(ECA2))
     assert [k.name for k in kernels] == [f"eca_twice_stage{i}_fused" for i in (1, 2, 3)]
     # The middle stage is Y alone: its only rank beyond the grid, K, is its loop.
-    assert [k.facts["accumulated"] for k in kernels] == [["GAP"], ["Y"], []]
+    assert [k.schedule.accumulated for k in kernels] == [("GAP",), ("Y",), ()]
     # Each cut has its own reason, named with the kernel that follows it.
     first, second = cut.split("; ")
     assert first.startswith("Y reads GAP at c + k - K // 2") and \
@@ -122,10 +130,12 @@ def test_two_convolutions_are_cut_twice(tmp_path):
 def test_gla_recurrence_is_one_kernel_with_its_state_in_registers():
     kernels, cut = fuse_stages(einsumattn.load(GLA))
     assert cut is None and [k.name for k in kernels] == ["gla_recurrent_fused"]
-    facts = kernels[0].facts
-    assert facts["form"] == "steps" and facts["loop"] == ["t"] and facts["carried"] == ["S"]
+    schedule = kernels[0].schedule
+    assert schedule.form is Form.STEPS and schedule.carried == ("S",)
+    assert [(loop.var, loop.kind) for loop in schedule.loops] == [("t", LoopKind.RECURRENCE_STEPS)]
     # A program: one (b, h), a tile of F; D held whole (the state is f__BLOCK x d__BLOCK).
-    assert (facts["batch"], facts["row"], facts["held"]) == (["b", "h"], "f", ["d"])
+    assert (schedule.batch, schedule.row, schedule.held) == (("b", "h"), "f", ("d",))
+    assert schedule.role("S") is Role.CARRIED and schedule.role("O") is Role.STEP
 
 
 def test_gla_without_the_carried_state_fails_the_check(tmp_path):
@@ -140,7 +150,7 @@ def test_gla_without_the_carried_state_fails_the_check(tmp_path):
 
 def test_per_step_tensors_and_the_final_state(tmp_path):
     kernels, cut = fuse_stages(einsumattn.load(GLA_FINAL))
-    assert cut is None and len(kernels) == 1 and kernels[0].facts["carried"] == ["S"]
+    assert cut is None and len(kernels) == 1 and kernels[0].schedule.carried == ("S",)
     ok, report = _agrees(GLA_FINAL, _module(GLA_FINAL, tmp_path, "gla_final"),
                          dict(B=1, H=2, T=5, D=4, F=18), scale=1.0)
     assert ok, report

@@ -1,4 +1,4 @@
-"""Names in generated code (einsumattn/codegen/names.py): every name LANGUAGE.md allows
+"""Names in generated code (einsumattn/backends/names.py): every name LANGUAGE.md allows
 compiles, whatever the generator calls its own things; module names that cannot work
 are located errors; text from outside the IR reaches the module only as a valid
 literal; and the cache trusts an entry only after verifying it."""
@@ -21,10 +21,11 @@ import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import einsumattn
-from einsumattn.codegen import compile_to_file, generate, names
+from einsumattn.backends import names
+from einsumattn.codegen import compile_to_file, generate
 from einsumattn.codegen.compile import (cache_dir, cache_key, import_file, sealed, verified,
                                         write_atomically)
-from einsumattn.codegen.module import Options, Plan
+from einsumattn.backends.module import Options, Plan
 from einsumattn.diagnostics import Source
 from einsumattn.frontend import FUNCTIONS, RESERVED
 from einsumattn.loader import load_source
@@ -362,7 +363,7 @@ def test_module_level_names_are_listed(example):
                     top.add(target.id)
                 elif isinstance(target, ast.alias):
                     top.add((target.asname or target.name).split(".")[0])
-    kernels = set(Plan(cascade).triton["kernel_names"])
+    kernels = set(Plan(cascade).triton.kernel_names)
     module = types_of(tree)
     assert top - names.MODULE_NAMES - kernels - set(module) == set()
 

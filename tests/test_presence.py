@@ -10,7 +10,8 @@ import pytest
 
 import einsumattn
 from einsumattn.analysis.presence import absent_tensors, in_range_by_construction
-from einsumattn.codegen.module import Plan
+from einsumattn.backends.module import Plan
+from einsumattn.schedule.model import LoopKind
 from einsumattn.evaluate import evaluate
 from einsumattn.ir import expr as ir
 
@@ -65,7 +66,9 @@ def test_gqa_is_fused_from_its_derived_one_pass_cascade():
     assert absent_tensors(cascade) == set()
     plan = Plan(cascade)
     assert plan.kernel is plan.rewritten.cascade
-    assert "one loop over M1 tiles" in plan.triton["schedule_note"]
+    (kernel,) = plan.triton.fused
+    assert [(loop.var, loop.kind) for loop in kernel.schedule.loops] == \
+        [("m1_", LoopKind.SPLIT_STEPS)]
 
 
 def test_an_unproved_divisor_range_is_absent_where_it_leaves_the_extent():

@@ -26,8 +26,8 @@ from hypothesis import strategies as st
 import einsumattn
 from einsumattn.diagnostics import SpecError
 from einsumattn.codegen.compile import compile_to_file, import_file
-from einsumattn.codegen.printers import PythonScalarPrinter, TorchPrinter
-from einsumattn.codegen.triton_backend import HELPERS, TritonPrinter, Unsupported
+from einsumattn.backends.printers import PythonScalarPrinter, TorchPrinter
+from einsumattn.backends.triton_printer import HELPERS, TritonPrinter, Unsupported
 
 triton_errors = pytest.importorskip("triton.runtime.errors")
 InterpreterError = triton_errors.InterpreterError

@@ -5,8 +5,9 @@ import einsumattn
 from einsumattn.analysis.passes import analyse_passes
 from einsumattn.cli import main
 from einsumattn.codegen.compile import compile_to_file, import_file
-from einsumattn.codegen.fused import fuse_stages
-from einsumattn.codegen.module import Plan
+from einsumattn.backends.triton_fused import fuse_stages
+from einsumattn.backends.module import Plan
+from einsumattn.schedule.model import Form, LoopKind
 from einsumattn.transform import rewrite
 from einsumattn.verify import Case, case_inputs, compare
 
@@ -64,11 +65,15 @@ def test_compile_derives_the_single_loop_of_flash_attention():
     plan = Plan(cascade, tile=16)
     kernels, _ = fuse_stages(plan.kernel)
     assert len(kernels) == 1
-    facts = kernels[0].facts
-    assert facts["form"] == "split" and facts["passes"] == 1 and facts["loop"] == ["m1"]
-    assert set(facts["carried"]) >= {"RGM", "RSD", "RSNV"}
+    schedule = kernels[0].schedule
+    assert schedule.form is Form.SPLIT and len(schedule.passes) == 1
+    assert [(loop.var, loop.kind) for loop in schedule.loops] == [("m1", LoopKind.SPLIT_STEPS)]
+    assert set(schedule.carried) >= {"RGM", "RSD", "RSNV"}
+    # The key tile is the split's factor: a knob the spec fixes, not one to tune.
+    assert [(k.default, k.fixed) for k in schedule.knobs if k.name == "m0_BLOCK"] == [(16, True)]
     own, _ = fuse_stages(Plan(cascade, rewrite=False).kernel)
-    assert own[0].facts["passes"] == 3
+    assert own[0].schedule.form is Form.ATTENTION and len(own[0].schedule.passes) == 3
+    assert [p.accumulates for p in own[0].schedule.passes] == [("GM",), ("SD",), ("AV",)]
 
 
 def test_derived_causal_kernel_agrees_over_many_tiles_and_masked_rows(tmp_path):

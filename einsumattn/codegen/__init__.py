@@ -1,14 +1,12 @@
-"""Code generation: a Cascade -> a self-contained Python module (torch reference backend,
-and Triton kernels as they land), plus compiling, caching and importing it.
+"""Compiling a spec: generate the module (backends/module.py), write it atomically into
+the cache, import it. This is the driver above the pipeline, beside cli.py:
 
-module.py         the module's source, from templates/module.py.j2
-torch_backend.py  the reference backend: one torch block per Einsum
-printers.py       IR expressions as Python / torch source
-names.py          the spec's names in generated code: a namespace of their own
-compile.py        compile(), the cache, atomic writes
+    frontend -> ir -> analysis / transform -> schedule -> backends -> codegen, cli
+
+compile.py  compile(), compile_to_file(), the cache, atomic writes
 """
 
 from .compile import compile, compile_to_file
-from .module import generate
+from ..backends.module import generate
 
 __all__ = ["compile", "compile_to_file", "generate"]

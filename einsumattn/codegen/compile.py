@@ -34,7 +34,8 @@ from .. import __version__
 from ..diagnostics import Source
 from ..ir import Cascade
 from ..loader import load, load_source, read_spec
-from .module import Options, generate, spec_sha256
+from ..backends.module import Options, Plan, generate, spec_sha256
+from ..backends.registry import backend_names, choice_text
 from ..transform import DEFAULT_TILE
 
 
@@ -145,10 +146,12 @@ def verified(path: Path, spec_text: str) -> str | None:
 # ---------------------------------------------------------------- compiling
 
 def compile_to_file(spec, out_dir: str | os.PathLike, *, rewrite: bool = True,
-                    tile: int = DEFAULT_TILE) -> Path:
-    """Generate the module for a spec into `out_dir/<name>.py`; return its path."""
+                    tile: int = DEFAULT_TILE, plan: Plan | None = None) -> Path:
+    """Generate the module for a spec into `out_dir/<name>.py`; return its path. `plan`:
+    the cascade's Plan with these options, when the caller has built it already."""
     cascade = spec if isinstance(spec, Cascade) else load(spec)
-    text = generate(cascade, module_name=cascade.name, rewrite=rewrite, tile=tile)
+    text = generate(cascade, plan=plan, module_name=cascade.name, rewrite=rewrite,
+                    tile=tile)
     path = Path(out_dir) / f"{cascade.name}.py"
     write_atomically(path, text)
     return path
@@ -177,11 +180,11 @@ def compile(spec, *, backend: str = "triton", rewrite: bool = True,  # noqa: A00
 
     The module is cached (see the module docstring). `backend` is recorded as the
     default of the module's `compiled` entry point: `module.compiled(*inputs)` runs with
-    that backend. `rewrite=False` keeps the spec's own pass structure in the Triton
+    that backend (any name of backends/registry.py). `rewrite=False` keeps the spec's own pass structure in the Triton
     kernels; `tile` is the key tile the online rewrite splits the streamed rank by.
     """
-    if backend not in ("triton", "torch"):
-        raise ValueError(f"backend must be 'triton' or 'torch', got {backend!r}")
+    if backend not in backend_names():
+        raise ValueError(f"backend must be {choice_text()}, got {backend!r}")
     source = read_spec(spec)
     cascade = load_source(source)
     options = Options(rewrite=rewrite, tile=tile, module_name=cascade.name)

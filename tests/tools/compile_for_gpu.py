@@ -21,7 +21,7 @@ from triton.backends.compiler import GPUTarget
 DTYPES = {"fp32": tl.float32, "fp16": tl.float16, "bf16": tl.bfloat16}
 
 def spelled(name):
-    """A spec name as generated code spells it (einsumattn/codegen/names.py)."""
+    """A spec name as generated code spells it (einsumattn/backends/names.py)."""
     return name + ("0_" if name.startswith("__") else "_")
 
 def signature(module, kernel, dtype):

@@ -1,6 +1,6 @@
 """When a split schedule may skip a fully masked key tile: a proof with sympy.
 
-In the split schedule (codegen/fused.py, `_SplitEmitter`) each step m1 of the loop
+In the split schedule (backends/triton_fused.py, `_SplitEmitter`) each step m1 of the loop
 computes per-step reductions over its tile (LGM = max[m0] QK, LSD = sum[m0] LSN, ...)
 and updates the recurrences carried across steps (RGM, RSD, RSNV). A tile whose every
 term is masked (above the causal diagonal, before a sliding window) gives each per-step
@@ -28,6 +28,7 @@ import sympy
 from ..ir import Cascade, Einsum
 from ..ir import expr as ir
 from ..transform.algebra import Algebra
+from .model import Role
 
 IDENTITY = {"sum": sympy.Integer(0), "max": -sympy.oo, "min": sympy.oo}
 
@@ -36,11 +37,11 @@ class _Unknown(Exception):
     """An operation the proof does not model: no skipping."""
 
 
-def masked_steps_are_identities(cascade: Cascade, kinds: dict[str, str],
+def masked_steps_are_identities(cascade: Cascade, kinds: dict[str, Role],
                                 loop: str) -> str | None:
     """None if a fully masked step leaves every carried value unchanged (in both states);
     else the reason it may not be skipped."""
-    carried = [e for e in cascade.einsums if kinds.get(e.tensor) == "carried"]
+    carried = [e for e in cascade.einsums if kinds.get(e.tensor) == Role.CARRIED]
     if not carried:
         return "nothing is carried across steps"
     try:
@@ -72,7 +73,7 @@ class _Step(Algebra):
         "where": lambda c, a, b: sympy.Piecewise((a, c), (b, True)),
     }
 
-    def __init__(self, cascade: Cascade, kinds: dict[str, str], loop: str, state: str):
+    def __init__(self, cascade: Cascade, kinds: dict[str, Role], loop: str, state: str):
         super().__init__()
         self.cascade, self.kinds, self.loop, self.state_kind = cascade, kinds, loop, state
         self.new: dict[str, sympy.Expr] = {}
@@ -92,9 +93,9 @@ class _Step(Algebra):
 
     def read(self, node: ir.Read) -> sympy.Expr:
         kind = self.kinds.get(node.tensor)
-        if kind in ("tile-reduce", "tile-dot"):
+        if kind in (Role.TILE_REDUCE, Role.TILE_DOT):
             return IDENTITY[self.cascade.einsum(node.tensor).reduce_op]
-        if kind == "carried":
+        if kind == Role.CARRIED:
             einsum = self.cascade.einsum(node.tensor)
             position = node.indices[einsum.iterative]
             if position == ir.Index(self.loop):
@@ -102,9 +103,9 @@ class _Step(Algebra):
             if position == ir.Op("+", (ir.Index(self.loop), ir.Const(1))):
                 return self.updated(einsum)
             raise _Unknown(f"{ir.to_text(node)} (a carried value at another step)")
-        if kind == "tile-row":
+        if kind == Role.TILE_ROW:
             return self.to_sympy(self.cascade.einsum(node.tensor).body)
-        if kind in ("stream", "stream-dot"):
+        if kind in (Role.STREAM, Role.STREAM_DOT):
             raise _Unknown(f"{ir.to_text(node)} (a tile value outside a reduction)")
         # Inputs and row values: the same at every step, any real value.
         return super().read(node)

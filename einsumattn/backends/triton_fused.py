@@ -26,48 +26,29 @@ reason, and the module uses the unfused schedule instead.
 from __future__ import annotations
 
 import itertools
-import re
-from dataclasses import dataclass, field
-
-import networkx as nx
+from dataclasses import replace
 
 import sympy
 
-from ..analysis import Report
-from ..analysis.buffers import analyse_buffers
-from ..analysis.passes import analyse_passes
-from ..analysis.presence import (Condition, absent_tensors, einsum_conditions,
-                                 in_range_by_construction, point_conditions)
+from ..analysis.presence import Condition, point_conditions
 from ..ir import Cascade, Einsum
 from ..ir import expr as ir
 from ..ir.printer import lhs_text, rhs_text
-from ..transform.algebra import Algebra, substitute
+from ..schedule.attention import AttentionRoles
+from ..schedule.bounds import stream_bound
+from ..schedule.model import Bound, Role
+from ..schedule.skipping import masked_steps_are_identities
+from ..schedule.stages import Crossing, NotFusable, cut_stages
+from ..transform.algebra import substitute
 from .names import spec_text
-from .skipping import masked_steps_are_identities
-from .triton_backend import TritonPrinter, Unsupported, scalar_condition, tile_asserts
+from .triton_kernel import (FusedKernel, kernel_arguments, kernel_source, launch_lines,
+                            program_coordinates)
+from .triton_loops import fuse_loops
+from .triton_printer import TritonPrinter, Unsupported, element_offset, load, scalar_condition
 
-BLOCK_P = 16
-BLOCK_M = 16
 # The most alternatives (`or`) the per-key form of a key-tile mask may have; past it the
 # kernel ORs the score mask over the rows instead, and the generated line stays short.
 MAX_KEY_ALTERNATIVES = 8
-
-
-class NotFusable(Exception):
-    """The cascade does not fit the fused schedule (the reason is the message)."""
-
-
-@dataclass
-class FusedKernel:
-    name: str
-    source: list[str]
-    host: list[str]                 # host statements: allocate outputs, launch
-    tuning: dict
-    description: str                # for the module's docstring
-    pruned: dict                    # pass -> (lower bound text | None, upper bound text | None)
-    # The schedule as data (tests and tools read it): "form" ("attention", "split",
-    # "tiles" or "steps") and the ranks each role went to.
-    facts: dict = field(default_factory=dict)
 
 
 def _layout_vars(layout: tuple[str, ...], var: str) -> str:
@@ -76,171 +57,8 @@ def _layout_vars(layout: tuple[str, ...], var: str) -> str:
     return f"{var}[:, None]" if layout.index(var) == 0 else f"{var}[None, :]"
 
 
-class _Fuser:
-    def __init__(self, cascade: Cascade):
-        self.cascade = cascade
-        if not cascade.splits:
-            for einsum in cascade.einsums:     # checked again below; here before analysis
-                if einsum.iterative is not None:
-                    raise NotFusable(f"the recurrence {einsum.tensor} is not over the key tiles")
-        # The passes of every rank (to choose the primary one) and the buffers of that
-        # one: the part of `analyze` the schedule reads (the cut search calls this often).
-        ranks = analyse_passes(cascade)
-        rank = Report(cascade, "float16", ranks, {}, None).primary_rank
-        if rank is None or rank not in ranks:
-            raise NotFusable("no rank is streamed")
-        self.passes = ranks[rank]
-        buffers = analyse_buffers(cascade, self.passes, 2)
-        self.stream = cascade.ranks[rank].var
-        # A split of the streamed rank: its outer part is the loop, its inner part the
-        # tile (FuseMax's Cascade 5); recurrences over the outer part are loop-carried.
-        self.loop: str | None = None
-        splits = [s for s in cascade.splits if s.parent == rank]
-        if len(cascade.splits) > len(splits) or len(splits) > 1:
-            raise NotFusable("splits other than one split of the streamed rank")
-        if splits:
-            split = splits[0]
-            if not isinstance(split.factor, int) or split.factor < 16 or \
-                    split.factor & (split.factor - 1):
-                raise NotFusable(f"split factor {split.factor}: a tile needs a power of two "
-                                 f">= 16")
-            if self.passes.passes != 1:
-                raise NotFusable(f"{self.passes.passes} passes over a split rank")
-            self.loop = cascade.ranks[split.outer].var
-            self.stream = cascade.ranks[split.inner].var
-            self.tile = split.factor
-            self.tile_block = f"{self.stream}_BLOCK"
-        for einsum in cascade.einsums:
-            if einsum.iterative is not None and einsum.iter_var != self.loop:
-                raise NotFusable(f"the recurrence {einsum.tensor} is not over the key tiles")
-        parallel = [cascade.ranks[r].var for r in buffers.parallel]
-        if not parallel:
-            raise NotFusable("no parallel rank to spread programs over")
-        self.row = parallel[-1]
-        self.batch = parallel[:-1]
-        # Ranks no Einsum iterates over (a stage's, the queries of the keys' stage)
-        # get no tile: a BLOCK of their size would be a compilation per size.
-        used = {v for einsum in cascade.einsums for v in einsum.variables}
-        self.features = [r.var for r in cascade.ranks.values()
-                         if r.var not in parallel and r.var not in (self.stream, self.loop)
-                         and r.name != rank and r.var in used]
-        self.absent = absent_tensors(cascade)
-        self.kinds: dict[str, str] = {}
-        self.layouts: dict[str, tuple[str, ...]] = {}
-        self.row_masks: dict[str, list[Condition]] = {}   # output -> conditions at store
-        for einsum in cascade.einsums:
-            self._classify(einsum)
-        for output in cascade.outputs:
-            if self.kinds[output] not in ("row", "accumulate", "dot-accumulate"):
-                raise NotFusable(f"output {output} is not a per-row value")
-
-    # ---------------------------------------------------------------- classification
-    def _classify(self, einsum: Einsum) -> None:
-        if self.loop is not None:
-            return self._classify_split(einsum)
-        name = einsum.tensor
-        left, extra = self._left(einsum)
-        reduced = set(einsum.reduced)
-        if self.stream in left:
-            if extra:
-                raise NotFusable(f"{name} has a feature rank beside the streamed one")
-            if name in self.absent and any(c.kind == "absent" and not c.read.indices
-                                           for c in self._conditions(einsum)):
-                raise NotFusable(f"{name}: absent scalar reads")
-            kind = self._tile_kind(einsum)
-        elif self.stream in reduced:
-            if reduced != {self.stream}:
-                raise NotFusable(f"{name} reduces the streamed rank with another")
-            kind = self._reduction_kind(einsum, extra, "dot-accumulate", "accumulate")
-            if name in self.absent:
-                self._row_mask(einsum)
-        else:
-            if reduced:
-                raise NotFusable(f"{name} reduces a feature rank outside the stream")
-            kind = "row"
-            self.layouts[name] = (self.row,) + tuple(extra)
-            if name in self.absent:
-                raise NotFusable(f"{name}: a per-row value that may be absent")
-        self.kinds[name] = kind
-
-    def _left(self, einsum: Einsum) -> tuple[list[str], list[str]]:
-        """The left variables other than batch ones, and the (at most one) feature rank
-        among them; every tensor must have every parallel rank."""
-        if not set(self.batch) <= set(einsum.indices) or self.row not in einsum.indices:
-            raise NotFusable(f"{einsum.tensor} does not have every parallel rank "
-                             f"({', '.join(self.batch + [self.row])})")
-        left = [v for v in einsum.indices if v not in self.batch]
-        extra = [v for v in left if v not in (self.row, self.stream, self.loop)]
-        if len(extra) > 1:
-            raise NotFusable(f"{einsum.tensor} has more than one feature rank")
-        return left, extra
-
-    def _reduction_kind(self, einsum: Einsum, extra: list[str], dot: str, plain: str) -> str:
-        """A reduction over the key tile into a per-row value: a tl.dot with a key tile
-        when it keeps a feature rank (a sum), else a plain tl.sum / tl.max / tl.min."""
-        self.layouts[einsum.tensor] = (self.row,) + tuple(extra)
-        if extra and einsum.reduce_op == "sum":
-            return dot
-        if extra:
-            raise NotFusable(f"{einsum.tensor}: a max/min over the keys with a feature rank")
-        return plain
-
-    def _tile_kind(self, einsum: Einsum) -> str:
-        """A tensor over (row, key tile): elementwise, or a contraction over a feature."""
-        reduced = set(einsum.reduced)
-        self.layouts[einsum.tensor] = (self.row, self.stream)
-        if not reduced:
-            return "stream"
-        if len(reduced) == 1 and einsum.reduce_op == "sum" and reduced <= set(self.features):
-            return "stream-dot"
-        raise NotFusable(f"{einsum.tensor}: a reduction this schedule does not tile")
-
-    def _classify_split(self, einsum: Einsum) -> None:
-        """Kinds with the stream split into a loop (outer) and a tile (inner):
-        stream / stream-dot: a tile over (row, inner) for the current outer step;
-        tile-reduce / tile-dot: a reduction over the tile, once per step;
-        tile-row: a per-row value of the current step;  carried: a recurrence over the
-        outer part;  row: before or after the loop."""
-        name = einsum.tensor
-        left, extra = self._left(einsum)
-        reduced = set(einsum.reduced)
-        if self.loop in reduced:
-            raise NotFusable(f"{name} reduces over the key tiles (not a recurrence)")
-        if einsum.iterative is not None:
-            kind = "carried"
-            self.layouts[name] = (self.row,) + tuple(extra)
-        elif self.stream in left:
-            if self.loop not in left or extra:
-                raise NotFusable(f"{name}: a tile needs the outer part and no feature rank")
-            kind = self._tile_kind(einsum)
-        elif self.stream in reduced:
-            if reduced != {self.stream} or self.loop not in left:
-                raise NotFusable(f"{name} reduces the tile together with another rank")
-            kind = self._reduction_kind(einsum, extra, "tile-dot", "tile-reduce")
-        else:
-            if reduced:
-                raise NotFusable(f"{name} reduces a feature rank outside the stream")
-            kind = "tile-row" if self.loop in left else "row"
-            self.layouts[name] = (self.row,) + tuple(extra)
-        if kind not in ("stream", "stream-dot") and name in self.absent:
-            raise NotFusable(f"{name}: a per-row value that may be absent")
-        self.kinds[name] = kind
-
-    def _row_mask(self, einsum: Einsum) -> None:
-        """Per-row values live in registers without masks. An output that nothing reads
-        may still be absent on conditions of its own row (GQA's kv head index): those
-        are applied when it is stored (absent -> 0). Anything else stays unfused."""
-        name = einsum.tensor
-        points = point_conditions(einsum, self._conditions(einsum))
-        allowed = set(self.batch) | {self.row}
-        readers = [e for e in self.cascade.einsums if name in e.reads]
-        if name not in self.cascade.outputs or readers or \
-                any(not c.variables <= allowed or c.kind == "absent" for c in points):
-            raise NotFusable(f"{name}: a per-row value that may be absent")
-        self.row_masks[name] = points
-
-    def _conditions(self, einsum: Einsum) -> list[Condition]:
-        return einsum_conditions(self.cascade, einsum, self.absent)
+class _Tiles(AttentionRoles):
+    """The attention schedule's decisions, with the printing of tiles in them."""
 
     # ---------------------------------------------------------------- printing
     def names(self, layout: tuple[str, ...]) -> dict[str, str]:
@@ -266,24 +84,15 @@ class _Fuser:
                 if index != ir.Index(var):
                     raise NotFusable(f"{node.tensor} is read at shifted positions")
             return self._reshape(node.tensor, self.layouts[node.tensor], layout)
-        names = self.names(layout)
-        printer = TritonPrinter(names, self._no_read, integer=True)
-        terms, masks = [], []
-        for position, index in enumerate(node.indices):
-            text = printer(index)
-            rank = t.ranks[position]
-            if not in_range_by_construction(self.cascade, node.tensor, position, index):
-                text = f"tl.minimum(tl.maximum({text}, 0), {rank} - 1)"
-            terms.append(f"({text}) * {node.tensor}_s{position}")
-            for var in ir.index_vars(index):
-                if var in self.features:
-                    masks.append(f"({_layout_vars(layout, var)} < {self.cascade.var_rank(var)})")
-        address = f"{node.tensor}_ptr + {' + '.join(terms) or '0'}"
+        printer = TritonPrinter(self.names(layout), self._no_read, integer=True)
+        address = f"{node.tensor}_ptr + " + \
+            element_offset(self.cascade, node.tensor, node.indices, printer)
         if not set(ir.index_vars(node)) - set(self.batch) - {self.loop}:
-            # One address per program (batch coordinates only): valid, so no mask.
-            return f"tl.load({address}).to(tl.float32)"
-        mask = " & ".join([lanes] + masks)
-        return f"tl.load({address}, mask={mask}, other=0.0).to(tl.float32)"
+            return load(address)    # one address per program (batch coordinates only)
+        masks = [f"({_layout_vars(layout, var)} < {self.cascade.var_rank(var)})"
+                 for index in node.indices for var in ir.index_vars(index)
+                 if var in self.features]
+        return load(address, " & ".join([lanes] + masks))
 
     def _split_read(self, node: ir.Read, layout: tuple[str, ...]) -> str:
         """A register value in split mode. A recurrence read at the outer variable is its
@@ -339,137 +148,18 @@ class _Fuser:
             return " & ".join([f"({text})"] + inner)
         if condition.kind == "absent":
             name = condition.read.tensor
-            if self.kinds.get(name) not in ("stream", "stream-dot"):
+            if self.kinds.get(name) not in (Role.STREAM, Role.STREAM_DOT):
                 raise NotFusable(f"a condition on the absence of {name}")
             return f"{name}_ok"
         raise NotFusable(f"a {condition.kind} condition")
 
 
-# At most this many stage kernels are tried while looking for cuts (each is a fuse()).
-CUT_SEARCH_BUDGET = 120
-
-
-def fuse_stages(cascade: Cascade) -> tuple[list[FusedKernel], str | None]:
-    """Fused kernels for a cascade: one if it fuses whole; else a sequence of stages,
-    cut where a value must cross program tiles (written to global memory by one kernel,
-    read by the next). Returns the kernels and the reasons for the cuts (None for one
-    kernel): the reason for each cut is why the stages from there on did not fuse as
-    one kernel. NotFusable (the whole cascade's reason) if no sequence of cuts works.
-
-    Each stage is closed upwards within what is left (one or two tensors and what they
-    need that no earlier stage computed); the smallest first stage whose remainder can be
-    cut into the fewest stages is taken (two, then three, ...), within CUT_SEARCH_BUDGET
-    tries."""
-    try:
-        return [fuse(cascade)], None
-    except NotFusable as whole:
-        reason = str(whole)
-    order = [e.tensor for e in cascade.einsums]
-    graph = cascade.graph.copy()
-    graph.remove_edges_from(list(nx.selfloop_edges(graph)))
-    ancestors = {name: set(nx.ancestors(graph, name)) & set(order) for name in order}
-    tried: dict[tuple[frozenset, frozenset], str | None] = {}
-    plans: dict = {}
-
-    def attempt(stage: frozenset, remaining: frozenset) -> str | None:
-        """None if `stage` fuses as the first of `remaining`, else the reason."""
-        key = (stage, remaining)
-        if key not in tried:
-            if len(tried) >= CUT_SEARCH_BUDGET:
-                return "the search for cuts ran out of tries"
-            try:
-                fuse(_stage(cascade, stage, remaining - stage, 0))
-                tried[key] = None
-            except NotFusable as why:
-                tried[key] = str(why)
-        return tried[key]
-
-    def plan(remaining: frozenset, why: str, most: int):
-        """At most `most` stages for `remaining` (which does not fuse whole, because
-        `why`): (stages, reasons for the cuts), or None."""
-        key = (remaining, most)
-        if key in plans:
-            return plans[key]
-        plans[key] = None
-        names = [n for n in order if n in remaining]
-        candidates: list[frozenset] = []
-        for count in (1, 2):
-            for chosen in itertools.combinations(names, count):
-                closure = frozenset(chosen).union(*(ancestors[n] & remaining for n in chosen))
-                if len(closure) < len(remaining) and closure not in candidates:
-                    candidates.append(closure)
-        for first in sorted(candidates, key=len):
-            if attempt(first, remaining) is not None:
-                continue
-            rest = remaining - first
-            rest_why = attempt(rest, rest)
-            if rest_why is None:
-                found = ([rest], [])
-            elif most > 2:
-                found = plan(rest, rest_why, most - 1)
-            else:
-                continue
-            if found is not None:
-                plans[key] = ([first] + found[0], [why] + found[1])
-                break
-        return plans[key]
-
-    everything = frozenset(order)
-    found = None
-    # Fewest kernels first: two stages, then three, ...
-    for most in range(2, len(order) + 1):
-        found = plan(everything, reason, most)
-        if found is not None or len(tried) >= CUT_SEARCH_BUDGET:
-            break
-    if found is None:
-        raise NotFusable(reason)
-    stages, reasons = found
-    kernels, done = [], frozenset()
-    for number, stage in enumerate(stages, 1):
-        later = everything - done - stage
-        kernels.append(fuse(_stage(cascade, stage, later, number)))
-        done |= stage
-    if len(reasons) == 1:
-        return kernels, reasons[0]
-    return kernels, "; ".join(f"{why} (before {kernel.name})"
-                              for why, kernel in zip(reasons, kernels[1:]))
-
-
-def _stage(cascade: Cascade, stage: frozenset, later: frozenset, number: int) -> Cascade:
-    """A sub-cascade: the stage's Einsums, with what earlier stages computed as inputs
-    (from memory) and what later stages (or the caller) need as outputs."""
-    einsums = [e for e in cascade.einsums if e.tensor in stage]
-    needed_later = {r for e in cascade.einsums if e.tensor in later for r in e.reads} | \
-        set(cascade.outputs)
-    outputs = tuple(e.tensor for e in einsums if e.tensor in needed_later)
-    reads = {r for e in einsums for r in e.reads}
-    absent = absent_tensors(cascade)
-    tensors = {}
-    for name, tensor in cascade.tensors.items():
-        if tensor.is_input and name in reads:
-            tensors[name] = tensor
-        elif name in reads and name not in stage:
-            if tensor.iterative is not None:
-                raise NotFusable(f"the recurrence {name} would cross a cut")
-            if name in absent:
-                # Memory holds values, not presence: a later stage would read 0 as present.
-                raise NotFusable(f"{name} may be absent and would cross a cut")
-            tensors[name] = type(tensor)(name, tensor.ranks, True)   # from memory
-    for einsum in einsums:
-        tensors[einsum.tensor] = cascade.tensors[einsum.tensor]
-    if not outputs:
-        raise NotFusable("a stage with no result")
-    return Cascade(f"{cascade.name}_stage{number}", cascade.ranks, cascade.splits,
-                   cascade.params, tensors, tuple(einsums), outputs, cascade.source)
-
-
 def fuse(cascade: Cascade) -> FusedKernel:
     """The fused kernel for a cascade: the attention schedule where it applies, else the
-    loop schedule (codegen/loops.py); NotFusable with the reasons if neither does: the
+    loop schedule (triton_loops.py); NotFusable with the reasons if neither does: the
     loop schedule's alone when a value would cross program tiles (a cut can help)."""
-    from .loops import Crossing, fuse_loops
     try:
-        fuser = _Fuser(cascade)
+        fuser = _Tiles(cascade)
         return (_SplitEmitter if fuser.loop is not None else _Emitter)(fuser).emit()
     except NotFusable as reason:
         attention = str(reason)
@@ -481,8 +171,13 @@ def fuse(cascade: Cascade) -> FusedKernel:
         raise NotFusable(f"{attention} (the loop schedule: {loop})") from None
 
 
+def fuse_stages(cascade: Cascade) -> tuple[list[FusedKernel], str | None]:
+    """The fused kernels of a cascade: one, or the stages of schedule/stages.py's cuts."""
+    return cut_stages(cascade, fuse)
+
+
 class _Emitter:
-    def __init__(self, fuser: _Fuser):
+    def __init__(self, fuser: _Tiles):
         self.f = fuser
         self.cascade = fuser.cascade
         self.lines: list[str] = []
@@ -491,33 +186,36 @@ class _Emitter:
         # Einsum -> how many of its tl.dot operands are computed values, rounded to the
         # inputs' precision when the dot runs on half-precision operands (see _dot).
         self.rounded: dict[str, int] = {}
+        self.schedule = fuser.kernel_schedule(f"{self.cascade.name}_fused")
+        self.loops_start: int | None = None  # where the first loop's lines begin
+        self.bounds: dict[int, tuple[Bound, ...]] = {}   # pass -> the bounds it uses
+        self.skipping: str | None = None
 
     def line(self, text: str, depth: int = 1) -> None:
         self.lines.append("    " * depth + text)
 
     @property
     def uses_dot(self) -> bool:
-        return any("_to_dot(" in text for text in self.lines)
+        return self.schedule.uses_dot
+
+    def _begin_loops(self) -> None:
+        """Mark where the loops begin: loop-invariant tiles are computed before it."""
+        if self.loops_start is None:
+            self.loops_start = len(self.lines)
 
     def emit(self) -> FusedKernel:
         f, cascade = self.f, self.cascade
-        passes = f.passes
-        name = f"{cascade.name}_fused"
-        n_passes = passes.passes
-        stream_einsums = [e for e in cascade.einsums if f.kinds[e.tensor] in ("stream",
-                                                                              "stream-dot")]
+        name = self.schedule.name
+        n_passes = len(self.schedule.passes)
         self._prologue(n_passes)
 
         pruned = {}
         available = {t.name for t in cascade.inputs}
         self._rows(available)
-        for number in range(1, n_passes + 1):
-            members = [e for e in cascade.einsums if passes.pass_of.get(e.tensor) == number]
-            accumulators = [e for e in members if f.kinds[e.tensor] in ("accumulate",
-                                                                        "dot-accumulate")]
-            needed = self._stream_closure(accumulators, stream_einsums)
-            lo, hi = self._bounds(accumulators, needed)
+        for number, accumulators, needed in f.pass_plan():
+            lo, hi = self._bounds(number, accumulators)
             pruned[number] = (lo, hi)
+            self._begin_loops()
             self.line("")
             self.line(f"# pass {number} over {f.stream}: "
                       f"{', '.join(e.tensor for e in accumulators) or 'nothing accumulates'}")
@@ -548,20 +246,20 @@ class _Emitter:
         source, host, tuning = self._wrap(name, outputs)
         described = ", ".join(f"pass {k}: {_range_text(pruned[k], f.stream)}"
                               for k in sorted(pruned))
-        return FusedKernel(name, source, host, tuning,
-                           f"one fused kernel {name}: grid over "
-                           f"{', '.join(f.batch + [f.row + ' tiles'])}; {described}", pruned,
-                           self._facts("attention", n_passes))
+        return self._kernel(source, host, tuning,
+                            f"one fused kernel {name}: grid over "
+                            f"{', '.join(f.batch + [f.row + ' tiles'])}; {described}")
 
     # ---------------------------------------------------------------- pieces
-    def _facts(self, form: str, passes: int) -> dict:
-        f = self.f
-        return {"form": form, "row": f.row, "batch": f.batch,
-                "loop": [f.loop or f.stream], "held": f.features, "passes": passes,
-                "carried": [e for e, k in f.kinds.items() if k == "carried"],
-                "accumulated": [e for e, k in f.kinds.items()
-                                if k in ("accumulate", "dot-accumulate")],
-                "rounded": dict(self.rounded)}
+    def _kernel(self, source: list[str], host: list[str], tuning: dict,
+                description: str) -> FusedKernel:
+        """The kernel, with its schedule completed by what printing proved: the bounds
+        of each pass, the rounded dot operands, why tiles are (not) skipped."""
+        passes = tuple(replace(p, bounds=self.bounds.get(p.number, ()))
+                       for p in self.schedule.passes)
+        schedule = self.schedule.with_(passes=passes, rounded=tuple(self.rounded.items()),
+                                       skipping=self.skipping, description=description)
+        return FusedKernel(self.schedule.name, source, host, tuning, schedule)
 
     def _prologue(self, n_passes: int) -> None:
         """The program's coordinates: its batch point, its row tile, the feature tiles."""
@@ -576,16 +274,14 @@ class _Emitter:
 
     def _hoist(self) -> None:
         """Put the loop-invariant row tiles before the first loop."""
-        marker = next(i for i, text in enumerate(self.lines)
-                      if text.strip().startswith(("# pass", "# the key tiles")))
         loads = [f"    {name} = {text}" for text, name in self.hoisted.items()]
-        self.lines[marker - 1:marker - 1] = loads
+        self.lines[self.loops_start:self.loops_start] = loads
 
     def _rows(self, available: set[str]) -> None:
         """Row values whose every input is available (inputs, finished accumulators,
         row values already computed), in dataflow order."""
         for einsum in self.cascade.einsums:
-            if self.f.kinds[einsum.tensor] != "row" or einsum.tensor in available:
+            if self.f.kinds[einsum.tensor] != Role.ROW or einsum.tensor in available:
                 continue
             if all(r in available for r in einsum.reads):
                 layout = self.f.layouts[einsum.tensor]
@@ -604,30 +300,18 @@ class _Emitter:
         dims = ", ".join(f"{v}_BLOCK" for v in layout)
         return f"tl.zeros([{dims}], tl.float32)"
 
-    def _stream_closure(self, accumulators, stream_einsums) -> list[Einsum]:
-        needed: set[str] = set()
-        stack = [r for acc in accumulators for r in acc.reads]
-        while stack:
-            name = stack.pop()
-            if name in needed or self.f.kinds.get(name) not in ("stream", "stream-dot"):
-                continue
-            needed.add(name)
-            stack.extend(self.cascade.einsum(name).reads)
-        return [e for e in stream_einsums if e.tensor in needed]
-
     def _stream(self, einsum: Einsum) -> None:
         f = self.f
         layout = (f.row, f.stream)
         self.line(f"# {lhs_text(self.cascade, einsum)} = {rhs_text(einsum)}", 2)
-        if f.kinds[einsum.tensor] == "stream":
+        if f.kinds[einsum.tensor] == Role.STREAM:
             value = f.value(einsum.body, layout, "lanes")
         else:
             value = self._tile_dot(einsum)
         self.line(f"{einsum.tensor} = {value}", 2)
-        conditions = point_conditions(einsum, f._conditions(einsum))
         if einsum.tensor in f.absent:
-            masks = [f.mask(c, layout, "lanes") for c in conditions]
-            self.line(f"{einsum.tensor}_ok = {' & '.join(['lanes'] + masks)}", 2)
+            conditions = point_conditions(einsum, f._conditions(einsum))
+            self.line(f"{einsum.tensor}_ok = {self._tile_mask(conditions)}", 2)
 
     def _tile_dot(self, einsum: Einsum) -> str:
         """sum over a feature of (row-side factors) * (key-side factors) * scalars:
@@ -677,9 +361,16 @@ class _Emitter:
                   f"tl.float32)")
 
     def _term_mask(self, einsum: Einsum) -> str:
+        return self._tile_mask(self.f._conditions(einsum))
+
+    def _tile_mask(self, conditions: list[Condition]) -> str:
+        """`lanes` and the conditions on a key tile beyond it, each once."""
         layout = (self.f.row, self.f.stream)
-        masks = [self.f.mask(c, layout, "lanes") for c in self.f._conditions(einsum)]
-        return " & ".join(["lanes"] + masks)
+        beyond = self.f.beyond_lanes(conditions)
+        masks = [self.f.mask(c, layout, "lanes") for c in beyond]
+        # A key tile's `_ok` mask starts with `lanes`: where one is used, lanes is said.
+        lanes = [] if any(c.kind == "absent" for c in beyond) else ["lanes"]
+        return " & ".join(dict.fromkeys(lanes + masks))
 
     def _accumulate(self, einsum: Einsum, fresh: bool = False) -> None:
         """A reduction over the key tile: into an accumulator across tiles, or (`fresh`)
@@ -689,7 +380,7 @@ class _Emitter:
         name = einsum.tensor
         self.line(f"# {lhs_text(self.cascade, einsum)} = {rhs_text(einsum)}", 2)
         ok = self._term_mask(einsum)
-        if f.kinds[name] in ("accumulate", "tile-reduce"):
+        if f.kinds[name] in (Role.ACCUMULATE, Role.TILE_REDUCE):
             term = f.value(einsum.body, layout, "lanes")
             identity = self._identity(einsum.reduce_op)
             masked = f"tl.where({ok}, {term}, {identity})"
@@ -739,7 +430,7 @@ class _Emitter:
         score; any other condition on the rows needs an OR over the rows of `terms`."""
         alternatives = [((), ())]
         for condition in self._leaf_conditions(einsum):
-            if self._said_by_keys_live(condition):
+            if self.f.said_by_live_keys(condition):
                 continue
             found = self._alternatives(condition)
             if found is None or len(alternatives) * len(found) > MAX_KEY_ALTERNATIVES:
@@ -756,24 +447,10 @@ class _Emitter:
         # mask rejects (on the GPU it is a no-op on a boolean).
         return f"({' & '.join([self._keys_live()] + common)}) != 0"
 
-    def _said_by_keys_live(self, condition: Condition) -> bool:
-        """The split's `m1 * M0 + m0 < M`, and the range of a read at the key itself
-        (`V[.., m1 * M0 + m0, ..]`): what `_keys_live` says already."""
-        if condition.kind == "split":
-            return True
-        if condition.kind != "range" or self.f.loop is None:
-            return False
-        f = self.f
-        inner = self.cascade.var_rank(f.stream)
-        key = ir.Op("+", (ir.Op("*", (ir.Index(f.loop), ir.Dim(inner))), ir.Index(f.stream)))
-        root = ir.Dim(self.cascade.root_rank(inner))
-        return condition.expr == ir.Op("and", (ir.Op("<=", (ir.Const(0), key)),
-                                               ir.Op("<", (key, root))))
-
     def _alternatives(self, condition: Condition, expr: ir.Expr | None = None):
         """A condition (or `expr`, a part of it) as alternatives a key may meet it by,
         each (conditions on the key alone, as text; affine filters of key and row, as
-        `_stream_bound`s); None where a part depends on the row otherwise."""
+        `stream_bound`s); None where a part depends on the row otherwise."""
         f = self.f
         if expr is None:
             if condition.kind not in ("filter", "range", "split"):
@@ -800,7 +477,7 @@ class _Emitter:
             if expr.op == "or":
                 return left + right
             return [(a + b, c + d) for a, c in left for b, d in right]
-        bound = _stream_bound(self._keyed(expr), f.stream, f.row)
+        bound = stream_bound(self._keyed(expr), f.stream, f.row)
         return None if bound is None else [((), (bound,))]
 
     def _rows_reach(self, bounds) -> list[str]:
@@ -830,7 +507,7 @@ class _Emitter:
 
     def _keyed(self, condition: ir.Expr) -> ir.Expr:
         """A condition with the key written as the index variable of the tile, so that
-        `_stream_bound` reads a bound off it (here the key is that variable)."""
+        `stream_bound` reads a bound off it (here the key is that variable)."""
         return condition
 
     def _key(self) -> str:
@@ -883,14 +560,16 @@ class _Emitter:
         return " + ".join(terms), self._row_lanes(layout)
 
     # ---------------------------------------------------------------- bounds
-    def _bounds(self, accumulators, needed) -> tuple[str | None, str | None]:
+    def _bounds(self, number: int, accumulators) -> tuple[str | None, str | None]:
         """Loop bounds for a pass from affine point filters on stream tiles that mask
         every term of every accumulator of the pass (else the whole range)."""
         f = self.f
         lo, hi = None, None
         tile = f"{f.row}_BLOCK"
         first_row = f"tl.program_id(0) * {tile}"
-        for side, offset in self._masking_offsets(accumulators):
+        offsets = self._masking_offsets(accumulators)
+        self.bounds[number] = tuple(Bound(side, str(offset)) for side, offset in offsets)
+        for side, offset in offsets:
             offset = self._offset_text(side, offset)
             if side == "upper":   # m <= row + offset
                 hi = (f"tl.minimum({self.cascade.var_rank(f.stream)}, "
@@ -912,7 +591,7 @@ class _Emitter:
             candidates = masked_by if candidates is None else candidates & masked_by
         found = []
         for filt in sorted(candidates or (), key=str):
-            bound = _stream_bound(self._keyed(filt), self.f.stream, self.f.row)
+            bound = stream_bound(self._keyed(filt), self.f.stream, self.f.row)
             if bound is not None:
                 found.append(bound)
         return found
@@ -946,7 +625,7 @@ class _Emitter:
         found = []
         for condition in conditions:
             if condition.kind == "absent" and \
-                    self.f.kinds.get(condition.read.tensor) in ("stream", "stream-dot"):
+                    self.f.kinds.get(condition.read.tensor) in (Role.STREAM, Role.STREAM_DOT):
                 found += self._leaf_conditions(self.cascade.einsum(condition.read.tensor),
                                                points=True)
             else:
@@ -955,42 +634,19 @@ class _Emitter:
 
     # ---------------------------------------------------------------- kernel text
     def _wrap(self, name: str, outputs: list[str]) -> tuple[list[str], list[str], dict]:
-        cascade, f = self.cascade, self.f
-        args, host = kernel_arguments(cascade, "\n".join(self.lines), outputs)
+        cascade, f, schedule = self.cascade, self.f, self.schedule
+        args, host = kernel_arguments(cascade, schedule)
         args += list(self.offsets)
         host += list(self.offsets.values())
         blocks = [f"{v}_BLOCK" for v in [f.row, f.stream] + f.features]
         if self.uses_dot:
             blocks.append("DOT_DTYPE")
-        # A split's tile is the spec's own factor; otherwise the key tile is ours to tune.
-        tile = f.tile if f.loop is not None else BLOCK_M
-        tuning = {f"{f.row}_BLOCK": BLOCK_P, f"{f.stream}_BLOCK": tile}
-        knobs = [k for k in tuning if f.loop is None or k != f.tile_block]
-        source = ["@triton.jit",
-                  f"def {name}({', '.join(args)}, "
-                  f"{', '.join(b + ': tl.constexpr' for b in blocks)}):",
-                  *tile_asserts(knobs, 16 if self.uses_dot else 1)] + \
-            self.lines
-        host_lines = []
-        for output in outputs:
-            shape = ", ".join(cascade.tensors[output].ranks)
-            host_lines.append(f"{output} = torch.empty(({shape}{',' if len(cascade.tensors[output].ranks) == 1 else ''}), "
-                              f"device=device, dtype=torch.float32)")
-        host_lines.append(f'tuning = dict(TUNING_FUSED["{name}"])')
-        if f.loop is not None:
-            host_lines += self._split_tile_check(name)
-        for var in f.features:
-            size = cascade.var_rank(var)
-            host_lines.append(f'tuning["{var}_BLOCK"] = max(16, '
-                              f"triton.next_power_of_2({size}))")
-        batch = " * ".join(cascade.var_rank(v) for v in f.batch) or "1"
-        host_lines.append(f"{name}[(triton.cdiv({cascade.var_rank(f.row)}, "
-                          f'tuning["{f.row}_BLOCK"]), {batch})](')
-        host_lines.append(f"    {', '.join(host)},")
-        # The dot precision follows the inputs' dtype (_dot_dtype in the module).
-        host_lines.append("    **tuning, DOT_DTYPE=dot_dtype)" if self.uses_dot else
-                          "    **tuning)")
-        return source, host_lines, tuning
+        tuning = {knob.name: knob.default for knob in schedule.knobs}
+        knobs = [knob.name for knob in schedule.knobs if not knob.fixed]
+        source = kernel_source(name, args, blocks, knobs, 16 if self.uses_dot else 1,
+                               self.lines)
+        checks = self._split_tile_check(name) if f.loop is not None else []
+        return source, launch_lines(cascade, schedule, host, checks, self.uses_dot), tuning
 
     def _split_tile_check(self, name: str) -> list[str]:
         """Host lines refusing a key tile other than the split factor: the kernel's key
@@ -1016,14 +672,15 @@ class _SplitEmitter(_Emitter):
 
     def emit(self) -> FusedKernel:
         f, cascade = self.f, self.cascade
-        name = f"{cascade.name}_fused"
+        name = self.schedule.name
         outer = cascade.var_rank(f.loop)
         stream = cascade.root_rank(outer)
         inner = cascade.var_rank(f.stream)
         self._prologue(1)
         available = {t.name for t in cascade.inputs}
         self._rows(available)
-        carried = [e for e in cascade.einsums if f.kinds[e.tensor] == "carried"]
+        carried = [e for e in cascade.einsums if f.kinds[e.tensor] == Role.CARRIED]
+        self._begin_loops()
         self.line("")
         self.line(f"# the key tiles: {f.loop} steps over {outer} = ceil({stream} / {inner}); "
                   f"{', '.join(e.tensor for e in carried) or 'nothing'} carried across steps")
@@ -1039,16 +696,16 @@ class _SplitEmitter(_Emitter):
             self.line(f"{einsum.tensor}_at = {einsum.tensor}  # at step {f.loop}", 2)
         for einsum in cascade.einsums:
             kind = f.kinds[einsum.tensor]
-            if kind in ("stream", "stream-dot"):
+            if kind in (Role.STREAM, Role.STREAM_DOT):
                 self._stream(einsum)
-            elif kind in ("tile-reduce", "tile-dot"):
+            elif kind in (Role.TILE_REDUCE, Role.TILE_DOT):
                 self._accumulate(einsum, fresh=True)
-            elif kind in ("tile-row", "carried"):
+            elif kind in (Role.TILE_ROW, Role.CARRIED):
                 layout = f.layouts[einsum.tensor]
                 self.line(f"# {lhs_text(cascade, einsum)} = {rhs_text(einsum)}", 2)
                 value = f.value(einsum.body, layout, self._row_lanes(layout))
                 self.line(f"{einsum.tensor} = {value} + {self._zeros(layout)}", 2)
-        available.update(e.tensor for e in cascade.einsums if f.kinds[e.tensor] != "row")
+        available.update(e.tensor for e in cascade.einsums if f.kinds[e.tensor] != Role.ROW)
         self.line("")
         self._rows(available)
         self._hoist()
@@ -1057,22 +714,20 @@ class _SplitEmitter(_Emitter):
             offset, mask = self._store_address(output, f.layouts[output])
             self.line(f"tl.store({output}_ptr + {offset}, {self._stored(output)}, mask={mask})")
         source, host, tuning = self._wrap(name, list(cascade.outputs))
-        return FusedKernel(name, source, host, tuning,
-                           f"one fused kernel {name}: grid over "
-                           f"{', '.join(f.batch + [f.row + ' tiles'])}; one loop over "
-                           f"{outer} tiles of {inner} keys with {', '.join(e.tensor for e in carried)} "
-                           f"carried in registers; {_range_text((lo, hi), f.loop)}",
-                           {1: (lo, hi)}, {**self._facts("split", 1),
-                                           "skipping": self.skipping})
+        return self._kernel(source, host, tuning,
+                            f"one fused kernel {name}: grid over "
+                            f"{', '.join(f.batch + [f.row + ' tiles'])}; one loop over "
+                            f"{outer} tiles of {inner} keys with "
+                            f"{', '.join(e.tensor for e in carried)} carried in registers; "
+                            f"{_range_text((lo, hi), f.loop)}")
 
     def _step_bounds(self) -> tuple[str | None, str | None]:
         """The range of steps m1 for this row tile: affine filters that mask every term of
         every per-step reduction bound it, when a fully masked step provably changes
-        nothing carried (codegen/skipping.py); else every step (and the reason why, in
+        nothing carried (schedule/skipping.py); else every step (and the reason why, in
         the facts)."""
         f, cascade = self.f, self.cascade
-        reductions = [e for e in cascade.einsums if f.kinds[e.tensor] in ("tile-reduce",
-                                                                           "tile-dot")]
+        ((_, reductions, _),) = f.pass_plan()
         tile = f.tile_block
         offsets = self._masking_offsets(reductions)
         self.skipping = "no affine filter masks every per-step reduction"
@@ -1083,6 +738,7 @@ class _SplitEmitter(_Emitter):
             self.skipping = why_not
             return None, None
         self.skipping = "a fully masked step changes nothing carried (proved)"
+        self.bounds[1] = tuple(Bound(side, str(offset)) for side, offset in offsets)
         first_row = f"tl.program_id(0) * {f.row}_BLOCK"
         lo, hi = None, None
         for side, offset in offsets:
@@ -1104,87 +760,6 @@ class _SplitEmitter(_Emitter):
     def _key(self) -> str:
         f = self.f
         return f"({f.loop} * {f.tile_block} + {f.stream})"
-
-
-def program_coordinates(cascade: Cascade, batch: list[str], row: str, block: str) -> list[str]:
-    """Kernel lines: the program's point of each batch rank (grid axis 1, row-major) and
-    its tile of `block` points of the row rank (grid axis 0), in int64."""
-    lines = ["    batch = tl.program_id(1).to(tl.int64)"]
-    rest = "batch"
-    for var in reversed(batch):
-        if var == batch[0]:
-            lines.append(f"    {var} = {rest}")
-        else:
-            lines.append(f"    {var} = {rest} % {cascade.var_rank(var)}")
-            lines.append(f"    rest = {rest} // {cascade.var_rank(var)}")
-            rest = "rest"
-    lines.append(f"    {row} = tl.program_id(0).to(tl.int64) * {block} + tl.arange(0, {block})")
-    return lines
-
-
-def kernel_arguments(cascade: Cascade, body: str, outputs: list[str]) -> tuple[list[str],
-                                                                                list[str]]:
-    """A fused kernel's arguments and the host expressions passed for them: output and
-    input pointers (the inputs its body loads), their strides, the sizes and params it
-    uses."""
-    body = re.sub(r"#.*", "", body)     # what the comments restate is not used
-    inputs = [t.name for t in cascade.inputs if re.search(rf"\b{t.name}_ptr\b", body)]
-    args = [f"{o}_ptr" for o in outputs] + [f"{i}_ptr" for i in inputs]
-    host = list(outputs) + inputs
-    for tensor in outputs + inputs:
-        for position in range(len(cascade.tensors[tensor].ranks)):
-            args.append(f"{tensor}_s{position}")
-            host.append(f"{tensor}.stride({position})")
-    used = [n for n in list(cascade.ranks) + list(cascade.params)
-            if re.search(rf"\b{re.escape(n)}\b", body)]
-    return args + used, host + used
-
-
-def _stream_bound(condition: ir.Expr, stream: str, row: str):
-    """('upper', c) for m <= row + c, ('lower', c) for m >= row + c; None otherwise.
-    c is printed for the kernel (integers and params)."""
-    if not isinstance(condition, ir.Op) or condition.op not in ("<", "<=", ">", ">="):
-        return None
-    algebra = Algebra()
-    difference = sympy.expand(algebra.to_sympy(condition.args[0]) -
-                              algebra.to_sympy(condition.args[1]))
-    # Affine in indices, sizes and params only: no tensor reads, no functions.
-    names, constants = {}, set()
-    for symbol in difference.free_symbols:
-        node = algebra.nodes[symbol]
-        if isinstance(node, ir.Read):
-            return None
-        if isinstance(node, ir.Index):
-            names[symbol] = sympy.Symbol(node.var)
-        else:            # a param or a size: known on the host
-            names[symbol] = sympy.Symbol(node.name if isinstance(node, ir.Param) else
-                                         node.rank)
-            constants.add(names[symbol])
-    if difference.atoms(sympy.Function):
-        return None
-    # Plain names from here on: the offset is printed into the kernel and the host.
-    difference = difference.xreplace(names)
-    m, p = sympy.Symbol(stream), sympy.Symbol(row)
-    a = difference.coeff(m)
-    rest = sympy.expand(difference - a * m)
-    if a not in (1, -1) or rest.coeff(p) != -a:
-        return None
-    constant = sympy.expand(rest + a * p)       # difference = a*(m - p) + constant
-    if constant.free_symbols - constants:
-        return None
-    # a*(m - p) + constant OP 0  ->  m - p OP' -constant/a
-    op = condition.op
-    if a == -1:
-        op = {"<": ">", "<=": ">=", ">": "<", ">=": "<="}[op]
-    offset = -constant / a
-    # m < row + c is m <= row + c - 1 for integer c (a param is rounded on the host).
-    shifted = {"<": ("upper", offset - 1), "<=": ("upper", offset),
-               ">": ("lower", offset + 1), ">=": ("lower", offset)}[op]
-    side, value = shifted
-    value = sympy.expand(value)
-    if not value.free_symbols and not value.is_Integer:
-        return None
-    return side, value
 
 
 def _range_text(bounds, stream: str) -> str:

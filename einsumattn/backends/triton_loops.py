@@ -19,27 +19,24 @@ not attention-shaped, with its loop read off the IR.
 
 A register value can be read only at the program's own points. A read at other points of
 a grid rank (ECA's `GAP[b, c + k - K // 2]`) raises `Crossing`: the value crosses program
-tiles, which is where `fused.fuse_stages` cuts the cascade into kernels with the value in
+tiles, which is where `schedule/stages.py` cuts the cascade into kernels with the value in
 global memory between them. Anything else that does not fit raises NotFusable with the
 reason.
 """
 
 from __future__ import annotations
 
-from ..analysis.presence import (Condition, absent_tensors, einsum_conditions,
-                                 in_range_by_construction, point_conditions)
+from ..analysis.presence import Condition, point_conditions
 from ..ir import Cascade, Einsum
 from ..ir import expr as ir
 from ..ir.printer import lhs_text, rhs_text
-from .fused import FusedKernel, NotFusable, kernel_arguments, program_coordinates
-from .triton_backend import TritonPrinter, Unsupported, scalar_condition, tile_asserts
+from ..schedule.loops import LoopRoles
+from ..schedule.model import Role
+from ..schedule.stages import NotFusable
+from .triton_kernel import (FusedKernel, kernel_arguments, kernel_source, launch_lines,
+                            program_coordinates)
+from .triton_printer import TritonPrinter, Unsupported, element_offset, load, scalar_condition
 
-BLOCK_ROW = 16     # points of the row rank per program
-BLOCK_LANES = 64   # points of the (flattened) loop ranks per tile
-
-
-class Crossing(NotFusable):
-    """A value one program computes is read by another (it must cross program tiles)."""
 
 
 _IDENTITY = {"sum": "0.0", "max": "float('-inf')", "min": "float('inf')"}
@@ -53,142 +50,8 @@ def _expand(text: str, dim: str, layout: tuple[str, ...]) -> str:
     return f"{text}[{', '.join(':' if d == dim else 'None' for d in layout)}]"
 
 
-class _LoopFuser:
-    """The schedule's facts: grid, loop, held ranks, the kind and layout of each tensor."""
-
-    def __init__(self, cascade: Cascade):
-        self.cascade = cascade
-        einsums = cascade.einsums
-        if cascade.splits:
-            raise NotFusable("a split rank outside the attention schedule")
-        steps = {e.iter_var for e in einsums if e.iterative is not None}
-        if len(steps) > 1:
-            raise NotFusable(f"recurrences over different ranks ({', '.join(sorted(steps))})")
-        self.step = next(iter(steps), None)
-        common = set.intersection(*(set(e.indices) for e in einsums)) - {self.step}
-        order = [r.var for r in cascade.ranks.values()]
-        grid = [v for v in order if v in common]
-        if not grid:
-            raise NotFusable("no rank that every tensor has, to spread programs over")
-        self.row, self.batch = grid[-1], grid[:-1]
-        spaces = [[v for v in order if v in e.variables and v not in common
-                   and v != self.step] for e in einsums]
-        # The loop: the largest iteration space beyond the grid (none with a recurrence).
-        self.loop: list[str] = [] if self.step else max(spaces, key=len)
-        self.held = [v for v in order if any(v in s for s in spaces) and v not in self.loop]
-        # The flattened loop index, named after the loop's first rank (names.py's rule).
-        self.lanes = f"{self.loop[0]}_flat" if self.loop else "flat"
-        self.absent = absent_tensors(cascade)
-        self.kinds: dict[str, str] = {}
-        self.layouts: dict[str, tuple[str, ...]] = {}
-        for einsum, space in zip(einsums, spaces):
-            if set(space) & set(self.loop) and set(space) & set(self.held):
-                raise NotFusable(f"{einsum.tensor} iterates over {', '.join(space)}: both "
-                                 f"the loop ({', '.join(self.loop)}) and held ranks")
-            self._classify(einsum)
-        for einsum in einsums:
-            self._check_reads(einsum)
-        for output in cascade.outputs:
-            if self.kinds[output] == "carried":
-                raise NotFusable(f"the recurrence {output} is an output")
-        self._passes()
-
-    # ---------------------------------------------------------------- layouts
-    @property
-    def order(self) -> tuple[str, ...]:
-        """Every tile dimension, in the one order all layouts follow."""
-        return (self.row, *self.held) + ((self.lanes,) if self.loop else ())
-
-    def layout(self, variables) -> tuple[str, ...]:
-        dims = set(variables) | ({self.lanes} if set(variables) & set(self.loop) else set())
-        return tuple(d for d in self.order if d in dims)
-
-    # ---------------------------------------------------------------- classification
-    def _classify(self, einsum: Einsum) -> None:
-        name, left, reduced = einsum.tensor, set(einsum.indices), set(einsum.reduced)
-        loop = set(self.loop)
-        if self.step in reduced:
-            raise NotFusable(f"{name} reduces over the steps of {self.step}")
-        if einsum.iterative is not None:
-            kind = "carried"
-            if name in self.absent:
-                raise NotFusable(f"the recurrence {name} may be absent")
-        elif self.step in left:
-            kind = "step"
-        elif reduced & loop:
-            if reduced != loop:
-                raise NotFusable(f"{name} reduces {', '.join(sorted(reduced))}, not the "
-                                 f"whole loop ({', '.join(self.loop)})")
-            kind = "reduce"
-        elif left & loop:
-            if not loop <= left:
-                raise NotFusable(f"{name} has part of the loop ({', '.join(self.loop)})")
-            kind = "stream"
-        else:
-            kind = "row"
-        self.kinds[name] = kind
-        self.layouts[name] = self.layout(left - {self.step} - set(self.batch))
-
-    def _check_reads(self, einsum: Einsum) -> None:
-        """Register values are read at the reader's own points; a recurrence also before
-        the step (at x), after it (x+1), or finally (X)."""
-        for read in einsum.accesses():
-            if self.cascade.tensors[read.tensor].is_input:
-                continue
-            producer = self.cascade.einsum(read.tensor)
-            for position, (index, var) in enumerate(zip(read.indices, producer.indices)):
-                if position == producer.iterative:
-                    if self._step_form(read, index, einsum) is None:
-                        raise NotFusable(f"{einsum.tensor} reads the recurrence "
-                                         f"{read.tensor} at {ir.to_text(index)}")
-                elif index != ir.Index(var):
-                    text = f"{einsum.tensor} reads {read.tensor} at {ir.to_text(index)}"
-                    if var in self.batch or var == self.row:
-                        raise Crossing(f"{text}, other points of {var} than its own: "
-                                       f"another program computes them")
-                    raise NotFusable(f"{text}, not at its own point")
-
-    def _step_form(self, read: ir.Read, index: ir.Expr, reader: Einsum) -> str | None:
-        """'at' (before the step), 'now' (after it) or 'final'; None if not readable."""
-        rank = self.cascade.var_rank(self.step)
-        in_loop = self.kinds.get(reader.tensor, "carried" if reader.iterative is not None
-                                 else "step" if self.step in reader.indices else "row")
-        if index == ir.Index(self.step) and in_loop in ("step", "carried"):
-            return "at"
-        if index == ir.Op("+", (ir.Index(self.step), ir.Const(1))) and \
-                in_loop in ("step", "carried") and reader.tensor != read.tensor:
-            return "now"
-        if index == ir.Dim(rank) and in_loop == "row":
-            return "final"
-        return None
-
-    def _passes(self) -> None:
-        """ready: after which pass a row value or reduction is known (0: before the
-        first); first: the first pass a loop tile (stream) can be computed in."""
-        self.ready: dict[str, int] = {}
-        self.first: dict[str, int] = {}
-        self.after_loop: set[str] = set()
-        for einsum in self.cascade.einsums:
-            name, kind = einsum.tensor, self.kinds[einsum.tensor]
-            deps = [r for r in einsum.reads if r in self.kinds and r != name]
-            if self.step is not None:
-                if kind == "row" and any(self.kinds[d] in ("carried", "step") or
-                                         d in self.after_loop for d in deps):
-                    self.after_loop.add(name)
-                elif kind != "row" and any(d in self.after_loop for d in deps):
-                    raise NotFusable(f"{name} needs a value known only after the loop")
-                continue
-            after = [self.ready[d] + 1 for d in deps if d in self.ready]
-            after += [self.first[d] for d in deps if d in self.first]
-            if kind == "row":
-                self.ready[name] = max([r - 1 for r in after] + [0])
-            elif kind == "stream":
-                self.first[name] = max(after + [1])
-            else:
-                self.ready[name] = max(after + [1])
-        self.passes = max([self.ready[e] for e in self.ready if self.kinds[e] == "reduce"] +
-                          [self.first[o] for o in self.cascade.outputs if o in self.first] +
-                          [0])
+class _LoopTiles(LoopRoles):
+    """The loop schedule's decisions, with the printing of tiles in them."""
 
     # ---------------------------------------------------------------- printing
     def names(self, layout: tuple[str, ...]) -> dict[str, str]:
@@ -223,21 +86,14 @@ class _LoopFuser:
                     name += "_at"
             return self.reshape(f"{name}_ok" if ok else name, self.layouts[node.tensor], layout)
         printer = TritonPrinter(self.names(layout), self._no_read, integer=True)
-        terms = []
-        for position, index in enumerate(node.indices):
-            text = printer(index)
-            if not in_range_by_construction(self.cascade, node.tensor, position, index):
-                text = f"tl.minimum(tl.maximum({text}, 0), {tensor.ranks[position]} - 1)"
-            terms.append(f"({text}) * {node.tensor}_s{position}")
-        address = f"{node.tensor}_ptr + {' + '.join(terms) or '0'}"
+        address = f"{node.tensor}_ptr + " + \
+            element_offset(self.cascade, node.tensor, node.indices, printer)
         dims = self.layout(set(ir.index_vars(node)) - set(self.batch) - {self.step})
         if not dims:
-            # One address per program (batch coordinates, the step): valid, no mask.
-            return f"tl.load({address}).to(tl.float32)"
+            return load(address)    # one address per program (batch coordinates, the step)
         # Masked on the tile dimensions the address has (a K[d] tile is loaded once, not
         # once per row), and broadcast where it is used.
-        mask = " & ".join(_expand(f"{d}_live", d, layout) for d in dims)
-        return f"tl.load({address}, mask={mask}, other=0.0).to(tl.float32)"
+        return load(address, " & ".join(_expand(f"{d}_live", d, layout) for d in dims))
 
     @staticmethod
     def _no_read(node):
@@ -264,14 +120,13 @@ class _LoopFuser:
         return f"({cond} & tl.where({choice}, {if_true}, {if_false}))"
 
     def all(self, conditions: list[Condition], layout: tuple[str, ...]) -> str:
-        return " & ".join([self.live(layout)] + [self.mask(c, layout) for c in conditions])
-
-    def conditions(self, einsum: Einsum) -> list[Condition]:
-        return einsum_conditions(self.cascade, einsum, self.absent)
+        # A mask is a set: a condition two reads share is tested once.
+        return " & ".join(dict.fromkeys([self.live(layout)] +
+                                        [self.mask(c, layout) for c in conditions]))
 
 
 class _LoopEmitter:
-    def __init__(self, fuser: _LoopFuser):
+    def __init__(self, fuser: _LoopTiles):
         self.f = fuser
         self.cascade = fuser.cascade
         self.lines: list[str] = []
@@ -281,7 +136,8 @@ class _LoopEmitter:
 
     def emit(self) -> FusedKernel:
         f, cascade = self.f, self.cascade
-        name = f"{cascade.name}_fused"
+        schedule = f.kernel_schedule(f"{cascade.name}_fused")
+        name = schedule.name
         self.lines += program_coordinates(cascade, f.batch, f.row,
                                           f"{f.row}_BLOCK")
         self.line(f"{f.row}_live = {f.row} < {cascade.var_rank(f.row)}")
@@ -293,51 +149,25 @@ class _LoopEmitter:
         else:
             loop_text = self._tiles()
         for output in cascade.outputs:
-            if f.kinds[output] in ("row", "reduce"):
+            if f.kinds[output] in (Role.ROW, Role.REDUCE):
                 self._store(output, 1)
-        tuning = {f"{f.row}_BLOCK": BLOCK_ROW}
-        if f.loop and f.passes:
-            tuning[f"{f.lanes}_BLOCK"] = BLOCK_LANES
+        tuning = {knob.name: knob.default for knob in schedule.knobs}
         blocks = list(tuning) + [f"{v}_BLOCK" for v in f.held]
-        args, host_args = kernel_arguments(cascade, "\n".join(self.lines),
-                                           list(cascade.outputs))
-        source = ["@triton.jit",
-                  f"def {name}({', '.join(args)}, "
-                  f"{', '.join(b + ': tl.constexpr' for b in blocks)}):",
-                  *tile_asserts(tuning, 1)] + self.lines
-        host = []
-        for output in cascade.outputs:
-            ranks = cascade.tensors[output].ranks
-            host.append(f"{output} = torch.empty(({', '.join(ranks)}"
-                        f"{',' if len(ranks) == 1 else ''}), device=device, "
-                        f"dtype=torch.float32)")
-        host.append(f'tuning = dict(TUNING_FUSED["{name}"])')
-        for var in f.held:
-            host.append(f'tuning["{var}_BLOCK"] = max(16, '
-                        f"triton.next_power_of_2({cascade.var_rank(var)}))")
-        batch = " * ".join(cascade.var_rank(v) for v in f.batch) or "1"
-        host.append(f"{name}[(triton.cdiv({cascade.var_rank(f.row)}, "
-                    f'tuning["{f.row}_BLOCK"]), {batch})](')
-        host.append(f"    {', '.join(host_args)},")
-        host.append("    **tuning)")
+        args, host_args = kernel_arguments(cascade, schedule)
+        source = kernel_source(name, args, blocks, list(tuning), 1, self.lines)
+        host = launch_lines(cascade, schedule, host_args)
         grid = ", ".join(f.batch + [f"{f.row} tiles"])
         held = f"; {', '.join(f.held)} held whole in a tile" if f.held else ""
-        facts = {"form": "steps" if f.step else "tiles", "row": f.row, "batch": f.batch,
-                 "loop": [f.step] if f.step else f.loop, "held": f.held,
-                 "passes": 1 if f.step else f.passes,
-                 "carried": [e for e, k in f.kinds.items() if k == "carried"],
-                 "accumulated": [e for e, k in f.kinds.items() if k == "reduce"]}
-        return FusedKernel(name, source, host, tuning,
-                           f"one fused kernel {name}: grid over {grid}{held}; {loop_text}", {},
-                           facts)
+        return FusedKernel(name, source, host, tuning, schedule.with_(
+            description=f"one fused kernel {name}: grid over {grid}{held}; {loop_text}"))
 
     # ---------------------------------------------------------------- recurrences
     def _steps(self) -> str:
         f, cascade = self.f, self.cascade
-        before = [e for e in cascade.einsums if f.kinds[e.tensor] == "row"
+        before = [e for e in cascade.einsums if f.kinds[e.tensor] == Role.ROW
                   and e.tensor not in f.after_loop]
         after = [e for e in cascade.einsums if e.tensor in f.after_loop]
-        carried = [e for e in cascade.einsums if f.kinds[e.tensor] == "carried"]
+        carried = [e for e in cascade.einsums if f.kinds[e.tensor] == Role.CARRIED]
         for einsum in before:
             self._compute(einsum, 1)
         steps = cascade.var_rank(f.step)
@@ -351,7 +181,7 @@ class _LoopEmitter:
         for einsum in carried:
             self.line(f"{einsum.tensor}_at = {einsum.tensor}  # at step {f.step}", 2)
         for einsum in cascade.einsums:
-            if f.kinds[einsum.tensor] in ("carried", "step"):
+            if f.kinds[einsum.tensor] in (Role.CARRIED, Role.STEP):
                 self._compute(einsum, 2)
                 if einsum.tensor in cascade.outputs:
                     self._store(einsum.tensor, 2)
@@ -363,18 +193,14 @@ class _LoopEmitter:
     # ---------------------------------------------------------------- tiles
     def _tiles(self) -> str:
         f, cascade = self.f, self.cascade
-        rows = [e for e in cascade.einsums if f.kinds[e.tensor] == "row"]
+        rows = [e for e in cascade.einsums if f.kinds[e.tensor] == Role.ROW]
         for einsum in rows:
             if f.ready[einsum.tensor] == 0:
                 self._compute(einsum, 1)
         described = []
         size = " * ".join(cascade.var_rank(v) for v in f.loop)
         block = f"{f.lanes}_BLOCK"
-        for number in range(1, f.passes + 1):
-            accumulators = [e for e in cascade.einsums if f.kinds[e.tensor] == "reduce"
-                            and f.ready[e.tensor] == number]
-            stored = [o for o in cascade.outputs if f.first.get(o) == number]
-            needed = self._stream_closure(accumulators, stored)
+        for number, accumulators, stored, needed in f.pass_plan():
             described.append(f"pass {number} over {size} in tiles: "
                              f"{', '.join([e.tensor for e in accumulators] + stored)}")
             self.line(f"# pass {number} over ({', '.join(f.loop)}) in tiles of {block}")
@@ -408,18 +234,6 @@ class _LoopEmitter:
                 if f.ready[einsum.tensor] == number:
                     self._compute(einsum, 1)
         return "; ".join(described) or "no loop"
-
-    def _stream_closure(self, accumulators, stored) -> list[Einsum]:
-        f = self.f
-        needed: set[str] = set()
-        stack = [r for acc in accumulators for r in acc.reads] + list(stored)
-        while stack:
-            name = stack.pop()
-            if name in needed or f.kinds.get(name) != "stream":
-                continue
-            needed.add(name)
-            stack.extend(self.cascade.einsum(name).reads)
-        return [e for e in self.cascade.einsums if e.tensor in needed]
 
     # ---------------------------------------------------------------- pieces
     def _zeros(self, layout: tuple[str, ...]) -> str:
@@ -471,4 +285,4 @@ class _LoopEmitter:
 def fuse_loops(cascade: Cascade) -> FusedKernel:
     """The fused loop kernel for a cascade, or NotFusable (Crossing where a value would
     cross program tiles)."""
-    return _LoopEmitter(_LoopFuser(cascade)).emit()
+    return _LoopEmitter(_LoopTiles(cascade)).emit()

@@ -7,6 +7,7 @@ carries the spec and its analysis in its docstring.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 from importlib import resources
 
@@ -21,9 +22,15 @@ from ..ir.divisors import checked_divisors, divisor_problem
 from . import names
 from .names import mangle, spec_text, string_literal
 from .printers import PythonScalarPrinter
-from .torch_backend import TorchEmitter
-from .fused import NotFusable, fuse_stages
-from .triton_backend import HELPERS, TritonEmitter, Unsupported
+from .torch_reference import TorchEmitter
+from ..ir.printer import cascade_text
+from ..schedule.model import Schedule, kernel_data
+from ..schedule.stages import NotFusable
+from .registry import BACKENDS, choice_text
+from .triton_fused import fuse_stages
+from .triton_kernel import FusedKernel
+from .triton_printer import HELPERS, Unsupported
+from .triton_unfused import TritonEmitter
 from ..transform import DEFAULT_TILE, Rewritten, rewrite as derive
 
 
@@ -110,12 +117,47 @@ def _bind_lines(cascade: Cascade) -> list[str]:
     return lines
 
 
-_NO_TRITON = {"kernel_sources": [], "host_lines": [], "tuning": {}, "helpers": "",
-              "fused_source": None, "fused_host": [], "fused_tuning": {},
-              "schedule_note": "", "dot_rounding": {}, "kernel_names": []}
+@dataclasses.dataclass(frozen=True)
+class TritonPart:
+    """The Triton part of a module: what the template writes for the two Triton
+    backends, and the fused schedule as data. `fallback` says why there is none."""
+
+    fallback: str | None = None           # why no Triton backend (None: there is one)
+    not_fused: str | None = None          # why no fused schedule (None: there is one)
+    kernel_sources: tuple[str, ...] = ()  # the unfused schedule: one kernel per Einsum
+    host_lines: tuple[str, ...] = ()
+    tuning: dict = dataclasses.field(default_factory=dict)
+    helpers: str = ""
+    fused: tuple[FusedKernel, ...] = ()   # the fused schedule, in launch order
+    cut: str | None = None                # why it is more than one kernel
+    schedule_note: str = ""
+    kernel_names: tuple[str, ...] = ()
+
+    @property
+    def fused_source(self) -> str | None:
+        return "\n\n".join("\n".join(k.source) for k in self.fused) or None
+
+    @property
+    def dot_rounding(self) -> dict:
+        return {names.spec_name(e): n for k in self.fused for e, n in k.schedule.rounded}
+
+    def schedule(self) -> Schedule:
+        return Schedule(tuple(k.schedule for k in self.fused), self.cut, self.not_fused)
+
+    def template_fields(self) -> dict:
+        """The names the template reads."""
+        return {"triton_fallback": self.fallback, "not_fused": self.not_fused,
+                "kernel_sources": list(self.kernel_sources),
+                "host_lines": list(self.host_lines), "tuning": self.tuning,
+                "helpers": self.helpers, "fused_source": self.fused_source,
+                "fused_host": [line for k in self.fused for line in k.host],
+                "fused_tuning": {k.name: k.tuning for k in self.fused},
+                "dot_rounding": self.dot_rounding,
+                "kernel_names": list(self.kernel_names),
+                "schedule_note": self.schedule_note}
 
 
-def _triton(cascade: Cascade) -> dict:
+def _triton(cascade: Cascade) -> TritonPart:
     """The Triton part of the module, or the reason there is none. The emitters run on
     the cascade renamed into the spec's namespace (names.py), so the code they print
     cannot collide with the generator's own names; what they say (notes, reasons) is
@@ -126,8 +168,8 @@ def _triton(cascade: Cascade) -> dict:
         kernels = emitter.kernels()
         host = emitter.host_lines(kernels)
     except Unsupported as reason:
-        return {**_NO_TRITON, "triton_fallback": "not expressible in Triton yet: "
-                + spec_text(str(reason)), "not_fused": spec_text(str(reason))}
+        return TritonPart(fallback="not expressible in Triton yet: " + spec_text(str(reason)),
+                          not_fused=spec_text(str(reason)))
     why = None
     try:
         fused, cut = fuse_stages(renamed)
@@ -140,53 +182,73 @@ def _triton(cascade: Cascade) -> dict:
                 + "; then ".join(k.description for k in fused))
     else:
         note = f"the unfused schedule (not fusable: {why})"
-    return {"triton_fallback": None,
-            "kernel_sources": ["\n".join(k.source) for k in kernels],
-            "host_lines": host,
-            "tuning": {k.name: k.tuning for k in kernels},
-            "helpers": HELPERS.strip(),
-            "fused_source": "\n\n".join("\n".join(k.source) for k in fused) or None,
-            "fused_host": [line for k in fused for line in k.host],
-            "fused_tuning": {k.name: k.tuning for k in fused},
-            "dot_rounding": {names.spec_name(e): n for k in fused
-                             for e, n in k.facts.get("rounded", {}).items()},
-            "kernel_names": [k.name for k in kernels + fused],
-            "not_fused": why,
-            "schedule_note": spec_text(note)}
+    return TritonPart(not_fused=why,
+                      kernel_sources=tuple("\n".join(k.source) for k in kernels),
+                      host_lines=tuple(host), tuning={k.name: k.tuning for k in kernels},
+                      helpers=HELPERS.strip(), fused=tuple(fused),
+                      cut=None if cut is None else spec_text(cut),
+                      schedule_note=spec_text(note),
+                      kernel_names=tuple(k.name for k in kernels + list(fused)))
 
 
 class Plan:
-    """Which cascade each backend runs. The torch reference is always the spec's own
-    cascade (the readable statement of the math); the Triton backends run the derived
-    cascade of `einsumattn rewrite`, unless rewriting is off, finds nothing, or the
-    derived cascade does not fuse where the spec's own does (then the spec's own, said
-    in the note). `kernel` is in the spec's names; the emitters see it renamed."""
+    """Which cascade each backend runs, decided once per compile. The torch reference is
+    always the spec's own cascade (the readable statement of the math); the Triton
+    backends run the derived cascade of `einsumattn rewrite`, unless rewriting is off,
+    finds nothing, or the derived cascade does not fuse where the spec's own does (then
+    the spec's own, said in the note). `kernel` is in the spec's names; the emitters see
+    it renamed. The spec's own cascade is scheduled only when it is needed: without a
+    derived one, or when the derived one does not fuse."""
 
     def __init__(self, cascade: Cascade, *, rewrite: bool = True, tile: int = DEFAULT_TILE):
         self.cascade = cascade
+        self.options = {"rewrite": rewrite, "tile": tile}
         self.rewritten: Rewritten | None = derive(cascade, tile=tile) if rewrite else None
         self.kernel = cascade
         self.note = "the spec's own cascade (rewrites off: --no-rewrite)" \
             if not rewrite else "the spec's own cascade (no rewrite applies)"
-        self.triton = _triton(cascade)
-        if self.rewritten is not None and self.rewritten.steps:
-            change = self.rewritten.change()
-            derived = _triton(self.rewritten.cascade)
-            if derived["fused_source"] is None and self.triton["fused_source"] is not None:
-                self.note = (f"the spec's own cascade: the derived one ({change}) does "
-                             f"not fuse ({derived['not_fused']})")
-            else:
-                self.kernel, self.triton = self.rewritten.cascade, derived
-                self.note = f"the derived cascade ({change}; einsumattn rewrite prints it)"
+        if self.rewritten is None or not self.rewritten.steps:
+            self.triton = _triton(cascade)
+            return
+        change = self.rewritten.change()
+        derived = _triton(self.rewritten.cascade)
+        own = _triton(cascade) if derived.fused_source is None else None
+        if own is not None and own.fused_source is not None:
+            self.triton = own
+            self.note = (f"the spec's own cascade: the derived one ({change}) does "
+                         f"not fuse ({derived.not_fused})")
+        else:
+            self.kernel, self.triton = self.rewritten.cascade, derived
+            self.note = f"the derived cascade ({change}; einsumattn rewrite prints it)"
+
+    @functools.cached_property
+    def backends(self) -> dict[str, str | None]:
+        """Each registered backend's name -> None where it runs this plan, else why not."""
+        return {backend.name: backend.applies(self) for backend in BACKENDS}
 
     def summary(self) -> str:
-        return _backends_note(self.triton["triton_fallback"], len(self.kernel.einsums),
-                              self.triton["schedule_note"]) + f"\nTriton kernels compute {self.note}."
+        return _backends_note(self.triton.fallback, len(self.kernel.einsums),
+                              self.triton.schedule_note) + \
+            f"\nTriton kernels compute {self.note}."
+
+    def data(self) -> dict:
+        """The plan as plain data: the generated module's SCHEDULE. `cascade` is the
+        kernels' cascade as .attn text (what `check` evaluates the roundings on)."""
+        schedule = self.triton.schedule()
+        return {"cascade": cascade_text(self.kernel),
+                "derived": self.kernel is not self.cascade,
+                "options": dict(self.options),
+                "backends": dict(self.backends),
+                "kernels": tuple(kernel_data(k, spec_text) for k in schedule.kernels),
+                "cut": schedule.cut,
+                "not_fused": schedule.not_fused,
+                "describe": self.summary()}
 
 
 def backends_summary(cascade: Cascade, *, rewrite: bool = True,
                      tile: int = DEFAULT_TILE) -> str:
-    """What each backend of the compiled module runs, and why (shown at compile time)."""
+    """What each backend of the compiled module runs, and why (shown at compile time).
+    A caller that also generates the module builds the Plan once and asks it."""
     return Plan(cascade, rewrite=rewrite, tile=tile).summary()
 
 
@@ -241,16 +303,21 @@ class Options:
     module_name: str | None = None     # for the docstring's `from NAME import ...`
 
 
-def generate(cascade: Cascade, **options) -> str:
+def generate(cascade: Cascade, *, plan: Plan | None = None, **options) -> str:
     """The source of the generated module for a cascade (`options`: the fields of
-    `Options`)."""
+    `Options`). `plan`: the Plan already built for the cascade with these options (the
+    CLI builds it once, for the module and for what it prints)."""
     settings = Options(**options)
     names.check_module_name(cascade)
     if not cascade.inputs:
         raise SpecError("a spec needs at least one input to compile",
                         hint="declare the tensors it computes from with 'input'",
                         source=cascade.source)
-    plan = Plan(cascade, rewrite=settings.rewrite, tile=settings.tile)
+    if plan is None:
+        plan = Plan(cascade, rewrite=settings.rewrite, tile=settings.tile)
+    elif plan.cascade is not cascade or \
+            plan.options != {"rewrite": settings.rewrite, "tile": settings.tile}:
+        raise ValueError("the plan was built for another cascade or other options")
     kernel, triton = plan.kernel, plan.triton
     analysis = _pass_summary(analyze(cascade))
     if kernel is not cascade and plan.rewritten is not None:
@@ -266,15 +333,17 @@ def generate(cascade: Cascade, **options) -> str:
     context = {
         "name": cascade.name,
         "class_name": cls,
-        "function_name": names.function_name(cascade.name, cls, triton["kernel_names"]),
+        "function_name": names.function_name(cascade.name, cls, triton.kernel_names),
         "module_name": settings.module_name or cascade.name,
         "version": __version__,
         "source_name": cascade.source.filename if cascade.source else "<spec>",
         "spec_source": source_text.strip(),
         "spec_hash": spec_sha256(source_text),
         "analysis": analysis,
-        **triton,
-        "has_triton": triton["triton_fallback"] is None,
+        **triton.template_fields(),
+        "has_triton": triton.fallback is None,
+        "schedule": plan.data(),
+        "backend_choices": choice_text(),
         "backends_note": plan.summary(),
         "inputs": inputs,
         "outputs": list(cascade.outputs),

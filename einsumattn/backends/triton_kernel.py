@@ -1,0 +1,87 @@
+"""What the fused Triton schedules share: the kernel record, the program's coordinates,
+the kernel's arguments and signature, and the host lines that launch it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..ir import Cascade
+from ..schedule.model import KernelSchedule
+from .triton_printer import tile_asserts
+
+
+@dataclass
+class FusedKernel:
+    name: str
+    source: list[str]
+    host: list[str]                 # host statements: allocate outputs, launch
+    tuning: dict
+    schedule: KernelSchedule        # what it computes and how, as data
+
+    @property
+    def description(self) -> str:   # for the module's docstring
+        return self.schedule.description
+
+
+def program_coordinates(cascade: Cascade, batch: list[str], row: str, block: str) -> list[str]:
+    """Kernel lines: the program's point of each batch rank (grid axis 1, row-major) and
+    its tile of `block` points of the row rank (grid axis 0), in int64."""
+    lines = ["    batch = tl.program_id(1).to(tl.int64)"]
+    rest = "batch"
+    for var in reversed(batch):
+        if var == batch[0]:
+            lines.append(f"    {var} = {rest}")
+        else:
+            lines.append(f"    {var} = {rest} % {cascade.var_rank(var)}")
+            lines.append(f"    rest = {rest} // {cascade.var_rank(var)}")
+            rest = "rest"
+    lines.append(f"    {row} = tl.program_id(0).to(tl.int64) * {block} + tl.arange(0, {block})")
+    return lines
+
+
+def kernel_arguments(cascade: Cascade, schedule: KernelSchedule) -> tuple[list[str],
+                                                                          list[str]]:
+    """A fused kernel's arguments and the host expressions passed for them, from its
+    schedule: output and input pointers, their strides, the sizes and params."""
+    tensors = list(schedule.outputs) + list(schedule.inputs)
+    args = [f"{t}_ptr" for t in tensors]
+    host = list(tensors)
+    for tensor in tensors:
+        for position in range(len(cascade.tensors[tensor].ranks)):
+            args.append(f"{tensor}_s{position}")
+            host.append(f"{tensor}.stride({position})")
+    return args + list(schedule.scalars), host + list(schedule.scalars)
+
+
+def kernel_source(name: str, args: list[str], blocks: list[str], knobs: list[str],
+                  least: int, body: list[str]) -> list[str]:
+    """A kernel's text: its signature (arguments, then the block sizes as constexprs),
+    the compile-time checks of its tunable knobs, its body."""
+    return ["@triton.jit",
+            f"def {name}({', '.join(args)}, "
+            f"{', '.join(b + ': tl.constexpr' for b in blocks)}):",
+            *tile_asserts(knobs, least)] + body
+
+
+def launch_lines(cascade: Cascade, schedule: KernelSchedule, host_args: list[str],
+                 checks: list[str] = (), dot: bool = False) -> list[str]:
+    """Host lines: allocate the outputs, take the kernel's tuning table (`checks` run on
+    it), size the held ranks' tiles, launch one program per batch point and row tile."""
+    lines = []
+    for output in schedule.outputs:
+        ranks = cascade.tensors[output].ranks
+        lines.append(f"{output} = torch.empty(({', '.join(ranks)}"
+                     f"{',' if len(ranks) == 1 else ''}), device=device, "
+                     f"dtype=torch.float32)")
+    lines.append(f'tuning = dict(TUNING_FUSED["{schedule.name}"])')
+    lines += checks
+    for var in schedule.held:
+        lines.append(f'tuning["{var}_BLOCK"] = max(16, '
+                     f"triton.next_power_of_2({cascade.var_rank(var)}))")
+    batch = " * ".join(cascade.var_rank(v) for v in schedule.batch) or "1"
+    lines.append(f"{schedule.name}[(triton.cdiv({cascade.var_rank(schedule.row)}, "
+                 f'tuning["{schedule.row}_BLOCK"]), {batch})](')
+    lines.append(f"    {', '.join(host_args)},")
+    # The dot precision follows the inputs' dtype (_dot_dtype in the module).
+    lines.append("    **tuning, DOT_DTYPE=dot_dtype)" if dot else "    **tuning)")
+    return lines

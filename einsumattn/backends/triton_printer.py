@@ -1,0 +1,222 @@
+"""Triton source for the pieces every Triton schedule shares: IR expressions as Triton
+blocks (`TritonPrinter`), conditions with one value per program, the compile-time checks
+of tile knobs, and the helpers every generated Triton module defines.
+"""
+
+from __future__ import annotations
+
+import math
+
+from ..analysis.presence import in_range_by_construction
+from ..ir import expr as ir
+from ..ir.expr import Printer
+from .printers import integer_comparison
+
+
+def scalar_condition(text: str) -> str:
+    """A condition with one value per program, as a boolean that `&` takes in Triton's
+    interpreter too (it rejects `block & (S > 0.0)`, a block and one loaded value compared;
+    the GPU compiler takes both)."""
+    return f"({text}) != 0"
+
+
+class Unsupported(Exception):
+    """A construct this schedule cannot express (the module falls back, and says why)."""
+
+
+class TritonPrinter(Printer):
+    """Expressions over Triton blocks. `names` maps index variables, dims and params to
+    the kernel's names; `read` prints a load."""
+
+    # NaN in gives NaN out, as in the oracle: tl.maximum and tl.minimum drop a NaN
+    # operand unless told to propagate it, and sign passes a NaN through its last branch.
+    _NAN = "propagate_nan=tl.PropagateNan.ALL"
+    _UNARY = {"exp": "tl.exp({0})", "log": "tl.log({0})", "sqrt": "tl.sqrt({0})",
+              # sigmoid as the oracle writes it: exp of -|x| only, so no overflow to
+              # 1 / (1 + inf) = 0 where the value is a small positive number.
+              "sigmoid": "tl.where(({0}) >= 0, 1.0 / (1.0 + tl.exp(-tl.abs({0}))), "
+                         "tl.exp(-tl.abs({0})) / (1.0 + tl.exp(-tl.abs({0}))))",
+              "abs": "tl.abs({0})",
+              # tanh through sigmoid: tanh(x) = 2 sigmoid(2x) - 1 (no tl.tanh everywhere);
+              # at a zero, the zero itself (tanh(-0.0) is -0.0).
+              "tanh": "tl.where(({0}) == 0, {0}, 2.0 * tl.sigmoid(2.0 * ({0})) - 1.0)",
+              "relu": f"tl.maximum({{0}}, 0.0, {_NAN})",
+              "elu": f"tl.where(({{0}}) > 0, {{0}}, tl.exp(tl.minimum({{0}}, 0.0, {_NAN})) - 1.0)",
+              "sign": "tl.where(({0}) > 0, 1.0, tl.where(({0}) < 0, -1.0, "
+                      "tl.where(({0}) == 0, 0.0, {0})))"}
+
+    def __init__(self, names: dict[str, str], read, integer: bool = False):
+        super().__init__(names)
+        self._read = read
+        self.integer = integer   # index arithmetic: floor semantics for // and %
+
+    def const(self, value) -> str:
+        if value == math.inf:
+            return "float('inf')"
+        if value == -math.inf:
+            return "float('-inf')"
+        return repr(float(value)) if not self.integer else repr(value)
+
+    def read(self, node: ir.Read) -> str:
+        return self._read(node)
+
+    def boolean(self, op: str, expr: ir.Op) -> str:
+        return {"and": "&", "or": "|", "not": "~"}[op]
+
+    def print(self, expr: ir.Expr, context: int) -> str:
+        if isinstance(expr, ir.Op) and expr.op == "not":
+            # `== 0` rather than `~`: also right when the operand is a Python bool (the
+            # interpreter folds scalar comparisons), where ~True would be -2.
+            return f"(({self.print(expr.args[0], 0)}) == 0)"
+        if isinstance(expr, ir.Op) and expr.op in ("and", "or"):
+            # tl.where rather than & and |: Triton's interpreter cannot & a scalar
+            # condition (a scalar read compared) with a block of them.
+            a, b = (self.print(arg, 0) for arg in expr.args)
+            return f"tl.where({a}, {b}, False)" if expr.op == "and" else \
+                f"tl.where({a}, True, {b})"
+        if isinstance(expr, ir.Op) and expr.op in ("//", "%"):
+            left, right = (self.print(a, 0) for a in expr.args)
+            helper = "_floordiv" if expr.op == "//" else "_mod"
+            if not self.integer:
+                helper += "_f"
+            return f"{helper}({left}, {right})"
+        if isinstance(expr, ir.Op) and expr.op == "**":
+            return self._power(*expr.args)
+        if not self.integer and integer_comparison(expr):
+            return TritonPrinter(self.names, self._read, integer=True).print(expr, context)
+        return super().print(expr, context)
+
+    def index(self, node: ir.Index) -> str:
+        return self._value(super().index(node))
+
+    def dim(self, node: ir.Dim) -> str:
+        return self._value(super().dim(node))
+
+    def _value(self, integer: str) -> str:
+        """An index or a size used as a value is a float, as in the oracle: Triton's
+        math takes floats only (sqrt(P), exp(m - p)), and -(p - m) must be -0.0 where
+        p = m (1 / -(p - m) is -inf). `+ 0.0` converts a block, a scalar argument or the
+        literal of a fixed size to float32."""
+        return integer if self.integer else f"({integer} + 0.0)"
+
+    def _power(self, base: ir.Expr, exponent: ir.Expr) -> str:
+        if isinstance(exponent, ir.Const) and float(exponent.value).is_integer() \
+                and abs(exponent.value) <= 8:
+            n = int(exponent.value)
+            if n == 0:
+                return "1.0"
+            text = " * ".join([f"({self.print(base, 0)})"] * abs(n))
+            return f"({text})" if n > 0 else f"(1.0 / ({text}))"
+        if isinstance(base, ir.Const) and base.value == 1:
+            return "1.0"       # 1 ** x is 1 for every x, NaN included (numpy's power)
+        if isinstance(base, ir.Const) and base.value == math.inf:
+            x = self.print(exponent, 0)
+            return f"tl.where(({x}) == 0, 1.0, tl.exp(({x}) * float('inf')))"
+        if isinstance(base, ir.Const) and base.value > 0:
+            return f"tl.exp(({self.print(exponent, 0)}) * {math.log(base.value)!r})"
+        raise Unsupported("'**' with a base that is not a positive constant and an exponent "
+                          "that is not a small integer")
+
+    def function(self, op: str, args: list[str]) -> str:
+        if op in self._UNARY:
+            return self._UNARY[op].format(args[0])
+        if op in ("max", "min"):
+            return f"tl.{'maximum' if op == 'max' else 'minimum'}({args[0]}, {args[1]}, " \
+                   f"{self._NAN})"
+        if op == "where":
+            return f"tl.where({args[0]}, {args[1]}, {args[2]})"
+        raise Unsupported(op)
+
+
+def element_offset(cascade, tensor: str, indices, printer: "TritonPrinter",
+                   extent=None) -> str:
+    """The offset of `tensor`'s element at `indices`, for every Triton schedule: each
+    coordinate times its stride, clamped into its extent (`extent(position)`, default the
+    rank) where it could leave it, so every address a live lane touches is inside the
+    tensor; whether the value is present is the mask's business."""
+    terms = []
+    for position, index in enumerate(indices):
+        text = printer(index)
+        if not in_range_by_construction(cascade, tensor, position, index):
+            bound = extent(position) if extent else cascade.tensors[tensor].ranks[position]
+            text = f"tl.minimum(tl.maximum({text}, 0), {bound} - 1)"
+        terms.append(f"({text}) * {tensor}_s{position}")
+    return " + ".join(terms) or "0"
+
+
+def load(address: str, mask: str | None = None, ok: bool = False) -> str:
+    """A load as float32 (or, `ok`, a presence flag as a boolean); masked lanes read 0.
+    No mask where the address is one per program and valid."""
+    if mask is None:
+        return f"(tl.load({address}) != 0)" if ok else f"tl.load({address}).to(tl.float32)"
+    if ok:
+        return f"(tl.load({address}, mask={mask}, other=0) != 0)"
+    return f"tl.load({address}, mask={mask}, other=0.0).to(tl.float32)"
+
+
+def tile_asserts(knobs, least: int) -> list[str]:
+    """Kernel lines that refuse, when the kernel compiles, a block size from a tuning
+    table that the kernel cannot take: tl.arange needs a power of two, tl.dot at least
+    16 in each dimension."""
+    return [f'    tl.static_assert({k} >= {least} and ({k} & ({k} - 1)) == 0, '
+            f'"{k}: a block size of the tuning table, a power of two >= {least}")'
+            for k in knobs]
+
+
+# Helpers every generated Triton module defines: floor division and modulo with Python's
+# semantics (Triton's // and % truncate toward zero, like C).
+HELPERS = '''
+@triton.jit
+def _floordiv(a, b):
+    q = a // b
+    return tl.where((a % b != 0) & ((a < 0) != (b < 0)), q - 1, q)
+
+
+@triton.jit
+def _mod(a, b):
+    r = a % b
+    return tl.where((r != 0) & ((r < 0) != (b < 0)), r + b, r)
+
+
+# Triton's interpreter (TRITON_INTERPRET=1) truncates float32 -> bfloat16 and multiplies
+# bfloat16 bit patterns in tl.dot (triton-lang/triton#11584); _to_dot works around both.
+_INTERPRETED = tl.constexpr(os.environ.get("TRITON_INTERPRET") == "1")
+
+
+@triton.jit
+def _to_dot(x, DOT_DTYPE: tl.constexpr):
+    """A tl.dot operand in the dot's precision (float32 values in, rounded to nearest)."""
+    if _INTERPRETED and DOT_DTYPE == tl.bfloat16:
+        # Round to nearest even by hand; the rounded value enters the dot as float32,
+        # which holds it exactly, so the dot sees what the GPU's would.
+        bits = x.to(tl.uint32, bitcast=True)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+        return bits.to(tl.float32, bitcast=True)
+    return x.to(DOT_DTYPE)
+
+
+# Float // and % as Python's and numpy's (the oracle's), infinities included: from C's
+# fmod (Triton's float %), as numpy computes them. floor(a / b) would give inf for
+# inf // 2 (NaN) and 0 for -5 // inf (-1); a - b * floor(a / b) NaN for 5 % inf (5).
+# The casts make constant operands float32 tensors in the interpreter too, where they
+# would otherwise be Python floats (Python's %, and an error for a zero divisor).
+@triton.jit
+def _mod_f(a, b):
+    a = tl.cast(a, tl.float32)
+    b = tl.cast(b, tl.float32)
+    r = a % b
+    return tl.where((r != 0) & ((r < 0) != (b < 0)), r + b, r)
+
+
+@triton.jit
+def _floordiv_f(a, b):
+    a = tl.cast(a, tl.float32)
+    b = tl.cast(b, tl.float32)
+    r = a % b
+    q = (a - r) / b
+    q = tl.where((r != 0) & ((r < 0) != (b < 0)), q - 1.0, q)
+    whole = tl.floor(q)
+    whole = tl.where(q - whole > 0.5, whole + 1.0, whole)
+    # A zero quotient takes the sign of a / b; a zero divisor gives a / b (inf or NaN).
+    return tl.where(b == 0, a / b, tl.where(q == 0, 0.0 * (a / b), whole))
+'''

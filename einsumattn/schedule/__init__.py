@@ -1,0 +1,8 @@
+"""The schedule: the decisions between the IR and every emitter (which kernels, where a
+cascade is cut, the proved bounds of the loops over key tiles, when a masked tile may be
+skipped). It reads the IR, the analyses and the rewrites' algebra; it prints nothing.
+
+stages.py    where a cascade is cut into fused kernels (NotFusable, Crossing)
+bounds.py    affine filters read as bounds on the keys a row sees
+skipping.py  the proof that a fully masked step changes nothing carried
+"""

@@ -1,0 +1,286 @@
+"""The attention schedule's decisions (docs/codegen.md, the fused schedule): which rank
+is streamed in key tiles, which ranks the grid covers, which are held whole, and the role
+and layout of every tensor, read off the IR and the pass analysis of the streamed rank.
+backends/triton_fused.py prints kernels from them.
+"""
+
+from __future__ import annotations
+
+from ..analysis import Report
+from ..analysis.buffers import analyse_buffers
+from ..analysis.passes import analyse_passes
+from ..analysis.presence import Condition, absent_tensors, einsum_conditions, point_conditions
+from ..ir import Cascade, Einsum
+from ..ir import expr as ir
+from .kernel import loaded_inputs, scalars
+from .masks import range_comparisons
+from .model import Form, KernelSchedule, Knob, Loop, LoopKind, Pass, Role, Store, TensorPlan
+from .stages import NotFusable
+
+BLOCK_P = 16    # the row knob's default: rows per program
+BLOCK_M = 16    # the key tile's default where the spec does not fix it (a split does)
+
+
+class AttentionRoles:
+    """The attention schedule's decisions for a cascade: the streamed rank (and its
+    split), the grid's batch and row ranks, the feature ranks held whole, and each
+    tensor's role and layout. NotFusable with the reason where the cascade does not fit."""
+
+    def __init__(self, cascade: Cascade):
+        self.cascade = cascade
+        if not cascade.splits:
+            for einsum in cascade.einsums:     # checked again below; here before analysis
+                if einsum.iterative is not None:
+                    raise NotFusable(f"the recurrence {einsum.tensor} is not over the key tiles")
+        # The passes of every rank (to choose the primary one) and the buffers of that
+        # one: the part of `analyze` the schedule reads (the cut search calls this often).
+        ranks = analyse_passes(cascade)
+        rank = Report(cascade, "float16", ranks, {}, None).primary_rank
+        if rank is None or rank not in ranks:
+            raise NotFusable("no rank is streamed")
+        self.passes = ranks[rank]
+        buffers = analyse_buffers(cascade, self.passes, 2)
+        self.stream = cascade.ranks[rank].var
+        # A split of the streamed rank: its outer part is the loop, its inner part the
+        # tile (FuseMax's Cascade 5); recurrences over the outer part are loop-carried.
+        self.loop: str | None = None
+        splits = [s for s in cascade.splits if s.parent == rank]
+        if len(cascade.splits) > len(splits) or len(splits) > 1:
+            raise NotFusable("splits other than one split of the streamed rank")
+        if splits:
+            split = splits[0]
+            if not isinstance(split.factor, int) or split.factor < 16 or \
+                    split.factor & (split.factor - 1):
+                raise NotFusable(f"split factor {split.factor}: a tile needs a power of two "
+                                 f">= 16")
+            if self.passes.passes != 1:
+                raise NotFusable(f"{self.passes.passes} passes over a split rank")
+            self.loop = cascade.ranks[split.outer].var
+            self.stream = cascade.ranks[split.inner].var
+            self.tile = split.factor
+            self.tile_block = f"{self.stream}_BLOCK"
+        for einsum in cascade.einsums:
+            if einsum.iterative is not None and einsum.iter_var != self.loop:
+                raise NotFusable(f"the recurrence {einsum.tensor} is not over the key tiles")
+        parallel = [cascade.ranks[r].var for r in buffers.parallel]
+        if not parallel:
+            raise NotFusable("no parallel rank to spread programs over")
+        self.row = parallel[-1]
+        self.batch = parallel[:-1]
+        # Ranks no Einsum iterates over (a stage's, the queries of the keys' stage)
+        # get no tile: a BLOCK of their size would be a compilation per size.
+        used = {v for einsum in cascade.einsums for v in einsum.variables}
+        self.features = [r.var for r in cascade.ranks.values()
+                         if r.var not in parallel and r.var not in (self.stream, self.loop)
+                         and r.name != rank and r.var in used]
+        self.absent = absent_tensors(cascade)
+        self.kinds: dict[str, Role] = {}
+        self.layouts: dict[str, tuple[str, ...]] = {}
+        self.row_masks: dict[str, list[Condition]] = {}   # output -> conditions at store
+        for einsum in cascade.einsums:
+            self._classify(einsum)
+        for output in cascade.outputs:
+            if self.kinds[output] not in (Role.ROW, Role.ACCUMULATE, Role.DOT_ACCUMULATE):
+                raise NotFusable(f"output {output} is not a per-row value")
+
+    # ---------------------------------------------------------------- classification
+    def _classify(self, einsum: Einsum) -> None:
+        if self.loop is not None:
+            return self._classify_split(einsum)
+        name = einsum.tensor
+        left, extra = self._left(einsum)
+        reduced = set(einsum.reduced)
+        if self.stream in left:
+            if extra:
+                raise NotFusable(f"{name} has a feature rank beside the streamed one")
+            if name in self.absent and any(c.kind == "absent" and not c.read.indices
+                                           for c in self._conditions(einsum)):
+                raise NotFusable(f"{name}: absent scalar reads")
+            kind = self._tile_kind(einsum)
+        elif self.stream in reduced:
+            if reduced != {self.stream}:
+                raise NotFusable(f"{name} reduces the streamed rank with another")
+            kind = self._reduction_kind(einsum, extra, Role.DOT_ACCUMULATE, Role.ACCUMULATE)
+            if name in self.absent:
+                self._row_mask(einsum)
+        else:
+            if reduced:
+                raise NotFusable(f"{name} reduces a feature rank outside the stream")
+            kind = Role.ROW
+            self.layouts[name] = (self.row,) + tuple(extra)
+            if name in self.absent:
+                raise NotFusable(f"{name}: a per-row value that may be absent")
+        self.kinds[name] = kind
+
+    def _left(self, einsum: Einsum) -> tuple[list[str], list[str]]:
+        """The left variables other than batch ones, and the (at most one) feature rank
+        among them; every tensor must have every parallel rank."""
+        if not set(self.batch) <= set(einsum.indices) or self.row not in einsum.indices:
+            raise NotFusable(f"{einsum.tensor} does not have every parallel rank "
+                             f"({', '.join(self.batch + [self.row])})")
+        left = [v for v in einsum.indices if v not in self.batch]
+        extra = [v for v in left if v not in (self.row, self.stream, self.loop)]
+        if len(extra) > 1:
+            raise NotFusable(f"{einsum.tensor} has more than one feature rank")
+        return left, extra
+
+    def _reduction_kind(self, einsum: Einsum, extra: list[str], dot: str, plain: str) -> str:
+        """A reduction over the key tile into a per-row value: a tl.dot with a key tile
+        when it keeps a feature rank (a sum), else a plain tl.sum / tl.max / tl.min."""
+        self.layouts[einsum.tensor] = (self.row,) + tuple(extra)
+        if extra and einsum.reduce_op == "sum":
+            return dot
+        if extra:
+            raise NotFusable(f"{einsum.tensor}: a max/min over the keys with a feature rank")
+        return plain
+
+    def _tile_kind(self, einsum: Einsum) -> str:
+        """A tensor over (row, key tile): elementwise, or a contraction over a feature."""
+        reduced = set(einsum.reduced)
+        self.layouts[einsum.tensor] = (self.row, self.stream)
+        if not reduced:
+            return Role.STREAM
+        if len(reduced) == 1 and einsum.reduce_op == "sum" and reduced <= set(self.features):
+            return Role.STREAM_DOT
+        raise NotFusable(f"{einsum.tensor}: a reduction this schedule does not tile")
+
+    def _classify_split(self, einsum: Einsum) -> None:
+        """Kinds with the stream split into a loop (outer) and a tile (inner):
+        stream / stream-dot: a tile over (row, inner) for the current outer step;
+        tile-reduce / tile-dot: a reduction over the tile, once per step;
+        tile-row: a per-row value of the current step;  carried: a recurrence over the
+        outer part;  row: before or after the loop."""
+        name = einsum.tensor
+        left, extra = self._left(einsum)
+        reduced = set(einsum.reduced)
+        if self.loop in reduced:
+            raise NotFusable(f"{name} reduces over the key tiles (not a recurrence)")
+        if einsum.iterative is not None:
+            kind = Role.CARRIED
+            self.layouts[name] = (self.row,) + tuple(extra)
+        elif self.stream in left:
+            if self.loop not in left or extra:
+                raise NotFusable(f"{name}: a tile needs the outer part and no feature rank")
+            kind = self._tile_kind(einsum)
+        elif self.stream in reduced:
+            if reduced != {self.stream} or self.loop not in left:
+                raise NotFusable(f"{name} reduces the tile together with another rank")
+            kind = self._reduction_kind(einsum, extra, Role.TILE_DOT, Role.TILE_REDUCE)
+        else:
+            if reduced:
+                raise NotFusable(f"{name} reduces a feature rank outside the stream")
+            kind = Role.TILE_ROW if self.loop in left else Role.ROW
+            self.layouts[name] = (self.row,) + tuple(extra)
+        if kind not in (Role.STREAM, Role.STREAM_DOT) and name in self.absent:
+            raise NotFusable(f"{name}: a per-row value that may be absent")
+        self.kinds[name] = kind
+
+    def _row_mask(self, einsum: Einsum) -> None:
+        """Per-row values live in registers without masks. An output that nothing reads
+        may still be absent on conditions of its own row (GQA's kv head index): those
+        are applied when it is stored (absent -> 0). Anything else stays unfused."""
+        name = einsum.tensor
+        points = point_conditions(einsum, self._conditions(einsum))
+        allowed = set(self.batch) | {self.row}
+        readers = [e for e in self.cascade.einsums if name in e.reads]
+        if name not in self.cascade.outputs or readers or \
+                any(not c.variables <= allowed or c.kind == "absent" for c in points):
+            raise NotFusable(f"{name}: a per-row value that may be absent")
+        self.row_masks[name] = points
+
+    def _conditions(self, einsum: Einsum) -> list[Condition]:
+        return einsum_conditions(self.cascade, einsum, self.absent)
+
+    # ---------------------------------------------------------------- masks
+    def said_by_live_keys(self, condition: Condition) -> bool:
+        """The split's `m1 * M0 + m0 < M`, and the range of a read at the key itself
+        (`V[.., m1 * M0 + m0, ..]`): what the live keys of a tile say already."""
+        if condition.kind == "split":
+            return True
+        if condition.kind != "range" or self.loop is None:
+            return False
+        f = self
+        inner = self.cascade.var_rank(f.stream)
+        key = ir.Op("+", (ir.Op("*", (ir.Index(f.loop), ir.Dim(inner))), ir.Index(f.stream)))
+        root = ir.Dim(self.cascade.root_rank(inner))
+        return condition.expr == ir.Op("and", (ir.Op("<=", (ir.Const(0), key)),
+                                               ir.Op("<", (key, root))))
+
+    def beyond_lanes(self, conditions: list[Condition]) -> tuple[Condition, ...]:
+        """The conditions a point of a key tile must meet beyond its lanes (live rows,
+        live keys), as a set: what the live keys say is left out, a range `0 <= i < n`
+        is its two comparisons, and each condition appears once (the causal kernel's
+        `m1 * M0 + m0 < M` was tested three times in one mask)."""
+        found = []
+        for condition in conditions:
+            if self.said_by_live_keys(condition):
+                continue
+            found += range_comparisons(condition)
+        return tuple(dict.fromkeys(found))
+
+    # ---------------------------------------------------------------- the schedule
+    def pass_plan(self) -> list[tuple[int, list[Einsum], list[Einsum]]]:
+        """Per pass over the keys: its number, the reductions it finishes, and the key
+        tiles it computes (again) for them. A split stream has one pass: its loop."""
+        cascade = self.cascade
+        if self.loop is not None:
+            reductions = [e for e in cascade.einsums
+                          if self.kinds[e.tensor] in (Role.TILE_REDUCE, Role.TILE_DOT)]
+            return [(1, reductions, [e for e in cascade.einsums
+                                     if self.kinds[e.tensor].on_key_tile])]
+        plan = []
+        for number in range(1, self.passes.passes + 1):
+            accumulators = [e for e in cascade.einsums
+                            if self.passes.pass_of.get(e.tensor) == number and
+                            self.kinds[e.tensor] in (Role.ACCUMULATE, Role.DOT_ACCUMULATE)]
+            plan.append((number, accumulators, self.key_tiles_for(accumulators)))
+        return plan
+
+    def key_tiles_for(self, accumulators: list[Einsum]) -> list[Einsum]:
+        """The key tiles the accumulators read, directly or through other key tiles."""
+        needed: set[str] = set()
+        stack = [r for acc in accumulators for r in acc.reads]
+        while stack:
+            name = stack.pop()
+            if name in needed or not (name in self.kinds and self.kinds[name].on_key_tile):
+                continue
+            needed.add(name)
+            stack.extend(self.cascade.einsum(name).reads)
+        return [e for e in self.cascade.einsums if e.tensor in needed]
+
+    def kernel_schedule(self, name: str) -> KernelSchedule:
+        """The decisions as data, before anything is printed (the emitter adds the bounds
+        it proved and the dot operands it rounds)."""
+        cascade = self.cascade
+        plan = self.pass_plan()
+        # What the kernel computes: every per-row value and reduction, and the key tiles
+        # some pass needs (a split stream computes every tile value in its one loop).
+        tiles = {e.tensor for _, _, needed in plan for e in needed}
+        live = [e for e in cascade.einsums
+                if not self.kinds[e.tensor].on_key_tile or e.tensor in tiles]
+        uses_dot = any(self.kinds[e.tensor].uses_dot for e in live)
+        least = "a power of two >= 16" if uses_dot else "a power of two"
+        tile = f"{self.stream}_BLOCK"
+        if self.loop is not None:
+            outer = cascade.var_rank(self.loop)
+            loops = (Loop(self.loop, outer, LoopKind.SPLIT_STEPS, tile, (self.loop,)),)
+            key_knob = Knob(tile, self.tile, f"the split factor {cascade.var_rank(self.stream)}"
+                                             f" = {self.tile} of the cascade", fixed=True)
+        else:
+            loops = tuple(Loop(self.stream, cascade.var_rank(self.stream), LoopKind.KEY_TILES,
+                               tile, (self.stream,)) for _ in range(self.passes.passes))
+            key_knob = Knob(tile, BLOCK_M, least)
+        return KernelSchedule(
+            name=name, form=Form.SPLIT if self.loop is not None else Form.ATTENTION,
+            batch=tuple(self.batch), row=self.row, loops=loops, held=tuple(self.features),
+            tensors=tuple(TensorPlan(e.tensor, self.kinds[e.tensor],
+                                     self.layouts[e.tensor]) for e in cascade.einsums),
+            passes=tuple(Pass(number, tuple(e.tensor for e in reductions),
+                              tuple(e.tensor for e in tiles))
+                         for number, reductions, tiles in plan),
+            inputs=loaded_inputs(cascade, live), outputs=tuple(cascade.outputs),
+            scalars=scalars(cascade, live),
+            stores=tuple(Store(o, frozenset(self.row_masks.get(o, ())))
+                         for o in cascade.outputs),
+            knobs=(Knob(f"{self.row}_BLOCK", BLOCK_P, least), key_knob),
+            uses_dot=uses_dot)

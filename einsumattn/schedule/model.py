@@ -1,0 +1,209 @@
+"""The schedule as data: frozen, typed records of what each fused kernel computes and
+how, decided before any code is printed. Emitters read these; tests, `einsumattn check`
+and the benchmarks read them from the generated module's SCHEDULE (`as_data`).
+
+A kernel's schedule names its grid (the batch ranks, one point each, and the row rank,
+in tiles of a knob), its loops (variable, extent, kind, tile), the ranks held whole on
+chip, the role and layout of every tensor, the passes with what each recomputes and
+accumulates, the proved bounds of the key loops, the masks at its stores as sets of
+conditions, and its knobs with their defaults and constraints.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field, replace
+
+from ..ir.expr import to_text
+
+
+class Role(enum.Enum):
+    """What a tensor is inside a fused kernel."""
+
+    ROW = "row"                        # a per-row value in registers (before/after loops)
+    STREAM = "stream"                  # a tile over (rows, key tile), elementwise
+    STREAM_DOT = "stream-dot"          # a tile over (rows, key tile): tl.dot over a feature
+    ACCUMULATE = "accumulate"          # reduced over the keys across tiles (tl.sum/max/min)
+    DOT_ACCUMULATE = "dot-accumulate"  # summed over the keys with a key tile (tl.dot)
+    TILE_REDUCE = "tile-reduce"        # split stream: reduced over this step's tile
+    TILE_DOT = "tile-dot"              # split stream: this step's tile times a key tile
+    TILE_ROW = "tile-row"              # split stream: a per-row value of this step
+    CARRIED = "carried"                # a recurrence carried in registers across steps
+    STEP = "step"                      # loop schedule: a value of one recurrence step
+    REDUCE = "reduce"                  # loop schedule: reduced over the flattened tiles
+
+    @property
+    def on_key_tile(self) -> bool:
+        """A tile over the keys of the current tile (recomputed where it is needed)."""
+        return self in (Role.STREAM, Role.STREAM_DOT)
+
+    @property
+    def uses_dot(self) -> bool:
+        return self in (Role.STREAM_DOT, Role.DOT_ACCUMULATE, Role.TILE_DOT)
+
+    @property
+    def accumulates(self) -> bool:
+        """Reduced across the tiles of a loop into a per-row value."""
+        return self in (Role.ACCUMULATE, Role.DOT_ACCUMULATE, Role.REDUCE)
+
+
+class Form(enum.Enum):
+    """Which fused schedule a kernel follows."""
+
+    ATTENTION = "attention"   # passes over key tiles (backends/triton_fused.py)
+    SPLIT = "split"           # one loop over the outer part of a split key rank
+    TILES = "tiles"           # the loop schedule: flattened tiles (backends/triton_loops.py)
+    STEPS = "steps"           # the loop schedule: recurrence steps in order
+
+
+class LoopKind(enum.Enum):
+    KEY_TILES = "key tiles"                 # tiles of the streamed rank, one loop per pass
+    SPLIT_STEPS = "split steps"             # the outer part of a split, its inner part the tile
+    RECURRENCE_STEPS = "recurrence steps"   # one step at a time, in order
+    FLAT_TILES = "flat tiles"               # ranks flattened and taken in tiles
+
+
+@dataclass(frozen=True)
+class Knob:
+    """A tuning knob of a kernel: its default and what values it takes. `fixed`: the
+    spec decides it (a split's factor), so a tuner must leave it."""
+
+    name: str
+    default: int
+    constraint: str
+    fixed: bool = False
+
+
+@dataclass(frozen=True)
+class Loop:
+    var: str                  # the loop's variable
+    extent: str               # the rank it runs over (a product of ranks when flattened)
+    kind: LoopKind
+    tile: str | None = None   # the knob its tile is, if it moves by tiles
+    over: tuple[str, ...] = ()  # the index variables it covers (several when flattened)
+
+
+@dataclass(frozen=True)
+class Bound:
+    """A proved bound of a key loop for a row tile: the keys a row p sees satisfy
+    key <= p + offset ('upper') or key >= p + offset ('lower'). `offset` is printed in
+    the spec's sizes and params (a window W)."""
+
+    side: str
+    offset: str
+
+
+@dataclass(frozen=True)
+class Pass:
+    number: int
+    accumulates: tuple[str, ...]    # the reductions finished by this pass
+    recomputes: tuple[str, ...]     # the key tiles it computes again (nothing is buffered)
+    bounds: tuple[Bound, ...] = ()  # empty: every tile
+
+
+@dataclass(frozen=True)
+class Store:
+    """An output's store: the conditions under which a point is written as its value
+    (else 0), beside the tile's own lanes. A frozenset: each condition once."""
+
+    tensor: str
+    absent_unless: frozenset = frozenset()
+
+
+@dataclass(frozen=True)
+class TensorPlan:
+    name: str
+    role: Role
+    layout: tuple[str, ...]   # its tile's dimensions, in order
+
+
+@dataclass(frozen=True)
+class KernelSchedule:
+    name: str
+    form: Form
+    batch: tuple[str, ...]           # grid axis 1: one point of each
+    row: str                         # grid axis 0: tiles of the row knob
+    loops: tuple[Loop, ...]
+    held: tuple[str, ...]            # ranks held whole in a tile
+    tensors: tuple[TensorPlan, ...]  # in dataflow order
+    passes: tuple[Pass, ...]
+    inputs: tuple[str, ...]          # the inputs the kernel loads
+    outputs: tuple[str, ...]
+    scalars: tuple[str, ...]         # the sizes and params it receives
+    stores: tuple[Store, ...]
+    knobs: tuple[Knob, ...]
+    uses_dot: bool
+    # Einsum -> how many of its tl.dot operands are computed values (rounded to the
+    # inputs' precision in half-precision runs): the check's tolerance reads it.
+    rounded: tuple[tuple[str, int], ...] = ()
+    skipping: str | None = None      # why key tiles are (not) skipped, split form
+    description: str = ""
+    _roles: dict = field(default=None, compare=False, repr=False)
+
+    @property
+    def carried(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.tensors if t.role is Role.CARRIED)
+
+    @property
+    def accumulated(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.tensors if t.role.accumulates)
+
+    def role(self, tensor: str) -> Role:
+        if self._roles is None:
+            object.__setattr__(self, "_roles", {t.name: t.role for t in self.tensors})
+        return self._roles[tensor]
+
+    def with_(self, **changes) -> "KernelSchedule":
+        return replace(self, _roles=None, **changes)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """The fused kernels of a cascade, in launch order, and why it was cut (None for
+    one kernel) or why it does not fuse at all (`not_fused`; then no kernels)."""
+
+    kernels: tuple[KernelSchedule, ...]
+    cut: str | None = None
+    not_fused: str | None = None
+
+
+def _condition_text(condition) -> str:
+    """A presence condition in the spec's syntax (for the data, not for a kernel)."""
+    if condition.kind == "absent":
+        return f"{to_text(condition.read)} is present"
+    return to_text(condition.expr)
+
+
+def kernel_data(kernel: KernelSchedule, spell=str) -> dict:
+    """A kernel's schedule as plain dicts, tuples, strings and numbers (what a generated
+    module's SCHEDULE holds); `spell` turns a generated name into the spec's."""
+    def names(items) -> tuple:
+        return tuple(spell(item) for item in items)
+    return {
+        "name": kernel.name,
+        "form": kernel.form.value,
+        "grid": {"batch": names(kernel.batch), "row": spell(kernel.row),
+                 "row_tile": f"{kernel.row}_BLOCK"},
+        "loops": tuple({"var": spell(loop.var), "extent": spell(loop.extent),
+                        "kind": loop.kind.value, "tile": loop.tile, "over": names(loop.over)}
+                       for loop in kernel.loops),
+        "held": names(kernel.held),
+        "tensors": {spell(t.name): {"role": t.role.value, "layout": names(t.layout)}
+                    for t in kernel.tensors},
+        "passes": tuple({"number": p.number, "accumulates": names(p.accumulates),
+                         "recomputes": names(p.recomputes),
+                         "bounds": tuple((b.side, spell(b.offset)) for b in p.bounds)}
+                        for p in kernel.passes),
+        "inputs": names(kernel.inputs),
+        "outputs": names(kernel.outputs),
+        "scalars": names(kernel.scalars),
+        "stores": {spell(s.tensor): tuple(sorted(spell(_condition_text(c))
+                                                 for c in s.absent_unless))
+                   for s in kernel.stores},
+        "knobs": {k.name: {"default": k.default, "constraint": spell(k.constraint),
+                           "fixed": k.fixed} for k in kernel.knobs},
+        "uses_dot": kernel.uses_dot,
+        "rounded": {spell(name): count for name, count in kernel.rounded},
+        "skipping": None if kernel.skipping is None else spell(kernel.skipping),
+        "describe": spell(kernel.description),
+    }

@@ -1,0 +1,150 @@
+"""The schedule as data (einsumattn/schedule/): decided once per compile, written into the
+generated module as SCHEDULE, read back by `check` and the benchmarks; backends in one
+registry; masks as sets of conditions."""
+
+import ast
+import pprint
+import unittest.mock
+
+import pytest
+
+import einsumattn
+from einsumattn.backends import module as module_code
+from einsumattn.backends.module import Plan
+from einsumattn.backends.registry import BACKENDS, backend_names
+from einsumattn.cli import main
+from einsumattn.codegen.compile import compile_to_file, import_file
+from einsumattn.schedule.attention import AttentionRoles
+from einsumattn.schedule.model import kernel_data
+from einsumattn.verify import dot_rounding
+
+from conftest import ROOT
+
+CAUSAL = ROOT / "examples" / "causal_softmax.attn"
+
+
+@pytest.fixture(scope="module")
+def causal(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("schedule")
+    return import_file(compile_to_file(CAUSAL, folder), "schedule_causal")
+
+
+def test_the_module_carries_its_schedule_as_plain_data(causal):
+    schedule = causal.SCHEDULE
+    # Plain literals: what pprint writes, Python reads back unchanged.
+    assert ast.literal_eval(pprint.pformat(schedule)) == schedule
+    (kernel,) = schedule["kernels"]
+    assert kernel["form"] == "split" and kernel["grid"]["batch"] == ("b", "h")
+    assert [loop["kind"] for loop in kernel["loops"]] == ["split steps"]
+    assert kernel["tensors"]["RSNV"]["role"] == "carried"
+    assert kernel["passes"][0]["bounds"] == (("upper", "0"),)     # causal: m <= p
+    assert kernel["knobs"]["m0__BLOCK"]["fixed"] and not kernel["knobs"]["p__BLOCK"]["fixed"]
+    assert kernel["rounded"] == causal.DOT_ROUNDING == {"LSNV": 1}
+    assert "one fused kernel" in kernel["describe"] and "derived" in schedule["describe"]
+    # The kernels' cascade, as text that loads back to the cascade the plan chose.
+    plan = Plan(einsumattn.load(CAUSAL))
+    assert einsumattn.load(schedule["cascade"]).einsums == plan.kernel.einsums
+    # The same data the plan gives, in the spec's names.
+    assert schedule["kernels"] == plan.data()["kernels"]
+
+
+def test_check_reads_the_kernels_cascade_instead_of_rebuilding_the_plan(causal):
+    cascade = einsumattn.load(CAUSAL)
+    with unittest.mock.patch.object(module_code.Plan, "__init__",
+                                    side_effect=AssertionError("the plan was rebuilt")):
+        rounding = dot_rounding(cascade, causal)
+    assert rounding.operands == {"LSNV": 1}
+    assert rounding.cascade.einsums == Plan(cascade).kernel.einsums
+
+
+def test_a_plan_schedules_each_cascade_at_most_once():
+    """The derived cascade fuses: the spec's own is not scheduled at all."""
+    scheduled = []
+    real = module_code.fuse_stages
+
+    def counting(cascade):
+        scheduled.append(cascade)
+        return real(cascade)
+    with unittest.mock.patch.object(module_code, "fuse_stages", counting):
+        plan = Plan(einsumattn.load(CAUSAL))
+    assert len(scheduled) == 1 and plan.kernel is plan.rewritten.cascade
+
+
+def test_compile_builds_the_plan_once(tmp_path, capsys):
+    built = []
+    real = module_code.Plan.__init__
+
+    def counting(self, *args, **kwargs):
+        built.append(args)
+        real(self, *args, **kwargs)
+    with unittest.mock.patch.object(module_code.Plan, "__init__", counting):
+        assert main(["compile", str(CAUSAL), "-o", str(tmp_path)]) == 0
+    assert len(built) == 1
+    assert "one fused kernel causal_softmax__fused" in capsys.readouterr().out
+
+
+def test_backends_are_named_in_one_place(causal, tmp_path):
+    assert tuple(causal.BACKENDS) == tuple(sorted(backend_names()))
+    assert all(reason is None for reason in causal.BACKENDS.values())
+    with pytest.raises(ValueError, match="'triton', 'triton-unfused' or 'torch'"):
+        causal.CausalSoftmax(backend="cuda")
+    with pytest.raises(ValueError, match="'triton', 'triton-unfused' or 'torch'"):
+        einsumattn.compile(CAUSAL, backend="cuda")
+    assert callable(einsumattn.compile(CAUSAL, backend="triton-unfused").compiled)
+    # A spec the Triton backends cannot run: the registry's reason, per backend.
+    spec = tmp_path / "power.attn"
+    spec.write_text("dims N\ninput X[n], Y[n]\nZ[n] = X[n] ** Y[n]\noutput Z\n")
+    module = import_file(compile_to_file(spec, tmp_path), "schedule_power")
+    assert module.BACKENDS["torch"] is None
+    for backend in BACKENDS:
+        if backend.name.startswith("triton"):
+            assert "not expressible in Triton" in module.BACKENDS[backend.name]
+
+
+def test_key_tile_masks_hold_each_condition_once():
+    """The derived causal kernel's scores: the key range (0 <= m1*M0 + m0 < M) and the
+    split's m1*M0 + m0 < M are what the tile's live keys say; the causal filter is the
+    one condition left, once."""
+    kernel = Plan(einsumattn.load(CAUSAL)).kernel
+    roles = AttentionRoles(kernel)
+    qk = kernel.einsum("QK")
+    conditions = roles._conditions(qk)
+    assert {c.kind for c in conditions} >= {"range", "split", "filter"}
+    left = roles.beyond_lanes(conditions)
+    assert [(c.kind, einsumattn.ir.expr.to_text(c.expr)) for c in left] == \
+        [("filter", "m1 * M0 + m0 <= p")]
+    # A condition given twice is kept once.
+    assert roles.beyond_lanes(conditions + conditions) == left
+
+
+def test_check_skips_the_backends_the_module_says_do_not_apply(tmp_path, capsys,
+                                                               monkeypatch):
+    """Read from the module's BACKENDS: `--backend triton-unfused` on a spec no Triton
+    backend runs checks the torch backend, and says why."""
+    monkeypatch.setenv("EINSUMATTN_CACHE_DIR", str(tmp_path / "cache"))
+    spec = tmp_path / "power.attn"
+    spec.write_text("dims N\ninput X[n], Y[n]\nZ[n] = X[n] ** Y[n]\noutput Z\n")
+    assert main(["check", str(spec), "--backend", "triton-unfused", "--examples", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "note: no Triton kernels for this spec (not expressible in Triton" in out
+    assert "checking torch against the float64 oracle" in out
+
+
+def test_a_kernel_receives_every_input_it_computes_from(tmp_path):
+    """The loop schedule carries a recurrence no output reads (S) through its steps: the
+    kernel computes it, so it receives Z, which only S reads (arguments come from what the
+    schedule computes, not from what the outputs need)."""
+    from einsumattn.backends.triton_fused import fuse_stages
+    from einsumattn.verify import Case, case_inputs, compare
+    text = ("dims B, T, F\ninput X[b, t, f], Z[b, t, f]\ninit S[b, 0, f] = 0\n"
+            "S[b, t+1, f] = S[b, t, f] * 0.5 + Z[b, t, f]\nY[b, t, f] = X[b, t, f] * 2\n"
+            "output Y\n")
+    cascade = einsumattn.load(text)
+    (kernel,), _ = fuse_stages(cascade)
+    assert kernel.schedule.inputs == ("X", "Z") and kernel.schedule.carried == ("S",)
+    spec = tmp_path / "unread.attn"
+    spec.write_text(text)
+    module = import_file(compile_to_file(spec, tmp_path), "schedule_unread")
+    inputs = case_inputs(cascade, Case(dict(B=2, T=3, F=5), "float32", 1.0, True, 1))
+    out = module.Unread(backend="triton")(*inputs.values())
+    assert all(r.ok for r in compare(cascade, inputs, out, "float32"))
