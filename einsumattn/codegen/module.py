@@ -169,7 +169,7 @@ class Plan:
         self.note = "the spec's own cascade (rewrites off: --no-rewrite)" \
             if not rewrite else "the spec's own cascade (no rewrite applies)"
         self.triton = _triton(cascade)
-        if self.rewritten is not None and self.rewritten.steps:
+        if self.rewritten is not None and self.rewritten.applied:
             change = self.rewritten.change()
             derived = _triton(self.rewritten.cascade)
             if derived["fused_source"] is None and self.triton["fused_source"] is not None:
