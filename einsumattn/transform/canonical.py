@@ -20,7 +20,8 @@ they change no pass count, only what the scheduler has to recognise:
    condition removes terms of the sum (presence analysis: every filter conjunct and
    every possibly absent read is free of the summed variables), so that the sum has
    exactly N terms at every present point: never empty, and `outside * 0` is never
-   asked of an infinite factor.
+   asked of an infinite factor. Like factor.py, exact for finite values (an infinite
+   factor times a sum of mixed signs is not the sum of the infinite terms).
 
 2. **-inf mask to a filter.** `S = X + where(c, 0, -inf)` (or `where(c, X, -inf)`, or the
    branches swapped: `where(m > p, -inf, 0)` is the filter `m <= p`) becomes
@@ -61,7 +62,7 @@ from ..analysis.presence import _interval, absent_tensors, einsum_conditions, \
 from ..ir import Cascade, Einsum
 from ..ir import expr as ir
 from ..ir.intervals import provably
-from .algebra import Algebra, prove_equal, rebuild, substitute
+from .algebra import Algebra, NotAlgebraic, prove_equal, rebuild, substitute
 from .edit import assemble, fixed_point, fresh_name, with_body
 from .factor import _flatten
 from .steps import Blocked, Step
@@ -176,7 +177,7 @@ def _counted(term: ir.Expr, count: ir.Expr) -> ir.Expr:
     algebra = Algebra()
     try:
         return algebra.to_ir(algebra.to_sympy(count) * algebra.to_sympy(term))
-    except Exception:        # sympy has no IR form for it: the product as written
+    except (NotAlgebraic, TypeError, ValueError):   # no IR form: the product as written
         return ir.Op("*", (count, term))
 
 
