@@ -202,3 +202,52 @@ def test_a_filter_every_reader_applies_moves_to_its_producer():
     assert [s.rule for s in steps] == [EPILOGUE, FILTER]
     assert canonical.einsum("QK").filter == ir.Op("<=", (ir.Index("m"), ir.Index("p")))
     assert canonical.einsum("GM").filter is None and canonical.einsum("SN").filter is None
+
+
+# ------------------------------------------------------------------ combined spellings
+# The choices compose: every scale with every mask and either normalisation.
+SCALES = {"param": (" * scale", "param scale = 1 / sqrt(E)"), "sqrt": (" / sqrt(E)", ""),
+          "reciprocal": (" * (1 / sqrt(E))", ""), "temperature": (" / T", "param T = sqrt(E)"),
+          "power": (" * E ** -0.5", "")}
+MASKS = ("filter", "bias", "bias_tensor", "masked_fill", "on_weights")
+NORMALISATIONS = ("before_v", "after_v")
+
+
+def _combined(scale: str, mask: str, normalisation: str) -> str:
+    factor, param = SCALES[scale]
+    scores = "S" if mask in ("bias_tensor", "masked_fill") else "QK"
+    lines = ["dims  B, H, P, M, E, F", "input Q[b, h, p, e], K[b, h, m, e], V[b, h, m, f]",
+             param,
+             "QK[b, h, p, m] = Q[b, h, p, e] * K[b, h, m, e]" + factor +
+             {"filter": "  where m <= p", "bias": " + where(m <= p, 0, -inf)"}.get(mask, "")]
+    if mask == "bias_tensor":
+        lines.append("S[b, h, p, m] = QK[b, h, p, m] + where(m <= p, 0, -inf)")
+    if mask == "masked_fill":
+        lines.append("S[b, h, p, m] = where(m > p, -inf, QK[b, h, p, m])")
+    weights = "  where m <= p" if mask == "on_weights" else ""
+    lines += [f"GM[b, h, p] = max[m] {scores}[b, h, p, m]{weights}",
+              f"SN[b, h, p, m] = exp({scores}[b, h, p, m] - GM[b, h, p]){weights}",
+              "SD[b, h, p] = sum[m] SN[b, h, p, m]"]
+    if normalisation == "before_v":
+        lines += ["A[b, h, p, m] = SN[b, h, p, m] / SD[b, h, p]",
+                  "AV[b, h, p, f] = A[b, h, p, m] * V[b, h, m, f]"]
+    else:
+        lines += ["SNV[b, h, p, f] = SN[b, h, p, m] * V[b, h, m, f]",
+                  "AV[b, h, p, f] = SNV[b, h, p, f] / SD[b, h, p]"]
+    return "\n".join(lines + ["output AV", ""])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("normalisation", NORMALISATIONS)
+@pytest.mark.parametrize("mask", MASKS)
+@pytest.mark.parametrize("scale", list(SCALES))
+def test_combined_spellings_compile_to_the_single_fused_kernel(tmp_path, scale, mask,
+                                                               normalisation):
+    path = tmp_path / f"{scale}_{mask}_{normalisation}.attn"
+    path.write_text(_combined(scale, mask, normalisation))
+    cascade = einsumattn.load(path)
+    _same_values(cascade, canonicalize(cascade)[0], 0)
+    plan, facts = _schedule(path)
+    _, reference = _schedule(REFERENCE)
+    assert plan.triton["not_fused"] is None and len(facts) == 1, plan.note
+    assert {k: facts[0][k] for k in SCHEDULE} == {k: reference[0][k] for k in SCHEDULE}
