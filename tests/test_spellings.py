@@ -251,3 +251,21 @@ def test_combined_spellings_compile_to_the_single_fused_kernel(tmp_path, scale, 
     _, reference = _schedule(REFERENCE)
     assert plan.triton["not_fused"] is None and len(facts) == 1, plan.note
     assert {k: facts[0][k] for k in SCHEDULE} == {k: reference[0][k] for k in SCHEDULE}
+
+
+@pytest.mark.parametrize("shift", ["GM[p]", "2 * GM[p] - GM[p]"])
+def test_a_row_value_seen_through_another_tensor_still_blocks_an_empty_row(tmp_path, shift):
+    """The row max reaches the exponent through G: on the empty rows (p < 2) G is -inf
+    too, so exp(-inf - G) is NaN there and the bias must stay."""
+    path = tmp_path / "through.attn"
+    path.write_text("dims P, M\ninput X[p, m], V[m]\n"
+                    "S[p, m] = X[p, m] + where(m + 2 <= p, 0, -inf)\n"
+                    "GM[p] = max[m] S[p, m]\n"
+                    f"G[p] = {shift}\n"
+                    "SN[p, m] = exp(S[p, m] - G[p])\n"
+                    "SD[p] = sum[m] SN[p, m]\n"
+                    "O[p] = sum[m] SN[p, m] * V[m] / SD[p]\noutput O\n")
+    cascade = einsumattn.load(path)
+    canonical, steps, blocked = canonicalize(cascade)
+    assert MASK not in [s.rule for s in steps] and [b.rule for b in blocked] == [MASK]
+    _same_values(cascade, canonical, 0)

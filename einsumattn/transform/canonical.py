@@ -318,56 +318,74 @@ def _always(cascade: Cascade, condition: ir.Expr) -> bool:
     return bounds is not None and provably(bounds[0] >= least)
 
 
-def _readers_agree(cascade: Cascade, name: str, condition: ir.Expr) -> str | None:
-    """None if making the -inf points of `name` absent changes no value the cascade
-    computes (module docstring), else the reason. Two cases are checked: a row with a
-    visible point (row values finite), and, where one may exist, a fully masked row (row
-    values their reductions' identities, as absence gives them)."""
+def _readers_agree(cascade: Cascade, name: str, condition: ir.Expr
+                   ) -> tuple[str | None, bool]:
+    """(None, whether a row may be fully masked) if making the -inf points of `name`
+    absent changes no value the cascade computes (module docstring), else (the reason,
+    ...). Two cases are checked: a row with a visible point (row values finite), and,
+    where one may exist, a fully masked row (row values their reductions' identities, as
+    absence gives them; values computed from them follow)."""
     if name in cascade.outputs:
-        return f"{name} is an output: -inf there, 0 where absent"
+        return f"{name} is an output: -inf there, 0 where absent", False
     masks = {name: condition}           # the masked points, in each tensor's variables
     visible = {name: -sympy.oo}          # the masked points' values, on a visible row
     empty = {name: -sympy.oo}            # ... and on a fully masked row
-    rows: dict[str, sympy.Expr | None] = {}   # row value -> its value on a masked row
+    # Row values (reductions of masked tensors, and what is computed from them) -> their
+    # value on a fully masked row; None where every row keeps a visible point.
+    rows: dict[str, sympy.Expr | None] = {}
     for einsum in cascade.einsums:
         masked = [r for r in einsum.accesses() if r.tensor in masks]
-        if not masked or einsum.tensor == name:
+        may_be_empty = any(v is not None for v in rows.values())
+        if einsum.tensor == name or not masked:
+            if set(einsum.reads) & set(rows) and einsum.tensor != name:
+                rows[einsum.tensor] = _row_on_empty(einsum, rows) if may_be_empty else None
             continue
         if any(r.tensor in masks for r in ir.reads(einsum.filter)
                if einsum.filter is not None) or einsum.init is not None:
-            return f"{einsum.tensor} reads the masked values in a filter or an init"
+            return f"{einsum.tensor} reads the masked values in a filter or an init", False
         if not all(isinstance(i, ir.Index) for r in masked for i in r.indices):
-            return f"{einsum.tensor} reads the masked values at other points"
+            return f"{einsum.tensor} reads the masked values at other points", False
         found = {substitute(masks[r.tensor], dict(zip(cascade.einsum(r.tensor).indices,
                                                       r.indices))) for r in masked}
         if len(found) > 1:
-            return f"{einsum.tensor} reads masked values at different points"
+            return f"{einsum.tensor} reads masked values at different points", False
         (mask,) = found
         on_visible = _Masked(visible, {r: None for r in rows}).to_sympy(einsum.body)
-        may_be_empty = any(v is not None for v in rows.values())
         on_empty = _Masked(empty, rows).to_sympy(einsum.body) if may_be_empty else on_visible
         if einsum.reduce_op is not None:
             reduced = set(einsum.reduced)
             if not set(ir.index_vars(mask)) & reduced:
-                return f"the mask decides whole points of {einsum.tensor}, not its terms"
+                return f"the mask decides whole points of {einsum.tensor}, not its terms", \
+                    False
             identity = _IDENTITY[einsum.reduce_op]
             row_empty = not _visible_somewhere(cascade, mask, reduced)
             for value, where in ((on_visible, ""), (on_empty, " on a fully masked row")):
                 if value != identity and (where == "" or row_empty or may_be_empty):
                     return (f"{einsum.tensor} = {einsum.reduce_op}[...] would take "
                             f"{value} at the masked points{where}, not its identity: there "
-                            f"-inf and absence differ")
-            rows[einsum.tensor] = identity if row_empty else None
+                            f"-inf and absence differ"), False
+            rows[einsum.tensor] = identity if row_empty or may_be_empty else None
             continue
         for value, where in ((on_visible, ""), (on_empty, " on a fully masked row")):
             if not isinstance(value, sympy.Number) or value is sympy.nan:
-                return f"{einsum.tensor} is {value} at the masked points{where}, not a constant"
+                return (f"{einsum.tensor} is {value} at the masked points{where}, not a "
+                        f"constant"), False
             if einsum.tensor in cascade.outputs and value != 0:
                 return (f"the output {einsum.tensor} would be {value} at the masked points"
-                        f"{where}, not 0")
+                        f"{where}, not 0"), False
         visible[einsum.tensor], empty[einsum.tensor] = on_visible, on_empty
         masks[einsum.tensor] = mask
-    return None
+    return None, any(v is not None for v in rows.values())
+
+
+def _row_on_empty(einsum: Einsum, rows: dict) -> sympy.Expr:
+    """The value on a fully masked row of a tensor computed from row values (NaN,
+    poisoning what reads it, where it is not one the reduction keeps)."""
+    value = _Masked({}, rows).to_sympy(einsum.body)
+    if einsum.reduce_op is None or einsum.reduce_op in ("max", "min") or \
+            value in (sympy.Integer(0), sympy.oo, -sympy.oo):
+        return value
+    return sympy.nan
 
 
 def _mask_to_filter(cascade: Cascade, einsum: Einsum):
@@ -385,7 +403,7 @@ def _mask_to_filter(cascade: Cascade, einsum: Einsum):
                 continue
             if expression_conditions(cascade, condition, absent):
                 return Blocked(MASK, einsum.tensor, "the mask's condition may be absent")
-            reason = _readers_agree(cascade, einsum.tensor, visible)
+            reason, empty_rows = _readers_agree(cascade, einsum.tensor, visible)
             if reason is not None:
                 return Blocked(MASK, einsum.tensor, reason)
             body = _without_zero(_with_node(einsum.body, node, kept))
@@ -395,7 +413,9 @@ def _mask_to_filter(cascade: Cascade, einsum: Einsum):
                                                                filter=both)])
             identity = (f"{ir.to_text(einsum.body)} = {ir.to_text(body)} where "
                         f"{ir.to_text(visible)}, and -inf elsewhere: each reader gives its "
-                        f"reduction's identity there, and no row is fully masked")
+                        f"reduction's identity there, "
+                        + ("on a fully masked row too" if empty_rows else
+                           "and every row keeps a visible point"))
             summary = (f"{einsum.tensor}'s -inf points become absent: {einsum.tensor} = "
                        f"{ir.to_text(body)} where {ir.to_text(visible)}")
             return new, Step(MASK, summary, (einsum.tensor,), identity)
