@@ -18,7 +18,7 @@ from einsumattn.codegen.module import Plan
 from einsumattn.ir import bind
 from einsumattn.ir import expr as ir
 from einsumattn.transform import rewrite
-from einsumattn.transform.canonical import EPILOGUE, FILTER, MASK, canonicalize
+from einsumattn.transform.canonical import EPILOGUE, FILTER, MASK, REDUNDANT, canonicalize
 from einsumattn.verify import run_check
 
 from conftest import ROOT
@@ -268,4 +268,20 @@ def test_a_row_value_seen_through_another_tensor_still_blocks_an_empty_row(tmp_p
     cascade = einsumattn.load(path)
     canonical, steps, blocked = canonicalize(cascade)
     assert MASK not in [s.rule for s in steps] and [b.rule for b in blocked] == [MASK]
+    _same_values(cascade, canonical, 0)
+
+
+@pytest.mark.parametrize("body, redundant", [
+    ("S[p, m]", True),
+    # where(...) needs only the branch it picks: S's absence does not reach m >= 2.
+    ("where(m < 2, S[p, m], 1.0)", False),
+])
+def test_a_filter_a_read_already_applies_is_written_once(tmp_path, body, redundant):
+    path = tmp_path / "twice.attn"
+    path.write_text("dims P, M\ninput X[p, m]\nS[p, m] = X[p, m] * 2  where m <= p\n"
+                    f"R[p] = sum[m] {body}  where m <= p\noutput R\n")
+    cascade = einsumattn.load(path)
+    canonical, steps, _ = canonicalize(cascade)
+    assert [s.rule for s in steps] == ([REDUNDANT] if redundant else [])
+    assert (canonical.einsum("R").filter is None) == redundant
     _same_values(cascade, canonical, 0)

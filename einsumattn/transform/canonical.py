@@ -1,7 +1,7 @@
 """Rule 0, the canonical form: one spelling of each Einsum, so fusion does not depend on
 how the user wrote it.
 
-Three steps run to a fixed point, each proved before it is kept (docs/rewrites.md);
+Four steps run to a fixed point, each proved before it is kept (docs/rewrites.md);
 they change no pass count, only what the scheduler has to recognise:
 
 1. **Move out of a contraction.** In `T = sum[r] BODY` the additive terms and the
@@ -45,6 +45,10 @@ they change no pass count, only what the scheduler has to recognise:
    read mentions a reduced variable exactly when the condition does (LANGUAGE.md, the
    causes of absence). One place for a mask, where the fuser looks for it.
 
+4. **A filter its reads apply.** A conjunct that a tensor read in the body already
+   applies (QK absent where not m <= p, and `GM = max[m] QK where m <= p`) leaves the
+   filter, by the same argument: the mask written on every Einsum is written once.
+
 The scheduler no longer depends on the names of intermediates either: they are only
 names; the fuser reads roles from the dataflow.
 """
@@ -70,6 +74,7 @@ from .steps import Blocked, Step
 EPILOGUE = "move out of a contraction"
 MASK = "-inf mask to a filter"
 FILTER = "a shared filter to its producer"
+REDUNDANT = "a filter its reads apply"
 _IDENTITY = {"sum": sympy.Integer(0), "max": -sympy.oo, "min": sympy.oo}
 _NEGATED = {"<": ">=", "<=": ">", ">": "<=", ">=": "<", "==": "!=", "!=": "=="}
 
@@ -78,7 +83,8 @@ def canonicalize(cascade: Cascade) -> tuple[Cascade, list[Step], list[Blocked]]:
     """The canonical cascade, the steps that made it, and the masks left as written."""
     steps: list[Step] = []
     blocked: list[Blocked] = []
-    for rule in (_move_out_of_contraction, _mask_to_filter, _filter_to_producer):
+    for rule in (_move_out_of_contraction, _mask_to_filter, _filter_to_producer,
+                 _redundant_filter):
         cascade, more, notes = fixed_point(cascade, rule, 2 * len(cascade.einsums) + 2)
         steps += more
         blocked += notes
@@ -441,9 +447,9 @@ def _shared_filter(cascade: Cascade, einsum: Einsum):
     shared: dict[ir.Expr, list[tuple[str, ir.Expr]]] | None = None
     for reader in readers:
         found = [r for r in reader.accesses() if r.tensor == name]
-        if reader.init is not None or (reader.filter is not None and any(
-                r.tensor == name for r in ir.reads(reader.filter))):
-            return None
+        needed = [r for r in _needed_reads(reader.body) if r.tensor == name]
+        if reader.init is not None or len(needed) != len(found):
+            return None      # read in a filter, an init or a where's branch
         if len({r.indices for r in found}) != 1 or not all(
                 isinstance(i, ir.Index) for i in found[0].indices):
             return None
@@ -499,4 +505,72 @@ def _filter_to_producer(cascade: Cascade, einsum: Einsum):
                                         identity)
 
 
-__all__ = ["canonicalize", "EPILOGUE", "MASK", "FILTER"]
+def _implied(cascade: Cascade, name: str, memo: dict) -> set[ir.Expr]:
+    """Conditions, in the variables of `name`'s left side, outside which its points are
+    absent: its filter's conjuncts that decide points, and those of the tensors it reads
+    at plain indices free of its reduced variables (their absence is its own). None for
+    inputs and recurrences (position 0 is the init, which no filter removes)."""
+    if name not in memo:
+        memo[name] = set()
+        einsum = None if cascade.tensors[name].is_input else cascade.einsum(name)
+        if einsum is not None and einsum.iterative is None:
+            reduced = set(einsum.reduced)
+            found = {c for c in ir.conjuncts(einsum.filter)
+                     if not set(ir.index_vars(c)) & reduced and not ir.reads(c)}
+            for read in _needed_reads(einsum.body):
+                if _plain(read) and not set(ir.index_vars(read)) & reduced and \
+                        not cascade.tensors[read.tensor].is_input:
+                    mapping = dict(zip(cascade.einsum(read.tensor).indices, read.indices))
+                    found |= {substitute(c, mapping)
+                              for c in _implied(cascade, read.tensor, memo)}
+            memo[name] = found
+    return memo[name]
+
+
+def _plain(read: ir.Read) -> bool:
+    return all(isinstance(i, ir.Index) for i in read.indices)
+
+
+def _needed_reads(expr: ir.Expr) -> list[ir.Read]:
+    """The reads whose absence always makes `expr` absent: all but those inside a
+    `where(...)`, which needs only the branch it picks."""
+    if isinstance(expr, ir.Read):
+        return [expr]
+    if isinstance(expr, ir.Op) and expr.op != "where":
+        return [r for arg in expr.args for r in _needed_reads(arg)]
+    return []
+
+
+def _redundant_filter(cascade: Cascade, einsum: Einsum):
+    """A conjunct of a filter that a tensor read in the body already applies (QK is
+    absent where not m <= p, so `GM = max[m] QK where m <= p` says it twice) leaves the
+    filter: the read's absence removes the same terms or points, as the read mentions a
+    reduced variable exactly when the conjunct does."""
+    if einsum.iterative is not None or einsum.filter is None:
+        return None
+    reduced, memo = set(einsum.reduced), {}
+    redundant = []
+    for conjunct in ir.conjuncts(einsum.filter):
+        term = bool(set(ir.index_vars(conjunct)) & reduced)
+        for read in _needed_reads(einsum.body):
+            if read.tensor == einsum.tensor or cascade.tensors[read.tensor].is_input or \
+                    not _plain(read) or bool(set(ir.index_vars(read)) & reduced) != term:
+                continue
+            mapping = dict(zip(cascade.einsum(read.tensor).indices, read.indices))
+            if conjunct in {substitute(c, mapping)
+                            for c in _implied(cascade, read.tensor, memo)}:
+                redundant.append((conjunct, read.tensor))
+                break
+    if not redundant:
+        return None
+    dropped = [c for c, _ in redundant]
+    kept = _conjunction([c for c in ir.conjuncts(einsum.filter) if c not in dropped])
+    new = _replaced(cascade, einsum.tensor, [with_body(einsum, filter=kept)])
+    said = "; ".join(f"{ir.to_text(c)} by {t}" for c, t in redundant)
+    summary = f"{einsum.tensor}'s filter repeats what its reads apply ({said}): dropped"
+    identity = (f"where the condition fails, the read is absent, which removes the same "
+                f"terms (a condition on a reduced variable) or points of {einsum.tensor}")
+    return new, Step(REDUNDANT, summary, (einsum.tensor,), identity)
+
+
+__all__ = ["canonicalize", "EPILOGUE", "MASK", "FILTER", "REDUNDANT"]
