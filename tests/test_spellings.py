@@ -18,7 +18,7 @@ from einsumattn.codegen.module import Plan
 from einsumattn.ir import bind
 from einsumattn.ir import expr as ir
 from einsumattn.transform import rewrite
-from einsumattn.transform.canonical import EPILOGUE, FILTER, MASK, REDUNDANT, canonicalize
+from einsumattn.transform.canonical import EPILOGUE, FILTER, LOG, MASK, REDUNDANT, canonicalize
 from einsumattn.verify import run_check
 
 from conftest import ROOT
@@ -284,4 +284,18 @@ def test_a_filter_a_read_already_applies_is_written_once(tmp_path, body, redunda
     canonical, steps, _ = canonicalize(cascade)
     assert [s.rule for s in steps] == ([REDUNDANT] if redundant else [])
     assert (canonical.einsum("R").filter is None) == redundant
+    _same_values(cascade, canonical, 0)
+
+
+def test_a_log_leaves_an_exponential_only_for_a_nonnegative_argument(tmp_path):
+    """exp(x - log(y)) is NaN where y < 0 and x / y is not: an input y stays in the log,
+    a sum of exponentials leaves it."""
+    path = tmp_path / "logs.attn"
+    path.write_text("dims P, M\ninput X[p, m], Y[p]\nS[p] = sum[m] exp(X[p, m])\n"
+                    "A[p, m] = exp(X[p, m] - log(S[p]))\nB[p, m] = exp(X[p, m] - log(Y[p]))\n"
+                    "output A, B\n")
+    cascade = einsumattn.load(path)
+    canonical, steps, blocked = canonicalize(cascade)
+    assert [(s.rule, s.tensors[-1]) for s in steps] == [(LOG, "A")]
+    assert [(b.rule, b.tensor) for b in blocked] == [(LOG, "B")]
     _same_values(cascade, canonical, 0)

@@ -1,7 +1,7 @@
 """Rule 0, the canonical form: one spelling of each Einsum, so fusion does not depend on
 how the user wrote it.
 
-Four steps run to a fixed point, each proved before it is kept (docs/rewrites.md);
+Five steps run to a fixed point, each proved before it is kept (docs/rewrites.md);
 they change no pass count, only what the scheduler has to recognise:
 
 1. **Move out of a contraction.** In `T = sum[r] BODY` the additive terms and the
@@ -23,7 +23,13 @@ they change no pass count, only what the scheduler has to recognise:
    asked of an infinite factor. Like factor.py, exact for finite values (an infinite
    factor times a sum of mixed signs is not the sum of the infinite terms).
 
-2. **-inf mask to a filter.** `S = X + where(c, 0, -inf)` (or `where(c, X, -inf)`, or the
+2. **A log out of an exponential.** `exp(x - log(y))` -> `exp(x) / y` (`+ log`: a
+   product) for a y proved nonnegative, after inlining the elementwise tensors of the
+   exponent, `exp(x)` its own tensor: the log-sum-exp spelling of softmax,
+   `exp(QK - LSE)` with `LSE = GM + log(SD)`, becomes `A_exp = exp(QK - GM)`,
+   `A = A_exp / SD`. Proof obligation: the two sides (sympy).
+
+3. **-inf mask to a filter.** `S = X + where(c, 0, -inf)` (or `where(c, X, -inf)`, or the
    branches swapped: `where(m > p, -inf, 0)` is the filter `m <= p`) becomes
    `S = X where c`. Absent and -inf are not the same value in every context: a row
    whose every key is masked gives 0 through a filter but NaN through a -inf bias
@@ -38,14 +44,14 @@ they change no pass count, only what the scheduler has to recognise:
    and 1 see no key) stays a bias, reported blocked. Exact for finite inputs (X + -inf
    is -inf only for X < inf).
 
-3. **A shared filter to its producer.** A condition that every reader of an elementwise
+4. **A shared filter to its producer.** A condition that every reader of an elementwise
    tensor applies, in its filter, to the points it reads (`GM = max[m] QK where m <= p`,
    `SN = exp(QK - GM) where m <= p`) becomes that tensor's filter and leaves the
    readers: absence of the read then removes the same terms and points, because the
    read mentions a reduced variable exactly when the condition does (LANGUAGE.md, the
    causes of absence). One place for a mask, where the fuser looks for it.
 
-4. **A filter its reads apply.** A conjunct that a tensor read in the body already
+5. **A filter its reads apply.** A conjunct that a tensor read in the body already
    applies (QK absent where not m <= p, and `GM = max[m] QK where m <= p`) leaves the
    filter, by the same argument: the mask written on every Einsum is written once.
 
@@ -68,13 +74,14 @@ from ..ir import expr as ir
 from ..ir.intervals import provably
 from .algebra import Algebra, NotAlgebraic, prove_equal, rebuild, substitute
 from .edit import assemble, fixed_point, fresh_name, with_body
-from .factor import _flatten
+from .factor import _flatten, inline
 from .steps import Blocked, Step
 
 EPILOGUE = "move out of a contraction"
 MASK = "-inf mask to a filter"
 FILTER = "a shared filter to its producer"
 REDUNDANT = "a filter its reads apply"
+LOG = "a log out of an exponential"
 _IDENTITY = {"sum": sympy.Integer(0), "max": -sympy.oo, "min": sympy.oo}
 _NEGATED = {"<": ">=", "<=": ">", ">": "<=", ">=": "<", "==": "!=", "!=": "=="}
 
@@ -83,8 +90,8 @@ def canonicalize(cascade: Cascade) -> tuple[Cascade, list[Step], list[Blocked]]:
     """The canonical cascade, the steps that made it, and the masks left as written."""
     steps: list[Step] = []
     blocked: list[Blocked] = []
-    for rule in (_move_out_of_contraction, _mask_to_filter, _filter_to_producer,
-                 _redundant_filter):
+    for rule in (_move_out_of_contraction, _log_out_of_exp, _mask_to_filter,
+                 _filter_to_producer, _redundant_filter):
         cascade, more, notes = fixed_point(cascade, rule, 2 * len(cascade.einsums) + 2)
         steps += more
         blocked += notes
@@ -252,7 +259,92 @@ def _move_out_of_contraction(cascade: Cascade, einsum: Einsum):
     return new, Step(EPILOGUE, summary, (name, einsum.tensor), identity)
 
 
-# ------------------------------------------------------------------ 2. -inf masks
+# ------------------------------------------------------------------ 2. log-sum-exp
+def _sum_of(terms: list[tuple[int, ir.Expr]]) -> ir.Expr:
+    result = None
+    for sign, term in terms:
+        if result is None:
+            result = term if sign > 0 else ir.Op("neg", (term,))
+        else:
+            result = ir.Op("+" if sign > 0 else "-", (result, term))
+    return ir.Const(0.0) if result is None else result
+
+
+def _nonnegative(cascade: Cascade, expr: ir.Expr) -> bool:
+    """Whether every value of `expr` is >= 0 (or NaN): sums, products and quotients of
+    exponentials, square roots, sizes, nonnegative constants and of tensors so computed
+    (sums and elementwise, not a max or min, whose empty identity is -inf or +inf)."""
+    if isinstance(expr, ir.Const):
+        return expr.value >= 0
+    if isinstance(expr, ir.Dim):
+        return True
+    if isinstance(expr, ir.Read):
+        tensor = cascade.tensors[expr.tensor]
+        if tensor.is_input or tensor.iterative is not None:
+            return False
+        producer = cascade.einsum(expr.tensor)
+        return producer.reduce_op in (None, "sum") and _nonnegative(cascade, producer.body)
+    if not isinstance(expr, ir.Op):
+        return False
+    if expr.op in ("exp", "sqrt", "abs", "relu", "sigmoid"):
+        return True
+    if expr.op in ("+", "*", "/", "min"):
+        return all(_nonnegative(cascade, a) for a in expr.args)
+    if expr.op == "max":
+        return any(_nonnegative(cascade, a) for a in expr.args)
+    return False
+
+
+def _log_out_of_exp(cascade: Cascade, einsum: Einsum):
+    """`exp(x - log(y))` -> `exp(x) / y` and `exp(x + log(y))` -> `exp(x) * y`, after
+    inlining the elementwise tensors of the exponent (the log-sum-exp spelling of
+    softmax, `A = exp(QK - LSE)` with `LSE = GM + log(SD)`, becomes
+    `exp(QK - GM) / SD`, the form the other rules factor). Only for a y proved
+    nonnegative: log(y) is NaN below 0, where y is not."""
+    if einsum.iterative is not None:
+        return None
+    for node in ir.walk(einsum.body):
+        if not (isinstance(node, ir.Op) and node.op == "exp"):
+            continue
+        for depth in range(3):
+            exponent = inline(cascade, node.args[0], depth)
+            terms = _terms(exponent)
+            logs = [(s, t) for s, t in terms if isinstance(t, ir.Op) and t.op == "log"]
+            if logs:
+                break
+        else:
+            continue
+        for _, term in logs:
+            if not _nonnegative(cascade, term.args[0]):
+                return Blocked(LOG, einsum.tensor, f"{ir.to_text(term.args[0])} is not "
+                               f"proved nonnegative: exp(x - log(y)) is NaN where y < 0, "
+                               f"exp(x) / y is not")
+        rest = _sum_of([(s, t) for s, t in terms if (s, t) not in logs])
+        scales = ([t.args[0] for s, t in logs if s > 0], [t.args[0] for s, t in logs if s < 0])
+        before = ir.Op("exp", (exponent,))
+        if not prove_equal(before, _ratio([ir.Op("exp", (rest,))] + scales[0], scales[1])):
+            return Blocked(LOG, einsum.tensor, "sympy could not prove the quotient equal")
+        # The exponential is its own tensor (as SN = exp(QK - GM) in the textbook form),
+        # so that the divisor is a factor the later rules can move out of a sum.
+        name = fresh_name(cascade, f"{einsum.tensor}_exp")
+        indices = tuple(v for v in einsum.variables if v in ir.index_vars(rest))
+        power = Einsum(name, indices, ir.Op("exp", (rest,)))
+        read = ir.Read(name, tuple(ir.Index(v) for v in indices))
+        body = _with_node(einsum.body, node, _ratio([read] + scales[0], scales[1]))
+        stopped = set(ir.tensors_read(exponent)) | set(ir.tensors_read(node.args[0]))
+        einsums = [n for e in cascade.einsums for n in (
+            [power, with_body(e, body=body)] if e.tensor == einsum.tensor else [e])]
+        new = assemble(cascade, einsums, removable=stopped)
+        summary = (f"the log leaves the exponential: {name} = exp({ir.to_text(rest)}), "
+                   f"then {einsum.tensor} = {ir.to_text(body)}")
+        return new, Step(LOG, summary, (name, einsum.tensor),
+                         f"{ir.to_text(before)} = exp({ir.to_text(rest)})"
+                         + "".join(f" * {ir.to_text(y)}" for y in scales[0])
+                         + "".join(f" / {ir.to_text(y)}" for y in scales[1]))
+    return None
+
+
+# ------------------------------------------------------------------ 3. -inf masks
 def _negated(condition: ir.Expr) -> ir.Expr:
     """not c; a comparison of indices and sizes flipped (no NaN among integers)."""
     if isinstance(condition, ir.Op) and condition.op in _NEGATED and not ir.reads(condition):
@@ -428,7 +520,7 @@ def _mask_to_filter(cascade: Cascade, einsum: Einsum):
     return None
 
 
-# ------------------------------------------------------------------ 3. common filters
+# ------------------------------------------------------------------ 4, 5. filters
 def _conjunction(conditions: list[ir.Expr]) -> ir.Expr | None:
     result = None
     for condition in conditions:
@@ -573,4 +665,4 @@ def _redundant_filter(cascade: Cascade, einsum: Einsum):
     return new, Step(REDUNDANT, summary, (einsum.tensor,), identity)
 
 
-__all__ = ["canonicalize", "EPILOGUE", "MASK", "FILTER", "REDUNDANT"]
+__all__ = ["canonicalize", "EPILOGUE", "LOG", "MASK", "FILTER", "REDUNDANT"]
