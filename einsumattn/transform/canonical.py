@@ -489,7 +489,6 @@ def _row_on_empty(einsum: Einsum, rows: dict) -> sympy.Expr:
 def _mask_to_filter(cascade: Cascade, einsum: Einsum):
     if einsum.reduce_op is not None or einsum.iterative is not None:
         return None
-    absent = absent_tensors(cascade)
     for node in ir.walk(einsum.body):
         if not (isinstance(node, ir.Op) and node.op == "where"):
             continue
@@ -499,7 +498,7 @@ def _mask_to_filter(cascade: Cascade, einsum: Einsum):
             masked_value = _Masked({}, {}).to_sympy(_with_node(einsum.body, node, dropped))
             if masked_value != -sympy.oo:
                 continue
-            if expression_conditions(cascade, condition, absent):
+            if expression_conditions(cascade, condition, absent_tensors(cascade)):
                 return Blocked(MASK, einsum.tensor, "the mask's condition may be absent")
             reason, empty_rows = _readers_agree(cascade, einsum.tensor, visible)
             if reason is not None:
