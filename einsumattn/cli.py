@@ -325,7 +325,7 @@ def _output_file(text: str) -> str:
 
 
 def _tile_option(p: argparse.ArgumentParser) -> None:
-    from .transform import DEFAULT_TILE
+    from .defaults import DEFAULT_TILE
 
     p.add_argument("--tile", type=_positive, default=DEFAULT_TILE, metavar="N",
                    help=f"key tile the online rewrite splits the streamed rank by (default "

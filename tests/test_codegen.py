@@ -312,6 +312,33 @@ def test_triton_backend_agrees_on_random_cascades(tmp_path_factory, spec):
                                                 [r.describe() for r in results])
 
 
+
+def test_triton_keeps_a_point_absent_when_its_sum_is_empty(tmp_path):
+    """The thorough profile's case, shrunk: T3[0] is absent (T2[p - P // 2] is out of
+    range at p = 0) while every term of its sum over f is out of range (F = 2); the
+    Triton kernels compute the derived cascade, whose factoring once made T3[0] a
+    present 0 (see test_rewrites.py)."""
+    spec = """attention absent_factor
+
+dims  B, P, M, F
+input X1[p], X2[m, b, p, f]
+
+T1[f] = X2[m, b, p, f] where not (p + p != P)
+T2[p] = T1[f] / (1 + abs(max(where(f == p, X1[p], -X1[p]), X1[p])))
+T3[p] = T2[p - P // 2] / (1 + abs(min(T1[f + 2], X1[P - 1 - p])))
+T5[p] = T3[p] - (exp(tanh(T1[f // 2])) - T3[p])
+
+output T5
+"""
+    module = import_file(compile_to_file(spec, tmp_path), "absent_factor")
+    cascade = einsumattn.load(spec)
+    inputs = case_inputs(cascade, Case({"B": 1, "P": 2, "M": 1, "F": 2}, "float32", 1.0,
+                                       True, 0))
+    for backend in ("triton", "triton-unfused"):
+        out = module.AbsentFactor(backend=backend)(*inputs.values())
+        results = compare(cascade, inputs, out, "float32")
+        assert all(r.ok for r in results), (backend, [r.describe() for r in results])
+
 @pytest.mark.parametrize("backend, masked, unmasked", [
     # The unfused schedule carries the causal mask to later kernels through QK__ok.
     ("triton-unfused", "((m_ <= p_) & live).to(tl.int8)", "(live).to(tl.int8)"),

@@ -494,3 +494,53 @@ def test_a_causal_differential_transformer_takes_one_pass():
     for seed in range(2):
         _assert_equivalent(result, _inputs(cascade, _sizes("causal_softmax", 9), 3.0, seed),
                            f"causal diff attention, seed {seed}")
+
+
+# Found by the thorough profile (test_triton_backend_agrees_on_random_cascades, shrunk):
+# T2[p - P // 2] decides T3's point (absent at p = 0), and with F = 2 every term of the
+# sum over f is out of range. Factoring T2 out of the sum behind the empty-sum guard
+# `where(N == 0, 0, T2 * N)` made that point a present 0, so T5[0] was no longer absent.
+EMPTY_SUM_WITH_ABSENT_FACTOR = """\
+attention absent_factor
+
+dims  P, F
+input X1[p], T1[f]
+
+T2[p] = sum[f] T1[f] / (1 + abs(X1[p]))
+T3[p] = T2[p - P // 2] / (1 + abs(min(T1[f + 2], X1[P - 1 - p])))
+T5[p] = T3[p] - (exp(tanh(T1[f // 2])) - T3[p])
+
+output T5
+"""
+
+
+def test_a_factor_that_may_be_absent_stays_in_a_sum_that_may_be_empty():
+    result = rewrite(EMPTY_SUM_WITH_ABSENT_FACTOR, tile=2)
+    assert any(b.tensor == "T3" and "may be absent where every term is" in b.reason
+               for b in result.blocked), result.blocked
+    for sizes in ({"P": 2, "F": 2}, {"P": 4, "F": 4}, {"P": 3, "F": 1}):
+        inputs = _inputs(result.original, sizes, 1.0, 0)
+        _assert_equivalent(result, inputs, f"sizes {sizes}", nan_free_intermediates=False)
+
+
+def test_a_sum_whose_terms_cancel_is_left_as_written():
+    """Found by the thorough profile (the CLI on generated specs): T3[b, f] - T3[b, f]
+    expands to no term at all, and separable moments had nothing to recombine (an
+    internal error). It reports itself blocked; the cascade still evaluates as before."""
+    text = """attention cancelling
+
+dims  B = 4, P, M, F
+input X0[b, p, m, f], X1[b]
+
+T1 = sum[b, p, m, f] X0[b, p, m, f]
+T2[b] = tanh(X1[b] - T1)
+T3[b, f] = sum[p, m] T2[b] - X0[b, p, M - 1 - m, f]
+T4[m, f] = sum[b] T2[b] * (T3[b, f] - T3[b, f])
+
+output T4
+"""
+    result = rewrite(text, tile=2)
+    assert any(b.tensor == "T4" and "terms cancel" in b.reason for b in result.blocked), \
+        result.blocked
+    inputs = _inputs(result.original, {"P": 2, "M": 3, "F": 2}, 1.0, 0)
+    _assert_equivalent(result, inputs, "cancelling terms", nan_free_intermediates=False)

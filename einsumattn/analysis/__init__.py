@@ -18,6 +18,7 @@ import sympy
 
 from ..diagnostics import BindError
 from ..ir import Cascade
+from ..ir.memo import per_cascade
 from .buffers import analyse_buffers
 from .cost import DTYPE_BYTES, analyse_cost
 from .passes import analyse_passes
@@ -33,14 +34,21 @@ def analyze(spec: "str | os.PathLike | Cascade", *, sizes: dict[str, int] | None
     cascade = spec if isinstance(spec, Cascade) else load(spec)
     if dtype not in DTYPE_BYTES:
         raise BindError(f"unknown dtype '{dtype}'; choose one of {', '.join(DTYPE_BYTES)}")
-    bytes_per_element = DTYPE_BYTES[dtype]
+    ranks, buffers, cost = _analyses(cascade, DTYPE_BYTES[dtype])
+    tiles = sorted({str(t) for b in buffers.values() for t in b.tile.values()
+                    if isinstance(t, sympy.Symbol)})
+    return Report(cascade, dtype, dict(ranks), dict(buffers), cost,
+                  _bound_sizes(cascade, sizes, tiles))
+
+
+@per_cascade
+def _analyses(cascade: Cascade, bytes_per_element: int):
+    """What a report holds besides the sizes: computed once per cascade and element
+    size (compiling asks for the report of the same cascade from several stages)."""
     ranks = analyse_passes(cascade)
     buffers = {rank: analyse_buffers(cascade, info, bytes_per_element)
                for rank, info in ranks.items()}
-    cost = analyse_cost(cascade, bytes_per_element)
-    tiles = sorted({str(t) for b in buffers.values() for t in b.tile.values()
-                    if isinstance(t, sympy.Symbol)})
-    return Report(cascade, dtype, ranks, buffers, cost, _bound_sizes(cascade, sizes, tiles))
+    return ranks, buffers, analyse_cost(cascade, bytes_per_element)
 
 
 def _bound_sizes(cascade: Cascade, sizes: dict[str, int] | None,

@@ -14,15 +14,18 @@ R: on-chip memory does not grow with the sequence.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
+from typing import Callable
 
 import sympy
 
 from ..ir import Cascade
 from ..ir.build import size_symbol
 from ..ir import expr as ir
-from .formulas import tidy
-from .passes import RankPasses
+from .formulas import maximum, tidy
+from ..ir.memo import per_cascade
+from .passes import RankPasses, analyse_rank
 
 
 @dataclass(frozen=True)
@@ -48,21 +51,56 @@ class Boundary:
         return sympy.Add(*(t.spill_bytes for t in self.live))
 
 
-@dataclass
+@dataclass(frozen=True)
+class Footprints:
+    """The formulas of a rank's buffers."""
+
+    boundaries: tuple[Boundary, ...]
+    pass_state: dict[int, sympy.Expr]
+    onchip_state: sympy.Expr
+    rank_symbols: frozenset        # the sizes of the streamed rank and its parts
+
+
+@dataclass(eq=False)
 class RankBuffers:
+    """What one program of a pass over `rank` holds. The ranks and tiles of a program
+    are computed at once; the footprint formulas when first read (by `derive`): the
+    fused schedule asks only for the parallel ranks, of every stage it tries, and the
+    formulas' `Max` over the passes costs sympy proofs."""
+
     rank: str
     parallel: tuple[str, ...]          # ranks one program handles a point or a tile of
     tile: dict[str, sympy.Expr]        # parallel rank -> points per program
-    boundaries: list[Boundary] = field(default_factory=list)
-    pass_state: dict[int, sympy.Expr] = field(default_factory=dict)
-    onchip_state: sympy.Expr = sympy.Integer(0)
+    derive: Callable[[], Footprints] = field(repr=False)
+
+    @functools.cached_property
+    def _footprints(self) -> Footprints:
+        return self.derive()
+
+    @property
+    def boundaries(self) -> list[Boundary]:
+        return list(self._footprints.boundaries)
+
+    @property
+    def pass_state(self) -> dict[int, sympy.Expr]:
+        return dict(self._footprints.pass_state)
+
+    @property
+    def onchip_state(self) -> sympy.Expr:
+        return self._footprints.onchip_state
 
     @property
     def grows_with_rank(self) -> bool:
         """Whether the on-chip state per program depends on the streamed rank's size."""
-        return bool(self._rank_symbols & self.onchip_state.free_symbols)
+        return bool(self._footprints.rank_symbols & self.onchip_state.free_symbols)
 
-    _rank_symbols: set = field(default_factory=set, repr=False)
+    def __eq__(self, other) -> bool:
+        if not isinstance(other, RankBuffers):
+            return NotImplemented
+        return (self.rank, self.parallel, self.tile, self._footprints) == \
+            (other.rank, other.parallel, other.tile, other._footprints)
+
+    __hash__ = None
 
 
 def tile_symbol(cascade: Cascade, rank: str) -> sympy.Symbol:
@@ -74,6 +112,19 @@ def tile_symbol(cascade: Cascade, rank: str) -> sympy.Symbol:
 
 
 def analyse_buffers(cascade: Cascade, passes: RankPasses, bytes_per_element: int) -> RankBuffers:
+    """The buffers implied by `passes` (memoized when `passes` is the cascade's own,
+    memoized analysis of its rank: the result is shared, read it only)."""
+    if analyse_rank(cascade, passes.rank) is passes:
+        return _memoized_buffers(cascade, passes.rank, bytes_per_element)
+    return _buffers(cascade, passes, bytes_per_element)
+
+
+@per_cascade
+def _memoized_buffers(cascade: Cascade, rank: str, bytes_per_element: int) -> RankBuffers:
+    return _buffers(cascade, analyse_rank(cascade, rank), bytes_per_element)
+
+
+def _buffers(cascade: Cascade, passes: RankPasses, bytes_per_element: int) -> RankBuffers:
     rank = passes.rank
     family = {cascade.var_rank(v) for v in passes.variables}
     streaming = [e for e in cascade.einsums if e.tensor in passes.pass_of]
@@ -98,6 +149,18 @@ def analyse_buffers(cascade: Cascade, passes: RankPasses, bytes_per_element: int
     tile = {r: sympy.Integer(1) for r in parallel}
     if parallel:
         tile[parallel[-1]] = tile_symbol(cascade, parallel[-1])
+    derive = functools.partial(_footprints, cascade, passes, bytes_per_element,
+                               frozenset(family), frozenset(sequential), dict(tile))
+    return RankBuffers(rank, parallel, tile, derive)
+
+
+def _footprints(cascade: Cascade, passes: RankPasses, bytes_per_element: int,
+                family: frozenset[str], sequential: frozenset[str],
+                tile: dict[str, sympy.Expr]) -> Footprints:
+    """The footprint formulas of the passes over a rank, for programs that hold `tile`
+    of the parallel ranks (`family`: the rank and its split parts; `sequential`: ranks
+    looped around the traversal)."""
+    streaming = [e for e in cascade.einsums if e.tensor in passes.pass_of]
 
     def size(r: str) -> sympy.Expr:
         return cascade.ranks[r].size
@@ -136,7 +199,7 @@ def analyse_buffers(cascade: Cascade, passes: RankPasses, bytes_per_element: int
         """The largest access of an input by the streaming Einsums."""
         found = [access_footprint(read.indices, None, fiber) for e in streaming
                  for read in e.accesses() if read.tensor == tensor]
-        return sympy.Max(*found) if found else sympy.Integer(0)
+        return maximum(*found) if found else sympy.Integer(0)
 
     def footprint(tensor: str, fiber: bool) -> sympy.Expr:
         return input_footprint(tensor, fiber) if cascade.tensors[tensor].is_input \
@@ -157,9 +220,7 @@ def analyse_buffers(cascade: Cascade, passes: RankPasses, bytes_per_element: int
             if name != einsum.tensor:
                 readers[name].add(passes.pass_of[einsum.tensor])
 
-    result = RankBuffers(rank, parallel, tile)
-    result._rank_symbols = {size_symbol(r) for r in family} | {
-        s for r in family for s in size(r).free_symbols}
+    boundaries: list[Boundary] = []
     for k in range(1, passes.passes):
         live, reread = [], []
         for name, reading in readers.items():
@@ -172,9 +233,9 @@ def analyse_buffers(cascade: Cascade, passes: RankPasses, bytes_per_element: int
                 continue
             spill = total(name) * bytes_per_element * (1 + len(later))
             live.append(LiveTensor(name, footprint(name, fiber=True), spill, later))
-        result.boundaries.append(Boundary(k, tuple(live), tuple(reread)))
+        boundaries.append(Boundary(k, tuple(live), tuple(reread)))
 
-    states = []
+    states, pass_state = [], {}
     for number in range(1, passes.passes + 1):
         members = [e for e in streaming if passes.pass_of[e.tensor] == number]
         names = dict.fromkeys(e.tensor for e in members)
@@ -184,12 +245,14 @@ def analyse_buffers(cascade: Cascade, passes: RankPasses, bytes_per_element: int
                     names.setdefault(name, None)
         state = sympy.Add(*(footprint(n, fiber=False) for n in names))
         # Buffers live during this pass: those crossing the boundary into it or out of it.
-        carried = {t.name: t.footprint for b in result.boundaries
+        carried = {t.name: t.footprint for b in boundaries
                    if b.after_pass in (number - 1, number) for t in b.live}
-        result.pass_state[number] = tidy(state)
+        pass_state[number] = tidy(state)
         states.append(tidy(state + sympy.Add(*carried.values())))
     # One Max at the end: each Max compares its arguments, and comparing against the
     # initial 0 asks sympy to prove a long sum of sizes nonnegative.
-    result.onchip_state = sympy.Max(*states) if states else sympy.Integer(0)
-    return result
+    onchip_state = maximum(*states) if states else sympy.Integer(0)
+    rank_symbols = {size_symbol(r) for r in family} | {
+        s for r in family for s in cascade.ranks[r].size.free_symbols}
+    return Footprints(tuple(boundaries), pass_state, onchip_state, frozenset(rank_symbols))
 

@@ -15,7 +15,8 @@ comparisons and where). FLOPs = 2*mac + the rest.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import functools
+from dataclasses import dataclass
 
 import sympy
 
@@ -49,18 +50,44 @@ class EinsumCost:
                                             if c != "mac"), sympy.Integer(0))
 
 
-@dataclass
 class Cost:
-    einsums: dict[str, EinsumCost]
-    total: dict[str, sympy.Expr]
-    flops: sympy.Expr
-    bytes: sympy.Expr             # minimum: every input read once, every output written once
-    bytes_per_element: int
-    intensity: sympy.Expr = field(init=False)
+    """The cost of a cascade, each part computed when first read: compiling reads none
+    of it (the module's docstring shows the passes), `analyze` all of it."""
 
-    def __post_init__(self) -> None:
-        self.intensity = ratio(self.flops, self.bytes) if self.bytes != 0 \
-            else sympy.oo
+    def __init__(self, cascade: Cascade, bytes_per_element: int):
+        self._cascade = cascade
+        self.bytes_per_element = bytes_per_element
+
+    @functools.cached_property
+    def einsums(self) -> dict[str, EinsumCost]:
+        return {e.tensor: einsum_cost(self._cascade, e) for e in self._cascade.einsums}
+
+    @functools.cached_property
+    def total(self) -> dict[str, sympy.Expr]:
+        return {c: sympy.expand(sum((e.counts[c] for e in self.einsums.values()),
+                                    sympy.Integer(0)))
+                for c in CATEGORIES}
+
+    @functools.cached_property
+    def flops(self) -> sympy.Expr:
+        total = self.total
+        return sympy.expand(2 * total["mac"] + sum((total[c] for c in CATEGORIES
+                                                    if c != "mac"), sympy.Integer(0)))
+
+    @functools.cached_property
+    def bytes(self) -> sympy.Expr:
+        """Minimum traffic: every input read once, every output written once."""
+        cascade = self._cascade
+        moved = sympy.Integer(0)
+        for name in [t.name for t in cascade.inputs] + list(cascade.outputs):
+            tensor = cascade.tensors[name]
+            moved += sympy.Mul(*(cascade.extent(name, i) for i in range(len(tensor.ranks))))
+        return sympy.expand(moved * self.bytes_per_element)
+
+    @functools.cached_property
+    def intensity(self) -> sympy.Expr:
+        """FLOPs per byte, common factors cancelled (the costliest formula here)."""
+        return ratio(self.flops, self.bytes) if self.bytes != 0 else sympy.oo
 
 
 def _op_counts(expr: ir.Expr) -> dict[str, int]:
@@ -103,14 +130,4 @@ def einsum_cost(cascade: Cascade, einsum: Einsum) -> EinsumCost:
 
 
 def analyse_cost(cascade: Cascade, bytes_per_element: int) -> Cost:
-    einsums = {e.tensor: einsum_cost(cascade, e) for e in cascade.einsums}
-    total = {c: sympy.expand(sum((e.counts[c] for e in einsums.values()), sympy.Integer(0)))
-             for c in CATEGORIES}
-    flops = sympy.expand(2 * total["mac"] + sum((total[c] for c in CATEGORIES if c != "mac"),
-                                                sympy.Integer(0)))
-    moved = sympy.Integer(0)
-    for name in [t.name for t in cascade.inputs] + list(cascade.outputs):
-        tensor = cascade.tensors[name]
-        moved += sympy.Mul(*(cascade.extent(name, i) for i in range(len(tensor.ranks))))
-    return Cost(einsums, total, flops, sympy.expand(moved * bytes_per_element),
-                bytes_per_element)
+    return Cost(cascade, bytes_per_element)

@@ -11,6 +11,10 @@ gave them: expand, then pull out the common factor of the terms
 
 from __future__ import annotations
 
+import math
+import random
+from fractions import Fraction
+
 import sympy
 
 # A ratio of formulas in at most this many sizes is cancelled in full (a common factor
@@ -65,3 +69,89 @@ def ratio(numerator: sympy.Expr, denominator: sympy.Expr) -> sympy.Expr:
     if len(quotient.free_symbols) <= FULL_CANCEL_SIZES:
         return sympy.simplify(quotient)
     return tidy(numerator) / tidy(denominator)
+
+
+# Assignments of sizes, drawn once (the same in every process), at which `maximum`
+# looks for a sign change of the difference of two formulas: small sizes often (a
+# term such as E*(F - 4) changes sign at F < 4), large ones too.
+_SAMPLES = random.Random(20261130)
+_SAMPLE_SIZES = [[_SAMPLES.choice((1, 2, 3, 5, 16, 64, 257)) for _ in range(32)]
+                 for _ in range(24)]
+
+
+def maximum(*args: sympy.Expr) -> sympy.Expr:
+    """`sympy.Max(*args)`, without the proof attempts that must fail.
+
+    Max keeps the arguments no other is proved to exceed: it walks them in sympy's
+    order, comparing each with those kept so far (`Max._is_connected`: equal, or a
+    relation sympy can decide), and a failed attempt costs tens of milliseconds. The
+    formulas of an analysis are mostly incomparable (`E*P0 + ...` against `F*P0 + ...`).
+    Where sizes are found at which the first of two is the larger and sizes at which
+    the second is, no proof exists and sympy's comparison would answer "not connected":
+    that answer is taken without asking. Every other pair is compared by sympy, in the
+    same walk, so the result is Max's own. Arguments that Max would first rewrite
+    (numbers, nested Max or Min, anything not real) go to sympy.Max whole."""
+    args = list(dict.fromkeys(sympy.sympify(a) for a in args))
+    compare = getattr(sympy.Max, "_is_connected", None)
+    if len(args) < 2 or compare is None or any(
+            a.is_number or a.has(sympy.Max, sympy.Min) or not a.is_extended_real
+            for a in args):
+        return sympy.Max(*args)
+    kept: set = set()
+    for value in sympy.ordered(args):
+        new = True
+        for other in list(kept):
+            connected = False if _incomparable(value, other) else compare(value, other)
+            if connected:
+                new = False
+                if connected is True or connected == sympy.Max:   # value is the larger
+                    kept.remove(other)
+                    kept.add(value)
+        if new:
+            kept.add(value)
+    return sympy.Max(*kept, evaluate=False)
+
+
+def _incomparable(x: sympy.Expr, y: sympy.Expr) -> bool:
+    """Whether x - y is positive at some sample sizes and negative at others (its free
+    symbols are sizes: positive integers)."""
+    difference = x - y
+    symbols = sorted(difference.free_symbols, key=str)
+    if len(symbols) > len(_SAMPLE_SIZES[0]):
+        return False
+    signs = set()
+    for sizes in _SAMPLE_SIZES:
+        value = _value(difference, dict(zip(symbols, sizes)))
+        if value is None:
+            return False
+        signs.add((value > 0) - (value < 0))
+        if {1, -1} <= signs:
+            return True
+    return False
+
+
+def _value(expr: sympy.Expr, sizes: dict) -> Fraction | None:
+    """The exact value of a formula of sums, products, integer powers and ceilings at
+    the given sizes (in Python numbers: sympy's own substitution costs a hundred times
+    more); None for anything else."""
+    if expr.is_Symbol:
+        return Fraction(sizes[expr]) if expr in sizes else None
+    if expr.is_Rational:
+        return Fraction(int(expr.p), int(expr.q))
+    parts = [_value(arg, sizes) for arg in expr.args]
+    if any(part is None for part in parts):
+        return None
+    if expr.is_Add:
+        return sum(parts, Fraction(0))
+    if expr.is_Mul:
+        product = Fraction(1)
+        for part in parts:
+            product *= part
+        return product
+    if expr.is_Pow and parts[1].denominator == 1 and (parts[0] != 0 or parts[1] >= 0):
+        return parts[0] ** int(parts[1])
+    if isinstance(expr, sympy.ceiling):
+        return Fraction(math.ceil(parts[0]))
+    if isinstance(expr, sympy.floor):
+        return Fraction(math.floor(parts[0]))
+    return None

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 
 from ..ir import Cascade, Einsum
 from ..ir import expr as ir
+from ..ir.memo import per_cascade
 
 
 @dataclass(frozen=True)
@@ -119,7 +120,9 @@ def analysed_ranks(cascade: Cascade) -> list[str]:
     return [r for r in cascade.ranks if r in chosen and r in traversed]
 
 
+@per_cascade
 def analyse_rank(cascade: Cascade, rank: str) -> RankPasses:
+    """The passes over `rank` (memoized: the result is shared, read it only)."""
     variables = rank_variables(cascade, rank)
     family = frozenset(variables)
     inputs = [t.name for t in cascade.inputs]
@@ -202,4 +205,10 @@ def _final_value_read(cascade: Cascade, einsum: Einsum, read: ir.Read,
 
 
 def analyse_passes(cascade: Cascade) -> dict[str, RankPasses]:
+    """The passes of every analysed rank (a new dict of the shared, memoized results)."""
+    return dict(_analyse_passes(cascade))
+
+
+@per_cascade
+def _analyse_passes(cascade: Cascade) -> dict[str, RankPasses]:
     return {rank: analyse_rank(cascade, rank) for rank in analysed_ranks(cascade)}

@@ -12,13 +12,15 @@ equivalence tests hold the two together.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import sympy
 
 from ..ir import Cascade, Einsum
 from ..ir import expr as ir
-from ..ir.intervals import interval, provably
+from ..ir.intervals import interval, provably, provably_positive
+from ..ir.memo import per_cascade
 
 
 @dataclass(frozen=True)
@@ -56,19 +58,42 @@ def in_range_by_construction(cascade: Cascade, tensor: str, position: int,
         if index == ir.Op("+", (ir.Index(var), ir.Const(1))) or index == ir.Dim(rank) \
                 or index == ir.Const(0):
             return True
-    bounds = _interval(cascade, index)
+    return _provably_inside(index, _leaf_sizes(cascade, index),
+                            cascade.extent(tensor, position))
+
+
+def _leaf_sizes(cascade: Cascade, index: ir.Expr) -> tuple:
+    """The sizes the bounds of `index` depend on: (('var', v), size of v's rank) and
+    (('dim', R), size of R) for each index variable and dim it holds. With the index and
+    the extent, they decide the proof, so they key its cache."""
+    found = {}
+    for node in ir.walk(index):
+        if isinstance(node, ir.Index):
+            found[("var", node.var)] = cascade.ranks[cascade.var_rank(node.var)].size
+        elif isinstance(node, ir.Dim):
+            found[("dim", node.rank)] = cascade.ranks[node.rank].size
+    return tuple(found.items())
+
+
+# The same coordinate is asked about for every sub-cascade the fused schedule tries (a
+# few thousand times for a spec from a paper), and a proof costs a sympy simplify; the
+# answer depends on the index, the sizes and the extent alone.
+@functools.lru_cache(maxsize=4096)
+def _provably_inside(index: ir.Expr, sizes: tuple, extent: sympy.Expr) -> bool:
+    """Whether `0 <= index < extent` for every point and every size >= 1."""
+    bounds = _interval(dict(sizes), index)
     if bounds is None:
         return False
     low, high = bounds
-    extent = cascade.extent(tensor, position)
     # The coordinate is an integer <= high, so high < extent keeps it below the extent.
-    return provably(low >= 0) and provably(sympy.simplify(extent - high) > 0)
+    return provably(low >= 0) and provably_positive(extent - high)
 
 
-def _interval(cascade: Cascade, expr: ir.Expr):
+def _interval(sizes: dict, expr: ir.Expr):
     """(low, high): sympy bounds of an integer index expression over every point of its
     variables' ranks, for sizes >= 1; None where no such bound is derived (anything but
-    +, -, products of nonnegative factors, and floor division by a positive size)."""
+    +, -, products of nonnegative factors, and floor division by a positive size).
+    `sizes` maps ('var', v) and ('dim', R) to sizes (`_leaf_sizes`)."""
 
     def leaf(node: ir.Expr):
         if isinstance(node, ir.Const):
@@ -76,10 +101,9 @@ def _interval(cascade: Cascade, expr: ir.Expr):
                 return None
             return sympy.Integer(int(node.value)), sympy.Integer(int(node.value))
         if isinstance(node, ir.Index):
-            size = cascade.ranks[cascade.var_rank(node.var)].size
-            return sympy.Integer(0), size - 1
+            return sympy.Integer(0), sizes[("var", node.var)] - 1
         if isinstance(node, ir.Dim):
-            size = cascade.ranks[node.rank].size
+            size = sizes[("dim", node.rank)]
             return size, size
         return None
 
@@ -121,6 +145,13 @@ def expression_conditions(cascade: Cascade, expr: ir.Expr,
 def einsum_conditions(cascade: Cascade, einsum: Einsum, absent: set[str],
                       variables: tuple[str, ...] | None = None) -> list[Condition]:
     """Every condition for a point of the Einsum's iteration space to be present."""
+    variables = None if variables is None else tuple(variables)
+    return list(_einsum_conditions(cascade, einsum, frozenset(absent), variables))
+
+
+@per_cascade
+def _einsum_conditions(cascade: Cascade, einsum: Einsum, absent: frozenset[str],
+                       variables: tuple[str, ...] | None) -> tuple[Condition, ...]:
     space = set(einsum.variables if variables is None else variables)
     found = expression_conditions(cascade, einsum.body, absent)
     for conjunct in ir.conjuncts(einsum.filter):
@@ -134,7 +165,7 @@ def einsum_conditions(cascade: Cascade, einsum: Einsum, absent: set[str],
                                    ir.Index(inner)))
             found.append(Condition("split", frozenset({outer, inner}),
                                    ir.Op("<", (position, ir.Dim(split.parent)))))
-    return found
+    return tuple(found)
 
 
 def point_conditions(einsum: Einsum, conditions: list[Condition]) -> list[Condition]:
@@ -144,6 +175,11 @@ def point_conditions(einsum: Einsum, conditions: list[Condition]) -> list[Condit
 
 def absent_tensors(cascade: Cascade) -> set[str]:
     """Tensors that may hold absent points (inputs never do)."""
+    return set(_absent_tensors(cascade))
+
+
+@per_cascade
+def _absent_tensors(cascade: Cascade) -> frozenset[str]:
     absent: set[str] = set()
     for einsum in cascade.einsums:
         conditions = einsum_conditions(cascade, einsum, absent)
@@ -151,4 +187,4 @@ def absent_tensors(cascade: Cascade) -> set[str]:
             absent.add(einsum.tensor)
         elif einsum.init is not None and expression_conditions(cascade, einsum.init, absent):
             absent.add(einsum.tensor)
-    return absent
+    return frozenset(absent)

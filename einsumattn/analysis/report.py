@@ -146,6 +146,11 @@ class Report:
 
     # ------------------------------------------------------------------ text
     def to_text(self) -> str:
+        return self.passes_text() + "\n\n" + self.cost_text()
+
+    def passes_text(self) -> str:
+        """The text report's passes and buffers (what the generated module's docstring
+        shows), without the cost, whose intensity formula is the costliest to tidy."""
         cascade = self.cascade
         lines = [f"{cascade.name}: pass analysis (FuseMax section III), {self.dtype}"]
         if self.sizes:
@@ -180,8 +185,11 @@ class Report:
                                  f"spill and re-read {self._fmt(b.spill_bytes)} bytes")
                 for name, extra in b.reread_inputs:
                     lines.append(f"      input {name} is read again: {self._fmt(extra)} bytes")
-        lines.append("")
-        lines.append("Cost (dense iteration spaces; filters not subtracted):")
+        return "\n".join(lines)
+
+    def cost_text(self) -> str:
+        """The text report's cost: operation counts, traffic and intensity."""
+        lines = ["Cost (dense iteration spaces; filters not subtracted):"]
         rows = [("einsum", "points", "per point")]
         for name, c in self.cost.einsums.items():
             ops = " + ".join(f"{n} {k}" for k, n in c.per_point.items() if n) or "copy"

@@ -198,9 +198,7 @@ def spec_sha256(text: str) -> str:
 def _pass_summary(report) -> str:
     """The report's pass summary and reasons (the full report is a command away:
     einsumattn analyze)."""
-    lines = report.to_text().split("\n")
-    cut = next((i for i, line in enumerate(lines) if line.startswith("Cost")), len(lines))
-    return "\n".join(lines[:cut]).rstrip()
+    return report.passes_text().rstrip()
 
 
 def _signatures(inputs: list[str], params: list[str]) -> dict:

@@ -12,8 +12,6 @@ import math
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
-import numpy as np
-
 from ..diagnostics import BindError
 from . import expr as ir
 from .cascade import Cascade
@@ -143,6 +141,8 @@ def bind(cascade: Cascade, *, shapes: Mapping[str, Sequence[int]] | None = None,
 
 
 def _check_positive(rank: str, value, where: str) -> None:
+    import numpy as np      # binding sizes needs it; building and compiling do not
+
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise BindError(f"rank {rank} must have a positive integer size, got {value!r} "
                         f"from {where}")
@@ -182,4 +182,6 @@ def _scalar(expr: ir.Expr, size, param) -> float:
     if isinstance(expr, ir.Param):
         return param(expr.name)
     assert isinstance(expr, ir.Op), expr
+    import numpy as np
+
     return float(apply(expr.op, [np.float64(_scalar(a, size, param)) for a in expr.args]))

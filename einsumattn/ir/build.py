@@ -140,14 +140,11 @@ class _Builder:
         outputs = self._outputs()
         einsums = self._order(einsums)
         self._check_bindable()
-        cascade = Cascade(self.name, self.ranks, tuple(self.splits), params, self.tensors,
-                          tuple(einsums), outputs, self.spec.source,
-                          name_span=self.name_span)
         # Inputs first (declaration order), then defined tensors in dataflow order.
-        ordered = {t.name: t for t in cascade.tensors.values() if t.is_input}
+        ordered = {t.name: t for t in self.tensors.values() if t.is_input}
         ordered.update({e.tensor: self.tensors[e.tensor] for e in einsums})
-        cascade.tensors = ordered
-        return cascade
+        return Cascade(self.name, self.ranks, tuple(self.splits), params, ordered,
+                       tuple(einsums), outputs, self.spec.source, name_span=self.name_span)
 
     def _split(self, stmt: ast.SplitStmt) -> None:
         if stmt.parent not in self.ranks:

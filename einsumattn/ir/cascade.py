@@ -127,8 +127,15 @@ class Einsum:
         return list(seen)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Cascade:
+    """A checked cascade. Frozen: a stage that changes it builds a new one
+    (`dataclasses.replace`, `Cascade(...)`), so analyses can be memoized on the object
+    (ir/memo.py). The dicts it holds are never changed after `build` either."""
+
+    # eq compares fields; hashing by value would hash the dicts: no hash.
+    __hash__ = None
+
     name: str
     ranks: dict[str, Rank]
     splits: tuple[Split, ...]
@@ -146,10 +153,13 @@ class Cascade:
     _rank_by_var: dict = field(default_factory=dict, init=False, repr=False, compare=False)
     _einsum_position: dict = field(default_factory=dict, init=False, repr=False,
                                    compare=False)
+    # Results of the analyses memoized on this cascade (ir/memo.py).
+    _memo: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.graph.nodes:
-            self.graph = dataflow_graph(self.tensors.values(), self.einsums)
+            object.__setattr__(self, "graph", dataflow_graph(self.tensors.values(),
+                                                             self.einsums))
 
     # --------------------------------------------------------------- lookups
     @property
@@ -160,7 +170,8 @@ class Cascade:
         position = self._einsum_position.get(tensor)
         if position is None or position >= len(self.einsums) or \
                 self.einsums[position].tensor != tensor:
-            self._einsum_position = {e.tensor: i for i, e in enumerate(self.einsums)}
+            object.__setattr__(self, "_einsum_position",
+                               {e.tensor: i for i, e in enumerate(self.einsums)})
             position = self._einsum_position.get(tensor)
             if position is None:
                 raise KeyError(tensor)
@@ -169,7 +180,7 @@ class Cascade:
     def rank_of_var(self, var: str) -> Rank:
         rank = self._rank_by_var.get(var)
         if rank is None or self.ranks.get(rank.name) is not rank:
-            self._rank_by_var = {r.var: r for r in self.ranks.values()}
+            object.__setattr__(self, "_rank_by_var", {r.var: r for r in self.ranks.values()})
             rank = self._rank_by_var.get(var)
             if rank is None:
                 raise KeyError(var)

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
-
 from ..diagnostics import SpecError
 from ..frontend.parser import MAX_EXACT_INTEGER
 from . import expr as ir
@@ -47,6 +45,8 @@ def _step(node: ir.Op, args: list):
     if node.op in _INTEGER_OPS and all(_is_integer(a) for a in args) and \
             not (node.op == "**" and args[1] < 0):
         return _integer_step(node, args)
+    import numpy as np      # here only: most specs fold no float constant
+
     result = apply(node.op, [np.float64(a) if _is_integer(a) else a for a in args])
     # (Truth values count as the finite numbers 0 and 1.)
     if not np.isfinite(result) and all(np.isfinite(np.float64(a)) for a in args):

@@ -22,6 +22,36 @@ def provably(relation) -> bool:
     return relation is sympy.true
 
 
+# Sizes at which a claim "positive for every size" is tried before sympy is asked to
+# prove it: the split index m1*M0 + m0 (highest at M1*M0 - 1 = 64*ceiling(M/64) - 1)
+# leaves the extent M at M = 65, say.
+_SAMPLE_SIZES = (1, 2, 3, 5, 17, 65, 257)
+
+
+def provably_positive(value: sympy.Expr) -> bool:
+    """Whether `value` > 0 for every size (its free symbols are sizes: integers >= 1).
+    Cheap forms first: the expanded polynomial settles the usual `M - (M - 1)` and
+    `KH - (H - 1) KH / H`; a size at which the value is not positive settles the
+    opposite (a proof cannot exist); only what neither decides goes to
+    `sympy.simplify`, which costs tens of milliseconds a call."""
+    expanded = sympy.expand(value)
+    if provably(expanded > 0):
+        return True
+    if _not_positive_somewhere(expanded):
+        return False
+    return provably(sympy.simplify(value) > 0)
+
+
+def _not_positive_somewhere(value: sympy.Expr) -> bool:
+    """Whether `value` is <= 0 with every size set to one of a few sample values."""
+    symbols = value.free_symbols
+    for size in _SAMPLE_SIZES:
+        sample = value.subs({symbol: size for symbol in symbols})
+        if sample.is_number and sample.is_extended_real and sample <= 0:
+            return True
+    return False
+
+
 def interval(expr: ir.Expr, leaf: Callable[[ir.Expr], Bounds],
              quotient_low: Callable[[sympy.Expr, sympy.Expr], sympy.Expr] | None = None
              ) -> Bounds:

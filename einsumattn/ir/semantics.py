@@ -9,57 +9,79 @@ from __future__ import annotations
 
 from typing import Callable
 
-import numpy as np
+
+# The tables are built, and numpy imported, on first use (PEP 562): building a cascade
+# and compiling it need no numpy unless a constant is folded (docs/compile-speed.md).
+def __getattr__(name: str):
+    if name in ("UNARY", "BINARY"):
+        _build_tables()
+        return globals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _sigmoid(x):
+    import numpy as np
+
     # Written to avoid overflow in exp for large |x|.
     z = np.exp(-np.abs(x))
     return np.where(x >= 0, 1.0 / (1.0 + z), z / (1.0 + z))
 
 
 def _elu(x):
+    import numpy as np
+
     # ELU with alpha = 1 (Clevert et al. 2016), as torch.nn.functional.elu.
     return np.where(x > 0, x, np.expm1(np.minimum(x, 0.0)))
 
 
-UNARY: dict[str, Callable] = {
-    "neg": np.negative,
-    "exp": np.exp,
-    "log": np.log,
-    "sqrt": np.sqrt,
-    "tanh": np.tanh,
-    "sigmoid": _sigmoid,
-    "relu": lambda x: np.maximum(x, 0.0),
-    "elu": _elu,
-    "abs": np.abs,
-    "sign": np.sign,
-    "not": np.logical_not,
-}
+def _build_tables() -> None:
+    import numpy as np
 
-BINARY: dict[str, Callable] = {
-    "+": np.add,
-    "-": np.subtract,
-    "*": np.multiply,
-    "/": np.true_divide,
-    "//": np.floor_divide,   # floor division, as Python's
-    "%": np.mod,             # result has the divisor's sign, as Python's
-    "**": np.power,
-    "max": np.maximum,
-    "min": np.minimum,
-    "<": np.less,
-    "<=": np.less_equal,
-    ">": np.greater,
-    ">=": np.greater_equal,
-    "==": np.equal,
-    "!=": np.not_equal,
-    "and": np.logical_and,
-    "or": np.logical_or,
-}
+    global UNARY, BINARY
+    UNARY = {
+        "neg": np.negative,
+        "exp": np.exp,
+        "log": np.log,
+        "sqrt": np.sqrt,
+        "tanh": np.tanh,
+        "sigmoid": _sigmoid,
+        "relu": lambda x: np.maximum(x, 0.0),
+        "elu": _elu,
+        "abs": np.abs,
+        "sign": np.sign,
+        "not": np.logical_not,
+    }
+    BINARY = {
+        "+": np.add,
+        "-": np.subtract,
+        "*": np.multiply,
+        "/": np.true_divide,
+        "//": np.floor_divide,   # floor division, as Python's
+        "%": np.mod,             # result has the divisor's sign, as Python's
+        "**": np.power,
+        "max": np.maximum,
+        "min": np.minimum,
+        "<": np.less,
+        "<=": np.less_equal,
+        ">": np.greater,
+        ">=": np.greater_equal,
+        "==": np.equal,
+        "!=": np.not_equal,
+        "and": np.logical_and,
+        "or": np.logical_or,
+    }
+
+
+UNARY: dict[str, Callable]
+BINARY: dict[str, Callable]
 
 
 def apply(op: str, args: list):
     """Apply operation `op` to numpy values (arrays or scalars) elementwise."""
+    import numpy as np
+
+    if "BINARY" not in globals():
+        _build_tables()
     with np.errstate(all="ignore"):
         if op == "where":
             return np.where(args[0], args[1], args[2])

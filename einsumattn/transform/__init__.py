@@ -7,8 +7,9 @@
     print(result.text())   # `.attn` source that parses back to result.cascade
 
 The rules, in the order they run (docs/rewrites.md):
-0. canonical form (canonical.py): factors and terms out of contractions, -inf masks
-   to filters (`result.canonical` lists these steps; `result.steps` the others);
+0. canonical form (canonical.py): factors and terms out of contractions, logs out of
+   exponentials, -inf masks to filters, each filter once (`result.canonical` lists
+   these steps; `result.steps` the others);
 1. factor out of a sum (factor.py): deferred division and scaling;
 2. separable moments (factor.py): sums of products split per factor;
 3. online max-shift (online.py): split the streamed rank and carry a running max.
@@ -19,17 +20,17 @@ before rule 3.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..analysis.passes import analyse_passes, fully_reduces, rank_variables
+from ..defaults import DEFAULT_TILE
 from ..ir import Cascade
+from ..ir.memo import per_cascade
 from ..ir.printer import cascade_text
 from .canonical import canonicalize
 from .factor import factor_sums
 from .online import ONLINE, SPLIT, online_max_shift, split_rank
 from .steps import Blocked, Step
-
-DEFAULT_TILE = 64
 
 
 @dataclass
@@ -99,6 +100,16 @@ def rewrite(spec: "str | os.PathLike | Cascade", *, tile: int = DEFAULT_TILE,
     from ..loader import load
 
     original = spec if isinstance(spec, Cascade) else load(spec)
+    derived = _rewrite(original, tile, online, canonical)
+    # The same derivation, in lists of its own (the cascades are immutable and shared).
+    return replace(derived, steps=list(derived.steps), blocked=list(derived.blocked),
+                   canonical=list(derived.canonical))
+
+
+@per_cascade
+def _rewrite(original: Cascade, tile: int, online: bool, canonical: bool) -> Rewritten:
+    """`rewrite` of a cascade, derived once per cascade and options: compiling asks for
+    it from several stages, and what they derive from it is memoized on its cascades."""
     start, spelling, blocked = canonicalize(original) if canonical else (original, [], [])
     cascade, steps, more = factor_sums(start)
     blocked += more

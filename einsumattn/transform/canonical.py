@@ -67,11 +67,10 @@ from fractions import Fraction
 
 import sympy
 
-from ..analysis.presence import _interval, absent_tensors, einsum_conditions, \
-    expression_conditions
+from ..analysis.presence import absent_tensors, einsum_conditions, expression_conditions
 from ..ir import Cascade, Einsum
 from ..ir import expr as ir
-from ..ir.intervals import provably
+from ..ir.intervals import interval, provably
 from .algebra import Algebra, NotAlgebraic, prove_equal, rebuild, substitute
 from .edit import assemble, fixed_point, fresh_name, with_body
 from .factor import _flatten, inline
@@ -411,9 +410,21 @@ def _always(cascade: Cascade, condition: ir.Expr) -> bool:
         return False
     low, high = condition.args if condition.op in ("<", "<=") else condition.args[::-1]
     gap = ir.Op("-", (high, low))                      # low <= high: gap >= 0
-    bounds = _interval(cascade, gap)
+    bounds = interval(gap, lambda node: _size_bounds(cascade, node))
     least = 1 if condition.op in ("<", ">") else 0
     return bounds is not None and provably(bounds[0] >= least)
+
+
+def _size_bounds(cascade: Cascade, node: ir.Expr):
+    """Bounds of a leaf of an index expression, for every size >= 1: an integer, an
+    index variable (0 .. its rank's size - 1), a size."""
+    if isinstance(node, ir.Const) and float(node.value).is_integer():
+        return sympy.Integer(int(node.value)), sympy.Integer(int(node.value))
+    if isinstance(node, ir.Index):
+        return sympy.Integer(0), cascade.ranks[cascade.var_rank(node.var)].size - 1
+    if isinstance(node, ir.Dim):
+        return cascade.ranks[node.rank].size, cascade.ranks[node.rank].size
+    return None
 
 
 def _readers_agree(cascade: Cascade, name: str, condition: ir.Expr

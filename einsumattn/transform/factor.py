@@ -22,7 +22,8 @@ Absent points. Moving a factor out of a sum changes what an empty sum (every ter
 absent, a fully masked row) gives: 0 before, outside * 0 after, which is NaN when the
 outside factor is infinite (1/SD with SD = 0). Where the sum can lose terms the result
 is written `where(N == 0, 0, outside * N)`: equal whenever the outside factor is finite,
-and the identity 0 for an empty sum. Separable moments need every term to carry the
+and the identity 0 for an empty sum; a factor that may itself be absent (it decides
+the point, empty or not) then stays inside the sum. Separable moments need every term to carry the
 same absent points; where a term would lose them (a count term `sum[m] 1` under a mask)
 the rule reports itself blocked instead.
 """
@@ -155,6 +156,16 @@ def _rewrite_sum(cascade: Cascade, einsum: Einsum):
                                f"the sum (its absence removes terms, not the result)")
     conditions = einsum_conditions(cascade, einsum, absent)
     may_be_empty = any(c.variables & reduced for c in conditions if c.kind != "split")
+    if may_be_empty:
+        # The guard below makes an empty sum a present 0; the spec's point is absent
+        # where a factor that moves out is (T2[p - P // 2] out of range at p = 0 decides
+        # the left point, whether or not any term is left).
+        for outside, _ in groups:
+            if expression_conditions(cascade, outside, absent):
+                return Blocked(rule, einsum.tensor,
+                               f"{ir.to_text(outside)} may be absent where every term "
+                               f"is, and moving it out of the sum would make that "
+                               f"point present")
     if len(groups) > 1 and may_be_empty:
         carried = [r for r in ir.reads(body) if expression_conditions(cascade, r, absent)
                    and set(ir.index_vars(r)) & reduced]
@@ -287,10 +298,16 @@ def _separate(einsum: Einsum, body: ir.Expr, late: set[str], reduced: set[str]):
                 outside *= factor
         groups[inside] = groups.get(inside, sympy.Integer(0)) + outside
     try:
-        return [(algebra.to_ir(sympy.factor_terms(outside)), algebra.to_ir(inside))
-                for inside, outside in groups.items() if not is_zero(outside)]
+        separated = [(algebra.to_ir(sympy.factor_terms(outside)), algebra.to_ir(inside))
+                     for inside, outside in groups.items() if not is_zero(outside)]
     except NotAlgebraic as reason:
         return Blocked(MOMENTS, einsum.tensor, str(reason))
+    if not separated:
+        # T3[b, f] - T3[b, f]: zero for finite values, but NaN where T3 is infinite, so
+        # the sum is left as written rather than replaced by 0.
+        return Blocked(MOMENTS, einsum.tensor, f"its terms cancel when {ir.to_text(body)} "
+                       f"is expanded: nothing to separate")
+    return separated
 
 
 def _text(algebra: Algebra, value: sympy.Expr) -> str:

@@ -1,0 +1,196 @@
+"""Whole-process compile time: `einsumattn compile` per spec, and `import einsumattn`.
+
+    python benchmarks/compile_time.py                     # examples/ and benchmarks/specs/
+    python benchmarks/compile_time.py --runs 5 --json out.json --text out.txt
+    python benchmarks/compile_time.py --only causal_softmax gpsa
+
+Every run is a fresh Python process (`python -m einsumattn compile SPEC -o DIR`) with a
+fresh, empty EINSUMATTN_CACHE_DIR, so the module cache never hides work: what is timed
+is what a user waits for the first time they compile a spec. Each spec runs `--runs`
+times and its median counts. The import row is the median of `python -c "import
+einsumattn"` less the median of `python -c pass` (the interpreter's own start).
+
+Wall-clock time is what the targets are stated in; the CPU time (user + system) of the
+child process is printed beside it because it moves much less when other work shares
+the cores. The load average before and after the runs is recorded with the results:
+read numbers taken on a busy machine with that in mind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = sorted((ROOT / "examples").glob("*.attn"))
+PAPER_SPECS = sorted((ROOT / "benchmarks" / "specs").glob("*.attn"))
+
+# The targets of issue 11 (seconds, wall clock, on the 2-core development machine).
+TARGETS = {"examples_median": 0.5, "examples_worst": 2.0, "paper_spec_worst": 5.0,
+           "import": 0.3}
+
+# Modules `import einsumattn` must not load: a command pays for them only when it needs them.
+HEAVY_MODULES = ("sympy", "networkx", "torch", "lark", "jinja2", "numpy", "triton")
+
+
+def _environment() -> dict[str, str]:
+    """The current environment, with this checkout first on the import path."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    env.pop("EINSUMATTN_CACHE_DIR", None)
+    return env
+
+
+def timed(command: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of the child) of one run; a failed run is an error."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    done = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if done.returncode != 0:
+        raise SystemExit(f"failed ({done.returncode}): {' '.join(command)}\n{done.stderr}")
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return wall, cpu
+
+
+def compile_times(spec: Path, runs: int, env: dict[str, str]) -> dict:
+    """Median and spread of `einsumattn compile SPEC`, each run with an empty cache."""
+    walls, cpus = [], []
+    for _ in range(runs):
+        scratch = Path(tempfile.mkdtemp(prefix="einsumattn-bench-"))
+        try:
+            run_env = {**env, "EINSUMATTN_CACHE_DIR": str(scratch / "cache")}
+            wall, cpu = timed([sys.executable, "-m", "einsumattn", "compile", str(spec),
+                               "-o", str(scratch / "out")], run_env)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        walls.append(wall)
+        cpus.append(cpu)
+    return {"spec": str(spec.relative_to(ROOT)), "wall_s": statistics.median(walls),
+            "cpu_s": statistics.median(cpus), "wall_runs_s": walls}
+
+
+def import_time(runs: int, env: dict[str, str]) -> dict:
+    """`import einsumattn` less the interpreter's start, medians of `runs` each; and the
+    heavy modules the import loaded."""
+    bare = [timed([sys.executable, "-c", "pass"], env) for _ in range(runs)]
+    full = [timed([sys.executable, "-c", "import einsumattn"], env) for _ in range(runs)]
+    probe = subprocess.run(
+        [sys.executable, "-c", "import sys, einsumattn; print(' '.join(sorted("
+         f"m for m in {HEAVY_MODULES!r} if m in sys.modules)))"],
+        env=env, cwd=ROOT, capture_output=True, text=True, check=True)
+    help_runs = [timed([sys.executable, "-m", "einsumattn", "--help"], env)
+                 for _ in range(runs)]
+    median = statistics.median
+    return {"wall_s": median(w for w, _ in full) - median(w for w, _ in bare),
+            "cpu_s": median(c for _, c in full) - median(c for _, c in bare),
+            "python_start_wall_s": median(w for w, _ in bare),
+            "help_wall_s": median(w for w, _ in help_runs) - median(w for w, _ in bare),
+            "heavy_modules_loaded": probe.stdout.split()}
+
+
+def machine() -> dict:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                            capture_output=True, text=True).stdout.strip()
+    gpu = "an NVIDIA GPU (nvidia-smi found)" if shutil.which("nvidia-smi") else "no GPU"
+    return {"cpu": model or platform.processor(), "cores": os.cpu_count(), "gpu": gpu,
+            "platform": platform.platform(), "python": platform.python_version(),
+            "commit": commit, "date": time.strftime("%Y-%m-%d %H:%M %Z")}
+
+
+def summary(examples: list[dict], papers: list[dict], imported: dict,
+            column: str) -> dict:
+    """The values the targets are stated for, from the `column` of each row."""
+    times = [row[column] for row in examples]
+    result = {"import": imported[column]}
+    if times:
+        result["examples_median"] = statistics.median(times)
+        result["examples_worst"] = max(times)
+    if papers:
+        result["paper_spec_worst"] = max(row[column] for row in papers)
+    return result
+
+
+def render(data: dict) -> str:
+    info = data["machine"]
+    lines = [f"einsumattn compile time, {data['runs']} run(s) per row (median), fresh "
+             f"process and empty EINSUMATTN_CACHE_DIR each run",
+             f"machine: {info['cpu']}, {info['cores']} cores, {info.get('gpu', '')}, "
+             f"{info['platform']}, "
+             f"Python {info['python']}, commit {info['commit']}, {info['date']}",
+             f"load average (1 min) before {data['load_before']:.2f}, after "
+             f"{data['load_after']:.2f}",
+             f"command: {data['command']}", "",
+             f"{'spec':<44} {'wall s':>8} {'cpu s':>8}"]
+    for group in ("examples", "paper_specs"):
+        for row in data[group]:
+            lines.append(f"{row['spec']:<44} {row['wall_s']:8.2f} {row['cpu_s']:8.2f}")
+    imported = data["import"]
+    lines += [f"{'import einsumattn (less python -c pass)':<44} {imported['wall_s']:8.3f} "
+              f"{imported['cpu_s']:8.3f}",
+              f"{'einsumattn --help (less python -c pass)':<44} "
+              f"{imported['help_wall_s']:8.3f}",
+              f"python -c pass: {imported['python_start_wall_s']:.3f} s; heavy modules "
+              f"loaded by import einsumattn: "
+              f"{', '.join(imported['heavy_modules_loaded']) or 'none'}", ""]
+    lines.append(f"{'':<18} {'wall s':>8} {'cpu s':>8}   target (wall clock)")
+    for key, target in TARGETS.items():
+        if key in data["summary"]:
+            wall, cpu = data["summary"][key], data["summary_cpu"][key]
+            verdict = "meets" if wall <= target else "MISSES"
+            lines.append(f"{key:<18} {wall:8.3f} {cpu:8.3f}   <= {target} s: {verdict}")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=3, help="runs per row (median)")
+    parser.add_argument("--only", nargs="*", default=None, metavar="NAME",
+                        help="only the specs with these stems")
+    parser.add_argument("--json", type=Path, help="write the results as JSON here")
+    parser.add_argument("--text", type=Path, help="write the table here too")
+    args = parser.parse_args(argv)
+
+    env = _environment()
+    chosen = lambda specs: [s for s in specs if args.only is None or s.stem in args.only]
+    load_before, started = os.getloadavg()[0], machine()    # the date the runs start
+    examples = [compile_times(s, args.runs, env) for s in chosen(EXAMPLES)]
+    papers = [compile_times(s, args.runs, env) for s in chosen(PAPER_SPECS)]
+    imported = import_time(max(args.runs, 5), env)
+    data = {"command": " ".join([Path(sys.executable).name, "benchmarks/compile_time.py",
+                                 *(argv if argv is not None else sys.argv[1:])]),
+            "runs": args.runs, "machine": started, "load_before": load_before,
+            "load_after": os.getloadavg()[0], "examples": examples, "paper_specs": papers,
+            "import": imported, "targets": TARGETS,
+            "summary": summary(examples, papers, imported, "wall_s"),
+            "summary_cpu": summary(examples, papers, imported, "cpu_s")}
+    text = render(data)
+    print(text, end="")
+    if args.text:
+        args.text.write_text(text)
+    if args.json:
+        args.json.write_text(json.dumps(data, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
