@@ -142,7 +142,7 @@ def test_provably_positive_still_asks_simplify_when_cheap_forms_do_not_decide():
 
 
 def test_generating_causal_softmax_never_calls_simplify(monkeypatch):
-    from einsumattn.codegen.module import generate
+    from einsumattn.backends.module import generate
 
     cascade = load(ROOT / "examples" / "causal_softmax.attn")
     calls = []
@@ -161,7 +161,7 @@ def test_generating_causal_softmax_never_calls_simplify(monkeypatch):
 
 def test_compiling_needs_no_numpy():
     code = ("from einsumattn.loader import load\n"
-            "from einsumattn.codegen.module import generate\n"
+            "from einsumattn.backends.module import generate\n"
             "cascade = load('examples/causal_softmax.attn')\n"
             "generate(cascade, rewrite=True, module_name=cascade.name)")
     assert "numpy" not in _loaded_after(code)
@@ -228,7 +228,7 @@ def test_rewrite_is_derived_once_per_cascade(cascade):
 
 
 def test_compiling_computes_no_cost():
-    from einsumattn.codegen.module import generate
+    from einsumattn.backends.module import generate
 
     cascade = load(ROOT / "examples" / "softmax_3pass.attn")
     generate(cascade, rewrite=True, module_name=cascade.name)

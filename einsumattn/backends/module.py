@@ -207,7 +207,7 @@ class Plan:
         self.kernel = cascade
         self.note = "the spec's own cascade (rewrites off: --no-rewrite)" \
             if not rewrite else "the spec's own cascade (no rewrite applies)"
-        if self.rewritten is None or not self.rewritten.steps:
+        if self.rewritten is None or not self.rewritten.applied:
             self.triton = _triton(cascade)
             return
         change = self.rewritten.change()

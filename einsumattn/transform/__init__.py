@@ -7,6 +7,9 @@
     print(result.text())   # `.attn` source that parses back to result.cascade
 
 The rules, in the order they run (docs/rewrites.md):
+0. canonical form (canonical.py): factors and terms out of contractions, logs out of
+   exponentials, -inf masks to filters, each filter once (`result.canonical` lists
+   these steps; `result.steps` the others);
 1. factor out of a sum (factor.py): deferred division and scaling;
 2. separable moments (factor.py): sums of products split per factor;
 3. online max-shift (online.py): split the streamed rank and carry a running max.
@@ -24,6 +27,7 @@ from ..defaults import DEFAULT_TILE
 from ..ir import Cascade
 from ..ir.memo import per_cascade
 from ..ir.printer import cascade_text
+from .canonical import canonicalize
 from .factor import factor_sums
 from .online import ONLINE, SPLIT, online_max_shift, split_rank
 from .steps import Blocked, Step
@@ -35,6 +39,13 @@ class Rewritten:
     cascade: Cascade
     steps: list[Step] = field(default_factory=list)
     blocked: list[Blocked] = field(default_factory=list)
+    # Rule 0 (canonical.py): the spelling steps, which change no pass count.
+    canonical: list[Step] = field(default_factory=list)
+
+    @property
+    def applied(self) -> list[Step]:
+        """Every step, the canonical form's first."""
+        return self.canonical + self.steps
 
     def passes(self, which: str = "after") -> dict[str, int]:
         cascade = self.cascade if which == "after" else self.original
@@ -54,9 +65,14 @@ class Rewritten:
         source = self.original.source.filename if self.original.source else "<spec>"
         header = [f"# Derived by `einsumattn rewrite` from {source}.",
                   "# passes: " + self.change(only_changed=False).removesuffix(" passes")]
-        if not self.steps:
+        if not self.applied:
             header.append("# No rewrite applies: this is the spec's own pass structure.")
         comments: dict[str, str] = {}
+        for step in self.canonical:
+            header.append(f"# canonical form, {step.comment()}")
+            header.append(f"#   proved: {step.identity}")
+            for tensor in step.tensors:
+                comments.setdefault(tensor, f"canonical form: {step.rule}")
         for number, step in enumerate(self.steps, 1):
             header.append(f"# step {number}, {step.comment()}")
             header.append(f"#   proved: {step.identity}")
@@ -77,30 +93,33 @@ def _worse(before: Cascade, after: Cascade) -> str | None:
 
 
 def rewrite(spec: "str | os.PathLike | Cascade", *, tile: int = DEFAULT_TILE,
-            online: bool = True) -> Rewritten:
+            online: bool = True, canonical: bool = True) -> Rewritten:
     """Derive the fewest-pass cascade. `tile` is the split factor the online max-shift
     gives the streamed rank (the key tile of the fused kernel: a power of two >= 16
-    there; any positive integer for the oracle)."""
+    there; any positive integer for the oracle). `canonical` runs rule 0 first."""
     from ..loader import load
 
     original = spec if isinstance(spec, Cascade) else load(spec)
-    derived = _rewrite(original, tile, online)
+    derived = _rewrite(original, tile, online, canonical)
     # The same derivation, in lists of its own (the cascades are immutable and shared).
-    return replace(derived, steps=list(derived.steps), blocked=list(derived.blocked))
+    return replace(derived, steps=list(derived.steps), blocked=list(derived.blocked),
+                   canonical=list(derived.canonical))
 
 
 @per_cascade
-def _rewrite(original: Cascade, tile: int, online: bool) -> Rewritten:
+def _rewrite(original: Cascade, tile: int, online: bool, canonical: bool) -> Rewritten:
     """`rewrite` of a cascade, derived once per cascade and options: compiling asks for
     it from several stages, and what they derive from it is memoized on its cascades."""
-    cascade, steps, blocked = factor_sums(original)
+    start, spelling, blocked = canonicalize(original) if canonical else (original, [], [])
+    cascade, steps, more = factor_sums(start)
+    blocked += more
     if _worse(original, cascade):  # the rules never do this; refuse rather than trust
-        cascade, steps = original, []
+        cascade, steps, spelling = original, [], []
     if online:
         cascade, more, notes = _online(cascade, tile)
         steps += more
         blocked += notes
-    return Rewritten(original, cascade, steps, _still_relevant(cascade, blocked))
+    return Rewritten(original, cascade, steps, _still_relevant(cascade, blocked), spelling)
 
 
 def _streamed_rank(cascade: Cascade) -> str | None:

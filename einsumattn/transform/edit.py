@@ -9,6 +9,7 @@ independent ones, so the printed cascade reads in the order the rewrite wrote it
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Callable
 
 import networkx as nx
 
@@ -53,6 +54,28 @@ def assemble(cascade: Cascade, einsums: list[Einsum], *,
     tensors = {**inputs, **{e.tensor: defined[e.tensor] for e in ordered}}
     return Cascade(cascade.name, ranks, tuple(splits), dict(cascade.params), tensors,
                    tuple(ordered), cascade.outputs, cascade.source)
+
+
+def fixed_point(cascade: Cascade, rule: Callable, rounds: int):
+    """Apply `rule(cascade, einsum)` (None: nothing to do; a Blocked note; or the new
+    cascade and its Step) to the first Einsum it changes, again and again, until it
+    changes none or `rounds` are spent. Returns the cascade, the steps and the notes
+    still standing (one per tensor)."""
+    from .steps import Blocked
+    steps, blocked = [], {}
+    for _ in range(rounds):
+        for einsum in cascade.einsums:
+            result = rule(cascade, einsum)
+            if isinstance(result, Blocked):
+                blocked[einsum.tensor] = result
+            elif result is not None:
+                cascade, step = result
+                blocked.pop(einsum.tensor, None)
+                steps.append(step)
+                break
+        else:
+            break
+    return cascade, steps, list(blocked.values())
 
 
 def fresh_name(cascade: Cascade, base: str, taken: set[str] = frozenset()) -> str:

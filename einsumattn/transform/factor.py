@@ -38,7 +38,7 @@ from ..analysis.presence import (absent_tensors, einsum_conditions, expression_c
 from ..ir import Cascade, Einsum
 from ..ir import expr as ir
 from .algebra import Algebra, NotAlgebraic, is_zero, prove_equal, substitute, replace_reads
-from .edit import assemble, fresh_name, late_tensors, with_body
+from .edit import assemble, fixed_point, fresh_name, late_tensors, with_body
 from .steps import Blocked, Step
 
 FACTOR = "factor out of a sum"
@@ -47,21 +47,7 @@ MOMENTS = "separable moments"
 
 def factor_sums(cascade: Cascade) -> tuple[Cascade, list[Step], list[Blocked]]:
     """Apply rules 1 and 2 wherever they remove a read-read dependency, to a fixed point."""
-    steps: list[Step] = []
-    blocked: dict[str, Blocked] = {}
-    for _ in range(4 * len(cascade.einsums) + 4):
-        for einsum in cascade.einsums:
-            result = _rewrite_sum(cascade, einsum)
-            if isinstance(result, Blocked):
-                blocked[einsum.tensor] = result
-            elif result is not None:
-                cascade, step = result
-                blocked.pop(einsum.tensor, None)
-                steps.append(step)
-                break
-        else:
-            break
-    return cascade, steps, list(blocked.values())
+    return fixed_point(cascade, _rewrite_sum, 4 * len(cascade.einsums) + 4)
 
 
 def _late_for(cascade: Cascade, einsum: Einsum) -> set[str]:
