@@ -124,7 +124,7 @@ def test_check_reports_a_wrong_backend_with_the_smallest_case():
     module = types.ModuleType("wrong")
     exec(compile(source, "<wrong>", "exec"), module.__dict__)
     lines = []
-    assert not run_check(cascade, module, ("torch",), examples=30, report=lines.append)
+    assert not run_check(cascade, module, ("reference",), examples=30, report=lines.append)
     assert "smallest failing case:" in lines
     smallest = lines[lines.index("smallest failing case:") + 1]
     # Shrinking reaches the smallest sizes: the error does not need a big case.

@@ -25,6 +25,7 @@ from .torch_backend import TorchEmitter
 from .fused import NotFusable, fuse_stages
 from .triton_backend import HELPERS, TritonEmitter, Unsupported
 from ..transform import DEFAULT_TILE, Rewritten, rewrite as derive
+from ..backends import torch_scheduled
 
 
 def _backends_note(fallback: str | None, count: int, schedule: str) -> str:
@@ -268,7 +269,8 @@ def generate(cascade: Cascade, **options) -> str:
     context = {
         "name": cascade.name,
         "class_name": cls,
-        "function_name": names.function_name(cascade.name, cls, triton["kernel_names"]),
+        "function_name": names.function_name(cascade.name, cls, triton["kernel_names"] +
+                                             list(torch_scheduled.MODULE_NAMES)),
         "module_name": settings.module_name or cascade.name,
         "version": __version__,
         "source_name": cascade.source.filename if cascade.source else "<spec>",
@@ -290,6 +292,8 @@ def generate(cascade: Cascade, **options) -> str:
         "body_lines": TorchEmitter(names.rename(cascade)).emit(),
         "absent": absent_tensors(cascade),
         "compile_options": {"rewrite": settings.rewrite, "tile": settings.tile},
+        # backend="torch": the kernels' schedule as torch code (backends/torch_scheduled.py)
+        "torch_schedule": torch_scheduled.schedule(kernel, cascade),
     }
     source = _environment().get_template("module.py.j2").render(**context)
     return names.spec_comments(source)
