@@ -87,7 +87,7 @@ def test_random_cascades_agree_with_the_oracle(spec):
 # schedule, so backend="torch" runs the scheduled path on every one.
 FILTERS = ["", "m <= p", "m < p", "m <= p + 2", "m >= p - 1", "p - m < 3",
            "m <= p and p - m < 4", "m <= p or m < 2", "m > p + 1", "m <= p - 3",
-           "m < L", "m <= p and m < L"]
+           "m < L", "m <= p and m < L", "P > 3", "m <= p and (P > 3 or m < 2)"]
 SCORES = ["QK[b, h, p, m]", "tanh(QK[b, h, p, m] / 4) * 4",
           "QK[b, h, p, m] - 0.5 * (p - m)", "QK[b, h, p, m] + B0[h, m]"]
 
@@ -220,7 +220,8 @@ class _CountMatmuls(torch.overrides.TorchFunctionMode):
         self.calls = 0
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        self.calls += func is torch.einsum and "," in args[0]   # products, not sums
+        # Products (a batched matmul, or an einsum of several operands), not sums.
+        self.calls += func is torch.matmul or func is torch.einsum and "," in args[0]
         return func(*args, **(kwargs or {}))
 
 

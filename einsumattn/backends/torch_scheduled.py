@@ -51,9 +51,6 @@ from ..ir.printer import lhs_text, rhs_text
 
 # Measured on a 2-core CPU (benchmarks/torch_cpu.py): causal softmax, fp32, D = 64.
 DEFAULT_TUNING = {"row_block": 256, "key_tile": 256}
-# Module-level names the generated module gains with this backend (kept apart from the
-# attention's function name).
-MODULE_NAMES = ("_scheduled", "TORCH_TUNING", "TORCH_FALLBACK")
 
 
 class Unscheduled(Exception):
@@ -187,6 +184,32 @@ class _BlockReads(_EinsumEmitter):
                 raise Unscheduled(f"{node.tensor} is read at shifted positions")
         own = p.kept(einsum)
         return _aligned(base, [(":", v) for v in own], self.axes)
+
+
+def _product(texts: list[str], layouts: list[tuple[str, ...]], out: tuple[str, ...],
+             space: tuple[str, ...]) -> str:
+    """The sum over the variables not in `out` of the product of operands (each in its
+    own layout): torch.matmul when it is one batched matrix product (both operands lead
+    with the batch dimensions of the result, one contracted variable, one free
+    variable each), else torch.einsum."""
+    if len(texts) == 2:
+        (a, b), (la, lb) = texts, layouts
+        batch = tuple(v for v in out if v in la and v in lb)
+        contracted = [v for v in la if v in lb and v not in out]
+        rows = [v for v in la if v not in lb]
+        columns = [v for v in lb if v not in la]
+        if len(contracted) == 1 and len(rows) == 1 and len(columns) == 1 and \
+                la[:len(batch)] == batch and lb[:len(batch)] == batch and \
+                out == batch + (rows[0], columns[0]) and len(la) == len(lb) == len(batch) + 2:
+            if la[-1] != contracted[0]:
+                a += ".transpose(-1, -2)"
+            if lb[-2] != contracted[0]:
+                b += ".transpose(-1, -2)"
+            return f"torch.matmul({a}, {b})"
+    letters = {v: chr(ord("a") + i) for i, v in enumerate(space)}
+    subscripts = ",".join("".join(letters[v] for v in layout) for layout in layouts)
+    return f"torch.einsum(\"{subscripts}->{''.join(letters[v] for v in out)}\", " \
+           f"{', '.join(texts)})"
 
 
 class _GuardedPrinter(TorchPrinter):
@@ -456,10 +479,7 @@ class _ScheduledPrinter:
                 text = f"_f32({text})"
             texts.append(text)
             layouts.append(layout)
-        letters = {v: chr(ord("a") + i) for i, v in enumerate(space)}
-        subscripts = ",".join("".join(letters[v] for v in layout) for layout in layouts)
-        out = "".join(letters[v] for v in self.kept(einsum))
-        call = f"torch.einsum(\"{subscripts}->{out}\", {', '.join(texts)})"
+        call = _product(texts, layouts, self.kept(einsum), space)
         if invariant and not rows:            # constants only: they scale the result
             emitter = _BlockReads(self.cascade, self.absent[variant], space, (), printer=self)
             call += "".join(f" * {emitter.value(f, beside='*')}" for f in invariant)
@@ -674,7 +694,8 @@ class _ScheduledPrinter:
         if output in f.row_masks:
             emitter = _BlockReads(c, self.absent["edge"], kept, (), printer=self)
             mask = emitter.conjunction(f.row_masks[output])
-            text = f"torch.where({mask}, {output}, 0.0)"
+            text = (f"torch.where(_full({mask}, {self.writer._shape(kept)}, torch.bool), "
+                    f"{output}, 0.0)")
             self._grids(kept, text, 1)
             value = text
         order = [kept.index(v) for v in einsum.indices]
@@ -704,4 +725,4 @@ class _ScheduledPrinter:
                 f"batched matmuls); {loops}; skipping: {self.facts['skipping']}{masks}.")
 
 
-__all__ = ["DEFAULT_TUNING", "MODULE_NAMES", "TorchSchedule", "schedule"]
+__all__ = ["DEFAULT_TUNING", "TorchSchedule", "schedule"]

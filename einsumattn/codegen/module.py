@@ -269,8 +269,7 @@ def generate(cascade: Cascade, **options) -> str:
     context = {
         "name": cascade.name,
         "class_name": cls,
-        "function_name": names.function_name(cascade.name, cls, triton["kernel_names"] +
-                                             list(torch_scheduled.MODULE_NAMES)),
+        "function_name": names.function_name(cascade.name, cls, triton["kernel_names"]),
         "module_name": settings.module_name or cascade.name,
         "version": __version__,
         "source_name": cascade.source.filename if cascade.source else "<spec>",
