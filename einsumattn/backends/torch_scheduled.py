@@ -186,6 +186,11 @@ class _BlockReads(_EinsumEmitter):
         return _aligned(base, [(":", v) for v in own], self.axes)
 
 
+def _uses(text: str, name: str) -> bool:
+    """Whether generated code `text` uses the name (an index grid) as a variable."""
+    return re.search(rf"(?<![\w.\"]){re.escape(name)}(?![\w\"])", text) is not None
+
+
 def _product(texts: list[str], layouts: list[tuple[str, ...]], out: tuple[str, ...],
              space: tuple[str, ...]) -> str:
     """The sum over the variables not in `out` of the product of operands (each in its
@@ -386,7 +391,7 @@ class _ScheduledPrinter:
         """Index grids of the block for the variables `text` uses (global indices;
         the split's m0 counts from the tile's first key)."""
         for axis, var in enumerate(axes):
-            if not re.search(rf"(?<![\w.\"]){re.escape(var)}(?![\w\"])", text):
+            if not _uses(text, var):
                 continue
             view = ", ".join("-1" if i == axis else "1" for i in range(len(axes)))
             if var in self.ranges:
@@ -415,11 +420,10 @@ class _ScheduledPrinter:
         assign = f"{target} = {{}}" if covers else f"{target} = _full({{}}, {shape})"
         if einsum.reduce_op is None:
             statements.append(assign.format(emitter.value(body, present=points)))
-        elif not terms and (call := self._contraction(einsum, variant, points)) is not None:
-            statements.append(assign.format(call))
         else:
             masked = self.writer._masked_reduction(einsum, emitter, terms, points, kept)
-            call = self.writer._einsum_call(einsum, emitter, terms, points, kept)
+            call = self._contraction(einsum, variant, terms, points) or \
+                self.writer._einsum_call(einsum, emitter, terms, points, kept)
             statements.append(assign.format(call or masked))
             if call is not None and terms and len(ir.product_factors(body)) > 1:
                 # As in the reference: a masked term's other factor may hold inf or NaN
@@ -438,13 +442,15 @@ class _ScheduledPrinter:
         for statement in statements:
             self.line(statement, depth)
 
-    def _contraction(self, einsum: Einsum, variant: str,
+    def _contraction(self, einsum: Einsum, variant: str, terms: list[Condition],
                      points: list[Condition]) -> str | None:
-        """A sum of a product with no masked term as one torch.einsum whose operands
-        have only their own dimensions (a batched matmul), the factors that do not vary
-        over the keys (the Q block of Q K^T, and constants) multiplied once per row
-        block, before the loop over key tiles; None where the reference's form is
-        needed (a factor the einsum cannot take)."""
+        """A sum of a product as one batched matmul (or torch.einsum) whose operands
+        have only their own dimensions, each masked term zeroed in the factor whose
+        variables its condition is over (the probabilities of P V on a tile the
+        diagonal crosses); the factors that do not vary over the keys (the Q block of
+        Q K^T, and constants) multiplied once per row block, before the loop over key
+        tiles. None where the reference's form is needed (a read that gathers, a mask
+        that no one factor owns, index values in an operand)."""
         if einsum.reduce_op != "sum" or self.loop_start is None:
             return None
         space = self.space(einsum)
@@ -465,12 +471,24 @@ class _ScheduledPrinter:
             emitter = _BlockReads(self.cascade, self.absent[variant], layout,
                                   (self.f.loop,) if self.split else (), printer=self,
                                   gathers=False)
+            variables = {v for f in group for v in ir.index_vars(f)}
+            owned = [c for c in terms if c.variables <= variables]
+            if owned and group is invariant:
+                return None
             try:
-                printed.append(" * ".join(emitter.value(f, beside="*", present=[
-                    c for c in points if c.variables <= set(ir.index_vars(f))])
-                    for f in group))
+                text = " * ".join(emitter.value(f, beside="*", present=[
+                    c for c in terms + points if c.variables <= set(ir.index_vars(f))])
+                    for f in group)
+                if owned:
+                    text = f"torch.where({emitter.conjunction(owned)}, {text}, 0.0)"
             except _Gather:
                 return None
+            if group is not invariant and any(_uses(text, v) for v in layout):
+                return None           # index grids are laid out in the Einsum's space
+            printed.append(text)
+            terms = [c for c in terms if c not in owned]
+        if terms:
+            return None
         texts, layouts = [], []
         for text, (group, layout) in zip(printed, groups):
             if group is invariant:
