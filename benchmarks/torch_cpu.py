@@ -23,8 +23,9 @@ it. It counts everything the call touches: torch's allocations, the allocator's 
 BLAS's buffers, temporaries inside an operation (which a profiler's per-operation
 accounting nets out). Linux only.
 
-The load average (os.getloadavg) before and after is part of the results: on a shared
-machine it says how much to trust them.
+The load average (os.getloadavg) before and after, and OMP_WAIT_POLICY, are part of the
+results: on a shared machine they say how much to trust them (spinning OpenMP threads,
+the default, wait for descheduled siblings at every parallel operation).
 """
 
 from __future__ import annotations
@@ -164,7 +165,7 @@ def _report(rows: list[dict], header: dict) -> str:
              f"# causal softmax (examples/causal_softmax.attn), float32, B=1, H={HEADS}, "
              f"D={DIM}; median of {header['repeats']} interleaved repetitions",
              f"# load average (1, 5, 15 min) before {header['load_before']}, after "
-             f"{header['load_after']}",
+             f"{header['load_after']}; OMP_WAIT_POLICY {header['omp_wait_policy']}",
              "",
              f"{'N':>6} {'tuning':>10} {'backend':>10} {'median ms':>10} {'x SDPA':>7} "
              f"{'work MiB':>9} {'max|diff|':>10}"] + _table(rows)
@@ -208,7 +209,10 @@ def main(argv=None) -> int:
     header = {"command": "python3 benchmarks/torch_cpu.py " + " ".join(argv or sys.argv[1:]),
               "machine": f"{platform.machine()} {_cpu_name()}, {os.cpu_count()} CPUs",
               "torch": torch.__version__, "threads": torch.get_num_threads(),
-              "repeats": args.repeats, "load_before": [round(x, 2) for x in load_before],
+              "repeats": args.repeats,
+              # Spinning OpenMP threads (the default) suffer on a loaded machine.
+              "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset (active)"),
+              "load_before": [round(x, 2) for x in load_before],
               "load_after": [round(x, 2) for x in os.getloadavg()]}
     text = _report(rows, header)
     print(text)
