@@ -244,7 +244,7 @@ def _cmd_check(args) -> int:
                             module="triton.runtime.interpreter")
     cascade = load(Path(args.spec))
     _check_oracle_limits(cascade)
-    if args.backend != "torch" and "TRITON_INTERPRET" not in os.environ:
+    if args.backend not in ("torch", "reference") and "TRITON_INTERPRET" not in os.environ:
         import torch
 
         if not torch.cuda.is_available():
@@ -254,7 +254,7 @@ def _cmd_check(args) -> int:
                   "small sizes)")
     with _writing_to(cache_dir(), "set EINSUMATTN_CACHE_DIR to a folder you can write to"):
         module = compile_spec(Path(args.spec), rewrite=not args.no_rewrite, tile=args.tile)
-    backends = ("torch", "triton", "triton-unfused") if args.backend == "all" \
+    backends = ("reference", "torch", "triton", "triton-unfused") if args.backend == "all" \
         else (args.backend,)
     if "triton" in backends and module.TRITON_FALLBACK is not None:
         print(f"note: no Triton kernels for this spec ({module.TRITON_FALLBACK}); "
@@ -389,8 +389,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("check", help="compare the generated backends with the oracle "
                                           "on random cases (hypothesis)")
     p.add_argument("spec", help="path of a .attn file")
-    p.add_argument("--backend", choices=("torch", "triton", "triton-unfused", "all"),
-                   default="all", help="triton: the fused schedule where there is one")
+    p.add_argument("--backend", choices=("reference", "torch", "triton", "triton-unfused",
+                                         "all"),
+                   default="all", help="triton: the fused schedule where there is one; "
+                                       "torch: its torch form; reference: the spec as "
+                                       "straight-line torch")
     p.add_argument("--examples", type=_positive, default=50,
                    help="cases to try (default 50)")
     _rewrite_options(p)

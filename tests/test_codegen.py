@@ -247,7 +247,7 @@ def test_cli_compile_and_check(tmp_path, capsys):
         capsys.readouterr().out
     assert main(["check", str(ROOT / "examples" / "alibi.attn"), "--examples", "5"]) == 0
     out = capsys.readouterr().out
-    assert "checking torch, triton, triton-unfused against the float64 oracle" in out
+    assert "checking reference, torch, triton, triton-unfused against the float64 oracle" in out
     assert "all cases agree" in out
 
 

@@ -180,8 +180,8 @@ def compile(spec, *, backend: str = "triton", rewrite: bool = True,  # noqa: A00
     that backend. `rewrite=False` keeps the spec's own pass structure in the Triton
     kernels; `tile` is the key tile the online rewrite splits the streamed rank by.
     """
-    if backend not in ("triton", "torch"):
-        raise ValueError(f"backend must be 'triton' or 'torch', got {backend!r}")
+    if backend not in ("triton", "torch", "reference"):
+        raise ValueError(f"backend must be 'triton', 'torch' or 'reference', got {backend!r}")
     source = read_spec(spec)
     cascade = load_source(source)
     options = Options(rewrite=rewrite, tile=tile, module_name=cascade.name)
@@ -193,7 +193,7 @@ def compile(spec, *, backend: str = "triton", rewrite: bool = True,  # noqa: A00
         write_atomically(path, text)
     module = import_file(path, f"einsumattn_generated.{cascade.name}_{key}", text)
     cls = getattr(module, _class_of(module))
-    module.compiled = cls(backend=backend) if backend == "torch" else _lazy(cls, backend)
+    module.compiled = cls(backend=backend) if backend != "triton" else _lazy(cls, backend)
     return module
 
 
