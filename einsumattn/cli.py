@@ -245,7 +245,7 @@ def _cmd_check(args) -> int:
                             module="triton.runtime.interpreter")
     cascade = load(Path(args.spec))
     _check_oracle_limits(cascade)
-    if args.backend != "torch" and "TRITON_INTERPRET" not in os.environ:
+    if args.backend not in ("torch", "reference") and "TRITON_INTERPRET" not in os.environ:
         import torch
 
         if not torch.cuda.is_available():
@@ -394,7 +394,9 @@ def build_parser() -> argparse.ArgumentParser:
                                           "on random cases (hypothesis)")
     p.add_argument("spec", help="path of a .attn file")
     p.add_argument("--backend", choices=(*backend_names(), "all"),
-                   default="all", help="triton: the fused schedule where there is one")
+                   default="all", help="triton: the fused schedule where there is one; "
+                                       "torch: its torch form; reference: the spec as "
+                                       "straight-line torch")
     p.add_argument("--examples", type=_positive, default=50,
                    help="cases to try (default 50)")
     _rewrite_options(p)

@@ -124,7 +124,7 @@ def test_check_reports_a_wrong_backend_with_the_smallest_case():
     module = types.ModuleType("wrong")
     exec(compile(source, "<wrong>", "exec"), module.__dict__)
     lines = []
-    assert not run_check(cascade, module, ("torch",), examples=30, report=lines.append)
+    assert not run_check(cascade, module, ("reference",), examples=30, report=lines.append)
     assert "smallest failing case:" in lines
     smallest = lines[lines.index("smallest failing case:") + 1]
     # Shrinking reaches the smallest sizes: the error does not need a big case.
@@ -247,7 +247,7 @@ def test_cli_compile_and_check(tmp_path, capsys):
         capsys.readouterr().out
     assert main(["check", str(ROOT / "examples" / "alibi.attn"), "--examples", "5"]) == 0
     out = capsys.readouterr().out
-    assert "checking torch, triton, triton-unfused against the float64 oracle" in out
+    assert "checking reference, torch, triton, triton-unfused against the float64 oracle" in out
     assert "all cases agree" in out
 
 

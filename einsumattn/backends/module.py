@@ -32,6 +32,7 @@ from .triton_kernel import FusedKernel
 from .triton_printer import HELPERS, Unsupported
 from .triton_unfused import TritonEmitter
 from ..transform import DEFAULT_TILE, Rewritten, rewrite as derive
+from . import torch_scheduled
 
 
 def _backends_note(fallback: str | None, count: int, schedule: str) -> str:
@@ -357,6 +358,8 @@ def generate(cascade: Cascade, *, plan: Plan | None = None, **options) -> str:
         "body_lines": TorchEmitter(names.rename(cascade)).emit(),
         "absent": absent_tensors(cascade),
         "compile_options": {"rewrite": settings.rewrite, "tile": settings.tile},
+        # backend="torch": the kernels' schedule as torch code (backends/torch_scheduled.py)
+        "torch_schedule": torch_scheduled.schedule(kernel, cascade),
     }
     source = _environment().get_template("module.py.j2").render(**context)
     return names.spec_comments(source)

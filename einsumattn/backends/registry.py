@@ -25,11 +25,13 @@ def _always(plan) -> None:
 
 
 BACKENDS: tuple[Backend, ...] = (
+    Backend("reference", "the spec as straight-line torch, one block per Einsum (any "
+            "device): what check compares with", _always),
+    Backend("torch", "the fused schedule as torch code, a loop over key tiles (any device; "
+            "the reference where there is no schedule, TORCH_FALLBACK says why)", _always),
     Backend("triton", "GPU kernels: the fused schedule where the cascade has one", _triton),
     Backend("triton-unfused", "GPU kernels, one per Einsum, intermediates in global memory",
             _triton),
-    Backend("torch", "the reference: one block of torch code per Einsum (any device)",
-            _always),
 )
 
 
@@ -38,6 +40,7 @@ def backend_names() -> tuple[str, ...]:
 
 
 def choice_text(names: tuple[str, ...] | None = None) -> str:
-    """'triton', 'triton-unfused' or 'torch': the names as an error message lists them."""
+    """'reference', 'torch', 'triton' or 'triton-unfused': the names as an error message
+    lists them."""
     quoted = [repr(name) for name in (names or backend_names())]
     return quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " or " + quoted[-1]

@@ -196,7 +196,7 @@ def compile(spec, *, backend: str = "triton", rewrite: bool = True,  # noqa: A00
         write_atomically(path, text)
     module = import_file(path, f"einsumattn_generated.{cascade.name}_{key}", text)
     cls = getattr(module, _class_of(module))
-    module.compiled = cls(backend=backend) if backend == "torch" else _lazy(cls, backend)
+    module.compiled = cls(backend=backend) if backend != "triton" else _lazy(cls, backend)
     return module
 
 

@@ -1,0 +1,744 @@
+"""The scheduled torch backend: the fused kernel's schedule printed as torch code.
+
+The fused Triton schedule (codegen/fused.py) decides, from the IR and the pass
+analysis, which rank is parallel (the query rank P, and batch-like ranks B, H), which
+is streamed (the key rank M, or its inner part M0 after the online rewrite splits it
+into M1 x M0), which tensors are key tiles, per-row values, accumulators and carried
+recurrences. This backend runs the same decisions as torch code:
+
+- a Python loop over *row blocks* of the row rank (TORCH_TUNING["row_block"] rows);
+  batch and feature ranks are whole tensor dimensions, so every contraction is one
+  batched matmul (torch.einsum) over the block;
+- per row block, a loop over *key tiles*: the split's steps m1 (the tile is M0 keys;
+  when the split is the online rewrite's, M0 is TORCH_TUNING["key_tile"], since the
+  derived cascade is exact for any factor), or tiles of key_tile keys in each pass of
+  an unsplit schedule, where accumulators combine across tiles;
+- online state (running max, rescaled sums, any recurrence over m1) is held as tensors
+  of one row block; nothing is M-sized, so working memory is O(row block x key tile);
+- tiles the proved bounds exclude are not visited (codegen/skipping.py: a fully masked
+  step leaves every carried value unchanged), and a tile that an affine filter
+  (`m <= p`, `p - m < W`) keeps whole for every row of the block is computed without
+  masks: only the tiles a mask's boundary crosses pay for it;
+- the last tile is cut at the key rank's end, so padding never enters a tile.
+
+Values follow the reference backend's rules (codegen/torch_backend.py, whose printer
+pieces this module reuses): absent points by `analysis/presence.py` masks, exact
+padding (a masked contraction whose result is not finite is recomputed without the
+masked terms), `_grad_only` where values at absent points would spoil gradients.
+
+A cascade the fused schedule does not take (no streamed rank, a recurrence over the
+keys one by one, several fused stages) runs the reference instead, and the module says
+why in TORCH_FALLBACK.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass
+
+import sympy
+
+from ..analysis.presence import Condition, einsum_conditions, point_conditions
+from . import names
+from .printers import TorchPrinter, is_atom
+from .torch_reference import TorchEmitter, _EinsumEmitter, _reads_any
+from .triton_fused import _Emitter, _SplitEmitter, _Tiles
+from ..schedule.bounds import stream_bound
+from ..schedule.model import Role
+from ..schedule.skipping import masked_steps_are_identities
+from ..schedule.stages import NotFusable
+from ..ir import Cascade, Einsum
+from ..ir import expr as ir
+from ..ir.printer import lhs_text, rhs_text
+
+# Chosen by measurement (benchmarks/torch_cpu.py --tune, causal softmax, float32, D = 64,
+# N = 2048 on the 2-core CPU): best of 128-1024 rows x 128-512 keys.
+DEFAULT_TUNING = {"row_block": 256, "key_tile": 256}
+
+
+class Unscheduled(Exception):
+    """The schedule cannot be printed as torch code (the reason is the message)."""
+
+
+@dataclass(frozen=True)
+class TorchSchedule:
+    """What the generated module's `_scheduled` runs: its body (None where the
+    reference runs instead), the reason for a fallback, and the schedule's decisions as
+    data (in the spec's names)."""
+
+    lines: tuple[str, ...] | None
+    fallback: str | None
+    note: str
+    facts: dict = dataclasses.field(default_factory=dict)
+    tuning: dict = dataclasses.field(default_factory=lambda: dict(DEFAULT_TUNING))
+
+
+def schedule(kernel: Cascade, spec: Cascade) -> TorchSchedule:
+    """The scheduled torch backend for `kernel` (the cascade the Triton kernels compute,
+    Plan.kernel) of the spec `spec`."""
+    renamed = names.rename(kernel)
+    try:
+        fuser = _Tiles(renamed)
+        tunable = _rewrite_split(kernel, spec)
+        printer = _ScheduledPrinter(fuser, tunable)
+        lines = printer.emit()
+    except (NotFusable, Unscheduled) as reason:
+        why = names.spec_text(str(reason))
+        return TorchSchedule(None, f"no fused schedule: {why}",
+                             f"torch: runs the reference (no fused schedule: {why}).")
+    facts = {key: names.spec_text(value) if isinstance(value, str) else
+             [names.spec_text(v) for v in value] if isinstance(value, list) else value
+             for key, value in printer.facts.items()}
+    return TorchSchedule(tuple(lines), None, names.spec_text(printer.note()), facts)
+
+
+def _rewrite_split(kernel: Cascade, spec: Cascade) -> bool:
+    """Whether the kernel's split is the online rewrite's (not the spec's own): then its
+    factor is the schedule's to choose (the derived cascade is exact for any factor)."""
+    own = {(s.parent, s.outer, s.inner) for s in spec.splits}
+    return bool(kernel.splits) and all((s.parent, s.outer, s.inner) not in own
+                                       for s in kernel.splits)
+
+
+# ------------------------------------------------------------------------ reads
+
+
+def _index_text(parts: list[str]) -> str:
+    while parts and parts[-1] == ":":
+        parts.pop()
+    return f"[{', '.join(parts)}]" if parts else ""
+
+
+def _aligned(base: str, selectors: list[tuple[str, str | None]], axes: tuple[str, ...]) -> str:
+    """`base` indexed by `selectors` (per position: a slice kept as the axis of a
+    variable, or an integer that drops the position), laid out in `axes`: permuted into
+    their order, with None where a variable of `axes` is not among them."""
+    kept = [var for _, var in selectors if var is not None]
+    order = sorted(range(len(kept)), key=lambda i: axes.index(kept[i]))
+    if order != list(range(len(kept))):
+        base = f"{base}{_index_text([text for text, _ in selectors])}" \
+               f".permute({', '.join(map(str, order))})"
+        selectors = [(":", kept[i]) for i in order]
+    parts, next_axis = [], 0
+    for text, var in selectors:
+        if var is not None:
+            axis = axes.index(var)
+            parts += ["None"] * (axis - next_axis)
+            next_axis = axis + 1
+        parts.append(text)
+    parts += ["None"] * (len(axes) - next_axis)
+    return f"{base}{_index_text(parts)}"
+
+
+@dataclass
+class _BlockReads(_EinsumEmitter):
+    """Reads inside one row block and key tile: inputs by slices of the block and the
+    tile (a gather over index grids where a coordinate is no plain slice), intermediates
+    as the block tensors the schedule keeps (in canonical axis order)."""
+
+    printer: "_ScheduledPrinter | None" = None
+    # Whether a read may gather over index grids (laid out in the Einsum's space).
+    gathers: bool = True
+
+    def _is_plain_view(self, node: ir.Read) -> bool:
+        return False             # the base class's gather path, over the block's grids
+
+    def value(self, expr: ir.Expr, beside: str | None = None,
+              present: list[Condition] | None = None) -> str:
+        """As the reference's, with each branch of a `where` passing gradients only
+        where it is picked (_GuardedPrinter)."""
+        read = self.read
+        if present and not isinstance(expr, ir.Read):
+            mask = self.conjunction(present)
+            read = lambda node: f"_grad_only({mask}, {self.read(node)})"  # noqa: E731
+        printer = _GuardedPrinter(read, self.fixed)
+        return printer(expr) if beside is None else printer.operand(expr, beside)
+
+    def read(self, node: ir.Read, name: str | None = None) -> str:
+        if not node.indices:
+            return name or node.tensor
+        if not self.cascade.tensors[node.tensor].is_input:
+            return self._block_read(node, name)
+        selectors = []
+        for position, index in enumerate(node.indices):
+            selector = self.printer.selector(node.tensor, position, index, self.axes)
+            if selector is None:
+                if any(isinstance(n, ir.Read) for i in node.indices for n in ir.walk(i)):
+                    raise Unscheduled(f"a tensor read inside an index ({ir.to_text(node)})")
+                if not self.gathers:
+                    raise _Gather
+                return super().read(node, name)
+            selectors.append(selector)
+        return _aligned(name or node.tensor, selectors, self.axes)
+
+    def _block_read(self, node: ir.Read, name: str | None) -> str:
+        p = self.printer
+        einsum = self.cascade.einsum(node.tensor)
+        base = name or node.tensor
+        for position, (index, var) in enumerate(zip(node.indices, einsum.indices)):
+            if position == einsum.iterative:
+                step = ir.Index(p.f.loop)
+                if index == step:
+                    base = f"{node.tensor}_at"
+                elif index not in (ir.Op("+", (step, ir.Const(1))),
+                                   ir.Dim(self.cascade.var_rank(p.f.loop))):
+                    raise Unscheduled(f"{node.tensor} is read at step {ir.to_text(index)}")
+            elif index != ir.Index(var):
+                raise Unscheduled(f"{node.tensor} is read at shifted positions")
+        own = p.kept(einsum)
+        return _aligned(base, [(":", v) for v in own], self.axes)
+
+
+def _uses(text: str, name: str) -> bool:
+    """Whether generated code `text` uses the name (an index grid) as a variable."""
+    return re.search(rf"(?<![\w.\"]){re.escape(name)}(?![\w\"])", text) is not None
+
+
+def _product(texts: list[str], layouts: list[tuple[str, ...]], out: tuple[str, ...],
+             space: tuple[str, ...]) -> str:
+    """The sum over the variables not in `out` of the product of operands (each in its
+    own layout): torch.matmul when it is one batched matrix product (both operands lead
+    with the batch dimensions of the result, one contracted variable, one free
+    variable each), else torch.einsum."""
+    if len(texts) == 2:
+        (a, b), (la, lb) = texts, layouts
+        batch = tuple(v for v in out if v in la and v in lb)
+        contracted = [v for v in la if v in lb and v not in out]
+        rows = [v for v in la if v not in lb]
+        columns = [v for v in lb if v not in la]
+        if len(contracted) == 1 and len(rows) == 1 and len(columns) == 1 and \
+                la[:len(batch)] == batch and lb[:len(batch)] == batch and \
+                out == batch + (rows[0], columns[0]) and len(la) == len(lb) == len(batch) + 2:
+            if la[-1] != contracted[0]:
+                a += ".transpose(-1, -2)"
+            if lb[-2] != contracted[0]:
+                b += ".transpose(-1, -2)"
+            return f"torch.matmul({a}, {b})"
+    letters = {v: chr(ord("a") + i) for i, v in enumerate(space)}
+    subscripts = ",".join("".join(letters[v] for v in layout) for layout in layouts)
+    return f"torch.einsum(\"{subscripts}->{''.join(letters[v] for v in out)}\", " \
+           f"{', '.join(texts)})"
+
+
+class _GuardedPrinter(TorchPrinter):
+    """The derived cascades guard their divisions and shifts with `where` (AV =
+    where(SNV == 0, 0, SNV / SD), CGM = where(RGM == -inf, 0, exp(...))): the branch not
+    picked may be NaN or have an infinite derivative there, and torch.where's zero
+    gradient for it times that derivative is NaN (a row that sees no key). So each
+    branch reads its tensors through `_grad_only` with the condition that picks it."""
+
+    def print(self, expr: ir.Expr, context: int) -> str:
+        if not (isinstance(expr, ir.Op) and expr.op == "where" and not self.integer
+                and self.tensor(expr.args[0])):
+            return super().print(expr, context)
+        condition = self.print(expr.args[0], 0)
+        read = self._read
+        branches = []
+        for arg, picked in ((expr.args[1], condition), (expr.args[2], f"~({condition})")):
+            self._read = lambda node, picked=picked: f"_grad_only({picked}, {read(node)})"
+            try:
+                branches.append(self.print(arg, 0))
+            finally:
+                self._read = read
+        return f"torch.where({condition}, {branches[0]}, {branches[1]})"
+
+
+class _Gather(Exception):
+    """A read needs a gather, which an operand in its own layout cannot take."""
+
+
+class _Writer(TorchEmitter):
+    """The reference emitter's reductions (torch.einsum for a sum of a product, else
+    the masked body reduced), with the sizes of a row block and a key tile."""
+
+    def __init__(self, cascade: Cascade, extents: dict[str, str]):
+        self.cascade = cascade
+        self.extents = extents
+        self.lines = []
+
+    def _size(self, var: str | None) -> str:
+        """A block's extent of `var` (None: a size-1 axis)."""
+        if var is None:
+            return "1"
+        return self.extents.get(var) or self.cascade.var_rank(var)
+
+
+# ------------------------------------------------------------------------ the schedule
+
+
+class _ScheduledPrinter:
+    """Prints the body of `_scheduled` from the fused schedule's decisions (`schedule/attention.py`'s roles)."""
+
+    def __init__(self, fuser: _Tiles, tunable_split: bool):
+        self.f = f = fuser
+        self.cascade = c = fuser.cascade
+        self.split = f.loop is not None
+        self.tunable = tunable_split
+        self.canonical = tuple(f.batch) + (f.row, f.stream) + tuple(f.features)
+        # Where each variable of a block ranges (first index, count) in generated code.
+        self.ranges = {f.row: ("row_lo", "row_n"),
+                       f.stream: ("0", "key_n") if self.split else ("key_lo", "key_n")}
+        self.writer = _Writer(c, {v: n for v, (_, n) in self.ranges.items()})
+        emitter = (_SplitEmitter if self.split else _Emitter)(fuser)
+        self.emitter = emitter
+        self.lines: list[str] = []
+        # The loop over key tiles being written: where values hoisted out of it go.
+        self.loop_start: int | None = None
+        self.loop_depth = 0
+        self.hoisted: dict[str, str] = {}
+        self.facts: dict = {"form": "split" if self.split else "attention",
+                            "row": f.row, "batch": list(f.batch), "stream": f.stream,
+                            "loop": f.loop, "held": list(f.features)}
+        # Affine filters of key and row (`m <= p + c`): a tile they keep whole for every
+        # row of the block is computed without their masks.
+        self.bounds = self._affine_bounds()
+        self.absent = {variant: self._absent(variant) for variant in ("edge", "interior")}
+
+    # -- variables and layouts ---------------------------------------------------------
+    def kept(self, einsum: Einsum) -> tuple[str, ...]:
+        """The block dimensions of a tensor: its left variables but the step, in
+        canonical order (batch, row, key, features)."""
+        own = set(einsum.indices) - {self.f.loop}
+        return tuple(v for v in self.canonical if v in own)
+
+    def space(self, einsum: Einsum) -> tuple[str, ...]:
+        reduced = set(einsum.reduced)
+        return self.kept(einsum) + tuple(v for v in self.canonical if v in reduced)
+
+    def _key_index(self, index: ir.Expr) -> bool:
+        """The split's key `m1 * M0 + m0`: the tile's slice of the parent rank."""
+        f = self.f
+        if not self.split:
+            return False
+        inner = ir.Dim(self.cascade.var_rank(f.stream))
+        step = ir.Index(f.loop)
+        return index in (ir.Op("+", (ir.Op("*", (step, inner)), ir.Index(f.stream))),
+                         ir.Op("+", (ir.Op("*", (inner, step)), ir.Index(f.stream))))
+
+    def selector(self, tensor: str, position: int, index: ir.Expr,
+                 axes: tuple[str, ...]) -> tuple[str, str | None] | None:
+        """How a read of an input takes one coordinate in a block: a slice (and the
+        variable whose axis it is), an integer, or None (a gather is needed)."""
+        c, f = self.cascade, self.f
+        rank = c.tensors[tensor].ranks[position]
+        if self._key_index(index) and rank == c.root_rank(c.var_rank(f.stream)):
+            return "key_lo:key_lo + key_n", f.stream
+        if isinstance(index, ir.Index) and index.var in axes and \
+                c.var_rank(index.var) == rank:
+            if index.var in self.ranges and not (self.split and index.var == f.stream):
+                lo, n = self.ranges[index.var]
+                return f"{lo}:{lo} + {n}", index.var
+            if index.var == f.stream:           # m0 as a coordinate of a rank M0
+                return ":key_n", index.var
+            return ":", index.var
+        return None
+
+    def _always_true(self, condition: Condition) -> bool:
+        """Conditions every point of a tile meets by construction: the split's
+        `m1 * M0 + m0 < M` and the range of a read at the key (tiles end at M)."""
+        if condition.kind == "split":
+            return True
+        if condition.kind != "range" or not self.split:
+            return False
+        c, f = self.cascade, self.f
+        root = ir.Dim(c.root_rank(c.var_rank(f.stream)))
+        low, high = condition.expr.args if isinstance(condition.expr, ir.Op) and \
+            condition.expr.op == "and" else (None, None)
+        return low is not None and low.args[0] == ir.Const(0) and \
+            self._key_index(low.args[1]) and high.args == (low.args[1], root)
+
+    def _affine_bounds(self) -> list[tuple[str, sympy.Expr]]:
+        found = []
+        for einsum in self.cascade.einsums:
+            for conjunct in ir.conjuncts(einsum.filter):
+                bound = self._bound(conjunct)
+                if bound is not None and bound not in found:
+                    found.append(bound)
+        return found
+
+    def _bound(self, conjunct: ir.Expr):
+        keyed = self.emitter._keyed(conjunct)
+        return stream_bound(keyed, self.f.stream, self.f.row)
+
+    def conditions(self, einsum: Einsum, variant: str, absent: set[str]) -> list[Condition]:
+        """The presence conditions of `einsum` in a tile of `variant`: "edge" (every
+        mask) or "interior" (the affine filters hold for the whole tile)."""
+        space = self.space(einsum) + ((self.f.loop,) if self.split else ())
+        return [kept for condition in einsum_conditions(self.cascade, einsum, absent, space)
+                if (kept := self._pruned(condition, variant)) is not None]
+
+    def _pruned(self, condition: Condition, variant: str) -> Condition | None:
+        if self._always_true(condition):
+            return None
+        if variant == "interior" and condition.kind == "filter" and \
+                self._bound(condition.expr) in self.bounds:
+            return None
+        parts = tuple(tuple(kept for c in part
+                            if (kept := self._pruned(c, variant)) is not None)
+                      for part in condition.parts)
+        return dataclasses.replace(condition, parts=parts)
+
+    def _absent(self, variant: str) -> set[str]:
+        """Tensors that may be absent in a tile of `variant` (as absent_tensors)."""
+        absent: set[str] = set()
+        for einsum in self.cascade.einsums:
+            if point_conditions(einsum, self.conditions(einsum, variant, absent)):
+                absent.add(einsum.tensor)
+        return absent
+
+    # -- statements ----------------------------------------------------------------
+    def line(self, text: str, depth: int) -> None:
+        self.lines.append("    " * depth + text if text else "")
+
+    def _grids(self, axes: tuple[str, ...], text: str, depth: int) -> None:
+        """Index grids of the block for the variables `text` uses (global indices;
+        the split's m0 counts from the tile's first key)."""
+        for axis, var in enumerate(axes):
+            if not _uses(text, var):
+                continue
+            view = ", ".join("-1" if i == axis else "1" for i in range(len(axes)))
+            if var in self.ranges:
+                lo, n = self.ranges[var]
+                span = n if lo == "0" else f"{lo}, {lo} + {n}"
+            else:
+                span = self.cascade.var_rank(var)
+            self.line(f"{var} = torch.arange({span}, device=device).view({view})", depth)
+
+    def compute(self, einsum: Einsum, variant: str, depth: int,
+                target: str | None = None) -> None:
+        """Statements computing `einsum` over the block (and tile) into `target`."""
+        absent = self.absent[variant]
+        target = target or einsum.tensor
+        kept = self.kept(einsum)
+        axes = self.space(einsum)
+        emitter = _BlockReads(self.cascade, absent, axes,
+                              (self.f.loop,) if self.split else (), printer=self)
+        conditions = self.conditions(einsum, variant, absent)
+        points = point_conditions(einsum, conditions)
+        terms = [c for c in conditions if c not in points]
+        shape = self.writer._shape(kept)
+        statements = []
+        body = einsum.body
+        covers = set(kept) <= set(ir.index_vars(body)) and _reads_any(body)
+        assign = f"{target} = {{}}" if covers else f"{target} = _full({{}}, {shape})"
+        if einsum.reduce_op is None:
+            statements.append(assign.format(emitter.value(body, present=points)))
+        else:
+            masked = self.writer._masked_reduction(einsum, emitter, terms, points, kept)
+            call = self._contraction(einsum, variant, terms, points) or \
+                self.writer._einsum_call(einsum, emitter, terms, points, kept)
+            statements.append(assign.format(call or masked))
+            if call is not None and terms and len(ir.product_factors(body)) > 1:
+                # As in the reference: a masked term's other factor may hold inf or NaN
+                # (V at a key the row does not see); only a finite result is surely
+                # exact, else the tile is reduced again without the masked terms.
+                statements.append(f"if not torch.isfinite({target}).all():")
+                statements.append("    " + assign.format(masked))
+        if einsum.tensor in absent and self.f.kinds[einsum.tensor].on_key_tile:
+            # Point conditions do not vary over reduced axes (size 1 there).
+            mask = emitter.conjunction(points)
+            ones = self.writer._shape(kept + (None,) * len(einsum.reduced))
+            statements.append(f"{einsum.tensor}_ok = _full({mask}, {ones}, torch.bool)"
+                              + (f".reshape{shape}" if einsum.reduced else ""))
+        self._grids(axes, "\n".join(statements), depth)
+        for statement in statements:
+            self.line(statement, depth)
+
+    def _contraction(self, einsum: Einsum, variant: str, terms: list[Condition],
+                     points: list[Condition]) -> str | None:
+        """A sum of a product as one batched matmul (or torch.einsum) whose operands
+        have only their own dimensions, each masked term zeroed in the factor whose
+        variables its condition is over (the probabilities of P V on a tile the
+        diagonal crosses); the factors that do not vary over the keys (the Q block of
+        Q K^T, and constants) multiplied once per row block, before the loop over key
+        tiles. None where the reference's form is needed (a read that gathers, a mask
+        that no one factor owns, index values in an operand)."""
+        if einsum.reduce_op != "sum" or self.loop_start is None:
+            return None
+        space = self.space(einsum)
+        factors = ir.product_factors(einsum.body)
+        varying = {self.f.stream, self.f.loop}
+        invariant = [f for f in factors if not set(ir.index_vars(f)) & varying]
+        operands = [[f] for f in factors if f not in invariant]
+        rows = tuple(v for v in space if any(v in ir.index_vars(f) for f in invariant))
+        used = {v for f in factors for v in ir.index_vars(f)}
+        if not operands or not set(einsum.reduced) <= used or \
+                not set(self.kept(einsum)) <= used:
+            return None
+        groups = [(g, tuple(v for v in space if v in ir.index_vars(g[0]))) for g in operands]
+        if rows:
+            groups.insert(0, (invariant, rows))
+        printed = []
+        for group, layout in groups:
+            emitter = _BlockReads(self.cascade, self.absent[variant], layout,
+                                  (self.f.loop,) if self.split else (), printer=self,
+                                  gathers=False)
+            variables = {v for f in group for v in ir.index_vars(f)}
+            owned = [c for c in terms if c.variables <= variables]
+            if owned and group is invariant:
+                return None
+            try:
+                text = " * ".join(emitter.value(f, beside="*", present=[
+                    c for c in terms + points if c.variables <= set(ir.index_vars(f))])
+                    for f in group)
+                if owned:
+                    text = f"torch.where({emitter.conjunction(owned)}, {text}, 0.0)"
+            except _Gather:
+                return None
+            if group is not invariant and any(_uses(text, v) for v in layout):
+                return None           # index grids are laid out in the Einsum's space
+            printed.append(text)
+            terms = [c for c in terms if c not in owned]
+        if terms:
+            return None
+        texts, layouts = [], []
+        for text, (group, layout) in zip(printed, groups):
+            if group is invariant:
+                text = self._hoist(einsum, text, layout)
+            elif not _reads_any(group[0]):
+                text = f"_f32({text})"
+            texts.append(text)
+            layouts.append(layout)
+        call = _product(texts, layouts, self.kept(einsum), space)
+        if invariant and not rows:            # constants only: they scale the result
+            emitter = _BlockReads(self.cascade, self.absent[variant], space, (), printer=self)
+            call += "".join(f" * {emitter.value(f, beside='*')}" for f in invariant)
+        return call
+
+    def _hoist(self, einsum: Einsum, text: str, layout: tuple[str, ...]) -> str:
+        """A value computed once before the loop over key tiles: the name it gets."""
+        if text not in self.hoisted:
+            name = f"{einsum.tensor}_rows"
+            taken = set(self.hoisted.values())
+            number = 1
+            while name in taken:
+                number += 1
+                name = f"{einsum.tensor}_rows{number}"
+            self.hoisted[text] = name
+            start = len(self.lines)
+            self._grids(layout, text, self.loop_depth)
+            self.line(f"{name} = {text}", self.loop_depth)
+            moved = self.lines[start:]
+            del self.lines[start:]
+            self.lines[self.loop_start:self.loop_start] = moved
+            self.loop_start += len(moved)
+        return self.hoisted[text]
+
+    def _loop(self, header: str, depth: int) -> None:
+        """Open a loop over key tiles; values hoisted out of it go just before it."""
+        self.loop_start, self.loop_depth, self.hoisted = len(self.lines), depth, {}
+        self.line(header, depth)
+
+    def _comment(self, einsum: Einsum, depth: int) -> None:
+        self.line(f"# {lhs_text(self.cascade, einsum)} = {rhs_text(einsum)}", depth)
+
+    def _rows(self, available: set[str], depth: int) -> None:
+        """Per-row values whose inputs are available, in dataflow order."""
+        for einsum in self.cascade.einsums:
+            if self.f.kinds[einsum.tensor] is Role.ROW and einsum.tensor not in available \
+                    and all(r in available for r in einsum.reads):
+                self._comment(einsum, depth)
+                self.compute(einsum, "edge", depth)
+                available.add(einsum.tensor)
+
+    def _tile(self, einsums: list[Einsum], depth: int, accumulate: bool = False) -> None:
+        """The statements of one tile, twice where an affine filter may keep the whole
+        tile: without those masks for such a tile, with them for the others."""
+        variants = ("interior", "edge") if self.bounds else ("edge",)
+        for variant in variants:
+            if len(variants) > 1:
+                self.line(f"if {self._interior()}:" if variant == "interior" else "else:",
+                          depth)
+            inner = depth + (len(variants) > 1)
+            for einsum in einsums:
+                self._comment(einsum, inner)
+                kind = self.f.kinds[einsum.tensor]
+                if accumulate and kind in (Role.ACCUMULATE, Role.DOT_ACCUMULATE):
+                    self.compute(einsum, variant, inner, target=f"{einsum.tensor}_tile")
+                    self.line(f"{einsum.tensor} = {self._combine(einsum)}", inner)
+                else:
+                    self.compute(einsum, variant, inner)
+
+    def _combine(self, einsum: Einsum) -> str:
+        name = einsum.tensor
+        return {"sum": f"{name} + {name}_tile", "max": f"torch.maximum({name}, {name}_tile)",
+                "min": f"torch.minimum({name}, {name}_tile)"}[einsum.reduce_op]
+
+    def _interior(self) -> str:
+        """Whether every affine filter holds for every (row, key) of the tile: key <=
+        row + c for all exactly when the last key <= the first row + c (offsets with
+        params rounded inwards, so an interior tile is never one that needs a mask)."""
+        first_key, last_key = "key_lo", "key_lo + key_n - 1"
+        first_row, last_row = "row_lo", "row_lo + row_n - 1"
+        tests = []
+        for side, offset in self.bounds:
+            if side == "upper":
+                tests.append(f"{last_key} <= {first_row} + {self._offset(offset, 'floor')}")
+            else:
+                tests.append(f"{first_key} >= {last_row} + {self._offset(offset, 'ceil')}")
+        return " and ".join(tests)
+
+    @staticmethod
+    def _offset(offset: sympy.Expr, rounding: str) -> str:
+        if not offset.free_symbols:
+            return f"({int(offset)})"
+        return f"math.{rounding}({sympy.pycode(offset)})"
+
+    # -- the loops ---------------------------------------------------------------------
+    def emit(self) -> list[str]:
+        c, f = self.cascade, self.f
+        self.line("row_block = int(TORCH_TUNING['row_block'])", 0)
+        self.line("if row_block < 1:", 0)
+        self.line("    raise ValueError(f\"TORCH_TUNING['row_block'] must be a positive "
+                  "integer, got {row_block}\")", 0)
+        if not self.split or self.tunable:
+            self.line("key_tile = int(TORCH_TUNING['key_tile'])", 0)
+            self.line("if key_tile < 1:", 0)
+            self.line("    raise ValueError(f\"TORCH_TUNING['key_tile'] must be a positive "
+                      "integer, got {key_tile}\")", 0)
+        if self.split and self.tunable:
+            inner = c.var_rank(f.stream)
+            outer = c.var_rank(f.loop)
+            parent = c.root_rank(inner)
+            self.line(f"# the online rewrite's split: any factor computes the same "
+                      f"(the key tile)", 0)
+            self.line(f"{inner} = key_tile", 0)
+            self.line(f"{outer} = -(-{parent} // {inner})", 0)
+        for output in c.outputs:
+            shape = ", ".join(c.tensors[output].ranks)
+            comma = "," if len(c.tensors[output].ranks) == 1 else ""
+            self.line(f"{output}_out = torch.empty(({shape}{comma}), device=device)", 0)
+        rows = c.var_rank(f.row)
+        self.line(f"for row_lo in range(0, {rows}, row_block):", 0)
+        self.line(f"row_n = min(row_block, {rows} - row_lo)", 1)
+        available = {t.name for t in c.inputs}
+        self._rows(available, 1)
+        if self.split:
+            self._steps(available)
+        else:
+            self._passes(available)
+        self._rows(available, 1)
+        for output in c.outputs:
+            self._store(output)
+        for output in c.outputs:
+            self.line(f"{output} = {output}_out", 0)
+        return self.lines
+
+    def _steps(self, available: set[str]) -> None:
+        c, f = self.cascade, self.f
+        carried = [e for e in c.einsums if f.kinds[e.tensor] is Role.CARRIED]
+        for einsum in carried:
+            self.line(f"# init {einsum.tensor} = {ir.to_text(einsum.init)}", 1)
+            others = tuple(v for v in einsum.indices if v != f.loop)
+            self.compute(Einsum(einsum.tensor, others, einsum.init), "edge", 1)
+        lo, hi = self._step_bounds()
+        self._loop(f"for {f.loop} in range({lo}, {hi}):", 1)
+        inner = c.var_rank(f.stream)
+        self.line(f"key_lo = {f.loop} * {inner}", 2)
+        self.line(f"key_n = min({inner}, {c.root_rank(inner)} - key_lo)", 2)
+        for einsum in carried:
+            self.line(f"{einsum.tensor}_at = {einsum.tensor}", 2)
+        steps = [e for e in c.einsums if f.kinds[e.tensor] is not Role.ROW]
+        self._tile(steps, 2)
+        self.loop_start = None
+        available.update(e.tensor for e in steps)
+
+    def _step_bounds(self) -> tuple[str, str]:
+        """The steps a row block visits: all, or (when a fully masked step provably
+        changes nothing carried) those holding a key some row of the block sees."""
+        c, f = self.cascade, self.f
+        outer = c.var_rank(f.loop)
+        inner = c.var_rank(f.stream)
+        reductions = [e for e in c.einsums
+                      if f.kinds[e.tensor] in (Role.TILE_REDUCE, Role.TILE_DOT)]
+        offsets = self.emitter._masking_offsets(reductions)
+        self.facts["skipping"] = "no affine filter masks every per-step reduction"
+        if not offsets:
+            return "0", outer
+        why_not = masked_steps_are_identities(c, f.kinds, f.loop)
+        if why_not is not None:
+            self.facts["skipping"] = why_not
+            return "0", outer
+        self.facts["skipping"] = "a fully masked step changes nothing carried (proved)"
+        lo, hi = "0", outer
+        for side, offset in offsets:
+            if side == "upper":   # keys up to the last row + offset (rounded outwards)
+                hi = (f"min({outer}, max(0, row_lo + row_n + "
+                      f"{self._offset(offset, 'ceil')} + {inner} - 1) // {inner})")
+            else:
+                lo = f"max(0, row_lo + {self._offset(offset, 'floor')}) // {inner}"
+        return lo, hi
+
+    def _passes(self, available: set[str]) -> None:
+        c, f = self.cascade, self.f
+        stream = c.var_rank(f.stream)
+        bounds = {}
+        for number, accumulators, needed in f.pass_plan():
+            self.line(f"# pass {number} over {f.stream}: "
+                      f"{', '.join(e.tensor for e in accumulators) or 'nothing accumulates'}",
+                      1)
+            for acc in accumulators:
+                identity = {"sum": "0.0", "max": "-math.inf", "min": "math.inf"}
+                shape = self.writer._shape(self.kept(acc))
+                self.line(f"{acc.tensor} = torch.full({shape}, "
+                          f"{identity[acc.reduce_op]}, device=device)", 1)
+            lo, hi = "0", stream
+            for side, offset in self.emitter._masking_offsets(accumulators):
+                if side == "upper":
+                    hi = f"min({stream}, max(0, row_lo + row_n + " \
+                         f"{self._offset(offset, 'ceil')}))"
+                else:
+                    lo = f"max(0, row_lo + {self._offset(offset, 'floor')})"
+            bounds[number] = (lo, hi)
+            self.line(f"keys_end = {hi}", 1)
+            self._loop(f"for key_lo in range({lo}, keys_end, key_tile):", 1)
+            self.line("key_n = min(key_tile, keys_end - key_lo)", 2)
+            self._tile(needed + accumulators, 2, accumulate=True)
+            self.loop_start = None
+            available.update(acc.tensor for acc in accumulators)
+            self._rows(available, 1)
+        self.facts["skipping"] = "every term of a skipped tile is masked (no state carried)"
+        self.facts["passes"] = f.passes.passes
+
+    def _store(self, output: str) -> None:
+        """The block of an output, in the output's own index order, absent points 0."""
+        c, f = self.cascade, self.f
+        einsum = c.einsum(output)
+        kept = self.kept(einsum)
+        value = output
+        if output in f.row_masks:
+            emitter = _BlockReads(c, self.absent["edge"], kept, (), printer=self)
+            mask = emitter.conjunction(f.row_masks[output])
+            text = (f"torch.where(_full({mask}, {self.writer._shape(kept)}, torch.bool), "
+                    f"{output}, 0.0)")
+            self._grids(kept, text, 1)
+            value = text
+        order = [kept.index(v) for v in einsum.indices]
+        if order != sorted(order):
+            value = f"{value if is_atom(value) else f'({value})'}" \
+                    f".permute({', '.join(map(str, order))})"
+        rows = ", ".join("row_lo:row_lo + row_n" if v == f.row else ":"
+                         for v in einsum.indices)
+        self.line(f"{output}_out[{rows}] = {value}", 1)
+
+    def note(self) -> str:
+        f, c = self.f, self.cascade
+        batch = ", ".join(f.batch)
+        if self.split:
+            carried = [e.tensor for e in c.einsums if f.kinds[e.tensor] is Role.CARRIED]
+            tile = "TORCH_TUNING['key_tile']" if self.tunable else \
+                f"{c.var_rank(f.stream)} (the spec's split)"
+            loops = (f"one loop over {c.var_rank(f.loop)} key tiles of {tile} keys with "
+                     f"{', '.join(carried) or 'nothing'} carried as tensors")
+        else:
+            loops = (f"{f.passes.passes} pass(es) over tiles of TORCH_TUNING['key_tile'] "
+                     f"keys, accumulators combined across tiles")
+        masks = "; masks only the tiles an affine filter's boundary crosses" \
+            if self.bounds else ""
+        return (f"torch: the fused schedule as torch code: blocks of "
+                f"TORCH_TUNING['row_block'] {f.row} rows ({batch + ' whole, ' if batch else ''}"
+                f"batched matmuls); {loops}; skipping: {self.facts['skipping']}{masks}.")
+
+
+__all__ = ["DEFAULT_TUNING", "TorchSchedule", "schedule"]

@@ -1,0 +1,275 @@
+"""The scheduled torch backend (backends/torch_scheduled.py): the fused schedule as torch
+code, held to the oracle like every backend, with gradients, tile skipping and working
+memory that does not grow with the keys."""
+
+import math
+import sys
+import types
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import einsumattn
+from einsumattn.backends import torch_scheduled
+from einsumattn.codegen import compile_to_file, generate
+from einsumattn.codegen.compile import import_file
+from einsumattn.backends.module import Plan
+from einsumattn.verify import Case, case_inputs, compare, run_check
+
+from conftest import EXAMPLES, ROOT, WINDOW, examples
+from spec_generator import cascades
+from test_torch_reference import (MASKS, _independent_attention, _inputs, _softmax, build,
+                                  softmax)
+
+# Small tiles, so that hypothesis' cases (sizes up to 17) span several row blocks and
+# key tiles, with a last tile cut short.
+SMALL = {"row_block": 3, "key_tile": 4}
+DEFAULT = dict(torch_scheduled.DEFAULT_TUNING)
+# Specs with no fused schedule: backend="torch" runs the reference for them.
+UNSCHEDULED = {"eca", "gla_recurrent", "linear_attention"}
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("scheduled")
+    return {path.stem: compile_to_file(path, folder) for path in EXAMPLES}
+
+
+def _module(path, name: str, tuning=SMALL):
+    module = import_file(path, name)
+    module.TORCH_TUNING = dict(tuning)
+    return module
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+def test_every_example_agrees_with_the_oracle(path, built):
+    module = _module(built[path.stem], f"scheduled_{path.stem}")
+    assert (module.TORCH_FALLBACK is None) == (path.stem not in UNSCHEDULED), \
+        module.TORCH_FALLBACK
+    reports = []
+    assert run_check(einsumattn.load(path), module, ("torch", "reference"), examples=12,
+                     report=reports.append), "\n".join(reports)
+
+
+@pytest.mark.parametrize("rewrite", [False, True], ids=["own", "derived"])
+def test_a_window_on_both_sides_of_the_diagonal_agrees(tmp_path, rewrite):
+    """Lower and upper affine bounds at once (tiles skipped on both sides, tiles inside
+    the window unmasked), as the spec's own multi-pass schedule and as the derived one."""
+    spec = tmp_path / "sliding_window.attn"
+    spec.write_text(WINDOW)
+    module = _module(compile_to_file(spec, tmp_path, rewrite=rewrite), f"window_{rewrite}")
+    assert module.TORCH_FALLBACK is None
+    reports = []
+    assert run_check(einsumattn.load(spec), module, ("torch",), examples=12,
+                     report=reports.append), "\n".join(reports)
+
+
+@given(cascades())
+@settings(max_examples=examples(40), deadline=None, suppress_health_check=list(HealthCheck))
+def test_random_cascades_agree_with_the_oracle(spec):
+    cascade = einsumattn.load(spec.text)
+    module = types.ModuleType("random_scheduled")
+    exec(compile(generate(cascade), "<generated>", "exec"), module.__dict__)
+    module.TORCH_TUNING = {"row_block": 2, "key_tile": 2}
+    cls = getattr(module, module.__all__[0])
+    for size in (3, 5):
+        sizes = {r: size for r in cascade.ranks if cascade.ranks[r].fixed is None}
+        inputs = case_inputs(cascade, Case(sizes, "float32", 1.0, True, 0))
+        results = compare(cascade, inputs, cls(backend="torch")(*inputs.values()), "float32")
+        assert all(r.ok for r in results), (spec.text, module.TORCH_FALLBACK,
+                                            [r.describe() for r in results])
+
+
+# Attention variants drawn at random: filters (affine bounds on one or both sides, with
+# `and` / `or`, rows that see no key), score functions and normalisers. Each has a fused
+# schedule, so backend="torch" runs the scheduled path on every one.
+FILTERS = ["", "m <= p", "m < p", "m <= p + 2", "m >= p - 1", "p - m < 3",
+           "m <= p and p - m < 4", "m <= p or m < 2", "m > p + 1", "m <= p - 3",
+           "m < L", "m <= p and m < L", "P > 3", "m <= p and (P > 3 or m < 2)"]
+SCORES = ["QK[b, h, p, m]", "tanh(QK[b, h, p, m] / 4) * 4",
+          "QK[b, h, p, m] - 0.5 * (p - m)", "QK[b, h, p, m] + B0[h, m]"]
+
+
+@st.composite
+def attention_variants(draw) -> str:
+    where = draw(st.sampled_from(FILTERS))
+    score = draw(st.sampled_from(SCORES))
+    sigmoid = draw(st.booleans())
+    lines = ["attention variant", "dims B, H, P, M, E, F",
+             "input Q[b, h, p, e], K[b, h, m, e], V[b, h, m, f]"
+             + (", B0[h, m]" if "B0" in score else ""),
+             "param scale = 1 / sqrt(E)"] + (["param L = 3"] if "L" in where else []) + [
+        "QK[b, h, p, m] = Q[b, h, p, e] * K[b, h, m, e] * scale"
+        + (f" where {where}" if where else ""),
+        f"S[b, h, p, m] = {score}"]
+    if sigmoid:
+        lines += ["A[b, h, p, m] = sigmoid(S[b, h, p, m])"]
+    else:
+        lines += ["GM[b, h, p] = max[m] S[b, h, p, m]",
+                  "SN[b, h, p, m] = exp(S[b, h, p, m] - GM[b, h, p])",
+                  "SD[b, h, p] = sum[m] SN[b, h, p, m]",
+                  "A[b, h, p, m] = SN[b, h, p, m] / SD[b, h, p]"]
+    return "\n".join(lines + ["AV[b, h, p, f] = A[b, h, p, m] * V[b, h, m, f]",
+                              "output AV", ""])
+
+
+@given(attention_variants(), st.booleans(), st.integers(1, 4), st.integers(1, 5),
+       st.sampled_from([(1, 6, 9), (2, 9, 5), (1, 13, 13)]))
+@settings(max_examples=examples(30), deadline=None, suppress_health_check=list(HealthCheck))
+def test_random_attention_variants_agree_with_the_oracle(text, rewrite, rows, keys, shape):
+    """The scheduled path itself (these all have a fused schedule): the derived 1-pass
+    cascade with its own key tile, or the spec's own passes over tiles of keys."""
+    cascade = einsumattn.load(text)
+    module = types.ModuleType("variant")
+    exec(compile(generate(cascade, rewrite=rewrite), "<generated>", "exec"), module.__dict__)
+    assert module.TORCH_FALLBACK is None, module.TORCH_FALLBACK
+    module.TORCH_TUNING = {"row_block": rows, "key_tile": keys}
+    heads, queries, keys_ = shape
+    sizes = {"B": 1, "H": heads, "P": queries, "M": keys_, "E": 3, "F": 2}
+    inputs = case_inputs(cascade, Case(sizes, "float32", 10.0, False, 0))
+    out = getattr(module, module.__all__[0])(backend="torch")(*inputs.values())
+    results = compare(cascade, inputs, out, "float32")
+    assert all(r.ok for r in results), (text, [r.describe() for r in results])
+
+
+def _causal_inputs(size: int, heads: int = 2, dim: int = 4, grad: bool = False):
+    generator = torch.Generator().manual_seed(size)
+    return [torch.randn(1, heads, size, dim, generator=generator, requires_grad=grad)
+            for _ in range(3)]
+
+
+def test_gradients_match_the_reference(built):
+    module = _module(built["causal_softmax"], "grad_causal", {"row_block": 4, "key_tile": 3})
+    cls = module.CausalSoftmax
+    grads = {}
+    for backend in ("torch", "reference"):
+        inputs = _causal_inputs(11, grad=True)
+        out = cls(backend=backend)(*inputs)
+        (out * torch.linspace(-1, 1, out.numel()).view(out.shape)).sum().backward()
+        grads[backend] = [t.grad for t in inputs]
+    for scheduled, reference in zip(grads["torch"], grads["reference"]):
+        assert torch.isfinite(scheduled).all()
+        torch.testing.assert_close(scheduled, reference, rtol=1e-5, atol=1e-6)
+
+
+def test_padding_with_nan_is_exact(built):
+    """NaN in V at keys past the valid length of a query (masked by causality inside
+    the diagonal tile) never reaches rows that do not see them."""
+    module = _module(built["causal_softmax"], "nan_causal", {"row_block": 4, "key_tile": 4})
+    q, k, v = _causal_inputs(10)
+    v = v.clone()
+    v[:, :, 9] = math.nan
+    out = module.CausalSoftmax(backend="torch")(q, k, v)
+    reference = module.CausalSoftmax(backend="reference")(q, k, v)
+    assert torch.isnan(out[:, :, 9]).all() and torch.isfinite(out[:, :, :9]).all()
+    torch.testing.assert_close(out[:, :, :9], reference[:, :, :9])
+
+
+@pytest.mark.parametrize("kind", sorted(MASKS))
+@pytest.mark.parametrize("where", ["K", "V", "KV"])
+def test_inf_and_nan_at_keys_no_query_sees_do_not_leak(tmp_path, kind, where):
+    """The reference's exact padding (tests/test_torch_reference.py), in tiles."""
+    cascade, module = _softmax(tmp_path, kind)
+    params = MASKS[kind]["kwargs"]
+    layer = getattr(module, module.__all__[0])(backend="torch", **params)
+    for tuning in ({"row_block": 2, "key_tile": 3}, DEFAULT):
+        module.TORCH_TUNING = tuning
+        for poison in (math.nan, math.inf, -math.inf):
+            inputs = _inputs(kind, poison, where)
+            out = layer(*inputs.values())
+            assert torch.isfinite(out).all(), (tuning, poison, out)
+            results = compare(cascade, inputs, out, "float32", params)
+            assert all(r.ok for r in results), [r.describe() for r in results]
+
+
+@pytest.mark.parametrize("mask_text, mask", [
+    ("m <= p - 2", lambda p, m: m <= p - 2),         # rows 0 and 1 see no key
+    ("m < L and p < L", lambda p, m: (m < 3) & (p < 3)),   # padded queries and keys
+    ("m > p + 5", lambda p, m: m > p + 5),           # rows 2.. see no key
+])
+def test_fully_masked_rows_have_zero_gradients(tmp_path, mask_text, mask):
+    """As the reference's (tests/test_torch_reference.py): forward 0 and gradients 0 for a
+    row that sees no key, though the derived cascade divides by its zero sum."""
+    params = "\nparam L" if "L" in mask_text else ""
+    _, module = build(softmax("grad_rows", mask_text, params=params), tmp_path)
+    kwargs = {"L": 3} if params else {}
+    keep = mask(torch.arange(6)[:, None], torch.arange(8)[None, :])
+    blind = ~keep.any(dim=1)
+    for tuning in ({"row_block": 2, "key_tile": 3}, DEFAULT):
+        module.TORCH_TUNING = tuning
+        generator = torch.Generator().manual_seed(1)
+        leaves = [torch.randn(2, 2, 6 if i == 0 else 8, 4, generator=generator,
+                              requires_grad=True) for i in range(3)]
+        weights = torch.randn(2, 2, 6, 4, generator=generator)
+        out = getattr(module, module.__all__[0])(backend="torch", **kwargs)(*leaves)
+        grads = torch.autograd.grad((out * weights).sum(), leaves)
+        expected_out = _independent_attention(*leaves, keep)
+        expected = torch.autograd.grad((expected_out * weights).sum(), leaves)
+        torch.testing.assert_close(out, expected_out)
+        assert blind.any() and (out[:, :, blind] == 0).all()
+        for got, want in zip(grads, expected):
+            assert torch.isfinite(got).all(), tuning
+            torch.testing.assert_close(got, want)
+
+
+class _CountMatmuls(torch.overrides.TorchFunctionMode):
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        # Products (a batched matmul, or an einsum of several operands), not sums.
+        self.calls += func is torch.matmul or func is torch.einsum and "," in args[0]
+        return func(*args, **(kwargs or {}))
+
+
+def test_causal_tiles_past_the_diagonal_are_skipped(built):
+    """With 8 row blocks and 8 key tiles the causal schedule visits the 36 tiles on or
+    below the diagonal, two contractions each (QK and the sum of P V)."""
+    module = _module(built["causal_softmax"], "skip_causal", {"row_block": 4, "key_tile": 4})
+    inputs = _causal_inputs(32)
+    with _CountMatmuls() as counter:
+        module.CausalSoftmax(backend="torch")(*inputs)
+    assert counter.calls == 2 * 36, counter.calls
+    plan = Plan(einsumattn.load(ROOT / "examples" / "causal_softmax.attn"))
+    facts = torch_scheduled.schedule(plan.kernel, plan.cascade).facts
+    assert facts["form"] == "split" and facts["skipping"].endswith("(proved)")
+
+
+def test_a_fallback_says_why_and_runs_the_reference(built):
+    module = _module(built["gla_recurrent"], "fallback_gla")
+    assert "the recurrence S is not over the key tiles" in module.TORCH_FALLBACK
+    assert not hasattr(module, "_scheduled")
+    inputs = case_inputs(einsumattn.load(ROOT / "examples" / "gla_recurrent.attn"),
+                         Case({"B": 1, "H": 2, "T": 5, "D": 3, "F": 2}, "float32", 1.0,
+                              True, 0))
+    cls = module.GlaRecurrent
+    assert torch.equal(cls(backend="torch")(*inputs.values()),
+                       cls(backend="reference")(*inputs.values()))
+
+
+def test_bad_tuning_is_refused(built):
+    module = _module(built["causal_softmax"], "tuning_causal", {"row_block": 0,
+                                                                 "key_tile": 4})
+    with pytest.raises(ValueError, match="row_block"):
+        module.CausalSoftmax(backend="torch")(*_causal_inputs(4))
+
+
+@pytest.mark.slow
+def test_working_memory_does_not_grow_with_the_keys(built):
+    """Peak working memory (benchmarks/torch_cpu.py: the peak resident memory during
+    the call beyond what the process held before it, less the output) at 4x the
+    sequence length stays below 2x; the reference's, which holds P x M scores, grows
+    about 16-fold."""
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.torch_cpu import working_memory
+    path = built["causal_softmax"]
+    small = working_memory(path, "torch", 512, heads=8, tuning={"row_block": 128,
+                                                                "key_tile": 128})
+    large = working_memory(path, "torch", 2048, heads=8, tuning={"row_block": 128,
+                                                                 "key_tile": 128})
+    assert large < 2 * small, (small, large)
+    reference = [working_memory(path, "reference", n, heads=8) for n in (512, 2048)]
+    assert reference[1] > 8 * reference[0], reference
