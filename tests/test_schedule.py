@@ -4,6 +4,7 @@ registry; masks as sets of conditions."""
 
 import ast
 import pprint
+import re
 import unittest.mock
 
 import pytest
@@ -11,7 +12,7 @@ import pytest
 import einsumattn
 from einsumattn.backends import module as module_code
 from einsumattn.backends.module import Plan
-from einsumattn.backends.registry import BACKENDS, backend_names
+from einsumattn.backends.registry import BACKENDS, backend_names, choice_text
 from einsumattn.cli import main
 from einsumattn.codegen.compile import compile_to_file, import_file
 from einsumattn.schedule.attention import AttentionRoles
@@ -86,9 +87,9 @@ def test_compile_builds_the_plan_once(tmp_path, capsys):
 def test_backends_are_named_in_one_place(causal, tmp_path):
     assert tuple(causal.BACKENDS) == tuple(sorted(backend_names()))
     assert all(reason is None for reason in causal.BACKENDS.values())
-    with pytest.raises(ValueError, match="'triton', 'triton-unfused' or 'torch'"):
+    with pytest.raises(ValueError, match=re.escape(choice_text())):
         causal.CausalSoftmax(backend="cuda")
-    with pytest.raises(ValueError, match="'triton', 'triton-unfused' or 'torch'"):
+    with pytest.raises(ValueError, match=re.escape(choice_text())):
         einsumattn.compile(CAUSAL, backend="cuda")
     assert callable(einsumattn.compile(CAUSAL, backend="triton-unfused").compiled)
     # A spec the Triton backends cannot run: the registry's reason, per backend.
@@ -102,17 +103,19 @@ def test_backends_are_named_in_one_place(causal, tmp_path):
 
 
 def test_key_tile_masks_hold_each_condition_once():
-    """The derived causal kernel's scores: the key range (0 <= m1*M0 + m0 < M) and the
-    split's m1*M0 + m0 < M are what the tile's live keys say; the causal filter is the
-    one condition left, once."""
+    """The derived causal kernel's scores (canonical form: the contraction QK_sum, then
+    QK = QK_sum * scale where m <= p): the key range (0 <= m1*M0 + m0 < M) and the split's
+    m1*M0 + m0 < M are what the tile's live keys say; the causal filter is the one
+    filter left, once."""
     kernel = Plan(einsumattn.load(CAUSAL)).kernel
     roles = AttentionRoles(kernel)
-    qk = kernel.einsum("QK")
-    conditions = roles._conditions(qk)
-    assert {c.kind for c in conditions} >= {"range", "split", "filter"}
+    contraction = roles._conditions(kernel.einsum("QK_sum"))
+    assert {c.kind for c in contraction} >= {"range", "split"}
+    assert not roles.beyond_lanes(contraction)
+    conditions = roles._conditions(kernel.einsum("QK"))
     left = roles.beyond_lanes(conditions)
-    assert [(c.kind, einsumattn.ir.expr.to_text(c.expr)) for c in left] == \
-        [("filter", "m1 * M0 + m0 <= p")]
+    assert [(c.kind, einsumattn.ir.expr.to_text(c.expr)) for c in left
+            if c.kind != "absent"] == [("filter", "m1 * M0 + m0 <= p")]
     # A condition given twice is kept once.
     assert roles.beyond_lanes(conditions + conditions) == left
 
