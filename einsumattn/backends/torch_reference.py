@@ -38,6 +38,9 @@ class _EinsumEmitter:
     """Code for one Einsum over one iteration space (`axes`), with `fixed` variables
     (a recurrence's step) held as Python ints."""
 
+    # The printer of expressions (the scheduled backend's guards each where's branch).
+    expression_printer = TorchPrinter
+
     cascade: Cascade
     absent: set[str]
     axes: tuple[str, ...]
@@ -127,7 +130,7 @@ class _EinsumEmitter:
         if present and not isinstance(expr, ir.Read):
             mask = self.conjunction(present)
             read = lambda node: f"_grad_only({mask}, {self.read(node)})"  # noqa: E731
-        printer = TorchPrinter(read, self.fixed)
+        printer = self.expression_printer(read, self.fixed)
         return printer(expr) if beside is None else printer.operand(expr, beside)
 
     def condition_mask(self, condition: Condition) -> str:

@@ -131,6 +131,29 @@ def _aligned(base: str, selectors: list[tuple[str, str | None]], axes: tuple[str
     return f"{base}{_index_text(parts)}"
 
 
+class _GuardedPrinter(TorchPrinter):
+    """The derived cascades guard their divisions and shifts with `where` (AV =
+    where(SNV == 0, 0, SNV / SD), CGM = where(RGM == -inf, 0, exp(...))): the branch not
+    picked may be NaN or have an infinite derivative there, and torch.where's zero
+    gradient for it times that derivative is NaN (a row that sees no key). So each
+    branch reads its tensors through `_grad_only` with the condition that picks it."""
+
+    def print(self, expr: ir.Expr, context: int) -> str:
+        if not (isinstance(expr, ir.Op) and expr.op == "where" and not self.integer
+                and self.tensor(expr.args[0])):
+            return super().print(expr, context)
+        condition = self.print(expr.args[0], 0)
+        read = self._read
+        branches = []
+        for arg, picked in ((expr.args[1], condition), (expr.args[2], f"~({condition})")):
+            self._read = lambda node, picked=picked: f"_grad_only({picked}, {read(node)})"
+            try:
+                branches.append(self.print(arg, 0))
+            finally:
+                self._read = read
+        return f"torch.where({condition}, {branches[0]}, {branches[1]})"
+
+
 @dataclass
 class _BlockReads(_EinsumEmitter):
     """Reads inside one row block and key tile: inputs by slices of the block and the
@@ -140,20 +163,11 @@ class _BlockReads(_EinsumEmitter):
     printer: "_ScheduledPrinter | None" = None
     # Whether a read may gather over index grids (laid out in the Einsum's space).
     gathers: bool = True
+    # Each branch of a `where` passes gradients only where it is picked.
+    expression_printer = _GuardedPrinter
 
     def _is_plain_view(self, node: ir.Read) -> bool:
         return False             # the base class's gather path, over the block's grids
-
-    def value(self, expr: ir.Expr, beside: str | None = None,
-              present: list[Condition] | None = None) -> str:
-        """As the reference's, with each branch of a `where` passing gradients only
-        where it is picked (_GuardedPrinter)."""
-        read = self.read
-        if present and not isinstance(expr, ir.Read):
-            mask = self.conjunction(present)
-            read = lambda node: f"_grad_only({mask}, {self.read(node)})"  # noqa: E731
-        printer = _GuardedPrinter(read, self.fixed)
-        return printer(expr) if beside is None else printer.operand(expr, beside)
 
     def read(self, node: ir.Read, name: str | None = None) -> str:
         if not node.indices:
@@ -219,29 +233,6 @@ def _product(texts: list[str], layouts: list[tuple[str, ...]], out: tuple[str, .
     subscripts = ",".join("".join(letters[v] for v in layout) for layout in layouts)
     return f"torch.einsum(\"{subscripts}->{''.join(letters[v] for v in out)}\", " \
            f"{', '.join(texts)})"
-
-
-class _GuardedPrinter(TorchPrinter):
-    """The derived cascades guard their divisions and shifts with `where` (AV =
-    where(SNV == 0, 0, SNV / SD), CGM = where(RGM == -inf, 0, exp(...))): the branch not
-    picked may be NaN or have an infinite derivative there, and torch.where's zero
-    gradient for it times that derivative is NaN (a row that sees no key). So each
-    branch reads its tensors through `_grad_only` with the condition that picks it."""
-
-    def print(self, expr: ir.Expr, context: int) -> str:
-        if not (isinstance(expr, ir.Op) and expr.op == "where" and not self.integer
-                and self.tensor(expr.args[0])):
-            return super().print(expr, context)
-        condition = self.print(expr.args[0], 0)
-        read = self._read
-        branches = []
-        for arg, picked in ((expr.args[1], condition), (expr.args[2], f"~({condition})")):
-            self._read = lambda node, picked=picked: f"_grad_only({picked}, {read(node)})"
-            try:
-                branches.append(self.print(arg, 0))
-            finally:
-                self._read = read
-        return f"torch.where({condition}, {branches[0]}, {branches[1]})"
 
 
 class _Gather(Exception):
