@@ -100,19 +100,22 @@ def import_time(runs: int, env: dict[str, str]) -> dict:
             "heavy_modules_loaded": probe.stdout.split()}
 
 
-def machine() -> dict:
-    model = ""
+def cpu_name() -> str:
+    """The CPU's model name (Linux's /proc/cpuinfo), else what platform says."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
+    return platform.processor() or "unknown CPU"
+
+
+def machine() -> dict:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
                             capture_output=True, text=True).stdout.strip()
     gpu = "an NVIDIA GPU (nvidia-smi found)" if shutil.which("nvidia-smi") else "no GPU"
-    return {"cpu": model or platform.processor(), "cores": os.cpu_count(), "gpu": gpu,
+    return {"cpu": cpu_name(), "cores": os.cpu_count(), "gpu": gpu,
             "platform": platform.platform(), "python": platform.python_version(),
             "commit": commit, "date": time.strftime("%Y-%m-%d %H:%M %Z")}
 

@@ -45,6 +45,7 @@ import torch
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from benchmarks.compile_time import cpu_name  # noqa: E402  (after ROOT is on the path)
 
 SPEC = ROOT / "examples" / "causal_softmax.attn"
 HEADS, DIM = 8, 64
@@ -207,7 +208,7 @@ def main(argv=None) -> int:
                                 memory=not args.no_memory))
             print("\n".join(_table(rows[-1:])), flush=True)
     header = {"command": "python3 benchmarks/torch_cpu.py " + " ".join(argv or sys.argv[1:]),
-              "machine": f"{platform.machine()} {_cpu_name()}, {os.cpu_count()} CPUs",
+              "machine": f"{platform.machine()} {cpu_name()}, {os.cpu_count()} CPUs",
               "torch": torch.__version__, "threads": torch.get_num_threads(),
               "repeats": args.repeats,
               # Spinning OpenMP threads (the default) suffer on a loaded machine.
@@ -224,15 +225,6 @@ def main(argv=None) -> int:
              "rows": rows}, indent=1) + "\n")
     return 0
 
-
-def _cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 if __name__ == "__main__":
