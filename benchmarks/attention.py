@@ -76,7 +76,9 @@ def peers(name: str, q, k, v, causal):
     return found
 
 
-def run(args) -> list[dict]:
+def run(args, emit=lambda row: None) -> list[dict]:
+    """Time every spec, shape and backend; `emit` sees each row as soon as it is timed
+    (a run stopped by a time limit still leaves what it measured)."""
     rows = []
     device = args.device
     dtype = getattr(torch, args.dtype)
@@ -94,6 +96,9 @@ def run(args) -> list[dict]:
             backends = ["torch"] if device == "cpu" and not args.interpret else []
             if device == "cuda" or args.interpret:
                 backends = ["triton"] + (["triton-unfused"] if seq <= args.unfused_max else [])
+                # The scheduled torch backend is the path where Triton is missing (MPS,
+                # ROCm without it): on a GPU its row shows what that path costs there.
+                backends += ["torch"] if device == "cuda" and seq <= args.torch_max else []
             for backend in backends:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
@@ -105,20 +110,28 @@ def run(args) -> list[dict]:
                             ROOT / "examples" / f"{name}.attn", module, tune, (q, k, v))
             references = peers(name, q, k, v, causal)
             expected = next(iter(references.values()))() if references else None
-            times = {}
+            best_peer = None
+            # The peers first, so that each of our rows has its ratio when it is printed.
             for label, fn in {**references, **candidates}.items():
                 out = fn()
                 diff = float((out.float() - expected.float()).abs().max()) \
                     if expected is not None else None
                 ms = timed(fn, device, args.repeats)
-                times[label] = ms
-                rows.append({"spec": name, "seq": seq, "batch": b, "heads": h, "head_dim": d,
-                             "dtype": args.dtype, "device": device_name(device, args.interpret),
-                             "backend": label, "ms": ms, "tflops": flops / ms / 1e9,
-                             "max_diff_vs_peer": diff})
-            best_peer = min((times[p] for p in references), default=None)
+                if label in references:
+                    best_peer = ms if best_peer is None else min(best_peer, ms)
+                row = {"spec": name, "seq": seq, "batch": b, "heads": h, "head_dim": d,
+                       "dtype": args.dtype, "device": device_name(device, args.interpret),
+                       "backend": label, "ms": ms, "tflops": flops / ms / 1e9,
+                       "max_diff_vs_peer": diff}
+                if best_peer and label not in references:
+                    row["vs_best_peer"] = best_peer / ms
+                elif label in references:
+                    row["vs_best_peer"] = None      # set below, once every peer has run
+                rows.append(row)
+                emit(row)
             for row in rows:
-                if row["spec"] == name and row["seq"] == seq and best_peer:
+                if row["spec"] == name and row["seq"] == seq and row.get("vs_best_peer", 0) \
+                        is None:
                     row["vs_best_peer"] = best_peer / row["ms"]
     return rows
 
@@ -202,16 +215,20 @@ def device_name(device: str, interpret: bool) -> str:
     return f"{device} (Triton kernels in the interpreter)" if interpret else device
 
 
+HEAD = ("| spec | seq | B x H x D | dtype | backend | ms | TFLOP/s | speed vs best peer "
+        "| max diff vs peer |\n|---|---|---|---|---|---|---|---|---|")
+
+
+def markdown_row(r: dict) -> str:
+    ratio = f"{r['vs_best_peer']:.2f}x" if r.get("vs_best_peer") else "-"
+    diff = f"{r['max_diff_vs_peer']:.2e}" if r["max_diff_vs_peer"] is not None else "-"
+    return (f"| {r['spec']} | {r['seq']} | {r['batch']}x{r['heads']}x{r['head_dim']} "
+            f"| {r['dtype']} | {r['backend']} | {r['ms']:.3f} | {r['tflops']:.2f} "
+            f"| {ratio} | {diff} |")
+
+
 def markdown(rows: list[dict]) -> str:
-    head = ("| spec | seq | B x H x D | dtype | backend | ms | TFLOP/s | speed vs best peer "
-            "| max diff vs peer |\n|---|---|---|---|---|---|---|---|---|")
-    lines = [head]
-    for r in rows:
-        ratio = f"{r['vs_best_peer']:.2f}x" if r.get("vs_best_peer") else "-"
-        diff = f"{r['max_diff_vs_peer']:.2e}" if r["max_diff_vs_peer"] is not None else "-"
-        lines.append(f"| {r['spec']} | {r['seq']} | {r['batch']}x{r['heads']}x{r['head_dim']} "
-                     f"| {r['dtype']} | {r['backend']} | {r['ms']:.3f} | {r['tflops']:.2f} "
-                     f"| {ratio} | {diff} |")
+    lines = [HEAD, *map(markdown_row, rows)]
     return f"Device: {rows[0]['device']}\n\n" + "\n".join(lines) + "\n" if rows else ""
 
 
@@ -228,6 +245,8 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--unfused-max", type=int, default=2048,
                         help="largest sequence for the (slow) unfused schedule")
+    parser.add_argument("--torch-max", type=int, default=4096,
+                        help="on a GPU, the largest sequence to time backend='torch' at")
     parser.add_argument("--interpret", action="store_true",
                         help="on the CPU, also run the Triton kernels in the interpreter")
     parser.add_argument("--smoke", action="store_true",
@@ -239,12 +258,19 @@ def main(argv=None) -> int:
                              "num_warps, num_stages, and tile=N (key tiles of the derived "
                              "split: a recompilation; m0__BLOCK is that split's factor)")
     parser.add_argument("--json", help="also write the rows to this file")
+    parser.add_argument("--progress", action="store_true",
+                        help="print each row to stderr as soon as it is timed")
     args = parser.parse_args(argv)
     if args.smoke:
         args.seq, args.batch, args.heads, args.head_dim, args.repeats = [32], 1, 2, 16, 1
         args.dtype = "float32"
+    if args.progress:
+        print(f"Device: {device_name(args.device, args.interpret)} (rows as timed)\n\n{HEAD}",
+              file=sys.stderr, flush=True)
+    progress = (lambda row: print(markdown_row(row), file=sys.stderr, flush=True)) \
+        if args.progress else (lambda row: None)
     try:
-        rows = run(args)
+        rows = run(args, progress)
     except TuneError as error:
         print(f"attention.py: {error}", file=sys.stderr)
         return 2

@@ -1,11 +1,17 @@
 import os
 import pathlib
 
-# Without a GPU, Triton kernels run in Triton's interpreter (set before triton is imported).
+# Where the generated Triton kernels run. Without a GPU: in Triton's interpreter (set
+# before triton is imported). With one (and TRITON_INTERPRET unset): compiled for it and
+# run there, since the interpreter accepts code the GPU compiler rejects; GPU is then True
+# and _run_triton_on_the_gpu() below moves the tests' CPU inputs there and back.
+GPU = False
 if "TRITON_INTERPRET" not in os.environ:
     import torch
 
-    if not torch.cuda.is_available():
+    if torch.cuda.is_available():
+        GPU = True
+    else:
         os.environ["TRITON_INTERPRET"] = "1"
 
 import pytest  # noqa: E402
@@ -37,6 +43,47 @@ def examples(quick: int) -> int:
     return max(1, quick * settings.default.max_examples // QUICK_EXAMPLES)
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def _on_the_gpu(forward):
+    """A generated module's Triton entry point that takes the tests' CPU tensors (the
+    oracle's device): they run on the GPU, and the outputs come back to the inputs'
+    device. Only the tests are adapted: the module itself refuses CPU tensors."""
+    import torch
+
+    def back(value, device):
+        if isinstance(value, torch.Tensor):
+            return value.to(device)
+        if isinstance(value, (tuple, list)):
+            return type(value)(back(v, device) for v in value)
+        if isinstance(value, dict):
+            return {k: back(v, device) for k, v in value.items()}
+        return value
+
+    def run(*args, **kwargs):
+        home = next((a.device for a in args if isinstance(a, torch.Tensor)), None)
+        moved = [a.cuda() if isinstance(a, torch.Tensor) else a for a in args]
+        result = forward(*moved, **kwargs)
+        return result if home is None else back(result, home)
+    return run
+
+
+def _run_triton_on_the_gpu():
+    """Every generated module the tests import (einsumattn.compile and the tests' own
+    import_file) runs its Triton kernels on the GPU."""
+    from einsumattn.codegen import compile as compile_module
+    imported = compile_module.import_file
+
+    def import_file(path, module_name, text=None):
+        module = imported(path, module_name, text)
+        if hasattr(module, "_triton_forward"):
+            module._triton_forward = _on_the_gpu(module._triton_forward)
+        return module
+    compile_module.import_file = import_file
+
+
+if GPU:
+    _run_triton_on_the_gpu()
 EXAMPLES = sorted((ROOT / "examples").glob("*.attn"))
 
 

@@ -35,7 +35,7 @@ from einsumattn.ir import expr as ir
 from einsumattn.ir.semantics import BINARY, UNARY
 from einsumattn.verify import ACCUMULATION_FACTOR, UNIT_ROUNDOFF, compare, magnitude
 
-from conftest import examples
+from conftest import GPU, examples
 
 # The iteration space of every tree: one variable i over rank I, a power of two so that a
 # Triton block covers it exactly.
@@ -334,12 +334,14 @@ def run_triton(tree, inputs, params, folder):
     sys.modules[path.stem] = module
     try:
         spec.loader.exec_module(module)
-        out = torch.empty(SIZE, dtype=torch.float32)
-        module.kernel[(1,)](inputs["X"], inputs["Y"], inputs["S"].reshape(1), out,
+        device = "cuda" if GPU else "cpu"    # compiled for the GPU where there is one
+        out = torch.empty(SIZE, dtype=torch.float32, device=device)
+        module.kernel[(1,)](inputs["X"].to(device), inputs["Y"].to(device),
+                            inputs["S"].reshape(1).to(device), out,
                             params["c"], params["d"], SIZE, SIZE)
     finally:
         del sys.modules[path.stem]
-    return out
+    return out.cpu()
 
 
 # ------------------------------------------------------------------ the properties

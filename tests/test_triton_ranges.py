@@ -16,7 +16,7 @@ from einsumattn.codegen import compile_to_file
 from einsumattn.codegen.compile import import_file
 from einsumattn.verify import Case, case_inputs, compare
 
-from conftest import EXAMPLES, ROOT
+from conftest import EXAMPLES, GPU, ROOT
 
 CAUSAL = (ROOT / "examples" / "causal_softmax.attn").read_text()
 SINKS = (ROOT / "examples" / "sliding_window_sinks.attn").read_text()
@@ -48,7 +48,12 @@ READS_PAST_THE_END = {
 @contextlib.contextmanager
 def loads_and_stores_in_bounds():
     """Fail if a kernel run in Triton's interpreter loads or stores, on a live lane, at
-    an address outside every tensor passed to it (an out-of-bounds access on a GPU)."""
+    an address outside every tensor passed to it (an out-of-bounds access on a GPU).
+    On a GPU (conftest.GPU) the kernels are compiled and this checks nothing: the tests
+    still compare every output with the oracle there."""
+    if GPU:
+        yield
+        return
     from triton.runtime import interpreter
 
     ranges: list[tuple[int, int]] = []
@@ -117,6 +122,7 @@ def test_reads_past_the_end_are_absent_in_both_triton_schedules(tmp_path, name, 
     assert not failures, failures
 
 
+@pytest.mark.skipif(GPU, reason="the bounds checker hooks Triton's interpreter")
 def test_the_bounds_checker_sees_a_load_past_the_end():
     """The checker is not vacuous: a kernel that reads one element past its tensor
     fails it."""
