@@ -71,7 +71,8 @@ def _on_the_gpu(forward):
 def _run_triton_on_the_gpu():
     """Every generated module the tests import (einsumattn.compile and the tests' own
     import_file) runs its Triton kernels on the GPU."""
-    from einsumattn.codegen import compile as compile_module
+    import importlib
+    compile_module = importlib.import_module("einsumattn.codegen.compile")
     imported = compile_module.import_file
 
     def import_file(path, module_name, text=None):
@@ -84,6 +85,42 @@ def _run_triton_on_the_gpu():
 
 if GPU:
     _run_triton_on_the_gpu()
+
+
+def kernels_env(**extra) -> dict:
+    """The environment of a child process that runs Triton kernels where this run does:
+    in the interpreter without a GPU, compiled for the GPU with one."""
+    env = {**os.environ, **extra}
+    if GPU:
+        env.pop("TRITON_INTERPRET", None)
+    else:
+        env["TRITON_INTERPRET"] = "1"
+    return env
+
+
+# benchmarks/attention.py's options for Triton kernels run where this run runs them.
+BENCHMARK_DEVICE = ["--device", "cuda"] if GPU else ["--device", "cpu", "--interpret"]
+
+
+_GENERATED_FILES: list = []
+
+
+def load_generated(code: str, name: str):
+    """Import generated module text the way Triton needs it: from a file of its own (the
+    GPU compiler reads each kernel's source from its file; the interpreter does not), and
+    through import_file like every other test, so that GPU runs move inputs too."""
+    import importlib
+    import itertools
+    import tempfile
+
+    if not _GENERATED_FILES:
+        folder = pathlib.Path(tempfile.mkdtemp(prefix="einsumattn-tests-"))
+        _GENERATED_FILES.extend([folder, itertools.count()])
+    folder, counter = _GENERATED_FILES
+    path = folder / f"{name}_{next(counter)}.py"
+    path.write_text(code, encoding="utf-8", errors="surrogatepass")
+    compile_module = importlib.import_module("einsumattn.codegen.compile")
+    return compile_module.import_file(path, f"einsumattn_tests.{path.stem}", code)
 EXAMPLES = sorted((ROOT / "examples").glob("*.attn"))
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from einsumattn.cli import main
 
-from conftest import EXAMPLES, ROOT
+from conftest import BENCHMARK_DEVICE, EXAMPLES, ROOT, kernels_env
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
@@ -114,11 +114,10 @@ def test_benchmark_times_tuning_variants_of_the_fused_kernel(tmp_path):
     call); here in the interpreter, where only the plumbing and the outputs count."""
     out = tmp_path / "rows.json"
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "attention.py"),
-                             "--smoke", "--device", "cpu", "--interpret", "--specs",
+                             "--smoke", *BENCHMARK_DEVICE, "--specs",
                              "causal_softmax", "--unfused-max", "0", "--tune", "p__BLOCK=32",
                              "--json", str(out)], capture_output=True, text=True,
-                            env={**__import__("os").environ, "TRITON_INTERPRET": "1",
-                                 "EINSUMATTN_CACHE_DIR": str(tmp_path / "cache")})
+                            env=kernels_env(EINSUMATTN_CACHE_DIR=str(tmp_path / "cache")))
     assert result.returncode == 0, result.stderr
     import json
     rows = {r["backend"]: r for r in json.loads(out.read_text())}

@@ -16,7 +16,7 @@ from einsumattn.codegen import compile_to_file, generate
 from einsumattn.codegen.compile import cache_dir, import_file
 from einsumattn.verify import Case, case_inputs, compare, dot_rounding, run_check
 
-from conftest import EXAMPLES, ROOT, WINDOW, examples
+from conftest import EXAMPLES, GPU, ROOT, WINDOW, examples, kernels_env, load_generated
 from spec_generator import cascades
 
 CLASS_NAMES = {"softmax_3pass": "Softmax3pass", "gla_recurrent": "GlaRecurrent",
@@ -63,17 +63,19 @@ def test_every_example_imports_and_runs_without_einsumattn(built, tmp_path):
         "    spec = importlib.util.spec_from_file_location('m', path)",
         "    module = importlib.util.module_from_spec(spec); spec.loader.exec_module(module)",
         "    for backend in ('torch', 'triton'):",
-        "        out = getattr(module, module.__all__[0])(backend=backend)(*inputs)",
-        "        out = out if isinstance(out, tuple) else (out,)",
+        "        device = sys.argv[2] if backend == 'triton' else 'cpu'",
+        "        out = getattr(module, module.__all__[0])(backend=backend)(",
+        "            *(i.to(device) for i in inputs))",
+        "        out = tuple(o.cpu() for o in (out if isinstance(out, tuple) else (out,)))",
         # float32 arithmetic on values of order 1 and sizes of 3: errors are ~1e-6;
         # the exact tolerance lives in einsumattn.verify, which this process cannot import.
         "        assert all(torch.allclose(o.double(), e, rtol=1e-4, atol=1e-4)",
         "                   for o, e in zip(out, expected)), (path, backend)",
         "    print(path.rsplit('/', 1)[-1], module.INPUTS, module.OUTPUTS)",
     ])
-    env = {**__import__("os").environ, "TRITON_INTERPRET": "1"}
-    result = subprocess.run([sys.executable, "-c", script, str(tmp_path / "cases.pt")],
-                            capture_output=True, text=True, env=env)
+    result = subprocess.run([sys.executable, "-c", script, str(tmp_path / "cases.pt"),
+                             "cuda" if GPU else "cpu"],
+                            capture_output=True, text=True, env=kernels_env())
     assert result.returncode == 0, result.stderr[-3000:]
     assert len(result.stdout.splitlines()) == len(EXAMPLES)
 
@@ -105,8 +107,7 @@ def test_torch_backend_agrees_with_the_oracle(path, built):
 @settings(max_examples=examples(40), deadline=None, suppress_health_check=list(HealthCheck))
 def test_torch_backend_agrees_on_random_cascades(spec):
     cascade = einsumattn.load(spec.text)
-    module = types.ModuleType("random_cascade")
-    exec(compile(generate(cascade), "<generated>", "exec"), module.__dict__)
+    module = load_generated(generate(cascade), "random_cascade")
     sizes = {r: 3 for r in cascade.ranks if cascade.ranks[r].fixed is None}
     case = Case(sizes, "float32", 1.0, True, 0)
     inputs = case_inputs(cascade, case)
@@ -121,8 +122,7 @@ def test_check_reports_a_wrong_backend_with_the_smallest_case():
     cascade = einsumattn.load(ROOT / "examples" / "softmax_3pass.attn")
     source = generate(cascade).replace("A_ = SN_ / SD_[:, :, :, None]",
                                        "A_ = SN_ / (SD_[:, :, :, None] + 1e-3)")
-    module = types.ModuleType("wrong")
-    exec(compile(source, "<wrong>", "exec"), module.__dict__)
+    module = load_generated(source, "wrong")
     lines = []
     assert not run_check(cascade, module, ("reference",), examples=30, report=lines.append)
     assert "smallest failing case:" in lines
@@ -138,8 +138,7 @@ def test_masks_are_not_optional():
     source = generate(cascade)
     assert "QK__ok" in source
     broken = source.replace("QK__ok = ", "QK__ok = torch.ones_like(QK_, dtype=torch.bool) | ")
-    module = types.ModuleType("unmasked")
-    exec(compile(broken, "<unmasked>", "exec"), module.__dict__)
+    module = load_generated(broken, "unmasked")
     assert not run_check(cascade, module, ("torch",), examples=20, report=lambda _: None)
 
 

@@ -31,7 +31,7 @@ from einsumattn.frontend import FUNCTIONS, RESERVED
 from einsumattn.loader import load_source
 from einsumattn.verify import Case, case_inputs, compare
 
-from conftest import ROOT, examples
+from conftest import ROOT, examples, load_generated
 
 
 @pytest.fixture(autouse=True)
@@ -505,10 +505,7 @@ def test_a_windows_path_does_not_break_the_docstring():
 
 
 def _exec(code: str):
-    import types
-    module = types.ModuleType("outside")
-    exec(compile(code, "<generated>", "exec"), module.__dict__)
-    return module
+    return load_generated(code, "outside")
 
 
 @settings(max_examples=examples(60), deadline=None, suppress_health_check=list(HealthCheck))

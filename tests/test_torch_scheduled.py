@@ -4,7 +4,6 @@ memory that does not grow with the keys."""
 
 import math
 import sys
-import types
 
 import pytest
 import torch
@@ -18,7 +17,7 @@ from einsumattn.codegen.compile import import_file
 from einsumattn.backends.module import Plan
 from einsumattn.verify import Case, case_inputs, compare, run_check
 
-from conftest import EXAMPLES, ROOT, WINDOW, examples
+from conftest import EXAMPLES, ROOT, WINDOW, examples, load_generated
 from spec_generator import cascades
 from test_torch_reference import (MASKS, _independent_attention, _inputs, _softmax, build,
                                   softmax)
@@ -70,8 +69,7 @@ def test_a_window_on_both_sides_of_the_diagonal_agrees(tmp_path, rewrite):
 @settings(max_examples=examples(40), deadline=None, suppress_health_check=list(HealthCheck))
 def test_random_cascades_agree_with_the_oracle(spec):
     cascade = einsumattn.load(spec.text)
-    module = types.ModuleType("random_scheduled")
-    exec(compile(generate(cascade), "<generated>", "exec"), module.__dict__)
+    module = load_generated(generate(cascade), "random_scheduled")
     module.TORCH_TUNING = {"row_block": 2, "key_tile": 2}
     cls = getattr(module, module.__all__[0])
     for size in (3, 5):
@@ -122,8 +120,7 @@ def test_random_attention_variants_agree_with_the_oracle(text, rewrite, rows, ke
     """The scheduled path itself (these all have a fused schedule): the derived 1-pass
     cascade with its own key tile, or the spec's own passes over tiles of keys."""
     cascade = einsumattn.load(text)
-    module = types.ModuleType("variant")
-    exec(compile(generate(cascade, rewrite=rewrite), "<generated>", "exec"), module.__dict__)
+    module = load_generated(generate(cascade, rewrite=rewrite), "variant")
     assert module.TORCH_FALLBACK is None, module.TORCH_FALLBACK
     module.TORCH_TUNING = {"row_block": rows, "key_tile": keys}
     heads, queries, keys_ = shape

@@ -4,7 +4,6 @@ power of two of M, and no compiling at all past tl.arange's 2**20)."""
 
 import contextlib
 import json
-import os
 import subprocess
 import sys
 import warnings
@@ -17,7 +16,7 @@ from einsumattn.codegen import compile_to_file
 from einsumattn.codegen.compile import import_file
 from einsumattn.verify import Case, case_inputs, compare
 
-from conftest import ROOT
+from conftest import BENCHMARK_DEVICE, GPU, ROOT, kernels_env
 
 
 @pytest.fixture(scope="module")
@@ -103,18 +102,29 @@ def test_a_tile_the_kernel_cannot_take_is_refused_by_name(modules):
 
 def launched_constexprs(module, inputs, run=False) -> dict:
     """kernel -> the constexprs of its launch, for one call of the Triton backend (the
-    kernels themselves run only with `run`)."""
-    from triton.runtime import interpreter
-
+    kernels themselves run only with `run`). In the interpreter a launch goes through
+    its GridExecutor; compiled for a GPU (conftest.GPU), through JITFunction.run."""
     found = {}
-    call = interpreter.GridExecutor.__call__
+    if GPU:
+        from triton.runtime.jit import JITFunction
+        launch = JITFunction.run
 
-    def record(self, *args, **kwargs):
-        found[self.fn.__name__] = {k: v for k, v in kwargs.items() if k in self.constexprs}
-        return call(self, *args, **kwargs) if run else None
+        def record_compiled(self, *args, grid, warmup, **kwargs):
+            constexprs = {p.name for p in self.params if p.is_constexpr}
+            found[self.fn.__name__] = {k: v for k, v in kwargs.items() if k in constexprs}
+            return launch(self, *args, grid=grid, warmup=warmup, **kwargs) if run else None
+        target, name, hook = JITFunction, "run", record_compiled
+    else:
+        from triton.runtime import interpreter
+        call = interpreter.GridExecutor.__call__
+
+        def record(self, *args, **kwargs):
+            found[self.fn.__name__] = {k: v for k, v in kwargs.items() if k in self.constexprs}
+            return call(self, *args, **kwargs) if run else None
+        target, name, hook = interpreter.GridExecutor, "__call__", record
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(interpreter.GridExecutor, "__call__", record)
+        patch.setattr(target, name, hook)
         layer(module)(*inputs)
     return found
 
@@ -151,12 +161,11 @@ def test_kernel_constexprs_do_not_follow_the_sequence_length(modules, name, shor
 
 def benchmark(tmp_path, tune):
     return subprocess.run([sys.executable, str(ROOT / "benchmarks" / "attention.py"),
-                           "--smoke", "--device", "cpu", "--interpret", "--specs",
+                           "--smoke", *BENCHMARK_DEVICE, "--specs",
                            "causal_softmax", "--unfused-max", "0", "--tune", tune,
                            "--json", str(tmp_path / "rows.json")],
                           capture_output=True, text=True,
-                          env={**os.environ, "TRITON_INTERPRET": "1",
-                               "EINSUMATTN_CACHE_DIR": str(tmp_path / "cache")})
+                          env=kernels_env(EINSUMATTN_CACHE_DIR=str(tmp_path / "cache")))
 
 
 @pytest.mark.slow
