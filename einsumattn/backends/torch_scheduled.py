@@ -77,7 +77,7 @@ class TorchSchedule:
 def schedule(kernel: Cascade, spec: Cascade) -> TorchSchedule:
     """The scheduled torch backend for `kernel` (the cascade the Triton kernels compute,
     Plan.kernel) of the spec `spec`."""
-    renamed = names.rename(kernel)
+    renamed, folded = fold_constant_factors(names.rename(kernel))
     try:
         fuser = _Tiles(renamed)
         tunable = _rewrite_split(kernel, spec)
@@ -87,6 +87,7 @@ def schedule(kernel: Cascade, spec: Cascade) -> TorchSchedule:
         why = names.spec_text(str(reason))
         return TorchSchedule(None, f"no fused schedule: {why}",
                              f"torch: runs the reference (no fused schedule: {why}).")
+    printer.facts["folded"] = folded
     facts = {key: names.spec_text(value) if isinstance(value, str) else
              [names.spec_text(v) for v in value] if isinstance(value, list) else value
              for key, value in printer.facts.items()}
@@ -99,6 +100,64 @@ def _rewrite_split(kernel: Cascade, spec: Cascade) -> bool:
     own = {(s.parent, s.outer, s.inner) for s in spec.splits}
     return bool(kernel.splits) and all((s.parent, s.outer, s.inner) not in own
                                        for s in kernel.splits)
+
+
+# ------------------------------------------------------------------------ folding
+
+
+def _quotient_factors(expr: ir.Expr) -> list[ir.Expr]:
+    """The factors of a product of quotients: `a * b / c` -> [a, b, 1 / c]."""
+    if isinstance(expr, ir.Op) and expr.op == "/":
+        return _quotient_factors(expr.args[0]) + [ir.Op("/", (ir.Const(1.0), expr.args[1]))]
+    if isinstance(expr, ir.Op) and expr.op == "*":
+        return _quotient_factors(expr.args[0]) + _quotient_factors(expr.args[1])
+    return [expr]
+
+
+def _constant(expr: ir.Expr) -> bool:
+    """An expression of constants, params and rank sizes only (no read, no index)."""
+    return not any(isinstance(node, (ir.Read, ir.Index)) for node in ir.walk(expr))
+
+
+def fold_constant_factors(cascade: Cascade) -> tuple[Cascade, list[str]]:
+    """Constant factors of an epilogue moved back into the contraction it scales:
+    `S = sum[e] K*Q; T = S * scale where m <= p` (the canonical form keeps the scale out
+    of the sum) becomes `S = sum[e] K*Q*scale; T = S where m <= p`, when T is S's only
+    reader. Exact by distributivity (scale does not vary over e); the contraction then
+    multiplies the scale into its key-invariant operand (the Q block) once per row
+    block, instead of the epilogue multiplying every score tile. Returns the cascade
+    and, per fold, `S <- T` (the contraction and the epilogue it took factors from)."""
+    einsums = {e.tensor: e for e in cascade.einsums}
+    folded = []
+    for epilogue in cascade.einsums:
+        if epilogue.reduce_op is not None or epilogue.iterative is not None:
+            continue
+        factors = _quotient_factors(epilogue.body)
+        reads = [f for f in factors if isinstance(f, ir.Read)]
+        constants = [f for f in factors if _constant(f)]
+        if len(reads) != 1 or len(reads) + len(constants) != len(factors) or not constants:
+            continue
+        source = einsums.get(reads[0].tensor)
+        if source is None or source.reduce_op != "sum" or source.filter is not None or \
+                source.iterative is not None or source.tensor in cascade.outputs or \
+                cascade.consumers(source.tensor) != [epilogue.tensor] or \
+                len(epilogue.accesses()) != 1:
+            continue
+        einsums[source.tensor] = dataclasses.replace(
+            source, body=_product_of([source.body] + constants))
+        einsums[epilogue.tensor] = dataclasses.replace(epilogue, body=reads[0])
+        folded.append(f"{source.tensor} <- {epilogue.tensor}")
+    if not folded:
+        return cascade, []
+    return dataclasses.replace(cascade, einsums=tuple(einsums[e.tensor]
+                                                      for e in cascade.einsums)), folded
+
+
+def _product_of(factors: list[ir.Expr]) -> ir.Expr:
+    product = factors[0]
+    for factor in factors[1:]:
+        product = ir.Op("*", (product, factor))
+    return product
 
 
 # ------------------------------------------------------------------------ reads
@@ -255,6 +314,60 @@ class _Writer(TorchEmitter):
         return self.extents.get(var) or self.cascade.var_rank(var)
 
 
+class _InPlace:
+    """An elementwise body computed in the storage of one spare tensor it reads once:
+    `exp(QK - SGM)` -> `QK.sub_(SGM).exp_()`, `X + Y * C` -> `X.addcmul_(Y, C)`. Only
+    operations whose in-place form computes the same float32 values; None when the
+    body has no such form."""
+
+    _UNARY = {"exp": "exp_", "log": "log_", "sqrt": "sqrt_", "tanh": "tanh_",
+              "sigmoid": "sigmoid_", "relu": "relu_", "abs": "abs_"}
+    _BINARY = {"+": "add_", "-": "sub_", "*": "mul_", "/": "div_"}
+
+    def __init__(self, emitter: "_BlockReads", spare: set[str]):
+        self.emitter = emitter
+        self.spare = spare
+
+    def text(self, body: ir.Expr) -> str | None:
+        reads = [r.tensor for r in ir.reads(body)]
+        self.candidates = {t for t in self.spare if reads.count(t) == 1}
+        if not self.candidates or isinstance(body, ir.Read):
+            return None
+        return self._print(body)
+
+    def _operand(self, expr: ir.Expr) -> str:
+        return self.emitter.value(expr)
+
+    def _print(self, expr: ir.Expr) -> str | None:
+        if isinstance(expr, ir.Read):
+            if expr.tensor in self.candidates and \
+                    self.emitter.read(expr) == expr.tensor:
+                return expr.tensor
+            return None
+        if not isinstance(expr, ir.Op):
+            return None
+        op, args = expr.op, expr.args
+        if op in self._UNARY:
+            inner = self._print(args[0])
+            return None if inner is None else f"{inner}.{self._UNARY[op]}()"
+        if op not in self._BINARY or len(args) != 2:
+            return None
+        tensor = self.emitter.expression_printer(self.emitter.read).tensor
+        first = self._print(args[0])
+        if first is not None:
+            other = args[1]
+            if op == "+" and isinstance(other, ir.Op) and other.op == "*" and \
+                    all(tensor(a) for a in other.args):
+                return (f"{first}.addcmul_({self._operand(other.args[0])}, "
+                        f"{self._operand(other.args[1])})")
+            return f"{first}.{self._BINARY[op]}({self._operand(other)})"
+        if op in ("+", "*"):
+            second = self._print(args[1])
+            if second is not None:
+                return f"{second}.{self._BINARY[op]}({self._operand(args[0])})"
+        return None
+
+
 # ------------------------------------------------------------------------ the schedule
 
 
@@ -397,7 +510,7 @@ class _ScheduledPrinter:
             self.line(f"{var} = torch.arange({span}, device=device).view({view})", depth)
 
     def compute(self, einsum: Einsum, variant: str, depth: int,
-                target: str | None = None) -> None:
+                target: str | None = None, spare: set[str] = frozenset()) -> None:
         """Statements computing `einsum` over the block (and tile) into `target`."""
         absent = self.absent[variant]
         target = target or einsum.tensor
@@ -414,7 +527,14 @@ class _ScheduledPrinter:
         covers = set(kept) <= set(ir.index_vars(body)) and _reads_any(body)
         assign = f"{target} = {{}}" if covers else f"{target} = _full({{}}, {shape})"
         if einsum.reduce_op is None:
-            statements.append(assign.format(emitter.value(body, present=points)))
+            value = emitter.value(body, present=points)
+            reused = _InPlace(emitter, spare).text(body) if covers else None
+            if reused is not None:
+                # Without gradients recorded, the statement computes in the storage of
+                # a tile tensor no later statement reads: no new tile-sized tensor (a
+                # fresh one costs a page fault per 4 KiB on the CPU).
+                value = f"{reused} if in_place else {value}"
+            statements.append(assign.format(value))
         else:
             masked = self.writer._masked_reduction(einsum, emitter, terms, points, kept)
             call = self._contraction(einsum, variant, terms, points) or \
@@ -542,14 +662,69 @@ class _ScheduledPrinter:
                 self.line(f"if {self._interior()}:" if variant == "interior" else "else:",
                           depth)
             inner = depth + (len(variants) > 1)
-            for einsum in einsums:
+            owned: set[str] = set()
+            for position, einsum in enumerate(einsums):
                 self._comment(einsum, inner)
                 kind = self.f.kinds[einsum.tensor]
+                spare = self._spare(einsums, position, owned)
                 if accumulate and kind in (Role.ACCUMULATE, Role.DOT_ACCUMULATE):
-                    self.compute(einsum, variant, inner, target=f"{einsum.tensor}_tile")
+                    self.compute(einsum, variant, inner, target=f"{einsum.tensor}_tile",
+                                 spare=spare)
                     self.line(f"{einsum.tensor} = {self._combine(einsum)}", inner)
                 else:
-                    self.compute(einsum, variant, inner)
+                    self.compute(einsum, variant, inner, spare=spare)
+                if self._fresh(einsum) or self._alias(einsum) in owned:
+                    owned.add(einsum.tensor)
+
+    # -- storage a statement may take over (no gradients recorded) -------------------
+    def _fresh(self, einsum: Einsum) -> bool:
+        """Whether the statement of `einsum` makes a new float tensor of its full block
+        shape (an operation on tensors), not a view, an alias or a broadcast constant."""
+        body = einsum.body
+        if ir.is_boolean(body) or not _reads_any(body) or \
+                not set(self.kept(einsum)) <= set(ir.index_vars(body)):
+            return False
+        return einsum.reduce_op is not None or not isinstance(body, ir.Read)
+
+    def _alias(self, einsum: Einsum) -> str | None:
+        """The tensor whose storage `einsum`'s statement names again (`QK = QK_sum`: a
+        plain read in the same layout; `_grad_only` returns it unchanged), if any."""
+        body = einsum.body
+        if einsum.reduce_op is not None or not isinstance(body, ir.Read) or \
+                self.cascade.tensors[body.tensor].is_input:
+            return None
+        source = self.cascade.einsum(body.tensor)
+        if self.kept(source) != self.kept(einsum) or \
+                body.indices != tuple(ir.Index(v) for v in source.indices):
+            return None
+        return body.tensor
+
+    def _spare(self, einsums: list[Einsum], position: int, owned: set[str]) -> set[str]:
+        """Tensors of this tile whose storage the statement at `position` may overwrite
+        when no gradient is recorded: each was made in the tile (or names storage made
+        in it), has the statement's block shape, and is read by no later statement, in
+        this tile, after the loop or at the next step (so not carried, not an output)."""
+        later = {e.tensor for e in einsums[position + 1:]}
+        inside = {e.tensor for e in einsums[:position + 1]}
+        kept = self.kept(einsums[position])
+        spare = set()
+        for einsum in einsums[:position]:
+            name = einsum.tensor
+            readers = set(self.cascade.consumers(name))
+            if name in owned and name not in self.cascade.outputs and \
+                    self.kept(einsum) == kept and readers <= inside and \
+                    not readers & later and name not in readers:
+                spare.add(name)
+        # Storage named twice (QK = QK_sum) is spare only when every name for it is.
+        pairs = [(e.tensor, self._alias(e)) for e in einsums[:position] if self._alias(e)]
+        changed = True
+        while changed:
+            changed = False
+            for name, source in pairs:
+                if (source in spare) != (name in spare):
+                    spare -= {source, name}
+                    changed = True
+        return spare
 
     def _combine(self, einsum: Einsum) -> str:
         name = einsum.tensor
@@ -583,6 +758,12 @@ class _ScheduledPrinter:
         self.line("if row_block < 1:", 0)
         self.line("    raise ValueError(f\"TORCH_TUNING['row_block'] must be a positive "
                   "integer, got {row_block}\")", 0)
+        inputs = ", ".join(t.name for t in c.inputs)
+        self.line("# Statements may overwrite tile tensors no later statement reads, unless "
+                  "autograd records.", 0)
+        self.line(f"in_place = not (torch.is_grad_enabled() and any(isinstance(v, "
+                  f"torch.Tensor) and v.requires_grad for v in ({inputs}, "
+                  f"*params.values())))", 0)
         if not self.split or self.tunable:
             self.line("key_tile = int(TORCH_TUNING['key_tile'])", 0)
             self.line("if key_tile < 1:", 0)
@@ -732,4 +913,4 @@ class _ScheduledPrinter:
                 f"batched matmuls); {loops}; skipping: {self.facts['skipping']}{masks}.")
 
 
-__all__ = ["DEFAULT_TUNING", "TorchSchedule", "schedule"]
+__all__ = ["DEFAULT_TUNING", "TorchSchedule", "fold_constant_factors", "schedule"]
