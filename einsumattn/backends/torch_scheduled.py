@@ -263,6 +263,13 @@ class _BlockReads(_EinsumEmitter):
         return _aligned(base, [(":", v) for v in own], self.axes)
 
 
+class _UnguardedReads(_BlockReads):
+    """Reads as `_BlockReads`, for code that runs only when autograd does not record:
+    without the gradient guards of `where` branches (`_grad_only` is the identity then)."""
+
+    expression_printer = TorchPrinter
+
+
 def _uses(text: str, name: str) -> bool:
     """Whether generated code `text` uses the name (an index grid) as a variable."""
     return re.search(rf"(?<![\w.\"]){re.escape(name)}(?![\w\"])", text) is not None
@@ -288,6 +295,11 @@ def _product(texts: list[str], layouts: list[tuple[str, ...]], out: tuple[str, .
             if lb[-2] != contracted[0]:
                 b += ".transpose(-1, -2)"
             return f"torch.matmul({a}, {b})"
+    if len(texts) == 1 and [v for v in layouts[0] if v in out] == list(out):
+        dims = tuple(i for i, v in enumerate(layouts[0]) if v not in out)
+        if dims:          # one operand: a plain sum over its other dimensions
+            operand = texts[0] if is_atom(texts[0]) else f"({texts[0]})"
+            return f"{operand}.sum(dim={dims[0] if len(dims) == 1 else dims})"
     letters = {v: chr(ord("a") + i) for i, v in enumerate(space)}
     subscripts = ",".join("".join(letters[v] for v in layout) for layout in layouts)
     return f"torch.einsum(\"{subscripts}->{''.join(letters[v] for v in out)}\", " \
@@ -528,12 +540,16 @@ class _ScheduledPrinter:
         assign = f"{target} = {{}}" if covers else f"{target} = _full({{}}, {shape})"
         if einsum.reduce_op is None:
             value = emitter.value(body, present=points)
-            reused = _InPlace(emitter, spare).text(body) if covers else None
-            if reused is not None:
-                # Without gradients recorded, the statement computes in the storage of
-                # a tile tensor no later statement reads: no new tile-sized tensor (a
-                # fresh one costs a page fault per 4 KiB on the CPU).
-                value = f"{reused} if in_place else {value}"
+            # Without gradients recorded, the statement needs no gradient guards (their
+            # masks are small tensor operations, each a Python-level call per tile), and
+            # computes in the storage of a tile tensor no later statement reads: no new
+            # tile-sized tensor (a fresh one costs a page fault per 4 KiB on the CPU).
+            plain = _UnguardedReads(self.cascade, absent, axes,
+                                    (self.f.loop,) if self.split else (), printer=self)
+            untracked = (_InPlace(plain, spare).text(body) if covers else None) or \
+                plain.value(body)
+            if untracked != value:
+                value = f"{untracked} if no_grad else {value}"
             statements.append(assign.format(value))
         else:
             masked = self.writer._masked_reduction(einsum, emitter, terms, points, kept)
@@ -759,9 +775,9 @@ class _ScheduledPrinter:
         self.line("    raise ValueError(f\"TORCH_TUNING['row_block'] must be a positive "
                   "integer, got {row_block}\")", 0)
         inputs = ", ".join(t.name for t in c.inputs)
-        self.line("# Statements may overwrite tile tensors no later statement reads, unless "
-                  "autograd records.", 0)
-        self.line(f"in_place = not (torch.is_grad_enabled() and any(isinstance(v, "
+        self.line("# Without autograd recording, statements skip gradient guards and may "
+                  "overwrite tile tensors no later statement reads.", 0)
+        self.line(f"no_grad = not (torch.is_grad_enabled() and any(isinstance(v, "
                   f"torch.Tensor) and v.requires_grad for v in ({inputs}, "
                   f"*params.values())))", 0)
         if not self.split or self.tunable:
