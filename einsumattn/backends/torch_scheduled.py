@@ -406,6 +406,10 @@ class _ScheduledPrinter:
         self.loop_start: int | None = None
         self.loop_depth = 0
         self.hoisted: dict[str, str] = {}
+        # Masked operands named in the tile being written (text -> name), and the
+        # statements naming them that the current statement needs first.
+        self.shared: dict[str, str] = {}
+        self.pending: list[str] = []
         self.facts: dict = {"form": "split" if self.split else "attention",
                             "row": f.row, "batch": list(f.batch), "stream": f.stream,
                             "loop": f.loop, "held": list(f.features)}
@@ -556,9 +560,10 @@ class _ScheduledPrinter:
             statements.append(assign.format(value))
         else:
             masked = self.writer._masked_reduction(einsum, emitter, terms, points, kept)
+            self.pending = []
             call = self._contraction(einsum, variant, terms, points) or \
                 self.writer._einsum_call(einsum, emitter, terms, points, kept)
-            statements.append(assign.format(call or masked))
+            statements += self.pending + [assign.format(call or masked)]
             if call is not None and terms and len(ir.product_factors(body)) > 1:
                 # As in the reference: a masked term's other factor may hold inf or NaN
                 # (V at a key the row does not see); only a finite result is surely
@@ -618,6 +623,8 @@ class _ScheduledPrinter:
                 return None
             if group is not invariant and any(_uses(text, v) for v in layout):
                 return None           # index grids are laid out in the Einsum's space
+            if owned and group is not invariant:
+                text = self._shared(text, group[0])
             printed.append(text)
             terms = [c for c in terms if c not in owned]
         if terms:
@@ -635,6 +642,21 @@ class _ScheduledPrinter:
             emitter = _BlockReads(self.cascade, self.absent[variant], space, (), printer=self)
             call += "".join(f" * {emitter.value(f, beside='*')}" for f in invariant)
         return call
+
+    def _shared(self, text: str, factor: ir.Expr) -> str:
+        """A masked operand named once per tile: P of P V and of sum P on a tile the
+        diagonal crosses is masked once, not once per contraction. Sound because every
+        tensor of a tile is assigned once in it (statements overwrite only tensors no
+        later statement reads)."""
+        if text not in self.shared:
+            base = f"{factor.tensor}_kept" if isinstance(factor, ir.Read) else "masked_operand"
+            name, number = base, 1
+            while name in self.shared.values():
+                number += 1
+                name = f"{base}{number}"
+            self.shared[text] = name
+            self.pending.append(f"{name} = {text}")
+        return self.shared[text]
 
     def _hoist(self, einsum: Einsum, text: str, layout: tuple[str, ...]) -> str:
         """A value computed once before the loop over key tiles: the name it gets."""
@@ -681,6 +703,7 @@ class _ScheduledPrinter:
                 self.line(f"if {self._interior()}:" if variant == "interior" else "else:",
                           depth)
             inner = depth + (len(variants) > 1)
+            self.shared = {}
             owned: set[str] = set()
             for position, einsum in enumerate(einsums):
                 self._comment(einsum, inner)
