@@ -567,8 +567,10 @@ class _ScheduledPrinter:
             if call is not None and terms and len(ir.product_factors(body)) > 1:
                 # As in the reference: a masked term's other factor may hold inf or NaN
                 # (V at a key the row does not see); only a finite result is surely
-                # exact, else the tile is reduced again without the masked terms.
-                statements.append(f"if not torch.isfinite({target}).all():")
+                # exact, else the tile is reduced again without the masked terms. An inf
+                # or NaN anywhere makes the sum inf or NaN (one pass, where isfinite
+                # makes three); a sum that overflows only recomputes the exact form.
+                statements.append(f"if not torch.isfinite({target}.sum()):")
                 statements.append("    " + assign.format(masked))
         if einsum.tensor in absent and self.f.kinds[einsum.tensor].on_key_tile:
             # Point conditions do not vary over reduced axes (size 1 there).
