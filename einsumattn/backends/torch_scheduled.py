@@ -19,7 +19,11 @@ recurrences. This backend runs the same decisions as torch code:
   step leaves every carried value unchanged), and a tile that an affine filter
   (`m <= p`, `p - m < W`) keeps whole for every row of the block is computed without
   masks: only the tiles a mask's boundary crosses pay for it;
-- the last tile is cut at the key rank's end, so padding never enters a tile.
+- the last tile is cut at the key rank's end, so padding never enters a tile;
+- constant factors of an epilogue fold back into the contraction they scale (the
+  scale multiplies the Q block once per row block, not each score tile), and without
+  autograd recording the statements skip gradient guards and compute in the storage
+  of tile tensors no later statement reads (new tile-sized tensors cost page faults).
 
 Values follow the reference backend's rules (codegen/torch_backend.py, whose printer
 pieces this module reuses): absent points by `analysis/presence.py` masks, exact
