@@ -312,7 +312,7 @@ def test_without_autograd_a_tile_makes_one_new_score_tensor(built):
     module = _module(built["softmax_3pass"], "in_place_softmax", {"row_block": 4,
                                                                   "key_tile": 5})
     inputs = _causal_inputs(20, heads=2)
-    tile = 1 * 2 * 4 * 5           # batch x heads x rows x keys
+    tile = 1 * 2 * 4 * 5           # batch x heads x rows x keys (not x features: 4)
     tiles = (20 // 4) * (20 // 5)
     assert _new_score_tiles(module, "Softmax3pass", inputs, tile, grad=False) == tiles
     assert _new_score_tiles(module, "Softmax3pass", inputs, tile, grad=True) >= 3 * tiles
@@ -322,6 +322,18 @@ def test_without_autograd_a_tile_makes_one_new_score_tensor(built):
                                                         for t in inputs])
     # exp as exp2(x * log2(e)) in place: a relative |x| * 2**-24 apart at most.
     torch.testing.assert_close(quick, recorded.detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_only_tiles_the_diagonal_crosses_make_masked_copies(built):
+    """Causal, 8 row blocks x 8 key tiles, without autograd: the 36 tiles on or below
+    the diagonal make one new score tensor each (Q K^T); only the 8 the diagonal
+    crosses also make masked copies (the scores for the max, the probabilities for
+    sum P and P V, named once)."""
+    module = _module(built["causal_softmax"], "masked_causal", {"row_block": 4,
+                                                                "key_tile": 4})
+    inputs = _causal_inputs(32, heads=3, dim=6)
+    tile = 1 * 3 * 4 * 4           # batch x heads x rows x keys (not x features: 6)
+    assert _new_score_tiles(module, "CausalSoftmax", inputs, tile, grad=False) == 36 + 2 * 8
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
