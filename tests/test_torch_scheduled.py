@@ -5,6 +5,7 @@ memory that does not grow with the keys."""
 import math
 import sys
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -15,6 +16,7 @@ from einsumattn.backends import torch_scheduled
 from einsumattn.codegen import compile_to_file, generate
 from einsumattn.codegen.compile import import_file
 from einsumattn.backends.module import Plan
+from einsumattn.ir import expr as ir
 from einsumattn.verify import Case, case_inputs, compare, run_check
 
 from conftest import EXAMPLES, ROOT, WINDOW, examples, load_generated
@@ -270,3 +272,111 @@ def test_working_memory_does_not_grow_with_the_keys(built):
     assert large < 2 * small, (small, large)
     reference = [working_memory(path, "reference", n, heads=8) for n in (512, 2048)]
     assert reference[1] > 8 * reference[0], reference
+
+
+class _CountNewTiles(torch.overrides.TorchFunctionMode):
+    """Counts the operations that return a tensor of `size` elements in new storage
+    (not one of their arguments', as an in-place operation or a view does)."""
+
+    def __init__(self, size: int):
+        super().__init__()
+        self.size = size
+        self.calls = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        result = func(*args, **(kwargs or {}))
+        tensors = [a for a in list(args) + list((kwargs or {}).values())
+                   if isinstance(a, torch.Tensor)]
+        if isinstance(result, torch.Tensor) and result.numel() == self.size and \
+                all(result.untyped_storage().data_ptr() != t.untyped_storage().data_ptr()
+                    for t in tensors):
+            self.calls += 1
+        return result
+
+
+def _new_score_tiles(module, cls_name: str, inputs, tile: int, grad: bool) -> int:
+    leaves = [t.detach().requires_grad_(grad) for t in inputs]
+    with _CountNewTiles(tile) as counter:
+        getattr(module, cls_name)(backend="torch")(*leaves)
+    return counter.calls
+
+
+def test_without_autograd_a_tile_makes_one_new_score_tensor(built):
+    """Without gradients recorded, an unmasked key tile of softmax attention makes one
+    tensor of scores (Q K^T) and computes the rest (the scale, exp(QK - max)) in its
+    storage; with gradients recorded, the statements keep their own tensors, as
+    autograd needs."""
+    module = _module(built["softmax_3pass"], "in_place_softmax", {"row_block": 4,
+                                                                  "key_tile": 5})
+    inputs = _causal_inputs(20, heads=2)
+    tile = 1 * 2 * 4 * 5           # batch x heads x rows x keys (not x features: 4)
+    tiles = (20 // 4) * (20 // 5)
+    assert _new_score_tiles(module, "Softmax3pass", inputs, tile, grad=False) == tiles
+    assert _new_score_tiles(module, "Softmax3pass", inputs, tile, grad=True) >= 3 * tiles
+    with torch.no_grad():
+        quick = module.Softmax3pass(backend="torch")(*inputs)
+    recorded = module.Softmax3pass(backend="torch")(*[t.detach().requires_grad_()
+                                                        for t in inputs])
+    # exp as exp2(x * log2(e)) in place: a relative |x| * 2**-24 apart at most.
+    torch.testing.assert_close(quick, recorded.detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_only_tiles_the_diagonal_crosses_make_masked_copies(built):
+    """Causal, 8 row blocks x 8 key tiles, without autograd: the 36 tiles on or below
+    the diagonal make one new score tensor each (Q K^T); only the 8 the diagonal
+    crosses also make masked copies (the scores for the max, the probabilities for
+    sum P and P V, named once)."""
+    module = _module(built["causal_softmax"], "masked_causal", {"row_block": 4,
+                                                                "key_tile": 4})
+    inputs = _causal_inputs(32, heads=3, dim=6)
+    tile = 1 * 3 * 4 * 4           # batch x heads x rows x keys (not x features: 6)
+    assert _new_score_tiles(module, "CausalSoftmax", inputs, tile, grad=False) == 36 + 2 * 8
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+def test_the_untracked_statements_agree_with_the_guarded_ones(path, built):
+    """Every example's schedule computes the same without autograd recording (no
+    gradient guards, statements in the storage of dead tile tensors) as with it."""
+    module = _module(built[path.stem], f"untracked_{path.stem}")
+    if module.TORCH_FALLBACK is not None:
+        pytest.skip(module.TORCH_FALLBACK)
+    cascade = einsumattn.load(path)
+    parts = {rank for split in cascade.splits for rank in (split.outer, split.inner)}
+    sizes = {r: 7 for r in cascade.ranks if cascade.ranks[r].fixed is None and r not in parts}
+    inputs = case_inputs(cascade, Case(sizes, "float32", 1.0, False, 0))
+    cls = getattr(module, module.__all__[0])
+    floating = [t.is_floating_point() for t in inputs.values()]
+    with torch.no_grad():
+        quick = cls(backend="torch")(*inputs.values())
+    recorded = cls(backend="torch")(*[t.detach().requires_grad_() if f else t
+                                      for t, f in zip(inputs.values(), floating)])
+    torch.testing.assert_close(quick, recorded.detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_constant_epilogue_factors_fold_into_the_contraction():
+    """`QK_sum = sum[e] K*Q; QK = QK_sum * scale where m <= p` (the canonical form)
+    folds to `QK_sum = sum[e] K*Q*scale; QK = QK_sum where m <= p`: the oracle's values
+    are unchanged; a factor that reads a tensor, or a contraction read twice, stays."""
+    from einsumattn.evaluate import evaluate
+    plan = Plan(einsumattn.load(ROOT / "examples" / "causal_softmax.attn"))
+    folded, what = torch_scheduled.fold_constant_factors(plan.kernel)
+    assert what == ["QK_sum <- QK"]
+    assert torch_scheduled.schedule(plan.kernel, plan.cascade).facts["folded"] == what
+    epilogue = folded.einsum("QK").body
+    assert isinstance(epilogue, ir.Read) and epilogue.tensor == "QK_sum"
+    assert ir.Param("scale") in ir.product_factors(folded.einsum("QK_sum").body)
+    inputs = case_inputs(plan.kernel, Case({"B": 1, "H": 2, "P": 5, "M": 6, "E": 3, "F": 2},
+                                           "float32", 1.0, False, 0))
+    before, after = evaluate(plan.kernel, inputs), evaluate(folded, inputs)
+    assert np.allclose(after["AV"], before["AV"], rtol=1e-12, atol=1e-12)
+    twice = einsumattn.load("""attention twice
+dims P, M, E
+input Q[p, e], K[m, e], B0[p, m]
+S[p, m] = Q[p, e] * K[m, e]
+T[p, m] = S[p, m] * 0.5
+U[p, m] = S[p, m] + T[p, m]
+W[p, m] = Q[p, e] * K[m, e]
+X[p, m] = W[p, m] * B0[p, m]
+output U, X
+""")
+    assert torch_scheduled.fold_constant_factors(twice) == (twice, [])

@@ -19,7 +19,11 @@ recurrences. This backend runs the same decisions as torch code:
   step leaves every carried value unchanged), and a tile that an affine filter
   (`m <= p`, `p - m < W`) keeps whole for every row of the block is computed without
   masks: only the tiles a mask's boundary crosses pay for it;
-- the last tile is cut at the key rank's end, so padding never enters a tile.
+- the last tile is cut at the key rank's end, so padding never enters a tile;
+- constant factors of an epilogue fold back into the contraction they scale (the
+  scale multiplies the Q block once per row block, not each score tile), and without
+  autograd recording the statements skip gradient guards and compute in the storage
+  of tile tensors no later statement reads (new tile-sized tensors cost page faults).
 
 Values follow the reference backend's rules (codegen/torch_backend.py, whose printer
 pieces this module reuses): absent points by `analysis/presence.py` masks, exact
@@ -77,7 +81,7 @@ class TorchSchedule:
 def schedule(kernel: Cascade, spec: Cascade) -> TorchSchedule:
     """The scheduled torch backend for `kernel` (the cascade the Triton kernels compute,
     Plan.kernel) of the spec `spec`."""
-    renamed = names.rename(kernel)
+    renamed, folded = fold_constant_factors(names.rename(kernel))
     try:
         fuser = _Tiles(renamed)
         tunable = _rewrite_split(kernel, spec)
@@ -87,6 +91,7 @@ def schedule(kernel: Cascade, spec: Cascade) -> TorchSchedule:
         why = names.spec_text(str(reason))
         return TorchSchedule(None, f"no fused schedule: {why}",
                              f"torch: runs the reference (no fused schedule: {why}).")
+    printer.facts["folded"] = folded
     facts = {key: names.spec_text(value) if isinstance(value, str) else
              [names.spec_text(v) for v in value] if isinstance(value, list) else value
              for key, value in printer.facts.items()}
@@ -99,6 +104,64 @@ def _rewrite_split(kernel: Cascade, spec: Cascade) -> bool:
     own = {(s.parent, s.outer, s.inner) for s in spec.splits}
     return bool(kernel.splits) and all((s.parent, s.outer, s.inner) not in own
                                        for s in kernel.splits)
+
+
+# ------------------------------------------------------------------------ folding
+
+
+def _quotient_factors(expr: ir.Expr) -> list[ir.Expr]:
+    """The factors of a product of quotients: `a * b / c` -> [a, b, 1 / c]."""
+    if isinstance(expr, ir.Op) and expr.op == "/":
+        return _quotient_factors(expr.args[0]) + [ir.Op("/", (ir.Const(1.0), expr.args[1]))]
+    if isinstance(expr, ir.Op) and expr.op == "*":
+        return _quotient_factors(expr.args[0]) + _quotient_factors(expr.args[1])
+    return [expr]
+
+
+def _constant(expr: ir.Expr) -> bool:
+    """An expression of constants, params and rank sizes only (no read, no index)."""
+    return not any(isinstance(node, (ir.Read, ir.Index)) for node in ir.walk(expr))
+
+
+def fold_constant_factors(cascade: Cascade) -> tuple[Cascade, list[str]]:
+    """Constant factors of an epilogue moved back into the contraction it scales:
+    `S = sum[e] K*Q; T = S * scale where m <= p` (the canonical form keeps the scale out
+    of the sum) becomes `S = sum[e] K*Q*scale; T = S where m <= p`, when T is S's only
+    reader. Exact by distributivity (scale does not vary over e); the contraction then
+    multiplies the scale into its key-invariant operand (the Q block) once per row
+    block, instead of the epilogue multiplying every score tile. Returns the cascade
+    and, per fold, `S <- T` (the contraction and the epilogue it took factors from)."""
+    einsums = {e.tensor: e for e in cascade.einsums}
+    folded = []
+    for epilogue in cascade.einsums:
+        if epilogue.reduce_op is not None or epilogue.iterative is not None:
+            continue
+        factors = _quotient_factors(epilogue.body)
+        reads = [f for f in factors if isinstance(f, ir.Read)]
+        constants = [f for f in factors if _constant(f)]
+        if len(reads) != 1 or len(reads) + len(constants) != len(factors) or not constants:
+            continue
+        source = einsums.get(reads[0].tensor)
+        if source is None or source.reduce_op != "sum" or source.filter is not None or \
+                source.iterative is not None or source.tensor in cascade.outputs or \
+                cascade.consumers(source.tensor) != [epilogue.tensor] or \
+                len(epilogue.accesses()) != 1:
+            continue
+        einsums[source.tensor] = dataclasses.replace(
+            source, body=_product_of([source.body] + constants))
+        einsums[epilogue.tensor] = dataclasses.replace(epilogue, body=reads[0])
+        folded.append(f"{source.tensor} <- {epilogue.tensor}")
+    if not folded:
+        return cascade, []
+    return dataclasses.replace(cascade, einsums=tuple(einsums[e.tensor]
+                                                      for e in cascade.einsums)), folded
+
+
+def _product_of(factors: list[ir.Expr]) -> ir.Expr:
+    product = factors[0]
+    for factor in factors[1:]:
+        product = ir.Op("*", (product, factor))
+    return product
 
 
 # ------------------------------------------------------------------------ reads
@@ -204,6 +267,27 @@ class _BlockReads(_EinsumEmitter):
         return _aligned(base, [(":", v) for v in own], self.axes)
 
 
+class _Exp2Printer(TorchPrinter):
+    """`exp(x)` as `exp2(x * log2(e))`: torch's float32 exp takes about twice exp2's time
+    on a large tensor and 20x on a small one (a per-row correction factor: 68 us against
+    3 us with two threads, measured on the 2-core CPU); the product's rounding changes
+    the result by a relative |x| * 2**-24 at most (verify.py's tolerance allows u * S
+    for logits of size S)."""
+
+    def print(self, expr: ir.Expr, context: int) -> str:
+        if isinstance(expr, ir.Op) and expr.op == "exp" and self.tensor(expr):
+            return f"torch.exp2(math.log2(math.e) * ({self.print(expr.args[0], 0)}))"
+        return super().print(expr, context)
+
+
+class _UnguardedReads(_BlockReads):
+    """Reads as `_BlockReads`, for code that runs only when autograd does not record:
+    without the gradient guards of `where` branches (`_grad_only` is the identity then),
+    exp as exp2."""
+
+    expression_printer = _Exp2Printer
+
+
 def _uses(text: str, name: str) -> bool:
     """Whether generated code `text` uses the name (an index grid) as a variable."""
     return re.search(rf"(?<![\w.\"]){re.escape(name)}(?![\w\"])", text) is not None
@@ -229,6 +313,11 @@ def _product(texts: list[str], layouts: list[tuple[str, ...]], out: tuple[str, .
             if lb[-2] != contracted[0]:
                 b += ".transpose(-1, -2)"
             return f"torch.matmul({a}, {b})"
+    if len(texts) == 1 and [v for v in layouts[0] if v in out] == list(out):
+        dims = tuple(i for i, v in enumerate(layouts[0]) if v not in out)
+        if dims:          # one operand: a plain sum over its other dimensions
+            operand = texts[0] if is_atom(texts[0]) else f"({texts[0]})"
+            return f"{operand}.sum(dim={dims[0] if len(dims) == 1 else dims})"
     letters = {v: chr(ord("a") + i) for i, v in enumerate(space)}
     subscripts = ",".join("".join(letters[v] for v in layout) for layout in layouts)
     return f"torch.einsum(\"{subscripts}->{''.join(letters[v] for v in out)}\", " \
@@ -255,6 +344,61 @@ class _Writer(TorchEmitter):
         return self.extents.get(var) or self.cascade.var_rank(var)
 
 
+class _InPlace:
+    """An elementwise body computed in the storage of one spare tensor it reads once:
+    `exp(QK - SGM)` -> `QK.sub_(SGM).mul_(log2(e)).exp2_()`, `X + Y * C` ->
+    `X.addcmul_(Y, C)`. Only operations whose in-place form computes the same float32
+    values, up to the rounding noted at exp; None when the body has no such form."""
+
+    # exp(x) as 2 ** (x * log2(e)), as _Exp2Printer prints it.
+    _UNARY = {"exp": "mul_(math.log2(math.e)).exp2_", "log": "log_", "sqrt": "sqrt_",
+              "tanh": "tanh_", "sigmoid": "sigmoid_", "relu": "relu_", "abs": "abs_"}
+    _BINARY = {"+": "add_", "-": "sub_", "*": "mul_", "/": "div_"}
+
+    def __init__(self, emitter: "_BlockReads", spare: set[str]):
+        self.emitter = emitter
+        self.spare = spare
+
+    def text(self, body: ir.Expr) -> str | None:
+        reads = [r.tensor for r in ir.reads(body)]
+        self.candidates = {t for t in self.spare if reads.count(t) == 1}
+        if not self.candidates or isinstance(body, ir.Read):
+            return None
+        return self._print(body)
+
+    def _operand(self, expr: ir.Expr) -> str:
+        return self.emitter.value(expr)
+
+    def _print(self, expr: ir.Expr) -> str | None:
+        if isinstance(expr, ir.Read):
+            if expr.tensor in self.candidates and \
+                    self.emitter.read(expr) == expr.tensor:
+                return expr.tensor
+            return None
+        if not isinstance(expr, ir.Op):
+            return None
+        op, args = expr.op, expr.args
+        if op in self._UNARY:
+            inner = self._print(args[0])
+            return None if inner is None else f"{inner}.{self._UNARY[op]}()"
+        if op not in self._BINARY or len(args) != 2:
+            return None
+        tensor = self.emitter.expression_printer(self.emitter.read).tensor
+        first = self._print(args[0])
+        if first is not None:
+            other = args[1]
+            if op == "+" and isinstance(other, ir.Op) and other.op == "*" and \
+                    all(tensor(a) for a in other.args):
+                return (f"{first}.addcmul_({self._operand(other.args[0])}, "
+                        f"{self._operand(other.args[1])})")
+            return f"{first}.{self._BINARY[op]}({self._operand(other)})"
+        if op in ("+", "*"):
+            second = self._print(args[1])
+            if second is not None:
+                return f"{second}.{self._BINARY[op]}({self._operand(args[0])})"
+        return None
+
+
 # ------------------------------------------------------------------------ the schedule
 
 
@@ -278,6 +422,10 @@ class _ScheduledPrinter:
         self.loop_start: int | None = None
         self.loop_depth = 0
         self.hoisted: dict[str, str] = {}
+        # Masked operands named in the tile being written (text -> name), and the
+        # statements naming them that the current statement needs first.
+        self.shared: dict[str, str] = {}
+        self.pending: list[str] = []
         self.facts: dict = {"form": "split" if self.split else "attention",
                             "row": f.row, "batch": list(f.batch), "stream": f.stream,
                             "loop": f.loop, "held": list(f.features)}
@@ -397,7 +545,7 @@ class _ScheduledPrinter:
             self.line(f"{var} = torch.arange({span}, device=device).view({view})", depth)
 
     def compute(self, einsum: Einsum, variant: str, depth: int,
-                target: str | None = None) -> None:
+                target: str | None = None, spare: set[str] = frozenset()) -> None:
         """Statements computing `einsum` over the block (and tile) into `target`."""
         absent = self.absent[variant]
         target = target or einsum.tensor
@@ -414,17 +562,31 @@ class _ScheduledPrinter:
         covers = set(kept) <= set(ir.index_vars(body)) and _reads_any(body)
         assign = f"{target} = {{}}" if covers else f"{target} = _full({{}}, {shape})"
         if einsum.reduce_op is None:
-            statements.append(assign.format(emitter.value(body, present=points)))
+            value = emitter.value(body, present=points)
+            # Without gradients recorded, the statement needs no gradient guards (their
+            # masks are small tensor operations, each a Python-level call per tile), and
+            # computes in the storage of a tile tensor no later statement reads: no new
+            # tile-sized tensor (a fresh one costs a page fault per 4 KiB on the CPU).
+            plain = _UnguardedReads(self.cascade, absent, axes,
+                                    (self.f.loop,) if self.split else (), printer=self)
+            untracked = (_InPlace(plain, spare).text(body) if covers else None) or \
+                plain.value(body)
+            if untracked != value:
+                value = f"{untracked} if no_grad else {value}"
+            statements.append(assign.format(value))
         else:
             masked = self.writer._masked_reduction(einsum, emitter, terms, points, kept)
+            self.pending = []
             call = self._contraction(einsum, variant, terms, points) or \
                 self.writer._einsum_call(einsum, emitter, terms, points, kept)
-            statements.append(assign.format(call or masked))
+            statements += self.pending + [assign.format(call or masked)]
             if call is not None and terms and len(ir.product_factors(body)) > 1:
                 # As in the reference: a masked term's other factor may hold inf or NaN
                 # (V at a key the row does not see); only a finite result is surely
-                # exact, else the tile is reduced again without the masked terms.
-                statements.append(f"if not torch.isfinite({target}).all():")
+                # exact, else the tile is reduced again without the masked terms. An inf
+                # or NaN anywhere makes the sum inf or NaN (one pass, where isfinite
+                # makes three); a sum that overflows only recomputes the exact form.
+                statements.append(f"if not torch.isfinite({target}.sum()):")
                 statements.append("    " + assign.format(masked))
         if einsum.tensor in absent and self.f.kinds[einsum.tensor].on_key_tile:
             # Point conditions do not vary over reduced axes (size 1 there).
@@ -479,6 +641,8 @@ class _ScheduledPrinter:
                 return None
             if group is not invariant and any(_uses(text, v) for v in layout):
                 return None           # index grids are laid out in the Einsum's space
+            if owned and group is not invariant:
+                text = self._shared(text, group[0])
             printed.append(text)
             terms = [c for c in terms if c not in owned]
         if terms:
@@ -496,6 +660,21 @@ class _ScheduledPrinter:
             emitter = _BlockReads(self.cascade, self.absent[variant], space, (), printer=self)
             call += "".join(f" * {emitter.value(f, beside='*')}" for f in invariant)
         return call
+
+    def _shared(self, text: str, factor: ir.Expr) -> str:
+        """A masked operand named once per tile: P of P V and of sum P on a tile the
+        diagonal crosses is masked once, not once per contraction. Sound because every
+        tensor of a tile is assigned once in it (statements overwrite only tensors no
+        later statement reads)."""
+        if text not in self.shared:
+            base = f"{factor.tensor}_kept" if isinstance(factor, ir.Read) else "masked_operand"
+            name, number = base, 1
+            while name in self.shared.values():
+                number += 1
+                name = f"{base}{number}"
+            self.shared[text] = name
+            self.pending.append(f"{name} = {text}")
+        return self.shared[text]
 
     def _hoist(self, einsum: Einsum, text: str, layout: tuple[str, ...]) -> str:
         """A value computed once before the loop over key tiles: the name it gets."""
@@ -542,14 +721,70 @@ class _ScheduledPrinter:
                 self.line(f"if {self._interior()}:" if variant == "interior" else "else:",
                           depth)
             inner = depth + (len(variants) > 1)
-            for einsum in einsums:
+            self.shared = {}
+            owned: set[str] = set()
+            for position, einsum in enumerate(einsums):
                 self._comment(einsum, inner)
                 kind = self.f.kinds[einsum.tensor]
+                spare = self._spare(einsums, position, owned)
                 if accumulate and kind in (Role.ACCUMULATE, Role.DOT_ACCUMULATE):
-                    self.compute(einsum, variant, inner, target=f"{einsum.tensor}_tile")
+                    self.compute(einsum, variant, inner, target=f"{einsum.tensor}_tile",
+                                 spare=spare)
                     self.line(f"{einsum.tensor} = {self._combine(einsum)}", inner)
                 else:
-                    self.compute(einsum, variant, inner)
+                    self.compute(einsum, variant, inner, spare=spare)
+                if self._fresh(einsum) or self._alias(einsum) in owned:
+                    owned.add(einsum.tensor)
+
+    # -- storage a statement may take over (no gradients recorded) -------------------
+    def _fresh(self, einsum: Einsum) -> bool:
+        """Whether the statement of `einsum` makes a new float tensor of its full block
+        shape (an operation on tensors), not a view, an alias or a broadcast constant."""
+        body = einsum.body
+        if ir.is_boolean(body) or not _reads_any(body) or \
+                not set(self.kept(einsum)) <= set(ir.index_vars(body)):
+            return False
+        return einsum.reduce_op is not None or not isinstance(body, ir.Read)
+
+    def _alias(self, einsum: Einsum) -> str | None:
+        """The tensor whose storage `einsum`'s statement names again (`QK = QK_sum`: a
+        plain read in the same layout; `_grad_only` returns it unchanged), if any."""
+        body = einsum.body
+        if einsum.reduce_op is not None or not isinstance(body, ir.Read) or \
+                self.cascade.tensors[body.tensor].is_input:
+            return None
+        source = self.cascade.einsum(body.tensor)
+        if self.kept(source) != self.kept(einsum) or \
+                body.indices != tuple(ir.Index(v) for v in source.indices):
+            return None
+        return body.tensor
+
+    def _spare(self, einsums: list[Einsum], position: int, owned: set[str]) -> set[str]:
+        """Tensors of this tile whose storage the statement at `position` may overwrite
+        when no gradient is recorded: each was made in the tile (or names storage made
+        in it), has the statement's block shape, and is read by no later statement, in
+        this tile, after the loop or at the next step (so not carried, not an output)."""
+        later = {e.tensor for e in einsums[position + 1:]}
+        inside = {e.tensor for e in einsums[:position + 1]}
+        kept = self.kept(einsums[position])
+        spare = set()
+        for einsum in einsums[:position]:
+            name = einsum.tensor
+            readers = set(self.cascade.consumers(name))
+            if name in owned and name not in self.cascade.outputs and \
+                    self.kept(einsum) == kept and readers <= inside and \
+                    not readers & later and name not in readers:
+                spare.add(name)
+        # Storage named twice (QK = QK_sum) is spare only when every name for it is.
+        pairs = [(e.tensor, self._alias(e)) for e in einsums[:position] if self._alias(e)]
+        changed = True
+        while changed:
+            changed = False
+            for name, source in pairs:
+                if (source in spare) != (name in spare):
+                    spare -= {source, name}
+                    changed = True
+        return spare
 
     def _combine(self, einsum: Einsum) -> str:
         name = einsum.tensor
@@ -583,6 +818,12 @@ class _ScheduledPrinter:
         self.line("if row_block < 1:", 0)
         self.line("    raise ValueError(f\"TORCH_TUNING['row_block'] must be a positive "
                   "integer, got {row_block}\")", 0)
+        inputs = ", ".join(t.name for t in c.inputs)
+        self.line("# Without autograd recording, statements skip gradient guards and may "
+                  "overwrite tile tensors no later statement reads.", 0)
+        self.line(f"no_grad = not (torch.is_grad_enabled() and any(isinstance(v, "
+                  f"torch.Tensor) and v.requires_grad for v in ({inputs}, "
+                  f"*params.values())))", 0)
         if not self.split or self.tunable:
             self.line("key_tile = int(TORCH_TUNING['key_tile'])", 0)
             self.line("if key_tile < 1:", 0)
@@ -732,4 +973,4 @@ class _ScheduledPrinter:
                 f"batched matmuls); {loops}; skipping: {self.facts['skipping']}{masks}.")
 
 
-__all__ = ["DEFAULT_TUNING", "TorchSchedule", "schedule"]
+__all__ = ["DEFAULT_TUNING", "TorchSchedule", "fold_constant_factors", "schedule"]
