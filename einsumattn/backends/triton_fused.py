@@ -26,7 +26,6 @@ reason, and the module uses the unfused schedule instead.
 from __future__ import annotations
 
 import itertools
-from dataclasses import replace
 
 import sympy
 
@@ -37,9 +36,7 @@ from ..ir.printer import lhs_text, rhs_text
 from ..schedule.attention import AttentionRoles
 from ..schedule.bounds import stream_bound
 from ..schedule.model import Bound, Role
-from ..schedule.skipping import masked_steps_are_identities
 from ..schedule.stages import Crossing, NotFusable, cut_stages
-from ..transform.algebra import substitute
 from .names import spec_text
 from .triton_kernel import (FusedKernel, kernel_arguments, kernel_source, launch_lines,
                             program_coordinates)
@@ -183,13 +180,10 @@ class _Emitter:
         self.lines: list[str] = []
         self.hoisted: dict[str, str] = {}   # text of a loop-invariant tile -> its name
         self.offsets: dict[str, str] = {}   # kernel argument -> host expression
-        # Einsum -> how many of its tl.dot operands are computed values, rounded to the
-        # inputs' precision when the dot runs on half-precision operands (see _dot).
-        self.rounded: dict[str, int] = {}
+        # Every decision (passes, bounds, dots and their rounded operands) is the
+        # schedule's: the emitter prints it.
         self.schedule = fuser.kernel_schedule(f"{self.cascade.name}_fused")
         self.loops_start: int | None = None  # where the first loop's lines begin
-        self.bounds: dict[int, tuple[Bound, ...]] = {}   # pass -> the bounds it uses
-        self.skipping: str | None = None
 
     def line(self, text: str, depth: int = 1) -> None:
         self.lines.append("    " * depth + text)
@@ -213,7 +207,7 @@ class _Emitter:
         available = {t.name for t in cascade.inputs}
         self._rows(available)
         for number, accumulators, needed in f.pass_plan():
-            lo, hi = self._bounds(number, accumulators)
+            lo, hi = self._bounds(self.schedule.passes[number - 1].bounds)
             pruned[number] = (lo, hi)
             self._begin_loops()
             self.line("")
@@ -253,12 +247,8 @@ class _Emitter:
     # ---------------------------------------------------------------- pieces
     def _kernel(self, source: list[str], host: list[str], tuning: dict,
                 description: str) -> FusedKernel:
-        """The kernel, with its schedule completed by what printing proved: the bounds
-        of each pass, the rounded dot operands, why tiles are (not) skipped."""
-        passes = tuple(replace(p, bounds=self.bounds.get(p.number, ()))
-                       for p in self.schedule.passes)
-        schedule = self.schedule.with_(passes=passes, rounded=tuple(self.rounded.items()),
-                                       skipping=self.skipping, description=description)
+        """The kernel, with its schedule and the description of what was printed."""
+        schedule = self.schedule.with_(description=description)
         return FusedKernel(self.schedule.name, source, host, tuning, schedule)
 
     def _prologue(self, n_passes: int) -> None:
@@ -315,32 +305,20 @@ class _Emitter:
 
     def _tile_dot(self, einsum: Einsum) -> str:
         """sum over a feature of (row-side factors) * (key-side factors) * scalars:
-        tl.dot(row tile, key tile transposed)."""
+        tl.dot(row tile, key tile transposed), as the schedule's DotPlan splits them."""
         f = self.f
         (feature,) = einsum.reduced
-        row_side, key_side, other = [], [], []
-        for factor in ir.product_factors(einsum.body):
-            variables = set(ir.index_vars(factor)) - set(f.batch) - {f.loop}
-            if variables <= {f.row, feature} and feature in variables:
-                row_side.append(factor)
-            elif variables <= {f.stream, feature} and feature in variables:
-                key_side.append(factor)
-            elif feature not in variables:
-                other.append(factor)
-            else:
-                raise NotFusable(f"{einsum.tensor}: a factor over both sides of the product")
-        if not row_side or not key_side:
-            raise NotFusable(f"{einsum.tensor}: not a product of a row tile and a key tile")
+        dot = self.schedule.dot(einsum.tensor)
         # read() adds the feature mask; the lanes here are the row and key lanes. The key
         # tile's addresses are clamped and a score at a key no row sees is masked before any
         # arithmetic across keys, so the key side needs no more than the tile's own lanes.
         size = f.tile_block if f.loop is not None else self.cascade.var_rank(f.stream)
         key_lanes = f"({f.stream} < {size})[:, None]"
         a = self._hoisted(" * ".join(f.factor(x, (f.row, feature), "row_live[:, None]")
-                                     for x in row_side), f"{einsum.tensor}_rows")
-        b = " * ".join(f.factor(x, (f.stream, feature), key_lanes) for x in key_side)
-        text = self._dot(einsum, (a, row_side), (f"tl.trans({b})", key_side))
-        for factor in other:
+                                     for x in dot.left), f"{einsum.tensor}_rows")
+        b = " * ".join(f.factor(x, (f.stream, feature), key_lanes) for x in dot.right)
+        text = self._dot(a, f"tl.trans({b})")
+        for factor in dot.after:
             text += f" * {f.factor(factor, (f.row, f.stream), 'lanes')}"
         return text
 
@@ -395,17 +373,8 @@ class _Emitter:
             return
         # sum over the stream of (stream tile) * (key tile over a feature): tl.dot.
         feature = f.layouts[name][1]
-        tile_side, key_side = [], []
-        for factor in ir.product_factors(einsum.body):
-            variables = set(ir.index_vars(factor)) - set(f.batch) - {f.loop}
-            if variables <= {f.row, f.stream}:
-                tile_side.append(factor)
-            elif variables <= {f.stream, feature}:
-                key_side.append(factor)
-            else:
-                raise NotFusable(f"{name}: not a stream tile times a key tile")
-        if not key_side:
-            raise NotFusable(f"{name}: no key tile to contract with")
+        plan = self.schedule.dot(name)
+        tile_side, key_side = plan.left, plan.right
         # The key tile is zeroed at keys no row of the program sees: a zero probability
         # alone would still give 0 * inf = NaN from padding or a KV cache past its length.
         seen = f"{name}_keys"
@@ -414,7 +383,7 @@ class _Emitter:
         b = " * ".join(f.factor(x, (f.stream, feature), f"{seen}[:, None]") for x in key_side)
         if not all(self._loaded_per_key(x) for x in key_side):
             b = f"tl.where({seen}[:, None], {b}, 0.0)"   # a function of a masked load
-        dot = self._dot(einsum, (f"tl.where({ok}, {a}, 0.0)", tile_side), (b, key_side))
+        dot = self._dot(f"tl.where({ok}, {a}, 0.0)", b)
         self.line(f"{name} {'=' if fresh else '+='} {dot}", 2)
 
     def _loaded_per_key(self, factor: ir.Expr) -> bool:
@@ -429,7 +398,7 @@ class _Emitter:
         and row (`m <= p`, `p - m < W`), with `and` / `or`, give it per key, at no cost per
         score; any other condition on the rows needs an OR over the rows of `terms`."""
         alternatives = [((), ())]
-        for condition in self._leaf_conditions(einsum):
+        for condition in self.f.leaf_conditions(einsum):
             if self.f.said_by_live_keys(condition):
                 continue
             found = self._alternatives(condition)
@@ -477,7 +446,7 @@ class _Emitter:
             if expr.op == "or":
                 return left + right
             return [(a + b, c + d) for a, c in left for b, d in right]
-        bound = stream_bound(self._keyed(expr), f.stream, f.row)
+        bound = stream_bound(f.keyed(expr), f.stream, f.row)
         return None if bound is None else [((), (bound,))]
 
     def _rows_reach(self, bounds) -> list[str]:
@@ -505,11 +474,6 @@ class _Emitter:
                 found.append(f"({key} < 0)")      # no row meets both: no key is seen
         return found
 
-    def _keyed(self, condition: ir.Expr) -> ir.Expr:
-        """A condition with the key written as the index variable of the tile, so that
-        `stream_bound` reads a bound off it (here the key is that variable)."""
-        return condition
-
     def _key(self) -> str:
         """The key index of the tile's lanes, as the kernel computes it."""
         return self.f.stream
@@ -518,28 +482,17 @@ class _Emitter:
         """The tile's keys that exist (the last tile may reach past the key rank)."""
         return f"({self._key()} < {self.cascade.root_rank(self.cascade.var_rank(self.f.stream))})"
 
-    def _dot(self, einsum: Einsum, *operands: tuple[str, list]) -> str:
-        """tl.dot of two operand tiles (text, and the factors each is the product of).
+    def _dot(self, a: str, b: str) -> str:
+        """tl.dot of two operand tiles.
 
         Operands enter in the inputs' precision (DOT_DTYPE, chosen by the host): float16
         and bfloat16 inputs give tensor-core dots, whose products are exact and whose sums
         are float32, as in FlashAttention; float32 inputs give an IEEE float32 dot, never
         TF32. An operand that is one input read is then exact (it had that precision
-        already); a computed one (the probabilities of P V) is rounded, and the count is
-        recorded for the equivalence check's tolerance (verify.py)."""
-        rounded = sum(not self._exact_operand(factors) for _, factors in operands)
-        if rounded:
-            self.rounded[einsum.tensor] = rounded
-        (a, _), (b, _) = operands
+        already); a computed one (the probabilities of P V) is rounded, as the schedule's
+        DotPlan counts for the equivalence check's tolerance (verify.py)."""
         return (f"tl.dot(_to_dot({a}, DOT_DTYPE), _to_dot({b}, DOT_DTYPE), "
                 f"input_precision=\"ieee\")")
-
-    def _exact_operand(self, factors: list) -> bool:
-        """An operand that is a single read of an input: exact in the inputs' dtype."""
-        if len(factors) != 1 or not isinstance(factors[0], ir.Read):
-            return False
-        tensor = self.cascade.tensors.get(factors[0].tensor)
-        return tensor is not None and tensor.is_input
 
     def _stored(self, name: str) -> str:
         """An output's value as stored: absent points (row conditions) as 0."""
@@ -560,16 +513,14 @@ class _Emitter:
         return " + ".join(terms), self._row_lanes(layout)
 
     # ---------------------------------------------------------------- bounds
-    def _bounds(self, number: int, accumulators) -> tuple[str | None, str | None]:
-        """Loop bounds for a pass from affine point filters on stream tiles that mask
-        every term of every accumulator of the pass (else the whole range)."""
+    def _bounds(self, bounds: tuple[Bound, ...]) -> tuple[str | None, str | None]:
+        """Loop bounds for a pass from the schedule's proved bounds (else the whole
+        range)."""
         f = self.f
         lo, hi = None, None
         tile = f"{f.row}_BLOCK"
         first_row = f"tl.program_id(0) * {tile}"
-        offsets = self._masking_offsets(accumulators)
-        self.bounds[number] = tuple(Bound(side, str(offset)) for side, offset in offsets)
-        for side, offset in offsets:
+        for side, offset in bounds:
             offset = self._offset_text(side, offset)
             if side == "upper":   # m <= row + offset
                 hi = (f"tl.minimum({self.cascade.var_rank(f.stream)}, "
@@ -578,23 +529,6 @@ class _Emitter:
                 block = f"{f.stream}_BLOCK"
                 lo = f"tl.maximum(0, {first_row} + ({offset})) // {block} * {block}"
         return lo, hi
-
-    def _masking_offsets(self, reductions) -> list[tuple[str, sympy.Expr]]:
-        """(side, offset) for each affine filter `key <= row + offset` ('upper') or
-        `key >= row + offset` ('lower') that masks every term of every reduction in
-        `reductions`."""
-        if not reductions:
-            return []
-        candidates = None
-        for reduction in reductions:
-            masked_by = self._filters_masking(reduction)
-            candidates = masked_by if candidates is None else candidates & masked_by
-        found = []
-        for filt in sorted(candidates or (), key=str):
-            bound = stream_bound(self._keyed(filt), self.f.stream, self.f.row)
-            if bound is not None:
-                found.append(bound)
-        return found
 
     def _offset_text(self, side: str, offset: sympy.Expr) -> str:
         """An offset as the kernel reads it: an integer, or (with params, a window W) a
@@ -611,26 +545,6 @@ class _Emitter:
         name = f"{side}_offset" + (str(same_side + 1) if same_side else "")
         self.offsets[name] = host
         return name
-
-    def _filters_masking(self, einsum: Einsum) -> set:
-        """Filter conjuncts (on stream tiles) that every present term of `einsum` obeys."""
-        return {c.expr for c in self._leaf_conditions(einsum) if c.kind == "filter"}
-
-    def _leaf_conditions(self, einsum: Einsum, points: bool = False) -> list[Condition]:
-        """The conditions on `einsum`'s terms (`points`: on its points), with the absence
-        of a stream tile replaced by the conditions its `_ok` mask is made of."""
-        conditions = self.f._conditions(einsum)
-        if points:
-            conditions = point_conditions(einsum, conditions)
-        found = []
-        for condition in conditions:
-            if condition.kind == "absent" and \
-                    self.f.kinds.get(condition.read.tensor) in (Role.STREAM, Role.STREAM_DOT):
-                found += self._leaf_conditions(self.cascade.einsum(condition.read.tensor),
-                                               points=True)
-            else:
-                found.append(condition)
-        return found
 
     # ---------------------------------------------------------------- kernel text
     def _wrap(self, name: str, outputs: list[str]) -> tuple[list[str], list[str], dict]:
@@ -722,26 +636,13 @@ class _SplitEmitter(_Emitter):
                             f"{_range_text((lo, hi), f.loop)}")
 
     def _step_bounds(self) -> tuple[str | None, str | None]:
-        """The range of steps m1 for this row tile: affine filters that mask every term of
-        every per-step reduction bound it, when a fully masked step provably changes
-        nothing carried (schedule/skipping.py); else every step (and the reason why, in
-        the facts)."""
+        """The range of steps m1 for this row tile: the schedule's proved bounds of its
+        one pass (present only where skipping a fully masked step is proved right)."""
         f, cascade = self.f, self.cascade
-        ((_, reductions, _),) = f.pass_plan()
         tile = f.tile_block
-        offsets = self._masking_offsets(reductions)
-        self.skipping = "no affine filter masks every per-step reduction"
-        if not offsets:
-            return None, None
-        why_not = masked_steps_are_identities(cascade, f.kinds, f.loop)
-        if why_not is not None:
-            self.skipping = why_not
-            return None, None
-        self.skipping = "a fully masked step changes nothing carried (proved)"
-        self.bounds[1] = tuple(Bound(side, str(offset)) for side, offset in offsets)
         first_row = f"tl.program_id(0) * {f.row}_BLOCK"
         lo, hi = None, None
-        for side, offset in offsets:
+        for side, offset in self.schedule.passes[0].bounds:
             offset = self._offset_text(side, offset)
             if side == "upper":   # keys up to the last row + offset
                 hi = (f"tl.minimum({cascade.var_rank(f.loop)}, tl.maximum(0, {first_row} + "
@@ -749,13 +650,6 @@ class _SplitEmitter(_Emitter):
             else:                 # keys from the first row + offset
                 lo = f"tl.maximum(0, {first_row} + ({offset})) // {tile}"
         return lo, hi
-
-    def _keyed(self, condition: ir.Expr) -> ir.Expr:
-        """The key is m1 * M0 + m0: written as a plain `m0` so a bound reads off it."""
-        f = self.f
-        inner = ir.Dim(self.cascade.var_rank(f.stream))
-        key = ir.Op("-", (ir.Index(f.stream), ir.Op("*", (ir.Index(f.loop), inner))))
-        return substitute(condition, {f.stream: key})
 
     def _key(self) -> str:
         f = self.f

@@ -24,12 +24,10 @@ from ..analysis.presence import Condition, absent_tensors, einsum_conditions, po
 from ..ir import Cascade, Einsum
 from ..ir import expr as ir
 from ..ir.printer import lhs_text, rhs_text
-from ..schedule.kernel import scalars
+from ..schedule.model import KernelSchedule
+from ..schedule.unfused import einsum_schedule
 from .triton_printer import (TritonPrinter, Unsupported, element_offset, load, scalar_condition,
                              tile_asserts)
-
-BLOCK = 128   # left-side points per program
-RBLOCK = 32   # reduced points per loop step
 
 
 @dataclass
@@ -41,6 +39,7 @@ class Kernel:
     source: list[str]
     args: list[str]                      # host expressions, in the kernel's order
     grid: str                            # host expression: number of programs
+    schedule: KernelSchedule             # what it computes and how, as data
     tuning: dict = field(default_factory=dict)
 
 
@@ -66,12 +65,13 @@ class TritonEmitter:
 
     def _kernel(self, einsum: Einsum) -> Kernel:
         cascade = self.cascade
+        schedule = einsum_schedule(cascade, einsum, self.absent)
         recurrence = einsum.iterative is not None
         x = einsum.iter_var
-        kept = tuple(v for v in einsum.indices if v != x)
+        kept = schedule.tensors[0].layout
         reduced = einsum.reduced
-        name = f"{einsum.tensor}_kernel"
-        reads = sorted(set(einsum.reads) | ({einsum.tensor} if recurrence else set()))
+        name = schedule.name
+        reads = schedule.inputs
         if recurrence:
             self._check_recurrence(einsum)
         args, host = [], []
@@ -82,35 +82,34 @@ class TritonEmitter:
             args.append(f"{out}_ok_ptr")
             host.append(f"{out}_ok")
         for tensor in reads:
-            if tensor == out:
-                continue
             args.append(f"{tensor}_ptr")
             host.append(tensor)
             if tensor in self.absent:
                 args.append(f"{tensor}_ok_ptr")
                 host.append(f"{tensor}_ok")
         strides: dict[str, list[str]] = {}
-        for tensor in [out] + [t for t in reads if t != out]:
+        for tensor in [out, *reads]:
             rank_count = len(cascade.tensors[tensor].ranks)
             strides[tensor] = [f"{tensor}_s{i}" for i in range(rank_count)]
             args += strides[tensor]
             host += [f"{tensor}.stride({i})" for i in range(rank_count)]
         body = _KernelBody(self, einsum, kept, reduced, strides).emit(recurrence)
-        used = list(scalars(cascade, [einsum]))
-        args += used
-        host += used
-
+        args += schedule.scalars
+        host += schedule.scalars
+        knobs = [knob.name for knob in schedule.knobs]
         lines = ["@triton.jit",
-                 f"def {name}({', '.join(args)}, BLOCK: tl.constexpr, RBLOCK: tl.constexpr):",
+                 f"def {name}({', '.join(args)}, "
+                 f"{', '.join(k + ': tl.constexpr' for k in knobs)}):",
                  f"    # {lhs_text(cascade, einsum)} = {rhs_text(einsum)}",
-                 *tile_asserts(("BLOCK", "RBLOCK"), 1)]
+                 *tile_asserts(knobs, 1)]
         if recurrence:
             lines.append(f"    # a recurrence over {self._size(x)}: the steps run in order "
                          f"inside each program")
         lines += body
         points = " * ".join(self._size(v) for v in kept) or "1"
         grid = f'triton.cdiv({points}, tuning["BLOCK"])'
-        return Kernel(name, einsum, lines, host, grid, {"BLOCK": BLOCK, "RBLOCK": RBLOCK})
+        return Kernel(name, einsum, lines, host, grid, schedule,
+                      {knob.name: knob.default for knob in schedule.knobs})
 
     def host_lines(self, kernels: list[Kernel]) -> list[str]:
         """The body of the host function after binding: allocate, launch, return."""
