@@ -143,3 +143,24 @@ def test_the_loop_schedules_tiles_accumulate_across_a_loop():
     assert accumulate.name == "G" and accumulate.op == "sum"
     assert _of(k.Reduce, accumulate)[0].axis == 1 and not _of(k.Store, first)
     assert [store.tensor for store in _of(k.Store, second)] == ["O"]
+
+
+@pytest.mark.parametrize("rewrite", [True, False], ids=["split", "passes"])
+def test_every_triton_schedule_loads_through_the_ir(monkeypatch, rewrite):
+    """One load path: the attention schedule's reads of Q, K and V (the split one and the
+    spec's own passes), like the lowered schedules', are kernel IR Loads printed by the
+    IR's printer, each masked unless it is one address per program."""
+    from einsumattn.backends import triton_ir
+    from einsumattn.backends.module import Plan
+    from einsumattn.backends.triton_fused import fuse
+    seen = []
+    real = triton_ir._NODES[k.Load]
+
+    def recording(printer, node, context):
+        seen.append(node)
+        return real(printer, node, context)
+    plan = Plan(einsumattn.load(ROOT / "examples" / "causal_softmax.attn"), rewrite=rewrite)
+    monkeypatch.setitem(triton_ir._NODES, k.Load, recording)
+    kernel = fuse(names.rename(plan.kernel))
+    assert {load.tensor for load in seen} == set(kernel.schedule.inputs) == {"Q_", "K_", "V_"}
+    assert all(isinstance(load.mask, k.Mask) for load in seen)

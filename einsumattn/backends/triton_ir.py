@@ -15,8 +15,8 @@ from .triton_printer import TritonPrinter, clamped_offset, load, scalar_conditio
 _TYPES = {"int64": "tl.int64", "int8": "tl.int8"}
 _REDUCER = {"sum": "tl.sum", "max": "tl.max", "min": "tl.min"}
 # Nodes printed as a name or a call: `.to(...)` and `[None, :]` apply to them directly.
-_ATOMS = (k.Var, k.ProgramId, k.Arange, k.Cast, k.Expand, k.IndexBlock, k.Full, k.Load,
-          k.Reduce)
+_ATOMS = (k.Var, k.ProgramId, k.Arange, k.Cast, k.Expand, k.IndexBlock, k.Full, k.Zeros,
+          k.Load, k.Reduce)
 
 
 class KernelPrinter(TritonPrinter):
@@ -39,7 +39,7 @@ class KernelPrinter(TritonPrinter):
     def integer_comparison(expr) -> bool:
         """As for the cascade's expressions; a comparison with a kernel value in it (a
         Load is a read) is one of values."""
-        return _cascade_only(expr) and integer_comparison(expr)
+        return _cascade_only(expr) and integer_comparison(_as_cascade(expr))
 
     def _atom(self, expr) -> str:
         text = self.print(expr, 0)
@@ -65,10 +65,10 @@ class KernelPrinter(TritonPrinter):
         return self._value(f"{node.name}{_pattern(node.axes)}")
 
     def _full(self, node: k.Full, context: int) -> str:
-        shape = ", ".join(node.shape)
-        if node.value == 0:
-            return f"tl.zeros([{shape}], tl.float32)"
-        return f"tl.full([{shape}], {self.const(node.value)}, tl.float32)"
+        return f"tl.full([{', '.join(node.shape)}], {self.const(node.value)}, tl.float32)"
+
+    def _zeros(self, node: k.Zeros, context: int) -> str:
+        return f"tl.zeros([{', '.join(node.shape)}], tl.float32)"
 
     def _integer(self, node: k.Integer, context: int) -> str:
         return self.in_integers().print(node.value, context)
@@ -164,14 +164,26 @@ def _pattern(axes: tuple[bool, ...]) -> str:
 
 
 def _cascade_only(expr) -> bool:
+    """An expression of indices, sizes, params and operations (an index variable's
+    block counts as the index it is): what `integer_comparison` judges."""
     if isinstance(expr, ir.Op):
         return all(_cascade_only(arg) for arg in expr.args)
-    return isinstance(expr, (ir.Const, ir.Index, ir.Dim, ir.Param))
+    return isinstance(expr, (ir.Const, ir.Index, ir.Dim, ir.Param, k.IndexBlock))
+
+
+def _as_cascade(expr):
+    """`expr` with index blocks as the indices they are."""
+    if isinstance(expr, k.IndexBlock):
+        return ir.Index(expr.name)
+    if isinstance(expr, ir.Op):
+        return ir.Op(expr.op, tuple(_as_cascade(arg) for arg in expr.args))
+    return expr
 
 
 _NODES = {k.Var: KernelPrinter._var, k.ProgramId: KernelPrinter._programid,
           k.Arange: KernelPrinter._arange, k.Cast: KernelPrinter._cast,
-          k.Expand: KernelPrinter._expand, k.IndexBlock: KernelPrinter._indexblock, k.Full: KernelPrinter._full,
+          k.Expand: KernelPrinter._expand, k.IndexBlock: KernelPrinter._indexblock,
+          k.Zeros: KernelPrinter._zeros, k.Full: KernelPrinter._full,
           k.Integer: KernelPrinter._integer, k.Reduce: KernelPrinter._reduce,
           k.Load: KernelPrinter._load, k.Mask: KernelPrinter._mask,
           k.Test: KernelPrinter._test, k.Choice: KernelPrinter._choice}

@@ -8,7 +8,6 @@ from __future__ import annotations
 import copy
 import math
 
-from ..analysis.presence import in_range_by_construction
 from ..ir import expr as ir
 from ..ir.expr import Printer
 from ..schedule.kernel_ir import Unsupported
@@ -138,20 +137,11 @@ class TritonPrinter(Printer):
         raise Unsupported(op)
 
 
-def element_offset(cascade, tensor: str, indices, printer: "TritonPrinter") -> str:
-    """The offset of `tensor`'s element at `indices`, for every Triton schedule: each
-    coordinate times its stride, clamped into its rank where it could leave it, so every
-    address a live lane touches is inside the tensor; whether the value is present is the
-    mask's business."""
-    return clamped_offset(tensor, [
-        (printer(index), None if in_range_by_construction(cascade, tensor, position, index)
-         else cascade.tensors[tensor].ranks[position])
-        for position, index in enumerate(indices)])
-
-
 def clamped_offset(tensor: str, coordinates) -> str:
     """`tensor`'s element offset from its coordinates, each (text, the extent it is
-    clamped into or None): the one address form of every Triton kernel's loads."""
+    clamped into or None): the one address form of every Triton kernel's loads (kernel
+    IR Loads, backends/triton_ir.py). Clamped, every address a live lane touches is
+    inside the tensor; whether the value is present is the mask's business."""
     terms = []
     for position, (text, bound) in enumerate(coordinates):
         if bound is not None:

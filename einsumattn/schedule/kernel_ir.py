@@ -74,9 +74,17 @@ class IndexBlock:
 
 @dataclass(frozen=True)
 class Full:
-    """A block of `shape` (knobs) holding `value` (a float constant) everywhere."""
+    """A block of `shape` (knobs) holding `value` (a float constant) everywhere: an
+    accumulator's start (the reduction's identity)."""
     shape: tuple[str, ...]
     value: float
+
+
+@dataclass(frozen=True)
+class Zeros:
+    """A block of `shape` of zeros that a value is added to, to give it that shape (a
+    value of fewer dimensions, or one per program, broadcast into the tile)."""
+    shape: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -145,7 +153,7 @@ class Choice:
 
 
 Expr = Union[ir.Const, ir.Index, ir.Dim, ir.Param, ir.Op, Var, ProgramId, Arange, Cast,
-             Expand, IndexBlock, Full, Load, Integer, Reduce, Mask, Test, Choice]
+             Expand, IndexBlock, Full, Zeros, Load, Integer, Reduce, Mask, Test, Choice]
 
 
 # ------------------------------------------------------------------------ statements

@@ -19,7 +19,7 @@ from ..ir import expr as ir
 from ..ir.printer import lhs_text, rhs_text
 from .kernel_ir import (Accumulate, Arange, Barrier, Cast, Choice, Comment, Coordinate, Expand,
                         Full, IndexBlock, Integer, Kernel, Let, Load, Loop, Mask, ProgramId,
-                        Reduce, Store, Test, Unflatten, Unsupported, Var)
+                        Reduce, Store, Test, Unflatten, Unsupported, Var, Zeros)
 from .model import KernelSchedule, Role
 from .stages import NotFusable
 
@@ -41,15 +41,20 @@ def _sum(terms: list[ir.Expr]) -> ir.Expr:
     return total
 
 
-class _Lowering:
-    """What the lowerings share: expressions with the kernel's names for index variables
-    and a Load (or a register value) for each read, and conditions as mask terms. `at`
-    is where an expression stands (a schedule's names and lanes, or a tile layout)."""
+class Lowering:
+    """What the lowerings share (and backends/triton_fused.py's tiles): expressions with
+    the kernel's names for index variables and sizes and a Load (or a register value)
+    for each read, and conditions as mask terms. `at` is where an expression stands (a
+    schedule's names and lanes, or a tile layout)."""
 
     cascade: Cascade
 
     def index(self, var: str, at):
         raise NotImplementedError
+
+    def dim(self, node: ir.Dim, at):
+        """A size as the kernel knows it (by default, the argument of its name)."""
+        return node
 
     def read(self, node: ir.Read, at, flag: bool = False):
         raise NotImplementedError
@@ -73,6 +78,8 @@ class _Lowering:
     def expr(self, expr: ir.Expr, at, in_index: bool = False):
         if isinstance(expr, ir.Index):
             return self.index(expr.var, at)
+        if isinstance(expr, ir.Dim):
+            return self.dim(expr, at)
         if isinstance(expr, ir.Read):
             if in_index:
                 self.read_in_index(expr)
@@ -103,7 +110,7 @@ class _Lowering:
         return Choice(cond, self.expr(condition.expr.args[0], at), if_true, if_false)
 
 
-class _Unfused(_Lowering):
+class _Unfused(Lowering):
     """The statements of one Einsum's kernel; an expression stands at (names, lanes)."""
 
     def __init__(self, cascade: Cascade, einsum: Einsum, schedule: KernelSchedule,
@@ -202,7 +209,7 @@ class _Unfused(_Lowering):
         found = []
         if einsum.reduce_op is None:
             value = self._expr(einsum.body, names1, live)
-            found.append(Let(target, ir.Op("+", (value, Full(("BLOCK",), 0.0)))))
+            found.append(Let(target, ir.Op("+", (value, Zeros(("BLOCK",))))))
         else:
             names2 = self._names(True)
             lanes = Var("lanes")
@@ -269,7 +276,7 @@ def _axes(own, layout: tuple[str, ...]) -> tuple[bool, ...]:
     return () if tuple(own) == tuple(layout) else tuple(d in own for d in layout)
 
 
-class _Loops(_Lowering):
+class _Loops(Lowering):
     """The statements of the loop schedule's kernel (schedule/loops.py's LoopRoles); an
     expression stands in a tile layout."""
 
@@ -341,8 +348,8 @@ class _Loops(_Lowering):
                 body.append(self._store(output))
         return tuple(body)
 
-    def _zeros(self, layout: tuple[str, ...]) -> Full:
-        return Full(tuple(f"{d}_BLOCK" for d in layout), 0.0)
+    def _zeros(self, layout: tuple[str, ...]) -> Zeros:
+        return Zeros(tuple(f"{d}_BLOCK" for d in layout))
 
     def _steps(self) -> list:
         f, cascade = self.f, self.cascade
