@@ -51,10 +51,6 @@ from .triton_printer import Unsupported, scalar_condition
 MAX_KEY_ALTERNATIVES = 8
 
 
-def _layout_vars(layout: tuple[str, ...], var: str) -> str:
-    return _integers(_layout_block(layout, var))
-
-
 def _layout_block(layout: tuple[str, ...], var: str) -> k.IndexBlock:
     """An index variable's block in a tile of `layout` (at most two dimensions)."""
     if len(layout) == 1 or var not in layout:
@@ -62,14 +58,10 @@ def _layout_block(layout: tuple[str, ...], var: str) -> k.IndexBlock:
     return k.IndexBlock(var, (True, False) if layout.index(var) == 0 else (False, True))
 
 
-def _integers(expr) -> str:
-    return _PRINT(k.Integer(expr))
-
-
 _ROW_LIVE, _LANES = k.Var("row_live"), k.Var("lanes")
 
-# The kernel IR's printer: the loads of this schedule are the IR's Load nodes, printed as
-# those of the schedules lowered to the IR are.
+# The kernel IR's printer: this schedule's expressions, masks, loads and stores are IR
+# nodes, printed as those of the schedules lowered to the IR are.
 _PRINT = KernelPrinter()
 
 
