@@ -112,3 +112,12 @@ def test_the_rule_sees_every_form_of_import(source, bad):
     found = imports(path, path.read_text("utf-8") + source)
     assert bad in found and bad not in imports(path)
     assert layer(bad) > layer(module_name(path))
+
+
+def test_one_backend_reads_another_only_through_the_schedule():
+    """The torch backends read the decisions (roles, passes, bounds) from schedule/, not
+    from a Triton emitter: backends share data, not each other's printers."""
+    edges = [(a, b) for a, b in graph().edges
+             if a.startswith("einsumattn.backends.torch_") and
+             b.startswith("einsumattn.backends.triton_")]
+    assert not edges, edges

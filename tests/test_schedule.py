@@ -19,7 +19,7 @@ from einsumattn.schedule.attention import AttentionRoles
 from einsumattn.schedule.model import kernel_data
 from einsumattn.verify import dot_rounding
 
-from conftest import ROOT
+from conftest import ROOT, WINDOW
 
 CAUSAL = ROOT / "examples" / "causal_softmax.attn"
 
@@ -151,3 +151,73 @@ def test_a_kernel_receives_every_input_it_computes_from(tmp_path):
     inputs = case_inputs(cascade, Case(dict(B=2, T=3, F=5), "float32", 1.0, True, 1))
     out = module.Unread(backend="triton")(*inputs.values())
     assert all(r.ok for r in compare(cascade, inputs, out, "float32"))
+
+
+# ------------------------------------------------------------------ decided before printing
+
+
+def _roles(spec, rewrite=True):
+    return AttentionRoles(Plan(einsumattn.load(spec), rewrite=rewrite).kernel)
+
+
+def test_the_schedule_holds_bounds_dots_and_rounding_before_any_kernel_is_printed():
+    """The attention schedule itself (no emitter runs) proves the key loop's bounds,
+    decides which contractions are tl.dot with which operands, and counts the operands
+    rounded to the inputs' dtype: the probabilities of P V are computed, Q and K are
+    inputs."""
+    from einsumattn.ir.expr import Read
+    from einsumattn.schedule.model import Bound
+    schedule = _roles(CAUSAL).kernel_schedule("causal")
+    (only,) = schedule.passes
+    assert only.bounds == (Bound("upper", 0),)
+    assert "proved" in schedule.skipping
+    assert [dot.tensor for dot in schedule.dots] == ["QK_sum", "LSNV"]
+    scores, weighted = schedule.dots
+    assert [r.tensor for r in scores.left + scores.right] == ["Q", "K"] and not scores.after
+    assert scores.rounded == 0
+    assert all(isinstance(f, Read) for f in weighted.left + weighted.right)
+    assert [r.tensor for r in weighted.left] == ["LSN"] and weighted.rounded == 1
+    assert schedule.rounded == (("LSNV", 1),)
+    # The spec's own three passes: per pass, the bounds of its own accumulators.
+    own = _roles(ROOT / "examples" / "softmax_3pass.attn", rewrite=False)
+    assert [p.bounds for p in own.kernel_schedule("own").passes] == [(), (), ()]
+
+
+def test_a_window_bound_is_an_expression_in_the_spec_params():
+    """p - m < W: keys from p + 1 - W on (the host rounds it outwards), and m <= p."""
+    import sympy
+    bounds = AttentionRoles(einsumattn.load(WINDOW)).kernel_schedule("window").passes[0].bounds
+    assert dict(bounds) == {"lower": 1 - sympy.Symbol("W"), "upper": 0}
+
+
+def test_a_contraction_that_is_no_product_of_two_tiles_is_refused_by_the_schedule():
+    """A factor over the row, the key and the feature cannot be an operand of Q K^T: the
+    schedule says so (the reason is data), before any kernel text is written."""
+    from einsumattn.schedule.stages import NotFusable
+    cascade = einsumattn.load(
+        "dims P, M, E\ninput Q[p, e], K[m, e], X[p, m, e]\n"
+        "S[p, m] = Q[p, e] * K[m, e] * X[p, m, e]\nG[p] = max[m] S[p, m]\noutput G\n")
+    with pytest.raises(NotFusable, match="a factor over both sides of the product"):
+        AttentionRoles(cascade).kernel_schedule("refused")
+
+
+def test_every_unfused_kernel_has_its_schedule_in_the_module(causal):
+    """SCHEDULE['unfused']: one kernel per Einsum of the kernels' cascade, with its grid,
+    its loops (steps of a recurrence, tiles of the reduced points), what it reads from
+    global memory, and the knobs its tuning table holds."""
+    plan = Plan(einsumattn.load(CAUSAL))
+    unfused = causal.SCHEDULE["unfused"]
+    assert [k["outputs"] for k in unfused] == [(e.tensor,) for e in plan.kernel.einsums]
+    assert {k["name"] for k in unfused} == set(causal.TUNING)
+    assert all(set(k["knobs"]) == set(causal.TUNING[k["name"]]) for k in unfused)
+    by_output = {k["outputs"][0]: k for k in unfused}
+    recurrence = by_output["RSNV"]
+    assert [loop["kind"] for loop in recurrence["loops"]] == ["recurrence steps"]
+    assert recurrence["tensors"]["RSNV"]["role"] == "step"
+    scores = by_output["QK_sum"]
+    assert [(loop["kind"], loop["over"]) for loop in scores["loops"]] == \
+        [("flat tiles", ("e",))]
+    assert scores["inputs"] == ("K", "Q") and scores["tensors"]["QK_sum"]["role"] == "reduce"
+    # What an absent point stores: the causal filter, as a set of conditions.
+    assert set(by_output["QK"]["stores"]["QK"]) == {
+        "QK_sum[b, h, p, m1, m0] is present", "m1 * M0 + m0 < M", "m1 * M0 + m0 <= p"}

@@ -24,7 +24,7 @@ from .names import mangle, spec_text, string_literal
 from .printers import PythonScalarPrinter
 from .torch_reference import TorchEmitter
 from ..ir.printer import cascade_text
-from ..schedule.model import Schedule, kernel_data
+from ..schedule.model import KernelSchedule, Schedule, kernel_data
 from ..schedule.stages import NotFusable
 from .registry import BACKENDS, choice_text
 from .triton_fused import fuse_stages
@@ -133,6 +133,7 @@ class TritonPart:
     cut: str | None = None                # why it is more than one kernel
     schedule_note: str = ""
     kernel_names: tuple[str, ...] = ()
+    unfused: tuple[KernelSchedule, ...] = ()   # the unfused schedule's kernels, as data
 
     @property
     def fused_source(self) -> str | None:
@@ -143,7 +144,8 @@ class TritonPart:
         return {names.spec_name(e): n for k in self.fused for e, n in k.schedule.rounded}
 
     def schedule(self) -> Schedule:
-        return Schedule(tuple(k.schedule for k in self.fused), self.cut, self.not_fused)
+        return Schedule(tuple(k.schedule for k in self.fused), self.cut, self.not_fused,
+                        self.unfused)
 
     def template_fields(self) -> dict:
         """The names the template reads."""
@@ -189,7 +191,8 @@ def _triton(cascade: Cascade) -> TritonPart:
                       helpers=HELPERS.strip(), fused=tuple(fused),
                       cut=None if cut is None else spec_text(cut),
                       schedule_note=spec_text(note),
-                      kernel_names=tuple(k.name for k in kernels + list(fused)))
+                      kernel_names=tuple(k.name for k in kernels + list(fused)),
+                      unfused=tuple(k.schedule for k in kernels))
 
 
 class Plan:
@@ -243,6 +246,7 @@ class Plan:
                 "kernels": tuple(kernel_data(k, spec_text) for k in schedule.kernels),
                 "cut": schedule.cut,
                 "not_fused": schedule.not_fused,
+                "unfused": tuple(kernel_data(k, spec_text) for k in schedule.unfused),
                 "describe": self.summary()}
 
 

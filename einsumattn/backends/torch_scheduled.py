@@ -47,7 +47,7 @@ from ..analysis.presence import Condition, einsum_conditions, point_conditions
 from . import names
 from .printers import TorchPrinter, is_atom
 from .torch_reference import TorchEmitter, _EinsumEmitter, _reads_any
-from .triton_fused import _Emitter, _SplitEmitter, _Tiles
+from ..schedule.attention import AttentionRoles
 from ..schedule.bounds import stream_bound
 from ..schedule.model import Role
 from ..schedule.skipping import masked_steps_are_identities
@@ -83,7 +83,7 @@ def schedule(kernel: Cascade, spec: Cascade) -> TorchSchedule:
     Plan.kernel) of the spec `spec`."""
     renamed, folded = fold_constant_factors(names.rename(kernel))
     try:
-        fuser = _Tiles(renamed)
+        fuser = AttentionRoles(renamed)
         tunable = _rewrite_split(kernel, spec)
         printer = _ScheduledPrinter(fuser, tunable)
         lines = printer.emit()
@@ -405,7 +405,7 @@ class _InPlace:
 class _ScheduledPrinter:
     """Prints the body of `_scheduled` from the fused schedule's decisions (`schedule/attention.py`'s roles)."""
 
-    def __init__(self, fuser: _Tiles, tunable_split: bool):
+    def __init__(self, fuser: AttentionRoles, tunable_split: bool):
         self.f = f = fuser
         self.cascade = c = fuser.cascade
         self.split = f.loop is not None
@@ -415,8 +415,6 @@ class _ScheduledPrinter:
         self.ranges = {f.row: ("row_lo", "row_n"),
                        f.stream: ("0", "key_n") if self.split else ("key_lo", "key_n")}
         self.writer = _Writer(c, {v: n for v, (_, n) in self.ranges.items()})
-        emitter = (_SplitEmitter if self.split else _Emitter)(fuser)
-        self.emitter = emitter
         self.lines: list[str] = []
         # The loop over key tiles being written: where values hoisted out of it go.
         self.loop_start: int | None = None
@@ -497,7 +495,7 @@ class _ScheduledPrinter:
         return found
 
     def _bound(self, conjunct: ir.Expr):
-        keyed = self.emitter._keyed(conjunct)
+        keyed = self.f.keyed(conjunct)
         return stream_bound(keyed, self.f.stream, self.f.row)
 
     def conditions(self, einsum: Einsum, variant: str, absent: set[str]) -> list[Condition]:
@@ -884,7 +882,7 @@ class _ScheduledPrinter:
         inner = c.var_rank(f.stream)
         reductions = [e for e in c.einsums
                       if f.kinds[e.tensor] in (Role.TILE_REDUCE, Role.TILE_DOT)]
-        offsets = self.emitter._masking_offsets(reductions)
+        offsets = self.f.masking_offsets(reductions)
         self.facts["skipping"] = "no affine filter masks every per-step reduction"
         if not offsets:
             return "0", outer
@@ -916,7 +914,7 @@ class _ScheduledPrinter:
                 self.line(f"{acc.tensor} = torch.full({shape}, "
                           f"{identity[acc.reduce_op]}, device=device)", 1)
             lo, hi = "0", stream
-            for side, offset in self.emitter._masking_offsets(accumulators):
+            for side, offset in self.f.masking_offsets(accumulators):
                 if side == "upper":
                     hi = f"min({stream}, max(0, row_lo + row_n + " \
                          f"{self._offset(offset, 'ceil')}))"

@@ -26,7 +26,6 @@ reason, and the module uses the unfused schedule instead.
 from __future__ import annotations
 
 import itertools
-from dataclasses import replace
 
 import sympy
 
@@ -35,45 +34,67 @@ from ..ir import Cascade, Einsum
 from ..ir import expr as ir
 from ..ir.printer import lhs_text, rhs_text
 from ..schedule.attention import AttentionRoles
+from ..schedule.lowering import Lowering
 from ..schedule.bounds import stream_bound
 from ..schedule.model import Bound, Role
-from ..schedule.skipping import masked_steps_are_identities
 from ..schedule.stages import Crossing, NotFusable, cut_stages
-from ..transform.algebra import substitute
 from .names import spec_text
 from .triton_kernel import (FusedKernel, kernel_arguments, kernel_source, launch_lines,
                             program_coordinates)
 from .triton_loops import fuse_loops
-from .triton_printer import TritonPrinter, Unsupported, element_offset, load, scalar_condition
+from ..schedule import kernel_ir as k
+from .triton_ir import KernelPrinter
+from .triton_printer import Unsupported, scalar_condition
 
 # The most alternatives (`or`) the per-key form of a key-tile mask may have; past it the
 # kernel ORs the score mask over the rows instead, and the generated line stays short.
 MAX_KEY_ALTERNATIVES = 8
 
 
-def _layout_vars(layout: tuple[str, ...], var: str) -> str:
+def _layout_block(layout: tuple[str, ...], var: str) -> k.IndexBlock:
+    """An index variable's block in a tile of `layout` (at most two dimensions)."""
     if len(layout) == 1 or var not in layout:
-        return var
-    return f"{var}[:, None]" if layout.index(var) == 0 else f"{var}[None, :]"
+        return k.IndexBlock(var)
+    return k.IndexBlock(var, (True, False) if layout.index(var) == 0 else (False, True))
 
 
-class _Tiles(AttentionRoles):
-    """The attention schedule's decisions, with the printing of tiles in them."""
+_ROW_LIVE, _LANES = k.Var("row_live"), k.Var("lanes")
 
-    # ---------------------------------------------------------------- printing
-    def names(self, layout: tuple[str, ...]) -> dict[str, str]:
-        names = {v: v for v in self.batch}
-        if self.loop is not None:
-            names[self.loop] = self.loop
-            # The split factor is the tile: the kernel knows it as its constexpr.
-            names[self.cascade.var_rank(self.stream)] = self.tile_block
-        for var in (self.row, self.stream, *self.features):
-            names[var] = _layout_vars(layout, var)
-        return names
+# The kernel IR's printer: this schedule's expressions, masks, loads and stores are IR
+# nodes, printed as those of the schedules lowered to the IR are.
+_PRINT = KernelPrinter()
 
-    def read(self, node: ir.Read, layout: tuple[str, ...], lanes: str) -> str:
-        """A tensor read as a block in `layout`: an input is loaded; an intermediate is
-        the register value (reshaped from its own layout)."""
+
+class _Tiles(AttentionRoles, Lowering):
+    """The attention schedule's decisions, with its tiles' expressions in kernel IR
+    (printed by backends/triton_ir.py, the printer of the lowered schedules)."""
+
+    # ---------------------------------------------------------------- kernel IR
+    # An expression stands at (layout, lanes): a tile's layout and its live lanes (an IR
+    # mask that loads take).
+    def in_tile(self, expr: ir.Expr, layout: tuple[str, ...], lanes):
+        """`expr` in a tile of `layout`: index variables as their blocks, the split
+        factor as the key tile's constexpr, each read a Load or a register value."""
+        return self.expr(expr, (layout, lanes))
+
+    def index(self, var: str, at):
+        layout, _ = at
+        return ir.Index(var) if var in self.batch or var == self.loop else \
+            _layout_block(layout, var)
+
+    def dim(self, node: ir.Dim, at):
+        if self.loop is not None and node.rank == self.cascade.var_rank(self.stream):
+            return ir.Dim(self.tile_block)    # the split factor is the tile
+        return node
+
+    def read_in_index(self, node: ir.Read):
+        self._no_read(node)
+
+    def read(self, node: ir.Read, at, flag: bool = False):
+        """A tensor read as a block in the layout: an input is loaded (a Load masked by
+        the lanes and the held ranks' ends); an intermediate is the register value
+        (reshaped from its own layout)."""
+        layout, lanes = at
         t = self.cascade.tensors[node.tensor]
         if not t.is_input and self.loop is not None:
             return self._split_read(node, layout)
@@ -84,17 +105,16 @@ class _Tiles(AttentionRoles):
                 if index != ir.Index(var):
                     raise NotFusable(f"{node.tensor} is read at shifted positions")
             return self._reshape(node.tensor, self.layouts[node.tensor], layout)
-        printer = TritonPrinter(self.names(layout), self._no_read, integer=True)
-        address = f"{node.tensor}_ptr + " + \
-            element_offset(self.cascade, node.tensor, node.indices, printer)
+        coordinates = self.coordinates(node, at, lambda position: ir.Dim(t.ranks[position]))
         if not set(ir.index_vars(node)) - set(self.batch) - {self.loop}:
-            return load(address)    # one address per program (batch coordinates only)
-        masks = [f"({_layout_vars(layout, var)} < {self.cascade.var_rank(var)})"
-                 for index in node.indices for var in ir.index_vars(index)
-                 if var in self.features]
-        return load(address, " & ".join([lanes] + masks))
+            return k.Load(node.tensor, coordinates)   # one address per program
+        ends = [k.Integer(ir.Op("<", (_layout_block(layout, var),
+                                      ir.Dim(self.cascade.var_rank(var)))))
+                for index in node.indices for var in ir.index_vars(index)
+                if var in self.features]
+        return k.Load(node.tensor, coordinates, k.Mask((lanes, *ends)))
 
-    def _split_read(self, node: ir.Read, layout: tuple[str, ...]) -> str:
+    def _split_read(self, node: ir.Read, layout: tuple[str, ...]):
         """A register value in split mode. A recurrence read at the outer variable is its
         value before this step (`X_at`), at outer+1 or at the final position its current
         value; every other position must be the reader's own variables."""
@@ -114,43 +134,50 @@ class _Tiles(AttentionRoles):
                 raise NotFusable(f"{node.tensor} is read at shifted positions")
         return self._reshape(name, self.layouts[node.tensor], layout)
 
-    def _reshape(self, name: str, own: tuple[str, ...], layout: tuple[str, ...]) -> str:
-        if own == layout[:len(own)]:
-            return name if len(own) == len(layout) else f"{name}[:, None]"
-        if own == (self.row,) and len(layout) == 2 and layout[0] == self.row:
-            return f"{name}[:, None]"
+    def _reshape(self, name: str, own: tuple[str, ...], layout: tuple[str, ...]):
+        if own == layout:
+            return k.Var(name)
+        if own == layout[:len(own)] or \
+                (own == (self.row,) and len(layout) == 2 and layout[0] == self.row):
+            return k.Expand(k.Var(name), (True, False))
         raise NotFusable(f"{name} is read in another layout ({', '.join(layout)})")
 
     @staticmethod
     def _no_read(node):
         raise NotFusable(f"a tensor read inside an index ({ir.to_text(node)})")
 
-    def value(self, expr: ir.Expr, layout: tuple[str, ...], lanes: str,
+    def value(self, expr: ir.Expr, layout: tuple[str, ...], lanes,
               beside: str | None = None) -> str:
         """`expr` in a tile; `beside`: the operator the text will stand next to."""
         try:
-            printer = TritonPrinter(self.names(layout), lambda r: self.read(r, layout, lanes))
-            return printer(expr) if beside is None else printer.operand(expr, beside)
+            tile = self.in_tile(expr, layout, lanes)
+            return _PRINT(tile) if beside is None else _PRINT.operand(tile, beside)
         except Unsupported as reason:
             raise NotFusable(str(reason)) from None
 
-    def factor(self, expr: ir.Expr, layout: tuple[str, ...], lanes: str) -> str:
+    def factor(self, expr: ir.Expr, layout: tuple[str, ...], lanes) -> str:
         """A factor of a product, to be joined with ` * ` (`(S + 1)` keeps its parentheses)."""
         return self.value(expr, layout, lanes, beside="*")
 
-    def mask(self, condition: Condition, layout: tuple[str, ...], lanes: str) -> str:
+    def mask(self, condition: Condition, layout: tuple[str, ...], lanes) -> str:
+        try:
+            return _PRINT(self.condition(condition, (layout, lanes)))
+        except Unsupported as reason:
+            raise NotFusable(str(reason)) from None
+
+    def condition(self, condition: Condition, at):
+        """A presence condition as a kernel IR mask term: a filter, a range or a split's
+        end, or the `_ok` mask of a key tile; no other condition fits this schedule."""
         if condition.kind in ("filter", "range", "split"):
-            text = TritonPrinter(self.names(layout), lambda r: self.read(r, layout, lanes),
-                                 integer=condition.kind != "filter")(condition.expr)
-            if condition.variables <= set(self.batch) | {self.loop}:
-                text = scalar_condition(text)
-            inner = [self.mask(c, layout, lanes) for part in condition.parts for c in part]
-            return " & ".join([f"({text})"] + inner)
+            inner = [self.condition(c, at) for part in condition.parts for c in part]
+            return k.Test(self.expr(condition.expr, at), integer=condition.kind != "filter",
+                          scalar=condition.variables <= set(self.batch) | {self.loop},
+                          inner=k.Mask(tuple(inner)))
         if condition.kind == "absent":
             name = condition.read.tensor
             if self.kinds.get(name) not in (Role.STREAM, Role.STREAM_DOT):
                 raise NotFusable(f"a condition on the absence of {name}")
-            return f"{name}_ok"
+            return k.Var(f"{name}_ok")
         raise NotFusable(f"a {condition.kind} condition")
 
 
@@ -183,13 +210,10 @@ class _Emitter:
         self.lines: list[str] = []
         self.hoisted: dict[str, str] = {}   # text of a loop-invariant tile -> its name
         self.offsets: dict[str, str] = {}   # kernel argument -> host expression
-        # Einsum -> how many of its tl.dot operands are computed values, rounded to the
-        # inputs' precision when the dot runs on half-precision operands (see _dot).
-        self.rounded: dict[str, int] = {}
+        # Every decision (passes, bounds, dots and their rounded operands) is the
+        # schedule's: the emitter prints it.
         self.schedule = fuser.kernel_schedule(f"{self.cascade.name}_fused")
         self.loops_start: int | None = None  # where the first loop's lines begin
-        self.bounds: dict[int, tuple[Bound, ...]] = {}   # pass -> the bounds it uses
-        self.skipping: str | None = None
 
     def line(self, text: str, depth: int = 1) -> None:
         self.lines.append("    " * depth + text)
@@ -213,7 +237,7 @@ class _Emitter:
         available = {t.name for t in cascade.inputs}
         self._rows(available)
         for number, accumulators, needed in f.pass_plan():
-            lo, hi = self._bounds(number, accumulators)
+            lo, hi = self._bounds(self.schedule.passes[number - 1].bounds)
             pruned[number] = (lo, hi)
             self._begin_loops()
             self.line("")
@@ -237,15 +261,10 @@ class _Emitter:
             self._rows(available)
         self._hoist()
         self.line("")
-        outputs = []
-        for output in cascade.outputs:
-            layout = f.layouts[output]
-            offset, mask = self._store_address(output, layout)
-            self.line(f"tl.store({output}_ptr + {offset}, {self._stored(output)}, mask={mask})")
-            outputs.append(output)
-        source, host, tuning = self._wrap(name, outputs)
-        described = ", ".join(f"pass {k}: {_range_text(pruned[k], f.stream)}"
-                              for k in sorted(pruned))
+        self._stores()
+        source, host, tuning = self._wrap(name, list(cascade.outputs))
+        described = ", ".join(f"pass {number}: {_range_text(pruned[number], f.stream)}"
+                              for number in sorted(pruned))
         return self._kernel(source, host, tuning,
                             f"one fused kernel {name}: grid over "
                             f"{', '.join(f.batch + [f.row + ' tiles'])}; {described}")
@@ -253,12 +272,8 @@ class _Emitter:
     # ---------------------------------------------------------------- pieces
     def _kernel(self, source: list[str], host: list[str], tuning: dict,
                 description: str) -> FusedKernel:
-        """The kernel, with its schedule completed by what printing proved: the bounds
-        of each pass, the rounded dot operands, why tiles are (not) skipped."""
-        passes = tuple(replace(p, bounds=self.bounds.get(p.number, ()))
-                       for p in self.schedule.passes)
-        schedule = self.schedule.with_(passes=passes, rounded=tuple(self.rounded.items()),
-                                       skipping=self.skipping, description=description)
+        """The kernel, with its schedule and the description of what was printed."""
+        schedule = self.schedule.with_(description=description)
         return FusedKernel(self.schedule.name, source, host, tuning, schedule)
 
     def _prologue(self, n_passes: int) -> None:
@@ -290,11 +305,14 @@ class _Emitter:
                 self.line(f"{einsum.tensor} = {value} + {self._zeros(layout)}")
                 available.add(einsum.tensor)
 
-    def _row_lanes(self, layout: tuple[str, ...]) -> str:
+    def _row_lanes(self, layout: tuple[str, ...]):
+        """The live lanes of a row value's tile (an IR mask): live rows, and the held
+        rank's end."""
         if len(layout) == 1:
-            return "row_live"
+            return _ROW_LIVE
         feature = layout[1]
-        return f"row_live[:, None] & ({feature} < {self.cascade.var_rank(feature)})[None, :]"
+        end = k.Integer(ir.Op("<", (k.Var(feature), ir.Dim(self.cascade.var_rank(feature)))))
+        return k.Mask((k.Expand(_ROW_LIVE, (True, False)), k.Expand(end, (False, True))))
 
     def _zeros(self, layout: tuple[str, ...]) -> str:
         dims = ", ".join(f"{v}_BLOCK" for v in layout)
@@ -305,7 +323,7 @@ class _Emitter:
         layout = (f.row, f.stream)
         self.line(f"# {lhs_text(self.cascade, einsum)} = {rhs_text(einsum)}", 2)
         if f.kinds[einsum.tensor] == Role.STREAM:
-            value = f.value(einsum.body, layout, "lanes")
+            value = f.value(einsum.body, layout, _LANES)
         else:
             value = self._tile_dot(einsum)
         self.line(f"{einsum.tensor} = {value}", 2)
@@ -315,33 +333,23 @@ class _Emitter:
 
     def _tile_dot(self, einsum: Einsum) -> str:
         """sum over a feature of (row-side factors) * (key-side factors) * scalars:
-        tl.dot(row tile, key tile transposed)."""
+        tl.dot(row tile, key tile transposed), as the schedule's DotPlan splits them."""
         f = self.f
         (feature,) = einsum.reduced
-        row_side, key_side, other = [], [], []
-        for factor in ir.product_factors(einsum.body):
-            variables = set(ir.index_vars(factor)) - set(f.batch) - {f.loop}
-            if variables <= {f.row, feature} and feature in variables:
-                row_side.append(factor)
-            elif variables <= {f.stream, feature} and feature in variables:
-                key_side.append(factor)
-            elif feature not in variables:
-                other.append(factor)
-            else:
-                raise NotFusable(f"{einsum.tensor}: a factor over both sides of the product")
-        if not row_side or not key_side:
-            raise NotFusable(f"{einsum.tensor}: not a product of a row tile and a key tile")
+        dot = self.schedule.dot(einsum.tensor)
         # read() adds the feature mask; the lanes here are the row and key lanes. The key
         # tile's addresses are clamped and a score at a key no row sees is masked before any
         # arithmetic across keys, so the key side needs no more than the tile's own lanes.
-        size = f.tile_block if f.loop is not None else self.cascade.var_rank(f.stream)
-        key_lanes = f"({f.stream} < {size})[:, None]"
-        a = self._hoisted(" * ".join(f.factor(x, (f.row, feature), "row_live[:, None]")
-                                     for x in row_side), f"{einsum.tensor}_rows")
-        b = " * ".join(f.factor(x, (f.stream, feature), key_lanes) for x in key_side)
-        text = self._dot(einsum, (a, row_side), (f"tl.trans({b})", key_side))
-        for factor in other:
-            text += f" * {f.factor(factor, (f.row, f.stream), 'lanes')}"
+        size = k.Var(f.tile_block) if f.loop is not None else \
+            ir.Dim(self.cascade.var_rank(f.stream))
+        key_lanes = k.Expand(k.Integer(ir.Op("<", (k.Var(f.stream), size))), (True, False))
+        a = self._hoisted(" * ".join(f.factor(x, (f.row, feature),
+                                              k.Expand(_ROW_LIVE, (True, False)))
+                                     for x in dot.left), f"{einsum.tensor}_rows")
+        b = " * ".join(f.factor(x, (f.stream, feature), key_lanes) for x in dot.right)
+        text = self._dot(a, f"tl.trans({b})")
+        for factor in dot.after:
+            text += f" * {f.factor(factor, (f.row, f.stream), _LANES)}"
         return text
 
     def _hoisted(self, text: str, name: str) -> str:
@@ -367,7 +375,7 @@ class _Emitter:
         """`lanes` and the conditions on a key tile beyond it, each once."""
         layout = (self.f.row, self.f.stream)
         beyond = self.f.beyond_lanes(conditions)
-        masks = [self.f.mask(c, layout, "lanes") for c in beyond]
+        masks = [self.f.mask(c, layout, _LANES) for c in beyond]
         # A key tile's `_ok` mask starts with `lanes`: where one is used, lanes is said.
         lanes = [] if any(c.kind == "absent" for c in beyond) else ["lanes"]
         return " & ".join(dict.fromkeys(lanes + masks))
@@ -381,7 +389,7 @@ class _Emitter:
         self.line(f"# {lhs_text(self.cascade, einsum)} = {rhs_text(einsum)}", 2)
         ok = self._term_mask(einsum)
         if f.kinds[name] in (Role.ACCUMULATE, Role.TILE_REDUCE):
-            term = f.value(einsum.body, layout, "lanes")
+            term = f.value(einsum.body, layout, _LANES)
             identity = self._identity(einsum.reduce_op)
             masked = f"tl.where({ok}, {term}, {identity})"
             reducer = {"sum": "tl.sum", "max": "tl.max", "min": "tl.min"}[einsum.reduce_op]
@@ -395,26 +403,18 @@ class _Emitter:
             return
         # sum over the stream of (stream tile) * (key tile over a feature): tl.dot.
         feature = f.layouts[name][1]
-        tile_side, key_side = [], []
-        for factor in ir.product_factors(einsum.body):
-            variables = set(ir.index_vars(factor)) - set(f.batch) - {f.loop}
-            if variables <= {f.row, f.stream}:
-                tile_side.append(factor)
-            elif variables <= {f.stream, feature}:
-                key_side.append(factor)
-            else:
-                raise NotFusable(f"{name}: not a stream tile times a key tile")
-        if not key_side:
-            raise NotFusable(f"{name}: no key tile to contract with")
+        plan = self.schedule.dot(name)
+        tile_side, key_side = plan.left, plan.right
         # The key tile is zeroed at keys no row of the program sees: a zero probability
         # alone would still give 0 * inf = NaN from padding or a KV cache past its length.
         seen = f"{name}_keys"
         self.line(f"{seen} = {self._keys_seen(einsum, ok)}", 2)
-        a = " * ".join(f.factor(x, layout, "lanes") for x in tile_side) or "1.0"
-        b = " * ".join(f.factor(x, (f.stream, feature), f"{seen}[:, None]") for x in key_side)
+        a = " * ".join(f.factor(x, layout, _LANES) for x in tile_side) or "1.0"
+        b = " * ".join(f.factor(x, (f.stream, feature), k.Expand(k.Var(seen), (True, False)))
+                       for x in key_side)
         if not all(self._loaded_per_key(x) for x in key_side):
             b = f"tl.where({seen}[:, None], {b}, 0.0)"   # a function of a masked load
-        dot = self._dot(einsum, (f"tl.where({ok}, {a}, 0.0)", tile_side), (b, key_side))
+        dot = self._dot(f"tl.where({ok}, {a}, 0.0)", b)
         self.line(f"{name} {'=' if fresh else '+='} {dot}", 2)
 
     def _loaded_per_key(self, factor: ir.Expr) -> bool:
@@ -429,7 +429,7 @@ class _Emitter:
         and row (`m <= p`, `p - m < W`), with `and` / `or`, give it per key, at no cost per
         score; any other condition on the rows needs an OR over the rows of `terms`."""
         alternatives = [((), ())]
-        for condition in self._leaf_conditions(einsum):
+        for condition in self.f.leaf_conditions(einsum):
             if self.f.said_by_live_keys(condition):
                 continue
             found = self._alternatives(condition)
@@ -466,7 +466,7 @@ class _Emitter:
         if not variables & {f.row, *f.features}:
             try:
                 text = f.mask(Condition(condition.kind, variables, expr), (f.stream,),
-                              self._keys_live())
+                              k.Mask((self._keys_live_ir(),)))
             except NotFusable:          # not printable per key: the rows will tell
                 return None
             return [((text,), ())]
@@ -477,7 +477,7 @@ class _Emitter:
             if expr.op == "or":
                 return left + right
             return [(a + b, c + d) for a, c in left for b, d in right]
-        bound = stream_bound(self._keyed(expr), f.stream, f.row)
+        bound = stream_bound(f.keyed(expr), f.stream, f.row)
         return None if bound is None else [((), (bound,))]
 
     def _rows_reach(self, bounds) -> list[str]:
@@ -505,71 +505,65 @@ class _Emitter:
                 found.append(f"({key} < 0)")      # no row meets both: no key is seen
         return found
 
-    def _keyed(self, condition: ir.Expr) -> ir.Expr:
-        """A condition with the key written as the index variable of the tile, so that
-        `stream_bound` reads a bound off it (here the key is that variable)."""
-        return condition
-
     def _key(self) -> str:
         """The key index of the tile's lanes, as the kernel computes it."""
         return self.f.stream
+
+    def _keys_live_ir(self):
+        """The tile's keys that exist, as a kernel IR condition."""
+        f = self.f
+        key = k.Var(f.stream) if f.loop is None else \
+            ir.Op("+", (ir.Op("*", (k.Var(f.loop), k.Var(f.tile_block))), k.Var(f.stream)))
+        root = self.cascade.root_rank(self.cascade.var_rank(f.stream))
+        return k.Integer(ir.Op("<", (key, ir.Dim(root))))
 
     def _keys_live(self) -> str:
         """The tile's keys that exist (the last tile may reach past the key rank)."""
         return f"({self._key()} < {self.cascade.root_rank(self.cascade.var_rank(self.f.stream))})"
 
-    def _dot(self, einsum: Einsum, *operands: tuple[str, list]) -> str:
-        """tl.dot of two operand tiles (text, and the factors each is the product of).
+    def _dot(self, a: str, b: str) -> str:
+        """tl.dot of two operand tiles.
 
         Operands enter in the inputs' precision (DOT_DTYPE, chosen by the host): float16
         and bfloat16 inputs give tensor-core dots, whose products are exact and whose sums
         are float32, as in FlashAttention; float32 inputs give an IEEE float32 dot, never
         TF32. An operand that is one input read is then exact (it had that precision
-        already); a computed one (the probabilities of P V) is rounded, and the count is
-        recorded for the equivalence check's tolerance (verify.py)."""
-        rounded = sum(not self._exact_operand(factors) for _, factors in operands)
-        if rounded:
-            self.rounded[einsum.tensor] = rounded
-        (a, _), (b, _) = operands
+        already); a computed one (the probabilities of P V) is rounded, as the schedule's
+        DotPlan counts for the equivalence check's tolerance (verify.py)."""
         return (f"tl.dot(_to_dot({a}, DOT_DTYPE), _to_dot({b}, DOT_DTYPE), "
                 f"input_precision=\"ieee\")")
 
-    def _exact_operand(self, factors: list) -> bool:
-        """An operand that is a single read of an input: exact in the inputs' dtype."""
-        if len(factors) != 1 or not isinstance(factors[0], ir.Read):
-            return False
-        tensor = self.cascade.tensors.get(factors[0].tensor)
-        return tensor is not None and tensor.is_input
-
-    def _stored(self, name: str) -> str:
-        """An output's value as stored: absent points (row conditions) as 0."""
-        conditions = self.f.row_masks.get(name)
-        if not conditions:
-            return name
-        layout = self.f.layouts[name]
-        lanes = self._row_lanes(layout)
-        mask = " & ".join(self.f.mask(c, layout, lanes) for c in conditions)
-        return f"tl.where({mask}, {name}, 0.0)"
-
-    def _store_address(self, name: str, layout: tuple[str, ...]) -> tuple[str, str]:
-        einsum = self.cascade.einsum(name)
-        terms = []
-        for position, var in enumerate(einsum.indices):
-            text = _layout_vars(layout, var) if var in layout else var
-            terms.append(f"{text} * {name}_s{position}")
-        return " + ".join(terms), self._row_lanes(layout)
+    def _stores(self) -> None:
+        """Every output's tile stored in its live lanes, absent points (conditions of its
+        own row, GQA's kv head) as 0: kernel IR Stores."""
+        f = self.f
+        stores = []
+        for name in self.cascade.outputs:
+            layout = f.layouts[name]
+            lanes = self._row_lanes(layout)
+            offset = [ir.Op("*", (_layout_block(layout, var) if var in layout else k.Var(var),
+                                  k.Var(f"{name}_s{position}")))
+                      for position, var in enumerate(self.cascade.einsum(name).indices)]
+            value = k.Var(name)
+            if f.row_masks.get(name):
+                absent = k.Mask(tuple(f.condition(c, (layout, lanes))
+                                      for c in f.row_masks[name]))
+                value = ir.Op("where", (absent, value, ir.Const(0.0)))
+            total = offset[0]
+            for term in offset[1:]:
+                total = ir.Op("+", (total, term))
+            stores.append(k.Store(name, k.Integer(total), value, lanes))
+        self.lines += _PRINT.statements(stores)
 
     # ---------------------------------------------------------------- bounds
-    def _bounds(self, number: int, accumulators) -> tuple[str | None, str | None]:
-        """Loop bounds for a pass from affine point filters on stream tiles that mask
-        every term of every accumulator of the pass (else the whole range)."""
+    def _bounds(self, bounds: tuple[Bound, ...]) -> tuple[str | None, str | None]:
+        """Loop bounds for a pass from the schedule's proved bounds (else the whole
+        range)."""
         f = self.f
         lo, hi = None, None
         tile = f"{f.row}_BLOCK"
         first_row = f"tl.program_id(0) * {tile}"
-        offsets = self._masking_offsets(accumulators)
-        self.bounds[number] = tuple(Bound(side, str(offset)) for side, offset in offsets)
-        for side, offset in offsets:
+        for side, offset in bounds:
             offset = self._offset_text(side, offset)
             if side == "upper":   # m <= row + offset
                 hi = (f"tl.minimum({self.cascade.var_rank(f.stream)}, "
@@ -578,23 +572,6 @@ class _Emitter:
                 block = f"{f.stream}_BLOCK"
                 lo = f"tl.maximum(0, {first_row} + ({offset})) // {block} * {block}"
         return lo, hi
-
-    def _masking_offsets(self, reductions) -> list[tuple[str, sympy.Expr]]:
-        """(side, offset) for each affine filter `key <= row + offset` ('upper') or
-        `key >= row + offset` ('lower') that masks every term of every reduction in
-        `reductions`."""
-        if not reductions:
-            return []
-        candidates = None
-        for reduction in reductions:
-            masked_by = self._filters_masking(reduction)
-            candidates = masked_by if candidates is None else candidates & masked_by
-        found = []
-        for filt in sorted(candidates or (), key=str):
-            bound = stream_bound(self._keyed(filt), self.f.stream, self.f.row)
-            if bound is not None:
-                found.append(bound)
-        return found
 
     def _offset_text(self, side: str, offset: sympy.Expr) -> str:
         """An offset as the kernel reads it: an integer, or (with params, a window W) a
@@ -611,26 +588,6 @@ class _Emitter:
         name = f"{side}_offset" + (str(same_side + 1) if same_side else "")
         self.offsets[name] = host
         return name
-
-    def _filters_masking(self, einsum: Einsum) -> set:
-        """Filter conjuncts (on stream tiles) that every present term of `einsum` obeys."""
-        return {c.expr for c in self._leaf_conditions(einsum) if c.kind == "filter"}
-
-    def _leaf_conditions(self, einsum: Einsum, points: bool = False) -> list[Condition]:
-        """The conditions on `einsum`'s terms (`points`: on its points), with the absence
-        of a stream tile replaced by the conditions its `_ok` mask is made of."""
-        conditions = self.f._conditions(einsum)
-        if points:
-            conditions = point_conditions(einsum, conditions)
-        found = []
-        for condition in conditions:
-            if condition.kind == "absent" and \
-                    self.f.kinds.get(condition.read.tensor) in (Role.STREAM, Role.STREAM_DOT):
-                found += self._leaf_conditions(self.cascade.einsum(condition.read.tensor),
-                                               points=True)
-            else:
-                found.append(condition)
-        return found
 
     # ---------------------------------------------------------------- kernel text
     def _wrap(self, name: str, outputs: list[str]) -> tuple[list[str], list[str], dict]:
@@ -710,9 +667,7 @@ class _SplitEmitter(_Emitter):
         self._rows(available)
         self._hoist()
         self.line("")
-        for output in cascade.outputs:
-            offset, mask = self._store_address(output, f.layouts[output])
-            self.line(f"tl.store({output}_ptr + {offset}, {self._stored(output)}, mask={mask})")
+        self._stores()
         source, host, tuning = self._wrap(name, list(cascade.outputs))
         return self._kernel(source, host, tuning,
                             f"one fused kernel {name}: grid over "
@@ -722,26 +677,13 @@ class _SplitEmitter(_Emitter):
                             f"{_range_text((lo, hi), f.loop)}")
 
     def _step_bounds(self) -> tuple[str | None, str | None]:
-        """The range of steps m1 for this row tile: affine filters that mask every term of
-        every per-step reduction bound it, when a fully masked step provably changes
-        nothing carried (schedule/skipping.py); else every step (and the reason why, in
-        the facts)."""
+        """The range of steps m1 for this row tile: the schedule's proved bounds of its
+        one pass (present only where skipping a fully masked step is proved right)."""
         f, cascade = self.f, self.cascade
-        ((_, reductions, _),) = f.pass_plan()
         tile = f.tile_block
-        offsets = self._masking_offsets(reductions)
-        self.skipping = "no affine filter masks every per-step reduction"
-        if not offsets:
-            return None, None
-        why_not = masked_steps_are_identities(cascade, f.kinds, f.loop)
-        if why_not is not None:
-            self.skipping = why_not
-            return None, None
-        self.skipping = "a fully masked step changes nothing carried (proved)"
-        self.bounds[1] = tuple(Bound(side, str(offset)) for side, offset in offsets)
         first_row = f"tl.program_id(0) * {f.row}_BLOCK"
         lo, hi = None, None
-        for side, offset in offsets:
+        for side, offset in self.schedule.passes[0].bounds:
             offset = self._offset_text(side, offset)
             if side == "upper":   # keys up to the last row + offset
                 hi = (f"tl.minimum({cascade.var_rank(f.loop)}, tl.maximum(0, {first_row} + "
@@ -749,13 +691,6 @@ class _SplitEmitter(_Emitter):
             else:                 # keys from the first row + offset
                 lo = f"tl.maximum(0, {first_row} + ({offset})) // {tile}"
         return lo, hi
-
-    def _keyed(self, condition: ir.Expr) -> ir.Expr:
-        """The key is m1 * M0 + m0: written as a plain `m0` so a bound reads off it."""
-        f = self.f
-        inner = ir.Dim(self.cascade.var_rank(f.stream))
-        key = ir.Op("-", (ir.Index(f.stream), ir.Op("*", (ir.Index(f.loop), inner))))
-        return substitute(condition, {f.stream: key})
 
     def _key(self) -> str:
         f = self.f

@@ -6,7 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..ir import Cascade
+from ..schedule import kernel_ir
+from ..schedule.lowering import program_statements
 from ..schedule.model import KernelSchedule
+from .triton_ir import KernelPrinter
 from .triton_printer import tile_asserts
 
 
@@ -24,19 +27,9 @@ class FusedKernel:
 
 
 def program_coordinates(cascade: Cascade, batch: list[str], row: str, block: str) -> list[str]:
-    """Kernel lines: the program's point of each batch rank (grid axis 1, row-major) and
-    its tile of `block` points of the row rank (grid axis 0), in int64."""
-    lines = ["    batch = tl.program_id(1).to(tl.int64)"]
-    rest = "batch"
-    for var in reversed(batch):
-        if var == batch[0]:
-            lines.append(f"    {var} = {rest}")
-        else:
-            lines.append(f"    {var} = {rest} % {cascade.var_rank(var)}")
-            lines.append(f"    rest = {rest} // {cascade.var_rank(var)}")
-            rest = "rest"
-    lines.append(f"    {row} = tl.program_id(0).to(tl.int64) * {block} + tl.arange(0, {block})")
-    return lines
+    """Kernel lines: the program's point of each batch rank and its tile of `block` points
+    of the row rank (schedule/lowering.py's program_statements, printed)."""
+    return KernelPrinter().statements(program_statements(cascade, batch, row, block))
 
 
 def kernel_arguments(cascade: Cascade, schedule: KernelSchedule) -> tuple[list[str],
@@ -85,3 +78,11 @@ def launch_lines(cascade: Cascade, schedule: KernelSchedule, host_args: list[str
     # The dot precision follows the inputs' dtype (_dot_dtype in the module).
     lines.append("    **tuning, DOT_DTYPE=dot_dtype)" if dot else "    **tuning)")
     return lines
+
+
+def kernel_lines(kernel: kernel_ir.Kernel) -> list[str]:
+    """A lowered kernel's Triton source: its signature, the checks of its knobs, its
+    statements (printed by backends/triton_ir.py)."""
+    return kernel_source(kernel.name, list(kernel.args), list(kernel.knobs),
+                         list(kernel.knobs), kernel.least,
+                         KernelPrinter().statements(kernel.body))

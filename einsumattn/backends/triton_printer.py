@@ -5,11 +5,12 @@ of tile knobs, and the helpers every generated Triton module defines.
 
 from __future__ import annotations
 
+import copy
 import math
 
-from ..analysis.presence import in_range_by_construction
 from ..ir import expr as ir
 from ..ir.expr import Printer
+from ..schedule.kernel_ir import Unsupported
 from .printers import integer_comparison
 
 
@@ -20,8 +21,6 @@ def scalar_condition(text: str) -> str:
     return f"({text}) != 0"
 
 
-class Unsupported(Exception):
-    """A construct this schedule cannot express (the module falls back, and says why)."""
 
 
 class TritonPrinter(Printer):
@@ -82,9 +81,19 @@ class TritonPrinter(Printer):
             return f"{helper}({left}, {right})"
         if isinstance(expr, ir.Op) and expr.op == "**":
             return self._power(*expr.args)
-        if not self.integer and integer_comparison(expr):
-            return TritonPrinter(self.names, self._read, integer=True).print(expr, context)
+        if not self.integer and self.integer_comparison(expr):
+            return self.in_integers().print(expr, context)
         return super().print(expr, context)
+
+    @staticmethod
+    def integer_comparison(expr: ir.Expr) -> bool:
+        return integer_comparison(expr)
+
+    def in_integers(self) -> "TritonPrinter":
+        """This printer for index arithmetic (integers, floor // and %)."""
+        twin = copy.copy(self)
+        twin.integer = True
+        return twin
 
     def index(self, node: ir.Index) -> str:
         return self._value(super().index(node))
@@ -128,17 +137,14 @@ class TritonPrinter(Printer):
         raise Unsupported(op)
 
 
-def element_offset(cascade, tensor: str, indices, printer: "TritonPrinter",
-                   extent=None) -> str:
-    """The offset of `tensor`'s element at `indices`, for every Triton schedule: each
-    coordinate times its stride, clamped into its extent (`extent(position)`, default the
-    rank) where it could leave it, so every address a live lane touches is inside the
-    tensor; whether the value is present is the mask's business."""
+def clamped_offset(tensor: str, coordinates) -> str:
+    """`tensor`'s element offset from its coordinates, each (text, the extent it is
+    clamped into or None): the one address form of every Triton kernel's loads (kernel
+    IR Loads, backends/triton_ir.py). Clamped, every address a live lane touches is
+    inside the tensor; whether the value is present is the mask's business."""
     terms = []
-    for position, index in enumerate(indices):
-        text = printer(index)
-        if not in_range_by_construction(cascade, tensor, position, index):
-            bound = extent(position) if extent else cascade.tensors[tensor].ranks[position]
+    for position, (text, bound) in enumerate(coordinates):
+        if bound is not None:
             text = f"tl.minimum(tl.maximum({text}, 0), {bound} - 1)"
         terms.append(f"({text}) * {tensor}_s{position}")
     return " + ".join(terms) or "0"

@@ -5,4 +5,5 @@ skipped). It reads the IR, the analyses and the rewrites' algebra; it prints not
 stages.py    where a cascade is cut into fused kernels (NotFusable, Crossing)
 bounds.py    affine filters read as bounds on the keys a row sees
 skipping.py  the proof that a fully masked step changes nothing carried
+attention.py, loops.py, unfused.py   the decisions of each schedule, as a KernelSchedule
 """

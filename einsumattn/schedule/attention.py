@@ -12,9 +12,13 @@ from ..analysis.passes import analyse_passes
 from ..analysis.presence import Condition, absent_tensors, einsum_conditions, point_conditions
 from ..ir import Cascade, Einsum
 from ..ir import expr as ir
+from ..transform.algebra import substitute
+from .bounds import stream_bound
 from .kernel import loaded_inputs, scalars
 from .masks import range_comparisons
-from .model import Form, KernelSchedule, Knob, Loop, LoopKind, Pass, Role, Store, TensorPlan
+from .model import (Bound, DotPlan, Form, KernelSchedule, Knob, Loop, LoopKind, Pass, Role,
+                    Store, TensorPlan)
+from .skipping import masked_steps_are_identities
 from .stages import NotFusable
 
 BLOCK_P = 16    # the row knob's default: rows per program
@@ -248,9 +252,121 @@ class AttentionRoles:
             stack.extend(self.cascade.einsum(name).reads)
         return [e for e in self.cascade.einsums if e.tensor in needed]
 
+    # ---------------------------------------------------------------- proved bounds
+    def keyed(self, condition: ir.Expr) -> ir.Expr:
+        """A condition with the key written as the tile's index variable, so that
+        `stream_bound` reads a bound off it: a split's key m1 * M0 + m0 as a plain `m0`."""
+        if self.loop is None:
+            return condition
+        inner = ir.Dim(self.cascade.var_rank(self.stream))
+        key = ir.Op("-", (ir.Index(self.stream), ir.Op("*", (ir.Index(self.loop), inner))))
+        return substitute(condition, {self.stream: key})
+
+    def leaf_conditions(self, einsum: Einsum, points: bool = False) -> list[Condition]:
+        """The conditions on `einsum`'s terms (`points`: on its points), with the absence
+        of a key tile replaced by the conditions its `_ok` mask is made of."""
+        conditions = self._conditions(einsum)
+        if points:
+            conditions = point_conditions(einsum, conditions)
+        found = []
+        for condition in conditions:
+            if condition.kind == "absent" and \
+                    self.kinds.get(condition.read.tensor) in (Role.STREAM, Role.STREAM_DOT):
+                found += self.leaf_conditions(self.cascade.einsum(condition.read.tensor),
+                                              points=True)
+            else:
+                found.append(condition)
+        return found
+
+    def masking_offsets(self, reductions: list[Einsum]) -> tuple[Bound, ...]:
+        """The bounds of the affine filters `key <= row + offset` ('upper') and
+        `key >= row + offset` ('lower') that mask every term of every reduction in
+        `reductions`: the keys a row outside them sees add nothing to the reductions."""
+        if not reductions:
+            return ()
+        candidates = None
+        for reduction in reductions:
+            masked_by = {c.expr for c in self.leaf_conditions(reduction) if c.kind == "filter"}
+            candidates = masked_by if candidates is None else candidates & masked_by
+        found = []
+        for condition in sorted(candidates or (), key=str):
+            bound = stream_bound(self.keyed(condition), self.stream, self.row)
+            if bound is not None:
+                found.append(Bound(*bound))
+        return tuple(found)
+
+    def _split_skipping(self, reductions: list[Einsum]) -> tuple[tuple[Bound, ...], str]:
+        """The bounds of a split stream's one loop, and why steps are (not) skipped: a
+        step outside them may be left out only when a fully masked step provably changes
+        nothing carried (schedule/skipping.py)."""
+        bounds = self.masking_offsets(reductions)
+        if not bounds:
+            return (), "no affine filter masks every per-step reduction"
+        why_not = masked_steps_are_identities(self.cascade, self.kinds, self.loop)
+        if why_not is not None:
+            return (), why_not
+        return bounds, "a fully masked step changes nothing carried (proved)"
+
+    # ---------------------------------------------------------------- dots
+    def dot_plan(self, einsum: Einsum) -> DotPlan:
+        """A contraction as one tl.dot: a key tile's scores over a feature (QK = Q K^T:
+        row tile times key tile), or a sum over the keys of a key tile times a key tile
+        over a feature (AV += A V). NotFusable where its factors do not split so."""
+        left, right, after = (self._score_operands(einsum)
+                              if self.kinds[einsum.tensor] is Role.STREAM_DOT
+                              else self._accumulator_operands(einsum))
+        rounded = sum(not self._exact_operand(side) for side in (left, right))
+        return DotPlan(einsum.tensor, tuple(left), tuple(right), tuple(after), rounded)
+
+    def _tile_variables(self, factor: ir.Expr) -> set[str]:
+        return set(ir.index_vars(factor)) - set(self.batch) - {self.loop}
+
+    def _score_operands(self, einsum: Einsum) -> tuple[list, list, list]:
+        """sum over a feature of (row-side factors) * (key-side factors) * scalars."""
+        (feature,) = einsum.reduced
+        row_side, key_side, other = [], [], []
+        for factor in ir.product_factors(einsum.body):
+            variables = self._tile_variables(factor)
+            if variables <= {self.row, feature} and feature in variables:
+                row_side.append(factor)
+            elif variables <= {self.stream, feature} and feature in variables:
+                key_side.append(factor)
+            elif feature not in variables:
+                other.append(factor)
+            else:
+                raise NotFusable(f"{einsum.tensor}: a factor over both sides of the product")
+        if not row_side or not key_side:
+            raise NotFusable(f"{einsum.tensor}: not a product of a row tile and a key tile")
+        return row_side, key_side, other
+
+    def _accumulator_operands(self, einsum: Einsum) -> tuple[list, list, list]:
+        """sum over the keys of (key tile factors) * (factors over key and feature)."""
+        feature = self.layouts[einsum.tensor][1]
+        tile_side, key_side = [], []
+        for factor in ir.product_factors(einsum.body):
+            variables = self._tile_variables(factor)
+            if variables <= {self.row, self.stream}:
+                tile_side.append(factor)
+            elif variables <= {self.stream, feature}:
+                key_side.append(factor)
+            else:
+                raise NotFusable(f"{einsum.tensor}: not a stream tile times a key tile")
+        if not key_side:
+            raise NotFusable(f"{einsum.tensor}: no key tile to contract with")
+        return tile_side, key_side, []
+
+    def _exact_operand(self, factors: list) -> bool:
+        """An operand that is a single read of an input: exact in the inputs' dtype."""
+        if len(factors) != 1 or not isinstance(factors[0], ir.Read):
+            return False
+        tensor = self.cascade.tensors.get(factors[0].tensor)
+        return tensor is not None and tensor.is_input
+
+    # ---------------------------------------------------------------- the schedule
     def kernel_schedule(self, name: str) -> KernelSchedule:
-        """The decisions as data, before anything is printed (the emitter adds the bounds
-        it proved and the dot operands it rounds)."""
+        """The decisions as data, before anything is printed: roles, loops, passes with
+        their proved bounds, the contractions computed as dots (and their rounded
+        operands), why a split's steps are (not) skipped."""
         cascade = self.cascade
         plan = self.pass_plan()
         # What the kernel computes: every per-row value and reduction, and the key tiles
@@ -261,26 +377,38 @@ class AttentionRoles:
         uses_dot = any(self.kinds[e.tensor].uses_dot for e in live)
         least = "a power of two >= 16" if uses_dot else "a power of two"
         tile = f"{self.stream}_BLOCK"
+        skipping = None
         if self.loop is not None:
             outer = cascade.var_rank(self.loop)
             loops = (Loop(self.loop, outer, LoopKind.SPLIT_STEPS, tile, (self.loop,)),)
             key_knob = Knob(tile, self.tile, f"the split factor {cascade.var_rank(self.stream)}"
                                              f" = {self.tile} of the cascade", fixed=True)
+            ((_, reductions, _),) = plan
+            bounds, skipping = self._split_skipping(reductions)
+            passes = (Pass(1, tuple(e.tensor for e in reductions),
+                           tuple(e.tensor for e in plan[0][2]), bounds),)
+            # The one loop computes each per-step value in dataflow order.
+            in_order = [e for e in cascade.einsums if self.kinds[e.tensor].uses_dot]
         else:
             loops = tuple(Loop(self.stream, cascade.var_rank(self.stream), LoopKind.KEY_TILES,
                                tile, (self.stream,)) for _ in range(self.passes.passes))
             key_knob = Knob(tile, BLOCK_M, least)
+            passes = tuple(Pass(number, tuple(e.tensor for e in reductions),
+                                tuple(e.tensor for e in tiles),
+                                self.masking_offsets(reductions))
+                           for number, reductions, tiles in plan)
+            # Each pass computes its key tiles, then its accumulators.
+            in_order = [e for _, reductions, needed in plan for e in needed + reductions
+                        if self.kinds[e.tensor].uses_dot]
+        dots = tuple(self.dot_plan(e) for e in dict.fromkeys(in_order))
         return KernelSchedule(
             name=name, form=Form.SPLIT if self.loop is not None else Form.ATTENTION,
             batch=tuple(self.batch), row=self.row, loops=loops, held=tuple(self.features),
             tensors=tuple(TensorPlan(e.tensor, self.kinds[e.tensor],
                                      self.layouts[e.tensor]) for e in cascade.einsums),
-            passes=tuple(Pass(number, tuple(e.tensor for e in reductions),
-                              tuple(e.tensor for e in tiles))
-                         for number, reductions, tiles in plan),
-            inputs=loaded_inputs(cascade, live), outputs=tuple(cascade.outputs),
+            passes=passes, inputs=loaded_inputs(cascade, live), outputs=tuple(cascade.outputs),
             scalars=scalars(cascade, live),
             stores=tuple(Store(o, frozenset(self.row_masks.get(o, ())))
                          for o in cascade.outputs),
             knobs=(Knob(f"{self.row}_BLOCK", BLOCK_P, least), key_knob),
-            uses_dot=uses_dot)
+            uses_dot=uses_dot, dots=dots, skipping=skipping)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field, replace
+from typing import NamedTuple
 
 from ..ir.expr import to_text
 
@@ -31,6 +32,7 @@ class Role(enum.Enum):
     CARRIED = "carried"                # a recurrence carried in registers across steps
     STEP = "step"                      # loop schedule: a value of one recurrence step
     REDUCE = "reduce"                  # loop schedule: reduced over the flattened tiles
+    POINTS = "points"                  # unfused: a value at the program's points, stored
 
     @property
     def on_key_tile(self) -> bool:
@@ -54,6 +56,7 @@ class Form(enum.Enum):
     SPLIT = "split"           # one loop over the outer part of a split key rank
     TILES = "tiles"           # the loop schedule: flattened tiles (backends/triton_loops.py)
     STEPS = "steps"           # the loop schedule: recurrence steps in order
+    EINSUM = "einsum"         # the unfused schedule: one Einsum (backends/triton_unfused.py)
 
 
 class LoopKind(enum.Enum):
@@ -83,14 +86,30 @@ class Loop:
     over: tuple[str, ...] = ()  # the index variables it covers (several when flattened)
 
 
-@dataclass(frozen=True)
-class Bound:
+class Bound(NamedTuple):
     """A proved bound of a key loop for a row tile: the keys a row p sees satisfy
-    key <= p + offset ('upper') or key >= p + offset ('lower'). `offset` is printed in
-    the spec's sizes and params (a window W)."""
+    key <= p + offset ('upper') or key >= p + offset ('lower'). `offset` is a sympy
+    expression in the spec's sizes and params (a window W: `1 - W`), an integer without
+    them. A pair, so that `side, offset = bound` reads it."""
 
     side: str
-    offset: str
+    offset: object      # sympy.Expr (schedule/bounds.py's stream_bound)
+
+
+@dataclass(frozen=True)
+class DotPlan:
+    """A contraction computed as one matrix product (tl.dot): the factors (IR
+    expressions) of its left operand (the row side; for an accumulator over the keys, the
+    key tile's scores), of its right operand (the key side), and the factors multiplied
+    into the product afterwards. `rounded`: how many of the two operands are computed
+    values, which enter the dot rounded to the inputs' precision (an operand that is one
+    read of an input is exact); the check's tolerance reads it (verify.py)."""
+
+    tensor: str
+    left: tuple
+    right: tuple
+    after: tuple = ()
+    rounded: int = 0
 
 
 @dataclass(frozen=True)
@@ -133,9 +152,7 @@ class KernelSchedule:
     stores: tuple[Store, ...]
     knobs: tuple[Knob, ...]
     uses_dot: bool
-    # Einsum -> how many of its tl.dot operands are computed values (rounded to the
-    # inputs' precision in half-precision runs): the check's tolerance reads it.
-    rounded: tuple[tuple[str, int], ...] = ()
+    dots: tuple[DotPlan, ...] = ()   # the contractions computed as tl.dot, in emission order
     skipping: str | None = None      # why key tiles are (not) skipped, split form
     description: str = ""
     _roles: dict = field(default=None, compare=False, repr=False)
@@ -143,6 +160,15 @@ class KernelSchedule:
     @property
     def carried(self) -> tuple[str, ...]:
         return tuple(t.name for t in self.tensors if t.role is Role.CARRIED)
+
+    @property
+    def rounded(self) -> tuple[tuple[str, int], ...]:
+        """Einsum -> how many of its tl.dot operands are computed values (rounded to the
+        inputs' precision in half-precision runs): the check's tolerance reads it."""
+        return tuple((dot.tensor, dot.rounded) for dot in self.dots if dot.rounded)
+
+    def dot(self, tensor: str) -> DotPlan:
+        return next(dot for dot in self.dots if dot.tensor == tensor)
 
     @property
     def accumulated(self) -> tuple[str, ...]:
@@ -165,6 +191,7 @@ class Schedule:
     kernels: tuple[KernelSchedule, ...]
     cut: str | None = None
     not_fused: str | None = None
+    unfused: tuple[KernelSchedule, ...] = ()   # the unfused schedule: one kernel per Einsum
 
 
 def _condition_text(condition) -> str:
@@ -183,7 +210,7 @@ def kernel_data(kernel: KernelSchedule, spell=str) -> dict:
         "name": kernel.name,
         "form": kernel.form.value,
         "grid": {"batch": names(kernel.batch), "row": spell(kernel.row),
-                 "row_tile": f"{kernel.row}_BLOCK"},
+                 "row_tile": kernel.knobs[0].name},
         "loops": tuple({"var": spell(loop.var), "extent": spell(loop.extent),
                         "kind": loop.kind.value, "tile": loop.tile, "over": names(loop.over)}
                        for loop in kernel.loops),
@@ -192,7 +219,7 @@ def kernel_data(kernel: KernelSchedule, spell=str) -> dict:
                     for t in kernel.tensors},
         "passes": tuple({"number": p.number, "accumulates": names(p.accumulates),
                          "recomputes": names(p.recomputes),
-                         "bounds": tuple((b.side, spell(b.offset)) for b in p.bounds)}
+                         "bounds": tuple((b.side, spell(str(b.offset))) for b in p.bounds)}
                         for p in kernel.passes),
         "inputs": names(kernel.inputs),
         "outputs": names(kernel.outputs),

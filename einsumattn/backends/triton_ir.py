@@ -1,0 +1,189 @@
+"""The kernel IR (schedule/kernel_ir.py) printed as Triton: one printer for every
+kernel lowered to it. Expressions print with `TritonPrinter` (the cascade's operations,
+values as float32, index arithmetic in integers); this adds the kernel's own nodes (loads,
+masks, reductions, blocks) and its statements.
+"""
+
+from __future__ import annotations
+
+from ..ir import expr as ir
+from ..ir.expr import _PRECEDENCE
+from ..schedule import kernel_ir as k
+from .printers import integer_comparison
+from .triton_printer import TritonPrinter, clamped_offset, load, scalar_condition
+
+_TYPES = {"int64": "tl.int64", "int8": "tl.int8"}
+_REDUCER = {"sum": "tl.sum", "max": "tl.max", "min": "tl.min"}
+# Nodes printed as a name or a call: `.to(...)` and `[None, :]` apply to them directly.
+_ATOMS = (k.Var, k.ProgramId, k.Arange, k.Cast, k.Expand, k.IndexBlock, k.Full, k.Zeros,
+          k.Load, k.Reduce)
+
+
+class KernelPrinter(TritonPrinter):
+    """Kernel IR expressions as Triton (`integer`: in index arithmetic)."""
+
+    def __init__(self, integer: bool = False):
+        super().__init__({}, self._no_read, integer)
+
+    @staticmethod
+    def _no_read(node: ir.Read):
+        raise AssertionError(f"{ir.to_text(node)}: a lowered kernel reads through Load")
+
+    def print(self, expr, context: int) -> str:
+        method = _NODES.get(type(expr))
+        if method is not None:
+            return method(self, expr, context)
+        return super().print(expr, context)
+
+    @staticmethod
+    def integer_comparison(expr) -> bool:
+        """As for the cascade's expressions; a comparison with a kernel value in it (a
+        Load is a read) is one of values."""
+        return _cascade_only(expr) and integer_comparison(_as_cascade(expr))
+
+    def _atom(self, expr) -> str:
+        text = self.print(expr, 0)
+        return text if isinstance(expr, _ATOMS) else f"({text})"
+
+    # ---------------------------------------------------------------- kernel nodes
+    def _var(self, node: k.Var, context: int) -> str:
+        return node.name
+
+    def _programid(self, node: k.ProgramId, context: int) -> str:
+        return f"tl.program_id({node.axis})"
+
+    def _arange(self, node: k.Arange, context: int) -> str:
+        return f"tl.arange(0, {node.size})"
+
+    def _cast(self, node: k.Cast, context: int) -> str:
+        return f"{self._atom(node.value)}.to({_TYPES[node.dtype]})"
+
+    def _expand(self, node: k.Expand, context: int) -> str:
+        return f"{self._atom(node.value)}{_pattern(node.axes)}"
+
+    def _indexblock(self, node: k.IndexBlock, context: int) -> str:
+        return self._value(f"{node.name}{_pattern(node.axes)}")
+
+    def _full(self, node: k.Full, context: int) -> str:
+        return f"tl.full([{', '.join(node.shape)}], {self.const(node.value)}, tl.float32)"
+
+    def _zeros(self, node: k.Zeros, context: int) -> str:
+        return f"tl.zeros([{', '.join(node.shape)}], tl.float32)"
+
+    def _integer(self, node: k.Integer, context: int) -> str:
+        return self.in_integers().print(node.value, context)
+
+    def _reduce(self, node: k.Reduce, context: int) -> str:
+        return f"{_REDUCER[node.op]}({self.print(node.value, 0)}, axis={node.axis})"
+
+    def _load(self, node: k.Load, context: int) -> str:
+        pointer = f"{node.tensor}_ok_ptr" if node.flag else f"{node.tensor}_ptr"
+        if node.coordinates:
+            pointer += " + " + self.address(node.tensor, node.coordinates)
+        mask = None if node.mask is None else self.print(node.mask, 0)
+        return load(pointer, mask, ok=node.flag)
+
+    def address(self, tensor: str, coordinates) -> str:
+        integers = self.in_integers()
+        return clamped_offset(tensor, [
+            (integers(c.index), None if c.clamp is None else integers.operand(c.clamp, "-"))
+            for c in coordinates])
+
+    def _mask(self, node: k.Mask, context: int) -> str:
+        if not node.conditions:
+            return "(0 == 0)"
+        strength = _PRECEDENCE["&"]
+        # A mask inside a mask is its conditions (& is associative).
+        texts = dict.fromkeys(self.print(c, 0 if isinstance(c, k.Mask) else strength + 1)
+                              for c in node.conditions)
+        return self._wrap(" & ".join(texts), strength, context)
+
+    def _test(self, node: k.Test, context: int) -> str:
+        printer = self.in_integers() if node.integer else self
+        text = printer(node.expr)
+        if node.scalar:
+            text = scalar_condition(text)     # one value for every lane
+        inner = [self(node.inner)] if node.inner.conditions else []
+        return " & ".join([f"({text})"] + inner)
+
+    def _choice(self, node: k.Choice, context: int) -> str:
+        return (f"({self(node.condition)} & tl.where({self(node.choice)}, "
+                f"{self(node.if_true)}, {self(node.if_false)}))")
+
+    # ---------------------------------------------------------------- statements
+    def statements(self, body, depth: int = 1) -> list[str]:
+        lines = []
+        pad = "    " * depth
+        for statement in body:
+            if isinstance(statement, k.Comment):
+                lines.append(f"{pad}# {statement.text}")
+            elif isinstance(statement, k.Let):
+                note = "" if statement.note is None else f"  # {statement.note}"
+                lines.append(f"{pad}{statement.name} = {self(statement.value)}{note}")
+            elif isinstance(statement, k.Accumulate):
+                name, value = statement.name, self(statement.value)
+                combined = {"sum": f"{name} + {value}", "max": f"tl.maximum({name}, {value})",
+                            "min": f"tl.minimum({name}, {value})"}[statement.op]
+                lines.append(f"{pad}{name} = {combined}")
+            elif isinstance(statement, k.Store):
+                pointer = f"{statement.tensor}_ok_ptr" if statement.flag else \
+                    f"{statement.tensor}_ptr"
+                lines.append(f"{pad}tl.store({pointer} + {self(statement.offset)}, "
+                             f"{self(statement.value)}, mask={self(statement.mask)})")
+            elif isinstance(statement, k.Unflatten):
+                lines += self._unflatten(statement, pad)
+            elif isinstance(statement, k.Barrier):
+                lines.append(f"{pad}tl.debug_barrier()  # {statement.why}")
+            elif isinstance(statement, k.Loop):
+                bounds = [self(statement.start), self(statement.stop)]
+                if statement.step is not None:
+                    bounds.append(self(statement.step))
+                lines.append(f"{pad}for {statement.var} in range({', '.join(bounds)}):")
+                lines += self.statements(statement.body, depth + 1)
+            else:
+                raise TypeError(f"not a kernel statement: {statement!r}")
+        return lines
+
+    def _unflatten(self, node: k.Unflatten, pad: str) -> list[str]:
+        """Row-major: the last coordinate is the remainder by its extent, and so on."""
+        integers = self.in_integers()
+        lines, rest = [], node.flat
+        for position, (name, extent) in enumerate(reversed(node.parts)):
+            if position == len(node.parts) - 1:
+                lines.append(f"{pad}{name} = {rest}")
+            else:
+                size = integers.operand(extent, "%")
+                lines.append(f"{pad}{name} = {rest} % {size}")
+                lines.append(f"{pad}{node.rest} = {rest} // {size}")
+                rest = node.rest
+        return lines
+
+
+def _pattern(axes: tuple[bool, ...]) -> str:
+    return f"[{', '.join(':' if own else 'None' for own in axes)}]" if axes else ""
+
+
+def _cascade_only(expr) -> bool:
+    """An expression of indices, sizes, params and operations (an index variable's
+    block counts as the index it is): what `integer_comparison` judges."""
+    if isinstance(expr, ir.Op):
+        return all(_cascade_only(arg) for arg in expr.args)
+    return isinstance(expr, (ir.Const, ir.Index, ir.Dim, ir.Param, k.IndexBlock))
+
+
+def _as_cascade(expr):
+    """`expr` with index blocks as the indices they are."""
+    if isinstance(expr, k.IndexBlock):
+        return ir.Index(expr.name)
+    if isinstance(expr, ir.Op):
+        return ir.Op(expr.op, tuple(_as_cascade(arg) for arg in expr.args))
+    return expr
+
+
+_NODES = {k.Var: KernelPrinter._var, k.ProgramId: KernelPrinter._programid,
+          k.Arange: KernelPrinter._arange, k.Cast: KernelPrinter._cast,
+          k.Expand: KernelPrinter._expand, k.IndexBlock: KernelPrinter._indexblock,
+          k.Zeros: KernelPrinter._zeros, k.Full: KernelPrinter._full,
+          k.Integer: KernelPrinter._integer, k.Reduce: KernelPrinter._reduce,
+          k.Load: KernelPrinter._load, k.Mask: KernelPrinter._mask,
+          k.Test: KernelPrinter._test, k.Choice: KernelPrinter._choice}

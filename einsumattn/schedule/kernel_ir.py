@@ -1,0 +1,252 @@
+"""The kernel-level IR: what one kernel does, as frozen data, between a schedule and a
+printer per target (backends/triton_ir.py prints it as Triton), the way sympy has one
+CodePrinter per language.
+
+A kernel is statements (`Let`, `Store`, `Loop`, `Accumulate`, `Unflatten`, `Comment`,
+`Barrier`) over
+expressions: the cascade's own expression nodes (`ir.expr`: `Const`, `Index`, `Dim`,
+`Param`, `Op`), with index variables renamed to the kernel's names, plus the nodes
+below. A tensor read is a `Load` (the coordinates, each clamped into its extent where
+it could leave it, and the lanes' mask): nothing reads memory otherwise. A mask is a
+`Mask`, a conjunction of conditions held as a set (each once, in the order first
+given, so a printed kernel is the same on every run), never text; a condition is a
+`Test` (an IR condition, with the conditions of the reads inside it), the presence flag
+of an intermediate (a `Load` with `flag`), or a `Choice` (a `where` in a reduction,
+present by the branch it picks).
+
+Lowerings from the schedules are in schedule/lowering.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Iterator, Union
+
+from ..ir import expr as ir
+
+
+class Unsupported(Exception):
+    """A construct a kernel cannot express (the module falls back, and says why)."""
+
+
+@dataclass(frozen=True)
+class Var:
+    """A value the kernel computed (a block, or one value per program)."""
+    name: str
+
+
+@dataclass(frozen=True)
+class ProgramId:
+    """The program's coordinate along a grid axis."""
+    axis: int
+
+
+@dataclass(frozen=True)
+class Arange:
+    """The block 0, 1, ..., size - 1 (`size`: a knob)."""
+    size: str
+
+
+@dataclass(frozen=True)
+class Cast:
+    """`value` converted: 'int64' (index arithmetic past 2**31), 'int8' (presence flags)."""
+    value: "Expr"
+    dtype: str
+
+
+@dataclass(frozen=True)
+class Expand:
+    """A block broadcast into more dimensions: `axes` per dimension of the result, True
+    where it is one of the block's own (in order), False where it is new (`x[:, None]`
+    is (True, False))."""
+    value: "Expr"
+    axes: tuple[bool, ...]
+
+
+@dataclass(frozen=True)
+class IndexBlock:
+    """The values of an index variable (kernel name `name`) broadcast into a block's
+    layout (`axes` as Expand's; empty: as it is). Used as a value, it is a float, as
+    every index is (ir.Index)."""
+    name: str
+    axes: tuple[bool, ...] = ()
+
+
+@dataclass(frozen=True)
+class Full:
+    """A block of `shape` (knobs) holding `value` (a float constant) everywhere: an
+    accumulator's start (the reduction's identity)."""
+    shape: tuple[str, ...]
+    value: float
+
+
+@dataclass(frozen=True)
+class Zeros:
+    """A block of `shape` of zeros that a value is added to, to give it that shape (a
+    value of fewer dimensions, or one per program, broadcast into the tile)."""
+    shape: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Coordinate:
+    """One coordinate of an address: its index, and the extent it is clamped into (None
+    where it cannot leave it: the schedule proved it in range by construction)."""
+    index: "Expr"
+    clamp: "Expr | None" = None
+
+
+@dataclass(frozen=True)
+class Load:
+    """`tensor` at `coordinates` (each times the tensor's stride), as float32; `flag`:
+    the tensor's presence flags (`T_ok`) instead, as booleans. Masked lanes read 0;
+    `mask` None where the address is one per program and always valid."""
+    tensor: str
+    coordinates: tuple[Coordinate, ...]
+    mask: "Expr | None" = None
+    flag: bool = False
+
+
+@dataclass(frozen=True)
+class Integer:
+    """Arithmetic on indices and sizes: integers, with floor // and %, where the same
+    nodes elsewhere compute values (floats, as the oracle does)."""
+    value: "Expr"
+
+
+@dataclass(frozen=True)
+class Reduce:
+    """`value` reduced along `axis` with `op` ('sum', 'max', 'min')."""
+    op: str
+    value: "Expr"
+    axis: int
+
+
+@dataclass(frozen=True)
+class Mask:
+    """A conjunction of conditions (each an Expr, a Test, a Choice or a Mask), a set:
+    each appears once, in the order first given. Empty: true everywhere."""
+    conditions: tuple
+
+    def __post_init__(self):
+        object.__setattr__(self, "conditions", tuple(dict.fromkeys(self.conditions)))
+
+
+@dataclass(frozen=True)
+class Test:
+    """A condition of the spec (a filter, a coordinate's range, a split's end) as an IR
+    condition; `integer`: its arithmetic is on indices (floor // and %); `scalar`: one
+    value per program; `inner`: the conditions of the reads inside it."""
+    expr: "Expr"
+    integer: bool
+    scalar: bool = False
+    inner: Mask = Mask(())
+
+
+@dataclass(frozen=True)
+class Choice:
+    """`where(c, a, b)` in a reduction: present where c's conditions hold and those of
+    the branch it picks."""
+    condition: Mask
+    choice: "Expr"
+    if_true: Mask
+    if_false: Mask
+
+
+Expr = Union[ir.Const, ir.Index, ir.Dim, ir.Param, ir.Op, Var, ProgramId, Arange, Cast,
+             Expand, IndexBlock, Full, Zeros, Load, Integer, Reduce, Mask, Test, Choice]
+
+
+# ------------------------------------------------------------------------ statements
+
+
+@dataclass(frozen=True)
+class Comment:
+    text: str
+
+
+@dataclass(frozen=True)
+class Let:
+    """`name = value` (`note`: a comment beside it)."""
+    name: str
+    value: Expr
+    note: str | None = None
+
+
+@dataclass(frozen=True)
+class Accumulate:
+    """`name` combined with `value` by `op` ('sum': added, 'max' / 'min': the larger /
+    smaller, NaN as the reduction's own rule)."""
+    name: str
+    op: str
+    value: Expr
+
+
+@dataclass(frozen=True)
+class Store:
+    """`value` written to `tensor` (or, `flag`, its presence flags) at `offset` (an
+    element offset: coordinates times strides) in the lanes of `mask`."""
+    tensor: str
+    offset: Expr
+    value: Expr
+    mask: Expr
+    flag: bool = False
+
+
+@dataclass(frozen=True)
+class Unflatten:
+    """Row-major coordinates from a flat index: `parts` (name, extent), the last the
+    fastest; every coordinate but the first is a remainder, `rest` holds the quotients.
+    The flat index is not negative, so truncating division is floor division."""
+    flat: str
+    parts: tuple[tuple[str, Expr], ...]
+    rest: str
+
+
+@dataclass(frozen=True)
+class Barrier:
+    """Every store of the program is visible to its later loads (`why` says which)."""
+    why: str
+
+
+@dataclass(frozen=True)
+class Loop:
+    """`for var in range(start, stop, step)` (`step` None: 1) around `body`."""
+    var: str
+    start: Expr
+    stop: Expr
+    step: Expr | None
+    body: tuple
+
+
+Statement = Union[Comment, Let, Accumulate, Store, Unflatten, Barrier, Loop]
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """One kernel: its name, its arguments (pointers, strides, sizes and params), the
+    knobs it takes as compile-time constants (each a power of two >= `least`), and its
+    statements."""
+    name: str
+    args: tuple[str, ...]
+    knobs: tuple[str, ...]
+    least: int
+    body: tuple
+
+
+def nodes(item) -> Iterator:
+    """Every node under a kernel, a statement or an expression (itself first), loop
+    bodies and the coordinates and masks of loads included."""
+    stack = [item]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, tuple):
+            stack.extend(reversed(node))
+            continue
+        if node is None or isinstance(node, (str, int, float)):
+            continue
+        yield node
+        if isinstance(node, ir.Op):
+            stack.extend(reversed(node.args))
+        elif hasattr(node, "__dataclass_fields__") and not isinstance(
+                node, (ir.Const, ir.Index, ir.Dim, ir.Param)):
+            stack.extend(reversed([getattr(node, f.name) for f in fields(node)]))

@@ -1,0 +1,166 @@
+"""The kernel-level IR (schedule/kernel_ir.py): the unfused schedule lowered to it
+(schedule/lowering.py) and printed as Triton (backends/triton_ir.py). Tests read the IR,
+the data every target's printer reads; the printed kernels are checked against the
+oracle by test_codegen.py."""
+
+import pytest
+
+import einsumattn
+from einsumattn.analysis.presence import absent_tensors
+from einsumattn.backends import names
+from einsumattn.backends.triton_unfused import TritonEmitter
+from einsumattn.ir import expr as ir
+from einsumattn.schedule import kernel_ir as k
+from einsumattn.schedule.lowering import lower_unfused
+from einsumattn.schedule.unfused import einsum_schedule
+from einsumattn.verify import Case, case_inputs, compare
+
+from conftest import ROOT
+
+
+def _lowered(cascade, tensor):
+    einsum = cascade.einsum(tensor)
+    absent = absent_tensors(cascade)
+    schedule = einsum_schedule(cascade, einsum, absent)
+    return schedule, lower_unfused(cascade, einsum, schedule, absent, ())
+
+
+def _of(kind, item):
+    return [node for node in k.nodes(item) if isinstance(node, kind)]
+
+
+def test_a_mask_is_a_set_of_conditions():
+    live, ok = k.Var("live"), k.Load("S", (), flag=True)
+    assert k.Mask((ok, live, ok)).conditions == (ok, live)
+    assert k.Mask((ok, live)) != k.Mask((live,))
+
+
+def test_an_unfused_kernel_reads_memory_only_through_its_schedules_loads():
+    """Every read is a Load of a tensor the schedule says the kernel reads (or, for a
+    recurrence, its own earlier steps); a coordinate is clamped only where it could leave
+    its extent: the causal scores' Q and K reads are at their own ranks."""
+    cascade = einsumattn.load(ROOT / "examples" / "causal_softmax.attn")
+    for einsum in cascade.einsums:
+        schedule, kernel = _lowered(cascade, einsum.tensor)
+        loaded = {load.tensor for load in _of(k.Load, kernel) if not load.flag}
+        own = {einsum.tensor} if einsum.iterative is not None else set()
+        assert loaded <= set(schedule.inputs) | own
+        assert set(schedule.inputs) <= loaded | {load.tensor for load in _of(k.Load, kernel)}
+        assert not _of(ir.Read, kernel)
+    _, scores = _lowered(cascade, "QK")
+    for load in _of(k.Load, scores):
+        assert all(c.clamp is None for c in load.coordinates)
+
+
+def test_an_absent_tensor_is_tested_once_per_mask():
+    """S is absent above the diagonal and read twice in T's terms: T's term mask holds
+    S's presence flag once, and T stores its own flags (the filter of S carried on)."""
+    cascade = einsumattn.load(
+        "dims P, M\ninput X[p, m]\nS[p, m] = X[p, m] where m <= p\n"
+        "T[p] = sum[m] S[p, m] * S[p, m]\noutput T\n")
+    _, kernel = _lowered(cascade, "T")
+    (ok,) = [s for s in _of(k.Let, kernel) if s.name == "ok"]
+    flags = [load for load in _of(k.Load, ok.value) if load.flag]
+    assert [load.tensor for load in flags] == ["S"]
+    _, scores = _lowered(cascade, "S")
+    (flag_store,) = [s for s in _of(k.Store, scores) if s.flag]
+    tests = _of(k.Test, flag_store.value)
+    assert [ir.to_text(t.expr) for t in tests] == ["m <= p"] and not tests[0].integer
+
+
+def test_loops_of_a_reduction_and_a_recurrence():
+    """A reduction loops over its reduced points in tiles of RBLOCK and accumulates with
+    its own operation; a recurrence steps in order with a barrier before each step."""
+    cascade = einsumattn.load(ROOT / "examples" / "gla_recurrent.attn")
+    recurrences = [e for e in cascade.einsums if e.iterative is not None]
+    assert recurrences
+    schedule, kernel = _lowered(cascade, recurrences[0].tensor)
+    (steps, *_) = _of(k.Loop, kernel)
+    assert steps.var == "step" and isinstance(steps.body[0], k.Barrier)
+    assert [loop.kind.value for loop in schedule.loops][0] == "recurrence steps"
+    causal = einsumattn.load(ROOT / "examples" / "causal_softmax.attn")
+    _, maximum = _lowered(causal, "GM")
+    (tiles,) = _of(k.Loop, maximum)
+    (accumulate,) = _of(k.Accumulate, tiles)
+    assert tiles.step == k.Var("RBLOCK") and accumulate.op == "max"
+    assert _of(k.Reduce, accumulate)[0].axis == 1
+
+
+@pytest.mark.parametrize("example", ["causal_softmax", "gla_recurrent", "eca"])
+def test_lowered_unfused_kernels_agree_with_the_oracle(tmp_path, example):
+    """The printed IR runs (Triton's interpreter) and computes what the spec says."""
+    from einsumattn.codegen.compile import compile_to_file, import_file
+    path = ROOT / "examples" / f"{example}.attn"
+    cascade = einsumattn.load(path)
+    module = import_file(compile_to_file(path, tmp_path, rewrite=False), f"ir_{example}")
+    sizes = {r: 5 for r in cascade.ranks if not cascade.ranks[r].fixed}
+    inputs = case_inputs(cascade, Case(sizes, "float32", 1.0, True, 3))
+    layer = getattr(module, names.class_name(cascade.name))(backend="triton-unfused")
+    results = compare(cascade, inputs, layer(*inputs.values()), "float32")
+    assert all(r.ok for r in results), [r.describe() for r in results]
+    emitter = TritonEmitter(names.rename(cascade))
+    assert len(emitter.kernels()) == len(cascade.einsums)
+
+
+def _loop_kernel(cascade):
+    from einsumattn.schedule.loops import LoopRoles
+    from einsumattn.schedule.lowering import lower_loops
+    roles = LoopRoles(cascade)
+    schedule = roles.kernel_schedule("loops")
+    return schedule, lower_loops(roles, schedule, (), ())
+
+
+def test_the_loop_schedule_lowers_to_the_same_ir():
+    """GLA's recurrent kernel: one loop over the steps of t, S carried (its value before
+    the step is `S_at`), every input read a Load of the schedule's inputs masked by the
+    live lanes of its own tile dimensions, and the output stored in its live lanes."""
+    cascade = einsumattn.load(ROOT / "examples" / "gla_recurrent.attn")
+    schedule, kernel = _loop_kernel(cascade)
+    (steps,) = [loop for loop in _of(k.Loop, kernel)]
+    assert steps.var == "t" and schedule.carried == ("S",)
+    assert [s.name for s in steps.body if isinstance(s, k.Let) and s.note] == ["S_at"]
+    loads = _of(k.Load, kernel)
+    assert {load.tensor for load in loads} == set(schedule.inputs)
+    for load in loads:
+        assert all(isinstance(c, k.Expand) and c.value.name.endswith("_live")
+                   for c in load.mask.conditions)
+    (store,) = _of(k.Store, kernel)
+    assert store.tensor == "O" and store in steps.body
+    assert [c.value.name for c in store.mask.conditions] == [f"{schedule.row}_live"]
+
+
+def test_the_loop_schedules_tiles_accumulate_across_a_loop():
+    """A pooled sum over (h, w) and a product with it: two passes over the flattened
+    tiles of (h, w); the first accumulates the sum (a Reduce over the lanes' axis), the
+    second recomputes the tile and stores O."""
+    cascade = einsumattn.load(
+        "dims B, C, H, W\ninput X[b, c, h, w]\nG[b, c] = sum[h, w] X[b, c, h, w]\n"
+        "O[b, c, h, w] = X[b, c, h, w] * G[b, c]\noutput O\n")
+    schedule, kernel = _loop_kernel(cascade)
+    assert schedule.form.value == "tiles" and schedule.loops[0].over == ("h", "w")
+    first, second = _of(k.Loop, kernel)
+    (accumulate,) = _of(k.Accumulate, first)
+    assert accumulate.name == "G" and accumulate.op == "sum"
+    assert _of(k.Reduce, accumulate)[0].axis == 1 and not _of(k.Store, first)
+    assert [store.tensor for store in _of(k.Store, second)] == ["O"]
+
+
+@pytest.mark.parametrize("rewrite", [True, False], ids=["split", "passes"])
+def test_every_triton_schedule_loads_through_the_ir(monkeypatch, rewrite):
+    """One load path: the attention schedule's reads of Q, K and V (the split one and the
+    spec's own passes), like the lowered schedules', are kernel IR Loads printed by the
+    IR's printer, each masked unless it is one address per program."""
+    from einsumattn.backends import triton_ir
+    from einsumattn.backends.module import Plan
+    from einsumattn.backends.triton_fused import fuse
+    seen = []
+    real = triton_ir._NODES[k.Load]
+
+    def recording(printer, node, context):
+        seen.append(node)
+        return real(printer, node, context)
+    plan = Plan(einsumattn.load(ROOT / "examples" / "causal_softmax.attn"), rewrite=rewrite)
+    monkeypatch.setitem(triton_ir._NODES, k.Load, recording)
+    kernel = fuse(names.rename(plan.kernel))
+    assert {load.tensor for load in seen} == set(kernel.schedule.inputs) == {"Q_", "K_", "V_"}
+    assert all(isinstance(load.mask, k.Mask) for load in seen)
