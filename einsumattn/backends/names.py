@@ -57,8 +57,6 @@ import sys
 import tokenize
 from typing import Iterable
 
-import networkx as nx
-
 from ..diagnostics import SpecError, Span
 from ..ir import Cascade, Einsum, ParamDecl, Rank, Split, Tensor
 from ..ir import expr as ir
@@ -184,8 +182,7 @@ def rename(cascade: Cascade) -> Cascade:
                     for e in cascade.einsums)
     return dataclasses.replace(cascade, name=mangle(cascade.name), ranks=ranks,
                                splits=splits, params=params, tensors=tensors,
-                               einsums=einsums, outputs=names(cascade.outputs),
-                               graph=nx.DiGraph())
+                               einsums=einsums, outputs=names(cascade.outputs))
 
 
 # ------------------------------------------------------------------ literals
