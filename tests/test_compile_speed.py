@@ -260,3 +260,56 @@ def test_formula_values_at_sample_sizes():
     assert _value(formula, sizes) == Fraction(str(formula.xreplace(
         {e: sympy.Integer(5), m: sympy.Integer(65)})))
     assert _value(sympy.sqrt(e), sizes) is None and _value(e * sympy.pi, sizes) is None
+
+
+def _tokenized_comments(source: str) -> str:
+    """spec_comments without its shortcut: every comment through spec_text."""
+    import io
+    import tokenize
+
+    from einsumattn.backends.names import spec_text
+
+    lines = source.splitlines(keepends=True)
+    for token in reversed([t for t in tokenize.generate_tokens(io.StringIO(source).readline)
+                           if t.type == tokenize.COMMENT]):
+        (row, column), line = token.start, lines[token.start[0] - 1]
+        lines[row - 1] = line[:column] + spec_text(token.string) + line[column + len(token.string):]
+    return "".join(lines)
+
+
+@pytest.mark.parametrize("source", [
+    "x = 1  # the rows of Q_\n",                        # a comment to restate
+    'x = "# Q_"\n',                                      # '#' in a string: not a comment
+    'x = "# Q_"  # and K_ here\ny = 2\n',
+    '"""a docstring\n# Q_ inside it\n"""\nz = 3  # plain\n',
+    "w = 4  # nothing to restate\n",
+    "v = Q_  # reads __x0_ and n__N\n",
+])
+def test_spec_comments_shortcut_changes_nothing(source):
+    from einsumattn.backends.names import spec_comments
+
+    assert spec_comments(source) == _tokenized_comments(source)
+
+
+def test_spec_comments_of_generated_modules_equal_tokenizing_them():
+    from einsumattn.backends.module import generate
+    from einsumattn.backends.names import spec_comments
+
+    for path in SPECS[:4]:
+        cascade = load(path)
+        source = generate(cascade, rewrite=True, module_name=cascade.name)
+        assert spec_comments(source) == _tokenized_comments(source)
+
+
+def test_compiling_loads_no_networkx_and_builds_no_parser_tables():
+    """The compile path reads lark's tables from the file shipped beside the grammar
+    (frontend/tables.py) and needs no networkx (ir/graph.py)."""
+    code = ("import lark\nbuilt = []\noriginal = lark.Lark.__init__\n"
+            "lark.Lark.__init__ = lambda self, *a, **k: (built.append(1), "
+            "original(self, *a, **k))[1]\n"
+            "from einsumattn.loader import load\n"
+            "from einsumattn.backends.module import generate\n"
+            "cascade = load('examples/causal_softmax.attn')\n"
+            "generate(cascade, rewrite=True, module_name=cascade.name)\n"
+            "assert not built, 'the LALR tables were built'")
+    assert "networkx" not in _loaded_after(code)

@@ -120,6 +120,8 @@ def spec_text(text: str) -> str:
 def spec_comments(source: str) -> str:
     """Python source with every comment passed through `spec_text`: the generated code's
     comments restate the spec in its own names."""
+    if not _may_change_a_comment(source):
+        return source
     lines = source.splitlines(keepends=True)
     edits = [token for token in tokenize.generate_tokens(io.StringIO(source).readline)
              if token.type == tokenize.COMMENT]
@@ -129,6 +131,18 @@ def spec_comments(source: str) -> str:
         end = column + len(token.string)
         lines[row - 1] = line[:column] + spec_text(token.string) + line[end:]
     return "".join(lines)
+
+
+def _may_change_a_comment(source: str) -> bool:
+    """Whether `spec_text` changes the text from some line's first '#' on. Every comment
+    lies within such a text, and `spec_text` changes words one by one, so where it
+    changes none of them it changes no comment: tokenizing the module (tens of
+    milliseconds, most of a compile's printing) is then skipped."""
+    for line in source.splitlines():
+        start = line.find("#")
+        if start >= 0 and spec_text(line[start:]) != line[start:]:
+            return True
+    return False
 
 
 def rename(cascade: Cascade) -> Cascade:
