@@ -262,8 +262,10 @@ def test_formula_values_at_sample_sizes():
     assert _value(sympy.sqrt(e), sizes) is None and _value(e * sympy.pi, sizes) is None
 
 
+
 def _tokenized_comments(source: str) -> str:
-    """spec_comments without its shortcut: every comment through spec_text."""
+    """What spec_comments must give: every comment Python's tokenizer finds, through
+    spec_text."""
     import io
     import tokenize
 
@@ -277,29 +279,45 @@ def _tokenized_comments(source: str) -> str:
     return "".join(lines)
 
 
-@pytest.mark.parametrize("source", [
-    "x = 1  # the rows of Q_\n",                        # a comment to restate
-    'x = "# Q_"\n',                                      # '#' in a string: not a comment
+TRICKY_SOURCES = [
+    "x = 1  # the rows of Q_\n",
+    'x = "# Q_"\n',                                          # '#' in a string
     'x = "# Q_"  # and K_ here\ny = 2\n',
-    '"""a docstring\n# Q_ inside it\n"""\nz = 3  # plain\n',
-    "w = 4  # nothing to restate\n",
+    '"""a docstring\n# Q_ inside it\n"""\nz = 3  # plain Q_\n',
     "v = Q_  # reads __x0_ and n__N\n",
-])
-def test_spec_comments_shortcut_changes_nothing(source):
+    "s = 'it\\'s # Q_'  # K_\n",                             # an escaped quote
+    "r = r'\\' # Q_'  # V_\n",                               # raw: \' does not end it
+    "t = \'\'\'a \'\' # Q_ \'\'\'  # K_\n",          # quotes inside a triple string
+    'u = b"#" + rb"\\"" + f"{x!r}#Q_"  # V_ \'\n',
+    'w = """\\"""  # Q_ """\n',
+    "q = ('#', \"'\", '\"')  # Q_ 'x' \"y\"\n",
+    "a = 1 + \\\n    2  # Q_\n",                               # a continued line
+    "# Q_ at the start\n\n    # K_ indented\n",
+]
+
+
+@pytest.mark.parametrize("source", TRICKY_SOURCES)
+def test_spec_comments_finds_the_comments_the_tokenizer_finds(source):
     from einsumattn.backends.names import spec_comments
 
+    compile(source, "<tricky>", "exec")                      # each is valid Python
     assert spec_comments(source) == _tokenized_comments(source)
 
 
-def test_spec_comments_of_generated_modules_equal_tokenizing_them():
+def test_spec_comments_of_generated_modules_equal_tokenizing_them(monkeypatch):
+    from einsumattn.backends import names
     from einsumattn.backends.module import generate
-    from einsumattn.backends.names import spec_comments
 
-    for path in SPECS[:4]:
+    printed = []
+    restate = names.spec_comments
+    monkeypatch.setattr(names, "spec_comments", lambda source: printed.append(source) or
+                        restate(source))
+    for path in SPECS:
         cascade = load(path)
-        source = generate(cascade, rewrite=True, module_name=cascade.name)
-        assert spec_comments(source) == _tokenized_comments(source)
-
+        generate(cascade, rewrite=True, module_name=cascade.name)
+    assert len(printed) == len(SPECS)
+    for source in printed:                      # as printed, before comments are restated
+        assert restate(source) == _tokenized_comments(source) != source
 
 def test_compiling_loads_no_networkx_and_builds_no_parser_tables():
     """The compile path reads lark's tables from the file shipped beside the grammar
