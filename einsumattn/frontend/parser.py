@@ -67,9 +67,19 @@ def lark_options() -> dict:
 def _lark() -> Lark:
     # Building the LALR tables costs more than the rest of parsing: they are read from
     # the file shipped beside the grammar, or one built earlier (frontend/tables.py).
-    rebuilt = cache_dir() / "parser" / tables.SHIPPED_TABLE.name
+    rebuilt = _rebuilt_table()
     return tables.load_parser(grammar_text(), lark_options(), _BracketNewlines(),
-                              read_from=[tables.SHIPPED_TABLE, rebuilt], write_to=rebuilt)
+                              read_from=[tables.SHIPPED_TABLE, *filter(None, [rebuilt])],
+                              write_to=rebuilt)
+
+
+def _rebuilt_table() -> Path | None:
+    """Where tables built at run time are kept: the user's cache folder, if there is one
+    (with no home folder and no EINSUMATTN_CACHE_DIR, parsing still works)."""
+    try:
+        return cache_dir() / "parser" / tables.SHIPPED_TABLE.name
+    except (RuntimeError, KeyError, OSError):
+        return None
 
 
 def write_shipped_table() -> Path:
