@@ -15,7 +15,7 @@ __version__ = "0.1.0"
 
 # The public names and the submodule each comes from. They are imported on first use
 # (PEP 562), so `import einsumattn` and `einsumattn --help` do not pay for sympy,
-# networkx, lark, numpy and jinja2 (docs/compile-speed.md).
+# lark, numpy and jinja2 (docs/compile-speed.md).
 _EXPORTS = {"load": "loader", "read_spec": "loader", "evaluate": "evaluate",
             "analyze": "analysis", "compile": "codegen", "Cascade": "ir",
             "SpecError": "diagnostics", "BindError": "diagnostics"}

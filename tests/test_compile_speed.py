@@ -141,10 +141,14 @@ def test_provably_positive_still_asks_simplify_when_cheap_forms_do_not_decide():
     assert provably_positive(sympy.cos(x) ** 2 + sympy.sin(x) ** 2)
 
 
-def test_generating_causal_softmax_never_calls_simplify(monkeypatch):
+@pytest.mark.parametrize("path", SPECS, ids=lambda p: p.stem)
+def test_generating_never_calls_simplify(monkeypatch, path):
+    """No example or paper spec needs sympy.simplify to compile: the proofs and bounds
+    are settled by expanded forms and refuted at sample points (transform/algebra.py).
+    Its first call costs 0.2 s (it imports sympy.physics)."""
     from einsumattn.backends.module import generate
 
-    cascade = load(ROOT / "examples" / "causal_softmax.attn")
+    cascade = load(path)
     calls = []
     original = sympy.simplify
 
@@ -155,9 +159,8 @@ def test_generating_causal_softmax_never_calls_simplify(monkeypatch):
     monkeypatch.setattr(sympy, "simplify", counted)
     generate(cascade, rewrite=True, module_name=cascade.name)
     # sympy.simplify returns at once on an atom (0 or nan); anything else is the
-    # costly call (and imports sympy.physics the first time).
+    # costly call.
     assert [value for value in calls if sympy.sympify(value).args] == []
-
 
 def test_compiling_needs_no_numpy():
     code = ("from einsumattn.loader import load\n"
@@ -260,3 +263,74 @@ def test_formula_values_at_sample_sizes():
     assert _value(formula, sizes) == Fraction(str(formula.xreplace(
         {e: sympy.Integer(5), m: sympy.Integer(65)})))
     assert _value(sympy.sqrt(e), sizes) is None and _value(e * sympy.pi, sizes) is None
+
+
+
+def _tokenized_comments(source: str) -> str:
+    """What spec_comments must give: every comment Python's tokenizer finds, through
+    spec_text."""
+    import io
+    import tokenize
+
+    from einsumattn.backends.names import spec_text
+
+    lines = source.splitlines(keepends=True)
+    for token in reversed([t for t in tokenize.generate_tokens(io.StringIO(source).readline)
+                           if t.type == tokenize.COMMENT]):
+        (row, column), line = token.start, lines[token.start[0] - 1]
+        lines[row - 1] = line[:column] + spec_text(token.string) + line[column + len(token.string):]
+    return "".join(lines)
+
+
+TRICKY_SOURCES = [
+    "x = 1  # the rows of Q_\n",
+    'x = "# Q_"\n',                                          # '#' in a string
+    'x = "# Q_"  # and K_ here\ny = 2\n',
+    '"""a docstring\n# Q_ inside it\n"""\nz = 3  # plain Q_\n',
+    "v = Q_  # reads __x0_ and n__N\n",
+    "s = 'it\\'s # Q_'  # K_\n",                             # an escaped quote
+    "r = r'\\' # Q_'  # V_\n",                               # raw: \' does not end it
+    "t = \'\'\'a \'\' # Q_ \'\'\'  # K_\n",          # quotes inside a triple string
+    'u = b"#" + rb"\\"" + f"{x!r}#Q_"  # V_ \'\n',
+    'w = """\\"""  # Q_ """\n',
+    "q = ('#', \"'\", '\"')  # Q_ 'x' \"y\"\n",
+    "a = 1 + \\\n    2  # Q_\n",                               # a continued line
+    "# Q_ at the start\n\n    # K_ indented\n",
+]
+
+
+@pytest.mark.parametrize("source", TRICKY_SOURCES)
+def test_spec_comments_finds_the_comments_the_tokenizer_finds(source):
+    from einsumattn.backends.names import spec_comments
+
+    compile(source, "<tricky>", "exec")                      # each is valid Python
+    assert spec_comments(source) == _tokenized_comments(source)
+
+
+def test_spec_comments_of_generated_modules_equal_tokenizing_them(monkeypatch):
+    from einsumattn.backends import names
+    from einsumattn.backends.module import generate
+
+    printed = []
+    restate = names.spec_comments
+    monkeypatch.setattr(names, "spec_comments", lambda source: printed.append(source) or
+                        restate(source))
+    for path in SPECS:
+        cascade = load(path)
+        generate(cascade, rewrite=True, module_name=cascade.name)
+    assert len(printed) == len(SPECS)
+    for source in printed:                      # as printed, before comments are restated
+        assert restate(source) == _tokenized_comments(source) != source
+
+def test_compiling_loads_no_networkx_and_builds_no_parser_tables():
+    """The compile path reads lark's tables from the file shipped beside the grammar
+    (frontend/tables.py) and needs no networkx (ir/graph.py)."""
+    code = ("import lark\nbuilt = []\noriginal = lark.Lark.__init__\n"
+            "lark.Lark.__init__ = lambda self, *a, **k: (built.append(1), "
+            "original(self, *a, **k))[1]\n"
+            "from einsumattn.loader import load\n"
+            "from einsumattn.backends.module import generate\n"
+            "cascade = load('examples/causal_softmax.attn')\n"
+            "generate(cascade, rewrite=True, module_name=cascade.name)\n"
+            "assert not built, 'the LALR tables were built'")
+    assert "networkx" not in _loaded_after(code)

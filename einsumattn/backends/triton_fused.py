@@ -38,6 +38,7 @@ from ..schedule.lowering import Lowering
 from ..schedule.bounds import stream_bound
 from ..schedule.model import Bound, Role
 from ..schedule.stages import Crossing, NotFusable, cut_stages
+from ..transform.algebra import settled
 from .names import spec_text
 from .triton_kernel import (FusedKernel, kernel_arguments, kernel_source, launch_lines,
                             program_coordinates)
@@ -498,7 +499,7 @@ class _Emitter:
                          f"({key} >= {first} + ({text}))")
         for (low, low_text), (high, high_text) in itertools.product(sides["lower"],
                                                                      sides["upper"]):
-            gap = sympy.simplify(high - low)
+            gap = settled(high - low)
             if not gap.is_number:
                 found.append(f"({scalar_condition(f'{low_text} <= {high_text}')})")
             elif gap < 0:

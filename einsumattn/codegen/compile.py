@@ -31,20 +31,13 @@ from pathlib import Path
 from types import ModuleType
 
 from .. import __version__
+from ..defaults import cache_dir
 from ..diagnostics import Source
 from ..ir import Cascade
 from ..loader import load, load_source, read_spec
 from ..backends.module import Options, Plan, generate, spec_sha256
 from ..backends.registry import backend_names, choice_text
 from ..transform import DEFAULT_TILE
-
-
-def cache_dir() -> Path:
-    """$EINSUMATTN_CACHE_DIR, else $XDG_CACHE_HOME/einsumattn, else ~/.cache/einsumattn."""
-    if os.environ.get("EINSUMATTN_CACHE_DIR"):
-        return Path(os.environ["EINSUMATTN_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
-    return Path(base) / "einsumattn"
 
 
 @functools.lru_cache(maxsize=1)

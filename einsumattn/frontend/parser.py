@@ -11,14 +11,16 @@ import functools
 import math
 import re
 from importlib import resources
+from pathlib import Path
 from typing import Iterator
 
 from lark import Lark, Token, Transformer, Tree, v_args
 from lark.exceptions import (UnexpectedCharacters, UnexpectedEOF, UnexpectedInput,
                              UnexpectedToken, VisitError)
 
+from ..defaults import cache_dir
 from ..diagnostics import Source, SpecError, Span
-from . import ast
+from . import ast, tables
 
 # Reserved words of the language: keywords and function names (LANGUAGE.md, "Lexical rules").
 KEYWORDS = frozenset("attention dims input param split init output where and or not "
@@ -52,11 +54,42 @@ _TOKEN_WORDS = {
 }
 
 
+def grammar_text() -> str:
+    return resources.files("einsumattn").joinpath("grammars/attn.lark").read_text("utf-8")
+
+
+def lark_options() -> dict:
+    return dict(parser="lalr", lexer="contextual", propagate_positions=True,
+                maybe_placeholders=False)
+
+
 @functools.lru_cache(maxsize=1)
 def _lark() -> Lark:
-    grammar = resources.files("einsumattn").joinpath("grammars/attn.lark").read_text("utf-8")
-    return Lark(grammar, parser="lalr", lexer="contextual", propagate_positions=True,
-                maybe_placeholders=False, postlex=_BracketNewlines())
+    # Building the LALR tables costs more than the rest of parsing: they are read from
+    # the file shipped beside the grammar, or one built earlier (frontend/tables.py).
+    rebuilt = _rebuilt_table()
+    return tables.load_parser(grammar_text(), lark_options(), _BracketNewlines(),
+                              read_from=[tables.SHIPPED_TABLE, *filter(None, [rebuilt])],
+                              write_to=rebuilt)
+
+
+def _rebuilt_table() -> Path | None:
+    """Where tables built at run time are kept: the user's cache folder, if there is one
+    (with no home folder and no EINSUMATTN_CACHE_DIR, parsing still works)."""
+    try:
+        return cache_dir() / "parser" / tables.SHIPPED_TABLE.name
+    except (RuntimeError, KeyError, OSError):
+        return None
+
+
+def write_shipped_table() -> Path:
+    """Build the tables from the grammar and save them as the package's table file."""
+    postlex = _BracketNewlines()
+    built = Lark(grammar_text(), postlex=postlex, **lark_options())
+    key = tables.table_key(grammar_text(), lark_options(), postlex)
+    if not tables.write_table(built, tables.SHIPPED_TABLE, key):
+        raise OSError(f"cannot write {tables.SHIPPED_TABLE}")
+    return tables.SHIPPED_TABLE
 
 
 # Binary operators by how loosely they bind; an operator ends the chains of the operators

@@ -10,13 +10,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import networkx as nx
 import sympy
 
 from ..diagnostics import SpecError, Span, did_you_mean
 from ..frontend import FUNCTIONS, RESERVED, ast
 from . import expr as ir
 from .cascade import Cascade, Einsum, ParamDecl, Rank, Split, Tensor, dataflow_graph
+from .graph import Digraph
 from . import divisors
 from .constants import check_constants
 
@@ -318,16 +318,15 @@ class _Builder:
         return default
 
     def _check_param_cycles(self, params: dict[str, ParamDecl]) -> None:
-        graph = nx.DiGraph()
+        graph = Digraph()
         for name, decl in params.items():
             graph.add_node(name)
             if decl.default is not None:
                 for node in ir.walk(decl.default):
                     if isinstance(node, ir.Param):
                         graph.add_edge(node.name, name)
-        try:
-            cycle = nx.find_cycle(graph)
-        except nx.NetworkXNoCycle:
+        cycle = graph.find_cycle()
+        if cycle is None:
             return
         # Edges run from a param to the params whose defaults use it; read them backwards
         # to say "X uses Y uses ... X".
@@ -638,12 +637,8 @@ class _Builder:
         return tuple(names)
 
     def _order(self, einsums: list[Einsum]) -> list[Einsum]:
-        graph = dataflow_graph(self.tensors.values(), einsums)
-        graph.remove_edges_from(list(nx.selfloop_edges(graph)))
-        try:
-            cycle = nx.find_cycle(graph)
-        except nx.NetworkXNoCycle:
-            cycle = None
+        graph = dataflow_graph(self.tensors.values(), einsums).without_self_loops()
+        cycle = graph.find_cycle()
         if cycle:
             names = [edge[0] for edge in cycle]
             first = min(names, key=lambda n: self.statement_order.get(n, 0))
@@ -655,8 +650,8 @@ class _Builder:
                             "recurrence reads only itself at earlier positions")
         order = {name: i for i, name in enumerate(self.statement_order)}
         by_name = {e.tensor: e for e in einsums}
-        ordered = nx.lexicographical_topological_sort(
-            graph, key=lambda n: (0, 0) if n not in order else (1, order[n]))
+        ordered = graph.topological_order(
+            key=lambda n: (0, 0) if n not in order else (1, order[n]))
         return [by_name[name] for name in ordered if name in by_name]
 
     def _check_bindable(self) -> None:

@@ -11,11 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterable
 
-import networkx as nx
 import sympy
 
 from ..diagnostics import Source, Span
 from .expr import Expr, Read, index_vars, reads
+from .graph import Digraph
 
 
 @dataclass(frozen=True)
@@ -144,7 +144,6 @@ class Cascade:
     einsums: tuple[Einsum, ...]  # in dataflow (topological) order
     outputs: tuple[str, ...]
     source: Source | None = field(default=None, repr=False)
-    graph: nx.DiGraph = field(default_factory=nx.DiGraph, repr=False)
     # The `attention NAME` statement (None when the name is the file's stem): where a
     # name that cannot name the generated module is reported.
     name_span: Span | None = field(default=None, compare=False, repr=False)
@@ -155,11 +154,13 @@ class Cascade:
                                    compare=False)
     # Results of the analyses memoized on this cascade (ir/memo.py).
     _memo: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+    # Producer -> consumer, derived from the tensors and Einsums (never passed in, so a
+    # `dataclasses.replace` that changes the Einsums cannot keep a stale one).
+    graph: Digraph = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if not self.graph.nodes:
-            object.__setattr__(self, "graph", dataflow_graph(self.tensors.values(),
-                                                             self.einsums))
+        object.__setattr__(self, "graph", dataflow_graph(self.tensors.values(),
+                                                         self.einsums))
 
     # --------------------------------------------------------------- lookups
     @property
@@ -227,12 +228,12 @@ class Cascade:
         return [p for p in self.graph.predecessors(tensor) if p != tensor]
 
 
-def dataflow_graph(tensors: Iterable[Tensor], einsums: Iterable[Einsum]) -> nx.DiGraph:
+def dataflow_graph(tensors: Iterable[Tensor], einsums: Iterable[Einsum]) -> Digraph:
     """Producer -> consumer graph over tensors. A recurrence's read of itself is a
     self-loop; every other cycle is rejected when the IR is built."""
-    graph = nx.DiGraph()
+    graph = Digraph()
     for tensor in tensors:
-        graph.add_node(tensor.name, input=tensor.is_input)
+        graph.add_node(tensor.name)
     for einsum in einsums:
         for name in einsum.reads:
             graph.add_edge(name, einsum.tensor)

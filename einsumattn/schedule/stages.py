@@ -10,8 +10,6 @@ from __future__ import annotations
 import itertools
 from typing import Callable, TypeVar
 
-import networkx as nx
-
 from ..analysis.presence import absent_tensors
 from ..ir import Cascade
 
@@ -47,9 +45,7 @@ def cut_stages(cascade: Cascade, fuse: Callable[[Cascade], T]) -> tuple[list[T],
     except NotFusable as whole:
         reason = str(whole)
     order = [e.tensor for e in cascade.einsums]
-    graph = cascade.graph.copy()
-    graph.remove_edges_from(list(nx.selfloop_edges(graph)))
-    ancestors = {name: set(nx.ancestors(graph, name)) & set(order) for name in order}
+    ancestors = {name: cascade.graph.ancestors(name) & set(order) for name in order}
     tried: dict[tuple[frozenset, frozenset], str | None] = {}
     plans: dict = {}
 

@@ -189,17 +189,86 @@ class Algebra:
 
 
 def is_zero(value: sympy.Expr) -> bool:
-    """Whether sympy can show `value` is identically zero (cheap forms first)."""
+    """Whether sympy can show `value` is identically zero. Cheap forms first: the
+    expanded form (and with powers merged) proves the usual identities; a point where
+    the value is clearly not zero refutes one (no proof can exist); only what neither
+    decides goes to `sympy.simplify`, which costs 0.2 s the first time (it imports
+    sympy.physics) and tens of milliseconds a call after that."""
     if value == 0:
         return True
-    for simplify in (sympy.expand, lambda v: sympy.powsimp(sympy.expand(v), force=True),
-                     sympy.simplify):
-        try:
-            if simplify(value) == 0:
+    try:
+        for cheap in (sympy.expand, lambda v: sympy.powsimp(sympy.expand(v), force=True)):
+            if cheap(value) == 0:
                 return True
-        except (TypeError, ValueError, RecursionError):  # sympy gives up on some forms
+        if nonzero_somewhere(value):
             return False
+        return sympy.simplify(value) == 0
+    except (TypeError, ValueError, RecursionError):  # sympy gives up on some forms
+        return False
+
+
+# Values a symbol takes at the sample points of `nonzero_somewhere`, by what the symbol
+# is (Algebra's symbols: sizes are positive integers, indices integers, the rest
+# reals). Primes and odd fractions, distinct per symbol, so that a value that is not
+# zero is not zero by accident at both points.
+_SAMPLE_POSITIVE = (3, 7, 13, 19, 29, 37, 43, 53, 61, 71, 79, 89, 101, 107, 113, 127)
+_SAMPLE_POINTS = 2
+# Digits the value is evaluated to, and how far from zero it must be, relative to the
+# size of its terms: an expression that is zero evaluates to far less (its terms
+# cancel to every digit sympy computes).
+_SAMPLE_DIGITS = 40
+_CLEARLY_NONZERO = sympy.Rational(1, 10 ** 20)
+
+
+def nonzero_somewhere(value: sympy.Expr) -> bool:
+    """Whether `value` is clearly not zero at a point every symbol may take (a positive
+    integer for a size, an integer for an index, a real number otherwise). True refutes
+    `value == 0` for all values; False decides nothing (a function that is not
+    evaluated, a point outside the domain, a zero at both points)."""
+    try:
+        return _nonzero_at_a_sample(value)
+    except (TypeError, ValueError, ArithmeticError, RecursionError):
+        return False
+
+
+def _nonzero_at_a_sample(value: sympy.Expr) -> bool:
+    symbols = sorted(value.free_symbols, key=lambda s: s.name)
+    if len(symbols) > len(_SAMPLE_POSITIVE):
+        return False
+    for point in range(_SAMPLE_POINTS):
+        sample = {}
+        for number, symbol in enumerate(symbols):
+            base = _SAMPLE_POSITIVE[(number + point * 5) % len(_SAMPLE_POSITIVE)]
+            if symbol.is_positive and symbol.is_integer:
+                sample[symbol] = sympy.Integer(base)
+            elif symbol.is_integer:
+                sample[symbol] = sympy.Integer(base if number % 2 else -base)
+            elif symbol.is_real:
+                sample[symbol] = sympy.Rational(base if number % 2 else -base, 11)
+            else:
+                return False
+        if _clearly_nonzero(value.xreplace(sample)):
+            return True
     return False
+
+
+def _clearly_nonzero(value: sympy.Expr) -> bool:
+    terms = sympy.Add.make_args(value)
+    numbers = [sympy.N(term, _SAMPLE_DIGITS) for term in terms]
+    total = sympy.N(value, _SAMPLE_DIGITS)
+    if not all(n.is_number and n.is_finite and n.is_real for n in numbers + [total]):
+        return False
+    scale = max([abs(n) for n in numbers] + [sympy.Integer(1)])
+    return abs(total) > _CLEARLY_NONZERO * scale
+
+
+def settled(value: sympy.Expr) -> sympy.Expr:
+    """`value` in a form that is a number exactly when sympy.simplify's is (and then the
+    same number). A polynomial's expansion is canonical: it is a number exactly when
+    the polynomial is constant. So `simplify` runs only on what does not expand to a
+    polynomial."""
+    expanded = sympy.expand(value)
+    return expanded if expanded.is_polynomial() else sympy.simplify(value)
 
 
 def prove_equal(before: ir.Expr, after: ir.Expr) -> bool:

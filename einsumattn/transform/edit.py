@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Callable
 
-import networkx as nx
 
 from ..ir import Cascade, Einsum, Rank, Split, Tensor
 from ..ir.cascade import dataflow_graph
@@ -46,10 +45,9 @@ def assemble(cascade: Cascade, einsums: list[Einsum], *,
     inputs = {t.name: t for t in cascade.tensors.values() if t.is_input}
     defined = {e.tensor: tensor_of(cascade, e, ranks) for e in einsums}
     graph = dataflow_graph([*inputs.values(), *defined.values()], einsums)
-    graph.remove_edges_from(list(nx.selfloop_edges(graph)))
     position = {e.tensor: i for i, e in enumerate(einsums)}
-    order = nx.lexicographical_topological_sort(
-        graph, key=lambda n: (0, 0) if n not in position else (1, position[n]))
+    order = graph.topological_order(
+        key=lambda n: (0, 0) if n not in position else (1, position[n]))
     ordered = [by_name[name] for name in order if name in position]
     tensors = {**inputs, **{e.tensor: defined[e.tensor] for e in ordered}}
     return Cascade(cascade.name, ranks, tuple(splits), dict(cascade.params), tensors,
