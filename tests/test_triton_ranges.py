@@ -156,3 +156,81 @@ def test_every_example_stays_inside_its_tensors(tmp_path, path):
         for backend in ("triton", "triton-unfused"):
             out = cls(backend=backend)(*inputs.values())
             assert all(r.ok for r in compare(cascade, inputs, out, "float32")), backend
+
+
+GQA_GROUP = ROOT / "tests" / "spellings" / "gqa_group.attn"
+
+
+@pytest.mark.parametrize("heads, kv_heads", [(5, 2), (4, 2)])
+def test_kv_heads_past_the_end_make_whole_rows_absent_in_the_one_fused_kernel(
+        tmp_path, heads, kv_heads):
+    """GQA written `K[b, h // (H // KH), m, e]`: where KH does not divide H (H=5, KH=2:
+    h=4 reads kv head 2) every key of head h's rows is absent, a condition of the row
+    alone. The derived one-pass cascade fuses into one kernel all the same: the schedule
+    proves the condition is over the batch and row ranks only, masks every key of such
+    a row (as a fully masked row's), and stores the row as 0. Every backend agrees with
+    the oracle, and no Triton load or store leaves its tensor."""
+    from einsumattn.backends.module import Plan
+    from einsumattn.schedule.attention import AttentionRoles
+
+    cascade = einsumattn.load(GQA_GROUP)
+    plan = Plan(cascade)
+    assert plan.triton.not_fused is None and len(plan.triton.fused) == 1
+    assert plan.kernel is plan.rewritten.cascade, plan.note
+    roles = AttentionRoles(plan.kernel)
+    # The presence of each absent per-row value is the kv head's range, over h alone.
+    kv_head = {c for name in ("LSNV", "RSNV", "SNV", "AV") for c in roles.row_presence[name]}
+    assert [c.kind for c in kv_head] == ["range"] and \
+        {v for c in kv_head for v in c.variables} == {"h"}
+    (store,) = plan.triton.fused[0].schedule.stores
+    assert len(store.absent_unless) == 1 and \
+        {c.kind for c in store.absent_unless} == {"range"}
+    from einsumattn.backends import torch_scheduled
+    assert torch_scheduled.schedule(plan.kernel, cascade).fallback is None   # not the reference
+
+    path = tmp_path / GQA_GROUP.name
+    path.write_text(GQA_GROUP.read_text())
+    (tmp_path / "rewrite_True").mkdir()
+    sizes = dict(B=2, H=heads, KH=kv_heads, P=19, M=21, E=3, F=2)
+    inputs = case_inputs(cascade, Case(sizes, "float32", 1.0, False, 0))
+    with loads_and_stores_in_bounds():
+        failures = run_backends(path, sizes, ("reference", "torch", "triton",
+                                              "triton-unfused"), True, inputs=inputs)
+    assert not failures, failures
+    out = einsumattn.evaluate(cascade, inputs)["AV"]
+    absent_heads = [h for h in range(heads) if h // (heads // kv_heads) >= kv_heads]
+    assert bool((out[:, absent_heads] == 0).all()) and bool(out[:, :1].any())
+    assert absent_heads == ([4] if heads == 5 else [])
+
+
+# Absences the fused schedule must not fold into its masks: name -> (spec, sizes, reason).
+NOT_OF_THE_ROW = {
+    # `V[b, h, m, f + 1]` leaves V's last feature: absent at f = F - 1, within a row.
+    "shifted_feature": (CAUSAL.replace("* V[b, h, m, f]", "* V[b, h, m, f + 1]"),
+                        dict(B=1, H=2, P=5, M=6, E=2, F=3),
+                        "a per-row value that may be absent"),
+    # O is present where W <= 0 even on an absent row (H=5: head 4 reads kv head 2):
+    # whether it is present depends on W's values, not on the row.
+    "picked_branch": (GQA.replace("h * KH // H", "h // 2").replace(
+        "input Q[b, h, p, e],", "input W[b, h, p, f], Q[b, h, p, e],").replace(
+        "output AV", "O[b, h, p, f] = where(W[b, h, p, f] > 0, AV[b, h, p, f], 1.0)\n"
+                     "output O"),
+                      dict(B=1, H=5, KH=2, P=5, M=6, E=2, F=3),
+                      "depends on the condition of a where(...)"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(NOT_OF_THE_ROW))
+def test_an_absence_that_is_not_of_the_row_alone_keeps_the_unfused_schedule(tmp_path, name):
+    """The schedule folds only conditions it proved to be over the row's ranks; anything
+    else keeps the unfused kernels, with the reason, and every backend stays exact."""
+    from einsumattn.backends.module import Plan
+    text, sizes, reason = NOT_OF_THE_ROW[name]
+    path = tmp_path / f"{name}.attn"
+    path.write_text(re.sub(r"(?m)^attention \w+", f"attention {name}", text))
+    plan = Plan(einsumattn.load(path))
+    assert not plan.triton.fused and reason in plan.triton.not_fused
+    (tmp_path / "rewrite_True").mkdir()
+    with loads_and_stores_in_bounds():
+        failures = run_backends(path, sizes, ("reference", "torch", "triton"), True)
+    assert not failures, failures

@@ -502,8 +502,10 @@ class _ScheduledPrinter:
         """The presence conditions of `einsum` in a tile of `variant`: "edge" (every
         mask) or "interior" (the affine filters hold for the whole tile)."""
         space = self.space(einsum) + ((self.f.loop,) if self.split else ())
-        return [kept for condition in einsum_conditions(self.cascade, einsum, absent, space)
-                if (kept := self._pruned(condition, variant)) is not None]
+        # The absence of a per-row value is said by its row's conditions (the schedule's).
+        return self.f.resolve(einsum, [
+            kept for condition in einsum_conditions(self.cascade, einsum, absent, space)
+            if (kept := self._pruned(condition, variant)) is not None])
 
     def _pruned(self, condition: Condition, variant: str) -> Condition | None:
         if self._always_true(condition):

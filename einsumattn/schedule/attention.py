@@ -9,7 +9,8 @@ from __future__ import annotations
 from ..analysis import Report
 from ..analysis.buffers import analyse_buffers
 from ..analysis.passes import analyse_passes
-from ..analysis.presence import Condition, absent_tensors, einsum_conditions, point_conditions
+from ..analysis.presence import (Condition, absent_tensors, einsum_conditions,
+                                 expression_conditions, point_conditions)
 from ..ir import Cascade, Einsum
 from ..ir import expr as ir
 from ..transform.algebra import substitute
@@ -80,9 +81,14 @@ class AttentionRoles:
         self.absent = absent_tensors(cascade)
         self.kinds: dict[str, Role] = {}
         self.layouts: dict[str, tuple[str, ...]] = {}
-        self.row_masks: dict[str, list[Condition]] = {}   # output -> conditions at store
+        # A per-row value that may be absent: the conditions of its row alone (over
+        # the batch and row ranks) under which it is present (`_row_presence`).
+        self.row_presence: dict[str, tuple[Condition, ...]] = {}
         for einsum in cascade.einsums:
             self._classify(einsum)
+        # output -> the conditions it is stored under (absent -> 0)
+        self.row_masks = {o: list(self.row_presence[o]) for o in cascade.outputs
+                          if self.row_presence.get(o)}
         for output in cascade.outputs:
             if self.kinds[output] not in (Role.ROW, Role.ACCUMULATE, Role.DOT_ACCUMULATE):
                 raise NotFusable(f"output {output} is not a per-row value")
@@ -105,15 +111,13 @@ class AttentionRoles:
             if reduced != {self.stream}:
                 raise NotFusable(f"{name} reduces the streamed rank with another")
             kind = self._reduction_kind(einsum, extra, Role.DOT_ACCUMULATE, Role.ACCUMULATE)
-            if name in self.absent:
-                self._row_mask(einsum)
         else:
             if reduced:
                 raise NotFusable(f"{name} reduces a feature rank outside the stream")
             kind = Role.ROW
             self.layouts[name] = (self.row,) + tuple(extra)
-            if name in self.absent:
-                raise NotFusable(f"{name}: a per-row value that may be absent")
+        if not kind.on_key_tile and name in self.absent:
+            self._row_presence(einsum)
         self.kinds[name] = kind
 
     def _left(self, einsum: Einsum) -> tuple[list[str], list[str]]:
@@ -175,25 +179,98 @@ class AttentionRoles:
                 raise NotFusable(f"{name} reduces a feature rank outside the stream")
             kind = Role.TILE_ROW if self.loop in left else Role.ROW
             self.layouts[name] = (self.row,) + tuple(extra)
-        if kind not in (Role.STREAM, Role.STREAM_DOT) and name in self.absent:
-            raise NotFusable(f"{name}: a per-row value that may be absent")
+        if not kind.on_key_tile and name in self.absent:
+            self._row_presence(einsum)
         self.kinds[name] = kind
 
-    def _row_mask(self, einsum: Einsum) -> None:
-        """Per-row values live in registers without masks. An output that nothing reads
-        may still be absent on conditions of its own row (GQA's kv head index): those
-        are applied when it is stored (absent -> 0). Anything else stays unfused."""
+    # ---------------------------------------------------------------- absent rows
+    def _row_presence(self, einsum: Einsum) -> None:
+        """Per-row values live in registers without masks of their own. One that may
+        be absent only on conditions of its own row (its batch and row coordinates:
+        `K[b, h // (H // KH), m, e]` leaves the kv heads when KH does not divide H) is
+        computed anyway; the conditions are its row's presence: its readers' masks say
+        them in its place (a reduction over the keys then sees no term of that row, as
+        for a fully masked row) and an output is stored under them (absent -> 0).
+        Exact because the conditions hold for the whole row or for none of it: where
+        they hold nothing changes, where they do not every value of the row that reads
+        it is absent too or skips it. Any other absence stays unfused."""
         name = einsum.tensor
-        points = point_conditions(einsum, self._conditions(einsum))
+        if einsum.init is not None and \
+                expression_conditions(self.cascade, einsum.init, self.absent):
+            raise NotFusable(f"{name}: a recurrence whose initial value may be absent")
         allowed = set(self.batch) | {self.row}
-        readers = [e for e in self.cascade.einsums if name in e.reads]
-        if name not in self.cascade.outputs or readers or \
-                any(not c.variables <= allowed or c.kind == "absent" for c in points):
-            raise NotFusable(f"{name}: a per-row value that may be absent")
-        self.row_masks[name] = points
+        points = point_conditions(einsum, self._conditions(einsum))
+        for condition in points:
+            if not self._of_the_row(condition, allowed):
+                raise NotFusable(f"{name}: a per-row value that may be absent")
+        self.row_presence[name] = tuple(dict.fromkeys(points))
+
+    @staticmethod
+    def _of_the_row(condition: Condition, allowed: set[str]) -> bool:
+        """A filter, range or split condition (and every condition inside it) over the
+        batch and row variables alone: the same for every key, step and feature."""
+        return condition.kind in ("filter", "range", "split") and \
+            condition.variables <= allowed and \
+            all(AttentionRoles._of_the_row(c, allowed) for part in condition.parts
+                for c in part)
 
     def _conditions(self, einsum: Einsum) -> list[Condition]:
-        return einsum_conditions(self.cascade, einsum, self.absent)
+        return self.resolve(einsum, einsum_conditions(self.cascade, einsum, self.absent))
+
+    def resolve(self, einsum: Einsum, conditions: list[Condition]) -> list[Condition]:
+        """`einsum`'s presence conditions with the absence of a per-row value replaced
+        by that value's row presence (`_row_presence`), so that every mask is made of
+        conditions a kernel can test. NotFusable where that would not be exact."""
+        found: list[Condition] = []
+        for condition in conditions:
+            found += self._resolved(einsum, condition)
+        return found
+
+    def _resolved(self, einsum: Einsum, condition: Condition) -> list[Condition]:
+        if condition.kind == "absent":
+            name = condition.read.tensor
+            if name not in self.row_presence and name != einsum.tensor:
+                return [condition]
+            self._row_read(einsum, condition)
+            # A recurrence reads itself at the step before: present at step 0 (its init),
+            # and at later steps exactly where its other conditions hold.
+            return [] if name == einsum.tensor else list(self.row_presence[name])
+        parts = tuple(tuple(self.resolve(einsum, list(part))) for part in condition.parts)
+        if parts == condition.parts:
+            return [condition]
+        if condition.kind != "where":
+            return [Condition(condition.kind, condition.variables, condition.expr,
+                              condition.read, parts)]
+        # where(c, a, b) needs c and the branch it picks: the conditions of c alone, when
+        # those of either branch are among them; else its presence depends on c's value.
+        cond, *branches = parts
+        if condition.variables & set(einsum.reduced) or \
+                any(not set(branch) <= set(cond) for branch in branches):
+            raise NotFusable(f"{einsum.tensor}: whether a value is present depends on "
+                             f"the condition of a where(...)")
+        return list(cond)
+
+    def _row_read(self, einsum: Einsum, condition: Condition) -> None:
+        """A read of a per-row value that may be absent says its row presence only at the
+        value's own coordinates (a recurrence: at the step after, or its final value),
+        and only where the read does not drop terms of a reduction over a rank the
+        value has (its absence there would leave the sum present, as 0)."""
+        read = condition.read
+        source = self.cascade.einsum(read.tensor)
+        if condition.variables & set(einsum.reduced):
+            raise NotFusable(f"{einsum.tensor} reduces {read.tensor}, a per-row value that "
+                             f"may be absent")
+        for position, (index, var) in enumerate(zip(read.indices, source.indices)):
+            if position == source.iterative:
+                step = ir.Index(self.loop)
+                final = ir.Dim(self.cascade.var_rank(self.loop))
+                if index in (ir.Op("+", (step, ir.Const(1))), final) or \
+                        (index == step and read.tensor == einsum.tensor):
+                    continue
+            elif index == ir.Index(var):
+                continue
+            raise NotFusable(f"{einsum.tensor} reads {read.tensor}, a per-row value that "
+                             f"may be absent, at other points than its own")
 
     # ---------------------------------------------------------------- masks
     def said_by_live_keys(self, condition: Condition) -> bool:
