@@ -58,7 +58,57 @@ from ..ir.printer import lhs_text, rhs_text
 
 # Chosen by measurement (benchmarks/torch_cpu.py --tune, causal softmax, float32, D = 64,
 # N = 2048 on the 2-core CPU): best of 128-1024 rows x 128-512 keys.
-DEFAULT_TUNING = {"row_block": 256, "key_tile": 256}
+# "threads": Python threads over row blocks on the CPU (None: torch.get_num_threads()).
+DEFAULT_TUNING = {"row_block": 256, "key_tile": 256, "threads": None}
+
+# Printed at the top of `_scheduled`: runs `block(row_lo)` for each row block. Row
+# blocks share nothing but the output they write disjoint rows of, so on the CPU they
+# are handed to Python threads that each run torch with one thread (torch releases the
+# GIL inside an operation): the elementwise statements of a tile, which gain nothing from
+# a second OpenMP thread on a tile that leaves the cache, then use every core. A block
+# runs the same one-thread operations whichever thread takes it, so results do not
+# depend on the threads. The largest row values go first: where a filter bounds the
+# keys from above (causal) they are the longest blocks, and nothing else changes order.
+# With autograd recording the blocks run in order in the calling thread: autograd does
+# not take in-place writes to one output tensor from several threads at once.
+_ROW_RUNNER = """\
+def _row_blocks(block, starts):
+    threads = TORCH_TUNING.get('threads')
+    threads = torch.get_num_threads() if threads is None else int(threads)
+    if threads < 1:
+        raise ValueError(f"TORCH_TUNING['threads'] must be a positive integer or None, got {threads}")
+    starts = list(starts)
+    if threads == 1 or len(starts) == 1 or device.type != 'cpu' or not no_grad:
+        for row_lo in starts:
+            block(row_lo)
+        return
+    import threading
+    pending, lock, errors = iter(starts[::-1]), threading.Lock(), []
+    def worker():
+        torch.set_num_threads(1)
+        with torch.no_grad():
+            while not errors:
+                with lock:
+                    row_lo = next(pending, None)
+                if row_lo is None:
+                    return
+                try:
+                    block(row_lo)
+                except BaseException as error:
+                    errors.append(error)
+    torch_threads = torch.get_num_threads()
+    helpers = [threading.Thread(target=worker) for number in range(min(threads, len(starts)) - 1)]
+    try:
+        for helper in helpers:
+            helper.start()
+        worker()
+    finally:
+        for helper in helpers:
+            helper.join()
+        torch.set_num_threads(torch_threads)
+    if errors:
+        raise errors[0]
+"""
 
 
 class Unscheduled(Exception):
@@ -839,8 +889,10 @@ class _ScheduledPrinter:
             shape = ", ".join(c.tensors[output].ranks)
             comma = "," if len(c.tensors[output].ranks) == 1 else ""
             self.line(f"{output}_out = torch.empty(({shape}{comma}), device=device)", 0)
+        for text in _ROW_RUNNER.splitlines():
+            self.line(text, 0)
         rows = c.var_rank(f.row)
-        self.line(f"for row_lo in range(0, {rows}, row_block):", 0)
+        self.line("def _row_block(row_lo):", 0)
         self.line(f"row_n = min(row_block, {rows} - row_lo)", 1)
         available = {t.name for t in c.inputs}
         self._rows(available, 1)
@@ -851,6 +903,7 @@ class _ScheduledPrinter:
         self._rows(available, 1)
         for output in c.outputs:
             self._store(output)
+        self.line(f"_row_blocks(_row_block, range(0, {rows}, row_block))", 0)
         for output in c.outputs:
             self.line(f"{output} = {output}_out", 0)
         return self.lines
