@@ -264,7 +264,7 @@ class _RecordingTorch:
     runs it and the number of threads torch gives that thread's operations."""
 
     def __init__(self):
-        self.matmuls = []
+        self.matmuls, self.shapes = [], []
 
     def __getattr__(self, name):
         if name != "matmul":
@@ -272,6 +272,7 @@ class _RecordingTorch:
 
         def matmul(*args, **kwargs):
             self.matmuls.append((threading.get_ident(), torch.get_num_threads()))
+            self.shapes.append((args[0].shape, args[1].shape))
             return torch.matmul(*args, **kwargs)
         return matmul
 
@@ -320,6 +321,24 @@ def test_each_thread_runs_row_blocks_with_one_torch_thread(built):
     _, matmuls = _run_recorded(module, inputs, threads=2, grad=True)
     assert {thread for thread, _ in matmuls} == {threading.get_ident()}, \
         "with autograd recording, the blocks run in the calling thread"
+
+
+def test_the_last_tile_of_a_row_block_ends_at_its_last_visible_key(built):
+    """Causal, row blocks of 4 and key tiles of 8: block r computes the scores of keys
+    0 .. 4r + 3 only (the diagonal tile cut after the block's last row), 4 rows x
+    (4r + 4) keys, not whole tiles of 8; the output is the reference's."""
+    module = _module(built["causal_softmax"], "cut_causal", {"row_block": 4, "key_tile": 8})
+    inputs = _causal_inputs(32, dim=5)
+    module.TORCH_TUNING["threads"] = 1
+    recording = module.torch = _RecordingTorch()
+    try:
+        with torch.no_grad():
+            out = module.CausalSoftmax(backend="torch")(*inputs)
+    finally:
+        module.torch = torch
+    scores = sum(a[-2] * b[-1] for a, b in recording.shapes if a[-1] == 5)
+    assert scores == sum(4 * (4 * r + 4) for r in range(8))
+    torch.testing.assert_close(out, module.CausalSoftmax(backend="reference")(*inputs))
 
 
 def test_an_error_in_a_helper_thread_reaches_the_caller(built):

@@ -915,11 +915,12 @@ class _ScheduledPrinter:
             self.line(f"# init {einsum.tensor} = {ir.to_text(einsum.init)}", 1)
             others = tuple(v for v in einsum.indices if v != f.loop)
             self.compute(Einsum(einsum.tensor, others, einsum.init), "edge", 1)
-        lo, hi = self._step_bounds()
+        lo, hi, end = self._step_bounds()
+        self.line(f"keys_end = {end}", 1)
         self._loop(f"for {f.loop} in range({lo}, {hi}):", 1)
         inner = c.var_rank(f.stream)
         self.line(f"key_lo = {f.loop} * {inner}", 2)
-        self.line(f"key_n = min({inner}, {c.root_rank(inner)} - key_lo)", 2)
+        self.line(f"key_n = min({inner}, keys_end - key_lo)", 2)
         for einsum in carried:
             self.line(f"{einsum.tensor}_at = {einsum.tensor}", 2)
         steps = [e for e in c.einsums if f.kinds[e.tensor] is not Role.ROW]
@@ -927,31 +928,37 @@ class _ScheduledPrinter:
         self.loop_start = None
         available.update(e.tensor for e in steps)
 
-    def _step_bounds(self) -> tuple[str, str]:
-        """The steps a row block visits: all, or (when a fully masked step provably
-        changes nothing carried) those holding a key some row of the block sees."""
+    def _step_bounds(self) -> tuple[str, str, str]:
+        """The steps a row block visits and the end of the keys they hold: all, or (when
+        a fully masked step provably changes nothing carried) those holding a key some
+        row of the block sees, the last cut after the last such key: a key every row
+        of the block masks adds the identity to each per-step reduction, as in a step
+        that holds only such keys, so leaving it out changes nothing either (on the
+        diagonal a tile as wide as the row block, not the key tile, is computed)."""
         c, f = self.cascade, self.f
         outer = c.var_rank(f.loop)
         inner = c.var_rank(f.stream)
+        keys = c.root_rank(inner)
         reductions = [e for e in c.einsums
                       if f.kinds[e.tensor] in (Role.TILE_REDUCE, Role.TILE_DOT)]
         offsets = self.f.masking_offsets(reductions)
         self.facts["skipping"] = "no affine filter masks every per-step reduction"
         if not offsets:
-            return "0", outer
+            return "0", outer, keys
         why_not = masked_steps_are_identities(c, f.kinds, f.loop)
         if why_not is not None:
             self.facts["skipping"] = why_not
-            return "0", outer
+            return "0", outer, keys
         self.facts["skipping"] = "a fully masked step changes nothing carried (proved)"
-        lo, hi = "0", outer
+        lo, hi, end = "0", outer, keys
         for side, offset in offsets:
             if side == "upper":   # keys up to the last row + offset (rounded outwards)
                 hi = (f"min({outer}, max(0, row_lo + row_n + "
                       f"{self._offset(offset, 'ceil')} + {inner} - 1) // {inner})")
+                end = f"min({keys}, max(0, row_lo + row_n + {self._offset(offset, 'ceil')}))"
             else:
                 lo = f"max(0, row_lo + {self._offset(offset, 'floor')}) // {inner}"
-        return lo, hi
+        return lo, hi, end
 
     def _passes(self, available: set[str]) -> None:
         c, f = self.cascade, self.f
