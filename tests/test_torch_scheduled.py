@@ -264,9 +264,15 @@ class _RecordingTorch:
     runs it and the number of threads torch gives that thread's operations."""
 
     def __init__(self):
-        self.matmuls, self.shapes = [], []
+        self.matmuls, self.shapes, self.wheres = [], [], []
 
     def __getattr__(self, name):
+        if name == "where":
+            def where(*args, **kwargs):
+                result = torch.where(*args, **kwargs)
+                self.wheres.append(result.shape)
+                return result
+            return where
         if name != "matmul":
             return getattr(torch, name)
 
@@ -339,6 +345,32 @@ def test_the_last_tile_of_a_row_block_ends_at_its_last_visible_key(built):
     scores = sum(a[-2] * b[-1] for a, b in recording.shapes if a[-1] == 5)
     assert scores == sum(4 * (4 * r + 4) for r in range(8))
     torch.testing.assert_close(out, module.CausalSoftmax(backend="reference")(*inputs))
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_without_autograd_masked_tiles_select_by_bits(built, grad):
+    """Without autograd recording, the masked scores of a tile the diagonal crosses
+    (for the max) and its masked probabilities (for sum P and P V) are selected by bit
+    operations, not torch.where (8x a multiplication on the CPU): no where makes a
+    tile-sized tensor, and the result is the reference's, NaN at keys no row sees
+    included. With autograd recording, torch.where, as autograd needs."""
+    module = _module(built["causal_softmax"], f"select_{grad}", {"row_block": 4,
+                                                                 "key_tile": 4})
+    q, k, v = _causal_inputs(16, dim=5)
+    v = v.clone()
+    v[:, :, 15] = math.nan                 # seen by row 15 only
+    module.TORCH_TUNING["threads"] = 1
+    recording = module.torch = _RecordingTorch()
+    try:
+        out = module.CausalSoftmax(backend="torch")(*[t.detach().requires_grad_(grad)
+                                                      for t in (q, k, v)])
+    finally:
+        module.torch = torch
+    tiles = [shape for shape in recording.wheres if shape[-1] == 4 and shape[-2] == 4]
+    assert bool(tiles) == grad, recording.wheres
+    reference = module.CausalSoftmax(backend="reference")(q, k, v)
+    assert torch.isnan(out[:, :, 15]).all()
+    torch.testing.assert_close(out[:, :, :15].detach(), reference[:, :, :15])
 
 
 def test_an_error_in_a_helper_thread_reaches_the_caller(built):

@@ -108,6 +108,20 @@ def _row_blocks(block, starts):
         torch.set_num_threads(torch_threads)
     if errors:
         raise errors[0]
+def _select(ok, value, fill):
+    # torch.where(ok, value, fill) when autograd does not record, for float32 values:
+    # the bits of value where ok holds, those of fill elsewhere (exact, NaN included),
+    # with the masks at ok's stored size (an expanded mask is the same all along a
+    # stride-0 dimension); torch's where with a scalar took 8x a multiplication here.
+    if value.dtype != torch.float32:
+        return torch.where(ok, value, fill)
+    ok = torch.as_tensor(ok, device=value.device)
+    ok = ok[tuple(slice(None) if stride else slice(0, 1) for stride in ok.stride())]
+    keep = ok.to(torch.int32).neg_()
+    bits = value.view(torch.int32) & keep
+    if fill != 0.0:
+        bits |= ~keep & torch.tensor(fill, dtype=torch.float32, device=value.device).view(torch.int32)
+    return bits.view(torch.float32)
 """
 
 
@@ -627,7 +641,15 @@ class _ScheduledPrinter:
             self.pending = []
             call = self._contraction(einsum, variant, terms, points) or \
                 self.writer._einsum_call(einsum, emitter, terms, points, kept)
-            statements += self.pending + [assign.format(call or masked)]
+            exact = masked
+            if call is None and terms:
+                # Without gradients recorded, masked terms are selected by bit operations.
+                plain = _UnguardedReads(self.cascade, absent, axes,
+                                        (self.f.loop,) if self.split else (), printer=self)
+                selected = self.writer._masked_reduction(einsum, plain, terms, points, kept,
+                                                         select="_select")
+                exact = f"{selected} if no_grad else {masked}"
+            statements += self.pending + [assign.format(call or exact)]
             if call is not None and terms and len(ir.product_factors(body)) > 1:
                 # As in the reference: a masked term's other factor may hold inf or NaN
                 # (V at a key the row does not see); only a finite result is surely
@@ -684,7 +706,9 @@ class _ScheduledPrinter:
                     c for c in terms + points if c.variables <= set(ir.index_vars(f))])
                     for f in group)
                 if owned:
-                    text = f"torch.where({emitter.conjunction(owned)}, {text}, 0.0)"
+                    ok = emitter.conjunction(owned)
+                    text = f"_select({ok}, {text}, 0.0) if no_grad else " \
+                           f"torch.where({ok}, {text}, 0.0)"
             except _Gather:
                 return None
             if group is not invariant and any(_uses(text, v) for v in layout):
