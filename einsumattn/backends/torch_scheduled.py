@@ -19,7 +19,12 @@ recurrences. This backend runs the same decisions as torch code:
   step leaves every carried value unchanged), and a tile that an affine filter
   (`m <= p`, `p - m < W`) keeps whole for every row of the block is computed without
   masks: only the tiles a mask's boundary crosses pay for it;
-- the last tile is cut at the key rank's end, so padding never enters a tile;
+- the last tile is cut at the key rank's end, so padding never enters a tile, and at
+  the proved upper bound of the block's keys (a tile the diagonal crosses is at most as
+  wide as the row block);
+- without autograd, masked operands are selected by bit operations (`_select`), and on
+  the CPU row blocks run on TORCH_TUNING["threads"] Python threads with one-thread torch
+  operations (results bit for bit those of one thread);
 - constant factors of an epilogue fold back into the contraction they scale (the
   scale multiplies the Q block once per row block, not each score tile), and without
   autograd recording the statements skip gradient guards and compute in the storage
@@ -57,9 +62,9 @@ from ..ir import expr as ir
 from ..ir.printer import lhs_text, rhs_text
 
 # Chosen by measurement (benchmarks/torch_cpu.py --tune, causal softmax, float32, D = 64,
-# N = 2048 on the 2-core CPU): best of 128-1024 rows x 128-512 keys.
-# "threads": Python threads over row blocks on the CPU (None: torch.get_num_threads()).
-DEFAULT_TUNING = {"row_block": 256, "key_tile": 256, "threads": None}
+# N = 2048 on the 2-core CPU, row blocks on two threads): best of 64-256 rows x 128-512
+# keys. "threads": Python threads over row blocks on the CPU (None: torch.get_num_threads()).
+DEFAULT_TUNING = {"row_block": 128, "key_tile": 256, "threads": None}
 
 # Printed at the top of `_scheduled`: runs `block(row_lo)` for each row block. Row
 # blocks share nothing but the output they write disjoint rows of, so on the CPU they
