@@ -316,6 +316,21 @@ def test_row_blocks_in_threads_compute_what_one_thread_does(built, name):
     assert torch.equal(alone, together)
 
 
+def test_row_blocks_in_threads_under_inference_mode(built):
+    """Inference mode is thread-local: the helper threads enter the caller's, or their
+    writes to the output (made in inference mode) would be refused."""
+    module = _module(built["causal_softmax"], "threads_inference", {"row_block": 4,
+                                                                    "key_tile": 4})
+    inputs = _causal_inputs(30)
+    with torch.inference_mode():
+        module.TORCH_TUNING["threads"] = 2
+        together = module.CausalSoftmax(backend="torch")(*inputs)
+    module.TORCH_TUNING["threads"] = 1
+    with torch.no_grad():
+        alone = module.CausalSoftmax(backend="torch")(*inputs)
+    torch.testing.assert_close(together, alone)
+
+
 def test_each_thread_runs_row_blocks_with_one_torch_thread(built):
     module = _module(built["causal_softmax"], "threads_recorded", {"row_block": 4,
                                                                    "key_tile": 4})

@@ -89,9 +89,10 @@ def _row_blocks(block, starts):
         return
     import threading
     pending, lock, errors = iter(starts[::-1]), threading.Lock(), []
+    inference = torch.is_inference_mode_enabled()     # thread-local, as grad mode is
     def worker():
         torch.set_num_threads(1)
-        with torch.no_grad():
+        with torch.inference_mode(inference), torch.no_grad():
             while not errors:
                 with lock:
                     row_lo = next(pending, None)
