@@ -3,6 +3,7 @@
     python benchmarks/torch_cpu.py                          # N = 2048 and 8192
     python benchmarks/torch_cpu.py --sizes 1024 --repeats 3 # quicker
     python benchmarks/torch_cpu.py --tune 128x128 256x256   # row_block x key_tile
+    python benchmarks/torch_cpu.py --tune 256x256x1         # ... x threads (row blocks)
     python benchmarks/torch_cpu.py --out benchmarks/results/torch_cpu
 
 Causal softmax attention (examples/causal_softmax.attn), float32, B = 1, H = 8, D = 64,
@@ -150,6 +151,8 @@ def _table(rows: list[dict]) -> list[str]:
     lines = []
     for row in rows:
         tuning = f"{row['tuning']['row_block']}x{row['tuning']['key_tile']}"
+        if row["tuning"].get("threads") is not None:
+            tuning += f"x{row['tuning']['threads']}"
         for name, median in row["median_s"].items():
             memory = row.get("working_memory_bytes", {}).get(name)
             memory = f"{memory / 2**20:9.1f}" if memory is not None else f"{'-':>9}"
@@ -179,12 +182,19 @@ def _report(rows: list[dict], header: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _tuning(text: str) -> dict:
+    """TORCH_TUNING from ROWSxKEYS[xTHREADS] (every key set: measure() updates)."""
+    rows, keys, *threads = (int(part) for part in text.split("x"))
+    return {"row_block": rows, "key_tile": keys, "threads": threads[0] if threads else None}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[2048, 8192])
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--tune", nargs="*", metavar="ROWSxKEYS",
-                        help="row_block x key_tile variants (default: the module's)")
+    parser.add_argument("--tune", nargs="*", metavar="ROWSxKEYS[xTHREADS]",
+                        help="row_block x key_tile [x threads] variants (default: the "
+                             "module's; threads default: torch.get_num_threads())")
     parser.add_argument("--reference-max", type=int, default=4096,
                         help="the largest N to run the reference at (it holds N x N "
                              "float32 scores per head several times over)")
@@ -198,8 +208,7 @@ def main(argv=None) -> int:
     module = _load(path)
     variants = [dict(module.TORCH_TUNING)]
     if args.tune:
-        variants = [{"row_block": int(a), "key_tile": int(b)}
-                    for a, b in (text.split("x") for text in args.tune)]
+        variants = [_tuning(text) for text in args.tune]
     load_before = os.getloadavg()
     rows = []
     for n in args.sizes:

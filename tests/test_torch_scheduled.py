@@ -4,6 +4,7 @@ memory that does not grow with the keys."""
 
 import math
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -226,8 +227,10 @@ class _CountMatmuls(torch.overrides.TorchFunctionMode):
 
 def test_causal_tiles_past_the_diagonal_are_skipped(built):
     """With 8 row blocks and 8 key tiles the causal schedule visits the 36 tiles on or
-    below the diagonal, two contractions each (QK and the sum of P V)."""
-    module = _module(built["causal_softmax"], "skip_causal", {"row_block": 4, "key_tile": 4})
+    below the diagonal, two contractions each (QK and the sum of P V). One thread: a
+    TorchFunctionMode sees only its own thread's calls."""
+    module = _module(built["causal_softmax"], "skip_causal",
+                     {"row_block": 4, "key_tile": 4, "threads": 1})
     inputs = _causal_inputs(32)
     with _CountMatmuls() as counter:
         module.CausalSoftmax(backend="torch")(*inputs)
@@ -254,6 +257,160 @@ def test_bad_tuning_is_refused(built):
                                                                  "key_tile": 4})
     with pytest.raises(ValueError, match="row_block"):
         module.CausalSoftmax(backend="torch")(*_causal_inputs(4))
+
+
+class _RecordingTorch:
+    """torch as the generated module sees it, noting for each matmul the thread that
+    runs it and the number of threads torch gives that thread's operations."""
+
+    def __init__(self):
+        self.matmuls, self.shapes, self.wheres = [], [], []
+
+    def __getattr__(self, name):
+        if name == "where":
+            def where(*args, **kwargs):
+                result = torch.where(*args, **kwargs)
+                self.wheres.append(result.shape)
+                return result
+            return where
+        if name != "matmul":
+            return getattr(torch, name)
+
+        def matmul(*args, **kwargs):
+            self.matmuls.append((threading.get_ident(), torch.get_num_threads()))
+            self.shapes.append((args[0].shape, args[1].shape))
+            return torch.matmul(*args, **kwargs)
+        return matmul
+
+
+def _run_recorded(module, inputs, threads: int, grad: bool = False):
+    module.TORCH_TUNING["threads"] = threads
+    recording = module.torch = _RecordingTorch()
+    try:
+        leaves = [t.detach().requires_grad_(grad) for t in inputs]
+        out = module.CausalSoftmax(backend="torch")(*leaves)
+    finally:
+        module.torch = torch
+    return out, recording.matmuls
+
+
+@pytest.mark.parametrize("name", ["causal_softmax", "sliding_window_sinks"])
+def test_row_blocks_in_threads_compute_what_one_thread_does(built, name):
+    """Without autograd, row blocks run on TORCH_TUNING["threads"] Python threads, each
+    with one-thread torch operations; the output is bit for bit that of one thread, and
+    torch's thread count is restored afterwards."""
+    module = _module(built[name], f"threads_{name}", {"row_block": 4, "key_tile": 4})
+    cls = getattr(module, module.__all__[0])
+    inputs = _causal_inputs(37, heads=3)     # both specs read Q, K, V[b, h, p|m, e|f]
+    before = torch.get_num_threads()
+    with torch.no_grad():
+        module.TORCH_TUNING["threads"] = 1
+        torch.set_num_threads(1)
+        try:
+            alone = cls(backend="torch")(*inputs)
+        finally:
+            torch.set_num_threads(before)
+        module.TORCH_TUNING["threads"] = 3
+        together = cls(backend="torch")(*inputs)
+    assert torch.get_num_threads() == before
+    assert torch.equal(alone, together)
+
+
+def test_row_blocks_in_threads_under_inference_mode(built):
+    """Inference mode is thread-local: the helper threads enter the caller's, or their
+    writes to the output (made in inference mode) would be refused."""
+    module = _module(built["causal_softmax"], "threads_inference", {"row_block": 4,
+                                                                    "key_tile": 4})
+    inputs = _causal_inputs(30)
+    with torch.inference_mode():
+        module.TORCH_TUNING["threads"] = 2
+        together = module.CausalSoftmax(backend="torch")(*inputs)
+    module.TORCH_TUNING["threads"] = 1
+    with torch.no_grad():
+        alone = module.CausalSoftmax(backend="torch")(*inputs)
+    torch.testing.assert_close(together, alone)
+
+
+def test_each_thread_runs_row_blocks_with_one_torch_thread(built):
+    module = _module(built["causal_softmax"], "threads_recorded", {"row_block": 4,
+                                                                   "key_tile": 4})
+    inputs = _causal_inputs(64, heads=2)
+    with torch.no_grad():
+        _, matmuls = _run_recorded(module, inputs, threads=2)
+    assert len({thread for thread, _ in matmuls}) == 2
+    assert {count for _, count in matmuls} == {1}
+    _, matmuls = _run_recorded(module, inputs, threads=2, grad=True)
+    assert {thread for thread, _ in matmuls} == {threading.get_ident()}, \
+        "with autograd recording, the blocks run in the calling thread"
+
+
+def test_the_last_tile_of_a_row_block_ends_at_its_last_visible_key(built):
+    """Causal, row blocks of 4 and key tiles of 8: block r computes the scores of keys
+    0 .. 4r + 3 only (the diagonal tile cut after the block's last row), 4 rows x
+    (4r + 4) keys, not whole tiles of 8; the output is the reference's."""
+    module = _module(built["causal_softmax"], "cut_causal", {"row_block": 4, "key_tile": 8})
+    inputs = _causal_inputs(32, dim=5)
+    module.TORCH_TUNING["threads"] = 1
+    recording = module.torch = _RecordingTorch()
+    try:
+        with torch.no_grad():
+            out = module.CausalSoftmax(backend="torch")(*inputs)
+    finally:
+        module.torch = torch
+    scores = sum(a[-2] * b[-1] for a, b in recording.shapes if a[-1] == 5)
+    assert scores == sum(4 * (4 * r + 4) for r in range(8))
+    torch.testing.assert_close(out, module.CausalSoftmax(backend="reference")(*inputs))
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_without_autograd_masked_tiles_select_by_bits(built, grad):
+    """Without autograd recording, the masked scores of a tile the diagonal crosses
+    (for the max) and its masked probabilities (for sum P and P V) are selected by bit
+    operations, not torch.where (8x a multiplication on the CPU): no where makes a
+    tile-sized tensor, and the result is the reference's, NaN at keys no row sees
+    included. With autograd recording, torch.where, as autograd needs."""
+    module = _module(built["causal_softmax"], f"select_{grad}", {"row_block": 4,
+                                                                 "key_tile": 4})
+    q, k, v = _causal_inputs(16, dim=5)
+    v = v.clone()
+    v[:, :, 15] = math.nan                 # seen by row 15 only
+    module.TORCH_TUNING["threads"] = 1
+    recording = module.torch = _RecordingTorch()
+    try:
+        out = module.CausalSoftmax(backend="torch")(*[t.detach().requires_grad_(grad)
+                                                      for t in (q, k, v)])
+    finally:
+        module.torch = torch
+    tiles = [shape for shape in recording.wheres if shape[-1] == 4 and shape[-2] == 4]
+    assert bool(tiles) == grad, recording.wheres
+    reference = module.CausalSoftmax(backend="reference")(q, k, v)
+    assert torch.isnan(out[:, :, 15]).all()
+    torch.testing.assert_close(out[:, :, :15].detach(), reference[:, :, :15])
+
+
+def test_an_error_in_a_helper_thread_reaches_the_caller(built):
+    module = _module(built["causal_softmax"], "threads_error", {"row_block": 4,
+                                                                "key_tile": 4})
+    class Failing(_RecordingTorch):
+        def __getattr__(self, name):
+            if name == "matmul" and threading.get_ident() != threading.main_thread().ident:
+                raise RuntimeError("a helper's block failed")
+            return super().__getattr__(name)
+
+    module.TORCH_TUNING["threads"] = 2
+    module.torch = Failing()
+    try:
+        with torch.no_grad(), pytest.raises(RuntimeError, match="helper's block failed"):
+            module.CausalSoftmax(backend="torch")(*_causal_inputs(64))
+    finally:
+        module.torch = torch
+
+
+def test_bad_thread_count_is_refused(built):
+    module = _module(built["causal_softmax"], "threads_bad", {"row_block": 4,
+                                                              "key_tile": 4, "threads": 0})
+    with torch.no_grad(), pytest.raises(ValueError, match="threads"):
+        module.CausalSoftmax(backend="torch")(*_causal_inputs(16))
 
 
 @pytest.mark.slow
@@ -296,6 +453,7 @@ class _CountNewTiles(torch.overrides.TorchFunctionMode):
 
 def _new_score_tiles(module, cls_name: str, inputs, tile: int, grad: bool) -> int:
     leaves = [t.detach().requires_grad_(grad) for t in inputs]
+    module.TORCH_TUNING["threads"] = 1    # the mode sees only its own thread's calls
     with _CountNewTiles(tile) as counter:
         getattr(module, cls_name)(backend="torch")(*leaves)
     return counter.calls

@@ -225,10 +225,10 @@ class TorchEmitter:
 
     def _masked_reduction(self, einsum: Einsum, emitter: _EinsumEmitter,
                           terms: list[Condition], points: list[Condition],
-                          kept: tuple[str, ...]) -> str:
+                          kept: tuple[str, ...], select: str = "torch.where") -> str:
         """The reduction of the body over the whole iteration space, its masked terms
-        replaced by the reduction's identity: exact whatever the values, but it builds
-        the whole space."""
+        replaced by the reduction's identity (by `select`, a function with where's
+        arguments): exact whatever the values, but it builds the whole space."""
         body = emitter.value(einsum.body, present=terms + points)
         dims = tuple(range(len(kept), len(emitter.axes)))
         dims_text = f"dim={dims[0]}" if len(dims) == 1 else f"dim={dims}"
@@ -236,7 +236,7 @@ class TorchEmitter:
         identity = _IDENTITY[einsum.reduce_op]
         full = body if set(emitter.axes) <= set(ir.index_vars(einsum.body)) and \
             _reads_any(einsum.body) else f"_full({body}, {self._shape(emitter.axes)})"
-        masked = f"torch.where({mask}, {full}, {identity})" if mask else full
+        masked = f"{select}({mask}, {full}, {identity})" if mask else full
         masked = masked if is_atom(masked) else f"({masked})"
         return f"{masked}.{_REDUCER[einsum.reduce_op]}({dims_text})"
 

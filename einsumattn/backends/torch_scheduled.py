@@ -19,7 +19,12 @@ recurrences. This backend runs the same decisions as torch code:
   step leaves every carried value unchanged), and a tile that an affine filter
   (`m <= p`, `p - m < W`) keeps whole for every row of the block is computed without
   masks: only the tiles a mask's boundary crosses pay for it;
-- the last tile is cut at the key rank's end, so padding never enters a tile;
+- the last tile is cut at the key rank's end, so padding never enters a tile, and at
+  the proved upper bound of the block's keys (a tile the diagonal crosses is at most as
+  wide as the row block);
+- without autograd, masked operands are selected by bit operations (`_select`), and on
+  the CPU row blocks run on TORCH_TUNING["threads"] Python threads with one-thread torch
+  operations (results bit for bit those of one thread);
 - constant factors of an epilogue fold back into the contraction they scale (the
   scale multiplies the Q block once per row block, not each score tile), and without
   autograd recording the statements skip gradient guards and compute in the storage
@@ -57,8 +62,73 @@ from ..ir import expr as ir
 from ..ir.printer import lhs_text, rhs_text
 
 # Chosen by measurement (benchmarks/torch_cpu.py --tune, causal softmax, float32, D = 64,
-# N = 2048 on the 2-core CPU): best of 128-1024 rows x 128-512 keys.
-DEFAULT_TUNING = {"row_block": 256, "key_tile": 256}
+# N = 2048 on the 2-core CPU, row blocks on two threads): best of 64-256 rows x 128-512
+# keys. "threads": Python threads over row blocks on the CPU (None: torch.get_num_threads()).
+DEFAULT_TUNING = {"row_block": 128, "key_tile": 256, "threads": None}
+
+# Printed at the top of `_scheduled`: runs `block(row_lo)` for each row block. Row
+# blocks share nothing but the output they write disjoint rows of, so on the CPU they
+# are handed to Python threads that each run torch with one thread (torch releases the
+# GIL inside an operation): the elementwise statements of a tile, which gain nothing from
+# a second OpenMP thread on a tile that leaves the cache, then use every core. A block
+# runs the same one-thread operations whichever thread takes it, so results do not
+# depend on the threads. The largest row values go first: where a filter bounds the
+# keys from above (causal) they are the longest blocks, and nothing else changes order.
+# With autograd recording the blocks run in order in the calling thread: autograd does
+# not take in-place writes to one output tensor from several threads at once.
+_ROW_RUNNER = """\
+def _row_blocks(block, starts):
+    threads = TORCH_TUNING.get('threads')
+    threads = torch.get_num_threads() if threads is None else int(threads)
+    if threads < 1:
+        raise ValueError(f"TORCH_TUNING['threads'] must be a positive integer or None, got {threads}")
+    starts = list(starts)
+    if threads == 1 or len(starts) == 1 or device.type != 'cpu' or not no_grad:
+        for row_lo in starts:
+            block(row_lo)
+        return
+    import threading
+    pending, lock, errors = iter(starts[::-1]), threading.Lock(), []
+    inference = torch.is_inference_mode_enabled()     # thread-local, as grad mode is
+    def worker():
+        torch.set_num_threads(1)
+        with torch.inference_mode(inference), torch.no_grad():
+            while not errors:
+                with lock:
+                    row_lo = next(pending, None)
+                if row_lo is None:
+                    return
+                try:
+                    block(row_lo)
+                except BaseException as error:
+                    errors.append(error)
+    torch_threads = torch.get_num_threads()
+    helpers = [threading.Thread(target=worker) for number in range(min(threads, len(starts)) - 1)]
+    try:
+        for helper in helpers:
+            helper.start()
+        worker()
+    finally:
+        for helper in helpers:
+            helper.join()
+        torch.set_num_threads(torch_threads)
+    if errors:
+        raise errors[0]
+def _select(ok, value, fill):
+    # torch.where(ok, value, fill) when autograd does not record, for float32 values:
+    # the bits of value where ok holds, those of fill elsewhere (exact, NaN included),
+    # with the masks at ok's stored size (an expanded mask is the same all along a
+    # stride-0 dimension); torch's where with a scalar took 8x a multiplication here.
+    if value.dtype != torch.float32:
+        return torch.where(ok, value, fill)
+    ok = torch.as_tensor(ok, device=value.device)
+    ok = ok[tuple(slice(None) if stride else slice(0, 1) for stride in ok.stride())]
+    keep = ok.to(torch.int32).neg_()
+    bits = value.view(torch.int32) & keep
+    if fill != 0.0:
+        bits |= ~keep & torch.tensor(fill, dtype=torch.float32, device=value.device).view(torch.int32)
+    return bits.view(torch.float32)
+"""
 
 
 class Unscheduled(Exception):
@@ -579,7 +649,15 @@ class _ScheduledPrinter:
             self.pending = []
             call = self._contraction(einsum, variant, terms, points) or \
                 self.writer._einsum_call(einsum, emitter, terms, points, kept)
-            statements += self.pending + [assign.format(call or masked)]
+            exact = masked
+            if call is None and terms:
+                # Without gradients recorded, masked terms are selected by bit operations.
+                plain = _UnguardedReads(self.cascade, absent, axes,
+                                        (self.f.loop,) if self.split else (), printer=self)
+                selected = self.writer._masked_reduction(einsum, plain, terms, points, kept,
+                                                         select="_select")
+                exact = f"{selected} if no_grad else {masked}"
+            statements += self.pending + [assign.format(call or exact)]
             if call is not None and terms and len(ir.product_factors(body)) > 1:
                 # As in the reference: a masked term's other factor may hold inf or NaN
                 # (V at a key the row does not see); only a finite result is surely
@@ -636,7 +714,9 @@ class _ScheduledPrinter:
                     c for c in terms + points if c.variables <= set(ir.index_vars(f))])
                     for f in group)
                 if owned:
-                    text = f"torch.where({emitter.conjunction(owned)}, {text}, 0.0)"
+                    ok = emitter.conjunction(owned)
+                    text = f"_select({ok}, {text}, 0.0) if no_grad else " \
+                           f"torch.where({ok}, {text}, 0.0)"
             except _Gather:
                 return None
             if group is not invariant and any(_uses(text, v) for v in layout):
@@ -841,8 +921,10 @@ class _ScheduledPrinter:
             shape = ", ".join(c.tensors[output].ranks)
             comma = "," if len(c.tensors[output].ranks) == 1 else ""
             self.line(f"{output}_out = torch.empty(({shape}{comma}), device=device)", 0)
+        for text in _ROW_RUNNER.splitlines():
+            self.line(text, 0)
         rows = c.var_rank(f.row)
-        self.line(f"for row_lo in range(0, {rows}, row_block):", 0)
+        self.line("def _row_block(row_lo):", 0)
         self.line(f"row_n = min(row_block, {rows} - row_lo)", 1)
         available = {t.name for t in c.inputs}
         self._rows(available, 1)
@@ -853,6 +935,7 @@ class _ScheduledPrinter:
         self._rows(available, 1)
         for output in c.outputs:
             self._store(output)
+        self.line(f"_row_blocks(_row_block, range(0, {rows}, row_block))", 0)
         for output in c.outputs:
             self.line(f"{output} = {output}_out", 0)
         return self.lines
@@ -864,11 +947,12 @@ class _ScheduledPrinter:
             self.line(f"# init {einsum.tensor} = {ir.to_text(einsum.init)}", 1)
             others = tuple(v for v in einsum.indices if v != f.loop)
             self.compute(Einsum(einsum.tensor, others, einsum.init), "edge", 1)
-        lo, hi = self._step_bounds()
+        lo, hi, end = self._step_bounds()
+        self.line(f"keys_end = {end}", 1)
         self._loop(f"for {f.loop} in range({lo}, {hi}):", 1)
         inner = c.var_rank(f.stream)
         self.line(f"key_lo = {f.loop} * {inner}", 2)
-        self.line(f"key_n = min({inner}, {c.root_rank(inner)} - key_lo)", 2)
+        self.line(f"key_n = min({inner}, keys_end - key_lo)", 2)
         for einsum in carried:
             self.line(f"{einsum.tensor}_at = {einsum.tensor}", 2)
         steps = [e for e in c.einsums if f.kinds[e.tensor] is not Role.ROW]
@@ -876,31 +960,37 @@ class _ScheduledPrinter:
         self.loop_start = None
         available.update(e.tensor for e in steps)
 
-    def _step_bounds(self) -> tuple[str, str]:
-        """The steps a row block visits: all, or (when a fully masked step provably
-        changes nothing carried) those holding a key some row of the block sees."""
+    def _step_bounds(self) -> tuple[str, str, str]:
+        """The steps a row block visits and the end of the keys they hold: all, or (when
+        a fully masked step provably changes nothing carried) those holding a key some
+        row of the block sees, the last cut after the last such key: a key every row
+        of the block masks adds the identity to each per-step reduction, as in a step
+        that holds only such keys, so leaving it out changes nothing either (on the
+        diagonal a tile as wide as the row block, not the key tile, is computed)."""
         c, f = self.cascade, self.f
         outer = c.var_rank(f.loop)
         inner = c.var_rank(f.stream)
+        keys = c.root_rank(inner)
         reductions = [e for e in c.einsums
                       if f.kinds[e.tensor] in (Role.TILE_REDUCE, Role.TILE_DOT)]
         offsets = self.f.masking_offsets(reductions)
         self.facts["skipping"] = "no affine filter masks every per-step reduction"
         if not offsets:
-            return "0", outer
+            return "0", outer, keys
         why_not = masked_steps_are_identities(c, f.kinds, f.loop)
         if why_not is not None:
             self.facts["skipping"] = why_not
-            return "0", outer
+            return "0", outer, keys
         self.facts["skipping"] = "a fully masked step changes nothing carried (proved)"
-        lo, hi = "0", outer
+        lo, hi, end = "0", outer, keys
         for side, offset in offsets:
             if side == "upper":   # keys up to the last row + offset (rounded outwards)
                 hi = (f"min({outer}, max(0, row_lo + row_n + "
                       f"{self._offset(offset, 'ceil')} + {inner} - 1) // {inner})")
+                end = f"min({keys}, max(0, row_lo + row_n + {self._offset(offset, 'ceil')}))"
             else:
                 lo = f"max(0, row_lo + {self._offset(offset, 'floor')}) // {inner}"
-        return lo, hi
+        return lo, hi, end
 
     def _passes(self, available: set[str]) -> None:
         c, f = self.cascade, self.f
