@@ -195,8 +195,25 @@ def tuned(path, module, tune: str, inputs):
     except ValueError as error:          # the host's check of a split's key tile
         raise TuneError(f"--tune {tune}: {error} (here: tile=N)") from None
     except (AssertionError, *triton_error()) as error:    # a kernel's tl.static_assert
-        raise TuneError(f"--tune {tune}: {str(error).splitlines()[0]}") from None
+        raise TuneError(f"--tune {tune}: {refusal(error)}") from None
     return call
+
+
+def refusal(error: BaseException) -> str:
+    """The sentence of a kernel's refusal. The interpreter's error starts with it; the
+    compiler's (a CompilationError) starts with a source location and an excerpt and
+    holds the sentence as its error_message, or in the error it was raised from."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        message = getattr(error, "error_message", None)
+        if message:
+            return str(message).strip().splitlines()[0]
+        if not hasattr(error, "node"):             # not a CompilationError
+            lines = [line for line in str(error).splitlines() if line.strip()]
+            return lines[0] if lines else type(error).__name__
+        error = error.__cause__ or error.__context__
+    return "the kernel refused it"
 
 
 def triton_error():
