@@ -164,3 +164,32 @@ def test_every_triton_schedule_loads_through_the_ir(monkeypatch, rewrite):
     kernel = fuse(names.rename(plan.kernel))
     assert {load.tensor for load in seen} == set(kernel.schedule.inputs) == {"Q_", "K_", "V_"}
     assert all(isinstance(load.mask, k.Mask) for load in seen)
+
+
+@pytest.mark.parametrize("rewrite", [True, False], ids=["split", "passes"])
+def test_the_attention_schedules_dots_are_ir_dots_with_the_plans_rounding(monkeypatch,
+                                                                          rewrite):
+    """Causal softmax: Q K^T is a Dot of the hoisted Q tile and the K tile transposed, no
+    operand rounded; P V a Dot of the masked probabilities and the V tile, one operand
+    rounded: what the schedule's DotPlans say (split: one of each; the spec's three
+    passes: Q K^T in each, P V in the last)."""
+    from einsumattn.backends import triton_ir
+    from einsumattn.backends.module import Plan
+    from einsumattn.backends.triton_fused import fuse
+    seen = []
+    real = triton_ir._NODES[k.Dot]
+
+    def recording(printer, node, context):
+        seen.append(node)
+        return real(printer, node, context)
+    plan = Plan(einsumattn.load(ROOT / "examples" / "causal_softmax.attn"), rewrite=rewrite)
+    monkeypatch.setitem(triton_ir._NODES, k.Dot, recording)
+    kernel = fuse(names.rename(plan.kernel))
+    scores, values = ("QK_sum_", "LSNV_") if rewrite else ("QK_", "AV_")
+    plans = {d.tensor: d for d in kernel.schedule.dots}
+    assert [(d.transposed, d.rounded) for d in seen] == \
+        [(True, plans[scores].rounded)] * (1 if rewrite else 3) + [(False, plans[values].rounded)]
+    assert plans[scores].rounded == 0 and plans[values].rounded == 1
+    assert all(d.left == k.Var(f"{scores}_rows") for d in seen[:-1])
+    assert [load.tensor for load in _of(k.Load, seen[0].right)] == ["K_"]
+    assert [load.tensor for load in _of(k.Load, seen[-1].right)] == ["V_"]

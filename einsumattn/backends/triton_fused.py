@@ -34,7 +34,7 @@ from ..ir import Cascade, Einsum
 from ..ir import expr as ir
 from ..ir.printer import lhs_text, rhs_text
 from ..schedule.attention import AttentionRoles
-from ..schedule.lowering import Lowering
+from ..schedule.lowering import Lowering, product
 from ..schedule.bounds import stream_bound
 from ..schedule.model import Bound, Role
 from ..schedule.stages import Crossing, NotFusable, cut_stages
@@ -147,11 +147,18 @@ class _Tiles(AttentionRoles, Lowering):
     def _no_read(node):
         raise NotFusable(f"a tensor read inside an index ({ir.to_text(node)})")
 
+    def lowered(self, expr: ir.Expr, layout: tuple[str, ...], lanes):
+        """`expr` in a tile as kernel IR; NotFusable where a kernel cannot express it."""
+        try:
+            return self.in_tile(expr, layout, lanes)
+        except Unsupported as reason:
+            raise NotFusable(str(reason)) from None
+
     def value(self, expr: ir.Expr, layout: tuple[str, ...], lanes,
               beside: str | None = None) -> str:
         """`expr` in a tile; `beside`: the operator the text will stand next to."""
         try:
-            tile = self.in_tile(expr, layout, lanes)
+            tile = self.lowered(expr, layout, lanes)
             return _PRINT(tile) if beside is None else _PRINT.operand(tile, beside)
         except Unsupported as reason:
             raise NotFusable(str(reason)) from None
@@ -209,7 +216,7 @@ class _Emitter:
         self.f = fuser
         self.cascade = fuser.cascade
         self.lines: list[str] = []
-        self.hoisted: dict[str, str] = {}   # text of a loop-invariant tile -> its name
+        self.hoisted: dict = {}             # a loop-invariant tile (kernel IR) -> its name
         self.offsets: dict[str, str] = {}   # kernel argument -> host expression
         # Every decision (passes, bounds, dots and their rounded operands) is the
         # schedule's: the emitter prints it.
@@ -290,8 +297,8 @@ class _Emitter:
 
     def _hoist(self) -> None:
         """Put the loop-invariant row tiles before the first loop."""
-        loads = [f"    {name} = {text}" for text, name in self.hoisted.items()]
-        self.lines[self.loops_start:self.loops_start] = loads
+        lets = [k.Let(name, value) for value, name in self.hoisted.items()]
+        self.lines[self.loops_start:self.loops_start] = _PRINT.statements(lets)
 
     def _rows(self, available: set[str]) -> None:
         """Row values whose every input is available (inputs, finished accumulators,
@@ -326,39 +333,38 @@ class _Emitter:
         if f.kinds[einsum.tensor] == Role.STREAM:
             value = f.value(einsum.body, layout, _LANES)
         else:
-            value = self._tile_dot(einsum)
+            value = _PRINT(self._tile_dot(einsum))
         self.line(f"{einsum.tensor} = {value}", 2)
         if einsum.tensor in f.absent:
             conditions = point_conditions(einsum, f._conditions(einsum))
             self.line(f"{einsum.tensor}_ok = {self._tile_mask(conditions)}", 2)
 
-    def _tile_dot(self, einsum: Einsum) -> str:
+    def _tile_dot(self, einsum: Einsum):
         """sum over a feature of (row-side factors) * (key-side factors) * scalars:
-        tl.dot(row tile, key tile transposed), as the schedule's DotPlan splits them."""
+        a Dot of the row tile and the key tile transposed, as the schedule's DotPlan
+        splits them."""
         f = self.f
         (feature,) = einsum.reduced
-        dot = self.schedule.dot(einsum.tensor)
+        plan = self.schedule.dot(einsum.tensor)
         # read() adds the feature mask; the lanes here are the row and key lanes. The key
         # tile's addresses are clamped and a score at a key no row sees is masked before any
         # arithmetic across keys, so the key side needs no more than the tile's own lanes.
         size = k.Var(f.tile_block) if f.loop is not None else \
             ir.Dim(self.cascade.var_rank(f.stream))
         key_lanes = k.Expand(k.Integer(ir.Op("<", (k.Var(f.stream), size))), (True, False))
-        a = self._hoisted(" * ".join(f.factor(x, (f.row, feature),
-                                              k.Expand(_ROW_LIVE, (True, False)))
-                                     for x in dot.left), f"{einsum.tensor}_rows")
-        b = " * ".join(f.factor(x, (f.stream, feature), key_lanes) for x in dot.right)
-        text = self._dot(a, f"tl.trans({b})")
-        for factor in dot.after:
-            text += f" * {f.factor(factor, (f.row, f.stream), _LANES)}"
-        return text
+        rows = product([f.lowered(x, (f.row, feature), k.Expand(_ROW_LIVE, (True, False)))
+                         for x in plan.left])
+        keys = product([f.lowered(x, (f.stream, feature), key_lanes) for x in plan.right])
+        dot = k.Dot(self._hoisted(rows, f"{einsum.tensor}_rows"), keys, transposed=True,
+                    rounded=plan.rounded)
+        return product([dot] + [f.lowered(x, (f.row, f.stream), _LANES) for x in plan.after])
 
-    def _hoisted(self, text: str, name: str) -> str:
+    def _hoisted(self, value, name: str) -> k.Var:
         """A row tile that does not change along the stream, computed once before the
         passes (the Q tile of QK): the name it gets there."""
-        if text not in self.hoisted:
-            self.hoisted[text] = name
-        return self.hoisted[text]
+        if value not in self.hoisted:
+            self.hoisted[value] = name
+        return k.Var(self.hoisted[value])
 
     def _identity(self, op: str) -> str:
         return {"sum": "0.0", "max": "float('-inf')", "min": "float('inf')"}[op]
@@ -373,13 +379,25 @@ class _Emitter:
         return self._tile_mask(self.f._conditions(einsum))
 
     def _tile_mask(self, conditions: list[Condition]) -> str:
+        return _PRINT(self._tile_mask_ir(conditions))
+
+    def _term_mask_ir(self, einsum: Einsum) -> k.Mask:
+        return self._tile_mask_ir(self.f._conditions(einsum))
+
+    def _tile_mask_ir(self, conditions: list[Condition]) -> k.Mask:
         """`lanes` and the conditions on a key tile beyond it, each once."""
-        layout = (self.f.row, self.f.stream)
-        beyond = self.f.beyond_lanes(conditions)
-        masks = [self.f.mask(c, layout, _LANES) for c in beyond]
+        f = self.f
+        layout = (f.row, f.stream)
+        beyond = f.beyond_lanes(conditions)
+        masks = []
+        for condition in beyond:
+            try:
+                masks.append(f.condition(condition, (layout, _LANES)))
+            except Unsupported as reason:
+                raise NotFusable(str(reason)) from None
         # A key tile's `_ok` mask starts with `lanes`: where one is used, lanes is said.
-        lanes = [] if any(c.kind == "absent" for c in beyond) else ["lanes"]
-        return " & ".join(dict.fromkeys(lanes + masks))
+        lanes = [] if any(c.kind == "absent" for c in beyond) else [_LANES]
+        return k.Mask(tuple(lanes + masks))
 
     def _accumulate(self, einsum: Einsum, fresh: bool = False) -> None:
         """A reduction over the key tile: into an accumulator across tiles, or (`fresh`)
@@ -410,13 +428,16 @@ class _Emitter:
         # alone would still give 0 * inf = NaN from padding or a KV cache past its length.
         seen = f"{name}_keys"
         self.line(f"{seen} = {self._keys_seen(einsum, ok)}", 2)
-        a = " * ".join(f.factor(x, layout, _LANES) for x in tile_side) or "1.0"
-        b = " * ".join(f.factor(x, (f.stream, feature), k.Expand(k.Var(seen), (True, False)))
-                       for x in key_side)
+        keys_seen = k.Expand(k.Var(seen), (True, False))
+        a = product([f.lowered(x, layout, _LANES) for x in tile_side]) if tile_side \
+            else ir.Const(1.0)
+        b = product([f.lowered(x, (f.stream, feature), keys_seen) for x in key_side])
         if not all(self._loaded_per_key(x) for x in key_side):
-            b = f"tl.where({seen}[:, None], {b}, 0.0)"   # a function of a masked load
-        dot = self._dot(f"tl.where({ok}, {a}, 0.0)", b)
-        self.line(f"{name} {'=' if fresh else '+='} {dot}", 2)
+            b = ir.Op("where", (keys_seen, b, ir.Const(0.0)))   # a function of a masked load
+        dot = k.Dot(ir.Op("where", (self._term_mask_ir(einsum), a, ir.Const(0.0))), b,
+                    rounded=plan.rounded)
+        step = k.Let(name, dot) if fresh else k.Accumulate(name, "sum", dot)
+        self.lines += _PRINT.statements([step], depth=2)
 
     def _loaded_per_key(self, factor: ir.Expr) -> bool:
         """An input read whose load is masked per key (its masked lanes load 0)."""
@@ -521,18 +542,6 @@ class _Emitter:
     def _keys_live(self) -> str:
         """The tile's keys that exist (the last tile may reach past the key rank)."""
         return f"({self._key()} < {self.cascade.root_rank(self.cascade.var_rank(self.f.stream))})"
-
-    def _dot(self, a: str, b: str) -> str:
-        """tl.dot of two operand tiles.
-
-        Operands enter in the inputs' precision (DOT_DTYPE, chosen by the host): float16
-        and bfloat16 inputs give tensor-core dots, whose products are exact and whose sums
-        are float32, as in FlashAttention; float32 inputs give an IEEE float32 dot, never
-        TF32. An operand that is one input read is then exact (it had that precision
-        already); a computed one (the probabilities of P V) is rounded, as the schedule's
-        DotPlan counts for the equivalence check's tolerance (verify.py)."""
-        return (f"tl.dot(_to_dot({a}, DOT_DTYPE), _to_dot({b}, DOT_DTYPE), "
-                f"input_precision=\"ieee\")")
 
     def _stores(self) -> None:
         """Every output's tile stored in its live lanes, absent points (conditions of its
