@@ -34,7 +34,7 @@ def product(factors: list[ir.Expr]) -> ir.Expr:
     return product
 
 
-def _sum(terms: list[ir.Expr]) -> ir.Expr:
+def total(terms: list[ir.Expr]) -> ir.Expr:
     total = terms[0]
     for term in terms[1:]:
         total = ir.Op("+", (total, term))
@@ -247,7 +247,7 @@ class _Unfused(Lowering):
         # block (every lane but the first is masked off) so it matches the stored block.
         if not self.kept:
             terms.append(ir.Op("*", (ir.Const(0), Var("flat"))))
-        return Integer(_sum(terms))
+        return Integer(total(terms))
 
 
 def lower_unfused(cascade: Cascade, einsum: Einsum, schedule: KernelSchedule,
@@ -440,7 +440,7 @@ class _Loops(Lowering):
         f = self.f
         einsum = self.cascade.einsum(name)
         layout = f.layouts[name]
-        offset = _sum([ir.Op("*", (self._index_at(var, layout), Var(f"{name}_s{position}")))
+        offset = total([ir.Op("*", (self._index_at(var, layout), Var(f"{name}_s{position}")))
                        for position, var in enumerate(einsum.indices)])
         value = ir.Op("where", (Var(f"{name}_ok"), Var(name), ir.Const(0.0))) \
             if name in f.absent else Var(name)
