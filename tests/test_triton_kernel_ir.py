@@ -164,3 +164,80 @@ def test_every_triton_schedule_loads_through_the_ir(monkeypatch, rewrite):
     kernel = fuse(names.rename(plan.kernel))
     assert {load.tensor for load in seen} == set(kernel.schedule.inputs) == {"Q_", "K_", "V_"}
     assert all(isinstance(load.mask, k.Mask) for load in seen)
+
+
+def _fused(path, rewrite):
+    from einsumattn.backends.module import Plan
+    from einsumattn.backends.triton_fused import fuse
+    plan = Plan(einsumattn.load(path), rewrite=rewrite)
+    return fuse(names.rename(plan.kernel))
+
+
+def test_the_split_attention_kernel_is_one_key_tile_loop_with_two_dots():
+    """Causal softmax, online (split M -> M1, M0): the Q tile is loaded once, before the
+    loop (hoisted); one Loop over the steps m1, its bounds the schedule's (a causal
+    row tile stops at the diagonal: an upper bound); inside it Q K^T is a Dot of the
+    hoisted Q tile and the K tile transposed, no operand rounded, and P V a Dot of the
+    masked probabilities and the V tile, one operand rounded: the schedule's DotPlans."""
+    kernel = _fused(ROOT / "examples" / "causal_softmax.attn", rewrite=True)
+    plans = {d.tensor: d for d in kernel.schedule.dots}
+    (loop,) = _of(k.Loop, kernel.body)
+    assert loop.var == "m1_" and loop in kernel.body and loop.step is None
+    assert kernel.schedule.passes[0].bounds and _of(k.Extremum, loop.stop)
+    (hoisted,) = [s for s in kernel.body[:kernel.body.index(loop)]
+                  if isinstance(s, k.Let) and s.name == "QK_sum__rows"]
+    assert [load.tensor for load in _of(k.Load, hoisted.value)] == ["Q_"]
+    dots = {s.name: s.value for s in loop.body
+            if isinstance(s, k.Let) and isinstance(s.value, k.Dot)}
+    assert set(dots) == {"QK_sum_", "LSNV_"} == set(plans)
+    scores, values = dots["QK_sum_"], dots["LSNV_"]
+    assert scores.left == k.Var("QK_sum__rows") and scores.transposed
+    assert (scores.rounded, values.rounded) == (plans["QK_sum_"].rounded,
+                                                plans["LSNV_"].rounded) == (0, 1)
+    assert [load.tensor for load in _of(k.Load, scores.right)] == ["K_"]
+    assert [load.tensor for load in _of(k.Load, values.right)] == ["V_"]
+    assert not values.transposed and values.left.op == "where"
+    assert not _of(k.Load, values.left)      # probabilities: computed, so rounded
+
+
+def test_the_spec_passes_are_one_key_tile_loop_each():
+    """Causal softmax with its own three passes: one Loop over key tiles per pass (start,
+    in steps of the key tile knob, stopped at the diagonal), Q K^T recomputed as a Dot in
+    each, the maximum and the sum accumulated across tiles, and P V a Dot summed into its
+    accumulator in the last."""
+    kernel = _fused(ROOT / "examples" / "causal_softmax.attn", rewrite=False)
+    loops = _of(k.Loop, kernel.body)
+    assert len(loops) == len(kernel.schedule.passes) == 3
+    assert all(loop in kernel.body and loop.var == "start" for loop in loops)
+    assert all(loop.step == k.Var("m__BLOCK") and _of(k.Extremum, loop.stop)
+               for loop in loops)
+    for loop in loops:
+        (scores,) = [s.value for s in loop.body if isinstance(s, k.Let) and s.name == "QK_"]
+        (dot,) = _of(k.Dot, scores)
+        assert dot.transposed and dot.rounded == 0 and dot.left == k.Var("QK__rows")
+    accumulated = [[(s.name, s.op, type(s.value).__name__) for s in loop.body
+                    if isinstance(s, k.Accumulate)] for loop in loops]
+    assert accumulated == [[("GM_", "max", "Reduce")], [("SD_", "sum", "Reduce")],
+                           [("AV_", "sum", "Dot")]]
+    (av,) = [s.value for s in loops[2].body if isinstance(s, k.Accumulate)]
+    assert av.rounded == kernel.schedule.dot("AV_").rounded == 1
+
+
+# The window without its sinks: every key a row sees is within W of it, so a pass starts
+# at the window's first tile.
+WINDOW = (ROOT / "examples" / "sliding_window_sinks.attn").read_text().replace(
+    "(p - m < W or m < S)", "p - m < W")
+
+
+@pytest.mark.parametrize("rewrite", [True, False], ids=["split", "passes"])
+def test_a_window_starts_and_stops_its_key_tile_loops_at_its_bounds(rewrite):
+    """Sliding window attention: every pass's loop starts at the tile of the window's
+    first key (a kernel argument the host computes from W, rounded outwards) and stops
+    at the diagonal, as the schedule's proved bounds say."""
+    kernel = _fused(WINDOW, rewrite)
+    loops = _of(k.Loop, kernel.body)
+    assert len(loops) == len(kernel.schedule.passes)
+    for loop, schedule_pass in zip(loops, kernel.schedule.passes):
+        assert sorted(side for side, _ in schedule_pass.bounds) == ["lower", "upper"]
+        assert _of(k.Quotient, loop.start) and _of(k.Extremum, loop.stop)
+        assert k.Var("lower_offset") in _of(k.Var, loop.start)

@@ -21,6 +21,12 @@ rank R (the key rank M of attention):
 What does not fit this shape (split ranks, recurrences, tensors without all parallel
 ranks, reductions over feature ranks after the stream) raises NotFusable with the
 reason, and the module uses the unfused schedule instead.
+
+The schedule is lowered to the kernel IR (schedule/kernel_ir.py): each pass a `Loop`
+over key tiles from its proved bounds, the contractions `Dot`s with their DotPlan's
+rounding, the loop-invariant row tiles `Let`s hoisted before the first loop; the
+kernel's text is that IR printed (backends/triton_ir.py), and the kernel record keeps
+the statements (`FusedKernel.body`).
 """
 
 from __future__ import annotations
@@ -34,18 +40,17 @@ from ..ir import Cascade, Einsum
 from ..ir import expr as ir
 from ..ir.printer import lhs_text, rhs_text
 from ..schedule.attention import AttentionRoles
-from ..schedule.lowering import Lowering
+from ..schedule.lowering import Lowering, product, program_statements, total
 from ..schedule.bounds import stream_bound
 from ..schedule.model import Bound, Role
 from ..schedule.stages import Crossing, NotFusable, cut_stages
 from ..transform.algebra import settled
 from .names import spec_text
-from .triton_kernel import (FusedKernel, kernel_arguments, kernel_source, launch_lines,
-                            program_coordinates)
+from .triton_kernel import FusedKernel, kernel_arguments, kernel_source, launch_lines
 from .triton_loops import fuse_loops
 from ..schedule import kernel_ir as k
 from .triton_ir import KernelPrinter
-from .triton_printer import Unsupported, scalar_condition
+from .triton_printer import Unsupported
 
 # The most alternatives (`or`) the per-key form of a key-tile mask may have; past it the
 # kernel ORs the score mask over the rows instead, and the generated line stays short.
@@ -61,8 +66,8 @@ def _layout_block(layout: tuple[str, ...], var: str) -> k.IndexBlock:
 
 _ROW_LIVE, _LANES = k.Var("row_live"), k.Var("lanes")
 
-# The kernel IR's printer: this schedule's expressions, masks, loads and stores are IR
-# nodes, printed as those of the schedules lowered to the IR are.
+# The kernel IR's printer: this schedule's statements are IR, printed as those of the
+# schedules lowered to the IR are.
 _PRINT = KernelPrinter()
 
 
@@ -73,11 +78,6 @@ class _Tiles(AttentionRoles, Lowering):
     # ---------------------------------------------------------------- kernel IR
     # An expression stands at (layout, lanes): a tile's layout and its live lanes (an IR
     # mask that loads take).
-    def in_tile(self, expr: ir.Expr, layout: tuple[str, ...], lanes):
-        """`expr` in a tile of `layout`: index variables as their blocks, the split
-        factor as the key tile's constexpr, each read a Load or a register value."""
-        return self.expr(expr, (layout, lanes))
-
     def index(self, var: str, at):
         layout, _ = at
         return ir.Index(var) if var in self.batch or var == self.loop else \
@@ -147,22 +147,19 @@ class _Tiles(AttentionRoles, Lowering):
     def _no_read(node):
         raise NotFusable(f"a tensor read inside an index ({ir.to_text(node)})")
 
-    def value(self, expr: ir.Expr, layout: tuple[str, ...], lanes,
-              beside: str | None = None) -> str:
-        """`expr` in a tile; `beside`: the operator the text will stand next to."""
+    def lowered(self, expr: ir.Expr, layout: tuple[str, ...], lanes):
+        """`expr` in a tile of `layout` as kernel IR: index variables as their blocks, the
+        split factor as the key tile's constexpr, each read a Load or a register value;
+        NotFusable where a kernel cannot express it."""
         try:
-            tile = self.in_tile(expr, layout, lanes)
-            return _PRINT(tile) if beside is None else _PRINT.operand(tile, beside)
+            return self.expr(expr, (layout, lanes))
         except Unsupported as reason:
             raise NotFusable(str(reason)) from None
 
-    def factor(self, expr: ir.Expr, layout: tuple[str, ...], lanes) -> str:
-        """A factor of a product, to be joined with ` * ` (`(S + 1)` keeps its parentheses)."""
-        return self.value(expr, layout, lanes, beside="*")
-
-    def mask(self, condition: Condition, layout: tuple[str, ...], lanes) -> str:
+    def mask(self, condition: Condition, layout: tuple[str, ...], lanes):
+        """A presence condition in a tile as a kernel IR mask term."""
         try:
-            return _PRINT(self.condition(condition, (layout, lanes)))
+            return self.condition(condition, (layout, lanes))
         except Unsupported as reason:
             raise NotFusable(str(reason)) from None
 
@@ -205,19 +202,19 @@ def fuse_stages(cascade: Cascade) -> tuple[list[FusedKernel], str | None]:
 
 
 class _Emitter:
+    """The attention schedule lowered to kernel IR statements (one key-tile loop per
+    pass), printed by the IR's printer."""
+
     def __init__(self, fuser: _Tiles):
         self.f = fuser
         self.cascade = fuser.cascade
-        self.lines: list[str] = []
-        self.hoisted: dict[str, str] = {}   # text of a loop-invariant tile -> its name
+        self.body: list = []                # the kernel's statements (kernel IR)
+        self.hoisted: dict = {}             # a loop-invariant tile (kernel IR) -> its name
         self.offsets: dict[str, str] = {}   # kernel argument -> host expression
         # Every decision (passes, bounds, dots and their rounded operands) is the
-        # schedule's: the emitter prints it.
+        # schedule's: the emitter lowers it.
         self.schedule = fuser.kernel_schedule(f"{self.cascade.name}_fused")
-        self.loops_start: int | None = None  # where the first loop's lines begin
-
-    def line(self, text: str, depth: int = 1) -> None:
-        self.lines.append("    " * depth + text)
+        self.loops_start: int | None = None  # where the first loop's statements begin
 
     @property
     def uses_dot(self) -> bool:
@@ -226,7 +223,7 @@ class _Emitter:
     def _begin_loops(self) -> None:
         """Mark where the loops begin: loop-invariant tiles are computed before it."""
         if self.loops_start is None:
-            self.loops_start = len(self.lines)
+            self.loops_start = len(self.body)
 
     def emit(self) -> FusedKernel:
         f, cascade = self.f, self.cascade
@@ -236,33 +233,34 @@ class _Emitter:
 
         pruned = {}
         available = {t.name for t in cascade.inputs}
-        self._rows(available)
+        self.body += self._rows(available)
+        stream = cascade.var_rank(f.stream)
+        block = f"{f.stream}_BLOCK"
         for number, accumulators, needed in f.pass_plan():
             lo, hi = self._bounds(self.schedule.passes[number - 1].bounds)
             pruned[number] = (lo, hi)
             self._begin_loops()
-            self.line("")
-            self.line(f"# pass {number} over {f.stream}: "
-                      f"{', '.join(e.tensor for e in accumulators) or 'nothing accumulates'}")
-            for acc in accumulators:
-                self._init_accumulator(acc)
-            stream = cascade.var_rank(f.stream)
-            block = f"{f.stream}_BLOCK"
-            start = lo or "0"
-            stop = hi or stream
-            self.line(f"for start in range({start}, {stop}, {block}):")
+            self.body += [k.Comment(""), k.Comment(
+                f"pass {number} over {f.stream}: "
+                f"{', '.join(e.tensor for e in accumulators) or 'nothing accumulates'}")]
+            self.body += [self._init_accumulator(acc) for acc in accumulators]
             # int64: key index times stride may pass 2**31 elements.
-            self.line(f"{f.stream} = start + tl.arange(0, {block}).to(tl.int64)", 2)
-            self.line(f"lanes = row_live[:, None] & ({f.stream} < {stream})[None, :]", 2)
+            tile = [k.Let(f.stream, ir.Op("+", (k.Var("start"),
+                                                k.Cast(k.Arange(block), "int64")))),
+                    k.Let("lanes", k.Mask((k.Expand(_ROW_LIVE, (True, False)), k.Expand(
+                        k.Integer(ir.Op("<", (k.Var(f.stream), ir.Dim(stream)))),
+                        (False, True)))))]
             for einsum in needed:
-                self._stream(einsum)
+                tile += self._stream(einsum)
             for acc in accumulators:
-                self._accumulate(acc)
+                tile += self._accumulate(acc)
+            self.body.append(k.Loop("start", lo or k.Integer(ir.Const(0)),
+                                    hi or k.Integer(ir.Dim(stream)), k.Var(block), tuple(tile)))
             available.update(acc.tensor for acc in accumulators)
-            self._rows(available)
+            self.body += self._rows(available)
         self._hoist()
-        self.line("")
-        self._stores()
+        self.body.append(k.Comment(""))
+        self.body += self._stores()
         source, host, tuning = self._wrap(name, list(cascade.outputs))
         described = ", ".join(f"pass {number}: {_range_text(pruned[number], f.stream)}"
                               for number in sorted(pruned))
@@ -273,38 +271,50 @@ class _Emitter:
     # ---------------------------------------------------------------- pieces
     def _kernel(self, source: list[str], host: list[str], tuning: dict,
                 description: str) -> FusedKernel:
-        """The kernel, with its schedule and the description of what was printed."""
+        """The kernel, with its schedule, the description of what was printed and the
+        kernel IR it was printed from."""
         schedule = self.schedule.with_(description=description)
-        return FusedKernel(self.schedule.name, source, host, tuning, schedule)
+        return FusedKernel(self.schedule.name, source, host, tuning, schedule,
+                           tuple(self.body))
 
     def _prologue(self, n_passes: int) -> None:
         """The program's coordinates: its batch point, its row tile, the feature tiles."""
         f, cascade = self.f, self.cascade
-        self.line(f"# program: one point of {', '.join(f.batch) or 'nothing'}, "
-                  f"{f.row}_BLOCK points of {f.row}; "
-                  f"{n_passes} pass(es) over {cascade.root_rank(cascade.var_rank(f.stream))}")
-        self.lines += program_coordinates(cascade, f.batch, f.row, f"{f.row}_BLOCK")
-        self.line(f"row_live = {f.row} < {cascade.var_rank(f.row)}")
-        for var in f.features:
-            self.line(f"{var} = tl.arange(0, {var}_BLOCK)")
+        self.body.append(k.Comment(
+            f"program: one point of {', '.join(f.batch) or 'nothing'}, "
+            f"{f.row}_BLOCK points of {f.row}; "
+            f"{n_passes} pass(es) over {cascade.root_rank(cascade.var_rank(f.stream))}"))
+        self.body += program_statements(cascade, f.batch, f.row, f"{f.row}_BLOCK")
+        self.body.append(k.Let(_ROW_LIVE.name, k.Integer(ir.Op("<", (
+            k.Var(f.row), ir.Dim(cascade.var_rank(f.row)))))))
+        self.body += [k.Let(var, k.Arange(f"{var}_BLOCK")) for var in f.features]
 
     def _hoist(self) -> None:
         """Put the loop-invariant row tiles before the first loop."""
-        loads = [f"    {name} = {text}" for text, name in self.hoisted.items()]
-        self.lines[self.loops_start:self.loops_start] = loads
+        lets = [k.Let(name, value) for value, name in self.hoisted.items()]
+        self.body[self.loops_start:self.loops_start] = lets
 
-    def _rows(self, available: set[str]) -> None:
+    def _rows(self, available: set[str], depth: int = 1) -> list:
         """Row values whose every input is available (inputs, finished accumulators,
         row values already computed), in dataflow order."""
+        found = []
         for einsum in self.cascade.einsums:
             if self.f.kinds[einsum.tensor] != Role.ROW or einsum.tensor in available:
                 continue
             if all(r in available for r in einsum.reads):
-                layout = self.f.layouts[einsum.tensor]
-                self.line(f"# {lhs_text(self.cascade, einsum)} = {rhs_text(einsum)}")
-                value = self.f.value(einsum.body, layout, self._row_lanes(layout))
-                self.line(f"{einsum.tensor} = {value} + {self._zeros(layout)}")
+                found += self._row_value(einsum)
                 available.add(einsum.tensor)
+        return found
+
+    def _row_value(self, einsum: Einsum) -> list:
+        """A value per row (or per row and held feature), computed in its tile."""
+        layout = self.f.layouts[einsum.tensor]
+        value = self.f.lowered(einsum.body, layout, self._row_lanes(layout))
+        return [self._comment(einsum),
+                k.Let(einsum.tensor, ir.Op("+", (value, self._zeros(layout))))]
+
+    def _comment(self, einsum: Einsum) -> k.Comment:
+        return k.Comment(f"{lhs_text(self.cascade, einsum)} = {rhs_text(einsum)}")
 
     def _row_lanes(self, layout: tuple[str, ...]):
         """The live lanes of a row value's tile (an IR mask): live rows, and the held
@@ -315,115 +325,106 @@ class _Emitter:
         end = k.Integer(ir.Op("<", (k.Var(feature), ir.Dim(self.cascade.var_rank(feature)))))
         return k.Mask((k.Expand(_ROW_LIVE, (True, False)), k.Expand(end, (False, True))))
 
-    def _zeros(self, layout: tuple[str, ...]) -> str:
-        dims = ", ".join(f"{v}_BLOCK" for v in layout)
-        return f"tl.zeros([{dims}], tl.float32)"
+    @staticmethod
+    def _zeros(layout: tuple[str, ...]) -> k.Zeros:
+        return k.Zeros(tuple(f"{v}_BLOCK" for v in layout))
 
-    def _stream(self, einsum: Einsum) -> None:
+    def _stream(self, einsum: Einsum) -> list:
+        """A key tile's value (and its presence where it may be absent)."""
         f = self.f
-        layout = (f.row, f.stream)
-        self.line(f"# {lhs_text(self.cascade, einsum)} = {rhs_text(einsum)}", 2)
         if f.kinds[einsum.tensor] == Role.STREAM:
-            value = f.value(einsum.body, layout, _LANES)
+            value = f.lowered(einsum.body, (f.row, f.stream), _LANES)
         else:
             value = self._tile_dot(einsum)
-        self.line(f"{einsum.tensor} = {value}", 2)
+        found = [self._comment(einsum), k.Let(einsum.tensor, value)]
         if einsum.tensor in f.absent:
             conditions = point_conditions(einsum, f._conditions(einsum))
-            self.line(f"{einsum.tensor}_ok = {self._tile_mask(conditions)}", 2)
+            found.append(k.Let(f"{einsum.tensor}_ok", self._tile_mask(conditions)))
+        return found
 
-    def _tile_dot(self, einsum: Einsum) -> str:
+    def _tile_dot(self, einsum: Einsum):
         """sum over a feature of (row-side factors) * (key-side factors) * scalars:
-        tl.dot(row tile, key tile transposed), as the schedule's DotPlan splits them."""
+        a Dot of the row tile and the key tile transposed, as the schedule's DotPlan
+        splits them."""
         f = self.f
         (feature,) = einsum.reduced
-        dot = self.schedule.dot(einsum.tensor)
+        plan = self.schedule.dot(einsum.tensor)
         # read() adds the feature mask; the lanes here are the row and key lanes. The key
         # tile's addresses are clamped and a score at a key no row sees is masked before any
         # arithmetic across keys, so the key side needs no more than the tile's own lanes.
         size = k.Var(f.tile_block) if f.loop is not None else \
             ir.Dim(self.cascade.var_rank(f.stream))
         key_lanes = k.Expand(k.Integer(ir.Op("<", (k.Var(f.stream), size))), (True, False))
-        a = self._hoisted(" * ".join(f.factor(x, (f.row, feature),
-                                              k.Expand(_ROW_LIVE, (True, False)))
-                                     for x in dot.left), f"{einsum.tensor}_rows")
-        b = " * ".join(f.factor(x, (f.stream, feature), key_lanes) for x in dot.right)
-        text = self._dot(a, f"tl.trans({b})")
-        for factor in dot.after:
-            text += f" * {f.factor(factor, (f.row, f.stream), _LANES)}"
-        return text
+        rows = product([f.lowered(x, (f.row, feature), k.Expand(_ROW_LIVE, (True, False)))
+                        for x in plan.left])
+        keys = product([f.lowered(x, (f.stream, feature), key_lanes) for x in plan.right])
+        dot = k.Dot(self._hoisted(rows, f"{einsum.tensor}_rows"), keys, transposed=True,
+                    rounded=plan.rounded)
+        return product([dot] + [f.lowered(x, (f.row, f.stream), _LANES) for x in plan.after])
 
-    def _hoisted(self, text: str, name: str) -> str:
+    def _hoisted(self, value, name: str) -> k.Var:
         """A row tile that does not change along the stream, computed once before the
         passes (the Q tile of QK): the name it gets there."""
-        if text not in self.hoisted:
-            self.hoisted[text] = name
-        return self.hoisted[text]
+        if value not in self.hoisted:
+            self.hoisted[value] = name
+        return k.Var(self.hoisted[value])
 
-    def _identity(self, op: str) -> str:
-        return {"sum": "0.0", "max": "float('-inf')", "min": "float('inf')"}[op]
-
-    def _init_accumulator(self, einsum: Einsum) -> None:
+    def _init_accumulator(self, einsum: Einsum) -> k.Let:
         layout = self.f.layouts[einsum.tensor]
-        dims = ", ".join(f"{v}_BLOCK" for v in layout)
-        self.line(f"{einsum.tensor} = tl.full([{dims}], {self._identity(einsum.reduce_op)}, "
-                  f"tl.float32)")
+        return k.Let(einsum.tensor, k.Full(tuple(f"{v}_BLOCK" for v in layout),
+                                           ir.REDUCTION_IDENTITY[einsum.reduce_op]))
 
-    def _term_mask(self, einsum: Einsum) -> str:
+    def _term_mask(self, einsum: Einsum) -> k.Mask:
         return self._tile_mask(self.f._conditions(einsum))
 
-    def _tile_mask(self, conditions: list[Condition]) -> str:
+    def _tile_mask(self, conditions: list[Condition]) -> k.Mask:
         """`lanes` and the conditions on a key tile beyond it, each once."""
-        layout = (self.f.row, self.f.stream)
-        beyond = self.f.beyond_lanes(conditions)
-        masks = [self.f.mask(c, layout, _LANES) for c in beyond]
+        f = self.f
+        beyond = f.beyond_lanes(conditions)
+        masks = [f.mask(c, (f.row, f.stream), _LANES) for c in beyond]
         # A key tile's `_ok` mask starts with `lanes`: where one is used, lanes is said.
-        lanes = [] if any(c.kind == "absent" for c in beyond) else ["lanes"]
-        return " & ".join(dict.fromkeys(lanes + masks))
+        lanes = [] if any(c.kind == "absent" for c in beyond) else [_LANES]
+        return k.Mask(tuple(lanes + masks))
 
-    def _accumulate(self, einsum: Einsum, fresh: bool = False) -> None:
+    def _accumulate(self, einsum: Einsum, fresh: bool = False) -> list:
         """A reduction over the key tile: into an accumulator across tiles, or (`fresh`)
         the tile's own value (a per-step value of a split stream)."""
         f = self.f
         layout = (f.row, f.stream)
         name = einsum.tensor
-        self.line(f"# {lhs_text(self.cascade, einsum)} = {rhs_text(einsum)}", 2)
         ok = self._term_mask(einsum)
+        found = [self._comment(einsum)]
         if f.kinds[name] in (Role.ACCUMULATE, Role.TILE_REDUCE):
-            term = f.value(einsum.body, layout, _LANES)
-            identity = self._identity(einsum.reduce_op)
-            masked = f"tl.where({ok}, {term}, {identity})"
-            reducer = {"sum": "tl.sum", "max": "tl.max", "min": "tl.min"}[einsum.reduce_op]
-            tile = f"{reducer}({masked}, axis=1)"
-            if fresh:
-                self.line(f"{name} = {tile}", 2)
-                return
-            combine = {"sum": f"{name} + {tile}", "max": f"tl.maximum({name}, {tile})",
-                       "min": f"tl.minimum({name}, {tile})"}[einsum.reduce_op]
-            self.line(f"{name} = {combine}", 2)
-            return
-        # sum over the stream of (stream tile) * (key tile over a feature): tl.dot.
+            term = f.lowered(einsum.body, layout, _LANES)
+            identity = ir.Const(ir.REDUCTION_IDENTITY[einsum.reduce_op])
+            tile = k.Reduce(einsum.reduce_op, ir.Op("where", (ok, term, identity)), axis=1)
+            found.append(k.Let(name, tile) if fresh else
+                         k.Accumulate(name, einsum.reduce_op, tile))
+            return found
+        # sum over the stream of (stream tile) * (key tile over a feature): a Dot.
         feature = f.layouts[name][1]
         plan = self.schedule.dot(name)
         tile_side, key_side = plan.left, plan.right
         # The key tile is zeroed at keys no row of the program sees: a zero probability
         # alone would still give 0 * inf = NaN from padding or a KV cache past its length.
         seen = f"{name}_keys"
-        self.line(f"{seen} = {self._keys_seen(einsum, ok)}", 2)
-        a = " * ".join(f.factor(x, layout, _LANES) for x in tile_side) or "1.0"
-        b = " * ".join(f.factor(x, (f.stream, feature), k.Expand(k.Var(seen), (True, False)))
-                       for x in key_side)
+        found.append(k.Let(seen, self._keys_seen(einsum, ok)))
+        keys_seen = k.Expand(k.Var(seen), (True, False))
+        a = product([f.lowered(x, layout, _LANES) for x in tile_side]) if tile_side \
+            else ir.Const(1.0)
+        b = product([f.lowered(x, (f.stream, feature), keys_seen) for x in key_side])
         if not all(self._loaded_per_key(x) for x in key_side):
-            b = f"tl.where({seen}[:, None], {b}, 0.0)"   # a function of a masked load
-        dot = self._dot(f"tl.where({ok}, {a}, 0.0)", b)
-        self.line(f"{name} {'=' if fresh else '+='} {dot}", 2)
+            b = ir.Op("where", (keys_seen, b, ir.Const(0.0)))   # a function of a masked load
+        dot = k.Dot(ir.Op("where", (ok, a, ir.Const(0.0))), b, rounded=plan.rounded)
+        found.append(k.Let(name, dot) if fresh else k.Accumulate(name, "sum", dot))
+        return found
 
     def _loaded_per_key(self, factor: ir.Expr) -> bool:
         """An input read whose load is masked per key (its masked lanes load 0)."""
         return isinstance(factor, ir.Read) and self.cascade.tensors[factor.tensor].is_input \
             and self.f.stream in ir.index_vars(factor)
 
-    def _keys_seen(self, einsum: Einsum, terms: str) -> str:
+    def _keys_seen(self, einsum: Einsum, terms: k.Mask) -> k.Boolean:
         """A mask over the key tile: the keys that some live row of the program's tile sees
         in `einsum`'s terms (`terms`: their mask over rows and keys). Conditions made of
         conditions on the key alone (the key length, padding) and of affine filters of key
@@ -435,23 +436,22 @@ class _Emitter:
                 continue
             found = self._alternatives(condition)
             if found is None or len(alternatives) * len(found) > MAX_KEY_ALTERNATIVES:
-                return f"tl.max(({terms}).to(tl.int32), axis=0) != 0"
+                return k.Boolean(k.Reduce("max", k.Cast(terms, "int32"), axis=0))
             alternatives = [(a + b, c + d) for a, c in alternatives for b, d in found]
-        texts = [list(dict.fromkeys(keys + tuple(self._rows_reach(bounds))))
-                 for keys, bounds in alternatives]
-        common = [t for t in texts[0] if all(t in other for other in texts)]
-        either = [" & ".join(t for t in other if t not in common) or "(0 == 0)"
-                  for other in texts]
+        kept = [list(dict.fromkeys(keys + tuple(self._rows_reach(bounds))))
+                for keys, bounds in alternatives]
+        common = [c for c in kept[0] if all(c in other for other in kept)]
+        either = [k.Mask(tuple(c for c in other if c not in common)) for other in kept]
         if len(either) > 1:
-            common.append("(" + " | ".join(f"({text})" for text in either) + ")")
-        # `!= 0`: Triton's interpreter gives `block & scalar` int32 data, which a load's
+            common.append(k.Either(tuple(either)))
+        # Booleans: Triton's interpreter gives `block & scalar` int32 data, which a load's
         # mask rejects (on the GPU it is a no-op on a boolean).
-        return f"({' & '.join([self._keys_live()] + common)}) != 0"
+        return k.Boolean(k.Mask((k.Test(self._keys_live().value, integer=True), *common)))
 
     def _alternatives(self, condition: Condition, expr: ir.Expr | None = None):
         """A condition (or `expr`, a part of it) as alternatives a key may meet it by,
-        each (conditions on the key alone, as text; affine filters of key and row, as
-        `stream_bound`s); None where a part depends on the row otherwise."""
+        each (conditions on the key alone, as kernel IR; affine filters of key and row,
+        as `stream_bound`s); None where a part depends on the row otherwise."""
         f = self.f
         if expr is None:
             if condition.kind not in ("filter", "range", "split"):
@@ -466,11 +466,12 @@ class _Emitter:
         variables = frozenset(ir.index_vars(expr))
         if not variables & {f.row, *f.features}:
             try:
-                text = f.mask(Condition(condition.kind, variables, expr), (f.stream,),
-                              k.Mask((self._keys_live_ir(),)))
-            except NotFusable:          # not printable per key: the rows will tell
+                term = f.mask(Condition(condition.kind, variables, expr), (f.stream,),
+                              k.Mask((self._keys_live(grouped=False),)))
+                _PRINT(term)            # printable per key
+            except (NotFusable, Unsupported):   # not printable per key: the rows will tell
                 return None
-            return [((text,), ())]
+            return [((term,), ())]
         if isinstance(expr, ir.Op) and expr.op in ("and", "or"):
             left, right = (self._alternatives(condition, arg) for arg in expr.args)
             if left is None or right is None:
@@ -481,60 +482,44 @@ class _Emitter:
         bound = stream_bound(f.keyed(expr), f.stream, f.row)
         return None if bound is None else [((), (bound,))]
 
-    def _rows_reach(self, bounds) -> list[str]:
+    def _rows_reach(self, bounds) -> list:
         """Per-key conditions for affine filters `key <= row + c` ('upper') and
         `key >= row + c` ('lower'): some live row of the tile (first..last) meets them all.
         A key k needs a row p with k - c_upper <= p <= k - c_lower within first..last,
         which exists exactly when k <= last + c_upper, k >= first + c_lower and
         c_lower <= c_upper."""
         f, key = self.f, self._key()
-        block = f"{f.row}_BLOCK"
-        first = f"tl.program_id(0) * {block}"
-        last = f"tl.minimum({first} + {block}, {self.cascade.var_rank(f.row)}) - 1"
+        block = k.Var(f"{f.row}_BLOCK")
+        first = ir.Op("*", (k.ProgramId(0), block))
+        last = ir.Op("-", (k.Extremum("min", ir.Op("+", (first, block)),
+                                      ir.Dim(self.cascade.var_rank(f.row))), ir.Const(1)))
         found, sides = [], {"upper": [], "lower": []}
         for side, offset in bounds:
-            text = self._offset_text(side, offset)
-            sides[side].append((offset, text))
-            found.append(f"({key} <= {last} + ({text}))" if side == "upper" else
-                         f"({key} >= {first} + ({text}))")
-        for (low, low_text), (high, high_text) in itertools.product(sides["lower"],
-                                                                     sides["upper"]):
+            at = self._offset(side, offset)
+            sides[side].append((offset, at))
+            found.append(_integer_test("<=", key, ir.Op("+", (last, at))) if side == "upper"
+                         else _integer_test(">=", key, ir.Op("+", (first, at))))
+        for (low, low_at), (high, high_at) in itertools.product(sides["lower"],
+                                                                 sides["upper"]):
             gap = settled(high - low)
             if not gap.is_number:
-                found.append(f"({scalar_condition(f'{low_text} <= {high_text}')})")
+                found.append(k.Test(ir.Op("<=", (low_at.value, high_at.value)), integer=True,
+                                    scalar=True))
             elif gap < 0:
-                found.append(f"({key} < 0)")      # no row meets both: no key is seen
+                found.append(_integer_test("<", key, ir.Const(0)))   # no row meets both
         return found
 
-    def _key(self) -> str:
-        """The key index of the tile's lanes, as the kernel computes it."""
-        return self.f.stream
+    def _key(self, grouped: bool = True):
+        """The key index of the tile's lanes, as the kernel computes it (`grouped`: shown
+        as one quantity)."""
+        return k.Var(self.f.stream)
 
-    def _keys_live_ir(self):
-        """The tile's keys that exist, as a kernel IR condition."""
-        f = self.f
-        key = k.Var(f.stream) if f.loop is None else \
-            ir.Op("+", (ir.Op("*", (k.Var(f.loop), k.Var(f.tile_block))), k.Var(f.stream)))
-        root = self.cascade.root_rank(self.cascade.var_rank(f.stream))
-        return k.Integer(ir.Op("<", (key, ir.Dim(root))))
-
-    def _keys_live(self) -> str:
+    def _keys_live(self, grouped: bool = True) -> k.Integer:
         """The tile's keys that exist (the last tile may reach past the key rank)."""
-        return f"({self._key()} < {self.cascade.root_rank(self.cascade.var_rank(self.f.stream))})"
+        root = self.cascade.root_rank(self.cascade.var_rank(self.f.stream))
+        return k.Integer(ir.Op("<", (self._key(grouped), ir.Dim(root))))
 
-    def _dot(self, a: str, b: str) -> str:
-        """tl.dot of two operand tiles.
-
-        Operands enter in the inputs' precision (DOT_DTYPE, chosen by the host): float16
-        and bfloat16 inputs give tensor-core dots, whose products are exact and whose sums
-        are float32, as in FlashAttention; float32 inputs give an IEEE float32 dot, never
-        TF32. An operand that is one input read is then exact (it had that precision
-        already); a computed one (the probabilities of P V) is rounded, as the schedule's
-        DotPlan counts for the equivalence check's tolerance (verify.py)."""
-        return (f"tl.dot(_to_dot({a}, DOT_DTYPE), _to_dot({b}, DOT_DTYPE), "
-                f"input_precision=\"ieee\")")
-
-    def _stores(self) -> None:
+    def _stores(self) -> list:
         """Every output's tile stored in its live lanes, absent points (conditions of its
         own row, GQA's kv head) as 0: kernel IR Stores."""
         f = self.f
@@ -550,45 +535,44 @@ class _Emitter:
                 absent = k.Mask(tuple(f.condition(c, (layout, lanes))
                                       for c in f.row_masks[name]))
                 value = ir.Op("where", (absent, value, ir.Const(0.0)))
-            total = offset[0]
-            for term in offset[1:]:
-                total = ir.Op("+", (total, term))
-            stores.append(k.Store(name, k.Integer(total), value, lanes))
-        self.lines += _PRINT.statements(stores)
+            stores.append(k.Store(name, k.Integer(total(offset)), value, lanes))
+        return stores
 
     # ---------------------------------------------------------------- bounds
-    def _bounds(self, bounds: tuple[Bound, ...]) -> tuple[str | None, str | None]:
-        """Loop bounds for a pass from the schedule's proved bounds (else the whole
-        range)."""
+    def _first_row(self):
+        return ir.Op("*", (k.ProgramId(0), k.Var(f"{self.f.row}_BLOCK")))
+
+    def _bounds(self, bounds: tuple[Bound, ...]):
+        """A pass's loop bounds (kernel IR integers) from the schedule's proved bounds;
+        None: the whole range."""
         f = self.f
         lo, hi = None, None
-        tile = f"{f.row}_BLOCK"
-        first_row = f"tl.program_id(0) * {tile}"
+        tile, block = k.Var(f"{f.row}_BLOCK"), k.Var(f"{f.stream}_BLOCK")
         for side, offset in bounds:
-            offset = self._offset_text(side, offset)
+            at = self._offset(side, offset)
             if side == "upper":   # m <= row + offset
-                hi = (f"tl.minimum({self.cascade.var_rank(f.stream)}, "
-                      f"{first_row} + {tile} + ({offset}))")
+                hi = k.Integer(k.Extremum("min", ir.Dim(self.cascade.var_rank(f.stream)),
+                                          total([self._first_row(), tile, at])))
             else:                 # m >= row + offset
-                block = f"{f.stream}_BLOCK"
-                lo = f"tl.maximum(0, {first_row} + ({offset})) // {block} * {block}"
+                first = k.Extremum("max", ir.Const(0), total([self._first_row(), at]))
+                lo = k.Integer(ir.Op("*", (k.Quotient(first, block), block)))
         return lo, hi
 
-    def _offset_text(self, side: str, offset: sympy.Expr) -> str:
+    def _offset(self, side: str, offset: sympy.Expr):
         """An offset as the kernel reads it: an integer, or (with params, a window W) a
         kernel argument the host computes, rounded outwards, so a fractional param visits
         more tiles, never fewer."""
         if not offset.free_symbols:
-            return str(int(offset))
+            return k.Group(ir.Const(int(offset)))
         rounding = "math.floor" if side == "lower" else "math.ceil"
         host = f"{rounding}({sympy.pycode(offset)})"
         named = [name for name, text in self.offsets.items() if text == host]
         if named:
-            return named[0]
+            return k.Group(k.Var(named[0]))
         same_side = sum(name.startswith(side) for name in self.offsets)
         name = f"{side}_offset" + (str(same_side + 1) if same_side else "")
         self.offsets[name] = host
-        return name
+        return k.Group(k.Var(name))
 
     # ---------------------------------------------------------------- kernel text
     def _wrap(self, name: str, outputs: list[str]) -> tuple[list[str], list[str], dict]:
@@ -601,8 +585,11 @@ class _Emitter:
             blocks.append("DOT_DTYPE")
         tuning = {knob.name: knob.default for knob in schedule.knobs}
         knobs = [knob.name for knob in schedule.knobs if not knob.fixed]
-        source = kernel_source(name, args, blocks, knobs, 16 if self.uses_dot else 1,
-                               self.lines)
+        try:
+            lines = _PRINT.statements(self.body)
+        except Unsupported as reason:
+            raise NotFusable(str(reason)) from None
+        source = kernel_source(name, args, blocks, knobs, 16 if self.uses_dot else 1, lines)
         checks = self._split_tile_check(name) if f.loop is not None else []
         return source, launch_lines(cascade, schedule, host, checks, self.uses_dot), tuning
 
@@ -636,39 +623,38 @@ class _SplitEmitter(_Emitter):
         inner = cascade.var_rank(f.stream)
         self._prologue(1)
         available = {t.name for t in cascade.inputs}
-        self._rows(available)
+        self.body += self._rows(available)
         carried = [e for e in cascade.einsums if f.kinds[e.tensor] == Role.CARRIED]
         self._begin_loops()
-        self.line("")
-        self.line(f"# the key tiles: {f.loop} steps over {outer} = ceil({stream} / {inner}); "
-                  f"{', '.join(e.tensor for e in carried) or 'nothing'} carried across steps")
+        self.body += [k.Comment(""), k.Comment(
+            f"the key tiles: {f.loop} steps over {outer} = ceil({stream} / {inner}); "
+            f"{', '.join(e.tensor for e in carried) or 'nothing'} carried across steps")]
         for einsum in carried:
             layout = f.layouts[einsum.tensor]
-            init = f.value(einsum.init, layout, self._row_lanes(layout))
-            self.line(f"{einsum.tensor} = {init} + {self._zeros(layout)}")
+            init = f.lowered(einsum.init, layout, self._row_lanes(layout))
+            self.body.append(k.Let(einsum.tensor, ir.Op("+", (init, self._zeros(layout)))))
         lo, hi = self._step_bounds()
-        self.line(f"for {f.loop} in range({lo or 0}, {hi or outer}):")
-        self.line(f"{f.stream} = tl.arange(0, {f.stream}_BLOCK).to(tl.int64)", 2)
-        self.line(f"lanes = row_live[:, None] & {self._keys_live()}[None, :]", 2)
-        for einsum in carried:
-            self.line(f"{einsum.tensor}_at = {einsum.tensor}  # at step {f.loop}", 2)
+        step = [k.Let(f.stream, k.Cast(k.Arange(f"{f.stream}_BLOCK"), "int64")),
+                k.Let("lanes", k.Mask((k.Expand(_ROW_LIVE, (True, False)),
+                                       k.Expand(self._keys_live(), (False, True))))),
+                *(k.Let(f"{e.tensor}_at", k.Var(e.tensor), note=f"at step {f.loop}")
+                  for e in carried)]
         for einsum in cascade.einsums:
             kind = f.kinds[einsum.tensor]
             if kind in (Role.STREAM, Role.STREAM_DOT):
-                self._stream(einsum)
+                step += self._stream(einsum)
             elif kind in (Role.TILE_REDUCE, Role.TILE_DOT):
-                self._accumulate(einsum, fresh=True)
+                step += self._accumulate(einsum, fresh=True)
             elif kind in (Role.TILE_ROW, Role.CARRIED):
-                layout = f.layouts[einsum.tensor]
-                self.line(f"# {lhs_text(cascade, einsum)} = {rhs_text(einsum)}", 2)
-                value = f.value(einsum.body, layout, self._row_lanes(layout))
-                self.line(f"{einsum.tensor} = {value} + {self._zeros(layout)}", 2)
+                step += self._row_value(einsum)
+        self.body.append(k.Loop(f.loop, lo or k.Integer(ir.Const(0)),
+                                hi or k.Integer(ir.Dim(outer)), None, tuple(step)))
         available.update(e.tensor for e in cascade.einsums if f.kinds[e.tensor] != Role.ROW)
-        self.line("")
-        self._rows(available)
+        self.body.append(k.Comment(""))
+        self.body += self._rows(available)
         self._hoist()
-        self.line("")
-        self._stores()
+        self.body.append(k.Comment(""))
+        self.body += self._stores()
         source, host, tuning = self._wrap(name, list(cascade.outputs))
         return self._kernel(source, host, tuning,
                             f"one fused kernel {name}: grid over "
@@ -677,25 +663,34 @@ class _SplitEmitter(_Emitter):
                             f"{', '.join(e.tensor for e in carried)} carried in registers; "
                             f"{_range_text((lo, hi), f.loop)}")
 
-    def _step_bounds(self) -> tuple[str | None, str | None]:
-        """The range of steps m1 for this row tile: the schedule's proved bounds of its
-        one pass (present only where skipping a fully masked step is proved right)."""
+    def _step_bounds(self):
+        """The range of steps m1 for this row tile (kernel IR integers): the schedule's
+        proved bounds of its one pass (present only where skipping a fully masked step is
+        proved right)."""
         f, cascade = self.f, self.cascade
-        tile = f.tile_block
-        first_row = f"tl.program_id(0) * {f.row}_BLOCK"
+        tile = k.Var(f.tile_block)
         lo, hi = None, None
         for side, offset in self.schedule.passes[0].bounds:
-            offset = self._offset_text(side, offset)
+            at = self._offset(side, offset)
             if side == "upper":   # keys up to the last row + offset
-                hi = (f"tl.minimum({cascade.var_rank(f.loop)}, tl.maximum(0, {first_row} + "
-                      f"{f.row}_BLOCK + ({offset}) + {tile} - 1) // {tile})")
+                last = total([self._first_row(), k.Var(f"{f.row}_BLOCK"), at, tile])
+                steps = k.Quotient(k.Extremum("max", ir.Const(0),
+                                              ir.Op("-", (last, ir.Const(1)))), tile)
+                hi = k.Integer(k.Extremum("min", ir.Dim(cascade.var_rank(f.loop)), steps))
             else:                 # keys from the first row + offset
-                lo = f"tl.maximum(0, {first_row} + ({offset})) // {tile}"
+                lo = k.Integer(k.Quotient(k.Extremum("max", ir.Const(0),
+                                                     total([self._first_row(), at])), tile))
         return lo, hi
 
-    def _key(self) -> str:
+    def _key(self, grouped: bool = True):
         f = self.f
-        return f"({f.loop} * {f.tile_block} + {f.stream})"
+        key = ir.Op("+", (ir.Op("*", (k.Var(f.loop), k.Var(f.tile_block))), k.Var(f.stream)))
+        return k.Group(key) if grouped else key
+
+
+def _integer_test(op: str, left, right) -> k.Test:
+    """A comparison of indices as a mask's condition."""
+    return k.Test(ir.Op(op, (left, right)), integer=True)
 
 
 def _range_text(bounds, stream: str) -> str:

@@ -12,11 +12,11 @@ from ..schedule import kernel_ir as k
 from .printers import integer_comparison
 from .triton_printer import TritonPrinter, clamped_offset, load, scalar_condition
 
-_TYPES = {"int64": "tl.int64", "int8": "tl.int8"}
+_TYPES = {"int64": "tl.int64", "int32": "tl.int32", "int8": "tl.int8"}
 _REDUCER = {"sum": "tl.sum", "max": "tl.max", "min": "tl.min"}
 # Nodes printed as a name or a call: `.to(...)` and `[None, :]` apply to them directly.
 _ATOMS = (k.Var, k.ProgramId, k.Arange, k.Cast, k.Expand, k.IndexBlock, k.Full, k.Zeros,
-          k.Load, k.Reduce)
+          k.Load, k.Reduce, k.Dot, k.Extremum, k.Group)
 
 
 class KernelPrinter(TritonPrinter):
@@ -76,6 +76,34 @@ class KernelPrinter(TritonPrinter):
     def _reduce(self, node: k.Reduce, context: int) -> str:
         return f"{_REDUCER[node.op]}({self.print(node.value, 0)}, axis={node.axis})"
 
+    def _dot(self, node: k.Dot, context: int) -> str:
+        """Operands converted to the dot's precision (`_to_dot`: the module's helper, exact
+        rounding under the interpreter too), float32 sums."""
+        right = self(node.right)
+        if node.transposed:
+            right = f"tl.trans({right})"
+        return (f"tl.dot(_to_dot({self(node.left)}, DOT_DTYPE), _to_dot({right}, DOT_DTYPE), "
+                f"input_precision=\"{node.precision}\")")
+
+    def _group(self, node: k.Group, context: int) -> str:
+        return f"({self.print(node.value, 0)})"
+
+    def _either(self, node: k.Either, context: int) -> str:
+        return "(" + " | ".join(f"({self(mask)})" for mask in node.alternatives) + ")"
+
+    def _boolean(self, node: k.Boolean, context: int) -> str:
+        return self._wrap(f"{self._atom(node.value)} != 0", _PRECEDENCE["!="], context)
+
+    def _extremum(self, node: k.Extremum, context: int) -> str:
+        integers = self.in_integers()
+        name = "tl.maximum" if node.op == "max" else "tl.minimum"
+        return f"{name}({integers(node.left)}, {integers(node.right)})"
+
+    def _quotient(self, node: k.Quotient, context: int) -> str:
+        integers, strength = self.in_integers(), _PRECEDENCE["//"]
+        return self._wrap(f"{integers.print(node.value, strength)} // "
+                          f"{integers.print(node.divisor, strength + 1)}", strength, context)
+
     def _load(self, node: k.Load, context: int) -> str:
         pointer = f"{node.tensor}_ok_ptr" if node.flag else f"{node.tensor}_ptr"
         if node.coordinates:
@@ -116,12 +144,15 @@ class KernelPrinter(TritonPrinter):
         pad = "    " * depth
         for statement in body:
             if isinstance(statement, k.Comment):
-                lines.append(f"{pad}# {statement.text}")
+                lines.append(f"{pad}# {statement.text}" if statement.text else pad)
             elif isinstance(statement, k.Let):
                 note = "" if statement.note is None else f"  # {statement.note}"
                 lines.append(f"{pad}{statement.name} = {self(statement.value)}{note}")
             elif isinstance(statement, k.Accumulate):
                 name, value = statement.name, self(statement.value)
+                if isinstance(statement.value, k.Dot) and statement.op == "sum":
+                    lines.append(f"{pad}{name} += {value}")   # the dot's accumulator
+                    continue
                 combined = {"sum": f"{name} + {value}", "max": f"tl.maximum({name}, {value})",
                             "min": f"tl.minimum({name}, {value})"}[statement.op]
                 lines.append(f"{pad}{name} = {combined}")
@@ -186,4 +217,7 @@ _NODES = {k.Var: KernelPrinter._var, k.ProgramId: KernelPrinter._programid,
           k.Zeros: KernelPrinter._zeros, k.Full: KernelPrinter._full,
           k.Integer: KernelPrinter._integer, k.Reduce: KernelPrinter._reduce,
           k.Load: KernelPrinter._load, k.Mask: KernelPrinter._mask,
-          k.Test: KernelPrinter._test, k.Choice: KernelPrinter._choice}
+          k.Test: KernelPrinter._test, k.Choice: KernelPrinter._choice,
+          k.Dot: KernelPrinter._dot, k.Either: KernelPrinter._either,
+          k.Boolean: KernelPrinter._boolean, k.Extremum: KernelPrinter._extremum,
+          k.Quotient: KernelPrinter._quotient, k.Group: KernelPrinter._group}

@@ -1,5 +1,5 @@
-"""What the fused Triton schedules share: the kernel record, the program's coordinates,
-the kernel's arguments and signature, and the host lines that launch it."""
+"""What the fused Triton schedules share: the kernel record, the kernel's arguments and
+signature, and the host lines that launch it."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ from dataclasses import dataclass
 
 from ..ir import Cascade
 from ..schedule import kernel_ir
-from ..schedule.lowering import program_statements
 from ..schedule.model import KernelSchedule
 from .triton_ir import KernelPrinter
 from .triton_printer import tile_asserts
@@ -20,16 +19,13 @@ class FusedKernel:
     host: list[str]                 # host statements: allocate outputs, launch
     tuning: dict
     schedule: KernelSchedule        # what it computes and how, as data
+    # The kernel IR statements its source was printed from (the attention schedule's;
+    # empty for the loop schedule's kernel, whose IR is lower_loops').
+    body: tuple = ()
 
     @property
     def description(self) -> str:   # for the module's docstring
         return self.schedule.description
-
-
-def program_coordinates(cascade: Cascade, batch: list[str], row: str, block: str) -> list[str]:
-    """Kernel lines: the program's point of each batch rank and its tile of `block` points
-    of the row rank (schedule/lowering.py's program_statements, printed)."""
-    return KernelPrinter().statements(program_statements(cascade, batch, row, block))
 
 
 def kernel_arguments(cascade: Cascade, schedule: KernelSchedule) -> tuple[list[str],

@@ -12,7 +12,8 @@ it could leave it, and the lanes' mask): nothing reads memory otherwise. A mask 
 given, so a printed kernel is the same on every run), never text; a condition is a
 `Test` (an IR condition, with the conditions of the reads inside it), the presence flag
 of an intermediate (a `Load` with `flag`), or a `Choice` (a `where` in a reduction,
-present by the branch it picks).
+present by the branch it picks). A matrix product of two tiles is a `Dot`; a loop's
+bounds are integers (`Extremum`, `Quotient`).
 
 Lowerings from the schedules are in schedule/lowering.py.
 """
@@ -152,8 +153,61 @@ class Choice:
     if_false: Mask
 
 
+@dataclass(frozen=True)
+class Dot:
+    """The matrix product of two tiles, `left` (rows x inner) times `right` (inner x
+    columns; `transposed`: given as columns x inner, `K` for `Q K^T`), with float32 sums.
+    Its operands enter in the dot's precision, which the host chooses per call from the
+    inputs' dtype (float16 / bfloat16 tensor-core products, or float32 at `precision`,
+    never TF32); `rounded`: how many of the two are computed values that this rounds
+    (the schedule's DotPlan.rounded, which the check's tolerance counts)."""
+    left: "Expr"
+    right: "Expr"
+    transposed: bool = False
+    rounded: int = 0
+    precision: str = "ieee"
+
+
+@dataclass(frozen=True)
+class Group:
+    """`value`, which the kernel's text shows as one quantity, in parentheses (a split
+    key's index `m1 * M0 + m0`, a bound's offset from the row)."""
+    value: "Expr"
+
+
+@dataclass(frozen=True)
+class Either:
+    """A disjunction of masks: a lane is kept where one of `alternatives` holds."""
+    alternatives: tuple[Mask, ...]
+
+
+@dataclass(frozen=True)
+class Boolean:
+    """A mask as booleans (`!= 0`): Triton's interpreter gives `block & scalar` int32
+    data, which a load's mask rejects."""
+    value: "Expr"
+
+
+@dataclass(frozen=True)
+class Extremum:
+    """The larger ('max') or smaller ('min') of two integers (a loop's bounds): nothing
+    to propagate, unlike the values' max and min, which keep a NaN."""
+    op: str
+    left: "Expr"
+    right: "Expr"
+
+
+@dataclass(frozen=True)
+class Quotient:
+    """`value // divisor` where `value` is never negative (a tile's number from a key
+    index), so truncating division is floor division."""
+    value: "Expr"
+    divisor: "Expr"
+
+
 Expr = Union[ir.Const, ir.Index, ir.Dim, ir.Param, ir.Op, Var, ProgramId, Arange, Cast,
-             Expand, IndexBlock, Full, Zeros, Load, Integer, Reduce, Mask, Test, Choice]
+             Expand, IndexBlock, Full, Zeros, Load, Integer, Reduce, Mask, Test, Choice, Dot,
+             Either, Boolean, Extremum, Quotient, Group]
 
 
 # ------------------------------------------------------------------------ statements
@@ -161,6 +215,7 @@ Expr = Union[ir.Const, ir.Index, ir.Dim, ir.Param, ir.Op, Var, ProgramId, Arange
 
 @dataclass(frozen=True)
 class Comment:
+    """A comment line (empty `text`: an empty line between parts of the kernel)."""
     text: str
 
 
@@ -175,7 +230,8 @@ class Let:
 @dataclass(frozen=True)
 class Accumulate:
     """`name` combined with `value` by `op` ('sum': added, 'max' / 'min': the larger /
-    smaller, NaN as the reduction's own rule)."""
+    smaller, NaN as the reduction's own rule). A `Dot` summed into `name` is the dot's
+    accumulator (a matrix unit adds into it in place)."""
     name: str
     op: str
     value: Expr

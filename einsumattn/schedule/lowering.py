@@ -24,7 +24,7 @@ from .model import KernelSchedule, Role
 from .stages import NotFusable
 
 
-def _product(factors: list[ir.Expr]) -> ir.Expr:
+def product(factors: list[ir.Expr]) -> ir.Expr:
     """a * b * c (1 for no factor)."""
     if not factors:
         return ir.Const(1)
@@ -34,7 +34,7 @@ def _product(factors: list[ir.Expr]) -> ir.Expr:
     return product
 
 
-def _sum(terms: list[ir.Expr]) -> ir.Expr:
+def total(terms: list[ir.Expr]) -> ir.Expr:
     total = terms[0]
     for term in terms[1:]:
         total = ir.Op("+", (total, term))
@@ -125,7 +125,7 @@ class _Unfused(Lowering):
 
     # ---------------------------------------------------------------- names and sizes
     def _points(self, variables) -> ir.Expr:
-        return _product([self._size(v) for v in variables])
+        return product([self._size(v) for v in variables])
 
     def _extent(self, tensor: str, position: int) -> ir.Expr:
         """A coordinate's extent: the rank, one more for a recurrence's iterative rank."""
@@ -247,7 +247,7 @@ class _Unfused(Lowering):
         # block (every lane but the first is masked off) so it matches the stored block.
         if not self.kept:
             terms.append(ir.Op("*", (ir.Const(0), Var("flat"))))
-        return Integer(_sum(terms))
+        return Integer(total(terms))
 
 
 def lower_unfused(cascade: Cascade, einsum: Einsum, schedule: KernelSchedule,
@@ -381,7 +381,7 @@ class _Loops(Lowering):
         f, cascade = self.f, self.cascade
         rows = [e for e in cascade.einsums if f.kinds[e.tensor] == Role.ROW]
         found = [s for e in rows if f.ready[e.tensor] == 0 for s in self._compute(e)]
-        size = _product([self._size(v) for v in f.loop])
+        size = product([self._size(v) for v in f.loop])
         block = f"{f.lanes}_BLOCK"
         for number, accumulators, stored, needed in f.pass_plan():
             found.append(Comment(f"pass {number} over ({', '.join(f.loop)}) in tiles of "
@@ -440,7 +440,7 @@ class _Loops(Lowering):
         f = self.f
         einsum = self.cascade.einsum(name)
         layout = f.layouts[name]
-        offset = _sum([ir.Op("*", (self._index_at(var, layout), Var(f"{name}_s{position}")))
+        offset = total([ir.Op("*", (self._index_at(var, layout), Var(f"{name}_s{position}")))
                        for position, var in enumerate(einsum.indices)])
         value = ir.Op("where", (Var(f"{name}_ok"), Var(name), ir.Const(0.0))) \
             if name in f.absent else Var(name)
