@@ -544,3 +544,26 @@ output T4
         result.blocked
     inputs = _inputs(result.original, {"P": 2, "M": 3, "F": 2}, 1.0, 0)
     _assert_equivalent(result, inputs, "cancelling terms", nan_free_intermediates=False)
+
+
+def test_a_read_that_may_leave_its_tensor_is_not_inlined():
+    """Found by the thorough profile (2026-11-30, shrunk): T3 sums tanh(T2[b + 1]) over b,
+    and T2[b + 1] is absent at b = B - 1 (every term, when B = 1). Inlining T2's body
+    there dropped that absence, and factoring the now b-free body out of the sum counted
+    B terms instead of B - 1: T3 was tanh(tanh(T1)) where it is absent (0)."""
+    text = """attention shifted_read
+
+dims  B, P
+input X0[b, p]
+
+T1 = tanh(X0[b, p])
+T2[b] = tanh(T1) * 1
+T3[p] = tanh(T2[b + 1])
+
+output T3
+"""
+    result = rewrite(text, tile=2)
+    assert not any("T3" in s.tensors for s in result.steps), result.steps
+    for sizes in ({"B": 1, "P": 1}, {"B": 3, "P": 2}):
+        inputs = _inputs(result.original, sizes, 1.0, 0)
+        _assert_equivalent(result, inputs, f"sizes {sizes}", nan_free_intermediates=False)

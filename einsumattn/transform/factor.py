@@ -34,7 +34,7 @@ import sympy
 
 from ..analysis.passes import fully_reduces, rank_variables
 from ..analysis.presence import (absent_tensors, einsum_conditions, expression_conditions,
-                                 point_conditions)
+                                 in_range_by_construction, point_conditions)
 from ..ir import Cascade, Einsum
 from ..ir import expr as ir
 from .algebra import Algebra, NotAlgebraic, is_zero, prove_equal, substitute, replace_reads
@@ -77,6 +77,11 @@ def inline(cascade: Cascade, expr: ir.Expr, depth: int) -> ir.Expr:
     """Reads of elementwise intermediates replaced by their bodies, `depth` levels deep."""
     def expand(read: ir.Read):
         if depth == 0 or not _inlinable(cascade, read.tensor):
+            return None
+        # A read that may leave its tensor (T2[b + 1] at b = B - 1) is absent there, and
+        # its producer's body is not: inlining would drop that absence, so it stays a read.
+        if not all(in_range_by_construction(cascade, read.tensor, position, index)
+                   for position, index in enumerate(read.indices)):
             return None
         producer = cascade.einsum(read.tensor)
         body = substitute(producer.body, dict(zip(producer.indices, read.indices)))
