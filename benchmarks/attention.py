@@ -110,29 +110,28 @@ def run(args, emit=lambda row: None) -> list[dict]:
                             ROOT / "examples" / f"{name}.attn", module, tune, (q, k, v))
             references = peers(name, q, k, v, causal)
             expected = next(iter(references.values()))() if references else None
-            best_peer = None
-            # The peers first, so that each of our rows has its ratio when it is printed.
+            timed_rows = {}
+            # The peers first, so that each of our rows has its ratio when it is printed
+            # (a peer's own ratio, against the best of them, once every peer has run).
             for label, fn in {**references, **candidates}.items():
                 out = fn()
                 diff = float((out.float() - expected.float()).abs().max()) \
                     if expected is not None else None
                 ms = timed(fn, device, args.repeats)
-                if label in references:
-                    best_peer = ms if best_peer is None else min(best_peer, ms)
                 row = {"spec": name, "seq": seq, "batch": b, "heads": h, "head_dim": d,
                        "dtype": args.dtype, "device": device_name(device, args.interpret),
                        "backend": label, "ms": ms, "tflops": flops / ms / 1e9,
                        "max_diff_vs_peer": diff}
+                best_peer = min((timed_rows[p]["ms"] for p in references if p in timed_rows),
+                                default=None)
                 if best_peer and label not in references:
                     row["vs_best_peer"] = best_peer / ms
-                elif label in references:
-                    row["vs_best_peer"] = None      # set below, once every peer has run
+                timed_rows[label] = row
                 rows.append(row)
                 emit(row)
-            for row in rows:
-                if row["spec"] == name and row["seq"] == seq and row.get("vs_best_peer", 0) \
-                        is None:
-                    row["vs_best_peer"] = best_peer / row["ms"]
+            best_peer = min((timed_rows[p]["ms"] for p in references), default=None)
+            for label in references:
+                timed_rows[label]["vs_best_peer"] = best_peer / timed_rows[label]["ms"]
     return rows
 
 
