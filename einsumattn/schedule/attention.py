@@ -372,7 +372,7 @@ class AttentionRoles:
                 found.append(Bound(*bound))
         return tuple(found)
 
-    def _split_skipping(self, reductions: list[Einsum]) -> tuple[tuple[Bound, ...], str]:
+    def split_skipping(self, reductions: list[Einsum]) -> tuple[tuple[Bound, ...], str]:
         """The bounds of a split stream's one loop, and why steps are (not) skipped: a
         step outside them may be left out only when a fully masked step provably changes
         nothing carried (schedule/skipping.py)."""
@@ -461,7 +461,7 @@ class AttentionRoles:
             key_knob = Knob(tile, self.tile, f"the split factor {cascade.var_rank(self.stream)}"
                                              f" = {self.tile} of the cascade", fixed=True)
             ((_, reductions, _),) = plan
-            bounds, skipping = self._split_skipping(reductions)
+            bounds, skipping = self.split_skipping(reductions)
             passes = (Pass(1, tuple(e.tensor for e in reductions),
                            tuple(e.tensor for e in plan[0][2]), bounds),)
             # The one loop computes each per-step value in dataflow order.
