@@ -59,18 +59,28 @@ def agrees(name, module, sizes):
 SIZES = dict(B=1, H=2, P=40, M=70, E=4, F=3)
 
 
-@pytest.mark.parametrize("tile", [16, 128])
-def test_a_split_kernels_key_tile_is_refused_with_what_to_do(modules, tile):
-    """m0__BLOCK is the split factor M0 of the derived cascade: the kernel's key index is
-    m1 * m0__BLOCK + m0 over the host's M1 = ceil(M / M0) steps, so another value would
-    read the wrong keys (0.1 off SDPA). It is refused, with the way to get that tile."""
+@pytest.mark.parametrize("tile", [16, 32, 128])
+def test_the_rewrites_key_tile_is_a_knob(modules, tile):
+    """m0__BLOCK is the tile of the split the online rewrite makes: the host binds M0 to
+    it (M1 = ceil(M / M0) steps of m1 * m0__BLOCK + m0), and every tile gives the
+    original result (the split's proofs hold for a symbolic M0)."""
     module = modules["causal_softmax", True]
     assert module.TUNING_FUSED["causal_softmax__fused"]["m0__BLOCK"] == 64
+    with tuned(module, m0__BLOCK=tile):
+        assert agrees("causal_softmax", module, SIZES)
+
+
+@pytest.mark.parametrize("tile", [32, 128])
+def test_a_split_the_spec_writes_refuses_another_tile_with_what_to_do(modules, tile):
+    """softmax_1pass writes `split M -> M1, M0 by 16`: its kernel's key tile is that
+    factor, and another value is refused, saying how to get that tile."""
+    module = modules["softmax_1pass", True]
+    assert module.TUNING_FUSED["softmax_1pass__fused"]["m0__BLOCK"] == 16
     with tuned(module, m0__BLOCK=tile), pytest.raises(ValueError) as error:
-        agrees("causal_softmax", module, SIZES)
+        agrees("softmax_1pass", module, SIZES)
     message = str(error.value)
-    assert f"TUNING_FUSED['causal_softmax__fused']['m0__BLOCK'] is {tile}" in message
-    assert "split factor M0 = 64" in message and "einsumattn compile --tile N" in message
+    assert f"TUNING_FUSED['softmax_1pass__fused']['m0__BLOCK'] is {tile}" in message
+    assert "split factor M0 = 16" in message and "einsumattn compile --tile N" in message
 
 
 def test_the_split_tile_is_chosen_at_compile_time(tmp_path):
@@ -159,23 +169,26 @@ def test_kernel_constexprs_do_not_follow_the_sequence_length(modules, name, shor
     assert launched_constexprs(module, zeros(name, long)) == first
 
 
-def benchmark(tmp_path, tune):
+def benchmark(tmp_path, tune, spec="causal_softmax"):
     return subprocess.run([sys.executable, str(ROOT / "benchmarks" / "attention.py"),
                            "--smoke", *BENCHMARK_DEVICE, "--specs",
-                           "causal_softmax", "--unfused-max", "0", "--tune", tune,
+                           spec, "--unfused-max", "0", "--tune", tune,
                            "--json", str(tmp_path / "rows.json")],
                           capture_output=True, text=True,
                           env=kernels_env(EINSUMATTN_CACHE_DIR=str(tmp_path / "cache")))
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("tune, reason", [
-    ("m0__BLOCK=128", "is the split factor M0 = 64 of the cascade"),
-    ("p__BLOCK=24", "p__BLOCK: a block size of the tuning table, a power of two >= 16"),
-    ("q__BLOCK=32", "causal_softmax's fused kernels have no knob q__BLOCK"),
+@pytest.mark.parametrize("spec, tune, reason", [
+    ("softmax_1pass", "m0__BLOCK=128", "is the split factor M0 = 16 of the cascade"),
+    ("causal_softmax", "p__BLOCK=24",
+     "p__BLOCK: a block size of the tuning table, a power of two >= 16"),
+    ("causal_softmax", "m0__BLOCK=24",
+     "m0__BLOCK: a block size of the tuning table, a power of two >= 16"),
+    ("causal_softmax", "q__BLOCK=32", "causal_softmax's fused kernels have no knob q__BLOCK"),
 ])
-def test_the_benchmark_refuses_a_knob_that_is_not_safe(tmp_path, tune, reason):
-    result = benchmark(tmp_path, tune)
+def test_the_benchmark_refuses_a_knob_that_is_not_safe(tmp_path, spec, tune, reason):
+    result = benchmark(tmp_path, tune, spec)
     assert result.returncode == 2, result.stderr[-2000:]
     assert reason in result.stderr and "Traceback" not in result.stderr
 

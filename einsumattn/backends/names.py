@@ -56,7 +56,7 @@ import sys
 from typing import Iterable
 
 from ..diagnostics import SpecError, Span
-from ..ir import Cascade, Einsum, ParamDecl, Rank, Split, Tensor
+from ..ir import Cascade, Einsum, ParamDecl, Rank, Tensor
 from ..ir import expr as ir
 
 # ------------------------------------------------------------------ the spec's namespace
@@ -175,9 +175,11 @@ def rename(cascade: Cascade) -> Cascade:
     ranks = {rank_spelling(r.name): Rank(rank_spelling(r.name), size(r.size), r.fixed,
                                          r.split_of and rank_spelling(r.split_of), r.span)
              for r in cascade.ranks.values()}
-    splits = tuple(Split(*names((s.parent, s.outer, s.inner), rank_spelling),
-                         symbol(s.factor) if isinstance(s.factor, str) else s.factor,
-                         s.span) for s in cascade.splits)
+    splits = tuple(dataclasses.replace(
+        s, **dict(zip(("parent", "outer", "inner"),
+                      names((s.parent, s.outer, s.inner), rank_spelling))),
+        factor=symbol(s.factor) if isinstance(s.factor, str) else s.factor)
+        for s in cascade.splits)
     params = {mangle(p.name): ParamDecl(mangle(p.name), expr(p.default), p.span)
               for p in cascade.params.values()}
     tensors = {mangle(t.name): Tensor(mangle(t.name), names(t.ranks, rank_spelling),

@@ -594,11 +594,16 @@ class _Emitter:
         return source, launch_lines(cascade, schedule, host, checks, self.uses_dot), tuning
 
     def _split_tile_check(self, name: str) -> list[str]:
-        """Host lines refusing a key tile other than the split factor: the kernel's key
-        index is m1 * BLOCK_M0 + m0 over the host's M1 = ceil(M / M0) steps."""
+        """Host lines tying the key tile to the split: the kernel's key index is
+        m1 * BLOCK_M0 + m0 over the host's M1 = ceil(M / M0) steps. A rewrite's split
+        takes the tile as its M0 (any tile gives the same result); a spec's own split
+        refuses a tile other than its factor."""
         f, cascade = self.f, self.cascade
         inner = cascade.var_rank(f.stream)
         split = next(s for s in cascade.splits if s.inner == inner)
+        if split.tunable:
+            return [f'{inner} = tuning["{f.tile_block}"]',
+                    f"{split.outer} = -(-{split.parent} // {inner})"]
         entry = f"TUNING_FUSED['{name}']['{f.tile_block}']"
         # The message says the spec's names (names.py); {inner} is the value at run time.
         factor = spec_text(f"the split factor {inner}")

@@ -8,7 +8,7 @@ for spans used in messages.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterable
 
 import sympy
@@ -247,7 +247,7 @@ def at_default_tiles(cascade: Cascade) -> Cascade:
         ranks[split.outer] = Rank(outer.name, sympy.ceiling(ranks[split.parent].size /
                                                             split.factor),
                                   outer.fixed, outer.split_of, outer.span)
-    splits = tuple(Split(s.parent, s.outer, s.inner, s.factor, s.span) for s in cascade.splits)
+    splits = tuple(replace(s, tunable=False) for s in cascade.splits)
     return Cascade(cascade.name, ranks, splits, cascade.params, cascade.tensors,
                    cascade.einsums, cascade.outputs, cascade.source, cascade.name_span)
 
