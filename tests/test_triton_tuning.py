@@ -49,6 +49,11 @@ def tuned(module, **overrides):
         module.TUNING_FUSED.update(saved)
 
 
+def default_knob(module, kernel, knob):
+    (schedule,) = [k for k in module.SCHEDULE["kernels"] if k["name"] == kernel]
+    return schedule["knobs"][knob]["default"]
+
+
 def agrees(name, module, sizes):
     cascade = einsumattn.load(ROOT / "examples" / f"{name}.attn")
     inputs = case_inputs(cascade, Case(sizes, "float32", 1.0, False, 0))
@@ -65,7 +70,9 @@ def test_the_rewrites_key_tile_is_a_knob(modules, tile):
     it (M1 = ceil(M / M0) steps of m1 * m0__BLOCK + m0), and every tile gives the
     original result (the split's proofs hold for a symbolic M0)."""
     module = modules["causal_softmax", True]
-    assert module.TUNING_FUSED["causal_softmax__fused"]["m0__BLOCK"] == 64
+    # Chosen per call (None) unless pinned; the schedule's default is the compile's tile.
+    assert module.TUNING_FUSED["causal_softmax__fused"]["m0__BLOCK"] is None
+    assert default_knob(module, "causal_softmax__fused", "m0__BLOCK") == 64
     with tuned(module, m0__BLOCK=tile):
         assert agrees("causal_softmax", module, SIZES)
 
@@ -86,7 +93,7 @@ def test_a_split_the_spec_writes_refuses_another_tile_with_what_to_do(modules, t
 def test_the_split_tile_is_chosen_at_compile_time(tmp_path):
     module = import_file(compile_to_file(ROOT / "examples" / "causal_softmax.attn",
                                          tmp_path, tile=16), "tile16")
-    assert module.TUNING_FUSED["causal_softmax__fused"]["m0__BLOCK"] == 16
+    assert default_knob(module, "causal_softmax__fused", "m0__BLOCK") == 16
     assert agrees("causal_softmax", module, SIZES)
 
 
@@ -152,7 +159,8 @@ LONG = 2 ** 20 + 1     # past tl.arange's largest block
 @pytest.mark.parametrize("name, short, long", [
     ("linear_attention", dict(B=1, H=1, P=3, M=5, E=4, F=4),
      dict(B=1, H=1, P=LONG, M=LONG, E=4, F=4)),
-    ("causal_softmax", dict(B=1, H=1, P=3, M=5, E=4, F=4),
+    # Lengths from the configuration's tiles on (a shorter one gets smaller tiles, below).
+    ("causal_softmax", dict(B=1, H=1, P=200, M=200, E=4, F=4),
      dict(B=1, H=1, P=LONG, M=LONG, E=4, F=4)),
     ("eca", dict(B=1, C=3, H=2, W=3, K=3), dict(B=1, C=LONG, H=1, W=1, K=3)),
     ("eca", dict(B=1, C=3, H=2, W=3, K=3), dict(B=1, C=2, H=1, W=LONG, K=3)),
@@ -167,6 +175,19 @@ def test_kernel_constexprs_do_not_follow_the_sequence_length(modules, name, shor
     first = launched_constexprs(module, zeros(name, short))
     assert first and all(k.endswith("_fused") for k in first)
     assert launched_constexprs(module, zeros(name, long)) == first
+
+
+@pytest.mark.parametrize("rows, keys, row_tile, key_tile", [
+    (3, 5, 16, 16), (3, 20, 16, 32), (1, 40, 16, 64), (17, 1000, 16, 64)])
+def test_a_short_sequence_gets_tiles_no_larger_than_itself(modules, rows, keys, row_tile,
+                                                             key_tile):
+    """The key tile is capped at the keys' own power of two (at least 16, the dot's
+    least): a few keys are not padded to 64. Three lengths below the tile add at most
+    two compilations (16, 32); from the tile on, one serves every length."""
+    module = modules["causal_softmax", True]
+    sizes = dict(B=1, H=1, P=rows, M=keys, E=4, F=4)
+    (launched,) = launched_constexprs(module, zeros("causal_softmax", sizes)).values()
+    assert (launched["p__BLOCK"], launched["m0__BLOCK"]) == (row_tile, key_tile)
 
 
 def benchmark(tmp_path, tune, spec="causal_softmax"):
@@ -199,9 +220,12 @@ def test_the_benchmark_tunes_the_split_tile_by_compiling(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     rows = {r["backend"]: r for r in json.loads((tmp_path / "rows.json").read_text())}
     assert rows["einsumattn triton p__BLOCK=32,tile=32"]["max_diff_vs_peer"] < 1e-5
-    # The variant ran a module compiled with 32-key tiles (the compile cache holds it).
-    assert any("'m0__BLOCK': 32" in module.read_text()
-               for module in (tmp_path / "cache").rglob("*.py"))
+    # The variant ran a module compiled with 32-key tiles by default (the compile cache
+    # holds it).
+    defaults = [default_knob(import_file(path, f"cached{i}"), "causal_softmax__fused",
+                             "m0__BLOCK")
+                for i, path in enumerate((tmp_path / "cache").rglob("causal_softmax*.py"))]
+    assert 32 in defaults
 
 
 @pytest.mark.parametrize("block, rblock", [(32, 64), (256, 16)])
