@@ -17,7 +17,8 @@ from einsumattn.backends.module import Plan
 from einsumattn.ir import bind
 from einsumattn.ir import expr as ir
 from einsumattn.transform import rewrite
-from einsumattn.transform.canonical import EPILOGUE, FILTER, LOG, MASK, REDUNDANT, canonicalize
+from einsumattn.transform.canonical import (EPILOGUE, FILTER, LOG, MASK, REDUNDANT, TERMS,
+                                            canonicalize)
 from einsumattn.verify import run_check
 
 from conftest import ROOT
@@ -300,4 +301,48 @@ def test_a_log_leaves_an_exponential_only_for_a_nonnegative_argument(tmp_path):
     canonical, steps, blocked = canonicalize(cascade)
     assert [(s.rule, s.tensors[-1]) for s in steps] == [(LOG, "A")]
     assert [(b.rule, b.tensor) for b in blocked] == [(LOG, "B")]
+    _same_values(cascade, canonical, 0)
+
+
+# ------------------------------------------------------------------ masked terms
+@pytest.mark.parametrize("body, reduction", [
+    ("where(m <= p, X[p, m], -inf)", "max"),
+    ("where(m > p, -inf, X[p, m]) + 1", "max"),
+    ("where(m <= p, X[p, m], 0) * W[m]", "sum"),
+    ("exp(where(m <= p, X[p, m], -inf) - X[p, 0])", "sum"),
+    ("where(m <= p, X[p, m], inf)", "min"),
+    # Rows p = 0, 1 keep no term: the where gives the identity there, and so does the
+    # filter (a row with every term removed gets the identity).
+    ("exp(where(m + 2 <= p, X[p, m], -inf))", "sum"),
+])
+def test_a_where_that_gives_the_identity_under_a_reduction_becomes_its_filter(
+        tmp_path, body, reduction):
+    path = tmp_path / "terms.attn"
+    path.write_text(f"dims P, M\ninput X[p, m], W[m]\nR[p] = {reduction}[m] {body}\n"
+                    "output R\n")
+    cascade = einsumattn.load(path)
+    canonical, steps, blocked = canonicalize(cascade)
+    assert [s.rule for s in steps] == [TERMS] and blocked == []
+    r = canonical.einsum("R")
+    assert r.filter is not None and set(ir.index_vars(r.filter)) == {"m", "p"}
+    assert not [n for n in ir.walk(r.body) if isinstance(n, ir.Op) and n.op == "where"]
+    _same_values(cascade, canonical, 0)
+
+
+@pytest.mark.parametrize("spec, why", [
+    # p < 3 mentions no reduced variable: as a filter it makes R[p] absent (0 at the
+    # output) for p >= 3, where the where gives max = -inf.
+    ("R[p] = max[m] where(m <= p and p < 3, X[p, m], -inf)", "mentions no reduced"),
+    # S[p] is absent for p >= 3: inside the where that removes the terms m <= p (the
+    # others are -inf, R = -inf); as the body of a filtered max it removes R[p].
+    ("S[p] = X[p, 0] where p < 3\nR[p] = max[m] where(m <= p, X[p, m] + S[p], -inf)",
+     "absent at a whole point"),
+])
+def test_a_where_is_not_a_filter_where_absence_would_decide_the_point(tmp_path, spec, why):
+    path = tmp_path / "points.attn"
+    path.write_text(f"dims P, M\ninput X[p, m]\n{spec}\noutput R\n")
+    cascade = einsumattn.load(path)
+    canonical, steps, blocked = canonicalize(cascade)
+    assert TERMS not in [s.rule for s in steps]
+    assert [(b.rule, b.tensor) for b in blocked] == [(TERMS, "R")] and why in blocked[0].reason
     _same_values(cascade, canonical, 0)

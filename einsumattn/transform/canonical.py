@@ -1,7 +1,7 @@
 """Rule 0, the canonical form: one spelling of each Einsum, so fusion does not depend on
 how the user wrote it.
 
-Five steps run to a fixed point, each proved before it is kept (docs/rewrites.md);
+Six steps run to a fixed point, each proved before it is kept (docs/rewrites.md);
 they change no pass count, only what the scheduler has to recognise:
 
 1. **Move out of a contraction.** In `T = sum[r] BODY` the additive terms and the
@@ -44,14 +44,27 @@ they change no pass count, only what the scheduler has to recognise:
    and 1 see no key) stays a bias, reported blocked. Exact for finite inputs (X + -inf
    is -inf only for X < inf).
 
-4. **A shared filter to its producer.** A condition that every reader of an elementwise
+4. **A masked term to a filter.** Under a reduction, a `where(c, x, b)` whose other
+   branch makes the term the reduction's identity (sympy evaluates the body with it:
+   `max[m] where(m <= p, QK, -inf)`, `sum[m] where(m <= p, SN, 0) * V`, `sum[m]
+   exp(where(m <= p, QK, -inf) - GM)`) masks terms, which is what the filter `c` does:
+   `GM = max[m] QK where m <= p`. Exact because the identity changes no reduction (max(a,
+   -inf) = a, a + 0 = a) and a row where c removes every term gets the identity through
+   the filter too (LANGUAGE.md, absent points), so a fully masked row gives the same
+   value both ways. Refused, with the reason, where the filter would decide whole left
+   points instead: a conjunct of c that mentions no reduced variable (absent there, not
+   the identity), a condition that may be absent, or a kept branch that may be absent
+   for a reason free of the reduced variables. Exact for finite values of the rest of
+   the body (`0 * v` is 0 only for a finite v).
+
+5. **A shared filter to its producer.** A condition that every reader of an elementwise
    tensor applies, in its filter, to the points it reads (`GM = max[m] QK where m <= p`,
    `SN = exp(QK - GM) where m <= p`) becomes that tensor's filter and leaves the
    readers: absence of the read then removes the same terms and points, because the
    read mentions a reduced variable exactly when the condition does (LANGUAGE.md, the
    causes of absence). One place for a mask, where the fuser looks for it.
 
-5. **A filter its reads apply.** A conjunct that a tensor read in the body already
+6. **A filter its reads apply.** A conjunct that a tensor read in the body already
    applies (QK absent where not m <= p, and `GM = max[m] QK where m <= p`) leaves the
    filter, by the same argument: the mask written on every Einsum is written once.
 
@@ -78,10 +91,12 @@ from .steps import Blocked, Step
 
 EPILOGUE = "move out of a contraction"
 MASK = "-inf mask to a filter"
+TERMS = "a masked term to a filter"
 FILTER = "a shared filter to its producer"
 REDUNDANT = "a filter its reads apply"
 LOG = "a log out of an exponential"
 _IDENTITY = {"sum": sympy.Integer(0), "max": -sympy.oo, "min": sympy.oo}
+_IDENTITY_TEXT = {"sum": "0", "max": "-inf", "min": "inf"}
 _NEGATED = {"<": ">=", "<=": ">", ">": "<=", ">=": "<", "==": "!=", "!=": "=="}
 
 
@@ -90,7 +105,7 @@ def canonicalize(cascade: Cascade) -> tuple[Cascade, list[Step], list[Blocked]]:
     steps: list[Step] = []
     blocked: list[Blocked] = []
     for rule in (_move_out_of_contraction, _log_out_of_exp, _mask_to_filter,
-                 _filter_to_producer, _redundant_filter):
+                 _masked_terms, _filter_to_producer, _redundant_filter):
         cascade, more, notes = fixed_point(cascade, rule, 2 * len(cascade.einsums) + 2)
         steps += more
         blocked += notes
@@ -497,40 +512,106 @@ def _row_on_empty(einsum: Einsum, rows: dict) -> sympy.Expr:
     return sympy.nan
 
 
-def _mask_to_filter(cascade: Cascade, einsum: Einsum):
-    if einsum.reduce_op is not None or einsum.iterative is not None:
-        return None
-    for node in ir.walk(einsum.body):
+def _masking_wheres(body: ir.Expr):
+    """Each `where(c, a, b)` of `body` read both ways: (the node, the branch kept, the
+    condition that keeps it, the body's value where the other branch is picked, with
+    every read a finite real symbol)."""
+    for node in ir.walk(body):
         if not (isinstance(node, ir.Op) and node.op == "where"):
             continue
         condition, when_true, when_false = node.args
         for kept, dropped, visible in ((when_true, when_false, condition),
                                        (when_false, when_true, _negated(condition))):
-            masked_value = _Masked({}, {}).to_sympy(_with_node(einsum.body, node, dropped))
-            if masked_value != -sympy.oo:
-                continue
-            if expression_conditions(cascade, condition, absent_tensors(cascade)):
-                return Blocked(MASK, einsum.tensor, "the mask's condition may be absent")
-            reason, empty_rows = _readers_agree(cascade, einsum.tensor, visible)
-            if reason is not None:
-                return Blocked(MASK, einsum.tensor, reason)
-            body = _without_zero(_with_node(einsum.body, node, kept))
-            previous = einsum.filter
-            both = visible if previous is None else ir.Op("and", (previous, visible))
-            new = _replaced(cascade, einsum.tensor, [with_body(einsum, body=body,
-                                                               filter=both)])
-            identity = (f"{ir.to_text(einsum.body)} = {ir.to_text(body)} where "
-                        f"{ir.to_text(visible)}, and -inf elsewhere: each reader gives its "
-                        f"reduction's identity there, "
-                        + ("on a fully masked row too" if empty_rows else
-                           "and every row keeps a visible point"))
-            summary = (f"{einsum.tensor}'s -inf points become absent: {einsum.tensor} = "
-                       f"{ir.to_text(body)} where {ir.to_text(visible)}")
-            return new, Step(MASK, summary, (einsum.tensor,), identity)
+            yield node, kept, visible, _Masked({}, {}).to_sympy(_with_node(body, node,
+                                                                           dropped))
+
+
+def _mask_to_filter(cascade: Cascade, einsum: Einsum):
+    if einsum.reduce_op is not None or einsum.iterative is not None:
+        return None
+    for node, kept, visible, masked_value in _masking_wheres(einsum.body):
+        if masked_value != -sympy.oo:
+            continue
+        if expression_conditions(cascade, node.args[0], absent_tensors(cascade)):
+            return Blocked(MASK, einsum.tensor, "the mask's condition may be absent")
+        reason, empty_rows = _readers_agree(cascade, einsum.tensor, visible)
+        if reason is not None:
+            return Blocked(MASK, einsum.tensor, reason)
+        body = _without_zero(_with_node(einsum.body, node, kept))
+        new = _replaced(cascade, einsum.tensor, [with_body(einsum, body=body,
+                                                           filter=_and(einsum.filter,
+                                                                       visible))])
+        identity = (f"{ir.to_text(einsum.body)} = {ir.to_text(body)} where "
+                    f"{ir.to_text(visible)}, and -inf elsewhere: each reader gives its "
+                    f"reduction's identity there, "
+                    + ("on a fully masked row too" if empty_rows else
+                       "and every row keeps a visible point"))
+        summary = (f"{einsum.tensor}'s -inf points become absent: {einsum.tensor} = "
+                   f"{ir.to_text(body)} where {ir.to_text(visible)}")
+        return new, Step(MASK, summary, (einsum.tensor,), identity)
     return None
 
 
-# ------------------------------------------------------------------ 4, 5. filters
+def _and(previous: ir.Expr | None, condition: ir.Expr) -> ir.Expr:
+    return condition if previous is None else ir.Op("and", (previous, condition))
+
+
+# ------------------------------------------------------------------ 4. masked terms
+def _masked_terms(cascade: Cascade, einsum: Einsum):
+    """`R = max[m] where(c, x, -inf)` -> `R = max[m] x where c` (and `sum[m] where(c, x,
+    0) * v`, `sum[m] exp(where(c, x, -inf) - g)`, `min` with +inf): a where whose other
+    branch makes the term the reduction's identity masks terms, which is what the
+    filter c does (module docstring, step 4)."""
+    if einsum.reduce_op not in _IDENTITY or einsum.iterative is not None:
+        return None
+    identity = _IDENTITY_TEXT[einsum.reduce_op]
+    for node, kept, visible, masked_value in _masking_wheres(einsum.body):
+        if masked_value != _IDENTITY[einsum.reduce_op]:
+            continue
+        reason = _terms_only(cascade, einsum, node, kept, visible)
+        if reason is not None:
+            return Blocked(TERMS, einsum.tensor, reason)
+        body = _without_zero(_with_node(einsum.body, node, kept))
+        new = _replaced(cascade, einsum.tensor, [with_body(einsum, body=body,
+                                                           filter=_and(einsum.filter,
+                                                                       visible))])
+        said = f"{einsum.reduce_op}[{', '.join(einsum.reduced)}]"
+        summary = (f"{einsum.tensor}'s terms where not {ir.to_text(visible)} are "
+                   f"{identity}, the identity of {einsum.reduce_op}: {einsum.tensor} = "
+                   f"{said} {ir.to_text(body)} where {ir.to_text(visible)}")
+        proof = (f"{ir.to_text(einsum.body)} is {identity} where not "
+                 f"{ir.to_text(visible)} and {ir.to_text(body)} elsewhere; the filter "
+                 f"removes the same terms (each conjunct mentions "
+                 f"{', '.join(einsum.reduced)}), and a row with none left gives "
+                 f"{identity} either way")
+        return new, Step(TERMS, summary, (einsum.tensor,), proof)
+    return None
+
+
+def _terms_only(cascade: Cascade, einsum: Einsum, node: ir.Expr, kept: ir.Expr,
+                visible: ir.Expr) -> str | None:
+    """Why the filter `visible` would not do what the where does (None: it would). The
+    where decides terms: it mentions a reduced variable, and its absence (c absent, or
+    the branch it picks absent) removes a term. The filter must too: each conjunct must
+    mention a reduced variable (one that mentions none decides the whole left point,
+    absent rather than the identity), the condition must be present, and what the kept
+    branch reads must be absent only term by term."""
+    reduced = set(einsum.reduced)
+    for conjunct in ir.conjuncts(visible):
+        if not set(ir.index_vars(conjunct)) & reduced:
+            return (f"{ir.to_text(conjunct)} mentions no reduced variable: as a filter it "
+                    f"would make the point absent, where the where gives the identity")
+    absent = absent_tensors(cascade)
+    if expression_conditions(cascade, node.args[0], absent):
+        return "the mask's condition may be absent"
+    for condition in expression_conditions(cascade, kept, absent):
+        if not condition.variables & reduced:
+            return (f"{ir.to_text(kept)} may be absent at a whole point, not a term, "
+                    f"where the where would give the identity")
+    return None
+
+
+# ------------------------------------------------------------------ 5, 6. filters
 def _conjunction(conditions: list[ir.Expr]) -> ir.Expr | None:
     result = None
     for condition in conditions:
@@ -675,4 +756,4 @@ def _redundant_filter(cascade: Cascade, einsum: Einsum):
     return new, Step(REDUNDANT, summary, (einsum.tensor,), identity)
 
 
-__all__ = ["canonicalize", "EPILOGUE", "LOG", "MASK", "FILTER", "REDUNDANT"]
+__all__ = ["canonicalize", "EPILOGUE", "LOG", "MASK", "TERMS", "FILTER", "REDUNDANT"]
