@@ -17,8 +17,8 @@ from einsumattn.backends.module import Plan
 from einsumattn.ir import bind
 from einsumattn.ir import expr as ir
 from einsumattn.transform import rewrite
-from einsumattn.transform.canonical import (EPILOGUE, FILTER, LOG, MASK, REDUNDANT, TERMS,
-                                            canonicalize)
+from einsumattn.transform.canonical import (EPILOGUE, FILTER, LOG, MASK, REDUNDANT, SHIFT,
+                                            TERMS, canonicalize)
 from einsumattn.verify import run_check
 
 from conftest import ROOT
@@ -100,10 +100,10 @@ def _random_inputs(cascade, seed: int, scale: float = 3.0) -> dict:
             for t in cascade.inputs}
 
 
-def _same_values(before, after, seed: int) -> None:
+def _same_values(before, after, seed: int, params: dict | None = None) -> None:
     inputs = _random_inputs(before, seed)
-    want = einsumattn.evaluate(before, inputs)
-    got = einsumattn.evaluate(after, inputs)
+    want = einsumattn.evaluate(before, inputs, params)
+    got = einsumattn.evaluate(after, inputs, params)
     for name in before.outputs:
         np.testing.assert_allclose(got[name], want[name], rtol=1e-12, atol=1e-12,
                                    equal_nan=True, err_msg=name)
@@ -208,10 +208,11 @@ def test_a_filter_every_reader_applies_moves_to_its_producer():
 
 
 # ------------------------------------------------------------------ combined spellings
-# The choices compose: every scale with every mask and either normalisation.
+# The choices compose: every scale (before or after the max-shift) with every mask and
+# either normalisation.
 SCALES = {"param": (" * scale", "param scale = 1 / sqrt(E)"), "sqrt": (" / sqrt(E)", ""),
           "reciprocal": (" * (1 / sqrt(E))", ""), "temperature": (" / T", "param T = sqrt(E)"),
-          "power": (" * E ** -0.5", "")}
+          "power": (" * E ** -0.5", ""), "after_shift": ("", "")}   # exp((S - GM) / sqrt(E))
 MASKS = ("filter", "bias", "bias_tensor", "masked_fill", "on_weights")
 NORMALISATIONS = ("before_v", "after_v")
 
@@ -228,8 +229,11 @@ def _combined(scale: str, mask: str, normalisation: str) -> str:
     if mask == "masked_fill":
         lines.append("S[b, h, p, m] = where(m > p, -inf, QK[b, h, p, m])")
     weights = "  where m <= p" if mask == "on_weights" else ""
+    shift = f"{scores}[b, h, p, m] - GM[b, h, p]"
+    if scale == "after_shift":
+        shift = f"({shift}) / sqrt(E)"
     lines += [f"GM[b, h, p] = max[m] {scores}[b, h, p, m]{weights}",
-              f"SN[b, h, p, m] = exp({scores}[b, h, p, m] - GM[b, h, p]){weights}",
+              f"SN[b, h, p, m] = exp({shift}){weights}",
               "SD[b, h, p] = sum[m] SN[b, h, p, m]"]
     if normalisation == "before_v":
         lines += ["A[b, h, p, m] = SN[b, h, p, m] / SD[b, h, p]",
@@ -345,4 +349,58 @@ def test_a_where_is_not_a_filter_where_absence_would_decide_the_point(tmp_path, 
     canonical, steps, blocked = canonicalize(cascade)
     assert TERMS not in [s.rule for s in steps]
     assert [(b.rule, b.tensor) for b in blocked] == [(TERMS, "R")] and why in blocked[0].reason
+    _same_values(cascade, canonical, 0)
+
+
+# ------------------------------------------------------------------ scaled shifts
+SHIFT_SPELLINGS = ROOT / "tests" / "spellings"
+
+
+@pytest.mark.parametrize("scale", [0.7, -0.7, 0.0])
+def test_a_param_scale_after_the_shift_moves_before_the_max_for_any_sign(scale):
+    """exp((QK - GM) * scale): with scale < 0 the max of the scaled scores is not scale *
+    GM, but the weights then differ by one factor per row, which the normalisation
+    cancels: the outputs are the same for every value of the param."""
+    cascade = einsumattn.load(SHIFT_SPELLINGS / "shift_then_scale.attn")
+    canonical, steps, blocked = canonicalize(cascade)
+    assert SHIFT in [s.rule for s in steps] and blocked == []
+    gm = [e for e in canonical.einsums if e.reduce_op == "max"]
+    assert len(gm) == 1 and "GM" not in canonical.tensors
+    assert canonical.einsum("SN").body == ir.Op("exp", (ir.Op("-", (
+        ir.Read("QK_scaled", tuple(map(ir.Index, "bhpm"))),
+        ir.Read(gm[0].tensor, tuple(map(ir.Index, "bhp"))))),))
+    for seed in range(2):
+        _same_values(cascade, canonical, seed, {"scale": scale})
+
+
+def _shift_spec(tmp_path, scale: str, readers: str):
+    path = tmp_path / "shift.attn"
+    path.write_text("dims P, M\ninput X[p, m]\nparam s = 0.5\n"
+                    "G[p] = max[m] X[p, m]\n"
+                    f"N[p, m] = exp((X[p, m] - G[p]) * {scale})\n{readers}\n")
+    return einsumattn.load(path)
+
+
+@pytest.mark.parametrize("readers, why", [
+    ("output N", "the output N is proportional"),
+    ("O[p] = sum[m] N[p, m] + X[p, m]\noutput O", "O is not proportional"),
+    ("O[p] = sum[m] N[p, m]  where N[p, m] > 0.5\noutput O", "in a filter"),
+])
+def test_a_param_scale_stays_after_the_shift_unless_the_outputs_cancel_the_row_factor(
+        tmp_path, readers, why):
+    cascade = _shift_spec(tmp_path, "s", readers)
+    canonical, steps, blocked = canonicalize(cascade)
+    assert SHIFT not in [s.rule for s in steps]
+    assert [(b.rule, b.tensor) for b in blocked] == [(SHIFT, "N")] and why in blocked[0].reason
+    assert "s may be negative" in blocked[0].reason
+
+
+@pytest.mark.parametrize("scale", ["0.5", "1 / sqrt(M)", "2 / M"])
+def test_a_positive_scale_moves_before_the_max_pointwise(tmp_path, scale):
+    """For a scale proved positive, max[m] X * s = s * max[m] X: the exponential keeps
+    its values, so even an output may read it."""
+    cascade = _shift_spec(tmp_path, scale, "output N")
+    canonical, steps, blocked = canonicalize(cascade)
+    assert [s.rule for s in steps] == [SHIFT] and blocked == []
+    assert "> 0" in steps[0].identity
     _same_values(cascade, canonical, 0)
