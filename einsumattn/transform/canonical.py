@@ -667,7 +667,7 @@ def _scaled_shift(cascade: Cascade, einsum: Einsum):
             else [e])]
         new = assemble(cascade, einsums, removable={shift.tensor})
         reduction = f"{g_einsum.reduce_op}[{', '.join(g_einsum.reduced)}]"
-        summary = (f"the scale {factor} moves before the max: {scaled_name} = "
+        summary = (f"{factor} moves before the max: {scaled_name} = "
                    f"{ir.to_text(scaled.body)}, {shift_name} = {reduction} {scaled_name}, "
                    f"then {einsum.tensor} = {ir.to_text(body)}")
         proof = (f"{ir.to_text(node.args[0])} = {factor} * {ir.to_text(scores)} - {factor} "
