@@ -8,8 +8,9 @@
 
 The rules, in the order they run (docs/rewrites.md):
 0. canonical form (canonical.py): factors and terms out of contractions, logs out of
-   exponentials, -inf masks to filters, each filter once (`result.canonical` lists
-   these steps; `result.steps` the others);
+   exponentials, -inf masks and identity-masked terms to filters, a scale before the
+   max-shift, each filter once (`result.canonical` lists these steps,
+   `result.canonical_blocked` those refused; `result.steps` the others);
 1. factor out of a sum (factor.py): deferred division and scaling;
 2. separable moments (factor.py): sums of products split per factor;
 3. online max-shift (online.py): split the streamed rank and carry a running max.
