@@ -551,10 +551,7 @@ def _mask_to_filter(cascade: Cascade, einsum: Einsum):
         reason, empty_rows = _readers_agree(cascade, einsum.tensor, visible)
         if reason is not None:
             return Blocked(MASK, einsum.tensor, reason)
-        body = _without_zero(_with_node(einsum.body, node, kept))
-        new = _replaced(cascade, einsum.tensor, [with_body(einsum, body=body,
-                                                           filter=_and(einsum.filter,
-                                                                       visible))])
+        new, body = _where_to_filter(cascade, einsum, node, kept, visible)
         identity = (f"{ir.to_text(einsum.body)} = {ir.to_text(body)} where "
                     f"{ir.to_text(visible)}, and -inf elsewhere: each reader gives its "
                     f"reduction's identity there, "
@@ -566,8 +563,15 @@ def _mask_to_filter(cascade: Cascade, einsum: Einsum):
     return None
 
 
-def _and(previous: ir.Expr | None, condition: ir.Expr) -> ir.Expr:
-    return condition if previous is None else ir.Op("and", (previous, condition))
+def _where_to_filter(cascade: Cascade, einsum: Einsum, node: ir.Expr, kept: ir.Expr,
+                     visible: ir.Expr) -> tuple[Cascade, ir.Expr]:
+    """The cascade with the where `node` of `einsum` replaced by the branch it `kept`,
+    and the condition `visible` of that branch added to the Einsum's filter; the new
+    body."""
+    body = _without_zero(_with_node(einsum.body, node, kept))
+    both = visible if einsum.filter is None else ir.Op("and", (einsum.filter, visible))
+    return _replaced(cascade, einsum.tensor, [with_body(einsum, body=body, filter=both)]), \
+        body
 
 
 # ------------------------------------------------------------------ 4. masked terms
@@ -585,10 +589,7 @@ def _masked_terms(cascade: Cascade, einsum: Einsum):
         reason = _terms_only(cascade, einsum, node, kept, visible)
         if reason is not None:
             return Blocked(TERMS, einsum.tensor, reason)
-        body = _without_zero(_with_node(einsum.body, node, kept))
-        new = _replaced(cascade, einsum.tensor, [with_body(einsum, body=body,
-                                                           filter=_and(einsum.filter,
-                                                                       visible))])
+        new, body = _where_to_filter(cascade, einsum, node, kept, visible)
         said = f"{einsum.reduce_op}[{', '.join(einsum.reduced)}]"
         summary = (f"{einsum.tensor}'s terms where not {ir.to_text(visible)} are "
                    f"{identity}, the identity of {einsum.reduce_op}: {einsum.tensor} = "
@@ -696,7 +697,8 @@ def _shift_times_scale(cascade: Cascade, exponent: ir.Expr):
             continue
         mapping = dict(zip(g_einsum.indices, shift.indices))
         scores = substitute(g_einsum.body, mapping)
-        if scores not in ir.reads(exponent):
+        if scores not in ir.reads(exponent) or \
+                cascade.tensors[scores.tensor].iterative is not None:
             continue
         algebra = Algebra()
         value = algebra.to_sympy(exponent)
