@@ -353,15 +353,12 @@ def test_a_where_is_not_a_filter_where_absence_would_decide_the_point(tmp_path, 
 
 
 # ------------------------------------------------------------------ scaled shifts
-SHIFT_SPELLINGS = ROOT / "tests" / "spellings"
-
-
 @pytest.mark.parametrize("scale", [0.7, -0.7, 0.0])
 def test_a_param_scale_after_the_shift_moves_before_the_max_for_any_sign(scale):
     """exp((QK - GM) * scale): with scale < 0 the max of the scaled scores is not scale *
     GM, but the weights then differ by one factor per row, which the normalisation
     cancels: the outputs are the same for every value of the param."""
-    cascade = einsumattn.load(SHIFT_SPELLINGS / "shift_then_scale.attn")
+    cascade = einsumattn.load(ROOT / "tests" / "spellings" / "shift_then_scale.attn")
     canonical, steps, blocked = canonicalize(cascade)
     assert SHIFT in [s.rule for s in steps] and blocked == []
     gm = [e for e in canonical.einsums if e.reduce_op == "max"]
