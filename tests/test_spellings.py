@@ -213,7 +213,8 @@ def test_a_filter_every_reader_applies_moves_to_its_producer():
 SCALES = {"param": (" * scale", "param scale = 1 / sqrt(E)"), "sqrt": (" / sqrt(E)", ""),
           "reciprocal": (" * (1 / sqrt(E))", ""), "temperature": (" / T", "param T = sqrt(E)"),
           "power": (" * E ** -0.5", ""), "after_shift": ("", "")}   # exp((S - GM) / sqrt(E))
-MASKS = ("filter", "bias", "bias_tensor", "masked_fill", "on_weights")
+# under_reductions: max[m] where(m <= p, QK, -inf) and sum[m] where(m <= p, SN, 0).
+MASKS = ("filter", "bias", "bias_tensor", "masked_fill", "on_weights", "under_reductions")
 NORMALISATIONS = ("before_v", "after_v")
 
 
@@ -232,14 +233,19 @@ def _combined(scale: str, mask: str, normalisation: str) -> str:
     shift = f"{scores}[b, h, p, m] - GM[b, h, p]"
     if scale == "after_shift":
         shift = f"({shift}) / sqrt(E)"
-    lines += [f"GM[b, h, p] = max[m] {scores}[b, h, p, m]{weights}",
+    def term(read: str, identity: str) -> str:
+        return f"where(m <= p, {read}, {identity})" if mask == "under_reductions" else read
+
+    lines += [f"GM[b, h, p] = max[m] {term(f'{scores}[b, h, p, m]', '-inf')}{weights}",
               f"SN[b, h, p, m] = exp({shift}){weights}",
-              "SD[b, h, p] = sum[m] SN[b, h, p, m]"]
+              f"SD[b, h, p] = sum[m] {term('SN[b, h, p, m]', '0')}"]
+    weighted = "sum[m] " if mask == "under_reductions" else ""   # implicit elsewhere
     if normalisation == "before_v":
         lines += ["A[b, h, p, m] = SN[b, h, p, m] / SD[b, h, p]",
-                  "AV[b, h, p, f] = A[b, h, p, m] * V[b, h, m, f]"]
+                  f"AV[b, h, p, f] = {weighted}{term('A[b, h, p, m]', '0')} * V[b, h, m, f]"]
     else:
-        lines += ["SNV[b, h, p, f] = SN[b, h, p, m] * V[b, h, m, f]",
+        lines += [f"SNV[b, h, p, f] = {weighted}{term('SN[b, h, p, m]', '0')} * "
+                  f"V[b, h, m, f]",
                   "AV[b, h, p, f] = SNV[b, h, p, f] / SD[b, h, p]"]
     return "\n".join(lines + ["output AV", ""])
 
