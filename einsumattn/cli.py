@@ -144,7 +144,9 @@ def _cmd_eval(args) -> int:
 
 
 def _rewrite_section(result, fmt: str):
-    """Passes before and after the rewrites, the steps, and what blocks the rest."""
+    """Passes before and after the rewrites, the canonical form's steps (each with its
+    proof) and refusals, the other steps, and what blocks the rest: read off the
+    rewrite's own record."""
     from .analysis.passes import analyse_passes
 
     before, after = result.passes("before"), result.passes("after")
@@ -152,6 +154,12 @@ def _rewrite_section(result, fmt: str):
                  for d in info.dependencies if result.cascade.ranks[info.rank].split_of is None]
     if fmt == "json":
         return {"passes_before": before, "passes_after": after,
+                "canonical": [{"rule": s.rule, "tensors": list(s.tensors),
+                               "summary": s.summary, "proved": s.identity}
+                              for s in result.canonical],
+                "canonical_blocked": [{"rule": b.rule, "tensor": b.tensor,
+                                       "reason": b.reason}
+                                      for b in result.canonical_blocked],
                 "steps": [{"rule": s.rule, "summary": s.summary, "proved": s.identity}
                           for s in result.steps],
                 "blocked": [{"rule": b.rule, "tensor": b.tensor, "reason": b.reason}
@@ -159,6 +167,11 @@ def _rewrite_section(result, fmt: str):
                 "remaining_dependencies": remaining}
     lines = ["Rewrites (einsumattn rewrite; compile applies them)",
              "  passes: " + result.change(only_changed=False).removesuffix(" passes")]
+    for step in result.canonical:
+        lines.append(f"  canonical form, {step.comment()}")
+        lines.append(f"    proved: {step.identity}")
+    for note in result.canonical_blocked:
+        lines.append(f"  canonical form blocked: {note.explain()}")
     lines += [f"  step {n}, {step.comment()}" for n, step in enumerate(result.steps, 1)]
     if not result.steps:
         lines.append("  no rewrite applies")
@@ -169,8 +182,8 @@ def _rewrite_section(result, fmt: str):
                      "each is forced by a read-read dependency no rule removes:")
         lines += [f"    {text}" for text in remaining]
     if fmt == "md":
-        return "\n## " + lines[0] + "\n\n" + "\n".join(f"- {line.strip()}"
-                                                    for line in lines[1:])
+        return "\n## " + lines[0] + "\n\n" + "\n".join(
+            ("  - " if line.startswith("    ") else "- ") + line.strip() for line in lines[1:])
     return "\n" + "\n".join(lines)
 
 

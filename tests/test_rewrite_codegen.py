@@ -1,6 +1,8 @@
 """Rewrites as users meet them: `einsumattn rewrite`, `analyze` before/after, and
 `compile` turning the textbook 3-pass softmax into FlashAttention's single loop."""
 
+import json
+
 import einsumattn
 from einsumattn.analysis.passes import analyse_passes
 from einsumattn.cli import main
@@ -9,6 +11,7 @@ from einsumattn.backends.triton_fused import fuse_stages
 from einsumattn.backends.module import Plan
 from einsumattn.schedule.model import Form, LoopKind
 from einsumattn.transform import rewrite
+from einsumattn.transform.canonical import EPILOGUE, FILTER, SHIFT, TERMS
 from einsumattn.verify import Case, case_inputs, compare
 
 from conftest import ROOT
@@ -110,3 +113,40 @@ def test_no_rewrite_keeps_the_spec_pass_structure(tmp_path, capsys):
     assert "pass 3: all m tiles" in out
     assert main(["compile", str(SOFTMAX_3PASS), "-o", str(tmp_path)]) == 0
     assert "one loop over M1 tiles" in capsys.readouterr().out
+
+
+def test_analyze_json_lists_the_canonical_steps_the_rewrite_made(tmp_path):
+    """analyze's report carries rule 0's record as the rewrite made it: each step, the
+    Einsums it wrote and its proof, and each step refused with its reason."""
+    spelling = ROOT / "tests" / "spellings" / "masked_reductions.attn"
+    target = tmp_path / "report.json"
+    assert main(["analyze", str(spelling), "--format", "json", "-o", str(target)]) == 0
+    section = json.loads(target.read_text())["rewrite"]
+    result = rewrite(spelling)
+    assert section["canonical"] == [
+        {"rule": s.rule, "tensors": list(s.tensors), "summary": s.summary,
+         "proved": s.identity} for s in result.canonical]
+    assert [(s["rule"], s["tensors"]) for s in section["canonical"]] == [
+        (EPILOGUE, ["QK_sum", "QK"]), (TERMS, ["GM"]), (TERMS, ["SD"]), (TERMS, ["AV"]),
+        (FILTER, ["A", "AV"]), (FILTER, ["SN", "A", "SD"]), (FILTER, ["QK", "GM", "SN"])]
+    assert section["canonical_blocked"] == []
+
+    shift = tmp_path / "shift.attn"    # the exponential itself is an output: refused
+    shift.write_text("dims P, M\ninput X[p, m]\nparam s = 0.5\nG[p] = max[m] X[p, m]\n"
+                     "N[p, m] = exp((X[p, m] - G[p]) * s)\noutput N\n")
+    assert main(["analyze", str(shift), "--format", "json", "-o", str(target)]) == 0
+    section = json.loads(target.read_text())["rewrite"]
+    assert section["canonical"] == []
+    assert [(b["rule"], b["tensor"]) for b in section["canonical_blocked"]] == [(SHIFT, "N")]
+    assert section["canonical_blocked"][0]["reason"] == \
+        rewrite(shift).canonical_blocked[0].reason
+
+
+def test_analyze_prints_each_canonical_step_with_its_proof(capsys):
+    assert main(["analyze", str(ROOT / "tests" / "spellings" / "shift_then_sqrt.attn")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    found = [n for n, line in enumerate(out)
+             if line.startswith(f"  canonical form, {SHIFT}: 1.0 / sqrt(E) moves before")]
+    assert len(found) == 1
+    assert out[found[0] + 1].startswith("    proved: ") and "1.0 / sqrt(E) > 0" in \
+        out[found[0] + 1]

@@ -17,7 +17,8 @@ from einsumattn.backends.module import Plan
 from einsumattn.ir import bind
 from einsumattn.ir import expr as ir
 from einsumattn.transform import rewrite
-from einsumattn.transform.canonical import EPILOGUE, FILTER, LOG, MASK, REDUNDANT, canonicalize
+from einsumattn.transform.canonical import (EPILOGUE, FILTER, LOG, MASK, REDUNDANT, SHIFT,
+                                            TERMS, canonicalize)
 from einsumattn.verify import run_check
 
 from conftest import ROOT
@@ -99,10 +100,10 @@ def _random_inputs(cascade, seed: int, scale: float = 3.0) -> dict:
             for t in cascade.inputs}
 
 
-def _same_values(before, after, seed: int) -> None:
+def _same_values(before, after, seed: int, params: dict | None = None) -> None:
     inputs = _random_inputs(before, seed)
-    want = einsumattn.evaluate(before, inputs)
-    got = einsumattn.evaluate(after, inputs)
+    want = einsumattn.evaluate(before, inputs, params)
+    got = einsumattn.evaluate(after, inputs, params)
     for name in before.outputs:
         np.testing.assert_allclose(got[name], want[name], rtol=1e-12, atol=1e-12,
                                    equal_nan=True, err_msg=name)
@@ -207,11 +208,13 @@ def test_a_filter_every_reader_applies_moves_to_its_producer():
 
 
 # ------------------------------------------------------------------ combined spellings
-# The choices compose: every scale with every mask and either normalisation.
+# The choices compose: every scale (before or after the max-shift) with every mask and
+# either normalisation.
 SCALES = {"param": (" * scale", "param scale = 1 / sqrt(E)"), "sqrt": (" / sqrt(E)", ""),
           "reciprocal": (" * (1 / sqrt(E))", ""), "temperature": (" / T", "param T = sqrt(E)"),
-          "power": (" * E ** -0.5", "")}
-MASKS = ("filter", "bias", "bias_tensor", "masked_fill", "on_weights")
+          "power": (" * E ** -0.5", ""), "after_shift": ("", "")}   # exp((S - GM) / sqrt(E))
+# under_reductions: max[m] where(m <= p, QK, -inf) and sum[m] where(m <= p, SN, 0).
+MASKS = ("filter", "bias", "bias_tensor", "masked_fill", "on_weights", "under_reductions")
 NORMALISATIONS = ("before_v", "after_v")
 
 
@@ -227,14 +230,22 @@ def _combined(scale: str, mask: str, normalisation: str) -> str:
     if mask == "masked_fill":
         lines.append("S[b, h, p, m] = where(m > p, -inf, QK[b, h, p, m])")
     weights = "  where m <= p" if mask == "on_weights" else ""
-    lines += [f"GM[b, h, p] = max[m] {scores}[b, h, p, m]{weights}",
-              f"SN[b, h, p, m] = exp({scores}[b, h, p, m] - GM[b, h, p]){weights}",
-              "SD[b, h, p] = sum[m] SN[b, h, p, m]"]
+    shift = f"{scores}[b, h, p, m] - GM[b, h, p]"
+    if scale == "after_shift":
+        shift = f"({shift}) / sqrt(E)"
+    def term(read: str, identity: str) -> str:
+        return f"where(m <= p, {read}, {identity})" if mask == "under_reductions" else read
+
+    lines += [f"GM[b, h, p] = max[m] {term(f'{scores}[b, h, p, m]', '-inf')}{weights}",
+              f"SN[b, h, p, m] = exp({shift}){weights}",
+              f"SD[b, h, p] = sum[m] {term('SN[b, h, p, m]', '0')}"]
+    weighted = "sum[m] " if mask == "under_reductions" else ""   # implicit elsewhere
     if normalisation == "before_v":
         lines += ["A[b, h, p, m] = SN[b, h, p, m] / SD[b, h, p]",
-                  "AV[b, h, p, f] = A[b, h, p, m] * V[b, h, m, f]"]
+                  f"AV[b, h, p, f] = {weighted}{term('A[b, h, p, m]', '0')} * V[b, h, m, f]"]
     else:
-        lines += ["SNV[b, h, p, f] = SN[b, h, p, m] * V[b, h, m, f]",
+        lines += [f"SNV[b, h, p, f] = {weighted}{term('SN[b, h, p, m]', '0')} * "
+                  f"V[b, h, m, f]",
                   "AV[b, h, p, f] = SNV[b, h, p, f] / SD[b, h, p]"]
     return "\n".join(lines + ["output AV", ""])
 
@@ -300,4 +311,99 @@ def test_a_log_leaves_an_exponential_only_for_a_nonnegative_argument(tmp_path):
     canonical, steps, blocked = canonicalize(cascade)
     assert [(s.rule, s.tensors[-1]) for s in steps] == [(LOG, "A")]
     assert [(b.rule, b.tensor) for b in blocked] == [(LOG, "B")]
+    _same_values(cascade, canonical, 0)
+
+
+# ------------------------------------------------------------------ masked terms
+@pytest.mark.parametrize("body, reduction", [
+    ("where(m <= p, X[p, m], -inf)", "max"),
+    ("where(m > p, -inf, X[p, m]) + 1", "max"),
+    ("where(m <= p, X[p, m], 0) * W[m]", "sum"),
+    ("exp(where(m <= p, X[p, m], -inf) - X[p, 0])", "sum"),
+    ("where(m <= p, X[p, m], inf)", "min"),
+    # Rows p = 0, 1 keep no term: the where gives the identity there, and so does the
+    # filter (a row with every term removed gets the identity).
+    ("exp(where(m + 2 <= p, X[p, m], -inf))", "sum"),
+])
+def test_a_where_that_gives_the_identity_under_a_reduction_becomes_its_filter(
+        tmp_path, body, reduction):
+    path = tmp_path / "terms.attn"
+    path.write_text(f"dims P, M\ninput X[p, m], W[m]\nR[p] = {reduction}[m] {body}\n"
+                    "output R\n")
+    cascade = einsumattn.load(path)
+    canonical, steps, blocked = canonicalize(cascade)
+    assert [s.rule for s in steps] == [TERMS] and blocked == []
+    r = canonical.einsum("R")
+    assert r.filter is not None and set(ir.index_vars(r.filter)) == {"m", "p"}
+    assert not [n for n in ir.walk(r.body) if isinstance(n, ir.Op) and n.op == "where"]
+    _same_values(cascade, canonical, 0)
+
+
+@pytest.mark.parametrize("spec, why", [
+    # p < 3 mentions no reduced variable: as a filter it makes R[p] absent (0 at the
+    # output) for p >= 3, where the where gives max = -inf.
+    ("R[p] = max[m] where(m <= p and p < 3, X[p, m], -inf)", "mentions no reduced"),
+    # S[p] is absent for p >= 3: inside the where that removes the terms m <= p (the
+    # others are -inf, R = -inf); as the body of a filtered max it removes R[p].
+    ("S[p] = X[p, 0] where p < 3\nR[p] = max[m] where(m <= p, X[p, m] + S[p], -inf)",
+     "absent at a whole point"),
+])
+def test_a_where_is_not_a_filter_where_absence_would_decide_the_point(tmp_path, spec, why):
+    path = tmp_path / "points.attn"
+    path.write_text(f"dims P, M\ninput X[p, m]\n{spec}\noutput R\n")
+    cascade = einsumattn.load(path)
+    canonical, steps, blocked = canonicalize(cascade)
+    assert TERMS not in [s.rule for s in steps]
+    assert [(b.rule, b.tensor) for b in blocked] == [(TERMS, "R")] and why in blocked[0].reason
+    _same_values(cascade, canonical, 0)
+
+
+# ------------------------------------------------------------------ scaled shifts
+@pytest.mark.parametrize("scale", [0.7, -0.7, 0.0])
+def test_a_param_scale_after_the_shift_moves_before_the_max_for_any_sign(scale):
+    """exp((QK - GM) * scale): with scale < 0 the max of the scaled scores is not scale *
+    GM, but the weights then differ by one factor per row, which the normalisation
+    cancels: the outputs are the same for every value of the param."""
+    cascade = einsumattn.load(ROOT / "tests" / "spellings" / "shift_then_scale.attn")
+    canonical, steps, blocked = canonicalize(cascade)
+    assert SHIFT in [s.rule for s in steps] and blocked == []
+    gm = [e for e in canonical.einsums if e.reduce_op == "max"]
+    assert len(gm) == 1 and "GM" not in canonical.tensors
+    assert canonical.einsum("SN").body == ir.Op("exp", (ir.Op("-", (
+        ir.Read("QK_scaled", tuple(map(ir.Index, "bhpm"))),
+        ir.Read(gm[0].tensor, tuple(map(ir.Index, "bhp"))))),))
+    for seed in range(2):
+        _same_values(cascade, canonical, seed, {"scale": scale})
+
+
+def _shift_spec(tmp_path, scale: str, readers: str):
+    path = tmp_path / "shift.attn"
+    path.write_text("dims P, M\ninput X[p, m]\nparam s = 0.5\n"
+                    "G[p] = max[m] X[p, m]\n"
+                    f"N[p, m] = exp((X[p, m] - G[p]) * {scale})\n{readers}\n")
+    return einsumattn.load(path)
+
+
+@pytest.mark.parametrize("readers, why", [
+    ("output N", "the output N is proportional"),
+    ("O[p] = sum[m] N[p, m] + X[p, m]\noutput O", "O is not proportional"),
+    ("O[p] = sum[m] N[p, m]  where N[p, m] > 0.5\noutput O", "in a filter"),
+])
+def test_a_param_scale_stays_after_the_shift_unless_the_outputs_cancel_the_row_factor(
+        tmp_path, readers, why):
+    cascade = _shift_spec(tmp_path, "s", readers)
+    canonical, steps, blocked = canonicalize(cascade)
+    assert SHIFT not in [s.rule for s in steps]
+    assert [(b.rule, b.tensor) for b in blocked] == [(SHIFT, "N")] and why in blocked[0].reason
+    assert "s may be negative" in blocked[0].reason
+
+
+@pytest.mark.parametrize("scale", ["0.5", "1 / sqrt(M)", "2 / M"])
+def test_a_positive_scale_moves_before_the_max_pointwise(tmp_path, scale):
+    """For a scale proved positive, max[m] X * s = s * max[m] X: the exponential keeps
+    its values, so even an output may read it."""
+    cascade = _shift_spec(tmp_path, scale, "output N")
+    canonical, steps, blocked = canonicalize(cascade)
+    assert [s.rule for s in steps] == [SHIFT] and blocked == []
+    assert "> 0" in steps[0].identity
     _same_values(cascade, canonical, 0)

@@ -8,8 +8,9 @@
 
 The rules, in the order they run (docs/rewrites.md):
 0. canonical form (canonical.py): factors and terms out of contractions, logs out of
-   exponentials, -inf masks to filters, each filter once (`result.canonical` lists
-   these steps; `result.steps` the others);
+   exponentials, -inf masks and identity-masked terms to filters, a scale before the
+   max-shift, each filter once (`result.canonical` lists these steps,
+   `result.canonical_blocked` those refused; `result.steps` the others);
 1. factor out of a sum (factor.py): deferred division and scaling;
 2. separable moments (factor.py): sums of products split per factor;
 3. online max-shift (online.py): split the streamed rank and carry a running max.
@@ -39,8 +40,11 @@ class Rewritten:
     cascade: Cascade
     steps: list[Step] = field(default_factory=list)
     blocked: list[Blocked] = field(default_factory=list)
-    # Rule 0 (canonical.py): the spelling steps, which change no pass count.
+    # Rule 0 (canonical.py): the spelling steps, which change no pass count, and the
+    # steps it refused, each with its reason (all of them: `blocked` keeps only the notes
+    # that explain a remaining pass).
     canonical: list[Step] = field(default_factory=list)
+    canonical_blocked: list[Blocked] = field(default_factory=list)
 
     @property
     def applied(self) -> list[Step]:
@@ -103,23 +107,25 @@ def rewrite(spec: "str | os.PathLike | Cascade", *, tile: int = DEFAULT_TILE,
     derived = _rewrite(original, tile, online, canonical)
     # The same derivation, in lists of its own (the cascades are immutable and shared).
     return replace(derived, steps=list(derived.steps), blocked=list(derived.blocked),
-                   canonical=list(derived.canonical))
+                   canonical=list(derived.canonical),
+                   canonical_blocked=list(derived.canonical_blocked))
 
 
 @per_cascade
 def _rewrite(original: Cascade, tile: int, online: bool, canonical: bool) -> Rewritten:
     """`rewrite` of a cascade, derived once per cascade and options: compiling asks for
     it from several stages, and what they derive from it is memoized on its cascades."""
-    start, spelling, blocked = canonicalize(original) if canonical else (original, [], [])
-    cascade, steps, more = factor_sums(start)
-    blocked += more
+    start, spelling, refused = canonicalize(original) if canonical else (original, [], [])
+    cascade, steps, blocked = factor_sums(start)
+    blocked = refused + blocked
     if _worse(original, cascade):  # the rules never do this; refuse rather than trust
         cascade, steps, spelling = original, [], []
     if online:
         cascade, more, notes = _online(cascade, tile)
         steps += more
         blocked += notes
-    return Rewritten(original, cascade, steps, _still_relevant(cascade, blocked), spelling)
+    return Rewritten(original, cascade, steps, _still_relevant(cascade, blocked), spelling,
+                     refused)
 
 
 def _streamed_rank(cascade: Cascade) -> str | None:

@@ -1,7 +1,7 @@
 """Rule 0, the canonical form: one spelling of each Einsum, so fusion does not depend on
 how the user wrote it.
 
-Five steps run to a fixed point, each proved before it is kept (docs/rewrites.md);
+Seven steps run to a fixed point, each proved before it is kept (docs/rewrites.md);
 they change no pass count, only what the scheduler has to recognise:
 
 1. **Move out of a contraction.** In `T = sum[r] BODY` the additive terms and the
@@ -44,14 +44,40 @@ they change no pass count, only what the scheduler has to recognise:
    and 1 see no key) stays a bias, reported blocked. Exact for finite inputs (X + -inf
    is -inf only for X < inf).
 
-4. **A shared filter to its producer.** A condition that every reader of an elementwise
+4. **A masked term to a filter.** Under a reduction, a `where(c, x, b)` whose other
+   branch makes the term the reduction's identity (sympy evaluates the body with it:
+   `max[m] where(m <= p, QK, -inf)`, `sum[m] where(m <= p, SN, 0) * V`, `sum[m]
+   exp(where(m <= p, QK, -inf) - GM)`) masks terms, which is what the filter `c` does:
+   `GM = max[m] QK where m <= p`. Exact because the identity changes no reduction (max(a,
+   -inf) = a, a + 0 = a) and a row where c removes every term gets the identity through
+   the filter too (LANGUAGE.md, absent points), so a fully masked row gives the same
+   value both ways. Refused, with the reason, where the filter would decide whole left
+   points instead: a conjunct of c that mentions no reduced variable (absent there, not
+   the identity), a condition that may be absent, or a kept branch that may be absent
+   for a reason free of the reduced variables. Exact for finite values of the rest of
+   the body (`0 * v` is 0 only for a finite v).
+
+5. **A scale before the max-shift.** `SN = exp((X - G) * s)` with `G = max[m] X` and s a
+   constant (sizes, params, numbers) becomes `X_scaled = X * s`, `G_scaled = max[m]
+   X_scaled`, `SN = exp(X_scaled - G_scaled)`: the scores scaled before their max, the
+   form the online max-shift streams. Proof obligation: the exponent is s * X - s * G
+   (sympy), and G_scaled = s * G. That holds pointwise for an s proved positive (max is
+   monotone; on a row of -inf it is -inf both ways). For an s of unknown sign (a param
+   may be overridden by a negative value) G_scaled - s * G is one finite constant per
+   row (for finite scores), so SN changes by a positive row factor: the step is kept
+   only where sympy shows each reader of SN, followed through its readers, unchanged
+   by that factor (`SN / SD`) or proportional to it (`SD = sum[m] SN`, the factor
+   constant along m), and no output proportional to it. Refused with the reason
+   otherwise (an output that is the exponential, a reader that is not homogeneous).
+
+6. **A shared filter to its producer.** A condition that every reader of an elementwise
    tensor applies, in its filter, to the points it reads (`GM = max[m] QK where m <= p`,
    `SN = exp(QK - GM) where m <= p`) becomes that tensor's filter and leaves the
    readers: absence of the read then removes the same terms and points, because the
    read mentions a reduced variable exactly when the condition does (LANGUAGE.md, the
    causes of absence). One place for a mask, where the fuser looks for it.
 
-5. **A filter its reads apply.** A conjunct that a tensor read in the body already
+7. **A filter its reads apply.** A conjunct that a tensor read in the body already
    applies (QK absent where not m <= p, and `GM = max[m] QK where m <= p`) leaves the
    filter, by the same argument: the mask written on every Einsum is written once.
 
@@ -71,17 +97,20 @@ from ..analysis.presence import absent_tensors, einsum_conditions, expression_co
 from ..ir import Cascade, Einsum
 from ..ir import expr as ir
 from ..ir.intervals import interval, provably
-from .algebra import Algebra, NotAlgebraic, prove_equal, rebuild, substitute
+from .algebra import Algebra, NotAlgebraic, is_zero, prove_equal, rebuild, substitute
 from .edit import assemble, fixed_point, fresh_name, with_body
 from .factor import _flatten, inline
 from .steps import Blocked, Step
 
 EPILOGUE = "move out of a contraction"
 MASK = "-inf mask to a filter"
+TERMS = "a masked term to a filter"
+SHIFT = "a scale before the max-shift"
 FILTER = "a shared filter to its producer"
 REDUNDANT = "a filter its reads apply"
 LOG = "a log out of an exponential"
 _IDENTITY = {"sum": sympy.Integer(0), "max": -sympy.oo, "min": sympy.oo}
+_IDENTITY_TEXT = {"sum": "0", "max": "-inf", "min": "inf"}
 _NEGATED = {"<": ">=", "<=": ">", ">": "<=", ">=": "<", "==": "!=", "!=": "=="}
 
 
@@ -90,7 +119,7 @@ def canonicalize(cascade: Cascade) -> tuple[Cascade, list[Step], list[Blocked]]:
     steps: list[Step] = []
     blocked: list[Blocked] = []
     for rule in (_move_out_of_contraction, _log_out_of_exp, _mask_to_filter,
-                 _filter_to_producer, _redundant_filter):
+                 _masked_terms, _scaled_shift, _filter_to_producer, _redundant_filter):
         cascade, more, notes = fixed_point(cascade, rule, 2 * len(cascade.einsums) + 2)
         steps += more
         blocked += notes
@@ -497,40 +526,247 @@ def _row_on_empty(einsum: Einsum, rows: dict) -> sympy.Expr:
     return sympy.nan
 
 
-def _mask_to_filter(cascade: Cascade, einsum: Einsum):
-    if einsum.reduce_op is not None or einsum.iterative is not None:
-        return None
-    for node in ir.walk(einsum.body):
+def _masking_wheres(body: ir.Expr):
+    """Each `where(c, a, b)` of `body` read both ways: (the node, the branch kept, the
+    condition that keeps it, the body's value where the other branch is picked, with
+    every read a finite real symbol)."""
+    for node in ir.walk(body):
         if not (isinstance(node, ir.Op) and node.op == "where"):
             continue
         condition, when_true, when_false = node.args
         for kept, dropped, visible in ((when_true, when_false, condition),
                                        (when_false, when_true, _negated(condition))):
-            masked_value = _Masked({}, {}).to_sympy(_with_node(einsum.body, node, dropped))
-            if masked_value != -sympy.oo:
-                continue
-            if expression_conditions(cascade, condition, absent_tensors(cascade)):
-                return Blocked(MASK, einsum.tensor, "the mask's condition may be absent")
-            reason, empty_rows = _readers_agree(cascade, einsum.tensor, visible)
-            if reason is not None:
-                return Blocked(MASK, einsum.tensor, reason)
-            body = _without_zero(_with_node(einsum.body, node, kept))
-            previous = einsum.filter
-            both = visible if previous is None else ir.Op("and", (previous, visible))
-            new = _replaced(cascade, einsum.tensor, [with_body(einsum, body=body,
-                                                               filter=both)])
-            identity = (f"{ir.to_text(einsum.body)} = {ir.to_text(body)} where "
-                        f"{ir.to_text(visible)}, and -inf elsewhere: each reader gives its "
-                        f"reduction's identity there, "
-                        + ("on a fully masked row too" if empty_rows else
-                           "and every row keeps a visible point"))
-            summary = (f"{einsum.tensor}'s -inf points become absent: {einsum.tensor} = "
-                       f"{ir.to_text(body)} where {ir.to_text(visible)}")
-            return new, Step(MASK, summary, (einsum.tensor,), identity)
+            yield node, kept, visible, _Masked({}, {}).to_sympy(_with_node(body, node,
+                                                                           dropped))
+
+
+def _mask_to_filter(cascade: Cascade, einsum: Einsum):
+    if einsum.reduce_op is not None or einsum.iterative is not None:
+        return None
+    for node, kept, visible, masked_value in _masking_wheres(einsum.body):
+        if masked_value != -sympy.oo:
+            continue
+        if expression_conditions(cascade, node.args[0], absent_tensors(cascade)):
+            return Blocked(MASK, einsum.tensor, "the mask's condition may be absent")
+        reason, empty_rows = _readers_agree(cascade, einsum.tensor, visible)
+        if reason is not None:
+            return Blocked(MASK, einsum.tensor, reason)
+        new, body = _where_to_filter(cascade, einsum, node, kept, visible)
+        identity = (f"{ir.to_text(einsum.body)} = {ir.to_text(body)} where "
+                    f"{ir.to_text(visible)}, and -inf elsewhere: each reader gives its "
+                    f"reduction's identity there, "
+                    + ("on a fully masked row too" if empty_rows else
+                       "and every row keeps a visible point"))
+        summary = (f"{einsum.tensor}'s -inf points become absent: {einsum.tensor} = "
+                   f"{ir.to_text(body)} where {ir.to_text(visible)}")
+        return new, Step(MASK, summary, (einsum.tensor,), identity)
     return None
 
 
-# ------------------------------------------------------------------ 4, 5. filters
+def _where_to_filter(cascade: Cascade, einsum: Einsum, node: ir.Expr, kept: ir.Expr,
+                     visible: ir.Expr) -> tuple[Cascade, ir.Expr]:
+    """The cascade with the where `node` of `einsum` replaced by the branch it `kept`,
+    and the condition `visible` of that branch added to the Einsum's filter; the new
+    body."""
+    body = _without_zero(_with_node(einsum.body, node, kept))
+    both = visible if einsum.filter is None else ir.Op("and", (einsum.filter, visible))
+    return _replaced(cascade, einsum.tensor, [with_body(einsum, body=body, filter=both)]), \
+        body
+
+
+# ------------------------------------------------------------------ 4. masked terms
+def _masked_terms(cascade: Cascade, einsum: Einsum):
+    """`R = max[m] where(c, x, -inf)` -> `R = max[m] x where c` (and `sum[m] where(c, x,
+    0) * v`, `sum[m] exp(where(c, x, -inf) - g)`, `min` with +inf): a where whose other
+    branch makes the term the reduction's identity masks terms, which is what the
+    filter c does (module docstring, step 4)."""
+    if einsum.reduce_op not in _IDENTITY or einsum.iterative is not None:
+        return None
+    identity = _IDENTITY_TEXT[einsum.reduce_op]
+    for node, kept, visible, masked_value in _masking_wheres(einsum.body):
+        if masked_value != _IDENTITY[einsum.reduce_op]:
+            continue
+        reason = _terms_only(cascade, einsum, node, kept, visible)
+        if reason is not None:
+            return Blocked(TERMS, einsum.tensor, reason)
+        new, body = _where_to_filter(cascade, einsum, node, kept, visible)
+        said = f"{einsum.reduce_op}[{', '.join(einsum.reduced)}]"
+        summary = (f"{einsum.tensor}'s terms where not {ir.to_text(visible)} are "
+                   f"{identity}, the identity of {einsum.reduce_op}: {einsum.tensor} = "
+                   f"{said} {ir.to_text(body)} where {ir.to_text(visible)}")
+        proof = (f"{ir.to_text(einsum.body)} is {identity} where not "
+                 f"{ir.to_text(visible)} and {ir.to_text(body)} elsewhere; the filter "
+                 f"removes the same terms (each conjunct mentions "
+                 f"{', '.join(einsum.reduced)}), and a row with none left gives "
+                 f"{identity} either way")
+        return new, Step(TERMS, summary, (einsum.tensor,), proof)
+    return None
+
+
+def _terms_only(cascade: Cascade, einsum: Einsum, node: ir.Expr, kept: ir.Expr,
+                visible: ir.Expr) -> str | None:
+    """Why the filter `visible` would not do what the where does (None: it would). The
+    where decides terms: it mentions a reduced variable, and its absence (c absent, or
+    the branch it picks absent) removes a term. The filter must too: each conjunct must
+    mention a reduced variable (one that mentions none decides the whole left point,
+    absent rather than the identity), the condition must be present, and what the kept
+    branch reads must be absent only term by term."""
+    reduced = set(einsum.reduced)
+    for conjunct in ir.conjuncts(visible):
+        if not set(ir.index_vars(conjunct)) & reduced:
+            return (f"{ir.to_text(conjunct)} mentions no reduced variable: as a filter it "
+                    f"would make the point absent, where the where gives the identity")
+    absent = absent_tensors(cascade)
+    if expression_conditions(cascade, node.args[0], absent):
+        return "the mask's condition may be absent"
+    for condition in expression_conditions(cascade, kept, absent):
+        if not condition.variables & reduced:
+            return (f"{ir.to_text(kept)} may be absent at a whole point, not a term, "
+                    f"where the where would give the identity")
+    return None
+
+
+# ------------------------------------------------------------------ 5. scaled shifts
+def _scaled_shift(cascade: Cascade, einsum: Einsum):
+    """`exp((X - G) * s)` with `G = max[m] X` and s free of every tensor and index ->
+    `exp(Xs - Gs)` with `Xs = X * s` and `Gs = max[m] Xs`: the scale before the max, as
+    in `QK = Q*K*scale; GM = max[m] QK; SN = exp(QK - GM)`, the form the online max-shift
+    streams (module docstring, step 5)."""
+    if einsum.iterative is not None:
+        return None
+    for node in ir.walk(einsum.body):
+        if not (isinstance(node, ir.Op) and node.op == "exp"):
+            continue
+        found = _shift_times_scale(cascade, node.args[0])
+        if found is None:
+            continue
+        shift, scores, scale, positive = found
+        g_einsum = cascade.einsum(shift.tensor)
+        top, bottom = scale
+        factor = ir.to_text(_ratio(top or [ir.Const(1.0)], bottom))
+        if not positive:
+            reason = _row_factor_cancels(cascade, einsum, node, shift.indices)
+            if reason is not None:
+                return Blocked(SHIFT, einsum.tensor, f"{factor} may be negative (max[...] "
+                               f"{factor} * X is then not {factor} * max[...] X) and "
+                               f"{reason}")
+        tensor = cascade.tensors[scores.tensor]
+        variables = tuple(cascade.ranks[r].var for r in tensor.ranks)
+        scaled_name = fresh_name(cascade, f"{scores.tensor}_scaled")
+        scaled = Einsum(scaled_name, variables,
+                        _ratio([ir.Read(scores.tensor, tuple(map(ir.Index, variables)))]
+                               + top, bottom))
+        shift_name = fresh_name(cascade, f"{shift.tensor}_scaled", {scaled_name})
+        max_of_scaled = with_body(g_einsum, tensor=shift_name, body=rebuild(
+            g_einsum.body, lambda n: ir.Read(scaled_name, n.indices)
+            if isinstance(n, ir.Read) and n.tensor == scores.tensor else None))
+        exponent = ir.Op("-", (ir.Read(scaled_name, scores.indices),
+                               ir.Read(shift_name, shift.indices)))
+        body = _with_node(einsum.body, node, ir.Op("exp", (exponent,)))
+        einsums = [n for e in cascade.einsums for n in (
+            [scaled, max_of_scaled, with_body(e, body=body)] if e.tensor == einsum.tensor
+            else [e])]
+        new = assemble(cascade, einsums, removable={shift.tensor})
+        reduction = f"{g_einsum.reduce_op}[{', '.join(g_einsum.reduced)}]"
+        summary = (f"{factor} moves before the max: {scaled_name} = "
+                   f"{ir.to_text(scaled.body)}, {shift_name} = {reduction} {scaled_name}, "
+                   f"then {einsum.tensor} = {ir.to_text(body)}")
+        proof = (f"{ir.to_text(node.args[0])} = {factor} * {ir.to_text(scores)} - {factor} "
+                 f"* {ir.to_text(shift)}; "
+                 + (f"{factor} > 0, so {reduction} {factor} * {scores.tensor} = {factor} * "
+                    f"{shift.tensor}" if positive else
+                    f"{shift_name} - {factor} * {shift.tensor} is one constant per row, and "
+                    f"each reader of {einsum.tensor} is proportional to it or unchanged by "
+                    f"it: no output changes"))
+        return new, Step(SHIFT, summary, (scaled_name, shift_name, einsum.tensor), proof)
+    return None
+
+
+def _shift_times_scale(cascade: Cascade, exponent: ir.Expr):
+    """(the read of G, the read of X, the scale as folded numerator and denominator
+    factors, whether it is proved positive) if `exponent` is s * (X - G) with G =
+    max[m] X read at the same point and s a constant other than 1 (sizes, params,
+    numbers); else None."""
+    for shift in ir.reads(exponent):
+        tensor = cascade.tensors[shift.tensor]
+        if tensor.is_input or tensor.iterative is not None:
+            continue
+        g_einsum = cascade.einsum(shift.tensor)
+        if g_einsum.reduce_op != "max" or not isinstance(g_einsum.body, ir.Read) or \
+                g_einsum.init is not None:
+            continue
+        mapping = dict(zip(g_einsum.indices, shift.indices))
+        scores = substitute(g_einsum.body, mapping)
+        if scores not in ir.reads(exponent) or \
+                cascade.tensors[scores.tensor].iterative is not None:
+            continue
+        algebra = Algebra()
+        value = algebra.to_sympy(exponent)
+        x, g = algebra.to_sympy(scores), algebra.to_sympy(shift)
+        scale = sympy.diff(value, x)
+        if scale == 1 or scale == 0 or not all(
+                isinstance(algebra.nodes.get(s), (ir.Param, ir.Dim))
+                for s in scale.free_symbols) or not is_zero(value - scale * (x - g)):
+            continue
+        try:
+            numerator, denominator = [], []
+            _flatten(algebra.to_ir(scale), numerator, denominator)
+        except NotAlgebraic:
+            continue
+        folded = _folded(*_powers(numerator, denominator), 1)
+        if folded is not None:
+            return shift, scores, folded, bool(scale.is_positive)
+    return None
+
+
+def _row_factor_cancels(cascade: Cascade, einsum: Einsum, node: ir.Expr,
+                        row: tuple[ir.Expr, ...]) -> str | None:
+    """None if multiplying the exponential `node` of `einsum` by a positive factor r that
+    depends only on the point `row` (in the einsum's variables) changes no output, else
+    why not. Each reader of a scaled tensor must be, by sympy, unchanged (r cancels, as
+    in SN / SD) or scaled by r itself (SD = sum[m] SN, r not varying along m)."""
+    if set(ir.index_vars(ir.Read("", row))) & set(einsum.reduced):
+        return f"the shift varies along {einsum.tensor}'s reduction"
+    stand_in = ir.Read(fresh_name(cascade, "shifted"), ())
+    scaled: dict[str, tuple[ir.Expr, ...]] = {}
+    for current in cascade.einsums:
+        if current.tensor == einsum.tensor:
+            seen = [(stand_in, row)]
+            body = _with_node(einsum.body, node, stand_in)
+        else:
+            seen = [(r, tuple(substitute(c, dict(zip(cascade.einsum(r.tensor).indices,
+                                                       r.indices)))
+                              for c in scaled[r.tensor]))
+                    for r in current.accesses() if r.tensor in scaled]
+            body = current.body
+            if not seen:
+                continue
+            if any(r.tensor in scaled for e in (current.filter, current.init)
+                   if e is not None for r in ir.reads(e)) or current.iterative is not None:
+                return f"{current.tensor} reads {seen[0][0].tensor} in a filter, an init or " \
+                       f"a recurrence"
+        rows = {at for _, at in seen}
+        if len(rows) > 1:
+            return f"{current.tensor} reads the scaled values at different points"
+        (at,) = rows
+        algebra = Algebra()
+        r = sympy.Symbol("r_", positive=True)
+        before = algebra.to_sympy(body)
+        after = before.xreplace({algebra.to_sympy(read): algebra.to_sympy(read) * r
+                                 for read, _ in seen})
+        if is_zero(after - before):
+            continue
+        if not is_zero(after - r * before):
+            return f"{current.tensor} is not proportional to the exponential"
+        if current.tensor in cascade.outputs:
+            return f"the output {current.tensor} is proportional to the exponential"
+        if set(ir.index_vars(ir.Read("", at))) & set(current.reduced):
+            return f"the shift varies along {current.tensor}'s reduction"
+        scaled[current.tensor] = at
+    return None
+
+
+# ------------------------------------------------------------------ 6, 7. filters
 def _conjunction(conditions: list[ir.Expr]) -> ir.Expr | None:
     result = None
     for condition in conditions:
@@ -675,4 +911,4 @@ def _redundant_filter(cascade: Cascade, einsum: Einsum):
     return new, Step(REDUNDANT, summary, (einsum.tensor,), identity)
 
 
-__all__ = ["canonicalize", "EPILOGUE", "LOG", "MASK", "FILTER", "REDUNDANT"]
+__all__ = ["canonicalize", "EPILOGUE", "LOG", "MASK", "TERMS", "SHIFT", "FILTER", "REDUNDANT"]
