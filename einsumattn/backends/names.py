@@ -241,7 +241,10 @@ MODULE_NAMES = frozenset({
     "reference", "_reference", "_forward", "_backend", "_check_params", "_take", "_bind",
     "_triton_forward", "_dot_dtype", "_FLOAT_DTYPES", "_INT_DTYPES", "_INTERPRETED",
     "_floordiv", "_mod", "_floordiv_f", "_mod_f", "_to_dot",
-    "_scheduled", "TORCH_TUNING", "TORCH_FALLBACK"})   # backends/torch_scheduled.py
+    "_scheduled", "TORCH_TUNING", "TORCH_FALLBACK",    # backends/torch_scheduled.py
+    # configurations per call (schedule/configs.py, templates/module.py.j2)
+    "time", "CONFIG_RULES", "CONFIG_TARGET", "AUTOTUNE", "CONFIG_CANDIDATES", "_CONFIGS",
+    "_pow2_at_least", "_target", "_tuning", "_config", "_fastest", "_time"})
 
 
 def public_names(names: Iterable[str]) -> dict[str, str]:
