@@ -241,3 +241,24 @@ def test_a_window_starts_and_stops_its_key_tile_loops_at_its_bounds(rewrite):
         assert sorted(side for side, _ in schedule_pass.bounds) == ["lower", "upper"]
         assert _of(k.Quotient, loop.start) and _of(k.Extremum, loop.stop)
         assert k.Var("lower_offset") in _of(k.Var, loop.start)
+
+
+def test_the_attention_schedule_is_lowered_in_schedule_and_printed_as_it_is():
+    """The window's lowering, read without a printer (schedule/lower_attention.py): the
+    offset of the window's first key is an `Offset` the host computes, `1 - W` rounded
+    down (a fractional W visits more tiles, never fewer). The printed kernel keeps the
+    statements and the schedule it was printed from."""
+    import sympy
+    from einsumattn.backends.module import Plan
+    from einsumattn.backends.triton_fused import fuse
+    from einsumattn.schedule.lower_attention import lower_attention
+    from einsumattn.schedule.lowering import Offset
+    cascade = names.rename(Plan(einsumattn.load(WINDOW), rewrite=False).kernel)
+    lowered = lower_attention(cascade)
+    (offset,) = lowered.offsets
+    assert isinstance(offset, Offset) and (offset.name, offset.rounding) == ("lower_offset",
+                                                                            "floor")
+    (W,) = offset.value.free_symbols
+    assert W.name == "W_" and sympy.simplify(offset.value - (1 - W)) == 0
+    kernel = fuse(cascade)
+    assert kernel.body == lowered.body and kernel.schedule == lowered.schedule

@@ -1,7 +1,7 @@
 """The attention schedule's decisions (docs/codegen.md, the fused schedule): which rank
 is streamed in key tiles, which ranks the grid covers, which are held whole, and the role
 and layout of every tensor, read off the IR and the pass analysis of the streamed rank.
-backends/triton_fused.py prints kernels from them.
+schedule/lower_attention.py lowers them to the kernel IR.
 """
 
 from __future__ import annotations

@@ -1,5 +1,8 @@
 """Schedules lowered to the kernel IR (schedule/kernel_ir.py), once, for every target's
-printer: here the unfused schedule (schedule/unfused.py), one kernel per Einsum.
+printer: here the unfused schedule (schedule/unfused.py), one kernel per Einsum, and the
+loop schedule (schedule/loops.py); the attention schedule's lowering is
+schedule/lower_attention.py, which shares `Lowering` and `program_statements` with
+these. A fused schedule lowered is a `LoweredKernel`.
 
 An unfused kernel's programs take BLOCK points of the Einsum's left side (flattened,
 int64); a reduction loops over the reduced points in tiles of RBLOCK (the block is then
@@ -12,6 +15,8 @@ conditions: the same rules as the torch backends.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from ..analysis.presence import (Condition, einsum_conditions, in_range_by_construction,
                                  point_conditions)
 from ..ir import Cascade, Einsum
@@ -22,6 +27,26 @@ from .kernel_ir import (Accumulate, Arange, Barrier, Cast, Choice, Comment, Coor
                         Reduce, Store, Test, Unflatten, Unsupported, Var, Zeros)
 from .model import KernelSchedule, Role
 from .stages import NotFusable
+
+
+@dataclass(frozen=True)
+class Offset:
+    """A kernel argument the host computes: a proved bound's offset from the row with
+    params in it (a window W: `1 - W`), rounded outwards ('floor' for a lower bound,
+    'ceil' for an upper one), so a fractional param visits more tiles, never fewer."""
+    name: str
+    rounding: str
+    value: object       # sympy.Expr in the spec's sizes and params
+
+
+@dataclass(frozen=True)
+class LoweredKernel:
+    """A fused schedule lowered to the kernel IR: its schedule (with the description of
+    what the statements do), the statements, and the kernel arguments the host computes
+    beyond the schedule's (its `Offset`s, in the order the statements first use them)."""
+    schedule: KernelSchedule
+    body: tuple
+    offsets: tuple[Offset, ...] = ()
 
 
 def product(factors: list[ir.Expr]) -> ir.Expr:
@@ -42,7 +67,7 @@ def total(terms: list[ir.Expr]) -> ir.Expr:
 
 
 class Lowering:
-    """What the lowerings share (and backends/triton_fused.py's tiles): expressions with
+    """What the lowerings share (and schedule/lower_attention.py's tiles): expressions with
     the kernel's names for index variables and sizes and a Load (or a register value)
     for each read, and conditions as mask terms. `at` is where an expression stands (a
     schedule's names and lanes, or a tile layout)."""
