@@ -103,11 +103,9 @@ def test_lowered_unfused_kernels_agree_with_the_oracle(tmp_path, example):
 
 
 def _loop_kernel(cascade):
-    from einsumattn.schedule.loops import LoopRoles
     from einsumattn.schedule.lowering import lower_loops
-    roles = LoopRoles(cascade)
-    schedule = roles.kernel_schedule("loops")
-    return schedule, lower_loops(roles, schedule, (), ())
+    lowered = lower_loops(cascade)
+    return lowered.schedule, lowered.body
 
 
 def test_the_loop_schedule_lowers_to_the_same_ir():
@@ -262,3 +260,25 @@ def test_the_attention_schedule_is_lowered_in_schedule_and_printed_as_it_is():
     assert W.name == "W_" and sympy.simplify(offset.value - (1 - W)) == 0
     kernel = fuse(cascade)
     assert kernel.body == lowered.body and kernel.schedule == lowered.schedule
+
+
+@pytest.mark.parametrize("example", ["gla_recurrent", "eca"])
+def test_every_fused_kernel_keeps_the_kernel_ir_it_was_printed_from(example):
+    """The loop schedule is lowered once, in schedule/ (`lower_loops`), as the attention
+    schedule is: the fused kernel's record holds those statements (GLA's one kernel,
+    ECA's stages), so tests and other printers read the same IR. Its body was empty
+    while the loop schedule's lowering happened inside its printer."""
+    from einsumattn.backends.triton_fused import fuse_stages
+    from einsumattn.schedule.lowering import lower_loops
+    from einsumattn.schedule.stages import cut_stages
+    cascade = names.rename(einsumattn.load(ROOT / "examples" / f"{example}.attn"))
+    kernels, _ = fuse_stages(cascade)
+    lowered, _ = cut_stages(cascade, lower_loops)
+    assert [k.schedule.form.value for k in kernels] == \
+        [lk.schedule.form.value for lk in lowered]
+    assert all(kernel.schedule.form.value in ("steps", "tiles") for kernel in kernels)
+    for kernel, lowered_kernel in zip(kernels, lowered):
+        assert kernel.body and kernel.body == lowered_kernel.body
+        assert kernel.schedule == lowered_kernel.schedule
+        assert {load.tensor for load in _of(k.Load, kernel.body)} == \
+            set(kernel.schedule.inputs)

@@ -6,7 +6,6 @@ torch_reference.py  the torch reference: one block of torch per Einsum
 triton_unfused.py   Triton, one kernel per Einsum
 triton_fused.py     Triton, one fused kernel per cascade (or per stage): the attention
                     schedule, else the loop schedule, lowered in schedule/ and printed
-triton_loops.py     Triton, one kernel per cascade with a loop read off the IR
 triton_kernel.py    what the fused Triton kernels share (the kernel record, arguments,
                     launch; `printed`: a lowered schedule to a kernel and its launch)
 triton_printer.py   IR expressions as Triton blocks, and the helpers every module defines

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 from ..ir import Cascade
 from ..schedule.lower_attention import lower_attention
-from ..schedule.lowering import LoweredKernel
+from ..schedule.lowering import LoweredKernel, lower_loops
 from ..schedule.model import Form
 from ..schedule.stages import Crossing, NotFusable, cut_stages
 from .names import spec_text
 from .triton_kernel import FusedKernel, printed
-from .triton_loops import fuse_loops
 
 
 def fuse(cascade: Cascade) -> FusedKernel:
@@ -27,7 +26,7 @@ def fuse(cascade: Cascade) -> FusedKernel:
     except NotFusable as reason:
         attention = str(reason)
     try:
-        return fuse_loops(cascade)
+        return printed(cascade, lower_loops(cascade))
     except Crossing:
         raise
     except NotFusable as loop:

@@ -25,6 +25,7 @@ from ..ir.printer import lhs_text, rhs_text
 from .kernel_ir import (Accumulate, Arange, Barrier, Cast, Choice, Comment, Coordinate, Expand,
                         Full, IndexBlock, Integer, Kernel, Let, Load, Loop, Mask, ProgramId,
                         Reduce, Store, Test, Unflatten, Unsupported, Var, Zeros)
+from .loops import LoopRoles
 from .model import KernelSchedule, Role
 from .stages import NotFusable
 
@@ -305,7 +306,7 @@ class _Loops(Lowering):
     """The statements of the loop schedule's kernel (schedule/loops.py's LoopRoles); an
     expression stands in a tile layout."""
 
-    def __init__(self, roles, schedule: KernelSchedule):
+    def __init__(self, roles: LoopRoles, schedule: KernelSchedule):
         self.f = roles
         self.cascade = roles.cascade
         self.schedule = schedule
@@ -476,8 +477,28 @@ class _Loops(Lowering):
         return Var(var) if isinstance(index, ir.Index) else index
 
 
-def lower_loops(roles, schedule: KernelSchedule, args: tuple[str, ...],
-                knobs: tuple[str, ...]) -> Kernel:
-    """The kernel IR of the loop schedule's kernel (`roles`: schedule/loops.py's
-    LoopRoles; `args`, `knobs`: its arguments and compile-time constants)."""
-    return Kernel(schedule.name, tuple(args), tuple(knobs), 1, _Loops(roles, schedule).lower())
+def lower_loops(cascade: Cascade) -> LoweredKernel:
+    """The loop schedule of a cascade (schedule/loops.py's LoopRoles) lowered to the
+    kernel IR, its schedule described; NotFusable (Crossing where a value would cross
+    program tiles) where the cascade does not fit."""
+    roles = LoopRoles(cascade)
+    schedule = roles.kernel_schedule(f"{cascade.name}_fused")
+    grid = ", ".join(roles.batch + [f"{roles.row} tiles"])
+    held = f"; {', '.join(roles.held)} held whole in a tile" if roles.held else ""
+    description = (f"one fused kernel {schedule.name}: grid over {grid}{held}; "
+                   f"{_loops_described(roles)}")
+    return LoweredKernel(schedule.with_(description=description),
+                         _Loops(roles, schedule).lower())
+
+
+def _loops_described(roles: LoopRoles) -> str:
+    """What the kernel's loop does, in words (the module's docstring)."""
+    cascade = roles.cascade
+    if roles.step is not None:
+        carried = [e.tensor for e in cascade.einsums if roles.kinds[e.tensor] == Role.CARRIED]
+        return (f"one loop over the {cascade.var_rank(roles.step)} steps of {roles.step} with "
+                f"{', '.join(carried)} carried in registers")
+    size = " * ".join(cascade.var_rank(v) for v in roles.loop)
+    return "; ".join(f"pass {number} over {size} in tiles: "
+                     f"{', '.join([e.tensor for e in accumulators] + stored)}"
+                     for number, accumulators, stored, _ in roles.pass_plan()) or "no loop"

@@ -54,7 +54,7 @@ class Form(enum.Enum):
 
     ATTENTION = "attention"   # passes over key tiles (schedule/lower_attention.py)
     SPLIT = "split"           # one loop over the outer part of a split key rank
-    TILES = "tiles"           # the loop schedule: flattened tiles (backends/triton_loops.py)
+    TILES = "tiles"           # the loop schedule: flattened tiles (schedule/loops.py)
     STEPS = "steps"           # the loop schedule: recurrence steps in order
     EINSUM = "einsum"         # the unfused schedule: one Einsum (backends/triton_unfused.py)
 
