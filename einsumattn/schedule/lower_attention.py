@@ -17,10 +17,13 @@ The schedule's decisions (docs/codegen.md, the fused schedule) become statements
 - the row values between the passes, the loop-invariant row tiles (the Q tile of QK)
   `Let`s hoisted before the first loop, and the outputs' `Store`s (absent rows as 0).
 
-What the statements cannot say (a register value read at shifted positions or in
-another layout, the absence of a value that is not a key tile) raises NotFusable with
-the reason, before anything is printed. The result is a `LoweredKernel`: the schedule
-(with the description of what the statements do), the statements, the host offsets.
+Which register value a read is, how it enters a tile and which mask says a value is
+present are the schedule's rules (AttentionRoles' `register_name`, `register_axes`,
+`absence_flag`): a read at shifted positions is refused when the roles are decided, a
+value in a layout a tile cannot hold or the absence of a value that is not a key tile
+while lowering, all as NotFusable with the reason and before anything is printed. The
+result is a `LoweredKernel`: the schedule (with the description of what the statements
+do), the statements, the host offsets.
 """
 
 from __future__ import annotations
@@ -77,19 +80,14 @@ class _Tiles(AttentionRoles, Lowering):
 
     def read(self, node: ir.Read, at, flag: bool = False):
         """A tensor read as a block in the layout: an input is loaded (a Load masked by
-        the lanes and the held ranks' ends); an intermediate is the register value
-        (reshaped from its own layout)."""
+        the lanes and the held ranks' ends); an intermediate is its register value
+        (the schedule's `register_name`), broadcast from its own layout."""
         layout, lanes = at
         t = self.cascade.tensors[node.tensor]
-        if not t.is_input and self.loop is not None:
-            return self._split_read(node, layout)
         if not t.is_input:
-            # Registers hold the value at the reader's own point only: every coordinate
-            # must be the tensor's own variable there (its layout may order them anew).
-            for index, var in zip(node.indices, self.cascade.einsum(node.tensor).indices):
-                if index != ir.Index(var):
-                    raise NotFusable(f"{node.tensor} is read at shifted positions")
-            return self._reshape(node.tensor, self.layouts[node.tensor], layout)
+            name = self.register_name(node)
+            axes = self.register_axes(node.tensor, layout, name)
+            return k.Expand(k.Var(name), axes) if axes else k.Var(name)
         coordinates = self.coordinates(node, at, lambda position: ir.Dim(t.ranks[position]))
         if not set(ir.index_vars(node)) - set(self.batch) - {self.loop}:
             return k.Load(node.tensor, coordinates)   # one address per program
@@ -98,34 +96,6 @@ class _Tiles(AttentionRoles, Lowering):
                 for index in node.indices for var in ir.index_vars(index)
                 if var in self.features]
         return k.Load(node.tensor, coordinates, k.Mask((lanes, *ends)))
-
-    def _split_read(self, node: ir.Read, layout: tuple[str, ...]):
-        """A register value in split mode. A recurrence read at the outer variable is its
-        value before this step (`X_at`), at outer+1 or at the final position its current
-        value; every other position must be the reader's own variables."""
-        einsum = self.cascade.einsum(node.tensor)
-        name = node.tensor
-        for position, (index, var) in enumerate(zip(node.indices, einsum.indices)):
-            if var in self.batch:
-                continue
-            if position == einsum.iterative:
-                outer = self.cascade.var_rank(self.loop)
-                if index == ir.Index(self.loop):
-                    name = f"{node.tensor}_at"
-                elif index not in (ir.Op("+", (ir.Index(self.loop), ir.Const(1))),
-                                   ir.Dim(outer)):
-                    raise NotFusable(f"{node.tensor} is read at step {ir.to_text(index)}")
-            elif index != ir.Index(var):
-                raise NotFusable(f"{node.tensor} is read at shifted positions")
-        return self._reshape(name, self.layouts[node.tensor], layout)
-
-    def _reshape(self, name: str, own: tuple[str, ...], layout: tuple[str, ...]):
-        if own == layout:
-            return k.Var(name)
-        if own == layout[:len(own)] or \
-                (own == (self.row,) and len(layout) == 2 and layout[0] == self.row):
-            return k.Expand(k.Var(name), (True, False))
-        raise NotFusable(f"{name} is read in another layout ({', '.join(layout)})")
 
     @staticmethod
     def _no_read(node):
@@ -150,10 +120,7 @@ class _Tiles(AttentionRoles, Lowering):
                           scalar=condition.variables <= set(self.batch) | {self.loop},
                           inner=k.Mask(tuple(inner)))
         if condition.kind == "absent":
-            name = condition.read.tensor
-            if self.kinds.get(name) not in (Role.STREAM, Role.STREAM_DOT):
-                raise NotFusable(f"a condition on the absence of {name}")
-            return k.Var(f"{name}_ok")
+            return k.Var(self.absence_flag(condition.read.tensor))
         raise NotFusable(f"a {condition.kind} condition")
 
 
