@@ -1,4 +1,4 @@
-"""The fused loop schedule and cuts into stages (backends/triton_loops.py, schedule/stages.py):
+"""The fused loop schedule and cuts into stages (schedule/loops.py, schedule/stages.py):
 ECA is cut into a pooling kernel and a convolution-and-gate kernel, GLA's recurrence is
 one kernel with its state in registers, and a cascade with two convolutions is cut
 twice. Each is checked as a schedule (kernels, their form, the reason for each cut) and

@@ -121,3 +121,23 @@ def test_one_backend_reads_another_only_through_the_schedule():
              if a.startswith("einsumattn.backends.torch_") and
              b.startswith("einsumattn.backends.triton_")]
     assert not edges, edges
+
+
+def test_the_triton_backends_print_and_decide_nothing():
+    """Lowering is a schedule's business (schedule/lowering.py, lower_attention.py): no
+    Triton backend subclasses a schedule's decisions (its roles) or a Lowering, so what
+    is loaded, masked and accumulated is decided once, in schedule/, for every target.
+    The attention lowering once lived in backends/triton_fused.py (`_Tiles`)."""
+    schedule_classes = set()
+    for path in (PACKAGE / "schedule").glob("*.py"):
+        tree = ast.parse(path.read_text("utf-8"))
+        schedule_classes |= {n.name for n in tree.body if isinstance(n, ast.ClassDef)}
+    assert {"AttentionRoles", "LoopRoles", "Lowering"} <= schedule_classes
+    wrong = []
+    for path in sorted((PACKAGE / "backends").glob("triton_*.py")):
+        for node in ast.walk(ast.parse(path.read_text("utf-8"))):
+            if isinstance(node, ast.ClassDef):
+                bases = {getattr(b, "id", getattr(b, "attr", None)) for b in node.bases}
+                wrong += [f"{path.name}: {node.name}({base})"
+                          for base in sorted(bases & schedule_classes)]
+    assert not wrong, wrong

@@ -222,3 +222,74 @@ def test_every_unfused_kernel_has_its_schedule_in_the_module(causal):
     # What an absent point stores: the causal filter, as a set of conditions.
     assert set(by_output["QK"]["stores"]["QK"]) == {
         "QK_sum[b, h, p, m1, m0] is present", "m1 * M0 + m0 < M", "m1 * M0 + m0 <= p"}
+
+
+ONE_PASS = (ROOT / "examples" / "softmax_1pass.attn").read_text()
+# GM read at the mirrored row: a value of another program's row, not in its registers.
+MIRRORED = (
+    "dims P, M, E\ninput Q[p, e], K[m, e], V[m, e]\nQK[p, m] = Q[p, e] * K[m, e]\n"
+    "GM[p] = max[m] QK[p, m]\nSN[p, m] = exp(QK[p, m] - GM[P - 1 - p])\n"
+    "O[p, e] = sum[m] SN[p, m] * V[m, e]\noutput O\n")
+
+
+@pytest.mark.parametrize("text, reason", [
+    (MIRRORED, "GM is read at shifted positions"),
+    # The split stream's recurrence at a step other than this one, the next or the last.
+    (ONE_PASS.replace("RNV[b, h, p, M1, f]", "RNV[b, h, p, M1 - 1, f]"),
+     re.escape("RNV is read at step M1 - 1")),
+    # Another head's value: the split schedule once read this head's (a wrong result).
+    (ONE_PASS.replace("* PRM[b, h, p, m1]", "* PRM[b, H - 1 - h, p, m1]"),
+     "PRM is read at shifted positions"),
+], ids=["row", "step", "split-batch"])
+def test_registers_hold_a_value_at_the_readers_own_point_only(text, reason):
+    """A read of an intermediate at other points than the reader's is refused by the
+    schedule's decisions (AttentionRoles, the data every backend following the schedule
+    reads), with the reason, before anything is lowered or printed."""
+    from einsumattn.schedule.stages import NotFusable
+    assert text != ONE_PASS
+    with pytest.raises(NotFusable, match=f"^{reason}$"):
+        AttentionRoles(einsumattn.load(text))
+
+
+def test_another_heads_value_in_the_split_schedule_is_computed_right(tmp_path):
+    """The split spec reading PRM at the mirrored head: no fused kernel (the schedule
+    refuses the read), and the Triton backend agrees with the oracle. The split
+    schedule's read skipped the batch coordinates and read this head's PRM."""
+    from einsumattn.backends import names
+    from einsumattn.verify import Case, case_inputs, compare
+    text = ONE_PASS.replace("* PRM[b, h, p, m1]", "* PRM[b, H - 1 - h, p, m1]")
+    cascade = einsumattn.load(text)
+    module = import_file(compile_to_file(text, tmp_path, rewrite=False), "mirrored_heads")
+    assert module.SCHEDULE["kernels"] == () or all(
+        kernel["form"] != "split" for kernel in module.SCHEDULE["kernels"])
+    sizes = {"B": 1, "H": 2, "P": 5, "M": 20, "E": 4, "F": 4}   # two key tiles of 16
+    inputs = case_inputs(cascade, Case(sizes, "float32", 1.0, True, 3))
+    layer = getattr(module, names.class_name(cascade.name))(backend="triton")
+    results = compare(cascade, inputs, layer(*inputs.values()), "float32")
+    assert all(r.ok for r in results), [r.describe() for r in results]
+
+
+def test_a_register_value_enters_a_tile_only_in_a_layout_that_holds_it():
+    """How a value in registers enters a tile is the schedule's decision: a per-row
+    value broadcasts into the row's key tiles, a key tile is read as it is, and a value
+    over (row, feature) has no place in a (row, key) tile. (Every spec found so far that
+    would need the last is refused earlier by the classification.)"""
+    from einsumattn.schedule.stages import NotFusable
+    roles = AttentionRoles(einsumattn.load(CAUSAL))
+    tile = (roles.row, roles.stream)
+    assert roles.layouts["AV"] == (roles.row, "f")
+    assert roles.register_axes("GM", tile) == (True, False)
+    assert roles.register_axes("QK", tile) == ()
+    with pytest.raises(NotFusable, match=re.escape("AV is read in another layout (p, m)")):
+        roles.register_axes("AV", tile)
+
+
+def test_only_a_key_tiles_absence_is_a_condition_a_kernel_tests():
+    """QK is absent above the diagonal: a key tile, whose `_ok` mask the kernel computes
+    beside it. A per-row value's absence is its row presence; a condition on the absence
+    of any other value is refused by the schedule."""
+    from einsumattn.schedule.stages import NotFusable
+    roles = AttentionRoles(einsumattn.load(CAUSAL))
+    assert "QK" in roles.absent and roles.absence_flag("QK") == "QK_ok"
+    with pytest.raises(NotFusable, match="^a condition on the absence of GM$"):
+        roles.absence_flag("GM")

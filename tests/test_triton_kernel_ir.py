@@ -103,11 +103,9 @@ def test_lowered_unfused_kernels_agree_with_the_oracle(tmp_path, example):
 
 
 def _loop_kernel(cascade):
-    from einsumattn.schedule.loops import LoopRoles
     from einsumattn.schedule.lowering import lower_loops
-    roles = LoopRoles(cascade)
-    schedule = roles.kernel_schedule("loops")
-    return schedule, lower_loops(roles, schedule, (), ())
+    lowered = lower_loops(cascade)
+    return lowered.schedule, lowered.body
 
 
 def test_the_loop_schedule_lowers_to_the_same_ir():
@@ -241,3 +239,46 @@ def test_a_window_starts_and_stops_its_key_tile_loops_at_its_bounds(rewrite):
         assert sorted(side for side, _ in schedule_pass.bounds) == ["lower", "upper"]
         assert _of(k.Quotient, loop.start) and _of(k.Extremum, loop.stop)
         assert k.Var("lower_offset") in _of(k.Var, loop.start)
+
+
+def test_the_attention_schedule_is_lowered_in_schedule_and_printed_as_it_is():
+    """The window's lowering, read without a printer (schedule/lower_attention.py): the
+    offset of the window's first key is an `Offset` the host computes, `1 - W` rounded
+    down (a fractional W visits more tiles, never fewer). The printed kernel keeps the
+    statements and the schedule it was printed from."""
+    import sympy
+    from einsumattn.backends.module import Plan
+    from einsumattn.backends.triton_fused import fuse
+    from einsumattn.schedule.lower_attention import lower_attention
+    from einsumattn.schedule.lowering import Offset
+    cascade = names.rename(Plan(einsumattn.load(WINDOW), rewrite=False).kernel)
+    lowered = lower_attention(cascade)
+    (offset,) = lowered.offsets
+    assert isinstance(offset, Offset) and (offset.name, offset.rounding) == ("lower_offset",
+                                                                            "floor")
+    (W,) = offset.value.free_symbols
+    assert W.name == "W_" and sympy.simplify(offset.value - (1 - W)) == 0
+    kernel = fuse(cascade)
+    assert kernel.body == lowered.body and kernel.schedule == lowered.schedule
+
+
+@pytest.mark.parametrize("example", ["gla_recurrent", "eca"])
+def test_every_fused_kernel_keeps_the_kernel_ir_it_was_printed_from(example):
+    """The loop schedule is lowered once, in schedule/ (`lower_loops`), as the attention
+    schedule is: the fused kernel's record holds those statements (GLA's one kernel,
+    ECA's stages), so tests and other printers read the same IR. Its body was empty
+    while the loop schedule's lowering happened inside its printer."""
+    from einsumattn.backends.triton_fused import fuse_stages
+    from einsumattn.schedule.lowering import lower_loops
+    from einsumattn.schedule.stages import cut_stages
+    cascade = names.rename(einsumattn.load(ROOT / "examples" / f"{example}.attn"))
+    kernels, _ = fuse_stages(cascade)
+    lowered, _ = cut_stages(cascade, lower_loops)
+    assert [k.schedule.form.value for k in kernels] == \
+        [lk.schedule.form.value for lk in lowered]
+    assert all(kernel.schedule.form.value in ("steps", "tiles") for kernel in kernels)
+    for kernel, lowered_kernel in zip(kernels, lowered):
+        assert kernel.body and kernel.body == lowered_kernel.body
+        assert kernel.schedule == lowered_kernel.schedule
+        assert {load.tensor for load in _of(k.Load, kernel.body)} == \
+            set(kernel.schedule.inputs)

@@ -4,9 +4,10 @@ module.py           the module's source, from templates/module.py.j2; Plan (whic
                     cascade and which schedule each backend runs)
 torch_reference.py  the torch reference: one block of torch per Einsum
 triton_unfused.py   Triton, one kernel per Einsum
-triton_fused.py     Triton, one kernel per attention-like cascade (or per stage)
-triton_loops.py     Triton, one kernel per cascade with a loop read off the IR
-triton_kernel.py    what the fused Triton kernels share (the kernel record, coordinates)
+triton_fused.py     Triton, one fused kernel per cascade (or per stage): the attention
+                    schedule, else the loop schedule, lowered in schedule/ and printed
+triton_kernel.py    what the fused Triton kernels share (the kernel record, arguments,
+                    launch; `printed`: a lowered schedule to a kernel and its launch)
 triton_printer.py   IR expressions as Triton blocks, and the helpers every module defines
 printers.py         IR expressions as Python / torch source
 names.py            the spec's names in generated code: a namespace of their own

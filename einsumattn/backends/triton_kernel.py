@@ -1,13 +1,18 @@
 """What the fused Triton schedules share: the kernel record, the kernel's arguments and
-signature, and the host lines that launch it."""
+signature, the host lines that launch it, and one path (`printed`) from a schedule
+lowered to the kernel IR to the kernel's text and launch."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import sympy
+
 from ..ir import Cascade
 from ..schedule import kernel_ir
+from ..schedule.lowering import LoweredKernel
 from ..schedule.model import Form, KernelSchedule
+from ..schedule.stages import NotFusable
 from .triton_ir import KernelPrinter
 from .triton_printer import tile_asserts
 
@@ -19,9 +24,7 @@ class FusedKernel:
     host: list[str]                 # host statements: allocate outputs, launch
     tuning: dict
     schedule: KernelSchedule        # what it computes and how, as data
-    # The kernel IR statements its source was printed from (the attention schedule's;
-    # empty for the loop schedule's kernel, whose IR is lower_loops').
-    body: tuple = ()
+    body: tuple = ()                # the kernel IR statements its source was printed from
 
     @property
     def description(self) -> str:   # for the module's docstring
@@ -107,3 +110,30 @@ def kernel_lines(kernel: kernel_ir.Kernel) -> list[str]:
     return kernel_source(kernel.name, list(kernel.args), list(kernel.knobs),
                          list(kernel.knobs), kernel.least,
                          KernelPrinter().statements(kernel.body))
+
+
+def printed(cascade: Cascade, lowered: LoweredKernel, checks: list[str] = ()) -> FusedKernel:
+    """A fused schedule lowered to the kernel IR, printed as a Triton kernel and its
+    launch: the arguments the schedule says and the host's offsets, the knobs and held
+    ranks' tiles as constexprs (the dot's precision where there is a dot), the checks
+    of the tunable knobs, the statements; `checks`: host lines run on the tuning table.
+    NotFusable where Triton cannot spell a statement (printers raise Unsupported)."""
+    schedule = lowered.schedule
+    args, host = kernel_arguments(cascade, schedule)
+    args += [offset.name for offset in lowered.offsets]
+    host += [f"math.{offset.rounding}({sympy.pycode(offset.value)})"
+             for offset in lowered.offsets]
+    blocks = [knob.name for knob in schedule.knobs] + [f"{v}_BLOCK" for v in schedule.held]
+    if schedule.uses_dot:
+        blocks.append("DOT_DTYPE")
+    knobs = [knob.name for knob in schedule.knobs if not knob.fixed]
+    try:
+        lines = KernelPrinter().statements(lowered.body)
+    except kernel_ir.Unsupported as reason:
+        raise NotFusable(str(reason)) from None
+    source = kernel_source(schedule.name, args, blocks, knobs,
+                           16 if schedule.uses_dot else 1, lines)
+    return FusedKernel(schedule.name, source,
+                       launch_lines(cascade, schedule, host, checks, schedule.uses_dot),
+                       {knob.name: knob.default for knob in schedule.knobs}, schedule,
+                       lowered.body)

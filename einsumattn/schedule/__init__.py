@@ -6,4 +6,7 @@ stages.py    where a cascade is cut into fused kernels (NotFusable, Crossing)
 bounds.py    affine filters read as bounds on the keys a row sees
 skipping.py  the proof that a fully masked step changes nothing carried
 attention.py, loops.py, unfused.py   the decisions of each schedule, as a KernelSchedule
+kernel_ir.py the kernel-level IR every schedule lowers to, for every target's printer
+lowering.py  the unfused and loop schedules lowered to it (LoweredKernel)
+lower_attention.py  the attention schedule lowered to it
 """

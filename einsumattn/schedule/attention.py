@@ -1,7 +1,7 @@
 """The attention schedule's decisions (docs/codegen.md, the fused schedule): which rank
 is streamed in key tiles, which ranks the grid covers, which are held whole, and the role
 and layout of every tensor, read off the IR and the pass analysis of the streamed rank.
-backends/triton_fused.py prints kernels from them.
+schedule/lower_attention.py lowers them to the kernel IR.
 """
 
 from __future__ import annotations
@@ -96,6 +96,8 @@ class AttentionRoles:
         for output in cascade.outputs:
             if self.kinds[output] not in (Role.ROW, Role.ACCUMULATE, Role.DOT_ACCUMULATE):
                 raise NotFusable(f"output {output} is not a per-row value")
+        for einsum in cascade.einsums:
+            self._check_reads(einsum)
 
     # ---------------------------------------------------------------- classification
     def _classify(self, einsum: Einsum) -> None:
@@ -186,6 +188,58 @@ class AttentionRoles:
         if not kind.on_key_tile and name in self.absent:
             self._row_presence(einsum)
         self.kinds[name] = kind
+
+    # ---------------------------------------------------------------- registers
+    def _check_reads(self, einsum: Einsum) -> None:
+        """Every intermediate `einsum` reads (in its body, filter or initial value) is a
+        value the registers hold (`register_name`): decided here, for every backend that
+        follows this schedule, rather than found while a kernel is written."""
+        for expr in (einsum.body, einsum.filter, einsum.init):
+            for node in () if expr is None else ir.walk(expr):
+                if isinstance(node, ir.Read) and not self.cascade.tensors[node.tensor].is_input:
+                    self.register_name(node)
+
+    def register_name(self, read: ir.Read) -> str:
+        """The register value a read of an intermediate is: the tensor's own, or (a
+        recurrence over the key tiles' steps read at the step) `X_at`, its value before
+        this step. Registers hold a value at the reader's own point only: every other
+        coordinate must be the tensor's own variable there (its layout may order them
+        anew), and a recurrence is read at the step, the step after or its final value.
+        NotFusable otherwise."""
+        einsum = self.cascade.einsum(read.tensor)
+        name = read.tensor
+        for position, (index, var) in enumerate(zip(read.indices, einsum.indices)):
+            if position == einsum.iterative:
+                step = ir.Index(self.loop)
+                if index == step:
+                    name = f"{read.tensor}_at"
+                elif index not in (ir.Op("+", (step, ir.Const(1))),
+                                   ir.Dim(self.cascade.var_rank(self.loop))):
+                    raise NotFusable(f"{read.tensor} is read at step {ir.to_text(index)}")
+            elif index != ir.Index(var):
+                raise NotFusable(f"{read.tensor} is read at shifted positions")
+        return name
+
+    def register_axes(self, tensor: str, layout: tuple[str, ...],
+                      name: str | None = None) -> tuple[bool, ...]:
+        """How the register value of `tensor` (`name`: its value before the step) enters
+        a tile of `layout`: () as it is, else the axes that broadcast it (a per-row value
+        into the row's tiles). NotFusable where a tile of that layout cannot hold it."""
+        own = self.layouts[tensor]
+        if own == layout:
+            return ()
+        if own == layout[:len(own)] or \
+                (own == (self.row,) and len(layout) == 2 and layout[0] == self.row):
+            return (True, False)
+        raise NotFusable(f"{name or tensor} is read in another layout ({', '.join(layout)})")
+
+    def absence_flag(self, tensor: str) -> str:
+        """The mask a kernel tests for `tensor`'s presence: a key tile's `_ok`, computed
+        beside it. No other value's absence is a condition a kernel tests (a per-row
+        value's is its row presence, `resolve`): NotFusable."""
+        if self.kinds.get(tensor) not in (Role.STREAM, Role.STREAM_DOT):
+            raise NotFusable(f"a condition on the absence of {tensor}")
+        return f"{tensor}_ok"
 
     # ---------------------------------------------------------------- absent rows
     def _row_presence(self, einsum: Einsum) -> None:

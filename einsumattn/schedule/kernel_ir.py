@@ -15,7 +15,7 @@ of an intermediate (a `Load` with `flag`), or a `Choice` (a `where` in a reducti
 present by the branch it picks). A matrix product of two tiles is a `Dot`; a loop's
 bounds are integers (`Extremum`, `Quotient`).
 
-Lowerings from the schedules are in schedule/lowering.py.
+Lowerings from the schedules are in schedule/lowering.py and schedule/lower_attention.py.
 """
 
 from __future__ import annotations

@@ -1,10 +1,30 @@
 """The loop schedule's decisions (docs/codegen.md, the loop schedule): for a cascade
 that is not attention-shaped, the grid ranks every Einsum has, the loop (recurrence steps
 or the largest iteration space beyond the grid, flattened into tiles), the ranks held
-whole, and each tensor's role, layout and pass. backends/triton_loops.py prints them.
+whole, and each tensor's role, layout and pass. schedule/lowering.py's `lower_loops`
+lowers them to the kernel IR, which backends/triton_ir.py prints.
 
-A register value can be read only at the program's own points; a read at other points
-of a grid rank raises `Crossing`, where schedule/stages.py cuts the cascade.
+- The *grid* ranks are those every Einsum has on its left (ECA: B, C; GLA: B, H, F): a
+  program takes one point of each and a tile of <row>_BLOCK points of the last one (the
+  row rank), so nothing a program computes is needed by another.
+- With a recurrence (an iterative rank X, GLA's T), the program loops over X one step at
+  a time; the recurrences are carried in registers (`S_at` is the value before the step,
+  `S` after it), the per-step tensors are computed and stored each step, and what reads
+  final values runs after the loop: flash-linear-attention's fused recurrent kernel,
+  derived from the spec.
+- Without one, the ranks of the largest iteration space beyond the grid (ECA: H, W) are
+  the *loop*, flattened and taken in tiles of <h>_flat_BLOCK lanes: reductions over all of
+  them (GAP) accumulate across the tiles, tensors over them (O) are computed per tile and
+  stored. A tensor that needs a finished reduction is computed in a later pass over the
+  tiles (its inputs are re-read: nothing loop-sized is buffered).
+- Every other rank (ECA's K, GLA's D) is *held* whole in a tile of <k>_BLOCK, and may be
+  reduced with a sum, max or min inside a step.
+
+A register value can be read only at the program's own points. A read at other points of
+a grid rank (ECA's `GAP[b, c + k - K // 2]`) raises `Crossing`: the value crosses program
+tiles, which is where schedule/stages.py cuts the cascade into kernels with the value in
+global memory between them. Anything else that does not fit raises NotFusable with the
+reason.
 """
 
 from __future__ import annotations

@@ -1,5 +1,8 @@
 """Schedules lowered to the kernel IR (schedule/kernel_ir.py), once, for every target's
-printer: here the unfused schedule (schedule/unfused.py), one kernel per Einsum.
+printer: here the unfused schedule (schedule/unfused.py), one kernel per Einsum, and the
+loop schedule (schedule/loops.py); the attention schedule's lowering is
+schedule/lower_attention.py, which shares `Lowering` and `program_statements` with
+these. A fused schedule lowered is a `LoweredKernel`.
 
 An unfused kernel's programs take BLOCK points of the Einsum's left side (flattened,
 int64); a reduction loops over the reduced points in tiles of RBLOCK (the block is then
@@ -12,6 +15,8 @@ conditions: the same rules as the torch backends.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from ..analysis.presence import (Condition, einsum_conditions, in_range_by_construction,
                                  point_conditions)
 from ..ir import Cascade, Einsum
@@ -20,8 +25,29 @@ from ..ir.printer import lhs_text, rhs_text
 from .kernel_ir import (Accumulate, Arange, Barrier, Cast, Choice, Comment, Coordinate, Expand,
                         Full, IndexBlock, Integer, Kernel, Let, Load, Loop, Mask, ProgramId,
                         Reduce, Store, Test, Unflatten, Unsupported, Var, Zeros)
+from .loops import LoopRoles
 from .model import KernelSchedule, Role
 from .stages import NotFusable
+
+
+@dataclass(frozen=True)
+class Offset:
+    """A kernel argument the host computes: a proved bound's offset from the row with
+    params in it (a window W: `1 - W`), rounded outwards ('floor' for a lower bound,
+    'ceil' for an upper one), so a fractional param visits more tiles, never fewer."""
+    name: str
+    rounding: str
+    value: object       # sympy.Expr in the spec's sizes and params
+
+
+@dataclass(frozen=True)
+class LoweredKernel:
+    """A fused schedule lowered to the kernel IR: its schedule (with the description of
+    what the statements do), the statements, and the kernel arguments the host computes
+    beyond the schedule's (its `Offset`s, in the order the statements first use them)."""
+    schedule: KernelSchedule
+    body: tuple
+    offsets: tuple[Offset, ...] = ()
 
 
 def product(factors: list[ir.Expr]) -> ir.Expr:
@@ -42,7 +68,7 @@ def total(terms: list[ir.Expr]) -> ir.Expr:
 
 
 class Lowering:
-    """What the lowerings share (and backends/triton_fused.py's tiles): expressions with
+    """What the lowerings share (and schedule/lower_attention.py's tiles): expressions with
     the kernel's names for index variables and sizes and a Load (or a register value)
     for each read, and conditions as mask terms. `at` is where an expression stands (a
     schedule's names and lanes, or a tile layout)."""
@@ -280,7 +306,7 @@ class _Loops(Lowering):
     """The statements of the loop schedule's kernel (schedule/loops.py's LoopRoles); an
     expression stands in a tile layout."""
 
-    def __init__(self, roles, schedule: KernelSchedule):
+    def __init__(self, roles: LoopRoles, schedule: KernelSchedule):
         self.f = roles
         self.cascade = roles.cascade
         self.schedule = schedule
@@ -451,8 +477,28 @@ class _Loops(Lowering):
         return Var(var) if isinstance(index, ir.Index) else index
 
 
-def lower_loops(roles, schedule: KernelSchedule, args: tuple[str, ...],
-                knobs: tuple[str, ...]) -> Kernel:
-    """The kernel IR of the loop schedule's kernel (`roles`: schedule/loops.py's
-    LoopRoles; `args`, `knobs`: its arguments and compile-time constants)."""
-    return Kernel(schedule.name, tuple(args), tuple(knobs), 1, _Loops(roles, schedule).lower())
+def lower_loops(cascade: Cascade) -> LoweredKernel:
+    """The loop schedule of a cascade (schedule/loops.py's LoopRoles) lowered to the
+    kernel IR, its schedule described; NotFusable (Crossing where a value would cross
+    program tiles) where the cascade does not fit."""
+    roles = LoopRoles(cascade)
+    schedule = roles.kernel_schedule(f"{cascade.name}_fused")
+    grid = ", ".join(roles.batch + [f"{roles.row} tiles"])
+    held = f"; {', '.join(roles.held)} held whole in a tile" if roles.held else ""
+    description = (f"one fused kernel {schedule.name}: grid over {grid}{held}; "
+                   f"{_loops_described(roles)}")
+    return LoweredKernel(schedule.with_(description=description),
+                         _Loops(roles, schedule).lower())
+
+
+def _loops_described(roles: LoopRoles) -> str:
+    """What the kernel's loop does, in words (the module's docstring)."""
+    cascade = roles.cascade
+    if roles.step is not None:
+        carried = [e.tensor for e in cascade.einsums if roles.kinds[e.tensor] == Role.CARRIED]
+        return (f"one loop over the {cascade.var_rank(roles.step)} steps of {roles.step} with "
+                f"{', '.join(carried)} carried in registers")
+    size = " * ".join(cascade.var_rank(v) for v in roles.loop)
+    return "; ".join(f"pass {number} over {size} in tiles: "
+                     f"{', '.join([e.tensor for e in accumulators] + stored)}"
+                     for number, accumulators, stored, _ in roles.pass_plan()) or "no loop"

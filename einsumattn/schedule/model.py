@@ -52,9 +52,9 @@ class Role(enum.Enum):
 class Form(enum.Enum):
     """Which fused schedule a kernel follows."""
 
-    ATTENTION = "attention"   # passes over key tiles (backends/triton_fused.py)
+    ATTENTION = "attention"   # passes over key tiles (schedule/lower_attention.py)
     SPLIT = "split"           # one loop over the outer part of a split key rank
-    TILES = "tiles"           # the loop schedule: flattened tiles (backends/triton_loops.py)
+    TILES = "tiles"           # the loop schedule: flattened tiles (schedule/loops.py)
     STEPS = "steps"           # the loop schedule: recurrence steps in order
     EINSUM = "einsum"         # the unfused schedule: one Einsum (backends/triton_unfused.py)
 

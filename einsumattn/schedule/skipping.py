@@ -1,7 +1,7 @@
 """When a split schedule may skip a fully masked key tile: a proof with sympy.
 
-In the split schedule (backends/triton_fused.py, `_SplitEmitter`) each step m1 of the loop
-computes per-step reductions over its tile (LGM = max[m0] QK, LSD = sum[m0] LSN, ...)
+In the split schedule (schedule/lower_attention.py, `_SplitLowering`) each step m1 of the
+loop computes per-step reductions over its tile (LGM = max[m0] QK, LSD = sum[m0] LSN, ...)
 and updates the recurrences carried across steps (RGM, RSD, RSNV). A tile whose every
 term is masked (above the causal diagonal, before a sliding window) gives each per-step
 reduction its identity (sum 0, max -inf, min +inf). Skipping the tile is right exactly

@@ -1,0 +1,587 @@
+"""The attention schedule (schedule/attention.py) lowered to the kernel IR
+(schedule/kernel_ir.py), once, for every target's printer (backends/triton_ir.py prints
+it as Triton).
+
+The schedule's decisions (docs/codegen.md, the fused schedule) become statements:
+
+- the program's coordinates: one point of each batch rank, a tile of <row>_BLOCK rows,
+  the feature ranks held whole in tiles of <f>_BLOCK;
+- one `Loop` over tiles of <m>_BLOCK keys per pass, from the pass's proved bounds (a
+  causal row tile stops at the diagonal; a window starts at its first tile, the offset a
+  kernel argument the host computes, rounded outwards: `Offset`); in it, the key tiles
+  the pass needs are recomputed (nothing M-sized is buffered) and its reductions
+  accumulate: `Reduce`s for tl.sum / tl.max / tl.min, `Dot`s as the schedule's DotPlans
+  split them, with their rounded operands;
+- a split streamed rank is one `Loop` over its outer part, the inner part the tile, the
+  recurrences over the outer part carried in registers (`X_at`: before the step);
+- the row values between the passes, the loop-invariant row tiles (the Q tile of QK)
+  `Let`s hoisted before the first loop, and the outputs' `Store`s (absent rows as 0).
+
+Which register value a read is, how it enters a tile and which mask says a value is
+present are the schedule's rules (AttentionRoles' `register_name`, `register_axes`,
+`absence_flag`): a read at shifted positions is refused when the roles are decided, a
+value in a layout a tile cannot hold or the absence of a value that is not a key tile
+while lowering, all as NotFusable with the reason and before anything is printed. The
+result is a `LoweredKernel`: the schedule (with the description of what the statements
+do), the statements, the host offsets.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import sympy
+
+from ..analysis.presence import Condition, point_conditions
+from ..ir import Cascade, Einsum
+from ..ir import expr as ir
+from ..ir.printer import lhs_text, rhs_text
+from ..transform.algebra import settled
+from . import kernel_ir as k
+from .attention import AttentionRoles
+from .bounds import stream_bound
+from .lowering import LoweredKernel, Lowering, Offset, product, program_statements, total
+from .model import Bound, Role
+from .stages import NotFusable
+
+# The most alternatives (`or`) the per-key form of a key-tile mask may have; past it the
+# kernel ORs the score mask over the rows instead, and the generated line stays short.
+MAX_KEY_ALTERNATIVES = 8
+
+
+def _layout_block(layout: tuple[str, ...], var: str) -> k.IndexBlock:
+    """An index variable's block in a tile of `layout` (at most two dimensions)."""
+    if len(layout) == 1 or var not in layout:
+        return k.IndexBlock(var)
+    return k.IndexBlock(var, (True, False) if layout.index(var) == 0 else (False, True))
+
+
+_ROW_LIVE, _LANES = k.Var("row_live"), k.Var("lanes")
+
+
+class _Tiles(AttentionRoles, Lowering):
+    """The attention schedule's decisions, with its tiles' expressions in kernel IR."""
+
+    # ---------------------------------------------------------------- kernel IR
+    # An expression stands at (layout, lanes): a tile's layout and its live lanes (an IR
+    # mask that loads take).
+    def index(self, var: str, at):
+        layout, _ = at
+        return ir.Index(var) if var in self.batch or var == self.loop else \
+            _layout_block(layout, var)
+
+    def dim(self, node: ir.Dim, at):
+        if self.loop is not None and node.rank == self.cascade.var_rank(self.stream):
+            return ir.Dim(self.tile_block)    # the split factor is the tile
+        return node
+
+    def read_in_index(self, node: ir.Read):
+        self._no_read(node)
+
+    def read(self, node: ir.Read, at, flag: bool = False):
+        """A tensor read as a block in the layout: an input is loaded (a Load masked by
+        the lanes and the held ranks' ends); an intermediate is its register value
+        (the schedule's `register_name`), broadcast from its own layout."""
+        layout, lanes = at
+        t = self.cascade.tensors[node.tensor]
+        if not t.is_input:
+            name = self.register_name(node)
+            axes = self.register_axes(node.tensor, layout, name)
+            return k.Expand(k.Var(name), axes) if axes else k.Var(name)
+        coordinates = self.coordinates(node, at, lambda position: ir.Dim(t.ranks[position]))
+        if not set(ir.index_vars(node)) - set(self.batch) - {self.loop}:
+            return k.Load(node.tensor, coordinates)   # one address per program
+        ends = [k.Integer(ir.Op("<", (_layout_block(layout, var),
+                                      ir.Dim(self.cascade.var_rank(var)))))
+                for index in node.indices for var in ir.index_vars(index)
+                if var in self.features]
+        return k.Load(node.tensor, coordinates, k.Mask((lanes, *ends)))
+
+    @staticmethod
+    def _no_read(node):
+        raise NotFusable(f"a tensor read inside an index ({ir.to_text(node)})")
+
+    def lowered(self, expr: ir.Expr, layout: tuple[str, ...], lanes):
+        """`expr` in a tile of `layout` as kernel IR: index variables as their blocks, the
+        split factor as the key tile's constexpr, each read a Load or a register value;
+        NotFusable where a kernel cannot express it."""
+        return self.expr(expr, (layout, lanes))
+
+    def mask(self, condition: Condition, layout: tuple[str, ...], lanes):
+        """A presence condition in a tile as a kernel IR mask term."""
+        return self.condition(condition, (layout, lanes))
+
+    def condition(self, condition: Condition, at):
+        """A presence condition as a kernel IR mask term: a filter, a range or a split's
+        end, or the `_ok` mask of a key tile; no other condition fits this schedule."""
+        if condition.kind in ("filter", "range", "split"):
+            inner = [self.condition(c, at) for part in condition.parts for c in part]
+            return k.Test(self.expr(condition.expr, at), integer=condition.kind != "filter",
+                          scalar=condition.variables <= set(self.batch) | {self.loop},
+                          inner=k.Mask(tuple(inner)))
+        if condition.kind == "absent":
+            return k.Var(self.absence_flag(condition.read.tensor))
+        raise NotFusable(f"a {condition.kind} condition")
+
+
+def lower_attention(cascade: Cascade) -> LoweredKernel:
+    """The attention schedule of a cascade lowered to the kernel IR: one loop over key
+    tiles per pass, or one over the steps of a split streamed rank. NotFusable with the
+    reason where the cascade does not fit the schedule or its statements cannot say it."""
+    tiles = _Tiles(cascade)
+    return (_SplitLowering if tiles.loop is not None else _PassLowering)(tiles).lower()
+
+
+class _PassLowering:
+    """The attention schedule lowered to kernel IR statements: one key-tile loop per
+    pass."""
+
+    def __init__(self, fuser: _Tiles):
+        self.f = fuser
+        self.cascade = fuser.cascade
+        self.body: list = []                # the kernel's statements (kernel IR)
+        self.hoisted: dict = {}             # a loop-invariant tile (kernel IR) -> its name
+        self.offsets: list[Offset] = []     # kernel arguments the host computes
+        # Every decision (passes, bounds, dots and their rounded operands) is the
+        # schedule's: this lowers it.
+        self.schedule = fuser.kernel_schedule(f"{self.cascade.name}_fused")
+        self.loops_start: int | None = None  # where the first loop's statements begin
+
+    def _begin_loops(self) -> None:
+        """Mark where the loops begin: loop-invariant tiles are computed before it."""
+        if self.loops_start is None:
+            self.loops_start = len(self.body)
+
+    def lower(self) -> LoweredKernel:
+        f, cascade = self.f, self.cascade
+        name = self.schedule.name
+        n_passes = len(self.schedule.passes)
+        self._prologue(n_passes)
+
+        pruned = {}
+        available = {t.name for t in cascade.inputs}
+        self.body += self._rows(available)
+        stream = cascade.var_rank(f.stream)
+        block = f"{f.stream}_BLOCK"
+        for number, accumulators, needed in f.pass_plan():
+            lo, hi = self._bounds(self.schedule.passes[number - 1].bounds)
+            pruned[number] = (lo, hi)
+            self._begin_loops()
+            self.body += [k.Comment(""), k.Comment(
+                f"pass {number} over {f.stream}: "
+                f"{', '.join(e.tensor for e in accumulators) or 'nothing accumulates'}")]
+            self.body += [self._init_accumulator(acc) for acc in accumulators]
+            # int64: key index times stride may pass 2**31 elements.
+            tile = [k.Let(f.stream, ir.Op("+", (k.Var("start"),
+                                                k.Cast(k.Arange(block), "int64")))),
+                    k.Let("lanes", k.Mask((k.Expand(_ROW_LIVE, (True, False)), k.Expand(
+                        k.Integer(ir.Op("<", (k.Var(f.stream), ir.Dim(stream)))),
+                        (False, True)))))]
+            for einsum in needed:
+                tile += self._stream(einsum)
+            for acc in accumulators:
+                tile += self._accumulate(acc)
+            self.body.append(k.Loop("start", lo or k.Integer(ir.Const(0)),
+                                    hi or k.Integer(ir.Dim(stream)), k.Var(block), tuple(tile)))
+            available.update(acc.tensor for acc in accumulators)
+            self.body += self._rows(available)
+        self._hoist()
+        self.body.append(k.Comment(""))
+        self.body += self._stores()
+        described = ", ".join(f"pass {number}: {_range_text(pruned[number], f.stream)}"
+                              for number in sorted(pruned))
+        return self._lowered(f"one fused kernel {name}: grid over "
+                             f"{', '.join(f.batch + [f.row + ' tiles'])}; {described}")
+
+    # ---------------------------------------------------------------- pieces
+    def _lowered(self, description: str) -> LoweredKernel:
+        """The schedule, with the description of what its statements do, the statements
+        and the offsets the host computes for them."""
+        return LoweredKernel(self.schedule.with_(description=description), tuple(self.body),
+                             tuple(self.offsets))
+
+    def _prologue(self, n_passes: int) -> None:
+        """The program's coordinates: its batch point, its row tile, the feature tiles."""
+        f, cascade = self.f, self.cascade
+        self.body.append(k.Comment(
+            f"program: one point of {', '.join(f.batch) or 'nothing'}, "
+            f"{f.row}_BLOCK points of {f.row}; "
+            f"{n_passes} pass(es) over {cascade.root_rank(cascade.var_rank(f.stream))}"))
+        self.body += program_statements(cascade, f.batch, f.row, f"{f.row}_BLOCK")
+        self.body.append(k.Let(_ROW_LIVE.name, k.Integer(ir.Op("<", (
+            k.Var(f.row), ir.Dim(cascade.var_rank(f.row)))))))
+        self.body += [k.Let(var, k.Arange(f"{var}_BLOCK")) for var in f.features]
+
+    def _hoist(self) -> None:
+        """Put the loop-invariant row tiles before the first loop."""
+        lets = [k.Let(name, value) for value, name in self.hoisted.items()]
+        self.body[self.loops_start:self.loops_start] = lets
+
+    def _rows(self, available: set[str], depth: int = 1) -> list:
+        """Row values whose every input is available (inputs, finished accumulators,
+        row values already computed), in dataflow order."""
+        found = []
+        for einsum in self.cascade.einsums:
+            if self.f.kinds[einsum.tensor] != Role.ROW or einsum.tensor in available:
+                continue
+            if all(r in available for r in einsum.reads):
+                found += self._row_value(einsum)
+                available.add(einsum.tensor)
+        return found
+
+    def _row_value(self, einsum: Einsum) -> list:
+        """A value per row (or per row and held feature), computed in its tile."""
+        layout = self.f.layouts[einsum.tensor]
+        value = self.f.lowered(einsum.body, layout, self._row_lanes(layout))
+        return [self._comment(einsum),
+                k.Let(einsum.tensor, ir.Op("+", (value, self._zeros(layout))))]
+
+    def _comment(self, einsum: Einsum) -> k.Comment:
+        return k.Comment(f"{lhs_text(self.cascade, einsum)} = {rhs_text(einsum)}")
+
+    def _row_lanes(self, layout: tuple[str, ...]):
+        """The live lanes of a row value's tile (an IR mask): live rows, and the held
+        rank's end."""
+        if len(layout) == 1:
+            return _ROW_LIVE
+        feature = layout[1]
+        end = k.Integer(ir.Op("<", (k.Var(feature), ir.Dim(self.cascade.var_rank(feature)))))
+        return k.Mask((k.Expand(_ROW_LIVE, (True, False)), k.Expand(end, (False, True))))
+
+    @staticmethod
+    def _zeros(layout: tuple[str, ...]) -> k.Zeros:
+        return k.Zeros(tuple(f"{v}_BLOCK" for v in layout))
+
+    def _stream(self, einsum: Einsum) -> list:
+        """A key tile's value (and its presence where it may be absent)."""
+        f = self.f
+        if f.kinds[einsum.tensor] == Role.STREAM:
+            value = f.lowered(einsum.body, (f.row, f.stream), _LANES)
+        else:
+            value = self._tile_dot(einsum)
+        found = [self._comment(einsum), k.Let(einsum.tensor, value)]
+        if einsum.tensor in f.absent:
+            conditions = point_conditions(einsum, f._conditions(einsum))
+            found.append(k.Let(f"{einsum.tensor}_ok", self._tile_mask(conditions)))
+        return found
+
+    def _tile_dot(self, einsum: Einsum):
+        """sum over a feature of (row-side factors) * (key-side factors) * scalars:
+        a Dot of the row tile and the key tile transposed, as the schedule's DotPlan
+        splits them."""
+        f = self.f
+        (feature,) = einsum.reduced
+        plan = self.schedule.dot(einsum.tensor)
+        # read() adds the feature mask; the lanes here are the row and key lanes. The key
+        # tile's addresses are clamped and a score at a key no row sees is masked before any
+        # arithmetic across keys, so the key side needs no more than the tile's own lanes.
+        size = k.Var(f.tile_block) if f.loop is not None else \
+            ir.Dim(self.cascade.var_rank(f.stream))
+        key_lanes = k.Expand(k.Integer(ir.Op("<", (k.Var(f.stream), size))), (True, False))
+        rows = product([f.lowered(x, (f.row, feature), k.Expand(_ROW_LIVE, (True, False)))
+                        for x in plan.left])
+        keys = product([f.lowered(x, (f.stream, feature), key_lanes) for x in plan.right])
+        dot = k.Dot(self._hoisted(rows, f"{einsum.tensor}_rows"), keys, transposed=True,
+                    rounded=plan.rounded)
+        return product([dot] + [f.lowered(x, (f.row, f.stream), _LANES) for x in plan.after])
+
+    def _hoisted(self, value, name: str) -> k.Var:
+        """A row tile that does not change along the stream, computed once before the
+        passes (the Q tile of QK): the name it gets there."""
+        if value not in self.hoisted:
+            self.hoisted[value] = name
+        return k.Var(self.hoisted[value])
+
+    def _init_accumulator(self, einsum: Einsum) -> k.Let:
+        layout = self.f.layouts[einsum.tensor]
+        return k.Let(einsum.tensor, k.Full(tuple(f"{v}_BLOCK" for v in layout),
+                                           ir.REDUCTION_IDENTITY[einsum.reduce_op]))
+
+    def _term_mask(self, einsum: Einsum) -> k.Mask:
+        return self._tile_mask(self.f._conditions(einsum))
+
+    def _tile_mask(self, conditions: list[Condition]) -> k.Mask:
+        """`lanes` and the conditions on a key tile beyond it, each once."""
+        f = self.f
+        beyond = f.beyond_lanes(conditions)
+        masks = [f.mask(c, (f.row, f.stream), _LANES) for c in beyond]
+        # A key tile's `_ok` mask starts with `lanes`: where one is used, lanes is said.
+        lanes = [] if any(c.kind == "absent" for c in beyond) else [_LANES]
+        return k.Mask(tuple(lanes + masks))
+
+    def _accumulate(self, einsum: Einsum, fresh: bool = False) -> list:
+        """A reduction over the key tile: into an accumulator across tiles, or (`fresh`)
+        the tile's own value (a per-step value of a split stream)."""
+        f = self.f
+        layout = (f.row, f.stream)
+        name = einsum.tensor
+        ok = self._term_mask(einsum)
+        found = [self._comment(einsum)]
+        if f.kinds[name] in (Role.ACCUMULATE, Role.TILE_REDUCE):
+            term = f.lowered(einsum.body, layout, _LANES)
+            identity = ir.Const(ir.REDUCTION_IDENTITY[einsum.reduce_op])
+            tile = k.Reduce(einsum.reduce_op, ir.Op("where", (ok, term, identity)), axis=1)
+            found.append(k.Let(name, tile) if fresh else
+                         k.Accumulate(name, einsum.reduce_op, tile))
+            return found
+        # sum over the stream of (stream tile) * (key tile over a feature): a Dot.
+        feature = f.layouts[name][1]
+        plan = self.schedule.dot(name)
+        tile_side, key_side = plan.left, plan.right
+        # The key tile is zeroed at keys no row of the program sees: a zero probability
+        # alone would still give 0 * inf = NaN from padding or a KV cache past its length.
+        seen = f"{name}_keys"
+        found.append(k.Let(seen, self._keys_seen(einsum, ok)))
+        keys_seen = k.Expand(k.Var(seen), (True, False))
+        a = product([f.lowered(x, layout, _LANES) for x in tile_side]) if tile_side \
+            else ir.Const(1.0)
+        b = product([f.lowered(x, (f.stream, feature), keys_seen) for x in key_side])
+        if not all(self._loaded_per_key(x) for x in key_side):
+            b = ir.Op("where", (keys_seen, b, ir.Const(0.0)))   # a function of a masked load
+        dot = k.Dot(ir.Op("where", (ok, a, ir.Const(0.0))), b, rounded=plan.rounded)
+        found.append(k.Let(name, dot) if fresh else k.Accumulate(name, "sum", dot))
+        return found
+
+    def _loaded_per_key(self, factor: ir.Expr) -> bool:
+        """An input read whose load is masked per key (its masked lanes load 0)."""
+        return isinstance(factor, ir.Read) and self.cascade.tensors[factor.tensor].is_input \
+            and self.f.stream in ir.index_vars(factor)
+
+    def _keys_seen(self, einsum: Einsum, terms: k.Mask) -> k.Boolean:
+        """A mask over the key tile: the keys that some live row of the program's tile sees
+        in `einsum`'s terms (`terms`: their mask over rows and keys). Conditions made of
+        conditions on the key alone (the key length, padding) and of affine filters of key
+        and row (`m <= p`, `p - m < W`), with `and` / `or`, give it per key, at no cost per
+        score; any other condition on the rows needs an OR over the rows of `terms`."""
+        alternatives = [((), ())]
+        for condition in self.f.leaf_conditions(einsum):
+            if self.f.said_by_live_keys(condition):
+                continue
+            found = self._alternatives(condition)
+            if found is None or len(alternatives) * len(found) > MAX_KEY_ALTERNATIVES:
+                return k.Boolean(k.Reduce("max", k.Cast(terms, "int32"), axis=0))
+            alternatives = [(a + b, c + d) for a, c in alternatives for b, d in found]
+        kept = [list(dict.fromkeys(keys + tuple(self._rows_reach(bounds))))
+                for keys, bounds in alternatives]
+        common = [c for c in kept[0] if all(c in other for other in kept)]
+        either = [k.Mask(tuple(c for c in other if c not in common)) for other in kept]
+        if len(either) > 1:
+            common.append(k.Either(tuple(either)))
+        # Booleans: Triton's interpreter gives `block & scalar` int32 data, which a load's
+        # mask rejects (on the GPU it is a no-op on a boolean).
+        return k.Boolean(k.Mask((k.Test(self._keys_live().value, integer=True), *common)))
+
+    def _alternatives(self, condition: Condition, expr: ir.Expr | None = None):
+        """A condition (or `expr`, a part of it) as alternatives a key may meet it by,
+        each (conditions on the key alone, as kernel IR; affine filters of key and row,
+        as `stream_bound`s); None where a part depends on the row otherwise."""
+        f = self.f
+        if expr is None:
+            if condition.kind not in ("filter", "range", "split"):
+                return None
+            found = self._alternatives(condition, condition.expr)
+            for inner in (c for part in condition.parts for c in part):
+                more = self._alternatives(inner)
+                if found is None or more is None:
+                    return None
+                found = [(a + b, c + d) for a, c in found for b, d in more]
+            return found
+        variables = frozenset(ir.index_vars(expr))
+        if not variables & {f.row, *f.features}:
+            try:
+                term = f.mask(Condition(condition.kind, variables, expr), (f.stream,),
+                              k.Mask((self._keys_live(grouped=False),)))
+            except NotFusable:          # not a condition per key: the rows will tell
+                return None
+            return [((term,), ())]
+        if isinstance(expr, ir.Op) and expr.op in ("and", "or"):
+            left, right = (self._alternatives(condition, arg) for arg in expr.args)
+            if left is None or right is None:
+                return None
+            if expr.op == "or":
+                return left + right
+            return [(a + b, c + d) for a, c in left for b, d in right]
+        bound = stream_bound(f.keyed(expr), f.stream, f.row)
+        return None if bound is None else [((), (bound,))]
+
+    def _rows_reach(self, bounds) -> list:
+        """Per-key conditions for affine filters `key <= row + c` ('upper') and
+        `key >= row + c` ('lower'): some live row of the tile (first..last) meets them all.
+        A key k needs a row p with k - c_upper <= p <= k - c_lower within first..last,
+        which exists exactly when k <= last + c_upper, k >= first + c_lower and
+        c_lower <= c_upper."""
+        f, key = self.f, self._key()
+        block = k.Var(f"{f.row}_BLOCK")
+        first = ir.Op("*", (k.ProgramId(0), block))
+        last = ir.Op("-", (k.Extremum("min", ir.Op("+", (first, block)),
+                                      ir.Dim(self.cascade.var_rank(f.row))), ir.Const(1)))
+        found, sides = [], {"upper": [], "lower": []}
+        for side, offset in bounds:
+            at = self._offset(side, offset)
+            sides[side].append((offset, at))
+            found.append(_integer_test("<=", key, ir.Op("+", (last, at))) if side == "upper"
+                         else _integer_test(">=", key, ir.Op("+", (first, at))))
+        for (low, low_at), (high, high_at) in itertools.product(sides["lower"],
+                                                                 sides["upper"]):
+            gap = settled(high - low)
+            if not gap.is_number:
+                found.append(k.Test(ir.Op("<=", (low_at.value, high_at.value)), integer=True,
+                                    scalar=True))
+            elif gap < 0:
+                found.append(_integer_test("<", key, ir.Const(0)))   # no row meets both
+        return found
+
+    def _key(self, grouped: bool = True):
+        """The key index of the tile's lanes, as the kernel computes it (`grouped`: shown
+        as one quantity)."""
+        return k.Var(self.f.stream)
+
+    def _keys_live(self, grouped: bool = True) -> k.Integer:
+        """The tile's keys that exist (the last tile may reach past the key rank)."""
+        root = self.cascade.root_rank(self.cascade.var_rank(self.f.stream))
+        return k.Integer(ir.Op("<", (self._key(grouped), ir.Dim(root))))
+
+    def _stores(self) -> list:
+        """Every output's tile stored in its live lanes, absent points (conditions of its
+        own row, GQA's kv head) as 0: kernel IR Stores."""
+        f = self.f
+        stores = []
+        for name in self.cascade.outputs:
+            layout = f.layouts[name]
+            lanes = self._row_lanes(layout)
+            offset = [ir.Op("*", (_layout_block(layout, var) if var in layout else k.Var(var),
+                                  k.Var(f"{name}_s{position}")))
+                      for position, var in enumerate(self.cascade.einsum(name).indices)]
+            value = k.Var(name)
+            if f.row_masks.get(name):
+                absent = k.Mask(tuple(f.condition(c, (layout, lanes))
+                                      for c in f.row_masks[name]))
+                value = ir.Op("where", (absent, value, ir.Const(0.0)))
+            stores.append(k.Store(name, k.Integer(total(offset)), value, lanes))
+        return stores
+
+    # ---------------------------------------------------------------- bounds
+    def _first_row(self):
+        return ir.Op("*", (k.ProgramId(0), k.Var(f"{self.f.row}_BLOCK")))
+
+    def _bounds(self, bounds: tuple[Bound, ...]):
+        """A pass's loop bounds (kernel IR integers) from the schedule's proved bounds;
+        None: the whole range."""
+        f = self.f
+        lo, hi = None, None
+        tile, block = k.Var(f"{f.row}_BLOCK"), k.Var(f"{f.stream}_BLOCK")
+        for side, offset in bounds:
+            at = self._offset(side, offset)
+            if side == "upper":   # m <= row + offset
+                hi = k.Integer(k.Extremum("min", ir.Dim(self.cascade.var_rank(f.stream)),
+                                          total([self._first_row(), tile, at])))
+            else:                 # m >= row + offset
+                first = k.Extremum("max", ir.Const(0), total([self._first_row(), at]))
+                lo = k.Integer(ir.Op("*", (k.Quotient(first, block), block)))
+        return lo, hi
+
+    def _offset(self, side: str, offset: sympy.Expr):
+        """An offset as the kernel reads it: an integer, or (with params, a window W) a
+        kernel argument the host computes, rounded outwards, so a fractional param visits
+        more tiles, never fewer."""
+        if not offset.free_symbols:
+            return k.Group(ir.Const(int(offset)))
+        rounding = "floor" if side == "lower" else "ceil"
+        named = [o.name for o in self.offsets if (o.rounding, o.value) == (rounding, offset)]
+        if named:
+            return k.Group(k.Var(named[0]))
+        same_side = sum(o.name.startswith(side) for o in self.offsets)
+        name = f"{side}_offset" + (str(same_side + 1) if same_side else "")
+        self.offsets.append(Offset(name, rounding, offset))
+        return k.Group(k.Var(name))
+
+class _SplitLowering(_PassLowering):
+    """The schedule for a split streamed rank: one loop over its outer part, the inner
+    part as the tile, recurrences over the outer part carried in registers."""
+
+    def lower(self) -> LoweredKernel:
+        f, cascade = self.f, self.cascade
+        name = self.schedule.name
+        outer = cascade.var_rank(f.loop)
+        stream = cascade.root_rank(outer)
+        inner = cascade.var_rank(f.stream)
+        self._prologue(1)
+        available = {t.name for t in cascade.inputs}
+        self.body += self._rows(available)
+        carried = [e for e in cascade.einsums if f.kinds[e.tensor] == Role.CARRIED]
+        self._begin_loops()
+        self.body += [k.Comment(""), k.Comment(
+            f"the key tiles: {f.loop} steps over {outer} = ceil({stream} / {inner}); "
+            f"{', '.join(e.tensor for e in carried) or 'nothing'} carried across steps")]
+        for einsum in carried:
+            layout = f.layouts[einsum.tensor]
+            init = f.lowered(einsum.init, layout, self._row_lanes(layout))
+            self.body.append(k.Let(einsum.tensor, ir.Op("+", (init, self._zeros(layout)))))
+        lo, hi = self._step_bounds()
+        step = [k.Let(f.stream, k.Cast(k.Arange(f"{f.stream}_BLOCK"), "int64")),
+                k.Let("lanes", k.Mask((k.Expand(_ROW_LIVE, (True, False)),
+                                       k.Expand(self._keys_live(), (False, True))))),
+                *(k.Let(f"{e.tensor}_at", k.Var(e.tensor), note=f"at step {f.loop}")
+                  for e in carried)]
+        for einsum in cascade.einsums:
+            kind = f.kinds[einsum.tensor]
+            if kind in (Role.STREAM, Role.STREAM_DOT):
+                step += self._stream(einsum)
+            elif kind in (Role.TILE_REDUCE, Role.TILE_DOT):
+                step += self._accumulate(einsum, fresh=True)
+            elif kind in (Role.TILE_ROW, Role.CARRIED):
+                step += self._row_value(einsum)
+        self.body.append(k.Loop(f.loop, lo or k.Integer(ir.Const(0)),
+                                hi or k.Integer(ir.Dim(outer)), None, tuple(step)))
+        available.update(e.tensor for e in cascade.einsums if f.kinds[e.tensor] != Role.ROW)
+        self.body.append(k.Comment(""))
+        self.body += self._rows(available)
+        self._hoist()
+        self.body.append(k.Comment(""))
+        self.body += self._stores()
+        return self._lowered(f"one fused kernel {name}: grid over "
+                             f"{', '.join(f.batch + [f.row + ' tiles'])}; one loop over "
+                             f"{outer} tiles of {inner} keys with "
+                             f"{', '.join(e.tensor for e in carried)} carried in registers; "
+                             f"{_range_text((lo, hi), f.loop)}")
+
+    def _step_bounds(self):
+        """The range of steps m1 for this row tile (kernel IR integers): the schedule's
+        proved bounds of its one pass (present only where skipping a fully masked step is
+        proved right)."""
+        f, cascade = self.f, self.cascade
+        tile = k.Var(f.tile_block)
+        lo, hi = None, None
+        for side, offset in self.schedule.passes[0].bounds:
+            at = self._offset(side, offset)
+            if side == "upper":   # keys up to the last row + offset
+                last = total([self._first_row(), k.Var(f"{f.row}_BLOCK"), at, tile])
+                steps = k.Quotient(k.Extremum("max", ir.Const(0),
+                                              ir.Op("-", (last, ir.Const(1)))), tile)
+                hi = k.Integer(k.Extremum("min", ir.Dim(cascade.var_rank(f.loop)), steps))
+            else:                 # keys from the first row + offset
+                lo = k.Integer(k.Quotient(k.Extremum("max", ir.Const(0),
+                                                     total([self._first_row(), at])), tile))
+        return lo, hi
+
+    def _key(self, grouped: bool = True):
+        f = self.f
+        key = ir.Op("+", (ir.Op("*", (k.Var(f.loop), k.Var(f.tile_block))), k.Var(f.stream)))
+        return k.Group(key) if grouped else key
+
+
+def _integer_test(op: str, left, right) -> k.Test:
+    """A comparison of indices as a mask's condition."""
+    return k.Test(ir.Op(op, (left, right)), integer=True)
+
+
+def _range_text(bounds, stream: str) -> str:
+    lo, hi = bounds
+    if lo is None and hi is None:
+        return f"all {stream} tiles"
+    parts = []
+    if lo is not None:
+        parts.append("skips tiles before the window")
+    if hi is not None:
+        parts.append("skips tiles past the diagonal")
+    return ", ".join(parts)
