@@ -365,7 +365,7 @@ def generate(cascade: Cascade, *, plan: Plan | None = None, **options) -> str:
         "absent": absent_tensors(cascade),
         "compile_options": {"rewrite": settings.rewrite, "tile": settings.tile},
         # backend="torch": the kernels' schedule as torch code (backends/torch_scheduled.py)
-        "torch_schedule": torch_scheduled.schedule(kernel, cascade),
+        "torch_schedule": torch_scheduled.schedule(kernel),
     }
     source = _environment().get_template("module.py.j2").render(**context)
     return names.spec_comments(source)
