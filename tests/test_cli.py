@@ -75,17 +75,24 @@ def test_module_entry_point_runs():
 
 @pytest.mark.slow
 def test_wheel_ships_the_grammar_and_templates(tmp_path):
-    # An install from a wheel must find grammars/attn.lark (and templates/, later).
+    # An install from a wheel must find the grammar, its tables and the template.
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
                     "-q", "-w", str(tmp_path), str(ROOT)], check=True)
     (wheel,) = tmp_path.glob("einsumattn-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    assert "einsumattn/grammars/attn.lark" in names
+    assert {"einsumattn/grammars/attn.lark", "einsumattn/grammars/attn.lalr",
+            "einsumattn/templates/module.py.j2",
+            "einsumattn/backends/module_template.py"} <= set(names)
     target = tmp_path / "site"
     with zipfile.ZipFile(wheel) as archive:
         archive.extractall(target)
-    # The installed copy parses a spec from outside the source tree.
+    # The installed copy parses a spec from outside the source tree, and reads its
+    # compiled module template (backends/templates.py).
     code = ("import einsumattn, sys; assert 'site' in einsumattn.__file__; "
+            "from einsumattn.backends import templates\n"
+            "env = templates.template_environment()\n"
+            "key = templates.template_key(env, templates.template_text())\n"
+            "assert templates.read_shipped(env, key) is not None\n"
             "print(einsumattn.load(sys.argv[1]).name)")
     result = subprocess.run([sys.executable, "-c", code, str(EXAMPLES[0])],
                             capture_output=True, text=True, cwd=tmp_path,
