@@ -1,11 +1,15 @@
 """The module template is read from its compiled form shipped in the package
 (backends/templates.py): the shipped file is current, renders as the template does, is
-never used for an edited template, and a compile does not run jinja2's compiler."""
+never used for an edited template, and a compile does not run jinja2's compiler. The
+template's `pprint` filter prints exactly what pprint.pformat does."""
 
 from __future__ import annotations
 
+import pprint
+
 import jinja2
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from einsumattn.backends import module, templates
 from einsumattn.loader import load
@@ -79,3 +83,43 @@ def test_generating_runs_no_template_compiler(fresh_template, monkeypatch):
     monkeypatch.setattr(jinja2.Environment, "compile", refuse)
     cascade = load(EXAMPLES[0])
     assert module.generate(cascade, rewrite=True, module_name=cascade.name)
+
+
+# ------------------------------------------------------------------ the pprint filter
+
+_SCALARS = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False),
+                     st.text(max_size=120))
+_NESTED = st.recursive(
+    _SCALARS,
+    lambda inner: st.one_of(st.lists(inner, max_size=6),
+                            st.lists(inner, max_size=6).map(tuple),
+                            st.dictionaries(st.text(max_size=12), inner, max_size=6)),
+    max_leaves=60)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_NESTED)
+def test_pretty_is_pprint(value):
+    assert templates.pretty(value) == pprint.pformat(value)
+
+
+def test_pretty_is_pprint_on_shared_and_cyclic_containers():
+    shared = {"loops": [{"tile": 64, "extent": "M" * 40}] * 3, "names": ("Q",) * 30}
+    value = {"a": shared, "b": [shared, shared], "c": (shared,)}
+    assert templates.pretty(value) == pprint.pformat(value)
+    cycle = [1, {"x": "y" * 70}]
+    cycle.append(cycle)
+    outer = {"cycle": cycle, "again": cycle, "long": ["z" * 30] * 4}
+    assert templates.pretty(outer) == pprint.pformat(outer)
+    # x's repr inside a (where a is an ancestor) differs from x's repr at the top.
+    a = {"pad": "p" * 50}
+    x = [a]
+    a["x"] = x
+    for value in ([a, x], {"a": a, "x": x}, (x, a, x)):
+        assert templates.pretty(value) == pprint.pformat(value)
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+def test_pretty_prints_the_schedule_as_pprint(path):
+    data = module.Plan(load(path)).data()
+    assert templates.pretty(data) == pprint.pformat(data)

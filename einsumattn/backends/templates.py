@@ -24,6 +24,7 @@ from importlib import machinery, resources
 from pathlib import Path
 
 import functools
+import pprint
 
 import jinja2
 
@@ -58,6 +59,36 @@ def _indented(text: str) -> str:
     return "\n".join("    " + line if line else line for line in text.split("\n"))
 
 
+class _OnceEachPrinter(pprint.PrettyPrinter):
+    """pprint's printer, as jinja2's `pprint` filter uses it (its defaults), that finds
+    the repr of each container once per call. pprint asks for the repr of a container
+    at every level it descends through (to see whether the container fits on one line),
+    which made printing SCHEDULE quadratic in its depth (about 10 ms of causal_softmax's
+    compile). With no depth limit, a container's repr does not depend on where it is
+    asked for, unless it is on a cycle: then it is flagged recursive and not kept. Each
+    container kept is held until the call ends, so its id is not reused."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._known: dict[int, tuple] = {}
+
+    def format(self, object, context, maxlevels, level):  # noqa: A002 - pprint's name
+        if type(object) not in (dict, list, tuple):
+            return super().format(object, context, maxlevels, level)
+        known = self._known.get(id(object))
+        if known is not None:
+            return known[1]
+        result = super().format(object, context, maxlevels, level)
+        if not result[2]:
+            self._known[id(object)] = (object, result)
+        return result
+
+
+def pretty(value) -> str:
+    """pprint.pformat(value), exactly (tests/test_templates.py)."""
+    return _OnceEachPrinter().pformat(value)
+
+
 def template_environment() -> jinja2.Environment:
     """The environment the module template renders in. optimized=False: no constant is
     folded at compile time, so the compiled form holds no result of the filters below."""
@@ -71,6 +102,7 @@ def template_environment() -> jinja2.Environment:
     environment.filters["literal"] = string_literal
     environment.filters["docstring"] = lambda text: string_literal(text, multiline=True)
     environment.filters["block"] = _indented
+    environment.filters["pprint"] = pretty      # jinja2's own, without its quadratic cost
     return environment
 
 
