@@ -116,6 +116,24 @@ def test_benchmark_script_runs(tmp_path):
     assert all(r["max_diff_vs_peer"] < 1e-5 for r in rows if r["max_diff_vs_peer"] is not None)
 
 
+def test_compile_time_breakdown_names_every_part(tmp_path):
+    """benchmarks/compile_time.py --breakdown: each import phase, then the work, which
+    compiles (no timing is asserted: the machine decides those)."""
+    out = tmp_path / "parts.json"
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "compile_time.py"),
+                             "--breakdown", str(EXAMPLES[0]), "--runs", "1",
+                             "--json", str(out)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    import json
+    parts = json.loads(out.read_text())["breakdown"]
+    names = list(parts["phases_s"])
+    assert names[:3] == ["python start (python -c pass)", "import sympy",
+                         "import sympy.tensor.tensor"]
+    assert "import einsumattn.frontend" in names and names[-1].startswith("work")
+    assert all(seconds >= 0 for seconds in parts["phases_s"].values())
+    assert parts["dataclasses"] > 0 and "work" in result.stdout
+
+
 def test_benchmark_times_tuning_variants_of_the_fused_kernel(tmp_path):
     """--tune adds rows for TUNING_FUSED overrides (a GPU session sweeps tiles in one
     call); here in the interpreter, where only the plumbing and the outputs count."""
