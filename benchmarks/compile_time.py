@@ -297,30 +297,28 @@ def main(argv: list[str] | None = None) -> int:
     examples = [compile_times(s, args.runs, env) for s in chosen(EXAMPLES)]
     papers = [compile_times(s, args.runs, env) for s in chosen(PAPER_SPECS)]
     imported = import_time(max(args.runs, 5), env)
-    data = {"command": " ".join([Path(sys.executable).name, "benchmarks/compile_time.py",
-                                 *(argv if argv is not None else sys.argv[1:])]),
-            "runs": args.runs, "machine": started, "load_before": load_before,
+    data = {"runs": args.runs, "machine": started, "load_before": load_before,
             "load_after": os.getloadavg()[0], "examples": examples, "paper_specs": papers,
             "import": imported, "targets": TARGETS,
             "summary": summary(examples, papers, imported, "wall_s"),
             "summary_cpu": summary(examples, papers, imported, "cpu_s")}
-    text = render(data)
-    print(text, end="")
-    if args.text:
-        args.text.write_text(text)
-    if args.json:
-        args.json.write_text(json.dumps(data, indent=2) + "\n")
-    return 0
+    return _report(data, render, args, argv)
 
 
 def _main_breakdown(args, argv: list[str] | None, env: dict[str, str]) -> int:
     load_before, started = os.getloadavg()[0], machine()
     rows = breakdown(args.breakdown.resolve(), args.runs, env)
-    data = {"command": " ".join([Path(sys.executable).name, "benchmarks/compile_time.py",
-                                 *(argv if argv is not None else sys.argv[1:])]),
-            "machine": started, "load_before": load_before,
+    data = {"machine": started, "load_before": load_before,
             "load_after": os.getloadavg()[0], "breakdown": rows}
-    text = render_breakdown(data)
+    return _report(data, render_breakdown, args, argv)
+
+
+def _report(data: dict, rendering, args, argv: list[str] | None) -> int:
+    """Print the results (and write them where --text and --json say), with the
+    command that took them."""
+    data = {"command": " ".join([Path(sys.executable).name, "benchmarks/compile_time.py",
+                                 *(argv if argv is not None else sys.argv[1:])]), **data}
+    text = rendering(data)
     print(text, end="")
     if args.text:
         args.text.write_text(text)
