@@ -404,7 +404,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _exit_without_collecting() -> None:
+    """For a process that ends with its command: at exit, Python's finalization runs
+    full garbage collections over every object still alive (sympy's alone are tens of
+    thousands), about 0.1 s of a compile, to free memory the OS takes back anyway.
+    gc.freeze() from an atexit handler (atexit runs before the finalization) leaves
+    those objects out of the collections. Other modules' atexit handlers still run and
+    the modules are still cleared; Python never promises `__del__` for objects alive
+    at exit."""
+    import atexit
+    import gc
+
+    atexit.register(gc.freeze)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """The `einsumattn` command. Without `argv` it is the process's command (the console
+    script, `python -m einsumattn`), read from sys.argv; with it, a call from Python,
+    which leaves the process alone."""
+    if argv is None:
+        _exit_without_collecting()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -116,6 +116,24 @@ def test_benchmark_script_runs(tmp_path):
     assert all(r["max_diff_vs_peer"] < 1e-5 for r in rows if r["max_diff_vs_peer"] is not None)
 
 
+def test_the_command_leaves_objects_out_of_the_collections_at_exit(monkeypatch):
+    """As the process's command (no argv), main() has gc.freeze run at exit, before
+    Python's finalization collects every object (cli._exit_without_collecting); a call
+    from Python with argv leaves the process's exit alone."""
+    import atexit
+    import gc
+
+    registered = []
+    monkeypatch.setattr(atexit, "register", lambda function, *args, **kwargs:
+                        registered.append(function))
+    monkeypatch.setattr(sys, "argv", ["einsumattn", "parse", str(EXAMPLES[0])])
+    assert main() == 0
+    assert gc.freeze in registered
+    registered.clear()
+    assert main(["parse", str(EXAMPLES[0])]) == 0
+    assert gc.freeze not in registered
+
+
 def test_compile_time_breakdown_names_every_part(tmp_path):
     """benchmarks/compile_time.py --breakdown: each import phase, then the work, which
     compiles (no timing is asserted: the machine decides those)."""
