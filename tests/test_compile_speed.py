@@ -179,6 +179,23 @@ def test_the_compile_command_loads_only_what_it_uses(tmp_path):
     assert _loaded_after(code, ("difflib",)) == []
 
 
+def test_the_compile_command_finds_its_files_without_importlib_resources(tmp_path):
+    """The grammar and the template are read by path (as the parser tables are):
+    importlib.resources imports zipfile and its readers. `python -S`, because this
+    machine's site-packages loads it at start-up."""
+    import sysconfig
+
+    code = (f"import sys\nsys.path.append({sysconfig.get_paths()['purelib']!r})\n"
+            "import contextlib, io\nfrom einsumattn.cli import main\n"
+            "with contextlib.redirect_stdout(io.StringIO()):\n"
+            f"    main(['compile', 'examples/causal_softmax.attn', '-o', {str(tmp_path)!r}])\n"
+            "print(' '.join(m for m in ('importlib.resources', 'zipfile') "
+            "if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True,
+                          text=True, cwd=ROOT, check=True)
+    assert done.stdout.split() == []
+
+
 def test_syntax_tree_classes_have_docstrings():
     """dataclasses builds a missing docstring from inspect.signature when the class is
     created, at import (about 0.1 ms a class): the parser's node classes say what they

@@ -19,18 +19,18 @@ tests/test_templates.py fails while the shipped file is stale.
 
 from __future__ import annotations
 
-import hashlib
-from importlib import machinery, resources
-from pathlib import Path
-
 import functools
+import hashlib
 import pprint
+from importlib import machinery
+from pathlib import Path
 
 import jinja2
 
 from .names import mangle, rank_spelling, string_literal
 
 TEMPLATE = "module.py.j2"
+TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 SHIPPED = Path(__file__).resolve().with_name("module_template.py")
 _SHIPPED_MODULE = f"{__package__}.module_template"
 _KEY_LINE = "# einsumattn template key: "
@@ -50,7 +50,10 @@ _COMPILE_SETTINGS = ("block_start_string", "block_end_string", "variable_start_s
 
 
 def template_text(name: str = TEMPLATE) -> str:
-    return resources.files("einsumattn").joinpath("templates", name).read_text("utf-8")
+    # A path in the package, as for the shipped file: importlib's resources API would
+    # import zipfile and its readers to find it (3 ms of a compile where site-packages
+    # has not loaded them already).
+    return (TEMPLATES / name).read_text("utf-8")
 
 
 def _indented(text: str) -> str:
