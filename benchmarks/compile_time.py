@@ -32,6 +32,7 @@ read numbers taken on a busy machine with that in mind.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -84,17 +85,24 @@ def compile_bytecode(env: dict[str, str]) -> None:
                    env=env, cwd=ROOT, check=True, capture_output=True)
 
 
+@contextlib.contextmanager
+def _scratch(env: dict[str, str]):
+    """A fresh folder for one run, removed after it, and `env` with an empty module
+    cache inside it."""
+    scratch = Path(tempfile.mkdtemp(prefix="einsumattn-bench-"))
+    try:
+        yield scratch, {**env, "EINSUMATTN_CACHE_DIR": str(scratch / "cache")}
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
 def compile_times(spec: Path, runs: int, env: dict[str, str]) -> dict:
     """Median and spread of `einsumattn compile SPEC`, each run with an empty cache."""
     walls, cpus = [], []
     for _ in range(runs):
-        scratch = Path(tempfile.mkdtemp(prefix="einsumattn-bench-"))
-        try:
-            run_env = {**env, "EINSUMATTN_CACHE_DIR": str(scratch / "cache")}
+        with _scratch(env) as (scratch, run_env):
             wall, cpu = timed([sys.executable, "-m", "einsumattn", "compile", str(spec),
                                "-o", str(scratch / "out")], run_env)
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
         walls.append(wall)
         cpus.append(cpu)
     return {"spec": str(spec.relative_to(ROOT)), "wall_s": statistics.median(walls),
@@ -174,14 +182,11 @@ def breakdown(spec: Path, runs: int, env: dict[str, str]) -> dict:
     samples, extra = [], {}
     start_times = [timed([sys.executable, "-c", "pass"], env)[0] for _ in range(runs)]
     for _ in range(runs):
-        scratch = Path(tempfile.mkdtemp(prefix="einsumattn-bench-"))
-        try:
+        with _scratch(env) as (scratch, run_env):
             done = subprocess.run(
                 [sys.executable, "-c", _BREAKDOWN_PROBE, str(spec), str(scratch / "out"),
-                 *BREAKDOWN_IMPORTS], env={**env, "EINSUMATTN_CACHE_DIR": str(scratch / "c")},
-                cwd=ROOT, capture_output=True, text=True, check=True)
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
+                 *BREAKDOWN_IMPORTS], env=run_env, cwd=ROOT, capture_output=True,
+                text=True, check=True)
         extra = json.loads(done.stdout)
         samples.append(extra)
     phases = {"python start (python -c pass)": statistics.median(start_times)}
