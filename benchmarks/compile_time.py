@@ -11,9 +11,11 @@ times and its median counts. The import row is the median of `python -c "import
 einsumattn"` less the median of `python -c pass` (the interpreter's own start).
 
 `--breakdown SPEC` splits one compile into its parts instead, median over `--runs`
-fresh processes: Python's start (`python -c pass`), then inside one process the import
-of sympy (and `sympy.tensor.tensor`, which sympy's first sum imports), lark and jinja2,
-of each layer of einsumattn in the order the layers depend on each other, and the
+fresh processes: Python's start (`python -c pass`), then inside one process, as the
+command runs, the import of `einsumattn.cli`, the collector set as the command sets it
+(cli.collect_less_garbage), the import of sympy (and `sympy.tensor.tensor`, which
+sympy's first sum imports), lark and jinja2, of each layer of einsumattn in the order
+the layers depend on each other, and the
 compile's work (`einsumattn.cli.main(["compile", ...])`); the time spent creating
 dataclasses is shown beside it (it is part of the imports above). The last part is
 the whole command's median (timed as the table times it) less the parts before it.
@@ -131,10 +133,10 @@ def import_time(runs: int, env: dict[str, str]) -> dict:
 # What `--breakdown` imports, one phase each, in this order: sympy (and the module its
 # first sum imports), the other third-party modules of a compile, then einsumattn's
 # layers (tests/test_layering.py), each after those it imports.
-BREAKDOWN_IMPORTS = ("sympy", "sympy.tensor.tensor", "lark", "jinja2",
-                     "einsumattn.diagnostics", "einsumattn.frontend", "einsumattn.ir",
-                     "einsumattn.analysis", "einsumattn.transform", "einsumattn.schedule.*",
-                     "einsumattn.backends.module", "einsumattn.codegen", "einsumattn.cli")
+BREAKDOWN_IMPORTS = ("sympy", "sympy.tensor.tensor", "lark", "jinja2", "einsumattn.frontend",
+                     "einsumattn.ir", "einsumattn.analysis", "einsumattn.transform",
+                     "einsumattn.schedule.*", "einsumattn.backends.module",
+                     "einsumattn.codegen")
 
 # Run as `python -c` with the spec, the output folder and the imports as arguments;
 # prints the phases as JSON.
@@ -154,6 +156,12 @@ def timed_process_class(*args, **kwargs):
 
 dataclasses._process_class = timed_process_class
 phases = {}
+# As `python -m einsumattn`: the command line first, then the collector set as the
+# command sets it, then what the compile imports.
+start = time.perf_counter()
+from einsumattn import cli
+phases["import einsumattn.cli (argparse, diagnostics)"] = time.perf_counter() - start
+cli.collect_less_garbage()
 for name in imports:
     start = time.perf_counter()
     if name.endswith(".*"):
@@ -164,10 +172,9 @@ for name in imports:
         importlib.import_module(name)
     phases[f"import {name}"] = time.perf_counter() - start
 before = set(sys.modules)
-from einsumattn.cli import main
 start = time.perf_counter()
 with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-    status = main(["compile", spec, "-o", out])
+    status = cli.main(["compile", spec, "-o", out])
 phases["work: cli.main(compile)"] = time.perf_counter() - start
 assert status == 0, status
 print(json.dumps({"phases": phases, "dataclasses_s": made["s"],

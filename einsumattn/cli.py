@@ -404,8 +404,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _collect_less_garbage() -> None:
-    """For a process that ends with its command. At exit, Python's finalization runs
+def collect_less_garbage() -> None:
+    """For a process that ends with its command (main() calls it first when it is the
+    process's command; benchmarks/compile_time.py --breakdown too). At exit, Python's finalization runs
     full garbage collections over every object still alive (sympy's alone are tens of
     thousands), about 0.1 s of a compile, to free memory the OS takes back anyway:
     gc.freeze() from an atexit handler (atexit runs before the finalization) leaves
@@ -428,7 +429,7 @@ def main(argv: list[str] | None = None) -> int:
     script, `python -m einsumattn`), read from sys.argv; with it, a call from Python,
     which leaves the process alone."""
     if argv is None:
-        _collect_less_garbage()
+        collect_less_garbage()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

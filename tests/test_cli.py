@@ -119,7 +119,7 @@ def test_benchmark_script_runs(tmp_path):
 def test_the_command_collects_less_garbage(monkeypatch):
     """As the process's command (no argv), main() has gc.freeze run at exit, before
     Python's finalization collects every object, and collects its youngest generation
-    less often (cli._collect_less_garbage); a call from Python with argv leaves the
+    less often (cli.collect_less_garbage); a call from Python with argv leaves the
     process's collector alone."""
     import atexit
     import gc
@@ -148,7 +148,8 @@ def test_compile_time_breakdown_names_every_part(tmp_path):
     import json
     parts = json.loads(out.read_text())["breakdown"]
     names = list(parts["phases_s"])
-    assert names[:3] == ["python start (python -c pass)", "import sympy",
+    assert names[:4] == ["python start (python -c pass)",
+                         "import einsumattn.cli (argparse, diagnostics)", "import sympy",
                          "import sympy.tensor.tensor"]
     assert "import einsumattn.frontend" in names and names[-2].startswith("work")
     assert names[-1].startswith("the rest of")
