@@ -10,6 +10,16 @@ is what a user waits for the first time they compile a spec. Each spec runs `--r
 times and its median counts. The import row is the median of `python -c "import
 einsumattn"` less the median of `python -c pass` (the interpreter's own start).
 
+`--breakdown SPEC` splits one compile into its parts instead, median over `--runs`
+fresh processes: Python's start (`python -c pass`), then inside one process, as the
+command runs, the import of `einsumattn.cli`, the collector set as the command sets it
+(cli.collect_less_garbage), the import of sympy (and `sympy.tensor.tensor`, which
+sympy's first sum imports), lark and jinja2, of each layer of einsumattn in the order
+the layers depend on each other, and the
+compile's work (`einsumattn.cli.main(["compile", ...])`); the time spent creating
+dataclasses is shown beside it (it is part of the imports above). The last part is
+the whole command's median (timed as the table times it) less the parts before it.
+
 The package's bytecode is compiled first (`python -m compileall einsumattn`), as pip
 does when it installs a package: otherwise, with PYTHONDONTWRITEBYTECODE set (as it is
 on the development machine), every run would compile the compiler's own sources again
@@ -24,6 +34,7 @@ read numbers taken on a busy machine with that in mind.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -76,17 +87,24 @@ def compile_bytecode(env: dict[str, str]) -> None:
                    env=env, cwd=ROOT, check=True, capture_output=True)
 
 
+@contextlib.contextmanager
+def _scratch(env: dict[str, str]):
+    """A fresh folder for one run, removed after it, and `env` with an empty module
+    cache inside it."""
+    scratch = Path(tempfile.mkdtemp(prefix="einsumattn-bench-"))
+    try:
+        yield scratch, {**env, "EINSUMATTN_CACHE_DIR": str(scratch / "cache")}
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
 def compile_times(spec: Path, runs: int, env: dict[str, str]) -> dict:
     """Median and spread of `einsumattn compile SPEC`, each run with an empty cache."""
     walls, cpus = [], []
     for _ in range(runs):
-        scratch = Path(tempfile.mkdtemp(prefix="einsumattn-bench-"))
-        try:
-            run_env = {**env, "EINSUMATTN_CACHE_DIR": str(scratch / "cache")}
+        with _scratch(env) as (scratch, run_env):
             wall, cpu = timed([sys.executable, "-m", "einsumattn", "compile", str(spec),
                                "-o", str(scratch / "out")], run_env)
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
         walls.append(wall)
         cpus.append(cpu)
     return {"spec": str(spec.relative_to(ROOT)), "wall_s": statistics.median(walls),
@@ -110,6 +128,104 @@ def import_time(runs: int, env: dict[str, str]) -> dict:
             "python_start_wall_s": median(w for w, _ in bare),
             "help_wall_s": median(w for w, _ in help_runs) - median(w for w, _ in bare),
             "heavy_modules_loaded": probe.stdout.split()}
+
+
+# What `--breakdown` imports, one phase each, in this order: sympy (and the module its
+# first sum imports), the other third-party modules of a compile, then einsumattn's
+# layers (tests/test_layering.py), each after those it imports.
+BREAKDOWN_IMPORTS = ("sympy", "sympy.tensor.tensor", "lark", "jinja2", "einsumattn.frontend",
+                     "einsumattn.ir", "einsumattn.analysis", "einsumattn.transform",
+                     "einsumattn.schedule.*", "einsumattn.backends.module",
+                     "einsumattn.codegen")
+
+# Run as `python -c` with the spec, the output folder and the imports as arguments;
+# prints the phases as JSON.
+_BREAKDOWN_PROBE = r"""
+import contextlib, dataclasses, importlib, io, json, pkgutil, sys, time
+spec, out, imports = sys.argv[1], sys.argv[2], sys.argv[3:]
+made = {"s": 0.0, "count": 0}
+process_class = dataclasses._process_class
+
+def timed_process_class(*args, **kwargs):
+    start = time.perf_counter()
+    try:
+        return process_class(*args, **kwargs)
+    finally:
+        made["s"] += time.perf_counter() - start
+        made["count"] += 1
+
+dataclasses._process_class = timed_process_class
+phases = {}
+# As `python -m einsumattn`: the command line first, then the collector set as the
+# command sets it, then what the compile imports.
+start = time.perf_counter()
+from einsumattn import cli
+phases["import einsumattn.cli (argparse, diagnostics)"] = time.perf_counter() - start
+cli.collect_less_garbage()
+for name in imports:
+    start = time.perf_counter()
+    if name.endswith(".*"):
+        package = importlib.import_module(name[:-2])
+        for info in pkgutil.iter_modules(package.__path__):
+            importlib.import_module(f"{package.__name__}.{info.name}")
+    else:
+        importlib.import_module(name)
+    phases[f"import {name}"] = time.perf_counter() - start
+before = set(sys.modules)
+start = time.perf_counter()
+with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+    status = cli.main(["compile", spec, "-o", out])
+phases["work: cli.main(compile)"] = time.perf_counter() - start
+assert status == 0, status
+print(json.dumps({"phases": phases, "dataclasses_s": made["s"],
+                  "dataclasses": made["count"],
+                  "loaded_by_work": sorted(set(sys.modules) - before)}))
+"""
+
+
+def breakdown(spec: Path, runs: int, env: dict[str, str]) -> dict:
+    """The parts of one compile of `spec` (see the module docstring): medians over
+    `runs` fresh processes, in seconds."""
+    samples, extra = [], {}
+    start_times = [timed([sys.executable, "-c", "pass"], env)[0] for _ in range(runs)]
+    for _ in range(runs):
+        with _scratch(env) as (scratch, run_env):
+            done = subprocess.run(
+                [sys.executable, "-c", _BREAKDOWN_PROBE, str(spec), str(scratch / "out"),
+                 *BREAKDOWN_IMPORTS], env=run_env, cwd=ROOT, capture_output=True,
+                text=True, check=True)
+        extra = json.loads(done.stdout)
+        samples.append(extra)
+    phases = {"python start (python -c pass)": statistics.median(start_times)}
+    for name in samples[0]["phases"]:
+        phases[name] = statistics.median(s["phases"][name] for s in samples)
+    # The whole command, timed as the table times it: what the parts above leave out
+    # (python -m, the exit) is the difference.
+    whole = compile_times(spec, runs, env)["wall_s"]
+    phases["the rest of `python -m einsumattn compile` (-m, exit)"] = \
+        whole - sum(phases.values())
+    return {"spec": str(spec.relative_to(ROOT)), "runs": runs, "phases_s": phases,
+            "total_s": whole,
+            "dataclasses_s": statistics.median(s["dataclasses_s"] for s in samples),
+            "dataclasses": extra["dataclasses"],
+            "loaded_by_work": extra["loaded_by_work"]}
+
+
+def render_breakdown(data: dict) -> str:
+    rows = data["breakdown"]
+    lines = [f"einsumattn compile, its parts: {rows['spec']}, median of {rows['runs']} "
+             f"fresh process(es) per part",
+             f"machine: {data['machine']['cpu']}, commit {data['machine']['commit']}, "
+             f"{data['machine']['date']}, load average (1 min) before "
+             f"{data['load_before']:.2f}, after {data['load_after']:.2f}", ""]
+    total = rows["total_s"]
+    for name, seconds in rows["phases_s"].items():
+        lines.append(f"{name:<52} {seconds * 1000:8.1f} ms {100 * seconds / total:5.1f} %")
+    lines += [f"{'the whole command (median)':<52} {total * 1000:8.1f} ms",
+              f"of the imports above, creating {rows['dataclasses']} dataclasses: "
+              f"{rows['dataclasses_s'] * 1000:.1f} ms",
+              "modules the work imported: " + (", ".join(rows["loaded_by_work"]) or "none")]
+    return "\n".join(lines) + "\n"
 
 
 def cpu_name() -> str:
@@ -185,23 +301,42 @@ def main(argv: list[str] | None = None) -> int:
                         help="only the specs with these stems")
     parser.add_argument("--json", type=Path, help="write the results as JSON here")
     parser.add_argument("--text", type=Path, help="write the table here too")
+    parser.add_argument("--breakdown", type=Path, metavar="SPEC",
+                        help="instead: the parts of one compile of SPEC (imports by "
+                             "module, work), medians of --runs processes")
     args = parser.parse_args(argv)
 
     env = _environment()
     compile_bytecode(env)
+    if args.breakdown is not None:
+        return _main_breakdown(args, argv, env)
     chosen = lambda specs: [s for s in specs if args.only is None or s.stem in args.only]
     load_before, started = os.getloadavg()[0], machine()    # the date the runs start
     examples = [compile_times(s, args.runs, env) for s in chosen(EXAMPLES)]
     papers = [compile_times(s, args.runs, env) for s in chosen(PAPER_SPECS)]
     imported = import_time(max(args.runs, 5), env)
-    data = {"command": " ".join([Path(sys.executable).name, "benchmarks/compile_time.py",
-                                 *(argv if argv is not None else sys.argv[1:])]),
-            "runs": args.runs, "machine": started, "load_before": load_before,
+    data = {"runs": args.runs, "machine": started, "load_before": load_before,
             "load_after": os.getloadavg()[0], "examples": examples, "paper_specs": papers,
             "import": imported, "targets": TARGETS,
             "summary": summary(examples, papers, imported, "wall_s"),
             "summary_cpu": summary(examples, papers, imported, "cpu_s")}
-    text = render(data)
+    return _report(data, render, args, argv)
+
+
+def _main_breakdown(args, argv: list[str] | None, env: dict[str, str]) -> int:
+    load_before, started = os.getloadavg()[0], machine()
+    rows = breakdown(args.breakdown.resolve(), args.runs, env)
+    data = {"machine": started, "load_before": load_before,
+            "load_after": os.getloadavg()[0], "breakdown": rows}
+    return _report(data, render_breakdown, args, argv)
+
+
+def _report(data: dict, rendering, args, argv: list[str] | None) -> int:
+    """Print the results (and write them where --text and --json say), with the
+    command that took them."""
+    data = {"command": " ".join([Path(sys.executable).name, "benchmarks/compile_time.py",
+                                 *(argv if argv is not None else sys.argv[1:])]), **data}
+    text = rendering(data)
     print(text, end="")
     if args.text:
         args.text.write_text(text)

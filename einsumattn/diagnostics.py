@@ -11,7 +11,6 @@ Python traceback. A rendered diagnostic reads:
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -112,6 +111,8 @@ def _window(text: str, col: int) -> tuple[str, int]:
 
 def did_you_mean(name: str, candidates: Iterable[str], cutoff: float = 0.6) -> str | None:
     """A 'did you mean' hint naming the closest candidate, if one is close."""
+    import difflib      # only when a spec has an error: not on the way of a compile
+
     close = difflib.get_close_matches(name, sorted(set(candidates)), n=1, cutoff=cutoff)
     return f"did you mean '{close[0]}'?" if close else None
 

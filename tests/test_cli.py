@@ -75,17 +75,24 @@ def test_module_entry_point_runs():
 
 @pytest.mark.slow
 def test_wheel_ships_the_grammar_and_templates(tmp_path):
-    # An install from a wheel must find grammars/attn.lark (and templates/, later).
+    # An install from a wheel must find the grammar, its tables and the template.
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
                     "-q", "-w", str(tmp_path), str(ROOT)], check=True)
     (wheel,) = tmp_path.glob("einsumattn-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    assert "einsumattn/grammars/attn.lark" in names
+    assert {"einsumattn/grammars/attn.lark", "einsumattn/grammars/attn.lalr",
+            "einsumattn/templates/module.py.j2",
+            "einsumattn/backends/module_template.py"} <= set(names)
     target = tmp_path / "site"
     with zipfile.ZipFile(wheel) as archive:
         archive.extractall(target)
-    # The installed copy parses a spec from outside the source tree.
+    # The installed copy parses a spec from outside the source tree, and reads its
+    # compiled module template (backends/templates.py).
     code = ("import einsumattn, sys; assert 'site' in einsumattn.__file__; "
+            "from einsumattn.backends import templates\n"
+            "env = templates.template_environment()\n"
+            "key = templates.template_key(env, templates.template_text())\n"
+            "assert templates.read_shipped(env, key) is not None\n"
             "print(einsumattn.load(sys.argv[1]).name)")
     result = subprocess.run([sys.executable, "-c", code, str(EXAMPLES[0])],
                             capture_output=True, text=True, cwd=tmp_path,
@@ -107,6 +114,47 @@ def test_benchmark_script_runs(tmp_path):
     import json
     rows = json.loads(out.read_text())
     assert all(r["max_diff_vs_peer"] < 1e-5 for r in rows if r["max_diff_vs_peer"] is not None)
+
+
+def test_the_command_collects_less_garbage(monkeypatch):
+    """As the process's command (no argv), main() has gc.freeze run at exit, before
+    Python's finalization collects every object, and collects its youngest generation
+    less often (cli.collect_less_garbage); a call from Python with argv leaves the
+    process's collector alone."""
+    import atexit
+    import gc
+
+    registered = []
+    monkeypatch.setattr(atexit, "register", lambda function, *args, **kwargs:
+                        registered.append(function))
+    thresholds = gc.get_threshold()
+    monkeypatch.setattr(gc, "set_threshold", lambda *values: registered.append(values))
+    assert main(["parse", str(EXAMPLES[0])]) == 0
+    assert gc.freeze not in registered and not any(isinstance(r, tuple) for r in registered)
+    monkeypatch.setattr(sys, "argv", ["einsumattn", "parse", str(EXAMPLES[0])])
+    assert main() == 0
+    assert gc.freeze in registered
+    assert (10000, *thresholds[1:]) in registered
+
+
+def test_compile_time_breakdown_names_every_part(tmp_path):
+    """benchmarks/compile_time.py --breakdown: each import phase, then the work, which
+    compiles (no timing is asserted: the machine decides those)."""
+    out = tmp_path / "parts.json"
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "compile_time.py"),
+                             "--breakdown", str(EXAMPLES[0]), "--runs", "1",
+                             "--json", str(out)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    import json
+    parts = json.loads(out.read_text())["breakdown"]
+    names = list(parts["phases_s"])
+    assert names[:4] == ["python start (python -c pass)",
+                         "import einsumattn.cli (argparse, diagnostics)", "import sympy",
+                         "import sympy.tensor.tensor"]
+    assert "import einsumattn.frontend" in names and names[-2].startswith("work")
+    assert names[-1].startswith("the rest of")
+    assert all(seconds >= 0 for seconds in parts["phases_s"].values())
+    assert parts["dataclasses"] > 0 and "work" in result.stdout
 
 
 def test_benchmark_times_tuning_variants_of_the_fused_kernel(tmp_path):

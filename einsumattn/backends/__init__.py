@@ -2,6 +2,9 @@
 
 module.py           the module's source, from templates/module.py.j2; Plan (which
                     cascade and which schedule each backend runs)
+templates.py        the template's environment, and its compiled form the package
+                    ships (module_template.py, generated: `python -m
+                    einsumattn.backends.templates` after editing the template)
 torch_reference.py  the torch reference: one block of torch per Einsum
 triton_unfused.py   Triton, one kernel per Einsum
 triton_fused.py     Triton, one fused kernel per cascade (or per stage): the attention

@@ -9,9 +9,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
-from importlib import resources
-
-import jinja2
 
 from .. import __version__
 from ..analysis import analyze
@@ -28,6 +25,7 @@ from ..schedule.configs import candidates_table, rules_table
 from ..schedule.model import KernelSchedule, Schedule, kernel_data
 from ..schedule.stages import NotFusable
 from .registry import BACKENDS, choice_text
+from .templates import module_template
 from .triton_fused import fuse_stages
 from .triton_kernel import FusedKernel, tuning_table
 from .triton_printer import HELPERS, Unsupported
@@ -42,27 +40,6 @@ def _backends_note(fallback: str | None, count: int, schedule: str) -> str:
         return f"{torch_note}\ntriton: {fallback}; backend='triton' warns and runs torch."
     return (f"{torch_note}\ntriton: {schedule}.\ntriton-unfused: {count} kernel(s), one per "
             f"Einsum, intermediates in global memory (see docs/codegen.md).")
-
-
-def _indented(text: str) -> str:
-    """Every line but blank ones indented by four spaces. Lines end at '\\n' only (as in
-    the spec language), so form feeds and U+2028 in a spec reach the docstring as is."""
-    return "\n".join("    " + line if line else line for line in text.split("\n"))
-
-
-def _environment() -> jinja2.Environment:
-    loader = jinja2.FunctionLoader(lambda name: resources.files("einsumattn").joinpath(
-        "templates", name).read_text("utf-8"))
-    environment = jinja2.Environment(loader=loader, keep_trailing_newline=True,
-                                     undefined=jinja2.StrictUndefined, autoescape=False)
-    # Identifiers for spec names, and literals for any text: the template writes nothing
-    # from the spec another way.
-    environment.filters["ident"] = mangle
-    environment.filters["size"] = names.rank_spelling
-    environment.filters["literal"] = string_literal
-    environment.filters["docstring"] = lambda text: string_literal(text, multiline=True)
-    environment.filters["block"] = _indented
-    return environment
 
 
 def _bind_lines(cascade: Cascade) -> list[str]:
@@ -367,7 +344,7 @@ def generate(cascade: Cascade, *, plan: Plan | None = None, **options) -> str:
         # backend="torch": the kernels' schedule as torch code (backends/torch_scheduled.py)
         "torch_schedule": torch_scheduled.schedule(kernel),
     }
-    source = _environment().get_template("module.py.j2").render(**context)
+    source = module_template().render(**context)
     return names.spec_comments(source)
 
 

@@ -16,12 +16,14 @@ from ..diagnostics import Source, Span
 
 @dataclass(frozen=True)
 class Number:
+    """A numeric literal: `2`, `0.5`, `1e-6`."""
     value: float | int
     span: Span
 
 
 @dataclass(frozen=True)
 class Inf:
+    """`inf`, the float infinity (`-inf` is a Unary minus of it)."""
     span: Span
 
 
@@ -43,6 +45,7 @@ class Access:
 
 @dataclass(frozen=True)
 class Call:
+    """`f(a, ...)`: a call of a built-in function (`exp`, `max`, `where`, ...)."""
     func: str
     args: tuple["Expr", ...]
     span: Span
@@ -51,6 +54,7 @@ class Call:
 
 @dataclass(frozen=True)
 class Unary:
+    """`-x` or `+x`."""
     op: str  # '-' or '+'
     operand: "Expr"
     span: Span
@@ -58,6 +62,7 @@ class Unary:
 
 @dataclass(frozen=True)
 class Binary:
+    """`a op b` for an arithmetic operator."""
     op: str  # + - * / // % **
     left: "Expr"
     right: "Expr"
@@ -66,6 +71,7 @@ class Binary:
 
 @dataclass(frozen=True)
 class Compare:
+    """`a op b` for a comparison, as in a filter `where m <= p`."""
     op: str  # < <= > >= == !=
     left: "Expr"
     right: "Expr"
@@ -74,6 +80,7 @@ class Compare:
 
 @dataclass(frozen=True)
 class BoolOp:
+    """`a and b`, `a or b`."""
     op: str  # 'and' | 'or'
     left: "Expr"
     right: "Expr"
@@ -82,6 +89,7 @@ class BoolOp:
 
 @dataclass(frozen=True)
 class Not:
+    """`not a`."""
     operand: "Expr"
     span: Span
 
@@ -111,12 +119,14 @@ class Lhs:
 
 @dataclass(frozen=True)
 class AttentionStmt:
+    """`attention NAME`: the cascade's name."""
     name: str
     span: Span
 
 
 @dataclass(frozen=True)
 class DimDecl:
+    """One dim of a `dims` statement, with its fixed size if one is given."""
     name: str
     size: int | None
     span: Span
@@ -124,12 +134,14 @@ class DimDecl:
 
 @dataclass(frozen=True)
 class DimsStmt:
+    """`dims P, M, E = 64, ...`."""
     dims: tuple[DimDecl, ...]
     span: Span
 
 
 @dataclass(frozen=True)
 class InputDecl:
+    """One tensor of an `input` statement, with its index variables."""
     name: str
     indices: tuple[Expr, ...] | None  # None for a scalar input
     span: Span
@@ -138,12 +150,14 @@ class InputDecl:
 
 @dataclass(frozen=True)
 class InputStmt:
+    """`input Q[p, e], K[m, e], ...`."""
     inputs: tuple[InputDecl, ...]
     span: Span
 
 
 @dataclass(frozen=True)
 class ParamStmt:
+    """`param NAME` or `param NAME = default`."""
     name: str
     default: Expr | None
     span: Span
@@ -152,6 +166,7 @@ class ParamStmt:
 
 @dataclass(frozen=True)
 class SplitStmt:
+    """`split PARENT -> OUTER, INNER by FACTOR`, with a span for each part."""
     parent: str
     outer: str
     inner: str
@@ -165,6 +180,7 @@ class SplitStmt:
 
 @dataclass(frozen=True)
 class EinsumStmt:
+    """`LHS = RHS` or `LHS = RHS where FILTER`: one Einsum."""
     lhs: Lhs
     rhs: Expr
     filter: Expr | None
@@ -173,6 +189,7 @@ class EinsumStmt:
 
 @dataclass(frozen=True)
 class InitStmt:
+    """`init LHS = VALUE`: the starting value of an iterative tensor."""
     lhs: Lhs
     value: Expr
     span: Span
@@ -180,6 +197,7 @@ class InitStmt:
 
 @dataclass(frozen=True)
 class OutputStmt:
+    """`output A, B`: the tensors the cascade returns."""
     names: tuple[tuple[str, Span], ...]
     span: Span
 
@@ -190,6 +208,7 @@ Statement = Union[AttentionStmt, DimsStmt, InputStmt, ParamStmt, SplitStmt, Eins
 
 @dataclass(frozen=True)
 class Spec:
+    """A whole spec: its statements in order, and the source they were parsed from."""
     statements: tuple[Statement, ...]
     source: Source = field(compare=False)
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import math
 import re
-from importlib import resources
 from pathlib import Path
 from typing import Iterator
 
@@ -54,8 +53,14 @@ _TOKEN_WORDS = {
 }
 
 
+GRAMMAR = Path(__file__).resolve().parent.parent / "grammars" / "attn.lark"
+
+
 def grammar_text() -> str:
-    return resources.files("einsumattn").joinpath("grammars/attn.lark").read_text("utf-8")
+    # A path beside the module, as for the tables (tables.SHIPPED_TABLE): importlib's
+    # resources API would import zipfile and its readers to find it (3 ms of a compile
+    # where site-packages has not loaded them already).
+    return GRAMMAR.read_text("utf-8")
 
 
 def lark_options() -> dict:

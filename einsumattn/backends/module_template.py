@@ -1,0 +1,502 @@
+# einsumattn template key: 08829e70b1dbfc2e23df28d4e608b85e57e02887b0d3f645cb8e92de60e74a47
+# jinja2's compiled form of einsumattn/templates/module.py.j2, written by `python -m einsumattn.backends.templates` (see backends/templates.py). Do not edit.
+from jinja2.runtime import LoopContext, Macro, Markup, Namespace, TemplateNotFound, TemplateReference, TemplateRuntimeError, Undefined, escape, identity, internalcode, markup_join, missing, str_join
+name = 'module.py.j2'
+
+def root(context, missing=missing):
+    resolve = context.resolve_or_missing
+    undefined = environment.undefined
+    concat = environment.concat
+    cond_expr_undefined = Undefined
+    if 0: yield None
+    l_0_has_triton = resolve('has_triton')
+    l_0_class_name = resolve('class_name')
+    l_0_function_name = resolve('function_name')
+    l_0_spec_hash = resolve('spec_hash')
+    l_0_version = resolve('version')
+    l_0_inputs = resolve('inputs')
+    l_0_outputs = resolve('outputs')
+    l_0_params = resolve('params')
+    l_0_compile_options = resolve('compile_options')
+    l_0_triton_fallback = resolve('triton_fallback')
+    l_0_schedule = resolve('schedule')
+    l_0_args = resolve('args')
+    l_0_fixed = resolve('fixed')
+    l_0_bind_lines = resolve('bind_lines')
+    l_0_backend_choices = resolve('backend_choices')
+    l_0_torch_schedule = resolve('torch_schedule')
+    l_0_body_lines = resolve('body_lines')
+    l_0_tuning = resolve('tuning')
+    l_0_dot_rounding = resolve('dot_rounding')
+    l_0_helpers = resolve('helpers')
+    l_0_kernel_sources = resolve('kernel_sources')
+    l_0_fused_source = resolve('fused_source')
+    l_0_fused_tuning = resolve('fused_tuning')
+    l_0_first_input = resolve('first_input')
+    l_0_ranks = resolve('ranks')
+    l_0_fused_host = resolve('fused_host')
+    l_0_host_lines = resolve('host_lines')
+    l_0_public_args = resolve('public_args')
+    l_0_keyword_params = resolve('keyword_params')
+    l_0_overrides = resolve('overrides')
+    l_0_name = resolve('name')
+    l_0_class_params = resolve('class_params')
+    l_0_class_overrides = resolve('class_overrides')
+    l_0_function_params = resolve('function_params')
+    l_0_doc = l_0_torch_prologue = missing
+    try:
+        t_1 = environment.filters['block']
+    except KeyError:
+        @internalcode
+        def t_1(*unused):
+            raise TemplateRuntimeError("No filter named 'block' found.")
+    try:
+        t_2 = environment.filters['docstring']
+    except KeyError:
+        @internalcode
+        def t_2(*unused):
+            raise TemplateRuntimeError("No filter named 'docstring' found.")
+    try:
+        t_3 = environment.filters['ident']
+    except KeyError:
+        @internalcode
+        def t_3(*unused):
+            raise TemplateRuntimeError("No filter named 'ident' found.")
+    try:
+        t_4 = environment.filters['indent']
+    except KeyError:
+        @internalcode
+        def t_4(*unused):
+            raise TemplateRuntimeError("No filter named 'indent' found.")
+    try:
+        t_5 = environment.filters['join']
+    except KeyError:
+        @internalcode
+        def t_5(*unused):
+            raise TemplateRuntimeError("No filter named 'join' found.")
+    try:
+        t_6 = environment.filters['literal']
+    except KeyError:
+        @internalcode
+        def t_6(*unused):
+            raise TemplateRuntimeError("No filter named 'literal' found.")
+    try:
+        t_7 = environment.filters['pprint']
+    except KeyError:
+        @internalcode
+        def t_7(*unused):
+            raise TemplateRuntimeError("No filter named 'pprint' found.")
+    try:
+        t_8 = environment.filters['size']
+    except KeyError:
+        @internalcode
+        def t_8(*unused):
+            raise TemplateRuntimeError("No filter named 'size' found.")
+    pass
+    l_1_source_name = resolve('source_name')
+    l_1_module_name = resolve('module_name')
+    l_1_spec_source = resolve('spec_source')
+    l_1_analysis = resolve('analysis')
+    l_1_backends_note = resolve('backends_note')
+    t_9 = []
+    pass
+    t_9.extend((
+        str((undefined(name='class_name') if l_0_class_name is missing else l_0_class_name)),
+        ': the `',
+        str((undefined(name='name') if l_0_name is missing else l_0_name)),
+        '` attention variant, compiled by einsumattn ',
+        str((undefined(name='version') if l_0_version is missing else l_0_version)),
+        '.\n\nGenerated from ',
+        str((undefined(name='source_name') if l_1_source_name is missing else l_1_source_name)),
+        '. Edit the spec and recompile rather than this file.\nThis module needs only torch',
+    ))
+    if (undefined(name='has_triton') if l_0_has_triton is missing else l_0_has_triton):
+        pass
+        t_9.append(
+            '; it also imports triton when that is installed, for\nthe Triton backends, and works without it on the torch backend',
+        )
+    t_9.extend((
+        '.\n\n    from ',
+        str((undefined(name='module_name') if l_1_module_name is missing else l_1_module_name)),
+        ' import ',
+        str((undefined(name='class_name') if l_0_class_name is missing else l_0_class_name)),
+        '\n    layer = ',
+        str((undefined(name='class_name') if l_0_class_name is missing else l_0_class_name)),
+        '(backend="torch"',
+    ))
+    for l_2_p in (undefined(name='params') if l_0_params is missing else l_0_params):
+        l_2_public = resolve('public')
+        _loop_vars = {}
+        pass
+        t_9.extend((
+            ', ',
+            str(environment.getitem((undefined(name='public') if l_2_public is missing else l_2_public), l_2_p)),
+            '=...',
+        ))
+    l_2_p = l_2_public = missing
+    t_9.extend((
+        ')\n    ',
+        str(t_5(context.eval_ctx, (undefined(name='outputs') if l_0_outputs is missing else l_0_outputs), ', ')),
+        ' = layer(',
+        str(t_5(context.eval_ctx, (undefined(name='inputs') if l_0_inputs is missing else l_0_inputs), ', ')),
+        ')\n\nSpec:\n\n',
+        str(t_1((undefined(name='spec_source') if l_1_spec_source is missing else l_1_spec_source))),
+        '\n\nAnalysis:\n\n',
+        str(t_1((undefined(name='analysis') if l_1_analysis is missing else l_1_analysis))),
+        '\n\nBackends:\n\n',
+        str(t_1((undefined(name='backends_note') if l_1_backends_note is missing else l_1_backends_note))),
+        '\n',
+        str(t_1(environment.getattr((undefined(name='torch_schedule') if l_0_torch_schedule is missing else l_0_torch_schedule), 'note'))),
+        '\n',
+    ))
+    l_0_doc = (Markup if context.eval_ctx.autoescape else identity)(concat(t_9))
+    context.vars['doc'] = l_0_doc
+    context.exported_vars.add('doc')
+    l_1_source_name = l_1_module_name = l_1_spec_source = l_1_analysis = l_1_backends_note = missing
+    yield str(t_2((undefined(name='doc') if l_0_doc is missing else l_0_doc)))
+    yield '\n\nfrom __future__ import annotations\n\nimport math\nimport os\nimport warnings\n\nimport torch\n'
+    if (undefined(name='has_triton') if l_0_has_triton is missing else l_0_has_triton):
+        pass
+        yield '\ntry:  # the Triton backend needs triton; the torch backend does not\n    import triton\n    import triton.language as tl\nexcept ImportError:  # pragma: no cover - depends on the installation\n    triton = tl = None\n'
+    yield '\n__all__ = ['
+    yield str(t_6((undefined(name='class_name') if l_0_class_name is missing else l_0_class_name)))
+    yield ', '
+    yield str(t_6((undefined(name='function_name') if l_0_function_name is missing else l_0_function_name)))
+    yield ', "reference"]\n\nSPEC_SHA256 = "'
+    yield str((undefined(name='spec_hash') if l_0_spec_hash is missing else l_0_spec_hash))
+    yield '"\nEINSUMATTN_VERSION = '
+    yield str(t_6((undefined(name='version') if l_0_version is missing else l_0_version)))
+    yield '\nINPUTS = ('
+    for l_1_i in (undefined(name='inputs') if l_0_inputs is missing else l_0_inputs):
+        _loop_vars = {}
+        pass
+        yield str(t_6(l_1_i))
+        yield ', '
+    l_1_i = missing
+    yield ')\nOUTPUTS = ('
+    for l_1_o in (undefined(name='outputs') if l_0_outputs is missing else l_0_outputs):
+        _loop_vars = {}
+        pass
+        yield str(t_6(l_1_o))
+        yield ', '
+    l_1_o = missing
+    yield ')\nPARAMS = ('
+    for l_1_p in (undefined(name='params') if l_0_params is missing else l_0_params):
+        _loop_vars = {}
+        pass
+        yield str(t_6(l_1_p))
+        yield ', '
+    l_1_p = missing
+    yield ')\n# The options it was compiled with.\nCOMPILE_OPTIONS = '
+    yield str(t_7((undefined(name='compile_options') if l_0_compile_options is missing else l_0_compile_options)))
+    yield '\n# Why the Triton backend is not used for this spec (None when it is).\nTRITON_FALLBACK = '
+    yield str(t_7((undefined(name='triton_fallback') if l_0_triton_fallback is missing else l_0_triton_fallback)))
+    yield '\n# Each backend -> None where it runs this spec, else why not (the torch backend runs).\nBACKENDS = '
+    yield str(t_7(environment.getattr((undefined(name='schedule') if l_0_schedule is missing else l_0_schedule), 'backends')))
+    yield '\n# What the kernels compute and how, as data: the kernels\' cascade (.attn text), and per\n# fused kernel its grid, loops, ranks held on chip, each tensor\'s role and layout, the\n# passes (what each accumulates and recomputes, the proved bounds of its key loop), the\n# masks at its stores and its knobs. SCHEDULE["describe"] says it in words. `einsumattn\n# check`, the benchmarks and the tests read it instead of rebuilding it.\nSCHEDULE = '
+    yield str(t_7((undefined(name='schedule') if l_0_schedule is missing else l_0_schedule)))
+    yield '\n\n_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)\n_INT_DTYPES = (torch.int32, torch.int64)\n\n\ndef _take(sizes: dict, origin: dict, name: str, tensor, ranks: tuple) -> None:\n    """Bind the sizes of `ranks` from one input\'s shape, or say what does not fit."""\n    if not isinstance(tensor, torch.Tensor):\n        raise TypeError(f"input {name} must be a torch.Tensor, got {type(tensor).__name__}")\n    if tensor.dtype not in _FLOAT_DTYPES + _INT_DTYPES:\n        raise TypeError(f"input {name} has dtype {tensor.dtype}; use float16, bfloat16, "\n                        f"float32 (or int32/int64 for ids)")\n    if tensor.dim() != len(ranks):\n        raise ValueError(f"input {name} must have {len(ranks)} dimension(s) "\n                         f"({\', \'.join(ranks) or \'a scalar\'}), got shape {tuple(tensor.shape)}")\n    for position, (rank, size) in enumerate(zip(ranks, tensor.shape)):\n        if rank in sizes and sizes[rank] != size:\n            raise ValueError(f"input {name}: dimension {position} is rank {rank}, expected "\n                             f"{sizes[rank]} (from {origin[rank]}), got {size}")\n        if size < 1:\n            raise ValueError(f"input {name}: dimension {position} (rank {rank}) is empty")\n        sizes[rank] = size\n        origin.setdefault(rank, f"input {name}")\n\n\ndef _bind('
+    yield str((undefined(name='args') if l_0_args is missing else l_0_args))
+    yield ', overrides: dict) -> tuple[dict, dict]:\n    """Rank sizes from the inputs\' shapes, and the params\' values."""\n    sizes = {'
+    l_1_loop = missing
+    for (l_1_r, l_1_size), l_1_loop in LoopContext(context.call(environment.getattr((undefined(name='fixed') if l_0_fixed is missing else l_0_fixed), 'items')), undefined):
+        _loop_vars = {}
+        pass
+        yield str(t_6(l_1_r))
+        yield ': '
+        yield str(l_1_size)
+        if (not environment.getattr(l_1_loop, 'last')):
+            pass
+            yield ', '
+    l_1_loop = l_1_r = l_1_size = missing
+    yield '}\n    origin = {'
+    l_1_loop = missing
+    for l_1_r, l_1_loop in LoopContext((undefined(name='fixed') if l_0_fixed is missing else l_0_fixed), undefined):
+        _loop_vars = {}
+        pass
+        yield str(t_6(l_1_r))
+        yield ': "its fixed size in the spec"'
+        if (not environment.getattr(l_1_loop, 'last')):
+            pass
+            yield ', '
+    l_1_loop = l_1_r = missing
+    yield '}\n'
+    for l_1_line in (undefined(name='bind_lines') if l_0_bind_lines is missing else l_0_bind_lines):
+        _loop_vars = {}
+        pass
+        yield '    '
+        yield str(l_1_line)
+        yield '\n'
+    l_1_line = missing
+    yield '    return sizes, params\n\n\ndef _check_params(overrides: dict) -> dict:\n    unknown = sorted(set(overrides) - set(PARAMS))\n    if unknown:\n        raise TypeError(f"unknown param {unknown[0]!r}; the params are {\', \'.join(PARAMS) or \'none\'}")\n    return {k: v for k, v in overrides.items() if v is not None}\n\n\ndef _backend(backend: str) -> str:\n    """The backend a call runs: `backend`, or torch (with a warning) where the Triton\n    backend cannot express the spec."""\n    if backend not in BACKENDS:\n        raise ValueError(f"backend must be '
+    yield str((undefined(name='backend_choices') if l_0_backend_choices is missing else l_0_backend_choices))
+    yield ', got {backend!r}")\n    if BACKENDS[backend] is not None:\n        warnings.warn(f"'
+    yield str((undefined(name='class_name') if l_0_class_name is missing else l_0_class_name))
+    yield ': the Triton backend is not available for this spec "\n                      f"({BACKENDS[backend]}); using the torch backend", stacklevel=3)\n        return "torch"\n    return backend\n\n\ndef _forward(backend: str, overrides: dict, *inputs):\n    """Run `backend` on the inputs (in declaration order) with checked params."""\n'
+    if (undefined(name='has_triton') if l_0_has_triton is missing else l_0_has_triton):
+        pass
+        yield '    if backend.startswith("triton"):\n        return _triton_forward(*inputs, overrides, fused=backend == "triton")\n'
+    if environment.getattr((undefined(name='torch_schedule') if l_0_torch_schedule is missing else l_0_torch_schedule), 'lines'):
+        pass
+        yield '    if backend == "torch":\n        return _scheduled(*inputs, overrides)\n'
+    yield '    return _reference(*inputs, overrides)\n\n\n'
+    def macro():
+        t_10 = []
+        pass
+        t_10.extend((
+            '    sizes, params = _bind(',
+            str((undefined(name='args') if l_0_args is missing else l_0_args)),
+            ', overrides)\n',
+        ))
+        for l_2_rank in (undefined(name='ranks') if l_0_ranks is missing else l_0_ranks):
+            _loop_vars = {}
+            pass
+            t_10.extend((
+                '    ',
+                str(t_8(l_2_rank)),
+                ' = sizes[',
+                str(t_6(l_2_rank)),
+                ']\n',
+            ))
+        l_2_rank = missing
+        for l_2_p in (undefined(name='params') if l_0_params is missing else l_0_params):
+            _loop_vars = {}
+            pass
+            t_10.extend((
+                '    ',
+                str(t_3(l_2_p)),
+                ' = params[',
+                str(t_6(l_2_p)),
+                ']\n',
+            ))
+        l_2_p = missing
+        t_10.extend((
+            '    device = ',
+            str(t_3((undefined(name='first_input') if l_0_first_input is missing else l_0_first_input))),
+            '.device\n    out_dtype = next((t.dtype for t in (',
+            str((undefined(name='args') if l_0_args is missing else l_0_args)),
+            ',) if t.is_floating_point()), torch.float32)\n\n    def _full(value, shape, dtype=torch.float32):\n        return torch.as_tensor(value, device=device).to(dtype).expand(shape)\n\n    def _f32(value):\n        return torch.as_tensor(value, device=device).to(torch.float32)\n\n    def _grad_only(mask, value):\n        # `value` passing gradients only where `mask` holds (docs/codegen.md, Gradients).\n        if not (torch.is_grad_enabled() and value.requires_grad):\n            return value\n        return torch.where(mask, value, value.detach())\n\n    # Everything is computed in float32 (integer ids compare exactly below 2**24).\n',
+        ))
+        for l_2_name in (undefined(name='inputs') if l_0_inputs is missing else l_0_inputs):
+            _loop_vars = {}
+            pass
+            t_10.extend((
+                '    ',
+                str(t_3(l_2_name)),
+                ' = ',
+                str(t_3(l_2_name)),
+                '.to(torch.float32)\n',
+            ))
+        l_2_name = missing
+        return concat(t_10)
+    context.exported_vars.add('torch_prologue')
+    context.vars['torch_prologue'] = l_0_torch_prologue = Macro(environment, macro, 'torch_prologue', (), False, False, False, context.eval_ctx.autoescape)
+    yield '\ndef _reference('
+    yield str((undefined(name='args') if l_0_args is missing else l_0_args))
+    yield ', overrides: dict):\n    """The reference backend: the cascade as plain torch code, one block per Einsum.\n    Intermediates in float32; outputs in the dtype of the first floating input."""\n'
+    yield str(context.call((undefined(name='torch_prologue') if l_0_torch_prologue is missing else l_0_torch_prologue)))
+    for l_1_line in (undefined(name='body_lines') if l_0_body_lines is missing else l_0_body_lines):
+        _loop_vars = {}
+        pass
+        if l_1_line:
+            pass
+            yield '    '
+            yield str(l_1_line)
+        yield '\n'
+    l_1_line = missing
+    yield '\n    return '
+    l_1_loop = missing
+    for l_1_o, l_1_loop in LoopContext((undefined(name='outputs') if l_0_outputs is missing else l_0_outputs), undefined):
+        l_1_absent = resolve('absent')
+        _loop_vars = {}
+        pass
+        if (l_1_o in (undefined(name='absent') if l_1_absent is missing else l_1_absent)):
+            pass
+            yield 'torch.where('
+            yield str(t_3(l_1_o))
+            yield '_ok, '
+            yield str(t_3(l_1_o))
+            yield ', 0.0).to(out_dtype)'
+        else:
+            pass
+            yield str(t_3(l_1_o))
+            yield '.to(out_dtype)'
+        if (not environment.getattr(l_1_loop, 'last')):
+            pass
+            yield ', '
+    l_1_loop = l_1_o = l_1_absent = missing
+    yield '\n\n\n# ---------------------------------------------------------------- the scheduled torch backend\n\n# Why backend="torch" runs the reference for this spec (None when it runs the schedule).\nTORCH_FALLBACK = '
+    yield str(t_7(environment.getattr((undefined(name='torch_schedule') if l_0_torch_schedule is missing else l_0_torch_schedule), 'fallback')))
+    yield '\n# Rows per block and keys per tile of the scheduled torch backend: the place to tune.\nTORCH_TUNING = '
+    yield str(t_7(environment.getattr((undefined(name='torch_schedule') if l_0_torch_schedule is missing else l_0_torch_schedule), 'tuning')))
+    yield '\n'
+    if environment.getattr((undefined(name='torch_schedule') if l_0_torch_schedule is missing else l_0_torch_schedule), 'lines'):
+        pass
+        yield '\n\ndef _scheduled('
+        yield str((undefined(name='args') if l_0_args is missing else l_0_args))
+        yield ', overrides: dict):\n    """The scheduled torch backend: the fused kernel\'s schedule as torch code, a loop\n    over row blocks and key tiles with the online state held as tensors; memory does not\n    grow with the number of keys. Outputs in the dtype of the first floating input."""\n'
+        yield str(context.call((undefined(name='torch_prologue') if l_0_torch_prologue is missing else l_0_torch_prologue)))
+        for l_1_line in environment.getattr((undefined(name='torch_schedule') if l_0_torch_schedule is missing else l_0_torch_schedule), 'lines'):
+            _loop_vars = {}
+            pass
+            if l_1_line:
+                pass
+                yield '    '
+                yield str(l_1_line)
+            yield '\n'
+        l_1_line = missing
+        yield '\n    return '
+        l_1_loop = missing
+        for l_1_o, l_1_loop in LoopContext((undefined(name='outputs') if l_0_outputs is missing else l_0_outputs), undefined):
+            _loop_vars = {}
+            pass
+            yield str(t_3(l_1_o))
+            yield '.to(out_dtype)'
+            if (not environment.getattr(l_1_loop, 'last')):
+                pass
+                yield ', '
+        l_1_loop = l_1_o = missing
+        yield '\n\n'
+    yield '\n\n'
+    if (undefined(name='has_triton') if l_0_has_triton is missing else l_0_has_triton):
+        pass
+        yield '\n# ---------------------------------------------------------------- the Triton backend\n\n# Block sizes per kernel: the one place to tune (or to hand to triton.autotune).\nTUNING = '
+        yield str(t_7((undefined(name='tuning') if l_0_tuning is missing else l_0_tuning)))
+        yield "\n# Einsums whose tl.dot operands include computed values (count per Einsum): with float16\n# or bfloat16 inputs those are rounded to the inputs' precision. `einsumattn check`\n# widens its tolerance by the first-order effect of exactly these roundings.\nDOT_ROUNDING = "
+        yield str(t_7((undefined(name='dot_rounding') if l_0_dot_rounding is missing else l_0_dot_rounding)))
+        yield '\n\n\ndef _dot_dtype(*inputs):\n    """The precision of tl.dot operands: float16 or bfloat16 when every floating input\n    has that dtype (tensor cores: exact products, float32 sums), else float32 (IEEE)."""\n    dtypes = {t.dtype for t in inputs if t.is_floating_point()}\n    if dtypes == {torch.float16}:\n        return tl.float16\n    if dtypes == {torch.bfloat16}:\n        return tl.bfloat16\n    return tl.float32\n\nif triton is not None:\n'
+        yield str(t_4((undefined(name='helpers') if l_0_helpers is missing else l_0_helpers), 4, first=True))
+        yield '\n\n'
+        for l_1_source in (undefined(name='kernel_sources') if l_0_kernel_sources is missing else l_0_kernel_sources):
+            _loop_vars = {}
+            pass
+            yield str(t_4(l_1_source, 4, first=True))
+            yield '\n\n'
+        l_1_source = missing
+        if (undefined(name='fused_source') if l_0_fused_source is missing else l_0_fused_source):
+            pass
+            yield '    # The fused schedule: one kernel for the whole cascade.\n'
+            yield str(t_4((undefined(name='fused_source') if l_0_fused_source is missing else l_0_fused_source), 4, first=True))
+            yield '\n\n\nTUNING_FUSED = '
+            yield str(t_7((undefined(name='fused_tuning') if l_0_fused_tuning is missing else l_0_fused_tuning)))
+            yield '\n'
+        yield '\n\ndef _triton_forward('
+        yield str((undefined(name='args') if l_0_args is missing else l_0_args))
+        yield ', overrides: dict, fused: bool = True):\n    """The Triton backend: the fused kernel when there is one (fused=True), else one\n    kernel launch per Einsum, in dataflow order."""\n    if triton is None:\n        raise RuntimeError("the Triton backend needs the triton package; use backend=\'torch\'")\n    if not '
+        yield str(t_3((undefined(name='first_input') if l_0_first_input is missing else l_0_first_input)))
+        yield '.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":\n        raise RuntimeError("the Triton backend runs on CUDA tensors (or on the CPU in Triton\'s "\n                           "interpreter: set TRITON_INTERPRET=1 before importing triton); "\n                           "use backend=\'torch\' on the CPU")\n    sizes, params = _bind('
+        yield str((undefined(name='args') if l_0_args is missing else l_0_args))
+        yield ', overrides)\n    if torch.is_grad_enabled() and any(t.requires_grad for t in ('
+        yield str((undefined(name='args') if l_0_args is missing else l_0_args))
+        yield ',)):\n        # The kernels have no backward yet: their outputs would be silently detached.\n        raise RuntimeError("the Triton backends compute no gradients yet (an input requires "\n                           "grad); use backend=\'torch\' to train, or run under "\n                           "torch.no_grad() for inference")\n'
+        for l_1_rank in (undefined(name='ranks') if l_0_ranks is missing else l_0_ranks):
+            _loop_vars = {}
+            pass
+            yield '    '
+            yield str(t_8(l_1_rank))
+            yield ' = sizes['
+            yield str(t_6(l_1_rank))
+            yield ']\n'
+        l_1_rank = missing
+        for l_1_p in (undefined(name='params') if l_0_params is missing else l_0_params):
+            _loop_vars = {}
+            pass
+            yield '    '
+            yield str(t_3(l_1_p))
+            yield ' = float(params['
+            yield str(t_6(l_1_p))
+            yield '])\n'
+        l_1_p = missing
+        yield '    device = '
+        yield str(t_3((undefined(name='first_input') if l_0_first_input is missing else l_0_first_input)))
+        yield '.device\n    out_dtype = next((t.dtype for t in ('
+        yield str((undefined(name='args') if l_0_args is missing else l_0_args))
+        yield ',) if t.is_floating_point()), torch.float32)\n'
+        if (undefined(name='fused_source') if l_0_fused_source is missing else l_0_fused_source):
+            pass
+            yield '    if fused:\n        dot_dtype = _dot_dtype('
+            yield str((undefined(name='args') if l_0_args is missing else l_0_args))
+            yield ')\n'
+            for l_1_line in (undefined(name='fused_host') if l_0_fused_host is missing else l_0_fused_host):
+                _loop_vars = {}
+                pass
+                yield '        '
+                yield str(l_1_line)
+                yield '\n'
+            l_1_line = missing
+            yield '        return '
+            l_1_loop = missing
+            for l_1_o, l_1_loop in LoopContext((undefined(name='outputs') if l_0_outputs is missing else l_0_outputs), undefined):
+                _loop_vars = {}
+                pass
+                yield str(t_3(l_1_o))
+                yield '.to(out_dtype)'
+                if (not environment.getattr(l_1_loop, 'last')):
+                    pass
+                    yield ', '
+            l_1_loop = l_1_o = missing
+            yield '\n\n'
+        for l_1_line in (undefined(name='host_lines') if l_0_host_lines is missing else l_0_host_lines):
+            _loop_vars = {}
+            pass
+            if l_1_line:
+                pass
+                yield '    '
+                yield str(l_1_line)
+            yield '\n'
+        l_1_line = missing
+        yield "\n    # The host lines leave outputs at their final values (0 where absent in the\n    # kernels' cascade).\n    return "
+        l_1_loop = missing
+        for l_1_o, l_1_loop in LoopContext((undefined(name='outputs') if l_0_outputs is missing else l_0_outputs), undefined):
+            _loop_vars = {}
+            pass
+            yield str(t_3(l_1_o))
+            yield '.to(out_dtype)'
+            if (not environment.getattr(l_1_loop, 'last')):
+                pass
+                yield ', '
+        l_1_loop = l_1_o = missing
+        yield '\n\n'
+    yield "\n\n# ---------------------------------------------------------------- the public API\n# Arguments carry the spec's names; the bodies only pass them on, so any name works.\n\ndef reference("
+    yield str((undefined(name='public_args') if l_0_public_args is missing else l_0_public_args))
+    yield str((undefined(name='keyword_params') if l_0_keyword_params is missing else l_0_keyword_params))
+    yield '):\n    """The reference backend (backend="reference"): the cascade as plain torch code, one\n    block per Einsum. Intermediates in float32; outputs in the dtype of the first\n    floating input."""\n    return _reference('
+    yield str((undefined(name='public_args') if l_0_public_args is missing else l_0_public_args))
+    yield ', _check_params('
+    yield str((undefined(name='overrides') if l_0_overrides is missing else l_0_overrides))
+    yield '))\n\n\nclass '
+    yield str((undefined(name='class_name') if l_0_class_name is missing else l_0_class_name))
+    yield '(torch.nn.Module):\n    """`'
+    yield str((undefined(name='name') if l_0_name is missing else l_0_name))
+    yield '` as a module: forward('
+    yield str(t_5(context.eval_ctx, (undefined(name='inputs') if l_0_inputs is missing else l_0_inputs), ', '))
+    yield ') -> '
+    yield str(t_5(context.eval_ctx, (undefined(name='outputs') if l_0_outputs is missing else l_0_outputs), ', '))
+    yield '.\n\n    backend: "triton" (GPU kernels: the fused schedule where the cascade has one),\n    "triton-unfused" (one kernel per Einsum), "torch" (the same schedule as torch code,\n    any device; the reference where there is no fused schedule: TORCH_FALLBACK) or\n    "reference" (the spec as straight-line torch, one block per Einsum; any device).\n    Params ('
+    yield str((t_5(context.eval_ctx, (undefined(name='params') if l_0_params is missing else l_0_params), ', ') or 'none'))
+    yield ') default as in the spec.\n    """\n\n    def __init__(self, backend="triton"'
+    yield str((undefined(name='class_params') if l_0_class_params is missing else l_0_class_params))
+    yield '):\n        super().__init__()\n        self.backend = _backend(backend)\n        self.params = _check_params('
+    yield str((undefined(name='class_overrides') if l_0_class_overrides is missing else l_0_class_overrides))
+    yield ')\n\n    def forward(self, '
+    yield str((undefined(name='public_args') if l_0_public_args is missing else l_0_public_args))
+    yield '):\n        return _forward(self.backend, self.params, '
+    yield str((undefined(name='public_args') if l_0_public_args is missing else l_0_public_args))
+    yield ')\n\n    def extra_repr(self) -> str:\n        return f"backend={self.backend!r}" + "".join(f", {k}={v!r}" for k, v in self.params.items())\n\n\ndef '
+    yield str((undefined(name='function_name') if l_0_function_name is missing else l_0_function_name))
+    yield '('
+    yield str((undefined(name='public_args') if l_0_public_args is missing else l_0_public_args))
+    yield ', *, backend="triton"'
+    yield str((undefined(name='function_params') if l_0_function_params is missing else l_0_function_params))
+    yield '):\n    """`'
+    yield str((undefined(name='name') if l_0_name is missing else l_0_name))
+    yield '` as a function; see '
+    yield str((undefined(name='class_name') if l_0_class_name is missing else l_0_class_name))
+    yield '."""\n    return _forward(_backend(backend), _check_params('
+    yield str((undefined(name='overrides') if l_0_overrides is missing else l_0_overrides))
+    yield '), '
+    yield str((undefined(name='public_args') if l_0_public_args is missing else l_0_public_args))
+    yield ')\n'
+
+blocks = {}
+debug_info = '1=102&3=108&4=111&7=118&8=122&9=137&13=141&17=143&21=145&22=147&1=150&23=154&32=156&39=160&41=164&42=166&43=168&44=175&45=182&47=189&49=191&51=193&57=195&83=197&85=200&86=212&87=222&102=230&104=232&112=234&114=237&119=241&120=249&121=260&122=273&123=275&138=278&140=293&143=295&145=307&151=327&153=329&154=331&156=334&160=336&162=348&166=359&170=362&174=364&188=366&190=368&192=374&193=377&196=379&199=382&204=384&208=386&209=388&214=390&215=399&216=409&217=411&218=413&219=416&220=418&221=427&223=437&227=448&234=459&238=462&241=466&242=468&248=474&251=476&254=478&256=480&257=482&263=484&264=490&265=494'
