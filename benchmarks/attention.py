@@ -146,10 +146,10 @@ class TuneError(ValueError):
 def tuned(path, module, tune: str, inputs):
     """A call of the fused kernels in the variant `tune` ("p__BLOCK=64,num_warps=8"): the
     block sizes TUNING_FUSED lists and Triton's num_warps / num_stages override the
-    module's tables (restored after each call); `tile=N` compiles the spec with key
-    tiles of N for the split the online rewrite makes (the split kernels' m0__BLOCK is
-    that split's factor and cannot be overridden). A knob the kernels do not have, or a
-    value they refuse, is a TuneError."""
+    module's tables (restored after each call): the key tile of the split the online
+    rewrite makes (m0__BLOCK) is one of them; `tile=N` compiles the spec with N as that
+    split's default instead. A knob the kernels do not have, a spec's own split factor,
+    or a value the kernels refuse, is a TuneError."""
     overrides = {}
     for item in tune.split(","):
         key, _, value = item.partition("=")
@@ -159,7 +159,7 @@ def tuned(path, module, tune: str, inputs):
         overrides[key.strip()] = int(value)
     if "tile" in overrides:
         module = einsumattn.compile(path, backend="torch", tile=overrides.pop("tile"))
-    # The knobs the schedule says may be tuned (a split's key tile is the spec's own).
+    # The knobs the schedule says may be tuned (a split the spec writes fixes its tile).
     schedule = module.SCHEDULE["kernels"]
     knobs = {name for kernel in schedule for name, knob in kernel["knobs"].items()
              if not knob["fixed"]} | set(LAUNCH_OPTIONS)
@@ -270,9 +270,9 @@ def main(argv=None) -> int:
     parser.add_argument("--tune", nargs="*", default=[],
                         help="extra fused-kernel variants to time, e.g. p__BLOCK=64,num_warps=4 "
                              "p__BLOCK=128,num_warps=8,tile=128: the block sizes in "
-                             "TUNING_FUSED (p__BLOCK, and m__BLOCK of unsplit kernels), "
-                             "num_warps, num_stages, and tile=N (key tiles of the derived "
-                             "split: a recompilation; m0__BLOCK is that split's factor)")
+                             "TUNING_FUSED (p__BLOCK; the key tile: m__BLOCK, or m0__BLOCK "
+                             "of the split the rewrite makes), num_warps, num_stages, and "
+                             "tile=N (that split's default tile: a recompilation)")
     parser.add_argument("--json", help="also write the rows to this file")
     parser.add_argument("--progress", action="store_true",
                         help="print each row to stderr as soon as it is timed")

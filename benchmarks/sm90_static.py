@@ -11,8 +11,9 @@ the shared tool `../shared/tools/sm90/sm90.py` (override with --sm90 or $EINSUMA
 which calls the module on zero-filled CPU tensors, intercepts every Triton launch, and
 compiles each kernel for sm_90a exactly as Triton's JIT would for those shapes: MMA kind,
 registers, spills, shared memory, and the hot loop's warp-issue slots per 128 x 64 score
-tile ("norm"). The configuration is the one the module itself launches (its tuning tables,
-as the heuristic fills them); `--set` overrides it, for exploring.
+tile ("norm"). The configuration is the one the module chooses for an H100 (its
+`CONFIG_TARGET` set to ("cuda", 90): the host runs on the CPU); `--set` overrides it
+(`TUNING_FUSED.*.p__BLOCK=64` pins a knob), for exploring.
 
 The tutorial's figures come from the tool's reference.json (the same compiler, the same
 shapes: bf16, B=4, H=16, N=4096). Each row is compared with the tutorial kernel doing the
@@ -106,7 +107,9 @@ def measure(sm90: Path, module: Path, case: str, head_dim: int, sets: list[str])
         command = [sys.executable, str(sm90), str(module), "--inputs", inputs_for(case, head_dim),
                    "--dtype", "bfloat16", "--tile-keys", ",".join(tile_knobs(module)),
                    "--json", str(out)]
-        for s in sets:
+        # Configure as on an H100 (the host runs on the CPU, in the interpreter), unless
+        # the caller pins something else.
+        for s in ["CONFIG_TARGET=('cuda', 90)", *sets]:
             command += ["--set", s]
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode != 0 or not out.exists():
@@ -192,7 +195,7 @@ def report(rows: list, args) -> str:
             [f"--only {' '.join(args.only)}" if args.only != list(CASES) else "",
              *(f"--set '{s}'" for s in args.set)]).strip(),
         "",
-        "Configuration: the one each module launches" +
+        "Configuration: the one each module chooses for an H100 (CONFIG_TARGET = ('cuda', 90))" +
         (f", with {', '.join(args.set)}" if args.set else "") +
         ". norm: hot-loop SASS instructions x warps per 128 x 64 score tile (lower is better); "
         "vs tutorial: over the smaller norm of the tutorial's TMA and pointer builds for the "

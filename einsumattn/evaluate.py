@@ -73,7 +73,8 @@ def _by_name(cascade: Cascade, inputs) -> dict[str, Any]:
 def evaluate(cascade: Cascade, inputs: Mapping[str, Any] | Sequence[Any],
              params: Mapping[str, float] | None = None, *,
              intermediates: bool = False, dtype=np.float64,
-             max_bytes: int | None = None) -> dict[str, np.ndarray]:
+             max_bytes: int | None = None,
+             sizes: Mapping[str, int] | None = None) -> dict[str, np.ndarray]:
     """Evaluate a cascade in float64.
 
     `inputs`: a mapping by name or a sequence in declaration order (numpy arrays, torch
@@ -83,10 +84,12 @@ def evaluate(cascade: Cascade, inputs: Mapping[str, Any] | Sequence[Any],
     well-conditioned a case is for a float32 backend (`verify.py`).
     `max_bytes`: the memory the evaluation may take (default: `memory_limit()`); a case
     estimated to need more is a BindError before anything is allocated.
+    `sizes`: sizes by name that no input gives (a rank used only in a dim expression, or
+    the tile of a split a rewrite made, which is its default otherwise).
     """
     given = _by_name(cascade, inputs)
     shapes = {name: tuple(np.shape(value)) for name, value in given.items()}
-    binding = bind(cascade, shapes=shapes, params=params)
+    binding = bind(cascade, shapes=shapes, params=params, sizes=sizes)
     check_memory(cascade, binding, max_bytes, np.dtype(dtype).itemsize)
     arrays = {name: _to_numpy(value) for name, value in given.items()}
     store: dict[str, _Value] = {}

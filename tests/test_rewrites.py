@@ -40,7 +40,7 @@ from hypothesis import strategies as st
 
 import einsumattn
 from einsumattn.evaluate import _evaluate_einsum, normalize_inputs
-from einsumattn.ir import bind
+from einsumattn.ir import at_default_tiles, bind
 from einsumattn.ir import expr as ir
 from einsumattn.transform import Rewritten, rewrite
 
@@ -266,7 +266,8 @@ def test_text_parses_back_to_the_derived_cascade(name):
     result = rewrite(ALL_SPECS[name], tile=16)
     text = result.text()
     again = einsumattn.load(text)
-    assert _structure(again) == _structure(result.cascade)
+    # The language has no tunable split: the text states the key tile's default.
+    assert _structure(again) == _structure(at_default_tiles(result.cascade))
     assert text.startswith("# Derived by `einsumattn rewrite`")
     for number, step in enumerate(result.steps, 1):
         assert f"# step {number}, {step.rule}" in text
@@ -567,3 +568,38 @@ output T3
     for sizes in ({"B": 1, "P": 1}, {"B": 3, "P": 2}):
         inputs = _inputs(result.original, sizes, 1.0, 0)
         _assert_equivalent(result, inputs, f"sizes {sizes}", nan_free_intermediates=False)
+
+
+# ------------------------------------------------------------------ the tile is a knob
+@pytest.mark.parametrize("name", ["causal_softmax", "softmax_3pass", "sliding_window_sinks",
+                                  "masked_rows"])
+def test_every_key_tile_gives_the_original_result(name):
+    """The online rewrite's split is tunable: its proofs hold for a symbolic tile, and the
+    oracle agrees at tiles below, at and above the length (partial and empty tiles)."""
+    result = rewrite(ALL_SPECS[name])
+    (split,) = [s for s in result.cascade.splits if s.tunable]
+    assert split.factor == 64 and result.cascade.ranks[split.inner].fixed is None
+    for m in (1, 17, 40):
+        inputs = _inputs(result.original, _sizes(name, m), 1.0, m)
+        want = einsumattn.evaluate(result.original, inputs)
+        for tile in (1, 3, 16, 64):
+            got = einsumattn.evaluate(result.cascade, inputs, sizes={split.inner: tile})
+            for output in want:
+                _close(got[output], want[output], f"{name} M={m} tile={tile}")
+
+
+def test_the_tile_is_not_a_size_of_the_streamed_rank():
+    """State of M0 elements per program does not grow with M: M0 is a knob."""
+    result = rewrite(ALL_SPECS["causal_softmax"])
+    buffers = einsumattn.analyze(result.cascade).rank_buffers["M"]
+    assert "M0" in {str(s) for s in buffers.onchip_state.free_symbols}
+    assert not buffers.grows_with_rank
+
+
+def test_a_tile_given_by_name_must_be_positive_and_only_the_tiles():
+    result = rewrite(ALL_SPECS["softmax_3pass"])
+    inputs = _inputs(result.original, _sizes("softmax_3pass", 8), 1.0, 0)
+    with pytest.raises(einsumattn.BindError, match="M0"):
+        einsumattn.evaluate(result.cascade, inputs, sizes={"M0": 0})
+    with pytest.raises(einsumattn.BindError, match="give M's size"):
+        einsumattn.evaluate(result.cascade, inputs, sizes={"M1": 2})

@@ -144,9 +144,16 @@ def causal(tmp_path_factory):
 def test_only_computed_dot_operands_are_rounded(causal):
     """QK = Q K^T takes two input tiles (exact in their own dtype); P V rounds P."""
     assert causal.DOT_ROUNDING == {"LSNV": 1}
-    source = open(causal.__file__).read()
-    assert source.count("DOT_DTYPE), input_precision=\"ieee\")") == 2
     cascade = einsumattn.load(ROOT / "examples" / "causal_softmax.attn")
+    from einsumattn.backends.module import Plan
+    from einsumattn.schedule import kernel_ir as k
+    (kernel,) = Plan(cascade).triton.fused
+    dots = [node for node in k.nodes(kernel.body) if isinstance(node, k.Dot)]
+    assert sorted(dot.rounded for dot in dots) == [0, 1]
+    # The input tiles enter their dot as stored (Q converted once, before the loop).
+    loads = [node for dot in dots for node in (dot.left, dot.right)
+             if isinstance(node, k.Load)]
+    assert [load.tensor for load in loads if load.raw] == ["K_", "V_"]
     rounding = dot_rounding(cascade, causal)
     assert set(rounding.operands) <= {e.tensor for e in rounding.cascade.einsums}
 

@@ -236,7 +236,7 @@ def test_causal_tiles_past_the_diagonal_are_skipped(built):
         module.CausalSoftmax(backend="torch")(*inputs)
     assert counter.calls == 2 * 36, counter.calls
     plan = Plan(einsumattn.load(ROOT / "examples" / "causal_softmax.attn"))
-    facts = torch_scheduled.schedule(plan.kernel, plan.cascade).facts
+    facts = torch_scheduled.schedule(plan.kernel).facts
     assert facts["form"] == "split" and facts["skipping"].endswith("(proved)")
 
 
@@ -524,7 +524,7 @@ def test_constant_epilogue_factors_fold_into_the_contraction():
     plan = Plan(einsumattn.load(ROOT / "examples" / "causal_softmax.attn"))
     folded, what = torch_scheduled.fold_constant_factors(plan.kernel)
     assert what == ["QK_sum <- QK"]
-    assert torch_scheduled.schedule(plan.kernel, plan.cascade).facts["folded"] == what
+    assert torch_scheduled.schedule(plan.kernel).facts["folded"] == what
     epilogue = folded.einsum("QK").body
     assert isinstance(epilogue, ir.Read) and epilogue.tensor == "QK_sum"
     assert ir.Param("scale") in ir.product_factors(folded.einsum("QK_sum").body)

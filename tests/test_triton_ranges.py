@@ -186,7 +186,7 @@ def test_kv_heads_past_the_end_make_whole_rows_absent_in_the_one_fused_kernel(
     assert len(store.absent_unless) == 1 and \
         {c.kind for c in store.absent_unless} == {"range"}
     from einsumattn.backends import torch_scheduled
-    assert torch_scheduled.schedule(plan.kernel, cascade).fallback is None   # not the reference
+    assert torch_scheduled.schedule(plan.kernel).fallback is None   # not the reference
 
     path = tmp_path / GQA_GROUP.name
     path.write_text(GQA_GROUP.read_text())

@@ -49,6 +49,11 @@ def tuned(module, **overrides):
         module.TUNING_FUSED.update(saved)
 
 
+def default_knob(module, kernel, knob):
+    (schedule,) = [k for k in module.SCHEDULE["kernels"] if k["name"] == kernel]
+    return schedule["knobs"][knob]["default"]
+
+
 def agrees(name, module, sizes):
     cascade = einsumattn.load(ROOT / "examples" / f"{name}.attn")
     inputs = case_inputs(cascade, Case(sizes, "float32", 1.0, False, 0))
@@ -59,24 +64,36 @@ def agrees(name, module, sizes):
 SIZES = dict(B=1, H=2, P=40, M=70, E=4, F=3)
 
 
-@pytest.mark.parametrize("tile", [16, 128])
-def test_a_split_kernels_key_tile_is_refused_with_what_to_do(modules, tile):
-    """m0__BLOCK is the split factor M0 of the derived cascade: the kernel's key index is
-    m1 * m0__BLOCK + m0 over the host's M1 = ceil(M / M0) steps, so another value would
-    read the wrong keys (0.1 off SDPA). It is refused, with the way to get that tile."""
+@pytest.mark.parametrize("tile", [16, 32, 128])
+def test_the_rewrites_key_tile_is_a_knob(modules, tile):
+    """m0__BLOCK is the tile of the split the online rewrite makes: the host binds M0 to
+    it (M1 = ceil(M / M0) steps of m1 * m0__BLOCK + m0), and every tile gives the
+    original result (the split's proofs hold for a symbolic M0)."""
     module = modules["causal_softmax", True]
-    assert module.TUNING_FUSED["causal_softmax__fused"]["m0__BLOCK"] == 64
+    # Chosen per call (None) unless pinned; the schedule's default is the compile's tile.
+    assert module.TUNING_FUSED["causal_softmax__fused"]["m0__BLOCK"] is None
+    assert default_knob(module, "causal_softmax__fused", "m0__BLOCK") == 64
+    with tuned(module, m0__BLOCK=tile):
+        assert agrees("causal_softmax", module, SIZES)
+
+
+@pytest.mark.parametrize("tile", [32, 128])
+def test_a_split_the_spec_writes_refuses_another_tile_with_what_to_do(modules, tile):
+    """softmax_1pass writes `split M -> M1, M0 by 16`: its kernel's key tile is that
+    factor, and another value is refused, saying how to get that tile."""
+    module = modules["softmax_1pass", True]
+    assert module.TUNING_FUSED["softmax_1pass__fused"]["m0__BLOCK"] == 16
     with tuned(module, m0__BLOCK=tile), pytest.raises(ValueError) as error:
-        agrees("causal_softmax", module, SIZES)
+        agrees("softmax_1pass", module, SIZES)
     message = str(error.value)
-    assert f"TUNING_FUSED['causal_softmax__fused']['m0__BLOCK'] is {tile}" in message
-    assert "split factor M0 = 64" in message and "einsumattn compile --tile N" in message
+    assert f"TUNING_FUSED['softmax_1pass__fused']['m0__BLOCK'] is {tile}" in message
+    assert "split factor M0 = 16" in message and "einsumattn compile --tile N" in message
 
 
 def test_the_split_tile_is_chosen_at_compile_time(tmp_path):
     module = import_file(compile_to_file(ROOT / "examples" / "causal_softmax.attn",
                                          tmp_path, tile=16), "tile16")
-    assert module.TUNING_FUSED["causal_softmax__fused"]["m0__BLOCK"] == 16
+    assert default_knob(module, "causal_softmax__fused", "m0__BLOCK") == 16
     assert agrees("causal_softmax", module, SIZES)
 
 
@@ -142,7 +159,8 @@ LONG = 2 ** 20 + 1     # past tl.arange's largest block
 @pytest.mark.parametrize("name, short, long", [
     ("linear_attention", dict(B=1, H=1, P=3, M=5, E=4, F=4),
      dict(B=1, H=1, P=LONG, M=LONG, E=4, F=4)),
-    ("causal_softmax", dict(B=1, H=1, P=3, M=5, E=4, F=4),
+    # Lengths from the configuration's tiles on (a shorter one gets smaller tiles, below).
+    ("causal_softmax", dict(B=1, H=1, P=200, M=200, E=4, F=4),
      dict(B=1, H=1, P=LONG, M=LONG, E=4, F=4)),
     ("eca", dict(B=1, C=3, H=2, W=3, K=3), dict(B=1, C=LONG, H=1, W=1, K=3)),
     ("eca", dict(B=1, C=3, H=2, W=3, K=3), dict(B=1, C=2, H=1, W=LONG, K=3)),
@@ -159,23 +177,39 @@ def test_kernel_constexprs_do_not_follow_the_sequence_length(modules, name, shor
     assert launched_constexprs(module, zeros(name, long)) == first
 
 
-def benchmark(tmp_path, tune):
+@pytest.mark.parametrize("rows, keys, row_tile, key_tile", [
+    (3, 5, 16, 16), (3, 20, 16, 32), (1, 40, 16, 64), (17, 1000, 16, 64)])
+def test_a_short_sequence_gets_tiles_no_larger_than_itself(modules, rows, keys, row_tile,
+                                                             key_tile):
+    """The key tile is capped at the keys' own power of two (at least 16, the dot's
+    least): a few keys are not padded to 64. Three lengths below the tile add at most
+    two compilations (16, 32); from the tile on, one serves every length."""
+    module = modules["causal_softmax", True]
+    sizes = dict(B=1, H=1, P=rows, M=keys, E=4, F=4)
+    (launched,) = launched_constexprs(module, zeros("causal_softmax", sizes)).values()
+    assert (launched["p__BLOCK"], launched["m0__BLOCK"]) == (row_tile, key_tile)
+
+
+def benchmark(tmp_path, tune, spec="causal_softmax"):
     return subprocess.run([sys.executable, str(ROOT / "benchmarks" / "attention.py"),
                            "--smoke", *BENCHMARK_DEVICE, "--specs",
-                           "causal_softmax", "--unfused-max", "0", "--tune", tune,
+                           spec, "--unfused-max", "0", "--tune", tune,
                            "--json", str(tmp_path / "rows.json")],
                           capture_output=True, text=True,
                           env=kernels_env(EINSUMATTN_CACHE_DIR=str(tmp_path / "cache")))
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("tune, reason", [
-    ("m0__BLOCK=128", "is the split factor M0 = 64 of the cascade"),
-    ("p__BLOCK=24", "p__BLOCK: a block size of the tuning table, a power of two >= 16"),
-    ("q__BLOCK=32", "causal_softmax's fused kernels have no knob q__BLOCK"),
+@pytest.mark.parametrize("spec, tune, reason", [
+    ("softmax_1pass", "m0__BLOCK=128", "is the split factor M0 = 16 of the cascade"),
+    ("causal_softmax", "p__BLOCK=24",
+     "p__BLOCK: a block size of the tuning table, a power of two >= 16"),
+    ("causal_softmax", "m0__BLOCK=24",
+     "m0__BLOCK: a block size of the tuning table, a power of two >= 16"),
+    ("causal_softmax", "q__BLOCK=32", "causal_softmax's fused kernels have no knob q__BLOCK"),
 ])
-def test_the_benchmark_refuses_a_knob_that_is_not_safe(tmp_path, tune, reason):
-    result = benchmark(tmp_path, tune)
+def test_the_benchmark_refuses_a_knob_that_is_not_safe(tmp_path, spec, tune, reason):
+    result = benchmark(tmp_path, tune, spec)
     assert result.returncode == 2, result.stderr[-2000:]
     assert reason in result.stderr and "Traceback" not in result.stderr
 
@@ -186,9 +220,12 @@ def test_the_benchmark_tunes_the_split_tile_by_compiling(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     rows = {r["backend"]: r for r in json.loads((tmp_path / "rows.json").read_text())}
     assert rows["einsumattn triton p__BLOCK=32,tile=32"]["max_diff_vs_peer"] < 1e-5
-    # The variant ran a module compiled with 32-key tiles (the compile cache holds it).
-    assert any("'m0__BLOCK': 32" in module.read_text()
-               for module in (tmp_path / "cache").rglob("*.py"))
+    # The variant ran a module compiled with 32-key tiles by default (the compile cache
+    # holds it).
+    defaults = [default_knob(import_file(path, f"cached{i}"), "causal_softmax__fused",
+                             "m0__BLOCK")
+                for i, path in enumerate((tmp_path / "cache").rglob("causal_softmax*.py"))]
+    assert 32 in defaults
 
 
 @pytest.mark.parametrize("block, rblock", [(32, 64), (256, 16)])

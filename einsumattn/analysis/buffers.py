@@ -252,7 +252,10 @@ def _footprints(cascade: Cascade, passes: RankPasses, bytes_per_element: int,
     # One Max at the end: each Max compares its arguments, and comparing against the
     # initial 0 asks sympy to prove a long sum of sizes nonnegative.
     onchip_state = maximum(*states) if states else sympy.Integer(0)
-    rank_symbols = {size_symbol(r) for r in family} | {
-        s for r in family for s in cascade.ranks[r].size.free_symbols}
+    # A tunable split's tile is a knob, not a size of the rank: state of M0 elements
+    # per program does not grow with M.
+    tiles = {size_symbol(s.inner) for s in cascade.splits if s.tunable}
+    rank_symbols = ({size_symbol(r) for r in family} | {
+        s for r in family for s in cascade.ranks[r].size.free_symbols}) - tiles
     return Footprints(tuple(boundaries), pass_state, onchip_state, frozenset(rank_symbols))
 

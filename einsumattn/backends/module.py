@@ -21,12 +21,13 @@ from .names import mangle, spec_text, string_literal
 from .printers import PythonScalarPrinter
 from .torch_reference import TorchEmitter
 from ..ir.printer import cascade_text
+from ..schedule.configs import candidates_table, rules_table
 from ..schedule.model import KernelSchedule, Schedule, kernel_data
 from ..schedule.stages import NotFusable
 from .registry import BACKENDS, choice_text
 from .templates import module_template
 from .triton_fused import fuse_stages
-from .triton_kernel import FusedKernel
+from .triton_kernel import FusedKernel, tuning_table
 from .triton_printer import HELPERS, Unsupported
 from .triton_unfused import TritonEmitter
 from ..transform import DEFAULT_TILE, Rewritten, rewrite as derive
@@ -131,7 +132,8 @@ class TritonPart:
                 "host_lines": list(self.host_lines), "tuning": self.tuning,
                 "helpers": self.helpers, "fused_source": self.fused_source,
                 "fused_host": [line for k in self.fused for line in k.host],
-                "fused_tuning": {k.name: k.tuning for k in self.fused},
+                "fused_tuning": {k.name: tuning_table(k.schedule) for k in self.fused},
+                "config_rules": rules_table(), "config_candidates": candidates_table(),
                 "dot_rounding": self.dot_rounding,
                 "kernel_names": list(self.kernel_names),
                 "schedule_note": self.schedule_note}
@@ -340,7 +342,7 @@ def generate(cascade: Cascade, *, plan: Plan | None = None, **options) -> str:
         "absent": absent_tensors(cascade),
         "compile_options": {"rewrite": settings.rewrite, "tile": settings.tile},
         # backend="torch": the kernels' schedule as torch code (backends/torch_scheduled.py)
-        "torch_schedule": torch_scheduled.schedule(kernel, cascade),
+        "torch_schedule": torch_scheduled.schedule(kernel),
     }
     source = module_template().render(**context)
     return names.spec_comments(source)

@@ -1,4 +1,4 @@
-# einsumattn template key: 08829e70b1dbfc2e23df28d4e608b85e57e02887b0d3f645cb8e92de60e74a47
+# einsumattn template key: 3ca6a4e303d0139df886baa3060014e578ad3fdef6e3629ac9674f1a159a5b60
 # jinja2's compiled form of einsumattn/templates/module.py.j2, written by `python -m einsumattn.backends.templates` (see backends/templates.py). Do not edit.
 from jinja2.runtime import LoopContext, Macro, Markup, Namespace, TemplateNotFound, TemplateReference, TemplateRuntimeError, Undefined, escape, identity, internalcode, markup_join, missing, str_join
 name = 'module.py.j2'
@@ -32,6 +32,8 @@ def root(context, missing=missing):
     l_0_kernel_sources = resolve('kernel_sources')
     l_0_fused_source = resolve('fused_source')
     l_0_fused_tuning = resolve('fused_tuning')
+    l_0_config_rules = resolve('config_rules')
+    l_0_config_candidates = resolve('config_candidates')
     l_0_first_input = resolve('first_input')
     l_0_ranks = resolve('ranks')
     l_0_fused_host = resolve('fused_host')
@@ -154,7 +156,7 @@ def root(context, missing=missing):
     context.exported_vars.add('doc')
     l_1_source_name = l_1_module_name = l_1_spec_source = l_1_analysis = l_1_backends_note = missing
     yield str(t_2((undefined(name='doc') if l_0_doc is missing else l_0_doc)))
-    yield '\n\nfrom __future__ import annotations\n\nimport math\nimport os\nimport warnings\n\nimport torch\n'
+    yield '\n\nfrom __future__ import annotations\n\nimport math\nimport os\nimport time\nimport warnings\n\nimport torch\n'
     if (undefined(name='has_triton') if l_0_has_triton is missing else l_0_has_triton):
         pass
         yield '\ntry:  # the Triton backend needs triton; the torch backend does not\n    import triton\n    import triton.language as tl\nexcept ImportError:  # pragma: no cover - depends on the installation\n    triton = tl = None\n'
@@ -377,9 +379,13 @@ def root(context, missing=missing):
             pass
             yield '    # The fused schedule: one kernel for the whole cascade.\n'
             yield str(t_4((undefined(name='fused_source') if l_0_fused_source is missing else l_0_fused_source), 4, first=True))
-            yield '\n\n\nTUNING_FUSED = '
+            yield "\n\n\n# The fused kernels' knobs: a number pins it; None leaves it to the configuration chosen\n# per call (_tuning below). num_warps / num_stages may be added to pin Triton's launch options.\nTUNING_FUSED = "
             yield str(t_7((undefined(name='fused_tuning') if l_0_fused_tuning is missing else l_0_fused_tuning)))
-            yield '\n'
+            yield '\n\n# Configurations per call (einsumattn/schedule/configs.py says where each comes from): the\n# first rule matching the device ("interpreter", or "cuda" with a compute capability of\n# at least `capability`, 90 for Hopper), the inputs\' dtype and the head dim (the largest\n# held tile); a tile never exceeds the sequence\'s own (a power of two, at least 16 for a\n# dot); a rule\'s None keeps the knob\'s default (SCHEDULE).\nCONFIG_RULES = '
+            yield str(t_7((undefined(name='config_rules') if l_0_config_rules is missing else l_0_config_rules)))
+            yield '\n# None: the inputs\' device decides; ("cuda", 90): choose as on that GPU (a static report\n# of the H100\'s code made without one: benchmarks/sm90_static.py).\nCONFIG_TARGET = None\n# True (or EINSUMATTN_AUTOTUNE=1): time CONFIG_CANDIDATES on the first call of each shape\n# and keep the fastest (per process, in _CONFIGS) instead of taking the rule.\nAUTOTUNE = False\nCONFIG_CANDIDATES = '
+            yield str(t_7((undefined(name='config_candidates') if l_0_config_candidates is missing else l_0_config_candidates)))
+            yield '\n_CONFIGS = {}\n\n\ndef _pow2_at_least(n, least):\n    """The smallest power of two >= n and >= least (plain arithmetic: a host call costs\n    microseconds, not a JIT-wrapped helper\'s)."""\n    return max(least, 1 << max(0, int(n) - 1).bit_length())\n\n\ndef _target(device):\n    if CONFIG_TARGET is not None:\n        return tuple(CONFIG_TARGET)\n    if device.type != "cuda" or os.environ.get("TRITON_INTERPRET") == "1":\n        return ("interpreter", 0)\n    major, minor = torch.cuda.get_device_capability(device)\n    return ("cuda", major * 10 + minor)\n\n\ndef _tuning(kernel, rows, keys, head_dim, dtype, device, launch):\n    """The configuration of `kernel` for this call, cached per shape class: the pinned\n    knobs of TUNING_FUSED, then the rule\'s (or, autotuning, the fastest candidate\'s)."""\n    pinned = TUNING_FUSED[kernel]\n    target = _target(device)\n    dtype = str(dtype).removeprefix("torch.")\n    autotune = AUTOTUNE or os.environ.get("EINSUMATTN_AUTOTUNE") == "1"\n    key = (kernel, target, dtype, head_dim, _pow2_at_least(rows, 1), _pow2_at_least(keys, 1),\n           tuple(sorted(pinned.items())), autotune)\n    if key not in _CONFIGS:\n        schedule = next(k for k in SCHEDULE["kernels"] if k["name"] == kernel)\n        if autotune:\n            _CONFIGS[key] = _fastest(schedule, pinned, rows, keys, device, launch)\n        else:\n            rule = next(r for r in CONFIG_RULES if r["device"] == target[0]\n                        and target[1] >= r["capability"] and dtype in r["dtypes"]\n                        and head_dim <= r["head_dim"])\n            _CONFIGS[key] = _config(schedule, pinned, rows, keys, rule)\n    return dict(_CONFIGS[key])\n\n\ndef _config(schedule, pinned, rows, keys, choice):\n    """`choice` (a rule or a candidate: rows, keys, warps, stages) under the pinned knobs,\n    its tiles capped at the sequence\'s own."""\n    least = 16 if schedule["uses_dot"] else 1\n    row_knob, key_knob = schedule["grid"]["row_tile"], schedule["loops"][0]["tile"]\n    config = {knob: value for knob, value in pinned.items() if value is not None}\n    for knob, want, size in ((row_knob, choice["rows"], rows), (key_knob, choice["keys"], keys)):\n        if knob not in config:\n            want = want or schedule["knobs"][knob]["default"]\n            config[knob] = min(want, _pow2_at_least(size, least))\n    for option, value in (("num_warps", choice["warps"]), ("num_stages", choice["stages"])):\n        if value and option not in config:\n            config[option] = value\n    return config\n\n\ndef _fastest(schedule, pinned, rows, keys, device, launch):\n    """The candidate configuration `launch` runs fastest (each distinct one once; those\n    a kernel refuses are skipped)."""\n    timings = {}\n    for candidate in CONFIG_CANDIDATES:\n        config = _config(schedule, pinned, rows, keys, candidate)\n        frozen = tuple(sorted(config.items()))\n        if frozen in timings:\n            continue\n        try:\n            timings[frozen] = _time(lambda: launch(config), device)\n        except Exception:            # a configuration the kernel or the GPU cannot take\n            continue\n    if not timings:\n        raise RuntimeError(f"autotuning {schedule[\'name\']}: no candidate configuration ran")\n    return dict(min(timings, key=timings.get))\n\n\ndef _time(run, device):\n    """Milliseconds per call: Triton\'s do_bench on a GPU, a median of a few calls else."""\n    if device.type == "cuda":\n        import triton.testing\n        return triton.testing.do_bench(run, warmup=5, rep=20)\n    run()\n    samples = []\n    for repeat in range(3):\n        start = time.perf_counter()\n        run()\n        samples.append(time.perf_counter() - start)\n    return sorted(samples)[1] * 1e3\n'
         yield '\n\ndef _triton_forward('
         yield str((undefined(name='args') if l_0_args is missing else l_0_args))
         yield ', overrides: dict, fused: bool = True):\n    """The Triton backend: the fused kernel when there is one (fused=True), else one\n    kernel launch per Einsum, in dataflow order."""\n    if triton is None:\n        raise RuntimeError("the Triton backend needs the triton package; use backend=\'torch\'")\n    if not '
@@ -420,8 +426,10 @@ def root(context, missing=missing):
             for l_1_line in (undefined(name='fused_host') if l_0_fused_host is missing else l_0_fused_host):
                 _loop_vars = {}
                 pass
-                yield '        '
-                yield str(l_1_line)
+                if l_1_line:
+                    pass
+                    yield '        '
+                    yield str(l_1_line)
                 yield '\n'
             l_1_line = missing
             yield '        return '
@@ -499,4 +507,4 @@ def root(context, missing=missing):
     yield ')\n'
 
 blocks = {}
-debug_info = '1=102&3=108&4=111&7=118&8=122&9=137&13=141&17=143&21=145&22=147&1=150&23=154&32=156&39=160&41=164&42=166&43=168&44=175&45=182&47=189&49=191&51=193&57=195&83=197&85=200&86=212&87=222&102=230&104=232&112=234&114=237&119=241&120=249&121=260&122=273&123=275&138=278&140=293&143=295&145=307&151=327&153=329&154=331&156=334&160=336&162=348&166=359&170=362&174=364&188=366&190=368&192=374&193=377&196=379&199=382&204=384&208=386&209=388&214=390&215=399&216=409&217=411&218=413&219=416&220=418&221=427&223=437&227=448&234=459&238=462&241=466&242=468&248=474&251=476&254=478&256=480&257=482&263=484&264=490&265=494'
+debug_info = '1=104&3=110&4=113&7=120&8=124&9=139&13=143&17=145&21=147&22=149&1=152&23=156&33=158&40=162&42=166&43=168&44=170&45=177&46=184&48=191&50=193&52=195&58=197&84=199&86=202&87=214&88=224&103=232&105=234&113=236&115=239&120=243&121=251&122=262&123=275&124=277&139=280&141=295&144=297&146=309&152=329&154=331&155=333&157=336&161=338&163=350&167=361&171=364&175=366&189=368&191=370&193=376&194=379&199=381&206=383&213=385&301=388&306=390&310=392&311=394&316=396&317=405&318=415&319=417&320=419&321=422&322=424&323=435&325=445&329=456&336=467&340=470&343=474&344=476&350=482&353=484&356=486&358=488&359=490&365=492&366=498&367=502'

@@ -56,7 +56,7 @@ import sys
 from typing import Iterable
 
 from ..diagnostics import SpecError, Span
-from ..ir import Cascade, Einsum, ParamDecl, Rank, Split, Tensor
+from ..ir import Cascade, Einsum, ParamDecl, Rank, Tensor
 from ..ir import expr as ir
 
 # ------------------------------------------------------------------ the spec's namespace
@@ -175,9 +175,11 @@ def rename(cascade: Cascade) -> Cascade:
     ranks = {rank_spelling(r.name): Rank(rank_spelling(r.name), size(r.size), r.fixed,
                                          r.split_of and rank_spelling(r.split_of), r.span)
              for r in cascade.ranks.values()}
-    splits = tuple(Split(*names((s.parent, s.outer, s.inner), rank_spelling),
-                         symbol(s.factor) if isinstance(s.factor, str) else s.factor,
-                         s.span) for s in cascade.splits)
+    splits = tuple(dataclasses.replace(
+        s, **dict(zip(("parent", "outer", "inner"),
+                      names((s.parent, s.outer, s.inner), rank_spelling))),
+        factor=symbol(s.factor) if isinstance(s.factor, str) else s.factor)
+        for s in cascade.splits)
     params = {mangle(p.name): ParamDecl(mangle(p.name), expr(p.default), p.span)
               for p in cascade.params.values()}
     tensors = {mangle(t.name): Tensor(mangle(t.name), names(t.ranks, rank_spelling),
@@ -239,7 +241,10 @@ MODULE_NAMES = frozenset({
     "reference", "_reference", "_forward", "_backend", "_check_params", "_take", "_bind",
     "_triton_forward", "_dot_dtype", "_FLOAT_DTYPES", "_INT_DTYPES", "_INTERPRETED",
     "_floordiv", "_mod", "_floordiv_f", "_mod_f", "_to_dot",
-    "_scheduled", "TORCH_TUNING", "TORCH_FALLBACK"})   # backends/torch_scheduled.py
+    "_scheduled", "TORCH_TUNING", "TORCH_FALLBACK",    # backends/torch_scheduled.py
+    # configurations per call (schedule/configs.py, templates/module.py.j2)
+    "time", "CONFIG_RULES", "CONFIG_TARGET", "AUTOTUNE", "CONFIG_CANDIDATES", "_CONFIGS",
+    "_pow2_at_least", "_target", "_tuning", "_config", "_fastest", "_time"})
 
 
 def public_names(names: Iterable[str]) -> dict[str, str]:

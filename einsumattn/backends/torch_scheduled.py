@@ -147,13 +147,15 @@ class TorchSchedule:
     tuning: dict = dataclasses.field(default_factory=lambda: dict(DEFAULT_TUNING))
 
 
-def schedule(kernel: Cascade, spec: Cascade) -> TorchSchedule:
+def schedule(kernel: Cascade) -> TorchSchedule:
     """The scheduled torch backend for `kernel` (the cascade the Triton kernels compute,
-    Plan.kernel) of the spec `spec`."""
+    Plan.kernel)."""
     renamed, folded = fold_constant_factors(names.rename(kernel))
     try:
         fuser = AttentionRoles(renamed)
-        tunable = _rewrite_split(kernel, spec)
+        # The online rewrite's split: its factor is the schedule's to choose (the derived
+        # cascade is exact for any factor: ir/cascade.py, Split.tunable).
+        tunable = bool(kernel.splits) and all(s.tunable for s in kernel.splits)
         printer = _ScheduledPrinter(fuser, tunable)
         lines = printer.emit()
     except (NotFusable, Unscheduled) as reason:
@@ -165,14 +167,6 @@ def schedule(kernel: Cascade, spec: Cascade) -> TorchSchedule:
              [names.spec_text(v) for v in value] if isinstance(value, list) else value
              for key, value in printer.facts.items()}
     return TorchSchedule(tuple(lines), None, names.spec_text(printer.note()), facts)
-
-
-def _rewrite_split(kernel: Cascade, spec: Cascade) -> bool:
-    """Whether the kernel's split is the online rewrite's (not the spec's own): then its
-    factor is the schedule's to choose (the derived cascade is exact for any factor)."""
-    own = {(s.parent, s.outer, s.inner) for s in spec.splits}
-    return bool(kernel.splits) and all((s.parent, s.outer, s.inner) not in own
-                                       for s in kernel.splits)
 
 
 # ------------------------------------------------------------------------ folding
@@ -321,17 +315,10 @@ class _BlockReads(_EinsumEmitter):
     def _block_read(self, node: ir.Read, name: str | None) -> str:
         p = self.printer
         einsum = self.cascade.einsum(node.tensor)
-        base = name or node.tensor
-        for position, (index, var) in enumerate(zip(node.indices, einsum.indices)):
-            if position == einsum.iterative:
-                step = ir.Index(p.f.loop)
-                if index == step:
-                    base = f"{node.tensor}_at"
-                elif index not in (ir.Op("+", (step, ir.Const(1))),
-                                   ir.Dim(self.cascade.var_rank(p.f.loop))):
-                    raise Unscheduled(f"{node.tensor} is read at step {ir.to_text(index)}")
-            elif index != ir.Index(var):
-                raise Unscheduled(f"{node.tensor} is read at shifted positions")
+        # The schedule's rule for register reads (the value before the step, `X_at`, or
+        # the tensor's own); it refused every other read when it chose the roles.
+        register = p.f.register_name(node)
+        base = register if register != node.tensor else name or node.tensor
         own = p.kept(einsum)
         return _aligned(base, [(":", v) for v in own], self.axes)
 

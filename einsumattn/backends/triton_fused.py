@@ -3,7 +3,8 @@ attention schedule where it applies, else the loop schedule. The decisions are
 schedule/attention.py's and schedule/loops.py's, their statements the kernel IR that
 schedule/lower_attention.py and schedule/lowering.py lower them to; this prints them
 (triton_kernel.py's `printed`, with triton_ir.py's printer) and adds what only a Triton
-host says: the check that a split's fixed key tile is the one in the tuning table.
+host says: how a split's key tile binds the split's sizes (a rewrite's split: per call; a
+spec's own: the check that the tile is the one in the tuning table).
 """
 
 from __future__ import annotations
@@ -46,12 +47,17 @@ def _attention(cascade: Cascade) -> FusedKernel:
 
 
 def _split_tile_check(cascade: Cascade, lowered: LoweredKernel) -> list[str]:
-    """Host lines refusing a key tile other than the split factor: the kernel's key
-    index is m1 * BLOCK_M0 + m0 over the host's M1 = ceil(M / M0) steps."""
+    """Host lines tying the key tile to the split: the kernel's key index is
+    m1 * BLOCK_M0 + m0 over the host's M1 = ceil(M / M0) steps. A rewrite's split takes
+    the tile as its M0 (any tile gives the same result: ir/cascade.py, Split.tunable); a
+    spec's own split refuses a tile other than its factor."""
     schedule = lowered.schedule
     (split,) = cascade.splits           # the attention schedule takes one split
     inner = split.inner
-    tile_block = next(knob.name for knob in schedule.knobs if knob.fixed)
+    tile_block = schedule.loops[0].tile
+    if split.tunable:
+        return [f'{inner} = tuning["{tile_block}"]',
+                f"{split.outer} = -(-{split.parent} // {inner})"]
     name = schedule.name
     entry = f"TUNING_FUSED['{name}']['{tile_block}']"
     # The message says the spec's names (names.py); {inner} is the value at run time.

@@ -79,11 +79,17 @@ class KernelPrinter(TritonPrinter):
     def _dot(self, node: k.Dot, context: int) -> str:
         """Operands converted to the dot's precision (`_to_dot`: the module's helper, exact
         rounding under the interpreter too), float32 sums."""
-        right = self(node.right)
+        left, right = (self(operand) if ready else self._converted(operand)
+                       for operand, ready in zip((node.left, node.right), node.converted))
         if node.transposed:
             right = f"tl.trans({right})"
-        return (f"tl.dot(_to_dot({self(node.left)}, DOT_DTYPE), _to_dot({right}, DOT_DTYPE), "
-                f"input_precision=\"{node.precision}\")")
+        return f"tl.dot({left}, {right}, input_precision=\"{node.precision}\")"
+
+    def _dotoperand(self, node: k.DotOperand, context: int) -> str:
+        return self._converted(node.value)
+
+    def _converted(self, node) -> str:
+        return f"_to_dot({self(node)}, DOT_DTYPE)"
 
     def _group(self, node: k.Group, context: int) -> str:
         return f"({self.print(node.value, 0)})"
@@ -109,7 +115,7 @@ class KernelPrinter(TritonPrinter):
         if node.coordinates:
             pointer += " + " + self.address(node.tensor, node.coordinates)
         mask = None if node.mask is None else self.print(node.mask, 0)
-        return load(pointer, mask, ok=node.flag)
+        return load(pointer, mask, ok=node.flag, raw=node.raw)
 
     def address(self, tensor: str, coordinates) -> str:
         integers = self.in_integers()
@@ -218,6 +224,7 @@ _NODES = {k.Var: KernelPrinter._var, k.ProgramId: KernelPrinter._programid,
           k.Integer: KernelPrinter._integer, k.Reduce: KernelPrinter._reduce,
           k.Load: KernelPrinter._load, k.Mask: KernelPrinter._mask,
           k.Test: KernelPrinter._test, k.Choice: KernelPrinter._choice,
-          k.Dot: KernelPrinter._dot, k.Either: KernelPrinter._either,
+          k.Dot: KernelPrinter._dot, k.DotOperand: KernelPrinter._dotoperand,
+          k.Either: KernelPrinter._either,
           k.Boolean: KernelPrinter._boolean, k.Extremum: KernelPrinter._extremum,
           k.Quotient: KernelPrinter._quotient, k.Group: KernelPrinter._group}

@@ -11,7 +11,7 @@ import sympy
 from ..ir import Cascade
 from ..schedule import kernel_ir
 from ..schedule.lowering import LoweredKernel
-from ..schedule.model import KernelSchedule
+from ..schedule.model import Form, KernelSchedule
 from ..schedule.stages import NotFusable
 from .triton_ir import KernelPrinter
 from .triton_printer import tile_asserts
@@ -57,26 +57,51 @@ def kernel_source(name: str, args: list[str], blocks: list[str], knobs: list[str
 
 def launch_lines(cascade: Cascade, schedule: KernelSchedule, host_args: list[str],
                  checks: list[str] = (), dot: bool = False) -> list[str]:
-    """Host lines: allocate the outputs, take the kernel's tuning table (`checks` run on
-    it), size the held ranks' tiles, launch one program per batch point and row tile."""
+    """Host lines: allocate the outputs, size the held ranks' tiles, take the kernel's
+    configuration (`checks` run on it), launch one program per batch point and row tile.
+    An attention kernel's configuration is chosen per call (`_tuning` in the module:
+    TUNING_FUSED's pinned knobs, else the first rule of CONFIG_RULES for the device,
+    dtype and head dim; schedule/configs.py); it is launched by `launch`, which the
+    autotuning mode also times. Plain integer arithmetic only: no JIT-wrapped helpers."""
     lines = []
     for output in schedule.outputs:
         ranks = cascade.tensors[output].ranks
         lines.append(f"{output} = torch.empty(({', '.join(ranks)}"
                      f"{',' if len(ranks) == 1 else ''}), device=device, "
                      f"dtype=torch.float32)")
-    lines.append(f'tuning = dict(TUNING_FUSED["{schedule.name}"])')
-    lines += checks
-    for var in schedule.held:
-        lines.append(f'tuning["{var}_BLOCK"] = max(16, '
-                     f"triton.next_power_of_2({cascade.var_rank(var)}))")
+    held = ", ".join(f'"{var}_BLOCK": _pow2_at_least({cascade.var_rank(var)}, 16)'
+                     for var in schedule.held)
+    lines.append(f"held = {{{held}}}")
     batch = " * ".join(cascade.var_rank(v) for v in schedule.batch) or "1"
-    lines.append(f"{schedule.name}[(triton.cdiv({cascade.var_rank(schedule.row)}, "
-                 f'tuning["{schedule.row}_BLOCK"]), {batch})](')
-    lines.append(f"    {', '.join(host_args)},")
-    # The dot precision follows the inputs' dtype (_dot_dtype in the module).
-    lines.append("    **tuning, DOT_DTYPE=dot_dtype)" if dot else "    **tuning)")
+    rows = cascade.var_rank(schedule.row)
+    call = [f"{schedule.name}[(-(-{rows} // tuning[\"{schedule.row}_BLOCK\"]), {batch})](",
+            f"    {', '.join(host_args)},",
+            # The dot precision follows the inputs' dtype (_dot_dtype in the module).
+            "    **tuning, **held, DOT_DTYPE=dot_dtype)" if dot else "    **tuning, **held)"]
+    if not per_call_configuration(schedule):
+        return lines + [f'tuning = dict(TUNING_FUSED["{schedule.name}"])', *checks, *call]
+    keys = cascade.root_rank(schedule.loops[0].extent)
+    lines.append("")
+    lines.append("def launch(tuning):")
+    lines += [f"    {line}" for line in [*checks, *call]]
+    lines.append("")
+    lines.append(f'launch(_tuning("{schedule.name}", {rows}, {keys}, max(held.values(), '
+                 f"default=0), out_dtype, device, launch))")
     return lines
+
+
+def per_call_configuration(schedule: KernelSchedule) -> bool:
+    """Whether a kernel's tiles, warps and stages are chosen per call: the attention
+    schedules (a row tile, key tiles); the loop schedule keeps its table's values."""
+    return schedule.form in (Form.ATTENTION, Form.SPLIT)
+
+
+def tuning_table(schedule: KernelSchedule) -> dict:
+    """The kernel's TUNING_FUSED entry: each knob's value, None where the configuration
+    per call chooses it (a knob the spec fixes keeps its value, pinned)."""
+    per_call = per_call_configuration(schedule)
+    return {knob.name: None if per_call and not knob.fixed else knob.default
+            for knob in schedule.knobs}
 
 
 def kernel_lines(kernel: kernel_ir.Kernel) -> list[str]:

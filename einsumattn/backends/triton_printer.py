@@ -150,14 +150,16 @@ def clamped_offset(tensor: str, coordinates) -> str:
     return " + ".join(terms) or "0"
 
 
-def load(address: str, mask: str | None = None, ok: bool = False) -> str:
-    """A load as float32 (or, `ok`, a presence flag as a boolean); masked lanes read 0.
-    No mask where the address is one per program and valid."""
+def load(address: str, mask: str | None = None, ok: bool = False, raw: bool = False) -> str:
+    """A load as float32 (or, `ok`, a presence flag as a boolean; `raw`, in the tensor's
+    own dtype: a dot operand, which the dot converts once); masked lanes read 0. No mask
+    where the address is one per program and valid."""
+    widen = "" if raw else ".to(tl.float32)"
     if mask is None:
-        return f"(tl.load({address}) != 0)" if ok else f"tl.load({address}).to(tl.float32)"
+        return f"(tl.load({address}) != 0)" if ok else f"tl.load({address}){widen}"
     if ok:
         return f"(tl.load({address}, mask={mask}, other=0) != 0)"
-    return f"tl.load({address}, mask={mask}, other=0.0).to(tl.float32)"
+    return f"tl.load({address}, mask={mask}, other=0.0){widen}"
 
 
 def tile_asserts(knobs, least: int) -> list[str]:
@@ -191,11 +193,13 @@ _INTERPRETED = tl.constexpr(os.environ.get("TRITON_INTERPRET") == "1")
 
 @triton.jit
 def _to_dot(x, DOT_DTYPE: tl.constexpr):
-    """A tl.dot operand in the dot's precision (float32 values in, rounded to nearest)."""
+    """A tl.dot operand in the dot's precision (float32 values, or a tile loaded in its
+    own dtype, in; rounded to nearest)."""
     if _INTERPRETED and DOT_DTYPE == tl.bfloat16:
         # Round to nearest even by hand; the rounded value enters the dot as float32,
-        # which holds it exactly, so the dot sees what the GPU's would.
-        bits = x.to(tl.uint32, bitcast=True)
+        # which holds it exactly, so the dot sees what the GPU's would. (A tile loaded in
+        # its own dtype is widened first: exact.)
+        bits = x.to(tl.float32).to(tl.uint32, bitcast=True)
         bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
         return bits.to(tl.float32, bitcast=True)
     return x.to(DOT_DTYPE)

@@ -5,8 +5,8 @@
 
 from .bind import Binding, bind, rank_used
 from .build import build
-from .cascade import Cascade, Einsum, ParamDecl, Rank, Split, Tensor
+from .cascade import Cascade, Einsum, ParamDecl, Rank, Split, Tensor, at_default_tiles
 from . import expr
 
 __all__ = ["build", "bind", "rank_used", "Binding", "Cascade", "Einsum", "ParamDecl", "Rank", "Split",
-           "Tensor", "expr"]
+           "Tensor", "at_default_tiles", "expr"]

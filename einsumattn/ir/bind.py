@@ -54,6 +54,10 @@ def bind(cascade: Cascade, *, shapes: Mapping[str, Sequence[int]] | None = None,
         if name not in cascade.ranks:
             raise BindError(f"unknown rank '{name}' in the sizes given; the ranks are "
                             f"{', '.join(cascade.ranks)}")
+        if name in split_parts and split_parts[name].tunable and name == split_parts[name].inner:
+            _check_positive(name, value, "the sizes given")
+            set_size(name, int(value), "the sizes given (the split's tile)")
+            continue
         if name in split_parts:
             raise BindError(f"rank {name} is a part of the split of "
                             f"{split_parts[name].parent}; give {split_parts[name].parent}'s "
@@ -102,7 +106,9 @@ def bind(cascade: Cascade, *, shapes: Mapping[str, Sequence[int]] | None = None,
             raise BindError(f"the size of rank {rank} is not known: no input gives it; "
                             f"pass it by name (e.g. {rank}=16)")
         factor = split.factor
-        if isinstance(factor, int):
+        if split.tunable and split.inner in known:
+            inner = known[split.inner]       # the tile given by name
+        elif isinstance(factor, int):
             inner = factor
         elif factor in cascade.ranks:
             inner = size(factor)

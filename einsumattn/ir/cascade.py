@@ -8,7 +8,7 @@ for spans used in messages.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterable
 
 import sympy
@@ -44,6 +44,11 @@ class Split:
     inner: str
     factor: int | str  # an integer, or the name of a dim or param
     span: Span | None = field(default=None, compare=False, repr=False)
+    # A split a rewrite made to tile the rank (the online max-shift's key tiles): M0 is
+    # then a knob of the schedule, a symbol every analysis and proof treats as any
+    # positive size, bound per call (by the kernel's key tile), `factor` its default.
+    # Every value gives the same result: the parts partition the rank.
+    tunable: bool = False
 
 
 @dataclass(frozen=True)
@@ -226,6 +231,25 @@ class Cascade:
 
     def producers(self, tensor: str) -> list[str]:
         return [p for p in self.graph.predecessors(tensor) if p != tensor]
+
+
+def at_default_tiles(cascade: Cascade) -> Cascade:
+    """The cascade with each tunable split's tile fixed at its default: what its `.attn`
+    text states (the language has no tunable split; the text computes the same values)."""
+    tunable = [s for s in cascade.splits if s.tunable]
+    if not tunable:
+        return cascade
+    ranks = dict(cascade.ranks)
+    for split in tunable:
+        inner, outer = ranks[split.inner], ranks[split.outer]
+        ranks[split.inner] = Rank(inner.name, sympy.Integer(split.factor), split.factor,
+                                  inner.split_of, inner.span)
+        ranks[split.outer] = Rank(outer.name, sympy.ceiling(ranks[split.parent].size /
+                                                            split.factor),
+                                  outer.fixed, outer.split_of, outer.span)
+    splits = tuple(replace(s, tunable=False) for s in cascade.splits)
+    return Cascade(cascade.name, ranks, splits, cascade.params, cascade.tensors,
+                   cascade.einsums, cascade.outputs, cascade.source, cascade.name_span)
 
 
 def dataflow_graph(tensors: Iterable[Tensor], einsums: Iterable[Einsum]) -> Digraph:

@@ -62,6 +62,9 @@ def cascade_text(cascade: Cascade, comments: dict[str, str] | None = None) -> st
         default = f" = {to_text(param.default)}" if param.default is not None else ""
         lines.append(f"param {param.name}{default}")
     for split in cascade.splits:
+        if split.tunable:
+            lines.append(f"# {split.inner}: the key tile of a rewrite, {split.factor} by default; "
+                         f"every tile gives the same result")
         lines.append(f"split {split.parent} -> {split.outer}, {split.inner} by {split.factor}")
     lines.append("")
     for einsum in cascade.einsums:

@@ -49,6 +49,7 @@ class AttentionRoles:
         # A split of the streamed rank: its outer part is the loop, its inner part the
         # tile (FuseMax's Cascade 5); recurrences over the outer part are loop-carried.
         self.loop: str | None = None
+        self.tile_tunable = False
         splits = [s for s in cascade.splits if s.parent == rank]
         if len(cascade.splits) > len(splits) or len(splits) > 1:
             raise NotFusable("splits other than one split of the streamed rank")
@@ -64,6 +65,9 @@ class AttentionRoles:
             self.stream = cascade.ranks[split.inner].var
             self.tile = split.factor
             self.tile_block = f"{self.stream}_BLOCK"
+            # A rewrite's split: the key tile is a knob (every tile gives the same result,
+            # ir/cascade.py Split.tunable); a spec's own split fixes it.
+            self.tile_tunable = split.tunable
         for einsum in cascade.einsums:
             if einsum.iterative is not None and einsum.iter_var != self.loop:
                 raise NotFusable(f"the recurrence {einsum.tensor} is not over the key tiles")
@@ -512,8 +516,12 @@ class AttentionRoles:
         if self.loop is not None:
             outer = cascade.var_rank(self.loop)
             loops = (Loop(self.loop, outer, LoopKind.SPLIT_STEPS, tile, (self.loop,)),)
-            key_knob = Knob(tile, self.tile, f"the split factor {cascade.var_rank(self.stream)}"
-                                             f" = {self.tile} of the cascade", fixed=True)
+            if self.tile_tunable:
+                key_knob = Knob(tile, self.tile, least)
+            else:
+                key_knob = Knob(tile, self.tile, f"the split factor "
+                                                 f"{cascade.var_rank(self.stream)} = {self.tile}"
+                                                 f" of the cascade", fixed=True)
             ((_, reductions, _),) = plan
             bounds, skipping = self.split_skipping(reductions)
             passes = (Pass(1, tuple(e.tensor for e in reductions),

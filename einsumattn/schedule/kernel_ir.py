@@ -105,6 +105,7 @@ class Load:
     coordinates: tuple[Coordinate, ...]
     mask: "Expr | None" = None
     flag: bool = False
+    raw: bool = False       # in the tensor's own dtype: a dot operand, converted once
 
 
 @dataclass(frozen=True)
@@ -166,6 +167,16 @@ class Dot:
     transposed: bool = False
     rounded: int = 0
     precision: str = "ieee"
+    converted: tuple[bool, bool] = (False, False)   # (left, right) already a DotOperand
+
+
+@dataclass(frozen=True)
+class DotOperand:
+    """`value` converted to the dot's precision once, where it is computed (a row tile
+    hoisted before the key loop: the Q tile of QK is converted once per program, not once
+    per key tile, and held in registers at half the size). A `Dot` whose operand is the
+    name of such a value says so in `converted`."""
+    value: "Expr"
 
 
 @dataclass(frozen=True)
@@ -206,7 +217,7 @@ class Quotient:
 
 
 Expr = Union[ir.Const, ir.Index, ir.Dim, ir.Param, ir.Op, Var, ProgramId, Arange, Cast,
-             Expand, IndexBlock, Full, Zeros, Load, Integer, Reduce, Mask, Test, Choice, Dot,
+             Expand, IndexBlock, Full, Zeros, Load, Integer, Reduce, Mask, Test, Choice, Dot, DotOperand,
              Either, Boolean, Extremum, Quotient, Group]
 
 

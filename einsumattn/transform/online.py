@@ -74,8 +74,9 @@ def split_rank(cascade: Cascade, rank: str, tile: int):
     outer_var, inner_var = outer.lower(), inner.lower()
     parent = cascade.ranks[rank]
     ranks = dict(cascade.ranks)
-    ranks[inner] = Rank(inner, sympy.Integer(tile), tile, rank)
-    ranks[outer] = Rank(outer, sympy.ceiling(parent.size / tile), None, rank)
+    inner_size = sympy.Symbol(inner, integer=True, positive=True)
+    ranks[inner] = Rank(inner, inner_size, None, rank)
+    ranks[outer] = Rank(outer, sympy.ceiling(parent.size / inner_size), None, rank)
     position = ir.Op("+", (ir.Op("*", (ir.Index(outer_var), ir.Dim(inner))),
                            ir.Index(inner_var)))
     indexed = {t.name for t in cascade.tensors.values() if not t.is_input and rank in t.ranks}
@@ -124,7 +125,7 @@ def split_rank(cascade: Cascade, rank: str, tile: int):
                                  explicit_reduction=True))
     if problem:
         return Blocked(SPLIT, rank, problem[0])
-    split = Split(rank, outer, inner, tile)
+    split = Split(rank, outer, inner, tile, tunable=True)
     return (assemble(cascade, einsums, ranks=ranks, splits=cascade.splits + (split,)),
             outer_var, inner_var)
 
