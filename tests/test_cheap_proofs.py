@@ -141,3 +141,44 @@ def test_settled_tells_a_number_as_simplify_does(high, low):
 def test_settled_leaves_what_is_not_a_polynomial_to_simplify():
     x = sympy.Symbol("x", real=True)
     assert settled(sympy.sin(x) ** 2 + sympy.cos(x) ** 2) == 1
+
+
+# ------------------------------------------------------- bounds: ir/intervals.py
+BOUND_SIZES = sympy.symbols("M M0 P", positive=True, integer=True)
+
+
+@st.composite
+def bounds(draw, depth: int = 3):
+    """Bound-shaped expressions in sizes: sums, products, ceiling and floor quotients,
+    Max and Min, small integers and a rational."""
+    if depth == 0 or draw(st.integers(0, 3)) == 0:
+        return draw(st.sampled_from([*BOUND_SIZES, sympy.Integer(1), sympy.Integer(-2),
+                                     sympy.Rational(1, 3)]))
+    op = draw(st.sampled_from(["+", "-", "*", "ceil", "floor", "max", "min"]))
+    a, b = draw(bounds(depth - 1)), draw(bounds(depth - 1))
+    return {"+": lambda: a + b, "-": lambda: a - b, "*": lambda: a * b,
+            "ceil": lambda: sympy.ceiling(a / draw(st.sampled_from(BOUND_SIZES))),
+            "floor": lambda: sympy.floor(a / draw(st.sampled_from(BOUND_SIZES))),
+            "max": lambda: sympy.Max(a, b), "min": lambda: sympy.Min(a, b)}[op]()
+
+
+@settings(max_examples=150, deadline=None)
+@given(bounds(), st.tuples(*(st.integers(1, 300) for _ in BOUND_SIZES)))
+def test_the_cheap_evaluation_of_a_bound_is_sympys(value, sizes):
+    from einsumattn.ir.intervals import _at
+    at = dict(zip(BOUND_SIZES, sizes))
+    got = _at(value, at)
+    assert got is not None
+    assert got == sympy.Rational(value.subs(at))
+
+
+def test_a_split_index_leaves_its_rank_where_the_tile_does_not_divide_it():
+    """The highest split index M0 * ceiling(M / M0) - 1 passes M - 1 wherever M0 does not
+    divide M: sampled with every size equal, it never would."""
+    from einsumattn.ir.intervals import _not_positive_somewhere, provably_positive
+    M, M0 = BOUND_SIZES[:2]
+    beyond = M - (M0 * sympy.ceiling(M / M0) - 1)
+    # Refuted by a sample, before sympy.simplify (which took 0.3 s of a compile here).
+    assert _not_positive_somewhere(sympy.expand(beyond))
+    assert not provably_positive(beyond)
+    assert provably_positive(M - (M - 1))
