@@ -85,6 +85,9 @@ class KernelPrinter(TritonPrinter):
             right = f"tl.trans({right})"
         return f"tl.dot({left}, {right}, input_precision=\"{node.precision}\")"
 
+    def _exp2(self, node: k.Exp2, context: int) -> str:
+        return f"tl.exp2({self.print(node.value, 0)})"
+
     def _dotoperand(self, node: k.DotOperand, context: int) -> str:
         return self._converted(node.value)
 
@@ -225,6 +228,7 @@ _NODES = {k.Var: KernelPrinter._var, k.ProgramId: KernelPrinter._programid,
           k.Load: KernelPrinter._load, k.Mask: KernelPrinter._mask,
           k.Test: KernelPrinter._test, k.Choice: KernelPrinter._choice,
           k.Dot: KernelPrinter._dot, k.DotOperand: KernelPrinter._dotoperand,
+          k.Exp2: KernelPrinter._exp2,
           k.Either: KernelPrinter._either,
           k.Boolean: KernelPrinter._boolean, k.Extremum: KernelPrinter._extremum,
           k.Quotient: KernelPrinter._quotient, k.Group: KernelPrinter._group}

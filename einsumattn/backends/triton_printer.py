@@ -31,10 +31,7 @@ class TritonPrinter(Printer):
     # operand unless told to propagate it, and sign passes a NaN through its last branch.
     _NAN = "propagate_nan=tl.PropagateNan.ALL"
     _UNARY = {"exp": "tl.exp({0})", "log": "tl.log({0})", "sqrt": "tl.sqrt({0})",
-              # sigmoid as the oracle writes it: exp of -|x| only, so no overflow to
-              # 1 / (1 + inf) = 0 where the value is a small positive number.
-              "sigmoid": "tl.where(({0}) >= 0, 1.0 / (1.0 + tl.exp(-tl.abs({0}))), "
-                         "tl.exp(-tl.abs({0})) / (1.0 + tl.exp(-tl.abs({0}))))",
+              "sigmoid": "_sigmoid({0})",     # HELPERS: one exponential, one division
               "abs": "tl.abs({0})",
               # tanh through sigmoid: tanh(x) = 2 sigmoid(2x) - 1 (no tl.tanh everywhere);
               # at a zero, the zero itself (tanh(-0.0) is -0.0).
@@ -174,6 +171,18 @@ def tile_asserts(knobs, least: int) -> list[str]:
 # Helpers every generated Triton module defines: floor division and modulo with Python's
 # semantics (Triton's // and % truncate toward zero, like C).
 HELPERS = '''
+# sigmoid as the oracle writes it: exp of -|x| only, so no overflow to 1 / (1 + inf) = 0
+# where the value is a small positive number; one exponential and one division per value
+# (sigmoid attention's point is a cheaper tile than softmax's). e = 2**(-|x| log2(e)) is
+# in [0, 1]; the GPU's exp2 flushes a result below 2**-126 to 0, which 1 + e absorbs, and
+# which e * r turns from a value below the smallest normal float into 0.
+@triton.jit
+def _sigmoid(x):
+    e = tl.exp2(-tl.abs(x) * 1.4426950408889634)
+    r = 1.0 / (1.0 + e)
+    return tl.where(x >= 0, r, e * r)
+
+
 @triton.jit
 def _floordiv(a, b):
     q = a // b

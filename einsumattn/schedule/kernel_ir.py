@@ -171,6 +171,14 @@ class Dot:
 
 
 @dataclass(frozen=True)
+class Exp2:
+    """2 ** `value`, results below 2**-126 flushed to zero (the GPU's ex2 unit): an
+    exponential that follows a max-shift, exp(A - B) = Exp2(A*log2(e) - B*log2(e))
+    (schedule/shifts.py says when, and why the flush is harmless there)."""
+    value: "Expr"
+
+
+@dataclass(frozen=True)
 class DotOperand:
     """`value` converted to the dot's precision once, where it is computed (a row tile
     hoisted before the key loop: the Q tile of QK is converted once per program, not once
@@ -218,6 +226,7 @@ class Quotient:
 
 Expr = Union[ir.Const, ir.Index, ir.Dim, ir.Param, ir.Op, Var, ProgramId, Arange, Cast,
              Expand, IndexBlock, Full, Zeros, Load, Integer, Reduce, Mask, Test, Choice, Dot, DotOperand,
+             Exp2,
              Either, Boolean, Extremum, Quotient, Group]
 
 

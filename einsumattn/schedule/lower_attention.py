@@ -42,6 +42,7 @@ from ..transform.algebra import settled
 from . import kernel_ir as k
 from .attention import AttentionRoles
 from .bounds import stream_bound
+from .shifts import LOG2E, max_shifted
 from .lowering import LoweredKernel, Lowering, Offset, product, program_statements, total
 from .model import Bound, Role
 from .stages import NotFusable
@@ -102,6 +103,16 @@ class _Tiles(AttentionRoles, Lowering):
     @staticmethod
     def _no_read(node):
         raise NotFusable(f"a tensor read inside an index ({ir.to_text(node)})")
+
+    def expr(self, expr: ir.Expr, at, in_index: bool = False):
+        """An exponential that follows a max-shift as exp2 with log2(e) folded into each
+        side (one FFMA per score with a per-row product; schedule/shifts.py)."""
+        if isinstance(expr, ir.Op) and expr.op == "exp" and not in_index \
+                and max_shifted(self.cascade, expr.args[0]):
+            a, b = (ir.Op("*", (super(_Tiles, self).expr(x, at), ir.Const(LOG2E)))
+                    for x in expr.args[0].args)
+            return k.Exp2(ir.Op("-", (a, b)))
+        return super().expr(expr, at, in_index)
 
     def lowered(self, expr: ir.Expr, layout: tuple[str, ...], lanes):
         """`expr` in a tile of `layout` as kernel IR: index variables as their blocks, the

@@ -1,0 +1,75 @@
+"""schedule/shifts.py: which exponentials follow a max-shift (their exponent is never
+positive), so that the fused kernels may take them as exp2 with flush-to-zero; and the
+kernels that do agree with the oracle."""
+
+from __future__ import annotations
+
+import pytest
+
+import einsumattn
+from einsumattn.backends.module import Plan
+from einsumattn.schedule import kernel_ir as k
+from einsumattn.schedule.lower_attention import lower_attention
+from einsumattn.schedule.shifts import max_shifted
+
+from conftest import ROOT
+
+
+def exponents(cascade):
+    """tensor -> the exponent of each exp in its body."""
+    found = {}
+    for einsum in cascade.einsums:
+        for node in einsumattn.ir.expr.walk(einsum.body):
+            if isinstance(node, einsumattn.ir.expr.Op) and node.op == "exp":
+                found.setdefault(einsum.tensor, []).append(node.args[0])
+    return found
+
+
+@pytest.mark.parametrize("name", ["causal_softmax", "softmax_3pass", "gqa", "alibi",
+                                  "softcap", "sliding_window_sinks"])
+def test_the_online_softmax_exponentials_are_max_shifted(name):
+    """The per-tile exponentials against the running max (LSN) and the rescale factors
+    (CGM) of the derived cascade; the 3-pass form's exp(QK - GM) with GM = max[m] QK."""
+    for rewrite in (True, False):
+        cascade = Plan(einsumattn.load(ROOT / "examples" / f"{name}.attn"),
+                       rewrite=rewrite).kernel
+        found = exponents(cascade)
+        assert found and all(max_shifted(cascade, x) for xs in found.values() for x in xs), \
+            (rewrite, found)
+
+
+SPEC = """
+attention shifts
+dims B, P, M, E
+input Q[b, p, e], K[b, m, e], S[b, p]
+QK[b, p, m]   = Q[b, p, e] * K[b, m, e]
+GM[b, p]      = max[m] QK[b, p, m]
+GF[b, p]      = max[m] QK[b, p, m] where m <= p
+{body}
+output Y
+"""
+
+
+@pytest.mark.parametrize("body, shifted", [
+    ("Y[b, p, m] = exp(QK[b, p, m] - GM[b, p])", True),
+    # A shift that is not the max of what it shifts: the exponent may be positive.
+    ("Y[b, p, m] = exp(QK[b, p, m] - S[b, p])", False),
+    ("Y[b, p, m] = exp(GM[b, p] - QK[b, p, m])", False),
+    # The max over a filtered range bounds only the points it covers.
+    ("Y[b, p, m] = exp(QK[b, p, m] - GF[b, p])", False),
+    ("Y[b, p, m] = exp(QK[b, p, m] + GM[b, p])", False),
+])
+def test_only_a_shift_by_the_max_of_the_same_values_counts(body, shifted):
+    cascade = einsumattn.load(SPEC.format(body=body))
+    (exponent,) = exponents(cascade)["Y"]
+    assert max_shifted(cascade, exponent) is shifted
+
+
+def test_the_fused_kernel_takes_the_shifted_exponentials_as_exp2():
+    from einsumattn.backends import names
+    plan = Plan(einsumattn.load(ROOT / "examples" / "causal_softmax.attn"))
+    lowered = lower_attention(names.rename(plan.kernel))
+    kinds = [n for n in k.nodes(lowered.body) if isinstance(n, (k.Exp2,))]
+    plain = [n for n in k.nodes(lowered.body)
+             if isinstance(n, einsumattn.ir.expr.Op) and n.op == "exp"]
+    assert len(kinds) == 2 and not plain          # LSN and CGM
