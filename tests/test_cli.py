@@ -153,7 +153,10 @@ def test_compile_time_breakdown_names_every_part(tmp_path):
                          "import sympy.tensor.tensor"]
     assert "import einsumattn.frontend" in names and names[-2].startswith("work")
     assert names[-1].startswith("the rest of")
-    assert all(seconds >= 0 for seconds in parts["phases_s"].values())
+    # Each part is a difference of medians of separate processes: on a busy machine one
+    # (most often "the rest") can come out below zero, so only finiteness is asserted.
+    import math
+    assert all(math.isfinite(seconds) for seconds in parts["phases_s"].values())
     assert parts["dataclasses"] > 0 and "work" in result.stdout
 
 
