@@ -6,6 +6,7 @@ import sys
 import types
 
 import re
+import warnings
 
 import pytest
 import torch
@@ -657,3 +658,23 @@ def test_a_filter_with_one_value_for_every_point(tmp_path, condition):
     reports = []
     assert run_check(cascade, module, ("torch", "triton", "triton-unfused"), examples=8,
                      report=reports.append), "\n".join(reports)
+
+
+@pytest.mark.parametrize("name", ["causal_softmax", "softmax_3pass", "alibi", "softcap"])
+def test_kernels_with_interior_tiles_agree_across_many_tiles(tmp_path, name):
+    """Key tiles of 16 and row tiles of 16 over 70 keys and rows: every program runs
+    interior steps without masks (schedule/interior.py), then the diagonal and the last
+    partial tile with them; the oracle decides."""
+    cascade = einsumattn.load(ROOT / "examples" / f"{name}.attn")
+    module = import_file(compile_to_file(ROOT / "examples" / f"{name}.attn", tmp_path,
+                                         tile=16), f"interior_{name}")
+    assert "no masks" in open(module.__file__).read()
+    sizes = dict(B=1, H=2, P=70, M=70, E=8, F=8)
+    layer = getattr(module, module.__all__[0])
+    for dtype in ("float32", "bfloat16"):
+        inputs = case_inputs(cascade, Case(sizes, dtype, 1.0, False, 3))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            out = layer(backend="triton")(*inputs.values())
+        results = compare(cascade, inputs, out, dtype, rounding=dot_rounding(cascade, module))
+        assert all(r.ok for r in results), [r.describe() for r in results]
