@@ -6,6 +6,7 @@ import sys
 import types
 
 import re
+import warnings
 
 import pytest
 import torch
@@ -402,16 +403,25 @@ def test_causal_and_window_kernels_skip_masked_tiles(rewrite):
         assert "proved" in causal.schedule.skipping
 
 
-def _visited_tiles(module, pid: int, **values) -> range:
-    """The key tiles program `pid` of a split kernel visits: its loop's range expression,
+def _visited_tiles(module, pid: int, interior: bool = False, **values) -> range:
+    """The key tiles program `pid` of a split kernel visits: its loops' range expressions,
     evaluated (tl.minimum/maximum as min/max; every operand there is >= 0, so Triton's
-    truncating // is Python's //)."""
+    truncating // is Python's //), which follow each other (`interior`: the loop without
+    masks alone)."""
     text = open(module.__file__).read()
     kernel = text[text.index("__fused("):]
-    bounds = re.search(r"for m1_ in range\((.*)\):", kernel).group(1)
-    bounds = bounds.replace("tl.minimum", "min").replace("tl.maximum", "max").replace(
-        "tl.program_id(0)", str(pid))
-    return range(*eval(f"({bounds})", {}, values))
+    loops = []
+    for bounds in re.findall(r"for m1_ in range\((.*)\):", kernel):
+        bounds = bounds.replace("tl.minimum", "min").replace("tl.maximum", "max").replace(
+            "tl.program_id(0)", str(pid))
+        loops.append(range(*eval(f"({bounds})", {}, values)))
+    for before, after in zip(loops, loops[1:]):
+        assert before.stop == after.start, loops
+    if interior:
+        (unmasked,) = [loop for loop, line in zip(loops, re.findall(
+            r"(.*)\n\s*for m1_ in range", kernel)) if "no masks" in line]
+        return unmasked
+    return range(loops[0].start, loops[-1].stop)
 
 
 def test_default_causal_and_window_kernels_visit_only_needed_tiles(tmp_path):
@@ -420,16 +430,24 @@ def test_default_causal_and_window_kernels_visit_only_needed_tiles(tmp_path):
     causal = import_file(compile_to_file(ROOT / "examples" / "causal_softmax.attn", tmp_path,
                                          tile=16), "visits_causal")
     window = import_file(compile_to_file(WINDOW, tmp_path, tile=16), "visits_window")
-    sizes = dict(M1_=4, m0__BLOCK=16, p__BLOCK=16)
+    sizes = dict(M_=53, M1_=4, m0__BLOCK=16, p__BLOCK=16)
     for pid in range(4):
         assert _visited_tiles(causal, pid, **sizes) == range(0, pid + 1)
+        # Every key of tiles 0..pid-1 is seen by every row of the tile: no masks there.
+        assert _visited_tiles(causal, pid, interior=True, **sizes) == range(0, pid)
         first_key = max(0, 16 * pid - 19)
         assert _visited_tiles(window, pid, lower_offset=-19, **sizes) == \
             range(first_key // 16, pid + 1)
+        # The window's rows 16 pid .. 16 pid + 15 all see keys 16 pid - 4 .. 16 pid: no
+        # whole tile for pid > 0, the first one for pid 0.
+        assert len(_visited_tiles(window, pid, interior=True, lower_offset=-19, **sizes)) \
+            == 0
     assert "W_, math.floor(1 - W_)," in open(window.__file__).read()   # lower_offset = 1 - W
     own = import_file(compile_to_file(ROOT / "examples" / "softmax_1pass.attn", tmp_path),
                       "visits_flash")
-    assert _visited_tiles(own, 0, M1_=4) == range(0, 4)    # nothing masked: every tile
+    # Nothing masked: every tile; the full ones (3 of 16 keys in 53) without masks.
+    assert _visited_tiles(own, 0, M_=53, M1_=4, m0__BLOCK=16) == range(0, 4)
+    assert _visited_tiles(own, 0, True, M_=53, M1_=4, m0__BLOCK=16) == range(0, 3)
 
 
 @pytest.mark.parametrize("window", [1, 5, 20, 70])
@@ -640,3 +658,23 @@ def test_a_filter_with_one_value_for_every_point(tmp_path, condition):
     reports = []
     assert run_check(cascade, module, ("torch", "triton", "triton-unfused"), examples=8,
                      report=reports.append), "\n".join(reports)
+
+
+@pytest.mark.parametrize("name", ["causal_softmax", "softmax_3pass", "alibi", "softcap"])
+def test_kernels_with_interior_tiles_agree_across_many_tiles(tmp_path, name):
+    """Key tiles of 16 and row tiles of 16 over 70 keys and rows: every program runs
+    interior steps without masks (schedule/interior.py), then the diagonal and the last
+    partial tile with them; the oracle decides."""
+    cascade = einsumattn.load(ROOT / "examples" / f"{name}.attn")
+    module = import_file(compile_to_file(ROOT / "examples" / f"{name}.attn", tmp_path,
+                                         tile=16), f"interior_{name}")
+    assert "no masks" in open(module.__file__).read()
+    sizes = dict(B=1, H=2, P=70, M=70, E=8, F=8)
+    layer = getattr(module, module.__all__[0])
+    for dtype in ("float32", "bfloat16"):
+        inputs = case_inputs(cascade, Case(sizes, dtype, 1.0, False, 3))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            out = layer(backend="triton")(*inputs.values())
+        results = compare(cascade, inputs, out, dtype, rounding=dot_rounding(cascade, module))
+        assert all(r.ok for r in results), [r.describe() for r in results]

@@ -179,10 +179,12 @@ def test_the_split_attention_kernel_is_one_key_tile_loop_with_two_dots():
     masked probabilities and the V tile, one operand rounded: the schedule's DotPlans."""
     kernel = _fused(ROOT / "examples" / "causal_softmax.attn", rewrite=True)
     plans = {d.tensor: d for d in kernel.schedule.dots}
-    (loop,) = _of(k.Loop, kernel.body)
+    # The steps below the diagonal without masks (schedule/interior.py), then the rest.
+    interior, loop = _of(k.Loop, kernel.body)
+    assert interior.stop == loop.start and not _of(k.Test, interior.body)
     assert loop.var == "m1_" and loop in kernel.body and loop.step is None
     assert kernel.schedule.passes[0].bounds and _of(k.Extremum, loop.stop)
-    (hoisted,) = [s for s in kernel.body[:kernel.body.index(loop)]
+    (hoisted,) = [s for s in kernel.body[:kernel.body.index(interior)]
                   if isinstance(s, k.Let) and s.name == "QK_sum__rows"]
     assert [load.tensor for load in _of(k.Load, hoisted.value)] == ["Q_"]
     dots = {s.name: s.value for s in loop.body
@@ -234,6 +236,13 @@ def test_a_window_starts_and_stops_its_key_tile_loops_at_its_bounds(rewrite):
     at the diagonal, as the schedule's proved bounds say."""
     kernel = _fused(WINDOW, rewrite)
     loops = _of(k.Loop, kernel.body)
+    if rewrite:
+        # The split's one loop: the steps before the window's full tiles, those without
+        # masks, the rest (schedule/interior.py); together the schedule's bounds.
+        first, interior, rest = loops
+        assert first.stop == interior.start and interior.stop == rest.start
+        assert not _of(k.Test, interior.body) and _of(k.Test, first.body)
+        loops = [k.Loop(first.var, first.start, rest.stop, None, first.body)]
     assert len(loops) == len(kernel.schedule.passes)
     for loop, schedule_pass in zip(loops, kernel.schedule.passes):
         assert sorted(side for side, _ in schedule_pass.bounds) == ["lower", "upper"]

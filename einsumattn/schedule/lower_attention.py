@@ -42,6 +42,7 @@ from ..transform.algebra import settled
 from . import kernel_ir as k
 from .attention import AttentionRoles
 from .bounds import stream_bound
+from .interior import interior_bounds, without_masks
 from .shifts import LOG2E, max_shifted
 from .lowering import LoweredKernel, Lowering, Offset, product, program_statements, total
 from .model import Bound, Role
@@ -558,8 +559,8 @@ class _SplitLowering(_PassLowering):
                 step += self._accumulate(einsum, fresh=True)
             elif kind in (Role.TILE_ROW, Role.CARRIED):
                 step += self._row_value(einsum)
-        self.body.append(k.Loop(f.loop, lo or k.Integer(ir.Const(0)),
-                                hi or k.Integer(ir.Dim(outer)), None, tuple(step)))
+        start, stop = lo or k.Integer(ir.Const(0)), hi or k.Integer(ir.Dim(outer))
+        self.body += self._loops(start, stop, tuple(step), stream)
         available.update(e.tensor for e in cascade.einsums if f.kinds[e.tensor] != Role.ROW)
         self.body.append(k.Comment(""))
         self.body += self._rows(available)
@@ -571,6 +572,48 @@ class _SplitLowering(_PassLowering):
                              f"{outer} tiles of {inner} keys with "
                              f"{', '.join(e.tensor for e in carried)} carried in registers; "
                              f"{_range_text((lo, hi), f.loop)}")
+
+    def _loops(self, start, stop, step: tuple, stream: str) -> list:
+        """The loop over the steps, with its interior steps (every mask of the tile true:
+        schedule/interior.py) as a loop of their own without the masks: before them the
+        steps a lower bound masks, after them the diagonal, the window's far edge and the
+        last partial tile. One masked loop where no tile can be interior."""
+        f, cascade = self.f, self.cascade
+        per_step = [e for e in cascade.einsums if f.kinds[e.tensor] != Role.ROW]
+        bounds = interior_bounds(f, per_step)
+        inner = None if bounds is None else without_masks(step, _LANES.name,
+                                                          _ROW_LIVE.name, stream)
+        if inner is None:
+            return [k.Loop(f.loop, start, stop, None, step)]
+        tile = k.Var(f.tile_block)
+        first = self._first_row()
+        last = total([first, k.Var(f"{f.row}_BLOCK"), ir.Const(-1)])
+        # Full tiles only: (m1 + 1) * M0 <= M.
+        upper = [k.Quotient(ir.Dim(stream), tile)]
+        lower = []
+        for side, offset in bounds:
+            at = self._offset(side, offset)
+            if side == "upper":   # last key (m1 + 1) * M0 - 1 <= first row + offset
+                upper.append(k.Quotient(k.Extremum("max", ir.Const(0), total(
+                    [first, at, ir.Const(1)])), tile))
+            else:                 # first key m1 * M0 >= last row + offset
+                lower.append(k.Quotient(total([k.Extremum("max", ir.Const(0), total(
+                    [last, at])), tile, ir.Const(-1)]), tile))
+        begin = start
+        for bound in lower:
+            begin = k.Integer(k.Extremum("max", begin, bound))
+        begin = k.Integer(k.Extremum("min", begin, stop))
+        end = upper[0]
+        for bound in upper[1:]:
+            end = k.Extremum("min", end, bound)
+        end = k.Integer(k.Extremum("min", k.Extremum("max", end, begin), stop))
+        loops = [k.Comment("steps whose every key is live and seen by every row: no masks"),
+                 k.Loop(f.loop, begin, end, None, inner),
+                 k.Comment("the rest: the diagonal, the window's edges, the last partial tile"),
+                 k.Loop(f.loop, end, stop, None, step)]
+        if lower:
+            loops[:0] = [k.Loop(f.loop, start, begin, None, step)]
+        return loops
 
     def _step_bounds(self):
         """The range of steps m1 for this row tile (kernel IR integers): the schedule's
