@@ -44,8 +44,11 @@ def expressions(draw, depth: int = 3):
 def _variants(value: sympy.Expr) -> list[sympy.Expr]:
     """Equal forms of `value`, as sympy rewrites it."""
     found = []
-    for rewrite in (sympy.expand, sympy.together, sympy.factor_terms,
-                    lambda v: sympy.powsimp(v, force=True), sympy.expand_log):
+    # powsimp without force=True: forcing ignores the symbols' assumptions and is not an
+    # equal form (I*sqrt(p) -> sqrt(-p) is wrong for a negative index p: -2 against 2 at
+    # p = -4, which the randomized profile found).
+    for rewrite in (sympy.expand, sympy.together, sympy.factor_terms, sympy.powsimp,
+                    sympy.expand_log):
         try:
             found.append(rewrite(value))
         except (TypeError, ValueError, RecursionError):
@@ -77,6 +80,16 @@ def test_no_identity_is_refuted(identity):
 
 def test_the_identities_are_proved():
     assert all(is_zero(identity) for identity in IDENTITIES)
+
+
+def test_a_forced_power_rewrite_is_refuted_where_it_is_wrong():
+    """Regression: the randomized profile's I*sqrt(p) against sympy's forced
+    powsimp, sqrt(-p), differ at p = -4; a sample point says so."""
+    p = INDEX
+    assert sympy.powsimp(sympy.I * sympy.sqrt(p), force=True) == sympy.sqrt(-p)
+    assert nonzero_somewhere(sympy.I * sympy.sqrt(p) - sympy.sqrt(-p))
+    assert all(not nonzero_somewhere(sympy.I * sympy.sqrt(p) - variant)
+               for variant in _variants(sympy.I * sympy.sqrt(p)))
 
 
 @settings(max_examples=examples(60))
