@@ -11,11 +11,11 @@ gave them: expand, then pull out the common factor of the terms
 
 from __future__ import annotations
 
-import math
 import random
-from fractions import Fraction
 
 import sympy
+
+from ..ir.intervals import exact_value
 
 # A ratio of formulas in at most this many sizes is cancelled in full (a common factor
 # such as M + P goes): every attention spec has fewer (B, H, P, M, E, F, a tile, a
@@ -121,37 +121,10 @@ def _incomparable(x: sympy.Expr, y: sympy.Expr) -> bool:
         return False
     signs = set()
     for sizes in _SAMPLE_SIZES:
-        value = _value(difference, dict(zip(symbols, sizes)))
+        value = exact_value(difference, dict(zip(symbols, sizes)))
         if value is None:
             return False
         signs.add((value > 0) - (value < 0))
         if {1, -1} <= signs:
             return True
     return False
-
-
-def _value(expr: sympy.Expr, sizes: dict) -> Fraction | None:
-    """The exact value of a formula of sums, products, integer powers and ceilings at
-    the given sizes (in Python numbers: sympy's own substitution costs a hundred times
-    more); None for anything else."""
-    if expr.is_Symbol:
-        return Fraction(sizes[expr]) if expr in sizes else None
-    if expr.is_Rational:
-        return Fraction(int(expr.p), int(expr.q))
-    parts = [_value(arg, sizes) for arg in expr.args]
-    if any(part is None for part in parts):
-        return None
-    if expr.is_Add:
-        return sum(parts, Fraction(0))
-    if expr.is_Mul:
-        product = Fraction(1)
-        for part in parts:
-            product *= part
-        return product
-    if expr.is_Pow and parts[1].denominator == 1 and (parts[0] != 0 or parts[1] >= 0):
-        return parts[0] ** int(parts[1])
-    if isinstance(expr, sympy.ceiling):
-        return Fraction(math.ceil(parts[0]))
-    if isinstance(expr, sympy.floor):
-        return Fraction(math.floor(parts[0]))
-    return None

@@ -56,7 +56,7 @@ def _not_positive_somewhere(value: sympy.Expr) -> bool:
         for first in range(n):
             sizes = {symbol: _SAMPLE_SIZES[(first + i * stride) % n]
                      for i, symbol in enumerate(symbols)}
-            sample = _at(value, sizes)
+            sample = exact_value(value, sizes)
             if sample is None:       # a form _at does not know: sympy's own substitution
                 sample = value.subs(sizes)
                 if not (sample.is_number and sample.is_extended_real):
@@ -66,15 +66,16 @@ def _not_positive_somewhere(value: sympy.Expr) -> bool:
     return False
 
 
-def _at(value: sympy.Expr, sizes: dict) -> Fraction | None:
-    """`value` at integer sizes, in exact rationals, for the forms bounds take (sums,
-    products, integer powers, ceiling, floor, Max, Min); None for any other. sympy's
-    own `subs` of a ceiling costs milliseconds and imports half of sympy on first use."""
+def exact_value(value: sympy.Expr, sizes: dict) -> Fraction | None:
+    """`value` at integer sizes, in exact rationals, for the forms bounds and buffer
+    formulas take (sums, products, integer powers, ceiling, floor, Max, Min); None for
+    any other. sympy's own `subs` of a ceiling costs a hundred times more and imports
+    half of sympy on first use."""
     if value.is_Symbol:
         return Fraction(sizes[value]) if value in sizes else None
     if value.is_Rational:
         return Fraction(int(value.p), int(value.q))
-    args = [_at(arg, sizes) for arg in value.args]
+    args = [exact_value(arg, sizes) for arg in value.args]
     if any(arg is None for arg in args):
         return None
     if value.is_Add:
