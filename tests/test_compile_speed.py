@@ -295,7 +295,7 @@ def test_buffer_formulas_equal_those_of_sympy_max(cascade, monkeypatch):
 def test_formula_values_at_sample_sizes():
     from fractions import Fraction
 
-    from einsumattn.analysis.formulas import _value
+    from einsumattn.ir.intervals import exact_value as _value
 
     e, m = _sizes("E", "M")
     formula = 3 * e * m / 2 + sympy.ceiling(m / 64) - e ** 2 + sympy.Rational(1, 3)
