@@ -22,8 +22,8 @@ class FusedKernel:
     name: str
     source: list[str]
     host: list[str]                 # host statements: allocate outputs, launch
-    tuning: dict
-    schedule: KernelSchedule        # what it computes and how, as data
+    schedule: KernelSchedule        # what it computes and how, as data (its knobs'
+    #                                 table in the module: tuning_table)
     body: tuple = ()                # the kernel IR statements its source was printed from
 
     @property
@@ -135,5 +135,4 @@ def printed(cascade: Cascade, lowered: LoweredKernel, checks: list[str] = ()) ->
                            16 if schedule.uses_dot else 1, lines)
     return FusedKernel(schedule.name, source,
                        launch_lines(cascade, schedule, host, checks, schedule.uses_dot),
-                       {knob.name: knob.default for knob in schedule.knobs}, schedule,
-                       lowered.body)
+                       schedule, lowered.body)

@@ -338,12 +338,15 @@ class AttentionRoles:
             return True
         if condition.kind != "range" or self.loop is None:
             return False
-        f = self
-        inner = self.cascade.var_rank(f.stream)
-        key = ir.Op("+", (ir.Op("*", (ir.Index(f.loop), ir.Dim(inner))), ir.Index(f.stream)))
+        return condition.expr == ir.Op("and", tuple(self.split_key_in_rank()))
+
+    def split_key_in_rank(self) -> list[ir.Expr]:
+        """`0 <= m1 * M0 + m0` and `m1 * M0 + m0 < M`: a key of the split in its rank."""
+        inner = self.cascade.var_rank(self.stream)
+        key = ir.Op("+", (ir.Op("*", (ir.Index(self.loop), ir.Dim(inner))),
+                          ir.Index(self.stream)))
         root = ir.Dim(self.cascade.root_rank(inner))
-        return condition.expr == ir.Op("and", (ir.Op("<=", (ir.Const(0), key)),
-                                               ir.Op("<", (key, root))))
+        return [ir.Op("<=", (ir.Const(0), key)), ir.Op("<", (key, root))]
 
     def beyond_lanes(self, conditions: list[Condition]) -> tuple[Condition, ...]:
         """The conditions a point of a key tile must meet beyond its lanes (live rows,

@@ -30,11 +30,7 @@ def interior_bounds(roles, einsums) -> list | None:
     """The affine bounds ('upper'/'lower', offset) every condition of the step's terms
     reduces to, or None where one is not such a bound (then no tile is interior)."""
     found = []
-    key = ir.Op("+", (ir.Op("*", (ir.Index(roles.loop), ir.Dim(
-        roles.cascade.var_rank(roles.stream)))), ir.Index(roles.stream)))
-    root = ir.Dim(roles.cascade.root_rank(roles.cascade.var_rank(roles.stream)))
-    # A key of a full tile is in its rank: 0 <= key < M.
-    in_rank = {ir.Op("<=", (ir.Const(0), key)), ir.Op("<", (key, root))}
+    in_rank = set(roles.split_key_in_rank())   # a key of a full tile is in its rank
     for einsum in einsums:
         for condition in roles.leaf_conditions(einsum) + \
                 roles.leaf_conditions(einsum, points=True):

@@ -23,6 +23,7 @@ import math
 
 from ..ir import Cascade, Einsum
 from ..ir import expr as ir
+from ..transform.algebra import substitute
 
 LOG2E = 1.0 / math.log(2.0)
 
@@ -46,20 +47,20 @@ def _bounds(cascade: Cascade, a: ir.Expr, b: ir.Expr, depth: int) -> bool:
         return False
     body = einsum.body
     if einsum.reduce_op is None and _finite_part(body) is not None:
-        return _bounds(cascade, a, _substituted(_finite_part(body), at), depth - 1)
+        return _bounds(cascade, a, substitute(_finite_part(body), at), depth - 1)
     if einsum.iterative is not None and einsum.reduce_op is None and \
             isinstance(body, ir.Op) and body.op == "max" and len(body.args) == 2:
         own = ir.Read(einsum.tensor, tuple(ir.Index(v) for v in einsum.indices))
         for x, other in (body.args, reversed(body.args)):
             if x == own:
-                previous = _substituted(own, at)
-                return a == previous or _bounds(cascade, a, _substituted(other, at), depth - 1)
+                previous = substitute(own, at)
+                return a == previous or _bounds(cascade, a, substitute(other, at), depth - 1)
         return False
     if einsum.reduce_op == "max" and len(einsum.reduced) == 1 and isinstance(body, ir.Read):
         var = einsum.reduced[0]
         if any(var in ir.index_vars(index) for index in at.values()):
             return False        # the reader's indices would capture the reduced variable
-        return _same_point(_substituted(body, at), a, var)
+        return _same_point(substitute(body, at), a, var)
     return False
 
 
@@ -97,16 +98,6 @@ def _minus_infinity(expr: ir.Expr) -> bool:
         (inner,) = expr.args
         return isinstance(inner, ir.Const) and inner.value == math.inf
     return isinstance(expr, ir.Const) and expr.value == -math.inf
-
-
-def _substituted(expr: ir.Expr, at: dict) -> ir.Expr:
-    if isinstance(expr, ir.Index):
-        return at.get(expr.var, expr)
-    if isinstance(expr, ir.Read):
-        return ir.Read(expr.tensor, tuple(_substituted(i, at) for i in expr.indices))
-    if isinstance(expr, ir.Op):
-        return ir.Op(expr.op, tuple(_substituted(x, at) for x in expr.args))
-    return expr
 
 
 def _same_point(reduced: ir.Read, a: ir.Expr, var: str) -> bool:
