@@ -201,26 +201,39 @@ def test_the_split_attention_kernel_is_one_key_tile_loop_with_two_dots():
 
 
 def test_the_spec_passes_are_one_key_tile_loop_each():
-    """Causal softmax with its own three passes: one Loop over key tiles per pass (start,
-    in steps of the key tile knob, stopped at the diagonal), Q K^T recomputed as a Dot in
-    each, the maximum and the sum accumulated across tiles, and P V a Dot summed into its
-    accumulator in the last."""
+    """Causal softmax with its own three passes: per pass, a Loop over the key tiles with
+    masks (start, in steps of the key tile knob, stopped at the diagonal) and one over the
+    interior tiles without them, Q K^T recomputed as a Dot in each, the maximum and the
+    sum accumulated across tiles, and P V a Dot summed into its accumulator in the last."""
     kernel = _fused(ROOT / "examples" / "causal_softmax.attn", rewrite=False)
     loops = _of(k.Loop, kernel.body)
-    assert len(loops) == len(kernel.schedule.passes) == 3
+    masked = [loop for loop in loops if any(isinstance(s, k.Let) and s.name == "lanes"
+                                            for s in loop.body)]
+    interior = [loop for loop in loops if loop not in masked]
+    assert len(masked) == len(interior) == len(kernel.schedule.passes) == 3
+    # per pass: the diagonal's tiles, then the interior ones (sums, maxima: any order)
+    assert loops == [loop for pair in zip(masked, interior) for loop in pair]
     assert all(loop in kernel.body and loop.var == "start" for loop in loops)
     assert all(loop.step == k.Var("m__BLOCK") and _of(k.Extremum, loop.stop)
-               for loop in loops)
+               for loop in masked)
+    assert all(masked_loop.start == interior_loop.stop
+               for masked_loop, interior_loop in zip(masked, interior))
     for loop in loops:
         (scores,) = [s.value for s in loop.body if isinstance(s, k.Let) and s.name == "QK_"]
         (dot,) = _of(k.Dot, scores)
         assert dot.transposed and dot.rounded == 0 and dot.left == k.Var("QK__rows")
-    accumulated = [[(s.name, s.op, type(s.value).__name__) for s in loop.body
-                    if isinstance(s, k.Accumulate)] for loop in loops]
-    assert accumulated == [[("GM_", "max", "Reduce")], [("SD_", "sum", "Reduce")],
-                           [("AV_", "sum", "Dot")]]
-    (av,) = [s.value for s in loops[2].body if isinstance(s, k.Accumulate)]
-    assert av.rounded == kernel.schedule.dot("AV_").rounded == 1
+    for group in (masked, interior):
+        accumulated = [[(s.name, s.op, type(s.value).__name__) for s in loop.body
+                        if isinstance(s, k.Accumulate)] for loop in group]
+        assert accumulated == [[("GM_", "max", "Reduce")], [("SD_", "sum", "Reduce")],
+                               [("AV_", "sum", "Dot")]]
+        (av,) = [s.value for s in group[2].body if isinstance(s, k.Accumulate)]
+        assert av.rounded == kernel.schedule.dot("AV_").rounded == 1
+    # no masks of keys or rows in the interior (a held feature's end, `e < E`, stays)
+    assert not any(isinstance(n, k.Test) or n in (k.Var("lanes"), k.Var("row_live"))
+                   for loop in interior for n in k.nodes(loop.body))
+    assert all(isinstance(n.address, k.Advance) for loop in interior
+               for n in k.nodes(loop.body) if isinstance(n, k.Load))
 
 
 # The window without its sinks: every key a row sees is within W of it, so a pass starts
@@ -243,6 +256,16 @@ def test_a_window_starts_and_stops_its_key_tile_loops_at_its_bounds(rewrite):
         assert first.stop == interior.start and interior.stop == rest.start
         assert not _of(k.Test, interior.body) and _of(k.Test, first.body)
         loops = [k.Loop(first.var, first.start, rest.stop, None, first.body)]
+    else:
+        # Per pass: the tiles with masks before the window's full tiles and after them,
+        # then those without masks; together the pass's bounds.
+        passes = [loops[i:i + 3] for i in range(0, len(loops), 3)]
+        loops = []
+        for before, after, interior in passes:
+            assert before.stop == interior.start and interior.stop == after.start
+            assert not _of(k.Test, interior.body) and _of(k.Test, before.body)
+            loops.append(k.Loop(before.var, before.start, after.stop, before.step,
+                                before.body))
     assert len(loops) == len(kernel.schedule.passes)
     for loop, schedule_pass in zip(loops, kernel.schedule.passes):
         assert sorted(side for side, _ in schedule_pass.bounds) == ["lower", "upper"]

@@ -132,6 +132,7 @@ class TritonPart:
                 "host_lines": list(self.host_lines), "tuning": self.tuning,
                 "helpers": self.helpers, "fused_source": self.fused_source,
                 "fused_host": [line for k in self.fused for line in k.host],
+                "fused_single": len(self.fused) == 1,
                 "fused_tuning": {k.name: tuning_table(k.schedule) for k in self.fused},
                 "config_rules": rules_table(), "config_candidates": candidates_table(),
                 "dot_rounding": self.dot_rounding,

@@ -1,4 +1,4 @@
-# einsumattn template key: 3ca6a4e303d0139df886baa3060014e578ad3fdef6e3629ac9674f1a159a5b60
+# einsumattn template key: d39fc41b9bbe7be00ef801da3284654480d481e91e18ce8bb5110960cbe3836a
 # jinja2's compiled form of einsumattn/templates/module.py.j2, written by `python -m einsumattn.backends.templates` (see backends/templates.py). Do not edit.
 from jinja2.runtime import LoopContext, Macro, Markup, Namespace, TemplateNotFound, TemplateReference, TemplateRuntimeError, Undefined, escape, identity, internalcode, markup_join, missing, str_join
 name = 'module.py.j2'
@@ -36,6 +36,7 @@ def root(context, missing=missing):
     l_0_config_candidates = resolve('config_candidates')
     l_0_first_input = resolve('first_input')
     l_0_ranks = resolve('ranks')
+    l_0_fused_single = resolve('fused_single')
     l_0_fused_host = resolve('fused_host')
     l_0_host_lines = resolve('host_lines')
     l_0_public_args = resolve('public_args')
@@ -422,7 +423,9 @@ def root(context, missing=missing):
             pass
             yield '    if fused:\n        dot_dtype = _dot_dtype('
             yield str((undefined(name='args') if l_0_args is missing else l_0_args))
-            yield ')\n'
+            yield ')\n        # one fused kernel writes the outputs in their dtype; stages pass float32 on\n        stored_dtype = '
+            yield str(('out_dtype' if (undefined(name='fused_single') if l_0_fused_single is missing else l_0_fused_single) else 'torch.float32'))
+            yield '\n'
             for l_1_line in (undefined(name='fused_host') if l_0_fused_host is missing else l_0_fused_host):
                 _loop_vars = {}
                 pass
@@ -507,4 +510,4 @@ def root(context, missing=missing):
     yield ')\n'
 
 blocks = {}
-debug_info = '1=104&3=110&4=113&7=120&8=124&9=139&13=143&17=145&21=147&22=149&1=152&23=156&33=158&40=162&42=166&43=168&44=170&45=177&46=184&48=191&50=193&52=195&58=197&84=199&86=202&87=214&88=224&103=232&105=234&113=236&115=239&120=243&121=251&122=262&123=275&124=277&139=280&141=295&144=297&146=309&152=329&154=331&155=333&157=336&161=338&163=350&167=361&171=364&175=366&189=368&191=370&193=376&194=379&199=381&206=383&213=385&301=388&306=390&310=392&311=394&316=396&317=405&318=415&319=417&320=419&321=422&322=424&323=435&325=445&329=456&336=467&340=470&343=474&344=476&350=482&353=484&356=486&358=488&359=490&365=492&366=498&367=502'
+debug_info = '1=105&3=111&4=114&7=121&8=125&9=140&13=144&17=146&21=148&22=150&1=153&23=157&33=159&40=163&42=167&43=169&44=171&45=178&46=185&48=192&50=194&52=196&58=198&84=200&86=203&87=215&88=225&103=233&105=235&113=237&115=240&120=244&121=252&122=263&123=276&124=278&139=281&141=296&144=298&146=310&152=330&154=332&155=334&157=337&161=339&163=351&167=362&171=365&175=367&189=369&191=371&193=377&194=380&199=382&206=384&213=386&301=389&306=391&310=393&311=395&316=397&317=406&318=416&319=418&320=420&321=423&323=425&324=427&325=438&327=448&331=459&338=470&342=473&345=477&346=479&352=485&355=487&358=489&360=491&361=493&367=495&368=501&369=505'

@@ -16,7 +16,7 @@ _TYPES = {"int64": "tl.int64", "int32": "tl.int32", "int8": "tl.int8"}
 _REDUCER = {"sum": "tl.sum", "max": "tl.max", "min": "tl.min"}
 # Nodes printed as a name or a call: `.to(...)` and `[None, :]` apply to them directly.
 _ATOMS = (k.Var, k.ProgramId, k.Arange, k.Cast, k.Expand, k.IndexBlock, k.Full, k.Zeros,
-          k.Load, k.Reduce, k.Dot, k.Extremum, k.Group)
+          k.Load, k.Reduce, k.Dot, k.Extremum, k.Group, k.Specialized, k.SigmoidExp2)
 
 
 class KernelPrinter(TritonPrinter):
@@ -94,6 +94,13 @@ class KernelPrinter(TritonPrinter):
     def _converted(self, node) -> str:
         return f"_to_dot({self(node)}, DOT_DTYPE)"
 
+    def _sigmoidexp2(self, node: k.SigmoidExp2, context: int) -> str:
+        return f"_sigmoid_exp2({self.print(node.value, 0)})"
+
+    def _specialized(self, node: k.Specialized, context: int) -> str:
+        # A constexpr condition: Triton compiles the branch it picks, nothing else.
+        return f"({self(node.if_true)} if {node.flag} else {self(node.if_false)})"
+
     def _group(self, node: k.Group, context: int) -> str:
         return f"({self.print(node.value, 0)})"
 
@@ -114,11 +121,28 @@ class KernelPrinter(TritonPrinter):
                           f"{integers.print(node.divisor, strength + 1)}", strength, context)
 
     def _load(self, node: k.Load, context: int) -> str:
-        pointer = f"{node.tensor}_ok_ptr" if node.flag else f"{node.tensor}_ptr"
+        if node.address is not None:
+            pointer = self.print(node.address, 0)
+        else:
+            pointer = self._pointers(k.Pointers(node.tensor, node.coordinates), 0,
+                                     flag=node.flag)
+        empty = node.mask is None or (isinstance(node.mask, k.Mask) and not node.mask.conditions)
+        mask = None if empty else self.print(node.mask, 0)
+        return load(pointer, mask, ok=node.flag, raw=node.raw)
+
+    def _pointers(self, node: k.Pointers, context: int, flag: bool = False) -> str:
+        pointer = f"{node.tensor}_ok_ptr" if flag else f"{node.tensor}_ptr"
         if node.coordinates:
             pointer += " + " + self.address(node.tensor, node.coordinates)
-        mask = None if node.mask is None else self.print(node.mask, 0)
-        return load(pointer, mask, ok=node.flag, raw=node.raw)
+        return pointer
+
+    def _advance(self, node: k.Advance, context: int) -> str:
+        integers = self.in_integers()
+        # tl.cast: the interpreter's loop variable may be a Python int.
+        moved = [f"tl.cast({integers(offset)}, tl.int64) * {node.tensor}_s{position}"
+                 for position, offset in node.steps]
+        text = " + ".join([self.print(node.pointers, _PRECEDENCE["+"])] + moved)
+        return self._wrap(text, _PRECEDENCE["+"], context)
 
     def address(self, tensor: str, coordinates) -> str:
         integers = self.in_integers()
@@ -168,8 +192,11 @@ class KernelPrinter(TritonPrinter):
             elif isinstance(statement, k.Store):
                 pointer = f"{statement.tensor}_ok_ptr" if statement.flag else \
                     f"{statement.tensor}_ptr"
+                value = self(statement.value)
+                if statement.rounded:
+                    value = f"_stored({value}, {pointer})"
                 lines.append(f"{pad}tl.store({pointer} + {self(statement.offset)}, "
-                             f"{self(statement.value)}, mask={self(statement.mask)})")
+                             f"{value}, mask={self(statement.mask)})")
             elif isinstance(statement, k.Unflatten):
                 lines += self._unflatten(statement, pad)
             elif isinstance(statement, k.Barrier):
@@ -225,10 +252,12 @@ _NODES = {k.Var: KernelPrinter._var, k.ProgramId: KernelPrinter._programid,
           k.Expand: KernelPrinter._expand, k.IndexBlock: KernelPrinter._indexblock,
           k.Zeros: KernelPrinter._zeros, k.Full: KernelPrinter._full,
           k.Integer: KernelPrinter._integer, k.Reduce: KernelPrinter._reduce,
-          k.Load: KernelPrinter._load, k.Mask: KernelPrinter._mask,
+          k.Load: KernelPrinter._load, k.Pointers: KernelPrinter._pointers,
+          k.Advance: KernelPrinter._advance, k.Mask: KernelPrinter._mask,
           k.Test: KernelPrinter._test, k.Choice: KernelPrinter._choice,
           k.Dot: KernelPrinter._dot, k.DotOperand: KernelPrinter._dotoperand,
-          k.Exp2: KernelPrinter._exp2,
+          k.Exp2: KernelPrinter._exp2, k.Specialized: KernelPrinter._specialized,
+          k.SigmoidExp2: KernelPrinter._sigmoidexp2,
           k.Either: KernelPrinter._either,
           k.Boolean: KernelPrinter._boolean, k.Extremum: KernelPrinter._extremum,
           k.Quotient: KernelPrinter._quotient, k.Group: KernelPrinter._group}

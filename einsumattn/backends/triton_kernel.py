@@ -56,7 +56,8 @@ def kernel_source(name: str, args: list[str], blocks: list[str], knobs: list[str
 
 
 def launch_lines(cascade: Cascade, schedule: KernelSchedule, host_args: list[str],
-                 checks: list[str] = (), dot: bool = False) -> list[str]:
+                 checks: list[str] = (), dot: bool = False,
+                 flags: list[str] = ()) -> list[str]:
     """Host lines: allocate the outputs, size the held ranks' tiles, take the kernel's
     configuration (`checks` run on it), launch one program per batch point and row tile.
     An attention kernel's configuration is chosen per call (`_tuning` in the module:
@@ -64,20 +65,25 @@ def launch_lines(cascade: Cascade, schedule: KernelSchedule, host_args: list[str
     dtype and head dim; schedule/configs.py); it is launched by `launch`, which the
     autotuning mode also times. Plain integer arithmetic only: no JIT-wrapped helpers."""
     lines = []
+    # An attention kernel stores its outputs rounded to their tensor's dtype (kernel IR
+    # Store.rounded): `stored_dtype`, the inputs' dtype where its outputs are the
+    # module's (the template says), float32 where a later stage reads them.
+    dtype = "stored_dtype" if per_call_configuration(schedule) else "torch.float32"
     for output in schedule.outputs:
         ranks = cascade.tensors[output].ranks
         lines.append(f"{output} = torch.empty(({', '.join(ranks)}"
-                     f"{',' if len(ranks) == 1 else ''}), device=device, "
-                     f"dtype=torch.float32)")
+                     f"{',' if len(ranks) == 1 else ''}), device=device, dtype={dtype})")
     held = ", ".join(f'"{var}_BLOCK": _pow2_at_least({cascade.var_rank(var)}, 16)'
                      for var in schedule.held)
     lines.append(f"held = {{{held}}}")
     batch = " * ".join(cascade.var_rank(v) for v in schedule.batch) or "1"
     rows = cascade.var_rank(schedule.row)
+    # The dot precision follows the inputs' dtype (_dot_dtype in the module); `flags`:
+    # keyword arguments the host computes per call (a param's sign).
+    constants = ["**tuning", "**held"] + (["DOT_DTYPE=dot_dtype"] if dot else []) + list(flags)
     call = [f"{schedule.name}[(-(-{rows} // tuning[\"{schedule.row}_BLOCK\"]), {batch})](",
             f"    {', '.join(host_args)},",
-            # The dot precision follows the inputs' dtype (_dot_dtype in the module).
-            "    **tuning, **held, DOT_DTYPE=dot_dtype)" if dot else "    **tuning, **held)"]
+            f"    {', '.join(constants)})"]
     if not per_call_configuration(schedule):
         return lines + [f'tuning = dict(TUNING_FUSED["{schedule.name}"])', *checks, *call]
     keys = cascade.root_rank(schedule.loops[0].extent)
@@ -126,6 +132,9 @@ def printed(cascade: Cascade, lowered: LoweredKernel, checks: list[str] = ()) ->
     blocks = [knob.name for knob in schedule.knobs] + [f"{v}_BLOCK" for v in schedule.held]
     if schedule.uses_dot:
         blocks.append("DOT_DTYPE")
+    # schedule/scales.py: a param's sign, a compile-time constant per call
+    blocks += [flag.name for flag in lowered.flags]
+    flags = [f"{flag.name}=0 < {flag.param} < math.inf" for flag in lowered.flags]
     knobs = [knob.name for knob in schedule.knobs if not knob.fixed]
     try:
         lines = KernelPrinter().statements(lowered.body)
@@ -134,5 +143,5 @@ def printed(cascade: Cascade, lowered: LoweredKernel, checks: list[str] = ()) ->
     source = kernel_source(schedule.name, args, blocks, knobs,
                            16 if schedule.uses_dot else 1, lines)
     return FusedKernel(schedule.name, source,
-                       launch_lines(cascade, schedule, host, checks, schedule.uses_dot),
+                       launch_lines(cascade, schedule, host, checks, schedule.uses_dot, flags),
                        schedule, lowered.body)

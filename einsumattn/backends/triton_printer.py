@@ -214,6 +214,33 @@ def _to_dot(x, DOT_DTYPE: tl.constexpr):
     return x.to(DOT_DTYPE)
 
 
+@triton.jit
+def _stored(x, pointer):
+    """x in the dtype `pointer` points to, rounded to nearest even (an output the host
+    allocated in the inputs' dtype; the interpreter would truncate to bfloat16)."""
+    return _to_dot(x, pointer.dtype.element_ty)
+
+
+# sigmoid(x) from y = -x * log2(e), which the fused kernels' lowering folds into the FMAs
+# of the argument (schedule/lower_attention.py): 1 / (1 + 2**y), one ex2 and one
+# reciprocal per score. 2**y is inf only where x < -88.7, where sigmoid(x) < 2**-126 and 0
+# is the float32 result a flush to zero gives anyway. On NVIDIA GPUs the reciprocal is
+# rcp.approx.ftz (1 ulp, against the 0.5 ulp of an IEEE division's ~10 instructions): the
+# value is then rounded to the dot's precision (2**-9 for bfloat16) or summed in float32,
+# where 1 ulp is within the check's float32 roundoff budget. The interpreter (and other
+# GPUs) divide.
+_FAST_RCP = tl.constexpr(not _INTERPRETED and torch.version.hip is None)
+
+
+@triton.jit
+def _sigmoid_exp2(y):
+    d = 1.0 + tl.exp2(y)
+    if _FAST_RCP:
+        return tl.inline_asm_elementwise("rcp.approx.ftz.f32 $0, $1;", "=r,r", [d],
+                                         dtype=tl.float32, is_pure=True, pack=1)
+    return 1.0 / d
+
+
 # Float // and % as Python's and numpy's (the oracle's), infinities included: from C's
 # fmod (Triton's float %), as numpy computes them. floor(a / b) would give inf for
 # inf // 2 (NaN) and 0 for -5 // inf (-1); a - b * floor(a / b) NaN for 5 % inf (5).

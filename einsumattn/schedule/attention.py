@@ -340,12 +340,19 @@ class AttentionRoles:
             return False
         return condition.expr == ir.Op("and", tuple(self.split_key_in_rank()))
 
-    def split_key_in_rank(self) -> list[ir.Expr]:
-        """`0 <= m1 * M0 + m0` and `m1 * M0 + m0 < M`: a key of the split in its rank."""
+    def key(self) -> ir.Expr:
+        """The streamed key as an index: `m`, or a split's `m1 * M0 + m0`."""
+        if self.loop is None:
+            return ir.Index(self.stream)
         inner = self.cascade.var_rank(self.stream)
-        key = ir.Op("+", (ir.Op("*", (ir.Index(self.loop), ir.Dim(inner))),
-                          ir.Index(self.stream)))
-        root = ir.Dim(self.cascade.root_rank(inner))
+        return ir.Op("+", (ir.Op("*", (ir.Index(self.loop), ir.Dim(inner))),
+                           ir.Index(self.stream)))
+
+    def split_key_in_rank(self) -> list[ir.Expr]:
+        """`0 <= key` and `key < M` (the key `m1 * M0 + m0` of a split, or `m`): a key
+        in its rank."""
+        key = self.key()
+        root = ir.Dim(self.cascade.root_rank(self.cascade.var_rank(self.stream)))
         return [ir.Op("<=", (ir.Const(0), key)), ir.Op("<", (key, root))]
 
     def beyond_lanes(self, conditions: list[Condition]) -> tuple[Condition, ...]:

@@ -17,10 +17,13 @@ mask read from an input, a per-row absence) leaves the loop as it was.
 
 from __future__ import annotations
 
+import dataclasses
+
 from ..analysis.presence import Condition
 from ..ir import expr as ir
 from . import kernel_ir as k
 from .bounds import stream_bound
+from .lowering import total
 from .masks import range_comparisons
 
 TRUE = k.Mask(())
@@ -95,36 +98,89 @@ class _Folding:
             node.value.op == "<" and node.value.args[1] == ir.Dim(self.keys)
 
     def __call__(self, node):
-        fold = self
+        return k.replaced(node, self._fold)
+
+    def _fold(self, node):
+        """The folded node where a mask makes it trivial; None: its parts are folded."""
         if isinstance(node, k.Var):
             return TRUE if node.name == self.row_live else self.env.get(node.name, node)
         if isinstance(node, k.Test) or self._key_range(node):
             return TRUE
         if isinstance(node, k.Mask):
-            kept = [c for c in map(fold, node.conditions) if not _is_true(c)]
+            kept = [c for c in map(self, node.conditions) if not _is_true(c)]
             return k.Mask(tuple(kept))
         if isinstance(node, (k.Expand, k.Boolean)):
-            value = fold(node.value)
+            value = self(node.value)
             if _is_true(value):
                 return TRUE
             return k.Expand(value, node.axes) if isinstance(node, k.Expand) else k.Boolean(value)
         if isinstance(node, k.Load):
-            mask = None if node.mask is None else fold(node.mask)
+            mask = None if node.mask is None else self(node.mask)
             if mask is not None and _is_true(mask):
                 mask = None      # clamped addresses: every lane reads inside its tensor
-            return k.Load(node.tensor, node.coordinates, mask, node.flag, node.raw)
-        if isinstance(node, ir.Op):
-            args = tuple(map(fold, node.args))
-            if node.op == "where" and _is_true(args[0]):
-                return args[1]
-            return ir.Op(node.op, args)
-        if isinstance(node, k.Reduce):
-            return k.Reduce(node.op, fold(node.value), node.axis)
-        if isinstance(node, k.Dot):
-            return k.Dot(fold(node.left), fold(node.right), node.transposed, node.rounded,
-                         node.precision, node.converted)
-        if isinstance(node, (k.Exp2, k.DotOperand, k.Group)):
-            return type(node)(fold(node.value))
-        if isinstance(node, k.Cast):
-            return k.Cast(fold(node.value), node.dtype)
-        return node
+            # The streamed key of an interior tile is in its rank: no clamp.
+            coordinates = tuple(k.Coordinate(self(c.index), None, True) if c.key else
+                                self(c) for c in node.coordinates)
+            return dataclasses.replace(node, coordinates=coordinates, mask=mask)
+        if isinstance(node, ir.Op) and node.op == "where":
+            args = tuple(map(self, node.args))
+            return args[1] if _is_true(args[0]) else ir.Op("where", args)
+        return None
+
+
+def advanced(statements: tuple, loop, blocks: dict, hoist) -> tuple:
+    """`statements` (a loop's body over `loop`, an index or variable node) with each load
+    whose every coordinate is unclamped and splits into terms that move with the loop
+    (one value per program) and terms that do not, read through a block of pointers
+    `hoist(Pointers, name)` names before the loop, moved by the moving terms (Advance).
+    `blocks`: the blocks the loop defines, name -> (the part that moves, or None; the
+    part that does not), so `m = start + arange` splits; a coordinate naming any other
+    value the loop defines stays as it is."""
+    defined = {s.name for s in statements if isinstance(s, k.Let)}
+
+    def advance(node):
+        if not isinstance(node, k.Load) or node.flag or node.address is not None:
+            return None
+        fixed, steps = [], []
+        for position, coordinate in enumerate(node.coordinates):
+            if coordinate.clamp is not None:
+                return None
+            index = k.replaced(coordinate.index, lambda n: _split_block(n, blocks))
+            moving, still = [], []
+            for term in _terms(index):
+                (moving if loop in k.nodes(term) else still).append(term)
+            if any(not _per_program(t) for t in moving):
+                return None
+            if any(isinstance(n, (k.Var, k.IndexBlock)) and n.name in defined
+                   for t in still for n in k.nodes(t)):
+                return None
+            fixed.append(k.Coordinate(total(still) if still else ir.Const(0)))
+            if moving:
+                steps.append((position, total(moving)))
+        pointers = hoist(k.Pointers(node.tensor, tuple(fixed)), f"{node.tensor}_tile")
+        return dataclasses.replace(node, address=k.Advance(pointers, node.tensor,
+                                                           tuple(steps)))
+
+    return tuple(k.replaced(statement, advance) for statement in statements)
+
+
+def _split_block(node, blocks: dict):
+    """A block the loop defines, as its moving part plus the rest (broadcast alike)."""
+    if not isinstance(node, k.IndexBlock) or node.name not in blocks:
+        return None
+    moving, still = blocks[node.name]
+    still = k.Expand(still, node.axes) if node.axes else still
+    return still if moving is None else ir.Op("+", (moving, still))
+
+
+def _terms(expr) -> list:
+    """The terms of a sum (integer arithmetic: the address is their sum exactly)."""
+    if isinstance(expr, ir.Op) and expr.op == "+":
+        return _terms(expr.args[0]) + _terms(expr.args[1])
+    return [expr]
+
+
+def _per_program(expr) -> bool:
+    """One value per program: no block (arange, index block, broadcast, load) in it."""
+    return not any(isinstance(n, (k.Arange, k.IndexBlock, k.Expand, k.Load))
+                   for n in k.nodes(expr))

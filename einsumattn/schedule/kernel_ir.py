@@ -91,9 +91,12 @@ class Zeros:
 @dataclass(frozen=True)
 class Coordinate:
     """One coordinate of an address: its index, and the extent it is clamped into (None
-    where it cannot leave it: the schedule proved it in range by construction)."""
+    where it cannot leave it: the schedule proved it in range by construction); `key`:
+    the index is the streamed key itself (`m`, a split's `m1 * M0 + m0`), which an
+    interior key tile holds in its rank (schedule/interior.py drops the clamp there)."""
     index: "Expr"
     clamp: "Expr | None" = None
+    key: bool = False
 
 
 @dataclass(frozen=True)
@@ -106,6 +109,28 @@ class Load:
     mask: "Expr | None" = None
     flag: bool = False
     raw: bool = False       # in the tensor's own dtype: a dot operand, converted once
+    # The same addresses from a block of pointers computed before the loop (an Advance);
+    # `coordinates` still say what is read.
+    address: "Expr | None" = None
+
+
+@dataclass(frozen=True)
+class Pointers:
+    """The addresses of `tensor` at `coordinates` (its pointer plus each coordinate
+    times its stride): a block of pointers computed once, before a loop that moves it
+    (Advance), so a step's loads add one offset per address instead of recomputing it."""
+    tensor: str
+    coordinates: tuple[Coordinate, ...]
+
+
+@dataclass(frozen=True)
+class Advance:
+    """`pointers` (a block of `tensor`'s pointers) moved by `steps`: (position, offset)
+    pairs, each offset one value per program (the loop's step) times the position's
+    stride, in 64-bit arithmetic (an offset times a stride may pass 2**31)."""
+    pointers: "Expr"
+    tensor: str
+    steps: tuple[tuple[int, "Expr"], ...]
 
 
 @dataclass(frozen=True)
@@ -130,7 +155,9 @@ class Mask:
     conditions: tuple
 
     def __post_init__(self):
-        object.__setattr__(self, "conditions", tuple(dict.fromkeys(self.conditions)))
+        # An empty mask inside a mask is true: it adds nothing to the conjunction.
+        kept = (c for c in self.conditions if not (isinstance(c, Mask) and not c.conditions))
+        object.__setattr__(self, "conditions", tuple(dict.fromkeys(kept)))
 
 
 @dataclass(frozen=True)
@@ -179,12 +206,30 @@ class Exp2:
 
 
 @dataclass(frozen=True)
+class SigmoidExp2:
+    """sigmoid(x) given `value` = -x * log2(e): 1 / (1 + 2 ** value), the constant folded
+    into the argument's own multiply-adds (schedule/scales.py), one ex2 and one reciprocal
+    per score (the module's `_sigmoid_exp2` says how each GPU computes them)."""
+    value: "Expr"
+
+
+@dataclass(frozen=True)
 class DotOperand:
     """`value` converted to the dot's precision once, where it is computed (a row tile
     hoisted before the key loop: the Q tile of QK is converted once per program, not once
     per key tile, and held in registers at half the size). A `Dot` whose operand is the
     name of such a value says so in `converted`."""
     value: "Expr"
+
+
+@dataclass(frozen=True)
+class Specialized:
+    """`if_true` where `flag` holds, else `if_false`: a compile-time constant the host
+    computes per call (schedule/scales.py: a scale's sign), so the kernel is compiled
+    with one of the two."""
+    flag: str
+    if_true: "Expr"
+    if_false: "Expr"
 
 
 @dataclass(frozen=True)
@@ -225,9 +270,9 @@ class Quotient:
 
 
 Expr = Union[ir.Const, ir.Index, ir.Dim, ir.Param, ir.Op, Var, ProgramId, Arange, Cast,
-             Expand, IndexBlock, Full, Zeros, Load, Integer, Reduce, Mask, Test, Choice, Dot, DotOperand,
-             Exp2,
-             Either, Boolean, Extremum, Quotient, Group]
+             Expand, IndexBlock, Full, Zeros, Load, Pointers, Advance, Integer, Reduce, Mask,
+             Test, Choice, Dot, DotOperand, Exp2, SigmoidExp2, Specialized, Either, Boolean,
+             Extremum, Quotient, Group]
 
 
 # ------------------------------------------------------------------------ statements
@@ -260,12 +305,15 @@ class Accumulate:
 @dataclass(frozen=True)
 class Store:
     """`value` written to `tensor` (or, `flag`, its presence flags) at `offset` (an
-    element offset: coordinates times strides) in the lanes of `mask`."""
+    element offset: coordinates times strides) in the lanes of `mask`; `rounded`: in the
+    tensor's own dtype, rounded to nearest (an output the host allocates in the inputs'
+    dtype: no float32 copy and no cast kernel after the launch)."""
     tensor: str
     offset: Expr
     value: Expr
     mask: Expr
     flag: bool = False
+    rounded: bool = False
 
 
 @dataclass(frozen=True)
@@ -326,3 +374,23 @@ def nodes(item) -> Iterator:
         elif hasattr(node, "__dataclass_fields__") and not isinstance(
                 node, (ir.Const, ir.Index, ir.Dim, ir.Param)):
             stack.extend(reversed([getattr(node, f.name) for f in fields(node)]))
+
+
+def replaced(item, replace):
+    """`item` (a statement, an expression or a tuple of them) with every node for which
+    `replace(node)` gives a value replaced by it (outermost first; a replaced node's
+    own parts are not visited), everything else rebuilt around the replacements."""
+    if isinstance(item, tuple):
+        return tuple(replaced(x, replace) for x in item)
+    if item is None or isinstance(item, (str, int, float, bool)):
+        return item
+    found = replace(item)
+    if found is not None:
+        return found
+    if isinstance(item, ir.Op):
+        return ir.Op(item.op, tuple(replaced(a, replace) for a in item.args))
+    if not hasattr(item, "__dataclass_fields__") or isinstance(
+            item, (ir.Const, ir.Index, ir.Dim, ir.Param)):
+        return item
+    changes = {f.name: replaced(getattr(item, f.name), replace) for f in fields(item)}
+    return type(item)(**changes)

@@ -42,7 +42,8 @@ from ..transform.algebra import settled
 from . import kernel_ir as k
 from .attention import AttentionRoles
 from .bounds import stream_bound
-from .interior import interior_bounds, without_masks
+from .interior import advanced, interior_bounds, without_masks
+from .scales import folded_scales
 from .shifts import LOG2E, max_shifted
 from .lowering import LoweredKernel, Lowering, Offset, product, program_statements, total
 from .model import Bound, Role
@@ -61,6 +62,9 @@ def _layout_block(layout: tuple[str, ...], var: str) -> k.IndexBlock:
 
 
 _ROW_LIVE, _LANES = k.Var("row_live"), k.Var("lanes")
+_ZERO = k.Integer(ir.Const(0))
+_INTERIOR_NOTE = k.Comment("steps whose every key is live and seen by every row: no masks")
+_REST_NOTE = k.Comment("the rest: the diagonal, the window's edges, the last partial tile")
 
 
 class _Tiles(AttentionRoles, Lowering):
@@ -105,6 +109,17 @@ class _Tiles(AttentionRoles, Lowering):
     def _no_read(node):
         raise NotFusable(f"a tensor read inside an index ({ir.to_text(node)})")
 
+    def coordinates(self, node: ir.Read, at, extent) -> tuple[k.Coordinate, ...]:
+        """A read's coordinates; the streamed key itself (`m`, or the split's
+        `m1 * M0 + m0`) clamped into the key rank, or not at all, is marked: on an
+        interior tile it is in that rank (schedule/interior.py)."""
+        found = super().coordinates(node, at, extent)
+        root = ir.Dim(self.cascade.root_rank(self.cascade.var_rank(self.stream)))
+        key = self.key()
+        return tuple(dataclasses.replace(c, key=True)
+                     if index == key and c.clamp in (None, root) else c
+                     for index, c in zip(node.indices, found))
+
     def expr(self, expr: ir.Expr, at, in_index: bool = False):
         """An exponential that follows a max-shift as exp2 with log2(e) folded into each
         side (one FFMA per score with a per-row product; schedule/shifts.py)."""
@@ -113,6 +128,10 @@ class _Tiles(AttentionRoles, Lowering):
             a, b = (ir.Op("*", (super(_Tiles, self).expr(x, at), ir.Const(LOG2E)))
                     for x in expr.args[0].args)
             return k.Exp2(ir.Op("-", (a, b)))
+        if isinstance(expr, ir.Op) and expr.op == "sigmoid" and not in_index:
+            # 1 / (1 + 2**(-x log2(e))), the factor distributed over the argument's terms
+            # (where a scale of a tile takes it into its FMA: schedule/scales.py)
+            return k.SigmoidExp2(_times(super().expr(expr.args[0], at), -LOG2E))
         return super().expr(expr, at, in_index)
 
     def lowered(self, expr: ir.Expr, layout: tuple[str, ...], lanes):
@@ -156,6 +175,7 @@ class _PassLowering:
         self.body: list = []                # the kernel's statements (kernel IR)
         self.hoisted: dict = {}             # a loop-invariant tile (kernel IR) -> its name
         self.offsets: list[Offset] = []     # kernel arguments the host computes
+        self.flags: dict = {}               # compile-time flags the host computes
         # Every decision (passes, bounds, dots and their rounded operands) is the
         # schedule's: this lowers it.
         self.schedule = fuser.kernel_schedule(f"{self.cascade.name}_fused")
@@ -195,8 +215,10 @@ class _PassLowering:
                 tile += self._stream(einsum)
             for acc in accumulators:
                 tile += self._accumulate(acc)
-            self.body.append(k.Loop("start", lo or k.Integer(ir.Const(0)),
-                                    hi or k.Integer(ir.Dim(stream)), k.Var(block), tuple(tile)))
+            tile = self._scales_folded(tuple(tile))
+            self.body += self._pass_loops(lo or _ZERO,
+                                          hi or k.Integer(ir.Dim(stream)), tuple(tile),
+                                          list(needed) + list(accumulators), stream)
             available.update(acc.tensor for acc in accumulators)
             self.body += self._rows(available)
         self._hoist()
@@ -212,7 +234,14 @@ class _PassLowering:
         """The schedule, with the description of what its statements do, the statements
         and the offsets the host computes for them."""
         return LoweredKernel(self.schedule.with_(description=description), tuple(self.body),
-                             tuple(self.offsets))
+                             tuple(self.offsets), tuple(self.flags.values()))
+
+    def _scales_folded(self, step: tuple) -> tuple:
+        """A loop body with its tiles' per-program scales folded into their readers
+        (schedule/scales.py); the flags they need are the kernel's."""
+        step, flags = folded_scales(step)
+        self.flags.update((flag.name, flag) for flag in flags)
+        return step
 
     def _prologue(self, n_passes: int) -> None:
         """The program's coordinates: its batch point, its row tile, the feature tiles."""
@@ -301,9 +330,10 @@ class _PassLowering:
         # read() adds the feature mask; the lanes here are the row and key lanes. The key
         # tile's addresses are clamped and a score at a key no row sees is masked before any
         # arithmetic across keys, so the key side needs no more than the tile's own lanes.
-        size = k.Var(f.tile_block) if f.loop is not None else \
-            ir.Dim(self.cascade.var_rank(f.stream))
-        key_lanes = k.Expand(k.Integer(ir.Op("<", (k.Var(f.stream), size))), (True, False))
+        # A split's tile is its inner part, M0 = the block: every key of it exists (m0 <
+        # M0 is true), so only the unsplit tile's last keys need a mask.
+        key_lanes = k.Mask(()) if f.loop is not None else k.Expand(k.Integer(ir.Op(
+            "<", (k.Var(f.stream), ir.Dim(self.cascade.var_rank(f.stream))))), (True, False))
         rows = product([f.lowered(x, (f.row, feature), k.Expand(_ROW_LIVE, (True, False)))
                         for x in plan.left])
         keys = product([f.lowered(x, (f.stream, feature), key_lanes) for x in plan.right])
@@ -316,7 +346,9 @@ class _PassLowering:
         """A row tile that does not change along the stream, computed once before the
         passes (the Q tile of QK): the name it gets there."""
         if value not in self.hoisted:
-            self.hoisted[value] = name
+            taken = set(self.hoisted.values())
+            self.hoisted[value] = next(n for n in itertools.chain(
+                [name], (f"{name}{i}" for i in itertools.count(2))) if n not in taken)
         return k.Var(self.hoisted[value])
 
     def _init_accumulator(self, einsum: Einsum) -> k.Let:
@@ -485,8 +517,78 @@ class _PassLowering:
                 absent = k.Mask(tuple(f.condition(c, (layout, lanes))
                                       for c in f.row_masks[name]))
                 value = ir.Op("where", (absent, value, ir.Const(0.0)))
-            stores.append(k.Store(name, k.Integer(total(offset)), value, lanes))
+            stores.append(k.Store(name, k.Integer(total(offset)), value, lanes, rounded=True))
         return stores
+
+    # ---------------------------------------------------------------- interior tiles
+    def _pass_loops(self, start, stop, tile: tuple, einsums: list, stream: str) -> list:
+        """A pass's loop over key tiles (`start`: the first key of one), with its interior
+        tiles (schedule/interior.py) as a loop of their own without masks, after the
+        masked ones: the pass's reductions are sums, maxima and minima, whose order is
+        free, and a dot accumulating into the registers another loop leaves behind would
+        make ptxas serialize every wgmma of the kernel (C7515)."""
+        f = self.f
+        block = k.Var(f"{f.stream}_BLOCK")
+        bounds, inner = self._interior_step(tile, einsums, stream, k.Var("start"), {
+            f.stream: (k.Var("start"), k.Cast(k.Arange(block.name), "int64"))})
+        if inner is None:
+            return [k.Loop("start", start, stop, block, tile)]
+        # start is 0 or a multiple of the block
+        first = start if start == _ZERO else k.Integer(k.Quotient(start, block))
+        last = k.Integer(k.Quotient(ir.Op("+", (stop, ir.Op("-", (block, ir.Const(1))))),
+                                    block))
+        begin, end, _ = self._interior_range(first, last, stream, block, bounds,
+                                             capped=stop != k.Integer(ir.Dim(stream)))
+        begin, end = (at if at == _ZERO else k.Integer(ir.Op("*", (at, block)))
+                      for at in (begin, end))
+        masked = [k.Loop("start", a, b, block, tile) for a, b in ((start, begin), (end, stop))
+                  if a != b]
+        return [k.Comment("the tiles with masks: a window's edges, the diagonal, the last "
+                          "partial tile"), *masked,
+                _INTERIOR_NOTE, k.Loop("start", begin, end, block, inner)]
+
+    def _interior_step(self, step: tuple, einsums: list, stream: str, loop, blocks: dict):
+        """The affine bounds an interior tile is inside (interior_bounds) and the step's
+        statements on such a tile (no masks, the addresses advanced from pointer blocks
+        made before the loops); None for the statements where no tile can be one."""
+        bounds = interior_bounds(self.f, einsums)
+        inner = None if bounds is None else without_masks(step, _LANES.name,
+                                                          _ROW_LIVE.name, stream)
+        if inner is not None:
+            inner = advanced(inner, loop, blocks, self._hoisted)
+        return bounds, inner
+
+    def _interior_range(self, start, stop, stream: str, tile, bounds, capped: bool):
+        """The interior tiles' numbers [begin, end) within [start, stop) (kernel IR
+        integers, in tiles of `tile` keys): whole tiles, (t + 1) * tile <= M, inside every
+        affine bound of the step for every row of the program; and whether a lower bound
+        leaves masked tiles before them. `capped`: `stop` is a proved bound, not the
+        rank's last tile (which no whole tile passes)."""
+        first = self._first_row()
+        last = total([first, k.Var(f"{self.f.row}_BLOCK"), ir.Const(-1)])
+        upper = [k.Quotient(ir.Dim(stream), tile)]
+        lower = []
+        for side, offset in bounds:
+            at = self._offset(side, offset)
+            if side == "upper":   # last key (t + 1) * tile - 1 <= first row + offset
+                upper.append(k.Quotient(k.Extremum("max", ir.Const(0), total(
+                    [first, at, ir.Const(1)])), tile))
+            else:                 # first key t * tile >= last row + offset
+                lower.append(k.Quotient(total([k.Extremum("max", ir.Const(0), total(
+                    [last, at])), tile, ir.Const(-1)]), tile))
+        begin = start
+        for bound in lower:
+            begin = k.Integer(k.Extremum("max", begin, bound))
+        if lower:
+            begin = k.Integer(k.Extremum("min", begin, stop))
+        end = upper[0]
+        for bound in upper[1:]:
+            end = k.Extremum("min", end, bound)
+        if lower or start != _ZERO:
+            end = k.Extremum("max", end, begin)
+        if capped:      # else stop is the last tile of the rank, past M // tile
+            end = k.Extremum("min", end, stop)
+        return begin, k.Integer(end) if not isinstance(end, k.Integer) else end, bool(lower)
 
     # ---------------------------------------------------------------- bounds
     def _first_row(self):
@@ -559,8 +661,8 @@ class _SplitLowering(_PassLowering):
                 step += self._accumulate(einsum, fresh=True)
             elif kind in (Role.TILE_ROW, Role.CARRIED):
                 step += self._row_value(einsum)
-        start, stop = lo or k.Integer(ir.Const(0)), hi or k.Integer(ir.Dim(outer))
-        self.body += self._loops(start, stop, tuple(step), stream)
+        start, stop = lo or _ZERO, hi or k.Integer(ir.Dim(outer))
+        self.body += self._loops(start, stop, self._scales_folded(tuple(step)), stream)
         available.update(e.tensor for e in cascade.einsums if f.kinds[e.tensor] != Role.ROW)
         self.body.append(k.Comment(""))
         self.body += self._rows(available)
@@ -577,41 +679,20 @@ class _SplitLowering(_PassLowering):
         """The loop over the steps, with its interior steps (every mask of the tile true:
         schedule/interior.py) as a loop of their own without the masks: before them the
         steps a lower bound masks, after them the diagonal, the window's far edge and the
-        last partial tile. One masked loop where no tile can be interior."""
+        last partial tile (the recurrences carried across steps keep their order). One
+        masked loop where no tile can be interior."""
         f, cascade = self.f, self.cascade
         per_step = [e for e in cascade.einsums if f.kinds[e.tensor] != Role.ROW]
-        bounds = interior_bounds(f, per_step)
-        inner = None if bounds is None else without_masks(step, _LANES.name,
-                                                          _ROW_LIVE.name, stream)
+        bounds, inner = self._interior_step(step, per_step, stream, ir.Index(f.loop), {
+            f.stream: (None, k.Cast(k.Arange(f.tile_block), "int64"))})
         if inner is None:
             return [k.Loop(f.loop, start, stop, None, step)]
-        tile = k.Var(f.tile_block)
-        first = self._first_row()
-        last = total([first, k.Var(f"{f.row}_BLOCK"), ir.Const(-1)])
-        # Full tiles only: (m1 + 1) * M0 <= M.
-        upper = [k.Quotient(ir.Dim(stream), tile)]
-        lower = []
-        for side, offset in bounds:
-            at = self._offset(side, offset)
-            if side == "upper":   # last key (m1 + 1) * M0 - 1 <= first row + offset
-                upper.append(k.Quotient(k.Extremum("max", ir.Const(0), total(
-                    [first, at, ir.Const(1)])), tile))
-            else:                 # first key m1 * M0 >= last row + offset
-                lower.append(k.Quotient(total([k.Extremum("max", ir.Const(0), total(
-                    [last, at])), tile, ir.Const(-1)]), tile))
-        begin = start
-        for bound in lower:
-            begin = k.Integer(k.Extremum("max", begin, bound))
-        begin = k.Integer(k.Extremum("min", begin, stop))
-        end = upper[0]
-        for bound in upper[1:]:
-            end = k.Extremum("min", end, bound)
-        end = k.Integer(k.Extremum("min", k.Extremum("max", end, begin), stop))
-        loops = [k.Comment("steps whose every key is live and seen by every row: no masks"),
-                 k.Loop(f.loop, begin, end, None, inner),
-                 k.Comment("the rest: the diagonal, the window's edges, the last partial tile"),
-                 k.Loop(f.loop, end, stop, None, step)]
-        if lower:
+        begin, end, lowered = self._interior_range(
+            start, stop, stream, k.Var(f.tile_block), bounds,
+            capped=stop != k.Integer(ir.Dim(self.cascade.var_rank(f.loop))))
+        loops = [_INTERIOR_NOTE, k.Loop(f.loop, begin, end, None, inner),
+                 _REST_NOTE, k.Loop(f.loop, end, stop, None, step)]
+        if lowered:
             loops[:0] = [k.Loop(f.loop, start, begin, None, step)]
         return loops
 
@@ -648,6 +729,16 @@ def _as_stored(operand):
     if isinstance(operand, k.Load) and not operand.flag:
         return dataclasses.replace(operand, raw=True)
     return operand
+
+
+def _times(value, factor: float):
+    """`value * factor`, the constant distributed over sums and differences (each term
+    times it: the rounding of one multiply-add per term, against the product's one)."""
+    if isinstance(value, ir.Op) and value.op in ("+", "-") and len(value.args) == 2:
+        return ir.Op(value.op, tuple(_times(arg, factor) for arg in value.args))
+    if isinstance(value, ir.Op) and value.op == "neg":
+        return _times(value.args[0], -factor)
+    return ir.Op("*", (value, ir.Const(factor)))
 
 
 def _integer_test(op: str, left, right) -> k.Test:

@@ -44,10 +44,12 @@ class Offset:
 class LoweredKernel:
     """A fused schedule lowered to the kernel IR: its schedule (with the description of
     what the statements do), the statements, and the kernel arguments the host computes
-    beyond the schedule's (its `Offset`s, in the order the statements first use them)."""
+    beyond the schedule's (its `Offset`s, in the order the statements first use them,
+    and the compile-time flags of schedule/scales.py)."""
     schedule: KernelSchedule
     body: tuple
     offsets: tuple[Offset, ...] = ()
+    flags: tuple = ()
 
 
 def product(factors: list[ir.Expr]) -> ir.Expr:
