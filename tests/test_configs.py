@@ -77,7 +77,7 @@ def test_hopper_half_precision_takes_the_tutorials_tile_with_8_warps(module):
         at128 = module._tuning("causal_softmax__fused", 4096, 4096, 128, torch.float16,
                                torch.device("cpu"), launch=None)
     assert at64 == {"p__BLOCK": 128, "m0__BLOCK": 64, "num_warps": 4, "num_stages": 3}
-    assert at128 == {"p__BLOCK": 128, "m0__BLOCK": 64, "num_warps": 8, "num_stages": 3}
+    assert at128 == {"p__BLOCK": 128, "m0__BLOCK": 128, "num_warps": 8, "num_stages": 3}
 
 
 def test_pinned_knobs_win_and_short_sequences_cap_the_rest(module):

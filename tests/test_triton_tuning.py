@@ -245,3 +245,54 @@ def test_the_unfused_block_sizes_are_safe_to_change(modules, block, rblock):
             layer(module, "triton-unfused")(*inputs.values())
     finally:
         module.TUNING.update(saved)
+
+
+@pytest.mark.parametrize("name", ["causal_softmax", "softmax_3pass"])
+@pytest.mark.parametrize("scale", [0.3, -0.3, 0.0])
+def test_the_scale_sign_picks_the_folded_max_or_the_scaled_one(modules, name, scale):
+    """A param scale of the scores is folded into their max where it is finite and
+    positive (s * max x = max s * x there: schedule/scales.py); the host's flag picks the
+    kernel's other form for any other value. Both match the oracle, in the interior key
+    tiles and the masked ones (70 keys in tiles of 16)."""
+    from einsumattn.backends import names
+    from einsumattn.backends.module import Plan
+    from einsumattn.schedule.lower_attention import lower_attention
+    cascade = einsumattn.load(ROOT / "examples" / f"{name}.attn")
+    lowered = lower_attention(names.rename(Plan(cascade).kernel))
+    assert [flag.name for flag in lowered.flags] == ["scale__POSITIVE", "OFFSETS_32"]
+    module = modules[name, True]
+    inputs = case_inputs(cascade, Case(SIZES, "float32", 30.0, False, 0))
+    with tuned(module, m0__BLOCK=16, p__BLOCK=16), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = getattr(module, module.__all__[0])(backend="triton", scale=scale)(
+            *inputs.values())
+    assert all(r.ok for r in compare(cascade, inputs, out, "float32", {"scale": scale}))
+
+
+class _Forced:
+    """A kernel launched with some of its compile-time flags forced."""
+
+    def __init__(self, kernel, **flags):
+        self.kernel, self.flags = kernel, flags
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: self.kernel[grid](*args, **{**kwargs, **self.flags})
+
+
+def test_64_bit_tile_offsets_read_what_32_bit_ones_read(modules):
+    """Where a tile's offsets would pass 2**31 (a stride past 2**31 / the tile), the host
+    clears OFFSETS_32 and the kernel takes 64-bit offsets: the same addresses, so the
+    same result, bit for bit."""
+    name = "causal_softmax"
+    module = modules[name, True]
+    cascade = einsumattn.load(ROOT / "examples" / f"{name}.attn")
+    inputs = case_inputs(cascade, Case(SIZES, "float32", 1.0, False, 0))
+    kernel = module.causal_softmax__fused
+    with tuned(module, m0__BLOCK=16, p__BLOCK=16):
+        narrow = layer(module)(*inputs.values())
+        try:
+            module.causal_softmax__fused = _Forced(kernel, OFFSETS_32=False)
+            wide = layer(module)(*inputs.values())
+        finally:
+            module.causal_softmax__fused = kernel
+    assert torch.equal(narrow, wide)

@@ -136,6 +136,22 @@ class KernelPrinter(TritonPrinter):
             pointer += " + " + self.address(node.tensor, node.coordinates)
         return pointer
 
+    def _base(self, node: k.Pointers, context: int) -> str:
+        """A hoisted block of pointers (or one pointer): its zero coordinates left out."""
+        kept = tuple(c for c in node.coordinates if c.index != ir.Const(0))
+        if len(kept) == len(node.coordinates):
+            return self._pointers(node, context)
+        integers = self.in_integers()
+        terms = [f"{integers.operand(c.index, '*')} * {node.tensor}_s{position}"
+                 for position, c in enumerate(node.coordinates) if c.index != ir.Const(0)]
+        return " + ".join([f"{node.tensor}_ptr"] + terms)
+
+    def _offsets(self, node: k.Offsets, context: int) -> str:
+        integers = self.in_integers()
+        terms = [f"{integers.operand(c.index, '*')} * {node.tensor}_s{position}"
+                 for position, c in enumerate(node.coordinates) if c.index != ir.Const(0)]
+        return self._wrap(" + ".join(terms) or "0", _PRECEDENCE["+"], context)
+
     def _advance(self, node: k.Advance, context: int) -> str:
         integers = self.in_integers()
         # tl.cast: the interpreter's loop variable may be a Python int.
@@ -252,7 +268,8 @@ _NODES = {k.Var: KernelPrinter._var, k.ProgramId: KernelPrinter._programid,
           k.Expand: KernelPrinter._expand, k.IndexBlock: KernelPrinter._indexblock,
           k.Zeros: KernelPrinter._zeros, k.Full: KernelPrinter._full,
           k.Integer: KernelPrinter._integer, k.Reduce: KernelPrinter._reduce,
-          k.Load: KernelPrinter._load, k.Pointers: KernelPrinter._pointers,
+          k.Load: KernelPrinter._load, k.Pointers: KernelPrinter._base,
+          k.Offsets: KernelPrinter._offsets,
           k.Advance: KernelPrinter._advance, k.Mask: KernelPrinter._mask,
           k.Test: KernelPrinter._test, k.Choice: KernelPrinter._choice,
           k.Dot: KernelPrinter._dot, k.DotOperand: KernelPrinter._dotoperand,

@@ -10,6 +10,7 @@ import sympy
 
 from ..ir import Cascade
 from ..schedule import kernel_ir
+from ..schedule.interior import NarrowOffsets
 from ..schedule.lowering import LoweredKernel
 from ..schedule.model import Form, KernelSchedule
 from ..schedule.stages import NotFusable
@@ -118,6 +119,20 @@ def kernel_lines(kernel: kernel_ir.Kernel) -> list[str]:
                          KernelPrinter().statements(kernel.body))
 
 
+def _flag_test(flag, schedule: KernelSchedule) -> str:
+    """The host's test for a compile-time flag of the lowering."""
+    if isinstance(flag, NarrowOffsets):
+        held = {f"{v}_BLOCK" for v in schedule.held}
+        reach = {}          # per tensor: its largest tile offset
+        for tensor, position, knob in flag.terms:
+            reach.setdefault(tensor, []).append(
+                f"({'held' if knob in held else 'tuning'}[\"{knob}\"] - 1) * "
+                f"abs({tensor}.stride({position}))")
+        sums = [" + ".join(terms) for terms in reach.values()]
+        return f"max({', '.join(sums)}) < 2**31" if len(sums) > 1 else f"{sums[0]} < 2**31"
+    return f"0 < {flag.param} < math.inf"
+
+
 def printed(cascade: Cascade, lowered: LoweredKernel, checks: list[str] = ()) -> FusedKernel:
     """A fused schedule lowered to the kernel IR, printed as a Triton kernel and its
     launch: the arguments the schedule says and the host's offsets, the knobs and held
@@ -132,9 +147,10 @@ def printed(cascade: Cascade, lowered: LoweredKernel, checks: list[str] = ()) ->
     blocks = [knob.name for knob in schedule.knobs] + [f"{v}_BLOCK" for v in schedule.held]
     if schedule.uses_dot:
         blocks.append("DOT_DTYPE")
-    # schedule/scales.py: a param's sign, a compile-time constant per call
+    # Compile-time flags the host computes per call (schedule/scales.py: a param's sign;
+    # schedule/interior.py: 32-bit tile offsets).
     blocks += [flag.name for flag in lowered.flags]
-    flags = [f"{flag.name}=0 < {flag.param} < math.inf" for flag in lowered.flags]
+    flags = [f"{flag.name}={_flag_test(flag, schedule)}" for flag in lowered.flags]
     knobs = [knob.name for knob in schedule.knobs if not knob.fixed]
     try:
         lines = KernelPrinter().statements(lowered.body)

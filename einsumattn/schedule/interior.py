@@ -18,6 +18,7 @@ mask read from an input, a per-row absence) leaves the loop as it was.
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 
 from ..analysis.presence import Condition
 from ..ir import expr as ir
@@ -128,15 +129,54 @@ class _Folding:
         return None
 
 
-def advanced(statements: tuple, loop, blocks: dict, hoist) -> tuple:
+def masked_keys(statements: tuple) -> tuple:
+    """A masked step's loads with the streamed key's clamp (into the key rank, kernel
+    IR `Coordinate.key`) traded for a mask of the keys in the rank: a lane past the rank
+    reads 0 instead of the last key's value (every value at such a key is masked before
+    it is used, as it was), and the address is free to be advanced (`advanced`)."""
+    def unclamp(node):
+        if not isinstance(node, k.Load) or node.flag or \
+                not any(c.key and c.clamp is not None for c in node.coordinates):
+            return None
+        live = [k.Integer(ir.Op("<", (c.index, c.clamp))) for c in node.coordinates
+                if c.key and c.clamp is not None]
+        coordinates = tuple(k.Coordinate(c.index, None, True) if c.key else c
+                            for c in node.coordinates)
+        return dataclasses.replace(node, coordinates=coordinates,
+                                   mask=k.Mask((*live, *([node.mask] if node.mask else []))))
+
+    return k.replaced(statements, unclamp)
+
+
+@dataclass(frozen=True)
+class NarrowOffsets:
+    """A compile-time flag the host computes per call: whether every tile offset of the
+    advanced loads fits in 32 bits, `sum((block - 1) * |stride|) < 2**31` over `terms`
+    ((tensor, position, block knob): a coordinate's values are 0 .. block - 1). Where it
+    does not (a stride past 2**31 / block), the kernel takes its 64-bit offsets."""
+    name: str
+    terms: tuple[tuple[str, int, str], ...]
+
+
+def advanced(statements: tuple, loop, blocks: dict, hoist, bounded: dict | None = None,
+             narrow=None) -> tuple:
     """`statements` (a loop's body over `loop`, an index or variable node) with each load
     whose every coordinate is unclamped and splits into terms that move with the loop
-    (one value per program) and terms that do not, read through a block of pointers
-    `hoist(Pointers, name)` names before the loop, moved by the moving terms (Advance).
+    (one value per program) and terms that do not, read at addresses computed before
+    the loop, moved by the moving terms each step (Advance):
+
+    * where the terms that do not move are per-program values and blocks of known size
+      (`bounded`: a block's name -> its knob; an arange), a 64-bit base pointer (the
+      per-program part, `hoist(Pointers, name)`) plus a tile of offsets in 32 bits (four
+      registers and one 64-bit add per address; `narrow(tensor, terms)` names the host's
+      flag that says they fit, else the kernel takes 64-bit offsets);
+    * else a block of 64-bit pointers.
+
     `blocks`: the blocks the loop defines, name -> (the part that moves, or None; the
     part that does not), so `m = start + arange` splits; a coordinate naming any other
     value the loop defines stays as it is."""
     defined = {s.name for s in statements if isinstance(s, k.Let)}
+    bounded = bounded or {}
 
     def advance(node):
         if not isinstance(node, k.Load) or node.flag or node.address is not None:
@@ -154,14 +194,54 @@ def advanced(statements: tuple, loop, blocks: dict, hoist) -> tuple:
             if any(isinstance(n, (k.Var, k.IndexBlock)) and n.name in defined
                    for t in still for n in k.nodes(t)):
                 return None
-            fixed.append(k.Coordinate(total(still) if still else ir.Const(0)))
+            fixed.append(still)
             if moving:
                 steps.append((position, total(moving)))
-        pointers = hoist(k.Pointers(node.tensor, tuple(fixed)), f"{node.tensor}_tile")
-        return dataclasses.replace(node, address=k.Advance(pointers, node.tensor,
-                                                           tuple(steps)))
+        tensor, steps = node.tensor, tuple(steps)
+        tiles = [[t for t in terms if not _per_program(t)] for terms in fixed]
+        knobs = [(position, _block_knob(t, bounded)) for position, terms in enumerate(tiles)
+                 for t in terms]
+        if narrow is None or not knobs or any(knob is None for _, knob in knobs):
+            pointers = hoist(k.Pointers(tensor, _coordinates(fixed)), f"{tensor}_tile")
+            return dataclasses.replace(node, address=k.Advance(pointers, tensor, steps))
+        base = hoist(k.Pointers(tensor, _coordinates(
+            [[t for t in terms if _per_program(t)] for terms in fixed])), f"{tensor}_base")
+        flag = narrow(tensor, tuple(knobs))
+        offsets = k.Specialized(flag, k.Offsets(tensor, _coordinates(tiles, _narrowed)),
+                                k.Offsets(tensor, _coordinates(tiles, _widened)))
+        address = ir.Op("+", (k.Advance(base, tensor, steps),
+                              hoist(offsets, f"{tensor}_offsets")))
+        return dataclasses.replace(node, address=address)
 
     return tuple(k.replaced(statement, advance) for statement in statements)
+
+
+def _coordinates(terms_per_position, form=lambda term: term) -> tuple:
+    """Coordinates summing each position's terms (0 where there is none)."""
+    return tuple(k.Coordinate(total([form(t) for t in terms]) if terms else ir.Const(0))
+                 for terms in terms_per_position)
+
+
+def _block_knob(term, bounded: dict):
+    """The knob of a block whose values are 0 .. knob - 1 (an arange, a held feature's
+    block), broadcast or widened; None for any other term."""
+    while isinstance(term, (k.Expand, k.Cast)):
+        term = term.value
+    if isinstance(term, k.Arange):
+        return term.size
+    if isinstance(term, k.IndexBlock):
+        return bounded.get(term.name)
+    return None
+
+
+def _narrowed(term):
+    """A tile term in the index arithmetic's own 32 bits (its int64 casts dropped)."""
+    return k.replaced(term, lambda n: _narrowed(n.value)
+                      if isinstance(n, k.Cast) and n.dtype == "int64" else None)
+
+
+def _widened(term):
+    return k.Cast(_narrowed(term), "int64")
 
 
 def _split_block(node, blocks: dict):

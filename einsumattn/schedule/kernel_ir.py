@@ -124,6 +124,14 @@ class Pointers:
 
 
 @dataclass(frozen=True)
+class Offsets:
+    """`tensor`'s element offsets at `coordinates` (each times its stride), without the
+    pointer: a tile added to a base pointer (Advance) per step."""
+    tensor: str
+    coordinates: tuple[Coordinate, ...]
+
+
+@dataclass(frozen=True)
 class Advance:
     """`pointers` (a block of `tensor`'s pointers) moved by `steps`: (position, offset)
     pairs, each offset one value per program (the loop's step) times the position's
@@ -270,7 +278,7 @@ class Quotient:
 
 
 Expr = Union[ir.Const, ir.Index, ir.Dim, ir.Param, ir.Op, Var, ProgramId, Arange, Cast,
-             Expand, IndexBlock, Full, Zeros, Load, Pointers, Advance, Integer, Reduce, Mask,
+             Expand, IndexBlock, Full, Zeros, Load, Pointers, Offsets, Advance, Integer, Reduce, Mask,
              Test, Choice, Dot, DotOperand, Exp2, SigmoidExp2, Specialized, Either, Boolean,
              Extremum, Quotient, Group]
 

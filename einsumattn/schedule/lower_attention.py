@@ -42,7 +42,8 @@ from ..transform.algebra import settled
 from . import kernel_ir as k
 from .attention import AttentionRoles
 from .bounds import stream_bound
-from .interior import advanced, interior_bounds, without_masks
+from .interior import (NarrowOffsets, advanced, interior_bounds, masked_keys,
+                       without_masks)
 from .scales import folded_scales
 from .shifts import LOG2E, max_shifted
 from .lowering import LoweredKernel, Lowering, Offset, product, program_statements, total
@@ -63,6 +64,7 @@ def _layout_block(layout: tuple[str, ...], var: str) -> k.IndexBlock:
 
 _ROW_LIVE, _LANES = k.Var("row_live"), k.Var("lanes")
 _ZERO = k.Integer(ir.Const(0))
+_NARROW = "OFFSETS_32"          # the host's flag: tile offsets fit in 32 bits
 _INTERIOR_NOTE = k.Comment("steps whose every key is live and seen by every row: no masks")
 _REST_NOTE = k.Comment("the rest: the diagonal, the window's edges, the last partial tile")
 
@@ -529,8 +531,9 @@ class _PassLowering:
         make ptxas serialize every wgmma of the kernel (C7515)."""
         f = self.f
         block = k.Var(f"{f.stream}_BLOCK")
-        bounds, inner = self._interior_step(tile, einsums, stream, k.Var("start"), {
-            f.stream: (k.Var("start"), k.Cast(k.Arange(block.name), "int64"))})
+        blocks = {f.stream: (k.Var("start"), k.Cast(k.Arange(block.name), "int64"))}
+        bounds, inner = self._interior_step(tile, einsums, stream, k.Var("start"), blocks)
+        tile = self._advanced(masked_keys(tile), k.Var("start"), blocks)
         if inner is None:
             return [k.Loop("start", start, stop, block, tile)]
         # start is 0 or a multiple of the block
@@ -555,8 +558,22 @@ class _PassLowering:
         inner = None if bounds is None else without_masks(step, _LANES.name,
                                                           _ROW_LIVE.name, stream)
         if inner is not None:
-            inner = advanced(inner, loop, blocks, self._hoisted)
+            inner = self._advanced(inner, loop, blocks)
         return bounds, inner
+
+    def _advanced(self, step: tuple, loop, blocks: dict) -> tuple:
+        """A loop body's loads read at addresses computed before the loops
+        (schedule/interior.py's `advanced`): the held features' blocks are 0 .. their
+        knob - 1, and one flag of the host says whether the tiles' offsets fit in 32
+        bits."""
+        bounded = {var: f"{var}_BLOCK" for var in self.f.features}
+        return advanced(step, loop, blocks, self._hoisted, bounded, self._narrow)
+
+    def _narrow(self, tensor: str, knobs: tuple) -> str:
+        terms = self.flags.get(_NARROW, NarrowOffsets(_NARROW, ())).terms
+        added = tuple((tensor, position, knob) for position, knob in knobs)
+        self.flags[_NARROW] = NarrowOffsets(_NARROW, tuple(dict.fromkeys(terms + added)))
+        return _NARROW
 
     def _interior_range(self, start, stop, stream: str, tile, bounds, capped: bool):
         """The interior tiles' numbers [begin, end) within [start, stop) (kernel IR
@@ -683,8 +700,11 @@ class _SplitLowering(_PassLowering):
         masked loop where no tile can be interior."""
         f, cascade = self.f, self.cascade
         per_step = [e for e in cascade.einsums if f.kinds[e.tensor] != Role.ROW]
-        bounds, inner = self._interior_step(step, per_step, stream, ir.Index(f.loop), {
-            f.stream: (None, k.Cast(k.Arange(f.tile_block), "int64"))})
+        blocks = {f.stream: (None, k.Cast(k.Arange(f.tile_block), "int64"))}
+        bounds, inner = self._interior_step(step, per_step, stream, ir.Index(f.loop), blocks)
+        # The masked steps read through the same pointer blocks, their keys masked
+        # rather than clamped (fewer registers and instructions beside the interior's).
+        step = self._advanced(masked_keys(step), ir.Index(f.loop), blocks)
         if inner is None:
             return [k.Loop(f.loop, start, stop, None, step)]
         begin, end, lowered = self._interior_range(
