@@ -418,8 +418,11 @@ def _visited_tiles(module, pid: int, interior: bool = False, **values) -> range:
     for before, after in zip(loops, loops[1:]):
         assert before.stop == after.start, loops
     if interior:
-        (unmasked,) = [loop for loop, line in zip(loops, re.findall(
-            r"(.*)\n\s*for m1_ in range", kernel)) if "no masks" in line]
+        # the loop whose comment (the last before it: its carried pointers' starts may
+        # stand between) says it has no masks
+        notes = [re.findall(r"#.*", before)[-1] for before in
+                 re.split(r"\n\s*for m1_ in range.*", kernel)[:len(loops)]]
+        (unmasked,) = [loop for loop, note in zip(loops, notes) if "no masks" in note]
         return unmasked
     return range(loops[0].start, loops[-1].stop)
 

@@ -232,9 +232,14 @@ def test_the_spec_passes_are_one_key_tile_loop_each():
     # no masks of keys or rows in the interior (a held feature's end, `e < E`, stays)
     assert not any(isinstance(n, k.Test) or n in (k.Var("lanes"), k.Var("row_live"))
                    for loop in interior for n in k.nodes(loop.body))
-    # every load reads at an address made before the loops, moved by the step
-    assert all(n.address is not None and _of(k.Advance, n.address) for loop in interior
-               for n in k.nodes(loop.body) if isinstance(n, k.Load))
+    # every load reads at an address made before the loops (a base pointer the loop
+    # carries, moved at the end of each step, plus a tile of offsets)
+    for loop in interior:
+        moved = {s.name for s in loop.body if isinstance(s, k.Let)
+                 and isinstance(s.value, k.Advance) and s.value.pointers == k.Var(s.name)}
+        loads = [n for n in k.nodes(loop.body) if isinstance(n, k.Load)]
+        assert moved and all(n.address is not None and
+                             {v.name for v in _of(k.Var, n.address)} & moved for n in loads)
 
 
 # The window without its sinks: every key a row sees is within W of it, so a pass starts

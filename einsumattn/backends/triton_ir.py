@@ -157,6 +157,8 @@ class KernelPrinter(TritonPrinter):
         # tl.cast: the interpreter's loop variable may be a Python int.
         moved = [f"tl.cast({integers(offset)}, tl.int64) * {node.tensor}_s{position}"
                  for position, offset in node.steps]
+        if not moved:
+            return self.print(node.pointers, context)
         text = " + ".join([self.print(node.pointers, _PRECEDENCE["+"])] + moved)
         return self._wrap(text, _PRECEDENCE["+"], context)
 

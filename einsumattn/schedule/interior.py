@@ -159,7 +159,7 @@ class NarrowOffsets:
 
 
 def advanced(statements: tuple, loop, blocks: dict, hoist, bounded: dict | None = None,
-             narrow=None) -> tuple:
+             narrow=None) -> tuple[tuple, tuple]:
     """`statements` (a loop's body over `loop`, an index or variable node) with each load
     whose every coordinate is unclamped and splits into terms that move with the loop
     (one value per program) and terms that do not, read at addresses computed before
@@ -171,6 +171,9 @@ def advanced(statements: tuple, loop, blocks: dict, hoist, bounded: dict | None 
       registers and one 64-bit add per address; `narrow(tensor, terms)` names the host's
       flag that says they fit, else the kernel takes 64-bit offsets);
     * else a block of 64-bit pointers.
+
+    Where the offset that moves is linear in the loop variable, the base pointer is
+    carried across the steps instead (`Carried`, `carried_loop`).
 
     `blocks`: the blocks the loop defines, name -> (the part that moves, or None; the
     part that does not), so `m = start + arange` splits; a coordinate naming any other
@@ -207,13 +210,69 @@ def advanced(statements: tuple, loop, blocks: dict, hoist, bounded: dict | None 
         base = hoist(k.Pointers(tensor, _coordinates(
             [[t for t in terms if _per_program(t)] for terms in fixed])), f"{tensor}_base")
         flag = narrow(tensor, tuple(knobs))
-        offsets = k.Specialized(flag, k.Offsets(tensor, _coordinates(tiles, _narrowed)),
-                                k.Offsets(tensor, _coordinates(tiles, _widened)))
-        address = ir.Op("+", (k.Advance(base, tensor, steps),
-                              hoist(offsets, f"{tensor}_offsets")))
-        return dataclasses.replace(node, address=address)
+        offsets = hoist(k.Specialized(flag, k.Offsets(tensor, _coordinates(tiles, _narrowed)),
+                                      k.Offsets(tensor, _coordinates(tiles, _widened))),
+                        f"{tensor}_offsets")
+        rates = tuple((position, _rate(offset, loop)) for position, offset in steps)
+        if any(rate is None for _, rate in rates):
+            return dataclasses.replace(node, address=ir.Op("+", (
+                k.Advance(base, tensor, steps), offsets)))
+        same = sum(c.tensor == tensor for c in carried.values())
+        found = carried.setdefault((base, rates), Carried(
+            f"{tensor}_at" + (str(same + 1) if same else ""), base, tensor, rates))
+        return dataclasses.replace(node, address=ir.Op("+", (k.Var(found.name), offsets)))
 
-    return tuple(k.replaced(statement, advance) for statement in statements)
+    carried: dict = {}
+    body = tuple(k.replaced(statement, advance) for statement in statements)
+    return body, tuple(carried.values())
+
+
+@dataclass(frozen=True)
+class Carried:
+    """A base pointer carried across a loop's steps (`name`): `base` moved to the loop's
+    first step before it, and by one step's offset at the end of each: per position of
+    `tensor`, the offset's rate (the loop variable's coefficient) times the step, times
+    the stride. One 64-bit add per step, where computing the offset from the loop
+    variable each step takes a 64-bit multiply too."""
+    name: str
+    base: object
+    tensor: str
+    rates: tuple
+
+
+def carried_loop(var: str, loop, start, stop, step, body: tuple, carried) -> list:
+    """`for var in range(start, stop, step)` around `body` (`loop`: the variable as the
+    body names it), its carried base pointers set before it and moved after each step."""
+    moved = step if step is not None else ir.Const(1)
+    first = [k.Let(c.name, k.Advance(c.base, c.tensor, tuple(
+        (position, _times(rate, start)) for position, rate in c.rates
+        if not _is_zero(start)))) for c in carried]
+    after = [k.Let(c.name, k.Advance(k.Var(c.name), c.tensor, tuple(
+        (position, _times(rate, moved)) for position, rate in c.rates))) for c in carried]
+    return first + [k.Loop(var, start, stop, step, tuple(body) + tuple(after))]
+
+
+def _rate(offset, loop):
+    """The coefficient of `loop` in an offset linear in it (`loop`, `loop * c`, `c *
+    loop`, c free of it), or None."""
+    if offset == loop:
+        return ir.Const(1)
+    if isinstance(offset, ir.Op) and offset.op == "*":
+        a, b = offset.args
+        for x, c in ((a, b), (b, a)):
+            if x == loop and loop not in k.nodes(c):
+                return c
+    return None
+
+
+def _times(rate, value):
+    if rate == ir.Const(1):
+        return value
+    return rate if value == ir.Const(1) else ir.Op("*", (value, rate))
+
+
+def _is_zero(value) -> bool:
+    return value in (ir.Const(0), k.Integer(ir.Const(0)))
 
 
 def _coordinates(terms_per_position, form=lambda term: term) -> tuple:

@@ -42,8 +42,8 @@ from ..transform.algebra import settled
 from . import kernel_ir as k
 from .attention import AttentionRoles
 from .bounds import stream_bound
-from .interior import (NarrowOffsets, advanced, interior_bounds, masked_keys,
-                       without_masks)
+from .interior import (NarrowOffsets, advanced, carried_loop, interior_bounds,
+                       masked_keys, without_masks)
 from .scales import folded_scales
 from .shifts import LOG2E, max_shifted
 from .lowering import LoweredKernel, Lowering, Offset, product, program_statements, total
@@ -533,9 +533,13 @@ class _PassLowering:
         block = k.Var(f"{f.stream}_BLOCK")
         blocks = {f.stream: (k.Var("start"), k.Cast(k.Arange(block.name), "int64"))}
         bounds, inner = self._interior_step(tile, einsums, stream, k.Var("start"), blocks)
-        tile = self._advanced(masked_keys(tile), k.Var("start"), blocks)
+        tile, moved = self._advanced(masked_keys(tile), k.Var("start"), blocks)
+
+        def loop(first, last, body, carried):
+            return carried_loop("start", k.Var("start"), first, last, block, body, carried)
+
         if inner is None:
-            return [k.Loop("start", start, stop, block, tile)]
+            return loop(start, stop, tile, moved)
         # start is 0 or a multiple of the block
         first = start if start == _ZERO else k.Integer(k.Quotient(start, block))
         last = k.Integer(k.Quotient(ir.Op("+", (stop, ir.Op("-", (block, ir.Const(1))))),
@@ -544,16 +548,16 @@ class _PassLowering:
                                              capped=stop != k.Integer(ir.Dim(stream)))
         begin, end = (at if at == _ZERO else k.Integer(ir.Op("*", (at, block)))
                       for at in (begin, end))
-        masked = [k.Loop("start", a, b, block, tile) for a, b in ((start, begin), (end, stop))
-                  if a != b]
+        masked = [s for a, b in ((start, begin), (end, stop)) if a != b
+                  for s in loop(a, b, tile, moved)]
         return [k.Comment("the tiles with masks: a window's edges, the diagonal, the last "
-                          "partial tile"), *masked,
-                _INTERIOR_NOTE, k.Loop("start", begin, end, block, inner)]
+                          "partial tile"), *masked, _INTERIOR_NOTE, *loop(begin, end, *inner)]
 
     def _interior_step(self, step: tuple, einsums: list, stream: str, loop, blocks: dict):
         """The affine bounds an interior tile is inside (interior_bounds) and the step's
         statements on such a tile (no masks, the addresses advanced from pointer blocks
-        made before the loops); None for the statements where no tile can be one."""
+        made before the loops, and the base pointers they carry); None for them where no
+        tile can be one."""
         bounds = interior_bounds(self.f, einsums)
         inner = None if bounds is None else without_masks(step, _LANES.name,
                                                           _ROW_LIVE.name, stream)
@@ -561,11 +565,11 @@ class _PassLowering:
             inner = self._advanced(inner, loop, blocks)
         return bounds, inner
 
-    def _advanced(self, step: tuple, loop, blocks: dict) -> tuple:
+    def _advanced(self, step: tuple, loop, blocks: dict) -> tuple[tuple, tuple]:
         """A loop body's loads read at addresses computed before the loops
-        (schedule/interior.py's `advanced`): the held features' blocks are 0 .. their
-        knob - 1, and one flag of the host says whether the tiles' offsets fit in 32
-        bits."""
+        (schedule/interior.py's `advanced`), and the base pointers the body carries: the
+        held features' blocks are 0 .. their knob - 1, and one flag of the host says
+        whether the tiles' offsets fit in 32 bits."""
         bounded = {var: f"{var}_BLOCK" for var in self.f.features}
         return advanced(step, loop, blocks, self._hoisted, bounded, self._narrow)
 
@@ -704,16 +708,20 @@ class _SplitLowering(_PassLowering):
         bounds, inner = self._interior_step(step, per_step, stream, ir.Index(f.loop), blocks)
         # The masked steps read through the same pointer blocks, their keys masked
         # rather than clamped (fewer registers and instructions beside the interior's).
-        step = self._advanced(masked_keys(step), ir.Index(f.loop), blocks)
+        step, moved = self._advanced(masked_keys(step), ir.Index(f.loop), blocks)
+
+        def loop(first, last, body, carried):
+            return carried_loop(f.loop, ir.Index(f.loop), first, last, None, body, carried)
+
         if inner is None:
-            return [k.Loop(f.loop, start, stop, None, step)]
+            return loop(start, stop, step, moved)
         begin, end, lowered = self._interior_range(
             start, stop, stream, k.Var(f.tile_block), bounds,
             capped=stop != k.Integer(ir.Dim(self.cascade.var_rank(f.loop))))
-        loops = [_INTERIOR_NOTE, k.Loop(f.loop, begin, end, None, inner),
-                 _REST_NOTE, k.Loop(f.loop, end, stop, None, step)]
+        loops = [_INTERIOR_NOTE, *loop(begin, end, *inner),
+                 _REST_NOTE, *loop(end, stop, step, moved)]
         if lowered:
-            loops[:0] = [k.Loop(f.loop, start, begin, None, step)]
+            loops[:0] = loop(start, begin, step, moved)
         return loops
 
     def _step_bounds(self):
