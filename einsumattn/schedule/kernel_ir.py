@@ -402,3 +402,39 @@ def replaced(item, replace):
         return item
     changes = {f.name: replaced(getattr(item, f.name), replace) for f in fields(item)}
     return type(item)(**changes)
+
+
+def without_unread(body: tuple) -> tuple:
+    """A kernel's statements with each loop's unread tile values left out: a `Let` in a
+    loop body of a name defined nowhere before the loop (a value of the step, not a
+    carried register or an accumulator) that nothing in the body reads, e.g. a scaled
+    tile every reader of which took the scale itself (schedule/scales.py). Its comment
+    (the Einsum's text) stays, saying so. Triton's compiler would drop the value too;
+    this keeps the printed kernel to what runs."""
+    out, defined = [], set()
+    for statement in body:
+        if isinstance(statement, Loop):
+            statement = Loop(statement.var, statement.start, statement.stop, statement.step,
+                             _live(statement.body, defined))
+        elif isinstance(statement, Let):
+            defined.add(statement.name)
+        out.append(statement)
+    return tuple(out)
+
+
+def _live(body: tuple, outer: set) -> tuple:
+    while True:
+        read = {n.name for s in body for n in nodes(
+            s.value if isinstance(s, Let) else s) if isinstance(n, (Var, IndexBlock))}
+        dead = {s.name for s in body if isinstance(s, Let)
+                and s.name not in outer and s.name not in read}
+        if not dead:
+            return body
+        kept = []
+        for statement in body:
+            if isinstance(statement, Let) and statement.name in dead:
+                if kept and isinstance(kept[-1], Comment) and kept[-1].text:
+                    kept[-1] = Comment(kept[-1].text + "  (folded into its readers)")
+                continue
+            kept.append(statement)
+        body = tuple(kept)

@@ -235,8 +235,9 @@ class _PassLowering:
     def _lowered(self, description: str) -> LoweredKernel:
         """The schedule, with the description of what its statements do, the statements
         and the offsets the host computes for them."""
-        return LoweredKernel(self.schedule.with_(description=description), tuple(self.body),
-                             tuple(self.offsets), tuple(self.flags.values()))
+        return LoweredKernel(self.schedule.with_(description=description),
+                             k.without_unread(tuple(self.body)), tuple(self.offsets),
+                             tuple(self.flags.values()))
 
     def _scales_folded(self, step: tuple) -> tuple:
         """A loop body with its tiles' per-program scales folded into their readers
