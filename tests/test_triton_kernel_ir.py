@@ -147,7 +147,8 @@ def test_the_loop_schedules_tiles_accumulate_across_a_loop():
 def test_every_triton_schedule_loads_through_the_ir(monkeypatch, rewrite):
     """One load path: the attention schedule's reads of Q, K and V (the split one and the
     spec's own passes), like the lowered schedules', are kernel IR Loads printed by the
-    IR's printer, each masked unless it is one address per program."""
+    IR's printer, each masked unless it is one address per program or a TMA load (which
+    reads 0 past the tensor)."""
     from einsumattn.backends import triton_ir
     from einsumattn.backends.module import Plan
     from einsumattn.backends.triton_fused import fuse
@@ -161,7 +162,8 @@ def test_every_triton_schedule_loads_through_the_ir(monkeypatch, rewrite):
     monkeypatch.setitem(triton_ir._NODES, k.Load, recording)
     kernel = fuse(names.rename(plan.kernel))
     assert {load.tensor for load in seen} == set(kernel.schedule.inputs) == {"Q_", "K_", "V_"}
-    assert all(isinstance(load.mask, k.Mask) for load in seen)
+    assert all(isinstance(load.mask, k.Mask) or isinstance(load.address, k.Described)
+               for load in seen)
 
 
 def _fused(path, rewrite):
@@ -194,8 +196,11 @@ def test_the_split_attention_kernel_is_one_key_tile_loop_with_two_dots():
     assert scores.left == k.Var("QK_sum__rows") and scores.transposed
     assert (scores.rounded, values.rounded) == (plans["QK_sum_"].rounded,
                                                 plans["LSNV_"].rounded) == (0, 1)
-    assert [load.tensor for load in _of(k.Load, scores.right)] == ["K_"]
-    assert [load.tensor for load in _of(k.Load, values.right)] == ["V_"]
+    # each tile read once per call: by TMA, or through pointers (the host's flag)
+    for tile, tensor in ((scores.right, "K_"), (values.right, "V_")):
+        assert isinstance(tile, k.Specialized) and tile.flag == "TMA"
+        assert [load.tensor for load in _of(k.Load, tile.if_true)] == [tensor]
+        assert [load.tensor for load in _of(k.Load, tile.if_false)] == [tensor]
     assert not values.transposed and values.left.op == "where"
     assert not _of(k.Load, values.left)      # probabilities: computed, so rounded
 
@@ -238,8 +243,11 @@ def test_the_spec_passes_are_one_key_tile_loop_each():
         moved = {s.name for s in loop.body if isinstance(s, k.Let)
                  and isinstance(s.value, k.Advance) and s.value.pointers == k.Var(s.name)}
         loads = [n for n in k.nodes(loop.body) if isinstance(n, k.Load)]
-        assert moved and all(n.address is not None and
+        # (or, where the host's TMA flag says, through the GPU's tensor memory accelerator)
+        assert moved and all(isinstance(n.address, k.Described) or n.address is not None and
                              {v.name for v in _of(k.Var, n.address)} & moved for n in loads)
+        assert {n.tensor for n in loads if isinstance(n.address, k.Described)} == \
+            {n.tensor for n in loads} <= {"K_", "V_"}
 
 
 # The window without its sinks: every key a row sees is within W of it, so a pass starts

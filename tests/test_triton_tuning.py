@@ -259,7 +259,7 @@ def test_the_scale_sign_picks_the_folded_max_or_the_scaled_one(modules, name, sc
     from einsumattn.schedule.lower_attention import lower_attention
     cascade = einsumattn.load(ROOT / "examples" / f"{name}.attn")
     lowered = lower_attention(names.rename(Plan(cascade).kernel))
-    assert [flag.name for flag in lowered.flags] == ["scale__POSITIVE", "OFFSETS_32"]
+    assert [flag.name for flag in lowered.flags] == ["scale__POSITIVE", "TMA", "OFFSETS_32"]
     module = modules[name, True]
     inputs = case_inputs(cascade, Case(SIZES, "float32", 30.0, False, 0))
     with tuned(module, m0__BLOCK=16, p__BLOCK=16), warnings.catch_warnings():
@@ -296,3 +296,47 @@ def test_64_bit_tile_offsets_read_what_32_bit_ones_read(modules):
         finally:
             module.causal_softmax__fused = kernel
     assert torch.equal(narrow, wide)
+
+
+class _Recorded(_Forced):
+    """A kernel whose launches record their keyword arguments."""
+
+    def __init__(self, kernel, **flags):
+        super().__init__(kernel, **flags)
+        self.launched = []
+
+    def __getitem__(self, grid):
+        launch = super().__getitem__(grid)
+
+        def recorded(*args, **kwargs):
+            self.launched.append(kwargs)
+            return launch(*args, **kwargs)
+        return recorded
+
+
+@pytest.mark.parametrize("name", ["causal_softmax", "softmax_3pass"])
+def test_tma_loads_read_what_pointer_loads_read(modules, name):
+    """Interior K and V tiles read through TMA descriptors where the host's _tma_suits
+    says the tensors allow (16-byte aligned strides: E = 8 float32 here; the interpreter
+    emulates TMA) and through pointers otherwise: the same tiles (0 past the tensor,
+    where the pointer loads mask), so the same result, bit for bit."""
+    module = modules[name, True]
+    cascade = einsumattn.load(ROOT / "examples" / f"{name}.attn")
+    sizes = dict(SIZES, E=8, F=8)
+    inputs = case_inputs(cascade, Case(sizes, "float32", 1.0, True, 0))
+    kernel_name = f"{name}__fused"
+    kernel = getattr(module, kernel_name)
+    results = {}
+    with tuned(module, m0__BLOCK=16, p__BLOCK=16):
+        for tma in (None, False):
+            recorded = _Recorded(kernel) if tma is None else _Recorded(kernel, TMA=False)
+            try:
+                setattr(module, kernel_name, recorded)
+                results[tma] = layer(module)(*inputs.values())
+            finally:
+                setattr(module, kernel_name, kernel)
+            if tma is None:      # the host's own choice: TMA, with descriptors
+                (launch,) = recorded.launched
+                assert launch["TMA"] is True
+    assert torch.equal(results[None], results[False])
+    assert all(r.ok for r in compare(cascade, inputs, results[None], "float32"))

@@ -121,6 +121,8 @@ class KernelPrinter(TritonPrinter):
                           f"{integers.print(node.divisor, strength + 1)}", strength, context)
 
     def _load(self, node: k.Load, context: int) -> str:
+        if isinstance(node.address, k.Described):
+            return self._described(node)
         if node.address is not None:
             pointer = self.print(node.address, 0)
         else:
@@ -145,6 +147,17 @@ class KernelPrinter(TritonPrinter):
         terms = [f"{integers.operand(c.index, '*')} * {node.tensor}_s{position}"
                  for position, c in enumerate(node.coordinates) if c.index != ir.Const(0)]
         return " + ".join([f"{node.tensor}_ptr"] + terms)
+
+    def _described(self, node: k.Load) -> str:
+        """A TMA load: the descriptor's block at its starts (int32, as TMA takes them),
+        reshaped to the tile (its positions of one point dropped)."""
+        at: k.Described = node.address
+        integers = self.in_integers()
+        starts = ", ".join("0" if s == ir.Const(0) else f"tl.cast({integers(s)}, tl.int32)"
+                           for s in at.starts)
+        shape = ", ".join(b for b in at.block if b is not None)
+        text = f"{at.tensor}_desc.load([{starts}]).reshape({shape})"
+        return text if node.raw else f"{text}.to(tl.float32)"
 
     def _offsets(self, node: k.Offsets, context: int) -> str:
         integers = self.in_integers()

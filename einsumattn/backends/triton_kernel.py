@@ -10,7 +10,7 @@ import sympy
 
 from ..ir import Cascade
 from ..schedule import kernel_ir
-from ..schedule.interior import NarrowOffsets
+from ..schedule.interior import NarrowOffsets, TmaLoads
 from ..schedule.lowering import LoweredKernel
 from ..schedule.model import Form, KernelSchedule
 from ..schedule.stages import NotFusable
@@ -121,6 +121,8 @@ def kernel_lines(kernel: kernel_ir.Kernel) -> list[str]:
 
 def _flag_test(flag, schedule: KernelSchedule) -> str:
     """The host's test for a compile-time flag of the lowering."""
+    if isinstance(flag, TmaLoads):
+        return "tma"
     if isinstance(flag, NarrowOffsets):
         held = {f"{v}_BLOCK" for v in schedule.held}
         reach = {}          # per tensor: its largest tile offset
@@ -151,6 +153,20 @@ def printed(cascade: Cascade, lowered: LoweredKernel, checks: list[str] = ()) ->
     # schedule/interior.py: 32-bit tile offsets).
     blocks += [flag.name for flag in lowered.flags]
     flags = [f"{flag.name}={_flag_test(flag, schedule)}" for flag in lowered.flags]
+    setup = []
+    held = {f"{v}_BLOCK" for v in schedule.held}
+    for flag in lowered.flags:
+        if isinstance(flag, TmaLoads):
+            # the module's _tma_suits / _descriptor: TMA descriptors where the GPU and
+            # the tensors allow, else None (the kernel then reads through pointers)
+            reads = [(tensor, "[" + ", ".join(
+                "1" if knob is None else f"{'held' if knob in held else 'tuning'}[\"{knob}\"]"
+                for knob in block) + "]") for tensor, block in flag.descriptors]
+            setup.append(f"tma = _tma_suits(device, "
+                         f"{', '.join(f'({t}, {b})' for t, b in reads)})")
+            for tensor, block in reads:
+                args.append(f"{tensor}_desc")
+                host.append(f"_descriptor(tma, {tensor}, {block})")
     knobs = [knob.name for knob in schedule.knobs if not knob.fixed]
     try:
         lines = KernelPrinter().statements(lowered.body)
@@ -159,5 +175,6 @@ def printed(cascade: Cascade, lowered: LoweredKernel, checks: list[str] = ()) ->
     source = kernel_source(schedule.name, args, blocks, knobs,
                            16 if schedule.uses_dot else 1, lines)
     return FusedKernel(schedule.name, source,
-                       launch_lines(cascade, schedule, host, checks, schedule.uses_dot, flags),
+                       launch_lines(cascade, schedule, host, [*checks, *setup],
+                                    schedule.uses_dot, flags),
                        schedule, lowered.body)

@@ -11,9 +11,8 @@ Where the numbers come from:
 * Hopper (sm_90), 16-bit inputs: Triton's fused-attention tutorial uses 128 x 64 tiles
   with 4 warps at head dim 64 and 128 x 128 or 128 x 64 with 8 warps at 128. On an H200
   (benchmarks/results/gpu-h200-2026-11-30) our kernels ran fastest at 128 rows with 8
-  warps at head dim 128; they spilled at 128 x 128 then, and fit since the interior loop
-  reads K and V through pointer blocks hoisted before the loops (a few values of the
-  prologue spill, none in a loop): the tutorial's 128 x 128 with 8 warps.
+  warps at head dim 128; they spilled at 128 x 128 then, and fit since K and V are read
+  by TMA (or at addresses made before the loops): the tutorial's 128 x 128 with 8 warps.
   At head dim 64 the tutorial's 4 warps (they spilled before the dot operands stayed
   16-bit: benchmarks/results/sm90-static-2026-11-30-heuristic.md, and no longer do).
 * Ampere/Ada (sm_80/sm_89): FlashAttention-2's forward tiles, 128 x 64 at head dim 64
@@ -61,9 +60,8 @@ RULES: tuple[Rule, ...] = (
          "Hopper, d <= 64: the tutorial's 128 x 64 with 4 warps (no spills since the dot "
          "operands stay 16-bit; fewer issue slots than 8 warps: sm90-static-2026-11-30.md)"),
     Rule("cuda", 90, HALF, 128, 128, 128, 8, 3,
-         "Hopper, d <= 128: the tutorial's 128 x 128 with 8 warps (fits in registers since "
-         "the interior loop reads K and V through pointer blocks: sm90-static-2026-11-30"
-         "-session23.md; 128 x 64 with 4 warps spills)"),
+         "Hopper, d <= 128: the tutorial's 128 x 128 with 8 warps (fits in registers with "
+         "TMA loads: sm90-static-2026-11-30-session23.md; 128 x 64 with 4 warps spills)"),
     Rule("cuda", 90, HALF, WIDEST, 64, 32, 8, 2, "Hopper, d > 128: registers bound the tile"),
     Rule("cuda", 80, HALF, 64, 128, 64, 4, 2, "Ampere/Ada, d <= 64: FlashAttention-2's tile"),
     Rule("cuda", 80, HALF, 128, 64, 64, 4, 2, "Ampere/Ada, d <= 128: FlashAttention-2's tile"),

@@ -275,6 +275,96 @@ def _is_zero(value) -> bool:
     return value in (ir.Const(0), k.Integer(ir.Const(0)))
 
 
+@dataclass(frozen=True)
+class TmaLoads:
+    """A compile-time flag the host computes per call (`name`): whether the GPU's
+    tensor memory accelerator reads `descriptors` ((tensor, block per position: a knob
+    or None for 1)), which the host then passes as `<tensor>_desc`."""
+    name: str
+    descriptors: tuple
+
+
+def described(statements: tuple, blocks: dict, bounded: dict, flag: str, note) -> tuple:
+    """A step's 2-D tile loads (a K or V tile) also as TMA loads
+    (kernel IR `Described`), chosen by the host's `flag` per call (`Specialized`: the
+    tensors' strides and alignment must suit the GPU's tensor memory accelerator).
+    A load qualifies where each coordinate is unclamped and is one block of known size
+    (an arange, a held feature's block) plus values per program, the two blocks in the
+    tile's order. Its mask's held features' ends and the key's end are the tensor's
+    own (a TMA read past them gives 0); any other condition (the keys no row of the
+    tile sees) zeroes the tile after the read. `note(tensor, block)` records a
+    descriptor the host must make."""
+    def describe(node):
+        if not isinstance(node, k.Load) or node.flag or node.address is not None:
+            return None
+        starts, block, axes, names = [], [], [], set()
+        for coordinate in node.coordinates:
+            if coordinate.clamp is not None:
+                return None
+            index = k.replaced(coordinate.index, lambda n: _split_block(n, blocks))
+            tiles = [t for t in _terms(index) if not _per_program(t)]
+            scalars = [t for t in _terms(index) if _per_program(t)]
+            knob = _block_knob(tiles[0], bounded) if len(tiles) == 1 else None
+            if tiles and knob is None:
+                return None
+            if tiles:
+                axes.append(_axes(tiles[0]))
+                if isinstance(coordinate.index, k.IndexBlock):
+                    names.add(coordinate.index.name)
+            starts.append(total(scalars) if scalars else ir.Const(0))
+            block.append(knob)
+        if axes not in ([(True, False), (False, True)],):
+            return None
+        conditions = () if node.mask is None else _flat(node.mask.conditions)
+        kept = tuple(c for c in conditions if not _held_end(c, names) and
+                     not _tensor_end(c, node.coordinates))
+        note(node.tensor, tuple(block))
+        tma = dataclasses.replace(node, mask=None, address=k.Described(
+            node.tensor, tuple(starts), tuple(block)))
+        if kept:        # a mask beyond the tensor's ends (keys no row sees): applied
+            tma = ir.Op("where", (k.Mask(kept), tma, ir.Const(0.0)))
+        return k.Specialized(flag, tma, node)
+
+    return tuple(k.replaced(statement, describe) for statement in statements)
+
+
+def _axes(term) -> tuple:
+    """The tile axes a block term lies along (its outermost broadcast)."""
+    while isinstance(term, k.Cast):
+        term = term.value
+    return tuple(term.axes) if isinstance(term, (k.Expand, k.IndexBlock)) else ()
+
+
+def _flat(conditions) -> tuple:
+    """A conjunction's conditions, those of the masks inside it included."""
+    return tuple(c for condition in conditions for c in (
+        _flat(condition.conditions) if isinstance(condition, k.Mask) else (condition,)))
+
+
+def _tensor_end(condition, coordinates) -> bool:
+    """`i < n` for a coordinate `i` of the load itself (a masked step's key, `m` or
+    `m1 * M0 + m0`): past the tensor's end there, which a TMA read gives as 0."""
+    axes = ()
+    if isinstance(condition, k.Expand):
+        condition, axes = condition.value, condition.axes
+    value = condition.value if isinstance(condition, k.Integer) else None
+    if not (isinstance(value, ir.Op) and value.op == "<" and isinstance(value.args[1], ir.Dim)):
+        return False
+    index = value.args[0]
+    if isinstance(index, k.Var):
+        index = k.IndexBlock(index.name, axes)
+    return any(c.key and c.index == index for c in coordinates)
+
+
+def _held_end(condition, names: set) -> bool:
+    """`e < E` for a coordinate that is a held feature's block `e` itself: the tensor's
+    own end there, which a TMA read past it gives as 0."""
+    value = condition.value if isinstance(condition, k.Integer) else None
+    return isinstance(value, ir.Op) and value.op == "<" and \
+        isinstance(value.args[0], k.IndexBlock) and value.args[0].name in names and \
+        isinstance(value.args[1], ir.Dim)
+
+
 def _coordinates(terms_per_position, form=lambda term: term) -> tuple:
     """Coordinates summing each position's terms (0 where there is none)."""
     return tuple(k.Coordinate(total([form(t) for t in terms]) if terms else ir.Const(0))

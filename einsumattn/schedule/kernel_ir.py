@@ -132,6 +132,17 @@ class Offsets:
 
 
 @dataclass(frozen=True)
+class Described:
+    """`tensor`'s tile read by the GPU's tensor memory accelerator (TMA) through the
+    descriptor the host makes of the tensor (`<tensor>_desc`), its block `block` (a
+    knob, or None for 1, per position) starting at `starts` (one per position, one value
+    per program): no address arithmetic, and positions past the tensor read 0."""
+    tensor: str
+    starts: tuple
+    block: tuple
+
+
+@dataclass(frozen=True)
 class Advance:
     """`pointers` (a block of `tensor`'s pointers) moved by `steps`: (position, offset)
     pairs, each offset one value per program (the loop's step) times the position's
@@ -278,7 +289,8 @@ class Quotient:
 
 
 Expr = Union[ir.Const, ir.Index, ir.Dim, ir.Param, ir.Op, Var, ProgramId, Arange, Cast,
-             Expand, IndexBlock, Full, Zeros, Load, Pointers, Offsets, Advance, Integer, Reduce, Mask,
+             Expand, IndexBlock, Full, Zeros, Load, Pointers, Offsets, Described, Advance,
+             Integer, Reduce, Mask,
              Test, Choice, Dot, DotOperand, Exp2, SigmoidExp2, Specialized, Either, Boolean,
              Extremum, Quotient, Group]
 

@@ -42,8 +42,8 @@ from ..transform.algebra import settled
 from . import kernel_ir as k
 from .attention import AttentionRoles
 from .bounds import stream_bound
-from .interior import (NarrowOffsets, advanced, carried_loop, interior_bounds,
-                       masked_keys, without_masks)
+from .interior import (NarrowOffsets, TmaLoads, advanced, carried_loop, described,
+                       interior_bounds, masked_keys, without_masks)
 from .scales import folded_scales
 from .shifts import LOG2E, max_shifted
 from .lowering import LoweredKernel, Lowering, Offset, product, program_statements, total
@@ -65,6 +65,7 @@ def _layout_block(layout: tuple[str, ...], var: str) -> k.IndexBlock:
 _ROW_LIVE, _LANES = k.Var("row_live"), k.Var("lanes")
 _ZERO = k.Integer(ir.Const(0))
 _NARROW = "OFFSETS_32"          # the host's flag: tile offsets fit in 32 bits
+_TMA = "TMA"                    # the host's flag: the interior tiles are TMA loads
 _INTERIOR_NOTE = k.Comment("steps whose every key is live and seen by every row: no masks")
 _REST_NOTE = k.Comment("the rest: the diagonal, the window's edges, the last partial tile")
 
@@ -534,7 +535,8 @@ class _PassLowering:
         block = k.Var(f"{f.stream}_BLOCK")
         blocks = {f.stream: (k.Var("start"), k.Cast(k.Arange(block.name), "int64"))}
         bounds, inner = self._interior_step(tile, einsums, stream, k.Var("start"), blocks)
-        tile, moved = self._advanced(masked_keys(tile), k.Var("start"), blocks)
+        tile, moved = self._advanced(self._described_loads(masked_keys(tile), blocks),
+                                     k.Var("start"), blocks)
 
         def loop(first, last, body, carried):
             return carried_loop("start", k.Var("start"), first, last, block, body, carried)
@@ -563,8 +565,19 @@ class _PassLowering:
         inner = None if bounds is None else without_masks(step, _LANES.name,
                                                           _ROW_LIVE.name, stream)
         if inner is not None:
-            inner = self._advanced(inner, loop, blocks)
+            inner = self._advanced(self._described_loads(inner, blocks), loop, blocks)
         return bounds, inner
+
+    def _described_loads(self, step: tuple, blocks: dict) -> tuple:
+        """The step's K and V tile loads also as TMA loads, where the host's flag says
+        (schedule/interior.py's `described`)."""
+        bounded = {var: f"{var}_BLOCK" for var in self.f.features}
+        return described(step, blocks, bounded, _TMA, self._described)
+
+    def _described(self, tensor: str, block: tuple) -> None:
+        """A TMA descriptor the host makes for a step's loads."""
+        found = self.flags.get(_TMA, TmaLoads(_TMA, ())).descriptors
+        self.flags[_TMA] = TmaLoads(_TMA, tuple(dict.fromkeys(found + ((tensor, block),))))
 
     def _advanced(self, step: tuple, loop, blocks: dict) -> tuple[tuple, tuple]:
         """A loop body's loads read at addresses computed before the loops
@@ -709,7 +722,8 @@ class _SplitLowering(_PassLowering):
         bounds, inner = self._interior_step(step, per_step, stream, ir.Index(f.loop), blocks)
         # The masked steps read through the same pointer blocks, their keys masked
         # rather than clamped (fewer registers and instructions beside the interior's).
-        step, moved = self._advanced(masked_keys(step), ir.Index(f.loop), blocks)
+        step, moved = self._advanced(self._described_loads(masked_keys(step), blocks),
+                                     ir.Index(f.loop), blocks)
 
         def loop(first, last, body, carried):
             return carried_loop(f.loop, ir.Index(f.loop), first, last, None, body, carried)

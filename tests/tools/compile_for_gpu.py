@@ -24,20 +24,43 @@ def spelled(name):
     """A spec name as generated code spells it (einsumattn/backends/names.py)."""
     return name + ("0_" if name.startswith("__") else "_")
 
-def signature(module, kernel, dtype):
+# The compile-time flags the host computes per call (schedule/scales.py,
+# schedule/interior.py): a positive scale, 32-bit tile offsets, TMA loads.
+FLAGS = re.compile(r"^(\w+__POSITIVE|OFFSETS_32|TMA)$")
+
+
+def knob(name, tuning):
+    """A block size: the module's pinned value, else the GPU rule's 64 for a tile of keys
+    or rows (a None in TUNING_FUSED: chosen per call), else 16."""
+    value = tuning.get(name)
+    return value if isinstance(value, int) else (64 if name in tuning else 16)
+
+
+def signature(module, kernel, dtype, tma=True):
     params = {spelled(p) for p in module.PARAMS}
     inputs = {spelled(i) for i in module.INPUTS}
-    sig, constexprs = {}, {}
+    sig, constexprs, desc = {}, {}, {}
     tuning = {}
-    for t in list(getattr(module, "TUNING", {}).values()) + [getattr(module, "TUNING_FUSED", {})]:
+    for t in list(getattr(module, "TUNING", {}).values()) + \
+            list(getattr(module, "TUNING_FUSED", {}).values()):
         tuning.update(t)
     for name in kernel.arg_names:
         if name.endswith("_BLOCK") or name in ("BLOCK", "RBLOCK"):
             sig[name] = "constexpr"
-            constexprs[name] = tuning.get(name, 16)
+            constexprs[name] = knob(name, tuning)
         elif name == "DOT_DTYPE":
             sig[name] = "constexpr"
             constexprs[name] = DTYPES[dtype]
+        elif FLAGS.match(name):
+            sig[name] = "constexpr"
+            constexprs[name] = tma if name == "TMA" else True
+        elif name.endswith("__desc"):
+            # A TMA descriptor: its block is the tile the kernel reshapes its loads to
+            # ([1, 1, keys, features] for K and V), the block sizes as above.
+            rows, cols = re.search(rf"{name}\.load\(.*?\)\.reshape\((\w+), (\w+)\)",
+                                   kernel.src).groups()
+            desc[name] = (rows, cols)
+            sig[name] = None
         elif name.endswith("__ok_ptr"):
             sig[name] = "*i8"
         elif name.endswith("__ptr"):
@@ -49,6 +72,8 @@ def signature(module, kernel, dtype):
             sig[name] = "fp32"
         else:                      # sizes, and the window offsets the host computes
             sig[name] = "i32"
+    for name, (rows, cols) in desc.items():
+        sig[name] = f"tensordesc<{dtype}[1, 1, {constexprs[rows]}, {constexprs[cols]}]>"
     return sig, constexprs
 
 arguments = sys.argv[1:]
@@ -63,8 +88,9 @@ for path in arguments:
     module = importlib.util.module_from_spec(spec); spec.loader.exec_module(module)
     kernels = [getattr(module, n) for n in dir(module) if n.endswith(("__kernel", "_fused"))]
     for kernel in kernels:
-        for dtype in DTYPES:
-            sig, constexprs = signature(module, kernel, dtype)
+        forms = [True, False] if "TMA" in kernel.arg_names else [True]
+        for dtype, tma in ((d, t) for d in DTYPES for t in forms):
+            sig, constexprs = signature(module, kernel, dtype, tma)
             start = time.time()
             try:
                 compiled = triton.compile(triton.compiler.ASTSource(fn=kernel, signature=sig, constexprs=constexprs),
@@ -78,6 +104,7 @@ for path in arguments:
             except Exception as e:
                 failures += 1
                 status = "FAIL " + str(e).splitlines()[0][:200] if str(e) else "FAIL " + type(e).__name__
-            print(f"{path.rsplit('/',1)[-1]:28} {kernel.__name__:28} {dtype} {time.time()-start:5.1f}s {status}", flush=True)
+            form = "" if len(forms) == 1 else (" tma" if tma else " ptr")
+            print(f"{path.rsplit('/',1)[-1]:28} {kernel.__name__:28} {dtype}{form} {time.time()-start:5.1f}s {status}", flush=True)
 print("failures", failures)
 sys.exit(1 if failures else 0)
