@@ -5,7 +5,7 @@ A heuristic, written down as data (`RULES`, first match wins) and copied into ev
 generated module (`CONFIG_RULES`), whose host code picks a rule per call from the
 inputs (the module imports only torch and triton, so it carries the table, not this
 file). A tile the user pins in the module's `TUNING_FUSED` always wins; the autotuning
-mode times `CANDIDATES` instead (docs/tuning.md).
+mode times `CANDIDATES` instead (docs/codegen.md, "Configurations per call").
 
 Where the numbers come from:
 * Hopper (sm_90), 16-bit inputs: Triton's fused-attention tutorial uses 128 x 64 tiles
