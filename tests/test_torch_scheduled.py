@@ -543,3 +543,23 @@ X[p, m] = W[p, m] * B0[p, m]
 output U, X
 """)
     assert torch_scheduled.fold_constant_factors(twice) == (twice, [])
+
+
+def test_a_loop_whose_values_nothing_reads_is_left_out():
+    """Found by the randomized profile: T2 is no output's input, so its key-tile loop
+    computed only values nothing reads; leaving them out left a loop with no body (a
+    module that did not import). The loop goes, its Einsum's comment stays."""
+    text = ("attention gen_3e_bp\n\ndims  B, P\ninput X0[b], X1[b, p]\n\n"
+            "T1[p] = exp(tanh(X1[b, p]))\n"
+            "T2[b, p] = tanh(T1[p]) where (b <= b) and (b <= b)\n"
+            "T3[p] = tanh(exp(tanh(X0[b + 1])) * 1)\n\noutput T1, T3\n")
+    cascade = einsumattn.load(text)
+    module = load_generated(generate(cascade), "unread_loop")
+    cls = getattr(module, module.__all__[0])
+    for size in (3, 5):
+        sizes = {r: size for r in cascade.ranks if cascade.ranks[r].fixed is None}
+        inputs = case_inputs(cascade, Case(sizes, "float32", 1.0, True, 0))
+        for backend in ("torch", "triton"):
+            results = compare(cascade, inputs, cls(backend=backend)(*inputs.values()),
+                              "float32")
+            assert all(r.ok for r in results), [r.describe() for r in results]

@@ -421,13 +421,18 @@ def without_unread(body: tuple) -> tuple:
     loop body of a name defined nowhere before the loop (a value of the step, not a
     carried register or an accumulator) that nothing in the body reads, e.g. a scaled
     tile every reader of which took the scale itself (schedule/scales.py). Its comment
-    (the Einsum's text) stays, saying so. Triton's compiler would drop the value too;
-    this keeps the printed kernel to what runs."""
+    (the Einsum's text) stays, saying so; a loop left with nothing goes (a spec's value
+    that no output reads). Triton's compiler would drop them too; this keeps the printed
+    kernel to what runs."""
     out, defined = [], set()
     for statement in body:
         if isinstance(statement, Loop):
+            live = _live(statement.body, defined)
+            if all(isinstance(s, Comment) for s in live):
+                out += live         # nothing of it is read: the loop goes, its notes stay
+                continue
             statement = Loop(statement.var, statement.start, statement.stop, statement.step,
-                             _live(statement.body, defined))
+                             live)
         elif isinstance(statement, Let):
             defined.add(statement.name)
         out.append(statement)
