@@ -90,7 +90,7 @@ def test_eca_without_zero_padding_fails_the_check(tmp_path):
     cascade = einsumattn.load(ECA)
     source = generate(cascade)
     padded = "(tl.where(0 <= c_[:, None] + k_[None, :] - _floordiv(K_, 2), " \
-             "c_[:, None] + k_[None, :] - _floordiv(K_, 2) < C_, False))"
+             "c_[:, None] + k_[None, :] - _floordiv(K_, 2) < C_, False) != 0)"
     assert padded in source
     path = tmp_path / "eca_unpadded.py"
     path.write_text(source.replace(padded, "(0 == 0)"))

@@ -495,3 +495,16 @@ def test_each_signed_zero_choice_is_probed_on_its_own():
     reference = einsumattn.evaluate(cascade, inputs, params, intermediates=True)
     assert not _conditioned(cascade, inputs, params, reference["O"],
                             magnitude(reference.values()))
+
+
+def test_an_or_with_a_scalar_read_stays_boolean(tmp_path):
+    """Found by the randomized profile: `(b < m) or (T1[p + 1] < 0)` printed as
+    `tl.where(b_ < m_, True, <scalar read> < 0.0)`, which Triton's interpreter gives as
+    float data; the `&` with the rest of the mask then failed. `!= 0` keeps it boolean."""
+    _backends_agree("""attention gen_2e_bpm
+dims  B, P, M
+input X0[b, p, m], X1[b]
+T1[p] = exp(tanh(X0[b, p, m])) * exp(tanh(X0[b, p, m])) where not (p < b)
+T2[b, p, m] = exp(tanh(X0[b + 1, p, m])) * exp(tanh(X1[b])) where (b < m) or (T1[p + 1] < 0)
+output T2
+""", {"B": 3, "P": 3, "M": 3}, tmp_path)

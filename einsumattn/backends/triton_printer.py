@@ -66,10 +66,12 @@ class TritonPrinter(Printer):
             return f"(({self.print(expr.args[0], 0)}) == 0)"
         if isinstance(expr, ir.Op) and expr.op in ("and", "or"):
             # tl.where rather than & and |: Triton's interpreter cannot & a scalar
-            # condition (a scalar read compared) with a block of them.
+            # condition (a scalar read compared) with a block of them; `!= 0` makes the
+            # result booleans again (the interpreter gives where(c, True, x < 0) float
+            # data, which a later & rejects: found by the randomized profile).
             a, b = (self.print(arg, 0) for arg in expr.args)
-            return f"tl.where({a}, {b}, False)" if expr.op == "and" else \
-                f"tl.where({a}, True, {b})"
+            return f"(tl.where({a}, {b}, False) != 0)" if expr.op == "and" else \
+                f"(tl.where({a}, True, {b}) != 0)"
         if isinstance(expr, ir.Op) and expr.op in ("//", "%"):
             left, right = (self.print(a, 0) for a in expr.args)
             helper = "_floordiv" if expr.op == "//" else "_mod"
