@@ -140,13 +140,10 @@ class KernelPrinter(TritonPrinter):
 
     def _base(self, node: k.Pointers, context: int) -> str:
         """A hoisted block of pointers (or one pointer): its zero coordinates left out."""
-        kept = tuple(c for c in node.coordinates if c.index != ir.Const(0))
-        if len(kept) == len(node.coordinates):
+        if all(c.index != ir.Const(0) for c in node.coordinates):
             return self._pointers(node, context)
-        integers = self.in_integers()
-        terms = [f"{integers.operand(c.index, '*')} * {node.tensor}_s{position}"
-                 for position, c in enumerate(node.coordinates) if c.index != ir.Const(0)]
-        return " + ".join([f"{node.tensor}_ptr"] + terms)
+        offsets = self._offsets(k.Offsets(node.tensor, node.coordinates), _PRECEDENCE["+"])
+        return f"{node.tensor}_ptr" if offsets == "0" else f"{node.tensor}_ptr + {offsets}"
 
     def _described(self, node: k.Load) -> str:
         """A TMA load: the descriptor's block at its starts (int32, as TMA takes them),

@@ -184,31 +184,31 @@ def advanced(statements: tuple, loop, blocks: dict, hoist, bounded: dict | None 
     def advance(node):
         if not isinstance(node, k.Load) or node.flag or node.address is not None:
             return None
-        fixed, steps = [], []
-        for position, coordinate in enumerate(node.coordinates):
-            if coordinate.clamp is not None:
-                return None
-            index = k.replaced(coordinate.index, lambda n: _split_block(n, blocks))
-            moving, still = [], []
-            for term in _terms(index):
-                (moving if loop in k.nodes(term) else still).append(term)
-            if any(not _per_program(t) for t in moving):
-                return None
+        parts = _parts(node, blocks)
+        if parts is None:
+            return None
+        fixed, tiles, steps = [], [], []
+        for position, (scalars, tile) in enumerate(parts):
+            if any(loop in k.nodes(t) for t in tile):
+                return None         # a block that moves with the loop: not a step offset
+            moving = [t for t in scalars if loop in k.nodes(t)]
+            still = [t for t in scalars if loop not in k.nodes(t)] + tile
             if any(isinstance(n, (k.Var, k.IndexBlock)) and n.name in defined
                    for t in still for n in k.nodes(t)):
                 return None
             fixed.append(still)
+            tiles.append(tile)
             if moving:
                 steps.append((position, total(moving)))
         tensor, steps = node.tensor, tuple(steps)
-        tiles = [[t for t in terms if not _per_program(t)] for terms in fixed]
         knobs = [(position, _block_knob(t, bounded)) for position, terms in enumerate(tiles)
                  for t in terms]
         if narrow is None or not knobs or any(knob is None for _, knob in knobs):
             pointers = hoist(k.Pointers(tensor, _coordinates(fixed)), f"{tensor}_tile")
             return dataclasses.replace(node, address=k.Advance(pointers, tensor, steps))
         base = hoist(k.Pointers(tensor, _coordinates(
-            [[t for t in terms if _per_program(t)] for terms in fixed])), f"{tensor}_base")
+            [[t for t in terms if t not in tile] for terms, tile in zip(fixed, tiles)])),
+            f"{tensor}_base")
         flag = narrow(tensor, tuple(knobs))
         offsets = hoist(k.Specialized(flag, k.Offsets(tensor, _coordinates(tiles, _narrowed)),
                                       k.Offsets(tensor, _coordinates(tiles, _widened))),
@@ -297,27 +297,22 @@ def described(statements: tuple, blocks: dict, bounded: dict, flag: str, note) -
     def describe(node):
         if not isinstance(node, k.Load) or node.flag or node.address is not None:
             return None
-        starts, block, axes, names = [], [], [], set()
-        for coordinate in node.coordinates:
-            if coordinate.clamp is not None:
-                return None
-            index = k.replaced(coordinate.index, lambda n: _split_block(n, blocks))
-            tiles = [t for t in _terms(index) if not _per_program(t)]
-            scalars = [t for t in _terms(index) if _per_program(t)]
+        parts = _parts(node, blocks)
+        if parts is None:
+            return None
+        starts, block, axes = [], [], []
+        for scalars, tiles in parts:
             knob = _block_knob(tiles[0], bounded) if len(tiles) == 1 else None
             if tiles and knob is None:
                 return None
             if tiles:
                 axes.append(_axes(tiles[0]))
-                if isinstance(coordinate.index, k.IndexBlock):
-                    names.add(coordinate.index.name)
             starts.append(total(scalars) if scalars else ir.Const(0))
             block.append(knob)
         if axes not in ([(True, False), (False, True)],):
             return None
         conditions = () if node.mask is None else _flat(node.mask.conditions)
-        kept = tuple(c for c in conditions if not _held_end(c, names) and
-                     not _tensor_end(c, node.coordinates))
+        kept = tuple(c for c in conditions if not _tensor_end(c, node.coordinates))
         note(node.tensor, tuple(block))
         tma = dataclasses.replace(node, mask=None, address=k.Described(
             node.tensor, tuple(starts), tuple(block)))
@@ -342,8 +337,9 @@ def _flat(conditions) -> tuple:
 
 
 def _tensor_end(condition, coordinates) -> bool:
-    """`i < n` for a coordinate `i` of the load itself (a masked step's key, `m` or
-    `m1 * M0 + m0`): past the tensor's end there, which a TMA read gives as 0."""
+    """`i < n` for a coordinate `i` of the load itself that is the streamed key (`m`,
+    `m1 * M0 + m0`) or a held feature's block (`e`): past the tensor's end there, which
+    a TMA read gives as 0."""
     axes = ()
     if isinstance(condition, k.Expand):
         condition, axes = condition.value, condition.axes
@@ -353,16 +349,22 @@ def _tensor_end(condition, coordinates) -> bool:
     index = value.args[0]
     if isinstance(index, k.Var):
         index = k.IndexBlock(index.name, axes)
-    return any(c.key and c.index == index for c in coordinates)
+    return any(c.index == index and (c.key or isinstance(c.index, k.IndexBlock))
+               for c in coordinates)
 
 
-def _held_end(condition, names: set) -> bool:
-    """`e < E` for a coordinate that is a held feature's block `e` itself: the tensor's
-    own end there, which a TMA read past it gives as 0."""
-    value = condition.value if isinstance(condition, k.Integer) else None
-    return isinstance(value, ir.Op) and value.op == "<" and \
-        isinstance(value.args[0], k.IndexBlock) and value.args[0].name in names and \
-        isinstance(value.args[1], ir.Dim)
+def _parts(node, blocks: dict):
+    """Per coordinate of a load, its terms one value per program and its terms that are
+    blocks (a block the loop defines split as `blocks` says); None where a coordinate
+    is clamped (its sum is not its terms' sum)."""
+    parts = []
+    for coordinate in node.coordinates:
+        if coordinate.clamp is not None:
+            return None
+        terms = _terms(k.replaced(coordinate.index, lambda n: _split_block(n, blocks)))
+        parts.append(([t for t in terms if _per_program(t)],
+                      [t for t in terms if not _per_program(t)]))
+    return parts
 
 
 def _coordinates(terms_per_position, form=lambda term: term) -> tuple:
