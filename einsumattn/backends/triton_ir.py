@@ -83,7 +83,14 @@ class KernelPrinter(TritonPrinter):
                        for operand, ready in zip((node.left, node.right), node.converted))
         if node.transposed:
             right = f"tl.trans({right})"
-        return f"tl.dot({left}, {right}, input_precision=\"{node.precision}\")"
+        acc = "" if node.acc is None else f", acc={self(node.acc)}"
+        return f"tl.dot({left}, {right}{acc}, input_precision=\"{node.precision}\")"
+
+    def _coefficientrows(self, node: k.CoefficientRows, context: int) -> str:
+        return f"_coefficient_rows({self(node.value)}, {node.rows})"
+
+    def _keycolumns(self, node: k.KeyColumns, context: int) -> str:
+        return f"_key_columns({node.block})"
 
     def _exp2(self, node: k.Exp2, context: int) -> str:
         return f"tl.exp2({self.print(node.value, 0)})"
@@ -285,6 +292,8 @@ _NODES = {k.Var: KernelPrinter._var, k.ProgramId: KernelPrinter._programid,
           k.Advance: KernelPrinter._advance, k.Mask: KernelPrinter._mask,
           k.Test: KernelPrinter._test, k.Choice: KernelPrinter._choice,
           k.Dot: KernelPrinter._dot, k.DotOperand: KernelPrinter._dotoperand,
+          k.CoefficientRows: KernelPrinter._coefficientrows,
+          k.KeyColumns: KernelPrinter._keycolumns,
           k.Exp2: KernelPrinter._exp2, k.Specialized: KernelPrinter._specialized,
           k.SigmoidExp2: KernelPrinter._sigmoidexp2,
           k.Either: KernelPrinter._either,

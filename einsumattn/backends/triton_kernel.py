@@ -10,6 +10,7 @@ import sympy
 
 from ..ir import Cascade
 from ..schedule import kernel_ir
+from ..schedule.biases import MAX_KEY_BLOCK, PARAM_EXPONENT, SCALE_EXPONENT, BiasDots
 from ..schedule.interior import NarrowOffsets, TmaLoads
 from ..schedule.lowering import LoweredKernel
 from ..schedule.model import Form, KernelSchedule
@@ -123,6 +124,19 @@ def _flag_test(flag, schedule: KernelSchedule) -> str:
     """The host's test for a compile-time flag of the lowering."""
     if isinstance(flag, TmaLoads):
         return "tma"
+    if isinstance(flag, BiasDots):
+        # bfloat16 dots (Ampere or later, or the interpreter), exact key columns, a/s
+        # far from overflow (schedule/biases.py)
+        held = {f"{v}_BLOCK" for v in schedule.held}
+        block = f"{'held' if flag.block in held else 'tuning'}[\"{flag.block}\"]"
+        test = (f"(_target(device)[0] == \"interpreter\" or _target(device)[1] >= 80) and "
+                f"{block} <= {MAX_KEY_BLOCK}")
+        if flag.param is not None:
+            test += (f" and 2.0 ** -{SCALE_EXPONENT} <= {flag.param} <= "
+                     f"2.0 ** {SCALE_EXPONENT}")
+        test += "".join(f" and abs({param}) <= 2.0 ** {PARAM_EXPONENT}"
+                        for param in flag.bounded)
+        return test
     if isinstance(flag, NarrowOffsets):
         held = {f"{v}_BLOCK" for v in schedule.held}
         reach = {}          # per tensor: its largest tile offset

@@ -223,6 +223,29 @@ def _stored(x, pointer):
     return _to_dot(x, pointer.dtype.element_ty)
 
 
+# A score term a * m0 linear in the key tile's column, added by the matrix unit
+# (schedule/biases.py): [ROWS, 16] rows of c = a / s as hi + mid + lo, each rounded to
+# bfloat16 from what the parts before it leave (exact differences: c's 24 bits in three
+# parts of 8), times [16, BLOCK] columns whose first three rows are m0 = 0 .. BLOCK - 1
+# (exact in bfloat16 up to 256): hi*m0 + mid*m0 + lo*m0, each product exact in float32.
+@triton.jit
+def _coefficient_rows(c, ROWS: tl.constexpr):
+    hi = _to_dot(c, tl.bfloat16).to(tl.float32)
+    rest = c - hi
+    mid = _to_dot(rest, tl.bfloat16).to(tl.float32)
+    lo = _to_dot(rest - mid, tl.bfloat16).to(tl.float32)
+    part = tl.arange(0, 16)[None, :] + tl.zeros([ROWS, 16], tl.int32)
+    return _to_dot(tl.where(part == 0, hi, tl.where(part == 1, mid, tl.where(part == 2, lo, 0.0))),
+                   tl.bfloat16)
+
+
+@triton.jit
+def _key_columns(BLOCK: tl.constexpr):
+    part = tl.arange(0, 16)[:, None] + tl.zeros([16, BLOCK], tl.int32)
+    column = tl.arange(0, BLOCK)[None, :] + tl.zeros([16, BLOCK], tl.int32)
+    return _to_dot(tl.where(part < 3, column.to(tl.float32), 0.0), tl.bfloat16)
+
+
 # sigmoid(x) from y = -x * log2(e), which the fused kernels' lowering folds into the FMAs
 # of the argument (schedule/lower_attention.py): 1 / (1 + 2**y), one ex2 and one
 # reciprocal per score. 2**y is inf only where x < -88.7, where sigmoid(x) < 2**-126 and 0

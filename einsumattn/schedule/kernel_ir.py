@@ -214,6 +214,25 @@ class Dot:
     rounded: int = 0
     precision: str = "ieee"
     converted: tuple[bool, bool] = (False, False)   # (left, right) already a DotOperand
+    # The tile the products are added into (the matrix unit's accumulator; None: zeros):
+    # a term the scores take from the matrix unit (schedule/biases.py).
+    acc: "Expr | None" = None
+
+
+@dataclass(frozen=True)
+class CoefficientRows:
+    """The [`rows`, 16] dot operand each of whose rows holds `value` (one float32 per
+    program) as three bfloat16 parts, hi + mid + lo (float32's 24 bits), then zeros: times
+    KeyColumns it is `value * m0` with float32 sums (schedule/biases.py)."""
+    value: "Expr"
+    rows: str
+
+
+@dataclass(frozen=True)
+class KeyColumns:
+    """The [16, `block`] dot operand whose first three rows hold a key tile's columns
+    0 .. block - 1 (exact in bfloat16 up to 256), the rest zeros."""
+    block: str
 
 
 @dataclass(frozen=True)
@@ -291,7 +310,7 @@ class Quotient:
 Expr = Union[ir.Const, ir.Index, ir.Dim, ir.Param, ir.Op, Var, ProgramId, Arange, Cast,
              Expand, IndexBlock, Full, Zeros, Load, Pointers, Offsets, Described, Advance,
              Integer, Reduce, Mask,
-             Test, Choice, Dot, DotOperand, Exp2, SigmoidExp2, Specialized, Either, Boolean,
+             Test, Choice, Dot, DotOperand, CoefficientRows, KeyColumns, Exp2, SigmoidExp2, Specialized, Either, Boolean,
              Extremum, Quotient, Group]
 
 

@@ -44,6 +44,7 @@ from .attention import AttentionRoles
 from .bounds import stream_bound
 from .interior import (NarrowOffsets, TmaLoads, advanced, carried_loop, described,
                        interior_bounds, masked_keys, without_masks)
+from .biases import added_biases
 from .scales import folded_scales
 from .shifts import LOG2E, max_shifted
 from .lowering import LoweredKernel, Lowering, Offset, product, program_statements, total
@@ -697,7 +698,8 @@ class _SplitLowering(_PassLowering):
             elif kind in (Role.TILE_ROW, Role.CARRIED):
                 step += self._row_value(einsum)
         start, stop = lo or _ZERO, hi or k.Integer(ir.Dim(outer))
-        self.body += self._loops(start, stop, self._scales_folded(tuple(step)), stream)
+        step = self._scales_folded(self._biases_added(tuple(step)))
+        self.body += self._loops(start, stop, step, stream)
         available.update(e.tensor for e in cascade.einsums if f.kinds[e.tensor] != Role.ROW)
         self.body.append(k.Comment(""))
         self.body += self._rows(available)
@@ -738,6 +740,16 @@ class _SplitLowering(_PassLowering):
         if lowered:
             loops[:0] = loop(start, begin, step, moved)
         return loops
+
+    def _biases_added(self, step: tuple) -> tuple:
+        """A step with each score's term linear in the key column taken by the matrix
+        unit (schedule/biases.py), its operands made before the loop; the flags they
+        need are the kernel's."""
+        f = self.f
+        step, flags = added_biases(step, f.stream, tuple(f.batch), f"{f.row}_BLOCK",
+                                   f.tile_block, self._hoisted)
+        self.flags.update((flag.name, flag) for flag in flags)
+        return step
 
     def _step_bounds(self):
         """The range of steps m1 for this row tile (kernel IR integers): the schedule's

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from ..ir import expr as ir
 from ..transform.algebra import Algebra
 from . import kernel_ir as k
+from .biases import per_row
 
 
 @dataclass(frozen=True)
@@ -39,9 +40,21 @@ class Flag:
     param: str
 
 
+@dataclass(frozen=True)
+class _Scaled:
+    """A tile's value `tile * scale + offset` (scale None: 1; offset None: 0, else one
+    value per row, [rows, 1]) where the host's flag `flag` holds (None: always)."""
+    tile: k.Var
+    scale: object
+    offset: object = None
+    flag: str | None = None
+
+
 def folded_scales(statements: tuple) -> tuple[tuple, tuple[Flag, ...]]:
     """`statements` (a loop's body) with each per-program scale of a tile folded into the
-    tile's readers, and the flags the host must compute for them."""
+    tile's readers, and the flags the host must compute for them. A tile with a value per
+    row added (schedule/biases.py: a score's term taken by the matrix unit) folds the
+    same way, its row value joining the reader's own (one FFMA per score)."""
     scaled = {}
     for statement in statements:
         if isinstance(statement, k.Let):
@@ -50,34 +63,76 @@ def folded_scales(statements: tuple) -> tuple[tuple, tuple[Flag, ...]]:
                 scaled[statement.name] = split
     flags: dict[str, Flag] = {}
 
+    def under(form: _Scaled, folded, node):
+        return folded if form.flag is None else k.Specialized(form.flag, folded, node)
+
     def fold(node):
-        if isinstance(node, ir.Op) and node.op == "*" and isinstance(node.args[1], ir.Const) \
-                and isinstance(node.args[0], k.Var) and node.args[0].name in scaled:
-            tile, scale = scaled[node.args[0].name]
-            return ir.Op("*", (tile, k.Group(ir.Op("*", (scale, node.args[1])))))
+        if isinstance(node, ir.Op) and node.op == "-" and _times_const(node.args[0], scaled):
+            form, const = _times_const(node.args[0], scaled)
+            if form.offset is not None:      # (tile*s + B) * c - Y = tile*(s*c) + (B*c - Y)
+                row = k.Group(ir.Op("-", (ir.Op("*", (form.offset, const)), node.args[1])))
+                return under(form, ir.Op("+", (_scaled_by(form, const), row)), node)
+            return None
+        if _times_const(node, scaled):
+            form, const = _times_const(node, scaled)
+            folded = _scaled_by(form, const)
+            if form.offset is not None:
+                folded = ir.Op("+", (folded, k.Group(ir.Op("*", (form.offset, const)))))
+            return under(form, folded, node)
         if isinstance(node, k.Reduce) and node.op in ("max", "min"):
             name, unscaled = _reduced_tile(node.value, scaled)
             if name is None:
                 return None
-            tile, scale = scaled[name]
-            folded = ir.Op("*", (k.Reduce(node.op, unscaled, node.axis), scale))
-            if _positive(scale):
+            form = scaled[name]
+            folded = k.Reduce(node.op, unscaled, node.axis)
+            if form.scale is not None:
+                folded = ir.Op("*", (folded, form.scale))
+            if form.offset is not None:
+                folded = ir.Op("+", (folded, per_row(form.offset)))
+            if form.flag is not None:        # its flag holds only for 0 < s < inf
+                return k.Specialized(form.flag, folded, node)
+            if form.scale is None or _positive(form.scale):
                 return folded
-            flag = flags.setdefault(scale.name, Flag(f"{scale.name}_POSITIVE", scale.name))
+            flag = flags.setdefault(form.scale.name,
+                                    Flag(f"{form.scale.name}_POSITIVE", form.scale.name))
             return k.Specialized(flag.name, folded, node)
         return None
 
     return k.replaced(statements, fold), tuple(flags.values())
 
 
+def _times_const(node, scaled: dict):
+    """(the scaled tile's form, c) for `T * c`, T a scaled tile, c a constant."""
+    if isinstance(node, ir.Op) and node.op == "*" and isinstance(node.args[1], ir.Const) \
+            and isinstance(node.args[0], k.Var) and node.args[0].name in scaled:
+        return scaled[node.args[0].name], node.args[1]
+    return None
+
+
+def _scaled_by(form: _Scaled, const):
+    """The tile times its scale times `const`, the product of the two one value."""
+    factor = const if form.scale is None else k.Group(ir.Op("*", (form.scale, const)))
+    return ir.Op("*", (form.tile, factor))
+
+
 def _scaled(value):
-    """(tile, scale) for `tile * scale` with `tile` a computed tile and `scale` one param
-    or a positive expression of sizes; None otherwise."""
+    """The form of `tile * scale` with `tile` a computed tile and `scale` one param or a
+    positive expression of sizes, or of a biased score (`Specialized(flag, tile * scale +
+    B, ...)`, schedule/biases.py); None otherwise."""
+    if isinstance(value, k.Specialized) and isinstance(value.if_true, ir.Op) and \
+            value.if_true.op == "+":
+        body, offset = value.if_true.args
+        if isinstance(body, k.Var):
+            return _Scaled(body, None, offset, value.flag)
+        inner = _scaled(body)
+        if inner is not None and inner.offset is None and inner.flag is None:
+            return _Scaled(inner.tile, inner.scale, offset, value.flag)
+        return None
     if not (isinstance(value, ir.Op) and value.op == "*"):
         return None
     for tile, scale in (value.args, reversed(value.args)):
         if isinstance(tile, k.Var) and (isinstance(scale, ir.Param) or _positive(scale)):
-            return tile, scale
+            return _Scaled(tile, scale)
     return None
 
 
@@ -85,12 +140,12 @@ def _reduced_tile(value, scaled: dict):
     """The scaled tile a max / min reduces (`QK`, or `where(ok, QK, identity)`) and the
     same value over the unscaled tile; (None, None) for anything else."""
     if isinstance(value, k.Var) and value.name in scaled:
-        return value.name, scaled[value.name][0]
+        return value.name, scaled[value.name].tile
     if isinstance(value, ir.Op) and value.op == "where" and \
             isinstance(value.args[1], k.Var) and value.args[1].name in scaled and \
             isinstance(value.args[2], ir.Const) and value.args[2].value in (-math.inf, math.inf):
         name = value.args[1].name
-        return name, ir.Op("where", (value.args[0], scaled[name][0], value.args[2]))
+        return name, ir.Op("where", (value.args[0], scaled[name].tile, value.args[2]))
     return None, None
 
 
