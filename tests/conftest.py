@@ -1,3 +1,4 @@
+import contextlib
 import os
 import pathlib
 
@@ -122,6 +123,28 @@ def load_generated(code: str, name: str):
     compile_module = importlib.import_module("einsumattn.codegen.compile")
     return compile_module.import_file(path, f"einsumattn_tests.{path.stem}", code)
 EXAMPLES = sorted((ROOT / "examples").glob("*.attn"))
+
+
+@contextlib.contextmanager
+def tuned(module, **overrides):
+    """Every fused kernel of a generated module with these knobs pinned, for the block."""
+    saved = {name: dict(table) for name, table in module.TUNING_FUSED.items()}
+    try:
+        for table in module.TUNING_FUSED.values():
+            table.update(overrides)
+        yield
+    finally:
+        module.TUNING_FUSED.update(saved)
+
+
+class Forced:
+    """A kernel launched with some of its compile-time flags forced."""
+
+    def __init__(self, kernel, **flags):
+        self.kernel, self.flags = kernel, flags
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: self.kernel[grid](*args, **{**kwargs, **self.flags})
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,7 @@ from einsumattn.schedule.biases import _coefficient, _magnitude
 from einsumattn.schedule.lower_attention import lower_attention
 from einsumattn.verify import Case, case_inputs, compare, dot_rounding
 
-from conftest import ROOT
+from conftest import ROOT, Forced, tuned
 
 ALIBI = (ROOT / "examples" / "alibi.attn").read_text()
 # The slope a param (bounded by the host's flag), and no scale of the scores.
@@ -103,32 +103,18 @@ def test_a_term_not_linear_in_the_key_stays_per_score(tmp_path):
     assert "SC__dot" not in _step_lets(lowered)
 
 
-class _Forced:
-    """A kernel launched with some of its compile-time flags forced."""
-
-    def __init__(self, kernel, **flags):
-        self.kernel, self.flags = kernel, flags
-
-    def __getitem__(self, grid):
-        return lambda *args, **kwargs: self.kernel[grid](*args, **{**kwargs, **self.flags})
-
-
 def _run(module, cascade, inputs, tiles, forced=None, **params):
     name = module.__all__[0]
     kernel_name = next(iter(module.TUNING_FUSED))
     kernel = getattr(module, kernel_name)
-    saved = {n: dict(t) for n, t in module.TUNING_FUSED.items()}
     try:
-        for table in module.TUNING_FUSED.values():
-            table.update(tiles)
         if forced is not None:
-            setattr(module, kernel_name, _Forced(kernel, SC__BIAS_DOTS=forced))
-        with warnings.catch_warnings():
+            setattr(module, kernel_name, Forced(kernel, SC__BIAS_DOTS=forced))
+        with tuned(module, **tiles), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return getattr(module, name)(backend="triton", **params)(*inputs.values())
     finally:
         setattr(module, kernel_name, kernel)
-        module.TUNING_FUSED.update(saved)
 
 
 # 150 keys in tiles of 64: columns up to 63, the interior steps and the masked ones (the

@@ -2,7 +2,6 @@
 that names it, and no kernel's constexprs follow a sequence length (one compilation per
 power of two of M, and no compiling at all past tl.arange's 2**20)."""
 
-import contextlib
 import json
 import subprocess
 import sys
@@ -16,7 +15,7 @@ from einsumattn.codegen import compile_to_file
 from einsumattn.codegen.compile import import_file
 from einsumattn.verify import Case, case_inputs, compare
 
-from conftest import BENCHMARK_DEVICE, GPU, ROOT, kernels_env
+from conftest import BENCHMARK_DEVICE, GPU, ROOT, Forced, kernels_env, tuned
 
 
 @pytest.fixture(scope="module")
@@ -36,17 +35,6 @@ def layer(module, backend="triton"):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return getattr(module, module.__all__[0])(backend=backend)
-
-
-@contextlib.contextmanager
-def tuned(module, **overrides):
-    saved = {name: dict(table) for name, table in module.TUNING_FUSED.items()}
-    try:
-        for table in module.TUNING_FUSED.values():
-            table.update(overrides)
-        yield
-    finally:
-        module.TUNING_FUSED.update(saved)
 
 
 def default_knob(module, kernel, knob):
@@ -269,16 +257,6 @@ def test_the_scale_sign_picks_the_folded_max_or_the_scaled_one(modules, name, sc
     assert all(r.ok for r in compare(cascade, inputs, out, "float32", {"scale": scale}))
 
 
-class _Forced:
-    """A kernel launched with some of its compile-time flags forced."""
-
-    def __init__(self, kernel, **flags):
-        self.kernel, self.flags = kernel, flags
-
-    def __getitem__(self, grid):
-        return lambda *args, **kwargs: self.kernel[grid](*args, **{**kwargs, **self.flags})
-
-
 def test_64_bit_tile_offsets_read_what_32_bit_ones_read(modules):
     """Where a tile's offsets would pass 2**31 (a stride past 2**31 / the tile), the host
     clears OFFSETS_32 and the kernel takes 64-bit offsets: the same addresses, so the
@@ -291,14 +269,14 @@ def test_64_bit_tile_offsets_read_what_32_bit_ones_read(modules):
     with tuned(module, m0__BLOCK=16, p__BLOCK=16):
         narrow = layer(module)(*inputs.values())
         try:
-            module.causal_softmax__fused = _Forced(kernel, OFFSETS_32=False)
+            module.causal_softmax__fused = Forced(kernel, OFFSETS_32=False)
             wide = layer(module)(*inputs.values())
         finally:
             module.causal_softmax__fused = kernel
     assert torch.equal(narrow, wide)
 
 
-class _Recorded(_Forced):
+class _Recorded(Forced):
     """A kernel whose launches record their keyword arguments."""
 
     def __init__(self, kernel, **flags):

@@ -120,6 +120,13 @@ def kernel_lines(kernel: kernel_ir.Kernel) -> list[str]:
                          KernelPrinter().statements(kernel.body))
 
 
+def _knob_value(knob: str, schedule: KernelSchedule) -> str:
+    """The host's value of a block knob at launch: a held rank's tile (`held`) or the
+    configuration's (`tuning`)."""
+    held = {f"{v}_BLOCK" for v in schedule.held}
+    return f"{'held' if knob in held else 'tuning'}[\"{knob}\"]"
+
+
 def _flag_test(flag, schedule: KernelSchedule) -> str:
     """The host's test for a compile-time flag of the lowering."""
     if isinstance(flag, TmaLoads):
@@ -127,10 +134,8 @@ def _flag_test(flag, schedule: KernelSchedule) -> str:
     if isinstance(flag, BiasDots):
         # bfloat16 dots (Ampere or later, or the interpreter), exact key columns, a/s
         # far from overflow (schedule/biases.py)
-        held = {f"{v}_BLOCK" for v in schedule.held}
-        block = f"{'held' if flag.block in held else 'tuning'}[\"{flag.block}\"]"
         test = (f"(_target(device)[0] == \"interpreter\" or _target(device)[1] >= 80) and "
-                f"{block} <= {MAX_KEY_BLOCK}")
+                f"{_knob_value(flag.block, schedule)} <= {MAX_KEY_BLOCK}")
         if flag.param is not None:
             test += (f" and 2.0 ** -{SCALE_EXPONENT} <= {flag.param} <= "
                      f"2.0 ** {SCALE_EXPONENT}")
@@ -138,12 +143,10 @@ def _flag_test(flag, schedule: KernelSchedule) -> str:
                         for param in flag.bounded)
         return test
     if isinstance(flag, NarrowOffsets):
-        held = {f"{v}_BLOCK" for v in schedule.held}
         reach = {}          # per tensor: its largest tile offset
         for tensor, position, knob in flag.terms:
             reach.setdefault(tensor, []).append(
-                f"({'held' if knob in held else 'tuning'}[\"{knob}\"] - 1) * "
-                f"abs({tensor}.stride({position}))")
+                f"({_knob_value(knob, schedule)} - 1) * abs({tensor}.stride({position}))")
         sums = [" + ".join(terms) for terms in reach.values()]
         return f"max({', '.join(sums)}) < 2**31" if len(sums) > 1 else f"{sums[0]} < 2**31"
     return f"0 < {flag.param} < math.inf"
@@ -164,17 +167,16 @@ def printed(cascade: Cascade, lowered: LoweredKernel, checks: list[str] = ()) ->
     if schedule.uses_dot:
         blocks.append("DOT_DTYPE")
     # Compile-time flags the host computes per call (schedule/scales.py: a param's sign;
-    # schedule/interior.py: 32-bit tile offsets).
+    # schedule/interior.py: 32-bit tile offsets, TMA; schedule/biases.py: a term's dot).
     blocks += [flag.name for flag in lowered.flags]
     flags = [f"{flag.name}={_flag_test(flag, schedule)}" for flag in lowered.flags]
     setup = []
-    held = {f"{v}_BLOCK" for v in schedule.held}
     for flag in lowered.flags:
         if isinstance(flag, TmaLoads):
             # the module's _tma_suits / _descriptor: TMA descriptors where the GPU and
             # the tensors allow, else None (the kernel then reads through pointers)
             reads = [(tensor, "[" + ", ".join(
-                "1" if knob is None else f"{'held' if knob in held else 'tuning'}[\"{knob}\"]"
+                "1" if knob is None else _knob_value(knob, schedule)
                 for knob in block) + "]") for tensor, block in flag.descriptors]
             setup.append(f"tma = _tma_suits(device, "
                          f"{', '.join(f'({t}, {b})' for t, b in reads)})")

@@ -50,6 +50,7 @@ SCALE_EXPONENT = 64     # the host's flag takes 2**-64 <= s <= 2**64
 PARAM_EXPONENT = 16     # a param in the coefficient (a slope): the host checks |x| <= 2**16
 PARAM_BOUND = 2.0 ** PARAM_EXPONENT
 MAX_KEY_BLOCK = 256     # m0 < 256 is exact in bfloat16 (8 significant bits)
+_ZERO = ir.Const(0)
 
 
 @dataclass(frozen=True)
@@ -116,7 +117,7 @@ def _score(statement: k.Let, lets: dict, column: str, batch: tuple[str, ...]):
         if scored is None:
             continue
         alpha = _coefficient(term, column)
-        if alpha is None or alpha == _ZERO or not _per_program(alpha, batch) or \
+        if alpha is None or alpha == _ZERO or not _invariant(alpha, batch) or \
                 _magnitude(alpha) > _MAGNITUDE:
             continue
         offset = k.replaced(term, lambda n: ir.Const(0) if isinstance(n, k.IndexBlock)
@@ -141,9 +142,6 @@ def _dot_tile(tile, lets: dict):
                 lets[dot.name].acc is None and isinstance(scale, ir.Param):
             return dot.name, scale
     return None
-
-
-_ZERO = ir.Const(0)
 
 
 def _coefficient(node, column: str):
@@ -194,9 +192,10 @@ def per_row(value):
     return k.replaced(value, squeeze)
 
 
-def _per_program(node, batch: tuple[str, ...]) -> bool:
-    """Whether `node` is one value per program: constants, sizes, params and the batch
-    indices of the program (not a row's, not the step's)."""
+def _invariant(node, batch: tuple[str, ...]) -> bool:
+    """Whether `node` is one value per program, the same on every step (so made before
+    the loop): constants, sizes, params and the program's batch indices; not a row's,
+    not the step's (interior.py's `_per_program` allows the step: an address moves)."""
     return all(isinstance(n, (ir.Const, ir.Dim, ir.Param, ir.Op, k.Group)) or
                (isinstance(n, ir.Index) and n.var in batch) for n in k.nodes(node))
 
@@ -214,7 +213,10 @@ def _per_row(node) -> bool:
 def _magnitude(node) -> float:
     """An upper bound of |node| over every size >= 1, batch index >= 0 (inf where none is
     found): interval arithmetic on floats, enough for a head's slope 2 ** (-8 (h + 1) / H)
-    (exponent <= 0, so at most 1); a param within the bound the host checks."""
+    (exponent <= 0, so at most 1); a param within the bound the host checks. Not
+    ir/intervals.py's `interval`, which bounds integer index arithmetic in sympy
+    (nonnegative products only): this one takes signs, quotients and powers, without
+    sympy on the compile path."""
     lo, hi = _interval(node)
     return max(abs(lo), abs(hi))
 

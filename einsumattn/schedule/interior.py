@@ -182,8 +182,6 @@ def advanced(statements: tuple, loop, blocks: dict, hoist, bounded: dict | None 
     bounded = bounded or {}
 
     def advance(node):
-        if not isinstance(node, k.Load) or node.flag or node.address is not None:
-            return None
         parts = _parts(node, blocks)
         if parts is None:
             return None
@@ -295,8 +293,6 @@ def described(statements: tuple, blocks: dict, bounded: dict, flag: str, note) -
     tile sees) zeroes the tile after the read. `note(tensor, block)` records a
     descriptor the host must make."""
     def describe(node):
-        if not isinstance(node, k.Load) or node.flag or node.address is not None:
-            return None
         parts = _parts(node, blocks)
         if parts is None:
             return None
@@ -354,9 +350,12 @@ def _tensor_end(condition, coordinates) -> bool:
 
 
 def _parts(node, blocks: dict):
-    """Per coordinate of a load, its terms one value per program and its terms that are
-    blocks (a block the loop defines split as `blocks` says); None where a coordinate
-    is clamped (its sum is not its terms' sum)."""
+    """Per coordinate of a tensor's load, its terms one value per program and its terms
+    that are blocks (a block the loop defines split as `blocks` says); None for anything
+    else (not a load, a presence flag's, one already reading at an address) and where a
+    coordinate is clamped (its sum is not its terms' sum)."""
+    if not isinstance(node, k.Load) or node.flag or node.address is not None:
+        return None
     parts = []
     for coordinate in node.coordinates:
         if coordinate.clamp is not None:
