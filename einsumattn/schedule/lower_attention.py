@@ -42,6 +42,7 @@ from ..transform.algebra import settled
 from . import kernel_ir as k
 from .attention import AttentionRoles
 from .bounds import stream_bound
+from .finite import finite_shifts
 from .interior import (NarrowOffsets, TmaLoads, advanced, carried_loop, described,
                        interior_bounds, masked_keys, without_masks)
 from .biases import added_biases
@@ -566,6 +567,11 @@ class _PassLowering:
         inner = None if bounds is None else without_masks(step, _LANES.name,
                                                           _ROW_LIVE.name, stream)
         if inner is not None:
+            # Every score of an interior tile is present: a running max over finite
+            # scores needs no -inf guard there (schedule/finite.py).
+            before = {s.name: s.value for s in self.body if isinstance(s, k.Let)}
+            inner = finite_shifts(inner, {**before, **{name: value for value, name
+                                                       in self.hoisted.items()}})
             inner = self._advanced(self._described_loads(inner, blocks), loop, blocks)
         return bounds, inner
 

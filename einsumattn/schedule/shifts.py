@@ -83,16 +83,25 @@ def _at_reader(einsum: Einsum, read: ir.Read) -> dict | None:
 
 def _finite_part(body: ir.Expr) -> ir.Read | None:
     """R of `where(R == -inf, 0, R)`."""
-    if isinstance(body, ir.Op) and body.op == "where":
-        test, if_true, if_false = body.args
-        if isinstance(test, ir.Op) and test.op == "==" and isinstance(if_false, ir.Read) \
-                and test.args[0] == if_false and _minus_infinity(test.args[1]) \
-                and isinstance(if_true, ir.Const) and if_true.value == 0:
-            return if_false
+    found = guarded(body)
+    if found is not None and found[0] == found[1] and isinstance(found[1], ir.Read):
+        return found[1]
     return None
 
 
-def _minus_infinity(expr: ir.Expr) -> bool:
+def guarded(value) -> tuple | None:
+    """(R, X) of `where(R == -inf, 0, X)` (in the IR or the kernel IR); None for any
+    other value."""
+    if not (isinstance(value, ir.Op) and value.op == "where"):
+        return None
+    test, if_true, if_false = value.args
+    if isinstance(test, ir.Op) and test.op == "==" and minus_infinity(test.args[1]) \
+            and isinstance(if_true, ir.Const) and if_true.value == 0:
+        return test.args[0], if_false
+    return None
+
+
+def minus_infinity(expr) -> bool:
     """-inf, as a constant or as the negation the parser makes of `-inf`."""
     if isinstance(expr, ir.Op) and expr.op == "neg":
         (inner,) = expr.args
