@@ -242,7 +242,7 @@ MODULE_NAMES = frozenset({
     "_triton_forward", "_dot_dtype", "_FLOAT_DTYPES", "_INT_DTYPES", "_INTERPRETED",
     "_floordiv", "_mod", "_floordiv_f", "_mod_f", "_to_dot", "_sigmoid", "_sigmoid_exp2",
     "_FAST_RCP", "_coefficient_rows", "_key_columns", "_stored", "stored_dtype",
-    "_tma_suits", "_descriptor",
+    "_tma_suits", "_descriptor", "_splits",
     "TensorDescriptor", "tma",
     "_scheduled", "TORCH_TUNING", "TORCH_FALLBACK",    # backends/torch_scheduled.py
     # configurations per call (schedule/configs.py, templates/module.py.j2)

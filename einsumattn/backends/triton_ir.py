@@ -228,10 +228,17 @@ class KernelPrinter(TritonPrinter):
                 pointer = f"{statement.tensor}_ok_ptr" if statement.flag else \
                     f"{statement.tensor}_ptr"
                 value = self(statement.value)
-                if statement.rounded:
-                    value = f"_stored({value}, {pointer})"
-                lines.append(f"{pad}tl.store({pointer} + {self(statement.offset)}, "
-                             f"{value}, mask={self(statement.mask)})")
+                address, mask = f"{pointer} + {self(statement.offset)}", self(statement.mask)
+                store = f"tl.store({address}, " + \
+                    (f"_stored({value}, {pointer})" if statement.rounded else value) + \
+                    f", mask={mask})"
+                if statement.added is None:
+                    lines.append(f"{pad}{store}")
+                    continue
+                # the programs of a row tile each add their keys' sums (float32 zeros)
+                lines += [f"{pad}if {statement.added} > 1:",
+                          f"{pad}    tl.atomic_add({address}, {value}, mask={mask})",
+                          f"{pad}else:", f"{pad}    {store}"]
             elif isinstance(statement, k.Unflatten):
                 lines += self._unflatten(statement, pad)
             elif isinstance(statement, k.Barrier):

@@ -83,12 +83,25 @@ def launch_lines(cascade: Cascade, schedule: KernelSchedule, host_args: list[str
     # The dot precision follows the inputs' dtype (_dot_dtype in the module); `flags`:
     # keyword arguments the host computes per call (a param's sign).
     constants = ["**tuning", "**held"] + (["DOT_DTYPE=dot_dtype"] if dot else []) + list(flags)
-    call = [f"{schedule.name}[(-(-{rows} // tuning[\"{schedule.row}_BLOCK\"]), {batch})](",
+    tiles = f"-(-{rows} // tuning[\"{schedule.row}_BLOCK\"])"
+    grid = f"{tiles}, {batch}"
+    keys = cascade.root_rank(schedule.loops[0].extent) if schedule.loops else None
+    split = []
+    if schedule.splits is not None:
+        # Programs per row tile along the keys (the module's _splits, or pinned), each
+        # adding its keys' sums into zeros (zeroed per launch: autotuning launches again).
+        knob = f'tuning["{schedule.splits}"]'
+        grid += f", {knob}"
+        split = [f"{knob} = _splits(tuning.get(\"{schedule.splits}\"), {tiles} * {batch}, "
+                 f"{keys}, {_knob_value(schedule.loops[0].tile, schedule)}, device, "
+                 f"stored_dtype)",
+                 f"if {knob} > 1:",
+                 *(f"    {output}.zero_()" for output in schedule.outputs)]
+    call = [*split, f"{schedule.name}[({grid})](",
             f"    {', '.join(host_args)},",
             f"    {', '.join(constants)})"]
     if not per_call_configuration(schedule):
         return lines + [f'tuning = dict(TUNING_FUSED["{schedule.name}"])', *checks, *call]
-    keys = cascade.root_rank(schedule.loops[0].extent)
     lines.append("")
     lines.append("def launch(tuning):")
     lines += [f"    {line}" for line in [*checks, *call]]
@@ -108,8 +121,11 @@ def tuning_table(schedule: KernelSchedule) -> dict:
     """The kernel's TUNING_FUSED entry: each knob's value, None where the configuration
     per call chooses it (a knob the spec fixes keeps its value, pinned)."""
     per_call = per_call_configuration(schedule)
-    return {knob.name: None if per_call and not knob.fixed else knob.default
-            for knob in schedule.knobs}
+    table = {knob.name: None if per_call and not knob.fixed else knob.default
+             for knob in schedule.knobs}
+    if schedule.splits is not None:
+        table[schedule.splits] = None       # programs along the keys: chosen per call
+    return table
 
 
 def kernel_lines(kernel: kernel_ir.Kernel) -> list[str]:
@@ -164,6 +180,8 @@ def printed(cascade: Cascade, lowered: LoweredKernel, checks: list[str] = ()) ->
     host += [f"math.{offset.rounding}({sympy.pycode(offset.value)})"
              for offset in lowered.offsets]
     blocks = [knob.name for knob in schedule.knobs] + [f"{v}_BLOCK" for v in schedule.held]
+    if schedule.splits is not None:
+        blocks.append(schedule.splits)
     if schedule.uses_dot:
         blocks.append("DOT_DTYPE")
     # Compile-time flags the host computes per call (schedule/scales.py: a param's sign;

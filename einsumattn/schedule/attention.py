@@ -550,6 +550,13 @@ class AttentionRoles:
             in_order = [e for _, reductions, needed in plan for e in needed + reductions
                         if self.kinds[e.tensor].uses_dot]
         dots = tuple(self.dot_plan(e) for e in dict.fromkeys(in_order))
+        splits = None
+        if self.loop is None and len(passes) == 1 and not passes[0].bounds and \
+                set(cascade.outputs) <= set(passes[0].accumulates) and \
+                all(cascade.einsum(t).reduce_op == "sum" for t in passes[0].accumulates):
+            # Sums of the keys, stored as they are: key ranges add up (linear
+            # attention's K^T V): the programs of a row tile may split the keys.
+            splits = f"{self.stream}_SPLITS"
         return KernelSchedule(
             name=name, form=Form.SPLIT if self.loop is not None else Form.ATTENTION,
             batch=tuple(self.batch), row=self.row, loops=loops, held=tuple(self.features),
@@ -560,4 +567,4 @@ class AttentionRoles:
             stores=tuple(Store(o, frozenset(self.row_masks.get(o, ())))
                          for o in cascade.outputs),
             knobs=(Knob(f"{self.row}_BLOCK", BLOCK_P, least), key_knob),
-            uses_dot=uses_dot, dots=dots, skipping=skipping)
+            uses_dot=uses_dot, dots=dots, skipping=skipping, splits=splits)

@@ -346,13 +346,16 @@ class Store:
     """`value` written to `tensor` (or, `flag`, its presence flags) at `offset` (an
     element offset: coordinates times strides) in the lanes of `mask`; `rounded`: in the
     tensor's own dtype, rounded to nearest (an output the host allocates in the inputs'
-    dtype: no float32 copy and no cast kernel after the launch)."""
+    dtype: no float32 copy and no cast kernel after the launch); `added`: a knob (the
+    kernel's programs per row tile along the keys) above 1 of which the value is added to
+    the tensor's (atomically, into float32 zeros the host makes) instead."""
     tensor: str
     offset: Expr
     value: Expr
     mask: Expr
     flag: bool = False
     rounded: bool = False
+    added: str | None = None
 
 
 @dataclass(frozen=True)

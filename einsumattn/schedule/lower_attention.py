@@ -202,8 +202,9 @@ class _PassLowering:
         self.body += self._rows(available)
         stream = cascade.var_rank(f.stream)
         block = f"{f.stream}_BLOCK"
+        split = self._split_range(stream)
         for number, accumulators, needed in f.pass_plan():
-            lo, hi = self._bounds(self.schedule.passes[number - 1].bounds)
+            lo, hi = split or self._bounds(self.schedule.passes[number - 1].bounds)
             pruned[number] = (lo, hi)
             self._begin_loops()
             self.body += [k.Comment(""), k.Comment(
@@ -233,6 +234,23 @@ class _PassLowering:
                               for number in sorted(pruned))
         return self._lowered(f"one fused kernel {name}: grid over "
                              f"{', '.join(f.batch + [f.row + ' tiles'])}; {described}")
+
+    def _split_range(self, stream: str):
+        """The keys [first, last) of this program (grid axis 2) where the row tile's
+        programs split the key rank (the schedule's `splits`): ranges of whole key
+        tiles, ceil(ceil(M / splits) / tile) tiles each; None where one program
+        takes every key."""
+        knob = self.schedule.splits
+        if knob is None:
+            return None
+        keys, tile = ir.Dim(stream), k.Var(f"{self.f.stream}_BLOCK")
+        share = k.Quotient(total([keys, k.Var(knob), ir.Const(-1)]), k.Var(knob))
+        chunk = ir.Op("*", (k.Quotient(total([share, tile, ir.Const(-1)]), tile), tile))
+        self.body += [k.Comment(f"the keys of this program: {knob} programs split {stream}"),
+                      k.Let("keys_first", k.Integer(ir.Op("*", (k.ProgramId(2), chunk)))),
+                      k.Let("keys_last", k.Integer(k.Extremum("min", keys, total(
+                          [k.Var("keys_first"), chunk]))))]
+        return k.Var("keys_first"), k.Var("keys_last")
 
     # ---------------------------------------------------------------- pieces
     def _lowered(self, description: str) -> LoweredKernel:
@@ -523,7 +541,8 @@ class _PassLowering:
                 absent = k.Mask(tuple(f.condition(c, (layout, lanes))
                                       for c in f.row_masks[name]))
                 value = ir.Op("where", (absent, value, ir.Const(0.0)))
-            stores.append(k.Store(name, k.Integer(total(offset)), value, lanes, rounded=True))
+            stores.append(k.Store(name, k.Integer(total(offset)), value, lanes, rounded=True,
+                                  added=self.schedule.splits))
         return stores
 
     # ---------------------------------------------------------------- interior tiles
@@ -551,8 +570,8 @@ class _PassLowering:
                                     block))
         begin, end, _ = self._interior_range(first, last, stream, block, bounds,
                                              capped=stop != k.Integer(ir.Dim(stream)))
-        begin, end = (at if at == _ZERO else k.Integer(ir.Op("*", (at, block)))
-                      for at in (begin, end))
+        begin, end = (at if at == _ZERO else start if at == first else
+                      k.Integer(ir.Op("*", (at, block))) for at in (begin, end))
         masked = [s for a, b in ((start, begin), (end, stop)) if a != b
                   for s in loop(a, b, tile, moved)]
         return [k.Comment("the tiles with masks: a window's edges, the diagonal, the last "

@@ -154,6 +154,10 @@ class KernelSchedule:
     uses_dot: bool
     dots: tuple[DotPlan, ...] = ()   # the contractions computed as tl.dot, in emission order
     skipping: str | None = None      # why key tiles are (not) skipped, split form
+    # Grid axis 2: programs per row tile along the key rank, this knob's number of them
+    # (chosen per call), each summing a range of the keys into the outputs (atomic adds):
+    # where the kernel's one pass only sums and stores its sums. None: one program.
+    splits: str | None = None
     description: str = ""
     _roles: dict = field(default=None, compare=False, repr=False)
 
@@ -232,5 +236,6 @@ def kernel_data(kernel: KernelSchedule, spell=str) -> dict:
         "uses_dot": kernel.uses_dot,
         "rounded": {spell(name): count for name, count in kernel.rounded},
         "skipping": None if kernel.skipping is None else spell(kernel.skipping),
+        "splits": kernel.splits,
         "describe": spell(kernel.description),
     }
