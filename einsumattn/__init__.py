@@ -18,7 +18,8 @@ __version__ = "0.1.0"
 # lark, numpy and jinja2 (docs/compile-speed.md).
 _EXPORTS = {"load": "loader", "read_spec": "loader", "evaluate": "evaluate",
             "analyze": "analysis", "compile": "codegen", "Cascade": "ir",
-            "SpecError": "diagnostics", "BindError": "diagnostics"}
+            "SpecError": "diagnostics", "SpecWarning": "diagnostics",
+            "BindError": "diagnostics"}
 
 __all__ = [*_EXPORTS, "__version__"]
 

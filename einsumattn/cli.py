@@ -3,7 +3,8 @@
 Exit status: 0 success; 2 a problem in the spec or the arguments, including a path the
 command cannot write (a diagnostic on stderr saying what to do); 1 a failed check (`check`
 found a mismatch) or an internal error (a bug in einsumattn: reported without a traceback
-unless EINSUMATTN_DEBUG=1 is set).
+unless EINSUMATTN_DEBUG=1 is set). Warnings about the spec are printed on stderr and leave
+the status alone; with `--werror` they are errors (status 2).
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ import errno
 import os
 import sys
 import traceback
+import warnings
 from pathlib import Path
 
 from . import __version__
-from .diagnostics import BindError, SpecError
+from .diagnostics import BindError, SpecError, SpecWarning
 
 EXIT_OK = 0
 EXIT_INTERNAL = 1
@@ -108,11 +110,37 @@ def _parse_assignments(text: str, what: str, cast) -> dict:
     return result
 
 
-def _cmd_parse(args) -> int:
+def _load(args):
+    """The spec's cascade. Its warnings are printed on stderr, rendered like errors with
+    `warning:`, once each; with --werror they are printed as errors and the command
+    stops (status 2) before it does anything else. main() keeps the library's own
+    warnings about the spec quiet: a later load of it (check compiles it) repeats none."""
     from .loader import load
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", SpecWarning)
+        cascade = load(Path(args.spec))
+    texts: dict[str, SpecWarning] = {}
+    for record in caught:
+        if isinstance(record.message, SpecWarning):
+            texts.setdefault(record.message.render(), record.message)
+        else:   # not ours to format: shown as Python shows it
+            warnings.warn_explicit(record.message, record.category, record.filename,
+                                   record.lineno, source=record.source)
+    found = list(texts.values())
+    if args.werror and found:
+        for warning in found[:-1]:
+            print(warning.as_error().render(), file=sys.stderr)
+        raise found[-1].as_error()
+    for warning in found:
+        print(warning.render(), file=sys.stderr)
+    return cascade
+
+
+def _cmd_parse(args) -> int:
     from .ir.summary import summary
 
-    cascade = load(Path(args.spec))
+    cascade = _load(args)
     print(summary(cascade))
     return EXIT_OK
 
@@ -122,9 +150,8 @@ def _cmd_eval(args) -> int:
 
     from .evaluate import check_memory, evaluate
     from .ir import bind
-    from .loader import load
 
-    cascade = load(Path(args.spec))
+    cascade = _load(args)
     _check_oracle_limits(cascade)
     sizes = _parse_assignments(args.shapes, "--shapes", int)
     params = _parse_assignments(args.params, "--params", float)
@@ -191,11 +218,10 @@ def _cmd_analyze(args) -> int:
     import json
 
     from .analysis import analyze
-    from .loader import load
     from .transform import rewrite
 
     sizes = _parse_assignments(args.bind, "--bind", int) if args.bind else None
-    cascade = load(Path(args.spec))
+    cascade = _load(args)
     report = analyze(cascade, sizes=sizes, dtype=args.dtype)
     text = report.render(args.format)
     if args.format != "dot":
@@ -214,10 +240,9 @@ def _cmd_analyze(args) -> int:
 
 
 def _cmd_rewrite(args) -> int:
-    from .loader import load
     from .transform import rewrite
 
-    result = rewrite(load(Path(args.spec)), tile=args.tile)
+    result = rewrite(_load(args), tile=args.tile)
     text = result.text()
     if args.output:
         _write_text(args.output, text)
@@ -229,9 +254,8 @@ def _cmd_rewrite(args) -> int:
 def _cmd_compile(args) -> int:
     from .codegen import compile_to_file
     from .backends.module import Plan
-    from .loader import load
 
-    cascade = load(Path(args.spec))
+    cascade = _load(args)
     print(f"compiling {args.spec} (rewrites {'off' if args.no_rewrite else 'on'}) ...",
           file=sys.stderr)
     # Built once: the module is generated from it and the summary below is its own.
@@ -247,16 +271,13 @@ def _cmd_compile(args) -> int:
 
 def _cmd_check(args) -> int:
     from .codegen.compile import cache_dir, compile as compile_spec
-    from .loader import load
     from .verify import run_check
-
-    import warnings
 
     # Triton's interpreter computes masked-off lanes too (0/0 there is never used); its
     # numpy warnings say nothing about the kernels.
     warnings.filterwarnings("ignore", category=RuntimeWarning,
                             module="triton.runtime.interpreter")
-    cascade = load(Path(args.spec))
+    cascade = _load(args)
     _check_oracle_limits(cascade)
     if args.backend not in ("torch", "reference") and "TRITON_INTERPRET" not in os.environ:
         import torch
@@ -339,6 +360,13 @@ def _output_file(text: str) -> str:
     return text
 
 
+def _spec_argument(p: argparse.ArgumentParser) -> None:
+    """The spec a command reads, and what its warnings do."""
+    p.add_argument("spec", help="path of a .attn file")
+    p.add_argument("--werror", action="store_true",
+                   help="treat warnings about the spec as errors (exit status 2)")
+
+
 def _tile_option(p: argparse.ArgumentParser) -> None:
     from .defaults import DEFAULT_TILE
 
@@ -363,11 +391,11 @@ def build_parser() -> argparse.ArgumentParser:
     commands.required = True
 
     p = commands.add_parser("parse", help="check a spec and print a summary of its cascade")
-    p.add_argument("spec", help="path of a .attn file")
+    _spec_argument(p)
     p.set_defaults(run=_cmd_parse)
 
     p = commands.add_parser("eval", help="run the float64 oracle on random inputs")
-    p.add_argument("spec", help="path of a .attn file")
+    _spec_argument(p)
     p.add_argument("--shapes", default="", metavar="R=N,...",
                    help="sizes of the ranks the inputs do not fix, e.g. B=1,H=2,P=8,M=8")
     p.add_argument("--params", default="", metavar="NAME=VALUE,...",
@@ -376,7 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_cmd_eval)
 
     p = commands.add_parser("analyze", help="passes per rank, buffers and cost: the report")
-    p.add_argument("spec", help="path of a .attn file")
+    _spec_argument(p)
     p.add_argument("--format", choices=("text", "json", "md", "dot"), default="text")
     p.add_argument("--bind", default="", metavar="R=N,...",
                    help="sizes for numbers beside the formulas, e.g. B=1,H=16,P=4096,"
@@ -390,14 +418,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("rewrite", help="print the derived fewest-pass cascade as .attn "
                                             "source, a comment per rule applied")
-    p.add_argument("spec", help="path of a .attn file")
+    _spec_argument(p)
     p.add_argument("-o", "--output", type=_output_file, help="write it to a file")
     _tile_option(p)
     p.set_defaults(run=_cmd_rewrite)
 
     p = commands.add_parser("compile", help="generate the module: Triton kernels and the "
                                             "torch reference")
-    p.add_argument("spec", help="path of a .attn file")
+    _spec_argument(p)
     p.add_argument("-o", "--output", type=_output_folder, default=".",
                    help="folder for <name>.py, made if missing (default: .)")
     _rewrite_options(p)
@@ -405,7 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("check", help="compare the generated backends with the oracle "
                                           "on random cases (hypothesis)")
-    p.add_argument("spec", help="path of a .attn file")
+    _spec_argument(p)
     p.add_argument("--backend", choices=(*backend_names(), "all"),
                    default="all", help="triton: the fused schedule where there is one; "
                                        "torch: its torch form; reference: the spec as "
@@ -446,7 +474,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return args.run(args)
+        with warnings.catch_warnings():
+            # The command prints the spec's warnings itself (_load).
+            warnings.filterwarnings("ignore", category=SpecWarning)
+            return args.run(args)
     except SpecError as error:
         print(error.render(), file=sys.stderr)
         return EXIT_USER

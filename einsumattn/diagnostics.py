@@ -7,10 +7,16 @@ Python traceback. A rendered diagnostic reads:
        12 | SN[b, h, p, m] = exp(QKK[b, h, p, m] - GM[b, h, p])
           |                      ^^^
     hint: did you mean 'QK'?
+
+A `SpecWarning` is rendered the same way with `warning:` in place of `error:`; it is
+also a Python warning (a `UserWarning`), which is how library users see it.
 """
 
 from __future__ import annotations
 
+import os
+import sys
+import warnings
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -54,8 +60,10 @@ class Source:
         return ""
 
 
-class SpecError(Exception):
-    """A problem in a spec: what is wrong, where, and what would fix it."""
+class _Located:
+    """What a diagnostic says: the message, where (a span of a source), and what to do."""
+
+    severity = "error"
 
     def __init__(self, message: str, span: Span | None = None, hint: str | None = None,
                  source: Source | None = None):
@@ -65,35 +73,104 @@ class SpecError(Exception):
         self.hint = hint
         self.source = source
 
+    def render(self) -> str:
+        return _render(self.severity, self.message, self.span, self.hint, self.source)
+
+    def __str__(self) -> str:
+        return self.render()
+
+
+class SpecError(_Located, Exception):
+    """A problem in a spec: what is wrong, where, and what would fix it."""
+
     def with_source(self, source: Source) -> "SpecError":
         if self.source is None:
             self.source = source
         return self
 
-    def render(self) -> str:
-        filename = self.source.filename if self.source else "<spec>"
-        if self.span is None:
-            head = f"{filename}: error: {self.message}"
-            return head + (f"\nhint: {self.hint}" if self.hint else "")
-        line, col = self.span.line, self.span.column
-        out = [f"{filename}:{line}:{col}: error: {self.message}"]
-        text = self.source.line_text(line) if self.source else ""
-        if text:
-            if self.span.end_line == line:
-                width = max(1, self.span.end_column - col)
-            else:
-                width = max(1, len(text) - col + 1)
-            shown, caret_col = _window(text, col)
-            width = max(1, min(width, len(shown) - caret_col + 1))
-            gutter = f"{line:>5} | "
-            out.append(gutter + shown)
-            out.append(" " * (len(gutter) - 2) + "| " + " " * (caret_col - 1) + "^" * width)
-        if self.hint:
-            out.append(f"hint: {self.hint}")
-        return "\n".join(out)
 
-    def __str__(self) -> str:
-        return self.render()
+class SpecWarning(_Located, UserWarning):
+    """A spec that is valid but probably does not mean what it says (docs/language.md,
+    "Warnings"): where, what, and how to say it so that it does not warn. Its text is
+    the rendered diagnostic, with `warning:` where an error has `error:`."""
+
+    severity = "warning"
+
+    def as_error(self) -> SpecError:
+        """The same diagnostic as an error (`--werror`)."""
+        return SpecError(self.message, self.span, self.hint, self.source)
+
+
+# The texts of the warnings issued so far in this process.
+_ISSUED: set[str] = set()
+
+
+def issue_warnings(found: Iterable[SpecWarning]) -> None:
+    """Issue each warning through Python's `warnings`, attributed to the first caller
+    outside einsumattn (the user's `einsumattn.load(...)` line), as `warnings.warn` with
+    the right stacklevel would.
+
+    Each text (it holds the file, the position and the message) is issued once per
+    process, however often the spec is loaded or compiled: loading it again, or
+    compiling it after loading it, says nothing new. Python's own once-registries are
+    no help here: every change to the filters (importing torch makes some) clears
+    them. Where the filters say "always" or "error" for it (`pytest.warns`,
+    `-W error::einsumattn.SpecWarning`), it is issued every time."""
+    found = list(found)
+    if not found:
+        return
+    frame = sys._getframe(1)
+    # By file, not module name: `python -m einsumattn` runs einsumattn's __main__.py
+    # as the module `__main__`.
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_FOLDER):
+        frame = frame.f_back
+    filename, lineno, module = ("sys", 1, "sys") if frame is None else \
+        (frame.f_code.co_filename, frame.f_lineno, frame.f_globals.get("__name__", ""))
+    for warning in found:
+        text = str(warning)
+        action = _action(text, module, lineno)
+        if action == "ignore" or (text in _ISSUED and action not in ("always", "error")):
+            continue
+        _ISSUED.add(text)
+        warnings.warn_explicit(warning, SpecWarning, filename, lineno, module, registry={})
+
+
+def _action(text: str, module: str, lineno: int) -> str:
+    """What the warnings filters say for a SpecWarning with `text` issued at `module`'s
+    line `lineno`: the first filter that matches, as `warnings` itself chooses."""
+    for action, message, category, modules, line in warnings.filters:
+        if (message is None or message.match(text)) and issubclass(SpecWarning, category) \
+                and (modules is None or modules.match(module)) and line in (0, lineno):
+            return action
+    return warnings.defaultaction
+
+
+_PACKAGE_FOLDER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "")
+
+
+def _render(severity: str, message: str, span: Span | None, hint: str | None,
+            source: Source | None) -> str:
+    """`file:line:col: error: message`, the line with a caret under the span, the hint."""
+    filename = source.filename if source else "<spec>"
+    if span is None:
+        head = f"{filename}: {severity}: {message}"
+        return head + (f"\nhint: {hint}" if hint else "")
+    line, col = span.line, span.column
+    out = [f"{filename}:{line}:{col}: {severity}: {message}"]
+    text = source.line_text(line) if source else ""
+    if text:
+        if span.end_line == line:
+            width = max(1, span.end_column - col)
+        else:
+            width = max(1, len(text) - col + 1)
+        shown, caret_col = _window(text, col)
+        width = max(1, min(width, len(shown) - caret_col + 1))
+        gutter = f"{line:>5} | "
+        out.append(gutter + shown)
+        out.append(" " * (len(gutter) - 2) + "| " + " " * (caret_col - 1) + "^" * width)
+    if hint:
+        out.append(f"hint: {hint}")
+    return "\n".join(out)
 
 
 def _window(text: str, col: int) -> tuple[str, int]:

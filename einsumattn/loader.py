@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .diagnostics import Source, SpecError, Span
+from .diagnostics import Source, SpecError, Span, issue_warnings
 from .frontend import parse
 from .frontend.parser import MAX_SPEC_BYTES, too_large
 from .ir import Cascade, build
+from .ir.lint import lint
 
 
 def _looks_like_path(spec: str) -> bool:
@@ -60,7 +61,13 @@ def load(spec: str | os.PathLike) -> Cascade:
 
 def load_source(source: Source) -> Cascade:
     """The Cascade of a spec already read: a function of `source` (its text and file
-    name) alone, which is what lets compile() key its cache by the source."""
+    name) alone, which is what lets compile() key its cache by the source.
+
+    Warnings about the spec (ir/lint.py) are issued as `SpecWarning`s through Python's
+    `warnings`, attributed to the caller's line; each text once per process unless a
+    filter says otherwise (diagnostics.py)."""
     tree = parse(source.text, source.filename)
     default_name = Path(source.filename).stem if source.filename != "<spec>" else "attention"
-    return build(tree, default_name)
+    cascade = build(tree, default_name)
+    issue_warnings(lint(cascade))
+    return cascade

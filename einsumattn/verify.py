@@ -138,10 +138,10 @@ def flushing_subnormals(cascade: Cascade) -> Cascade:
 
 
 # The operations whose result can be subnormal when their operands are normal numbers:
-# products and quotients of small values, and exp's tail (sigmoid's too). Sums cannot
+# products and quotients of small values, and exp's tail (sigmoid's, softplus's, silu's too). Sums cannot
 # fall below the spacing of their operands, and the other functions map normal
 # operands to normal results (or to exact zeros).
-_UNDERFLOWING = frozenset({"*", "/", "**", "exp", "sigmoid"})
+_UNDERFLOWING = frozenset({"*", "/", "**", "exp", "sigmoid", "softplus", "logsigmoid", "silu"})
 
 
 def _flush(expr: Op) -> Op:
@@ -297,21 +297,26 @@ def cases(cascade: Cascade):
     """A hypothesis strategy of `Case`s for a cascade."""
     from hypothesis import assume, strategies as st
 
-    free = [r.name for r in cascade.ranks.values() if r.fixed is None and r.split_of is None]
+    # A dim sized by other dims (`dims P = M`) is computed from them, never drawn.
+    free = [r.name for r in cascade.ranks.values()
+            if r.fixed is None and r.split_of is None and not r.sized]
     divisors = checked_divisors(cascade)
+    sized = any(r.sized for r in cascade.ranks.values())
 
     @st.composite
     def build(draw):
         sizes = {r: draw(st.sampled_from(SIZES), label=r) for r in free}
-        # Sizes the spec rules out (an index divisor H // KH below 1) are not a case.
-        assume(not divisors or _bindable(cascade, sizes))
+        # Sizes the spec rules out (an index divisor H // KH below 1, a sized dim below
+        # 1) are not a case.
+        assume(not (divisors or sized) or _bindable(cascade, sizes))
+        known = _bound_sizes(cascade, sizes) if sized else sizes
         points = 1
         for einsum in cascade.einsums:
             space = 1
             for var in einsum.variables:
                 rank = cascade.var_rank(var)
                 root = cascade.root_rank(rank)
-                space *= sizes.get(root, cascade.ranks[root].fixed or 1)
+                space *= known.get(root, cascade.ranks[root].fixed or 1)
             points = max(points, space)
         assume(points <= MAX_POINTS)
         return Case(sizes, draw(st.sampled_from(DTYPES), label="dtype"),
@@ -320,6 +325,13 @@ def cases(cascade: Cascade):
                     draw(st.integers(0, 2 ** 16), label="seed"),
                     draw(st.booleans(), label="broadcast"))
     return build()
+
+
+def _bound_sizes(cascade: Cascade, sizes: dict) -> dict:
+    """Every rank's size at the drawn sizes (sized dims computed)."""
+    from .ir import bind
+
+    return bind(cascade, sizes=sizes).sizes
 
 
 def _bindable(cascade: Cascade, sizes: dict) -> bool:

@@ -30,6 +30,9 @@ _CATEGORY = {"+": "add", "-": "add", "*": "mul", "/": "div", "//": "div", "%": "
              "exp": "exp", "log": "transcendental", "sqrt": "transcendental",
              "tanh": "transcendental", "sigmoid": "transcendental",
              "elu": "transcendental", "**": "transcendental", "max": "maxmin",
+             "softplus": "transcendental", "logsigmoid": "transcendental",
+             "log1p": "transcendental", "expm1": "transcendental", "silu": "transcendental",
+             "erf": "transcendental",
              "min": "maxmin", "relu": "maxmin", "<": "compare", "<=": "compare",
              ">": "compare", ">=": "compare", "==": "compare", "!=": "compare",
              "where": "compare"}

@@ -134,8 +134,16 @@ class _Rules:
             return None
         if op in ("+", "-"):
             return _add(*errors)
-        if op in ("neg", "abs", "relu", "elu"):
-            return errors[0]     # |f'| <= 1
+        if op in ("neg", "abs", "relu", "elu", "softplus", "logsigmoid"):
+            return errors[0]     # |f'| <= 1 (softplus' = sigmoid(x), logsigmoid' = sigmoid(-x))
+        if op in ("silu", "erf"):
+            # |silu'| <= 1.1 (its largest slope, 1.0998 near x = 2.4); |erf'| <= 2/sqrt(pi)
+            return _mul(ir.Const(1.1 if op == "silu" else 1.1284), errors[0])
+        if op == "log1p":
+            return _guarded(errors[0], ir.Op("/", (ir.Const(1.0), _abs(ir.Op(
+                "+", (ir.Const(1.0), args[0]))))))
+        if op == "expm1":        # expm1' = exp(x) = expm1(x) + 1
+            return _mul(_abs(ir.Op("+", (expr, ir.Const(1.0)))), errors[0])
         if op == "*":
             a, b = args
             return _add(_mul(_abs(a), errors[1]), _mul(_abs(b), errors[0]))

@@ -15,7 +15,9 @@ from ..analysis import analyze
 from ..analysis.presence import absent_tensors
 from ..diagnostics import SpecError
 from ..ir import Cascade, rank_used
-from ..ir.divisors import checked_divisors, divisor_problem
+from ..ir import expr as ir
+from ..ir.bind import sized_problem
+from ..ir.divisors import checked_divisors, divisor_problem, proved_positive
 from . import names
 from .names import mangle, spec_text, string_literal
 from .printers import PythonScalarPrinter
@@ -48,11 +50,15 @@ def _bind_lines(cascade: Cascade) -> list[str]:
     lines = []
     for tensor in cascade.inputs:
         ranks = "".join(f"{string_literal(r)}, " for r in tensor.ranks)
+        computed = "".join(f"{string_literal(r)}, " for r in dict.fromkeys(tensor.ranks)
+                           if cascade.ranks[r].sized)
+        computed = f", computed=({computed.rstrip(' ')})" if computed else ""
         lines.append(f"_take(sizes, origin, {string_literal(tensor.name)}, "
-                     f"{mangle(tensor.name)}, ({ranks.rstrip(' ')}))")
+                     f"{mangle(tensor.name)}, ({ranks.rstrip(' ')}){computed})")
     printer = PythonScalarPrinter({**{r: f"sizes[{string_literal(r)}]" for r in cascade.ranks},
                                    **{p: f"params[{string_literal(p)}]"
                                       for p in cascade.params}})
+    lines += _sized_lines(cascade, printer)
 
     def split_lines(param_factors: bool) -> None:
         for split in cascade.splits:
@@ -93,6 +99,55 @@ def _bind_lines(cascade: Cascade) -> list[str]:
         lines.append(f"if {printer(divisor)} < 1:")
         lines.append(f"    raise ValueError({string_literal(divisor_problem(divisor, read))}"
                      f".format(value={printer(divisor)}, **sizes))")
+    return lines
+
+
+def _sized_lines(cascade: Cascade, printer: PythonScalarPrinter) -> list[str]:
+    """Statements of `_bind` for the dims sized by other dims (`dims P = M, G = H //
+    KH`), after the inputs' sizes: each computed (its dims first), checked to be at least
+    1 (its divisors first), then checked against the inputs that have it; the messages
+    are the oracle's (ir/bind.py)."""
+    order: list[str] = []
+
+    def visit(rank: str) -> None:
+        definition = cascade.ranks[rank].definition
+        if definition is None or rank in order:
+            return
+        for node in ir.walk(definition):
+            if isinstance(node, ir.Dim):
+                visit(node.rank)
+        order.append(rank)
+
+    for rank in cascade.ranks:
+        if rank_used(cascade, rank):
+            visit(rank)
+    lines = []
+    for rank in order:
+        definition, key = cascade.ranks[rank].definition, string_literal(rank)
+        problem = sized_problem(cascade, rank)
+        divisors = [node.args[1] for node in ir.walk(definition)
+                    if isinstance(node, ir.Op) and node.op == "//"]
+        for divisor in reversed(divisors):       # a divisor's own divisors first
+            if proved_positive(divisor, cascade.ranks):
+                continue
+            lines.append(f"if {printer(divisor)} < 1:")
+            lines.append(f"    raise ValueError({string_literal(problem['divisor'])}.format("
+                         f"divisor={string_literal(ir.to_text(divisor))}, "
+                         f"value={printer(divisor)}, sizes=sizes))")
+        lines.append(f"sizes[{key}] = {printer(definition)}")
+        lines.append(f"origin[{key}] = {string_literal(f'{rank} = ' + ir.to_text(definition))}")
+        lines.append(f"if sizes[{key}] < 1:")
+        lines.append(f"    raise ValueError({string_literal(problem['size'])}.format("
+                     f"value=sizes[{key}], sizes=sizes))")
+        for tensor in cascade.inputs:
+            for position, name in enumerate(tensor.ranks):
+                if name != rank:
+                    continue
+                extent = f"{mangle(tensor.name)}.shape[{position}]"
+                lines.append(f"if {extent} != sizes[{key}]:")
+                lines.append(f"    raise ValueError({string_literal(problem['input'])}.format("
+                             f"value=sizes[{key}], input={string_literal(tensor.name)}, "
+                             f"extent={extent}, position={position}))")
     return lines
 
 

@@ -173,7 +173,8 @@ def rename(cascade: Cascade) -> Cascade:
         return tuple(how(v) for v in values)
 
     ranks = {rank_spelling(r.name): Rank(rank_spelling(r.name), size(r.size), r.fixed,
-                                         r.split_of and rank_spelling(r.split_of), r.span)
+                                         r.split_of and rank_spelling(r.split_of), r.span,
+                                         expr(r.definition))
              for r in cascade.ranks.values()}
     splits = tuple(dataclasses.replace(
         s, **dict(zip(("parent", "outer", "inner"),
@@ -241,6 +242,7 @@ MODULE_NAMES = frozenset({
     "reference", "_reference", "_forward", "_backend", "_check_params", "_take", "_bind",
     "_triton_forward", "_dot_dtype", "_FLOAT_DTYPES", "_INT_DTYPES", "_INTERPRETED",
     "_floordiv", "_mod", "_floordiv_f", "_mod_f", "_to_dot", "_sigmoid", "_sigmoid_exp2",
+    "_log1p", "_expm1", "_softplus", "_logsigmoid",
     "_FAST_RCP", "_coefficient_rows", "_key_columns", "_stored", "stored_dtype",
     "_tma_suits", "_descriptor", "_splits",
     "TensorDescriptor", "tma",

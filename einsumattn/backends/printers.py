@@ -44,7 +44,7 @@ class PythonScalarPrinter(Printer):
     pass a NaN through."""
 
     _MATH = {"exp": "math.exp", "log": "math.log", "sqrt": "math.sqrt", "tanh": "math.tanh",
-             "abs": "abs"}
+             "abs": "abs", "log1p": "math.log1p", "expm1": "math.expm1", "erf": "math.erf"}
 
     def print(self, expr: ir.Expr, context: int) -> str:
         if isinstance(expr, ir.Op) and expr.op == "**" and not is_integer(expr.args[1]):
@@ -74,6 +74,15 @@ class PythonScalarPrinter(Printer):
             return f"max({args[0]}, 0.0)"
         if op == "elu":
             return f"({x} if {x} > 0 else math.expm1({x}))"
+        if op in ("softplus", "logsigmoid"):
+            # max(x, 0) + log1p(exp(-|x|)), as the oracle's logaddexp(0, x): no overflow;
+            # logsigmoid(x) = -softplus(-x) = min(x, 0) - log1p(exp(-|x|)). A NaN `x` stays
+            # (max keeps a NaN first operand).
+            side = "max" if op == "softplus" else "min"
+            sign = "+" if op == "softplus" else "-"
+            return f"({side}({args[0]}, 0.0) {sign} math.log1p(math.exp(-abs({args[0]}))))"
+        if op == "silu":
+            return f"({x} * {self.function('sigmoid', args)})"
         if op == "sign":
             return f"({x} if {x} == 0 or {x} != {x} else math.copysign(1.0, {x}))"
         if op == "where":
@@ -124,7 +133,12 @@ class TorchPrinter(PythonScalarPrinter):
 
     _TORCH = {"exp": "torch.exp", "log": "torch.log", "sqrt": "torch.sqrt",
               "tanh": "torch.tanh", "sigmoid": "torch.sigmoid", "relu": "torch.relu",
-              "elu": "torch.nn.functional.elu", "abs": "torch.abs"}
+              "elu": "torch.nn.functional.elu", "abs": "torch.abs",
+              # version 1.1; softplus as the oracle's log(1 + exp(x)) at every x (torch's
+              # softplus returns x itself above its threshold, 20: 2e-9 relative)
+              "softplus": "torch.nn.functional.softplus",
+              "logsigmoid": "torch.nn.functional.logsigmoid", "log1p": "torch.log1p",
+              "expm1": "torch.expm1", "silu": "torch.nn.functional.silu", "erf": "torch.erf"}
 
     def __init__(self, read, fixed=(), integer: bool = False):
         super().__init__()

@@ -39,7 +39,11 @@ class TritonPrinter(Printer):
               "relu": f"tl.maximum({{0}}, 0.0, {_NAN})",
               "elu": f"tl.where(({{0}}) > 0, {{0}}, tl.exp(tl.minimum({{0}}, 0.0, {_NAN})) - 1.0)",
               "sign": "tl.where(({0}) > 0, 1.0, tl.where(({0}) < 0, -1.0, "
-                      "tl.where(({0}) == 0, 0.0, {0})))"}
+                      "tl.where(({0}) == 0, 0.0, {0})))",
+              # version 1.1: HELPERS below (Triton has no log1p, expm1 or softplus)
+              "softplus": "_softplus({0})", "logsigmoid": "_logsigmoid({0})",
+              "log1p": "_log1p({0})", "expm1": "_expm1({0})",
+              "silu": "({0}) * _sigmoid({0})", "erf": "tl.erf({0})"}
 
     def __init__(self, names: dict[str, str], read, integer: bool = False):
         super().__init__(names)
@@ -183,6 +187,33 @@ def _sigmoid(x):
     e = tl.exp2(-tl.abs(x) * 1.4426950408889634)
     r = 1.0 / (1.0 + e)
     return tl.where(x >= 0, r, e * r)
+
+
+# log1p and expm1 exact to a few ulp where 1 + x or exp(x) rounds (Kahan's corrections:
+# log(u) * x / (u - 1) with u = 1 + x; (u - 1) * x / log(u) with u = exp(x)); inf stays inf.
+@triton.jit
+def _log1p(x):
+    u = 1.0 + x
+    return tl.where(u == 1.0, x, tl.where(u == float("inf"), u, tl.log(u) * (x / (u - 1.0))))
+
+
+@triton.jit
+def _expm1(x):
+    u = tl.exp(x)
+    d = u - 1.0
+    return tl.where(u == 1.0, x, tl.where((d == -1.0) | (u == float("inf")), d,
+                                          d * (x / tl.log(u))))
+
+
+# softplus(x) = max(x, 0) + log1p(exp(-|x|)): no overflow; logsigmoid(x) = -softplus(-x).
+@triton.jit
+def _softplus(x):
+    return tl.maximum(x, 0.0, propagate_nan=tl.PropagateNan.ALL) + _log1p(tl.exp(-tl.abs(x)))
+
+
+@triton.jit
+def _logsigmoid(x):
+    return tl.minimum(x, 0.0, propagate_nan=tl.PropagateNan.ALL) - _log1p(tl.exp(-tl.abs(x)))
 
 
 @triton.jit

@@ -1,5 +1,5 @@
 """Frontend: `.attn` text -> syntax tree (`ast`), with positions on every node."""
 
-from .parser import FUNCTIONS, KEYWORDS, RESERVED, parse
+from .parser import CALLABLE, FUNCTIONS, KEYWORDS, RESERVED, parse
 
-__all__ = ["parse", "KEYWORDS", "FUNCTIONS", "RESERVED"]
+__all__ = ["parse", "KEYWORDS", "FUNCTIONS", "CALLABLE", "RESERVED"]

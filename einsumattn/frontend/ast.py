@@ -126,10 +126,14 @@ class AttentionStmt:
 
 @dataclass(frozen=True)
 class DimDecl:
-    """One dim of a `dims` statement, with its fixed size if one is given."""
+    """One dim of a `dims` statement: `E`, `E = 64` (`size`, a fixed size written as an
+    integer literal) or `P = M`, `G = H // KH` (`expr`, a size computed from other dims:
+    integers, names, `+ - * // / %` and unary signs as written; the IR builder checks
+    it). At most one of `size` and `expr` is set."""
     name: str
     size: int | None
     span: Span
+    expr: "Expr | None" = None
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,10 @@ KEYWORDS = frozenset("attention dims input param split init output where and or 
                      "sum max min inf".split())
 FUNCTIONS = frozenset("exp log sqrt tanh sigmoid relu elu abs sign max min where".split())
 RESERVED = KEYWORDS | FUNCTIONS
+# Functions of version 1.1 (LANGUAGE.md): recognised only before `(`, so not reserved: a
+# 1.0 spec that names a tensor or param `softplus` keeps working.
+FUNCTIONS_1_1 = frozenset("softplus logsigmoid log1p expm1 silu erf".split())
+CALLABLE = FUNCTIONS | FUNCTIONS_1_1
 
 # The largest integer a literal (or, in ir/constants.py, a constant integer step) may
 # have: every integer up to it is exact in float64, and in int64 with room to spare.
@@ -310,10 +314,18 @@ class _ToAst(Transformer):
     def attention_stmt(self, meta, children):
         return ast.AttentionStmt(_check_name(children[0], "a kernel"), _meta_span(meta))
 
+    def size_int(self, meta, children):
+        # An integer in a dim's size (`dims G = H // 2`): the grammar takes only INT there.
+        return ast.Number(_integer(children[0], _SIZE_HINT), _token_span(children[0]))
+
     def dim_decl(self, meta, children):
         name = _check_name(children[0], "a dim")
-        size = _integer(children[1], _SIZE_HINT) if len(children) > 1 else None
-        return ast.DimDecl(name, size, _meta_span(meta))
+        if len(children) == 1:
+            return ast.DimDecl(name, None, _meta_span(meta))
+        size = children[1]
+        if isinstance(size, ast.Number):     # `E = 64`, also `E = (64)`: a fixed size
+            return ast.DimDecl(name, size.value, _meta_span(meta))
+        return ast.DimDecl(name, None, _meta_span(meta), size)   # sized by other dims
 
     def dims_stmt(self, meta, children):
         return ast.DimsStmt(tuple(children), _meta_span(meta))
@@ -505,6 +517,9 @@ def _syntax_error(error: UnexpectedInput, parser: Lark, source: Source) -> SpecE
                              "a reduction may only stand first on the right of '=' and "
                              "applies to all of it; define an intermediate tensor for it",
                              source)
+        continued = _continuation_error(source, token, before)
+        if continued is not None:
+            return continued
         span = _token_span(token)
         shown = "end of the line" if token.type == "_NL" else f"'{token}'"
         hint = f"expected {expected}"
@@ -523,6 +538,67 @@ def _syntax_error(error: UnexpectedInput, parser: Lark, source: Source) -> SpecE
     if isinstance(error, UnexpectedEOF):
         return _eof_error(source, _describe(error.expected))
     return SpecError("could not parse the spec", None, None, source)
+
+
+# A binary operator that starts a line or ends one: the statement was meant to go on.
+# (`->` of a split and unary `not` are not binary operators; `and`/`or` are words.)
+_LEADING_OPERATOR = re.compile(r"(\*\*|//|<=|>=|==|!=|-(?!>)|[+*/%<>]|(?:and|or)\b)")
+_TRAILING_OPERATOR = re.compile(r"(\*\*|//|<=|>=|==|!=|(?<!-)>|[-+*/%<]|\b(?:and|or))$")
+# A line that starts a statement of its own: not the continuation of the line before.
+_STATEMENT_START = re.compile(r"(attention|dims|input|param|split|init|output)\b|"
+                              r"[A-Za-z_]\w*\s*(\[[^\]]*\])?\s*=(?!=)")
+_CONTINUE = ("a statement ends at the end of its line: to continue it on the next line, "
+             "wrap the expression in parentheses")
+
+
+def _code(lines: list[str], line: int) -> str:
+    """Line `line` (1-based) without its comment and surrounding blanks."""
+    return lines[line - 1].split("#", 1)[0].strip()
+
+
+def _continuation_error(source: Source, token: Token, before: str) -> SpecError | None:
+    """A statement continued on the next line outside brackets: the next line starts
+    with a binary operator (the error is on it), or this line ends with one (the error
+    is its end). The hint says to wrap the expression in parentheses."""
+    lines = source.text.split("\n")
+    if not 1 <= token.line <= len(lines):
+        return None
+    code = lines[token.line - 1].split("#", 1)[0]
+    leading = _LEADING_OPERATOR.match(code.lstrip())
+    if leading is not None:
+        head = next((n for n in range(token.line - 1, 0, -1) if _code(lines, n)), None)
+        if head is None:
+            return None
+        operator = leading.group(1)
+        column = len(code) - len(code.lstrip()) + 1
+        return SpecError(f"unexpected '{operator}' at the start of a line",
+                         Span(token.line, column, token.line, column + len(operator)),
+                         _continue_hint(lines, head, token.line), source)
+    trailing = _TRAILING_OPERATOR.search(before.split("#", 1)[0].rstrip())
+    if token.type == "_NL" and trailing is not None:
+        tail = next((n for n in range(token.line + 1, len(lines) + 1) if _code(lines, n)),
+                    None)
+        if tail is None or _STATEMENT_START.match(_code(lines, tail)):
+            return None   # an operand is missing: the generic hint says what is expected
+        operator = trailing.group(1)
+        column = trailing.start(1) + 1
+        return SpecError(f"the line ends after '{operator}'",
+                         Span(token.line, column, token.line, column + len(operator)),
+                         _continue_hint(lines, token.line, tail), source)
+    return None
+
+
+def _continue_hint(lines: list[str], head: int, tail: int) -> str:
+    """The continuation hint, with the two lines wrapped where that is easy to show:
+    after the last `where` (a filter goes on), else after the `=` of the statement."""
+    first, last = _code(lines, head), _code(lines, tail)
+    wheres = list(re.finditer(r"\bwhere\b\s*", first))
+    opening = wheres[-1] if wheres else re.search(r"(?<![<>=!])=(?!=)\s*", first)
+    if opening is None or len(first) + len(last) > 80:
+        return _CONTINUE
+    at = opening.end()
+    return (f"{_CONTINUE}: '{first[:at]}({first[at:]}' on line {head} and '{last})' on "
+            f"line {tail}")
 
 
 def _unclosed_before(source: Source, token: Token) -> Span | None:

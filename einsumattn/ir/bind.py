@@ -58,6 +58,10 @@ def bind(cascade: Cascade, *, shapes: Mapping[str, Sequence[int]] | None = None,
             _check_positive(name, value, "the sizes given")
             set_size(name, int(value), "the sizes given (the split's tile)")
             continue
+        if cascade.ranks[name].sized:
+            given = ", ".join(sorted(_dims_of(cascade.ranks[name].definition)))
+            raise BindError(f"rank {name} is {ir.to_text(cascade.ranks[name].definition)}, "
+                            f"computed and never given; give the size of {given} instead")
         if name in split_parts:
             raise BindError(f"rank {name} is a part of the split of "
                             f"{split_parts[name].parent}; give {split_parts[name].parent}'s "
@@ -76,8 +80,8 @@ def bind(cascade: Cascade, *, shapes: Mapping[str, Sequence[int]] | None = None,
         for position, (rank, extent) in enumerate(zip(tensor.ranks, shape)):
             where = f"input {tensor.name} (position {position}, shape {shape})"
             _check_positive(rank, extent, where)
-            if rank in split_parts:
-                continue  # checked against the derived size below
+            if rank in split_parts or cascade.ranks[rank].sized:
+                continue  # checked against the derived or computed size below
             set_size(rank, int(extent), where)
 
     values: dict[str, float] = {}
@@ -101,6 +105,21 @@ def bind(cascade: Cascade, *, shapes: Mapping[str, Sequence[int]] | None = None,
     def size(rank: str) -> int:
         if rank in known:
             return known[rank]
+        definition = cascade.ranks[rank].definition
+        if definition is not None:     # dims P = M, G = H // KH: computed from its dims
+            dims = {dim: size(dim) for dim in sorted(_dims_of(definition))}
+            problem = sized_problem(cascade, rank)
+            value = size_value(definition, dims)
+            for divisor in _divisors_of(definition):
+                if size_value(divisor, dims) < 1:
+                    raise BindError(problem["divisor"].format(
+                        divisor=ir.to_text(divisor), value=size_value(divisor, dims),
+                        sizes=dims))
+            if value < 1:
+                raise BindError(problem["size"].format(value=value, sizes=dims))
+            known[rank] = value
+            origin[rank] = f"{rank} = {ir.to_text(definition)}"
+            return value
         split = split_parts.get(rank)
         if split is None:
             raise BindError(f"the size of rank {rank} is not known: no input gives it; "
@@ -143,7 +162,39 @@ def bind(cascade: Cascade, *, shapes: Mapping[str, Sequence[int]] | None = None,
                 raise BindError(f"input {tensor.name} position {position} is rank {rank} "
                                 f"of size {size(rank)} (from {origin[rank]}), got "
                                 f"{shape[position]}")
+            if cascade.ranks[rank].sized and size(rank) != shape[position]:
+                raise BindError(sized_problem(cascade, rank)["input"].format(
+                    value=size(rank), input=tensor.name, extent=shape[position],
+                    position=position))
     return Binding({r: known[r] for r in cascade.ranks if r in known}, values)
+
+
+def _dims_of(definition: ir.Expr) -> set[str]:
+    return {node.rank for node in ir.walk(definition) if isinstance(node, ir.Dim)}
+
+
+def _divisors_of(definition: ir.Expr) -> list[ir.Expr]:
+    return [node.args[1] for node in ir.walk(definition)
+            if isinstance(node, ir.Op) and node.op == "//"]
+
+
+def sized_problem(cascade: Cascade, rank: str) -> dict[str, str]:
+    """The binding errors of a dim sized by other dims (`dims P = M`), as `str.format`
+    templates that the oracle and the generated module fill in alike: "size" (fields
+    `value` and `sizes`, the sizes by rank) for a size below 1, "divisor" (`divisor`,
+    `value`, `sizes`) for a divisor in it below 1, "input" (`value`, `input`, `extent`,
+    `position`) for an input whose extent differs."""
+    definition = cascade.ranks[rank].definition
+    text = ir.to_text(definition).replace("{", "{{").replace("}", "}}")
+    at = ", ".join(f"{dim}={{sizes[{dim}]}}" for dim in sorted(_dims_of(definition)))
+    return {
+        "size": f"rank {rank} is {text} = {{value}} at {at}; a dim's size must be at "
+                f"least 1",
+        "divisor": f"rank {rank} is {text}, whose divisor '{{divisor}}' is {{value}} at "
+                   f"{at}; it must be at least 1",
+        "input": f"rank {rank} is {text} = {{value}}, but input {{input}} has {{extent}} "
+                 f"at position {{position}}",
+    }
 
 
 def _check_positive(rank: str, value, where: str) -> None:
@@ -171,6 +222,10 @@ def rank_used(cascade: Cascade, rank: str) -> bool:
         if decl.default is not None and any(isinstance(n, ir.Dim) and n.rank == rank
                                             for n in ir.walk(decl.default)):
             return True
+    # A dim that a used dim's size is computed from (`dims P = M`).
+    if any(r.definition is not None and r.name != rank and rank in _dims_of(r.definition)
+           and rank_used(cascade, r.name) for r in cascade.ranks.values()):
+        return True
     # The parent or factor of a split one of whose parts is used. (Asking about the parts
     # of every split, not only of this rank's, recursed forever on a split whose parts
     # are unused.)

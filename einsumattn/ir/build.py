@@ -13,11 +13,11 @@ from dataclasses import dataclass
 import sympy
 
 from ..diagnostics import SpecError, Span, did_you_mean
-from ..frontend import FUNCTIONS, RESERVED, ast
+from ..frontend import CALLABLE, RESERVED, ast
 from . import expr as ir
 from .cascade import Cascade, Einsum, ParamDecl, Rank, Split, Tensor, dataflow_graph
 from .graph import Digraph
-from . import divisors
+from . import divisors, intervals
 from .constants import check_constants
 
 _FUNCTION_ARITY = {**{name: 1 for name in ir.FUNCTIONS_1}, "max": 2, "min": 2, "where": 3}
@@ -99,15 +99,16 @@ class _Builder:
                     raise SpecError("'attention' must be the first statement", stmt.span,
                                     "move it to the top of the file")
                 self.name, self.name_span = stmt.name, stmt.span
-        for stmt in statements:
-            if isinstance(stmt, ast.DimsStmt):
-                for dim in stmt.dims:
-                    if dim.size is not None and dim.size < 1:
-                        raise SpecError(f"dim {dim.name} has size {dim.size}", dim.span,
-                                        "a fixed size must be a positive integer")
-                    size = sympy.Integer(dim.size) if dim.size is not None \
-                        else size_symbol(dim.name)
-                    self._add_rank(dim.name, size, dim.span, fixed=dim.size)
+        dim_decls = [dim for stmt in statements if isinstance(stmt, ast.DimsStmt)
+                     for dim in stmt.dims]
+        for dim in dim_decls:
+            if dim.size is not None and dim.size < 1:
+                raise SpecError(f"dim {dim.name} has size {dim.size}", dim.span,
+                                "a fixed size must be a positive integer")
+            size = sympy.Integer(dim.size) if dim.size is not None \
+                else size_symbol(dim.name)
+            self._add_rank(dim.name, size, dim.span, fixed=dim.size)
+        self._sized_dims([dim for dim in dim_decls if dim.expr is not None])
         for stmt in statements:
             if isinstance(stmt, ast.ParamStmt):
                 self._declare(stmt.name, "a param", stmt.name_span)
@@ -145,6 +146,133 @@ class _Builder:
         ordered.update({e.tensor: self.tensors[e.tensor] for e in einsums})
         return Cascade(self.name, self.ranks, tuple(self.splits), params, ordered,
                        tuple(einsums), outputs, self.spec.source, name_span=self.name_span)
+
+    # ================================================================ sized dims
+    def _sized_dims(self, decls: list[ast.DimDecl]) -> None:
+        """`dims P = M, G = H // KH` (LANGUAGE.md 1.1): each such dim's size is the
+        sympy expression of the other dims' sizes (`//` as floor), its definition kept
+        for binding and printing. Definitions may name dims of any `dims` statement, in
+        any order; a cycle between them is an error. A definition with no dim in it
+        (`E = 2 * 32`) is a fixed size like `E = 64`."""
+        if not decls:
+            return
+        definitions = {dim.name: self._size_definition(dim) for dim in decls}
+        graph = Digraph()
+        for name, definition in definitions.items():
+            graph.add_node(name)
+            for node in ir.walk(definition):
+                if isinstance(node, ir.Dim) and node.rank in definitions:
+                    graph.add_edge(node.rank, name)
+        cycle = graph.find_cycle()
+        if cycle is not None:
+            order = {dim.name: i for i, dim in enumerate(decls)}
+            names = [edge[1] for edge in reversed(cycle)]   # "P uses Q uses ... P"
+            first = min(names, key=order.__getitem__)
+            names = names[names.index(first):] + names[:names.index(first)]
+            decl = decls[order[first]]
+            if len(names) == 1:
+                message = f"dim {first} is defined by itself: {first} = " \
+                          f"{ir.to_text(definitions[first])}"
+            else:
+                message = (f"a cycle between the sizes of dims: "
+                           f"{' -> '.join(names + [first])} (each computed from the next)")
+            raise SpecError(message, decl.span,
+                            "a sized dim's size comes from other dims: give one of them "
+                            "no '=' (its size then comes from an input) or an integer")
+        by_name = {dim.name: dim for dim in decls}
+        for name in graph.topological_order(key=lambda n: 0):
+            self._size_dim(by_name[name], definitions[name])
+
+    def _size_definition(self, dim: ast.DimDecl) -> ir.Expr:
+        """A sized dim's definition as an IR expression of dims and integers, checked:
+        only integers, dims declared with `dims`, `+ - * //` and parentheses."""
+        allowed = "a dim's size uses integers, dims, + - * // and parentheses"
+
+        def convert(node: ast.Expr) -> ir.Expr:
+            if isinstance(node, ast.Number) and isinstance(node.value, int):
+                return ir.Const(node.value, node.span)
+            if isinstance(node, ast.Name):
+                return ir.Dim(self._size_name(node, dim.name), node.span)
+            if isinstance(node, ast.Unary):
+                operand = convert(node.operand)
+                return operand if node.op == "+" else ir.Op("neg", (operand,), node.span)
+            if isinstance(node, ast.Binary) and node.op in ("+", "-", "*", "//"):
+                return ir.Op(node.op, (convert(node.left), convert(node.right)), node.span)
+            if isinstance(node, ast.Binary) and node.op == "/":
+                raise SpecError(f"'/' in the size of dim {dim.name}", node.span,
+                                "sizes are whole numbers: write '//' for floor division "
+                                "(G = H // KH)")
+            if isinstance(node, ast.Binary):
+                raise SpecError(f"'{node.op}' in the size of dim {dim.name}", node.span,
+                                allowed)
+            raise SpecError(f"this is not allowed in the size of dim {dim.name}",
+                            node.span, allowed)
+
+        return convert(dim.expr)
+
+    def _size_name(self, node: ast.Name, dim: str) -> str:
+        """The dim a name in a sized dim's definition stands for, or a diagnostic."""
+        _check_not_reserved(node)
+        name, span = node.id, node.span
+        rank = self.ranks.get(name)
+        if rank is not None:          # only `dims` are declared yet: never a split part
+            return name
+        splits = {part: stmt.parent for stmt in self.spec.statements
+                  if isinstance(stmt, ast.SplitStmt) for part in (stmt.outer, stmt.inner)}
+        if name in splits:
+            raise SpecError(f"'{name}' is a part of a split and cannot size dim {dim}",
+                            span, f"a dim's size is computed from dims declared with "
+                                  f"'dims'; use {splits[name]}, the split's parent")
+        if name in self.var_rank:
+            rank_name = self.var_rank[name]
+            raise SpecError(f"'{name}' is an index variable, not a size", span,
+                            f"the size of its rank is '{rank_name}': write "
+                            f"'{dim} = ... {rank_name} ...'")
+        params = {stmt.name for stmt in self.spec.statements
+                  if isinstance(stmt, ast.ParamStmt)}
+        if name in params:
+            raise SpecError(f"param '{name}' in the size of dim {dim}", span,
+                            "a dim's size uses integers and other dims; a param's value "
+                            "is a float chosen per call")
+        raise SpecError(f"unknown dim '{name}' in the size of dim {dim}", span,
+                        did_you_mean(name, self.ranks)
+                        or f"declare it with 'dims {name}'")
+
+    def _size_dim(self, dim: ast.DimDecl, definition: ir.Expr) -> None:
+        """Set a sized dim's Rank from its definition (its dims' sizes are set)."""
+        text = ir.to_text(definition)
+        for node in ir.walk(definition):
+            if isinstance(node, ir.Op) and node.op == "//" and \
+                    not divisors.positive_when_bound(node.args[1], self.ranks):
+                raise SpecError(f"the divisor '{ir.to_text(node.args[1])}' in the size of "
+                                f"dim {dim.name} cannot be proved positive",
+                                node.args[1].span or dim.span,
+                                "a divisor is a positive integer expression of dims: dims "
+                                "and positive integers combined by +, * and // (as in "
+                                "H // KH); a subtraction or a 0 can make it 0 or negative")
+        if not any(isinstance(node, ir.Dim) for node in ir.walk(definition)):
+            value = divisors.size_value(definition, {})
+            if value < 1 or value > MAX_SIZE:
+                shown = str(value) if text == str(value) else f"{text} = {value}"
+                raise SpecError(f"dim {dim.name} has size {shown}", dim.expr.span,
+                                "a fixed size must be a positive integer up to 2**53, "
+                                "e.g. 'E = 64'")
+            self.ranks[dim.name] = Rank(dim.name, sympy.Integer(value), value, None,
+                                        dim.span)
+            return
+        bounds = intervals.interval(definition, self._size_bounds)
+        if bounds is not None and intervals.provably(bounds[1] < 1):
+            raise SpecError(f"the size of dim {dim.name}, {text}, is below 1 for every "
+                            f"size of its dims", dim.expr.span,
+                            "a dim's size must be a positive integer expression of dims")
+        self.ranks[dim.name] = Rank(dim.name, _size_of(definition, self.ranks), None, None,
+                                    dim.span, definition)
+
+    def _size_bounds(self, node: ir.Expr):
+        if isinstance(node, ir.Const):
+            return sympy.Integer(node.value), sympy.Integer(node.value)
+        size = self.ranks[node.rank].size
+        return size, size
 
     def _split(self, stmt: ast.SplitStmt) -> None:
         if stmt.parent not in self.ranks:
@@ -463,13 +591,13 @@ class _Builder:
 
     def _call(self, node: ast.Call, ctx: _Context, lhs_vars: set[str]) -> ir.Expr:
         func = node.func
-        if func not in FUNCTIONS:
+        if func not in CALLABLE:
             if func in self.tensors:
                 raise SpecError(f"tensor '{func}' is called like a function",
                                 node.name_span, f"index tensors with brackets: {func}[...]")
             raise SpecError(f"unknown function '{func}'", node.name_span,
-                            did_you_mean(func, FUNCTIONS, cutoff=0.65)
-                            or f"functions are: {', '.join(sorted(FUNCTIONS))}")
+                            did_you_mean(func, CALLABLE, cutoff=0.65)
+                            or f"functions are: {', '.join(sorted(CALLABLE))}")
         arity = _FUNCTION_ARITY[func]
         if len(node.args) != arity:
             raise SpecError(f"{func}() takes {arity} argument(s), got {len(node.args)}",
@@ -658,16 +786,23 @@ class _Builder:
         """Every rank in use must get a size: fixed, from an input's shape, or from a
         split of a rank that gets one."""
         split_parts = {part: s for s in self.splits for part in (s.outer, s.inner)}
+        sized = {name: {n.rank for n in ir.walk(rank.definition) if isinstance(n, ir.Dim)}
+                 for name, rank in self.ranks.items() if rank.sized}
         bound = {name for name, rank in self.ranks.items()
                  if rank.fixed is not None and name not in split_parts}
         for tensor in self.tensors.values():
             if tensor.is_input:
                 # A split's parts get their sizes from the parent, never the other way
-                # (M1 = ceil(M / M0) does not determine M).
-                bound.update(r for r in tensor.ranks if r not in split_parts)
+                # (M1 = ceil(M / M0) does not determine M); a sized dim's from its dims.
+                bound.update(r for r in tensor.ranks if r not in split_parts
+                             and r not in sized)
         changed = True
         while changed:
             changed = False
+            for name, uses in sized.items():
+                if name not in bound and uses <= bound:
+                    bound.add(name)
+                    changed = True
             for split in self.splits:
                 factor_ok = not isinstance(split.factor, str) or split.factor in bound \
                     or split.factor in self.params
@@ -686,6 +821,21 @@ class _Builder:
                                 f"{rank} is a part of the split of {parent}, whose size "
                                 f"comes from {root}: add an input indexed by "
                                 f"'{root.lower()}' or declare 'dims {root} = 64'")
+            if rank not in bound and rank in sized:
+                missing, stack = set(), [rank]
+                while stack:           # the unbound dims it is computed from, at the root
+                    for dim in sized[stack.pop()] - bound:
+                        if dim in sized:
+                            stack.append(dim)
+                        else:
+                            missing.add(dim)
+                first = sorted(missing)[0]
+                raise SpecError(f"the size of rank {rank} cannot be bound", span,
+                                f"{rank} = {ir.to_text(self.ranks[rank].definition)} is "
+                                f"computed from its dims, never bound from an input, and "
+                                f"nothing gives {', '.join(sorted(missing))} a size: add an "
+                                f"input indexed by '{first.lower()}' or declare "
+                                f"'dims {first} = 16'")
             if rank not in bound:
                 raise SpecError(f"the size of rank {rank} cannot be bound", span,
                                 f"no input has rank {rank} and it has no fixed size: add an "
@@ -698,6 +848,25 @@ _CALL_HINTS = {
     "max": "max(a, b) takes two values; for a reduction write 'max[m] X[..., m]'",
     "min": "min(a, b) takes two values; for a reduction write 'min[m] X[..., m]'",
 }
+
+
+# The largest fixed size (parser.MAX_EXACT_INTEGER): sizes stay exact integers.
+MAX_SIZE = 2**53
+
+
+def _size_of(definition: ir.Expr, ranks: dict[str, Rank]) -> sympy.Expr:
+    """A sized dim's size: its definition over the sizes of its dims, `//` as floor."""
+    if isinstance(definition, ir.Const):
+        return sympy.Integer(definition.value)
+    if isinstance(definition, ir.Dim):
+        return ranks[definition.rank].size
+    args = [_size_of(arg, ranks) for arg in definition.args]
+    if definition.op == "neg":
+        return -args[0]
+    a, b = args
+    if definition.op == "//":
+        return sympy.floor(a / b)
+    return {"+": a + b, "-": a - b, "*": a * b}[definition.op]
 
 
 def _constant_offset(index: ir.Expr, var: str) -> int | None:

@@ -21,13 +21,23 @@ from .graph import Digraph
 @dataclass(frozen=True)
 class Rank:
     """A rank (dimension). `size` is symbolic: a Symbol for a rank bound at call time, an
-    Integer for a fixed one, an expression in other sizes for the parts of a split."""
+    Integer for a fixed one, an expression in other sizes for the parts of a split and
+    for a dim sized by other dims (`dims P = M, G = H // KH`: M, floor(H/KH))."""
 
     name: str
     size: sympy.Expr
     fixed: int | None = None
     split_of: str | None = None  # the parent rank, for the two parts of a split
     span: Span | None = field(default=None, compare=False, repr=False)
+    # A dim sized by other dims: its definition as written (Dim, integer Const and the
+    # ops + - * // neg), which binding evaluates and the printer prints back. Its size
+    # is computed, never bound from an input (LANGUAGE.md 1.1).
+    definition: Expr | None = None
+
+    @property
+    def sized(self) -> bool:
+        """Whether the rank's size is computed from other dims (`dims P = M`)."""
+        return self.definition is not None
 
     @property
     def var(self) -> str:

@@ -48,8 +48,11 @@ def _bounds(divisor: ir.Expr, ranks: dict[str, Rank], assume_quotients: bool):
     def leaf(node: ir.Expr):
         if isinstance(node, ir.Const):
             return sympy.Integer(node.value), sympy.Integer(node.value)
-        size = ranks[node.rank].size
-        return size, size
+        rank = ranks[node.rank]
+        if rank.sized and not provably(rank.size >= 1):
+            # a dim sized by other dims (G = H // KH) is at least 1: binding checks it
+            return sympy.Integer(1), rank.size
+        return rank.size, rank.size
 
     def quotient_low(a_low: sympy.Expr, b_high: sympy.Expr) -> sympy.Expr:
         if assume_quotients and provably(a_low >= 1):

@@ -19,7 +19,9 @@ from ..diagnostics import Span
 # Operation names, grouped by what they take and give.
 ARITHMETIC = frozenset({"+", "-", "*", "/", "//", "%", "**", "neg"})
 FUNCTIONS_1 = frozenset({"exp", "log", "sqrt", "tanh", "sigmoid", "relu", "elu", "abs",
-                         "sign"})
+                         "sign",
+                         # version 1.1 (LANGUAGE.md)
+                         "softplus", "logsigmoid", "log1p", "expm1", "silu", "erf"})
 FUNCTIONS_2 = frozenset({"max", "min"})
 COMPARISONS = frozenset({"<", "<=", ">", ">=", "==", "!="})
 BOOLEAN = frozenset({"and", "or", "not"})

@@ -45,7 +45,8 @@ def cascade_text(cascade: Cascade, comments: dict[str, str] | None = None) -> st
     printed above its Einsum (used to say which rewrite produced it)."""
     split_parts = {p for s in cascade.splits for p in (s.outer, s.inner)}
     lines = [f"attention {cascade.name}", ""]
-    dims = [f"{r.name} = {r.fixed}" if r.fixed is not None else r.name
+    dims = [f"{r.name} = {r.fixed}" if r.fixed is not None else
+            f"{r.name} = {to_text(r.definition)}" if r.definition is not None else r.name
             for r in cascade.ranks.values() if r.name not in split_parts]
     if dims:
         lines.append(f"dims {', '.join(dims)}")

@@ -34,6 +34,22 @@ def _elu(x):
     return np.where(x > 0, x, np.expm1(np.minimum(x, 0.0)))
 
 
+def _softplus(x):
+    import numpy as np
+
+    # log(1 + exp(x)) without overflow: log(exp(0) + exp(x)).
+    return np.logaddexp(0.0, x)
+
+
+def _erf(x):
+    import math
+
+    import numpy as np
+
+    # numpy has no erf; math.erf is correctly rounded to about 1 ulp in float64.
+    return np.vectorize(math.erf, otypes=[np.float64])(x)
+
+
 def _build_tables() -> None:
     import numpy as np
 
@@ -49,6 +65,12 @@ def _build_tables() -> None:
         "elu": _elu,
         "abs": np.abs,
         "sign": np.sign,
+        "softplus": _softplus,
+        "logsigmoid": lambda x: -_softplus(-x),
+        "log1p": np.log1p,
+        "expm1": np.expm1,
+        "silu": lambda x: x * _sigmoid(x),
+        "erf": _erf,
         "not": np.logical_not,
     }
     BINARY = {

@@ -15,6 +15,9 @@ def summary(cascade: Cascade) -> str:
     for rank in cascade.ranks.values():
         if rank.name in split_parts:
             continue
+        if rank.definition is not None:      # dims P = M, G = H // KH: P=M  G=H//KH
+            ranks.append(f"{rank.name}={to_text(rank.definition).replace(' ', '')}")
+            continue
         ranks.append(f"{rank.name}={rank.fixed}" if rank.fixed is not None else rank.name)
     lines.append(f"ranks    {'  '.join(ranks)}")
     for split in cascade.splits:

@@ -31,7 +31,8 @@ from . import kernel_ir as k
 from .shifts import guarded
 
 # Ops whose value is finite where their arguments are (up to float32 overflow).
-_CLOSED = {"+", "-", "*", "neg", "max", "min", "exp", "tanh", "sigmoid", "abs", "where"}
+_CLOSED = {"+", "-", "*", "neg", "max", "min", "exp", "tanh", "sigmoid", "abs", "where",
+           "softplus", "logsigmoid", "expm1", "silu", "erf"}
 
 
 def finite_shifts(statements: tuple, before: dict) -> tuple:

@@ -204,8 +204,8 @@ class _PassLowering:
         block = f"{f.stream}_BLOCK"
         split = self._split_range(stream)
         for number, accumulators, needed in f.pass_plan():
-            lo, hi = split or self._bounds(self.schedule.passes[number - 1].bounds)
-            pruned[number] = (lo, hi)
+            pruned[number] = self._bounds(self.schedule.passes[number - 1].bounds)
+            lo, hi = split or pruned[number]
             self._begin_loops()
             self.body += [k.Comment(""), k.Comment(
                 f"pass {number} over {f.stream}: "
@@ -232,6 +232,9 @@ class _PassLowering:
         self.body += self._stores()
         described = ", ".join(f"pass {number}: {_range_text(pruned[number], f.stream)}"
                               for number in sorted(pruned))
+        if split is not None:
+            described += (f", split over {self.schedule.splits} programs per row tile, "
+                          f"each adding its tiles' sums")
         return self._lowered(f"one fused kernel {name}: grid over "
                              f"{', '.join(f.batch + [f.row + ' tiles'])}; {described}")
 

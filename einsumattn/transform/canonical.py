@@ -314,7 +314,7 @@ def _nonnegative(cascade: Cascade, expr: ir.Expr) -> bool:
         return producer.reduce_op in (None, "sum") and _nonnegative(cascade, producer.body)
     if not isinstance(expr, ir.Op):
         return False
-    if expr.op in ("exp", "sqrt", "abs", "relu", "sigmoid"):
+    if expr.op in ("exp", "sqrt", "abs", "relu", "sigmoid", "softplus"):
         return True
     if expr.op in ("+", "*", "/", "min"):
         return all(_nonnegative(cascade, a) for a in expr.args)
