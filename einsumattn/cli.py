@@ -251,6 +251,23 @@ def _cmd_rewrite(args) -> int:
     return EXIT_OK
 
 
+def _cmd_grad(args) -> int:
+    from .transform.grad import GradientUnsupported, gradient
+
+    cascade = _load(args)
+    try:
+        text = gradient(cascade).text()
+    except GradientUnsupported as why:
+        print(f"einsumattn: error: {args.spec} has no derived gradient: {why}",
+              file=sys.stderr)
+        return EXIT_USER
+    if args.output:
+        _write_text(args.output, text)
+    else:
+        print(text, end="")
+    return EXIT_OK
+
+
 def _cmd_compile(args) -> int:
     from .codegen import compile_to_file
     from .backends.module import Plan
@@ -422,6 +439,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", type=_output_file, help="write it to a file")
     _tile_option(p)
     p.set_defaults(run=_cmd_rewrite)
+
+    p = commands.add_parser("grad", help="print the gradient cascade as .attn source (the "
+                                         "backward, derived rule by rule: docs/gradients.md)")
+    _spec_argument(p)
+    p.add_argument("-o", "--output", type=_output_file, help="write it to a file")
+    p.set_defaults(run=_cmd_grad)
 
     p = commands.add_parser("compile", help="generate the module: Triton kernels and the "
                                             "torch reference")

@@ -1,0 +1,179 @@
+"""The gradient cascade (transform/grad.py) against finite differences of the float64
+oracle: independent of the derivation, for every example and paper spec it derives, with
+absent points (masks, fully masked rows, an absent operand of a sum), ties of a max, and
+the refusals."""
+
+import math
+
+import numpy as np
+import pytest
+
+import einsumattn
+from einsumattn.evaluate import evaluate
+from einsumattn.ir.printer import cascade_text
+from einsumattn.transform.grad import GradientUnsupported, gradient
+from einsumattn.verify import Case, case_inputs
+
+from conftest import ROOT
+
+SPECS = sorted((ROOT / "examples").glob("*.attn")) + \
+    sorted((ROOT / "benchmarks" / "specs").glob("*.attn"))
+RECURRENT = {"gla_recurrent", "softmax_1pass"}
+SIZES = dict(B=2, H=2, KH=1, P=5, M=7, E=3, F=2, C=4, W=3)
+
+
+def _sizes(cascade) -> dict:
+    return {r.name: SIZES.get(r.name, 3) for r in cascade.ranks.values()
+            if r.fixed is None and r.split_of is None}
+
+
+def directional(cascade, sizes: dict, seed: int = 0):
+    """(finite difference, gradient) of L = sum over outputs of <dO, O> along a random
+    direction of every input the gradient covers, in float64."""
+    grad = gradient(cascade)
+    rng = np.random.default_rng(seed)
+    inputs = {name: value.double().numpy() for name, value in
+              case_inputs(cascade, Case(sizes, "float32", 1.0, True, seed)).items()}
+    outputs = evaluate(cascade, inputs)
+    cotangents = {grad.cotangents[o]: rng.standard_normal(outputs[o].shape)
+                  for o in cascade.outputs}
+    grads = evaluate(grad.cascade, {**inputs, **cotangents})
+    direction = {k: rng.standard_normal(v.shape) if k in grad.gradients else np.zeros_like(v)
+                 for k, v in inputs.items()}
+
+    def loss(t):
+        moved = evaluate(cascade, {k: inputs[k] + t * direction[k] for k in inputs})
+        return sum((moved[o] * cotangents[grad.cotangents[o]]).sum()
+                   for o in cascade.outputs)
+
+    # Central differences: O(eps**2) truncation, O(1e-16 / eps) rounding.
+    eps = 1e-6
+    finite = (loss(eps) - loss(-eps)) / (2 * eps)
+    analytic = sum((grads[grad.gradients[k]] * direction[k]).sum() for k in grad.gradients)
+    return finite, analytic, grads, grad
+
+
+@pytest.mark.parametrize("path", [p for p in SPECS if p.stem not in RECURRENT],
+                         ids=lambda p: p.stem)
+@pytest.mark.parametrize("seed", [0, 1])
+def test_the_gradient_matches_finite_differences(path, seed):
+    cascade = einsumattn.load(path)
+    finite, analytic, grads, _ = directional(cascade, _sizes(cascade), seed)
+    # 1e-6 relative: the central difference's error at eps = 1e-6 in float64
+    assert analytic == pytest.approx(finite, rel=1e-6, abs=1e-6)
+    assert all(np.isfinite(g).all() for g in grads.values())
+
+
+@pytest.mark.parametrize("path", [p for p in SPECS if p.stem not in RECURRENT],
+                         ids=lambda p: p.stem)
+def test_the_gradient_cascade_prints_back(path):
+    grad = gradient(einsumattn.load(path))
+    # The text (a comment per rule) parses back to the same cascade.
+    assert cascade_text(einsumattn.load(grad.text())) == cascade_text(grad.cascade)
+    assert all(output.startswith("d") for output in grad.cascade.outputs)
+
+
+def test_softmax_gradient_reads_what_flashattention_s_backward_reads():
+    """The derivation for softmax_3pass: dV from the probabilities and dO, dQ and dK from
+    dQK, which the exp and the max-shift make (the max's share of it sums to zero)."""
+    grad = gradient(einsumattn.load(ROOT / "examples" / "softmax_3pass.attn"))
+    assert grad.gradients == {"Q": "dQ", "K": "dK", "V": "dV"}
+    assert grad.cotangents == {"AV": "dAV"}
+    assert grad.cascade.einsum("dV").reads == ["dAV", "A"]
+    assert set(grad.cascade.einsum("dQ").reads) == {"dQK", "K"}
+
+
+ABSENT_OPERAND = """attention a
+dims P, M, E
+input Q[p, e], K[m, e], U[p, m]
+V[p, m] = Q[p, e] * K[m, e] where m <= p
+T[p, m] = U[p, m] + V[p, m]
+W[p] = sum[m] U[p, m] * U[p, m]
+R[p] = sum[m] T[p, m] + W[p]
+output R
+"""
+
+NO_KEY_ROWS = """attention a
+dims P, M, E, F
+input Q[p, e], K[m, e], V[m, f]
+QK[p, m] = Q[p, e] * K[m, e] where m + 2 <= p
+GM[p] = max[m] QK[p, m]
+SN[p, m] = exp(QK[p, m] - GM[p])
+SD[p] = sum[m] SN[p, m]
+O[p, f] = SN[p, m] * V[m, f] / SD[p]
+output O
+"""
+
+
+def test_an_absent_operand_gives_no_gradient_and_its_sum_skips_it():
+    """d(U + V)/dU is 1, but U's term counts only where V is present; dU sums three
+    readers' terms, one of them absent above the diagonal."""
+    cascade = einsumattn.load(ABSENT_OPERAND)
+    finite, analytic, grads, grad = directional(cascade, dict(P=4, M=4, E=2))
+    assert analytic == pytest.approx(finite, rel=1e-6)
+    assert "where(T[p, m] != T[p, m], 1.0, 1.0)" in grad.text()
+    assert "TERMS3" in grad.cascade.ranks
+
+
+def test_rows_that_see_no_key_get_zero_gradients_not_nan():
+    cascade = einsumattn.load(NO_KEY_ROWS)
+    finite, analytic, grads, grad = directional(cascade, dict(P=5, M=5, E=2, F=2))
+    assert analytic == pytest.approx(finite, rel=1e-6)
+    dq = grads[grad.gradients["Q"]]
+    assert np.isfinite(dq).all() and (dq[:2] == 0).all() and (dq[2:] != 0).any()
+
+
+def test_a_max_shares_its_cotangent_among_tied_points():
+    cascade = einsumattn.load("""attention t
+dims P, M
+input X[p, m]
+T[p] = max[m] X[p, m]
+output T
+""")
+    grad = gradient(cascade)
+    x = np.array([[1.0, 3.0, 3.0, 0.0], [2.0, -1.0, 0.5, 0.0]])
+    got = evaluate(grad.cascade, {"X": x, "dT": np.array([1.0, 4.0])})["dX"]
+    assert got.tolist() == [[0.0, 0.5, 0.5, 0.0], [4.0, 0.0, 0.0, 0.0]]
+
+
+@pytest.mark.parametrize("name", sorted(RECURRENT))
+def test_a_recurrence_is_refused_with_the_reason(name):
+    with pytest.raises(GradientUnsupported, match="recurrence"):
+        gradient(einsumattn.load(ROOT / "examples" / f"{name}.attn"))
+
+
+def test_a_coordinate_that_needs_a_used_variable_is_refused():
+    cascade = einsumattn.load("""attention d
+dims P
+input X[p]
+T[p] = X[2 * p]
+output T
+""")
+    with pytest.raises(GradientUnsupported, match="already uses"):
+        gradient(cascade)
+
+
+def test_each_function_s_derivative_matches_finite_differences():
+    functions = ["exp", "log", "sqrt", "tanh", "sigmoid", "relu", "elu", "abs", "softplus",
+                 "logsigmoid", "log1p", "expm1", "silu", "erf"]
+    body = " + ".join(f"{f}(X[p] * X[p] + 0.5)" for f in functions)
+    cascade = einsumattn.load(f"attention f\ndims P\ninput X[p]\nT[p] = {body} + "
+                              f"max(X[p], 0.25) * min(X[p], 0.5) + X[p] ** 3 / (1 + X[p] ** 2)"
+                              f"\noutput T\n")
+    finite, analytic, _, _ = directional(cascade, dict(P=6), seed=3)
+    assert analytic == pytest.approx(finite, rel=1e-6)
+    assert not math.isnan(analytic)
+
+
+def test_the_grad_command_prints_the_derivation_and_refuses_with_the_reason(capsys, tmp_path):
+    from einsumattn import cli
+
+    assert cli.main(["grad", str(ROOT / "examples" / "gqa.attn")]) == 0
+    text = capsys.readouterr().out
+    assert "# what QK contributes to dK" in text
+    assert "dK[b, kh, m, e] = sum[h, p]" in text and "where kh == h * KH // H" in text
+    out = tmp_path / "g.attn"
+    assert cli.main(["grad", str(ROOT / "examples" / "softcap.attn"), "-o", str(out)]) == 0
+    assert einsumattn.load(out).outputs == ("dQ", "dK", "dV")
+    assert cli.main(["grad", str(ROOT / "examples" / "gla_recurrent.attn")]) == 2
+    assert "S is a recurrence" in capsys.readouterr().err
