@@ -337,7 +337,7 @@ def test_wrappers_read_only_their_arguments_and_the_names_they_reserve():
     tree = ast.parse(generate(einsumattn.load(ROOT / "examples" / "softcap.attn")))
     functions = [n for n in tree.body if isinstance(n, ast.FunctionDef) and
                  n.name in ("reference", "softcap")]
-    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef))
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Softcap")
     functions += [n for n in cls.body if isinstance(n, ast.FunctionDef) and
                   n.name in ("__init__", "forward")]
     assert len(functions) == 4
