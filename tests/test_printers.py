@@ -213,7 +213,10 @@ def _power_of_negative_infinity(positive: float, negative: float):
     return power
 
 
-TRANSCENDENTAL = ("exp", "log", "sqrt", "tanh", "sigmoid", "elu", "**")
+# (The 1.1 functions too: Triton's are the generated helpers, a few ulps off by Kahan's
+# corrections of log1p and expm1, and Triton's own erf.)
+TRANSCENDENTAL = ("exp", "log", "sqrt", "tanh", "sigmoid", "elu", "**", "softplus",
+                  "logsigmoid", "log1p", "expm1", "silu", "erf")
 U = UNIT_ROUNDOFF["float32"]
 CHANGES = {
     # Plain float32 arithmetic (verify.well_conditioned's rule).
