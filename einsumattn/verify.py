@@ -345,6 +345,43 @@ def _bindable(cascade: Cascade, sizes: dict) -> bool:
     return True
 
 
+def _cotangents(cascade: Cascade, grad, inputs: dict, seed: int) -> dict:
+    """A random cotangent per output (float32, on the inputs' device), by the
+    gradient cascade's names: the loss is sum over outputs of <dO, O>."""
+    import torch
+
+    from .ir import bind
+
+    first = next(iter(inputs.values()))
+    generator = torch.Generator().manual_seed(seed)
+    sizes = bind(cascade, shapes={k: tuple(v.shape) for k, v in inputs.items()}).sizes
+    return {grad.cotangents[o]: torch.randn(
+        tuple(sizes[r] + (cascade.tensors[o].iterative == i)
+              for i, r in enumerate(cascade.tensors[o].ranks)),
+        generator=generator).to(first.device) for o in cascade.outputs}
+
+
+def _gradients(outputs, leaves: dict, cascade: Cascade, grad, inputs: dict,
+               cotangents: dict) -> list:
+    """`loss.backward()` from a backend's outputs (computed from `leaves`) against the
+    gradient cascade (transform/grad.py) evaluated by the oracle, float32: the loss is
+    sum over outputs of <dO, O> for the given cotangents."""
+    import torch
+
+    outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+    loss = sum((o.float() * cotangents[grad.cotangents[name]]).sum()
+               for o, name in zip(outputs, cascade.outputs))
+    loss.backward()
+    got = tuple(leaves[x].grad if leaves[x].grad is not None else torch.zeros_like(leaves[x])
+                for x in grad.gradients)
+    return compare(grad.cascade, {**inputs, **cotangents}, got, "float32")
+
+
+def _detached(outputs):
+    return tuple(o.detach() for o in outputs) if isinstance(outputs, tuple) else \
+        outputs.detach()
+
+
 def run_check(cascade: Cascade, module, backends: tuple[str, ...], examples: int = 50,
               report=print) -> bool:
     """Compare each backend with the oracle on `examples` hypothesis cases; report each
@@ -356,9 +393,16 @@ def run_check(cascade: Cascade, module, backends: tuple[str, ...], examples: int
 
     import torch
 
+    from .transform.grad import GradientUnsupported, gradient
+
     cls = getattr(module, module.__all__[0])
     rounding = dot_rounding(cascade, module)
     failures: list[str] = []
+    try:
+        grad = gradient(cascade)
+    except GradientUnsupported as why:
+        grad = None
+        report(f"note: gradients are not checked: {why}")
     # Kernels run where the data is: on the GPU when there is one.
     device = "cuda" if torch.cuda.is_available() else None
 
@@ -368,31 +412,49 @@ def run_check(cascade: Cascade, module, backends: tuple[str, ...], examples: int
             report(f"  skip   {case.describe()}: exact values exceed float32 / "
                    f"{case.dtype} range")
             reject()
+        # float32 cases check gradients too, from the same call: the inputs as leaves
+        # (detached views: their strides and broadcasts stay).
+        differentiate = grad is not None and case.dtype == "float32"
         for backend in backends:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 layer = cls(backend=backend)
+            leaves = {k: v.detach().requires_grad_(differentiate and v.is_floating_point())
+                      for k, v in inputs.items()}
             try:
-                outputs = layer(*inputs.values())
+                with torch.set_grad_enabled(differentiate):
+                    outputs = layer(*leaves.values())
             except Exception as error:  # noqa: BLE001 - reported with its case, below
                 detail = f"raised {type(error).__name__}: {str(error).splitlines()[0][:300]}" \
                     if str(error) else f"raised {type(error).__name__}"
                 report(f"  {backend:<6} {case.describe()}: ERROR {detail}")
                 failures.append(f"{backend}: {case.describe()}\n    {detail}")
                 raise AssertionError(detail) from None
-            results = compare(cascade, inputs, outputs, case.dtype,
+            results = compare(cascade, inputs, _detached(outputs), case.dtype,
                               rounding=rounding if backend == "triton" else None)
-            verdict = "ok" if all(r.ok for r in results) else "MISMATCH"
-            if verdict != "ok" and not well_conditioned(cascade, inputs, case.dtype):
-                report(f"  skip   {case.describe()}: ill-conditioned in float32 (the "
-                       f"oracle run in float32, with or without flushing subnormals to "
-                       f"zero, disagrees with float64 too)")
-                reject()
-            report(f"  {backend:<6} {case.describe()}: {verdict}")
-            if verdict != "ok":
-                detail = "; ".join(r.describe() for r in results if not r.ok)
-                failures.append(f"{backend}: {case.describe()}\n    {detail}")
-                raise AssertionError(detail)
+            judge(results, backend, case, "", cascade, inputs, case.dtype,
+                  "ill-conditioned in float32 (the oracle run in float32, with or without "
+                  "flushing subnormals to zero, disagrees with float64 too)")
+            if differentiate:
+                cotangents = _cotangents(cascade, grad, inputs, case.seed)
+                results = _gradients(outputs, leaves, cascade, grad, inputs, cotangents)
+                judge(results, backend, case, " gradients", grad.cascade,
+                      {**inputs, **cotangents}, "float32",
+                      "gradients ill-conditioned in float32")
+
+    def judge(results, backend: str, case: Case, what: str, probe: Cascade, inputs: dict,
+              dtype: str, why: str) -> None:
+        """Report a comparison; skip the case where `probe` is ill-conditioned, else
+        stop at a mismatch (hypothesis then looks for a smaller case)."""
+        verdict = "ok" if all(r.ok for r in results) else "MISMATCH"
+        if verdict != "ok" and not well_conditioned(probe, inputs, dtype):
+            report(f"  skip   {case.describe()}: {why}")
+            reject()
+        report(f"  {backend:<6} {case.describe()}{what and ','}{what}: {verdict}")
+        if verdict != "ok":
+            detail = "; ".join(r.describe() for r in results if not r.ok)
+            failures.append(f"{backend}{what}: {case.describe()}\n    {detail}")
+            raise AssertionError(detail)
 
     test = settings(max_examples=examples, deadline=None, database=None, derandomize=True,
                     suppress_health_check=list(HealthCheck))(given(cases(cascade))(run))

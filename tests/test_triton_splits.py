@@ -115,3 +115,21 @@ def test_sigmoid_attention_splits_its_keys_where_its_outputs_are_float32(tmp_pat
         out = getattr(module, module.__all__[0])(backend="triton")(*inputs.values())
     assert all(r.ok for r in compare(cascade, inputs, out, dtype,
                                      rounding=dot_rounding(cascade, module)))
+
+
+def test_a_float16_dot_never_rounds_an_earlier_stage_s_buffer(linear):
+    """Stage 2 reads KV = sum[m] FK V from memory in float32: its values exceed float16's
+    65504 where the inputs' do not (scale 100). A float16 tile of it was inf; the kernel's
+    dots run in float32 then (bfloat16 has float32's range), and the buffer counts as a
+    rounded operand in the check's tolerance. Found by hypothesis (test_codegen's linear
+    attention check); this is its smallest case."""
+    cascade, module = linear
+    assert module.DOT_ROUNDING["NUM"] == 2            # FQ computed, KV a float32 buffer
+    inputs = case_inputs(cascade, Case(dict(B=1, H=2, P=1, M=4, E=5, F=5), "float16", 100.0,
+                                       False, 0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = module.LinearAttention(backend="triton")(*inputs.values())
+    assert torch.isfinite(out).all()
+    assert all(r.ok for r in compare(cascade, inputs, out, "float16",
+                                     rounding=dot_rounding(cascade, module)))

@@ -1,4 +1,4 @@
-# einsumattn template key: ab6087f2f0fa33633afa5080b6fedaa8bc92cf94820fb2a16e30273b2f6ac5a1
+# einsumattn template key: 918f201cd923cc839db00bfa7acd4ed4bdaab0b6b78ee210840926590fa2383c
 # jinja2's compiled form of einsumattn/templates/module.py.j2, written by `python -m einsumattn.backends.templates` (see backends/templates.py). Do not edit.
 from jinja2.runtime import LoopContext, Macro, Markup, Namespace, TemplateNotFound, TemplateReference, TemplateRuntimeError, Undefined, escape, identity, internalcode, markup_join, missing, str_join
 name = 'module.py.j2'
@@ -367,7 +367,7 @@ def root(context, missing=missing):
         yield str(t_7((undefined(name='tuning') if l_0_tuning is missing else l_0_tuning)))
         yield "\n# Einsums whose tl.dot operands include computed values (count per Einsum): with float16\n# or bfloat16 inputs those are rounded to the inputs' precision. `einsumattn check`\n# widens its tolerance by the first-order effect of exactly these roundings.\nDOT_ROUNDING = "
         yield str(t_7((undefined(name='dot_rounding') if l_0_dot_rounding is missing else l_0_dot_rounding)))
-        yield '\n\n\ndef _dot_dtype(*inputs):\n    """The precision of tl.dot operands: float16 or bfloat16 when every floating input\n    has that dtype (tensor cores: exact products, float32 sums), else float32 (IEEE)."""\n    dtypes = {t.dtype for t in inputs if t.is_floating_point()}\n    if dtypes == {torch.float16}:\n        return tl.float16\n    if dtypes == {torch.bfloat16}:\n        return tl.bfloat16\n    return tl.float32\n\nif triton is not None:\n'
+        yield '\n\n\ndef _dot_dtype(*inputs):\n    """The precision of tl.dot operands: float16 or bfloat16 when every floating input\n    has that dtype (tensor cores: exact products, float32 sums), else float32 (IEEE)."""\n    dtypes = {t.dtype for t in inputs if t.is_floating_point()}\n    if dtypes == {torch.float16}:\n        return tl.float16\n    if dtypes == {torch.bfloat16}:\n        return tl.bfloat16\n    return tl.float32\n\n\ndef _buffer_dot(dot_dtype):\n    """The precision of a kernel whose dots read an earlier stage\'s float32 buffer (a\n    sum over keys, such as linear attention\'s K^T V): float16 tiles of it could overflow\n    (above 65504: inf), so float32; bfloat16 has float32\'s range."""\n    return tl.float32 if dot_dtype == tl.float16 else dot_dtype\n\nif triton is not None:\n'
         yield str(t_4((undefined(name='helpers') if l_0_helpers is missing else l_0_helpers), 4, first=True))
         yield '\n\n'
         for l_1_source in (undefined(name='kernel_sources') if l_0_kernel_sources is missing else l_0_kernel_sources):
@@ -508,4 +508,4 @@ def root(context, missing=missing):
     yield ')\n'
 
 blocks = {}
-debug_info = '1=105&3=111&4=114&7=121&8=125&9=140&13=144&17=146&21=148&22=150&1=153&23=157&33=159&44=163&46=167&47=169&48=171&49=178&50=185&52=192&54=194&56=196&62=198&92=200&94=203&95=215&96=225&111=233&113=235&121=237&125=240&130=244&131=252&132=263&133=276&134=278&149=281&151=296&154=298&156=310&162=330&164=332&165=334&167=337&171=339&173=351&177=362&181=365&185=367&199=369&201=371&203=377&204=380&209=382&216=384&223=386&381=389&386=391&390=393&391=395&392=404&393=414&394=416&395=418&396=421&398=423&399=425&400=436&402=446&406=457&413=468&417=471&420=475&421=477&427=483&430=485&433=487&435=489&436=491&442=493&443=499&444=503'
+debug_info = '1=105&3=111&4=114&7=121&8=125&9=140&13=144&17=146&21=148&22=150&1=153&23=157&33=159&44=163&46=167&47=169&48=171&49=178&50=185&52=192&54=194&56=196&62=198&92=200&94=203&95=215&96=225&111=233&113=235&121=237&125=240&130=244&131=252&132=263&133=276&134=278&149=281&151=296&154=298&156=310&162=330&164=332&165=334&167=337&171=339&173=351&177=362&181=365&185=367&206=369&208=371&210=377&211=380&216=382&223=384&230=386&388=389&393=391&397=393&398=395&399=404&400=414&401=416&402=418&403=421&405=423&406=425&407=436&409=446&413=457&420=468&424=471&427=475&428=477&434=483&437=485&440=487&442=489&443=491&449=493&450=499&451=503'

@@ -184,7 +184,7 @@ def rename(cascade: Cascade) -> Cascade:
     params = {mangle(p.name): ParamDecl(mangle(p.name), expr(p.default), p.span)
               for p in cascade.params.values()}
     tensors = {mangle(t.name): Tensor(mangle(t.name), names(t.ranks, rank_spelling),
-                                      t.is_input, t.iterative, t.span)
+                                      t.is_input, t.iterative, t.span, t.buffer)
                for t in cascade.tensors.values()}
     einsums = tuple(Einsum(mangle(e.tensor), names(e.indices, var), expr(e.body),
                            e.reduce_op, names(e.reduced, var), expr(e.filter), e.iterative,
@@ -244,7 +244,7 @@ MODULE_NAMES = frozenset({
     "_floordiv", "_mod", "_floordiv_f", "_mod_f", "_to_dot", "_sigmoid", "_sigmoid_exp2",
     "_log1p", "_expm1", "_softplus", "_logsigmoid",
     "_FAST_RCP", "_coefficient_rows", "_key_columns", "_stored", "stored_dtype",
-    "_tma_suits", "_descriptor", "_splits", "_TritonTrained",
+    "_tma_suits", "_descriptor", "_splits", "_TritonTrained", "_buffer_dot",
     "TensorDescriptor", "tma",
     "_scheduled", "TORCH_TUNING", "TORCH_FALLBACK",    # backends/torch_scheduled.py
     # configurations per call (schedule/configs.py, templates/module.py.j2)

@@ -82,7 +82,9 @@ def launch_lines(cascade: Cascade, schedule: KernelSchedule, host_args: list[str
     rows = cascade.var_rank(schedule.row)
     # The dot precision follows the inputs' dtype (_dot_dtype in the module); `flags`:
     # keyword arguments the host computes per call (a param's sign).
-    constants = ["**tuning", "**held"] + (["DOT_DTYPE=dot_dtype"] if dot else []) + list(flags)
+    dot_dtype = "_buffer_dot(dot_dtype)" if schedule.buffered_dots else "dot_dtype"
+    constants = ["**tuning", "**held"] + ([f"DOT_DTYPE={dot_dtype}"] if dot else []) + \
+        list(flags)
     tiles = f"-(-{rows} // tuning[\"{schedule.row}_BLOCK\"])"
     grid = f"{tiles}, {batch}"
     keys = cascade.root_rank(schedule.loops[0].extent) if schedule.loops else None

@@ -78,6 +78,9 @@ class Tensor:
     is_input: bool
     iterative: int | None = None
     span: Span | None = field(default=None, compare=False, repr=False)
+    # An input of a stage kernel that an earlier stage computed (schedule/stages.py):
+    # float32 in memory, its values not bounded by the inputs' dtype.
+    buffer: bool = False
 
     @property
     def is_scalar(self) -> bool:

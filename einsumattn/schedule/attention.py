@@ -501,11 +501,18 @@ class AttentionRoles:
         return tile_side, key_side, []
 
     def _exact_operand(self, factors: list) -> bool:
-        """An operand that is a single read of an input: exact in the inputs' dtype."""
+        """An operand that is a single read of an input: exact in the inputs' dtype (an
+        earlier stage's float32 buffer is not: it is rounded to the dot's precision)."""
         if len(factors) != 1 or not isinstance(factors[0], ir.Read):
             return False
         tensor = self.cascade.tensors.get(factors[0].tensor)
-        return tensor is not None and tensor.is_input
+        return tensor is not None and tensor.is_input and not tensor.buffer
+
+    def _buffered(self, dots) -> bool:
+        """Whether a dot reads an earlier stage's buffer: float32 values, which a float16
+        tile could not hold (above 65504: inf)."""
+        return any(self.cascade.tensors[read.tensor].buffer for dot in dots
+                   for factor in (*dot.left, *dot.right) for read in ir.reads(factor))
 
     # ---------------------------------------------------------------- the schedule
     def kernel_schedule(self, name: str) -> KernelSchedule:
@@ -567,4 +574,5 @@ class AttentionRoles:
             stores=tuple(Store(o, frozenset(self.row_masks.get(o, ())))
                          for o in cascade.outputs),
             knobs=(Knob(f"{self.row}_BLOCK", BLOCK_P, least), key_knob),
-            uses_dot=uses_dot, dots=dots, skipping=skipping, splits=splits)
+            uses_dot=uses_dot, dots=dots, skipping=skipping, splits=splits,
+            buffered_dots=self._buffered(dots))

@@ -158,6 +158,9 @@ class KernelSchedule:
     # (chosen per call), each summing a range of the keys into the outputs (atomic adds):
     # where the kernel's one pass only sums and stores its sums. None: one program.
     splits: str | None = None
+    # A dot reads an earlier stage's float32 buffer: with float16 inputs the kernel's
+    # dots run in float32 (the module's _buffer_dot), bfloat16 holds float32's range.
+    buffered_dots: bool = False
     description: str = ""
     _roles: dict = field(default=None, compare=False, repr=False)
 

@@ -132,7 +132,7 @@ def stage_cascade(cascade: Cascade, stage: frozenset, later: frozenset, number: 
             if name in absent:
                 # Memory holds values, not presence: a later stage would read 0 as present.
                 raise NotFusable(f"{name} may be absent and would cross a cut")
-            tensors[name] = type(tensor)(name, tensor.ranks, True)   # from memory
+            tensors[name] = type(tensor)(name, tensor.ranks, True, buffer=True)   # from memory
     for einsum in einsums:
         tensors[einsum.tensor] = cascade.tensors[einsum.tensor]
     if not outputs:
