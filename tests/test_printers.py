@@ -434,6 +434,17 @@ def test_functions_at_nan_and_infinities(tree, printer, tmp_path):
         assert checked >= 4
 
 
+def test_tanh_is_odd_in_triton_as_in_the_oracle(tmp_path):
+    """tanh(X) + tanh(S) at X = -S is exactly 0 in the oracle (numpy's tanh is odd), so
+    I / (...) is -inf there; Triton's tanh was 2 sigmoid(2x) - 1, a few ulps apart at x
+    and -x, which gave a finite value. Found by the randomized profile."""
+    tree = ir.Op("neg", (ir.Op("/", (ir.Dim("I"), ir.Op("+", (
+        ir.Op("tanh", (X,)), ir.Op("tanh", (ir.Read("S", ()),)))))),))
+    inputs = _case(([0.0] * (SIZE - 1) + [-1.0], [0.0] * SIZE, 1.0))
+    params = {"c": 0.0, "d": 0.0}
+    _agrees(tree, inputs, params, run_triton(tree, inputs, params, tmp_path))
+
+
 def _backends_agree(text: str, sizes: dict, folder) -> None:
     """Every backend of the generated module against the oracle on random inputs."""
     cascade = einsumattn.load(text)

@@ -33,9 +33,9 @@ class TritonPrinter(Printer):
     _UNARY = {"exp": "tl.exp({0})", "log": "tl.log({0})", "sqrt": "tl.sqrt({0})",
               "sigmoid": "_sigmoid({0})",     # HELPERS: one exponential, one division
               "abs": "tl.abs({0})",
-              # tanh through sigmoid: tanh(x) = 2 sigmoid(2x) - 1 (no tl.tanh everywhere);
-              # at a zero, the zero itself (tanh(-0.0) is -0.0).
-              "tanh": "tl.where(({0}) == 0, {0}, 2.0 * tl.sigmoid(2.0 * ({0})) - 1.0)",
+              # tanh through sigmoid (no tl.tanh everywhere): HELPERS' _tanh, odd as the
+              # oracle's (tanh(-1) + tanh(1) is exactly 0).
+              "tanh": "_tanh({0})",
               "relu": f"tl.maximum({{0}}, 0.0, {_NAN})",
               "elu": f"tl.where(({{0}}) > 0, {{0}}, tl.exp(tl.minimum({{0}}, 0.0, {_NAN})) - 1.0)",
               "sign": "tl.where(({0}) > 0, 1.0, tl.where(({0}) < 0, -1.0, "
@@ -187,6 +187,15 @@ def _sigmoid(x):
     e = tl.exp2(-tl.abs(x) * 1.4426950408889634)
     r = 1.0 / (1.0 + e)
     return tl.where(x >= 0, r, e * r)
+
+
+# tanh(x) = 2 sigmoid(2|x|) - 1 with x's sign: odd by construction, as the oracle's, so that
+# tanh(-a) + tanh(a) is exactly 0 (2 sigmoid(2x) - 1 is a few ulps apart at x and -x); at
+# a zero, the zero itself (tanh(-0.0) is -0.0), and NaN stays NaN.
+@triton.jit
+def _tanh(x):
+    t = 2.0 * tl.sigmoid(2.0 * tl.abs(x)) - 1.0
+    return tl.where(x < 0, -t, tl.where(x == 0, x, t))
 
 
 # log1p and expm1 exact to a few ulp where 1 + x or exp(x) rounds (Kahan's corrections:
