@@ -117,6 +117,14 @@ def conjuncts(expr: Expr | None) -> list[Expr]:
     return [expr]
 
 
+def conjunction(conditions: list[Expr]) -> Expr | None:
+    """`a and b and c` from [a, b, c] (the inverse of `conjuncts`); None for none."""
+    result = None
+    for condition in conditions:
+        result = condition if result is None else Op("and", (result, condition))
+    return result
+
+
 def product_factors(expr: Expr) -> list[Expr]:
     """`a * b * c` -> [a, b, c]: the factors of a product (an expression is its own
     single factor)."""

@@ -767,13 +767,6 @@ def _row_factor_cancels(cascade: Cascade, einsum: Einsum, node: ir.Expr,
 
 
 # ------------------------------------------------------------------ 6, 7. filters
-def _conjunction(conditions: list[ir.Expr]) -> ir.Expr | None:
-    result = None
-    for condition in conditions:
-        result = condition if result is None else ir.Op("and", (result, condition))
-    return result
-
-
 def _shared_filter(cascade: Cascade, einsum: Einsum):
     """The conjuncts every reader's filter applies to the points it reads of `einsum`'s
     tensor, in its variables, each with where it stands in each reader; None if a reader
@@ -825,10 +818,10 @@ def _filter_to_producer(cascade: Cascade, einsum: Einsum):
     new = []
     for existing in cascade.einsums:
         if existing.tensor == einsum.tensor:
-            existing = with_body(existing, filter=_conjunction(
+            existing = with_body(existing, filter=ir.conjunction(
                 list(ir.conjuncts(einsum.filter)) + list(moving)))
         elif existing.tensor in dropped:
-            existing = with_body(existing, filter=_conjunction(
+            existing = with_body(existing, filter=ir.conjunction(
                 [c for c in ir.conjuncts(existing.filter)
                  if c not in dropped[existing.tensor]]))
         new.append(existing)
@@ -902,7 +895,7 @@ def _redundant_filter(cascade: Cascade, einsum: Einsum):
     if not redundant:
         return None
     dropped = [c for c, _ in redundant]
-    kept = _conjunction([c for c in ir.conjuncts(einsum.filter) if c not in dropped])
+    kept = ir.conjunction([c for c in ir.conjuncts(einsum.filter) if c not in dropped])
     new = _replaced(cascade, einsum.tensor, [with_body(einsum, filter=kept)])
     said = "; ".join(f"{ir.to_text(c)} by {t}" for c, t in redundant)
     summary = f"{einsum.tensor}'s filter repeats what its reads apply ({said}): dropped"

@@ -281,8 +281,8 @@ class _Deriver:
         on_left = [c for c in parts if set(ir.index_vars(c)) <= set(left)
                    and not ir.reads(c)]
         if on_left:
-            value = ir.Op("where", (_all(on_left), value, ZERO))
-        condition = _all([c for c in parts if c not in on_left])
+            value = ir.Op("where", (ir.conjunction(on_left), value, ZERO))
+        condition = ir.conjunction([c for c in parts if c not in on_left])
         variables = [v for v in einsum.variables if v not in shifts]
         mentioned = variables + ir.index_vars(value) + \
             (ir.index_vars(condition) if condition is not None else [])
@@ -312,13 +312,6 @@ def _shift(index: ir.Expr, var: str) -> ir.Expr | None:
     if inner is not None and var not in ir.index_vars(b):
         return ir.Op(index.op, (inner, b))
     return None
-
-
-def _all(conditions: list[ir.Expr]) -> ir.Expr | None:
-    result = None
-    for part in conditions:
-        result = part if result is None else ir.Op("and", (result, part))
-    return result
 
 
 # ---------------------------------------------------------------- derivatives
