@@ -252,11 +252,12 @@ def _cmd_rewrite(args) -> int:
 
 
 def _cmd_grad(args) -> int:
+    from .transform.backward import fast_backward
     from .transform.grad import GradientUnsupported, gradient
 
     cascade = _load(args)
     try:
-        text = gradient(cascade).text()
+        text = fast_backward(cascade).text() if args.fast else gradient(cascade).text()
     except GradientUnsupported as why:
         print(f"einsumattn: error: {args.spec} has no derived gradient: {why}",
               file=sys.stderr)
@@ -276,10 +277,10 @@ def _cmd_compile(args) -> int:
     print(f"compiling {args.spec} (rewrites {'off' if args.no_rewrite else 'on'}) ...",
           file=sys.stderr)
     # Built once: the module is generated from it and the summary below is its own.
-    plan = Plan(cascade, rewrite=not args.no_rewrite, tile=args.tile)
+    plan = Plan(cascade, rewrite=not args.no_rewrite, tile=args.tile, train=args.train)
     with _writing_to(args.output, "give -o a folder you can write to"):
         path = compile_to_file(cascade, args.output, rewrite=not args.no_rewrite,
-                               tile=args.tile, plan=plan)
+                               tile=args.tile, train=args.train, plan=plan)
     print(f"wrote {path}")
     for line in plan.summary().splitlines():
         print(f"  {line}")
@@ -305,7 +306,8 @@ def _cmd_check(args) -> int:
             print("note: no GPU here, so Triton kernels run in Triton's interpreter (slow; "
                   "small sizes)")
     with _writing_to(cache_dir(), "set EINSUMATTN_CACHE_DIR to a folder you can write to"):
-        module = compile_spec(Path(args.spec), rewrite=not args.no_rewrite, tile=args.tile)
+        module = compile_spec(Path(args.spec), rewrite=not args.no_rewrite, tile=args.tile,
+                              train=args.train)
     backends = tuple(module.BACKENDS) if args.backend == "all" else (args.backend,)
     # A backend that does not apply to this spec (the module says why) is not checked.
     unavailable = [module.BACKENDS[b] for b in backends if module.BACKENDS[b] is not None]
@@ -396,6 +398,9 @@ def _rewrite_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-rewrite", action="store_true",
                    help="keep the spec's own pass structure in the Triton kernels")
     _tile_option(p)
+    p.add_argument("--train", action="store_true",
+                   help="add the backward's kernels: backend='triton' trains with them "
+                        "(docs/gradients.md, the fast backward)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -444,6 +449,10 @@ def build_parser() -> argparse.ArgumentParser:
                                          "backward, derived rule by rule: docs/gradients.md)")
     _spec_argument(p)
     p.add_argument("-o", "--output", type=_output_file, help="write it to a file")
+    p.add_argument("--fast", action="store_true",
+                   help="the fast backward: the gradient rewritten (shift invariance, delta "
+                        "by reassociation, log-sum-exp statistic), what the forward saves "
+                        "and what the backward recomputes")
     p.set_defaults(run=_cmd_grad)
 
     p = commands.add_parser("compile", help="generate the module: Triton kernels and the "

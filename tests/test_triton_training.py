@@ -53,11 +53,16 @@ def test_backward_matches_the_gradient_cascade(modules, name, backend):
     cotangents = [torch.randn(tuple(outputs[o].shape), generator=generator,
                               dtype=torch.float32) for o in cascade.outputs]
     leaves = _backward(module, cascade, inputs, cotangents, backend)
+    assert _agrees_with_the_gradient_cascade(grad, inputs, cotangents, leaves)
+
+
+def _agrees_with_the_gradient_cascade(grad, inputs, cotangents, leaves) -> bool:
+    """The leaves' gradients against the gradient cascade's, by the check's rule."""
     got = tuple(leaves[x].grad for x in grad.gradients)
     assert all(g is not None for g in got)
     everything = {**inputs, **{grad.cotangents[o]: c
-                               for o, c in zip(cascade.outputs, cotangents)}}
-    assert all(r.ok for r in compare(grad.cascade, everything, got, "float32"))
+                               for o, c in zip(grad.forward.outputs, cotangents)}}
+    return all(r.ok for r in compare(grad.cascade, everything, got, "float32"))
 
 
 def test_rows_that_see_no_key_train_to_zero_gradients(tmp_path):
@@ -125,3 +130,84 @@ def test_check_compares_gradients_and_catches_a_wrong_backward(modules, monkeypa
     said.clear()
     assert not run_check(cascade, module, ("triton",), examples=6, report=said.append)
     assert any("gradients: MISMATCH" in line for line in said)
+
+
+# ---------------------------------------------------------------- the backward's kernels
+KERNEL_TRAINED = ["causal_softmax", "softmax_3pass", "alibi", "softcap", "gqa",
+                  "sliding_window_sinks", "sigmoid_attention"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """Modules compiled with train=True (the backward's kernels), each with a count of
+    the calls of its backward kernels, so that a test knows they ran."""
+    folder = tmp_path_factory.mktemp("trained")
+    result = {}
+    for name in KERNEL_TRAINED:
+        path = compile_to_file(ROOT / "examples" / f"{name}.attn", folder, train=True)
+        module = import_file(path, f"trained_{name}")
+        calls = []
+        original = module._triton_backward
+
+        def counted(*args, original=original, calls=calls):
+            calls.append(1)
+            return original(*args)
+
+        module._triton_backward = counted
+        result[name] = (einsumattn.load(ROOT / "examples" / f"{name}.attn"), module, calls)
+    return result
+
+
+@pytest.mark.parametrize("name", KERNEL_TRAINED)
+@pytest.mark.parametrize("seed", [5, 6])
+def test_the_backward_kernels_match_the_gradient_cascade(trained, name, seed):
+    cascade, module, calls = trained[name]
+    assert module.SCHEDULE["training"]["reason"] is None
+    grad = gradient(cascade)
+    sizes = {r.name: SIZES.get(r.name, 3) for r in cascade.ranks.values()
+             if r.fixed is None and r.split_of is None}
+    sizes.update(P=21, M=19) if seed == 6 else None     # more than one tile of 16
+    inputs = case_inputs(cascade, Case(sizes, "float32", 1.0, seed == 6, seed))
+    generator = torch.Generator().manual_seed(seed)
+    outputs = einsumattn.evaluate(cascade, inputs)
+    cotangents = [torch.randn(tuple(outputs[o].shape), generator=generator,
+                              dtype=torch.float32) for o in cascade.outputs]
+    before = len(calls)
+    leaves = _backward(module, cascade, inputs, cotangents, "triton")
+    assert len(calls) == before + 1               # the kernels ran, not the torch backend
+    assert _agrees_with_the_gradient_cascade(grad, inputs, cotangents, leaves)
+
+
+def test_the_backward_kernels_give_rows_without_keys_zero_gradients(tmp_path):
+    spec = tmp_path / "shifted.attn"
+    spec.write_text((ROOT / "examples" / "causal_softmax.attn").read_text()
+                    .replace("where m <= p", "where m + 2 <= p"))
+    cascade = einsumattn.load(spec)
+    module = import_file(compile_to_file(spec, tmp_path / "out", train=True),
+                         "trained_shifted")
+    assert module.SCHEDULE["training"]["reason"] is None
+    inputs = case_inputs(cascade, Case(dict(B=1, H=1, P=6, M=6, E=4, F=3), "float32", 1.0,
+                                       False, 0))
+    leaves = _backward(module, cascade, inputs, [torch.ones(1, 1, 6, 3)], "triton")
+    dq, dk = leaves["Q"].grad, leaves["K"].grad
+    assert torch.isfinite(dq).all() and (dq[:, :, :2] == 0).all()
+    assert torch.isfinite(dk).all() and (dk[:, :, 4:] == 0).all()
+
+
+def test_the_backward_kernels_are_deterministic(trained):
+    """No atomic adds: the keys of a stage are never split over programs (the knob is
+    pinned to 1), so two backward passes give the same bits."""
+    cascade, module, _ = trained["sigmoid_attention"]
+    splits = [k for k in module.SCHEDULE["training"]["kernels"] if k["splits"]]
+    assert all(module.TUNING_FUSED[k["name"]][k["splits"]] == 1 for k in splits)
+    inputs = case_inputs(cascade, Case(dict(B=1, H=2, P=9, M=11, E=4, F=3), "float32", 1.0,
+                                       False, 1))
+    first = _backward(module, cascade, inputs, [torch.ones(1, 2, 9, 3)], "triton")
+    second = _backward(module, cascade, inputs, [torch.ones(1, 2, 9, 3)], "triton")
+    assert all(torch.equal(first[k].grad, second[k].grad) for k in first)
+
+
+def test_without_train_there_are_no_backward_kernels(modules):
+    _, module = modules["causal_softmax"]
+    assert module.SCHEDULE["training"] == {"reason": "compiled without --train"}
+    assert not hasattr(module, "_triton_backward")

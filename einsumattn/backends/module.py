@@ -33,6 +33,9 @@ from .triton_kernel import FusedKernel, tuning_table
 from .triton_printer import HELPERS, Unsupported
 from .triton_unfused import TritonEmitter
 from ..transform import DEFAULT_TILE, Rewritten, rewrite as derive
+from ..transform.backward import Backward, fast_backward
+from ..transform.grad import GradientUnsupported
+from ..schedule.training import training_stages
 from . import torch_scheduled
 
 
@@ -230,6 +233,68 @@ def _triton(cascade: Cascade) -> TritonPart:
                       unfused=tuple(k.schedule for k in kernels))
 
 
+@dataclasses.dataclass(frozen=True)
+class TrainingPart:
+    """The kernels that train (compile --train): the forward that also writes what the
+    backward reads, and the backward's stages (transform/backward.py derives and proves
+    the backward, schedule/training.py cuts it, each stage is scheduled and printed like
+    any cascade). `reason`: why there are none; training then differentiates the torch
+    backend in the backward, as without --train."""
+
+    reason: str | None = None
+    backward: Backward | None = None
+    forward: TritonPart | None = None
+    stages: tuple[TritonPart, ...] = ()
+
+    @property
+    def kernels(self) -> tuple[FusedKernel, ...]:
+        parts = (self.forward, *self.stages) if self.forward is not None else ()
+        return tuple(k for part in parts for k in part.fused)
+
+    def data(self) -> dict | None:
+        """SCHEDULE["training"]: what is saved and recomputed, the stages' kernels."""
+        if self.backward is None:
+            return {"reason": self.reason}
+        backward = self.backward
+        return {"reason": None,
+                "saved": {spec_text(k): spec_text(v) for k, v in backward.saved.items()},
+                "recomputed": [spec_text(n) for n in backward.recomputed],
+                "rules": [step.comment() for step in backward.steps],
+                "stages": [[spec_text(o) for o in part.fused[-1].schedule.outputs]
+                           for part in self.stages],
+                "kernels": tuple(kernel_data(k.schedule, spec_text) for k in self.kernels)}
+
+    def describe(self) -> str:
+        if self.backward is None:
+            return f"training: the torch backend's autograd in the backward ({self.reason})"
+        saved = ", ".join(f"{n} ({why})" for n, why in self.backward.saved.items())
+        return (f"training: {len(self.kernels)} kernel(s): the forward saving "
+                f"{saved or 'nothing'}; the backward in {len(self.stages)} stage(s), "
+                f"recomputing {', '.join(self.backward.recomputed) or 'nothing'}")
+
+
+def _training(cascade: Cascade, tile: int) -> TrainingPart:
+    """The training kernels of a cascade, or why there are none: every stage must have
+    fused kernels (the unfused schedule's per-Einsum buffers would be O(N^2) here)."""
+    try:
+        backward = fast_backward(cascade)
+    except GradientUnsupported as why:
+        return TrainingPart(reason=f"no derived gradient: {why}")
+    derived = derive(backward.forward, tile=tile)
+    forward = _triton(derived.cascade if derived.applied else backward.forward)
+    if forward.fallback is not None or not forward.fused:
+        return TrainingPart(reason="the forward that saves the statistics does not fuse: "
+                                   f"{forward.fallback or forward.not_fused}")
+    stages = []
+    for stage in training_stages(backward.cascade, backward.streamed):
+        part = _triton(stage)
+        if part.fallback is not None or not part.fused:
+            return TrainingPart(reason=f"the backward stage {stage.name} does not fuse: "
+                                       f"{part.fallback or part.not_fused}")
+        stages.append(part)
+    return TrainingPart(None, backward, forward, tuple(stages))
+
+
 class Plan:
     """Which cascade each backend runs, decided once per compile. The torch reference is
     always the spec's own cascade (the readable statement of the math); the Triton
@@ -239,9 +304,12 @@ class Plan:
     it renamed. The spec's own cascade is scheduled only when it is needed: without a
     derived one, or when the derived one does not fuse."""
 
-    def __init__(self, cascade: Cascade, *, rewrite: bool = True, tile: int = DEFAULT_TILE):
+    def __init__(self, cascade: Cascade, *, rewrite: bool = True, tile: int = DEFAULT_TILE,
+                 train: bool = False):
         self.cascade = cascade
-        self.options = {"rewrite": rewrite, "tile": tile}
+        self.options = {"rewrite": rewrite, "tile": tile, "train": train}
+        self.training = _training(cascade, tile) if train else \
+            TrainingPart(reason="compiled without --train")
         self.rewritten: Rewritten | None = derive(cascade, tile=tile) if rewrite else None
         self.kernel = cascade
         self.note = "the spec's own cascade (rewrites off: --no-rewrite)" \
@@ -268,7 +336,9 @@ class Plan:
     def summary(self) -> str:
         return _backends_note(self.triton.fallback, len(self.kernel.einsums),
                               self.triton.schedule_note) + \
-            f"\nTriton kernels compute {self.note}."
+            f"\nTriton kernels compute {self.note}." + \
+            (f"\n{spec_text(self.training.describe())}."
+             if self.options["train"] else "")
 
     def data(self) -> dict:
         """The plan as plain data: the generated module's SCHEDULE. `cascade` is the
@@ -282,6 +352,7 @@ class Plan:
                 "cut": schedule.cut,
                 "not_fused": schedule.not_fused,
                 "unfused": tuple(kernel_data(k, spec_text) for k in schedule.unfused),
+                "training": self.training.data(),
                 "describe": self.summary()}
 
 
@@ -340,6 +411,7 @@ class Options:
 
     rewrite: bool = True
     tile: int = DEFAULT_TILE
+    train: bool = False                # kernels for the backward (compile --train)
     module_name: str | None = None     # for the docstring's `from NAME import ...`
 
 
@@ -353,10 +425,10 @@ def generate(cascade: Cascade, *, plan: Plan | None = None, **options) -> str:
         raise SpecError("a spec needs at least one input to compile",
                         hint="declare the tensors it computes from with 'input'",
                         source=cascade.source)
+    options = {"rewrite": settings.rewrite, "tile": settings.tile, "train": settings.train}
     if plan is None:
-        plan = Plan(cascade, rewrite=settings.rewrite, tile=settings.tile)
-    elif plan.cascade is not cascade or \
-            plan.options != {"rewrite": settings.rewrite, "tile": settings.tile}:
+        plan = Plan(cascade, **options)
+    elif plan.cascade is not cascade or plan.options != options:
         raise ValueError("the plan was built for another cascade or other options")
     kernel, triton = plan.kernel, plan.triton
     analysis = _pass_summary(analyze(cascade))
@@ -373,7 +445,9 @@ def generate(cascade: Cascade, *, plan: Plan | None = None, **options) -> str:
     context = {
         "name": cascade.name,
         "class_name": cls,
-        "function_name": names.function_name(cascade.name, cls, triton.kernel_names),
+        "function_name": names.function_name(
+            cascade.name, cls, triton.kernel_names +
+            tuple(k.schedule.name for k in plan.training.kernels)),
         "module_name": settings.module_name or cascade.name,
         "version": __version__,
         "source_name": cascade.source.filename if cascade.source else "<spec>",
@@ -381,6 +455,9 @@ def generate(cascade: Cascade, *, plan: Plan | None = None, **options) -> str:
         "spec_hash": spec_sha256(source_text),
         "analysis": analysis,
         **triton.template_fields(),
+        "fused_tuning": {**triton.template_fields()["fused_tuning"],
+                         **{k.schedule.name: _training_tuning(k)
+                            for k in plan.training.kernels}},
         "has_triton": triton.fallback is None,
         "schedule": plan.data(),
         "backend_choices": choice_text(),
@@ -396,12 +473,50 @@ def generate(cascade: Cascade, *, plan: Plan | None = None, **options) -> str:
         "bind_lines": _bind_lines(kernel),
         "body_lines": TorchEmitter(names.rename(cascade)).emit(),
         "absent": absent_tensors(cascade),
-        "compile_options": {"rewrite": settings.rewrite, "tile": settings.tile},
+        "compile_options": options,
+        "training": _training_fields(plan.training, cascade) if triton.fused else None,
         # backend="torch": the kernels' schedule as torch code (backends/torch_scheduled.py)
         "torch_schedule": torch_scheduled.schedule(kernel),
     }
     source = module_template().render(**context)
     return names.spec_comments(source)
+
+
+def _training_tuning(kernel: FusedKernel) -> dict:
+    """A training kernel's TUNING_FUSED entry: its keys split over programs pinned to
+    one (atomic adds in any order would make the gradients vary in their last bits)."""
+    table = tuning_table(kernel.schedule)
+    if kernel.schedule.splits is not None:
+        table[kernel.schedule.splits] = 1
+    return table
+
+
+def _training_fields(training: TrainingPart, cascade: Cascade) -> dict | None:
+    """What the template writes for the training kernels (None: there are none): the
+    host lines of the forward that saves and of the backward's stages, the names they
+    bind, the kernels' sources (their knobs: _training_tuning)."""
+    if training.backward is None:
+        return None
+    backward = training.backward
+    ranks = {}
+    for name, rank in backward.cascade.ranks.items():
+        if name in cascade.ranks:
+            ranks[name] = f"sizes[{string_literal(name)}]"
+        elif rank.fixed is not None:
+            ranks[name] = str(rank.fixed)
+    return {
+        "ranks": ranks,
+        "forward_host": [line for k in training.forward.fused for line in k.host],
+        "forward_single": len(training.forward.fused) == 1,
+        "backward_host": [line for part in training.stages for k in part.fused
+                          for line in k.host],
+        "saved": list(backward.saved),
+        "cotangents": [backward.cotangents[o] for o in cascade.outputs],
+        "gradients": [backward.gradients.get(t.name) for t in cascade.inputs],
+        "source": "\n\n".join("\n".join(k.source) for k in training.kernels),
+        "saved_lines": [f"{n}: {why}" for n, why in backward.saved.items()],
+        "recomputed": ", ".join(backward.recomputed),
+    }
 
 
 __all__ = ["generate", "Options", "Plan", "spec_sha256"]

@@ -1,4 +1,4 @@
-# einsumattn template key: 918f201cd923cc839db00bfa7acd4ed4bdaab0b6b78ee210840926590fa2383c
+# einsumattn template key: d034efc5505b1d670d558865dc90be8461c6c752d64eb5cbb2f7b5f692264429
 # jinja2's compiled form of einsumattn/templates/module.py.j2, written by `python -m einsumattn.backends.templates` (see backends/templates.py). Do not edit.
 from jinja2.runtime import LoopContext, Macro, Markup, Namespace, TemplateNotFound, TemplateReference, TemplateRuntimeError, Undefined, escape, identity, internalcode, markup_join, missing, str_join
 name = 'module.py.j2'
@@ -31,9 +31,11 @@ def root(context, missing=missing):
     l_0_helpers = resolve('helpers')
     l_0_kernel_sources = resolve('kernel_sources')
     l_0_fused_source = resolve('fused_source')
+    l_0_training = resolve('training')
     l_0_fused_tuning = resolve('fused_tuning')
     l_0_config_rules = resolve('config_rules')
     l_0_config_candidates = resolve('config_candidates')
+    l_0_training_prologue = resolve('training_prologue')
     l_0_first_input = resolve('first_input')
     l_0_ranks = resolve('ranks')
     l_0_fused_single = resolve('fused_single')
@@ -380,14 +382,167 @@ def root(context, missing=missing):
             pass
             yield '    # The fused schedule: one kernel for the whole cascade.\n'
             yield str(t_4((undefined(name='fused_source') if l_0_fused_source is missing else l_0_fused_source), 4, first=True))
-            yield "\n\n\n# The fused kernels' knobs: a number pins it; None leaves it to the configuration chosen\n# per call (_tuning below). num_warps / num_stages may be added to pin Triton's launch options.\nTUNING_FUSED = "
+            yield '\n'
+            if (undefined(name='training') if l_0_training is missing else l_0_training):
+                pass
+                yield '\n    # The training kernels (compile --train; SCHEDULE["training"]): the forward that also\n    # writes what the backward reads, then the backward\'s stages, derived from the spec\n    # (einsumattn grad --fast prints the backward they compute).\n'
+                yield str(t_4(environment.getattr((undefined(name='training') if l_0_training is missing else l_0_training), 'source'), 4, first=True))
+                yield '\n'
+            yield "\n\n# The fused kernels' knobs: a number pins it; None leaves it to the configuration chosen\n# per call (_tuning below). num_warps / num_stages may be added to pin Triton's launch options.\nTUNING_FUSED = "
             yield str(t_7((undefined(name='fused_tuning') if l_0_fused_tuning is missing else l_0_fused_tuning)))
             yield '\n\n# Configurations per call (einsumattn/schedule/configs.py says where each comes from): the\n# first rule matching the device ("interpreter", or "cuda" with a compute capability of\n# at least `capability`, 90 for Hopper), the inputs\' dtype and the head dim (the largest\n# held tile); a tile never exceeds the sequence\'s own (a power of two, at least 16 for a\n# dot); a rule\'s None keeps the knob\'s default (SCHEDULE).\nCONFIG_RULES = '
             yield str(t_7((undefined(name='config_rules') if l_0_config_rules is missing else l_0_config_rules)))
             yield '\n# None: the inputs\' device decides; ("cuda", 90): choose as on that GPU (a static report\n# of the H100\'s code made without one: benchmarks/sm90_static.py).\nCONFIG_TARGET = None\n# True (or EINSUMATTN_AUTOTUNE=1): time CONFIG_CANDIDATES on the first call of each shape\n# and keep the fastest (per process, in _CONFIGS) instead of taking the rule.\nAUTOTUNE = False\nCONFIG_CANDIDATES = '
             yield str(t_7((undefined(name='config_candidates') if l_0_config_candidates is missing else l_0_config_candidates)))
-            yield '\n_CONFIGS = {}\n\n\ndef _pow2_at_least(n, least):\n    """The smallest power of two >= n and >= least (plain arithmetic: a host call costs\n    microseconds, not a JIT-wrapped helper\'s)."""\n    return max(least, 1 << max(0, int(n) - 1).bit_length())\n\n\ndef _target(device):\n    if CONFIG_TARGET is not None:\n        return tuple(CONFIG_TARGET)\n    if device.type != "cuda" or os.environ.get("TRITON_INTERPRET") == "1":\n        return ("interpreter", 0)\n    major, minor = torch.cuda.get_device_capability(device)\n    return ("cuda", major * 10 + minor)\n\n\ndef _splits(pinned, programs, keys, key_tile, device, stored):\n    """Programs per row tile along the keys for a kernel that only sums them (SCHEDULE\'s\n    "splits": linear attention\'s K^T V, sigmoid attention), each adding its keys\' sums\n    into float32 zeros: one for outputs stored in 16 bits (atomic adds need float32);\n    else the pinned number (TUNING_FUSED), else enough for two programs per\n    multiprocessor, each at least 4 key tiles, and one in the interpreter and under\n    torch\'s deterministic algorithms (float32 atomic adds in any order: the last bits of\n    the sums vary from run to run)."""\n    if stored != torch.float32:\n        return 1\n    if pinned:\n        return pinned\n    if _target(device)[0] == "interpreter" or torch.are_deterministic_algorithms_enabled():\n        return 1\n    units = torch.cuda.get_device_properties(device).multi_processor_count \\\n        if device.type == "cuda" else 132         # CONFIG_TARGET on the CPU: an H100\'s\n    return max(1, min(-(-2 * units // programs), keys // (4 * key_tile)))\n\n\ndef _tma_suits(device, *reads):\n    """Whether the GPU\'s tensor memory accelerator reads these (tensor, block) pairs\n    (the kernels\' TMA loads): Hopper or later (or Triton\'s interpreter, which emulates\n    it); each tensor\'s start and every stride but the last a multiple of 16 bytes and\n    not 0, the last stride 1; blocks of powers of two up to 256 (else the kernel reads\n    through pointers, and checks its knobs itself)."""\n    target = _target(device)\n    if TensorDescriptor is None or not (target[0] == "interpreter" or target[1] >= 90):\n        return False\n    for t, block in reads:\n        size = t.element_size()\n        if t.data_ptr() % 16 or t.stride(-1) != 1 or \\\n                any(s == 0 or s * size % 16 for s in t.stride()[:-1]) or \\\n                any(b < 1 or b > 256 or b & (b - 1) for b in block):\n            return False\n    return True\n\n\ndef _descriptor(use, tensor, block):\n    """A TMA descriptor of `tensor` read in blocks of `block` (where `use`), else None."""\n    if not use:\n        return None\n    return TensorDescriptor(tensor, list(tensor.shape), list(tensor.stride()), block)\n\n\ndef _tuning(kernel, rows, keys, head_dim, dtype, device, launch):\n    """The configuration of `kernel` for this call, cached per shape class: the pinned\n    knobs of TUNING_FUSED, then the rule\'s (or, autotuning, the fastest candidate\'s)."""\n    pinned = TUNING_FUSED[kernel]\n    target = _target(device)\n    dtype = str(dtype).removeprefix("torch.")\n    autotune = AUTOTUNE or os.environ.get("EINSUMATTN_AUTOTUNE") == "1"\n    key = (kernel, target, dtype, head_dim, _pow2_at_least(rows, 1), _pow2_at_least(keys, 1),\n           tuple(sorted(pinned.items())), autotune)\n    if key not in _CONFIGS:\n        schedule = next(k for k in SCHEDULE["kernels"] if k["name"] == kernel)\n        if autotune:\n            _CONFIGS[key] = _fastest(schedule, pinned, rows, keys, device, launch)\n        else:\n            rule = next(r for r in CONFIG_RULES if r["device"] == target[0]\n                        and target[1] >= r["capability"] and dtype in r["dtypes"]\n                        and head_dim <= r["head_dim"])\n            _CONFIGS[key] = _config(schedule, pinned, rows, keys, rule)\n    return dict(_CONFIGS[key])\n\n\ndef _config(schedule, pinned, rows, keys, choice):\n    """`choice` (a rule or a candidate: rows, keys, warps, stages) under the pinned knobs,\n    its tiles capped at the sequence\'s own."""\n    least = 16 if schedule["uses_dot"] else 1\n    row_knob, key_knob = schedule["grid"]["row_tile"], schedule["loops"][0]["tile"]\n    config = {knob: value for knob, value in pinned.items() if value is not None}\n    for knob, want, size in ((row_knob, choice["rows"], rows), (key_knob, choice["keys"], keys)):\n        if knob not in config:\n            want = want or schedule["knobs"][knob]["default"]\n            config[knob] = min(want, _pow2_at_least(size, least))\n    for option, value in (("num_warps", choice["warps"]), ("num_stages", choice["stages"])):\n        if value and option not in config:\n            config[option] = value\n    return config\n\n\ndef _fastest(schedule, pinned, rows, keys, device, launch):\n    """The candidate configuration `launch` runs fastest (each distinct one once; those\n    a kernel refuses are skipped)."""\n    timings = {}\n    for candidate in CONFIG_CANDIDATES:\n        config = _config(schedule, pinned, rows, keys, candidate)\n        frozen = tuple(sorted(config.items()))\n        if frozen in timings:\n            continue\n        try:\n            timings[frozen] = _time(lambda: launch(config), device)\n        except Exception:            # a configuration the kernel or the GPU cannot take\n            continue\n    if not timings:\n        raise RuntimeError(f"autotuning {schedule[\'name\']}: no candidate configuration ran")\n    return dict(min(timings, key=timings.get))\n\n\ndef _time(run, device):\n    """Milliseconds per call: Triton\'s do_bench on a GPU, a median of a few calls else."""\n    if device.type == "cuda":\n        import triton.testing\n        return triton.testing.do_bench(run, warmup=5, rep=20)\n    run()\n    samples = []\n    for repeat in range(3):\n        start = time.perf_counter()\n        run()\n        samples.append(time.perf_counter() - start)\n    return sorted(samples)[1] * 1e3\n'
-        yield '\n\nclass _TritonTrained(torch.autograd.Function):\n    """The Triton backends under autograd. The forward runs the kernels; the backward\n    computes the torch backend again from the saved inputs and differentiates that (the\n    kernels have no backward of their own yet: docs/gradients.md). Saves the inputs\n    only: the backward\'s memory is the torch backend\'s, for one call."""\n\n    @staticmethod\n    def forward(ctx, overrides, fused, *inputs):\n        ctx.overrides = overrides\n        ctx.save_for_backward(*inputs)\n        return _triton_forward(*inputs, overrides, fused=fused)\n\n    @staticmethod\n    def backward(ctx, *cotangents):\n        inputs = [t.detach().requires_grad_(need) for t, need\n                  in zip(ctx.saved_tensors, ctx.needs_input_grad[2:])]\n        with torch.enable_grad():\n            outputs = _forward("torch", ctx.overrides, *inputs)\n        outputs = outputs if isinstance(outputs, tuple) else (outputs,)\n        used = [(o, c) for o, c in zip(outputs, cotangents) if c is not None]\n        wanted = [t for t in inputs if t.requires_grad]\n        grads = iter(torch.autograd.grad([o for o, c in used], wanted,\n                                         [c for o, c in used], allow_unused=True))\n        return (None, None, *(next(grads) if t.requires_grad else None for t in inputs))\n\n\ndef _triton_forward('
+            yield '\n_CONFIGS = {}\n\n\ndef _pow2_at_least(n, least):\n    """The smallest power of two >= n and >= least (plain arithmetic: a host call costs\n    microseconds, not a JIT-wrapped helper\'s)."""\n    return max(least, 1 << max(0, int(n) - 1).bit_length())\n\n\ndef _target(device):\n    if CONFIG_TARGET is not None:\n        return tuple(CONFIG_TARGET)\n    if device.type != "cuda" or os.environ.get("TRITON_INTERPRET") == "1":\n        return ("interpreter", 0)\n    major, minor = torch.cuda.get_device_capability(device)\n    return ("cuda", major * 10 + minor)\n\n\ndef _splits(pinned, programs, keys, key_tile, device, stored):\n    """Programs per row tile along the keys for a kernel that only sums them (SCHEDULE\'s\n    "splits": linear attention\'s K^T V, sigmoid attention), each adding its keys\' sums\n    into float32 zeros: one for outputs stored in 16 bits (atomic adds need float32);\n    else the pinned number (TUNING_FUSED), else enough for two programs per\n    multiprocessor, each at least 4 key tiles, and one in the interpreter and under\n    torch\'s deterministic algorithms (float32 atomic adds in any order: the last bits of\n    the sums vary from run to run)."""\n    if stored != torch.float32:\n        return 1\n    if pinned:\n        return pinned\n    if _target(device)[0] == "interpreter" or torch.are_deterministic_algorithms_enabled():\n        return 1\n    units = torch.cuda.get_device_properties(device).multi_processor_count \\\n        if device.type == "cuda" else 132         # CONFIG_TARGET on the CPU: an H100\'s\n    return max(1, min(-(-2 * units // programs), keys // (4 * key_tile)))\n\n\ndef _tma_suits(device, *reads):\n    """Whether the GPU\'s tensor memory accelerator reads these (tensor, block) pairs\n    (the kernels\' TMA loads): Hopper or later (or Triton\'s interpreter, which emulates\n    it); each tensor\'s start and every stride but the last a multiple of 16 bytes and\n    not 0, the last stride 1; blocks of powers of two up to 256 (else the kernel reads\n    through pointers, and checks its knobs itself)."""\n    target = _target(device)\n    if TensorDescriptor is None or not (target[0] == "interpreter" or target[1] >= 90):\n        return False\n    for t, block in reads:\n        size = t.element_size()\n        if t.data_ptr() % 16 or t.stride(-1) != 1 or \\\n                any(s == 0 or s * size % 16 for s in t.stride()[:-1]) or \\\n                any(b < 1 or b > 256 or b & (b - 1) for b in block):\n            return False\n    return True\n\n\ndef _descriptor(use, tensor, block):\n    """A TMA descriptor of `tensor` read in blocks of `block` (where `use`), else None."""\n    if not use:\n        return None\n    return TensorDescriptor(tensor, list(tensor.shape), list(tensor.stride()), block)\n\n\ndef _tuning(kernel, rows, keys, head_dim, dtype, device, launch):\n    """The configuration of `kernel` for this call, cached per shape class: the pinned\n    knobs of TUNING_FUSED, then the rule\'s (or, autotuning, the fastest candidate\'s)."""\n    pinned = TUNING_FUSED[kernel]\n    target = _target(device)\n    dtype = str(dtype).removeprefix("torch.")\n    autotune = AUTOTUNE or os.environ.get("EINSUMATTN_AUTOTUNE") == "1"\n    key = (kernel, target, dtype, head_dim, _pow2_at_least(rows, 1), _pow2_at_least(keys, 1),\n           tuple(sorted(pinned.items())), autotune)\n    if key not in _CONFIGS:\n        schedule = next(k for k in (*SCHEDULE["kernels"],\n                                    *SCHEDULE["training"].get("kernels", ()))\n                        if k["name"] == kernel)\n        if autotune:\n            _CONFIGS[key] = _fastest(schedule, pinned, rows, keys, device, launch)\n        else:\n            rule = next(r for r in CONFIG_RULES if r["device"] == target[0]\n                        and target[1] >= r["capability"] and dtype in r["dtypes"]\n                        and head_dim <= r["head_dim"])\n            _CONFIGS[key] = _config(schedule, pinned, rows, keys, rule)\n    return dict(_CONFIGS[key])\n\n\ndef _config(schedule, pinned, rows, keys, choice):\n    """`choice` (a rule or a candidate: rows, keys, warps, stages) under the pinned knobs,\n    its tiles capped at the sequence\'s own."""\n    least = 16 if schedule["uses_dot"] else 1\n    row_knob, key_knob = schedule["grid"]["row_tile"], schedule["loops"][0]["tile"]\n    config = {knob: value for knob, value in pinned.items() if value is not None}\n    for knob, want, size in ((row_knob, choice["rows"], rows), (key_knob, choice["keys"], keys)):\n        if knob not in config:\n            want = want or schedule["knobs"][knob]["default"]\n            config[knob] = min(want, _pow2_at_least(size, least))\n    for option, value in (("num_warps", choice["warps"]), ("num_stages", choice["stages"])):\n        if value and option not in config:\n            config[option] = value\n    return config\n\n\ndef _fastest(schedule, pinned, rows, keys, device, launch):\n    """The candidate configuration `launch` runs fastest (each distinct one once; those\n    a kernel refuses are skipped)."""\n    timings = {}\n    for candidate in CONFIG_CANDIDATES:\n        config = _config(schedule, pinned, rows, keys, candidate)\n        frozen = tuple(sorted(config.items()))\n        if frozen in timings:\n            continue\n        try:\n            timings[frozen] = _time(lambda: launch(config), device)\n        except Exception:            # a configuration the kernel or the GPU cannot take\n            continue\n    if not timings:\n        raise RuntimeError(f"autotuning {schedule[\'name\']}: no candidate configuration ran")\n    return dict(min(timings, key=timings.get))\n\n\ndef _time(run, device):\n    """Milliseconds per call: Triton\'s do_bench on a GPU, a median of a few calls else."""\n    if device.type == "cuda":\n        import triton.testing\n        return triton.testing.do_bench(run, warmup=5, rep=20)\n    run()\n    samples = []\n    for repeat in range(3):\n        start = time.perf_counter()\n        run()\n        samples.append(time.perf_counter() - start)\n    return sorted(samples)[1] * 1e3\n'
+        yield '\n\nclass _TritonTrained(torch.autograd.Function):\n    """The Triton backends under autograd.\n'
+        if (undefined(name='training') if l_0_training is missing else l_0_training):
+            pass
+            yield '    With the fused schedule (backend="triton") the kernels train: the forward runs the\n    kernels that also write what the backward reads (_triton_saving: O(N), nothing the\n    size of the scores) and saves the inputs and those; the backward runs the backward\'s\n    kernels, which recompute '
+            yield str((environment.getattr((undefined(name='training') if l_0_training is missing else l_0_training), 'recomputed') or 'nothing'))
+            yield ' per tile (docs/gradients.md,\n    "The fast backward"). Otherwise (backend="triton-unfused") the forward saves the\n    inputs and the backward\n'
+        else:
+            pass
+            yield '    The forward runs the kernels and saves the inputs; the backward\n'
+        yield '    computes the torch backend again from the saved inputs and differentiates that\n    (its memory is the torch backend\'s, for one call)."""\n\n    @staticmethod\n    def forward(ctx, overrides, fused, *inputs):\n        ctx.overrides = overrides\n'
+        if (undefined(name='training') if l_0_training is missing else l_0_training):
+            pass
+            yield '        ctx.kernels = fused\n        if fused:\n            outputs, saved = _triton_saving(*inputs, overrides)\n            ctx.save_for_backward(*inputs, *saved)\n            return outputs if len(outputs) > 1 else outputs[0]\n'
+        yield '        ctx.save_for_backward(*inputs)\n        return _triton_forward(*inputs, overrides, fused=fused)\n\n    @staticmethod\n    def backward(ctx, *cotangents):\n'
+        if (undefined(name='training') if l_0_training is missing else l_0_training):
+            pass
+            yield '        if ctx.kernels:\n            inputs = ctx.saved_tensors[:len(INPUTS)]\n            grads = _triton_backward(*inputs, ctx.saved_tensors[len(INPUTS):], cotangents,\n                                     ctx.overrides)\n            return (None, None, *(g.to(t.dtype) if g is not None and need else None\n                                  for g, t, need in zip(grads, inputs,\n                                                        ctx.needs_input_grad[2:])))\n'
+        yield '        inputs = [t.detach().requires_grad_(need) for t, need\n                  in zip(ctx.saved_tensors, ctx.needs_input_grad[2:])]\n        with torch.enable_grad():\n            outputs = _forward("torch", ctx.overrides, *inputs)\n        outputs = outputs if isinstance(outputs, tuple) else (outputs,)\n        used = [(o, c) for o, c in zip(outputs, cotangents) if c is not None]\n        wanted = [t for t in inputs if t.requires_grad]\n        grads = iter(torch.autograd.grad([o for o, c in used], wanted,\n                                         [c for o, c in used], allow_unused=True))\n        return (None, None, *(next(grads) if t.requires_grad else None for t in inputs))\n\n\n'
+        if (undefined(name='training') if l_0_training is missing else l_0_training):
+            pass
+            yield '\n'
+            def macro():
+                t_11 = []
+                pass
+                t_11.extend((
+                    '    sizes, params = _bind(',
+                    str((undefined(name='args') if l_0_args is missing else l_0_args)),
+                    ', overrides)\n',
+                ))
+                for (l_2_rank, l_2_value) in context.call(environment.getattr(environment.getattr((undefined(name='training') if l_0_training is missing else l_0_training), 'ranks'), 'items')):
+                    _loop_vars = {}
+                    pass
+                    t_11.extend((
+                        '    ',
+                        str(t_8(l_2_rank)),
+                        ' = ',
+                        str(l_2_value),
+                        '\n',
+                    ))
+                l_2_rank = l_2_value = missing
+                for l_2_p in (undefined(name='params') if l_0_params is missing else l_0_params):
+                    _loop_vars = {}
+                    pass
+                    t_11.extend((
+                        '    ',
+                        str(t_3(l_2_p)),
+                        ' = float(params[',
+                        str(t_6(l_2_p)),
+                        '])\n',
+                    ))
+                l_2_p = missing
+                t_11.extend((
+                    '    device = ',
+                    str(t_3((undefined(name='first_input') if l_0_first_input is missing else l_0_first_input))),
+                    '.device\n    out_dtype = next((t.dtype for t in (',
+                    str((undefined(name='args') if l_0_args is missing else l_0_args)),
+                    ',) if t.is_floating_point()), torch.float32)\n    dot_dtype = _dot_dtype(',
+                    str((undefined(name='args') if l_0_args is missing else l_0_args)),
+                    ')\n    stored_dtype = torch.float32   # what the backward reads stays float32\n',
+                ))
+                return concat(t_11)
+            context.exported_vars.add('training_prologue')
+            context.vars['training_prologue'] = l_0_training_prologue = Macro(environment, macro, 'training_prologue', (), False, False, False, context.eval_ctx.autoescape)
+            yield '\ndef _triton_saving('
+            yield str((undefined(name='args') if l_0_args is missing else l_0_args))
+            yield ', overrides: dict):\n    """The training forward: the fused kernels that compute the outputs and what the\n    backward reads, kept in float32. Returns (the outputs in the inputs\' dtype, saved):\n'
+            t_12 = 1
+            for l_1_line in environment.getattr((undefined(name='training') if l_0_training is missing else l_0_training), 'saved_lines'):
+                _loop_vars = {}
+                pass
+                yield '    '
+                yield str(l_1_line)
+                yield '\n'
+                t_12 = 0
+            l_1_line = missing
+            if t_12:
+                pass
+                yield '    nothing\n'
+            yield '    """\n'
+            yield str(context.call((undefined(name='training_prologue') if l_0_training_prologue is missing else l_0_training_prologue)))
+            for l_1_line in environment.getattr((undefined(name='training') if l_0_training is missing else l_0_training), 'forward_host'):
+                _loop_vars = {}
+                pass
+                if l_1_line:
+                    pass
+                    yield '    '
+                    yield str(l_1_line)
+                yield '\n'
+            l_1_line = missing
+            yield '    return ('
+            for l_1_o in (undefined(name='outputs') if l_0_outputs is missing else l_0_outputs):
+                _loop_vars = {}
+                pass
+                yield str(t_3(l_1_o))
+                yield '.to(out_dtype), '
+            l_1_o = missing
+            yield '), ('
+            for l_1_name in environment.getattr((undefined(name='training') if l_0_training is missing else l_0_training), 'saved'):
+                _loop_vars = {}
+                pass
+                yield str(t_3(l_1_name))
+                yield ', '
+            l_1_name = missing
+            yield ')\n\n\ndef _triton_backward('
+            yield str((undefined(name='args') if l_0_args is missing else l_0_args))
+            yield ', saved, cotangents, overrides: dict):\n    """The backward\'s kernels, stage by stage (SCHEDULE["training"]["stages"]), from the\n    inputs, what _triton_saving saved and the outputs\' cotangents. Returns\n    each input\'s gradient (None where no output depends on it through a value)."""\n'
+            yield str(context.call((undefined(name='training_prologue') if l_0_training_prologue is missing else l_0_training_prologue)))
+            if environment.getattr((undefined(name='training') if l_0_training is missing else l_0_training), 'saved'):
+                pass
+                yield '    '
+                for l_1_name in environment.getattr((undefined(name='training') if l_0_training is missing else l_0_training), 'saved'):
+                    _loop_vars = {}
+                    pass
+                    yield str(t_3(l_1_name))
+                    yield ', '
+                l_1_name = missing
+                yield '= saved\n'
+            yield "    # autograd materialises an unused output's cotangent as zeros (never None here)\n    "
+            for l_1_name in environment.getattr((undefined(name='training') if l_0_training is missing else l_0_training), 'cotangents'):
+                _loop_vars = {}
+                pass
+                yield str(t_3(l_1_name))
+                yield ', '
+            l_1_name = missing
+            yield '= cotangents\n'
+            for l_1_line in environment.getattr((undefined(name='training') if l_0_training is missing else l_0_training), 'backward_host'):
+                _loop_vars = {}
+                pass
+                if l_1_line:
+                    pass
+                    yield '    '
+                    yield str(l_1_line)
+                yield '\n'
+            l_1_line = missing
+            yield '    return ('
+            for l_1_g in environment.getattr((undefined(name='training') if l_0_training is missing else l_0_training), 'gradients'):
+                _loop_vars = {}
+                pass
+                if l_1_g:
+                    pass
+                    yield str(t_3(l_1_g))
+                else:
+                    pass
+                    yield 'None'
+                yield ', '
+            l_1_g = missing
+            yield ')\n\n'
+        yield '\ndef _triton_forward('
         yield str((undefined(name='args') if l_0_args is missing else l_0_args))
         yield ', overrides: dict, fused: bool = True):\n    """The Triton backend: the fused kernel when there is one (fused=True), else one\n    kernel launch per Einsum, in dataflow order."""\n    if triton is None:\n        raise RuntimeError("the Triton backend needs the triton package; use backend=\'torch\'")\n    if not '
         yield str(t_3((undefined(name='first_input') if l_0_first_input is missing else l_0_first_input)))
@@ -508,4 +663,4 @@ def root(context, missing=missing):
     yield ')\n'
 
 blocks = {}
-debug_info = '1=105&3=111&4=114&7=121&8=125&9=140&13=144&17=146&21=148&22=150&1=153&23=157&33=159&44=163&46=167&47=169&48=171&49=178&50=185&52=192&54=194&56=196&62=198&92=200&94=203&95=215&96=225&111=233&113=235&121=237&125=240&130=244&131=252&132=263&133=276&134=278&149=281&151=296&154=298&156=310&162=330&164=332&165=334&167=337&171=339&173=351&177=362&181=365&185=367&206=369&208=371&210=377&211=380&216=382&223=384&230=386&388=389&393=391&397=393&398=395&399=404&400=414&401=416&402=418&403=421&405=423&406=425&407=436&409=446&413=457&420=468&424=471&427=475&428=477&434=483&437=485&440=487&442=489&443=491&449=493&450=499&451=503'
+debug_info = '1=107&3=113&4=116&7=123&8=127&9=142&13=146&17=148&21=150&22=152&1=155&23=159&33=161&44=165&46=169&47=171&48=173&49=180&50=187&52=194&54=196&56=198&62=200&92=202&94=205&95=217&96=227&111=235&113=237&121=239&125=242&130=246&131=254&132=265&133=278&134=280&149=283&151=298&154=300&156=312&162=332&164=334&165=336&167=339&171=341&173=353&177=364&181=367&185=369&206=371&208=373&210=379&211=382&212=384&216=387&221=390&228=392&235=394&371=397&374=400&384=406&394=410&413=414&414=417&415=425&416=436&417=449&418=451&419=453&422=460&425=463&428=475&429=486&432=500&436=502&438=514&439=521&440=531&443=544&448=546&452=548&453=550&454=559&455=569&456=571&457=573&458=576&460=578&461=580&462=591&464=601&468=612&475=623&479=626&482=630&483=632&489=638&492=640&495=642&497=644&498=646&504=648&505=654&506=658'

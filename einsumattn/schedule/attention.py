@@ -40,7 +40,12 @@ class AttentionRoles:
         # The passes of every rank (to choose the primary one) and the buffers of that
         # one: the part of `analyze` the schedule reads (the cut search calls this often).
         ranks = analyse_passes(cascade)
-        rank = Report(cascade, "float16", ranks, {}, None).primary_rank
+        # The streamed rank is the report's primary one among the ranks no output has:
+        # the outputs are per-row values (a backward's dQ[p, e] has E as many passes as
+        # M, and only M can be streamed).
+        outputs = {r for name in cascade.outputs for r in cascade.tensors[name].ranks}
+        rank = Report(cascade, "float16", {r: passes for r, passes in ranks.items()
+                                           if r not in outputs}, {}, None).primary_rank
         if rank is None or rank not in ranks:
             raise NotFusable("no rank is streamed")
         self.passes = ranks[rank]

@@ -78,14 +78,18 @@ ONE, ZERO, HALF = ir.Const(1.0), ir.Const(0.0), ir.Const(0.5)
 TWO_OVER_SQRT_PI = 2.0 / math.sqrt(math.pi)
 
 
-def gradient(cascade: Cascade) -> Gradient:
-    """The gradient cascade of `cascade` (module docstring)."""
-    return _Deriver(cascade).derive()
+def gradient(cascade: Cascade, constants: frozenset[str] = frozenset()) -> Gradient:
+    """The gradient cascade of `cascade` (module docstring). `constants`: forward
+    tensors whose cotangent is known to be zero (a shift the outputs do not depend on,
+    proved by transform/backward.py): no contribution to them is derived, so nothing
+    flows through them."""
+    return _Deriver(cascade, constants).derive()
 
 
 class _Deriver:
-    def __init__(self, cascade: Cascade):
+    def __init__(self, cascade: Cascade, constants: frozenset[str] = frozenset()):
         self.forward = cascade
+        self.constants = constants
         self.tensors: dict[str, Tensor] = dict(cascade.tensors)
         self.ranks: dict[str, Rank] = dict(cascade.ranks)
         self.absent = absent_tensors(cascade)     # forward tensors with absent points
@@ -202,6 +206,8 @@ class _Deriver:
         if einsum.reduce_op in ("max", "min"):
             scale = self._attained(einsum, own)
         for path, read in _reads_with_paths(einsum.body):
+            if read.tensor in self.constants:
+                continue
             local = _derivative_along(einsum.body, path)
             if local == ZERO:
                 continue

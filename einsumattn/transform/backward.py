@@ -1,0 +1,461 @@
+"""The fast backward: the gradient cascade (transform/grad.py) rewritten into the form
+FlashAttention-2 derives by hand, each step a rule with a proof obligation sympy
+discharges, then split into what the forward saves and what the backward recomputes.
+
+    backward = einsumattn.transform.backward.fast_backward(cascade)
+    backward.cascade      # the backward: inputs are the forward's, the cotangents and
+                          # the saved tensors; it recomputes the rest
+    backward.forward      # the forward with the saved statistics as extra outputs
+    backward.saved        # saved tensor -> why it is saved
+    backward.recomputed   # forward tensors the backward recomputes
+    backward.steps        # the rules applied (docs/gradients.md, "The fast backward")
+
+The rules, in the order they apply:
+
+1. **Shift invariance.** A max (min) reduction S that the outputs do not depend on: with
+   S replaced by S + t (t any value per point of S), every tensor that reads S changes
+   by an additive or multiplicative factor of t alone, proved Einsum by Einsum
+   (`exp(X - S - t) = exp(X - S) exp(-t)`; a sum keeps a factor free of its summed
+   variables; `SN e / (SD e) = SN / SD`), and no output changes. Then the derivative of
+   the outputs along any change of S is 0: S's cotangent is 0, and the gradient is
+   derived with S a constant (no share of a max's cotangent, no tie rule).
+2. **Delta by reassociation.** A sum over the key rank R of a cotangent that is itself a
+   contraction over a feature F, `X = sum[m] (sum[f] dO[f] W[m, f]) g[m]`, where a
+   forward tensor is `O[f] = sum[m] h[m] W[m, f]` with `W g = c h`, c free of R:
+   exchanging the finite sums gives `X = c * DELTA`, `DELTA = sum[f] dO[f] O[f]` (O(N d)
+   work instead of O(N^2)). The identity `W g = c h` is the proof obligation.
+3. **Log-sum-exp statistic.** A shift S and its normaliser `D = sum[R] exp(X - S)`
+   become one statistic `L = S + log(D)`: every backward Einsum that reads S or D is
+   rewritten with S = L - log(D) (D > 0 where a term is present) and kept where S and D
+   then cancel (`exp(QK - GM) / SD = exp(QK - L)`): one value per row is saved instead
+   of two, and the probabilities are recomputed from it.
+4. **Save per row, recompute the rest.** Of the forward tensors the backward reads, the
+   ones that exist only after a whole pass over the streamed rank and do not have that
+   rank (per-row statistics, the outputs) are saved by the forward; everything else
+   (the scores, the probabilities) is recomputed. Forward memory for training is then
+   O(N) where the forward's is.
+
+A rule that does not apply is skipped; the result is always the gradient (the oracle
+agrees with the raw gradient cascade: tests/test_backward.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import sympy
+
+from ..ir import Cascade, Einsum
+from ..ir import expr as ir
+from ..ir.cascade import Tensor
+from ..ir.printer import cascade_text
+from .algebra import Algebra, NotAlgebraic, is_zero, settled, substitute
+from .edit import assemble, late_tensors
+from .factor import inline
+from .grad import Gradient, GradientUnsupported, gradient
+from .steps import Step
+
+SHIFT = "shift invariance"
+DELTA = "delta by reassociation"
+LSE = "log-sum-exp statistic"
+
+
+@dataclass
+class Backward:
+    raw: Gradient                       # the gradient cascade before the rules
+    cascade: Cascade                    # the backward, saved tensors as inputs
+    forward: Cascade                    # the forward, saved statistics as outputs
+    saved: dict[str, str]               # saved tensor -> why
+    recomputed: list[str]               # forward tensors the backward recomputes
+    steps: list[Step] = field(default_factory=list)
+    streamed: str | None = None         # the forward's streamed rank
+    gradients: dict[str, str] = field(default_factory=dict)   # input -> gradient output
+    cotangents: dict[str, str] = field(default_factory=dict)  # output -> cotangent input
+
+    def text(self) -> str:
+        rules = {name: step.comment() for step in self.steps for name in step.tensors
+                 if name in self.cascade.tensors}
+        header = [f"# saved by the forward: {name} ({why})" for name, why in
+                  self.saved.items()]
+        if self.recomputed:
+            header.append(f"# recomputed: {', '.join(self.recomputed)}")
+        return "\n".join(header) + "\n" + cascade_text(self.cascade, rules)
+
+
+def fast_backward(cascade: Cascade) -> Backward:
+    """The fast backward of `cascade` (module docstring). GradientUnsupported where
+    the gradient itself is not derived."""
+    steps: list[Step] = []
+    constants = []
+    for einsum in cascade.einsums:
+        if einsum.reduce_op in ("max", "min") and einsum.tensor not in cascade.outputs:
+            proof = _shift_invariance(cascade, einsum.tensor)
+            if proof is not None:
+                constants.append(einsum.tensor)
+                steps.append(Step(SHIFT, f"the outputs do not change when {einsum.tensor} "
+                                         f"is shifted: its cotangent is 0",
+                                  (einsum.tensor,), proof))
+    raw = gradient(cascade, frozenset())
+    derived = gradient(cascade, frozenset(constants)) if constants else raw
+    forward_names = {e.tensor for e in cascade.einsums}
+    grad = derived.cascade
+    grad, delta_steps = _reassociate(grad, forward_names)
+    steps += delta_steps
+    grad, statistics, lse_steps = _log_sum_exp(grad, cascade, set(constants))
+    steps += lse_steps
+    backward, forward, saved, recomputed, streamed = _split(grad, cascade, statistics)
+    return Backward(raw, backward, forward, saved, recomputed, steps, streamed,
+                    dict(derived.gradients), dict(derived.cotangents))
+
+
+# ---------------------------------------------------------------- 1. shift invariance
+def _own(einsum: Einsum) -> tuple[ir.Expr, ...]:
+    return tuple(ir.Index(v) for v in einsum.indices)
+
+
+def _shift_invariance(cascade: Cascade, shift: str) -> str | None:
+    """The proof that the outputs do not depend on `shift` (module docstring, rule 1):
+    how each tensor changes, or None where one change is not a factor of t alone or
+    reaches an output."""
+    algebra = Algebra()
+    t = algebra.fresh("t")
+    variables = set(cascade.einsum(shift).indices)
+    change: dict[str, tuple[str, sympy.Expr]] = {shift: ("+", t)}
+    seen = False
+    for einsum in cascade.einsums:
+        if einsum.tensor == shift:
+            seen = True
+            continue
+        if not seen:
+            continue
+        reads = [r for r in ir.reads(einsum.body) if r.tensor in change]
+        others = [r for expr in (einsum.filter, einsum.init) if expr is not None
+                  for r in ir.reads(expr) if r.tensor in change]
+        if not reads and not others:
+            continue
+        if others or einsum.iterative is not None or \
+                not variables <= set(einsum.indices) or \
+                any(r.indices != _own(cascade.einsum(r.tensor)) for r in reads):
+            return None
+        before = algebra.to_sympy(einsum.body)
+        after = before.xreplace({algebra.read(r): _changed(change[r.tensor],
+                                                           algebra.read(r))
+                                 for r in reads})
+        found = _change_of(after, before, t, einsum.reduce_op, cheap=True) or \
+            _change_of(after, before, t, einsum.reduce_op, cheap=False)
+        if found is None:
+            return None
+        if found != "same":
+            change[einsum.tensor] = found
+        continue
+    if set(cascade.outputs) & set(change):
+        return None
+    return "; ".join(f"{name} -> {name} {op} {value}" for name, (op, value) in
+                     change.items()) + "; outputs unchanged"
+
+
+def _change_of(after: sympy.Expr, before: sympy.Expr, t: sympy.Symbol,
+               reduce_op: str | None, cheap: bool):
+    """How an Einsum's body changes: "same", ("+", c) or ("*", c) with c a function of t
+    alone (an addition commutes with max and min, a factor with sum, a positive one with
+    all three), or None. `cheap`: exact canonical forms only (expanded, exponentials
+    combined: `exp(a - t) / exp(a)` is `exp(-t)`), which cost far less than `settled`'s
+    sympy.simplify; else `settled`."""
+    def form(value):
+        if not cheap:
+            return settled(value)
+        expanded = sympy.expand(value)
+        return expanded if expanded == 0 or expanded.free_symbols <= {t} else \
+            sympy.powsimp(expanded, combine="exp")
+
+    difference = form(after - before)
+    if difference == 0:
+        return "same"
+    if difference.free_symbols <= {t} and reduce_op in (None, "max", "min"):
+        return ("+", difference)
+    if before == 0:
+        return None
+    ratio = form(after / before)
+    if ratio.free_symbols <= {t} and (reduce_op in (None, "sum") or ratio.is_positive):
+        return ("*", ratio)
+    return None
+
+
+def _changed(change: tuple[str, sympy.Expr], value: sympy.Expr) -> sympy.Expr:
+    op, amount = change
+    return value + amount if op == "+" else value * amount
+
+
+# ---------------------------------------------------------------- 2. delta
+def _factors(expr: ir.Expr) -> list[ir.Expr]:
+    if isinstance(expr, ir.Op) and expr.op == "*":
+        return _factors(expr.args[0]) + _factors(expr.args[1])
+    return [expr]
+
+
+def _product(factors: list[ir.Expr]) -> ir.Expr:
+    result = factors[0]
+    for factor in factors[1:]:
+        result = ir.Op("*", (result, factor))
+    return result
+
+
+def _reassociate(grad: Cascade, forward: set[str]) -> tuple[Cascade, list[Step]]:
+    """Rule 2 wherever it applies (module docstring)."""
+    steps: list[Step] = []
+    einsums = list(grad.einsums)
+    taken: set[str] = set(grad.tensors)
+    for position, einsum in enumerate(einsums):
+        if einsum.tensor in forward or einsum.reduce_op != "sum" or \
+                einsum.iterative is not None:
+            continue
+        found = _delta_for(grad, einsum, forward)
+        if found is None:
+            continue
+        contraction, delta_body, features, factor, identity = found
+        name = grad.fresh_name("DELTA", taken)
+        taken.add(name)
+        indices = tuple(v for v in einsum.indices) + tuple(features)
+        delta = Einsum(name, einsum.indices, delta_body, "sum", tuple(features),
+                       explicit_reduction=True)
+        del indices
+        einsums[position] = Einsum(einsum.tensor, einsum.indices,
+                                   ir.Op("*", (factor, ir.Read(name, _own(einsum)))))
+        einsums.insert(position, delta)
+        steps.append(Step(DELTA, f"sum[{', '.join(einsum.reduced)}] of {contraction} "
+                                 f"exchanged with its sum[{', '.join(features)}]: "
+                                 f"{einsum.tensor} = ({ir.to_text(factor)}) * {name}",
+                          (name, einsum.tensor), identity))
+        grad = assemble(grad, einsums, removable=set(grad.tensors) - set(grad.outputs))
+        einsums = list(grad.einsums)
+    return grad, steps
+
+
+def _delta_for(grad: Cascade, einsum: Einsum, forward: set[str]):
+    """(the cotangent read, DELTA's body, its features, the factor c, the identity) where
+    rule 2 applies to `einsum`, else None."""
+    summed = set(einsum.reduced)
+    for read in ir.reads(einsum.body):
+        if read.tensor in forward or grad.tensors[read.tensor].is_input:
+            continue
+        inner = grad.einsum(read.tensor)
+        if inner.reduce_op != "sum" or inner.filter is not None or \
+                inner.iterative is not None or read.indices != _own(inner):
+            continue
+        features = list(inner.reduced)
+        if set(features) & set(einsum.variables):
+            continue
+        outside = [f for f in _factors(inner.body) if not set(ir.index_vars(f)) & summed]
+        within = [f for f in _factors(inner.body) if set(ir.index_vars(f)) & summed]
+        if not outside or not within:
+            continue
+        for candidate in grad.einsums:
+            if candidate.tensor not in forward or candidate.reduce_op != "sum" or \
+                    set(candidate.reduced) != summed or candidate.filter != einsum.filter \
+                    or set(candidate.indices) != set(einsum.indices) | set(features):
+                continue
+            found = _ratio_free_of(grad, einsum, read, within, candidate, summed)
+            if found is None:
+                continue
+            factor, identity = found
+            output = ir.Read(candidate.tensor, _own(candidate))
+            body = _product(outside + [output])
+            return read.tensor, body, features, factor, identity
+    return None
+
+
+def _simplest(value: sympy.Expr) -> sympy.Expr:
+    """A product (or atom) with its exponentials merged (`exp(a) exp(-a)` is 1); a sum
+    `settled`."""
+    return sympy.powsimp(value, combine="exp") if not isinstance(value, sympy.Add) \
+        else settled(value)
+
+
+def _ratio_free_of(grad: Cascade, einsum: Einsum, read: ir.Read, within: list[ir.Expr],
+                   candidate: Einsum, summed: set[str]):
+    """c = (einsum's body / read) * within / candidate's body, when c is free of the
+    summed variables: (c as IR, the identity proved)."""
+    algebra = Algebra()
+    try:
+        body = algebra.to_sympy(inline(grad, einsum.body, 4))
+        # A product divided by one of its factors, and the ratio of two products,
+        # cancel as sympy builds them: `settled` only where they do not.
+        g = _simplest(body / algebra.read(read))
+        w = algebra.to_sympy(_product(within))
+        h = algebra.to_sympy(inline(grad, candidate.body, 4))
+        if h == 0:
+            return None
+        c = _simplest(g * w / h)
+        if algebra.read(read) in c.free_symbols:
+            return None
+        for symbol in c.free_symbols:
+            node = algebra.nodes.get(symbol)
+            if node is None or set(ir.index_vars(node)) & summed:
+                return None
+        if not is_zero(g * w - c * h):
+            return None
+        return algebra.to_ir(c), f"{g * w} == ({c}) * ({h})"
+    except NotAlgebraic:
+        return None
+
+
+# ---------------------------------------------------------------- 3. log-sum-exp
+def _normalisers(forward: Cascade, shifts: set[str]) -> list[tuple[str, str]]:
+    """(S, D) pairs: D = sum[R] exp(X - S), S a shift of rule 1 over the same rows."""
+    pairs = []
+    for einsum in forward.einsums:
+        if einsum.reduce_op != "sum" or einsum.iterative is not None:
+            continue
+        body = inline(forward, einsum.body, 4)
+        if not (isinstance(body, ir.Op) and body.op == "exp"):
+            continue
+        argument = body.args[0]
+        for shift in shifts:
+            own = ir.Read(shift, _own(einsum))
+            if isinstance(argument, ir.Op) and argument.op == "-" and \
+                    argument.args[1] == own and shift not in \
+                    {r.tensor for r in ir.reads(argument.args[0])} and \
+                    forward.einsum(shift).indices == einsum.indices:
+                pairs.append((shift, einsum.tensor))
+    return pairs
+
+
+def _log_sum_exp(grad: Cascade, forward: Cascade, shifts: set[str]):
+    """Rule 3 (module docstring): the new statistics (name -> (S, D)) and steps."""
+    steps: list[Step] = []
+    statistics: dict[str, tuple[str, str]] = {}
+    forward_names = {e.tensor for e in forward.einsums}
+    for shift, normaliser in _normalisers(forward, shifts):
+        taken = set(grad.tensors)
+        name = grad.fresh_name("LSE", taken)
+        rows = forward.einsum(shift).indices
+        einsums = list(grad.einsums)
+        changed = []
+        for position, einsum in enumerate(einsums):
+            if einsum.tensor in (shift, normaliser) or einsum.reduce_op is not None or \
+                    einsum.filter is not None or einsum.iterative is not None:
+                continue
+            body = inline(grad, einsum.body, 8)
+            reads = {r.tensor for r in ir.reads(body)}
+            if not {shift, normaliser} & reads:
+                continue
+            rewritten = _without(body, shift, normaliser, name)
+            if rewritten is None:
+                continue
+            einsums[position] = Einsum(einsum.tensor, einsum.indices, rewritten[0])
+            changed.append((einsum.tensor, rewritten[1]))
+        if not changed:
+            continue
+        statistic = Einsum(name, rows, ir.Op("+", (
+            ir.Read(shift, tuple(ir.Index(v) for v in rows)),
+            ir.Op("log", (ir.Read(normaliser, tuple(ir.Index(v) for v in rows)),)))))
+        at = max(i for i, e in enumerate(einsums) if e.tensor in (shift, normaliser))
+        einsums.insert(at + 1, statistic)
+        grad = assemble(grad, einsums, removable=set(grad.tensors) - set(grad.outputs))
+        statistics[name] = (shift, normaliser)
+        forward_names.add(name)
+        steps.append(Step(LSE, f"{name} = {shift} + log({normaliser}) saved in place of "
+                               f"{shift} and {normaliser}; "
+                               f"{', '.join(t for t, _ in changed)} read {name} alone",
+                          (name,) + tuple(t for t, _ in changed),
+                          "; ".join(identity for _, identity in changed)))
+    return grad, statistics, steps
+
+
+def _without(body: ir.Expr, shift: str, normaliser: str, statistic: str):
+    """`body` with S = L - log(D) substituted, simplified, when S and D cancel: (the
+    new body, the identity proved), else None."""
+    algebra = Algebra()
+    try:
+        # D > 0 where a term of its sum is present, which is where the body is.
+        for read in ir.reads(body):
+            if read.tensor == normaliser:
+                algebra.symbol(read, normaliser, positive=True)
+        before = algebra.to_sympy(body)
+        values = {}
+        for read in ir.reads(body):
+            if read.tensor == shift:
+                own = ir.Read(statistic, read.indices)
+                d = algebra.symbol(ir.Read(normaliser, read.indices), normaliser,
+                                   positive=True)
+                values[algebra.read(read)] = algebra.read(own) - sympy.log(d)
+        substituted = before.xreplace(values)
+
+        def reads_of(value):
+            return {algebra.nodes[s].tensor for s in value.free_symbols
+                    if isinstance(algebra.nodes.get(s), ir.Read)}
+
+        # Exponentials split and merged again (`exp(x + log(D)) = D exp(x)`), common
+        # factors pulled out: a canonical form in which S and D cancel where they do
+        # (sympy.simplify, tried too, found no more on the examples and costs 0.2 s).
+        after = sympy.factor_terms(sympy.powsimp(sympy.expand(substituted), combine="exp"))
+        if reads_of(after) & {shift, normaliser}:
+            return None
+        # The identity: the new body with L = S + log(D) is the old one.
+        back = {algebra.read(ir.Read(statistic, r.indices)):
+                algebra.read(r) + sympy.log(algebra.symbol(ir.Read(normaliser, r.indices),
+                                                           normaliser, positive=True))
+                for r in ir.reads(body) if r.tensor == shift}
+        if not is_zero(after.xreplace(back) - before):
+            return None
+        return algebra.to_ir(after), f"{before} == {after}"
+    except NotAlgebraic:
+        return None
+
+
+# ---------------------------------------------------------------- 4. saved / recomputed
+def _split(grad: Cascade, forward: Cascade, statistics: dict[str, tuple[str, str]]):
+    """The backward with the saved tensors as inputs, the forward with the statistics
+    as outputs, what is saved (and why) and what is recomputed."""
+    from ..analysis import analyze
+    forward_names = {e.tensor for e in forward.einsums} | set(statistics)
+    rank = analyze(forward).primary_rank
+    late = late_tensors(forward, rank) if rank is not None else set()
+    for name, (shift, normaliser) in statistics.items():
+        late.add(name)
+    # From the outputs down: a forward tensor that is late and has no streamed rank is
+    # saved (and what it reads is not needed for it); the other forward tensors reached
+    # are recomputed.
+    saved: dict[str, str] = {}
+    reached: set[str] = set()
+    pending = list(grad.outputs)
+    while pending:
+        name = pending.pop()
+        if name in reached:
+            continue
+        reached.add(name)
+        if grad.tensors[name].is_input:
+            continue
+        if name in forward_names and name in late and rank not in grad.tensors[name].ranks:
+            if name in statistics:
+                shift, normaliser = statistics[name]
+                saved[name] = f"{shift} + log({normaliser}): one value per row"
+            elif name in forward.outputs:
+                saved[name] = "an output of the forward"
+            else:
+                saved[name] = f"a per-row value that needs a whole pass over {rank}"
+            continue
+        pending += [r for r in grad.einsum(name).reads if r != name]
+    recomputed = [e.tensor for e in grad.einsums if e.tensor in forward_names and
+                  e.tensor in reached and e.tensor not in saved]
+    inputs = dict((t.name, t) for t in grad.tensors.values() if t.is_input)
+    for name in saved:
+        old = grad.tensors[name]
+        inputs[name] = Tensor(name, old.ranks, True)
+    kept = [e for e in grad.einsums if e.tensor in reached and e.tensor not in saved]
+    tensors = {**inputs, **{e.tensor: grad.tensors[e.tensor] for e in kept}}
+    backward = Cascade(f"{forward.name}_backward", dict(grad.ranks), grad.splits,
+                       dict(grad.params), tensors, tuple(kept), grad.outputs, grad.source)
+    extra = [e for e in grad.einsums if e.tensor in statistics]
+    forward_einsums = list(forward.einsums) + extra
+    tensors = dict(forward.tensors)
+    for einsum in extra:
+        tensors[einsum.tensor] = grad.tensors[einsum.tensor]
+    outputs = tuple(forward.outputs) + tuple(n for n in saved if n not in forward.outputs)
+    with_stats = Cascade(f"{forward.name}_saving", dict(forward.ranks), forward.splits,
+                         dict(forward.params), tensors, tuple(forward_einsums), outputs,
+                         forward.source)
+    return backward, with_stats, saved, recomputed, rank
+
+
+__all__ = ["Backward", "GradientUnsupported", "fast_backward"]

@@ -1,0 +1,173 @@
+"""The fast backward (transform/backward.py): the gradient cascade rewritten by shift
+invariance, delta by reassociation and the log-sum-exp statistic, then split into what
+the forward saves and what the backward recomputes. Every rewritten backward is checked
+against the raw gradient cascade (itself checked against finite differences in
+tests/test_grad.py) by the float64 oracle: the forward (with its saved statistics) runs
+first, the backward reads what it saved."""
+
+import numpy as np
+import pytest
+
+import einsumattn
+from einsumattn.evaluate import evaluate
+from einsumattn.ir.printer import cascade_text
+from einsumattn.transform.backward import fast_backward
+from einsumattn.verify import Case, case_inputs
+
+from conftest import ROOT
+from test_grad import NO_KEY_ROWS, RECURRENT, SPECS, _sizes
+
+SOFTMAX_FAMILY = ["alibi", "causal_softmax", "gqa", "sliding_window_sinks", "softcap",
+                  "softmax_3pass"]
+
+
+def both(cascade, sizes: dict, seed: int = 0):
+    """(the raw gradient's outputs, the fast backward's outputs, the backward) in
+    float64 on the same inputs and cotangents."""
+    backward = fast_backward(cascade)
+    raw = backward.raw
+    rng = np.random.default_rng(seed)
+    inputs = {name: value.double().numpy() for name, value in
+              case_inputs(cascade, Case(sizes, "float32", 1.0, True, seed)).items()}
+    outputs = evaluate(backward.forward, inputs)
+    cotangents = {raw.cotangents[o]: rng.standard_normal(outputs[o].shape)
+                  for o in cascade.outputs}
+    expected = evaluate(raw.cascade, {**inputs, **cotangents})
+    saved = {name: outputs[name] for name in backward.saved}
+    got = evaluate(backward.cascade, {**inputs, **cotangents, **saved})
+    return expected, got, backward
+
+
+@pytest.mark.parametrize("path", [p for p in SPECS if p.stem not in RECURRENT],
+                         ids=lambda p: p.stem)
+@pytest.mark.parametrize("seed", [0, 1])
+def test_the_fast_backward_computes_the_gradient(path, seed):
+    cascade = einsumattn.load(path)
+    expected, got, backward = both(cascade, _sizes(cascade), seed)
+    assert backward.gradients == backward.raw.gradients
+    for name in backward.gradients.values():
+        assert np.isfinite(got[name]).all()
+        # float64: the rules reassociate sums and cancel a shift, a few ulps of each term
+        np.testing.assert_allclose(got[name], expected[name], rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", SOFTMAX_FAMILY)
+def test_softmax_backward_has_flashattention_2_s_structure(name):
+    """Statistics saved (one value per row), scores recomputed, delta by reassociation,
+    no share of the max's cotangent: read off the derived backward, not asserted by hand
+    in a template."""
+    backward = fast_backward(einsumattn.load(ROOT / "examples" / f"{name}.attn"))
+    rules = [step.rule for step in backward.steps]
+    assert rules == ["shift invariance", "delta by reassociation", "log-sum-exp statistic"]
+    forward = backward.raw.forward
+    (output,) = forward.outputs
+    assert backward.saved.keys() == {"LSE", output}
+    assert "LSE" in backward.forward.outputs
+    streamed = einsumattn.analyze(forward).primary_rank
+    # Nothing the forward saves has the streamed rank: training memory stays O(N).
+    assert all(streamed not in backward.cascade.tensors[n].ranks for n in backward.saved)
+    text = backward.text()
+    # No max count (tie rule), no GM or SD read: they cancelled.
+    assert "NGM" not in text and not {"GM", "SD"} & set(backward.cascade.tensors)
+    delta = backward.cascade.einsum("DELTA")
+    assert delta.reduce_op == "sum" and len(delta.reduced) == 1
+    assert {r.tensor for r in delta.accesses()} == {backward.cotangents[output], output}
+    # The pass analysis of the backward: every reduction over the keys (dQ) or the
+    # queries (dK, dV) is one pass; the per-row delta needs no pass over the keys.
+    report = einsumattn.analyze(backward.cascade)
+    assert all(r.passes <= 2 for r in report.ranks.values())
+
+
+def test_sigmoid_backward_has_no_delta_and_saves_nothing():
+    backward = fast_backward(einsumattn.load(ROOT / "examples" / "sigmoid_attention.attn"))
+    assert backward.steps == [] and backward.saved == {}
+    assert "DELTA" not in backward.cascade.tensors
+    assert set(backward.recomputed) == {"QK", "A"}
+
+
+def test_rows_that_see_no_key_get_zero_gradients_not_nan():
+    cascade = einsumattn.load(NO_KEY_ROWS)
+    expected, got, backward = both(cascade, dict(P=5, M=5, E=2, F=2))
+    dq = got[backward.gradients["Q"]]
+    assert np.isfinite(dq).all() and (dq[:2] == 0).all()
+    np.testing.assert_allclose(dq, expected[backward.gradients["Q"]], rtol=1e-9)
+
+
+def test_logits_up_to_1e4_stay_finite():
+    cascade = einsumattn.load(ROOT / "examples" / "causal_softmax.attn")
+    backward = fast_backward(cascade)
+    rng = np.random.default_rng(3)
+    sizes = dict(B=1, H=1, P=6, M=6, E=4, F=3)
+    inputs = {"Q": rng.standard_normal((1, 1, 6, 4)) * 100,
+              "K": rng.standard_normal((1, 1, 6, 4)) * 100,
+              "V": rng.standard_normal((1, 1, 6, 3))}
+    outputs = evaluate(backward.forward, inputs)
+    cotangent = {"dAV": rng.standard_normal((1, 1, 6, 3))}
+    saved = {n: outputs[n] for n in backward.saved}
+    got = evaluate(backward.cascade, {**inputs, **cotangent, **saved})
+    expected = evaluate(backward.raw.cascade, {**inputs, **cotangent})
+    del sizes
+    for name in ("dQ", "dK", "dV"):
+        assert np.isfinite(got[name]).all()
+        np.testing.assert_allclose(got[name], expected[name], rtol=1e-8, atol=1e-8)
+
+
+def test_an_output_that_depends_on_the_max_keeps_its_cotangent():
+    """Shift invariance must be proved, not assumed: an unnormalised exp changes with
+    the max, so the max keeps its share (and its tie rule)."""
+    cascade = einsumattn.load("""attention t
+dims P, M, F
+input X[p, m], V[m, f]
+GM[p] = max[m] X[p, m]
+SN[p, m] = exp(X[p, m] - GM[p])
+O[p, f] = sum[m] SN[p, m] * V[m, f]
+output O
+""")
+    backward = fast_backward(cascade)
+    assert "shift invariance" not in [step.rule for step in backward.steps]
+    assert "NGM" in backward.cascade.tensors
+    expected, got, _ = both(cascade, dict(P=3, M=4, F=2))
+    np.testing.assert_allclose(got["dX"], expected["dX"], rtol=1e-9)
+
+
+@pytest.mark.parametrize("name", SOFTMAX_FAMILY + ["sigmoid_attention"])
+def test_the_fast_backward_prints_back(name):
+    backward = fast_backward(einsumattn.load(ROOT / "examples" / f"{name}.attn"))
+    text = backward.text()
+    assert text.startswith("# saved by the forward") or not backward.saved
+    assert cascade_text(einsumattn.load(text)) == cascade_text(backward.cascade)
+
+
+@pytest.mark.parametrize("name", SOFTMAX_FAMILY)
+def test_softmax_backward_kernels_are_flashattention_2_s(name):
+    """The stages the back end schedules: the per-row delta first, then one kernel that
+    loops over query tiles accumulating dK and dV per key tile, and one that loops over
+    key tiles for dQ; each the attention schedule (the scores recomputed in registers),
+    skipping masked tiles where the forward does, without atomics."""
+    from einsumattn.schedule.lower_attention import lower_attention
+    from einsumattn.schedule.training import training_stages
+
+    backward = fast_backward(einsumattn.load(ROOT / "examples" / f"{name}.attn"))
+    stages = training_stages(backward.cascade, backward.streamed)
+    assert [stage.outputs for stage in stages] == [("DELTA",), ("dQ",), ("dK", "dV")] or \
+        name == "gqa"
+    schedules = {stage.outputs: lower_attention(stage).schedule for stage in stages
+                 if name != "gqa" or stage.outputs != ("dK",) and stage.outputs != ("dV",)}
+    dq = schedules[("dQ",)]
+    # (A sum-only kernel may split its keys over programs with atomic adds, a knob the
+    # module pins to 1 for the backward: tests/test_triton_training.py.)
+    assert (dq.row, dq.loops[0].var) == ("p", "m")
+    if name != "gqa":
+        dkv = schedules[("dK", "dV")]
+        assert (dkv.row, dkv.loops[0].var) == ("m", "p")
+        assert {t.name for t in dkv.tensors} >= {"QK", "A"}     # recomputed per tile
+    if name in ("causal_softmax", "sliding_window_sinks"):
+        assert dq.skipping is None or "skip" in dq.description
+
+
+def test_sigmoid_backward_kernels_need_no_statistics():
+    from einsumattn.schedule.training import training_stages
+
+    backward = fast_backward(einsumattn.load(ROOT / "examples" / "sigmoid_attention.attn"))
+    stages = training_stages(backward.cascade, backward.streamed)
+    assert [stage.outputs for stage in stages] == [("dQ",), ("dK", "dV")]
