@@ -171,3 +171,13 @@ def test_sigmoid_backward_kernels_need_no_statistics():
     backward = fast_backward(einsumattn.load(ROOT / "examples" / "sigmoid_attention.attn"))
     stages = training_stages(backward.cascade, backward.streamed)
     assert [stage.outputs for stage in stages] == [("dQ",), ("dK", "dV")]
+
+
+def test_the_grad_command_prints_the_fast_backward(capsys):
+    from einsumattn import cli
+
+    assert cli.main(["grad", "--fast", str(ROOT / "examples" / "causal_softmax.attn")]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("# saved by the forward: LSE (GM + log(SD): one value per row)")
+    assert "# delta by reassociation:" in text and "# log-sum-exp statistic:" in text
+    assert einsumattn.load(text).outputs == ("dQ", "dK", "dV")
