@@ -119,7 +119,10 @@ def main(argv=None) -> int:
                     constants = row.get("constexprs") or {}
                     loop = (row.get("hot_loop") or {}).get("len")
                     per_tile = None
-                    if loop and row_knob in constants and key_knob in constants:
+                    # A kernel without products (the statistics: a sum per row) is
+                    # memory-bound: its loop has no score tile to count per.
+                    if loop and row["mma"] != "none" and row_knob in constants and \
+                            key_knob in constants:
                         scores = int(constants[row_knob]) * int(constants[key_knob])
                         per_tile = round(loop * row["num_warps"] * 8192 / scores)
                         row_tile = f"{constants[row_knob]} x {constants[key_knob]}"

@@ -15,7 +15,7 @@ from einsumattn.transform.backward import fast_backward
 from einsumattn.verify import Case, case_inputs
 
 from conftest import ROOT
-from test_grad import NO_KEY_ROWS, RECURRENT, SPECS, _sizes
+from test_grad import NO_KEY_ROWS, SPECS, _sizes
 
 SOFTMAX_FAMILY = ["alibi", "causal_softmax", "gqa", "sliding_window_sinks", "softcap",
                   "softmax_3pass"]
@@ -38,8 +38,7 @@ def both(cascade, sizes: dict, seed: int = 0):
     return expected, got, backward
 
 
-@pytest.mark.parametrize("path", [p for p in SPECS if p.stem not in RECURRENT],
-                         ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", SPECS, ids=lambda p: p.stem)
 @pytest.mark.parametrize("seed", [0, 1])
 def test_the_fast_backward_computes_the_gradient(path, seed):
     cascade = einsumattn.load(path)

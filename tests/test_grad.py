@@ -18,7 +18,7 @@ from conftest import ROOT
 
 SPECS = sorted((ROOT / "examples").glob("*.attn")) + \
     sorted((ROOT / "benchmarks" / "specs").glob("*.attn"))
-RECURRENT = {"gla_recurrent", "softmax_1pass"}
+RECURRENT = {"gla_recurrent", "softmax_1pass"}      # their gradients run in reverse time
 SIZES = dict(B=2, H=2, KH=1, P=5, M=7, E=3, F=2, C=4, W=3)
 
 
@@ -53,8 +53,7 @@ def directional(cascade, sizes: dict, seed: int = 0):
     return finite, analytic, grads, grad
 
 
-@pytest.mark.parametrize("path", [p for p in SPECS if p.stem not in RECURRENT],
-                         ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", SPECS, ids=lambda p: p.stem)
 @pytest.mark.parametrize("seed", [0, 1])
 def test_the_gradient_matches_finite_differences(path, seed):
     cascade = einsumattn.load(path)
@@ -64,8 +63,7 @@ def test_the_gradient_matches_finite_differences(path, seed):
     assert all(np.isfinite(g).all() for g in grads.values())
 
 
-@pytest.mark.parametrize("path", [p for p in SPECS if p.stem not in RECURRENT],
-                         ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", SPECS, ids=lambda p: p.stem)
 def test_the_gradient_cascade_prints_back(path):
     grad = gradient(einsumattn.load(path))
     # The text (a comment per rule) parses back to the same cascade.
@@ -136,10 +134,35 @@ output T
     assert got.tolist() == [[0.0, 0.5, 0.5, 0.0], [4.0, 0.0, 0.0, 0.0]]
 
 
-@pytest.mark.parametrize("name", sorted(RECURRENT))
-def test_a_recurrence_is_refused_with_the_reason(name):
-    with pytest.raises(GradientUnsupported, match="recurrence"):
-        gradient(einsumattn.load(ROOT / "examples" / f"{name}.attn"))
+def test_a_recurrence_s_gradient_runs_in_reverse_time():
+    """GLA's state: its cotangent is a recurrence over the same rank, started from what
+    the last output adds (init at position 0 is step T) and read back at T - 1 - t."""
+    grad = gradient(einsumattn.load(ROOT / "examples" / "gla_recurrent.attn"))
+    reverse = grad.cascade.einsum("dS")
+    assert reverse.iterative == 2 and reverse.init is not None
+    text = grad.text()
+    assert "init dS[b, h, 0, d, f] = dS_O[b, h, T - 1, d, f]" in text
+    assert "dK[b, h, t, d] = sum[f] dS[b, h, T - 1 - t, d, f] * V[b, h, t, f]" in text
+
+
+@pytest.mark.parametrize("read, why", [
+    ("S[p, 0]", "only t, t\\+1 and the final value"),
+    ("S[p, m]", None)])
+def test_a_recurrence_read_at_another_step_is_refused(read, why):
+    cascade = einsumattn.load(f"""attention r
+dims P, M
+input X[p, m]
+init S[p, 0] = 0
+S[p, m+1] = S[p, m] * 0.5 + X[p, m]
+O[p, m] = {read} * X[p, m]
+output O
+""")
+    if why is None:                      # the step itself: derived, and right
+        finite, analytic, _, _ = directional(cascade, dict(P=2, M=4))
+        assert analytic == pytest.approx(finite, rel=1e-6)
+        return
+    with pytest.raises(GradientUnsupported, match=why):
+        gradient(cascade)
 
 
 def test_a_coordinate_that_needs_a_used_variable_is_refused():
@@ -175,5 +198,10 @@ def test_the_grad_command_prints_the_derivation_and_refuses_with_the_reason(caps
     out = tmp_path / "g.attn"
     assert cli.main(["grad", str(ROOT / "examples" / "softcap.attn"), "-o", str(out)]) == 0
     assert einsumattn.load(out).outputs == ("dQ", "dK", "dV")
-    assert cli.main(["grad", str(ROOT / "examples" / "gla_recurrent.attn")]) == 2
-    assert "S is a recurrence" in capsys.readouterr().err
+    capsys.readouterr()
+    refused = tmp_path / "r.attn"
+    refused.write_text("attention r\ndims P, M\ninput X[p, m]\ninit S[p, 0] = 0\n"
+                       "S[p, m+1] = S[p, m] + X[p, m]\nO[p, m] = S[p, 0] * X[p, m]\n"
+                       "output O\n")
+    assert cli.main(["grad", str(refused)]) == 2
+    assert "reads the recurrence S at step 0" in capsys.readouterr().err

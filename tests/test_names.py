@@ -541,7 +541,7 @@ def test_the_cache_key_covers_every_input_of_generate():
     source, options = Source("spec text", "a.attn"), Options()
     key = cache_key(source, options)
     changes = {"text": "other text", "filename": "b.attn", "rewrite": False, "tile": 32,
-               "module_name": "other"}
+               "train": True, "module_name": "other"}
     fields = [f.name for f in dataclasses.fields(Source) + dataclasses.fields(Options)]
     assert sorted(fields) == sorted(changes)
     for field in dataclasses.fields(Source):

@@ -134,7 +134,7 @@ def test_check_compares_gradients_and_catches_a_wrong_backward(modules, monkeypa
 
 # ---------------------------------------------------------------- the backward's kernels
 KERNEL_TRAINED = ["causal_softmax", "softmax_3pass", "alibi", "softcap", "gqa",
-                  "sliding_window_sinks", "sigmoid_attention"]
+                  "sliding_window_sinks", "sigmoid_attention", "linear_attention", "eca"]
 
 
 @pytest.fixture(scope="module")
@@ -166,7 +166,8 @@ def test_the_backward_kernels_match_the_gradient_cascade(trained, name, seed):
     grad = gradient(cascade)
     sizes = {r.name: SIZES.get(r.name, 3) for r in cascade.ranks.values()
              if r.fixed is None and r.split_of is None}
-    sizes.update(P=21, M=19) if seed == 6 else None     # more than one tile of 16
+    if seed == 6:                                   # more than one tile of 16
+        sizes.update({r: n for r, n in (("P", 21), ("M", 19), ("C", 19)) if r in sizes})
     inputs = case_inputs(cascade, Case(sizes, "float32", 1.0, seed == 6, seed))
     generator = torch.Generator().manual_seed(seed)
     outputs = einsumattn.evaluate(cascade, inputs)
@@ -211,3 +212,37 @@ def test_without_train_there_are_no_backward_kernels(modules):
     _, module = modules["causal_softmax"]
     assert module.SCHEDULE["training"] == {"reason": "compiled without --train"}
     assert not hasattr(module, "_triton_backward")
+
+
+def test_backward_kernels_take_the_backward_rule_and_train_at_its_tiles(trained):
+    """On a GPU the backward's kernels (three or more products per key tile) take the
+    backward rule (64 x 64, where 128 rows spill) and the forward its own; at that rule's
+    tiles, pinned, the kernels train correctly in the interpreter past one tile."""
+    from test_configs import configured
+
+    cascade, module, _ = trained["causal_softmax"]
+    rule = next(r for r in module.CONFIG_RULES if r["dots"])
+    names = {k["name"]: k for k in module.SCHEDULE["training"]["kernels"]}
+    dq = next(n for n in names if n.endswith("_dQ__fused"))
+    dkdv = next(n for n in names if n.endswith("_dK_dV__fused"))
+    cpu = torch.device("cpu")
+    with configured(module, CONFIG_TARGET=("cuda", 90)):
+        for name in (dq, dkdv):
+            config = module._tuning(name, 4096, 4096, 64, "bfloat16", cpu, launch=None)
+            knobs = names[name]
+            assert config[knobs["grid"]["row_tile"]] == rule["rows"]
+            assert config[knobs["loops"][0]["tile"]] == rule["keys"]
+            assert (config["num_warps"], config["num_stages"]) == (rule["warps"], rule["stages"])
+        forward = module._tuning("causal_softmax_saving__fused", 4096, 4096, 64, "bfloat16",
+                                 cpu, launch=None)
+        assert forward["p__BLOCK"] == 128
+    pins = {name: {names[name]["grid"]["row_tile"]: rule["rows"],
+                   names[name]["loops"][0]["tile"]: rule["keys"]} for name in (dq, dkdv)}
+    with configured(module, TUNING_FUSED={**module.TUNING_FUSED, **pins}):
+        grad = gradient(cascade)
+        sizes = dict(B=1, H=1, P=rule["rows"] + 5, M=rule["keys"] + 7, E=8, F=8)
+        inputs = case_inputs(cascade, Case(sizes, "float32", 1.0, False, 4))
+        cotangents = [torch.randn(1, 1, sizes["P"], 8,
+                                  generator=torch.Generator().manual_seed(4))]
+        leaves = _backward(module, cascade, inputs, cotangents, "triton")
+        assert _agrees_with_the_gradient_cascade(grad, inputs, cotangents, leaves)

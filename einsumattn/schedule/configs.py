@@ -19,6 +19,8 @@ Where the numbers come from:
   and 64 x 64 at 128, 4 warps, 2 stages (less shared memory than Hopper).
 * float32 inputs: the dots run in IEEE float32 (never TF32): twice the registers and
   shared memory per element, so half the tiles.
+* backward kernels (three or more tl.dot per key tile: `dots`): FlashAttention-2's
+  backward tile, 64 x 64 with 4 warps and 2 stages, where the forward's 128 rows spill.
 * Triton's interpreter (the CPU): the schedule's defaults, which keep tests fast.
 Rows and keys never exceed the sequence's own (a power of two, at least 16): a short
 sequence or a decoding call (a few query rows) gets a small row tile, not 128 rows of
@@ -46,6 +48,7 @@ class Rule:
     warps: int | None
     stages: int | None
     why: str
+    dots: int = 0              # for kernels with at least this many tl.dot per key tile
 
 
 HALF = ("float16", "bfloat16")
@@ -53,9 +56,19 @@ FLOAT = ("float32",)
 ANY = HALF + FLOAT
 WIDEST = 1 << 30          # any head dim
 
+# A backward kernel (docs/gradients.md) computes three or four products per key tile
+# (dQ: the scores, dP = dO V^T and dS K; dK and dV: four, with two accumulators): at the
+# forward's 128 rows it spills on Hopper (sm90-training-2026-12-01-before.md), so these
+# rules come first for such kernels.
+BACKWARD_DOTS = 3
+
 RULES: tuple[Rule, ...] = (
     Rule("interpreter", 0, ANY, WIDEST, None, None, None, None,
          "Triton's interpreter: the schedule's defaults (fast tests)"),
+    Rule("cuda", 80, HALF, 128, 64, 64, 4, 2,
+         "a backward kernel on Ampere or later, d <= 128: 64 x 64 tiles, 2 stages "
+         "(FlashAttention-2's backward tile; 128 rows spill: sm90-training-*.md)",
+         BACKWARD_DOTS),
     Rule("cuda", 90, HALF, 64, 128, 64, 4, 3,
          "Hopper, d <= 64: the tutorial's 128 x 64 with 4 warps (no spills since the dot "
          "operands stay 16-bit; fewer issue slots than 8 warps: sm90-static-2026-11-30.md)"),

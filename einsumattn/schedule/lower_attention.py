@@ -75,6 +75,10 @@ _REST_NOTE = k.Comment("the rest: the diagonal, the window's edges, the last par
 class _Tiles(AttentionRoles, Lowering):
     """The attention schedule's decisions, with its tiles' expressions in kernel IR."""
 
+    # The lowering's way to compute a value once before the loops (its name there), set
+    # by the lowering that owns the kernel's statements.
+    hoist = None
+
     # ---------------------------------------------------------------- kernel IR
     # An expression stands at (layout, lanes): a tile's layout and its live lanes (an IR
     # mask that loads take).
@@ -101,9 +105,19 @@ class _Tiles(AttentionRoles, Lowering):
             name = self.register_name(node)
             axes = self.register_axes(node.tensor, layout, name)
             return k.Expand(k.Var(name), axes) if axes else k.Var(name)
-        coordinates = self.coordinates(node, at, lambda position: ir.Dim(t.ranks[position]))
+        extent = lambda position: ir.Dim(t.ranks[position])      # noqa: E731
         if not set(ir.index_vars(node)) - set(self.batch) - {self.loop}:
-            return k.Load(node.tensor, coordinates)   # one address per program
+            # one address per program
+            return k.Load(node.tensor, self.coordinates(node, at, extent))
+        if self.hoist is not None and layout != (self.row,) and layout[0] == self.row and \
+                not set(ir.index_vars(node)) - set(self.batch) - {self.row}:
+            # A per-row input read in a tile (a backward's LSE or DELTA): loaded once per
+            # program before the loops, one value per row, broadcast along the tile.
+            rows = ((self.row,), _ROW_LIVE)
+            value = k.Load(node.tensor, self.coordinates(node, rows, extent),
+                           k.Mask((_ROW_LIVE,)))
+            return k.Expand(self.hoist(value, f"{node.tensor}_row"), (True, False))
+        coordinates = self.coordinates(node, at, extent)
         ends = [k.Integer(ir.Op("<", (_layout_block(layout, var),
                                       ir.Dim(self.cascade.var_rank(var)))))
                 for index in node.indices for var in ir.index_vars(index)
@@ -185,6 +199,7 @@ class _PassLowering:
         # schedule's: this lowers it.
         self.schedule = fuser.kernel_schedule(f"{self.cascade.name}_fused")
         self.loops_start: int | None = None  # where the first loop's statements begin
+        fuser.hoist = self._hoisted
 
     def _begin_loops(self) -> None:
         """Mark where the loops begin: loop-invariant tiles are computed before it."""

@@ -237,6 +237,7 @@ def kernel_data(kernel: KernelSchedule, spell=str) -> dict:
         "knobs": {k.name: {"default": k.default, "constraint": spell(k.constraint),
                            "fixed": k.fixed} for k in kernel.knobs},
         "uses_dot": kernel.uses_dot,
+        "dots": len(kernel.dots),
         "rounded": {spell(name): count for name, count in kernel.rounded},
         "skipping": None if kernel.skipping is None else spell(kernel.skipping),
         "splits": kernel.splits,

@@ -294,9 +294,22 @@ def _ratio_free_of(grad: Cascade, einsum: Einsum, read: ir.Read, within: list[ir
                 return None
         if not is_zero(g * w - c * h):
             return None
-        return algebra.to_ir(c), f"{g * w} == ({c}) * ({h})"
+        return _tidy(algebra.to_ir(c)), f"{g * w} == ({c}) * ({h})"
     except NotAlgebraic:
         return None
+
+
+def _tidy(expr: ir.Expr) -> ir.Expr:
+    """`-(a - b)` as `b - a`, everywhere in `expr`: sympy's sums come back negated
+    (`exp(-(LSE - QK))`), which prints and computes one operation more than
+    `exp(QK - LSE)`."""
+    if not isinstance(expr, ir.Op):
+        return expr
+    args = tuple(_tidy(a) for a in expr.args)
+    if expr.op == "neg" and isinstance(args[0], ir.Op) and args[0].op == "-":
+        a, b = args[0].args
+        return ir.Op("-", (b, a))
+    return ir.Op(expr.op, args)
 
 
 # ---------------------------------------------------------------- 3. log-sum-exp
@@ -398,7 +411,7 @@ def _without(body: ir.Expr, shift: str, normaliser: str, statistic: str):
                 for r in ir.reads(body) if r.tensor == shift}
         if not is_zero(after.xreplace(back) - before):
             return None
-        return algebra.to_ir(after), f"{before} == {after}"
+        return _tidy(algebra.to_ir(after)), f"{before} == {after}"
     except NotAlgebraic:
         return None
 

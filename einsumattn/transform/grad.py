@@ -38,9 +38,16 @@ The rules, each the textbook derivative (docs/gradients.md):
   condition that it equals the left variable of that rank (GQA's dK sums the heads of a
   group this way).
 
-Refused, with the reason (GradientUnsupported): recurrences (their reverse-time form is
-not derived yet), and a read whose coordinate needs the variable of its rank that the
-Einsum already uses for another purpose.
+* a recurrence R[.., t+1] = body (init at 0) has a cotangent that is a recurrence in
+  reverse time over the same rank (`_recurrence`): dR[.., j] is R's cotangent at step
+  T - j, started from what readers add at the last position, each step adding what
+  readers add there and carrying dR through d body / d R[.., t]; the body's other reads
+  get dR[.., T - 1 - t] times their derivative.
+
+Refused, with the reason (GradientUnsupported): a recurrence read at a step other than
+t, t+1 or its final value, one with a filter or a reduction, one as an output, and a read
+whose coordinate needs the variable of its rank that the Einsum already uses for another
+purpose.
 """
 
 from __future__ import annotations
@@ -96,6 +103,9 @@ class _Deriver:
         self.einsums: list[Einsum] = list(cascade.einsums)
         self.rules: dict[str, str] = {}
         self.terms: dict[str, list[str]] = {}       # tensor -> its cotangent's terms
+        # recurrence -> its cotangent's terms: (tensor, the step it adds to: 0 at the
+        # reader's own step t, 1 at t + 1, "final" at the last position)
+        self.recurrent: dict[str, list[tuple[str, object]]] = {}
         self.taken: set[str] = set()
 
     def fresh(self, base: str) -> str:
@@ -105,11 +115,11 @@ class _Deriver:
 
     def derive(self) -> Gradient:
         cascade = self.forward
-        for einsum in cascade.einsums:
-            if einsum.iterative is not None:
+        for output in cascade.outputs:
+            if cascade.tensors[output].iterative is not None:
                 raise GradientUnsupported(
-                    f"{einsum.tensor} is a recurrence: the gradient of a recurrence (a "
-                    f"reverse-time recurrence) is not derived yet")
+                    f"the output {output} is a recurrence: its cotangent would need a value "
+                    f"per step and one more")
         cotangents = {}
         for output in cascade.outputs:
             name = self.fresh(f"d{output}")
@@ -117,6 +127,9 @@ class _Deriver:
             cotangents[output] = name
             self.terms.setdefault(output, []).append(name)
         for einsum in reversed(cascade.einsums):
+            if einsum.iterative is not None:
+                self._recurrence(einsum)
+                continue
             total = self._cotangent(einsum.tensor)
             if total is not None:
                 self._contributions(einsum, total)
@@ -194,19 +207,23 @@ class _Deriver:
         return new
 
     def _define(self, name: str, ranks: tuple, einsum: Einsum, rule: str) -> None:
-        self.tensors[name] = Tensor(name, tuple(ranks), False)
+        self.tensors[name] = Tensor(name, tuple(ranks), False, einsum.iterative)
         self.einsums.append(einsum)
         self.rules[name] = rule
 
     # ------------------------------------------------------------ contributions
-    def _contributions(self, einsum: Einsum, cotangent: str) -> None:
-        """What each read of `einsum`'s body contributes to its tensor's cotangent."""
-        own = ir.Read(cotangent, tuple(ir.Index(v) for v in einsum.indices))
+    def _contributions(self, einsum: Einsum, cotangent: str | ir.Expr) -> None:
+        """What each read of `einsum`'s body contributes to its tensor's cotangent
+        (`cotangent`: its tensor, or the expression that is its value at the Einsum's
+        point)."""
+        own = cotangent if isinstance(cotangent, ir.Expr) else \
+            ir.Read(cotangent, tuple(ir.Index(v) for v in einsum.indices))
         scale: ir.Expr = own
         if einsum.reduce_op in ("max", "min"):
             scale = self._attained(einsum, own)
         for path, read in _reads_with_paths(einsum.body):
-            if read.tensor in self.constants:
+            if read.tensor in self.constants or \
+                    (einsum.iterative is not None and read.tensor == einsum.tensor):
                 continue
             local = _derivative_along(einsum.body, path)
             if local == ZERO:
@@ -245,7 +262,97 @@ class _Deriver:
         counted = ir.Read(count, tuple(ir.Index(v) for v in einsum.indices))
         return ir.Op("/", (_mul(cotangent, hit), counted))
 
-    def _contribute(self, einsum: Einsum, read: ir.Read, value: ir.Expr) -> None:
+    # ------------------------------------------------------------ recurrences
+    def _recurrence(self, einsum: Einsum) -> None:
+        """The cotangent of a recurrence R[.., t+1] = body(R[.., t], ...) (init at 0) as
+        a recurrence in reverse time over the same rank, G[.., j] = dR[.., T - j]:
+
+            init G[.., 0] = what readers add at position T
+            G[.., j+1]    = what readers add at position T-1-j
+                            + G[.., j] * d body / d R[.., t]  at t = T-1-j
+
+        and from it, what the body's other reads get at step t (G[.., T-1-t] is the
+        cotangent of R[.., t+1]) and what the initial value's reads get (G[.., T] is
+        the cotangent of R[.., 0])."""
+        name = einsum.tensor
+        terms = self.recurrent.get(name, [])
+        if not terms:
+            return
+        position = einsum.iterative
+        var = einsum.indices[position]
+        rank = self.forward.var_rank(var)
+        ranks = self.forward.tensors[name].ranks
+        if einsum.filter is not None or einsum.reduce_op is not None:
+            raise GradientUnsupported(f"the recurrence {name} has a filter or a reduction: "
+                                      f"its reverse-time gradient is not derived")
+        step = ir.Index(var)
+        last = ir.Op("-", (ir.Dim(rank), ir.Const(1)))
+        back = ir.Op("-", (last, step))                                 # T - 1 - t
+
+        def at(index: ir.Expr) -> tuple:
+            indices = [ir.Index(v) for v in einsum.indices]
+            indices[position] = index
+            return tuple(indices)
+
+        rest = tuple(ir.Index(v) for v in einsum.indices if v != var)
+        start = [ir.Read(t, at(last)) for t, offset in terms if offset == 1] + \
+            [ir.Read(t, rest) for t, offset in terms if offset == "final"]
+        body = [ir.Read(t, at(back)) for t, offset in terms if offset == 0] + \
+            [ir.Op("where", (ir.Op("<=", (ir.Op("+", (step, ir.Const(2))), ir.Dim(rank))),
+                             ir.Read(t, at(ir.Op("-", (back, ir.Const(1))))), ZERO))
+             for t, offset in terms if offset == 1]
+        own = ir.Read(name, tuple(ir.Index(v) for v in einsum.indices))
+        if any(read.tensor == name and read != own for read in ir.reads(einsum.body)):
+            raise GradientUnsupported(f"the recurrence {name} reads itself other than at "
+                                      f"the step before")
+        local = [_derivative_along(einsum.body, path)
+                 for path, read in _reads_with_paths(einsum.body) if read.tensor == name]
+        reverse = self.fresh(f"d{name}")
+        for factor in local:
+            if factor != ZERO:
+                body.append(_mul(ir.Read(reverse, at(step)), substitute(factor, {var: back})))
+        self._define(reverse, ranks,
+                     Einsum(reverse, einsum.indices, _sum(body) if body else ZERO,
+                            iterative=position, init=_sum(start) if start else ZERO),
+                     f"the cotangent of {name} in reverse time: {reverse}[.., j] is that "
+                     f"of {name} at step {rank} - j")
+        self._contributions(einsum, ir.Read(reverse, at(back)))
+        if einsum.init is not None and ir.reads(einsum.init):
+            first = Einsum(name, tuple(v for v in einsum.indices if v != var), einsum.init)
+            self._contributions(first, ir.Read(reverse, at(ir.Dim(rank))))
+
+    def _contribute_to_recurrence(self, einsum: Einsum, read: ir.Read,
+                                  value: ir.Expr) -> None:
+        """What a read of a recurrence R adds to R's cotangent, kept at the reader's own
+        step (R's reverse-time Einsum reads it at T - 1 - j): R[.., t] adds at t,
+        R[.., t+1] at t + 1, R[.., T] (its final value) at T."""
+        target = self.forward.tensors[read.tensor]
+        position = target.iterative
+        rank = target.ranks[position]
+        var = self.forward.ranks[rank].var
+        index = read.indices[position]
+        if index == ir.Index(var):
+            offset = 0
+        elif index == ir.Op("+", (ir.Index(var), ir.Const(1))):
+            offset = 1
+        elif index == ir.Dim(rank):
+            offset = "final"
+        else:
+            raise GradientUnsupported(
+                f"{einsum.tensor} reads the recurrence {read.tensor} at step "
+                f"{ir.to_text(index)}: only t, t+1 and the final value are differentiated")
+        if offset == "final":
+            ranks = tuple(r for i, r in enumerate(target.ranks) if i != position)
+            indices = tuple(x for i, x in enumerate(read.indices) if i != position)
+        else:
+            ranks = target.ranks
+            indices = tuple(ir.Index(var) if i == position else x
+                            for i, x in enumerate(read.indices))
+        name = self._contribute(einsum, ir.Read(read.tensor, indices), value, ranks=ranks)
+        self.recurrent.setdefault(read.tensor, []).append((name, offset))
+
+    def _contribute(self, einsum: Einsum, read: ir.Read, value: ir.Expr,
+                    ranks: tuple | None = None) -> str | None:
         """dX_T[j] = sum[...] value where F and j == idx: each coordinate of the read is
         the left variable of its rank (`m`), that variable shifted (`c + k - K // 2`:
         the Einsum's own `c` becomes `c - k + K // 2`), or any other expression (`h * KH
@@ -253,13 +360,16 @@ class _Deriver:
         variable. A condition on the left variables alone picks the value or 0 (a filter
         would make the point absent, and an absent term would make the cotangent's sum
         absent)."""
-        target = self.tensors[read.tensor]
+        if ranks is None and self.forward.tensors.get(read.tensor) is not None and \
+                self.forward.tensors[read.tensor].iterative is not None:
+            return self._contribute_to_recurrence(einsum, read, value)
+        target_ranks = ranks if ranks is not None else self.tensors[read.tensor].ranks
         left: list[str] = []
         conditions: list[ir.Expr] = []
         shifts: dict[str, ir.Expr] = {}
         ranges: list[ir.Expr] = []        # the shifted variables' own ranks
         for position, index in enumerate(read.indices):
-            rank = target.ranks[position]
+            rank = target_ranks[position]
             var = self.forward.ranks[rank].var
             if isinstance(index, ir.Index) and index.var == var and var not in left:
                 left.append(var)
@@ -294,14 +404,16 @@ class _Deriver:
             (ir.index_vars(condition) if condition is not None else [])
         reduced = tuple(v for v in dict.fromkeys(mentioned) if v not in left)
         name = self.fresh(f"d{read.tensor}_{einsum.tensor}")
-        self._define(name, target.ranks,
+        self._define(name, target_ranks,
                      Einsum(name, tuple(left), value, "sum" if reduced else None, reduced,
                             condition, explicit_reduction=bool(reduced)),
                      f"what {einsum.tensor} contributes to d{read.tensor}: d{einsum.tensor} "
                      f"times d {einsum.tensor} / d {ir.to_text(read)}"
                      + ("" if einsum.reduce_op in (None, "sum") else
                         f" at the points that attain the {einsum.reduce_op}"))
-        self.terms.setdefault(read.tensor, []).append(name)
+        if ranks is None:
+            self.terms.setdefault(read.tensor, []).append(name)
+        return name
 
 
 def _shift(index: ir.Expr, var: str) -> ir.Expr | None:
