@@ -180,3 +180,70 @@ def test_the_grad_command_prints_the_fast_backward(capsys):
     assert text.startswith("# saved by the forward: LSE (GM + log(SD): one value per row)")
     assert "# delta by reassociation:" in text and "# log-sum-exp statistic:" in text
     assert einsumattn.load(text).outputs == ("dQ", "dK", "dV")
+
+
+# Found by the randomized profile (tests/test_backward_properties.py), kept as cases.
+CLIPPED_DIFFERENCE = """attention clipped_difference
+dims P, M, E, F
+input Q1[p, e], K1[m, e], Q2[p, e], K2[m, e], V[m, f]
+param scale = 1 / sqrt(E)
+param W = 3
+param post = 0.5
+param lam = 0.75
+QK1[p, m] = Q1[p, e] * K1[m, e] * scale  where m <= p and p - m < W
+G1[p] = max[m] QK1[p, m]
+N1[p, m] = exp(QK1[p, m] - G1[p])
+D1[p] = sum[m] N1[p, m]
+QK2[p, m] = Q2[p, e] * K2[m, e] * scale  where m <= p and p - m < W
+G2[p] = max[m] QK2[p, m]
+N2[p, m] = exp(QK2[p, m] - G2[p])
+D2[p] = sum[m] N2[p, m]
+A[p, m] = (min(max(1.5 * (N1[p, m] / D1[p] - lam * N2[p, m] / D2[p]) - 0.1, 0.0), 1.0)) * post
+O[p, f] = sum[m] A[p, m] * V[m, f]
+output O
+"""
+
+
+def test_the_statistic_never_splits_a_shifted_exponential():
+    """Clipped weights of two softmaxes: substituting G2 = LSE2 - log(D2) into A let
+    sympy split exp(QK1 - G1) into exp(QK1) / exp(G1), which overflows at logits near
+    100 (inf / inf): every exponential of a rewritten body must be one it had or one
+    of the statistic."""
+    from test_rewrites import _inputs
+
+    cascade = einsumattn.load(CLIPPED_DIFFERENCE)
+    backward = fast_backward(cascade)
+    for einsum in backward.cascade.einsums:
+        for node in __import__("einsumattn.ir.expr", fromlist=["walk"]).walk(einsum.body):
+            if getattr(node, "op", None) == "exp":
+                assert len(einsumattn.ir.expr.reads(node.args[0])) >= 2, einsum
+    inputs = _inputs(cascade, {"P": 4, "M": 3, "E": 2, "F": 2}, 100.0, 65535)
+    raw = backward.raw
+    rng = np.random.default_rng(0)
+    outputs = evaluate(backward.forward, inputs)
+    cotangent = {raw.cotangents["O"]: rng.standard_normal(outputs["O"].shape)}
+    expected = evaluate(raw.cascade, {**inputs, **cotangent})
+    got = evaluate(backward.cascade, {**inputs, **cotangent,
+                                      **{n: outputs[n] for n in backward.saved}})
+    for name in backward.gradients.values():
+        np.testing.assert_allclose(got[name], expected[name], rtol=1e-8, atol=1e-9)
+
+
+def test_a_recurrence_or_a_tensor_with_absent_points_is_recomputed_not_saved():
+    """The forward returns an absent point as 0 and a recurrence has one position more
+    than its rank: neither can be an input of the backward."""
+    cascade = einsumattn.load("""attention kept
+dims M, B, P
+input X[m, b, p], Y[m, p]
+init R[m, 0] = 1
+R[m, b+1] = R[m, b] * 0.9 + X[m, b, 0]
+T[m] = R[m, B]
+U[m] = Y[m, 0] * T[m] where Y[m, 0] > 0
+O[m] = sum[p] U[m] * Y[m, p]
+output O
+""")
+    backward = fast_backward(cascade)
+    assert not {"R", "U"} & set(backward.saved)
+    expected, got, _ = both(cascade, dict(M=3, B=4, P=5))
+    for name in backward.gradients.values():
+        np.testing.assert_allclose(got[name], expected[name], rtol=1e-9, atol=1e-12)

@@ -133,7 +133,7 @@ def test_check_compares_gradients_and_catches_a_wrong_backward(modules, monkeypa
 
 
 # ---------------------------------------------------------------- the backward's kernels
-KERNEL_TRAINED = ["causal_softmax", "softmax_3pass", "alibi", "softcap", "gqa",
+KERNEL_TRAINED = ["causal_softmax", "softmax_3pass", "alibi", "softcap",
                   "sliding_window_sinks", "sigmoid_attention", "linear_attention", "eca"]
 
 
@@ -246,3 +246,21 @@ def test_backward_kernels_take_the_backward_rule_and_train_at_its_tiles(trained)
                                   generator=torch.Generator().manual_seed(4))]
         leaves = _backward(module, cascade, inputs, cotangents, "triton")
         assert _agrees_with_the_gradient_cascade(grad, inputs, cotangents, leaves)
+
+
+def test_a_backward_that_would_keep_a_quadratic_buffer_trains_through_torch(tmp_path):
+    """GQA's dK and dV sum the query heads of a group, which the attention schedule does
+    not tile: the loop schedule would pass the probabilities (P x M) between its
+    kernels. Training memory must stay O(N), so there are no backward kernels, and the
+    reason says why; backward() still works (the torch backend differentiated)."""
+    spec = ROOT / "examples" / "gqa.attn"
+    module = import_file(compile_to_file(spec, tmp_path, train=True), "trained_gqa")
+    reason = module.SCHEDULE["training"]["reason"]
+    assert "a value per key and per query" in reason and "O(N)" in reason
+    assert not hasattr(module, "_triton_backward")
+    cascade = einsumattn.load(spec)
+    inputs = case_inputs(cascade, Case(dict(B=1, H=2, KH=1, P=5, M=6, E=4, F=3), "float32",
+                                       1.0, False, 0))
+    cotangents = [torch.ones(1, 2, 5, 3)]
+    leaves = _backward(module, cascade, inputs, cotangents, "triton")
+    assert _agrees_with_the_gradient_cascade(gradient(cascade), inputs, cotangents, leaves)

@@ -30,9 +30,9 @@ The rules, in the order they apply:
    then cancel (`exp(QK - GM) / SD = exp(QK - L)`): one value per row is saved instead
    of two, and the probabilities are recomputed from it.
 4. **Save per row, recompute the rest.** Of the forward tensors the backward reads, the
-   ones that exist only after a whole pass over the streamed rank and do not have that
-   rank (per-row statistics, the outputs) are saved by the forward; everything else
-   (the scores, the probabilities) is recomputed. Forward memory for training is then
+   ones that exist only after a whole pass over the streamed rank, do not have that
+   rank and have no absent points (per-row statistics, the outputs) are saved by the
+   forward; everything else (the scores, the probabilities) is recomputed. Forward memory for training is then
    O(N) where the forward's is.
 
 A rule that does not apply is skipped; the result is always the gradient (the oracle
@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 
 import sympy
 
+from ..analysis.presence import absent_tensors
 from ..ir import Cascade, Einsum
 from ..ir import expr as ir
 from ..ir.cascade import Tensor
@@ -411,7 +412,16 @@ def _without(body: ir.Expr, shift: str, normaliser: str, statistic: str):
                 for r in ir.reads(body) if r.tensor == shift}
         if not is_zero(after.xreplace(back) - before):
             return None
-        return _tidy(algebra.to_ir(after)), f"{before} == {after}"
+        rewritten = _tidy(algebra.to_ir(after))
+        # Exponentials stay shifted: each one in the result is one the body had, or one
+        # of the statistic (`exp(QK - LSE)`), never an unshifted part of a split one
+        # (`exp(QK) / exp(GM)` overflows where `exp(QK - GM)` does not).
+        had = {node for node in ir.walk(body) if isinstance(node, ir.Op) and node.op == "exp"}
+        for node in ir.walk(rewritten):
+            if isinstance(node, ir.Op) and node.op == "exp" and node not in had and \
+                    statistic not in {r.tensor for r in ir.reads(node)}:
+                return None
+        return rewritten, f"{before} == {after}"
     except NotAlgebraic:
         return None
 
@@ -426,6 +436,11 @@ def _split(grad: Cascade, forward: Cascade, statistics: dict[str, tuple[str, str
     late = late_tensors(forward, rank) if rank is not None else set()
     for name, (shift, normaliser) in statistics.items():
         late.add(name)
+    # A tensor with absent points is never saved: the forward returns an absent point as
+    # 0, and the backward would read that 0 where the tensor has no value.
+    late -= absent_tensors(grad)
+    # Nor is a recurrence (one position more than its rank: not an input's shape).
+    late -= {name for name, t in grad.tensors.items() if t.iterative is not None}
     # From the outputs down: a forward tensor that is late and has no streamed rank is
     # saved (and what it reads is not needed for it); the other forward tensors reached
     # are recomputed.
