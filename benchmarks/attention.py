@@ -1,7 +1,14 @@
-"""Forward-pass benchmarks: einsumattn's generated kernels against PyTorch's in one run.
+"""Attention benchmarks: einsumattn's generated kernels against PyTorch's in one run.
 
     python benchmarks/attention.py                       # GPU: the DESIGN.md shapes
     python benchmarks/attention.py --smoke --device cpu  # a seconds-long check of the script
+    python benchmarks/attention.py --train               # forward + backward (training)
+
+`--train` times one training step instead of the forward: the call and the gradients of
+Q, K and V for a fixed cotangent (torch.autograd.grad), for einsumattn modules compiled
+with `train=True` (the backward's kernels, docs/gradients.md) and the peers' autograd;
+TFLOP/s then count the forward's FLOPs times 3.5 (the backward's five products per score
+against the forward's two, as FlashAttention counts them), and the check compares dQ.
 
 For each spec and shape it times, on the same inputs: the fused Triton kernel
 (backend="triton"), the unfused schedule (small sizes only), and the peers that compute
@@ -84,14 +91,18 @@ def run(args, emit=lambda row: None) -> list[dict]:
     dtype = getattr(torch, args.dtype)
     for name in args.specs:
         causal = SPECS[name]
-        module = einsumattn.compile(ROOT / "examples" / f"{name}.attn", backend="torch")
+        module = einsumattn.compile(ROOT / "examples" / f"{name}.attn", backend="torch",
+                                    train=args.train)
         cls = getattr(module, module.__all__[0])
         for seq in args.seq:
             b, h, d = args.batch, args.heads, args.head_dim
             gen = torch.Generator(device="cpu").manual_seed(0)
             q, k, v = (torch.randn(b, h, seq, d, generator=gen).to(device=device, dtype=dtype)
-                       for _ in range(3))
-            flops = 4 * b * h * seq * seq * d * (0.5 if causal else 1.0)
+                       .requires_grad_(args.train) for _ in range(3))
+            flops = 4 * b * h * seq * seq * d * (0.5 if causal else 1.0) * \
+                (3.5 if args.train else 1.0)
+            cotangent = torch.randn(b, h, seq, d, generator=gen).to(device=device,
+                                                                     dtype=dtype)
             candidates = {}
             backends = ["torch"] if device == "cpu" and not args.interpret else []
             if device == "cuda" or args.interpret:
@@ -109,6 +120,11 @@ def run(args, emit=lambda row: None) -> list[dict]:
                         candidates[f"einsumattn triton {tune}"] = tuned(
                             ROOT / "examples" / f"{name}.attn", module, tune, (q, k, v))
             references = peers(name, q, k, v, causal)
+            if args.train:
+                references = {label: training_step(fn, (q, k, v), cotangent)
+                              for label, fn in references.items()}
+                candidates = {label: training_step(fn, (q, k, v), cotangent)
+                              for label, fn in candidates.items()}
             expected = next(iter(references.values()))() if references else None
             timed_rows = {}
             # The peers first, so that each of our rows has its ratio when it is printed
@@ -120,6 +136,7 @@ def run(args, emit=lambda row: None) -> list[dict]:
                 ms = timed(fn, device, args.repeats)
                 row = {"spec": name, "seq": seq, "batch": b, "heads": h, "head_dim": d,
                        "dtype": args.dtype, "device": device_name(device, args.interpret),
+                       "step": "forward+backward" if args.train else "forward",
                        "backend": label, "ms": ms, "tflops": flops / ms / 1e9,
                        "max_diff_vs_peer": diff}
                 best_peer = min((timed_rows[p]["ms"] for p in references if p in timed_rows),
@@ -133,6 +150,15 @@ def run(args, emit=lambda row: None) -> list[dict]:
             for label in references:
                 timed_rows[label]["vs_best_peer"] = best_peer / timed_rows[label]["ms"]
     return rows
+
+
+def training_step(forward, inputs, cotangent):
+    """One training step of `forward`: its output's vector-Jacobian product with
+    `cotangent`, the gradient of the first input returned (what the check compares)."""
+    def step():
+        out = forward()
+        return torch.autograd.grad(out, inputs, cotangent)[0]
+    return step
 
 
 # Triton's launch options, which any kernel takes; the block sizes are each kernel's own.
@@ -245,7 +271,8 @@ def markdown_row(r: dict) -> str:
 
 def markdown(rows: list[dict]) -> str:
     lines = [HEAD, *map(markdown_row, rows)]
-    return f"Device: {rows[0]['device']}\n\n" + "\n".join(lines) + "\n" if rows else ""
+    return (f"Device: {rows[0]['device']}; timed: {rows[0]['step']}\n\n" + "\n".join(lines) +
+            "\n") if rows else ""
 
 
 def main(argv=None) -> int:
@@ -273,6 +300,8 @@ def main(argv=None) -> int:
                              "TUNING_FUSED (p__BLOCK; the key tile: m__BLOCK, or m0__BLOCK "
                              "of the split the rewrite makes), num_warps, num_stages, and "
                              "tile=N (that split's default tile: a recompilation)")
+    parser.add_argument("--train", action="store_true",
+                        help="time forward + backward (modules compiled with train=True)")
     parser.add_argument("--json", help="also write the rows to this file")
     parser.add_argument("--progress", action="store_true",
                         help="print each row to stderr as soon as it is timed")

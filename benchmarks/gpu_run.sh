@@ -44,6 +44,12 @@ if [ "$BENCH_SECONDS" -gt 0 ]; then
         --seq 4096 --batch 4 --heads 16 --head-dim 64 --dtype float16 \
         --tune p__BLOCK=128,num_warps=4 p__BLOCK=128,num_warps=8 \
         --progress --json "$OUT/bench_d64_fp16.json" >> "$OUT/bench.md" 2>&1
+    # Training (issue 13): forward + backward through the backward's kernels, against
+    # SDPA's and FlexAttention's autograd, at the target shape.
+    timeout -s INT $((BENCH_SECONDS / 2)) python3 benchmarks/attention.py --train \
+        --specs causal_softmax softmax_3pass sigmoid_attention \
+        --seq 16384 --batch 1 --heads 16 --head-dim 128 --dtype bfloat16 \
+        --progress --json "$OUT/bench_train_d128_bf16.json" >> "$OUT/bench.md" 2>&1
 fi
 
 # 2. The whole suite, compiled for the GPU. test_readme installs from a package registry,

@@ -377,6 +377,97 @@ def _gradients(outputs, leaves: dict, cascade: Cascade, grad, inputs: dict,
     return compare(grad.cascade, {**inputs, **cotangents}, got, "float32")
 
 
+def finite_differences(cascade: Cascade, grad, sizes: dict, seed: int) -> tuple[float, float]:
+    """(central difference, gradient cascade) of L = sum over outputs of <dO, O> along a
+    random direction of every input the gradient covers, in float64 with the oracle:
+    a check of the derivation that does not use it."""
+    import numpy as np
+
+    from .evaluate import evaluate
+
+    rng = np.random.default_rng(seed)
+    inputs = {name: value.double().numpy() for name, value in
+              case_inputs(cascade, Case(sizes, "float32", 1.0, True, seed)).items()}
+    outputs = evaluate(cascade, inputs)
+    cotangents = {grad.cotangents[o]: rng.standard_normal(np.shape(outputs[o]))
+                  for o in cascade.outputs}
+    grads = evaluate(grad.cascade, {**inputs, **cotangents})
+    direction = {k: rng.standard_normal(np.shape(v)) if k in grad.gradients
+                 else np.zeros_like(v) for k, v in inputs.items()}
+
+    def loss(t: float) -> float:
+        moved = evaluate(cascade, {k: inputs[k] + t * direction[k] for k in inputs})
+        return float(sum((moved[o] * cotangents[grad.cotangents[o]]).sum()
+                         for o in cascade.outputs))
+
+    step = 1e-6        # central differences in float64: O(step**2) + O(1e-16 / step)
+    finite = (loss(step) - loss(-step)) / (2 * step)
+    analytic = float(sum((grads[grad.gradients[k]] * direction[k]).sum()
+                         for k in grad.gradients))
+    return finite, analytic
+
+
+def _check_derivation(cascade: Cascade, grad, report) -> bool:
+    """The gradient cascade against finite differences of the oracle at two small
+    random points (relative 1e-6, the differences' own error at a step of 1e-6)."""
+    sizes = {r.name: 3 for r in cascade.ranks.values()
+             if r.fixed is None and r.split_of is None and not r.sized}
+    worst = 0.0
+    for seed in (0, 1):
+        try:
+            finite, analytic = finite_differences(cascade, grad, sizes, seed)
+        except Exception as error:  # noqa: BLE001 - sizes the spec cannot bind
+            report(f"note: the gradient cascade is not checked against finite differences "
+                   f"({type(error).__name__}: {str(error).splitlines()[0][:200]})")
+            return True
+        error = abs(finite - analytic) / max(1.0, abs(finite))
+        worst = max(worst, error)
+        if not error <= 1e-6:
+            report(f"gradient cascade vs central differences of the oracle (float64, sizes "
+                   f"{sizes}, seed {seed}): MISMATCH: {analytic!r} against {finite!r}")
+            return False
+    report(f"gradient cascade vs central differences of the oracle (float64, two random "
+           f"points): ok (relative error {worst:.1e})")
+    return True
+
+
+def _backward_kernels(module, training: dict, inputs: dict, case: Case):
+    """A 16-bit case of a module compiled with train=True: its backward's kernels
+    (_triton_backward) on what its training forward (_triton_saving) saved and a random
+    cotangent, against the backward they compute (SCHEDULE["training"]["backward"])
+    evaluated by the oracle on the same saved values, the tolerance widened by the first-
+    order effect of the kernels' rounded dot operands, as for a forward. (The forward's
+    own values are checked by the forward comparison.) Returns (the backward cascade,
+    what it was fed, the comparisons)."""
+    import torch
+
+    from .diagnostics import Source
+    from .loader import load_source
+
+    backward = load_source(Source(training["backward"], "<SCHEDULE['training']>"))
+    dtype = getattr(torch, case.dtype)
+    outputs, saved = module._triton_saving(*inputs.values(), {})
+    generator = torch.Generator().manual_seed(case.seed)
+    cotangents = tuple(torch.randn(tuple(o.shape), generator=generator).to(o.device, dtype)
+                       for o in outputs)
+    grads = module._triton_backward(*inputs.values(), saved, cotangents, {})
+    feed = {**inputs, **{training["cotangents"][o]: c
+                         for o, c in zip(module.OUTPUTS, cotangents)},
+            **{name: value for (name, _), value in zip(training["saved"], saved)}}
+    gradient_of = {g: x for x, g in training["gradients"].items()}
+    names = list(inputs)
+    got = tuple(grads[names.index(gradient_of[o])].to(dtype) for o in backward.outputs)
+    rounded = {name: count for kernel in training["kernels"]
+               if name_of_stage(kernel["name"]) for name, count in kernel["rounded"].items()}
+    return backward, feed, compare(backward, feed, got, case.dtype,
+                                   rounding=DotRounding(backward, rounded) if rounded else None)
+
+
+def name_of_stage(kernel: str) -> bool:
+    """Whether a training kernel is one of the backward's stages (not the forward)."""
+    return "_backward_" in kernel
+
+
 def _detached(outputs):
     return tuple(o.detach() for o in outputs) if isinstance(outputs, tuple) else \
         outputs.detach()
@@ -403,8 +494,12 @@ def run_check(cascade: Cascade, module, backends: tuple[str, ...], examples: int
     except GradientUnsupported as why:
         grad = None
         report(f"note: gradients are not checked: {why}")
+    if grad is not None and not _check_derivation(cascade, grad, report):
+        return False
     # Kernels run where the data is: on the GPU when there is one.
     device = "cuda" if torch.cuda.is_available() else None
+    training = module.SCHEDULE.get("training") if hasattr(module, "_triton_backward") \
+        else None
 
     def run(case: Case) -> None:
         inputs = case_inputs(cascade, case, device)
@@ -441,6 +536,10 @@ def run_check(cascade: Cascade, module, backends: tuple[str, ...], examples: int
                 judge(results, backend, case, " gradients", grad.cascade,
                       {**inputs, **cotangents}, "float32",
                       "gradients ill-conditioned in float32")
+            elif backend == "triton" and training is not None:
+                probe, feed, results = _backward_kernels(module, training, inputs, case)
+                judge(results, backend, case, " backward kernels", probe, feed, case.dtype,
+                      "the backward ill-conditioned in float32")
 
     def judge(results, backend: str, case: Case, what: str, probe: Cascade, inputs: dict,
               dtype: str, why: str) -> None:

@@ -322,3 +322,20 @@ def test_eval_refuses_past_the_memory_limit_before_making_inputs(monkeypatch, ca
                  "B=64,H=64,P=4096,M=4096,E=128,F=128"])
     assert code == 2
     assert "more than the limit of 32 MiB" in capsys.readouterr().err
+
+
+def test_benchmark_times_a_training_step(tmp_path):
+    """--train times forward + backward through the backward's kernels (compiled with
+    train=True) and the peers' autograd, checking dQ against the peer's."""
+    out = tmp_path / "rows.json"
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "attention.py"),
+                             "--smoke", *BENCHMARK_DEVICE, "--specs", "causal_softmax",
+                             "--unfused-max", "0", "--train", "--json", str(out)],
+                            capture_output=True, text=True,
+                            env=kernels_env(EINSUMATTN_CACHE_DIR=str(tmp_path / "cache")))
+    assert result.returncode == 0, result.stderr
+    import json
+    rows = {r["backend"]: r for r in json.loads(out.read_text())}
+    assert rows["einsumattn triton"]["step"] == "forward+backward"
+    assert rows["einsumattn triton"]["max_diff_vs_peer"] < 1e-5
+    assert "timed: forward+backward" in result.stdout

@@ -12,7 +12,7 @@ import einsumattn
 from einsumattn.evaluate import evaluate
 from einsumattn.ir.printer import cascade_text
 from einsumattn.transform.grad import GradientUnsupported, gradient
-from einsumattn.verify import Case, case_inputs
+from einsumattn.verify import Case, case_inputs, finite_differences
 
 from conftest import ROOT
 
@@ -29,8 +29,10 @@ def _sizes(cascade) -> dict:
 
 def directional(cascade, sizes: dict, seed: int = 0):
     """(finite difference, gradient) of L = sum over outputs of <dO, O> along a random
-    direction of every input the gradient covers, in float64."""
+    direction of every input the gradient covers, in float64 (verify.finite_differences,
+    what `einsumattn check` runs), and the gradient cascade's values at that point."""
     grad = gradient(cascade)
+    finite, analytic = finite_differences(cascade, grad, sizes, seed)
     rng = np.random.default_rng(seed)
     inputs = {name: value.double().numpy() for name, value in
               case_inputs(cascade, Case(sizes, "float32", 1.0, True, seed)).items()}
@@ -38,18 +40,6 @@ def directional(cascade, sizes: dict, seed: int = 0):
     cotangents = {grad.cotangents[o]: rng.standard_normal(outputs[o].shape)
                   for o in cascade.outputs}
     grads = evaluate(grad.cascade, {**inputs, **cotangents})
-    direction = {k: rng.standard_normal(v.shape) if k in grad.gradients else np.zeros_like(v)
-                 for k, v in inputs.items()}
-
-    def loss(t):
-        moved = evaluate(cascade, {k: inputs[k] + t * direction[k] for k in inputs})
-        return sum((moved[o] * cotangents[grad.cotangents[o]]).sum()
-                   for o in cascade.outputs)
-
-    # Central differences: O(eps**2) truncation, O(1e-16 / eps) rounding.
-    eps = 1e-6
-    finite = (loss(eps) - loss(-eps)) / (2 * eps)
-    analytic = sum((grads[grad.gradients[k]] * direction[k]).sum() for k in grad.gradients)
     return finite, analytic, grads, grad
 
 
@@ -205,3 +195,19 @@ def test_the_grad_command_prints_the_derivation_and_refuses_with_the_reason(caps
                        "output O\n")
     assert cli.main(["grad", str(refused)]) == 2
     assert "reads the recurrence S at step 0" in capsys.readouterr().err
+
+
+def test_check_compares_the_derivation_with_finite_differences():
+    """`einsumattn check` runs the gradient cascade against central differences of the
+    oracle first, independent of the derivation; a wrong gradient cascade fails it."""
+    from einsumattn.verify import _check_derivation
+
+    text = (ROOT / "examples" / "softmax_3pass.attn").read_text()
+    cascade = einsumattn.load(text)
+    said = []
+    assert _check_derivation(cascade, gradient(cascade), said.append)
+    assert said[-1].startswith("gradient cascade vs central differences") and "ok" in said[-1]
+    wrong = gradient(einsumattn.load(text.replace("1 / sqrt(E)", "1.01 / sqrt(E)")))
+    said.clear()
+    assert not _check_derivation(cascade, wrong, said.append)
+    assert "MISMATCH" in said[-1]

@@ -264,3 +264,30 @@ def test_a_backward_that_would_keep_a_quadratic_buffer_trains_through_torch(tmp_
     cotangents = [torch.ones(1, 2, 5, 3)]
     leaves = _backward(module, cascade, inputs, cotangents, "triton")
     assert _agrees_with_the_gradient_cascade(gradient(cascade), inputs, cotangents, leaves)
+
+
+def test_check_compares_the_backward_kernels_in_16_bits_and_catches_a_wrong_one(
+        trained, monkeypatch):
+    """In float16/bfloat16 cases `check` runs the backward's kernels on what the training
+    forward saved and compares them with the backward they compute (the oracle on the
+    same saved values), the tolerance widened by their rounded dot operands only: a
+    backward 1% off fails."""
+    from einsumattn.verify import _backward_kernels, run_check
+
+    cascade, module, _ = trained["causal_softmax"]
+    said = []
+    assert run_check(cascade, module, ("triton",), examples=6, report=said.append)
+    assert any("16, " in line and line.endswith("backward kernels: ok") for line in said)
+    training = module.SCHEDULE["training"]
+    case = Case(dict(B=1, H=2, P=19, M=21, E=16, F=16), "bfloat16", 1.0, True, 3)
+    inputs = case_inputs(cascade, case)
+    _, _, results = _backward_kernels(module, training, inputs, case)
+    assert all(r.ok for r in results)
+    backward = module._triton_backward
+
+    def wrong(*args):
+        return tuple(None if g is None else 1.01 * g for g in backward(*args))
+
+    monkeypatch.setattr(module, "_triton_backward", wrong)
+    _, _, results = _backward_kernels(module, training, inputs, case)
+    assert not all(r.ok for r in results)

@@ -257,7 +257,14 @@ class TrainingPart:
             return {"reason": self.reason}
         backward = self.backward
         return {"reason": None,
-                "saved": {spec_text(k): spec_text(v) for k, v in backward.saved.items()},
+                # The backward the stages compute, as .attn text, with what it reads
+                # and writes by name: `einsumattn check` evaluates it with the oracle
+                # on what _triton_saving saved (16-bit cases; verify.py).
+                "backward": cascade_text(backward.cascade),
+                "gradients": dict(backward.gradients),
+                "cotangents": dict(backward.cotangents),
+                # (name, why) pairs in the order _triton_saving returns them
+                "saved": tuple((k, v) for k, v in backward.saved.items()),
                 "recomputed": [spec_text(n) for n in backward.recomputed],
                 "rules": [step.comment() for step in backward.steps],
                 "stages": [[spec_text(o) for o in part.fused[-1].schedule.outputs]
