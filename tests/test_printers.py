@@ -445,6 +445,17 @@ def test_tanh_is_odd_in_triton_as_in_the_oracle(tmp_path):
     _agrees(tree, inputs, params, run_triton(tree, inputs, params, tmp_path))
 
 
+def test_logsigmoid_at_infinity_is_minus_zero_in_triton_as_in_the_oracle(tmp_path):
+    """logsigmoid(+inf) is -0.0 in the oracle (-softplus(-x)), the limit from below, so
+    I / -logsigmoid(I / c) at c = 0 is +inf; Triton's min(x, 0) - log1p(exp(-|x|)) gave
+    +0.0 and -inf. Found by the randomized profile."""
+    tree = ir.Op("/", (ir.Dim("I"), ir.Op("neg", (ir.Op("logsigmoid", (
+        ir.Op("/", (ir.Dim("I"), ir.Param("c"))),)),))))
+    inputs = _case(([0.0] * SIZE, [0.0] * SIZE, 0.0))
+    params = {"c": 0.0, "d": 0.0}
+    _agrees(tree, inputs, params, run_triton(tree, inputs, params, tmp_path))
+
+
 def _backends_agree(text: str, sizes: dict, folder) -> None:
     """Every backend of the generated module against the oracle on random inputs."""
     cascade = einsumattn.load(text)

@@ -603,3 +603,22 @@ def test_a_tile_given_by_name_must_be_positive_and_only_the_tiles():
         einsumattn.evaluate(result.cascade, inputs, sizes={"M0": 0})
     with pytest.raises(einsumattn.BindError, match="give M's size"):
         einsumattn.evaluate(result.cascade, inputs, sizes={"M1": 2})
+
+
+def test_a_read_that_may_be_absent_cannot_cancel_in_separable_moments():
+    """T1 is absent everywhere (its filter is never true), so every term of T3 is absent
+    and T3 is the empty sum 0; inlining T2 = (T1 - T1) * ... let sympy cancel T1 and the
+    moments kept the terms. Found by the randomized profile."""
+    text = """attention cancelled
+dims  B = 1, P
+input X0[b, p]
+T1[b] = tanh(X0[b, p]) where not (b <= b)
+T2[b, p] = (T1[b] - T1[b]) * exp(tanh(X0[b + 1, p]))
+T3[b] = tanh(max(-T2[b, p] * X0[b, p], tanh(X0[b, p])))
+output T3
+"""
+    result = rewrite(text)
+    assert any("cancels in the algebra" in b.reason for b in result.blocked)
+    inputs = {"X0": np.random.default_rng(0).standard_normal((1, 5))}
+    assert einsumattn.evaluate(result.cascade, inputs)["T3"].tolist() == [0.0]
+    assert einsumattn.evaluate(result.original, inputs)["T3"].tolist() == [0.0]

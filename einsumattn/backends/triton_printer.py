@@ -222,7 +222,9 @@ def _softplus(x):
 
 @triton.jit
 def _logsigmoid(x):
-    return tl.minimum(x, 0.0, propagate_nan=tl.PropagateNan.ALL) - _log1p(tl.exp(-tl.abs(x)))
+    # -softplus(-x), as the oracle: logsigmoid(+inf) is -0.0 (the limit from below), which
+    # a division by it keeps (min(x, 0) - log1p(exp(-|x|)) gave +0.0 there).
+    return -_softplus(-x)
 
 
 @triton.jit

@@ -153,6 +153,15 @@ def _rewrite_sum(cascade: Cascade, einsum: Einsum):
         groups = _separate(einsum, body, late, reduced)
         if isinstance(groups, Blocked):
             return groups
+    # Algebra may cancel a read (T1 - T1 is 0): where that read may be absent, its
+    # absence removed every term it was in, and the rewritten sum would have them.
+    kept = {r for outside, inner in groups for r in ir.reads(outside) + ir.reads(inner)}
+    lost = sorted({ir.to_text(r) for r in ir.reads(body)
+                   if r not in kept and expression_conditions(cascade, r, absent)})
+    if lost:
+        return Blocked(rule, einsum.tensor,
+                       f"{', '.join(lost)} may be absent and cancels in the algebra: the "
+                       f"terms its absence removes would come back")
     for outside, _ in groups:
         for read in ir.reads(outside):
             if read.tensor in absent:
