@@ -20,7 +20,8 @@ Where the numbers come from:
 * float32 inputs: the dots run in IEEE float32 (never TF32): twice the registers and
   shared memory per element, so half the tiles.
 * backward kernels (three or more tl.dot per key tile: `dots`): FlashAttention-2's
-  backward tile, 64 x 64 with 4 warps and 2 stages, where the forward's 128 rows spill.
+  backward tile, 64 x 64 with 4 warps and 2 stages, where the forward's 128 rows spill;
+  at head dim 128, 32 streamed (64 x 64 spills the dK+dV kernel's registers).
 * Triton's interpreter (the CPU): the schedule's defaults, which keep tests fast.
 Rows and keys never exceed the sequence's own (a power of two, at least 16): a short
 sequence or a decoding call (a few query rows) gets a small row tile, not 128 rows of
@@ -65,9 +66,14 @@ BACKWARD_DOTS = 3
 RULES: tuple[Rule, ...] = (
     Rule("interpreter", 0, ANY, WIDEST, None, None, None, None,
          "Triton's interpreter: the schedule's defaults (fast tests)"),
-    Rule("cuda", 80, HALF, 128, 64, 64, 4, 2,
-         "a backward kernel on Ampere or later, d <= 128: 64 x 64 tiles, 2 stages "
+    Rule("cuda", 80, HALF, 64, 64, 64, 4, 2,
+         "a backward kernel on Ampere or later, d <= 64: 64 x 64 tiles, 2 stages "
          "(FlashAttention-2's backward tile; 128 rows spill: sm90-training-*.md)",
+         BACKWARD_DOTS),
+    Rule("cuda", 80, HALF, 128, 64, 32, 4, 2,
+         "a backward kernel on Ampere or later, d <= 128: 64 rows, 32 streamed "
+         "(the dK and dV accumulators and the K, V tiles fill the registers: at 64 x 64 "
+         "dK+dV spills 754 B on Hopper, at 64 x 32 24 B: sm90-training-*.md)",
          BACKWARD_DOTS),
     Rule("cuda", 90, HALF, 64, 128, 64, 4, 3,
          "Hopper, d <= 64: the tutorial's 128 x 64 with 4 warps (no spills since the dot "
