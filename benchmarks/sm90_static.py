@@ -91,25 +91,42 @@ def compile_spec(spec: Path, out: Path) -> Path:
 def tile_knobs(module: Path) -> tuple[str, str]:
     """The fused kernel's row and key tile knobs, read from the module's SCHEDULE (its
     schedule as data): the tool scales each hot loop to one 128 x 64 tile by them."""
+    row, key = next(iter(kernel_tiles(module).values()))
+    return row, key
+
+
+def kernel_tiles(module: Path) -> dict:
+    """Fused kernel name -> [row tile knob, key tile knob], the training kernels' too,
+    from the module's SCHEDULE, in launch order."""
     found = subprocess.run(
         [sys.executable, "-c", "import json, sys; sys.path.insert(0, sys.argv[1]); "
-         f"m = __import__({module.stem!r}); k = m.SCHEDULE['kernels'][0]; "
-         "print(json.dumps([k['grid']['row_tile'], k['loops'][0]['tile']]))", str(module.parent)],
+         f"m = __import__({module.stem!r}); s = m.SCHEDULE; "
+         "ks = list(s['kernels']) + list(s['training'].get('kernels', ())); "
+         "print(json.dumps({k['name']: [k['grid']['row_tile'], k['loops'][0]['tile']] "
+         "for k in ks}))", str(module.parent)],
         check=True, capture_output=True, text=True)
-    row, key = json.loads(found.stdout)
-    return row, key
+    return json.loads(found.stdout)
 
 
 def measure(sm90: Path, module: Path, case: str, head_dim: int, sets: list[str]) -> dict:
     """The tool's JSON for one module at the report's shape."""
+    # Configure as on an H100 (the host runs on the CPU, in the interpreter), unless the
+    # caller pins something else.
+    return run_tool(sm90, module, case, head_dim,
+                    ["--tile-keys", ",".join(tile_knobs(module))],
+                    ["CONFIG_TARGET=('cuda', 90)", *sets])
+
+
+def run_tool(sm90: Path, module: Path, case: str, head_dim: int, options: list[str],
+             sets: list[str]) -> dict:
+    """sm90.py on one module at the report's shape (bf16, `inputs_for`), with `options`
+    and each of `sets` as a --set: its JSON."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "facts.json"
-        command = [sys.executable, str(sm90), str(module), "--inputs", inputs_for(case, head_dim),
-                   "--dtype", "bfloat16", "--tile-keys", ",".join(tile_knobs(module)),
+        command = [sys.executable, str(sm90), str(module), *options,
+                   "--inputs", inputs_for(case, head_dim), "--dtype", "bfloat16",
                    "--json", str(out)]
-        # Configure as on an H100 (the host runs on the CPU, in the interpreter), unless
-        # the caller pins something else.
-        for s in ["CONFIG_TARGET=('cuda', 90)", *sets]:
+        for s in sets:
             command += ["--set", s]
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode != 0 or not out.exists():
@@ -166,24 +183,33 @@ def main(argv=None) -> int:
                     facts.append({"case": case, "head_dim": head_dim, "spec": spec,
                                   "ratio": ratio, "target": factor, "misses": misses, **row})
 
-    text = report(rows, args)
+    write(report(rows, args), facts, args)
+    return 0
+
+
+def write(text: str, facts: list, args) -> None:
+    """The Markdown report to --out (else stdout), every row's facts to --json."""
     if args.out:
         args.out.write_text(text)
     else:
         print(text)
     if args.json:
         args.json.write_text(json.dumps(facts, indent=1, default=str))
-    return 0
 
 
-def report(rows: list, args) -> str:
+def provenance() -> tuple[str, str]:
+    """(the commit, Triton's version) a report names."""
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
                             capture_output=True, text=True).stdout.strip()
     try:
         import triton
-        triton_version = triton.__version__
+        return commit, triton.__version__
     except ImportError:
-        triton_version = "?"
+        return commit, "?"
+
+
+def report(rows: list, args) -> str:
+    commit, triton_version = provenance()
     lines = [
         f"# Static sm_90a report (no GPU), {datetime.date.today()}",
         "",

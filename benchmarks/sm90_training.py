@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import subprocess
 import sys
@@ -27,7 +26,8 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sm90_static import B, DEFAULT_SM90, H, N, ROOT, inputs_for  # noqa: E402
+from sm90_static import (B, DEFAULT_SM90, H, N, ROOT, kernel_tiles,  # noqa: E402
+                         provenance, run_tool, write)
 
 CASES = {
     "causal_softmax": "examples/causal_softmax.attn",
@@ -62,31 +62,9 @@ def training_module(spec: Path, out: Path) -> Path:
     return step
 
 
-def tiles(module: Path) -> dict:
-    """kernel name -> (row tile knob, key tile knob), from the module's SCHEDULE."""
-    found = subprocess.run(
-        [sys.executable, "-c", "import json, sys; sys.path.insert(0, sys.argv[1]); "
-         f"m = __import__({module.stem!r}); s = m.SCHEDULE; "
-         "ks = list(s['kernels']) + list(s['training'].get('kernels', ())); "
-         "print(json.dumps({k['name']: [k['grid']['row_tile'], k['loops'][0]['tile']] "
-         "for k in ks}))", str(module.parent)],
-        check=True, capture_output=True, text=True)
-    return json.loads(found.stdout)
-
-
 def measure(sm90: Path, module: Path, case: str, head_dim: int, sets: list[str]) -> dict:
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "facts.json"
-        command = [sys.executable, str(sm90), str(module), "--class", "TrainStep",
-                   "--inputs", inputs_for(case, head_dim), "--dtype", "bfloat16",
-                   "--json", str(out)]
-        for s in sets:
-            command += ["--set", s]
-        done = subprocess.run(command, capture_output=True, text=True)
-        if done.returncode != 0 or not out.exists():
-            raise RuntimeError(f"sm90.py failed on {module.name} ({case}, d{head_dim}):\n"
-                               f"{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
-        return json.loads(out.read_text())
+    """The tool's JSON for one training step (the module's TrainStep sets CONFIG_TARGET)."""
+    return run_tool(sm90, module, case, head_dim, ["--class", "TrainStep"], sets)
 
 
 def role(kernel: str) -> str:
@@ -111,7 +89,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for case in args.only:
             module = training_module(ROOT / CASES[case], Path(tmp) / case)
-            knobs = tiles(module.with_name(module.name.removeprefix("train_")))
+            knobs = kernel_tiles(module.with_name(module.name.removeprefix("train_")))
             for head_dim in args.head_dims:
                 print(f"  {case} d{head_dim} ...", file=sys.stderr, flush=True)
                 for row in measure(args.sm90, module, case, head_dim, args.set)["rows"]:
@@ -131,26 +109,18 @@ def main(argv=None) -> int:
                     rows.append((case, head_dim, row, row_tile, per_tile))
                     facts.append({"case": case, "head_dim": head_dim, "role": role(row["kernel"]),
                                   "norm_128x64": per_tile, **row})
-    text = report(rows, args)
-    if args.out:
-        args.out.write_text(text)
-    else:
-        print(text)
-    if args.json:
-        args.json.write_text(json.dumps(facts, indent=1, default=str))
+    write(report(rows, args), facts, args)
     return 0
 
 
 def report(rows: list, args) -> str:
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                            capture_output=True, text=True).stdout.strip()
-    import triton
+    commit, triton_version = provenance()
     lines = [
         f"# Static sm_90a report of the training kernels (no GPU), {datetime.date.today()}",
         "",
         f"`einsumattn compile --train` modules, one training step (forward and backward through "
         f"backend='triton') compiled for the H100 by `{args.sm90.name}` (Triton "
-        f"{triton.__version__}), bf16, B={B}, H={H}, N={N}, commit {commit}.",
+        f"{triton_version}), bf16, B={B}, H={H}, N={N}, commit {commit}.",
         "",
         "    python benchmarks/sm90_training.py " + " ".join(
             [f"--only {' '.join(args.only)}" if args.only != list(CASES) else "",

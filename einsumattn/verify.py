@@ -377,10 +377,11 @@ def _gradients(outputs, leaves: dict, cascade: Cascade, grad, inputs: dict,
     return compare(grad.cascade, {**inputs, **cotangents}, got, "float32")
 
 
-def finite_differences(cascade: Cascade, grad, sizes: dict, seed: int) -> tuple[float, float]:
-    """(central difference, gradient cascade) of L = sum over outputs of <dO, O> along a
-    random direction of every input the gradient covers, in float64 with the oracle:
-    a check of the derivation that does not use it."""
+def finite_differences(cascade: Cascade, grad, sizes: dict, seed: int) \
+        -> tuple[float, float, dict]:
+    """(central difference, gradient cascade, the gradient cascade's values) of L = sum
+    over outputs of <dO, O> along a random direction of every input the gradient covers,
+    in float64 with the oracle: a check of the derivation that does not use it."""
     import numpy as np
 
     from .evaluate import evaluate
@@ -404,7 +405,7 @@ def finite_differences(cascade: Cascade, grad, sizes: dict, seed: int) -> tuple[
     finite = (loss(step) - loss(-step)) / (2 * step)
     analytic = float(sum((grads[grad.gradients[k]] * direction[k]).sum()
                          for k in grad.gradients))
-    return finite, analytic
+    return finite, analytic, grads
 
 
 def _check_derivation(cascade: Cascade, grad, report) -> bool:
@@ -417,7 +418,7 @@ def _check_derivation(cascade: Cascade, grad, report) -> bool:
     worst, checked = 0.0, 0
     for seed in (0, 1):
         try:
-            finite, analytic = finite_differences(cascade, grad, sizes, seed)
+            finite, analytic, _ = finite_differences(cascade, grad, sizes, seed)
         except Exception as error:  # noqa: BLE001 - sizes the spec cannot bind
             report(f"note: the gradient cascade is not checked against finite differences "
                    f"({type(error).__name__}: {str(error).splitlines()[0][:200]})")
@@ -466,15 +467,9 @@ def _backward_kernels(module, training: dict, inputs: dict, case: Case):
     gradient_of = {g: x for x, g in training["gradients"].items()}
     names = list(inputs)
     got = tuple(grads[names.index(gradient_of[o])].to(dtype) for o in backward.outputs)
-    rounded = {name: count for kernel in training["kernels"]
-               if name_of_stage(kernel["name"]) for name, count in kernel["rounded"].items()}
+    rounded = training["rounded"]
     return backward, feed, compare(backward, feed, got, case.dtype,
                                    rounding=DotRounding(backward, rounded) if rounded else None)
-
-
-def name_of_stage(kernel: str) -> bool:
-    """Whether a training kernel is one of the backward's stages (not the forward)."""
-    return "_backward_" in kernel
 
 
 def _detached(outputs):

@@ -10,6 +10,7 @@ import pytest
 
 import einsumattn
 from einsumattn.evaluate import evaluate
+from einsumattn.ir import expr as ir
 from einsumattn.ir.printer import cascade_text
 from einsumattn.transform.backward import fast_backward
 from einsumattn.verify import Case, case_inputs
@@ -23,14 +24,20 @@ SOFTMAX_FAMILY = ["alibi", "causal_softmax", "gqa", "sliding_window_sinks", "sof
 
 def both(cascade, sizes: dict, seed: int = 0):
     """(the raw gradient's outputs, the fast backward's outputs, the backward) in
-    float64 on the same inputs and cotangents."""
-    backward = fast_backward(cascade)
-    raw = backward.raw
-    rng = np.random.default_rng(seed)
+    float64 on the same random inputs of `sizes` and cotangents."""
     inputs = {name: value.double().numpy() for name, value in
               case_inputs(cascade, Case(sizes, "float32", 1.0, True, seed)).items()}
+    return both_on(cascade, inputs, seed)
+
+
+def both_on(cascade, inputs: dict, seed: int = 0, backward=None):
+    """`both` on the given inputs: the forward (with its statistics) runs first, the
+    fast backward reads what it saved; the raw gradient cascade recomputes everything."""
+    backward = backward or fast_backward(cascade)
+    raw = backward.raw
+    rng = np.random.default_rng(seed)
     outputs = evaluate(backward.forward, inputs)
-    cotangents = {raw.cotangents[o]: rng.standard_normal(outputs[o].shape)
+    cotangents = {raw.cotangents[o]: rng.standard_normal(np.shape(outputs[o]))
                   for o in cascade.outputs}
     expected = evaluate(raw.cascade, {**inputs, **cotangents})
     saved = {name: outputs[name] for name in backward.saved}
@@ -94,18 +101,11 @@ def test_rows_that_see_no_key_get_zero_gradients_not_nan():
 
 def test_logits_up_to_1e4_stay_finite():
     cascade = einsumattn.load(ROOT / "examples" / "causal_softmax.attn")
-    backward = fast_backward(cascade)
     rng = np.random.default_rng(3)
-    sizes = dict(B=1, H=1, P=6, M=6, E=4, F=3)
     inputs = {"Q": rng.standard_normal((1, 1, 6, 4)) * 100,
               "K": rng.standard_normal((1, 1, 6, 4)) * 100,
               "V": rng.standard_normal((1, 1, 6, 3))}
-    outputs = evaluate(backward.forward, inputs)
-    cotangent = {"dAV": rng.standard_normal((1, 1, 6, 3))}
-    saved = {n: outputs[n] for n in backward.saved}
-    got = evaluate(backward.cascade, {**inputs, **cotangent, **saved})
-    expected = evaluate(backward.raw.cascade, {**inputs, **cotangent})
-    del sizes
+    expected, got, _ = both_on(cascade, inputs, 3)
     for name in ("dQ", "dK", "dV"):
         assert np.isfinite(got[name]).all()
         np.testing.assert_allclose(got[name], expected[name], rtol=1e-8, atol=1e-8)
@@ -214,17 +214,11 @@ def test_the_statistic_never_splits_a_shifted_exponential():
     cascade = einsumattn.load(CLIPPED_DIFFERENCE)
     backward = fast_backward(cascade)
     for einsum in backward.cascade.einsums:
-        for node in __import__("einsumattn.ir.expr", fromlist=["walk"]).walk(einsum.body):
+        for node in ir.walk(einsum.body):
             if getattr(node, "op", None) == "exp":
-                assert len(einsumattn.ir.expr.reads(node.args[0])) >= 2, einsum
+                assert len(ir.reads(node.args[0])) >= 2, einsum
     inputs = _inputs(cascade, {"P": 4, "M": 3, "E": 2, "F": 2}, 100.0, 65535)
-    raw = backward.raw
-    rng = np.random.default_rng(0)
-    outputs = evaluate(backward.forward, inputs)
-    cotangent = {raw.cotangents["O"]: rng.standard_normal(outputs["O"].shape)}
-    expected = evaluate(raw.cascade, {**inputs, **cotangent})
-    got = evaluate(backward.cascade, {**inputs, **cotangent,
-                                      **{n: outputs[n] for n in backward.saved}})
+    expected, got, _ = both_on(cascade, inputs, 0, backward)
     for name in backward.gradients.values():
         np.testing.assert_allclose(got[name], expected[name], rtol=1e-8, atol=1e-9)
 

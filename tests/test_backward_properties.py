@@ -11,11 +11,11 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 import einsumattn
-from einsumattn.evaluate import evaluate
 from einsumattn.transform.backward import fast_backward
 from einsumattn.transform.grad import GradientUnsupported
 
 from conftest import examples
+from test_backward import both_on
 from test_rewrites import _inputs, attention_specs
 
 try:
@@ -35,14 +35,7 @@ def _agree(cascade, inputs: dict, seed: int, what: str) -> None:
         backward = fast_backward(cascade)
     except GradientUnsupported:
         return
-    raw = backward.raw
-    rng = np.random.default_rng(seed)
-    outputs = evaluate(backward.forward, inputs)
-    cotangents = {raw.cotangents[o]: rng.standard_normal(np.shape(outputs[o]))
-                  for o in cascade.outputs}
-    expected = evaluate(raw.cascade, {**inputs, **cotangents})
-    saved = {name: outputs[name] for name in backward.saved}
-    got = evaluate(backward.cascade, {**inputs, **cotangents, **saved})
+    expected, got, _ = both_on(cascade, inputs, seed, backward)
     for name in backward.gradients.values():
         want, have = np.asarray(expected[name]), np.asarray(got[name])
         finite = np.isfinite(want)

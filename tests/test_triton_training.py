@@ -45,15 +45,24 @@ def _backward(module, cascade, inputs: dict, cotangents: list, backend: str) -> 
 def test_backward_matches_the_gradient_cascade(modules, name, backend):
     cascade, module = modules[name]
     grad = gradient(cascade)
-    sizes = {r.name: SIZES.get(r.name, 3) for r in cascade.ranks.values()
-             if r.fixed is None and r.split_of is None}
-    inputs = case_inputs(cascade, Case(sizes, "float32", 1.0, False, 5))
-    generator = torch.Generator().manual_seed(7)
+    inputs, cotangents = _float32_case(cascade, _sizes(cascade), False, 5, 7)
+    leaves = _backward(module, cascade, inputs, cotangents, backend)
+    assert _agrees_with_the_gradient_cascade(grad, inputs, cotangents, leaves)
+
+
+def _sizes(cascade) -> dict:
+    return {r.name: SIZES.get(r.name, 3) for r in cascade.ranks.values()
+            if r.fixed is None and r.split_of is None}
+
+
+def _float32_case(cascade, sizes: dict, contiguous: bool, seed: int, cotangent_seed: int):
+    """Random float32 inputs of `sizes` and a random cotangent per output."""
+    inputs = case_inputs(cascade, Case(sizes, "float32", 1.0, contiguous, seed))
+    generator = torch.Generator().manual_seed(cotangent_seed)
     outputs = einsumattn.evaluate(cascade, inputs)
     cotangents = [torch.randn(tuple(outputs[o].shape), generator=generator,
                               dtype=torch.float32) for o in cascade.outputs]
-    leaves = _backward(module, cascade, inputs, cotangents, backend)
-    assert _agrees_with_the_gradient_cascade(grad, inputs, cotangents, leaves)
+    return inputs, cotangents
 
 
 def _agrees_with_the_gradient_cascade(grad, inputs, cotangents, leaves) -> bool:
@@ -83,15 +92,13 @@ def test_rows_that_see_no_key_train_to_zero_gradients(tmp_path):
 @pytest.mark.parametrize("backend", ["triton", "torch"])
 @pytest.mark.parametrize("name", ["gla_recurrent", "softmax_1pass", "sliding_window_sinks"])
 def test_backward_matches_finite_differences_of_the_oracle(tmp_path, name, backend):
-    """Examples the gradient cascade does not derive yet (recurrences) or not listed
-    above: backward() against central differences of the float64 oracle along a random
-    direction, independent of any derivation."""
+    """The recurrent examples and one not listed above: backward() against central
+    differences of the float64 oracle along a random direction, independent of any
+    derivation."""
     spec = ROOT / "examples" / f"{name}.attn"
     cascade = einsumattn.load(spec)
     module = import_file(compile_to_file(spec, tmp_path), f"training_fd_{name}")
-    sizes = {r.name: SIZES.get(r.name, 3) for r in cascade.ranks.values()
-             if r.fixed is None and r.split_of is None}
-    inputs = case_inputs(cascade, Case(sizes, "float32", 1.0, False, 2))
+    inputs = case_inputs(cascade, Case(_sizes(cascade), "float32", 1.0, False, 2))
     generator = torch.Generator().manual_seed(3)
     outputs = einsumattn.evaluate(cascade, inputs)
     cotangents = [torch.randn(tuple(outputs[o].shape), generator=generator,
@@ -164,15 +171,10 @@ def test_the_backward_kernels_match_the_gradient_cascade(trained, name, seed):
     cascade, module, calls = trained[name]
     assert module.SCHEDULE["training"]["reason"] is None
     grad = gradient(cascade)
-    sizes = {r.name: SIZES.get(r.name, 3) for r in cascade.ranks.values()
-             if r.fixed is None and r.split_of is None}
+    sizes = _sizes(cascade)
     if seed == 6:                                   # more than one tile of 16
         sizes.update({r: n for r, n in (("P", 21), ("M", 19), ("C", 19)) if r in sizes})
-    inputs = case_inputs(cascade, Case(sizes, "float32", 1.0, seed == 6, seed))
-    generator = torch.Generator().manual_seed(seed)
-    outputs = einsumattn.evaluate(cascade, inputs)
-    cotangents = [torch.randn(tuple(outputs[o].shape), generator=generator,
-                              dtype=torch.float32) for o in cascade.outputs]
+    inputs, cotangents = _float32_case(cascade, sizes, seed == 6, seed, seed)
     before = len(calls)
     leaves = _backward(module, cascade, inputs, cotangents, "triton")
     assert len(calls) == before + 1               # the kernels ran, not the torch backend

@@ -262,6 +262,9 @@ class TrainingPart:
                 # on what _triton_saving saved (16-bit cases; verify.py).
                 "backward": cascade_text(backward.cascade),
                 "gradients": dict(backward.gradients),
+                # the stages' rounded dot operands per Einsum of the backward (as the
+                # module's DOT_ROUNDING for the forward)
+                "rounded": {e: n for part in self.stages for e, n in part.dot_rounding.items()},
                 "cotangents": dict(backward.cotangents),
                 # (name, why) pairs in the order _triton_saving returns them
                 "saved": tuple((k, v) for k, v in backward.saved.items()),
@@ -490,6 +493,9 @@ def generate(cascade: Cascade, *, plan: Plan | None = None, **options) -> str:
         **_signatures(inputs, list(cascade.params)),
         # The kernel cascade's ranks include the spec's, plus the splits a rewrite added.
         "ranks": [r for r in kernel.ranks if rank_used(kernel, r)],
+        # (rank, where its size comes from) for the template's binding prologues
+        "rank_sizes": [(r, f"sizes[{string_literal(r)}]") for r in kernel.ranks
+                       if rank_used(kernel, r)],
         "first_input": inputs[0],
         "fixed": fixed,
         "bind_lines": _bind_lines(kernel),
@@ -520,12 +526,12 @@ def _training_fields(training: TrainingPart, cascade: Cascade) -> dict | None:
     if training.backward is None:
         return None
     backward = training.backward
-    ranks = {}
+    ranks = []
     for name, rank in backward.cascade.ranks.items():
         if name in cascade.ranks:
-            ranks[name] = f"sizes[{string_literal(name)}]"
+            ranks.append((name, f"sizes[{string_literal(name)}]"))
         elif rank.fixed is not None:
-            ranks[name] = str(rank.fixed)
+            ranks.append((name, str(rank.fixed)))
     return {
         "ranks": ranks,
         "forward_host": [line for k in training.forward.fused for line in k.host],

@@ -1,4 +1,4 @@
-# einsumattn template key: 1d20176a9d2e14e119e57c5155039e61faad7df73e37b3b8fd250fc92942359d
+# einsumattn template key: 4f2b7429d0070150b1b377420d88fab59c8f7e7a9b191289c4d6c301ea8717f1
 # jinja2's compiled form of einsumattn/templates/module.py.j2, written by `python -m einsumattn.backends.templates` (see backends/templates.py). Do not edit.
 from jinja2.runtime import LoopContext, Macro, Markup, Namespace, TemplateNotFound, TemplateReference, TemplateRuntimeError, Undefined, escape, identity, internalcode, markup_join, missing, str_join
 name = 'module.py.j2'
@@ -37,7 +37,7 @@ def root(context, missing=missing):
     l_0_config_candidates = resolve('config_candidates')
     l_0_training_prologue = resolve('training_prologue')
     l_0_first_input = resolve('first_input')
-    l_0_ranks = resolve('ranks')
+    l_0_rank_sizes = resolve('rank_sizes')
     l_0_fused_single = resolve('fused_single')
     l_0_fused_host = resolve('fused_host')
     l_0_host_lines = resolve('host_lines')
@@ -48,7 +48,7 @@ def root(context, missing=missing):
     l_0_class_params = resolve('class_params')
     l_0_class_overrides = resolve('class_overrides')
     l_0_function_params = resolve('function_params')
-    l_0_doc = l_0_torch_prologue = missing
+    l_0_doc = l_0_binding = l_0_torch_prologue = missing
     try:
         t_1 = environment.filters['block']
     except KeyError:
@@ -245,47 +245,76 @@ def root(context, missing=missing):
         pass
         yield '    if backend == "torch":\n        return _scheduled(*inputs, overrides)\n'
     yield '    return _reference(*inputs, overrides)\n\n\n'
-    def macro():
+    def macro(l_1_rank_values, l_1_as_float):
         t_10 = []
+        if l_1_rank_values is missing:
+            l_1_rank_values = undefined("parameter 'rank_values' was not provided", name='rank_values')
+        if l_1_as_float is missing:
+            l_1_as_float = undefined("parameter 'as_float' was not provided", name='as_float')
         pass
         t_10.extend((
             '    sizes, params = _bind(',
             str((undefined(name='args') if l_0_args is missing else l_0_args)),
             ', overrides)\n',
         ))
-        for l_2_rank in (undefined(name='ranks') if l_0_ranks is missing else l_0_ranks):
+        for (l_2_rank, l_2_value) in l_1_rank_values:
             _loop_vars = {}
             pass
             t_10.extend((
                 '    ',
                 str(t_8(l_2_rank)),
-                ' = sizes[',
-                str(t_6(l_2_rank)),
-                ']\n',
+                ' = ',
+                str(l_2_value),
+                '\n',
             ))
-        l_2_rank = missing
+        l_2_rank = l_2_value = missing
         for l_2_p in (undefined(name='params') if l_0_params is missing else l_0_params):
             _loop_vars = {}
             pass
             t_10.extend((
                 '    ',
                 str(t_3(l_2_p)),
-                ' = params[',
-                str(t_6(l_2_p)),
-                ']\n',
+                ' = ',
             ))
+            if l_1_as_float:
+                pass
+                t_10.extend((
+                    'float(params[',
+                    str(t_6(l_2_p)),
+                    '])',
+                ))
+            else:
+                pass
+                t_10.extend((
+                    'params[',
+                    str(t_6(l_2_p)),
+                    ']',
+                ))
+            t_10.append(
+                '\n',
+            )
         l_2_p = missing
         t_10.extend((
             '    device = ',
             str(t_3((undefined(name='first_input') if l_0_first_input is missing else l_0_first_input))),
             '.device\n    out_dtype = next((t.dtype for t in (',
             str((undefined(name='args') if l_0_args is missing else l_0_args)),
-            ',) if t.is_floating_point()), torch.float32)\n\n    def _full(value, shape, dtype=torch.float32):\n        return torch.as_tensor(value, device=device).to(dtype).expand(shape)\n\n    def _f32(value):\n        return torch.as_tensor(value, device=device).to(torch.float32)\n\n    def _grad_only(mask, value):\n        # `value` passing gradients only where `mask` holds (docs/codegen.md, Gradients).\n        if not (torch.is_grad_enabled() and value.requires_grad):\n            return value\n        return torch.where(mask, value, value.detach())\n\n    # Everything is computed in float32 (integer ids compare exactly below 2**24).\n',
+            ',) if t.is_floating_point()), torch.float32)\n',
+        ))
+        return concat(t_10)
+    context.exported_vars.add('binding')
+    context.vars['binding'] = l_0_binding = Macro(environment, macro, 'binding', ('rank_values', 'as_float'), False, False, False, context.eval_ctx.autoescape)
+    def macro():
+        t_11 = []
+        pass
+        t_11.extend((
+            str(context.call((undefined(name='binding') if l_0_binding is missing else l_0_binding), (undefined(name='rank_sizes') if l_0_rank_sizes is missing else l_0_rank_sizes), False)),
+            '\n    def _full(value, shape, dtype=torch.float32):\n        return torch.as_tensor(value, device=device).to(dtype).expand(shape)\n\n    def _f32(value):\n        return torch.as_tensor(value, device=device).to(torch.float32)\n\n    def _grad_only(mask, value):\n        # `value` passing gradients only where `mask` holds (docs/codegen.md, Gradients).\n        if not (torch.is_grad_enabled() and value.requires_grad):\n            return value\n        return torch.where(mask, value, value.detach())\n\n    # Everything is computed in float32 (integer ids compare exactly below 2**24).\n',
         ))
         for l_2_name in (undefined(name='inputs') if l_0_inputs is missing else l_0_inputs):
             _loop_vars = {}
             pass
-            t_10.extend((
+            t_11.extend((
                 '    ',
                 str(t_3(l_2_name)),
                 ' = ',
@@ -293,7 +322,7 @@ def root(context, missing=missing):
                 '.to(torch.float32)\n',
             ))
         l_2_name = missing
-        return concat(t_10)
+        return concat(t_11)
     context.exported_vars.add('torch_prologue')
     context.vars['torch_prologue'] = l_0_torch_prologue = Macro(environment, macro, 'torch_prologue', (), False, False, False, context.eval_ctx.autoescape)
     yield '\ndef _reference('
@@ -417,60 +446,30 @@ def root(context, missing=missing):
             pass
             yield '\n'
             def macro():
-                t_11 = []
+                t_12 = []
                 pass
-                t_11.extend((
-                    '    sizes, params = _bind(',
-                    str((undefined(name='args') if l_0_args is missing else l_0_args)),
-                    ', overrides)\n',
-                ))
-                for (l_2_rank, l_2_value) in context.call(environment.getattr(environment.getattr((undefined(name='training') if l_0_training is missing else l_0_training), 'ranks'), 'items')):
-                    _loop_vars = {}
-                    pass
-                    t_11.extend((
-                        '    ',
-                        str(t_8(l_2_rank)),
-                        ' = ',
-                        str(l_2_value),
-                        '\n',
-                    ))
-                l_2_rank = l_2_value = missing
-                for l_2_p in (undefined(name='params') if l_0_params is missing else l_0_params):
-                    _loop_vars = {}
-                    pass
-                    t_11.extend((
-                        '    ',
-                        str(t_3(l_2_p)),
-                        ' = float(params[',
-                        str(t_6(l_2_p)),
-                        '])\n',
-                    ))
-                l_2_p = missing
-                t_11.extend((
-                    '    device = ',
-                    str(t_3((undefined(name='first_input') if l_0_first_input is missing else l_0_first_input))),
-                    '.device\n    out_dtype = next((t.dtype for t in (',
-                    str((undefined(name='args') if l_0_args is missing else l_0_args)),
-                    ',) if t.is_floating_point()), torch.float32)\n    dot_dtype = _dot_dtype(',
+                t_12.extend((
+                    str(context.call((undefined(name='binding') if l_0_binding is missing else l_0_binding), environment.getattr((undefined(name='training') if l_0_training is missing else l_0_training), 'ranks'), True)),
+                    '    dot_dtype = _dot_dtype(',
                     str((undefined(name='args') if l_0_args is missing else l_0_args)),
                     ')\n    stored_dtype = torch.float32   # what the backward reads stays float32\n',
                 ))
-                return concat(t_11)
+                return concat(t_12)
             context.exported_vars.add('training_prologue')
             context.vars['training_prologue'] = l_0_training_prologue = Macro(environment, macro, 'training_prologue', (), False, False, False, context.eval_ctx.autoescape)
             yield '\ndef _triton_saving('
             yield str((undefined(name='args') if l_0_args is missing else l_0_args))
             yield ', overrides: dict):\n    """The training forward: the fused kernels that compute the outputs and what the\n    backward reads, kept in float32. Returns (the outputs in the inputs\' dtype, saved):\n'
-            t_12 = 1
+            t_13 = 1
             for l_1_line in environment.getattr((undefined(name='training') if l_0_training is missing else l_0_training), 'saved_lines'):
                 _loop_vars = {}
                 pass
                 yield '    '
                 yield str(l_1_line)
                 yield '\n'
-                t_12 = 0
+                t_13 = 0
             l_1_line = missing
-            if t_12:
+            if t_13:
                 pass
                 yield '    nothing\n'
             yield '    """\n'
@@ -546,32 +545,8 @@ def root(context, missing=missing):
         yield str((undefined(name='args') if l_0_args is missing else l_0_args))
         yield ', overrides: dict, fused: bool = True):\n    """The Triton backend: the fused kernel when there is one (fused=True), else one\n    kernel launch per Einsum, in dataflow order."""\n    if triton is None:\n        raise RuntimeError("the Triton backend needs the triton package; use backend=\'torch\'")\n    if not '
         yield str(t_3((undefined(name='first_input') if l_0_first_input is missing else l_0_first_input)))
-        yield '.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":\n        raise RuntimeError("the Triton backend runs on CUDA tensors (or on the CPU in Triton\'s "\n                           "interpreter: set TRITON_INTERPRET=1 before importing triton); "\n                           "use backend=\'torch\' on the CPU")\n    sizes, params = _bind('
-        yield str((undefined(name='args') if l_0_args is missing else l_0_args))
-        yield ', overrides)\n'
-        for l_1_rank in (undefined(name='ranks') if l_0_ranks is missing else l_0_ranks):
-            _loop_vars = {}
-            pass
-            yield '    '
-            yield str(t_8(l_1_rank))
-            yield ' = sizes['
-            yield str(t_6(l_1_rank))
-            yield ']\n'
-        l_1_rank = missing
-        for l_1_p in (undefined(name='params') if l_0_params is missing else l_0_params):
-            _loop_vars = {}
-            pass
-            yield '    '
-            yield str(t_3(l_1_p))
-            yield ' = float(params['
-            yield str(t_6(l_1_p))
-            yield '])\n'
-        l_1_p = missing
-        yield '    device = '
-        yield str(t_3((undefined(name='first_input') if l_0_first_input is missing else l_0_first_input)))
-        yield '.device\n    out_dtype = next((t.dtype for t in ('
-        yield str((undefined(name='args') if l_0_args is missing else l_0_args))
-        yield ',) if t.is_floating_point()), torch.float32)\n'
+        yield '.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":\n        raise RuntimeError("the Triton backend runs on CUDA tensors (or on the CPU in Triton\'s "\n                           "interpreter: set TRITON_INTERPRET=1 before importing triton); "\n                           "use backend=\'torch\' on the CPU")\n'
+        yield str(context.call((undefined(name='binding') if l_0_binding is missing else l_0_binding), (undefined(name='rank_sizes') if l_0_rank_sizes is missing else l_0_rank_sizes), True))
         if (undefined(name='fused_source') if l_0_fused_source is missing else l_0_fused_source):
             pass
             yield '    if fused:\n        dot_dtype = _dot_dtype('
@@ -663,4 +638,4 @@ def root(context, missing=missing):
     yield ')\n'
 
 blocks = {}
-debug_info = '1=107&3=113&4=116&7=123&8=127&9=142&13=146&17=148&21=150&22=152&1=155&23=159&33=161&44=165&46=169&47=171&48=173&49=180&50=187&52=194&54=196&56=198&62=200&92=202&94=205&95=217&96=227&111=235&113=237&121=239&125=242&130=246&131=254&132=265&133=278&134=280&149=283&151=298&154=300&156=312&162=332&164=334&165=336&167=339&171=341&173=353&177=364&181=367&185=369&206=371&208=373&210=379&211=382&212=384&216=387&221=390&228=392&235=394&371=397&374=400&384=406&394=410&413=414&414=417&415=425&416=436&417=449&418=451&419=453&422=460&425=463&428=475&429=486&432=500&436=502&438=514&439=521&440=531&443=544&448=546&452=548&453=550&454=559&455=569&456=571&457=573&458=576&460=578&461=580&462=591&464=601&468=612&475=623&479=626&482=630&483=632&489=638&492=640&495=642&497=644&498=646&504=648&505=654&506=658'
+debug_info = '1=107&3=113&4=116&7=123&8=127&9=142&13=146&17=148&21=150&22=152&1=155&23=159&33=161&44=165&46=169&47=171&48=173&49=180&50=187&52=194&54=196&56=198&62=200&92=202&94=205&95=217&96=227&111=235&113=237&121=239&125=242&130=246&131=258&132=269&133=297&134=299&135=305&149=312&151=327&154=329&156=341&162=361&164=363&165=365&167=368&171=370&173=382&177=393&181=396&185=398&206=400&208=402&210=408&211=411&212=413&216=416&221=419&228=421&235=423&371=426&374=429&384=435&394=439&413=443&414=446&417=459&420=462&423=474&424=485&427=499&431=501&433=513&434=520&435=530&438=543&443=545&447=547&448=551&450=553&451=555&452=566&454=576&458=587&465=598&469=601&472=605&473=607&479=613&482=615&485=617&487=619&488=621&494=623&495=629&496=633'

@@ -79,7 +79,6 @@ def _stage(backward: Cascade, outputs: list[str], available: set[str],
     einsums = tuple(e for e in backward.einsums if e.tensor in needed and
                     e.tensor not in available)
     tensors = {**inputs, **{e.tensor: backward.tensors[e.tensor] for e in einsums}}
-    ranks = {name: rank for name, rank in backward.ranks.items()}
     name = f"{backward.name}_{suffix or '_'.join(outputs)}"
-    return Cascade(name, ranks, backward.splits, dict(backward.params), tensors, einsums,
+    return Cascade(name, dict(backward.ranks), backward.splits, dict(backward.params), tensors, einsums,
                    tuple(outputs), backward.source)

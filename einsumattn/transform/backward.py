@@ -51,7 +51,7 @@ from ..ir import expr as ir
 from ..ir.cascade import Tensor
 from ..ir.printer import cascade_text
 from .algebra import Algebra, NotAlgebraic, is_zero, settled, substitute
-from .edit import assemble, late_tensors
+from .edit import assemble, fixed_point, late_tensors
 from .factor import inline
 from .grad import Gradient, GradientUnsupported, gradient
 from .steps import Step
@@ -202,33 +202,29 @@ def _product(factors: list[ir.Expr]) -> ir.Expr:
 
 
 def _reassociate(grad: Cascade, forward: set[str]) -> tuple[Cascade, list[Step]]:
-    """Rule 2 wherever it applies (module docstring)."""
-    steps: list[Step] = []
-    einsums = list(grad.einsums)
-    taken: set[str] = set(grad.tensors)
-    for position, einsum in enumerate(einsums):
+    """Rule 2 wherever it applies (module docstring), to a fixed point."""
+    def rule(cascade: Cascade, einsum: Einsum):
         if einsum.tensor in forward or einsum.reduce_op != "sum" or \
                 einsum.iterative is not None:
-            continue
-        found = _delta_for(grad, einsum, forward)
+            return None
+        found = _delta_for(cascade, einsum, forward)
         if found is None:
-            continue
+            return None
         contraction, delta_body, features, factor, identity = found
-        name = grad.fresh_name("DELTA", taken)
-        taken.add(name)
-        indices = tuple(v for v in einsum.indices) + tuple(features)
+        name = cascade.fresh_name("DELTA")
         delta = Einsum(name, einsum.indices, delta_body, "sum", tuple(features),
                        explicit_reduction=True)
-        del indices
-        einsums[position] = Einsum(einsum.tensor, einsum.indices,
-                                   ir.Op("*", (factor, ir.Read(name, _own(einsum)))))
-        einsums.insert(position, delta)
-        steps.append(Step(DELTA, f"sum[{', '.join(einsum.reduced)}] of {contraction} "
-                                 f"exchanged with its sum[{', '.join(features)}]: "
-                                 f"{einsum.tensor} = ({ir.to_text(factor)}) * {name}",
-                          (name, einsum.tensor), identity))
-        grad = assemble(grad, einsums, removable=set(grad.tensors) - set(grad.outputs))
-        einsums = list(grad.einsums)
+        product = Einsum(einsum.tensor, einsum.indices,
+                         ir.Op("*", (factor, ir.Read(name, _own(einsum)))))
+        einsums = [e for old in cascade.einsums
+                   for e in ((delta, product) if old.tensor == einsum.tensor else (old,))]
+        new = assemble(cascade, einsums, removable=set(cascade.tensors) - set(cascade.outputs))
+        return new, Step(DELTA, f"sum[{', '.join(einsum.reduced)}] of {contraction} "
+                                f"exchanged with its sum[{', '.join(features)}]: "
+                                f"{einsum.tensor} = ({ir.to_text(factor)}) * {name}",
+                         (name, einsum.tensor), identity)
+
+    grad, steps, _ = fixed_point(grad, rule, len(grad.einsums) + 1)
     return grad, steps
 
 
@@ -433,9 +429,7 @@ def _split(grad: Cascade, forward: Cascade, statistics: dict[str, tuple[str, str
     from ..analysis import analyze
     forward_names = {e.tensor for e in forward.einsums} | set(statistics)
     rank = analyze(forward).primary_rank
-    late = late_tensors(forward, rank) if rank is not None else set()
-    for name, (shift, normaliser) in statistics.items():
-        late.add(name)
+    late = (late_tensors(forward, rank) if rank is not None else set()) | set(statistics)
     # A tensor with absent points is never saved: the forward returns an absent point as
     # 0, and the backward would read that 0 where the tensor has no value.
     late -= absent_tensors(grad)
