@@ -33,6 +33,7 @@ CASES = {
     "causal_softmax": "examples/causal_softmax.attn",
     "softmax": "examples/softmax_3pass.attn",
     "sigmoid": "examples/sigmoid_attention.attn",
+    "gqa": "examples/gqa.attn",
 }
 
 TRAIN_STEP = '''
@@ -69,7 +70,10 @@ def measure(sm90: Path, module: Path, case: str, head_dim: int, sets: list[str])
 
 def role(kernel: str) -> str:
     for part, said in (("_saving_", "forward, saving"), ("_statistics", "backward: statistics"),
-                       ("_dK_dV_", "backward: dK, dV"), ("_dQ_", "backward: dQ")):
+                       ("_dK_dV_", "backward: dK, dV"), ("_dQ_", "backward: dQ"),
+                       ("_dK_p_dV_p_", "backward: dK, dV per query head"),
+                       ("_dK__", "backward: dK, the heads of a group summed"),
+                       ("_dV__", "backward: dV, the heads of a group summed")):
         if part in kernel:
             return said
     return "?"

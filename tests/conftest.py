@@ -125,6 +125,23 @@ def load_generated(code: str, name: str):
 EXAMPLES = sorted((ROOT / "examples").glob("*.attn"))
 
 
+def compiled_specs(folder: pathlib.Path, specs: dict, prefix: str, **options) -> dict:
+    """name -> (cascade, generated module) for spec texts by name, each written to
+    `folder` and compiled there with `options` (compile_to_file's)."""
+    import einsumattn
+    from einsumattn.codegen import compile_to_file
+    from einsumattn.codegen.compile import import_file
+
+    found = {}
+    for name, text in specs.items():
+        spec = folder / f"{name}.attn"
+        spec.write_text(text)
+        cascade = einsumattn.load(spec)
+        found[name] = cascade, import_file(compile_to_file(spec, folder / "out", **options),
+                                           f"{prefix}_{name}")
+    return found
+
+
 @contextlib.contextmanager
 def tuned(module, **overrides):
     """Every fused kernel of a generated module with these knobs pinned, for the block."""

@@ -147,19 +147,27 @@ def test_softmax_backward_kernels_are_flashattention_2_s(name):
     from einsumattn.schedule.training import training_stages
 
     backward = fast_backward(einsumattn.load(ROOT / "examples" / f"{name}.attn"))
-    stages = training_stages(backward.cascade, backward.streamed)
-    assert [stage.outputs for stage in stages] == [("DELTA",), ("dQ",), ("dK", "dV")] or \
-        name == "gqa"
+    staged = training_stages(backward.cascade, backward.streamed)
+    stages = staged.stages
+    if name == "gqa":
+        # dK and dV sum the query heads of a group: per query head first (the partial
+        # sums, FlashAttention-2's GQA backward), then each summed over its group.
+        assert staged.partials == {"dK": "dK_p", "dV": "dV_p"}
+        assert [stage.outputs for stage in stages] == \
+            [("DELTA",), ("dQ",), ("dK_p", "dV_p"), ("dK",), ("dV",)]
+        dk, dv = staged.backward.einsum("dK"), staged.backward.einsum("dV")
+        assert dk.reduced == dv.reduced == ("h",)
+    else:
+        assert [stage.outputs for stage in stages] == [("DELTA",), ("dQ",), ("dK", "dV")]
     schedules = {stage.outputs: lower_attention(stage).schedule for stage in stages
-                 if name != "gqa" or stage.outputs != ("dK",) and stage.outputs != ("dV",)}
+                 if stage.outputs not in (("dK",), ("dV",)) or name != "gqa"}
     dq = schedules[("dQ",)]
     # (A sum-only kernel may split its keys over programs with atomic adds, a knob the
     # module pins to 1 for the backward: tests/test_triton_training.py.)
     assert (dq.row, dq.loops[0].var) == ("p", "m")
-    if name != "gqa":
-        dkv = schedules[("dK", "dV")]
-        assert (dkv.row, dkv.loops[0].var) == ("m", "p")
-        assert {t.name for t in dkv.tensors} >= {"QK", "A"}     # recomputed per tile
+    dkv = schedules[("dK_p", "dV_p") if name == "gqa" else ("dK", "dV")]
+    assert (dkv.row, dkv.loops[0].var) == ("m", "p")
+    assert {t.name for t in dkv.tensors} >= {"QK", "A"}     # recomputed per tile
     if name in ("causal_softmax", "sliding_window_sinks"):
         assert dq.skipping is None or "skip" in dq.description
 
@@ -168,7 +176,7 @@ def test_sigmoid_backward_kernels_need_no_statistics():
     from einsumattn.schedule.training import training_stages
 
     backward = fast_backward(einsumattn.load(ROOT / "examples" / "sigmoid_attention.attn"))
-    stages = training_stages(backward.cascade, backward.streamed)
+    stages = training_stages(backward.cascade, backward.streamed).stages
     assert [stage.outputs for stage in stages] == [("dQ",), ("dK", "dV")]
 
 

@@ -26,6 +26,8 @@ from einsumattn.ir.build import size_symbol
 from einsumattn.ir.printer import cascade_text
 from einsumattn.verify import Case, case_inputs, compare, dot_rounding
 
+from conftest import compiled_specs
+
 # Causal self-attention over one sequence: queries p and keys m bind one size.
 SELF = """\
 attention self_causal
@@ -237,15 +239,8 @@ def test_the_oracle_checks_divisors_inside_a_definition():
 
 @pytest.fixture(scope="module")
 def modules(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("sized_dims")
-    found = {}
-    for name, text in (("self", SELF), ("gqa", GQA)):
-        spec = folder / f"{name}.attn"
-        spec.write_text(text)
-        cascade = einsumattn.load(spec)
-        found[name] = cascade, import_file(compile_to_file(cascade, folder),
-                                           f"sized_dims_{name}")
-    return found
+    return compiled_specs(tmp_path_factory.mktemp("sized_dims"), {"self": SELF, "gqa": GQA},
+                          "sized_dims")
 
 
 CASES = {"self": dict(B=1, H=2, M=19, E=16, F=16),

@@ -141,7 +141,7 @@ def test_check_compares_gradients_and_catches_a_wrong_backward(modules, monkeypa
 
 # ---------------------------------------------------------------- the backward's kernels
 KERNEL_TRAINED = ["causal_softmax", "softmax_3pass", "alibi", "softcap",
-                  "sliding_window_sinks", "sigmoid_attention", "linear_attention", "eca"]
+                  "sliding_window_sinks", "sigmoid_attention", "linear_attention", "eca", "gqa"]
 
 
 @pytest.fixture(scope="module")
@@ -250,13 +250,18 @@ def test_backward_kernels_take_the_backward_rule_and_train_at_its_tiles(trained)
         assert _agrees_with_the_gradient_cascade(grad, inputs, cotangents, leaves)
 
 
-def test_a_backward_that_would_keep_a_quadratic_buffer_trains_through_torch(tmp_path):
-    """GQA's dK and dV sum the query heads of a group, which the attention schedule does
-    not tile: the loop schedule would pass the probabilities (P x M) between its
-    kernels. Training memory must stay O(N), so there are no backward kernels, and the
-    reason says why; backward() still works (the torch backend differentiated)."""
+def test_a_backward_that_would_keep_a_quadratic_buffer_trains_through_torch(tmp_path,
+                                                                           monkeypatch):
+    """Without the partial sums, GQA's dK and dV (sums over the query heads of a group
+    and the queries) do not fit the attention schedule, and the loop schedule would pass
+    the probabilities (P x M) between its kernels. Training memory must stay O(N): no
+    backward kernels then, and the reason says why; backward() still works (the torch
+    backend differentiated)."""
+    from einsumattn.schedule import training
+
+    monkeypatch.setattr(training, "_partial", lambda *args: None)
     spec = ROOT / "examples" / "gqa.attn"
-    module = import_file(compile_to_file(spec, tmp_path, train=True), "trained_gqa")
+    module = import_file(compile_to_file(spec, tmp_path, train=True), "untrained_gqa")
     reason = module.SCHEDULE["training"]["reason"]
     assert "a value per key and per query" in reason and "O(N)" in reason
     assert not hasattr(module, "_triton_backward")
@@ -266,6 +271,49 @@ def test_a_backward_that_would_keep_a_quadratic_buffer_trains_through_torch(tmp_
     cotangents = [torch.ones(1, 2, 5, 3)]
     leaves = _backward(module, cascade, inputs, cotangents, "triton")
     assert _agrees_with_the_gradient_cascade(gradient(cascade), inputs, cotangents, leaves)
+
+
+@pytest.mark.parametrize("heads", [(4, 2), (5, 2), (3, 3)])
+def test_gqa_trains_by_kernels_with_the_heads_of_a_group_summed(trained, heads):
+    """GQA's dK and dV: per query head in the dK/dV kernel, then summed over the heads
+    of each group by a kernel of its own (no atomics); groups of 2, uneven groups (H=5,
+    KH=2: 3 and 2 heads) and groups of one."""
+    cascade, module, calls = trained["gqa"]
+    assert module.SCHEDULE["training"]["partials"] == {"dK": "dK_p", "dV": "dV_p"}
+    H, KH = heads
+    sizes = dict(B=2, H=H, KH=KH, P=21, M=19, E=4, F=3)
+    inputs, cotangents = _float32_case(cascade, sizes, False, H, KH)
+    before = len(calls)
+    leaves = _backward(module, cascade, inputs, cotangents, "triton")
+    assert len(calls) == before + 1
+    assert _agrees_with_the_gradient_cascade(gradient(cascade), inputs, cotangents, leaves)
+
+
+LEARNED_SLOPES = (ROOT / "examples" / "alibi.attn").read_text() \
+    .replace("input Q[b, h, p, e], K[b, h, m, e], V[b, h, m, f]",
+             "input Q[b, h, p, e], K[b, h, m, e], V[b, h, m, f], SLOPE[h]") \
+    .replace("2 ** (-8 * (h + 1) / H)", "SLOPE[h]")
+
+
+def test_a_learnable_per_head_input_trains_by_kernels(tmp_path):
+    """ALiBi with its slopes an input: dSLOPE sums over the batch, the queries and the
+    keys. The dQ kernel computes it per query row (the partial sum over the keys) and
+    a small kernel sums the rows per head: no atomics, no P x M buffer."""
+    spec = tmp_path / "learned.attn"
+    spec.write_text(LEARNED_SLOPES)
+    assert "SLOPE[h]" in LEARNED_SLOPES and "2 **" not in LEARNED_SLOPES
+    cascade = einsumattn.load(spec)
+    module = import_file(compile_to_file(spec, tmp_path / "out", train=True), "learned")
+    training = module.SCHEDULE["training"]
+    assert training["reason"] is None
+    assert training["partials"] == {"dSLOPE": "dSLOPE_m"}
+    assert ["dQ", "dSLOPE_m"] in training["stages"]
+    for seed, (P, M) in ((0, (9, 11)), (1, (21, 19))):
+        sizes = dict(B=2, H=3, P=P, M=M, E=4, F=3)
+        inputs, cotangents = _float32_case(cascade, sizes, seed == 1, seed, seed)
+        inputs["SLOPE"] = inputs["SLOPE"].abs()    # ALiBi's slopes * (m - p) <= 0 damp distant keys
+        leaves = _backward(module, cascade, inputs, cotangents, "triton")
+        assert _agrees_with_the_gradient_cascade(gradient(cascade), inputs, cotangents, leaves)
 
 
 def test_check_compares_the_backward_kernels_in_16_bits_and_catches_a_wrong_one(
@@ -293,3 +341,22 @@ def test_check_compares_the_backward_kernels_in_16_bits_and_catches_a_wrong_one(
     monkeypatch.setattr(module, "_triton_backward", wrong)
     _, _, results = _backward_kernels(module, training, inputs, case)
     assert not all(r.ok for r in results)
+
+
+@pytest.mark.parametrize("name", ["linear_attention", "gqa"])
+def test_a_trained_module_is_the_same_bytes_under_any_hash_seed(tmp_path, name):
+    """The backward's stages took their saved inputs in a set's order, which Python's
+    string hashing changes from run to run: linear_attention's dK kernel got its
+    arguments in either order. The generated module must not depend on it."""
+    import subprocess
+    import sys
+
+    sources = []
+    for seed in ("0", "2", "3"):            # three different modules before the fix
+        out = tmp_path / seed
+        subprocess.run([sys.executable, "-m", "einsumattn", "compile", "--train",
+                        str(ROOT / "examples" / f"{name}.attn"), "-o", str(out)],
+                       check=True, capture_output=True,
+                       env={**__import__("os").environ, "PYTHONHASHSEED": seed})
+        sources.append((out / f"{name}.py").read_bytes())
+    assert sources[0] == sources[1] == sources[2]

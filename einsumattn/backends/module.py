@@ -245,6 +245,10 @@ class TrainingPart:
     backward: Backward | None = None
     forward: TritonPart | None = None
     stages: tuple[TritonPart, ...] = ()
+    # What the stages compute: the backward with the partial sums schedule/training.py
+    # split (output -> its partial sum), which is the backward itself where there are none.
+    staged: Cascade | None = None
+    partials: dict[str, str] = dataclasses.field(default_factory=dict)
 
     @property
     def kernels(self) -> tuple[FusedKernel, ...]:
@@ -260,7 +264,7 @@ class TrainingPart:
                 # The backward the stages compute, as .attn text, with what it reads
                 # and writes by name: `einsumattn check` evaluates it with the oracle
                 # on what _triton_saving saved (16-bit cases; verify.py).
-                "backward": cascade_text(backward.cascade),
+                "backward": cascade_text(self.staged),
                 "gradients": dict(backward.gradients),
                 # the stages' rounded dot operands per Einsum of the backward (as the
                 # module's DOT_ROUNDING for the forward)
@@ -269,6 +273,9 @@ class TrainingPart:
                 # (name, why) pairs in the order _triton_saving returns them
                 "saved": tuple((k, v) for k, v in backward.saved.items()),
                 "recomputed": [spec_text(n) for n in backward.recomputed],
+                # output -> the partial sum a stage computes per point of the ranks its
+                # total sums (schedule/training.py, 2.)
+                "partials": {spec_text(o): spec_text(p) for o, p in self.partials.items()},
                 "rules": [step.comment() for step in backward.steps],
                 "stages": [[spec_text(o) for o in part.fused[-1].schedule.outputs]
                            for part in self.stages],
@@ -278,9 +285,10 @@ class TrainingPart:
         if self.backward is None:
             return f"training: the torch backend's autograd in the backward ({self.reason})"
         saved = ", ".join(f"{n} ({why})" for n, why in self.backward.saved.items())
+        partials = "".join(f"; {o} as the total of {p}" for o, p in self.partials.items())
         return (f"training: {len(self.kernels)} kernel(s): the forward saving "
                 f"{saved or 'nothing'}; the backward in {len(self.stages)} stage(s), "
-                f"recomputing {', '.join(self.backward.recomputed) or 'nothing'}")
+                f"recomputing {', '.join(self.backward.recomputed) or 'nothing'}{partials}")
 
 
 def _training(cascade: Cascade, tile: int) -> TrainingPart:
@@ -295,8 +303,9 @@ def _training(cascade: Cascade, tile: int) -> TrainingPart:
     if forward.fallback is not None or not forward.fused:
         return TrainingPart(reason="the forward that saves the statistics does not fuse: "
                                    f"{forward.fallback or forward.not_fused}")
+    staged = training_stages(backward.cascade, backward.streamed)
     stages = []
-    for stage in training_stages(backward.cascade, backward.streamed):
+    for stage in staged.stages:
         part = _triton(stage)
         if part.fallback is not None or not part.fused:
             return TrainingPart(reason=f"the backward stage {stage.name} does not fuse: "
@@ -307,7 +316,8 @@ def _training(cascade: Cascade, tile: int) -> TrainingPart:
                                        f"{', '.join(quadratic)} in memory, a value per key "
                                        f"and per query (training memory must stay O(N))")
         stages.append(part)
-    return TrainingPart(None, backward, forward, tuple(stages))
+    return TrainingPart(None, backward, forward, tuple(stages), staged.backward,
+                        staged.partials)
 
 
 def _quadratic_buffers(stage: Cascade, part: TritonPart, streamed: str | None) -> list[str]:

@@ -78,8 +78,13 @@ def launch_lines(cascade: Cascade, schedule: KernelSchedule, host_args: list[str
     held = ", ".join(f'"{var}_BLOCK": _pow2_at_least({cascade.var_rank(var)}, 16)'
                      for var in schedule.held)
     lines.append(f"held = {{{held}}}")
-    batch = " * ".join(cascade.var_rank(v) for v in schedule.batch) or "1"
+    group = schedule.group
+    batch = " * ".join(group.rank if group is not None and v == group.var else
+                       cascade.var_rank(v) for v in schedule.batch) or "1"
     rows = cascade.var_rank(schedule.row)
+    if group is not None:
+        # rows packed with the query heads of a group: G = ceil(H / KH) per query row
+        rows = f"(-(-{group.extent} // {group.rank}) * {rows})"
     # The dot precision follows the inputs' dtype (_dot_dtype in the module); `flags`:
     # keyword arguments the host computes per call (a param's sign).
     dot_dtype = "_buffer_dot(dot_dtype)" if schedule.buffered_dots else "dot_dtype"

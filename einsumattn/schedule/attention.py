@@ -17,8 +17,8 @@ from ..transform.algebra import substitute
 from .bounds import stream_bound
 from .kernel import loaded_inputs, scalars
 from .masks import range_comparisons
-from .model import (Bound, DotPlan, Form, KernelSchedule, Knob, Loop, LoopKind, Pass, Role,
-                    Store, TensorPlan)
+from .model import (Bound, DotPlan, Form, Group, KernelSchedule, Knob, Loop, LoopKind, Pass,
+                    Role, Store, TensorPlan)
 from .skipping import masked_steps_are_identities
 from .stages import NotFusable
 
@@ -103,6 +103,7 @@ class AttentionRoles:
                 raise NotFusable(f"output {output} is not a per-row value")
         for einsum in cascade.einsums:
             self._check_reads(einsum)
+        self.group = self._grouped_heads()
 
     # ---------------------------------------------------------------- classification
     def _classify(self, einsum: Einsum) -> None:
@@ -193,6 +194,64 @@ class AttentionRoles:
         if not kind.on_key_tile and name in self.absent:
             self._row_presence(einsum)
         self.kinds[name] = kind
+
+    # ---------------------------------------------------------------- grouped heads
+    def _grouped_heads(self) -> Group | None:
+        """The query heads a program packs with its rows (model.Group), or None: a batch
+        variable h that the key-side inputs (the reads of an input over the stream and
+        not the row) read only as `h * KH // H` and everything else only as h itself,
+        in no condition and no arithmetic; and no row that may be absent."""
+        if self.row_presence:
+            return None
+        for var in self.batch:
+            ranks = set()
+            if all(self._head_reads(expr, var, ranks) for einsum in self.cascade.einsums
+                   for expr in (einsum.body, einsum.filter, einsum.init)
+                   if expr is not None) and len(ranks) == 1:
+                (rank,) = ranks
+                group = self.cascade.ranks[rank].var
+                used = {v for e in self.cascade.einsums for v in e.variables}
+                if group in used:
+                    group = self.cascade.fresh_name(group, used)
+                return Group(var, group, rank, self.cascade.var_rank(var))
+        return None
+
+    def _head_reads(self, expr: ir.Expr, var: str, ranks: set[str]) -> bool:
+        """Whether `var` appears in `expr` only as a read's own index, or as the group
+        `var * R // extent` of a key-side input (R added to `ranks`)."""
+        if isinstance(expr, ir.Index):
+            return expr.var != var
+        if not isinstance(expr, ir.Read):
+            return all(self._head_reads(arg, var, ranks) for arg in ir.children(expr))
+        tensor = self.cascade.tensors[expr.tensor]
+        used = set(ir.index_vars(expr))
+        key_side = tensor.is_input and self.stream in used and self.row not in used
+        for index in expr.indices:
+            if index == ir.Index(var) and not key_side:
+                continue
+            rank = self._group_rank(index, var)
+            if rank is not None and key_side:
+                ranks.add(rank)
+            elif var in ir.index_vars(index):
+                return False
+        return True
+
+    def _group_rank(self, index: ir.Expr, var: str) -> str | None:
+        """R of `var * R // extent` (extent: var's rank), else None."""
+        extent = ir.Dim(self.cascade.var_rank(var))
+        if isinstance(index, ir.Op) and index.op == "//" and index.args[1] == extent:
+            product = index.args[0]
+            if isinstance(product, ir.Op) and product.op == "*" and \
+                    product.args[0] == ir.Index(var) and isinstance(product.args[1], ir.Dim):
+                return product.args[1].rank
+        return None
+
+    def grouped(self, index: ir.Expr) -> ir.Expr:
+        """A read's index with the group `h * KH // H` as the program's group variable."""
+        group = self.group
+        if group is not None and self._group_rank(index, group.var) == group.rank:
+            return ir.Index(group.group)
+        return index
 
     # ---------------------------------------------------------------- registers
     def _check_reads(self, einsum: Einsum) -> None:
@@ -299,16 +358,16 @@ class AttentionRoles:
             # and at later steps exactly where its other conditions hold.
             return [] if name == einsum.tensor else list(self.row_presence[name])
         parts = tuple(tuple(self.resolve(einsum, list(part))) for part in condition.parts)
-        if parts == condition.parts:
-            return [condition]
         if condition.kind != "where":
-            return [Condition(condition.kind, condition.variables, condition.expr,
-                              condition.read, parts)]
+            return [condition] if parts == condition.parts else \
+                [Condition(condition.kind, condition.variables, condition.expr,
+                           condition.read, parts)]
         # where(c, a, b) needs c and the branch it picks: the conditions of c alone, when
-        # those of either branch are among them; else its presence depends on c's value.
+        # those of either branch are among them (at every point, reduced or not: the
+        # gradient's `where(T != T, 1, 1)`, present where T is); else its presence
+        # depends on c's value.
         cond, *branches = parts
-        if condition.variables & set(einsum.reduced) or \
-                any(not set(branch) <= set(cond) for branch in branches):
+        if any(not set(branch) <= set(cond) for branch in branches):
             raise NotFusable(f"{einsum.tensor}: whether a value is present depends on "
                              f"the condition of a where(...)")
         return list(cond)
@@ -580,4 +639,4 @@ class AttentionRoles:
                          for o in cascade.outputs),
             knobs=(Knob(f"{self.row}_BLOCK", BLOCK_P, least), key_knob),
             uses_dot=uses_dot, dots=dots, skipping=skipping, splits=splits,
-            buffered_dots=self._buffered(dots))
+            buffered_dots=self._buffered(dots), group=self.group)

@@ -65,6 +65,7 @@ def _layout_block(layout: tuple[str, ...], var: str) -> k.IndexBlock:
 
 
 _ROW_LIVE, _LANES = k.Var("row_live"), k.Var("lanes")
+_HEADS = k.Var("heads")         # a packed row tile's query heads per group (model.Group)
 _ZERO = k.Integer(ir.Const(0))
 _NARROW = "OFFSETS_32"          # the host's flag: tile offsets fit in 32 bits
 _TMA = "TMA"                    # the host's flag: the interior tiles are TMA loads
@@ -84,8 +85,13 @@ class _Tiles(AttentionRoles, Lowering):
     # mask that loads take).
     def index(self, var: str, at):
         layout, _ = at
-        return ir.Index(var) if var in self.batch or var == self.loop else \
-            _layout_block(layout, var)
+        if self.group is not None and var == self.group.var:
+            # a packed tile's query head: one per row, as the row's own index
+            return k.IndexBlock(var, _layout_block(layout, self.row).axes)
+        if var in self.batch or var == self.loop or \
+                (self.group is not None and var == self.group.group):
+            return ir.Index(var)
+        return _layout_block(layout, var)
 
     def dim(self, node: ir.Dim, at):
         if self.loop is not None and node.rank == self.cascade.var_rank(self.stream):
@@ -101,12 +107,15 @@ class _Tiles(AttentionRoles, Lowering):
         (the schedule's `register_name`), broadcast from its own layout."""
         layout, lanes = at
         t = self.cascade.tensors[node.tensor]
+        if t.is_input and self.group is not None:
+            # A key-side read of the group `h * KH // H`: the program's group, kh.
+            node = ir.Read(node.tensor, tuple(self.grouped(i) for i in node.indices))
         if not t.is_input:
             name = self.register_name(node)
             axes = self.register_axes(node.tensor, layout, name)
             return k.Expand(k.Var(name), axes) if axes else k.Var(name)
         extent = lambda position: ir.Dim(t.ranks[position])      # noqa: E731
-        if not set(ir.index_vars(node)) - set(self.batch) - {self.loop}:
+        if not set(ir.index_vars(node)) - set(self.batch) - {self.loop} - self._group_var():
             # one address per program
             return k.Load(node.tensor, self.coordinates(node, at, extent))
         if self.hoist is not None and layout != (self.row,) and layout[0] == self.row and \
@@ -123,6 +132,9 @@ class _Tiles(AttentionRoles, Lowering):
                 for index in node.indices for var in ir.index_vars(index)
                 if var in self.features]
         return k.Load(node.tensor, coordinates, k.Mask((lanes, *ends)))
+
+    def _group_var(self) -> set[str]:
+        return set() if self.group is None else {self.group.group}
 
     @staticmethod
     def _no_read(node):
@@ -250,8 +262,8 @@ class _PassLowering:
         if split is not None:
             described += (f", split over {self.schedule.splits} programs per row tile, "
                           f"each adding its tiles' sums")
-        return self._lowered(f"one fused kernel {name}: grid over "
-                             f"{', '.join(f.batch + [f.row + ' tiles'])}; {described}")
+        return self._lowered(f"one fused kernel {name}: grid over {self._grid_text()}; "
+                             f"{described}")
 
     def _split_range(self, stream: str):
         """The keys [first, last) of this program (grid axis 2) where the row tile's
@@ -288,14 +300,57 @@ class _PassLowering:
     def _prologue(self, n_passes: int) -> None:
         """The program's coordinates: its batch point, its row tile, the feature tiles."""
         f, cascade = self.f, self.cascade
+        batch, rows = f.batch, f.row
+        if f.group is not None:
+            batch = [f.group.group if v == f.group.var else v for v in f.batch]
+            rows = f"({f.group.var}, {f.row})"
         self.body.append(k.Comment(
-            f"program: one point of {', '.join(f.batch) or 'nothing'}, "
-            f"{f.row}_BLOCK points of {f.row}; "
+            f"program: one point of {', '.join(batch) or 'nothing'}, "
+            f"{f.row}_BLOCK points of {rows}; "
             f"{n_passes} pass(es) over {cascade.root_rank(cascade.var_rank(f.stream))}"))
-        self.body += program_statements(cascade, f.batch, f.row, f"{f.row}_BLOCK")
-        self.body.append(k.Let(_ROW_LIVE.name, k.Integer(ir.Op("<", (
-            k.Var(f.row), ir.Dim(cascade.var_rank(f.row)))))))
+        live = ir.Op("<", (k.Var(f.row), ir.Dim(cascade.var_rank(f.row))))
+        if f.group is None:
+            self.body += program_statements(cascade, f.batch, f.row, f"{f.row}_BLOCK")
+        else:
+            self.body += self._packed_rows()
+            live = ir.Op("&", (live, ir.Op("<", (k.Var(f.group.var), k.Var("heads_end")))))
+        self.body.append(k.Let(_ROW_LIVE.name, k.Integer(live)))
         self.body += [k.Let(var, k.Arange(f"{var}_BLOCK")) for var in f.features]
+
+    def _grid_text(self) -> str:
+        f = self.f
+        if f.group is None:
+            return ", ".join(f.batch + [f.row + " tiles"])
+        batch = [f.group.group if v == f.group.var else v for v in f.batch]
+        return (f"{', '.join(batch)}, tiles of ({f.group.var}, {f.row}) rows (the query "
+                f"heads of a group packed: K and V tiles loaded once per group)")
+
+    def _packed_rows(self) -> list:
+        """The coordinates of a program of packed rows (model.Group): its point of the
+        batch ranks with the group kh in place of the query head, then its tile of packed
+        rows r: query row r // G of head first(kh) + r % G, with G = ceil(H / KH) and
+        first(kh) = ceil(kh H / KH); a group's heads end at first(kh + 1)."""
+        f, cascade, group = self.f, self.cascade, self.f.group
+        heads, groups = ir.Dim(group.extent), ir.Dim(group.rank)
+
+        def first(kh):      # ceil(kh * H / KH), kh >= 0
+            return k.Quotient(total([ir.Op("*", (kh, heads)), groups, ir.Const(-1)]), groups)
+        parts = tuple((group.group, groups) if v == group.var else
+                      (v, ir.Dim(cascade.var_rank(v))) for v in f.batch)
+        block = f"{f.row}_BLOCK"
+        start = ir.Op("*", (k.Cast(k.ProgramId(0), "int64"), k.Var(block)))
+        kh = ir.Index(group.group)
+        return [k.Comment(f"rows packed: the query heads {group.var} of group {group.group} "
+                          f"(the heads whose K and V tiles are the group's) times the rows"),
+                k.Let("batch", k.Cast(k.ProgramId(1), "int64")),
+                k.Unflatten("batch", parts, "rest"),
+                k.Let(_HEADS.name, k.Integer(k.Quotient(total([heads, groups, ir.Const(-1)]),
+                                                        groups))),
+                k.Let("packed", ir.Op("+", (start, k.Arange(block)))),
+                k.Unflatten("packed", ((f.row, ir.Dim(cascade.var_rank(f.row))),
+                                       ("head", _HEADS)), "packed_rest"),
+                k.Let(group.var, k.Integer(ir.Op("+", (first(kh), k.Var("head"))))),
+                k.Let("heads_end", k.Integer(first(ir.Op("+", (kh, ir.Const(1))))))]
 
     def _hoist(self) -> None:
         """Put the loop-invariant row tiles before the first loop."""
@@ -419,7 +474,10 @@ class _PassLowering:
         ok = self._term_mask(einsum)
         found = [self._comment(einsum)]
         if f.kinds[name] in (Role.ACCUMULATE, Role.TILE_REDUCE):
-            term = f.lowered(einsum.body, layout, _LANES)
+            # The terms' mask masks the loads too: a term it leaves out is not read (the
+            # totals of GQA's partial sums, `sum[h] dK_p[.., h, ..] where kh == h*KH//H`,
+            # read the heads of their group, not every head).
+            term = f.lowered(einsum.body, layout, ok)
             identity = ir.Const(ir.REDUCTION_IDENTITY[einsum.reduce_op])
             tile = k.Reduce(einsum.reduce_op, ir.Op("where", (ok, term, identity)), axis=1)
             found.append(k.Let(name, tile) if fresh else
@@ -513,9 +571,8 @@ class _PassLowering:
         which exists exactly when k <= last + c_upper, k >= first + c_lower and
         c_lower <= c_upper."""
         f, key = self.f, self._key()
-        block = k.Var(f"{f.row}_BLOCK")
-        first = ir.Op("*", (k.ProgramId(0), block))
-        last = ir.Op("-", (k.Extremum("min", ir.Op("+", (first, block)),
+        first = self._first_row()
+        last = ir.Op("-", (k.Extremum("min", self._end_row(),
                                       ir.Dim(self.cascade.var_rank(f.row))), ir.Const(1)))
         found, sides = [], {"upper": [], "lower": []}
         for side, offset in bounds:
@@ -551,7 +608,9 @@ class _PassLowering:
         for name in self.cascade.outputs:
             layout = f.layouts[name]
             lanes = self._row_lanes(layout)
-            offset = [ir.Op("*", (_layout_block(layout, var) if var in layout else k.Var(var),
+            offset = [ir.Op("*", (_layout_block(layout, var) if var in layout else
+                                  f.index(var, (layout, lanes)) if f.group is not None and
+                                  var == f.group.var else k.Var(var),
                                   k.Var(f"{name}_s{position}")))
                       for position, var in enumerate(self.cascade.einsum(name).indices)]
             value = k.Var(name)
@@ -644,7 +703,7 @@ class _PassLowering:
         leaves masked tiles before them. `capped`: `stop` is a proved bound, not the
         rank's last tile (which no whole tile passes)."""
         first = self._first_row()
-        last = total([first, k.Var(f"{self.f.row}_BLOCK"), ir.Const(-1)])
+        last = total([self._end_row(), ir.Const(-1)])
         upper = [k.Quotient(ir.Dim(stream), tile)]
         lower = []
         for side, offset in bounds:
@@ -671,19 +730,29 @@ class _PassLowering:
 
     # ---------------------------------------------------------------- bounds
     def _first_row(self):
-        return ir.Op("*", (k.ProgramId(0), k.Var(f"{self.f.row}_BLOCK")))
+        """The program's first row (a packed tile's: the first query row it holds)."""
+        start = ir.Op("*", (k.ProgramId(0), k.Var(f"{self.f.row}_BLOCK")))
+        return start if self.f.group is None else k.Quotient(start, _HEADS)
+
+    def _end_row(self):
+        """One past the program's last row (uncapped by the rank's end)."""
+        block = k.Var(f"{self.f.row}_BLOCK")
+        if self.f.group is None:
+            return total([ir.Op("*", (k.ProgramId(0), block)), block])
+        last = total([ir.Op("*", (k.ProgramId(0), block)), block, ir.Const(-1)])
+        return total([k.Quotient(last, _HEADS), ir.Const(1)])
 
     def _bounds(self, bounds: tuple[Bound, ...]):
         """A pass's loop bounds (kernel IR integers) from the schedule's proved bounds;
         None: the whole range."""
         f = self.f
         lo, hi = None, None
-        tile, block = k.Var(f"{f.row}_BLOCK"), k.Var(f"{f.stream}_BLOCK")
+        block = k.Var(f"{f.stream}_BLOCK")
         for side, offset in bounds:
             at = self._offset(side, offset)
             if side == "upper":   # m <= row + offset
                 hi = k.Integer(k.Extremum("min", ir.Dim(self.cascade.var_rank(f.stream)),
-                                          total([self._first_row(), tile, at])))
+                                          total([self._end_row(), at])))
             else:                 # m >= row + offset
                 first = k.Extremum("max", ir.Const(0), total([self._first_row(), at]))
                 lo = k.Integer(ir.Op("*", (k.Quotient(first, block), block)))
@@ -749,8 +818,8 @@ class _SplitLowering(_PassLowering):
         self._hoist()
         self.body.append(k.Comment(""))
         self.body += self._stores()
-        return self._lowered(f"one fused kernel {name}: grid over "
-                             f"{', '.join(f.batch + [f.row + ' tiles'])}; one loop over "
+        return self._lowered(f"one fused kernel {name}: grid over {self._grid_text()}; "
+                             f"one loop over "
                              f"{outer} tiles of {inner} keys with "
                              f"{', '.join(e.tensor for e in carried)} carried in registers; "
                              f"{_range_text((lo, hi), f.loop)}")
@@ -804,7 +873,7 @@ class _SplitLowering(_PassLowering):
         for side, offset in self.schedule.passes[0].bounds:
             at = self._offset(side, offset)
             if side == "upper":   # keys up to the last row + offset
-                last = total([self._first_row(), k.Var(f"{f.row}_BLOCK"), at, tile])
+                last = total([self._end_row(), at, tile])
                 steps = k.Quotient(k.Extremum("max", ir.Const(0),
                                               ir.Op("-", (last, ir.Const(1)))), tile)
                 hi = k.Integer(k.Extremum("min", ir.Dim(cascade.var_rank(f.loop)), steps))

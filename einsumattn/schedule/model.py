@@ -137,6 +137,22 @@ class TensorPlan:
 
 
 @dataclass(frozen=True)
+class Group:
+    """Query heads packed into the row tile (GQA): the batch variable `var` (h) is read
+    by every key-side input only as its group, `var * KH // H` (`rank` KH), so the
+    programs run over the groups (`group`, kh, on grid axis 1 in place of h) and each
+    row tile holds the rows of every query head of its group: its K and V tiles are
+    loaded once per group, not once per head. Row r of the packed rows is query row
+    r // G of head first(kh) + r % G, G = ceil(H / KH) the largest group, first(kh) =
+    ceil(kh H / KH) (uneven groups leave the rows past their last head dead)."""
+
+    var: str            # the query-head variable, h
+    group: str          # the program's group variable, kh
+    rank: str           # the group's rank, KH
+    extent: str         # the query heads' rank, H
+
+
+@dataclass(frozen=True)
 class KernelSchedule:
     name: str
     form: Form
@@ -161,6 +177,8 @@ class KernelSchedule:
     # A dot reads an earlier stage's float32 buffer: with float16 inputs the kernel's
     # dots run in float32 (the module's _buffer_dot), bfloat16 holds float32's range.
     buffered_dots: bool = False
+    # The query heads of a group packed with the rows (GQA): None for one head a program.
+    group: Group | None = None
     description: str = ""
     _roles: dict = field(default=None, compare=False, repr=False)
 
@@ -241,5 +259,8 @@ def kernel_data(kernel: KernelSchedule, spell=str) -> dict:
         "rounded": {spell(name): count for name, count in kernel.rounded},
         "skipping": None if kernel.skipping is None else spell(kernel.skipping),
         "splits": kernel.splits,
+        "group": None if kernel.group is None else {
+            "var": spell(kernel.group.var), "group": spell(kernel.group.group),
+            "rank": spell(kernel.group.rank), "extent": spell(kernel.group.extent)},
         "describe": spell(kernel.description),
     }

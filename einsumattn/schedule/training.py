@@ -5,25 +5,46 @@ each a cascade the back end schedules like any other, as FlashAttention-2 cuts i
    forward's streamed rank (softmax's `DELTA[p] = sum[f] dO[p, f] O[p, f]`: one value
    per query row) is read whole by every kernel after it: a stage of its own computes
    it, and the later stages take it as an input.
-2. **Outputs grouped by the schedule.** Each output starts as its own stage (what it
+2. **Partial sums.** An output that sums over several ranks (GQA's dK: the query heads
+   of a group and the queries) is not one kernel of the attention schedule, which
+   streams one rank. It is split (transform/partial.py) into a partial sum over one
+   rank, per point of the others (dK per query head), which a stage computes like any
+   output, and the total over the others (the heads of a group), a small kernel of its
+   own after it: FlashAttention-2's GQA backward. Memory: the partial has the output's
+   size times the group (O(N)); no atomics.
+3. **Outputs grouped by the schedule.** Each output starts as its own stage (what it
    needs, recomputed: the scores, the probabilities); two stages merge when the
    attention schedule fuses their outputs together. dK and dV merge (rows of keys, the
    queries streamed: one loop over query tiles accumulates both per key tile); dQ does
    not join them (rows of queries, the keys streamed). No atomics: every output is
    written by the one program that owns its rows, so results are deterministic.
+4. **Totals** of the partial sums last.
 
 The stages are returned in the order they run.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from ..ir import Cascade
 from ..ir.cascade import Tensor
+from ..transform.partial import partial_sum
 from .lower_attention import lower_attention
 from .stages import NotFusable
 
 
-def training_stages(backward: Cascade, streamed: str | None) -> list[Cascade]:
+@dataclass(frozen=True)
+class TrainingStages:
+    """The backward the stages compute (`backward` with its partial sums split), the
+    stages in the order they run, and output -> the partial sum it is the total of."""
+
+    backward: Cascade
+    stages: tuple[Cascade, ...]
+    partials: dict[str, str] = field(default_factory=dict)
+
+
+def training_stages(backward: Cascade, streamed: str | None) -> TrainingStages:
     """The stages of `backward` (module docstring); `streamed` is the forward's streamed
     rank."""
     statistics = [e.tensor for e in backward.einsums
@@ -33,7 +54,13 @@ def training_stages(backward: Cascade, streamed: str | None) -> list[Cascade]:
     if statistics:
         stages.append(_stage(backward, statistics, set(), "statistics"))
     available = set(statistics)
-    groups: list[list[str]] = [[output] for output in backward.outputs]
+    partials: dict[str, str] = {}
+    for output in backward.outputs:
+        if not _fuses(_stage(backward, [output], available)):
+            split = _partial(backward, output, available, streamed)
+            if split is not None:
+                backward, partials[output] = split
+    groups: list[list[str]] = [[partials.get(output, output)] for output in backward.outputs]
     merged = True
     while merged:
         merged = False
@@ -48,7 +75,27 @@ def training_stages(backward: Cascade, streamed: str | None) -> list[Cascade]:
             if merged:
                 break
     stages += [_stage(backward, group, available) for group in groups]
-    return stages
+    # The totals of the partial sums, each a small kernel of its own after them.
+    available |= set(partials.values())
+    stages += [_stage(backward, [output], available) for output in partials]
+    return TrainingStages(backward, tuple(stages), partials)
+
+
+def _partial(backward: Cascade, output: str, available: set[str],
+             streamed: str | None) -> tuple[Cascade, str] | None:
+    """`backward` with `output`, a sum over several ranks that no stage computes in one
+    kernel, split into a partial sum over one of them that a stage does (2. in the
+    module docstring), and the partial's name; None where no split gives one. The
+    variable summed in the partial is tried in this order: the forward's streamed
+    rank (the partial is then per query row), then the others from the last (the
+    sequence ranks come after the batch and head ranks in every example's layout)."""
+    reduced = backward.einsum(output).reduced
+    key = backward.ranks[streamed].var if streamed in backward.ranks else None
+    for inner in sorted(reversed(reduced), key=lambda v: v != key):
+        split = partial_sum(backward, output, inner)
+        if split is not None and _fuses(_stage(split[0], [split[1]], available)):
+            return split
+    return None
 
 
 def _fuses(stage: Cascade) -> bool:
@@ -74,7 +121,10 @@ def _stage(backward: Cascade, outputs: list[str], available: set[str],
             continue
         pending += [r for r in backward.einsum(name).reads if r != name]
     inputs = {t.name: t for t in backward.inputs if t.name in needed}
-    for name in available & set(needed):
+    # In the backward's order, never a set's: the kernels' arguments follow it, and a
+    # generated module must be the same bytes on every run.
+    for name in (e.tensor for e in backward.einsums if e.tensor in available and
+                 e.tensor in needed):
         inputs[name] = Tensor(name, backward.tensors[name].ranks, True)
     einsums = tuple(e for e in backward.einsums if e.tensor in needed and
                     e.tensor not in available)
