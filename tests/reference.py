@@ -150,3 +150,15 @@ def eca(x, conv_weight):
     pooled = x.mean(dim=(2, 3))                                           # [B, C]
     y = F.conv1d(pooled.unsqueeze(1), conv_weight.view(1, 1, ksize), padding=(ksize - 1) // 2)
     return x * torch.sigmoid(y.squeeze(1)).view(x.shape[0], x.shape[1], 1, 1)
+
+
+def diff_transformer(q1, k1, q2, k2, v, lq1, lk1, lq2, lk2, lambda_init=0.8, scale=None):
+    """Differential attention, Ye et al. 2025, "Differential Transformer", eq. 1-2:
+    (softmax(Q1 K1^T s) - lambda softmax(Q2 K2^T s)) V with the re-parameterised
+    lambda = exp(lq1 . lk1) - exp(lq2 . lk2) + lambda_init, one per head here (the paper
+    shares it across a layer's heads; the GroupNorm after it is not part of DiffAttn)."""
+    s = _default_scale(q1, scale)
+    lam = torch.exp((lq1 * lk1).sum(-1)) - torch.exp((lq2 * lk2).sum(-1)) + lambda_init
+    a1 = torch.softmax(q1 @ k1.transpose(-1, -2) * s, dim=-1)
+    a2 = torch.softmax(q2 @ k2.transpose(-1, -2) * s, dim=-1)
+    return (a1 - lam.view(1, -1, 1, 1) * a2) @ v

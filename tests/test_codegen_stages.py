@@ -179,6 +179,26 @@ def test_examples_agree_in_every_dtype(tmp_path, spec):
                      ("triton",), examples=6, report=reports.append), "\n".join(reports)
 
 
+def test_a_per_head_helper_is_a_stage_beside_the_one_pass_attention_kernel(tmp_path):
+    """The Differential Transformer's learned lambda (`LAM[h]`, from per-head vectors)
+    has no query rank: it is a stage of its own (a program per tile of heads), and the
+    derived 1-pass cascade is the second. The stage that does not touch the online
+    rewrite's split of M does not carry it (a stage with a split it does not stream was
+    refused, and the module kept the spec's own 3-pass cascade); the kernels agree with
+    the oracle over several key tiles."""
+    spec = ROOT / "examples" / "diff_transformer.attn"
+    from einsumattn.backends.module import Plan
+
+    plan = Plan(einsumattn.load(spec))
+    assert plan.kernel is plan.rewritten.cascade, plan.note       # the 1-pass cascade
+    lam, attention = plan.triton.fused
+    assert lam.schedule.row == "h_" and lam.schedule.outputs == ("LAM_",)
+    assert attention.schedule.form is Form.SPLIT and len(attention.schedule.loops) == 1
+    module = _module(spec, tmp_path, "diff_transformer")
+    ok, report = _agrees(spec, module, dict(B=2, H=3, P=19, M=37, E=8, F=4))
+    assert ok, report
+
+
 # ---------------------------------------------------------------- fallbacks
 def test_what_does_not_fuse_keeps_the_unfused_schedule_and_says_why(tmp_path):
     # The whole recurrence as an output: neither schedule keeps every step of S.

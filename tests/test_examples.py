@@ -132,6 +132,7 @@ EXAMPLE_REGISTRY: dict[str, Example] = {
     # GK holds log-space forget gates: log(sigmoid(x)) < 0, as GLA's parametrisation.
     "gla_recurrent": Example(ref.gla_recurrent, GLA_SHAPES, {"GK": F.logsigmoid}),
     "eca": Example(ref.eca, ECA_SHAPES),
+    "diff_transformer": Example(ref.diff_transformer, ATTN_SHAPES),
 }
 
 

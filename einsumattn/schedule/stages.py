@@ -137,5 +137,11 @@ def stage_cascade(cascade: Cascade, stage: frozenset, later: frozenset, number: 
         tensors[einsum.tensor] = cascade.tensors[einsum.tensor]
     if not outputs:
         raise NotFusable("a stage with no result")
-    return Cascade(f"{cascade.name}_stage{number}", cascade.ranks, cascade.splits,
+    # A split the stage's tensors do not touch (the online rewrite's key tiles, beside a
+    # stage of per-head helpers: the Differential Transformer's lambda) is not the
+    # stage's: the loop schedule takes no split, and would refuse it for nothing.
+    used = {rank for tensor in tensors.values() for rank in tensor.ranks}
+    splits = tuple(split for split in cascade.splits
+                   if {split.parent, split.outer, split.inner} & used)
+    return Cascade(f"{cascade.name}_stage{number}", cascade.ranks, splits,
                    cascade.params, tensors, tuple(einsums), outputs, cascade.source)
