@@ -141,7 +141,8 @@ def test_check_compares_gradients_and_catches_a_wrong_backward(modules, monkeypa
 
 # ---------------------------------------------------------------- the backward's kernels
 KERNEL_TRAINED = ["causal_softmax", "softmax_3pass", "alibi", "softcap",
-                  "sliding_window_sinks", "sigmoid_attention", "linear_attention", "eca", "gqa"]
+                  "sliding_window_sinks", "sigmoid_attention", "linear_attention", "eca", "gqa",
+                  "softmax_1pass"]
 
 
 @pytest.fixture(scope="module")

@@ -118,10 +118,12 @@ class _Tiles(AttentionRoles, Lowering):
         if not set(ir.index_vars(node)) - set(self.batch) - {self.loop} - self._group_var():
             # one address per program
             return k.Load(node.tensor, self.coordinates(node, at, extent))
-        if self.hoist is not None and layout != (self.row,) and layout[0] == self.row and \
+        if self.hoist is not None and self.stream in layout and layout[0] == self.row and \
                 not set(ir.index_vars(node)) - set(self.batch) - {self.row}:
-            # A per-row input read in a tile (a backward's LSE or DELTA): loaded once per
-            # program before the loops, one value per row, broadcast along the tile.
+            # A per-row input read in a key tile (a backward's LSE or DELTA): loaded once
+            # per program before the loops, one value per row, broadcast along the tile.
+            # (A row value computed before the loops loads it where it is: the hoisted
+            # loads go in just before the first loop.)
             rows = ((self.row,), _ROW_LIVE)
             value = k.Load(node.tensor, self.coordinates(node, rows, extent),
                            k.Mask((_ROW_LIVE,)))
@@ -433,6 +435,15 @@ class _PassLowering:
             "<", (k.Var(f.stream), ir.Dim(self.cascade.var_rank(f.stream))))), (True, False))
         rows = product([f.lowered(x, (f.row, feature), k.Expand(_ROW_LIVE, (True, False)))
                         for x in plan.left])
+        if not all(isinstance(x, ir.Read) and self.cascade.tensors[x.tensor].is_input
+                   for x in plan.left):
+            # A computed row tile (a backward's dO / D) may hold inf or NaN in its dead
+            # lanes (1 / 0 from masked loads of 0), which the dot would carry into every
+            # live row (NaN * 0 = NaN): zeros there, as a masked load gives.
+            feature_live = k.Integer(ir.Op("<", (_layout_block((f.row, feature), feature),
+                                                 ir.Dim(self.cascade.var_rank(feature)))))
+            rows = ir.Op("where", (k.Mask((k.Expand(_ROW_LIVE, (True, False)), feature_live)),
+                                   rows, ir.Const(0.0)))
         keys = product([f.lowered(x, (f.stream, feature), key_lanes) for x in plan.right])
         dot = k.Dot(self._hoisted(k.DotOperand(_as_stored(rows)), f"{einsum.tensor}_rows"),
                     _as_stored(keys), transposed=True, rounded=plan.rounded,

@@ -142,6 +142,6 @@ def stage_cascade(cascade: Cascade, stage: frozenset, later: frozenset, number: 
     # stage's: the loop schedule takes no split, and would refuse it for nothing.
     used = {rank for tensor in tensors.values() for rank in tensor.ranks}
     splits = tuple(split for split in cascade.splits
-                   if {split.parent, split.outer, split.inner} & used)
+                   if {split.outer, split.inner} & used)
     return Cascade(f"{cascade.name}_stage{number}", cascade.ranks, splits,
                    cascade.params, tensors, tuple(einsums), outputs, cascade.source)

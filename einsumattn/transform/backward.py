@@ -12,6 +12,10 @@ discharges, then split into what the forward saves and what the backward recompu
 
 The rules, in the order they apply:
 
+0. **Closed forms of online recurrences** (offline.py). A spec written in the online
+   form (a running max and sums rescaled per tile, read only at their final values) is
+   differentiated as the max and sums over every key it computes, proved equal: the
+   rules below then apply to it as to the textbook form.
 1. **Shift invariance.** A max (min) reduction S that the outputs do not depend on: with
    S replaced by S + t (t any value per point of S), every tensor that reads S changes
    by an additive or multiplicative factor of t alone, proved Einsum by Einsum
@@ -54,6 +58,7 @@ from .algebra import Algebra, NotAlgebraic, is_zero, settled, substitute
 from .edit import assemble, fixed_point, late_tensors
 from .factor import inline
 from .grad import Gradient, GradientUnsupported, gradient
+from .offline import closed_forms
 from .steps import Step
 
 SHIFT = "shift invariance"
@@ -86,7 +91,9 @@ class Backward:
 def fast_backward(cascade: Cascade) -> Backward:
     """The fast backward of `cascade` (module docstring). GradientUnsupported where
     the gradient itself is not derived."""
-    steps: list[Step] = []
+    raw = gradient(cascade, frozenset())
+    # 0. An online form written by hand is differentiated as the sums it computes.
+    cascade, steps = closed_forms(cascade)
     constants = []
     for einsum in cascade.einsums:
         if einsum.reduce_op in ("max", "min") and einsum.tensor not in cascade.outputs:
@@ -96,8 +103,7 @@ def fast_backward(cascade: Cascade) -> Backward:
                 steps.append(Step(SHIFT, f"the outputs do not change when {einsum.tensor} "
                                          f"is shifted: its cotangent is 0",
                                   (einsum.tensor,), proof))
-    raw = gradient(cascade, frozenset())
-    derived = gradient(cascade, frozenset(constants)) if constants else raw
+    derived = gradient(cascade, frozenset(constants))
     forward_names = {e.tensor for e in cascade.einsums}
     grad = derived.cascade
     grad, delta_steps = _reassociate(grad, forward_names)
