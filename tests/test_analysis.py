@@ -25,11 +25,12 @@ EXPECTED_PASSES = {
     "linear_attention": {"M": 1, "E": 1},
     "gla_recurrent": {"T": 1, "D": 1},
     "eca": {"H": 2, "W": 2, "K": 1},
+    "diff_transformer": {"M": 3, "E": 1},
 }
 PRIMARY = {"softmax_3pass": "M", "softmax_1pass": "M", "causal_softmax": "M",
            "sliding_window_sinks": "M", "alibi": "M", "softcap": "M", "gqa": "M",
            "sigmoid_attention": "M", "linear_attention": "M", "gla_recurrent": "T",
-           "eca": "H"}
+           "eca": "H", "diff_transformer": "M"}
 S = {name: size_symbol(name) for name in "B H P M E F P0".split()}
 
 
