@@ -34,6 +34,7 @@ CASES = {
     "softmax": "examples/softmax_3pass.attn",
     "sigmoid": "examples/sigmoid_attention.attn",
     "gqa": "examples/gqa.attn",
+    "softmax_1pass": "examples/softmax_1pass.attn",
 }
 
 TRAIN_STEP = '''

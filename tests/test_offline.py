@@ -79,3 +79,19 @@ def test_the_fast_backward_of_the_online_form_saves_rows_and_recomputes_tiles():
     expected, got, _ = both(cascade, sizes, 3)
     for name in backward.gradients.values():
         np.testing.assert_allclose(got[name], expected[name], rtol=1e-9, atol=1e-12)
+
+
+def test_the_online_form_gets_flashattention_2_s_kernels():
+    """Its per-row values (dO / RD_all, the delta term) are computed first, as softmax's
+    DELTA is: dO / RD_all is a factor of the dK/dV kernel's contraction over F, a tile
+    that kernel loads, since it streams the queries and cannot compute a per-query value.
+    Then one kernel for dQ and one for dK and dV."""
+    from einsumattn.schedule.lower_attention import lower_attention
+    from einsumattn.schedule.training import training_stages
+
+    backward = fast_backward(einsumattn.load(ONE_PASS))
+    stages = training_stages(backward.cascade, backward.streamed).stages
+    assert [s.outputs for s in stages] == \
+        [("dRNV_all_AV", "dRD_all_AV"), ("dQ",), ("dK", "dV")]
+    dkdv = lower_attention(stages[2]).schedule
+    assert (dkdv.row, dkdv.loops[0].var) == ("m", "p")

@@ -4,7 +4,10 @@ each a cascade the back end schedules like any other, as FlashAttention-2 cuts i
 1. **Statistics first.** A tensor of the backward that is a reduction without the
    forward's streamed rank (softmax's `DELTA[p] = sum[f] dO[p, f] O[p, f]`: one value
    per query row) is read whole by every kernel after it: a stage of its own computes
-   it, and the later stages take it as an input.
+   it, and the later stages take it as an input. So is a per-row value that a
+   contraction over a feature into a tensor over the keys reads (softmax_1pass's
+   `dO / RD_all` in `sum[f] dRNV_all_AV[p, f] V[m, f]`): the dK/dV kernel streams the
+   queries and loads it as a tile; it could not compute it.
 2. **Partial sums.** An output that sums over several ranks (GQA's dK: the query heads
    of a group and the queries) is not one kernel of the attention schedule, which
    streams one rank. It is split (transform/partial.py) into a partial sum over one
@@ -48,8 +51,9 @@ def training_stages(backward: Cascade, streamed: str | None) -> TrainingStages:
     """The stages of `backward` (module docstring); `streamed` is the forward's streamed
     rank."""
     statistics = [e.tensor for e in backward.einsums
-                  if e.reduce_op is not None and e.tensor not in backward.outputs and
-                  streamed not in backward.tensors[e.tensor].ranks]
+                  if e.tensor not in backward.outputs and e.iterative is None and
+                  streamed not in backward.tensors[e.tensor].ranks and
+                  (e.reduce_op is not None or _contracted_with_keys(backward, e.tensor, streamed))]
     stages: list[Cascade] = []
     if statistics:
         stages.append(_stage(backward, statistics, set(), "statistics"))
@@ -79,6 +83,16 @@ def training_stages(backward: Cascade, streamed: str | None) -> TrainingStages:
     available |= set(partials.values())
     stages += [_stage(backward, [output], available) for output in partials]
     return TrainingStages(backward, tuple(stages), partials)
+
+
+def _contracted_with_keys(backward: Cascade, name: str, streamed: str | None) -> bool:
+    """Whether a per-row value is a factor of a contraction over a feature into a tensor
+    over the keys (softmax_1pass's `sum[f] dRNV_all_AV[p, f] V[m, f]`): the dK/dV
+    kernel, which streams the queries, loads it as a tile, and cannot compute it."""
+    return any(name in e.reads and e.reduce_op == "sum" and
+               streamed in backward.tensors[e.tensor].ranks and
+               not set(e.reduced) & {backward.ranks[streamed].var}
+               for e in backward.einsums)
 
 
 def _partial(backward: Cascade, output: str, available: set[str],
