@@ -17,7 +17,7 @@ from einsumattn.verify import Case, case_inputs, compare
 from conftest import ROOT
 
 EXAMPLES = ["softmax_3pass", "causal_softmax", "gqa", "alibi", "sigmoid_attention",
-            "linear_attention", "softcap", "eca"]
+            "linear_attention", "softcap", "eca", "diff_transformer"]
 SIZES = dict(B=1, H=2, KH=1, P=9, M=11, E=4, F=3, C=5, W=3, K=3)
 
 
@@ -89,8 +89,17 @@ def test_rows_that_see_no_key_train_to_zero_gradients(tmp_path):
         assert torch.isfinite(dq).all() and (dq[:, :, :2] == 0).all(), backend
 
 
+FINITE_DIFFERENCE_EXAMPLES = ["gla_recurrent", "softmax_1pass", "sliding_window_sinks"]
+
+
+def test_every_example_trains_in_a_test():
+    """Every example's backward() is checked on every backend by one of the two tests."""
+    examples = {path.stem for path in (ROOT / "examples").glob("*.attn")}
+    assert examples <= set(EXAMPLES) | set(FINITE_DIFFERENCE_EXAMPLES)
+
+
 @pytest.mark.parametrize("backend", ["triton", "torch"])
-@pytest.mark.parametrize("name", ["gla_recurrent", "softmax_1pass", "sliding_window_sinks"])
+@pytest.mark.parametrize("name", FINITE_DIFFERENCE_EXAMPLES)
 def test_backward_matches_finite_differences_of_the_oracle(tmp_path, name, backend):
     """The recurrent examples and one not listed above: backward() against central
     differences of the float64 oracle along a random direction, independent of any
