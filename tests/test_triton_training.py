@@ -151,7 +151,7 @@ def test_check_compares_gradients_and_catches_a_wrong_backward(modules, monkeypa
 # ---------------------------------------------------------------- the backward's kernels
 KERNEL_TRAINED = ["causal_softmax", "softmax_3pass", "alibi", "softcap",
                   "sliding_window_sinks", "sigmoid_attention", "linear_attention", "eca", "gqa",
-                  "softmax_1pass"]
+                  "softmax_1pass", "diff_transformer"]
 
 
 @pytest.fixture(scope="module")
@@ -351,6 +351,19 @@ def test_check_compares_the_backward_kernels_in_16_bits_and_catches_a_wrong_one(
     monkeypatch.setattr(module, "_triton_backward", wrong)
     _, _, results = _backward_kernels(module, training, inputs, case)
     assert not all(r.ok for r in results)
+
+
+def test_a_statistic_over_several_ranks_is_a_partial_sum_then_its_total(trained):
+    """The Differential Transformer's dLAM[h] sums over the batch, the queries and the
+    keys, a statistic every later stage reads: the statistics stage (one kernel over the
+    query rows) computes it per row, a kernel of its own totals it per head, and the
+    stages after read the total. Without the split the statistics stage was not
+    scheduled and the module trained through torch."""
+    _, module, _ = trained["diff_transformer"]
+    training = module.SCHEDULE["training"]
+    assert training["reason"] is None
+    assert training["partials"] == {"dLAM_A": "dLAM_A_m"}
+    assert training["stages"][:2] == [["dD1_A", "dLAM_A_m", "dD2_A"], ["dLAM_A"]]
 
 
 @pytest.mark.parametrize("name", ["linear_attention", "gqa"])

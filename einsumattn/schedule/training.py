@@ -14,7 +14,10 @@ each a cascade the back end schedules like any other, as FlashAttention-2 cuts i
    rank, per point of the others (dK per query head), which a stage computes like any
    output, and the total over the others (the heads of a group), a small kernel of its
    own after it: FlashAttention-2's GQA backward. Memory: the partial has the output's
-   size times the group (O(N)); no atomics.
+   size times the group (O(N)); no atomics. A statistic that sums over several ranks
+   (the Differential Transformer's dLAM[h]) is split the same way where the statistics
+   stage would not be scheduled otherwise: its partial joins the statistics stage, its
+   total runs right after it, before the stages that read it.
 3. **Outputs grouped by the schedule.** Each output starts as its own stage (what it
    needs, recomputed: the scores, the probabilities); two stages merge when the
    attention schedule fuses their outputs together. dK and dV merge (rows of keys, the
@@ -34,7 +37,8 @@ from ..ir import Cascade
 from ..ir.cascade import Tensor
 from ..transform.partial import partial_sum
 from .lower_attention import lower_attention
-from .stages import NotFusable
+from .lowering import lower_loops
+from .stages import NotFusable, cut_stages
 
 
 @dataclass(frozen=True)
@@ -55,10 +59,25 @@ def training_stages(backward: Cascade, streamed: str | None) -> TrainingStages:
                   streamed not in backward.tensors[e.tensor].ranks and
                   (e.reduce_op is not None or _contracted_with_keys(backward, e.tensor, streamed))]
     stages: list[Cascade] = []
+    # A statistic that sums over several ranks (the Differential Transformer's dLAM[h],
+    # over the batch, the queries and the keys), where the statistics stage would not be
+    # scheduled otherwise: its partial sum joins the stage, its total is a stage of its
+    # own right after it (2.).
+    totals: dict[str, str] = {}
+    if statistics and not _scheduled(_stage(backward, statistics, set(), "statistics")):
+        for name in list(statistics):
+            split = _partial(backward, name, set(), streamed) \
+                if len(backward.einsum(name).reduced) > 1 else None
+            if split is not None:
+                backward, totals[name] = split
+                statistics[statistics.index(name)] = totals[name]
     if statistics:
         stages.append(_stage(backward, statistics, set(), "statistics"))
     available = set(statistics)
-    partials: dict[str, str] = {}
+    for name in totals:
+        stages.append(_stage(backward, [name], available))
+        available.add(name)
+    partials: dict[str, str] = dict(totals)
     for output in backward.outputs:
         if not _fuses(_stage(backward, [output], available)):
             split = _partial(backward, output, available, streamed)
@@ -79,9 +98,10 @@ def training_stages(backward: Cascade, streamed: str | None) -> TrainingStages:
             if merged:
                 break
     stages += [_stage(backward, group, available) for group in groups]
-    # The totals of the partial sums, each a small kernel of its own after them.
+    # The totals of the outputs' partial sums, each a small kernel of its own after them.
     available |= set(partials.values())
-    stages += [_stage(backward, [output], available) for output in partials]
+    stages += [_stage(backward, [output], available) for output in partials
+               if output not in totals]
     return TrainingStages(backward, tuple(stages), partials)
 
 
@@ -110,6 +130,21 @@ def _partial(backward: Cascade, output: str, available: set[str],
         if split is not None and _fuses(_stage(split[0], [split[1]], available)):
             return split
     return None
+
+
+def _scheduled(stage: Cascade) -> bool:
+    """Whether the fused schedules take `stage`, as one kernel or cut into several."""
+    def lowered(cascade: Cascade) -> Cascade:
+        try:
+            lower_attention(cascade)
+        except NotFusable:
+            lower_loops(cascade)
+        return cascade          # cut_stages names a cut by what it returns (`.name`)
+    try:
+        cut_stages(stage, lowered)
+    except NotFusable:
+        return False
+    return True
 
 
 def _fuses(stage: Cascade) -> bool:
