@@ -35,7 +35,7 @@ from .triton_unfused import TritonEmitter
 from ..transform import DEFAULT_TILE, Rewritten, rewrite as derive
 from ..transform.backward import Backward, fast_backward
 from ..transform.grad import GradientUnsupported
-from ..schedule.training import training_stages
+from ..schedule.training import TrainingStages, training_stages
 from . import torch_scheduled
 
 
@@ -245,10 +245,9 @@ class TrainingPart:
     backward: Backward | None = None
     forward: TritonPart | None = None
     stages: tuple[TritonPart, ...] = ()
-    # What the stages compute: the backward with the partial sums schedule/training.py
-    # split (output -> its partial sum), which is the backward itself where there are none.
-    staged: Cascade | None = None
-    partials: dict[str, str] = dataclasses.field(default_factory=dict)
+    # What the stages compute (schedule/training.py): the backward with its partial
+    # sums split (output -> its partial sum), the backward itself where there are none.
+    staged: TrainingStages | None = None
 
     @property
     def kernels(self) -> tuple[FusedKernel, ...]:
@@ -264,7 +263,7 @@ class TrainingPart:
                 # The backward the stages compute, as .attn text, with what it reads
                 # and writes by name: `einsumattn check` evaluates it with the oracle
                 # on what _triton_saving saved (16-bit cases; verify.py).
-                "backward": cascade_text(self.staged),
+                "backward": cascade_text(self.staged.backward),
                 "gradients": dict(backward.gradients),
                 # the stages' rounded dot operands per Einsum of the backward (as the
                 # module's DOT_ROUNDING for the forward)
@@ -275,7 +274,8 @@ class TrainingPart:
                 "recomputed": [spec_text(n) for n in backward.recomputed],
                 # output -> the partial sum a stage computes per point of the ranks its
                 # total sums (schedule/training.py, 2.)
-                "partials": {spec_text(o): spec_text(p) for o, p in self.partials.items()},
+                "partials": {spec_text(o): spec_text(p)
+                             for o, p in self.staged.partials.items()},
                 "rules": [step.comment() for step in backward.steps],
                 "stages": [[spec_text(o) for o in part.fused[-1].schedule.outputs]
                            for part in self.stages],
@@ -285,7 +285,8 @@ class TrainingPart:
         if self.backward is None:
             return f"training: the torch backend's autograd in the backward ({self.reason})"
         saved = ", ".join(f"{n} ({why})" for n, why in self.backward.saved.items())
-        partials = "".join(f"; {o} as the total of {p}" for o, p in self.partials.items())
+        partials = "".join(f"; {o} as the total of {p}"
+                           for o, p in self.staged.partials.items())
         return (f"training: {len(self.kernels)} kernel(s): the forward saving "
                 f"{saved or 'nothing'}; the backward in {len(self.stages)} stage(s), "
                 f"recomputing {', '.join(self.backward.recomputed) or 'nothing'}{partials}")
@@ -316,8 +317,7 @@ def _training(cascade: Cascade, tile: int) -> TrainingPart:
                                        f"{', '.join(quadratic)} in memory, a value per key "
                                        f"and per query (training memory must stay O(N))")
         stages.append(part)
-    return TrainingPart(None, backward, forward, tuple(stages), staged.backward,
-                        staged.partials)
+    return TrainingPart(None, backward, forward, tuple(stages), staged)
 
 
 def _quadratic_buffers(stage: Cascade, part: TritonPart, streamed: str | None) -> list[str]:

@@ -10,40 +10,26 @@ spec's own: the check that the tile is the one in the tuning table).
 from __future__ import annotations
 
 from ..ir import Cascade
-from ..schedule.lower_attention import lower_attention
-from ..schedule.lowering import LoweredKernel, lower_loops
+from ..schedule.fused import lower_fused
+from ..schedule.lowering import LoweredKernel
 from ..schedule.model import Form
-from ..schedule.stages import Crossing, NotFusable, cut_stages
+from ..schedule.stages import cut_stages
 from .names import spec_text
 from .triton_kernel import FusedKernel, printed
 
 
 def fuse(cascade: Cascade) -> FusedKernel:
-    """The fused kernel for a cascade: the attention schedule where it applies, else the
-    loop schedule; NotFusable with the reasons if neither does: the loop schedule's
-    alone when a value would cross program tiles (a cut can help)."""
-    try:
-        return _attention(cascade)
-    except NotFusable as reason:
-        attention = str(reason)
-    try:
-        return printed(cascade, lower_loops(cascade))
-    except Crossing:
-        raise
-    except NotFusable as loop:
-        raise NotFusable(f"{attention} (the loop schedule: {loop})") from None
+    """The fused kernel for a cascade (schedule/fused.py's choice), printed; a split
+    stream's kernel with the host's check of its tile."""
+    lowered = lower_fused(cascade)
+    checks = _split_tile_check(cascade, lowered) if lowered.schedule.form is Form.SPLIT \
+        else []
+    return printed(cascade, lowered, checks)
 
 
 def fuse_stages(cascade: Cascade) -> tuple[list[FusedKernel], str | None]:
     """The fused kernels of a cascade: one, or the stages of schedule/stages.py's cuts."""
     return cut_stages(cascade, fuse)
-
-
-def _attention(cascade: Cascade) -> FusedKernel:
-    lowered = lower_attention(cascade)
-    checks = _split_tile_check(cascade, lowered) if lowered.schedule.form is Form.SPLIT \
-        else []
-    return printed(cascade, lowered, checks)
 
 
 def _split_tile_check(cascade: Cascade, lowered: LoweredKernel) -> list[str]:

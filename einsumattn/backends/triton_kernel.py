@@ -79,8 +79,9 @@ def launch_lines(cascade: Cascade, schedule: KernelSchedule, host_args: list[str
                      for var in schedule.held)
     lines.append(f"held = {{{held}}}")
     group = schedule.group
-    batch = " * ".join(group.rank if group is not None and v == group.var else
-                       cascade.var_rank(v) for v in schedule.batch) or "1"
+    programs = schedule.batch if group is None else group.programs(schedule.batch)
+    batch = " * ".join(group.rank if group is not None and v == group.group else
+                       cascade.var_rank(v) for v in programs) or "1"
     rows = cascade.var_rank(schedule.row)
     if group is not None:
         # rows packed with the query heads of a group: G = ceil(H / KH) per query row

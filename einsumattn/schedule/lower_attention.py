@@ -304,8 +304,7 @@ class _PassLowering:
         f, cascade = self.f, self.cascade
         batch, rows = f.batch, f.row
         if f.group is not None:
-            batch = [f.group.group if v == f.group.var else v for v in f.batch]
-            rows = f"({f.group.var}, {f.row})"
+            batch, rows = f.group.programs(f.batch), f"({f.group.var}, {f.row})"
         self.body.append(k.Comment(
             f"program: one point of {', '.join(batch) or 'nothing'}, "
             f"{f.row}_BLOCK points of {rows}; "
@@ -323,8 +322,7 @@ class _PassLowering:
         f = self.f
         if f.group is None:
             return ", ".join(f.batch + [f.row + " tiles"])
-        batch = [f.group.group if v == f.group.var else v for v in f.batch]
-        return (f"{', '.join(batch)}, tiles of ({f.group.var}, {f.row}) rows (the query "
+        return (f"{', '.join(f.group.programs(f.batch))}, tiles of ({f.group.var}, {f.row}) rows (the query "
                 f"heads of a group packed: K and V tiles loaded once per group)")
 
     def _packed_rows(self) -> list:
@@ -337,8 +335,8 @@ class _PassLowering:
 
         def first(kh):      # ceil(kh * H / KH), kh >= 0
             return k.Quotient(total([ir.Op("*", (kh, heads)), groups, ir.Const(-1)]), groups)
-        parts = tuple((group.group, groups) if v == group.var else
-                      (v, ir.Dim(cascade.var_rank(v))) for v in f.batch)
+        parts = tuple((v, groups if v == group.group else ir.Dim(cascade.var_rank(v)))
+                      for v in group.programs(f.batch))
         block = f"{f.row}_BLOCK"
         start = ir.Op("*", (k.Cast(k.ProgramId(0), "int64"), k.Var(block)))
         kh = ir.Index(group.group)

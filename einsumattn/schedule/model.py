@@ -151,6 +151,10 @@ class Group:
     rank: str           # the group's rank, KH
     extent: str         # the query heads' rank, H
 
+    def programs(self, batch) -> tuple[str, ...]:
+        """The batch variables the programs run over: the group in the head's place."""
+        return tuple(self.group if v == self.var else v for v in batch)
+
 
 @dataclass(frozen=True)
 class KernelSchedule:

@@ -12,6 +12,7 @@ from typing import Callable, TypeVar
 
 from ..analysis.presence import absent_tensors
 from ..ir import Cascade
+from ..transform.edit import splits_in_use
 
 T = TypeVar("T")
 
@@ -138,10 +139,7 @@ def stage_cascade(cascade: Cascade, stage: frozenset, later: frozenset, number: 
     if not outputs:
         raise NotFusable("a stage with no result")
     # A split the stage's tensors do not touch (the online rewrite's key tiles, beside a
-    # stage of per-head helpers: the Differential Transformer's lambda) is not the
-    # stage's: the loop schedule takes no split, and would refuse it for nothing.
-    used = {rank for tensor in tensors.values() for rank in tensor.ranks}
-    splits = tuple(split for split in cascade.splits
-                   if {split.outer, split.inner} & used)
+    # stage of per-head helpers: the Differential Transformer's lambda) is not the stage's.
+    splits = splits_in_use(cascade.splits, tensors.values())
     return Cascade(f"{cascade.name}_stage{number}", cascade.ranks, splits,
                    cascade.params, tensors, tuple(einsums), outputs, cascade.source)

@@ -36,8 +36,8 @@ from dataclasses import dataclass, field
 from ..ir import Cascade
 from ..ir.cascade import Tensor
 from ..transform.partial import partial_sum
+from .fused import lower_fused
 from .lower_attention import lower_attention
-from .lowering import lower_loops
 from .stages import NotFusable, cut_stages
 
 
@@ -57,7 +57,8 @@ def training_stages(backward: Cascade, streamed: str | None) -> TrainingStages:
     statistics = [e.tensor for e in backward.einsums
                   if e.tensor not in backward.outputs and e.iterative is None and
                   streamed not in backward.tensors[e.tensor].ranks and
-                  (e.reduce_op is not None or _contracted_with_keys(backward, e.tensor, streamed))]
+                  (e.reduce_op is not None or
+                   _contracted_with_keys(backward, e.tensor, streamed))]
     stages: list[Cascade] = []
     # A statistic that sums over several ranks (the Differential Transformer's dLAM[h],
     # over the batch, the queries and the keys), where the statistics stage would not be
@@ -77,7 +78,7 @@ def training_stages(backward: Cascade, streamed: str | None) -> TrainingStages:
     for name in totals:
         stages.append(_stage(backward, [name], available))
         available.add(name)
-    partials: dict[str, str] = dict(totals)
+    partials: dict[str, str] = {}
     for output in backward.outputs:
         if not _fuses(_stage(backward, [output], available)):
             split = _partial(backward, output, available, streamed)
@@ -100,9 +101,8 @@ def training_stages(backward: Cascade, streamed: str | None) -> TrainingStages:
     stages += [_stage(backward, group, available) for group in groups]
     # The totals of the outputs' partial sums, each a small kernel of its own after them.
     available |= set(partials.values())
-    stages += [_stage(backward, [output], available) for output in partials
-               if output not in totals]
-    return TrainingStages(backward, tuple(stages), partials)
+    stages += [_stage(backward, [output], available) for output in partials]
+    return TrainingStages(backward, tuple(stages), {**totals, **partials})
 
 
 def _contracted_with_keys(backward: Cascade, name: str, streamed: str | None) -> bool:
@@ -135,10 +135,7 @@ def _partial(backward: Cascade, output: str, available: set[str],
 def _scheduled(stage: Cascade) -> bool:
     """Whether the fused schedules take `stage`, as one kernel or cut into several."""
     def lowered(cascade: Cascade) -> Cascade:
-        try:
-            lower_attention(cascade)
-        except NotFusable:
-            lower_loops(cascade)
+        lower_fused(cascade)
         return cascade          # cut_stages names a cut by what it returns (`.name`)
     try:
         cut_stages(stage, lowered)
@@ -179,5 +176,5 @@ def _stage(backward: Cascade, outputs: list[str], available: set[str],
                     e.tensor not in available)
     tensors = {**inputs, **{e.tensor: backward.tensors[e.tensor] for e in einsums}}
     name = f"{backward.name}_{suffix or '_'.join(outputs)}"
-    return Cascade(name, dict(backward.ranks), backward.splits, dict(backward.params), tensors, einsums,
-                   tuple(outputs), backward.source)
+    return Cascade(name, dict(backward.ranks), backward.splits, dict(backward.params),
+                   tensors, einsums, tuple(outputs), backward.source)

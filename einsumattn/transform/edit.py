@@ -54,6 +54,14 @@ def assemble(cascade: Cascade, einsums: list[Einsum], *,
                    tuple(ordered), cascade.outputs, cascade.source)
 
 
+def splits_in_use(splits, tensors) -> tuple[Split, ...]:
+    """The splits whose parts some of `tensors` has: a split whose tensors are gone (a
+    closed form over the whole rank, a stage of per-head helpers) is no longer the
+    cascade's, and the schedules would refuse it for nothing."""
+    used = {rank for tensor in tensors for rank in tensor.ranks}
+    return tuple(split for split in splits if {split.outer, split.inner} & used)
+
+
 def fixed_point(cascade: Cascade, rule: Callable, rounds: int):
     """Apply `rule(cascade, einsum)` (None: nothing to do; a Blocked note; or the new
     cascade and its Step) to the first Einsum it changes, again and again, until it

@@ -33,20 +33,18 @@ rescale factor is exactly exp(S[m1] - S[m1+1]) (the online rewrite's own form, w
 
 from __future__ import annotations
 
-import math
-
 import sympy
 
 from ..analysis.presence import absent_tensors, einsum_conditions
 from ..ir import Cascade, Einsum, Split
 from ..ir import expr as ir
 from .algebra import Algebra, NotAlgebraic, is_zero, rebuild, replace_reads
-from .edit import assemble, fresh_name, with_body
+from .edit import assemble, fresh_name, splits_in_use, with_body
 from .factor import inline
+from .online import NEG_INF
 from .steps import Step
 
 OFFLINE = "closed form of an online recurrence"
-_NEG_INF = ir.Op("neg", (ir.Const(math.inf),))
 
 
 def closed_forms(cascade: Cascade) -> tuple[Cascade, list[Step]]:
@@ -105,8 +103,7 @@ class _Closing:
         new = assemble(cascade, rewritten + self.einsums,
                        removable={e.tensor for e in cascade.einsums})
         # The split and its two ranks go where nothing is left over them.
-        used = {rank for t in new.tensors.values() for rank in t.ranks}
-        splits = tuple(s for s in new.splits if {s.outer, s.inner} & used)
+        splits = splits_in_use(new.splits, new.tensors.values())
         dropped = {r for s in new.splits if s not in splits for r in (s.outer, s.inner)}
         ranks = {name: rank for name, rank in new.ranks.items() if name not in dropped}
         new = Cascade(new.name, ranks, splits, new.params, new.tensors, new.einsums,
@@ -145,7 +142,7 @@ class _Closing:
 
     def _running_max(self, einsum: Einsum) -> ir.Read | None:
         """X of `S[m1+1] = max(S[m1], X)` with S[0] = -inf, X a tile max `max[m0] Y`."""
-        if not self._recurrence(einsum, _NEG_INF):
+        if not self._recurrence(einsum, NEG_INF):
             return None
         body = einsum.body
         if not (isinstance(body, ir.Op) and body.op == "max" and len(body.args) == 2):
