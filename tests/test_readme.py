@@ -58,5 +58,8 @@ def test_readme_first_command_runs_on_a_fresh_machine(tmp_path):
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
     assert "Traceback" not in output and "internal error" not in output, output[-4000:]
+    # Triton 3.9's extension prints hundreds of "leaked" lines at exit for objects a
+    # gc.freeze() at exit keeps alive (cli._skip_final_collection).
+    assert "leaked" not in output, output[-4000:]
     assert (repo / "build" / "causal_softmax.py").is_file()
     assert "all cases agree" in result.stdout, output[-4000:]
