@@ -28,11 +28,13 @@ from .ir.semantics import apply
 class _Value:
     """A value over (part of) an iteration space, and where it is present."""
 
-    __slots__ = ("value", "present")
+    __slots__ = ("value", "present", "overflow")
 
-    def __init__(self, value, present):
+    def __init__(self, value, present, overflow=np.False_):
         self.value = value
         self.present = present
+        # Where the exact value exceeds float64's range (tracked only by `overflowing`).
+        self.overflow = overflow
 
 
 def _to_numpy(array: Any) -> np.ndarray:
@@ -87,6 +89,26 @@ def evaluate(cascade: Cascade, inputs: Mapping[str, Any] | Sequence[Any],
     `sizes`: sizes by name that no input gives (a rank used only in a dim expression, or
     the tile of a split a rewrite made, which is its default otherwise).
     """
+    store = _evaluate_all(cascade, inputs, params, dtype, max_bytes, sizes)
+    names = list(store) if intermediates else list(cascade.outputs)
+    return {name: np.where(store[name].present, store[name].value, dtype(0.0))
+            for name in names}
+
+
+def overflowing(cascade: Cascade, inputs: Mapping[str, Any] | Sequence[Any],
+                params: Mapping[str, float] | None = None) -> list[str]:
+    """The tensors whose exact value exceeds float64's range at a present point: where
+    the oracle's float64 gives an infinity that the math does not (exp(2901) is a real
+    number; float64 rounds it to inf, and the oracle's answer there is no answer). An
+    infinity the spec writes (-inf, a max over no term, x / 0, log(0)) is not one; nor
+    is an overflow in the branch a where(...) does not pick, or at an absent point."""
+    store = _evaluate_all(cascade, inputs, params, np.float64, None, None, overflow=True)
+    return [name for name, value in store.items()
+            if np.any(np.asarray(value.overflow) & value.present)]
+
+
+def _evaluate_all(cascade, inputs, params, dtype, max_bytes, sizes,
+                  overflow: bool = False) -> dict[str, _Value]:
     given = _by_name(cascade, inputs)
     shapes = {name: tuple(np.shape(value)) for name, value in given.items()}
     binding = bind(cascade, shapes=shapes, params=params, sizes=sizes)
@@ -97,10 +119,9 @@ def evaluate(cascade: Cascade, inputs: Mapping[str, Any] | Sequence[Any],
         value = array.astype(dtype) if array.dtype != dtype else array
         store[name] = _Value(value, np.ones(value.shape, dtype=bool))
     for einsum in cascade.einsums:
-        store[einsum.tensor] = _evaluate_einsum(cascade, einsum, store, binding, dtype)
-    names = list(store) if intermediates else list(cascade.outputs)
-    return {name: np.where(store[name].present, store[name].value, dtype(0.0))
-            for name in names}
+        store[einsum.tensor] = _evaluate_einsum(cascade, einsum, store, binding, dtype,
+                                                overflow)
+    return store
 
 
 # ----------------------------------------------------------------------------- memory
@@ -203,23 +224,25 @@ def _size_text(count: int) -> str:
 
 
 def _evaluate_einsum(cascade: Cascade, einsum: Einsum, store: dict[str, _Value],
-                     binding: Binding, dtype) -> _Value:
+                     binding: Binding, dtype, overflow: bool = False) -> _Value:
     shape = binding.extent(cascade, einsum.tensor)
     if einsum.iterative is None:
-        return _evaluate_points(cascade, einsum, einsum.indices, {}, store, binding, dtype)
+        return _evaluate_points(cascade, einsum, einsum.indices, {}, store, binding, dtype,
+                                overflow)
     # A recurrence: position 0 from the init, then step x writes position x+1 from the
     # values at positions <= x (the builder checked that it reads nothing later).
     x = einsum.iter_var
     position = einsum.iterative
     others = tuple(v for v in einsum.indices if v != x)
-    result = _Value(np.zeros(shape, dtype=dtype), np.zeros(shape, dtype=bool))
+    result = _Value(np.zeros(shape, dtype=dtype), np.zeros(shape, dtype=bool),
+                    np.zeros(shape, dtype=bool) if overflow else np.False_)
     store[einsum.tensor] = result
     init = _evaluate_points(cascade, Einsum(einsum.tensor, others, einsum.init), others, {},
-                            store, binding, dtype)
+                            store, binding, dtype, overflow)
     _put(result, position, 0, init)
     for step in range(binding.sizes[cascade.var_rank(x)]):
         value = _evaluate_points(cascade, einsum, others, {x: np.int64(step)}, store,
-                                 binding, dtype)
+                                 binding, dtype, overflow)
         _put(result, position, step + 1, value)
     return result
 
@@ -228,11 +251,13 @@ def _put(result: _Value, position: int, index: int, value: _Value) -> None:
     target = (slice(None),) * position + (index,)
     result.value[target] = value.value
     result.present[target] = value.present
+    if isinstance(result.overflow, np.ndarray):
+        result.overflow[target] = value.overflow
 
 
 def _evaluate_points(cascade: Cascade, einsum: Einsum, kept: tuple[str, ...],
                      fixed: dict[str, np.int64], store: dict[str, _Value],
-                     binding: Binding, dtype=np.float64) -> _Value:
+                     binding: Binding, dtype=np.float64, overflow: bool = False) -> _Value:
     """Evaluate an Einsum over the iteration space kept + reduced (with the variables in
     `fixed` held at one value), reduce, and return the value over `kept`.
 
@@ -251,7 +276,7 @@ def _evaluate_points(cascade: Cascade, einsum: Einsum, kept: tuple[str, ...],
         env[var] = np.arange(extent, dtype=np.int64).reshape(shape)
     full = tuple(binding.sizes[cascade.var_rank(v)] for v in axes)
 
-    evaluator = _Evaluator(cascade, store, binding, env, dtype)
+    evaluator = _Evaluator(cascade, store, binding, env, dtype, overflow)
     body = evaluator.term(einsum.body)
     value = np.broadcast_to(np.asarray(body.value, dtype=dtype), full)
     conditions = list(body.conditions)
@@ -273,15 +298,23 @@ def _evaluate_points(cascade: Cascade, einsum: Einsum, kept: tuple[str, ...],
         term &= mask
         if not condition.variables & reduced:
             point &= mask
+    overflowed = np.broadcast_to(body.overflow, full) & term if overflow else np.False_
     if einsum.reduce_op is None:
-        return _Value(np.array(value), term)
+        return _Value(np.array(value), term, overflowed)
     reduced_axes = tuple(range(len(kept), len(axes)))
     identity = ir.REDUCTION_IDENTITY[einsum.reduce_op]
     reducer = {"sum": np.sum, "max": np.max, "min": np.min}[einsum.reduce_op]
     with np.errstate(all="ignore"):
         result = reducer(np.where(term, value, dtype(identity)), axis=reduced_axes)
+    if overflow:
+        # An overflowed term, or a sum of finite terms past float64's range.
+        overflowed = np.any(overflowed, axis=reduced_axes)
+        if einsum.reduce_op == "sum":
+            overflowed = overflowed | (np.isinf(result) &
+                                       ~np.any(np.isinf(value) & term, axis=reduced_axes))
     # A present left point with no present term gets the identity (sum 0, max -inf).
-    return _Value(np.asarray(result, dtype=dtype), np.all(point, axis=reduced_axes))
+    return _Value(np.asarray(result, dtype=dtype), np.all(point, axis=reduced_axes),
+                  overflowed)
 
 
 def _split_domains(cascade: Cascade, env: dict[str, np.ndarray],
@@ -311,11 +344,12 @@ class _Condition:
 class _Term:
     """The value of an expression and the conditions under which it is present."""
 
-    __slots__ = ("value", "conditions")
+    __slots__ = ("value", "conditions", "overflow")
 
-    def __init__(self, value, conditions: tuple[_Condition, ...] = ()):
+    def __init__(self, value, conditions: tuple[_Condition, ...] = (), overflow=np.False_):
         self.value = value
         self.conditions = conditions
+        self.overflow = overflow
 
     @property
     def variables(self) -> frozenset:
@@ -332,12 +366,13 @@ class _Evaluator:
     """Evaluates IR expressions to `_Term`s broadcastable over the iteration space."""
 
     def __init__(self, cascade: Cascade, store: dict[str, _Value], binding: Binding,
-                 env: dict[str, np.ndarray], dtype=np.float64):
+                 env: dict[str, np.ndarray], dtype=np.float64, overflow: bool = False):
         self.cascade = cascade
         self.store = store
         self.binding = binding
         self.env = env
         self.dtype = dtype
+        self.overflow = overflow
 
     def term(self, expr: ir.Expr) -> _Term:
         if isinstance(expr, ir.Const):
@@ -353,6 +388,13 @@ class _Evaluator:
         assert isinstance(expr, ir.Op)
         args = [self.term(a) for a in expr.args]
         result = apply(expr.op, [a.value for a in args])
+        term = self._op_term(expr, args, result)
+        if self.overflow:
+            term.overflow = _overflowed(expr.op, args, result)
+        return term
+
+    @staticmethod
+    def _op_term(expr: ir.Op, args: list[_Term], result) -> _Term:
         if expr.op == "where":
             # where(c, a, b) needs c, and only the branch it picks: one condition.
             cond, if_true, if_false = args
@@ -384,7 +426,8 @@ class _Evaluator:
         if not expr.indices:
             present = source.present[()]
             return _Term(source.value[()], () if present else
-                         (_Condition(np.False_, frozenset()),))
+                         (_Condition(np.False_, frozenset()),),
+                         np.asarray(source.overflow)[()] if self.overflow else np.False_)
         coords = np.broadcast_arrays(*[self.index(i) for i in expr.indices])
         conditions = []
         inside_all = np.ones(coords[0].shape, dtype=bool)
@@ -401,4 +444,37 @@ class _Evaluator:
             # Where a coordinate is outside, the range condition decides, not the clip.
             present = source.present[clipped_t] | ~inside_all
             conditions.append(_Condition(present, frozenset(ir.index_vars(expr))))
-        return _Term(source.value[clipped_t], tuple(conditions))
+        overflow = np.False_
+        if self.overflow and isinstance(source.overflow, np.ndarray):
+            overflow = source.overflow[clipped_t]
+        return _Term(source.value[clipped_t], tuple(conditions), overflow)
+
+
+# Operations whose infinity at a finite argument is a pole the math has (x / 0, x // 0,
+# 0 ** -1, log(0)), not a finite result past float64's range: argument, test of a pole.
+_POLES = {"/": (1, lambda x: x == 0), "//": (1, lambda x: x == 0),
+          "**": (0, lambda x: x == 0), "log": (0, lambda x: x == 0),
+          "log1p": (0, lambda x: x == -1)}
+
+
+def _overflowed(op: str, args: list[_Term], result) -> np.ndarray:
+    """Where `op`'s exact result exceeds float64's range: an argument's overflow carried
+    on (the branch where(...) picks, for a where), or an infinity from finite arguments
+    that is not a pole."""
+    if op == "where":
+        cond = np.asarray(args[0].value, dtype=bool)
+        return args[0].overflow | np.where(cond, args[1].overflow, args[2].overflow)
+    carried = np.False_
+    for arg in args:
+        carried = carried | arg.overflow
+    values = [np.asarray(a.value) for a in args]
+    if not all(v.dtype.kind == "f" for v in values) or \
+            not np.issubdtype(np.asarray(result).dtype, np.floating):
+        return carried
+    new = np.isinf(result)
+    for value in values:
+        new = new & np.isfinite(value)
+    if op in _POLES:
+        position, pole = _POLES[op]
+        new = new & ~pole(values[position])
+    return carried | new

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 import einsumattn
-from einsumattn.evaluate import evaluate
-from einsumattn.verify import (Case, case_inputs, compare, flushing_subnormals, run_check,
-                               well_conditioned)
+from einsumattn.evaluate import evaluate, overflowing
+from einsumattn.verify import (Case, case_inputs, compare, flushing_subnormals,
+                               representable, run_check, well_conditioned)
 
 from conftest import EXAMPLES
 
@@ -108,3 +108,79 @@ def test_flushing_changes_nothing_away_from_the_subnormal_range(path):
     flushed = evaluate(flushing_subnormals(cascade), inputs, dtype=np.float32)
     for name in plain:
         np.testing.assert_array_equal(flushed[name], plain[name], err_msg=name)
+
+
+# ------------------------------------------------- exact values past float64's range
+
+@pytest.mark.parametrize("body, x, overflows", [
+    ("exp(X[i])", [1.0, 2901.0], True),                    # e^2901: a real number
+    ("X[i] * X[i] * X[i]", [1e120, 2.0], True),            # 1e360
+    ("exp(X[i]) - exp(X[i])", [800.0], True),              # inf - inf: NaN, no answer
+    ("X[i] / 0", [1.0], False),                            # a pole, not a big number
+    ("log(X[i] - X[i])", [3.0], False),                    # log(0) = -inf
+    ("where(X[i] > 1000, 0, exp(X[i]))", [2000.0], False),  # the branch not picked
+    ("where(X[i] > 1000, exp(X[i]), 0)", [2000.0], True),   # the branch picked
+    ("-inf + X[i]", [1.0], False),                         # an infinity the spec writes
+])
+def test_overflowing_tells_an_overflow_from_an_infinity_of_the_spec(body, x, overflows):
+    cascade = einsumattn.load(f"dims I\ninput X[i]\nY[i] = {body}\noutput Y\n")
+    assert overflowing(cascade, {"X": np.array(x)}) == (["Y"] if overflows else [])
+
+
+def test_overflowing_follows_sums_reads_and_absent_points():
+    spec = ("dims P, M\ninput S[p, m]\n"
+            "E[p, m] = exp(S[p, m]) where m <= p\n"     # absent above the diagonal
+            "R[p] = sum[m] E[p, m]\n"
+            "G[p] = max[m] S[p, m] where m < p\n"       # row 0: no term, -inf
+            "output R, G\n")
+    cascade = einsumattn.load(spec)
+    s = np.zeros((3, 3))
+    s[0, 2] = 5000.0                                 # overflows only where E is absent
+    assert overflowing(cascade, {"S": s}) == []
+    s[2, 1] = 5000.0                                 # present: E and the R that sums it
+    assert overflowing(cascade, {"S": s}) == ["E", "R"]
+    summed = einsumattn.load("dims I\ninput X[i]\nY = sum[i] X[i]\noutput Y\n")
+    assert overflowing(summed, {"X": np.array([1.7e308, 1.7e308])}) == ["Y"]
+
+
+def test_a_case_whose_exact_values_overflow_float64_is_not_representable():
+    """Found by the interpreted check of the Differential Transformer: lambda =
+    exp(LQ1 . LK1) - ... with inputs of scale 100 is e^2901; the oracle's float64 made it
+    inf and the output NaN, and a kernel's -inf was reported a mismatch."""
+    cascade = einsumattn.load(next(p for p in EXAMPLES if p.stem == "diff_transformer"))
+    case = Case({"B": 1, "H": 1, "P": 1, "M": 2, "E": 1, "F": 1}, "float32", 100.0, False, 0)
+    inputs = case_inputs(cascade, case)
+    assert overflowing(cascade, inputs)
+    assert not representable(cascade, inputs, "float32")
+
+
+def test_a_nan_tolerance_allows_nothing_and_names_the_point(monkeypatch):
+    """A rounding bound past float64's range is NaN: compare reports a mismatch at a
+    point (numpy's nanargmax raised on an all-NaN excess)."""
+    from einsumattn import verify
+    monkeypatch.setattr(verify, "_rounding_bounds",
+                        lambda *args: {"Y": np.array([np.nan, np.nan])})
+    x = torch.tensor([1.0, 2.0])
+    (result,) = compare(einsumattn.load(COPY), {"X": x}, x, "float32")
+    assert not result.ok and result.worst_index in ((0,), (1,))
+
+
+def test_interpreted_cases_bound_the_programs_of_a_grid():
+    """Interpreted, a case's cost is its programs (about 0.1 s each): the ranks that index
+    every output stay within the bound, while each still takes its largest size."""
+    from hypothesis import given, settings
+    from einsumattn.verify import cases
+
+    cascade = einsumattn.load(next(p for p in EXAMPLES if p.stem == "causal_softmax"))
+    largest = {}
+
+    @settings(max_examples=60, deadline=None)
+    @given(cases(cascade, max_programs=64))
+    def run(case):
+        s = case.sizes
+        assert s["B"] * s["H"] * s["P"] * s["F"] <= 64
+        for rank, size in s.items():
+            largest[rank] = max(largest.get(rank, 0), size)
+
+    run()
+    assert largest["M"] == 17 and largest["E"] == 17   # not in every output: unbounded
