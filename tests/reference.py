@@ -162,3 +162,72 @@ def diff_transformer(q1, k1, q2, k2, v, lq1, lk1, lq2, lk2, lambda_init=0.8, sca
     a1 = torch.softmax(q1 @ k1.transpose(-1, -2) * s, dim=-1)
     a2 = torch.softmax(q2 @ k2.transpose(-1, -2) * s, dim=-1)
     return (a1 - lam.view(1, -1, 1, 1) * a2) @ v
+
+
+def relu_attention(q, k, v, scale=None):
+    """ReLU attention, Wortsman et al. 2023, "Replacing softmax with ReLU in Vision
+    Transformers": relu(Q K^T * scale) / L V, L the sequence length (the keys)."""
+    scores = torch.relu(torch.einsum("bhpe,bhme->bhpm", q, k) * _default_scale(q, scale))
+    return scores / k.shape[-2] @ v
+
+
+def clipped_softmax(q, k, v, x, wg, zeta=1.0, gamma=-0.03, scale=None):
+    """Bondarenko et al. 2023, "Quantizable Transformers": the clipped softmax
+    clip((zeta - gamma) * softmax(s) + gamma, 0, 1) applied to V, then gated attention:
+    each head's output times sigmoid(G(x)), G a linear map of the token's input per head."""
+    weights = torch.softmax(torch.einsum("bhpe,bhme->bhpm", q, k) * _default_scale(q, scale),
+                            dim=-1)
+    clipped = torch.clamp((zeta - gamma) * weights + gamma, 0.0, 1.0)
+    gate = torch.sigmoid(torch.einsum("bpd,hd->bhp", x, wg))
+    return gate.unsqueeze(-1) * (clipped @ v)
+
+
+def neighborhood_mask(p: int, m: int, window: int) -> torch.Tensor:
+    """Neighborhood Attention's key set (Hassani et al. 2023, dilation 1): for query i the
+    `window` keys from clamp(i - window // 2, 0, m - window), all keys when m <= window."""
+    start = (torch.arange(p) - window // 2).clamp(min=0).clamp(max=max(m - window, 0))
+    keys = torch.arange(m)
+    return (keys[None, :] >= start[:, None]) & (keys[None, :] < start[:, None] + window)
+
+
+def neighborhood_1d(q, k, v, W=5, scale=None):
+    return softmax_attention(q, k, v, scale, neighborhood_mask(q.shape[-2], k.shape[-2], W))
+
+
+def squeeze_excitation(x, w1, w2):
+    """Hu et al. 2018, "Squeeze-and-Excitation Networks": s = sigmoid(W2 relu(W1 z)) with
+    z the per-channel mean over the pixels; the output is x scaled per channel by s."""
+    z = x.mean(dim=(2, 3))
+    s = torch.sigmoid(torch.relu(z @ w1.T) @ w2.T)
+    return x * s[:, :, None, None]
+
+
+def retention(q, k, v, scale=None):
+    """RetNet's parallel retention (Sun et al. 2023): (Q K^T * scale * D) V with
+    D[n, m] = gamma^(n - m) for m <= n, else 0, and gamma = 1 - 2^(-5 - h) per head h."""
+    heads, p, m = q.shape[1], q.shape[-2], k.shape[-2]
+    gamma = 1 - 2.0 ** (-5 - torch.arange(heads, dtype=torch.float64))
+    distance = (torch.arange(p)[:, None] - torch.arange(m)[None, :]).to(torch.float64)
+    decay = torch.where(distance >= 0, gamma[:, None, None] ** distance.clamp(min=0), 0.0)
+    scores = torch.einsum("bhpe,bhme->bhpm", q, k) * _default_scale(q, scale)
+    return (scores * decay) @ v
+
+
+def softpick_attention(q, k, v, eps=1e-6, scale=None):
+    """Softpick (Zuhri et al. 2025) in place of softmax, causal: weights
+    relu(e^s - 1) / (sum over the row's keys of |e^s - 1| + eps), unshifted (float64)."""
+    scores = torch.einsum("bhpe,bhme->bhpm", q, k) * _default_scale(q, scale)
+    keep = causal_mask(q.shape[-2], k.shape[-2])
+    shifted = torch.where(keep, torch.expm1(scores), 0.0)
+    weights = torch.relu(shifted) / (shifted.abs().sum(dim=-1, keepdim=True) + eps)
+    return weights @ v
+
+
+def normalized_attention(q, k, v, eps=1e-5, scale=None):
+    """Richter and Wattenhofer 2020, "Normalized Attention Without Probability Cage":
+    the scores standardised over the keys (mean 0, variance 1, as a layer norm) as the
+    weights."""
+    scores = torch.einsum("bhpe,bhme->bhpm", q, k) * _default_scale(q, scale)
+    mean = scores.mean(dim=-1, keepdim=True)
+    variance = scores.var(dim=-1, unbiased=False, keepdim=True)
+    return (scores - mean) / torch.sqrt(variance + eps) @ v

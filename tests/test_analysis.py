@@ -26,11 +26,20 @@ EXPECTED_PASSES = {
     "gla_recurrent": {"T": 1, "D": 1},
     "eca": {"H": 2, "W": 2, "K": 1},
     "diff_transformer": {"M": 3, "E": 1},
+    "relu_attention": {"M": 1, "E": 1},
+    "clipped_softmax": {"M": 3, "E": 1, "D": 1},
+    "neighborhood_1d": {"M": 3, "E": 1},
+    "squeeze_excitation": {"C": 2, "H": 2, "W": 2, "R": 1},
+    "retention": {"M": 1, "E": 1},
+    "softpick": {"M": 3, "E": 1},
+    "normalized_attention": {"M": 3, "E": 1},
 }
 PRIMARY = {"softmax_3pass": "M", "softmax_1pass": "M", "causal_softmax": "M",
            "sliding_window_sinks": "M", "alibi": "M", "softcap": "M", "gqa": "M",
            "sigmoid_attention": "M", "linear_attention": "M", "gla_recurrent": "T",
-           "eca": "H", "diff_transformer": "M"}
+           "eca": "H", "diff_transformer": "M", "relu_attention": "M",
+           "clipped_softmax": "M", "neighborhood_1d": "M", "squeeze_excitation": "C",
+           "retention": "M", "softpick": "M", "normalized_attention": "M"}
 S = {name: size_symbol(name) for name in "B H P M E F P0".split()}
 
 

@@ -1,6 +1,7 @@
 """Generated modules: they import without einsumattn, bind and check shapes, agree with
 the float64 oracle (torch backend), and are cached and written atomically."""
 
+import math
 import subprocess
 import sys
 import types
@@ -8,6 +9,7 @@ import types
 import re
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -172,17 +174,64 @@ def test_params_override_defaults(built):
 
 
 def test_triton_fallback_is_explicit(tmp_path):
-    # A power with a variable base and a fractional exponent has no Triton form yet.
-    path = compile_to_file("attention powered\ndims P\ninput X[p]\nY[p] = abs(X[p]) ** 2.5"
-                           "\noutput Y\n", tmp_path)
-    module = import_file(path, "fallback_powered")
+    # A recurrence that reads another point of its own state (a neighbour's previous
+    # step) has no Triton form yet: programs would race on it.
+    path = compile_to_file("attention shifted\ndims T, D\ninput X[t, d]\ninit S[0, d] = 1\n"
+                           "S[t+1, d] = S[t, (d + 1) % D] * X[t, d]\noutput S\n", tmp_path)
+    module = import_file(path, "fallback_shifted")
     assert "not expressible in Triton yet" in module.TRITON_FALLBACK
     assert "backend='triton' warns and runs torch" in module.__doc__
     with pytest.warns(UserWarning, match="Triton backend is not available"):
-        layer = module.Powered()
+        layer = module.Shifted()
     assert layer.backend == "torch"
-    x = torch.tensor([-2.0, 3.0])
-    torch.testing.assert_close(layer(x), x.abs() ** 2.5)
+    x = torch.tensor([[2.0, 3.0], [5.0, 7.0]])
+    torch.testing.assert_close(layer(x), torch.tensor([[1.0, 1.0], [2.0, 3.0], [15.0, 14.0]]))
+
+
+POWERS = "attention powers\ndims P\ninput X[p], Y[p]\nZ[p] = X[p] ** Y[p]\noutput Z\n"
+
+
+def test_a_power_of_two_tensors_runs_in_triton_as_numpy_computes_it(tmp_path):
+    """`**` of any base and exponent (RetNet's gamma ** (p - m)) has a Triton form,
+    numpy's power: negative bases with integer exponents keep their sign, with fractions
+    give NaN; zero bases give 0 or inf with the zero's sign; y == 0 and x == 1 give 1."""
+    module = import_file(compile_to_file(POWERS, tmp_path), "powers")
+    assert module.TRITON_FALLBACK is None
+    inf, nan = math.inf, math.nan
+    pairs = [(2.0, 0.5), (0.9, 17.0), (-2.0, 3.0), (-2.0, -2.0), (-2.0, 0.5), (0.0, 2.0),
+             (0.0, -1.0), (-0.0, -1.0), (-0.0, -2.0), (-0.0, -0.5), (0.0, 0.0), (nan, 0.0),
+             (1.0, nan), (nan, 2.0), (3.0, inf), (0.5, inf), (inf, -1.0), (-inf, 3.0),
+             (-1.5, 2.0), (7.0, -3.5)]
+    x = torch.tensor([a for a, _ in pairs])
+    y = torch.tensor([b for _, b in pairs])
+    expected = torch.from_numpy(np.power(x.numpy(), y.numpy()))
+    for backend in ("triton", "triton-unfused"):
+        got = module.Powers(backend=backend)(x, y)
+        # exp2(y log2 |x|) in float32: a few ulp (0.9 ** 17: |y log2 x| = 2.6).
+        torch.testing.assert_close(got, expected, rtol=4e-7, atol=0, equal_nan=True,
+                                   msg=backend)
+        assert torch.equal(torch.signbit(got[~got.isnan()]),
+                           torch.signbit(expected[~expected.isnan()])), backend
+
+
+def test_a_decay_written_with_a_power_fuses(tmp_path):
+    """RetNet's decay in its canonical spelling, gamma_h ** (p - m) (the example), and as
+    exp((p - m) log gamma_h) are one fused kernel each (the power fell back to torch
+    before `**` of two tensors had a Triton form)."""
+    example = (ROOT / "examples" / "retention.attn").read_text()
+    assert "(1 - 2 ** (-5 - h)) ** (p - m)" in example
+    module = import_file(compile_to_file(ROOT / "examples" / "retention.attn", tmp_path),
+                         "retention_example")
+    assert module.TRITON_FALLBACK is None and len(module.SCHEDULE["kernels"]) == 1
+    text = example.replace("(1 - 2 ** (-5 - h)) ** (p - m)",
+                           "exp((p - m) * log(1 - 2 ** (-5 - h)))")
+    spec = tmp_path / "retention_exp.attn"
+    spec.write_text(text)
+    module = import_file(compile_to_file(spec, tmp_path / "out"), "retention_exp")
+    assert module.TRITON_FALLBACK is None and len(module.SCHEDULE["kernels"]) == 1
+    reports = []
+    assert run_check(einsumattn.load(spec), module, ("triton",), examples=4,
+                     report=reports.append), "\n".join(reports)
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)

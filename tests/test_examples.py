@@ -98,6 +98,18 @@ GLA_SHAPES = tuple(dict(zip("BHTDF", row)) for row in (
     (2, 3, 5, 4, 3),
     (1, 2, 13, 3, 7),
 ))
+CLIPPED_SHAPES = tuple(dict(zip("BHPMEFD", row)) for row in (
+    (1, 1, 1, 7, 3, 2, 1),
+    (2, 3, 5, 13, 4, 3, 5),
+    (1, 2, 17, 33, 5, 1, 3),
+    (2, 1, 11, 11, 3, 5, 2),
+))
+SE_SHAPES = tuple(dict(zip("BCHWR", row)) for row in (
+    (1, 1, 1, 1, 1),
+    (2, 7, 3, 5, 3),
+    (1, 16, 4, 4, 4),
+    (2, 13, 1, 7, 2),
+))
 ECA_SHAPES = tuple(dict(zip("BCHWK", row)) for row in (
     (1, 1, 1, 1, 1),
     (2, 7, 3, 5, 3),
@@ -133,6 +145,13 @@ EXAMPLE_REGISTRY: dict[str, Example] = {
     "gla_recurrent": Example(ref.gla_recurrent, GLA_SHAPES, {"GK": F.logsigmoid}),
     "eca": Example(ref.eca, ECA_SHAPES),
     "diff_transformer": Example(ref.diff_transformer, ATTN_SHAPES),
+    "relu_attention": Example(ref.relu_attention, ATTN_SHAPES),
+    "clipped_softmax": Example(ref.clipped_softmax, CLIPPED_SHAPES),
+    "neighborhood_1d": Example(ref.neighborhood_1d, ATTN_SHAPES),
+    "squeeze_excitation": Example(ref.squeeze_excitation, SE_SHAPES),
+    "retention": Example(ref.retention, ATTN_SHAPES),
+    "softpick": Example(ref.softpick_attention, ATTN_SHAPES),
+    "normalized_attention": Example(ref.normalized_attention, ATTN_SHAPES),
 }
 
 

@@ -85,6 +85,11 @@ def test_compile_builds_the_plan_once(tmp_path, capsys):
     assert "one fused kernel causal_softmax__fused" in capsys.readouterr().out
 
 
+# A recurrence reading a neighbour's previous step: no Triton form (programs would race).
+SHIFTED = ("dims T, D\ninput X[t, d]\ninit S[0, d] = 1\n"
+           "S[t+1, d] = S[t, (d + 1) % D] * X[t, d]\noutput S\n")
+
+
 def test_backends_are_named_in_one_place(causal, tmp_path):
     assert tuple(causal.BACKENDS) == tuple(sorted(backend_names()))
     assert all(reason is None for reason in causal.BACKENDS.values())
@@ -94,9 +99,9 @@ def test_backends_are_named_in_one_place(causal, tmp_path):
         einsumattn.compile(CAUSAL, backend="cuda")
     assert callable(einsumattn.compile(CAUSAL, backend="triton-unfused").compiled)
     # A spec the Triton backends cannot run: the registry's reason, per backend.
-    spec = tmp_path / "power.attn"
-    spec.write_text("dims N\ninput X[n], Y[n]\nZ[n] = X[n] ** Y[n]\noutput Z\n")
-    module = import_file(compile_to_file(spec, tmp_path), "schedule_power")
+    spec = tmp_path / "shifted.attn"
+    spec.write_text(SHIFTED)
+    module = import_file(compile_to_file(spec, tmp_path), "schedule_shifted")
     assert module.BACKENDS["torch"] is None
     for backend in BACKENDS:
         if backend.name.startswith("triton"):
@@ -126,8 +131,8 @@ def test_check_skips_the_backends_the_module_says_do_not_apply(tmp_path, capsys,
     """Read from the module's BACKENDS: `--backend triton-unfused` on a spec no Triton
     backend runs checks the torch backend, and says why."""
     monkeypatch.setenv("EINSUMATTN_CACHE_DIR", str(tmp_path / "cache"))
-    spec = tmp_path / "power.attn"
-    spec.write_text("dims N\ninput X[n], Y[n]\nZ[n] = X[n] ** Y[n]\noutput Z\n")
+    spec = tmp_path / "shifted.attn"
+    spec.write_text(SHIFTED)
     assert main(["check", str(spec), "--backend", "triton-unfused", "--examples", "2"]) == 0
     out = capsys.readouterr().out
     assert "note: no Triton kernels for this spec (not expressible in Triton" in out

@@ -17,8 +17,10 @@ from einsumattn.verify import Case, case_inputs, compare
 from conftest import ROOT
 
 EXAMPLES = ["softmax_3pass", "causal_softmax", "gqa", "alibi", "sigmoid_attention",
-            "linear_attention", "softcap", "eca", "diff_transformer"]
-SIZES = dict(B=1, H=2, KH=1, P=9, M=11, E=4, F=3, C=5, W=3, K=3)
+            "linear_attention", "softcap", "eca", "diff_transformer", "relu_attention",
+            "clipped_softmax", "neighborhood_1d", "squeeze_excitation", "retention",
+            "softpick", "normalized_attention"]
+SIZES = dict(B=1, H=2, KH=1, P=9, M=11, E=4, F=3, C=5, W=3, K=3, D=3, R=2)
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +153,8 @@ def test_check_compares_gradients_and_catches_a_wrong_backward(modules, monkeypa
 # ---------------------------------------------------------------- the backward's kernels
 KERNEL_TRAINED = ["causal_softmax", "softmax_3pass", "alibi", "softcap",
                   "sliding_window_sinks", "sigmoid_attention", "linear_attention", "eca", "gqa",
-                  "softmax_1pass", "diff_transformer"]
+                  "softmax_1pass", "diff_transformer", "relu_attention", "neighborhood_1d",
+                  "retention"]
 
 
 @pytest.fixture(scope="module")
@@ -273,7 +276,7 @@ def test_a_backward_that_would_keep_a_quadratic_buffer_trains_through_torch(tmp_
     spec = ROOT / "examples" / "gqa.attn"
     module = import_file(compile_to_file(spec, tmp_path, train=True), "untrained_gqa")
     reason = module.SCHEDULE["training"]["reason"]
-    assert "a value per key and per query" in reason and "O(N)" in reason
+    assert "a value per point of both M and H" in reason and "linear in each" in reason
     assert not hasattr(module, "_triton_backward")
     cascade = einsumattn.load(spec)
     inputs = case_inputs(cascade, Case(dict(B=1, H=2, KH=1, P=5, M=6, E=4, F=3), "float32",

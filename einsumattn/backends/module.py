@@ -313,9 +313,12 @@ def _training(cascade: Cascade, tile: int) -> TrainingPart:
                                        f"{part.fallback or part.not_fused}")
         quadratic = _quadratic_buffers(stage, part, backward.streamed)
         if quadratic:
+            own = analyze(stage).primary_rank
             return TrainingPart(reason=f"the backward stage {stage.name} would keep "
-                                       f"{', '.join(quadratic)} in memory, a value per key "
-                                       f"and per query (training memory must stay O(N))")
+                                       f"{', '.join(quadratic)} in memory, a value per "
+                                       f"point of both {backward.streamed} and {own} "
+                                       f"(per key and per query, for attention: training "
+                                       f"memory must stay linear in each)")
         stages.append(part)
     return TrainingPart(None, backward, forward, tuple(stages), staged)
 

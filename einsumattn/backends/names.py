@@ -241,7 +241,7 @@ MODULE_NAMES = frozenset({
     "TRITON_FALLBACK", "TUNING", "TUNING_FUSED", "DOT_ROUNDING", "BACKENDS", "SCHEDULE",
     "reference", "_reference", "_forward", "_backend", "_check_params", "_take", "_bind",
     "_triton_forward", "_dot_dtype", "_FLOAT_DTYPES", "_INT_DTYPES", "_INTERPRETED",
-    "_floordiv", "_mod", "_floordiv_f", "_mod_f", "_to_dot", "_sigmoid", "_sigmoid_exp2",
+    "_floordiv", "_mod", "_floordiv_f", "_mod_f", "_pow_f", "_to_dot", "_sigmoid", "_sigmoid_exp2",
     "_log1p", "_expm1", "_softplus", "_logsigmoid", "_tanh",
     "_FAST_RCP", "_coefficient_rows", "_key_columns", "_stored", "stored_dtype",
     "_tma_suits", "_descriptor", "_splits", "_TritonTrained", "_buffer_dot",

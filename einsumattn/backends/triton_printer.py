@@ -126,8 +126,7 @@ class TritonPrinter(Printer):
             return f"tl.where(({x}) == 0, 1.0, tl.exp(({x}) * float('inf')))"
         if isinstance(base, ir.Const) and base.value > 0:
             return f"tl.exp(({self.print(exponent, 0)}) * {math.log(base.value)!r})"
-        raise Unsupported("'**' with a base that is not a positive constant and an exponent "
-                          "that is not a small integer")
+        return f"_pow_f({self.print(base, 0)}, {self.print(exponent, 0)})"
 
     def function(self, op: str, args: list[str]) -> str:
         if op in self._UNARY:
@@ -332,4 +331,23 @@ def _floordiv_f(a, b):
     whole = tl.where(q - whole > 0.5, whole + 1.0, whole)
     # A zero quotient takes the sign of a / b; a zero divisor gives a / b (inf or NaN).
     return tl.where(b == 0, a / b, tl.where(q == 0, 0.0 * (a / b), whole))
+
+
+# x ** y as numpy's power for any two values (a base that is not a positive constant and
+# an exponent that is not a small integer: RetNet's gamma ** (p - m)): 2 ** (y log2 |x|),
+# negated for a negative base (-0.0 included) and an odd integer exponent, NaN for a
+# negative base and a fraction; 1 where y == 0 or x == 1 (NaN included, as numpy). Its relative error is that of
+# exp2 of y log2 |x|: a few ulp, times |y log2 |x|| for the rounding of the product.
+@triton.jit
+def _pow_f(x, y):
+    # Nested tl.where, no & or |: the interpreter cannot combine a scalar's booleans.
+    x = tl.cast(x, tl.float32)
+    y = tl.cast(y, tl.float32)
+    magnitude = tl.exp2(y * tl.log2(tl.abs(x)))
+    whole = tl.floor(y) == y
+    signed = tl.where(tl.floor(y * 0.5) != y * 0.5, -magnitude, magnitude)  # y odd: -
+    of_sign = tl.where(whole, signed, magnitude)                      # -0.0 ** y
+    value = tl.where(x < 0, tl.where(whole, signed, float("nan")),
+                     tl.where(x == 0, tl.where(1.0 / x < 0, of_sign, magnitude), magnitude))
+    return tl.where(y == 0, 1.0, tl.where(x == 1, 1.0, value))
 '''
