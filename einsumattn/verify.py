@@ -256,7 +256,7 @@ SCALES = (1.0, 10.0, 100.0)   # 100 gives attention logits of order 1e4
 # cost is its number of programs, at most the points of the ranks that index every
 # output (batch, head, rows). Interpreted, cases keep those under this bound; each rank
 # still takes every size in SIZES, only not all of them at their largest at once.
-INTERPRETED_PROGRAMS = 256
+INTERPRETED_PROGRAMS = 128
 
 
 @dataclass

@@ -231,3 +231,58 @@ def normalized_attention(q, k, v, eps=1e-5, scale=None):
     mean = scores.mean(dim=-1, keepdim=True)
     variance = scores.var(dim=-1, unbiased=False, keepdim=True)
     return (scores - mean) / torch.sqrt(variance + eps) @ v
+
+
+def stick_breaking_attention(q, k, v, scale=None):
+    """Stick-breaking attention (Tan et al. 2025): key m < p gets
+    beta[p, m] * prod_{m < j < p} (1 - beta[p, j]), beta = sigmoid(q . k * scale): walking
+    from the nearest key back, each breaks off its share of what is left (a product, row
+    by row; the spec sums logs instead)."""
+    beta = torch.sigmoid(torch.einsum("bhpe,bhme->bhpm", q, k) * _default_scale(q, scale))
+    weights = torch.zeros_like(beta)
+    for p in range(q.shape[-2]):
+        keys = min(p, k.shape[-2])                       # the keys m < p
+        nearest_first = beta[..., p, :keys].flip(-1)
+        left = torch.cumprod(torch.cat([torch.ones_like(nearest_first[..., :1]),
+                                        1 - nearest_first[..., :-1]], dim=-1), dim=-1)
+        weights[..., p, :keys] = (nearest_first * left).flip(-1)
+    return weights @ v
+
+
+def cbam(x, w1, w2, wa, wm):
+    """CBAM (Woo et al. 2018): channel attention sigmoid(MLP(avg pool) + MLP(max pool)),
+    the MLP W2 relu(W1 z) shared, then spatial attention sigmoid(conv7x7([mean_c; max_c]))
+    with zero padding, each multiplied in."""
+    def mlp(z):
+        return torch.relu(z @ w1.T) @ w2.T
+    channel = torch.sigmoid(mlp(x.mean(dim=(2, 3))) + mlp(x.amax(dim=(2, 3))))
+    xc = x * channel[:, :, None, None]
+    maps = torch.stack([xc.mean(dim=1), xc.amax(dim=1)], dim=1)
+    weight = torch.stack([wa, wm])[None]                       # [1, 2, 7, 7]
+    spatial = torch.sigmoid(F.conv2d(maps, weight, padding=wa.shape[-1] // 2))
+    return xc * spatial
+
+
+def aaren(q, k, v, scale=None):
+    """Aaren (Feng et al. 2024, "Attention as an RNN"): one learned query q[h] per head;
+    output p is softmax attention of q over the tokens 0..p (a loop over the prefixes)."""
+    scores = torch.einsum("he,bhme->bhm", q, k) * _default_scale(q, scale)
+    out = torch.zeros(*v.shape[:2], k.shape[-2], v.shape[-1], dtype=v.dtype)
+    for p in range(k.shape[-2]):
+        weights = torch.softmax(scores[..., :p + 1], dim=-1)
+        out[..., p, :] = torch.einsum("bhm,bhmf->bhf", weights, v[..., :p + 1, :])
+    return out
+
+
+def efficient_attention(q, k, v):
+    """Efficient Attention (Shen et al. 2021): softmax_features(Q) (softmax_positions(K)^T V),
+    the keys' context E x F first."""
+    context = torch.einsum("bhme,bhmf->bhef", torch.softmax(k, dim=-2), v)
+    return torch.einsum("bhpe,bhef->bhpf", torch.softmax(q, dim=-1), context)
+
+
+def cosine_attention(q, k, v, tau):
+    """Swin Transformer V2's scaled cosine attention (Liu et al. 2022):
+    softmax(cos(q_p, k_m) / max(tau_h, 0.01)) V."""
+    cosine = torch.einsum("bhpe,bhme->bhpm", F.normalize(q, dim=-1), F.normalize(k, dim=-1))
+    return torch.softmax(cosine / tau.clamp(min=0.01)[:, None, None], dim=-1) @ v

@@ -33,13 +33,20 @@ EXPECTED_PASSES = {
     "retention": {"M": 1, "E": 1},
     "softpick": {"M": 3, "E": 1},
     "normalized_attention": {"M": 3, "E": 1},
+    "stick_breaking": {"M": 1, "E": 1, "J": 1},
+    "cbam": {"C": 3, "H": 2, "W": 2, "R": 1, "I": 1, "J": 1},
+    "aaren": {"M": 3, "E": 1},
+    "efficient_attention": {"M": 3, "E": 3},
+    "cosine_attention": {"M": 3, "E": 1},
 }
 PRIMARY = {"softmax_3pass": "M", "softmax_1pass": "M", "causal_softmax": "M",
            "sliding_window_sinks": "M", "alibi": "M", "softcap": "M", "gqa": "M",
            "sigmoid_attention": "M", "linear_attention": "M", "gla_recurrent": "T",
            "eca": "H", "diff_transformer": "M", "relu_attention": "M",
            "clipped_softmax": "M", "neighborhood_1d": "M", "squeeze_excitation": "C",
-           "retention": "M", "softpick": "M", "normalized_attention": "M"}
+           "retention": "M", "softpick": "M", "normalized_attention": "M",
+           "stick_breaking": "M", "cbam": "C", "aaren": "M", "efficient_attention": "M",
+           "cosine_attention": "M"}
 S = {name: size_symbol(name) for name in "B H P M E F P0".split()}
 
 

@@ -110,6 +110,12 @@ SE_SHAPES = tuple(dict(zip("BCHWR", row)) for row in (
     (1, 16, 4, 4, 4),
     (2, 13, 1, 7, 2),
 ))
+CBAM_SHAPES = tuple(dict(zip("BCHWR", row), I=7, J=7) for row in (
+    (1, 1, 1, 1, 1),
+    (2, 5, 3, 4, 2),
+    (1, 3, 9, 8, 3),      # a map larger than the 7 x 7 window
+    (1, 4, 2, 11, 1),
+))
 ECA_SHAPES = tuple(dict(zip("BCHWK", row)) for row in (
     (1, 1, 1, 1, 1),
     (2, 7, 3, 5, 3),
@@ -152,6 +158,11 @@ EXAMPLE_REGISTRY: dict[str, Example] = {
     "retention": Example(ref.retention, ATTN_SHAPES),
     "softpick": Example(ref.softpick_attention, ATTN_SHAPES),
     "normalized_attention": Example(ref.normalized_attention, ATTN_SHAPES),
+    "stick_breaking": Example(ref.stick_breaking_attention, ATTN_SHAPES),
+    "cbam": Example(ref.cbam, CBAM_SHAPES),
+    "aaren": Example(ref.aaren, ATTN_SHAPES),
+    "efficient_attention": Example(ref.efficient_attention, ATTN_SHAPES),
+    "cosine_attention": Example(ref.cosine_attention, ATTN_SHAPES),
 }
 
 

@@ -33,7 +33,8 @@ DEFAULT = dict(torch_scheduled.DEFAULT_TUNING)
 # scheduled torch backend prints one kernel's schedule; the Differential Transformer's
 # is two stages, lambda then attention, as ECA's and linear attention's).
 UNSCHEDULED = {"eca", "gla_recurrent", "linear_attention", "diff_transformer",
-               "clipped_softmax", "squeeze_excitation"}
+               "clipped_softmax", "squeeze_excitation", "stick_breaking", "cbam", "aaren",
+               "efficient_attention", "cosine_attention"}
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,8 @@
 """Compile every Triton kernel of generated modules for a GPU, ahead of time, on a
 machine without one: Triton's front end, LLVM and the bundled ptxas all run on the CPU.
 
-    TRITON_INTERPRET= python tests/tools/compile_for_gpu.py MODULE.py ...   [--arch 90]
+    TRITON_INTERPRET= python tests/tools/compile_for_gpu.py MODULE.py ... [--arch 90]
+                                                [--fused-only MODULE.py ...]
 
 The interpreter (what the other tests run kernels in) accepts code the GPU compiler
 rejects; this is the check that the generated kernels are real GPU kernels. It
@@ -82,11 +83,19 @@ if "--arch" in arguments:
     at = arguments.index("--arch")
     arch = int(arguments[at + 1])
     del arguments[at:at + 2]
+# Modules after --fused-only: their fused kernels only (the unfused schedule's one kernel
+# per Einsum comes from one generator, which the modules before it cover).
+fused_only = set()
+if "--fused-only" in arguments:
+    at = arguments.index("--fused-only")
+    fused_only = set(arguments[at + 1:])
+    del arguments[at]
 failures = 0
 for path in arguments:
     spec = importlib.util.spec_from_file_location("m", path)
     module = importlib.util.module_from_spec(spec); spec.loader.exec_module(module)
-    kernels = [getattr(module, n) for n in dir(module) if n.endswith(("__kernel", "_fused"))]
+    kinds = ("_fused",) if path in fused_only else ("__kernel", "_fused")
+    kernels = [getattr(module, n) for n in dir(module) if n.endswith(kinds)]
     for kernel in kernels:
         forms = [True, False] if "TMA" in kernel.arg_names else [True]
         # The unfused kernels (one per Einsum) in fp32 and bf16: fp16 takes bf16's code
