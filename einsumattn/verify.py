@@ -304,15 +304,20 @@ def case_inputs(cascade: Cascade, case: Case, device: str | None = None) -> dict
     return inputs
 
 
+def drawn_ranks(cascade: Cascade) -> list[str]:
+    """The ranks a case gives sizes to: neither fixed, nor a split's part, nor sized by
+    other dims (`dims P = M` is computed from M, never drawn)."""
+    return [r.name for r in cascade.ranks.values()
+            if r.fixed is None and r.split_of is None and not r.sized]
+
+
 def cases(cascade: Cascade, max_programs: int | None = None):
     """A hypothesis strategy of `Case`s for a cascade; with `max_programs`, only cases
     whose ranks common to every output span at most that many points (a bound on a
     kernel's grid: see INTERPRETED_PROGRAMS)."""
     from hypothesis import assume, strategies as st
 
-    # A dim sized by other dims (`dims P = M`) is computed from them, never drawn.
-    free = [r.name for r in cascade.ranks.values()
-            if r.fixed is None and r.split_of is None and not r.sized]
+    free = drawn_ranks(cascade)
     divisors = checked_divisors(cascade)
     sized = any(r.sized for r in cascade.ranks.values())
 
@@ -439,8 +444,7 @@ def finite_differences(cascade: Cascade, grad, sizes: dict, seed: int) \
 def _check_derivation(cascade: Cascade, grad, report) -> bool:
     """The gradient cascade against finite differences of the oracle at two small
     random points (relative 1e-6, the differences' own error at a step of 1e-6)."""
-    sizes = {r.name: 3 for r in cascade.ranks.values()
-             if r.fixed is None and r.split_of is None and not r.sized}
+    sizes = {r: 3 for r in drawn_ranks(cascade)}
     import math
 
     worst, checked = 0.0, 0

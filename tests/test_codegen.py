@@ -17,7 +17,8 @@ from hypothesis import HealthCheck, given, settings
 import einsumattn
 from einsumattn.codegen import compile_to_file, generate
 from einsumattn.codegen.compile import cache_dir, import_file
-from einsumattn.verify import Case, case_inputs, compare, dot_rounding, run_check
+from einsumattn.verify import (Case, case_inputs, compare, dot_rounding, drawn_ranks,
+                               run_check)
 
 from conftest import EXAMPLES, GPU, ROOT, WINDOW, examples, kernels_env, load_generated
 from spec_generator import cascades
@@ -51,8 +52,7 @@ def test_every_example_imports_and_runs_without_einsumattn(built, tmp_path):
     cases = {}
     for path in EXAMPLES:
         cascade = einsumattn.load(path)
-        sizes = {r.name: 3 for r in cascade.ranks.values()
-                 if r.fixed is None and r.split_of is None}
+        sizes = {r: 3 for r in drawn_ranks(cascade)}
         inputs = case_inputs(cascade, Case(sizes, "float32", 1.0, False, 0))
         expected = einsumattn.evaluate(cascade, inputs)
         cases[str(built[path.stem])] = (list(inputs.values()),

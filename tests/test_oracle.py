@@ -256,10 +256,10 @@ def test_the_memory_estimate_bounds_what_the_oracle_allocates(path):
 
     from einsumattn.evaluate import estimate_memory
     from einsumattn.ir import bind
+    from einsumattn.verify import drawn_ranks
 
     cascade = einsumattn.load(path)
-    free = {r: 5 for r, rank in cascade.ranks.items()
-            if rank.split_of is None and rank.fixed is None}
+    free = {r: 5 for r in drawn_ranks(cascade)}
     binding = bind(cascade, sizes=free)
     rng = np.random.default_rng(0)
     inputs = {t.name: rng.standard_normal(binding.extent(cascade, t.name))

@@ -14,7 +14,7 @@ import torch
 import einsumattn
 from einsumattn.codegen import compile_to_file
 from einsumattn.codegen.compile import import_file
-from einsumattn.verify import Case, case_inputs, compare
+from einsumattn.verify import Case, case_inputs, compare, drawn_ranks
 
 from conftest import EXAMPLES, GPU, ROOT
 
@@ -148,7 +148,7 @@ def test_every_example_stays_inside_its_tensors(tmp_path, path):
     """Both Triton schedules of every example, at sizes that leave every tile partial:
     no live lane touches memory outside the tensors it was given."""
     cascade = einsumattn.load(path)
-    sizes = {r.name: 5 for r in cascade.ranks.values() if r.fixed is None and r.split_of is None}
+    sizes = {r: 5 for r in drawn_ranks(cascade)}
     inputs = case_inputs(cascade, Case(sizes, "float32", 1.0, False, 0))
     module = import_file(compile_to_file(cascade, tmp_path), f"bounds_{path.stem}")
     cls = getattr(module, module.__all__[0])

@@ -12,7 +12,7 @@ import einsumattn
 from einsumattn.codegen import compile_to_file
 from einsumattn.codegen.compile import import_file
 from einsumattn.transform.grad import gradient
-from einsumattn.verify import Case, case_inputs, compare
+from einsumattn.verify import Case, case_inputs, compare, drawn_ranks
 
 from conftest import ROOT
 
@@ -54,8 +54,7 @@ def test_backward_matches_the_gradient_cascade(modules, name, backend):
 
 
 def _sizes(cascade) -> dict:
-    return {r.name: SIZES.get(r.name, 3) for r in cascade.ranks.values()
-            if r.fixed is None and r.split_of is None and not r.sized}
+    return {r: SIZES.get(r, 3) for r in drawn_ranks(cascade)}
 
 
 def _float32_case(cascade, sizes: dict, contiguous: bool, seed: int, cotangent_seed: int):

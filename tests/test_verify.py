@@ -8,7 +8,7 @@ import torch
 
 import einsumattn
 from einsumattn.evaluate import evaluate, overflowing
-from einsumattn.verify import (Case, case_inputs, compare, flushing_subnormals,
+from einsumattn.verify import (Case, case_inputs, compare, drawn_ranks, flushing_subnormals,
                                representable, run_check, well_conditioned)
 
 from conftest import EXAMPLES
@@ -102,7 +102,7 @@ def test_flushing_changes_nothing_away_from_the_subnormal_range(path):
     """The flushing probe is the same cascade (masks, absent points, recurrences) where
     no value underflows."""
     cascade = einsumattn.load(path)
-    free = [r.name for r in cascade.ranks.values() if r.fixed is None and r.split_of is None]
+    free = drawn_ranks(cascade)
     inputs = case_inputs(cascade, Case({r: 4 for r in free}, "float32", 1.0, True, 7))
     plain = evaluate(cascade, inputs, dtype=np.float32)
     flushed = evaluate(flushing_subnormals(cascade), inputs, dtype=np.float32)

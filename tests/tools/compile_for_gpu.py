@@ -37,6 +37,15 @@ def knob(name, tuning):
     return value if isinstance(value, int) else (64 if name in tuning else 16)
 
 
+def _top_level_items(text):
+    """How many comma-separated items `text` holds outside parentheses."""
+    depth, items = 0, 1
+    for char in text:
+        depth += (char == "(") - (char == ")")
+        items += char == "," and depth == 0
+    return items
+
+
 def signature(module, kernel, dtype, tma=True):
     params = {spelled(p) for p in module.PARAMS}
     inputs = {spelled(i) for i in module.INPUTS}
@@ -58,9 +67,11 @@ def signature(module, kernel, dtype, tma=True):
         elif name.endswith("__desc"):
             # A TMA descriptor: its block is the tile the kernel reshapes its loads to
             # ([1, 1, keys, features] for K and V), the block sizes as above.
-            rows, cols = re.search(rf"{name}\.load\(.*?\)\.reshape\((\w+), (\w+)\)",
-                                   kernel.src).groups()
-            desc[name] = (rows, cols)
+            # The descriptor has as many dimensions as the load has coordinates (4 for
+            # K[b, h, m, e], 2 for a weight W1[r, c]).
+            coords, rows, cols = re.search(
+                rf"{name}\.load\(\[(.*?)\]\)\.reshape\((\w+), (\w+)\)", kernel.src).groups()
+            desc[name] = (_top_level_items(coords), rows, cols)
             sig[name] = None
         elif name.endswith("__ok_ptr"):
             sig[name] = "*i8"
@@ -73,8 +84,9 @@ def signature(module, kernel, dtype, tma=True):
             sig[name] = "fp32"
         else:                      # sizes, and the window offsets the host computes
             sig[name] = "i32"
-    for name, (rows, cols) in desc.items():
-        sig[name] = f"tensordesc<{dtype}[1, 1, {constexprs[rows]}, {constexprs[cols]}]>"
+    for name, (dims, rows, cols) in desc.items():
+        block = ["1"] * (dims - 2) + [str(constexprs[rows]), str(constexprs[cols])]
+        sig[name] = f"tensordesc<{dtype}[{', '.join(block)}]>"
     return sig, constexprs
 
 arguments = sys.argv[1:]
