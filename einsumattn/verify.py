@@ -510,12 +510,14 @@ def _detached(outputs):
 
 
 def run_check(cascade: Cascade, module, backends: tuple[str, ...], examples: int = 50,
-              report=print) -> bool:
+              report=print, shrink: bool = True) -> bool:
     """Compare each backend with the oracle on `examples` hypothesis cases; report each
-    case, and on a mismatch the smallest failing case hypothesis finds. True if all pass."""
+    case, and on a mismatch the smallest failing case hypothesis finds (with
+    `shrink=False`, the first it meets: a test that expects a mismatch needs no smaller
+    one). True if all pass."""
     import warnings
 
-    from hypothesis import HealthCheck, given, reject, settings
+    from hypothesis import HealthCheck, Phase, given, reject, settings
     from hypothesis.errors import Unsatisfiable
 
     import torch
@@ -593,8 +595,9 @@ def run_check(cascade: Cascade, module, backends: tuple[str, ...], examples: int
 
     interpreted = device is None and any(b.startswith("triton") for b in backends)
     strategy = cases(cascade, INTERPRETED_PROGRAMS if interpreted else None)
+    phases = tuple(Phase) if shrink else tuple(p for p in Phase if p != Phase.shrink)
     test = settings(max_examples=examples, deadline=None, database=None, derandomize=True,
-                    suppress_health_check=list(HealthCheck))(given(strategy)(run))
+                    suppress_health_check=list(HealthCheck), phases=phases)(given(strategy)(run))
     try:
         test()
     except Unsatisfiable:

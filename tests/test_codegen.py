@@ -142,7 +142,8 @@ def test_masks_are_not_optional():
     assert "QK__ok" in source
     broken = source.replace("QK__ok = ", "QK__ok = torch.ones_like(QK_, dtype=torch.bool) | ")
     module = load_generated(broken, "unmasked")
-    assert not run_check(cascade, module, ("torch",), examples=20, report=lambda _: None)
+    assert not run_check(cascade, module, ("torch",), examples=20, report=lambda _: None,
+                         shrink=False)
 
 
 def test_shapes_are_bound_and_checked(built):
@@ -401,7 +402,8 @@ def test_check_catches_a_triton_kernel_without_its_mask(tmp_path, backend, maske
     path = tmp_path / f"unmasked_{backend.replace('-', '_')}.py"
     path.write_text(source.replace(masked, unmasked))
     module = import_file(path, path.stem)
-    assert not run_check(cascade, module, (backend,), examples=10, report=lambda _: None)
+    assert not run_check(cascade, module, (backend,), examples=10, report=lambda _: None,
+                         shrink=False)
 
 
 FUSED = ["softmax_3pass", "causal_softmax", "sliding_window_sinks", "alibi", "softcap", "gqa",

@@ -18,11 +18,13 @@ from conftest import EXAMPLES, ROOT, WINDOW
 pytest.importorskip("triton")
 
 
-# Every module's fused kernels; the unfused schedule's (one kernel per Einsum, from one
-# generator) of the examples that cover its forms: masks and a derived split (causal),
-# a spec's own split and recurrences over its tiles (softmax_1pass), an index divisor
-# (gqa), a recurrence over the sequence (gla_recurrent), shifted reads (eca), and the
-# window's tile bounds. CI's time: the unfused kernels of every example were half of it.
+# Every module's fused kernels in fp32 and bf16 (TMA and pointer loads); fp16 too, and
+# the unfused schedule's kernels (one per Einsum, from one generator), for the examples
+# that cover its forms: masks and a derived split (causal), a spec's own split and
+# recurrences over its tiles (softmax_1pass), an index divisor (gqa), a recurrence over
+# the sequence (gla_recurrent), shifted reads (eca), and the window's tile bounds. fp16
+# takes bf16's code path with another element type. CI's time: all of it for every
+# example was a third of the suite's.
 ALL_KERNELS = {"causal_softmax", "softmax_1pass", "gqa", "gla_recurrent", "eca"}
 MODULES = [*EXAMPLES, WINDOW]
 SHARDS = 4
@@ -52,14 +54,14 @@ def test_every_example_kernel_compiles_for_sm90(shard, tmp_path):
                             capture_output=True, text=True, env=env, timeout=1200)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     lines = [line for line in result.stdout.splitlines() if line.endswith(" ok")]
-    # Every fused kernel of every module compiled, for fp32, fp16 and bf16 inputs (those
-    # with TMA loads once with them and once through pointers).
+    # Every fused kernel of every module compiled, for fp32 and bf16 inputs, fp16 too in
+    # the covering modules (those with TMA loads once with them and once through pointers).
     assert sum(1 for m in modules if fused[m]) >= len(modules) - 1
     for module in modules:
         name = module.rsplit("/", 1)[-1]
         forms = {(line.split()[1], line.split()[2]) for line in lines
                  if "_fused " in line and line.startswith(name)}
-        assert len(forms) == 3 * fused[module], name
+        assert len(forms) == (3 if module in whole else 2) * fused[module], name
     if any("causal_softmax" in m for m in modules):
         assert any(" tma " in line for line in lines) and any(" ptr " in line for line in lines)
     for module in whole:              # the unfused kernels too

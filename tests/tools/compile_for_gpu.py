@@ -4,6 +4,8 @@ machine without one: Triton's front end, LLVM and the bundled ptxas all run on t
     TRITON_INTERPRET= python tests/tools/compile_for_gpu.py MODULE.py ... [--arch 90]
                                                 [--fused-only MODULE.py ...]
 
+--fused-only: the modules after it compile their fused kernels only, fp32 and bf16.
+
 The interpreter (what the other tests run kernels in) accepts code the GPU compiler
 rejects; this is the check that the generated kernels are real GPU kernels. It
 compiles, it does not run: correctness on a GPU still needs a GPU.
@@ -95,8 +97,9 @@ if "--arch" in arguments:
     at = arguments.index("--arch")
     arch = int(arguments[at + 1])
     del arguments[at:at + 2]
-# Modules after --fused-only: their fused kernels only (the unfused schedule's one kernel
-# per Einsum comes from one generator, which the modules before it cover).
+# Modules after --fused-only: their fused kernels only, in fp32 and bf16 (the unfused
+# schedule's one kernel per Einsum comes from one generator, and fp16 takes bf16's code
+# path with another element type: the modules before it cover both).
 fused_only = set()
 if "--fused-only" in arguments:
     at = arguments.index("--fused-only")
@@ -113,7 +116,8 @@ for path in arguments:
         # The unfused kernels (one per Einsum) in fp32 and bf16: fp16 takes bf16's code
         # path with another element type, and the fused kernels still compile for all
         # three (CI's time: a third of this tool's).
-        dtypes = DTYPES if kernel.__name__.endswith("_fused") else ("fp32", "bf16")
+        dtypes = DTYPES if kernel.__name__.endswith("_fused") and path not in fused_only \
+            else ("fp32", "bf16")
         for dtype, tma in ((d, t) for d in dtypes for t in forms):
             sig, constexprs = signature(module, kernel, dtype, tma)
             start = time.time()
