@@ -732,3 +732,18 @@ def test_kernels_with_interior_tiles_agree_across_many_tiles(tmp_path, name):
             out = layer(backend="triton")(*inputs.values())
         results = compare(cascade, inputs, out, dtype, rounding=dot_rounding(cascade, module))
         assert all(r.ok for r in results), [r.describe() for r in results]
+
+
+@pytest.mark.xfail(strict=True, reason="open bug: a read condition on the batch rank alone "
+                   "is a scalar in the fused kernel, and `lanes & ((b_ + 1 < B_) != 0)` is not "
+                   "a boolean mask in Triton's interpreter ('mask has unsupported dtype')")
+def test_a_read_condition_on_the_batch_rank_alone_masks_a_tile(tmp_path):
+    """Found by the randomized profile (tests/spec_generator.py): X1[b + 1, m] is read
+    under conditions on b only, which the fused kernel holds as one program's scalar."""
+    text = ("attention batch_read\ndims B, P, M\ninput X1[b, m]\n"
+            "T1[b, p] = min[m] exp(tanh(X1[b + 1, m])) * tanh(X1[b, m]) - 1 "
+            "where (b <= b) and (b <= b)\noutput T1\n")
+    module = import_file(compile_to_file(text, tmp_path), "batch_read")
+    reports = []
+    assert run_check(einsumattn.load(text), module, ("triton",), examples=3,
+                     report=reports.append), "\n".join(reports)

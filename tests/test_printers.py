@@ -218,6 +218,16 @@ def _power_of_negative_infinity(positive: float, negative: float):
 TRANSCENDENTAL = ("exp", "log", "sqrt", "tanh", "sigmoid", "elu", "**", "softplus",
                   "logsigmoid", "log1p", "expm1", "silu", "erf")
 U = UNIT_ROUNDOFF["float32"]
+def _zero_of_max_and_min(zero: float) -> dict:
+    """max and min giving `zero` where both arguments are zeros (either sign)."""
+    def chosen(function):
+        def apply(a, b):
+            both = (np.asarray(a) == 0) & (np.asarray(b) == 0)
+            return np.where(both, zero, function(a, b))
+        return apply
+    return {"max": chosen(np.maximum), "min": chosen(np.minimum)}
+
+
 CHANGES = {
     # Plain float32 arithmetic (verify.well_conditioned's rule).
     "float32": (np.float32, [{}, {}]),
@@ -241,6 +251,11 @@ CHANGES = {
     "other zeros, remainders": (np.float64, [{}, _each_result(("%", "//"), _other_zero)[1]]),
     "other zeros, max and min": (np.float64, [{}, {
         "max": lambda a, b: np.maximum(b, a), "min": lambda a, b: np.minimum(b, a)}]),
+    # ... and a zero of one sign from every max and min of two zeros: torch's vectorised
+    # loop and its scalar tail choose differently, so max(c, max(X, c)) at X = -0.0,
+    # c = 0.0 gives -0.0 in one lane and 0.0 in another (the randomized profile).
+    "positive zeros of max and min": (np.float64, [{}, _zero_of_max_and_min(0.0)]),
+    "negative zeros of max and min": (np.float64, [{}, _zero_of_max_and_min(-0.0)]),
     # (-inf) ** 0.5 as C99 and as torch have it.
     "C99 power": (np.float64, [{}, {"**": _power_of_negative_infinity(np.inf, 0.0)}]),
     "torch power": (np.float64, [{}, {"**": _power_of_negative_infinity(np.nan, np.nan)}]),
@@ -533,3 +548,19 @@ T1[p] = exp(tanh(X0[b, p, m])) * exp(tanh(X0[b, p, m])) where not (p < b)
 T2[b, p, m] = exp(tanh(X0[b + 1, p, m])) * exp(tanh(X1[b])) where (b < m) or (T1[p + 1] < 0)
 output T2
 """, {"B": 3, "P": 3, "M": 3}, tmp_path)
+
+
+def test_a_zero_from_nested_maxima_is_probed_with_either_sign():
+    """Found by the randomized profile: `I / max(c, max(X[i], c))` at c = 0.0 and
+    X = -0.0 gave inf in the oracle and -inf in torch's last lane (its vectorised loop and
+    scalar tail pick different zeros of torch.maximum). Swapping every max's arguments
+    keeps the oracle's sign here; a zero of one sign from every max flags the case."""
+    x = ir.Read("X", (ir.Index("i"),))
+    c = ir.Param("c")
+    tree = ir.Op("/", (ir.Dim("I"), ir.Op("max", (c, ir.Op("max", (x, c))))))
+    inputs, params = _case(([0.0] * (SIZE - 1) + [-0.0], [0.0] * SIZE, 0.0)), \
+        {"c": 0.0, "d": 0.0}
+    cascade = _cascade(tree)
+    reference = einsumattn.evaluate(cascade, inputs, params, intermediates=True)
+    assert not _conditioned(cascade, inputs, params, reference["O"],
+                            magnitude(reference.values()))
