@@ -72,8 +72,13 @@ def assert_close(got: torch.Tensor, expected: torch.Tensor) -> None:
 
 # ------------------------------------------------------------------- example registry
 
+def shapes(ranks, *rows, **fixed):
+    """One dict of sizes per row, by the ranks named in order (plus the fixed ones)."""
+    return tuple(dict(zip(ranks, row), **fixed) for row in rows)
+
+
 def attn_shapes(*rows):
-    return tuple(dict(zip("BHPMEF", row)) for row in rows)
+    return shapes("BHPMEF", *rows)
 
 
 # (B, H, P, M, E, F): sizes of 1, odd/prime sizes, M below / at / above the 1-pass chunk
@@ -86,43 +91,43 @@ ATTN_SHAPES = attn_shapes(
     (1, 1, 2, 1, 1, 1),
     (2, 1, 11, 11, 3, 5),
 )
-GQA_SHAPES = tuple(dict(zip(("B", "H", "KH", "P", "M", "E", "F"), row)) for row in (
+GQA_SHAPES = shapes(("B", "H", "KH", "P", "M", "E", "F"),
     (1, 1, 1, 1, 7, 3, 2),
     (2, 4, 2, 5, 13, 4, 3),
     (1, 6, 3, 7, 9, 2, 2),
     (1, 4, 1, 3, 5, 3, 1),
     (1, 3, 3, 2, 17, 1, 4),
-))
-GLA_SHAPES = tuple(dict(zip("BHTDF", row)) for row in (
+)
+GLA_SHAPES = shapes("BHTDF",
     (1, 1, 1, 1, 1),
     (2, 3, 5, 4, 3),
     (1, 2, 13, 3, 7),
-))
-CLIPPED_SHAPES = tuple(dict(zip("BHPMEFD", row)) for row in (
+)
+CLIPPED_SHAPES = shapes("BHPMEFD",
     (1, 1, 1, 7, 3, 2, 1),
     (2, 3, 5, 13, 4, 3, 5),
     (1, 2, 17, 33, 5, 1, 3),
     (2, 1, 11, 11, 3, 5, 2),
-))
-SE_SHAPES = tuple(dict(zip("BCHWR", row)) for row in (
+)
+SE_SHAPES = shapes("BCHWR",
     (1, 1, 1, 1, 1),
     (2, 7, 3, 5, 3),
     (1, 16, 4, 4, 4),
     (2, 13, 1, 7, 2),
-))
-CBAM_SHAPES = tuple(dict(zip("BCHWR", row), I=7, J=7) for row in (
+)
+CBAM_SHAPES = shapes("BCHWR",
     (1, 1, 1, 1, 1),
     (2, 5, 3, 4, 2),
     (1, 3, 9, 8, 3),      # a map larger than the 7 x 7 window
     (1, 4, 2, 11, 1),
-))
-ECA_SHAPES = tuple(dict(zip("BCHWK", row)) for row in (
+    I=7, J=7)
+ECA_SHAPES = shapes("BCHWK",
     (1, 1, 1, 1, 1),
     (2, 7, 3, 5, 3),
     (1, 2, 2, 3, 5),      # fewer channels than taps
     (2, 13, 4, 4, 5),
     (1, 3, 1, 2, 3),
-))
+)
 
 
 @dataclass(frozen=True)

@@ -311,9 +311,9 @@ def _training(cascade: Cascade, tile: int) -> TrainingPart:
         if part.fallback is not None or not part.fused:
             return TrainingPart(reason=f"the backward stage {stage.name} does not fuse: "
                                        f"{part.fallback or part.not_fused}")
-        quadratic = _quadratic_buffers(stage, part, backward.streamed)
+        own = analyze(stage).primary_rank
+        quadratic = _quadratic_buffers(stage, part, backward.streamed, own)
         if quadratic:
-            own = analyze(stage).primary_rank
             return TrainingPart(reason=f"the backward stage {stage.name} would keep "
                                        f"{', '.join(quadratic)} in memory, a value per "
                                        f"point of both {backward.streamed} and {own} "
@@ -323,11 +323,12 @@ def _training(cascade: Cascade, tile: int) -> TrainingPart:
     return TrainingPart(None, backward, forward, tuple(stages), staged)
 
 
-def _quadratic_buffers(stage: Cascade, part: TritonPart, streamed: str | None) -> list[str]:
+def _quadratic_buffers(stage: Cascade, part: TritonPart, streamed: str | None,
+                       own: str | None) -> list[str]:
     """The tensors a stage's kernels pass on in memory (every kernel's outputs but the
     last's) that have both the forward's streamed rank and the stage's own (GQA's dK
-    summing the heads of a group in the loop schedule: a P x M buffer)."""
-    own = analyze(stage).primary_rank
+    summing the heads of a group in the loop schedule: a P x M buffer); `own`: the stage's
+    primary rank."""
     passed = [names.spec_name(o) for k in part.fused[:-1] for o in k.schedule.outputs]
     return [name for name in passed
             if {streamed, own} <= set(stage.tensors[name].ranks) and streamed != own]

@@ -336,8 +336,8 @@ def _floordiv_f(a, b):
 # x ** y as numpy's power for any two values (a base that is not a positive constant and
 # an exponent that is not a small integer: RetNet's gamma ** (p - m)): 2 ** (y log2 |x|),
 # negated for a negative base (-0.0 included) and an odd integer exponent, NaN for a
-# negative base and a fraction; 1 where y == 0 or x == 1 (NaN included, as numpy). Its relative error is that of
-# exp2 of y log2 |x|: a few ulp, times |y log2 |x|| for the rounding of the product.
+# negative base and a fraction; 1 where y == 0 or x == 1 (NaN included, as numpy). Its
+# relative error is exp2's of y log2 |x|: a few ulp, times |y log2 |x|| for the product.
 @triton.jit
 def _pow_f(x, y):
     # Nested tl.where, no & or |: the interpreter cannot combine a scalar's booleans.
