@@ -734,12 +734,10 @@ def test_kernels_with_interior_tiles_agree_across_many_tiles(tmp_path, name):
         assert all(r.ok for r in results), [r.describe() for r in results]
 
 
-@pytest.mark.xfail(strict=True, reason="open bug: a read condition on the batch rank alone "
-                   "is a scalar in the fused kernel, and `lanes & ((b_ + 1 < B_) != 0)` is not "
-                   "a boolean mask in Triton's interpreter ('mask has unsupported dtype')")
 def test_a_read_condition_on_the_batch_rank_alone_masks_a_tile(tmp_path):
     """Found by the randomized profile (tests/spec_generator.py): X1[b + 1, m] is read
-    under conditions on b only, which the fused kernel holds as one program's scalar."""
+    under conditions on b only, which the fused kernel holds as one program's scalar: joined
+    to the lanes it must stay a boolean block (triton_printer.scalar_condition)."""
     text = ("attention batch_read\ndims B, P, M\ninput X0[p, m], X1[b, m]\n"
             "T1[b, p] = min[m] exp(tanh(X1[b + 1, m])) * tanh(X1[b, m]) - 1 "
             "where (b <= b) and (b <= b)\nT2[p] = sum[m] X0[p, m]\noutput T1, T2\n")

@@ -15,10 +15,13 @@ from .printers import integer_comparison
 
 
 def scalar_condition(text: str) -> str:
-    """A condition with one value per program, as a boolean that `&` takes in Triton's
-    interpreter too (it rejects `block & (S > 0.0)`, a block and one loaded value compared;
-    the GPU compiler takes both)."""
-    return f"({text}) != 0"
+    """A condition with one value per program, as a one-element boolean block. Triton's
+    interpreter (3.9) gives `block & scalar` an integer array, not a boolean one, and then
+    rejects it as a mask ("mask has unsupported dtype"), whether the scalar is a loaded
+    value compared (`S > 0.0`) or the program's own index (`b_ + 1 < B_`); a comparison
+    with a block is a boolean block, which broadcasts against the lanes. The GPU compiler
+    takes either form and folds the one-element block into a splat."""
+    return f"({text}) != tl.zeros([1], tl.int1)"
 
 
 
