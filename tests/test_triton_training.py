@@ -360,6 +360,23 @@ def test_check_compares_the_backward_kernels_in_16_bits_and_catches_a_wrong_one(
     assert not all(r.ok for r in results)
 
 
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_a_later_stage_reads_the_statistics_as_a_rounded_buffer(trained, dtype):
+    """softmax_1pass's backward divides before V (dRNV_all_AV = dAV / RD, a statistics
+    stage's float32 buffer) and takes a dot of it over F in the dQ and dK/dV stages. Those
+    stages read it as an exact input: no rounding in the tolerance, a float16 tile of a
+    float32 value, and `check --train` failed (dK off by 4x, found by `einsumattn check`
+    on this case). A buffer is rounded (counted) or, in float16, read as float32 tiles."""
+    from einsumattn.verify import _backward_kernels
+
+    cascade, module, _ = trained["softmax_1pass"]
+    training = module.SCHEDULE["training"]
+    assert training["rounded"]["dSLN_all_RNV_all"] == 1
+    case = Case(dict(B=1, H=1, P=1, M=2, E=1, F=3), dtype, 1.0, False, 0)
+    _, _, results = _backward_kernels(module, training, case_inputs(cascade, case), case)
+    assert all(r.ok for r in results), [r.describe() for r in results]
+
+
 def test_a_statistic_over_several_ranks_is_a_partial_sum_then_its_total(trained):
     """The Differential Transformer's dLAM[h] sums over the batch, the queries and the
     keys, a statistic every later stage reads: the statistics stage (one kernel over the

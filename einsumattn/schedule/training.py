@@ -171,7 +171,10 @@ def _stage(backward: Cascade, outputs: list[str], available: set[str],
     # generated module must be the same bytes on every run.
     for name in (e.tensor for e in backward.einsums if e.tensor in available and
                  e.tensor in needed):
-        inputs[name] = Tensor(name, backward.tensors[name].ranks, True)
+        # An earlier stage's float32 buffer: not exact in the inputs' dtype, so a dot
+        # reading it counts its rounding and takes float32 tiles where float16's range
+        # could overflow (schedule/attention.py, _exact_operand and _buffered).
+        inputs[name] = Tensor(name, backward.tensors[name].ranks, True, buffer=True)
     einsums = tuple(e for e in backward.einsums if e.tensor in needed and
                     e.tensor not in available)
     tensors = {**inputs, **{e.tensor: backward.tensors[e.tensor] for e in einsums}}
