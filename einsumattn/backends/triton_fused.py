@@ -44,6 +44,13 @@ def _split_tile_check(cascade: Cascade, lowered: LoweredKernel) -> list[str]:
     if split.tunable:
         return [f'{inner} = tuning["{tile_block}"]',
                 f"{split.outer} = -(-{split.parent} // {inner})"]
+    (lanes,) = (knob.default for knob in schedule.knobs if knob.name == tile_block)
+    if lanes != split.factor:      # a padded tile (schedule/attention.py, padded_tile)
+        return [f'if tuning["{tile_block}"] != {lanes}:',
+                f'    raise ValueError(f"TUNING_FUSED[\'{schedule.name}\'][\'{tile_block}\'] is '
+                f'{{tuning[\'{tile_block}\']}}, but the key tile is '
+                f'{spec_text(f"the split factor {inner}")} = {split.factor} padded to '
+                f'{lanes} lanes, fixed when the module was generated")']
     name = schedule.name
     entry = f"TUNING_FUSED['{name}']['{tile_block}']"
     # The message says the spec's names (names.py); {inner} is the value at run time.

@@ -60,15 +60,14 @@ class AttentionRoles:
             raise NotFusable("splits other than one split of the streamed rank")
         if splits:
             split = splits[0]
-            if not isinstance(split.factor, int) or split.factor < 16 or \
-                    split.factor & (split.factor - 1):
-                raise NotFusable(f"split factor {split.factor}: a tile needs a power of two "
-                                 f">= 16")
+            if not isinstance(split.factor, int) or split.factor < 1:
+                raise NotFusable(f"split factor {split.factor}: a tile needs a whole "
+                                 f"number known when the kernel is generated")
             if self.passes.passes != 1:
                 raise NotFusable(f"{self.passes.passes} passes over a split rank")
             self.loop = cascade.ranks[split.outer].var
             self.stream = cascade.ranks[split.inner].var
-            self.tile = split.factor
+            self.tile = split.factor      # the lanes of a step; padded below
             self.tile_block = f"{self.stream}_BLOCK"
             # A rewrite's split: the key tile is a knob (every tile gives the same result,
             # ir/cascade.py Split.tunable); a spec's own split fixes it.
@@ -104,6 +103,16 @@ class AttentionRoles:
         for einsum in cascade.einsums:
             self._check_reads(einsum)
         self.group = self._grouped_heads()
+        self.factor = self.tile if self.loop is not None else None
+        if self.loop is not None and not self.tile_tunable:
+            self.tile = padded_tile(self.factor, any(kind.uses_dot
+                                                     for kind in self.kinds.values()))
+
+    @property
+    def padded(self) -> bool:
+        """A spec's split whose factor is no tile of its own (below tl.dot's 16, or not a
+        power of two): each step holds `tile` lanes, those at m0 >= factor masked."""
+        return self.loop is not None and self.tile != self.factor
 
     # ---------------------------------------------------------------- classification
     def _classify(self, einsum: Einsum) -> None:
@@ -600,9 +609,11 @@ class AttentionRoles:
             if self.tile_tunable:
                 key_knob = Knob(tile, self.tile, least)
             else:
-                key_knob = Knob(tile, self.tile, f"the split factor "
-                                                 f"{cascade.var_rank(self.stream)} = {self.tile}"
-                                                 f" of the cascade", fixed=True)
+                factor = f"the split factor {cascade.var_rank(self.stream)} = {self.factor}"
+                if self.padded:
+                    factor += f", padded to {self.tile} lanes (those at {self.stream} >= " \
+                              f"{self.factor} masked)"
+                key_knob = Knob(tile, self.tile, f"{factor} of the cascade", fixed=True)
             ((_, reductions, _),) = plan
             bounds, skipping = self.split_skipping(reductions)
             passes = (Pass(1, tuple(e.tensor for e in reductions),
@@ -640,3 +651,12 @@ class AttentionRoles:
             knobs=(Knob(f"{self.row}_BLOCK", BLOCK_P, least), key_knob),
             uses_dot=uses_dot, dots=dots, skipping=skipping, splits=splits,
             buffered_dots=self._buffered(dots), group=self.group)
+
+
+def padded_tile(factor: int, uses_dot: bool) -> int:
+    """The lanes of a step of a spec's split by `factor`: the factor itself where it is a
+    tile (a power of two, at least 16 where tl.dot takes it), else the next such size.
+    Landmark attention's blocks of 50 keys, or FuseMax's fixture splitting by 4, then run
+    fused at the cost of the masked lanes (docs/codegen.md)."""
+    tile = 1 << max(factor - 1, 0).bit_length()
+    return max(tile, 16) if uses_dot else tile

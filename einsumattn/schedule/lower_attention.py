@@ -94,9 +94,16 @@ class _Tiles(AttentionRoles, Lowering):
         return _layout_block(layout, var)
 
     def dim(self, node: ir.Dim, at):
-        if self.loop is not None and node.rank == self.cascade.var_rank(self.stream):
+        if self.loop is not None and node.rank == self.cascade.var_rank(self.stream) and \
+                not self.padded:
             return ir.Dim(self.tile_block)    # the split factor is the tile
         return node
+
+    def step_keys(self):
+        """The keys one step of a split advances by: the tile, or a padded tile's factor
+        (the kernel's argument for the inner rank)."""
+        inner = self.cascade.var_rank(self.stream)
+        return ir.Dim(inner) if self.padded else k.Var(self.tile_block)
 
     def read_in_index(self, node: ir.Read):
         self._no_read(node)
@@ -428,9 +435,11 @@ class _PassLowering:
         # tile's addresses are clamped and a score at a key no row sees is masked before any
         # arithmetic across keys, so the key side needs no more than the tile's own lanes.
         # A split's tile is its inner part, M0 = the block: every key of it exists (m0 <
-        # M0 is true), so only the unsplit tile's last keys need a mask.
-        key_lanes = k.Mask(()) if f.loop is not None else k.Expand(k.Integer(ir.Op(
-            "<", (k.Var(f.stream), ir.Dim(self.cascade.var_rank(f.stream))))), (True, False))
+        # M0 is true), so only the unsplit tile's last keys and a padded split's lanes
+        # past its factor need a mask.
+        key_lanes = k.Mask(()) if f.loop is not None and not f.padded else k.Expand(
+            k.Integer(ir.Op("<", (k.Var(f.stream), ir.Dim(self.cascade.var_rank(f.stream))))),
+            (True, False))
         rows = product([f.lowered(x, (f.row, feature), k.Expand(_ROW_LIVE, (True, False)))
                         for x in plan.left])
         if not all(isinstance(x, ir.Read) and self.cascade.tensors[x.tensor].is_input
@@ -843,6 +852,8 @@ class _SplitLowering(_PassLowering):
         per_step = [e for e in cascade.einsums if f.kinds[e.tensor] != Role.ROW]
         blocks = {f.stream: (None, k.Cast(k.Arange(f.tile_block), "int64"))}
         bounds, inner = self._interior_step(step, per_step, stream, ir.Index(f.loop), blocks)
+        if f.padded:
+            inner = None        # the lanes past the factor are masked in every step
         # The masked steps read through the same pointer blocks, their keys masked
         # rather than clamped (fewer registers and instructions beside the interior's).
         step, moved = self._advanced(self._described_loads(masked_keys(step), blocks),
@@ -877,7 +888,7 @@ class _SplitLowering(_PassLowering):
         proved bounds of its one pass (present only where skipping a fully masked step is
         proved right)."""
         f, cascade = self.f, self.cascade
-        tile = k.Var(f.tile_block)
+        tile = f.step_keys()
         lo, hi = None, None
         for side, offset in self.schedule.passes[0].bounds:
             at = self._offset(side, offset)
@@ -893,8 +904,18 @@ class _SplitLowering(_PassLowering):
 
     def _key(self, grouped: bool = True):
         f = self.f
-        key = ir.Op("+", (ir.Op("*", (k.Var(f.loop), k.Var(f.tile_block))), k.Var(f.stream)))
+        key = ir.Op("+", (ir.Op("*", (k.Var(f.loop), f.step_keys())), k.Var(f.stream)))
         return k.Group(key) if grouped else key
+
+    def _keys_live(self, grouped: bool = True) -> k.Integer:
+        """A padded step's keys exist below the factor too (m0 < M0): the lanes past it
+        are the next step's keys."""
+        live = super()._keys_live(grouped)
+        if not self.f.padded:
+            return live
+        inner = self.cascade.var_rank(self.f.stream)
+        return k.Integer(ir.Op("&", (live.value, ir.Op("<", (k.Var(self.f.stream),
+                                                             ir.Dim(inner))))))
 
 
 def _as_stored(operand):
