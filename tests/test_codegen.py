@@ -561,13 +561,23 @@ def test_one_pass_spec_becomes_a_flash_attention_kernel(built):
         "\n".join(reports)
 
 
-def test_a_cascade_the_attention_schedule_cannot_take_is_explained(tmp_path):
-    # FuseMax's fixture copies K and V into chunks (BK[e, m1, m0] = K[e, m1*M0 + m0]):
-    # Einsums without the query rank, so no rank spreads programs. (Its split by 4 is
-    # no longer a reason: tests/test_triton_padded_split.py.)
-    module = import_file(compile_to_file(ROOT / "tests" / "fusemax" / "cascade5.attn",
-                                         tmp_path), "fusemax5")
-    assert "not fusable: no parallel rank to spread programs over" in module.__doc__
+def test_fusemax_cascade5_as_written_is_one_fused_kernel(tmp_path):
+    """FuseMax's Cascade 5 as the paper writes it: K and V copied into chunks
+    (BK[e, m1, m0] = K[e, m1*M0 + m0]: Einsums without the query rank, which left no
+    rank to spread programs over) and chunks of 4 keys (below tl.dot's 16). The copies
+    are read in place (canonical step 8) and the split runs on a padded tile: one
+    kernel, FlashAttention's loop, as for softmax_1pass."""
+    path = ROOT / "tests" / "fusemax" / "cascade5.attn"
+    module = import_file(compile_to_file(path, tmp_path), "fusemax5")
+    (kernel,) = module.SCHEDULE["kernels"]
+    assert [(loop["var"], loop["kind"]) for loop in kernel["loops"]] == \
+        [("m1", "split steps")]
+    assert kernel["knobs"]["m0__BLOCK"]["default"] == 16
+    assert {n for n, t in kernel["tensors"].items() if t["role"] == "carried"} == \
+        {"RM", "RD", "RNV"}
+    reports = []
+    assert run_check(einsumattn.load(path), module, ("triton",), examples=4,
+                     report=reports.append), "\n".join(reports)
 
 
 def test_not_is_printed_as_its_own_comparison(tmp_path):

@@ -17,7 +17,7 @@ from einsumattn.backends.module import Plan
 from einsumattn.ir import bind
 from einsumattn.ir import expr as ir
 from einsumattn.transform import rewrite
-from einsumattn.transform.canonical import (EPILOGUE, FILTER, LOG, MASK, REDUNDANT, SHIFT,
+from einsumattn.transform.canonical import (COPY, EPILOGUE, FILTER, LOG, MASK, REDUNDANT, SHIFT,
                                             TERMS, canonicalize)
 from einsumattn.verify import run_check
 
@@ -407,3 +407,36 @@ def test_a_positive_scale_moves_before_the_max_pointwise(tmp_path, scale):
     assert [s.rule for s in steps] == [SHIFT] and blocked == []
     assert "> 0" in steps[0].identity
     _same_values(cascade, canonical, 0)
+
+
+def test_a_copy_of_an_input_is_read_in_place():
+    """FuseMax's Cascade 5 copies K and V into chunks; the copies are read in place (the
+    step runs first), and the values stay (the last chunk's padded keys absent both
+    ways)."""
+    cascade = einsumattn.load(ROOT / "tests" / "fusemax" / "cascade5.attn")
+    canonical, steps, _ = canonicalize(cascade)
+    assert [(s.rule, s.tensors) for s in steps][:2] == [(COPY, ("BQK",)), (COPY, ("SLNV",))]
+    assert "BK" not in canonical.tensors and "BV" not in canonical.tensors
+    assert canonical.einsum("BQK").body == ir.Op("*", (
+        ir.Read("Q", (ir.Index("e"), ir.Index("p"))),
+        ir.Read("K", (ir.Index("e"), ir.Op("+", (ir.Op("*", (ir.Index("m1"), ir.Dim("M0"))),
+                                                  ir.Index("m0")))))))
+    inputs = {"Q": np.ones((3, 5)), "K": np.arange(3 * 7.0).reshape(3, 7) / 20,
+              "V": np.ones((2, 7))}
+    want = einsumattn.evaluate(cascade, inputs)["AV"]
+    np.testing.assert_allclose(einsumattn.evaluate(canonical, inputs)["AV"], want, rtol=1e-12)
+
+
+@pytest.mark.parametrize("text", [
+    # read past its own extent: X2[p + 1] is absent at the last p, X[p + 1] need not be
+    "dims P = 4, M\ninput X[m]\nX2[p] = X[p]\nY[p] = X2[p + 1]\noutput Y\n",
+    # an output
+    "dims P\ninput X[p]\nX2[p] = X[p]\nY[p] = X2[p] * 2\noutput X2, Y\n",
+    # a filter
+    "dims P\ninput X[p]\nX2[p] = X[p] where p < 2\nY[p] = X2[p] * 2\noutput Y\n",
+], ids=["past_its_extent", "an_output", "a_filter"])
+def test_a_copy_stays_where_reading_it_in_place_could_change_a_value(text):
+    cascade = einsumattn.load("attention copies\n" + text)
+    canonical, steps, _ = canonicalize(cascade)
+    assert COPY not in [s.rule for s in steps]
+    assert "X2" in canonical.tensors

@@ -1,7 +1,7 @@
 """Rule 0, the canonical form: one spelling of each Einsum, so fusion does not depend on
 how the user wrote it.
 
-Seven steps run to a fixed point, each proved before it is kept (docs/rewrites.md);
+Eight steps run to a fixed point, each proved before it is kept (docs/rewrites.md);
 they change no pass count, only what the scheduler has to recognise:
 
 1. **Move out of a contraction.** In `T = sum[r] BODY` the additive terms and the
@@ -81,6 +81,16 @@ they change no pass count, only what the scheduler has to recognise:
    applies (QK absent where not m <= p, and `GM = max[m] QK where m <= p`) leaves the
    filter, by the same argument: the mask written on every Einsum is written once.
 
+8. **A copy of an input into its readers** (run first). An Einsum whose body is one read of an input,
+   `BK[e, m1, m0] = K[e, m1*M0 + m0]` (FuseMax's Cascade 5 names the chunked keys so),
+   is a renaming of the input's points: each read of it becomes the input's read at the
+   substituted coordinates, `BQK = Q[e, p] * K[e, m1*M0 + m0]`, and the copy goes. The
+   value is the same at every point by substitution; absence is too, because the copy is
+   absent exactly where its read leaves the input (the last chunk's keys past M), and
+   the inlined read leaves it at the same points. Kept as written where a read of the
+   copy may leave the copy's own extent (absent there, as the input's read need not
+   be), and where the copy is an output or has a filter.
+
 The scheduler no longer depends on the names of intermediates either: they are only
 names; the fuser reads roles from the dataflow.
 """
@@ -93,11 +103,13 @@ from fractions import Fraction
 
 import sympy
 
-from ..analysis.presence import absent_tensors, einsum_conditions, expression_conditions
+from ..analysis.presence import (absent_tensors, einsum_conditions, expression_conditions,
+                                 in_range_by_construction)
 from ..ir import Cascade, Einsum
 from ..ir import expr as ir
 from ..ir.intervals import interval, provably
-from .algebra import Algebra, NotAlgebraic, is_zero, prove_equal, rebuild, substitute
+from .algebra import (Algebra, NotAlgebraic, is_zero, prove_equal, rebuild, replace_reads,
+                      substitute)
 from .edit import assemble, fixed_point, fresh_name, with_body
 from .factor import _flatten, inline
 from .steps import Blocked, Step
@@ -108,6 +120,7 @@ TERMS = "a masked term to a filter"
 SHIFT = "a scale before the max-shift"
 FILTER = "a shared filter to its producer"
 REDUNDANT = "a filter its reads apply"
+COPY = "a copy of an input into its readers"
 LOG = "a log out of an exponential"
 _IDENTITY = {"sum": sympy.Integer(0), "max": -sympy.oo, "min": sympy.oo}
 _IDENTITY_TEXT = {"sum": "0", "max": "-inf", "min": "inf"}
@@ -118,8 +131,9 @@ def canonicalize(cascade: Cascade) -> tuple[Cascade, list[Step], list[Blocked]]:
     """The canonical cascade, the steps that made it, and the masks left as written."""
     steps: list[Step] = []
     blocked: list[Blocked] = []
-    for rule in (_move_out_of_contraction, _log_out_of_exp, _mask_to_filter,
-                 _masked_terms, _scaled_shift, _filter_to_producer, _redundant_filter):
+    for rule in (_copy_into_readers, _move_out_of_contraction, _log_out_of_exp,
+                 _mask_to_filter, _masked_terms, _scaled_shift, _filter_to_producer,
+                 _redundant_filter):
         cascade, more, notes = fixed_point(cascade, rule, 2 * len(cascade.einsums) + 2)
         steps += more
         blocked += notes
@@ -130,6 +144,44 @@ def _replaced(cascade: Cascade, name: str, new: list[Einsum]) -> Cascade:
     """The cascade with the Einsum of `name` replaced by `new` (in that order)."""
     einsums = [n for e in cascade.einsums for n in (new if e.tensor == name else [e])]
     return assemble(cascade, einsums)
+
+
+# ------------------------------------------------------------------ 8. copies
+def _copy_into_readers(cascade: Cascade, einsum: Einsum):
+    """A copy of an input's points (`BK[e, m1, m0] = K[e, m1*M0 + m0]`) replaced, in every
+    reader, by the input's read at the substituted coordinates; the copy then goes."""
+    body = einsum.body
+    if not isinstance(body, ir.Read) or not cascade.tensors[body.tensor].is_input or \
+            einsum.reduce_op is not None or einsum.iterative is not None or \
+            einsum.filter is not None or einsum.tensor in cascade.outputs:
+        return None
+    readers = [e for e in cascade.einsums if einsum.tensor in e.reads]
+    if not readers:
+        return None
+    reads = [read for reader in readers for read in reader.accesses()
+             if read.tensor == einsum.tensor]
+    if not all(in_range_by_construction(cascade, einsum.tensor, position, index)
+               for read in reads for position, index in enumerate(read.indices)):
+        return None     # a read past the copy's extent is absent; the input's need not be
+
+    def inlined(read: ir.Read):
+        if read.tensor != einsum.tensor:
+            return None
+        return substitute(body, dict(zip(einsum.indices, read.indices)))
+
+    def through(expr):
+        return None if expr is None else replace_reads(expr, inlined)
+
+    rewritten = {r.tensor: with_body(r, body=through(r.body), filter=through(r.filter),
+                                     init=through(r.init)) for r in readers}
+    new = assemble(cascade, [rewritten.get(e.tensor, e) for e in cascade.einsums],
+                   removable={einsum.tensor})
+    names = ", ".join(rewritten)
+    summary = (f"{einsum.tensor} = {ir.to_text(body)} is a copy of {body.tensor}: "
+               f"{names} read {body.tensor} there")
+    identity = (f"{einsum.tensor}[{', '.join(einsum.indices)}] = {ir.to_text(body)} at every "
+                f"point, present exactly where the read is (substitution)")
+    return new, Step(COPY, summary, tuple(rewritten), identity)
 
 
 # ------------------------------------------------------------------ 1. contractions
@@ -904,4 +956,5 @@ def _redundant_filter(cascade: Cascade, einsum: Einsum):
     return new, Step(REDUNDANT, summary, (einsum.tensor,), identity)
 
 
-__all__ = ["canonicalize", "EPILOGUE", "LOG", "MASK", "TERMS", "SHIFT", "FILTER", "REDUNDANT"]
+__all__ = ["canonicalize", "COPY", "EPILOGUE", "LOG", "MASK", "TERMS", "SHIFT", "FILTER",
+           "REDUNDANT"]
