@@ -962,7 +962,9 @@ class _ScheduledPrinter:
         # The schedule's decision, as the Triton kernel takes it (no bounds: every step).
         offsets, self.facts["skipping"] = f.split_skipping(reductions)
         lo, hi, end = "0", outer, keys
-        for side, offset in offsets:
+        for side, offset, function in offsets:
+            if function is not None:
+                continue    # a clamped window's bound: every step is visited
             if side == "upper":   # keys up to the last row + offset (rounded outwards)
                 hi = (f"min({outer}, max(0, row_lo + row_n + "
                       f"{self._offset(offset, 'ceil')} + {inner} - 1) // {inner})")
@@ -985,7 +987,9 @@ class _ScheduledPrinter:
                 self.line(f"{acc.tensor} = torch.full({shape}, "
                           f"{identity[acc.reduce_op]}, device=device)", 1)
             lo, hi = "0", stream
-            for side, offset in self.f.masking_offsets(accumulators):
+            for side, offset, function in self.f.masking_offsets(accumulators):
+                if function is not None:
+                    continue    # a clamped window's bound: every key block is visited
                 if side == "upper":
                     hi = f"min({stream}, max(0, row_lo + row_n + " \
                          f"{self._offset(offset, 'ceil')}))"

@@ -14,7 +14,7 @@ from ..analysis.presence import (Condition, absent_tensors, einsum_conditions,
 from ..ir import Cascade, Einsum
 from ..ir import expr as ir
 from ..transform.algebra import substitute
-from .bounds import stream_bound
+from .bounds import monotone_bound, stream_bound
 from .kernel import loaded_inputs, scalars
 from .masks import range_comparisons
 from .model import (Bound, DotPlan, Form, Group, KernelSchedule, Knob, Loop, LoopKind, Pass,
@@ -511,6 +511,13 @@ class AttentionRoles:
             bound = stream_bound(self.keyed(condition), self.stream, self.row)
             if bound is not None:
                 found.append(Bound(*bound))
+                continue
+            # a clamped window: key >= f(row) with f never decreasing (neighborhood)
+            keys = ir.Dim(self.cascade.root_rank(self.cascade.var_rank(self.stream)))
+            bound = monotone_bound(self.keyed(condition), self.stream, self.row, keys,
+                                   frozenset(self.batch))
+            if bound is not None:
+                found.append(Bound(bound[0], 0, bound[1]))
         return tuple(found)
 
     def split_skipping(self, reductions: list[Einsum]) -> tuple[tuple[Bound, ...], str]:

@@ -55,3 +55,92 @@ def stream_bound(condition: ir.Expr, stream: str, row: str):
     if not value.free_symbols and not value.is_Integer:
         return None
     return side, value
+
+
+def monotone_bound(condition: ir.Expr, stream: str, row: str, keys: ir.Expr,
+                   constant: frozenset = frozenset()):
+    """('lower', f) for key >= f(row), ('upper', f) for key <= f(row), with f a function
+    of the row with integer values (floor and ceil taken) that never decreases as the
+    row grows (built from the row, sizes,
+    params, numbers and `constant` variables, one value per program, by +, -, * and // by
+    positive numbers, min and max): a clamped window, `m >= min(max(p - W // 2, 0),
+    max(M - W, 0))`. The keys of a tile of rows first..last then lie within f(first) ..
+    g(last): a row's bound is no tighter than the tile's. None otherwise (and for the
+    affine filters, which stream_bound reads). `keys`: the key rank's size."""
+    if not isinstance(condition, ir.Op) or condition.op not in ("<", "<=", ">", ">="):
+        return None
+    left, right = condition.args
+    op = condition.op
+    if not _is_key(left, stream):
+        left, right = right, left
+        op = {"<": ">", "<=": ">=", ">": "<", ">=": "<="}[op]
+        if not _is_key(left, stream):
+            return None
+    if stream in ir.index_vars(right) or _rising(right, row, constant) != 1:
+        return None
+    # The integer keys the condition lets through, for a value that may be fractional
+    # (a param W is a float): m >= f is m >= ceil(f), m > f is m >= floor(f) + 1,
+    # m <= g is m <= floor(g), m < g is m <= ceil(g) - 1. Floor and ceil keep the
+    # direction, so the bound still never decreases.
+    # Clamped to -1 .. keys (the key rank's size) first: the same keys pass, and an
+    # infinite window (W = inf: every key) has a finite floor.
+    clamped = ir.Op("min", (ir.Op("max", (right, ir.Const(-1))), keys))
+
+    def floor(x):
+        return ir.Op("//", (x, ir.Const(1)))
+
+    def ceil(x):
+        return ir.Op("neg", (floor(ir.Op("neg", (x,))),))
+
+    side, bound = {"<": ("upper", ir.Op("-", (ceil(clamped), ir.Const(1)))),
+                   "<=": ("upper", floor(clamped)),
+                   ">": ("lower", ir.Op("+", (floor(clamped), ir.Const(1)))),
+                   ">=": ("lower", ceil(clamped))}[op]
+    return side, bound
+
+
+def _is_key(expr: ir.Expr, stream: str) -> bool:
+    """The key itself: the stream's index (a split's `m1 * M0 + m0` keyed to `m0`)."""
+    if isinstance(expr, ir.Index):
+        return expr.var == stream
+    algebra = Algebra()
+    try:
+        value = algebra.to_sympy(expr)
+    except Exception:  # noqa: BLE001 - anything sympy cannot take is not the key
+        return False
+    keys = [s for s, node in algebra.nodes.items()
+            if isinstance(node, ir.Index) and node.var == stream]
+    return len(keys) == 1 and sympy.expand(value - keys[0]) == 0
+
+
+def _rising(expr: ir.Expr, row: str, constant: frozenset) -> int | None:
+    """1 if `expr` never decreases as `row` grows (and depends on it), 0 if it does not
+    depend on it, -1 if it never increases, None if unknown."""
+    if isinstance(expr, ir.Index):
+        return 1 if expr.var == row else 0 if expr.var in constant else None
+    if isinstance(expr, (ir.Const, ir.Dim, ir.Param)):
+        return 0
+    if not isinstance(expr, ir.Op):
+        return None
+    args = [_rising(a, row, constant) for a in expr.args]
+    if None in args:
+        return None
+    if expr.op in ("+", "min", "max"):
+        return _agree(args)
+    if expr.op == "-":
+        return _agree([args[0], -args[1]])
+    if expr.op == "neg":
+        return -args[0]
+    if expr.op in ("*", "//"):
+        # times (or floor-divided by) a positive number keeps the direction
+        factor = expr.args[1] if args[1] == 0 else expr.args[0] if expr.op == "*" else None
+        moving = args[0] if args[1] == 0 else args[1]
+        if factor is None or not (isinstance(factor, ir.Const) and factor.value > 0):
+            return None if moving else 0
+        return moving
+    return None
+
+
+def _agree(directions: list[int]) -> int | None:
+    moving = {d for d in directions if d}
+    return None if len(moving) > 1 else moving.pop() if moving else 0

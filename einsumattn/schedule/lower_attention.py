@@ -38,7 +38,7 @@ from ..analysis.presence import Condition, point_conditions
 from ..ir import Cascade, Einsum
 from ..ir import expr as ir
 from ..ir.printer import lhs_text, rhs_text
-from ..transform.algebra import settled
+from ..transform.algebra import settled, substitute
 from . import kernel_ir as k
 from .attention import AttentionRoles
 from .bounds import stream_bound
@@ -220,6 +220,7 @@ class _PassLowering:
         # schedule's: this lowers it.
         self.schedule = fuser.kernel_schedule(f"{self.cascade.name}_fused")
         self.loops_start: int | None = None  # where the first loop's statements begin
+        self.window: dict = {}              # a monotone bound at a row -> its name
         fuser.hoist = self._hoisted
 
     def _begin_loops(self) -> None:
@@ -766,15 +767,46 @@ class _PassLowering:
         f = self.f
         lo, hi = None, None
         block = k.Var(f"{f.stream}_BLOCK")
-        for side, offset in bounds:
-            at = self._offset(side, offset)
-            if side == "upper":   # m <= row + offset
+        for bound in bounds:
+            if bound.side == "upper":   # m <= row + offset: m < end row + offset
                 hi = k.Integer(k.Extremum("min", ir.Dim(self.cascade.var_rank(f.stream)),
-                                          total([self._end_row(), at])))
-            else:                 # m >= row + offset
-                first = k.Extremum("max", ir.Const(0), total([self._first_row(), at]))
+                                          self._keys_end(bound)))
+            else:                       # m >= row + offset
+                first = k.Extremum("max", ir.Const(0), self._keys_start(bound))
                 lo = k.Integer(ir.Op("*", (k.Quotient(first, block), block)))
         return lo, hi
+
+    def _keys_start(self, bound: Bound):
+        """The first key a lower bound lets some row of the tile see: its first row's."""
+        if bound.function is not None:
+            return self._at_row(bound.function, self._first_row(), "window_first")
+        return total([self._first_row(), self._offset(bound.side, bound.offset)])
+
+    def _keys_end(self, bound: Bound):
+        """One past the last key an upper bound lets some row of the tile see: its last
+        row's (an affine bound's from the uncapped tile end, as the rows past the rank
+        add nothing)."""
+        if bound.function is not None:
+            last = ir.Op("-", (k.Extremum("min", self._end_row(),
+                                          ir.Dim(self.cascade.var_rank(self.f.row))),
+                               ir.Const(1)))
+            return total([self._at_row(bound.function, last, "window_last"), ir.Const(1)])
+        return total([self._end_row(), self._offset(bound.side, bound.offset)])
+
+    def _at_row(self, function: ir.Expr, row, name: str) -> k.Var:
+        """A monotone bound's function at one row, computed before the loops as the
+        kernel's masks compute the condition (in floats: a param W is a float, and
+        Triton's // takes integers only); its value is a whole number (bounds.py takes
+        the floor or ceiling), converted exactly. The name it gets there (`name`,
+        numbered if taken). (A NaN W masks every key: any bound is exact there.)"""
+        value = k.Cast(self.f.expr(substitute(function, {self.f.row: row}),
+                                   ((), k.Mask(()))), "int64")
+        if value not in self.window:
+            taken = set(self.window.values())
+            self.window[value] = next(n for n in itertools.chain(
+                [name], (f"{name}{i}" for i in itertools.count(2))) if n not in taken)
+            self.body.append(k.Let(self.window[value], value))
+        return k.Var(self.window[value])
 
     def _offset(self, side: str, offset: sympy.Expr):
         """An offset as the kernel reads it: an integer, or (with params, a window W) a
@@ -890,16 +922,15 @@ class _SplitLowering(_PassLowering):
         f, cascade = self.f, self.cascade
         tile = f.step_keys()
         lo, hi = None, None
-        for side, offset in self.schedule.passes[0].bounds:
-            at = self._offset(side, offset)
-            if side == "upper":   # keys up to the last row + offset
-                last = total([self._end_row(), at, tile])
+        for bound in self.schedule.passes[0].bounds:
+            if bound.side == "upper":   # keys up to the last row + offset
+                last = total([self._keys_end(bound), tile])
                 steps = k.Quotient(k.Extremum("max", ir.Const(0),
                                               ir.Op("-", (last, ir.Const(1)))), tile)
                 hi = k.Integer(k.Extremum("min", ir.Dim(cascade.var_rank(f.loop)), steps))
-            else:                 # keys from the first row + offset
+            else:                       # keys from the first row + offset
                 lo = k.Integer(k.Quotient(k.Extremum("max", ir.Const(0),
-                                                     total([self._first_row(), at])), tile))
+                                                     self._keys_start(bound)), tile))
         return lo, hi
 
     def _key(self, grouped: bool = True):

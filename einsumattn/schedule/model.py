@@ -90,10 +90,13 @@ class Bound(NamedTuple):
     """A proved bound of a key loop for a row tile: the keys a row p sees satisfy
     key <= p + offset ('upper') or key >= p + offset ('lower'). `offset` is a sympy
     expression in the spec's sizes and params (a window W: `1 - W`), an integer without
-    them. A pair, so that `side, offset = bound` reads it."""
+    them. Or, with `function` (an IR expression of the row that never decreases as the
+    row grows: a clamped window's start), key <= function(p) or key >= function(p), and
+    `offset` 0 (schedule/bounds.py's monotone_bound)."""
 
     side: str
     offset: object      # sympy.Expr (schedule/bounds.py's stream_bound)
+    function: object = None
 
 
 @dataclass(frozen=True)
@@ -248,7 +251,9 @@ def kernel_data(kernel: KernelSchedule, spell=str) -> dict:
                     for t in kernel.tensors},
         "passes": tuple({"number": p.number, "accumulates": names(p.accumulates),
                          "recomputes": names(p.recomputes),
-                         "bounds": tuple((b.side, spell(str(b.offset))) for b in p.bounds)}
+                         "bounds": tuple((b.side, spell(str(b.offset)) if b.function is None
+                                          else spell(to_text(b.function)))
+                                         for b in p.bounds)}
                         for p in kernel.passes),
         "inputs": names(kernel.inputs),
         "outputs": names(kernel.outputs),
