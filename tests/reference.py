@@ -194,6 +194,24 @@ def neighborhood_1d(q, k, v, W=5, scale=None):
     return softmax_attention(q, k, v, scale, neighborhood_mask(q.shape[-2], k.shape[-2], W))
 
 
+def neighborhood_2d(q, k, v, KS=3, IW=4, scale=None):
+    """2-D Neighborhood Attention (Hassani et al. 2023, dilation 1) over an image of width
+    IW stored in raster order: pixel (y, x) sees rows and columns clamp(c - KS // 2, 0,
+    n - KS) .. + KS - 1 per axis (n the image's height ceil(M / IW) or its width IW)."""
+    p, m = q.shape[-2], k.shape[-2]
+
+    def window(coordinate, n):
+        start = (coordinate - KS // 2).clamp(min=0).clamp(max=max(n - KS, 0))
+        return start[:, None], start[:, None] + KS
+
+    queries, keys = torch.arange(p), torch.arange(m)
+    height = -(-m // IW)
+    (top, bottom), (left, right) = window(queries // IW, height), window(queries % IW, IW)
+    rows, columns = (keys // IW)[None, :], (keys % IW)[None, :]
+    mask = (rows >= top) & (rows < bottom) & (columns >= left) & (columns < right)
+    return softmax_attention(q, k, v, scale, mask)
+
+
 def squeeze_excitation(x, w1, w2):
     """Hu et al. 2018, "Squeeze-and-Excitation Networks": s = sigmoid(W2 relu(W1 z)) with
     z the per-channel mean over the pixels; the output is x scaled per channel by s."""

@@ -121,6 +121,15 @@ CBAM_SHAPES = shapes("BCHWR",
     (1, 3, 9, 8, 3),      # a map larger than the 7 x 7 window
     (1, 4, 2, 11, 1),
     I=7, J=7)
+# (B, H, P, M, E, F) for neighborhood_2d: M a multiple of the spec's image width IW = 4
+# (heights 1, 3, 5 and 2 against the window of 3), P == M, P < M and P > M.
+NEIGHBORHOOD_2D_SHAPES = attn_shapes(
+    (1, 1, 4, 4, 3, 2),
+    (2, 3, 12, 12, 4, 3),
+    (1, 2, 20, 20, 5, 1),
+    (1, 1, 7, 16, 2, 2),
+    (2, 1, 13, 8, 3, 5),
+)
 ECA_SHAPES = shapes("BCHWK",
     (1, 1, 1, 1, 1),
     (2, 7, 3, 5, 3),
@@ -159,6 +168,7 @@ EXAMPLE_REGISTRY: dict[str, Example] = {
     "relu_attention": Example(ref.relu_attention, ATTN_SHAPES),
     "clipped_softmax": Example(ref.clipped_softmax, CLIPPED_SHAPES),
     "neighborhood_1d": Example(ref.neighborhood_1d, ATTN_SHAPES),
+    "neighborhood_2d": Example(ref.neighborhood_2d, NEIGHBORHOOD_2D_SHAPES),
     "squeeze_excitation": Example(ref.squeeze_excitation, SE_SHAPES),
     "retention": Example(ref.retention, ATTN_SHAPES),
     "softpick": Example(ref.softpick_attention, ATTN_SHAPES),

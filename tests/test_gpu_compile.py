@@ -18,13 +18,13 @@ from conftest import EXAMPLES, ROOT, WINDOW
 pytest.importorskip("triton")
 
 
-# Every module's fused kernels in fp32 and bf16 (TMA and pointer loads); fp16 too, and
-# the unfused schedule's kernels (one per Einsum, from one generator), for the examples
-# that cover its forms: masks and a derived split (causal), a spec's own split and
-# recurrences over its tiles (softmax_1pass), an index divisor (gqa), a recurrence over
-# the sequence (gla_recurrent), shifted reads (eca), and the window's tile bounds. fp16
-# takes bf16's code path with another element type. CI's time: all of it for every
-# example was a third of the suite's.
+# Every module's fused kernels in fp32 and bf16 (TMA loads, and pointer loads in bf16);
+# fp16, pointer loads in every dtype, and the unfused schedule's kernels (one per Einsum,
+# from one generator), for the examples that cover its forms: masks and a derived split
+# (causal), a spec's own split and recurrences over its tiles (softmax_1pass), an index
+# divisor (gqa), a recurrence over the sequence (gla_recurrent), shifted reads (eca), and
+# the window's tile bounds. fp16 takes bf16's code path with another element type. CI's
+# time: all of it for every example was a third of the suite's.
 ALL_KERNELS = {"causal_softmax", "softmax_1pass", "gqa", "gla_recurrent", "eca"}
 MODULES = [*EXAMPLES, WINDOW]
 SHARDS = 4

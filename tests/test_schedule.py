@@ -193,7 +193,7 @@ def test_a_window_bound_is_an_expression_in_the_spec_params():
     """p - m < W: keys from p + 1 - W on (the host rounds it outwards), and m <= p."""
     import sympy
     bounds = AttentionRoles(einsumattn.load(WINDOW)).kernel_schedule("window").passes[0].bounds
-    assert dict(bounds) == {"lower": 1 - sympy.Symbol("W"), "upper": 0}
+    assert {b.side: b.offset for b in bounds} == {"lower": 1 - sympy.Symbol("W"), "upper": 0}
 
 
 def test_a_contraction_that_is_no_product_of_two_tiles_is_refused_by_the_schedule():

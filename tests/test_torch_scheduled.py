@@ -18,7 +18,7 @@ from einsumattn.codegen import compile_to_file, generate
 from einsumattn.codegen.compile import import_file
 from einsumattn.backends.module import Plan
 from einsumattn.ir import expr as ir
-from einsumattn.verify import Case, case_inputs, compare, run_check
+from einsumattn.verify import Case, case_inputs, compare, drawn_ranks, run_check
 
 from conftest import EXAMPLES, ROOT, WINDOW, examples, load_generated
 from spec_generator import cascades
@@ -506,8 +506,7 @@ def test_the_untracked_statements_agree_with_the_guarded_ones(path, built):
     if module.TORCH_FALLBACK is not None:
         pytest.skip(module.TORCH_FALLBACK)
     cascade = einsumattn.load(path)
-    parts = {rank for split in cascade.splits for rank in (split.outer, split.inner)}
-    sizes = {r: 7 for r in cascade.ranks if cascade.ranks[r].fixed is None and r not in parts}
+    sizes = {r: 7 for r in drawn_ranks(cascade)}
     inputs = case_inputs(cascade, Case(sizes, "float32", 1.0, False, 0))
     cls = getattr(module, module.__all__[0])
     floating = [t.is_floating_point() for t in inputs.values()]

@@ -282,7 +282,7 @@ def test_a_window_starts_and_stops_its_key_tile_loops_at_its_bounds(rewrite):
                                 before.body))
     assert len(loops) == len(kernel.schedule.passes)
     for loop, schedule_pass in zip(loops, kernel.schedule.passes):
-        assert sorted(side for side, _ in schedule_pass.bounds) == ["lower", "upper"]
+        assert sorted(b.side for b in schedule_pass.bounds) == ["lower", "upper"]
         assert _of(k.Quotient, loop.start) and _of(k.Extremum, loop.stop)
         assert k.Var("lower_offset") in _of(k.Var, loop.start)
 

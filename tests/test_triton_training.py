@@ -18,7 +18,8 @@ from conftest import ROOT
 
 EXAMPLES = ["softmax_3pass", "causal_softmax", "gqa", "alibi", "sigmoid_attention",
             "linear_attention", "softcap", "eca", "diff_transformer", "relu_attention",
-            "clipped_softmax", "neighborhood_1d", "squeeze_excitation", "retention",
+            "clipped_softmax", "neighborhood_1d", "neighborhood_2d", "squeeze_excitation",
+            "retention",
             "softpick", "normalized_attention", "cbam", "aaren", "efficient_attention",
             "cosine_attention"]
 SIZES = dict(B=1, H=2, KH=1, P=9, M=11, E=4, F=3, C=5, W=3, K=3, D=3, R=2)

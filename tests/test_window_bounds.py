@@ -2,7 +2,9 @@
 s(p) = min(max(p - W // 2, 0), max(M - W, 0))) bounds the key tiles a row tile visits:
 s never decreases as p grows, so the tile's keys lie within s(first row) ..
 s(last row) + W - 1 (schedule/bounds.py, monotone_bound). The kernel used to read every
-key tile."""
+key tile. The 2-D window over an image in raster order bounds the key's image row
+(`m // IW`), which bounds the key: the rows from the first query's window to the last
+one's."""
 
 import math
 
@@ -20,11 +22,12 @@ from einsumattn.schedule.bounds import monotone_bound
 from conftest import ROOT
 
 SPEC = ROOT / "examples" / "neighborhood_1d.attn"
+SPEC_2D = ROOT / "examples" / "neighborhood_2d.attn"
 KEYS = ir.Dim("M")
 
 
 def _condition(text: str) -> ir.Expr:
-    cascade = einsumattn.load("attention c\ndims P, M\nparam W = 5\ninput X[p, m]\n"
+    cascade = einsumattn.load("attention c\ndims P, M, IW = 4\nparam W = 5\ninput X[p, m]\n"
                               f"Y[p, m] = X[p, m] where {text}\noutput Y\n")
     return cascade.einsum("Y").filter
 
@@ -35,6 +38,8 @@ def _condition(text: str) -> ir.Expr:
     ("p // 2 <= m", "lower"),
     ("m <= 2 * p + W", "upper"),
     ("m > max(p, 3)", "lower"),
+    ("m // IW >= p // IW - 1", "lower"),        # the key's row in an image IW wide
+    ("m // IW < min(p // IW + 2, 7)", "upper"),
 ])
 def test_a_bound_that_never_decreases_with_the_row_is_read(text, side):
     found = monotone_bound(_condition(text), "m", "p", KEYS)
@@ -47,43 +52,52 @@ def test_a_bound_that_never_decreases_with_the_row_is_read(text, side):
     "m >= p % 4",            # not monotone
     "m >= max(p, M - p)",    # the two sides disagree
     "m * 2 >= p",            # the key is not alone
+    "m // W >= p",           # a param divisor may be negative
+    "m % IW >= p % IW",      # the column: no bound on the key
 ])
 def test_other_bounds_are_not_read(text):
     assert monotone_bound(_condition(text), "m", "p", KEYS) is None
 
 
 @pytest.fixture(scope="module")
-def module(tmp_path_factory):
-    return import_file(compile_to_file(SPEC, tmp_path_factory.mktemp("window")),
-                       "window_bounds")
+def modules(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("window")
+    return {spec: import_file(compile_to_file(spec, folder), f"window_{spec.stem}")
+            for spec in (SPEC, SPEC_2D)}
 
 
-def _agrees(module, cascade, sizes, W) -> bool:
+def _agrees(module, spec, sizes, params) -> bool:
     generator = torch.Generator().manual_seed(sum(sizes))
     P, M = sizes
     q, k, v = (torch.randn(1, 2, n, d, generator=generator)
                for n, d in ((P, 8), (M, 8), (M, 4)))
-    out = module.neighborhood_1d(q, k, v, W=W, backend="triton")
-    want = einsumattn.evaluate(cascade, {"Q": q.double().numpy(), "K": k.double().numpy(),
-                                         "V": v.double().numpy()}, {"W": W})["AV"]
+    out = getattr(module, spec.stem)(q, k, v, **params, backend="triton")
+    want = einsumattn.evaluate(einsumattn.load(spec), {
+        "Q": q.double().numpy(), "K": k.double().numpy(), "V": v.double().numpy()},
+        params)["AV"]
     return bool(np.allclose(out.numpy(), want, rtol=1e-4, atol=1e-5))
 
 
 # Many key tiles of 16 per row tile's window, at each end of the sequence, a fractional
-# and an infinite W (numpy's inf // 2 is nan: every key masked, in the oracle too).
-CASES = [((70, 70), 5), ((50, 90), 2.5), ((90, 50), 17), ((40, 70), math.inf)]
+# and an infinite W (numpy's inf // 2 is nan: every key masked, in the oracle too); for
+# 2-D, images 4 pixels wide and 30 or 20 high (tiles of 16 keys: 4 image rows).
+CASES = {SPEC: [((70, 70), {"W": 5}), ((50, 90), {"W": 2.5}), ((90, 50), {"W": 17}),
+                ((40, 70), {"W": math.inf})],
+         SPEC_2D: [((120, 120), {"KS": 3}), ((120, 120), {"KS": 5}),
+                   ((48, 80), {"KS": 3})]}
 
 
-def test_the_kernel_visits_only_the_window_and_agrees(module):
-    (kernel,) = module.SCHEDULE["kernels"]
+@pytest.mark.parametrize("spec", [SPEC, SPEC_2D], ids=lambda s: s.stem)
+def test_the_kernel_visits_only_the_window_and_agrees(modules, spec):
+    (kernel,) = modules[spec].SCHEDULE["kernels"]
     sides = [side for side, _ in kernel["passes"][0]["bounds"]]
     assert sorted(sides) == ["lower", "upper"]
-    cascade = einsumattn.load(SPEC)
-    for sizes, W in CASES:
-        assert _agrees(module, cascade, sizes, W), (sizes, W)
+    for sizes, params in CASES[spec]:
+        assert _agrees(modules[spec], spec, sizes, params), (sizes, params)
 
 
-def test_a_window_one_tile_too_late_fails(tmp_path, monkeypatch):
+@pytest.mark.parametrize("spec", [SPEC, SPEC_2D], ids=lambda s: s.stem)
+def test_a_window_one_tile_too_late_fails(tmp_path, monkeypatch, spec):
     """The cases above would catch a bound that skipped a tile the window needs."""
     def late(*args, **kwargs):
         found = original(*args, **kwargs)
@@ -93,6 +107,5 @@ def test_a_window_one_tile_too_late_fails(tmp_path, monkeypatch):
 
     original = bounds.monotone_bound
     monkeypatch.setattr("einsumattn.schedule.attention.monotone_bound", late)
-    mutated = import_file(compile_to_file(SPEC, tmp_path), "window_late")
-    cascade = einsumattn.load(SPEC)
-    assert not all(_agrees(mutated, cascade, sizes, W) for sizes, W in CASES)
+    mutated = import_file(compile_to_file(spec, tmp_path), f"late_{spec.stem}")
+    assert not all(_agrees(mutated, spec, sizes, params) for sizes, params in CASES[spec])

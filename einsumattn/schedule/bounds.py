@@ -71,12 +71,12 @@ def monotone_bound(condition: ir.Expr, stream: str, row: str, keys: ir.Expr,
         return None
     left, right = condition.args
     op = condition.op
-    if not _is_key(left, stream):
+    if _key_rows(left, stream) is None:
         left, right = right, left
         op = {"<": ">", "<=": ">=", ">": "<", ">=": "<="}[op]
-        if not _is_key(left, stream):
-            return None
-    if stream in ir.index_vars(right) or _rising(right, row, constant) != 1:
+    per_row = _key_rows(left, stream)
+    if per_row is None or stream in ir.index_vars(right) or \
+            _rising(right, row, constant) != 1:
         return None
     # The integer keys the condition lets through, for a value that may be fractional
     # (a param W is a float): m >= f is m >= ceil(f), m > f is m >= floor(f) + 1,
@@ -96,7 +96,30 @@ def monotone_bound(condition: ir.Expr, stream: str, row: str, keys: ir.Expr,
                    "<=": ("upper", floor(clamped)),
                    ">": ("lower", ir.Op("+", (floor(clamped), ir.Const(1)))),
                    ">=": ("lower", ceil(clamped))}[op]
+    if per_row is not _ONE:
+        # key // D >= L is key >= L * D; key // D <= U is key <= U * D + D - 1
+        bound = ir.Op("*", (bound, per_row)) if side == "lower" else \
+            ir.Op("-", (ir.Op("*", (ir.Op("+", (bound, ir.Const(1))), per_row)),
+                        ir.Const(1)))
     return side, bound
+
+
+_ONE = ir.Const(1)
+
+
+def _key_rows(expr: ir.Expr, stream: str):
+    """D where `expr` is the key's row of D keys, `key // D` (D a size or a positive
+    integer: a raster's row, the image width); 1 for the key itself; None otherwise."""
+    if isinstance(expr, ir.Op) and expr.op == "//" and _positive(expr.args[1]) and \
+            _is_key(expr.args[0], stream):
+        return expr.args[1]
+    return _ONE if _is_key(expr, stream) else None
+
+
+def _positive(expr: ir.Expr) -> bool:
+    """A size (at least 1 where there is a point) or a positive integer."""
+    return isinstance(expr, ir.Dim) or (isinstance(expr, ir.Const) and
+                                        float(expr.value).is_integer() and expr.value > 0)
 
 
 def _is_key(expr: ir.Expr, stream: str) -> bool:
@@ -132,10 +155,11 @@ def _rising(expr: ir.Expr, row: str, constant: frozenset) -> int | None:
     if expr.op == "neg":
         return -args[0]
     if expr.op in ("*", "//"):
-        # times (or floor-divided by) a positive number keeps the direction
+        # times (or floor-divided by) a positive number or a size keeps the direction
         factor = expr.args[1] if args[1] == 0 else expr.args[0] if expr.op == "*" else None
         moving = args[0] if args[1] == 0 else args[1]
-        if factor is None or not (isinstance(factor, ir.Const) and factor.value > 0):
+        if factor is None or not (isinstance(factor, ir.Dim) or (
+                isinstance(factor, ir.Const) and factor.value > 0)):
             return None if moving else 0
         return moving
     return None

@@ -267,8 +267,10 @@ class _PassLowering:
         self._hoist()
         self.body.append(k.Comment(""))
         self.body += self._stores()
-        described = ", ".join(f"pass {number}: {_range_text(pruned[number], f.stream)}"
-                              for number in sorted(pruned))
+        described = ", ".join(
+            f"pass {number}: "
+            f"{_range_text(pruned[number], f.stream, self.schedule.passes[number - 1].bounds)}"
+            for number in sorted(pruned))
         if split is not None:
             described += (f", split over {self.schedule.splits} programs per row tile, "
                           f"each adding its tiles' sums")
@@ -872,7 +874,7 @@ class _SplitLowering(_PassLowering):
                              f"one loop over "
                              f"{outer} tiles of {inner} keys with "
                              f"{', '.join(e.tensor for e in carried)} carried in registers; "
-                             f"{_range_text((lo, hi), f.loop)}")
+                             f"{_range_text((lo, hi), f.loop, self.schedule.passes[0].bounds)}")
 
     def _loops(self, start, stop, step: tuple, stream: str) -> list:
         """The loop over the steps, with its interior steps (every mask of the tile true:
@@ -974,7 +976,9 @@ def _integer_test(op: str, left, right) -> k.Test:
     return k.Test(ir.Op(op, (left, right)), integer=True)
 
 
-def _range_text(bounds, stream: str) -> str:
+def _range_text(bounds, stream: str, proved: tuple[Bound, ...] = ()) -> str:
+    """What a loop's range leaves out, in words: an upper bound is the causal diagonal
+    (affine) or a window's far edge (a bound of the row that is not affine)."""
     lo, hi = bounds
     if lo is None and hi is None:
         return f"all {stream} tiles"
@@ -982,5 +986,6 @@ def _range_text(bounds, stream: str) -> str:
     if lo is not None:
         parts.append("skips tiles before the window")
     if hi is not None:
-        parts.append("skips tiles past the diagonal")
+        window = any(b.side == "upper" and b.function is not None for b in proved)
+        parts.append(f"skips tiles past the {'window' if window else 'diagonal'}")
     return ", ".join(parts)
