@@ -460,6 +460,21 @@ def test_tanh_is_odd_in_triton_as_in_the_oracle(tmp_path):
     _agrees(tree, inputs, params, run_triton(tree, inputs, params, tmp_path))
 
 
+def test_a_power_of_minus_one_to_an_infinite_exponent_is_one_in_triton(tmp_path):
+    """(-1) ** (+-inf) is 1 in numpy (C99's pow: |x| == 1), and so is 1 ** inf; _pow_f's
+    2 ** (y log2 |x|) was 2 ** (inf * 0) = NaN there. Found by the randomized profile
+    (I + -((-i) ** -inf) at i = 1)."""
+    tree = ir.Op("+", (ir.Dim("I"), ir.Op("neg", (ir.Op("**", (
+        ir.Op("neg", (ir.Index("i"),)), ir.Const(-math.inf))),))))
+    inputs = _case(([0.0] * SIZE, [0.0] * SIZE, 0.0))
+    params = {"c": 0.0, "d": 0.0}
+    _agrees(tree, inputs, params, run_triton(tree, inputs, params, tmp_path))
+    for exponent in (math.inf, -math.inf):
+        power = ir.Op("**", (X, ir.Const(exponent)))
+        inputs = _case(([-1.0, 1.0, -0.5, 0.5, 2.0, -2.0, 0.0, -0.0], [0.0] * SIZE, 0.0))
+        _agrees(power, inputs, params, run_triton(power, inputs, params, tmp_path))
+
+
 def test_logsigmoid_at_infinity_is_minus_zero_in_triton_as_in_the_oracle(tmp_path):
     """logsigmoid(+inf) is -0.0 in the oracle (-softplus(-x)), the limit from below, so
     I / -logsigmoid(I / c) at c = 0 is +inf; Triton's min(x, 0) - log1p(exp(-|x|)) gave

@@ -339,14 +339,17 @@ def _floordiv_f(a, b):
 # x ** y as numpy's power for any two values (a base that is not a positive constant and
 # an exponent that is not a small integer: RetNet's gamma ** (p - m)): 2 ** (y log2 |x|),
 # negated for a negative base (-0.0 included) and an odd integer exponent, NaN for a
-# negative base and a fraction; 1 where y == 0 or x == 1 (NaN included, as numpy). Its
+# negative base and a fraction; 1 where y == 0 or x == 1 (NaN included, as numpy), and
+# for x == -1 at y = +-inf. Its
 # relative error is exp2's of y log2 |x|: a few ulp, times |y log2 |x|| for the product.
 @triton.jit
 def _pow_f(x, y):
     # Nested tl.where, no & or |: the interpreter cannot combine a scalar's booleans.
     x = tl.cast(x, tl.float32)
     y = tl.cast(y, tl.float32)
-    magnitude = tl.exp2(y * tl.log2(tl.abs(x)))
+    # |x| == 1: 1 for every y (y log2 |x| is inf * 0 = NaN at y = +-inf; C99's pow, and
+    # numpy's, give 1; a NaN y with x = -1 is NaN below, not a whole number).
+    magnitude = tl.where(tl.abs(x) == 1, 1.0, tl.exp2(y * tl.log2(tl.abs(x))))
     whole = tl.floor(y) == y
     signed = tl.where(tl.floor(y * 0.5) != y * 0.5, -magnitude, magnitude)  # y odd: -
     of_sign = tl.where(whole, signed, magnitude)                      # -0.0 ** y
