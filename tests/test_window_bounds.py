@@ -2,7 +2,7 @@
 s(p) = min(max(p - W // 2, 0), max(M - W, 0))) bounds the key tiles a row tile visits:
 s never decreases as p grows, so the tile's keys lie within s(first row) ..
 s(last row) + W - 1 (schedule/bounds.py, monotone_bound). The kernel used to read every
-key tile. The 2-D window over an image in raster order bounds the key's image row
+key tile (and the scheduled torch backend every block of keys). The 2-D window over an image in raster order bounds the key's image row
 (`m // IW`), which bounds the key: the rows from the first query's window to the last
 one's."""
 
@@ -66,12 +66,15 @@ def modules(tmp_path_factory):
             for spec in (SPEC, SPEC_2D)}
 
 
-def _agrees(module, spec, sizes, params) -> bool:
+def _agrees(module, spec, sizes, params, backend="triton") -> bool:
     generator = torch.Generator().manual_seed(sum(sizes))
     P, M = sizes
     q, k, v = (torch.randn(1, 2, n, d, generator=generator)
                for n, d in ((P, 8), (M, 8), (M, 4)))
-    out = getattr(module, spec.stem)(q, k, v, **params, backend="triton")
+    # The torch backend in blocks of 16 rows and 16 keys, as the kernel's tiles: its
+    # defaults are wider than these sequences' windows leave out.
+    module.TORCH_TUNING.update(row_block=16, key_tile=16)
+    out = getattr(module, spec.stem)(q, k, v, **params, backend=backend)
     want = einsumattn.evaluate(einsumattn.load(spec), {
         "Q": q.double().numpy(), "K": k.double().numpy(), "V": v.double().numpy()},
         params)["AV"]
@@ -87,17 +90,21 @@ CASES = {SPEC: [((70, 70), {"W": 5}), ((50, 90), {"W": 2.5}), ((90, 50), {"W": 1
                    ((48, 80), {"KS": 3})]}
 
 
+@pytest.mark.parametrize("backend", ["triton", "torch"])
 @pytest.mark.parametrize("spec", [SPEC, SPEC_2D], ids=lambda s: s.stem)
-def test_the_kernel_visits_only_the_window_and_agrees(modules, spec):
+def test_the_kernel_visits_only_the_window_and_agrees(modules, spec, backend):
+    """The Triton kernel and the scheduled torch backend (blocks of keys from the row
+    block's first window start) both take the bounds."""
     (kernel,) = modules[spec].SCHEDULE["kernels"]
     sides = [side for side, _ in kernel["passes"][0]["bounds"]]
     assert sorted(sides) == ["lower", "upper"]
     for sizes, params in CASES[spec]:
-        assert _agrees(modules[spec], spec, sizes, params), (sizes, params)
+        assert _agrees(modules[spec], spec, sizes, params, backend), (sizes, params)
 
 
+@pytest.mark.parametrize("backend", ["triton", "torch"])
 @pytest.mark.parametrize("spec", [SPEC, SPEC_2D], ids=lambda s: s.stem)
-def test_a_window_one_tile_too_late_fails(tmp_path, monkeypatch, spec):
+def test_a_window_one_tile_too_late_fails(tmp_path, monkeypatch, spec, backend):
     """The cases above would catch a bound that skipped a tile the window needs."""
     def late(*args, **kwargs):
         found = original(*args, **kwargs)
@@ -108,4 +115,5 @@ def test_a_window_one_tile_too_late_fails(tmp_path, monkeypatch, spec):
     original = bounds.monotone_bound
     monkeypatch.setattr("einsumattn.schedule.attention.monotone_bound", late)
     mutated = import_file(compile_to_file(spec, tmp_path), f"late_{spec.stem}")
-    assert not all(_agrees(mutated, spec, sizes, params) for sizes, params in CASES[spec])
+    assert not all(_agrees(mutated, spec, sizes, params, backend)
+                   for sizes, params in CASES[spec])

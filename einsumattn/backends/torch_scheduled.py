@@ -50,7 +50,7 @@ import sympy
 
 from ..analysis.presence import Condition, einsum_conditions, point_conditions
 from . import names
-from .printers import TorchPrinter, is_atom
+from .printers import PythonScalarPrinter, TorchPrinter, is_atom
 from .torch_reference import TorchEmitter, _EinsumEmitter, _reads_any
 from ..schedule.attention import AttentionRoles
 from ..schedule.bounds import stream_bound
@@ -962,16 +962,33 @@ class _ScheduledPrinter:
         # The schedule's decision, as the Triton kernel takes it (no bounds: every step).
         offsets, self.facts["skipping"] = f.split_skipping(reductions)
         lo, hi, end = "0", outer, keys
-        for side, offset, function in offsets:
-            if function is not None:
-                continue    # a clamped window's bound: every step is visited
-            if side == "upper":   # keys up to the last row + offset (rounded outwards)
-                hi = (f"min({outer}, max(0, row_lo + row_n + "
-                      f"{self._offset(offset, 'ceil')} + {inner} - 1) // {inner})")
-                end = f"min({keys}, max(0, row_lo + row_n + {self._offset(offset, 'ceil')}))"
+        for bound in offsets:
+            if bound.side == "upper":   # keys up to the last row + offset (rounded outwards)
+                hi = f"min({outer}, max(0, {self._keys_end(bound)} + {inner} - 1) // {inner})"
+                end = f"min({keys}, max(0, {self._keys_end(bound)}))"
             else:
-                lo = f"max(0, row_lo + {self._offset(offset, 'floor')}) // {inner}"
+                lo = f"max(0, {self._keys_start(bound)}) // {inner}"
         return lo, hi, end
+
+    def _keys_start(self, bound) -> str:
+        """The first key a lower bound lets the row block see: its first row's."""
+        if bound.function is not None:      # a clamped window (schedule/bounds.py)
+            return self._at_row(bound.function, "row_lo")
+        return f"row_lo + {self._offset(bound.offset, 'floor')}"
+
+    def _keys_end(self, bound) -> str:
+        """One past the last key an upper bound lets the row block see: its last row's."""
+        if bound.function is not None:
+            return f"{self._at_row(bound.function, 'row_lo + row_n - 1')} + 1"
+        return f"row_lo + row_n + {self._offset(bound.offset, 'ceil')}"
+
+    def _at_row(self, function: ir.Expr, row: str) -> str:
+        """A monotone bound's value at one row: a whole number (bounds.py takes the floor
+        or ceiling and clamps it), as a Python int. Python's max(-1, nan) is -1, so a NaN
+        (W = nan masks every key: any bound is exact) converts too."""
+        keys = self.cascade.root_rank(self.cascade.var_rank(self.f.stream))
+        value = PythonScalarPrinter({self.f.row: f"({row})"})(function)
+        return f"int(min(max(-1, {value}), {keys}))"
 
     def _passes(self, available: set[str]) -> None:
         c, f = self.cascade, self.f
@@ -987,14 +1004,11 @@ class _ScheduledPrinter:
                 self.line(f"{acc.tensor} = torch.full({shape}, "
                           f"{identity[acc.reduce_op]}, device=device)", 1)
             lo, hi = "0", stream
-            for side, offset, function in self.f.masking_offsets(accumulators):
-                if function is not None:
-                    continue    # a clamped window's bound: every key block is visited
-                if side == "upper":
-                    hi = f"min({stream}, max(0, row_lo + row_n + " \
-                         f"{self._offset(offset, 'ceil')}))"
+            for bound in self.f.masking_offsets(accumulators):
+                if bound.side == "upper":
+                    hi = f"min({stream}, max(0, {self._keys_end(bound)}))"
                 else:
-                    lo = f"max(0, row_lo + {self._offset(offset, 'floor')})"
+                    lo = f"max(0, {self._keys_start(bound)})"
             bounds[number] = (lo, hi)
             self.line(f"keys_end = {hi}", 1)
             self._loop(f"for key_lo in range({lo}, keys_end, key_tile):", 1)
