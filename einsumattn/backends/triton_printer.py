@@ -340,8 +340,8 @@ def _floordiv_f(a, b):
 # an exponent that is not a small integer: RetNet's gamma ** (p - m)): 2 ** (y log2 |x|),
 # negated for a negative base (-0.0 included) and an odd integer exponent, NaN for a
 # negative base and a fraction; 1 where y == 0 or x == 1 (NaN included, as numpy), and
-# for x == -1 at y = +-inf. Its
-# relative error is exp2's of y log2 |x|: a few ulp, times |y log2 |x|| for the product.
+# for x == -1 at y = +-inf. Its relative error is exp2's of y log2 |x|: a few ulp, times
+# |y log2 |x|| for the product.
 @triton.jit
 def _pow_f(x, y):
     # Nested tl.where, no & or |: the interpreter cannot combine a scalar's booleans.

@@ -507,13 +507,13 @@ class AttentionRoles:
             masked_by = {c.expr for c in self.leaf_conditions(reduction) if c.kind == "filter"}
             candidates = masked_by if candidates is None else candidates & masked_by
         found = []
+        keys = ir.Dim(self.cascade.root_rank(self.cascade.var_rank(self.stream)))
         for condition in sorted(candidates or (), key=str):
             bound = stream_bound(self.keyed(condition), self.stream, self.row)
             if bound is not None:
                 found.append(Bound(*bound))
                 continue
             # a clamped window: key >= f(row) with f never decreasing (neighborhood)
-            keys = ir.Dim(self.cascade.root_rank(self.cascade.var_rank(self.stream)))
             bound = monotone_bound(self.keyed(condition), self.stream, self.row, keys,
                                    frozenset(self.batch))
             if bound is not None:

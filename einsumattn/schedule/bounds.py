@@ -10,6 +10,10 @@ from ..ir import expr as ir
 from ..transform.algebra import Algebra
 
 
+# a < b is b > a: a comparison with its sides swapped
+_MIRRORED = {"<": ">", "<=": ">=", ">": "<", ">=": "<="}
+
+
 def stream_bound(condition: ir.Expr, stream: str, row: str):
     """('upper', c) for m <= row + c, ('lower', c) for m >= row + c; None otherwise.
     c is printed for the kernel (integers and params)."""
@@ -45,7 +49,7 @@ def stream_bound(condition: ir.Expr, stream: str, row: str):
     # a*(m - p) + constant OP 0  ->  m - p OP' -constant/a
     op = condition.op
     if a == -1:
-        op = {"<": ">", "<=": ">=", ">": "<", ">=": "<="}[op]
+        op = _MIRRORED[op]
     offset = -constant / a
     # m < row + c is m <= row + c - 1 for integer c (a param is rounded on the host).
     shifted = {"<": ("upper", offset - 1), "<=": ("upper", offset),
@@ -61,10 +65,10 @@ def monotone_bound(condition: ir.Expr, stream: str, row: str, keys: ir.Expr,
                    constant: frozenset = frozenset()):
     """('lower', f) for key >= f(row), ('upper', f) for key <= f(row), with f a function
     of the row with integer values (floor and ceil taken) that never decreases as the
-    row grows (built from the row, sizes,
-    params, numbers and `constant` variables, one value per program, by +, -, * and // by
-    positive numbers, min and max): a clamped window, `m >= min(max(p - W // 2, 0),
-    max(M - W, 0))`. The keys of a tile of rows first..last then lie within f(first) ..
+    row grows (built from the row, sizes, params, numbers and `constant` variables, one
+    value per program, by +, -, * and // by positive numbers or sizes, min and max): a
+    clamped window, `m >= min(max(p - W // 2, 0), max(M - W, 0))`; the key may also be
+    its row of D keys, `key // D`. The keys of a tile of rows first..last then lie within f(first) ..
     g(last): a row's bound is no tighter than the tile's. None otherwise (and for the
     affine filters, which stream_bound reads). `keys`: the key rank's size."""
     if not isinstance(condition, ir.Op) or condition.op not in ("<", "<=", ">", ">="):
@@ -73,7 +77,7 @@ def monotone_bound(condition: ir.Expr, stream: str, row: str, keys: ir.Expr,
     op = condition.op
     if _key_rows(left, stream) is None:
         left, right = right, left
-        op = {"<": ">", "<=": ">=", ">": "<", ">=": "<="}[op]
+        op = _MIRRORED[op]
     per_row = _key_rows(left, stream)
     if per_row is None or stream in ir.index_vars(right) or \
             _rising(right, row, constant) != 1:
@@ -110,16 +114,17 @@ _ONE = ir.Const(1)
 def _key_rows(expr: ir.Expr, stream: str):
     """D where `expr` is the key's row of D keys, `key // D` (D a size or a positive
     integer: a raster's row, the image width); 1 for the key itself; None otherwise."""
-    if isinstance(expr, ir.Op) and expr.op == "//" and _positive(expr.args[1]) and \
-            _is_key(expr.args[0], stream):
+    if isinstance(expr, ir.Op) and expr.op == "//" and \
+            _positive(expr.args[1], integer=True) and _is_key(expr.args[0], stream):
         return expr.args[1]
     return _ONE if _is_key(expr, stream) else None
 
 
-def _positive(expr: ir.Expr) -> bool:
-    """A size (at least 1 where there is a point) or a positive integer."""
-    return isinstance(expr, ir.Dim) or (isinstance(expr, ir.Const) and
-                                        float(expr.value).is_integer() and expr.value > 0)
+def _positive(expr: ir.Expr, integer: bool = False) -> bool:
+    """A size (at least 1 where there is a point) or a positive number (`integer`: a
+    whole one)."""
+    return isinstance(expr, ir.Dim) or (isinstance(expr, ir.Const) and expr.value > 0 and
+                                        (not integer or float(expr.value).is_integer()))
 
 
 def _is_key(expr: ir.Expr, stream: str) -> bool:
@@ -158,8 +163,7 @@ def _rising(expr: ir.Expr, row: str, constant: frozenset) -> int | None:
         # times (or floor-divided by) a positive number or a size keeps the direction
         factor = expr.args[1] if args[1] == 0 else expr.args[0] if expr.op == "*" else None
         moving = args[0] if args[1] == 0 else args[1]
-        if factor is None or not (isinstance(factor, ir.Dim) or (
-                isinstance(factor, ir.Const) and factor.value > 0)):
+        if factor is None or not _positive(factor):
             return None if moving else 0
         return moving
     return None

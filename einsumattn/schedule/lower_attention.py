@@ -99,6 +99,12 @@ class _Tiles(AttentionRoles, Lowering):
             return ir.Dim(self.tile_block)    # the split factor is the tile
         return node
 
+    def stream_in_rank(self) -> k.Integer:
+        """The tile's stream index below its rank's size: `m < M` (an unsplit tile's last
+        keys), `m0 < M0` (a padded split's lanes past its factor)."""
+        return k.Integer(ir.Op("<", (k.Var(self.stream),
+                                     ir.Dim(self.cascade.var_rank(self.stream)))))
+
     def step_keys(self):
         """The keys one step of a split advances by: the tile, or a padded tile's factor
         (the kernel's argument for the inner rank)."""
@@ -440,9 +446,8 @@ class _PassLowering:
         # A split's tile is its inner part, M0 = the block: every key of it exists (m0 <
         # M0 is true), so only the unsplit tile's last keys and a padded split's lanes
         # past its factor need a mask.
-        key_lanes = k.Mask(()) if f.loop is not None and not f.padded else k.Expand(
-            k.Integer(ir.Op("<", (k.Var(f.stream), ir.Dim(self.cascade.var_rank(f.stream))))),
-            (True, False))
+        key_lanes = k.Mask(()) if f.loop is not None and not f.padded else \
+            k.Expand(f.stream_in_rank(), (True, False))
         rows = product([f.lowered(x, (f.row, feature), k.Expand(_ROW_LIVE, (True, False)))
                         for x in plan.left])
         if not all(isinstance(x, ir.Read) and self.cascade.tensors[x.tensor].is_input
@@ -464,9 +469,7 @@ class _PassLowering:
         """A row tile that does not change along the stream, computed once before the
         passes (the Q tile of QK): the name it gets there."""
         if value not in self.hoisted:
-            taken = set(self.hoisted.values())
-            self.hoisted[value] = next(n for n in itertools.chain(
-                [name], (f"{name}{i}" for i in itertools.count(2))) if n not in taken)
+            self.hoisted[value] = _unused(name, self.hoisted.values())
         return k.Var(self.hoisted[value])
 
     def _init_accumulator(self, einsum: Einsum) -> k.Let:
@@ -804,9 +807,7 @@ class _PassLowering:
         value = k.Cast(self.f.expr(substitute(function, {self.f.row: row}),
                                    ((), k.Mask(()))), "int64")
         if value not in self.window:
-            taken = set(self.window.values())
-            self.window[value] = next(n for n in itertools.chain(
-                [name], (f"{name}{i}" for i in itertools.count(2))) if n not in taken)
+            self.window[value] = _unused(name, self.window.values())
             self.body.append(k.Let(self.window[value], value))
         return k.Var(self.window[value])
 
@@ -946,9 +947,14 @@ class _SplitLowering(_PassLowering):
         live = super()._keys_live(grouped)
         if not self.f.padded:
             return live
-        inner = self.cascade.var_rank(self.f.stream)
-        return k.Integer(ir.Op("&", (live.value, ir.Op("<", (k.Var(self.f.stream),
-                                                             ir.Dim(inner))))))
+        return k.Integer(ir.Op("&", (live.value, self.f.stream_in_rank().value)))
+
+
+def _unused(name: str, taken) -> str:
+    """`name`, or `name2`, `name3`, ...: the first that `taken` does not hold."""
+    taken = set(taken)
+    return next(n for n in itertools.chain([name], (f"{name}{i}" for i in itertools.count(2)))
+                if n not in taken)
 
 
 def _as_stored(operand):
