@@ -33,6 +33,29 @@ def test_gqa_packs_the_heads_of_a_group_and_reads_k_and_v_at_the_group():
                              for load in loads)
 
 
+def test_no_packed_row_coordinate_is_held_across_the_loops():
+    """A packed row's query row and head take an integer division each (model.Group):
+    held from the prologue to the stores, they cost 4 int64 registers a row, 8 rows a
+    thread in the stores' layout, and GQA at head dim 128 spilled 12 B on sm_90a
+    (benchmarks/results/sm90-static-2026-12-01-session30.md). The statements after the
+    last loop compute them again before anything there reads them."""
+    per_row = {"packed", "head", "packed_rest", "p_", "h_", "row_live"}
+    for text in (GQA, CAUSAL_GQA):
+        (kernel,) = Plan(einsumattn.load(text)).triton.fused
+        body = list(kernel.body)
+        last = max(i for i, s in enumerate(body) if isinstance(s, k.Loop))
+        bound, read = set(), set()
+        for statement in body[last + 1:]:
+            reads = {n.name for n in _walk([statement]) if isinstance(n, k.Var)} & per_row
+            assert reads <= bound, (statement, reads - bound)
+            read |= reads
+            if isinstance(statement, k.Let):
+                bound.add(statement.name)
+            elif isinstance(statement, k.Unflatten):
+                bound |= {name for name, _ in statement.parts} | {statement.rest}
+        assert {"p_", "h_", "row_live"} <= read      # the stores' rows and mask
+
+
 @pytest.mark.parametrize("spec", [
     # the head in arithmetic (a per-head slope): a packed row's head is not one value
     GQA.replace("* scale\n", "* scale + h\n"),

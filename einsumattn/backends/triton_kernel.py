@@ -84,8 +84,14 @@ def launch_lines(cascade: Cascade, schedule: KernelSchedule, host_args: list[str
                        cascade.var_rank(v) for v in programs) or "1"
     rows = cascade.var_rank(schedule.row)
     if group is not None:
-        # rows packed with the query heads of a group: G = ceil(H / KH) per query row
+        # rows packed with the query heads of a group: G = ceil(H / KH) per query row,
+        # indexed in 32 bits after the loops (schedule/lower_attention.py, _rows_after_loops)
         rows = f"(-(-{group.extent} // {group.rank}) * {rows})"
+        block = f'tuning["{schedule.row}_BLOCK"]'
+        checks = [*checks, f"if {rows} + {block} > 2**31:",
+                  f'    raise ValueError(f"{schedule.name}: {{{rows}}} packed rows (the query '
+                  f'heads of a group times the rows) do not fit its 32-bit row index; call it '
+                  f'on fewer rows at a time")']
     # The dot precision follows the inputs' dtype (_dot_dtype in the module); `flags`:
     # keyword arguments the host computes per call (a param's sign).
     dot_dtype = "_buffer_dot(dot_dtype)" if schedule.buffered_dots else "dot_dtype"

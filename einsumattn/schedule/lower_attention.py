@@ -246,7 +246,8 @@ class _PassLowering:
         stream = cascade.var_rank(f.stream)
         block = f"{f.stream}_BLOCK"
         split = self._split_range(stream)
-        for number, accumulators, needed in f.pass_plan():
+        plan = list(f.pass_plan())
+        for number, accumulators, needed in plan:
             pruned[number] = self._bounds(self.schedule.passes[number - 1].bounds)
             lo, hi = split or pruned[number]
             self._begin_loops()
@@ -268,6 +269,8 @@ class _PassLowering:
             self.body += self._pass_loops(lo or _ZERO,
                                           hi or k.Integer(ir.Dim(stream)), tuple(tile),
                                           list(needed) + list(accumulators), stream)
+            if number == plan[-1][0]:
+                self.body += self._rows_after_loops()
             available.update(acc.tensor for acc in accumulators)
             self.body += self._rows(available)
         self._hoist()
@@ -325,13 +328,11 @@ class _PassLowering:
             f"program: one point of {', '.join(batch) or 'nothing'}, "
             f"{f.row}_BLOCK points of {rows}; "
             f"{n_passes} pass(es) over {cascade.root_rank(cascade.var_rank(f.stream))}"))
-        live = ir.Op("<", (k.Var(f.row), ir.Dim(cascade.var_rank(f.row))))
         if f.group is None:
             self.body += program_statements(cascade, f.batch, f.row, f"{f.row}_BLOCK")
         else:
             self.body += self._packed_rows()
-            live = ir.Op("&", (live, ir.Op("<", (k.Var(f.group.var), k.Var("heads_end")))))
-        self.body.append(k.Let(_ROW_LIVE.name, k.Integer(live)))
+        self.body.append(self._live_rows())
         self.body += [k.Let(var, k.Arange(f"{var}_BLOCK")) for var in f.features]
 
     def _grid_text(self) -> str:
@@ -348,25 +349,61 @@ class _PassLowering:
         first(kh) = ceil(kh H / KH); a group's heads end at first(kh + 1)."""
         f, cascade, group = self.f, self.cascade, self.f.group
         heads, groups = ir.Dim(group.extent), ir.Dim(group.rank)
-
-        def first(kh):      # ceil(kh * H / KH), kh >= 0
-            return k.Quotient(total([ir.Op("*", (kh, heads)), groups, ir.Const(-1)]), groups)
         parts = tuple((v, groups if v == group.group else ir.Dim(cascade.var_rank(v)))
                       for v in group.programs(f.batch))
-        block = f"{f.row}_BLOCK"
-        start = ir.Op("*", (k.Cast(k.ProgramId(0), "int64"), k.Var(block)))
-        kh = ir.Index(group.group)
         return [k.Comment(f"rows packed: the query heads {group.var} of group {group.group} "
                           f"(the heads whose K and V tiles are the group's) times the rows"),
                 k.Let("batch", k.Cast(k.ProgramId(1), "int64")),
                 k.Unflatten("batch", parts, "rest"),
                 k.Let(_HEADS.name, k.Integer(k.Quotient(total([heads, groups, ir.Const(-1)]),
                                                         groups))),
-                k.Let("packed", ir.Op("+", (start, k.Arange(block)))),
-                k.Unflatten("packed", ((f.row, ir.Dim(cascade.var_rank(f.row))),
+                *self._packed_tile(wide=True),
+                k.Let("heads_end", k.Integer(self._first_head(ir.Op(
+                    "+", (ir.Index(group.group), ir.Const(1))))))]
+
+    def _first_head(self, kh):
+        """first(kh) = ceil(kh H / KH), the group's first query head (kh >= 0)."""
+        groups = ir.Dim(self.f.group.rank)
+        return k.Quotient(total([ir.Op("*", (kh, ir.Dim(self.f.group.extent))), groups,
+                                 ir.Const(-1)]), groups)
+
+    def _packed_tile(self, wide: bool) -> list:
+        """The packed rows of the program's tile: their query row and head (`wide`: in
+        int64; else in 32 bits, the query row widened for the addresses)."""
+        f, group = self.f, self.f.group
+        block = f"{f.row}_BLOCK"
+        program = k.Cast(k.ProgramId(0), "int64") if wide else k.ProgramId(0)
+        rows = [k.Let("packed", ir.Op("+", (ir.Op("*", (program, k.Var(block))),
+                                           k.Arange(block)))),
+                k.Unflatten("packed", ((f.row, ir.Dim(self.cascade.var_rank(f.row))),
                                        ("head", _HEADS)), "packed_rest"),
-                k.Let(group.var, k.Integer(ir.Op("+", (first(kh), k.Var("head"))))),
-                k.Let("heads_end", k.Integer(first(ir.Op("+", (kh, ir.Const(1))))))]
+                k.Let(group.var, k.Integer(ir.Op("+", (self._first_head(
+                    ir.Index(group.group)), k.Var("head")))))]
+        if not wide:
+            rows.append(k.Let(f.row, k.Cast(k.Var(f.row), "int64")))
+        return rows
+
+    def _rows_after_loops(self) -> list:
+        """A packed tile's row coordinates and live rows computed again once the loops
+        are done, for the values and stores after them. Kept from the prologue, they
+        would be held across the loops: 4 int64 registers per row and 8 rows per thread
+        in the stores' layout at 128 rows and 8 warps (GQA at head dim 128: 255 registers,
+        12 B spilled). They are computed in 32 bits here (the host checks that the packed
+        rows fit), a computation of its own that the compiler does not merge with the
+        prologue's int64 one; an integer division per row, once per program."""
+        if self.f.group is None:
+            return []
+        return [k.Comment(""), k.Comment("the packed rows again, in 32 bits, for what "
+                                         "follows the loops (not held across them)"),
+                *self._packed_tile(wide=False), self._live_rows()]
+
+    def _live_rows(self) -> k.Let:
+        """`row_live`: the tile's rows that exist (and, packed, belong to the group)."""
+        f = self.f
+        live = ir.Op("<", (k.Var(f.row), ir.Dim(self.cascade.var_rank(f.row))))
+        if f.group is not None:
+            live = ir.Op("&", (live, ir.Op("<", (k.Var(f.group.var), k.Var("heads_end")))))
+        return k.Let(_ROW_LIVE.name, k.Integer(live))
 
     def _hoist(self) -> None:
         """Put the loop-invariant row tiles before the first loop."""
@@ -865,6 +902,7 @@ class _SplitLowering(_PassLowering):
         start, stop = lo or _ZERO, hi or k.Integer(ir.Dim(outer))
         step = self._scales_folded(self._biases_added(tuple(step)))
         self.body += self._loops(start, stop, step, stream)
+        self.body += self._rows_after_loops()
         available.update(e.tensor for e in cascade.einsums if f.kinds[e.tensor] != Role.ROW)
         self.body.append(k.Comment(""))
         self.body += self._rows(available)
