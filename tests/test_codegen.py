@@ -496,7 +496,7 @@ def test_default_causal_and_window_kernels_visit_only_needed_tiles(tmp_path):
         # whole tile for pid > 0, the first one for pid 0.
         assert len(_visited_tiles(window, pid, interior=True, lower_offset=-19, **sizes)) \
             == 0
-    assert "W_, math.floor(1 - W_)," in open(window.__file__).read()   # lower_offset = 1 - W
+    assert "W_, _outwards(1 - W_, \"floor\")," in open(window.__file__).read()   # lower_offset = 1 - W
     own = import_file(compile_to_file(ROOT / "examples" / "softmax_1pass.attn", tmp_path),
                       "visits_flash")
     # Nothing masked: every tile; the full ones (3 of 16 keys in 53) without masks.

@@ -239,7 +239,7 @@ MODULE_NAMES = frozenset({
     "__all__", "annotations", "math", "os", "warnings", "torch", "triton", "tl",
     "SPEC_SHA256", "EINSUMATTN_VERSION", "INPUTS", "OUTPUTS", "PARAMS", "COMPILE_OPTIONS",
     "TRITON_FALLBACK", "TUNING", "TUNING_FUSED", "DOT_ROUNDING", "BACKENDS", "SCHEDULE",
-    "reference", "_reference", "_forward", "_backend", "_check_params", "_take", "_bind",
+    "reference", "_reference", "_forward", "_backend", "_outwards", "_check_params", "_take", "_bind",
     "_triton_forward", "_dot_dtype", "_FLOAT_DTYPES", "_INT_DTYPES", "_INTERPRETED",
     "_floordiv", "_mod", "_floordiv_f", "_mod_f", "_pow_f", "_to_dot", "_sigmoid", "_sigmoid_exp2",
     "_log1p", "_expm1", "_softplus", "_logsigmoid", "_tanh",

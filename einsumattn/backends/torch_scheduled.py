@@ -875,7 +875,7 @@ class _ScheduledPrinter:
     def _offset(offset: sympy.Expr, rounding: str) -> str:
         if not offset.free_symbols:
             return f"({int(offset)})"
-        return f"math.{rounding}({sympy.pycode(offset)})"
+        return f'_outwards({sympy.pycode(offset)}, "{rounding}")'
 
     # -- the loops ---------------------------------------------------------------------
     def emit(self) -> list[str]:
@@ -933,9 +933,9 @@ class _ScheduledPrinter:
             self.line(f"# init {einsum.tensor} = {ir.to_text(einsum.init)}", 1)
             others = tuple(v for v in einsum.indices if v != f.loop)
             self.compute(Einsum(einsum.tensor, others, einsum.init), "edge", 1)
-        lo, hi, end = self._step_bounds()
+        steps, end = self._step_bounds()
         self.line(f"keys_end = {end}", 1)
-        self._loop(f"for {f.loop} in range({lo}, {hi}):", 1)
+        self._loop(f"for {f.loop} in {steps}:", 1)
         inner = c.var_rank(f.stream)
         self.line(f"key_lo = {f.loop} * {inner}", 2)
         self.line(f"key_n = min({inner}, keys_end - key_lo)", 2)
@@ -962,13 +962,26 @@ class _ScheduledPrinter:
         # The schedule's decision, as the Triton kernel takes it (no bounds: every step).
         offsets, self.facts["skipping"] = f.split_skipping(reductions)
         lo, hi, end = "0", outer, keys
+        sinks = None
         for bound in offsets:
             if bound.side == "upper":   # keys up to the last row + offset (rounded outwards)
                 hi = f"min({outer}, max(0, {self._keys_end(bound)} + {inner} - 1) // {inner})"
                 end = f"min({keys}, max(0, {self._keys_end(bound)}))"
             else:
                 lo = f"max(0, {self._keys_start(bound)}) // {inner}"
-        return lo, hi, end
+                sinks = self._sinks(bound)
+        if sinks is None:
+            return f"range({lo}, {hi})", end
+        # the sinks' steps, then the window's from past them (schedule/bounds.py)
+        self.line(f"sink_steps = min({hi}, -(-{sinks} // {inner}))", 1)
+        return f"(*range(0, sink_steps), *range(max({lo}, sink_steps), {hi}))", end
+
+    def _sinks(self, bound):
+        """The keys every row sees besides a lower bound's window, `key < sinks`
+        (bounds.py's either_bound): their exclusive end, rounded up; None without."""
+        if bound.sinks is None:
+            return None
+        return f"max(0, {self._offset(bound.sinks, 'ceil')})"
 
     def _keys_start(self, bound) -> str:
         """The first key a lower bound lets the row block see: its first row's."""
@@ -1003,15 +1016,22 @@ class _ScheduledPrinter:
                 shape = self.writer._shape(self.kept(acc))
                 self.line(f"{acc.tensor} = torch.full({shape}, "
                           f"{identity[acc.reduce_op]}, device=device)", 1)
-            lo, hi = "0", stream
+            lo, hi, sinks = "0", stream, None
             for bound in self.f.masking_offsets(accumulators):
                 if bound.side == "upper":
                     hi = f"min({stream}, max(0, {self._keys_end(bound)}))"
                 else:
                     lo = f"max(0, {self._keys_start(bound)})"
+                    sinks = self._sinks(bound)
             bounds[number] = (lo, hi)
             self.line(f"keys_end = {hi}", 1)
-            self._loop(f"for key_lo in range({lo}, keys_end, key_tile):", 1)
+            tiles = f"range({lo}, keys_end, key_tile)"
+            if sinks is not None:
+                # the sinks' tiles, then the window's from the first key past them
+                self.line(f"sinks_end = -(-min(keys_end, {sinks}) // key_tile) * key_tile", 1)
+                tiles = (f"(*range(0, sinks_end, key_tile), "
+                         f"*range(max({lo}, sinks_end), keys_end, key_tile))")
+            self._loop(f"for key_lo in {tiles}:", 1)
             self.line("key_n = min(key_tile, keys_end - key_lo)", 2)
             self._tile(needed + accumulators, 2, accumulate=True)
             self.loop_start = None

@@ -191,7 +191,7 @@ def printed(cascade: Cascade, lowered: LoweredKernel, checks: list[str] = ()) ->
     schedule = lowered.schedule
     args, host = kernel_arguments(cascade, schedule)
     args += [offset.name for offset in lowered.offsets]
-    host += [f"math.{offset.rounding}({sympy.pycode(offset.value)})"
+    host += [f'_outwards({sympy.pycode(offset.value)}, "{offset.rounding}")'
              for offset in lowered.offsets]
     blocks = [knob.name for knob in schedule.knobs] + [f"{v}_BLOCK" for v in schedule.held]
     if schedule.splits is not None:

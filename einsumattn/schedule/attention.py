@@ -14,7 +14,7 @@ from ..analysis.presence import (Condition, absent_tensors, einsum_conditions,
 from ..ir import Cascade, Einsum
 from ..ir import expr as ir
 from ..transform.algebra import substitute
-from .bounds import monotone_bound, stream_bound
+from .bounds import either_bound, monotone_bound, stream_bound
 from .kernel import loaded_inputs, scalars
 from .masks import range_comparisons
 from .model import (Bound, DotPlan, Form, Group, KernelSchedule, Knob, Loop, LoopKind, Pass,
@@ -518,6 +518,11 @@ class AttentionRoles:
                                    frozenset(self.batch))
             if bound is not None:
                 found.append(Bound(bound[0], 0, bound[1]))
+                continue
+            # a window or the first keys, the sinks: two ranges of key tiles
+            bound = either_bound(self.keyed(condition), self.stream, self.row)
+            if bound is not None:
+                found.append(Bound(bound[0], bound[1], sinks=bound[2]))
         return tuple(found)
 
     def split_skipping(self, reductions: list[Einsum]) -> tuple[tuple[Bound, ...], str]:

@@ -17,6 +17,58 @@ _MIRRORED = {"<": ">", "<=": ">=", ">": "<", ">=": "<="}
 def stream_bound(condition: ir.Expr, stream: str, row: str):
     """('upper', c) for m <= row + c, ('lower', c) for m >= row + c; None otherwise.
     c is printed for the kernel (integers and params)."""
+    found = _affine(condition, stream, row)
+    if found is None:
+        return None
+    op, a, row_coefficient, constant = found
+    if row_coefficient != -a:
+        return None
+    # a*(m - p) + constant OP 0  ->  m - p OP' -constant/a
+    offset = -constant / a
+    # m < row + c is m <= row + c - 1 for integer c (a param is rounded on the host).
+    side, value = {"<": ("upper", offset - 1), "<=": ("upper", offset),
+                   ">": ("lower", offset + 1), ">=": ("lower", offset)}[op]
+    value = sympy.expand(value)
+    if not value.free_symbols and not value.is_Integer:
+        return None
+    return side, value
+
+
+def prefix_bound(condition: ir.Expr, stream: str, row: str):
+    """s for `m < s` (or `m <= s - 1`): the first keys, whatever the row (attention
+    sinks), s a sympy expression of sizes, params and integers, the keys' exclusive end
+    (rounded up on the host: for a fractional s the integer keys below it end at
+    ceil(s)); None otherwise."""
+    found = _affine(condition, stream, row)
+    if found is None:
+        return None
+    op, a, row_coefficient, constant = found
+    if row_coefficient != 0 or op not in ("<", "<="):
+        return None
+    end = sympy.expand(-constant / a + (1 if op == "<=" else 0))
+    if not end.free_symbols and not end.is_Integer:
+        return None
+    return end
+
+
+def either_bound(condition: ir.Expr, stream: str, row: str):
+    """('lower', c, s) for `m >= row + c or m < s` (either way round): the keys a row
+    sees are its window's from row + c, and the first s keys, the sinks (StreamingLLM);
+    None otherwise."""
+    if not isinstance(condition, ir.Op) or condition.op != "or" or len(condition.args) != 2:
+        return None
+    for window, sinks in (condition.args, condition.args[::-1]):
+        bound, end = stream_bound(window, stream, row), prefix_bound(sinks, stream, row)
+        if bound is not None and bound[0] == "lower" and end is not None:
+            return "lower", bound[1], end
+    return None
+
+
+def _affine(condition: ir.Expr, stream: str, row: str):
+    """(op, a, b, c) for a comparison `a*m + b*row + c OP 0` with a = +-1 (after moving
+    everything to the left, its sides swapped so that op keeps reading from m), b a
+    number and c an expression of sizes, params and integers (plain sympy names);
+    None for anything else: tensor reads, functions, other indices."""
     if not isinstance(condition, ir.Op) or condition.op not in ("<", "<=", ">", ">="):
         return None
     algebra = Algebra()
@@ -41,24 +93,11 @@ def stream_bound(condition: ir.Expr, stream: str, row: str):
     m, p = sympy.Symbol(stream), sympy.Symbol(row)
     a = difference.coeff(m)
     rest = sympy.expand(difference - a * m)
-    if a not in (1, -1) or rest.coeff(p) != -a:
+    b = rest.coeff(p)
+    constant = sympy.expand(rest - b * p)
+    if a not in (1, -1) or not b.is_number or constant.free_symbols - constants:
         return None
-    constant = sympy.expand(rest + a * p)       # difference = a*(m - p) + constant
-    if constant.free_symbols - constants:
-        return None
-    # a*(m - p) + constant OP 0  ->  m - p OP' -constant/a
-    op = condition.op
-    if a == -1:
-        op = _MIRRORED[op]
-    offset = -constant / a
-    # m < row + c is m <= row + c - 1 for integer c (a param is rounded on the host).
-    shifted = {"<": ("upper", offset - 1), "<=": ("upper", offset),
-               ">": ("lower", offset + 1), ">=": ("lower", offset)}[op]
-    side, value = shifted
-    value = sympy.expand(value)
-    if not value.free_symbols and not value.is_Integer:
-        return None
-    return side, value
+    return (condition.op if a == 1 else _MIRRORED[condition.op]), a, b, constant
 
 
 def monotone_bound(condition: ir.Expr, stream: str, row: str, keys: ir.Expr,

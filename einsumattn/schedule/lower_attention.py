@@ -266,9 +266,16 @@ class _PassLowering:
             for acc in accumulators:
                 tile += self._accumulate(acc)
             tile = self._scales_folded(tuple(tile))
-            self.body += self._pass_loops(lo or _ZERO,
-                                          hi or k.Integer(ir.Dim(stream)), tuple(tile),
-                                          list(needed) + list(accumulators), stream)
+            lo, hi = lo or _ZERO, hi or k.Integer(ir.Dim(stream))
+            sinks = None if split else self._sinks_end(
+                self.schedule.passes[number - 1].bounds, hi, k.Var(block))
+            einsums = list(needed) + list(accumulators)
+            if sinks is not None:     # the sinks' tiles, then the window's past them
+                self.body += [k.Let("sinks_end", sinks),
+                              *self._pass_loops(_ZERO, k.Var("sinks_end"), tuple(tile),
+                                                einsums, stream)]
+                lo = k.Integer(k.Extremum("max", lo, k.Var("sinks_end")))
+            self.body += self._pass_loops(lo, hi, tuple(tile), einsums, stream)
             if number == plan[-1][0]:
                 self.body += self._rows_after_loops()
             available.update(acc.tensor for acc in accumulators)
@@ -818,6 +825,21 @@ class _PassLowering:
                 lo = k.Integer(ir.Op("*", (k.Quotient(first, block), block)))
         return lo, hi
 
+    def _sinks_end(self, bounds: tuple[Bound, ...], stop, tile, steps: bool = False):
+        """Where a lower bound lets every row see the first keys too (`key < s`, the
+        sinks: bounds.py's either_bound), the end of the loop over their tiles: s rounded
+        up to a whole key tile (`steps`: counted in tiles, a split's steps, else in keys),
+        no later than `stop`; None without sinks. The window's loop starts there or
+        later, so no tile is visited twice."""
+        (sinks,) = [b.sinks for b in bounds if b.sinks is not None] or [None]
+        if sinks is None:
+            return None
+        keys = k.Extremum("max", ir.Const(0), self._offset("upper", sinks, "sinks"))
+        end = k.Quotient(total([keys, tile, ir.Const(-1)]), tile)
+        if not steps:
+            end = ir.Op("*", (end, tile))
+        return k.Integer(k.Extremum("min", end, stop))
+
     def _keys_start(self, bound: Bound):
         """The first key a lower bound lets some row of the tile see: its first row's."""
         if bound.function is not None:
@@ -848,18 +870,19 @@ class _PassLowering:
             self.body.append(k.Let(self.window[value], value))
         return k.Var(self.window[value])
 
-    def _offset(self, side: str, offset: sympy.Expr):
+    def _offset(self, side: str, offset: sympy.Expr, called: str | None = None):
         """An offset as the kernel reads it: an integer, or (with params, a window W) a
         kernel argument the host computes, rounded outwards, so a fractional param visits
-        more tiles, never fewer."""
+        more tiles, never fewer (`called`: its name, else `<side>_offset`)."""
         if not offset.free_symbols:
             return k.Group(ir.Const(int(offset)))
         rounding = "floor" if side == "lower" else "ceil"
         named = [o.name for o in self.offsets if (o.rounding, o.value) == (rounding, offset)]
         if named:
             return k.Group(k.Var(named[0]))
-        same_side = sum(o.name.startswith(side) for o in self.offsets)
-        name = f"{side}_offset" + (str(same_side + 1) if same_side else "")
+        called = called or f"{side}_offset"
+        same_side = sum(o.name.startswith(called) for o in self.offsets)
+        name = called + (str(same_side + 1) if same_side else "")
         self.offsets.append(Offset(name, rounding, offset))
         return k.Group(k.Var(name))
 
@@ -901,6 +924,12 @@ class _SplitLowering(_PassLowering):
                 step += self._row_value(einsum)
         start, stop = lo or _ZERO, hi or k.Integer(ir.Dim(outer))
         step = self._scales_folded(self._biases_added(tuple(step)))
+        sinks = self._sinks_end(self.schedule.passes[0].bounds, stop, f.step_keys(),
+                                steps=True)
+        if sinks is not None:       # the sinks' steps, then the window's past them
+            self.body += [k.Let("sink_steps", sinks),
+                          *self._loops(_ZERO, k.Var("sink_steps"), step, stream)]
+            start = k.Integer(k.Extremum("max", start, k.Var("sink_steps")))
         self.body += self._loops(start, stop, step, stream)
         self.body += self._rows_after_loops()
         available.update(e.tensor for e in cascade.einsums if f.kinds[e.tensor] != Role.ROW)
@@ -1028,7 +1057,9 @@ def _range_text(bounds, stream: str, proved: tuple[Bound, ...] = ()) -> str:
         return f"all {stream} tiles"
     parts = []
     if lo is not None:
-        parts.append("skips tiles before the window")
+        sinks = any(b.sinks is not None for b in proved)
+        parts.append("skips tiles between the sinks and the window" if sinks else
+                     "skips tiles before the window")
     if hi is not None:
         window = any(b.side == "upper" and b.function is not None for b in proved)
         parts.append(f"skips tiles past the {'window' if window else 'diagonal'}")

@@ -92,11 +92,14 @@ class Bound(NamedTuple):
     expression in the spec's sizes and params (a window W: `1 - W`), an integer without
     them. Or, with `function` (an IR expression of the row that never decreases as the
     row grows: a clamped window's start), key <= function(p) or key >= function(p), and
-    `offset` 0 (schedule/bounds.py's monotone_bound)."""
+    `offset` 0 (schedule/bounds.py's monotone_bound). A lower bound with `sinks` (a sympy
+    expression of sizes and params) also lets every row see the keys below it: `key >=
+    p + offset or key < sinks` (bounds.py's either_bound), two ranges of key tiles."""
 
     side: str
     offset: object      # sympy.Expr (schedule/bounds.py's stream_bound)
     function: object = None
+    sinks: object = None
 
 
 @dataclass(frozen=True)
@@ -253,6 +256,8 @@ def kernel_data(kernel: KernelSchedule, spell=str) -> dict:
                          "recomputes": names(p.recomputes),
                          "bounds": tuple((b.side, spell(str(b.offset)) if b.function is None
                                           else spell(to_text(b.function)))
+                                         + (() if b.sinks is None else
+                                            ("or below", spell(str(b.sinks))))
                                          for b in p.bounds)}
                         for p in kernel.passes),
         "inputs": names(kernel.inputs),
