@@ -6,6 +6,7 @@ against the float64 oracle, with sizes that take several row tiles, several loop
 and odd feature sizes; a kernel with a step dropped must fail the same check."""
 
 import pytest
+import torch
 
 import einsumattn
 from einsumattn.codegen import compile_to_file, generate
@@ -15,7 +16,7 @@ from einsumattn.schedule.stages import NotFusable
 from einsumattn.schedule.loops import BLOCK_LANES, BLOCK_ROW
 from einsumattn.schedule.model import Form, LoopKind, Role
 from einsumattn.schedule.stages import Crossing
-from einsumattn.verify import Case, case_inputs, compare, run_check
+from einsumattn.verify import Case, case_inputs, compare, dot_rounding, run_check
 
 from conftest import ROOT
 
@@ -212,3 +213,29 @@ def test_what_does_not_fuse_keeps_the_unfused_schedule_and_says_why(tmp_path):
     assert module.TRITON_FALLBACK is None
     ok, report = _agrees(text, module, dict(B=1, H=1, T=3, D=2, F=3))
     assert ok, report
+
+
+def test_the_last_stage_stores_the_outputs_in_their_dtype(tmp_path, monkeypatch):
+    """Linear attention's two attention-form stages: the first stores K^T V and the key
+    sums in float32 for the second to read, the second stores the output in the inputs'
+    bfloat16 itself (rounded once, as a single kernel's is), not float32 that the host
+    then converts (module.py's _fused_host)."""
+    from triton.runtime import interpreter
+    path = ROOT / "examples" / "linear_attention.attn"
+    cascade = einsumattn.load(path)
+    module = import_file(compile_to_file(path, tmp_path), "stored_linear")
+    stored = []
+    init_args = interpreter.GridExecutor._init_args_hst
+
+    def record(self, args, kwargs):
+        hosted = init_args(self, args, kwargs)
+        stored.append(hosted[0][0].dtype)        # a fused kernel's first argument: an output
+        return hosted
+
+    monkeypatch.setattr(interpreter.GridExecutor, "_init_args_hst", record)
+    inputs = case_inputs(cascade, Case(dict(B=1, H=2, P=20, M=33, E=16, F=16), "bfloat16",
+                                       1.0, False, 0))
+    out = module.LinearAttention(backend="triton")(*inputs.values())
+    assert stored == [torch.float32, torch.bfloat16] and out.dtype == torch.bfloat16
+    assert all(r.ok for r in compare(cascade, inputs, out, "bfloat16",
+                                     rounding=dot_rounding(cascade, module)))

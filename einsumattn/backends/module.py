@@ -179,6 +179,18 @@ class TritonPart:
     def dot_rounding(self) -> dict:
         return {names.spec_name(e): n for k in self.fused for e, n in k.schedule.rounded}
 
+    def _fused_host(self) -> list[str]:
+        """Each fused kernel's host lines, after the dtype its outputs are stored in: the
+        module's outputs' own (rounded once, by the kernel) where no later kernel reads
+        them, float32 for a later stage to read."""
+        lines = []
+        for position, kernel in enumerate(self.fused):
+            later = {t for k in self.fused[position + 1:] for t in k.schedule.inputs}
+            final = not later & set(kernel.schedule.outputs)
+            lines += [f"stored_dtype = {'out_dtype' if final else 'torch.float32'}",
+                      *kernel.host]
+        return lines
+
     def schedule(self) -> Schedule:
         return Schedule(tuple(k.schedule for k in self.fused), self.cut, self.not_fused,
                         self.unfused)
@@ -189,8 +201,7 @@ class TritonPart:
                 "kernel_sources": list(self.kernel_sources),
                 "host_lines": list(self.host_lines), "tuning": self.tuning,
                 "helpers": self.helpers, "fused_source": self.fused_source,
-                "fused_host": [line for k in self.fused for line in k.host],
-                "fused_single": len(self.fused) == 1,
+                "fused_host": self._fused_host(),
                 "fused_tuning": {k.name: tuning_table(k.schedule) for k in self.fused},
                 "config_rules": rules_table(), "config_candidates": candidates_table(),
                 "dot_rounding": self.dot_rounding,

@@ -1,4 +1,4 @@
-# einsumattn template key: cf5980fccec6a414968760e9af0dc0ef0494204eda24af7c98ed745fda2a4d6c
+# einsumattn template key: f58ac7d75707787a8b9010516ed3a4adc0ec66837f517db6e9cd2db92cf50ec2
 # jinja2's compiled form of einsumattn/templates/module.py.j2, written by `python -m einsumattn.backends.templates` (see backends/templates.py). Do not edit.
 from jinja2.runtime import LoopContext, Macro, Markup, Namespace, TemplateNotFound, TemplateReference, TemplateRuntimeError, Undefined, escape, identity, internalcode, markup_join, missing, str_join
 name = 'module.py.j2'
@@ -38,7 +38,6 @@ def root(context, missing=missing):
     l_0_training_prologue = resolve('training_prologue')
     l_0_first_input = resolve('first_input')
     l_0_rank_sizes = resolve('rank_sizes')
-    l_0_fused_single = resolve('fused_single')
     l_0_fused_host = resolve('fused_host')
     l_0_host_lines = resolve('host_lines')
     l_0_public_args = resolve('public_args')
@@ -551,9 +550,7 @@ def root(context, missing=missing):
             pass
             yield '    if fused:\n        dot_dtype = _dot_dtype('
             yield str((undefined(name='args') if l_0_args is missing else l_0_args))
-            yield ')\n        # one fused kernel writes the outputs in their dtype; stages pass float32 on\n        stored_dtype = '
-            yield str(('out_dtype' if (undefined(name='fused_single') if l_0_fused_single is missing else l_0_fused_single) else 'torch.float32'))
-            yield '\n'
+            yield ")\n        # each kernel writes the module's outputs in their dtype (stored_dtype), and what a\n        # later stage reads in float32\n"
             for l_1_line in (undefined(name='fused_host') if l_0_fused_host is missing else l_0_fused_host):
                 _loop_vars = {}
                 pass
@@ -638,4 +635,4 @@ def root(context, missing=missing):
     yield ')\n'
 
 blocks = {}
-debug_info = '1=107&3=113&4=116&7=123&8=127&9=142&13=146&17=148&21=150&22=152&1=155&23=159&33=161&44=165&46=169&47=171&48=173&49=180&50=187&52=194&54=196&56=198&62=200&92=202&94=205&95=217&96=227&123=235&125=237&133=239&137=242&142=246&143=258&144=269&145=297&146=299&147=305&161=312&163=327&166=329&168=341&174=361&176=363&177=365&179=368&183=370&185=382&189=393&193=396&197=398&218=400&220=402&222=408&223=411&224=413&228=416&233=419&240=421&247=423&383=426&386=429&396=435&406=439&425=443&426=446&429=459&432=462&435=474&436=485&439=499&443=501&445=513&446=520&447=530&450=543&455=545&459=547&460=551&462=553&463=555&464=566&466=576&470=587&477=598&481=601&484=605&485=607&491=613&494=615&497=617&499=619&500=621&506=623&507=629&508=633'
+debug_info = '1=106&3=112&4=115&7=122&8=126&9=141&13=145&17=147&21=149&22=151&1=154&23=158&33=160&44=164&46=168&47=170&48=172&49=179&50=186&52=193&54=195&56=197&62=199&92=201&94=204&95=216&96=226&123=234&125=236&133=238&137=241&142=245&143=257&144=268&145=296&146=298&147=304&161=311&163=326&166=328&168=340&174=360&176=362&177=364&179=367&183=369&185=381&189=392&193=395&197=397&218=399&220=401&222=407&223=410&224=412&228=415&233=418&240=420&247=422&383=425&386=428&396=434&406=438&425=442&426=445&429=458&432=461&435=473&436=484&439=498&443=500&445=512&446=519&447=529&450=542&455=544&459=546&460=550&463=552&464=563&466=573&470=584&477=595&481=598&484=602&485=604&491=610&494=612&497=614&499=616&500=618&506=620&507=626&508=630'

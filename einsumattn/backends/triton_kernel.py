@@ -68,8 +68,9 @@ def launch_lines(cascade: Cascade, schedule: KernelSchedule, host_args: list[str
     autotuning mode also times. Plain integer arithmetic only: no JIT-wrapped helpers."""
     lines = []
     # An attention kernel stores its outputs rounded to their tensor's dtype (kernel IR
-    # Store.rounded): `stored_dtype`, the inputs' dtype where its outputs are the
-    # module's (the template says), float32 where a later stage reads them.
+    # Store.rounded): `stored_dtype`, the module outputs' dtype where no later stage reads
+    # them (module.py's _fused_host), float32 where one does. The loop schedules store
+    # float32 (a recurrence reads back what it stored: gla_recurrent's state).
     dtype = "stored_dtype" if per_call_configuration(schedule) else "torch.float32"
     for output in schedule.outputs:
         ranks = cascade.tensors[output].ranks
