@@ -13,7 +13,10 @@ against the forward's two, as FlashAttention counts them), and the check compare
 For each spec and shape it times, on the same inputs: the fused Triton kernel
 (backend="triton"), the unfused schedule (small sizes only), and the peers that compute
 the same thing: torch.nn.functional.scaled_dot_product_attention (causal flag where the
-spec is causal) and FlexAttention when torch provides it. It reports milliseconds,
+spec is causal), FlexAttention when torch provides it, and the forward of Triton's
+fused-attention tutorial (the kernel issue 12's targets name; its file from the shared
+sm90 tool, at its own configuration for the head dim, on sequences a multiple of its row
+tile). It reports milliseconds,
 TFLOP/s (4*B*H*P*M*D multiply-adds counted as FLOPs, halved for causal masks) and the
 ratio of each einsumattn backend to the best peer in the same run, with the device,
 shapes and dtype, as a Markdown table (and JSON with --json).
@@ -83,6 +86,69 @@ def peers(name: str, q, k, v, causal):
     return found
 
 
+# Triton's fused-attention tutorial, the kernel issue 12's speed targets are set against:
+# its forward kernels as the shared sm90 tool keeps them (ref_attn.py, MIT licence, loaded
+# from there, not copied here; the GPU run carries it in .peers/: benchmarks/gpu_run.sh).
+TUTORIAL = [ROOT / ".peers" / "ref_attn.py",
+            ROOT.parent / "shared" / "tools" / "sm90" / "ref_attn.py"]
+# (BLOCK_M, BLOCK_N, num_warps, num_stages) per head dim: the tutorial's Hopper choices
+TUTORIAL_CONFIGS = {64: (128, 64, 4, 3), 128: (128, 128, 8, 3)}
+
+
+def tutorial_peer(q, k, v, causal, path=None):
+    """The tutorial's forward on these inputs (its Hopper TMA kernel where the GPU has
+    TMA, else its pointer kernel), at its own configuration for the head dim; None where
+    it cannot run: its file is not found, no Triton, a head dim it has no configuration
+    for, a sequence not a multiple of its row tile (it does not mask), or a causal mask
+    with queries and keys of different lengths."""
+    found = next((p for p in ([path] if path else TUTORIAL) if p and pathlib.Path(p).exists()),
+                 None)
+    b, h, n, d = q.shape
+    if found is None or d not in TUTORIAL_CONFIGS or k.shape[-2] != n:
+        return None
+    block_m, block_n, warps, stages = TUTORIAL_CONFIGS[d]
+    if n % block_m:
+        return None
+    try:
+        import importlib.util
+        import triton
+        import triton.language as tl
+        spec = importlib.util.spec_from_file_location("einsumattn_bench_tutorial", found)
+        tutorial = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(tutorial)
+        from triton.tools.tensor_descriptor import TensorDescriptor
+    except Exception:  # noqa: BLE001 - a peer that cannot load is reported as absent
+        return None
+    q, k, v = (t.contiguous() for t in (q, k, v))
+    out = torch.empty_like(q)
+    stats = torch.empty(b, h, n, device=q.device, dtype=torch.float32)
+    scale, stage = d ** -0.5, 3 if causal else 1
+    grid = (n // block_m, b * h, 1)
+    meta = dict(HEAD_DIM=d, BLOCK_M=block_m, BLOCK_N=block_n, STAGE=stage,
+                num_warps=warps, num_stages=stages)
+    tma = q.is_cuda and torch.cuda.get_device_capability(q.device)[0] >= 9
+    if tma:
+        def descriptor(t, rows):
+            return TensorDescriptor(t, shape=[b * h * n, d], strides=[d, 1],
+                                    block_shape=[rows, d])
+        dtype = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}.get(q.dtype)
+        if dtype is None:
+            return None
+        descriptors = (descriptor(q, block_m), descriptor(k, block_n),
+                       descriptor(v, block_n), descriptor(out, block_m))
+
+        def call():
+            tutorial._attn_fwd_tma[grid](scale, stats, b, h, *descriptors, n, DTYPE=dtype,
+                                         **meta)
+            return out
+    else:
+        def call():
+            tutorial._attn_fwd[grid](q, k, v, scale, stats, out, *q.stride(), *k.stride(),
+                                     *v.stride(), *out.stride(), b, h, N_CTX=n, **meta)
+            return out
+    return call
+
+
 def run(args, emit=lambda row: None) -> list[dict]:
     """Time every spec, shape and backend; `emit` sees each row as soon as it is timed
     (a run stopped by a time limit still leaves what it measured)."""
@@ -120,6 +186,10 @@ def run(args, emit=lambda row: None) -> list[dict]:
                         candidates[f"einsumattn triton {tune}"] = tuned(
                             ROOT / "examples" / f"{name}.attn", module, tune, (q, k, v))
             references = peers(name, q, k, v, causal)
+            tutorial = None if causal is None or args.train or \
+                not (device == "cuda" or args.interpret) else tutorial_peer(q, k, v, causal)
+            if tutorial is not None:
+                references["Triton tutorial"] = tutorial
             if args.train:
                 references = {label: training_step(fn, (q, k, v), cotangent)
                               for label, fn in references.items()}

@@ -9,6 +9,10 @@
 #   BENCH_SECONDS=0 bash benchmarks/gpu_run.sh         # the suite only
 #
 # Offline machines: wheels of missing packages (lark) in .whl/ are installed first.
+# The Triton tutorial peer (benchmarks/attention.py) reads .peers/ref_attn.py where the
+# shared sm90 tool is not beside the checkout: before the run,
+#   mkdir -p .peers && cp ../shared/tools/sm90/ref_attn.py .peers/
+# and carry .peers (ignored by git) with the working tree.
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-out}
