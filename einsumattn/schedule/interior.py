@@ -9,7 +9,8 @@ and key mask of the step is true, so the step is the same computation without th
 where() that pick a reduction's identity, the per-key masks of the V tile and the row
 masks cost nothing (what the tutorial's unmasked off-band loop saves). Rows past the rank
 (the last row tile's padding) compute values that are never stored; rows are
-independent. Addresses keep their clamps, so no load leaves its tensor.
+independent. Addresses keep their clamps, and a load at the rows keeps the row mask, so
+no load leaves its tensor.
 
 Sound only where every condition of the step's terms is one of those: anything else (a
 mask read from an input, a per-row absence) leaves the loop as it was.
@@ -59,18 +60,27 @@ def _bound(roles, condition: Condition):
     return stream_bound(roles.keyed(expr), roles.stream, roles.row)
 
 
-def without_masks(statements: tuple, lanes: str, row_live: str, keys: str) -> tuple | None:
+def without_masks(statements: tuple, lanes: str, row_live: str, keys: str,
+                  rows: tuple[str, ...] = ()) -> tuple | None:
     """The step's statements with every mask of the tile true: `lanes`, the spec's tests,
-    the live-key tests (`key < keys`) and the row mask; what they guarded stays. None
-    where a statement still names a mask it dropped (a form this does not fold)."""
+    the live-key tests (`key < keys`) and the row mask; what they guarded stays. A load
+    keeps the row mask (its part of `lanes` too): the rows past the rank in the last row
+    tile compute values that are never stored, but a load at such a row would read past
+    its tensor (a row read inside the loop: linear attention's Q over feature tiles, the
+    backward's dAV and AV); `rows`: the index variables of the rows, which such a load's
+    coordinates name. None where a statement still names a mask it dropped (a form this
+    does not fold)."""
     env: dict[str, object] = {}
+    rows_env: dict[str, object] = {}      # what a dropped mask keeps for the loads
     out = []
-    fold = _Folding(env, row_live, keys)
+    fold_rows = _Folding(rows_env, row_live, keys, keep_rows=True)
+    fold = _Folding(env, row_live, keys, loads=(fold_rows, frozenset(rows)))
     for statement in statements:
         if isinstance(statement, k.Let):
             value = TRUE if statement.name == lanes else fold(statement.value)
             if _is_true(value):
                 env[statement.name] = TRUE
+                rows_env[statement.name] = fold_rows(statement.value)
                 continue
             out.append(k.Let(statement.name, value, statement.note))
         elif isinstance(statement, k.Accumulate):
@@ -79,8 +89,21 @@ def without_masks(statements: tuple, lanes: str, row_live: str, keys: str) -> tu
             out.append(statement)
         else:
             return None
-    named = {n.name for n in k.nodes(tuple(out)) if isinstance(n, k.Var)}
+    named = {n.name for n in k.nodes(_without_load_masks(tuple(out))) if isinstance(n, k.Var)}
     return None if named & (set(env) | {row_live}) else tuple(out)
+
+
+def _without_load_masks(body: tuple) -> tuple:
+    """The statements with their loads' masks left out (where the row mask may stay)."""
+    return k.replaced(body, lambda node: dataclasses.replace(node, mask=None)
+                      if isinstance(node, k.Load) else None)
+
+
+def _reads_rows(load: k.Load, rows: frozenset) -> bool:
+    """Whether a load's coordinates name a row index variable."""
+    return any(isinstance(n, (k.Var, k.IndexBlock)) and n.name in rows or
+               isinstance(n, ir.Index) and n.var in rows
+               for c in load.coordinates for n in k.nodes(c))
 
 
 def _is_true(value) -> bool:
@@ -88,10 +111,13 @@ def _is_true(value) -> bool:
 
 
 class _Folding:
-    """`node` with the tile's masks true, and what that makes trivial folded."""
+    """`node` with the tile's masks true, and what that makes trivial folded
+    (`keep_rows`: all but the row mask; `loads`: the folding of the loads' masks)."""
 
-    def __init__(self, env: dict, row_live: str, keys: str):
+    def __init__(self, env: dict, row_live: str, keys: str, keep_rows: bool = False,
+                 loads=None):
         self.env, self.row_live, self.keys = env, row_live, keys
+        self.keep_rows, self.loads = keep_rows, loads
 
     def _key_range(self, node) -> bool:
         """`key < M`, the live keys (not a held feature's end, `e < E`)."""
@@ -104,7 +130,9 @@ class _Folding:
     def _fold(self, node):
         """The folded node where a mask makes it trivial; None: its parts are folded."""
         if isinstance(node, k.Var):
-            return TRUE if node.name == self.row_live else self.env.get(node.name, node)
+            if node.name == self.row_live:
+                return node if self.keep_rows else TRUE
+            return self.env.get(node.name, node)
         if isinstance(node, k.Test) or self._key_range(node):
             return TRUE
         if isinstance(node, k.Mask):
@@ -116,7 +144,10 @@ class _Folding:
                 return TRUE
             return k.Expand(value, node.axes) if isinstance(node, k.Expand) else k.Boolean(value)
         if isinstance(node, k.Load):
-            mask = None if node.mask is None else self(node.mask)
+            folding = self
+            if self.loads is not None and _reads_rows(node, self.loads[1]):
+                folding = self.loads[0]
+            mask = None if node.mask is None else folding(node.mask)
             if mask is not None and _is_true(mask):
                 mask = None      # clamped addresses: every lane reads inside its tensor
             # The streamed key of an interior tile is in its rank: no clamp.

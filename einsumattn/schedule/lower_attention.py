@@ -728,8 +728,9 @@ class _PassLowering:
         made before the loops, and the base pointers they carry); None for them where no
         tile can be one."""
         bounds = interior_bounds(self.f, einsums)
+        rows = (self.f.row,) + (() if self.f.group is None else (self.f.group.var,))
         inner = None if bounds is None else without_masks(step, _LANES.name,
-                                                          _ROW_LIVE.name, stream)
+                                                          _ROW_LIVE.name, stream, rows)
         if inner is not None:
             # Every score of an interior tile is present: a running max over finite
             # scores needs no -inf guard there (schedule/finite.py).
