@@ -252,13 +252,16 @@ def test_an_absence_that_is_not_of_the_row_alone_keeps_the_unfused_schedule(tmp_
 
 @pytest.mark.parametrize("name, sizes, train", [
     ("linear_attention", dict(B=1, H=1, P=17, M=20, E=16, F=8), False),
+    ("linear_attention", dict(B=1, H=1, P=8, M=40, E=20, F=8), False),
     ("causal_softmax", dict(B=1, H=1, P=17, M=20, E=8, F=16), True)])
-def test_a_loop_without_masks_keeps_the_row_mask_of_its_loads(tmp_path, name, sizes, train):
-    """A whole tile of a feature rank (E = 16, F = 16) is a loop without masks, and one
-    row past a row tile (P = 17) is a row past the rank there: linear attention's second
-    stage reads Q at its rows in its loop over E, the backward's statistics kernel dAV
-    and AV in its loop over F. Both read past those tensors before a load kept the row
-    mask (schedule/interior.py, without_masks)."""
+def test_a_loop_without_masks_reads_no_row_past_the_rank(tmp_path, name, sizes, train):
+    """A whole tile is a loop without masks, and one row past a row tile is a row past
+    the rank there: linear attention's second stage reads Q at its rows (P = 17) in its
+    loop over E = 16, its first stage K at its rows (E = 20: the rows of that kernel are
+    E's) over the key tiles, the backward's statistics kernel dAV and AV in its loop
+    over F = 16. They read past those tensors before such a load read the rows clamped
+    into their rank (a strided position: schedule/interior.py, rows_clamped) or kept the
+    row mask (the last, contiguous position: without_masks)."""
     path = ROOT / "examples" / f"{name}.attn"
     cascade = einsumattn.load(path)
     module = import_file(compile_to_file(cascade, tmp_path, train=train), f"rows_{name}")

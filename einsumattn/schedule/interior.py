@@ -9,8 +9,9 @@ and key mask of the step is true, so the step is the same computation without th
 where() that pick a reduction's identity, the per-key masks of the V tile and the row
 masks cost nothing (what the tutorial's unmasked off-band loop saves). Rows past the rank
 (the last row tile's padding) compute values that are never stored; rows are
-independent. Addresses keep their clamps, and a load at the rows keeps the row mask, so
-no load leaves its tensor.
+independent. Addresses keep their clamps, and a load at the rows reads them clamped into
+their rank (`rows_clamped`, in every loop) or keeps the row mask, so no load leaves its
+tensor.
 
 Sound only where every condition of the step's terms is one of those: anything else (a
 mask read from an input, a per-row absence) leaves the loop as it was.
@@ -64,14 +65,11 @@ def without_masks(statements: tuple, lanes: str, row_live: str, keys: str,
                   rows: tuple[str, ...] = ()) -> tuple | None:
     """The step's statements with every mask of the tile true: `lanes`, the spec's tests,
     the live-key tests (`key < keys`) and the row mask; what they guarded stays. A load
-    keeps the row mask (its part of `lanes` too): the rows past the rank in the last row
-    tile compute values that are never stored, but a load at such a row would read past
-    its tensor (a row read inside the loop: linear attention's Q over feature tiles, the
-    backward's dAV and AV); `rows`: the index variables of the rows, which such a load's
-    coordinates name. None where a statement still names a mask it dropped (a form this
-    does not fold)."""
+    that still reads the rows (`rows`: their index variables) unclamped keeps the row mask
+    (its part of `lanes` too): see `rows_clamped`. None where a statement still names a
+    mask it dropped (a form this does not fold)."""
     env: dict[str, object] = {}
-    rows_env: dict[str, object] = {}      # what a dropped mask keeps for the loads
+    rows_env: dict[str, object] = {}      # what a dropped mask keeps for such loads
     out = []
     fold_rows = _Folding(rows_env, row_live, keys, keep_rows=True)
     fold = _Folding(env, row_live, keys, loads=(fold_rows, frozenset(rows)))
@@ -101,9 +99,38 @@ def _without_load_masks(body: tuple) -> tuple:
 
 def _reads_rows(load: k.Load, rows: frozenset) -> bool:
     """Whether a load's coordinates name a row index variable."""
-    return any(isinstance(n, (k.Var, k.IndexBlock)) and n.name in rows or
-               isinstance(n, ir.Index) and n.var in rows
+    return any(isinstance(n, (k.Var, k.IndexBlock)) and n.name in rows
                for c in load.coordinates for n in k.nodes(c))
+
+
+def rows_clamped(statements: tuple, clamped_rows: dict) -> tuple:
+    """A loop body's loads that read the rows at one of a tensor's strided positions (not
+    its last), reading them clamped into their rank (`clamped_rows`: the row index
+    variables -> a function giving the clamped block, one value per row, computed before
+    the loops). The rows past the rank in the last row tile compute values that are never
+    stored, but a load at such a row would read past its tensor where a loop without masks
+    drops the row mask (linear attention's Q over its feature tiles, the backward's dAV
+    and AV over theirs). A masked loop keeps the mask and reads the same in-bounds
+    addresses, so both loops share one pointer block and the loop computes nothing more
+    (a row mask kept instead held registers: linear attention's second stage spilled).
+    At the last position, the contiguous one where inputs are, a clamp would cost the
+    loads their vector width (the clamped block is not contiguous): there the loop
+    without masks keeps the row mask (without_masks)."""
+    def clamp(node):
+        if isinstance(node, k.IndexBlock) and node.name in clamped_rows:
+            rows = clamped_rows[node.name]()
+            return k.Expand(rows, node.axes) if node.axes else rows
+        return None
+
+    def load(node):
+        if not isinstance(node, k.Load):
+            return None
+        last = len(node.coordinates) - 1
+        return dataclasses.replace(node, coordinates=tuple(
+            c if c.key or position == last else
+            dataclasses.replace(c, index=k.replaced(c.index, clamp))
+            for position, c in enumerate(node.coordinates)))
+    return tuple(k.replaced(statement, load) for statement in statements)
 
 
 def _is_true(value) -> bool:
@@ -112,7 +139,8 @@ def _is_true(value) -> bool:
 
 class _Folding:
     """`node` with the tile's masks true, and what that makes trivial folded
-    (`keep_rows`: all but the row mask; `loads`: the folding of the loads' masks)."""
+    (`keep_rows`: all but the row mask; `loads`: (the folding, the row variables) for
+    the masks of loads that read the rows)."""
 
     def __init__(self, env: dict, row_live: str, keys: str, keep_rows: bool = False,
                  loads=None):

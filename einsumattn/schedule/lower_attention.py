@@ -44,7 +44,7 @@ from .attention import AttentionRoles
 from .bounds import stream_bound
 from .finite import finite_shifts
 from .interior import (NarrowOffsets, TmaLoads, advanced, carried_loop, described,
-                       interior_bounds, masked_keys, without_masks)
+                       interior_bounds, masked_keys, rows_clamped, without_masks)
 from .biases import added_biases
 from .scales import folded_scales
 from .shifts import LOG2E, max_shifted
@@ -700,6 +700,7 @@ class _PassLowering:
         f = self.f
         block = k.Var(f"{f.stream}_BLOCK")
         blocks = {f.stream: (k.Var("start"), k.Cast(k.Arange(block.name), "int64"))}
+        tile = rows_clamped(tile, self._clamped_rows())
         bounds, inner = self._interior_step(tile, einsums, stream, k.Var("start"), blocks)
         tile, moved = self._advanced(self._described_loads(masked_keys(tile), blocks),
                                      k.Var("start"), blocks)
@@ -728,9 +729,8 @@ class _PassLowering:
         made before the loops, and the base pointers they carry); None for them where no
         tile can be one."""
         bounds = interior_bounds(self.f, einsums)
-        rows = (self.f.row,) + (() if self.f.group is None else (self.f.group.var,))
-        inner = None if bounds is None else without_masks(step, _LANES.name,
-                                                          _ROW_LIVE.name, stream, rows)
+        inner = None if bounds is None else without_masks(
+            step, _LANES.name, _ROW_LIVE.name, stream, tuple(self._clamped_rows()))
         if inner is not None:
             # Every score of an interior tile is present: a running max over finite
             # scores needs no -inf guard there (schedule/finite.py).
@@ -739,6 +739,21 @@ class _PassLowering:
                                                        in self.hoisted.items()}})
             inner = self._advanced(self._described_loads(inner, blocks), loop, blocks)
         return bounds, inner
+
+    def _clamped_rows(self) -> dict:
+        """The row index variables -> a function giving their block clamped into the
+        rank (min(p, P - 1); a packed tile's head too), computed once before the loops:
+        what a load in a loop without masks reads the rows at (interior.without_masks)."""
+        f = self.f
+        ranks = {f.row: ir.Dim(self.cascade.var_rank(f.row))}
+        if f.group is not None:
+            ranks[f.group.var] = ir.Dim(f.group.extent)
+
+        def clamp(var):
+            last = ir.Op("-", (ranks[var], ir.Const(1)))
+            return lambda: self._hoisted(k.Integer(k.Extremum("min", k.Var(var), last)),
+                                         f"{var}in")
+        return {var: clamp(var) for var in ranks}
 
     def _described_loads(self, step: tuple, blocks: dict) -> tuple:
         """The step's K and V tile loads also as TMA loads, where the host's flag says
@@ -954,6 +969,7 @@ class _SplitLowering(_PassLowering):
         f, cascade = self.f, self.cascade
         per_step = [e for e in cascade.einsums if f.kinds[e.tensor] != Role.ROW]
         blocks = {f.stream: (None, k.Cast(k.Arange(f.tile_block), "int64"))}
+        step = rows_clamped(step, self._clamped_rows())
         bounds, inner = self._interior_step(step, per_step, stream, ir.Index(f.loop), blocks)
         if f.padded:
             inner = None        # the lanes past the factor are masked in every step
