@@ -18,8 +18,8 @@ from conftest import EXAMPLES, ROOT, WINDOW
 pytest.importorskip("triton")
 
 
-# Every module's fused kernels in fp32 and bf16 (TMA loads, and pointer loads in bf16);
-# fp16, pointer loads in every dtype, and the unfused schedule's kernels (one per Einsum,
+# Every module's fused kernels in fp32 and bf16 (TMA loads); fp16, pointer loads (the
+# kernels' TMA=False branch) in every dtype, and the unfused schedule's kernels (one per Einsum,
 # from one generator), for the examples that cover its forms: masks and a derived split
 # (causal), a spec's own split and recurrences over its tiles (softmax_1pass), an index
 # divisor (gqa), a recurrence over the sequence (gla_recurrent), shifted reads (eca), and

@@ -20,7 +20,7 @@ from einsumattn.codegen.compile import import_file
 from einsumattn.ir import expr as ir
 from einsumattn.schedule import bounds
 from einsumattn.schedule import kernel_ir as k
-from einsumattn.schedule.bounds import either_bound
+from einsumattn.schedule.bounds import either_bound, either_row_bound
 
 from conftest import ROOT
 
@@ -121,3 +121,84 @@ def test_a_range_one_tile_too_short_fails(tmp_path, monkeypatch, backend, mutati
     monkeypatch.setattr("einsumattn.schedule.attention.either_bound", mutated)
     wrong = import_file(compile_to_file(SPEC, tmp_path), f"sinks_{mutation[:5]}_{backend}")
     assert not all(_agrees(wrong, sizes, params, backend) for sizes, params in CASES)
+
+
+@pytest.mark.parametrize("text, offset, end", [
+    ("p - m < W or m < S", "W - 1", "S"),        # streaming p for a tile of keys m
+    ("m < S or p <= m + 3", "3", "S"),
+])
+def test_a_bound_with_rows_that_see_every_key_is_read(text, offset, end):
+    """The sinks from the other side: the backward's dK/dV kernel streams the queries p
+    for a tile of keys m, where `m < S` makes a key row see every query."""
+    side, found_offset, found_end = either_row_bound(_condition(text), "p", "m")
+    names = {name: sympy.Symbol(name) for name in ("W", "S")}
+    assert side == "upper"
+    assert sympy.expand(found_offset - sympy.sympify(offset, locals=names)) == 0
+    assert sympy.expand(found_end - sympy.sympify(end, locals=names)) == 0
+    assert either_row_bound(_condition("p - m < W or p < S"), "p", "m") is None
+
+
+# Global rows (Longformer's global tokens, one way round): the first S queries see every
+# key, the others the keys up to p + W.
+GLOBAL_ROWS = SPEC.read_text().replace("attention sliding_window_sinks",
+                                       "attention global_rows").replace(
+    "where m <= p and (p - m < W or m < S)", "where m <= p + W or p < S")
+
+
+def _gradients(module, cls, inputs, backend):
+    inputs = {n: t.detach().clone().requires_grad_(True) for n, t in inputs.items()}
+    out = getattr(module, cls)(backend=backend)(*inputs.values())
+    out.backward(torch.ones_like(out))
+    return [t.grad for t in inputs.values()], out.detach()
+
+
+@pytest.mark.parametrize("mutated", [False, True])
+def test_the_backward_of_sinks_skips_query_tiles_and_agrees(tmp_path, monkeypatch, mutated):
+    """The dK/dV kernel's loop over query tiles ends at the window for a tile of keys
+    past the sinks and runs to the end for one holding a sink (`open_rows`); the
+    gradients agree with the reference backend's autograd. With the sinks' rows one
+    tile short, a sink key misses the queries past its window and the gradients differ."""
+    if mutated:
+        original = bounds.either_row_bound
+
+        def short(*args, **kwargs):
+            found = original(*args, **kwargs)
+            return found if found is None else (found[0], found[1], found[2] - 16)
+        monkeypatch.setattr("einsumattn.schedule.attention.either_row_bound", short)
+    module = import_file(compile_to_file(SPEC, tmp_path, train=True),
+                         f"sinks_train_{mutated}")
+    kernels = {k["name"]: k for k in module.SCHEDULE["training"]["kernels"]}
+    dkdv = kernels["sliding_window_sinks_backward_dK_dV__fused"]
+    assert ("upper", "W - 1", "but rows below", "S - 16" if mutated else "S") in \
+        dkdv["passes"][0]["bounds"]
+    generator = torch.Generator().manual_seed(3)
+    inputs = {n: torch.randn(1, 2, 70, 8, generator=generator) for n in ("Q", "K", "V")}
+    for name in module.TUNING_FUSED:
+        module.TUNING_FUSED[name].update({k: 16 for k in module.TUNING_FUSED[name]
+                                          if k.endswith("BLOCK")})
+    want, _ = _gradients(module, "SlidingWindowSinks", inputs, "reference")
+    got, _ = _gradients(module, "SlidingWindowSinks", inputs, "triton")
+    agree = all(torch.allclose(g, w, rtol=1e-4, atol=1e-5) for g, w in zip(got, want))
+    assert agree != mutated
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_rows_that_see_every_key_bound_the_forward_too(tmp_path, backend):
+    """A forward whose first S rows see every key (`m <= p + W or p < S`) takes the same
+    bound: a row tile past them stops at its window, one holding them runs to the end."""
+    path = tmp_path / "global_rows.attn"
+    path.write_text(GLOBAL_ROWS)
+    module = import_file(compile_to_file(path, tmp_path), "global_rows")
+    (kernel,) = module.SCHEDULE["kernels"]
+    assert any(b[2:] == ("but rows below", "S") for b in kernel["passes"][0]["bounds"])
+    module.TUNING_FUSED["global_rows__fused"].update(p__BLOCK=16, m0__BLOCK=16)
+    module.TORCH_TUNING.update(row_block=16, key_tile=16)
+    generator = torch.Generator().manual_seed(5)
+    for P, M, W, S in ((70, 70, 4, 3), (50, 90, 10, 20), (40, 70, -5, 17)):
+        q, k_, v = (torch.randn(1, 2, n, 8, generator=generator) for n in (P, M, M))
+        out = module.GlobalRows(backend=backend, W=W, S=S)(q, k_, v)
+        want = einsumattn.evaluate(einsumattn.load(path), {
+            "Q": q.double().numpy(), "K": k_.double().numpy(), "V": v.double().numpy()},
+            {"W": W, "S": S})["AV"]
+        assert np.allclose(out.numpy(), want, rtol=1e-4, atol=1e-5, equal_nan=True), \
+            (P, M, W, S)

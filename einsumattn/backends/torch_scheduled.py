@@ -965,8 +965,10 @@ class _ScheduledPrinter:
         sinks = None
         for bound in offsets:
             if bound.side == "upper":   # keys up to the last row + offset (rounded outwards)
-                hi = f"min({outer}, max(0, {self._keys_end(bound)} + {inner} - 1) // {inner})"
-                end = f"min({keys}, max(0, {self._keys_end(bound)}))"
+                hi = self._open_rows(bound, f"min({outer}, max(0, {self._keys_end(bound)} + "
+                                            f"{inner} - 1) // {inner})", outer)
+                end = self._open_rows(bound, f"min({keys}, max(0, {self._keys_end(bound)}))",
+                                      keys)
             else:
                 lo = f"max(0, {self._keys_start(bound)}) // {inner}"
                 sinks = self._sinks(bound)
@@ -975,6 +977,13 @@ class _ScheduledPrinter:
         # the sinks' steps, then the window's from past them (schedule/bounds.py)
         self.line(f"sink_steps = min({hi}, -(-{sinks} // {inner}))", 1)
         return f"(*range(0, sink_steps), *range(max({lo}, sink_steps), {hi}))", end
+
+    def _open_rows(self, bound, end: str, every: str) -> str:
+        """An upper bound's end, or `every` for a row block holding a row that sees every
+        key (below the bound's `open_rows`: schedule/model.py's Bound)."""
+        if bound.open_rows is None:
+            return end
+        return f"({every} if row_lo < {self._offset(bound.open_rows, 'ceil')} else {end})"
 
     def _sinks(self, bound):
         """The keys every row sees besides a lower bound's window, `key < sinks`
@@ -1019,7 +1028,8 @@ class _ScheduledPrinter:
             lo, hi, sinks = "0", stream, None
             for bound in self.f.masking_offsets(accumulators):
                 if bound.side == "upper":
-                    hi = f"min({stream}, max(0, {self._keys_end(bound)}))"
+                    hi = self._open_rows(bound, f"min({stream}, max(0, "
+                                                f"{self._keys_end(bound)}))", stream)
                 else:
                     lo = f"max(0, {self._keys_start(bound)})"
                     sinks = self._sinks(bound)

@@ -14,7 +14,7 @@ from ..analysis.presence import (Condition, absent_tensors, einsum_conditions,
 from ..ir import Cascade, Einsum
 from ..ir import expr as ir
 from ..transform.algebra import substitute
-from .bounds import either_bound, monotone_bound, stream_bound
+from .bounds import either_bound, either_row_bound, monotone_bound, stream_bound
 from .kernel import loaded_inputs, scalars
 from .masks import range_comparisons
 from .model import (Bound, DotPlan, Form, Group, KernelSchedule, Knob, Loop, LoopKind, Pass,
@@ -523,6 +523,11 @@ class AttentionRoles:
             bound = either_bound(self.keyed(condition), self.stream, self.row)
             if bound is not None:
                 found.append(Bound(bound[0], bound[1], sinks=bound[2]))
+                continue
+            # the keys up to a diagonal, or all of them for the first rows (dK/dV's sinks)
+            bound = either_row_bound(self.keyed(condition), self.stream, self.row)
+            if bound is not None:
+                found.append(Bound(bound[0], bound[1], open_rows=bound[2]))
         return tuple(found)
 
     def split_skipping(self, reductions: list[Einsum]) -> tuple[tuple[Bound, ...], str]:

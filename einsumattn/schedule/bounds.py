@@ -55,12 +55,27 @@ def either_bound(condition: ir.Expr, stream: str, row: str):
     """('lower', c, s) for `m >= row + c or m < s` (either way round): the keys a row
     sees are its window's from row + c, and the first s keys, the sinks (StreamingLLM);
     None otherwise."""
+    return _either(condition, stream, row, "lower", sinks_of=stream)
+
+
+def either_row_bound(condition: ir.Expr, stream: str, row: str):
+    """('upper', c, s) for `m <= row + c or row < s` (either way round): a row sees the
+    keys up to row + c, and a row below s every key. The sinks seen from the other side:
+    the backward's dK/dV kernel streams the queries p for a tile of keys m, and `p - m <
+    W or m < S` lets a sink key's row m see every query; None otherwise."""
+    return _either(condition, stream, row, "upper", sinks_of=row)
+
+
+def _either(condition: ir.Expr, stream: str, row: str, side: str, sinks_of: str):
+    """(side, c, s) for an `or` of an affine bound on `side` and `sinks_of < s` (the
+    stream's first values, or the row's); None otherwise."""
     if not isinstance(condition, ir.Op) or condition.op != "or" or len(condition.args) != 2:
         return None
+    other = row if sinks_of == stream else stream
     for window, sinks in (condition.args, condition.args[::-1]):
-        bound, end = stream_bound(window, stream, row), prefix_bound(sinks, stream, row)
-        if bound is not None and bound[0] == "lower" and end is not None:
-            return "lower", bound[1], end
+        bound, end = stream_bound(window, stream, row), prefix_bound(sinks, sinks_of, other)
+        if bound is not None and bound[0] == side and end is not None:
+            return side, bound[1], end
     return None
 
 

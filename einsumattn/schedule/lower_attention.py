@@ -834,12 +834,23 @@ class _PassLowering:
         block = k.Var(f"{f.stream}_BLOCK")
         for bound in bounds:
             if bound.side == "upper":   # m <= row + offset: m < end row + offset
-                hi = k.Integer(k.Extremum("min", ir.Dim(self.cascade.var_rank(f.stream)),
-                                          self._keys_end(bound)))
+                keys = ir.Dim(self.cascade.var_rank(f.stream))
+                hi = self._open_rows(bound, k.Extremum("min", keys, self._keys_end(bound)),
+                                     keys)
             else:                       # m >= row + offset
                 first = k.Extremum("max", ir.Const(0), self._keys_start(bound))
                 lo = k.Integer(ir.Op("*", (k.Quotient(first, block), block)))
         return lo, hi
+
+    def _open_rows(self, bound: Bound, end, every):
+        """An upper bound's end of the loop (`end`), or `every` (the whole rank) for a
+        row tile holding a row below the bound's `open_rows` (a row that sees every key:
+        its first row is below ceil(s))."""
+        if bound.open_rows is None:
+            return k.Integer(end)
+        below = k.Integer(ir.Op("<", (self._first_row(), self._offset(
+            "upper", bound.open_rows, "open_rows"))))
+        return k.Integer(k.Extremum("max", end, ir.Op("*", (every, below))))
 
     def _sinks_end(self, bounds: tuple[Bound, ...], stop, tile, steps: bool = False):
         """Where a lower bound lets every row see the first keys too (`key < s`, the
@@ -1014,7 +1025,8 @@ class _SplitLowering(_PassLowering):
                 last = total([self._keys_end(bound), tile])
                 steps = k.Quotient(k.Extremum("max", ir.Const(0),
                                               ir.Op("-", (last, ir.Const(1)))), tile)
-                hi = k.Integer(k.Extremum("min", ir.Dim(cascade.var_rank(f.loop)), steps))
+                outer = ir.Dim(cascade.var_rank(f.loop))
+                hi = self._open_rows(bound, k.Extremum("min", outer, steps), outer)
             else:                       # keys from the first row + offset
                 lo = k.Integer(k.Quotient(k.Extremum("max", ir.Const(0),
                                                      self._keys_start(bound)), tile))
@@ -1079,5 +1091,7 @@ def _range_text(bounds, stream: str, proved: tuple[Bound, ...] = ()) -> str:
                      "skips tiles before the window")
     if hi is not None:
         window = any(b.side == "upper" and b.function is not None for b in proved)
-        parts.append(f"skips tiles past the {'window' if window else 'diagonal'}")
+        open_rows = any(b.open_rows is not None for b in proved)
+        parts.append(f"skips tiles past the {'window' if window else 'diagonal'}" +
+                     (" (but for the rows that see every key)" if open_rows else ""))
     return ", ".join(parts)

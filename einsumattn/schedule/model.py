@@ -94,12 +94,16 @@ class Bound(NamedTuple):
     row grows: a clamped window's start), key <= function(p) or key >= function(p), and
     `offset` 0 (schedule/bounds.py's monotone_bound). A lower bound with `sinks` (a sympy
     expression of sizes and params) also lets every row see the keys below it: `key >=
-    p + offset or key < sinks` (bounds.py's either_bound), two ranges of key tiles."""
+    p + offset or key < sinks` (bounds.py's either_bound), two ranges of key tiles. An
+    upper bound with `open_rows` (the same kind of expression) holds only for the rows
+    from it on: a row below it sees every key (`key <= p + offset or p < open_rows`,
+    either_row_bound: the sinks as the backward's dK/dV kernel sees them)."""
 
     side: str
     offset: object      # sympy.Expr (schedule/bounds.py's stream_bound)
     function: object = None
     sinks: object = None
+    open_rows: object = None
 
 
 @dataclass(frozen=True)
@@ -258,6 +262,8 @@ def kernel_data(kernel: KernelSchedule, spell=str) -> dict:
                                           else spell(to_text(b.function)))
                                          + (() if b.sinks is None else
                                             ("or below", spell(str(b.sinks))))
+                                         + (() if b.open_rows is None else
+                                            ("but rows below", spell(str(b.open_rows))))
                                          for b in p.bounds)}
                         for p in kernel.passes),
         "inputs": names(kernel.inputs),
