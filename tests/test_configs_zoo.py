@@ -61,7 +61,7 @@ from einsumattn.verify import Case, DotRounding, case_inputs, compare, dot_round
 
 from conftest import GPU, ROOT, compiled_specs
 from test_configs import PICKED, configured
-from test_triton_ranges import outside_the_tensors
+from test_triton_ranges import assert_inside_the_tensors, outside_the_tensors
 from test_triton_training import _backward
 
 ON_GPU = "the GPU picks its own rule: the suite runs them there"
@@ -103,10 +103,6 @@ PICKING = {config: [r for r in GPU_RULES if not r.dots and config_of(r) == confi
 
 
 # ------------------------------------------------------------------- the cases
-
-class OutsideTheTensors(AssertionError):
-    """A kernel loaded or stored, on a live lane, outside every tensor passed to it."""
-
 
 FORWARD_EXAMPLES = ["sigmoid_attention", "gqa", "alibi", "softcap", "sliding_window_sinks",
                     "neighborhood_1d", "retention", "linear_attention", "diff_transformer"]
@@ -257,11 +253,6 @@ def assert_ran_at_the_rules_tiles(module, launched, capability, dtype, config):
             rows_ran |= got[row_knob] == config[0]
             keys_ran |= got[key_knob] == config[1]
     assert rows_ran and keys_ran, (config, launched)
-
-
-def assert_inside_the_tensors(outside):
-    if outside:
-        raise OutsideTheTensors(f"live lanes outside every tensor, by kernel: {outside}")
 
 
 # ------------------------------------------------------------------- forward

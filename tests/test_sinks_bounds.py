@@ -63,14 +63,17 @@ def module(tmp_path_factory):
     return import_file(compile_to_file(SPEC, tmp_path_factory.mktemp("sinks")), "sinks_mod")
 
 
-def _agrees(module, sizes, params, backend) -> bool:
+def _agrees(module, sizes, params, backend, spec=SPEC) -> bool:
+    """`spec`'s module (its one fused kernel and the torch backend in tiles of 16 rows and
+    16 keys) against the oracle, at P x M = `sizes` and `params`."""
     generator = torch.Generator().manual_seed(sum(sizes))
     P, M = sizes
     q, k_, v = (torch.randn(1, 2, n, 8, generator=generator) for n in (P, M, M))
-    module.TUNING_FUSED["sliding_window_sinks__fused"].update(p__BLOCK=16, m0__BLOCK=16)
+    (fused,) = module.TUNING_FUSED.values()
+    fused.update(p__BLOCK=16, m0__BLOCK=16)
     module.TORCH_TUNING.update(row_block=16, key_tile=16)
-    out = module.SlidingWindowSinks(backend=backend, **params)(q, k_, v)
-    want = einsumattn.evaluate(einsumattn.load(SPEC), {
+    out = getattr(module, module.__all__[0])(backend=backend, **params)(q, k_, v)
+    want = einsumattn.evaluate(einsumattn.load(spec), {
         "Q": q.double().numpy(), "K": k_.double().numpy(), "V": v.double().numpy()},
         params)["AV"]
     return bool(np.allclose(out.numpy(), want, rtol=1e-4, atol=1e-5, equal_nan=True))
@@ -191,14 +194,5 @@ def test_rows_that_see_every_key_bound_the_forward_too(tmp_path, backend):
     module = import_file(compile_to_file(path, tmp_path), "global_rows")
     (kernel,) = module.SCHEDULE["kernels"]
     assert any(b[2:] == ("but rows below", "S") for b in kernel["passes"][0]["bounds"])
-    module.TUNING_FUSED["global_rows__fused"].update(p__BLOCK=16, m0__BLOCK=16)
-    module.TORCH_TUNING.update(row_block=16, key_tile=16)
-    generator = torch.Generator().manual_seed(5)
     for P, M, W, S in ((70, 70, 4, 3), (50, 90, 10, 20), (40, 70, -5, 17)):
-        q, k_, v = (torch.randn(1, 2, n, 8, generator=generator) for n in (P, M, M))
-        out = module.GlobalRows(backend=backend, W=W, S=S)(q, k_, v)
-        want = einsumattn.evaluate(einsumattn.load(path), {
-            "Q": q.double().numpy(), "K": k_.double().numpy(), "V": v.double().numpy()},
-            {"W": W, "S": S})["AV"]
-        assert np.allclose(out.numpy(), want, rtol=1e-4, atol=1e-5, equal_nan=True), \
-            (P, M, W, S)
+        assert _agrees(module, (P, M), {"W": W, "S": S}, backend, path), (P, M, W, S)

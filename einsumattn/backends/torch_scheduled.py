@@ -1015,7 +1015,6 @@ class _ScheduledPrinter:
     def _passes(self, available: set[str]) -> None:
         c, f = self.cascade, self.f
         stream = c.var_rank(f.stream)
-        bounds = {}
         for number, accumulators, needed in f.pass_plan():
             self.line(f"# pass {number} over {f.stream}: "
                       f"{', '.join(e.tensor for e in accumulators) or 'nothing accumulates'}",
@@ -1033,7 +1032,6 @@ class _ScheduledPrinter:
                 else:
                     lo = f"max(0, {self._keys_start(bound)})"
                     sinks = self._sinks(bound)
-            bounds[number] = (lo, hi)
             self.line(f"keys_end = {hi}", 1)
             tiles = f"range({lo}, keys_end, key_tile)"
             if sinks is not None:

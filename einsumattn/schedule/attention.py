@@ -509,23 +509,23 @@ class AttentionRoles:
         found = []
         keys = ir.Dim(self.cascade.root_rank(self.cascade.var_rank(self.stream)))
         for condition in sorted(candidates or (), key=str):
-            bound = stream_bound(self.keyed(condition), self.stream, self.row)
+            keyed = self.keyed(condition)
+            bound = stream_bound(keyed, self.stream, self.row)
             if bound is not None:
                 found.append(Bound(*bound))
                 continue
             # a clamped window: key >= f(row) with f never decreasing (neighborhood)
-            bound = monotone_bound(self.keyed(condition), self.stream, self.row, keys,
-                                   frozenset(self.batch))
+            bound = monotone_bound(keyed, self.stream, self.row, keys, frozenset(self.batch))
             if bound is not None:
                 found.append(Bound(bound[0], 0, bound[1]))
                 continue
             # a window or the first keys, the sinks: two ranges of key tiles
-            bound = either_bound(self.keyed(condition), self.stream, self.row)
+            bound = either_bound(keyed, self.stream, self.row)
             if bound is not None:
                 found.append(Bound(bound[0], bound[1], sinks=bound[2]))
                 continue
             # the keys up to a diagonal, or all of them for the first rows (dK/dV's sinks)
-            bound = either_row_bound(self.keyed(condition), self.stream, self.row)
+            bound = either_row_bound(keyed, self.stream, self.row)
             if bound is not None:
                 found.append(Bound(bound[0], bound[1], open_rows=bound[2]))
         return tuple(found)

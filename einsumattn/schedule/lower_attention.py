@@ -267,15 +267,14 @@ class _PassLowering:
                 tile += self._accumulate(acc)
             tile = self._scales_folded(tuple(tile))
             lo, hi = lo or _ZERO, hi or k.Integer(ir.Dim(stream))
-            sinks = None if split else self._sinks_end(
-                self.schedule.passes[number - 1].bounds, hi, k.Var(block))
             einsums = list(needed) + list(accumulators)
-            if sinks is not None:     # the sinks' tiles, then the window's past them
-                self.body += [k.Let("sinks_end", sinks),
-                              *self._pass_loops(_ZERO, k.Var("sinks_end"), tuple(tile),
-                                                einsums, stream)]
-                lo = k.Integer(k.Extremum("max", lo, k.Var("sinks_end")))
-            self.body += self._pass_loops(lo, hi, tuple(tile), einsums, stream)
+
+            def loops(first, last):
+                return self._pass_loops(first, last, tuple(tile), einsums, stream)
+            if not split:
+                lo = self._sinks_first(self.schedule.passes[number - 1].bounds, lo, hi,
+                                       k.Var(block), loops)
+            self.body += loops(lo, hi)
             if number == plan[-1][0]:
                 self.body += self._rows_after_loops()
             available.update(acc.tensor for acc in accumulators)
@@ -730,7 +729,7 @@ class _PassLowering:
         tile can be one."""
         bounds = interior_bounds(self.f, einsums)
         inner = None if bounds is None else without_masks(
-            step, _LANES.name, _ROW_LIVE.name, stream, tuple(self._clamped_rows()))
+            step, _LANES.name, _ROW_LIVE.name, stream, tuple(self._row_ranks()))
         if inner is not None:
             # Every score of an interior tile is present: a running max over finite
             # scores needs no -inf guard there (schedule/finite.py).
@@ -740,20 +739,23 @@ class _PassLowering:
             inner = self._advanced(self._described_loads(inner, blocks), loop, blocks)
         return bounds, inner
 
-    def _clamped_rows(self) -> dict:
-        """The row index variables -> a function giving their block clamped into the
-        rank (min(p, P - 1); a packed tile's head too), computed once before the loops:
-        what a load in a loop without masks reads the rows at (interior.without_masks)."""
+    def _row_ranks(self) -> dict:
+        """The row index variables and their ranks' sizes (a packed tile's head too)."""
         f = self.f
         ranks = {f.row: ir.Dim(self.cascade.var_rank(f.row))}
         if f.group is not None:
             ranks[f.group.var] = ir.Dim(f.group.extent)
+        return ranks
 
-        def clamp(var):
-            last = ir.Op("-", (ranks[var], ir.Const(1)))
+    def _clamped_rows(self) -> dict:
+        """The row index variables -> a function giving their block clamped into the
+        rank (min(p, P - 1)), computed once before the loops: what a load in a loop reads
+        the rows at (interior.rows_clamped)."""
+        def clamp(var, size):
+            last = ir.Op("-", (size, ir.Const(1)))
             return lambda: self._hoisted(k.Integer(k.Extremum("min", k.Var(var), last)),
                                          f"{var}in")
-        return {var: clamp(var) for var in ranks}
+        return {var: clamp(var, size) for var, size in self._row_ranks().items()}
 
     def _described_loads(self, step: tuple, blocks: dict) -> tuple:
         """The step's K and V tile loads also as TMA loads, where the host's flag says
@@ -852,20 +854,25 @@ class _PassLowering:
             "upper", bound.open_rows, "open_rows"))))
         return k.Integer(k.Extremum("max", end, ir.Op("*", (every, below))))
 
-    def _sinks_end(self, bounds: tuple[Bound, ...], stop, tile, steps: bool = False):
+    def _sinks_first(self, bounds: tuple[Bound, ...], start, stop, tile, loops,
+                     steps: bool = False):
         """Where a lower bound lets every row see the first keys too (`key < s`, the
-        sinks: bounds.py's either_bound), the end of the loop over their tiles: s rounded
-        up to a whole key tile (`steps`: counted in tiles, a split's steps, else in keys),
-        no later than `stop`; None without sinks. The window's loop starts there or
-        later, so no tile is visited twice."""
+        sinks: bounds.py's either_bound), the loops over their tiles (`loops(first,
+        last)`) go into the body first, up to s rounded up to a whole key tile and no
+        later than `stop` (`steps`: counted in a split's steps, else in keys, as `start`
+        and `stop` are). Returns the window's start, moved past them so that no tile is
+        visited twice (`start` itself without sinks)."""
         (sinks,) = [b.sinks for b in bounds if b.sinks is not None] or [None]
         if sinks is None:
-            return None
+            return start
         keys = k.Extremum("max", ir.Const(0), self._offset("upper", sinks, "sinks"))
         end = k.Quotient(total([keys, tile, ir.Const(-1)]), tile)
         if not steps:
             end = ir.Op("*", (end, tile))
-        return k.Integer(k.Extremum("min", end, stop))
+        name = "sink_steps" if steps else "sinks_end"
+        self.body += [k.Let(name, k.Integer(k.Extremum("min", end, stop))),
+                      *loops(_ZERO, k.Var(name))]
+        return k.Integer(k.Extremum("max", start, k.Var(name)))
 
     def _keys_start(self, bound: Bound):
         """The first key a lower bound lets some row of the tile see: its first row's."""
@@ -951,12 +958,10 @@ class _SplitLowering(_PassLowering):
                 step += self._row_value(einsum)
         start, stop = lo or _ZERO, hi or k.Integer(ir.Dim(outer))
         step = self._scales_folded(self._biases_added(tuple(step)))
-        sinks = self._sinks_end(self.schedule.passes[0].bounds, stop, f.step_keys(),
-                                steps=True)
-        if sinks is not None:       # the sinks' steps, then the window's past them
-            self.body += [k.Let("sink_steps", sinks),
-                          *self._loops(_ZERO, k.Var("sink_steps"), step, stream)]
-            start = k.Integer(k.Extremum("max", start, k.Var("sink_steps")))
+        start = self._sinks_first(self.schedule.passes[0].bounds, start, stop,
+                                  f.step_keys(),
+                                  lambda first, last: self._loops(first, last, step, stream),
+                                  steps=True)
         self.body += self._loops(start, stop, step, stream)
         self.body += self._rows_after_loops()
         available.update(e.tensor for e in cascade.einsums if f.kinds[e.tensor] != Role.ROW)
