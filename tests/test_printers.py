@@ -475,6 +475,23 @@ def test_a_power_of_minus_one_to_an_infinite_exponent_is_one_in_triton(tmp_path)
         _agrees(power, inputs, params, run_triton(power, inputs, params, tmp_path))
 
 
+def test_a_power_of_minus_zero_to_minus_a_half_is_plus_infinity_in_torch():
+    """(-0.0) ** -0.5 is +inf in the oracle (numpy's power, C99's pow); torch computes a
+    tensor ** -0.5 as rsqrt, -inf there, so -(I + Y ** -0.5) at Y = -0.0 was +inf where
+    the oracle has -inf. Found by the randomized profile; the exponent as a number, as
+    a param, and as -0.5 written as a constant."""
+    inputs = _case(([0.0] * SIZE, [0.0] * (SIZE - 1) + [-0.0], 0.0))
+    for exponent, params in ((ir.Op("neg", (ir.Const(0.5),)), {"c": 0.0, "d": 0.0}),
+                             (ir.Param("c"), {"c": -0.5, "d": 0.0}),
+                             (ir.Const(-0.5), {"c": 0.0, "d": 0.0})):
+        tree = ir.Op("neg", (ir.Op("+", (ir.Dim("I"), ir.Op("**", (Y, exponent)))),))
+        _agrees(tree, inputs, params, run_torch(tree, inputs, params))
+    power = ir.Op("**", (X, ir.Param("c")))
+    edges = _case(([-0.0, 0.0, 4.0, math.inf, math.nan, 2.0, -0.0, 0.25], [0.0] * SIZE, 0.0))
+    for c in (-0.5, 0.5, -1.0, 3.0, 2.5):
+        _agrees(power, edges, {"c": c, "d": 0.0}, run_torch(power, edges, {"c": c, "d": 0.0}))
+
+
 def test_logsigmoid_at_infinity_is_minus_zero_in_triton_as_in_the_oracle(tmp_path):
     """logsigmoid(+inf) is -0.0 in the oracle (-softplus(-x)), the limit from below, so
     I / -logsigmoid(I / c) at c = 0 is +inf; Triton's min(x, 0) - log1p(exp(-|x|)) gave

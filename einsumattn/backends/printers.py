@@ -187,6 +187,16 @@ class TorchPrinter(PythonScalarPrinter):
             # torch divides a number by a tensor as number * (1 / tensor): 0 / 1e-44 is
             # then 0 * inf = NaN. A tensor numerator divides.
             return self.print(ir.Op("/", (ir.Op("_tensor", (args[0],)), args[1])), context)
+        if op == "**" and not self.tensor(args[1]) and not is_integer(args[1]):
+            # torch takes a tensor ** -0.5 as rsqrt: -inf at -0.0, where the oracle's
+            # power (numpy's, C99's pow) gives +inf; 1 / sqrt(x + 0.0) is +inf there
+            # (-0.0 + 0.0 is +0.0) and x ** -0.5 elsewhere, to an ulp.
+            x, y = (_operand(self.print(a, 0)) for a in args)
+            rsqrt = f"1 / torch.sqrt({x} + 0.0)"
+            if isinstance(args[1], ir.Const):
+                return f"({rsqrt})" if float(args[1].value) == -0.5 else \
+                    Printer.print(self, expr, context)
+            return f"({rsqrt} if {y} == -0.5 else {x} ** {y})"
         if op == "sign":
             x = self.print(args[0], 0)
             return f"torch.where(torch.isnan({x}), {x}, torch.sign({x}))"
