@@ -164,6 +164,22 @@ class Forced:
         return lambda *args, **kwargs: self.kernel[grid](*args, **{**kwargs, **self.flags})
 
 
+class Recorded(Forced):
+    """A kernel whose launches record their keyword arguments."""
+
+    def __init__(self, kernel, **flags):
+        super().__init__(kernel, **flags)
+        self.launched = []
+
+    def __getitem__(self, grid):
+        launch = super().__getitem__(grid)
+
+        def recorded(*args, **kwargs):
+            self.launched.append(kwargs)
+            return launch(*args, **kwargs)
+        return recorded
+
+
 @pytest.fixture(scope="session")
 def root() -> pathlib.Path:
     return ROOT

@@ -15,7 +15,7 @@ from einsumattn.codegen import compile_to_file
 from einsumattn.codegen.compile import import_file
 from einsumattn.verify import Case, case_inputs, compare
 
-from conftest import BENCHMARK_DEVICE, GPU, ROOT, Forced, kernels_env, tuned
+from conftest import BENCHMARK_DEVICE, GPU, ROOT, Forced, Recorded, kernels_env, tuned
 
 
 @pytest.fixture(scope="module")
@@ -247,7 +247,8 @@ def test_the_scale_sign_picks_the_folded_max_or_the_scaled_one(modules, name, sc
     from einsumattn.schedule.lower_attention import lower_attention
     cascade = einsumattn.load(ROOT / "examples" / f"{name}.attn")
     lowered = lower_attention(names.rename(Plan(cascade).kernel))
-    assert [flag.name for flag in lowered.flags] == ["scale__POSITIVE", "TMA", "OFFSETS_32"]
+    assert [flag.name for flag in lowered.flags] == ["scale__POSITIVE", "TMA", "OFFSETS_32",
+                                                    "INDEX_32"]
     module = modules[name, True]
     inputs = case_inputs(cascade, Case(SIZES, "float32", 30.0, False, 0))
     with tuned(module, m0__BLOCK=16, p__BLOCK=16), warnings.catch_warnings():
@@ -276,22 +277,6 @@ def test_64_bit_tile_offsets_read_what_32_bit_ones_read(modules):
     assert torch.equal(narrow, wide)
 
 
-class _Recorded(Forced):
-    """A kernel whose launches record their keyword arguments."""
-
-    def __init__(self, kernel, **flags):
-        super().__init__(kernel, **flags)
-        self.launched = []
-
-    def __getitem__(self, grid):
-        launch = super().__getitem__(grid)
-
-        def recorded(*args, **kwargs):
-            self.launched.append(kwargs)
-            return launch(*args, **kwargs)
-        return recorded
-
-
 @pytest.mark.parametrize("name", ["causal_softmax", "softmax_3pass"])
 def test_tma_loads_read_what_pointer_loads_read(modules, name):
     """Interior K and V tiles read through TMA descriptors where the host's _tma_suits
@@ -307,7 +292,7 @@ def test_tma_loads_read_what_pointer_loads_read(modules, name):
     results = {}
     with tuned(module, m0__BLOCK=16, p__BLOCK=16):
         for tma in (None, False):
-            recorded = _Recorded(kernel) if tma is None else _Recorded(kernel, TMA=False)
+            recorded = Recorded(kernel) if tma is None else Recorded(kernel, TMA=False)
             try:
                 setattr(module, kernel_name, recorded)
                 results[tma] = layer(module)(*inputs.values())

@@ -11,10 +11,11 @@ import sympy
 from ..ir import Cascade
 from ..schedule import kernel_ir
 from ..schedule.biases import MAX_KEY_BLOCK, PARAM_EXPONENT, SCALE_EXPONENT, BiasDots
-from ..schedule.interior import NarrowOffsets, TmaLoads
+from ..schedule.interior import NarrowIndices, NarrowOffsets, TmaLoads
 from ..schedule.lowering import LoweredKernel
 from ..schedule.model import Form, KernelSchedule
 from ..schedule.stages import NotFusable
+from . import triton_indices
 from .triton_ir import KernelPrinter
 from .triton_printer import tile_asserts
 
@@ -112,7 +113,7 @@ def launch_lines(cascade: Cascade, schedule: KernelSchedule, host_args: list[str
                  f"stored_dtype)",
                  f"if {knob} > 1:",
                  *(f"    {output}.zero_()" for output in schedule.outputs)]
-    call = [*split, f"{schedule.name}[({grid})](",
+    call = [*split, f"grid = ({grid})", f"{schedule.name}[grid](",
             f"    {', '.join(host_args)},",
             f"    {', '.join(constants)})"]
     if not per_call_configuration(schedule):
@@ -191,9 +192,10 @@ def printed(cascade: Cascade, lowered: LoweredKernel, checks: list[str] = ()) ->
     NotFusable where Triton cannot spell a statement (printers raise Unsupported)."""
     schedule = lowered.schedule
     args, host = kernel_arguments(cascade, schedule)
-    args += [offset.name for offset in lowered.offsets]
-    host += [f'_outwards({sympy.pycode(offset.value)}, "{offset.rounding}")'
-             for offset in lowered.offsets]
+    offsets = {offset.name: f'_outwards({sympy.pycode(offset.value)}, "{offset.rounding}")'
+               for offset in lowered.offsets}
+    args += list(offsets)
+    host += list(offsets.values())
     blocks = [knob.name for knob in schedule.knobs] + [f"{v}_BLOCK" for v in schedule.held]
     if schedule.splits is not None:
         blocks.append(schedule.splits)
@@ -201,8 +203,15 @@ def printed(cascade: Cascade, lowered: LoweredKernel, checks: list[str] = ()) ->
         blocks.append("DOT_DTYPE")
     # Compile-time flags the host computes per call (schedule/scales.py: a param's sign;
     # schedule/interior.py: 32-bit tile offsets, TMA; schedule/biases.py: a term's dot).
-    blocks += [flag.name for flag in lowered.flags]
-    flags = [f"{flag.name}={_flag_test(flag, schedule)}" for flag in lowered.flags]
+    body, tests = lowered.body, {}
+    for flag in lowered.flags:
+        if isinstance(flag, NarrowIndices):
+            body, tests[flag.name] = _indices_bounded(cascade, schedule, body, flag,
+                                                      offsets, blocks)
+    kept = [flag for flag in lowered.flags if tests.get(flag.name, "") is not None]
+    blocks += [flag.name for flag in kept]
+    flags = [f"{flag.name}={tests.get(flag.name) or _flag_test(flag, schedule)}"
+             for flag in kept]
     setup = []
     for flag in lowered.flags:
         if isinstance(flag, TmaLoads):
@@ -218,7 +227,7 @@ def printed(cascade: Cascade, lowered: LoweredKernel, checks: list[str] = ()) ->
                 host.append(f"_descriptor(tma, {tensor}, {block})")
     knobs = [knob.name for knob in schedule.knobs if not knob.fixed]
     try:
-        lines = KernelPrinter().statements(lowered.body)
+        lines = KernelPrinter().statements(body)
     except kernel_ir.Unsupported as reason:
         raise NotFusable(str(reason)) from None
     source = kernel_source(schedule.name, args, blocks, knobs,
@@ -226,4 +235,38 @@ def printed(cascade: Cascade, lowered: LoweredKernel, checks: list[str] = ()) ->
     return FusedKernel(schedule.name, source,
                        launch_lines(cascade, schedule, host, [*checks, *setup],
                                     schedule.uses_dot, flags),
-                       schedule, lowered.body)
+                       schedule, body)
+
+
+def _indices_bounded(cascade: Cascade, schedule: KernelSchedule, body: tuple,
+                     flag: NarrowIndices, offsets: dict[str, str], blocks: list[str]):
+    """The kernel's statements and the host's test of `flag` (its 32-bit indices: every
+    int32 value computed from them fits, backends/triton_indices.py), or the statements
+    in int64 only and None where a value cannot be bounded."""
+    strides = {f"{tensor}_s{position}": (tensor, position)
+               for tensor in (*schedule.outputs, *schedule.inputs)
+               for position in range(len(cascade.tensors[tensor].ranks))}
+    bounds = triton_indices.index_bounds(body, flag.name, set(offsets), set(blocks),
+                                         strides)
+    if bounds is None:
+        return triton_indices.wide_only(body, flag.name), None
+    if not bounds:
+        return body, "True"
+
+    def text(bound) -> str:
+        if isinstance(bound, int):
+            return str(bound)
+        if isinstance(bound, triton_indices.Leaf):
+            return {"size": lambda b: b.name,
+                    "knob": lambda b: _knob_value(b.name, schedule),
+                    "stride": lambda b: f"abs({b.name}.stride({b.position}))",
+                    "offset": lambda b: f"abs({offsets[b.name]})",
+                    "grid": lambda b: f"grid[{b.position}]"}[bound.kind](bound)
+        if isinstance(bound, triton_indices.Sum):
+            return "(" + " + ".join(text(t) for t in bound.terms) + ")"
+        if isinstance(bound, triton_indices.Product):
+            return " * ".join(text(t) for t in bound.factors)
+        return "max(" + ", ".join(text(t) for t in bound.terms) + ")"
+
+    largest = bounds[0] if len(bounds) == 1 else triton_indices.Largest(bounds)
+    return body, f"{text(largest)} < 2**31"

@@ -217,6 +217,32 @@ class NarrowOffsets:
     terms: tuple[tuple[str, int, str], ...]
 
 
+@dataclass(frozen=True)
+class NarrowIndices:
+    """A compile-time flag the host computes per call: whether the index arithmetic that
+    starts from the program's rows and a tile's keys (`narrowed_indices`) fits in 32
+    bits. The lowering only marks those definitions; which values the kernel then
+    computes in 32 bits, and their bounds, are the target's business (the Triton
+    printer's types: backends/triton_indices.py), and so is the host's test."""
+    name: str
+
+
+def narrowed_indices(body: tuple, names: set[str], flag: str) -> tuple:
+    """`body` with each `Let` of a name in `names` whose value widens to int64 (the row
+    tile `p = program * BLOCK + arange`, a step's keys `arange`) defined both ways:
+    in 32 bits where the host's `flag` holds, else in int64 as before. Everything those
+    values reach (masks, the keys' tests against the rows) follows their type."""
+    def narrow(node):
+        if not isinstance(node, k.Let) or node.name not in names:
+            return None
+        slim = _narrowed(node.value)
+        if slim == node.value:
+            return node
+        return dataclasses.replace(node, value=k.Specialized(flag, slim, node.value))
+
+    return k.replaced(body, narrow)
+
+
 def advanced(statements: tuple, loop, blocks: dict, hoist, bounded: dict | None = None,
              narrow=None) -> tuple[tuple, tuple]:
     """`statements` (a loop's body over `loop`, an index or variable node) with each load

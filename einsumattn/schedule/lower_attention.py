@@ -43,8 +43,9 @@ from . import kernel_ir as k
 from .attention import AttentionRoles
 from .bounds import stream_bound
 from .finite import finite_shifts
-from .interior import (NarrowOffsets, TmaLoads, advanced, carried_loop, described,
-                       interior_bounds, masked_keys, rows_clamped, without_masks)
+from .interior import (NarrowIndices, NarrowOffsets, TmaLoads, advanced, carried_loop,
+                       described, interior_bounds, masked_keys, narrowed_indices,
+                       rows_clamped, without_masks)
 from .biases import added_biases
 from .scales import folded_scales
 from .shifts import LOG2E, max_shifted
@@ -69,6 +70,7 @@ _HEADS = k.Var("heads")         # a packed row tile's query heads per group (mod
 _ZERO = k.Integer(ir.Const(0))
 _NARROW = "OFFSETS_32"          # the host's flag: tile offsets fit in 32 bits
 _TMA = "TMA"                    # the host's flag: the interior tiles are TMA loads
+_INDEX_32 = "INDEX_32"          # the host's flag: rows' and keys' arithmetic fits 32 bits
 _INTERIOR_NOTE = k.Comment("steps whose every key is live and seen by every row: no masks")
 _REST_NOTE = k.Comment("the rest: the diagonal, the window's edges, the last partial tile")
 
@@ -313,9 +315,13 @@ class _PassLowering:
     def _lowered(self, description: str) -> LoweredKernel:
         """The schedule, with the description of what its statements do, the statements
         and the offsets the host computes for them."""
-        return LoweredKernel(self.schedule.with_(description=description),
-                             k.without_unread(tuple(self.body)), tuple(self.offsets),
-                             tuple(self.flags.values()))
+        # The row tile's and the key tiles' indices in 32 bits where the host says they
+        # fit (their masks then test in 32 bits: half the instructions of int64's).
+        body = narrowed_indices(k.without_unread(tuple(self.body)),
+                                {self.f.row, self.f.stream, "packed"}, _INDEX_32)
+        self.flags[_INDEX_32] = NarrowIndices(_INDEX_32)
+        return LoweredKernel(self.schedule.with_(description=description), body,
+                             tuple(self.offsets), tuple(self.flags.values()))
 
     def _scales_folded(self, step: tuple) -> tuple:
         """A loop body with its tiles' per-program scales folded into their readers

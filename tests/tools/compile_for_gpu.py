@@ -30,7 +30,7 @@ def spelled(name):
 
 # The compile-time flags the host computes per call (schedule/scales.py,
 # schedule/interior.py): a positive scale, 32-bit tile offsets, TMA loads.
-FLAGS = re.compile(r"^(\w+__POSITIVE|OFFSETS_32|TMA)$")
+FLAGS = re.compile(r"^(\w+__POSITIVE|OFFSETS_32|INDEX_32|TMA)$")
 
 
 def knob(name, tuning):
