@@ -363,17 +363,20 @@ def test_check_compares_the_backward_kernels_in_16_bits_and_catches_a_wrong_one(
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_a_later_stage_reads_the_statistics_as_a_rounded_buffer(trained, dtype):
-    """softmax_1pass's backward divides before V (dRNV_all_AV = dAV / RD, a statistics
-    stage's float32 buffer) and takes a dot of it over F in the dQ and dK/dV stages. Those
-    stages read it as an exact input: no rounding in the tolerance, a float16 tile of a
-    float32 value, and `check --train` failed (dK off by 4x, found by `einsumattn check`
-    on this case). A buffer is rounded (counted) or, in float16, read as float32 tiles."""
+    """A later stage's dot that reads what an earlier stage wrote (linear attention's
+    dV takes the statistics stage's float32 dKV_NUM) counts that operand's rounding.
+    Those stages used to read it as an exact input: no rounding in the tolerance, a
+    float16 tile of a float32 value, and `check --train` failed on softmax_1pass in
+    float16 (its backward then divided before V, dAV / RD, a statistics stage's buffer;
+    it now has FlashAttention-2's form, docs/gradients.md rule 0b). A buffer is rounded
+    (counted) or, in float16, read as float32 tiles."""
     from einsumattn.verify import _backward_kernels
 
-    cascade, module, _ = trained["softmax_1pass"]
+    cascade, module, _ = trained["linear_attention"]
     training = module.SCHEDULE["training"]
-    assert training["rounded"]["dSLN_all_RNV_all"] == 1
-    case = Case(dict(B=1, H=1, P=1, M=2, E=1, F=3), dtype, 1.0, False, 0)
+    assert training["stages"][0] == ["dKS_DEN", "dKV_NUM"]
+    assert training["rounded"]["dV"] == 2
+    case = Case(dict(B=1, H=1, P=3, M=3, E=2, F=3), dtype, 1.0, False, 0)
     _, _, results = _backward_kernels(module, training, case_inputs(cascade, case), case)
     assert all(r.ok for r in results), [r.describe() for r in results]
 

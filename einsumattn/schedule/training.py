@@ -5,8 +5,9 @@ each a cascade the back end schedules like any other, as FlashAttention-2 cuts i
    forward's streamed rank (softmax's `DELTA[p] = sum[f] dO[p, f] O[p, f]`: one value
    per query row) is read whole by every kernel after it: a stage of its own computes
    it, and the later stages take it as an input. So is a per-row value that a
-   contraction over a feature into a tensor over the keys reads (softmax_1pass's
-   `dO / RD_all` in `sum[f] dRNV_all_AV[p, f] V[m, f]`): the dK/dV kernel streams the
+   contraction over a feature into a tensor over the keys reads (an online softmax
+   whose division stays after V, where transform/backward.py's rule 0b cannot move it:
+   `dO / RD_all` in `sum[f] dRNV_all[p, f] V[m, f]`): the dK/dV kernel streams the
    queries and loads it as a tile; it could not compute it.
 2. **Partial sums.** An output that sums over several ranks (GQA's dK: the query heads
    of a group and the queries) is not one kernel of the attention schedule, which
@@ -107,7 +108,7 @@ def training_stages(backward: Cascade, streamed: str | None) -> TrainingStages:
 
 def _contracted_with_keys(backward: Cascade, name: str, streamed: str | None) -> bool:
     """Whether a per-row value is a factor of a contraction over a feature into a tensor
-    over the keys (softmax_1pass's `sum[f] dRNV_all_AV[p, f] V[m, f]`): the dK/dV
+    over the keys (`sum[f] dRNV_all[p, f] V[m, f]`, a division after V): the dK/dV
     kernel, which streams the queries, loads it as a tile, and cannot compute it."""
     return any(name in e.reads and e.reduce_op == "sum" and
                streamed in backward.tensors[e.tensor].ranks and

@@ -16,6 +16,10 @@ The rules, in the order they apply:
    form (a running max and sums rescaled per tile, read only at their final values) is
    differentiated as the max and sums over every key it computes, proved equal: the
    rules below then apply to it as to the textbook form.
+0b. **Normalised before the contraction.** `O = N / D` with `N = sum[R] X W` and D a
+   sum over R of exponentials (free of R, positive) becomes `A = X / D`, `O = sum[R] A
+   W`: an online form's `RNV / RD` is then softmax's `sum[m] A V`, and rules 1-3 give
+   FlashAttention-2's backward for it too.
 1. **Shift invariance.** A max (min) reduction S that the outputs do not depend on: with
    S replaced by S + t (t any value per point of S), every tensor that reads S changes
    by an additive or multiplicative factor of t alone, proved Einsum by Einsum
@@ -61,6 +65,7 @@ from .grad import Gradient, GradientUnsupported, gradient
 from .offline import closed_forms
 from .steps import Step
 
+NORMALISED = "normalised before the contraction"
 SHIFT = "shift invariance"
 DELTA = "delta by reassociation"
 LSE = "log-sum-exp statistic"
@@ -94,6 +99,9 @@ def fast_backward(cascade: Cascade) -> Backward:
     raw = gradient(cascade, frozenset())
     # 0. An online form written by hand is differentiated as the sums it computes.
     cascade, steps = closed_forms(cascade)
+    # 0b. A division after the contraction (an online form's `RNV / RD`) moved before it.
+    cascade, normalised = _normalised_first(cascade)
+    steps += normalised
     constants = []
     for einsum in cascade.einsums:
         if einsum.reduce_op in ("max", "min") and einsum.tensor not in cascade.outputs:
@@ -113,6 +121,92 @@ def fast_backward(cascade: Cascade) -> Backward:
     backward, forward, saved, recomputed, streamed = _split(grad, cascade, statistics)
     return Backward(raw, backward, forward, saved, recomputed, steps, streamed,
                     dict(derived.gradients), dict(derived.cotangents))
+
+
+# ---------------------------------------------------------------- 0b. normalised first
+def _normalised_first(cascade: Cascade) -> tuple[Cascade, list[Step]]:
+    """Rule 0b wherever it applies: `O = N / D` with `N = sum[R] X * W` (read by O
+    alone) and D a sum over R of exponentials, read at O's own rows, becomes
+    `A = X / D` and `O = sum[R] A * W`, X the factors over D's rows and R. The inverse of
+    factoring a value free of R out of a sum over R: each term of the new sum times D is
+    the old term (the identity sympy proves), D is free of R and D > 0 (a sum of
+    exponentials, with no absent point in either sum), so the sums agree. The online
+    form's output `RNV_all / RD_all` is then softmax's `sum[m] A V`, and rules 2 and 3
+    apply to it as to the textbook form."""
+    absent = absent_tensors(cascade)
+
+    def rule(current: Cascade, einsum: Einsum):
+        found = _division_of_a_contraction(current, einsum, absent)
+        if found is None:
+            return None
+        numerator, normaliser, scores, rest = found
+        n = current.einsum(numerator)
+        d_read = einsum.body.args[1]
+        rows = [v for v in einsum.indices if ir.Index(v) in d_read.indices]
+        name = current.fresh_name("A")
+        a_indices = tuple(rows) + n.reduced
+        weights = Einsum(name, a_indices, ir.Op("/", (_product(scores), d_read)))
+        a_read = ir.Read(name, tuple(ir.Index(v) for v in a_indices))
+        output = Einsum(einsum.tensor, einsum.indices, _product([a_read] + rest), "sum",
+                        n.reduced, explicit_reduction=True)
+        algebra = Algebra()
+        try:
+            x, w, d = (algebra.to_sympy(_product(f)) for f in (scores, rest or
+                                                                [ir.Const(1)], [d_read]))
+        except NotAlgebraic:
+            return None
+        if not is_zero((x / d) * w * d - x * w):
+            return None
+        einsums = [e for old in current.einsums
+                   for e in ((weights, output) if old.tensor == einsum.tensor else (old,))]
+        new = assemble(current, einsums, removable={numerator})
+        reduced = ", ".join(n.reduced)
+        return new, Step(NORMALISED, f"{einsum.tensor} = {numerator} / {normaliser} with "
+                                     f"{numerator} = sum[{reduced}] ...: {normaliser} "
+                                     f"(free of {reduced}, a sum of exponentials) divides "
+                                     f"each term: {name}", (name, einsum.tensor),
+                         f"({x} / {d}) * {w} * {d} == {x} * {w}")
+
+    cascade, steps, _ = fixed_point(cascade, rule, len(cascade.einsums) + 1)
+    return cascade, steps
+
+
+def _division_of_a_contraction(cascade: Cascade, einsum: Einsum, absent: set[str]):
+    """(N, D, the factors over D's rows and N's summed variables, the other factors)
+    where rule 0b applies to `einsum` (`O = N / D`), else None."""
+    body = einsum.body
+    if einsum.reduce_op is not None or einsum.filter is not None or \
+            einsum.iterative is not None or not (isinstance(body, ir.Op) and body.op == "/"):
+        return None
+    top, bottom = body.args
+    if not (isinstance(top, ir.Read) and isinstance(bottom, ir.Read)) or \
+            top.indices != _own(einsum) or cascade.tensors[top.tensor].is_input or \
+            cascade.tensors[bottom.tensor].is_input:
+        return None
+    n, d = cascade.einsum(top.tensor), cascade.einsum(bottom.tensor)
+    summed = set(n.reduced)
+    if n.reduce_op != "sum" or d.reduce_op != "sum" or set(d.reduced) != summed or \
+            n.filter is not None or d.filter is not None or \
+            n.iterative is not None or d.iterative is not None or \
+            n.indices != einsum.indices or n.tensor in cascade.outputs or \
+            [e.tensor for e in cascade.einsums if n.tensor in e.reads] != [einsum.tensor]:
+        return None
+    rows = set()
+    for index in bottom.indices:
+        if not isinstance(index, ir.Index) or index.var not in einsum.indices:
+            return None
+        rows.add(index.var)
+    summand = inline(cascade, d.body, 4)
+    if not (isinstance(summand, ir.Op) and summand.op == "exp"):
+        return None
+    if {n.tensor, d.tensor} & absent or \
+            any(r in absent for e in (n, d) for r in e.reads):
+        return None
+    scores = [f for f in _factors(n.body) if set(ir.index_vars(f)) <= rows | summed]
+    rest = [f for f in _factors(n.body) if not set(ir.index_vars(f)) <= rows | summed]
+    if not scores or not rest:
+        return None
+    return n.tensor, d.tensor, scores, rest
 
 
 # ---------------------------------------------------------------- 1. shift invariance
