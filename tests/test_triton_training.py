@@ -92,8 +92,8 @@ def test_rows_that_see_no_key_train_to_zero_gradients(tmp_path):
         assert torch.isfinite(dq).all() and (dq[:, :, :2] == 0).all(), backend
 
 
-# stick_breaking: no gradient cascade (its sum over a second key rank J reads Z at j, a
-# rank whose variable m the Einsum already uses); backward() is torch's autograd.
+# stick_breaking: its saving forward does not fuse (Z read at another key's position), so
+# backward() is the torch backend's autograd; its derived gradient is tests/test_grad.py's.
 FINITE_DIFFERENCE_EXAMPLES = ["gla_recurrent", "softmax_1pass", "sliding_window_sinks",
                               "stick_breaking"]
 

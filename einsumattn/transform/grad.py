@@ -36,7 +36,9 @@ The rules, each the textbook derivative (docs/gradients.md):
 * a read at a plain index variable of the read tensor's own rank keeps it on the left;
   any other coordinate (`h * KH // H`, `m1 * M0 + m0`, `p - m`) is summed over with the
   condition that it equals the left variable of that rank (GQA's dK sums the heads of a
-  group this way).
+  group this way); a plain variable of another rank of the same size beside the rank's
+  own (stick-breaking's `Z[.., j]`, `dims J = M`, in an Einsum over m) makes the
+  contribution over that other rank, read at the own variable by the cotangent's sum.
 
 * a recurrence R[.., t+1] = body (init at 0) has a cotangent that is a recurrence in
   reverse time over the same rank (`_recurrence`): dR[.., j] is R's cotangent at step
@@ -155,12 +157,15 @@ class _Deriver:
         terms = self.terms.get(tensor, [])
         if not terms:
             return None
-        if len(terms) == 1 and not final:
+        ranks = self.tensors[tensor].ranks
+        # A term over another rank of the same size (`_alias`) is read at T's own
+        # variables by a sum of its own, never taken as the cotangent itself.
+        alone = len(terms) == 1 and self.tensors[terms[0]].ranks == ranks
+        if alone and not final:
             return terms[0]
         name = self.fresh(f"d{tensor}")
-        if len(terms) == 1:
+        if alone:
             return self._renamed(terms[0], name)
-        ranks = self.tensors[tensor].ranks
         variables = tuple(self.forward.ranks[r].var for r in ranks)
         index = tuple(ir.Index(v) for v in variables)
         reads = [ir.Read(t, index) for t in terms]
@@ -368,6 +373,7 @@ class _Deriver:
         conditions: list[ir.Expr] = []
         shifts: dict[str, ir.Expr] = {}
         ranges: list[ir.Expr] = []        # the shifted variables' own ranks
+        retargeted: dict[int, str] = {}    # position -> the rank of an aliased variable
         for position, index in enumerate(read.indices):
             rank = target_ranks[position]
             var = self.forward.ranks[rank].var
@@ -383,6 +389,14 @@ class _Deriver:
                 ranges += [ir.Op(">=", (shifts[var], ir.Const(0))),
                            ir.Op("<", (shifts[var], ir.Dim(rank)))]
                 continue
+            alias = self._alias(index, rank, left)
+            if alias is not None:
+                # `Z[.., j]` with j a variable of another rank of Z's rank's size (`dims
+                # J = M`) beside m: the contribution is over j's rank (dZ_LS[.., j], the
+                # Einsum's m summed), and its readers read it at m (`_cotangent`).
+                left.append(alias)
+                retargeted[position] = self.forward.var_rank(alias)
+                continue
             if var in einsum.variables or var in left:
                 raise GradientUnsupported(
                     f"the read {ir.to_text(read)} in {einsum.tensor}: its coordinate "
@@ -390,6 +404,7 @@ class _Deriver:
                     f"the Einsum already uses")
             left.append(var)
             conditions.append(ir.Op("==", (ir.Index(var), index)))
+        target_ranks = tuple(retargeted.get(i, r) for i, r in enumerate(target_ranks))
         parts = ir.conjuncts(einsum.filter) + conditions
         if shifts:
             parts = [substitute(part, shifts) for part in parts] + ranges
@@ -414,6 +429,19 @@ class _Deriver:
         if ranks is None:
             self.terms.setdefault(read.tensor, []).append(name)
         return name
+
+
+    def _alias(self, index: ir.Expr, rank: str, left: list[str]) -> str | None:
+        """The variable of a coordinate that is a plain variable of another rank of the
+        same size as `rank` (stick-breaking's `Z[b, h, p, j]`, `dims J = M`), not yet a
+        left variable: the contribution can be over that rank instead. None otherwise."""
+        if not isinstance(index, ir.Index) or index.var in left:
+            return None
+        other = self.forward.var_rank(index.var)
+        ranks = self.forward.ranks
+        if other == rank or ranks[other].size != ranks[rank].size:
+            return None
+        return index.var
 
 
 def _shift(index: ir.Expr, var: str) -> ir.Expr | None:
