@@ -74,3 +74,49 @@ def test_the_fused_kernel_takes_the_shifted_exponentials_as_exp2():
              if isinstance(n, einsumattn.ir.expr.Op) and n.op == "exp"]
     # LSN and CGM, in the loop without masks and in the one with them.
     assert len(kinds) == 4 and not plain
+
+
+@pytest.mark.parametrize("name", ["softmax_3pass", "causal_softmax", "softmax_1pass",
+                                  "sliding_window_sinks", "gqa"])
+def test_the_backward_s_exponentials_are_shifted_by_the_saved_log_sum_exp(name):
+    """The fast backward's `exp(QK - LSE)`: LSE, saved by the forward, is at least the
+    scores' max (a log of a sum of at least 1, rule 3), so the input LSE bounds QK
+    (Tensor.bounds) and its dQ and dK/dV kernels take exp2, as the forward does."""
+    from einsumattn.backends import names
+    from einsumattn.schedule.training import training_stages
+    from einsumattn.transform.backward import fast_backward
+
+    backward = fast_backward(einsumattn.load(ROOT / "examples" / f"{name}.attn"))
+    (statistic,) = [t for t in backward.cascade.inputs if t.bounds is not None]
+    shift = backward.forward.einsum(statistic.name).body.args[0].tensor
+    assert statistic.bounds == backward.forward.einsum(shift).body.tensor
+    found = exponents(backward.cascade)
+    assert found and all(max_shifted(backward.cascade, x) for xs in found.values()
+                         for x in xs)
+    stages = training_stages(backward.cascade, backward.streamed).stages
+    scored = [lower_attention(names.rename(s)) for s in stages
+              if any(e.tensor in found for e in s.einsums)]      # dQ, and dK with dV
+    assert len(scored) == 2
+    for kernel in scored:
+        assert any(isinstance(n, k.Exp2) for n in k.nodes(kernel.body))
+        assert not [n for n in k.nodes(kernel.body)
+                    if isinstance(n, einsumattn.ir.expr.Op) and n.op == "exp"]
+
+
+@pytest.mark.parametrize("body, shifted", [
+    ("Y[b, p, m] = exp(QK[b, p, m] - L[b, p])", True),
+    ("Y[b, p, m] = exp(QK[b, p, m] - S[b, p])", False),       # not a saved bound
+    ("Y[b, p, m] = exp(QK[b, m, p] - L[b, p])", False),       # QK read at another point
+    ("Y[b, p, m] = exp(L[b, p] - QK[b, p, m])", False),
+])
+def test_only_a_saved_bound_of_the_same_scores_counts(body, shifted):
+    import dataclasses
+
+    cascade = einsumattn.load(SPEC.replace("S[b, p]", "S[b, p], L[b, p]")
+                              .replace("dims B, P, M, E", "dims B, P, E, M = P")
+                              .format(body=body))
+    tensors = dict(cascade.tensors)
+    tensors["L"] = dataclasses.replace(tensors["L"], bounds="QK")
+    cascade = dataclasses.replace(cascade, tensors=tensors)
+    (exponent,) = exponents(cascade)["Y"]
+    assert max_shifted(cascade, exponent) is shifted

@@ -184,7 +184,8 @@ def rename(cascade: Cascade) -> Cascade:
     params = {mangle(p.name): ParamDecl(mangle(p.name), expr(p.default), p.span)
               for p in cascade.params.values()}
     tensors = {mangle(t.name): Tensor(mangle(t.name), names(t.ranks, rank_spelling),
-                                      t.is_input, t.iterative, t.span, t.buffer)
+                                      t.is_input, t.iterative, t.span, t.buffer,
+                                      t.bounds and mangle(t.bounds))
                for t in cascade.tensors.values()}
     einsums = tuple(Einsum(mangle(e.tensor), names(e.indices, var), expr(e.body),
                            e.reduce_op, names(e.reduced, var), expr(e.filter), e.iterative,

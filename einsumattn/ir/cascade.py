@@ -81,6 +81,11 @@ class Tensor:
     # An input of a stage kernel that an earlier stage computed (schedule/stages.py):
     # float32 in memory, its values not bounded by the inputs' dtype.
     buffer: bool = False
+    # An input the forward saved that is at least every value of the named tensor over
+    # the rank its max reduced (a log-sum-exp statistic, transform/backward.py rule 3:
+    # max + log(sum of exp(x - max)) >= max, the sum being at least its max's term 1):
+    # an exponential shifted by it follows a max-shift (schedule/shifts.py).
+    bounds: str | None = None
 
     @property
     def is_scalar(self) -> bool:

@@ -14,7 +14,12 @@ reads, at the reader's point:
 * `where(R == -inf, 0, R)`: R where R is finite; where R is -inf, every A it bounds is
   -inf (below), and exp(-inf - 0) is 0 either way;
 * a running max `R[k+1] = max(R[k], X[k])`, at the step after: at least X[k] and R[k];
-* `max[r] Y` (no filter): at least Y at every present point of r, A being a read of Y.
+* `max[r] Y` (no filter): at least Y at every present point of r, A being a read of Y;
+* an input saved as a bound of Y (ir Tensor.bounds: the backward's log-sum-exp, at least
+  the max of the forward's scores Y over r), read at A's point less r. The backward
+  recomputes Y in its own tiles, so its rounding may put A a few ulp above the bound:
+  the exponent is then a few ulp above 0, which ex2 computes as exp does (the flush only
+  touches results below 2**-126, and a shifted row keeps its terms of about 1).
 """
 
 from __future__ import annotations
@@ -38,9 +43,10 @@ def max_shifted(cascade: Cascade, exponent: ir.Expr) -> bool:
 
 def _bounds(cascade: Cascade, a: ir.Expr, b: ir.Expr, depth: int) -> bool:
     """Whether the read `b` is >= `a` wherever `a` is present."""
-    if depth == 0 or not isinstance(b, ir.Read) or b.tensor not in cascade.tensors \
-            or cascade.tensors[b.tensor].is_input:
+    if depth == 0 or not isinstance(b, ir.Read) or b.tensor not in cascade.tensors:
         return False
+    if cascade.tensors[b.tensor].is_input:
+        return _saved_bound(cascade, a, b)
     einsum = cascade.einsum(b.tensor)
     at = _at_reader(einsum, b)
     if at is None or einsum.filter is not None:
@@ -62,6 +68,20 @@ def _bounds(cascade: Cascade, a: ir.Expr, b: ir.Expr, depth: int) -> bool:
             return False        # the reader's indices would capture the reduced variable
         return _same_point(substitute(body, at), a, var)
     return False
+
+
+def _saved_bound(cascade: Cascade, a: ir.Expr, b: ir.Read) -> bool:
+    """Whether the input read `b` is a saved bound of the tensor `a` reads (Tensor.bounds)
+    at `a`'s point: the bounded tensor's ranks are the bound's with one more (the rank
+    the max reduced), and `a` reads the others where `b` reads them."""
+    bound = cascade.tensors[b.tensor]
+    if bound.bounds is None or not isinstance(a, ir.Read) or a.tensor != bound.bounds:
+        return False
+    ranks = cascade.tensors[a.tensor].ranks
+    kept = [i for i, rank in enumerate(ranks) if rank in bound.ranks]
+    if len(kept) != len(ranks) - 1 or tuple(ranks[i] for i in kept) != bound.ranks:
+        return False
+    return tuple(a.indices[i] for i in kept) == b.indices
 
 
 def _at_reader(einsum: Einsum, read: ir.Read) -> dict | None:

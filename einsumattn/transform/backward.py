@@ -563,7 +563,16 @@ def _split(grad: Cascade, forward: Cascade, statistics: dict[str, tuple[str, str
     inputs = dict((t.name, t) for t in grad.tensors.values() if t.is_input)
     for name in saved:
         old = grad.tensors[name]
-        inputs[name] = Tensor(name, old.ranks, True)
+        # A log-sum-exp bounds the scores its shift is the max of (module docstring,
+        # rule 3): the backward's exp(X - LSE) follows a max-shift, as the forward's did.
+        bounds = None
+        if name in statistics:
+            shift = forward.einsum(statistics[name][0])
+            # (a max over a filtered range bounds only the points it covers)
+            if isinstance(shift.body, ir.Read) and shift.reduce_op == "max" and \
+                    shift.filter is None:
+                bounds = shift.body.tensor
+        inputs[name] = Tensor(name, old.ranks, True, bounds=bounds)
     kept = [e for e in grad.einsums if e.tensor in reached and e.tensor not in saved]
     tensors = {**inputs, **{e.tensor: grad.tensors[e.tensor] for e in kept}}
     backward = Cascade(f"{forward.name}_backward", dict(grad.ranks), grad.splits,
