@@ -120,3 +120,19 @@ def test_only_a_saved_bound_of_the_same_scores_counts(body, shifted):
     cascade = dataclasses.replace(cascade, tensors=tensors)
     (exponent,) = exponents(cascade)["Y"]
     assert max_shifted(cascade, exponent) is shifted
+
+
+def test_a_log_sum_exp_of_a_filtered_max_bounds_nothing():
+    """The max taken under a filter (`max[m] QK where m <= p`) bounds the scores only where
+    the filter holds: the statistic saved from it is not marked a bound (the schedule
+    does not follow the sum's own range), and the backward keeps exp."""
+    from einsumattn.transform.backward import LSE, fast_backward
+
+    text = (ROOT / "examples" / "causal_softmax.attn").read_text()
+    text = text.replace("* scale  where m <= p", "* scale").replace(
+        "= max[m] QK[b, h, p, m]", "= max[m] QK[b, h, p, m]  where m <= p")
+    backward = fast_backward(einsumattn.load(text))
+    assert LSE in [step.rule for step in backward.steps]
+    assert all(t.bounds is None for t in backward.cascade.inputs)
+    assert not any(max_shifted(backward.cascade, x)
+                   for xs in exponents(backward.cascade).values() for x in xs)
