@@ -159,7 +159,7 @@ def test_check_compares_gradients_and_catches_a_wrong_backward(modules, monkeypa
 KERNEL_TRAINED = ["causal_softmax", "softmax_3pass", "alibi", "softcap",
                   "sliding_window_sinks", "sigmoid_attention", "linear_attention", "eca", "gqa",
                   "softmax_1pass", "diff_transformer", "relu_attention", "neighborhood_1d",
-                  "retention"]
+                  "retention", "efficient_attention"]
 
 
 @pytest.fixture(scope="module")
@@ -411,3 +411,25 @@ def test_a_trained_module_is_the_same_bytes_under_any_hash_seed(tmp_path, name):
                        env={**__import__("os").environ, "PYTHONHASHSEED": seed})
         sources.append((out / f"{name}.py").read_bytes())
     assert sources[0] == sources[1] == sources[2]
+
+
+def test_statistics_over_different_ranks_are_stages_in_the_order_they_read_each_other():
+    """Efficient Attention's backward has per-row statistics that reduce different
+    ranks, and some read others: no one kernel computes them all (`QM does not have
+    every parallel rank`), so they are stages in dependency order, each a fused
+    schedule, and the module trains by kernels (it trained through torch before)."""
+    from einsumattn.schedule.training import training_stages
+    from einsumattn.transform.backward import fast_backward
+
+    backward = fast_backward(einsumattn.load(ROOT / "examples" / "efficient_attention.attn"))
+    stages = training_stages(backward.cascade, backward.streamed).stages
+    levels = [s for s in stages if "statistics" in s.name]
+    assert [s.name.rsplit("_", 1)[1] for s in levels] == \
+        ["statistics"] + [f"statistics{n}" for n in range(2, len(levels) + 1)]
+    assert len(levels) > 1 and stages[:len(levels)] == tuple(levels)
+    computed: set[str] = set()
+    for level in levels:
+        # each level reads what earlier levels wrote as buffers, never a later level's
+        assert {n for n, t in level.tensors.items() if t.buffer} <= computed
+        assert set(level.outputs).isdisjoint(computed)
+        computed |= set(level.outputs)

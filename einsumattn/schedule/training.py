@@ -8,7 +8,10 @@ each a cascade the back end schedules like any other, as FlashAttention-2 cuts i
    contraction over a feature into a tensor over the keys reads (an online softmax
    whose division stays after V, where transform/backward.py's rule 0b cannot move it:
    `dO / RD_all` in `sum[f] dRNV_all[p, f] V[m, f]`): the dK/dV kernel streams the
-   queries and loads it as a tile; it could not compute it.
+   queries and loads it as a tile; it could not compute it. Where no one kernel
+   computes every statistic (they reduce different ranks, and some read others:
+   Efficient Attention's), they are stages in dependency order instead
+   (`_statistics_levels`), each reading the earlier ones' buffers.
 2. **Partial sums.** An output that sums over several ranks (GQA's dK: the query heads
    of a group and the queries) is not one kernel of the attention schedule, which
    streams one rank. It is split (transform/partial.py) into a partial sum over one
@@ -73,9 +76,15 @@ def training_stages(backward: Cascade, streamed: str | None) -> TrainingStages:
             if split is not None:
                 backward, totals[name] = split
                 statistics[statistics.index(name)] = totals[name]
-    if statistics:
-        stages.append(_stage(backward, statistics, set(), "statistics"))
-    available = set(statistics)
+    levels = [statistics] if statistics else []
+    if statistics and not totals and \
+            not _scheduled(_stage(backward, statistics, set(), "statistics")):
+        levels = _statistics_levels(backward, statistics) or levels
+    available: set[str] = set()
+    for number, level in enumerate(levels):
+        stages.append(_stage(backward, level, available,
+                             "statistics" + (str(number + 1) if number else "")))
+        available |= set(level)
     for name in totals:
         stages.append(_stage(backward, [name], available))
         available.add(name)
@@ -104,6 +113,44 @@ def training_stages(backward: Cascade, streamed: str | None) -> TrainingStages:
     available |= set(partials.values())
     stages += [_stage(backward, [output], available) for output in partials]
     return TrainingStages(backward, tuple(stages), {**totals, **partials})
+
+
+def _statistics_levels(backward: Cascade, statistics: list[str]) -> list[list[str]] | None:
+    """The statistics as stages in dependency order, where one stage of them all is not
+    scheduled: first those that read no other statistic, then those that read only the
+    first, and so on (softpick's DELTA over the features, then its sums over the keys
+    that read DELTA: two reductions over different ranks that no one kernel streams).
+    None where that gives one stage, or a stage the fused schedules do not take."""
+    reads: dict[str, set[str]] = {}
+    for name in statistics:
+        found: set[str] = set()
+        pending, seen = list(backward.einsum(name).reads), {name}
+        while pending:
+            read = pending.pop()
+            if read in seen:
+                continue
+            seen.add(read)
+            if read in statistics:
+                found.add(read)
+            elif not backward.tensors[read].is_input:
+                pending += backward.einsum(read).reads
+        reads[name] = found
+    levels: list[list[str]] = []
+    done: set[str] = set()
+    while len(done) < len(statistics):
+        level = [n for n in statistics if n not in done and reads[n] <= done]
+        if not level:
+            return None
+        levels.append(level)
+        done |= set(level)
+    if len(levels) < 2:
+        return None
+    available: set[str] = set()
+    for number, level in enumerate(levels):
+        if not _scheduled(_stage(backward, level, available, f"statistics{number + 1}")):
+            return None
+        available |= set(level)
+    return levels
 
 
 def _contracted_with_keys(backward: Cascade, name: str, streamed: str | None) -> bool:
