@@ -249,3 +249,16 @@ output O
     expected, got, _ = both(cascade, dict(M=3, B=4, P=5))
     for name in backward.gradients.values():
         np.testing.assert_allclose(got[name], expected[name], rtol=1e-9, atol=1e-12)
+
+
+def test_one_delta_serves_every_reader_of_the_same_sum():
+    """softpick's dSD and dGM both reduce to sum[f] dO O: rule 2 computes it once and
+    both read it (it made DELTA and an identical DELTA2 before)."""
+    from einsumattn.transform.backward import DELTA, fast_backward
+
+    backward = fast_backward(einsumattn.load(ROOT / "examples" / "softpick.attn"))
+    deltas = [e for e in backward.cascade.einsums if e.tensor.startswith("DELTA")]
+    assert [e.tensor for e in deltas] == ["DELTA"]
+    readers = {e.tensor for e in backward.cascade.einsums if "DELTA" in e.reads}
+    assert {"dSD_A", "dGM_A"} <= readers
+    assert sum(step.rule == DELTA for step in backward.steps) == 2

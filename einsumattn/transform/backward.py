@@ -311,18 +311,24 @@ def _reassociate(grad: Cascade, forward: set[str]) -> tuple[Cascade, list[Step]]
         if found is None:
             return None
         contraction, delta_body, features, factor, identity = found
-        name = cascade.fresh_name("DELTA")
+        # The same sum already made for another reader (softpick's dSD and dGM both read
+        # sum[f] dO O) is read again, not computed twice.
+        same = [e for e in cascade.einsums if e.indices == einsum.indices and
+                e.body == delta_body and e.reduce_op == "sum" and
+                e.reduced == tuple(features) and e.filter is None]
+        name = same[0].tensor if same else cascade.fresh_name("DELTA")
         delta = Einsum(name, einsum.indices, delta_body, "sum", tuple(features),
                        explicit_reduction=True)
         product = Einsum(einsum.tensor, einsum.indices,
                          ir.Op("*", (factor, ir.Read(name, _own(einsum)))))
+        written = (product,) if same else (delta, product)
         einsums = [e for old in cascade.einsums
-                   for e in ((delta, product) if old.tensor == einsum.tensor else (old,))]
+                   for e in (written if old.tensor == einsum.tensor else (old,))]
         new = assemble(cascade, einsums, removable=set(cascade.tensors) - set(cascade.outputs))
         return new, Step(DELTA, f"sum[{', '.join(einsum.reduced)}] of {contraction} "
                                 f"exchanged with its sum[{', '.join(features)}]: "
                                 f"{einsum.tensor} = ({ir.to_text(factor)}) * {name}",
-                         (name, einsum.tensor), identity)
+                         (einsum.tensor,) if same else (name, einsum.tensor), identity)
 
     grad, steps, _ = fixed_point(grad, rule, len(grad.einsums) + 1)
     return grad, steps
