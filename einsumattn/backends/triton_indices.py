@@ -186,6 +186,8 @@ class _Walk:
                 self.env[s.rest] = flat
             elif isinstance(s, k.Loop):
                 ends = [self.integer(e) for e in (s.start, s.stop, s.step) if e is not None]
+                if not all(isinstance(end, _Int) for end in ends):
+                    raise Unbounded(f"the bounds of the loop over {s.var}")
                 for end in ends:
                     self.consumed(end)
                 start, stop = ends[0], ends[1]
