@@ -206,8 +206,7 @@ def printed(cascade: Cascade, lowered: LoweredKernel, checks: list[str] = ()) ->
     body, tests = lowered.body, {}
     for flag in lowered.flags:
         if isinstance(flag, NarrowIndices):
-            body, tests[flag.name] = _indices_bounded(cascade, schedule, body, flag,
-                                                      offsets, blocks)
+            body, tests[flag.name] = _indices_bounded(cascade, lowered, flag, offsets)
     kept = [flag for flag in lowered.flags if tests.get(flag.name, "") is not None]
     blocks += [flag.name for flag in kept]
     flags = [f"{flag.name}={tests.get(flag.name) or _flag_test(flag, schedule)}"
@@ -238,16 +237,29 @@ def printed(cascade: Cascade, lowered: LoweredKernel, checks: list[str] = ()) ->
                        schedule, body)
 
 
-def _indices_bounded(cascade: Cascade, schedule: KernelSchedule, body: tuple,
-                     flag: NarrowIndices, offsets: dict[str, str], blocks: list[str]):
-    """The kernel's statements and the host's test of `flag` (its 32-bit indices: every
-    int32 value computed from them fits, backends/triton_indices.py), or the statements
-    in int64 only and None where a value cannot be bounded."""
+def index_bounds(cascade: Cascade, lowered: LoweredKernel, flag: str) -> tuple | None:
+    """The bounds the host tests for a lowered kernel's 32-bit indices
+    (backends/triton_indices.py), in terms of its knobs, strides and host offsets."""
+    schedule = lowered.schedule
+    knobs = {knob.name for knob in schedule.knobs} | {f"{v}_BLOCK" for v in schedule.held}
+    if schedule.splits is not None:
+        knobs.add(schedule.splits)
     strides = {f"{tensor}_s{position}": (tensor, position)
                for tensor in (*schedule.outputs, *schedule.inputs)
                for position in range(len(cascade.tensors[tensor].ranks))}
-    bounds = triton_indices.index_bounds(body, flag.name, set(offsets), set(blocks),
-                                         strides)
+    return triton_indices.index_bounds(lowered.body, flag,
+                                       {offset.name for offset in lowered.offsets}, knobs,
+                                       strides)
+
+
+def _indices_bounded(cascade: Cascade, lowered: LoweredKernel, flag: NarrowIndices,
+                     offsets: dict[str, str]):
+    """The kernel's statements and the host's test of `flag` (its 32-bit indices: every
+    int32 value computed from them fits, backends/triton_indices.py), or the statements
+    in int64 only and None where a value cannot be bounded. `offsets`: each host offset's
+    expression."""
+    schedule, body = lowered.schedule, lowered.body
+    bounds = index_bounds(cascade, lowered, flag.name)
     if bounds is None:
         return triton_indices.wide_only(body, flag.name), None
     if not bounds:

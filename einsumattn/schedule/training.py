@@ -69,22 +69,21 @@ def training_stages(backward: Cascade, streamed: str | None) -> TrainingStages:
     # scheduled otherwise: its partial sum joins the stage, its total is a stage of its
     # own right after it (2.).
     totals: dict[str, str] = {}
-    if statistics and not _scheduled(_stage(backward, statistics, set(), "statistics")):
+    together = _stage(backward, statistics, set(), _statistics_name(0)) if statistics \
+        else None
+    if together is not None and not _scheduled(together):
         for name in list(statistics):
             split = _partial(backward, name, set(), streamed) \
                 if len(backward.einsum(name).reduced) > 1 else None
             if split is not None:
                 backward, totals[name] = split
                 statistics[statistics.index(name)] = totals[name]
-    levels = [statistics] if statistics else []
-    if statistics and not totals and \
-            not _scheduled(_stage(backward, statistics, set(), "statistics")):
-        levels = _statistics_levels(backward, statistics) or levels
-    available: set[str] = set()
-    for number, level in enumerate(levels):
-        stages.append(_stage(backward, level, available,
-                             "statistics" + (str(number + 1) if number else "")))
-        available |= set(level)
+        # Else statistics over different ranks that read each other: stages in order.
+        levels = _statistics_levels(backward, statistics) if not totals else None
+        stages += levels or [_stage(backward, statistics, set(), _statistics_name(0))]
+    elif together is not None:
+        stages.append(together)
+    available = set(statistics)
     for name in totals:
         stages.append(_stage(backward, [name], available))
         available.add(name)
@@ -115,42 +114,34 @@ def training_stages(backward: Cascade, streamed: str | None) -> TrainingStages:
     return TrainingStages(backward, tuple(stages), {**totals, **partials})
 
 
-def _statistics_levels(backward: Cascade, statistics: list[str]) -> list[list[str]] | None:
+def _statistics_name(number: int) -> str:
+    """The name suffix of the statistics stage `number` (from 0)."""
+    return "statistics" + (str(number + 1) if number else "")
+
+
+def _statistics_levels(backward: Cascade, statistics: list[str]) -> list[Cascade] | None:
     """The statistics as stages in dependency order, where one stage of them all is not
     scheduled: first those that read no other statistic, then those that read only the
-    first, and so on (softpick's DELTA over the features, then its sums over the keys
-    that read DELTA: two reductions over different ranks that no one kernel streams).
-    None where that gives one stage, or a stage the fused schedules do not take."""
-    reads: dict[str, set[str]] = {}
-    for name in statistics:
-        found: set[str] = set()
-        pending, seen = list(backward.einsum(name).reads), {name}
-        while pending:
-            read = pending.pop()
-            if read in seen:
-                continue
-            seen.add(read)
-            if read in statistics:
-                found.add(read)
-            elif not backward.tensors[read].is_input:
-                pending += backward.einsum(read).reads
-        reads[name] = found
-    levels: list[list[str]] = []
+    first, and so on (Efficient Attention's: reductions over different ranks, some
+    reading others, that no one kernel streams). None where that gives one stage, or a
+    stage the fused schedules do not take."""
+    # the statistics each one reads: what its own stage takes as buffers when every
+    # other statistic is available
+    reads = {name: {n for n, t in _stage(backward, [name], set(statistics) - {name})
+                    .tensors.items() if t.buffer}
+             for name in statistics}
+    stages: list[Cascade] = []
     done: set[str] = set()
     while len(done) < len(statistics):
         level = [n for n in statistics if n not in done and reads[n] <= done]
         if not level:
             return None
-        levels.append(level)
-        done |= set(level)
-    if len(levels) < 2:
-        return None
-    available: set[str] = set()
-    for number, level in enumerate(levels):
-        if not _scheduled(_stage(backward, level, available, f"statistics{number + 1}")):
+        stage = _stage(backward, level, done, _statistics_name(len(stages)))
+        if not _scheduled(stage):
             return None
-        available |= set(level)
-    return levels
+        stages.append(stage)
+        done |= set(level)
+    return stages if len(stages) > 1 else None
 
 
 def _contracted_with_keys(backward: Cascade, name: str, streamed: str | None) -> bool:

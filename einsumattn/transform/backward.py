@@ -139,10 +139,9 @@ def _normalised_first(cascade: Cascade) -> tuple[Cascade, list[Step]]:
         found = _division_of_a_contraction(current, einsum, absent)
         if found is None:
             return None
-        numerator, normaliser, scores, rest = found
+        numerator, normaliser, rows, scores, rest = found
         n = current.einsum(numerator)
         d_read = einsum.body.args[1]
-        rows = [v for v in einsum.indices if ir.Index(v) in d_read.indices]
         name = current.fresh_name("A")
         a_indices = tuple(rows) + n.reduced
         weights = Einsum(name, a_indices, ir.Op("/", (_product(scores), d_read)))
@@ -172,8 +171,8 @@ def _normalised_first(cascade: Cascade) -> tuple[Cascade, list[Step]]:
 
 
 def _division_of_a_contraction(cascade: Cascade, einsum: Einsum, absent: set[str]):
-    """(N, D, the factors over D's rows and N's summed variables, the other factors)
-    where rule 0b applies to `einsum` (`O = N / D`), else None."""
+    """(N, D, D's rows in O's order, the factors over them and N's summed variables, the
+    other factors) where rule 0b applies to `einsum` (`O = N / D`), else None."""
     body = einsum.body
     if einsum.reduce_op is not None or einsum.filter is not None or \
             einsum.iterative is not None or not (isinstance(body, ir.Op) and body.op == "/"):
@@ -191,22 +190,18 @@ def _division_of_a_contraction(cascade: Cascade, einsum: Einsum, absent: set[str
             n.indices != einsum.indices or n.tensor in cascade.outputs or \
             [e.tensor for e in cascade.einsums if n.tensor in e.reads] != [einsum.tensor]:
         return None
-    rows = set()
-    for index in bottom.indices:
-        if not isinstance(index, ir.Index) or index.var not in einsum.indices:
-            return None
-        rows.add(index.var)
-    summand = inline(cascade, d.body, 4)
-    if not (isinstance(summand, ir.Op) and summand.op == "exp"):
+    if any(not isinstance(i, ir.Index) or i.var not in einsum.indices
+           for i in bottom.indices) or _exponent_summed(cascade, d) is None:
         return None
     if {n.tensor, d.tensor} & absent or \
             any(r in absent for e in (n, d) for r in e.reads):
         return None
-    scores = [f for f in _factors(n.body) if set(ir.index_vars(f)) <= rows | summed]
-    rest = [f for f in _factors(n.body) if not set(ir.index_vars(f)) <= rows | summed]
+    rows = [v for v in einsum.indices if ir.Index(v) in bottom.indices]
+    scores = [f for f in _factors(n.body) if set(ir.index_vars(f)) <= {*rows, *summed}]
+    rest = [f for f in _factors(n.body) if not set(ir.index_vars(f)) <= {*rows, *summed}]
     if not scores or not rest:
         return None
-    return n.tensor, d.tensor, scores, rest
+    return n.tensor, d.tensor, rows, scores, rest
 
 
 # ---------------------------------------------------------------- 1. shift invariance
@@ -420,12 +415,9 @@ def _normalisers(forward: Cascade, shifts: set[str]) -> list[tuple[str, str]]:
     """(S, D) pairs: D = sum[R] exp(X - S), S a shift of rule 1 over the same rows."""
     pairs = []
     for einsum in forward.einsums:
-        if einsum.reduce_op != "sum" or einsum.iterative is not None:
+        argument = _exponent_summed(forward, einsum)
+        if argument is None:
             continue
-        body = inline(forward, einsum.body, 4)
-        if not (isinstance(body, ir.Op) and body.op == "exp"):
-            continue
-        argument = body.args[0]
         for shift in shifts:
             own = ir.Read(shift, _own(einsum))
             if isinstance(argument, ir.Op) and argument.op == "-" and \
@@ -434,6 +426,15 @@ def _normalisers(forward: Cascade, shifts: set[str]) -> list[tuple[str, str]]:
                     forward.einsum(shift).indices == einsum.indices:
                 pairs.append((shift, einsum.tensor))
     return pairs
+
+
+def _exponent_summed(cascade: Cascade, einsum: Einsum) -> ir.Expr | None:
+    """X where `einsum` is `sum[R] exp(X)` (its body's elementwise producers inlined), a
+    sum of exponentials: positive wherever a term is present; None otherwise."""
+    if einsum.reduce_op != "sum" or einsum.iterative is not None:
+        return None
+    body = inline(cascade, einsum.body, 4)
+    return body.args[0] if isinstance(body, ir.Op) and body.op == "exp" else None
 
 
 def _log_sum_exp(grad: Cascade, forward: Cascade, shifts: set[str]):
