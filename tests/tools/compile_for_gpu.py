@@ -4,8 +4,8 @@ machine without one: Triton's front end, LLVM and the bundled ptxas all run on t
     TRITON_INTERPRET= python tests/tools/compile_for_gpu.py MODULE.py ... [--arch 90]
                                                 [--fused-only MODULE.py ...]
 
---fused-only: the modules after it compile their fused kernels only, fp32 and bf16
-(pointer loads, beside TMA, in bf16 only).
+--fused-only: the modules after it compile their fused kernels only, in bf16 with TMA
+loads (the modules before it cover fp32, fp16 and the pointer loads).
 
 The interpreter (what the other tests run kernels in) accepts code the GPU compiler
 rejects; this is the check that the generated kernels are real GPU kernels. It
@@ -98,7 +98,7 @@ if "--arch" in arguments:
     at = arguments.index("--arch")
     arch = int(arguments[at + 1])
     del arguments[at:at + 2]
-# Modules after --fused-only: their fused kernels only, in fp32 and bf16 (the unfused
+# Modules after --fused-only: their fused kernels only, in bf16 (the unfused
 # schedule's one kernel per Einsum comes from one generator, and fp16 takes bf16's code
 # path with another element type: the modules before it cover both).
 fused_only = set()
@@ -114,17 +114,22 @@ for path in arguments:
     kernels = [getattr(module, n) for n in dir(module) if n.endswith(kinds)]
     for kernel in kernels:
         forms = [True, False] if "TMA" in kernel.arg_names else [True]
-        # The unfused kernels (one per Einsum) in fp32 and bf16: fp16 takes bf16's code
-        # path with another element type, and the fused kernels still compile for all
-        # three (CI's time: a third of this tool's).
-        dtypes = DTYPES if kernel.__name__.endswith("_fused") and path not in fused_only \
-            else ("fp32", "bf16")
-        # A module after --fused-only takes its TMA form only, in both dtypes: the pointer
-        # loads are one lowering's other branch (TMA=False), which the covering modules
-        # before --fused-only compile in every dtype (CI's time again: a third of the
-        # fused-only modules' compiles).
-        for dtype, tma in ((d, t) for d in dtypes for t in forms
-                           if t or path not in fused_only):
+        # A covering module's fused kernels in every dtype, TMA and pointer loads; its
+        # unfused kernels (one per Einsum, from one generator) in fp32 and bf16: fp16
+        # takes bf16's code path with another element type. A module after --fused-only
+        # takes bf16 and its TMA form only: fp32 (the dots' other operand type,
+        # DOT_DTYPE) and the pointer loads (TMA=False) are the same lowering's other
+        # branches, which the covering modules compile, and bf16 is the stricter for the
+        # tensor cores (k of 16 per MMA against tf32's 8). CI's time: all of it for every
+        # module was a third of the suite's, and the fused-only modules' fp32 compiles a
+        # third of what was left.
+        if path in fused_only:
+            dtypes, forms = ("bf16",), [True]
+        elif kernel.__name__.endswith("_fused"):
+            dtypes = DTYPES
+        else:
+            dtypes = ("fp32", "bf16")
+        for dtype, tma in ((d, t) for d in dtypes for t in forms):
             sig, constexprs = signature(module, kernel, dtype, tma)
             start = time.time()
             try:
