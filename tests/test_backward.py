@@ -252,13 +252,62 @@ output O
 
 
 def test_one_delta_serves_every_reader_of_the_same_sum():
-    """softpick's dSD and dGM both reduce to sum[f] dO O: rule 2 computes it once and
-    both read it (it made DELTA and an identical DELTA2 before)."""
+    """A softmax whose denominator adds a term that grows with the max (so the outputs
+    change with it: no shift invariance) has dSD and dGM that both reduce to sum[f] dO O: rule 2 computes
+    it once and both read it (it made DELTA and an identical DELTA2 before; softpick did,
+    until its max was shown to cancel)."""
     from einsumattn.transform.backward import DELTA, fast_backward
 
-    backward = fast_backward(einsumattn.load(ROOT / "examples" / "softpick.attn"))
+    cascade = einsumattn.load("""attention softmax_eps
+dims  B, P, M, E, F
+input Q[b, p, e], K[b, m, e], V[b, m, f]
+param eps = 0.5
+QK[b, p, m] = Q[b, p, e] * K[b, m, e]
+GM[b, p]    = max[m] QK[b, p, m]
+SN[b, p, m] = exp(QK[b, p, m] - GM[b, p])
+SD[b, p]    = sum[m] SN[b, p, m]
+A[b, p, m]  = SN[b, p, m] / (SD[b, p] + eps * exp(GM[b, p]))
+AV[b, p, f] = A[b, p, m] * V[b, m, f]
+output AV
+""")
+    backward = fast_backward(cascade)
     deltas = [e for e in backward.cascade.einsums if e.tensor.startswith("DELTA")]
     assert [e.tensor for e in deltas] == ["DELTA"]
     readers = {e.tensor for e in backward.cascade.einsums if "DELTA" in e.reads}
     assert {"dSD_A", "dGM_A"} <= readers
     assert sum(step.rule == DELTA for step in backward.steps) == 2
+
+
+def test_softpick_s_clamped_max_cancels_through_abs_and_relu():
+    """softpick divides relu(e^(x-G) - e^-G) by sum |e^(x-G) - e^-G| + eps e^-G with
+    G = max(max[m] x, 0): every term carries e^-G, which abs and relu let through (it is
+    positive), so the outputs do not depend on G. Rule 1 proves it for G, a function of
+    the max alone: no tie rule, no count of tied keys, no cotangent of the max."""
+    from einsumattn.transform.backward import SHIFT, fast_backward
+
+    backward = fast_backward(einsumattn.load(ROOT / "examples" / "softpick.attn"))
+    shifts = [step for step in backward.steps if step.rule == SHIFT]
+    assert [step.tensors for step in shifts] == [("GM",)]
+    assert "SD -> SD * exp(-t" in shifts[0].identity
+    names = {e.tensor for e in backward.cascade.einsums}
+    assert not {"NLM", "dGM", "dLM_GM", "dQK_LM"} & names
+    assert not any(rank.startswith("TERMS") for rank in backward.cascade.ranks)
+    # Rule 2's factor reads GM, not the max(0, LM) it was inlined to: LM is not saved.
+    assert set(backward.saved) == {"GM", "SD", "AV"}
+
+
+def test_a_positive_factor_goes_through_abs_relu_and_sign_only():
+    import sympy
+
+    from einsumattn.transform.algebra import Algebra, positive_factors_out
+
+    algebra = Algebra()
+    t, x = algebra.fresh("t"), sympy.Symbol("x", real=True)
+    op = {name: algebra.function(name, [x]).func for name in ("abs", "relu", "sign", "tanh")}
+    e = sympy.exp(-t)
+    assert positive_factors_out(op["abs"](e * x), t) == e * op["abs"](x)
+    assert positive_factors_out(op["relu"](e * x), t) == e * op["relu"](x)
+    assert positive_factors_out(op["sign"](e * x), t) == op["sign"](x)
+    assert positive_factors_out(op["abs"](-e * x), t) == e * op["abs"](-x)
+    for kept in (op["tanh"](e * x), op["abs"](x + e), op["relu"](t * x)):
+        assert positive_factors_out(kept, t) == kept   # not homogeneous, a sum, t not > 0

@@ -96,6 +96,18 @@ def test_an_absent_operand_gives_no_gradient_and_its_sum_skips_it():
     assert "TERMS3" in grad.cascade.ranks
 
 
+def test_terms_present_at_the_same_points_are_added_with_plus():
+    """Causal softmax's dQK sums what SN and the max contribute: both are absent exactly
+    where QK is (past the diagonal), so `+` is exact and no rank of terms is made; the
+    gradient still agrees with central differences."""
+    cascade = einsumattn.load(ROOT / "examples" / "causal_softmax.attn")
+    grad = gradient(cascade)
+    assert not any(rank.startswith("TERMS") for rank in grad.cascade.ranks)
+    assert "dQK[b, h, p, m] = dQK_SN[b, h, p, m] + dQK_GM[b, h, p, m]" in grad.text()
+    finite, analytic, _, _ = directional(cascade, dict(B=1, H=1, P=4, M=4, E=2, F=2))
+    assert analytic == pytest.approx(finite, rel=1e-6)
+
+
 def test_rows_that_see_no_key_get_zero_gradients_not_nan():
     cascade = einsumattn.load(NO_KEY_ROWS)
     finite, analytic, grads, grad = directional(cascade, dict(P=5, M=5, E=2, F=2))

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import einsumattn
-from einsumattn.analysis.presence import absent_tensors, in_range_by_construction
+from einsumattn.analysis.presence import absent_tensors, in_range_by_construction, presence_key
 from einsumattn.backends.module import Plan
 from einsumattn.schedule.model import LoopKind
 from einsumattn.evaluate import evaluate
@@ -77,3 +77,23 @@ def test_an_unproved_divisor_range_is_absent_where_it_leaves_the_extent():
     cascade, _ = _index("h // (H // KH)")
     y = evaluate(cascade, {"Q": np.ones(5), "K": np.ones((2, 3))})["Y"]
     assert np.all(y[:4] == 1) and np.all(y[4] == 0)
+
+
+def test_presence_keys_tell_tensors_present_at_the_same_points():
+    cascade = einsumattn.load("""attention keys
+dims P, M
+input X[p, m], Y[p, m]
+A[p, m] = X[p, m] where m <= p
+B[p, m] = exp(A[p, m]) * Y[p, m]
+C[p, m] = where(A[p, m] > 0, 1.0, 0.0)
+D[p, m] = X[p, m] where m < p
+E[p, m] = where(Y[p, m] > 0, A[p, m], 0.0)
+F[p, m] = A[m, p]
+S[p] = sum[m] A[p, m]
+output B, C, D, E, F, S
+""")
+    key = {name: presence_key(cascade, name) for name in "ABCDEFS"}
+    assert key["A"] == key["B"] == key["C"] != frozenset()
+    assert key["D"] not in (None, key["A"])                   # another filter
+    assert key["E"] is None and key["F"] is None     # a branch that may be absent; a transpose
+    assert key["S"] == frozenset()                   # a sum of no term is 0: present

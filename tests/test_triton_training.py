@@ -159,7 +159,7 @@ def test_check_compares_gradients_and_catches_a_wrong_backward(modules, monkeypa
 KERNEL_TRAINED = ["causal_softmax", "softmax_3pass", "alibi", "softcap",
                   "sliding_window_sinks", "sigmoid_attention", "linear_attention", "eca", "gqa",
                   "softmax_1pass", "diff_transformer", "relu_attention", "neighborhood_1d",
-                  "retention", "efficient_attention"]
+                  "retention", "efficient_attention", "softpick"]
 
 
 @pytest.fixture(scope="module")
@@ -379,6 +379,24 @@ def test_a_later_stage_reads_the_statistics_as_a_rounded_buffer(trained, dtype):
     case = Case(dict(B=1, H=1, P=3, M=3, E=2, F=3), dtype, 1.0, False, 0)
     _, _, results = _backward_kernels(module, training, case_inputs(cascade, case), case)
     assert all(r.ok for r in results), [r.describe() for r in results]
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_softpick_s_backward_kernels_agree_in_16_bits(trained, dtype):
+    """softpick's backward once kept its max's cotangent and the tie rule, which compares
+    the scores the backward recomputes with the max the forward saved: in float16 they
+    differed by a rounding, no key tied, and dQ divided by a count of 0 (inf, the
+    smallest case `check --train` found). Its clamped max now cancels (rule 1,
+    docs/gradients.md) and the kernels agree in 16 bits."""
+    from einsumattn.verify import _backward_kernels
+
+    cascade, module, _ = trained["softpick"]
+    training = module.SCHEDULE["training"]
+    for case in (Case(dict(B=1, H=1, P=1, M=1, E=8, F=1), dtype, 1.0, True, 0),
+                 Case(dict(B=1, H=2, P=19, M=19, E=8, F=3), dtype, 1.0, False, 3)):
+        _, _, results = _backward_kernels(module, training, case_inputs(cascade, case),
+                                          case)
+        assert all(r.ok for r in results), [r.describe() for r in results]
 
 
 def test_a_statistic_over_several_ranks_is_a_partial_sum_then_its_total(trained):

@@ -188,3 +188,52 @@ def _absent_tensors(cascade: Cascade) -> frozenset[str]:
         elif einsum.init is not None and expression_conditions(cascade, einsum.init, absent):
             absent.add(einsum.tensor)
     return frozenset(absent)
+
+
+def presence_key(cascade: Cascade, tensor: str) -> frozenset | None:
+    """Where `tensor`'s points are present, in a canonical form: the conditions of its
+    Einsum that decide a point, with each read of a tensor that may be absent replaced
+    by that tensor's own key. An index variable names one rank in a cascade, so two
+    tensors over the same ranks with equal keys are present at the same points (a sum of
+    the two may be written with `+`, which is absent where either term is). Empty:
+    present everywhere. None where this does not say: a `where` whose branches may be
+    absent, a read of an absent tensor at other coordinates than its own variables, a
+    recurrence."""
+    return _presence_key(cascade, tensor)
+
+
+@per_cascade
+def _presence_key(cascade: Cascade, tensor: str) -> frozenset | None:
+    absent = _absent_tensors(cascade)
+    if tensor not in absent:
+        return frozenset()
+    einsum = cascade.einsum(tensor)
+    if einsum.init is not None:
+        return None
+    return _conditions_key(cascade, point_conditions(
+        einsum, einsum_conditions(cascade, einsum, set(absent))))
+
+
+def _conditions_key(cascade: Cascade, conditions) -> frozenset | None:
+    key: set = set()
+    for condition in conditions:
+        if condition.kind == "absent":
+            read = condition.read
+            ranks = cascade.tensors[read.tensor].ranks
+            if not all(isinstance(index, ir.Index) and cascade.var_rank(index.var) == rank
+                       for index, rank in zip(read.indices, ranks)):
+                return None
+            inner = _presence_key(cascade, read.tensor)
+        elif condition.kind == "where":
+            # Branches that are always present: the condition's own presence decides.
+            inner = None if any(condition.parts[1:]) else \
+                _conditions_key(cascade, condition.parts[0])
+        elif condition.kind == "filter":
+            inner = _conditions_key(cascade, condition.parts[0])
+            inner = None if inner is None else inner | {("filter", condition.expr)}
+        else:
+            inner = frozenset({(condition.kind, condition.expr)})
+        if inner is None:
+            return None
+        key |= inner
+    return frozenset(key)

@@ -188,6 +188,30 @@ class Algebra:
         raise NotAlgebraic(f"no IR form for {value}")
 
 
+# Operations that commute with a positive factor: op(c * x) = c**k * op(x) for c > 0.
+_POSITIVELY_HOMOGENEOUS = {"abs": 1, "relu": 1, "sign": 0}
+
+
+def positive_factors_out(value: sympy.Expr, symbol: sympy.Symbol) -> sympy.Expr:
+    """`value` with every positive factor that depends on `symbol` alone taken out of
+    the operations that commute with one (`abs(exp(-t) * x)` is `exp(-t) * abs(x)`), which
+    sympy keeps as uninterpreted functions and so cannot see through."""
+    def homogeneous(node) -> bool:
+        name = getattr(node.func, "__name__", "")
+        return isinstance(node, sympy.Function) and len(node.args) == 1 and \
+            name.startswith(_OPAQUE_PREFIX) and \
+            name[len(_OPAQUE_PREFIX):] in _POSITIVELY_HOMOGENEOUS
+
+    def pulled(node):
+        rest, factor = node.args[0].as_independent(symbol, as_Add=False)
+        if factor == 1 or not factor.free_symbols <= {symbol} or not factor.is_positive:
+            return node
+        degree = _POSITIVELY_HOMOGENEOUS[node.func.__name__[len(_OPAQUE_PREFIX):]]
+        return factor ** degree * node.func(rest)
+
+    return value.replace(homogeneous, pulled)
+
+
 def is_zero(value: sympy.Expr) -> bool:
     """Whether sympy can show `value` is identically zero. Cheap forms first: the
     expanded form (and with powers merged) proves the usual identities; a point where

@@ -20,11 +20,13 @@ The rules, in the order they apply:
    sum over R of exponentials (free of R, positive) becomes `A = X / D`, `O = sum[R] A
    W`: an online form's `RNV / RD` is then softmax's `sum[m] A V`, and rules 1-3 give
    FlashAttention-2's backward for it too.
-1. **Shift invariance.** A max (min) reduction S that the outputs do not depend on: with
+1. **Shift invariance.** A max (min) reduction S, or a function of such reductions
+   alone (softpick's `max(LM, 0)`), that the outputs do not depend on: with
    S replaced by S + t (t any value per point of S), every tensor that reads S changes
    by an additive or multiplicative factor of t alone, proved Einsum by Einsum
    (`exp(X - S - t) = exp(X - S) exp(-t)`; a sum keeps a factor free of its summed
-   variables; `SN e / (SD e) = SN / SD`), and no output changes. Then the derivative of
+   variables; `SN e / (SD e) = SN / SD`; `abs`, `relu` and `sign` let a positive factor
+   through), and no output changes. Then the derivative of
    the outputs along any change of S is 0: S's cotangent is 0, and the gradient is
    derived with S a constant (no share of a max's cotangent, no tie rule).
 2. **Delta by reassociation.** A sum over the key rank R of a cotangent that is itself a
@@ -58,7 +60,8 @@ from ..ir import Cascade, Einsum
 from ..ir import expr as ir
 from ..ir.cascade import Tensor
 from ..ir.printer import cascade_text
-from .algebra import Algebra, NotAlgebraic, is_zero, settled, substitute
+from .algebra import (Algebra, NotAlgebraic, is_zero, positive_factors_out, settled,
+                      substitute)
 from .edit import assemble, fixed_point, late_tensors
 from .factor import inline
 from .grad import Gradient, GradientUnsupported, gradient
@@ -103,8 +106,15 @@ def fast_backward(cascade: Cascade) -> Backward:
     cascade, normalised = _normalised_first(cascade)
     steps += normalised
     constants = []
+    shifts: set[str] = set()
     for einsum in cascade.einsums:
-        if einsum.reduce_op in ("max", "min") and einsum.tensor not in cascade.outputs:
+        # A shift: a max (min) reduction, or a function of shifts alone (softpick's
+        # `GM = max(LM, 0)`, the max clamped below by 0).
+        if einsum.reduce_op in ("max", "min") or (
+                einsum.reduce_op is None and einsum.init is None and
+                {r.tensor for r in ir.reads(einsum.body)} <= shifts != set()):
+            shifts.add(einsum.tensor)
+        if einsum.tensor in shifts and einsum.tensor not in cascade.outputs:
             proof = _shift_invariance(cascade, einsum.tensor)
             if proof is not None:
                 constants.append(einsum.tensor)
@@ -234,9 +244,8 @@ def _shift_invariance(cascade: Cascade, shift: str) -> str | None:
                 any(r.indices != _own(cascade.einsum(r.tensor)) for r in reads):
             return None
         before = algebra.to_sympy(einsum.body)
-        after = before.xreplace({algebra.read(r): _changed(change[r.tensor],
-                                                           algebra.read(r))
-                                 for r in reads})
+        after = positive_factors_out(before.xreplace(
+            {algebra.read(r): _changed(change[r.tensor], algebra.read(r)) for r in reads}), t)
         found = _change_of(after, before, t, einsum.reduce_op, cheap=True) or \
             _change_of(after, before, t, einsum.reduce_op, cheap=False)
         if found is None:
@@ -352,7 +361,7 @@ def _delta_for(grad: Cascade, einsum: Einsum, forward: set[str]):
                     set(candidate.reduced) != summed or candidate.filter != einsum.filter \
                     or set(candidate.indices) != set(einsum.indices) | set(features):
                 continue
-            found = _ratio_free_of(grad, einsum, read, within, candidate, summed)
+            found = _ratio_free_of(grad, einsum, read, within, candidate, summed, forward)
             if found is None:
                 continue
             factor, identity = found
@@ -370,7 +379,7 @@ def _simplest(value: sympy.Expr) -> sympy.Expr:
 
 
 def _ratio_free_of(grad: Cascade, einsum: Einsum, read: ir.Read, within: list[ir.Expr],
-                   candidate: Einsum, summed: set[str]):
+                   candidate: Einsum, summed: set[str], forward: set[str]):
     """c = (einsum's body / read) * within / candidate's body, when c is free of the
     summed variables: (c as IR, the identity proved)."""
     algebra = Algebra()
@@ -392,9 +401,27 @@ def _ratio_free_of(grad: Cascade, einsum: Einsum, read: ir.Read, within: list[ir
                 return None
         if not is_zero(g * w - c * h):
             return None
-        return _tidy(algebra.to_ir(c)), f"{g * w} == ({c}) * ({h})"
+        return _tidy(algebra.to_ir(_folded(grad, algebra, c, forward, summed))), \
+            f"{g * w} == ({c}) * ({h})"
     except NotAlgebraic:
         return None
+
+
+def _folded(grad: Cascade, algebra: Algebra, value: sympy.Expr, forward: set[str],
+            summed: set[str]) -> sympy.Expr:
+    """`value` with the inlined body of an elementwise forward tensor free of the summed
+    ranks written as a read of that tensor again (softpick's `max(0, LM)` is GM): the
+    backward then reads what the forward has, not what it was computed from. Equal by
+    definition: each replaced expression is the tensor's own body."""
+    for einsum in reversed(grad.einsums):
+        if einsum.tensor not in forward or einsum.reduce_op is not None or \
+                einsum.init is not None or einsum.filter is not None or \
+                set(einsum.indices) & summed:
+            continue
+        body = algebra.to_sympy(inline(grad, einsum.body, 4))
+        if not body.is_Atom:
+            value = value.xreplace({body: algebra.read(ir.Read(einsum.tensor, _own(einsum)))})
+    return value
 
 
 def _tidy(expr: ir.Expr) -> ir.Expr:

@@ -59,7 +59,7 @@ from dataclasses import dataclass, field, replace
 
 import sympy
 
-from ..analysis.presence import absent_tensors
+from ..analysis.presence import absent_tensors, presence_key
 from ..ir import Cascade, Einsum
 from ..ir import expr as ir
 from ..ir.cascade import Rank, Tensor
@@ -169,7 +169,13 @@ class _Deriver:
         variables = tuple(self.forward.ranks[r].var for r in ranks)
         index = tuple(ir.Index(v) for v in variables)
         reads = [ir.Read(t, index) for t in terms]
-        if not absent_tensors(self._so_far(terms)) & set(terms):
+        so_far = self._so_far(terms)
+        # `+` is absent where a term is: exact where no term may be absent, or where all
+        # are present at the same points (softpick's two terms of dSN, both where SN is).
+        keys = {presence_key(so_far, t) for t in terms}
+        if not absent_tensors(so_far) & set(terms) or (
+                None not in keys and len(keys) == 1 and
+                all(self.tensors[t].ranks == ranks for t in terms)):
             self._define(name, ranks, Einsum(name, variables, _sum(reads)),
                          f"the cotangent of {tensor}: the sum of what its readers "
                          f"contribute")
