@@ -339,10 +339,14 @@ def _quadratic_buffers(stage: Cascade, part: TritonPart, streamed: str | None,
     """The tensors a stage's kernels pass on in memory (every kernel's outputs but the
     last's) that have both the forward's streamed rank and the stage's own (GQA's dK
     summing the heads of a group in the loop schedule: a P x M buffer); `own`: the stage's
-    primary rank."""
+    primary rank. A buffer whose ranks an input of the stage has too is no larger than
+    that input (squeeze-and-excitation's Z[b, c], beside X[b, c, h, w]): memory stays
+    linear in the inputs' size, and it is not counted."""
     passed = [names.spec_name(o) for k in part.fused[:-1] for o in k.schedule.outputs]
+    inputs = [set(t.ranks) for t in stage.inputs if not t.buffer]
     return [name for name in passed
-            if {streamed, own} <= set(stage.tensors[name].ranks) and streamed != own]
+            if {streamed, own} <= set(stage.tensors[name].ranks) and streamed != own and
+            not any(set(stage.tensors[name].ranks) <= ranks for ranks in inputs)]
 
 
 class Plan:
