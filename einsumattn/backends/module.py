@@ -310,7 +310,7 @@ def _training(cascade: Cascade, tile: int) -> TrainingPart:
         backward = fast_backward(cascade)
     except GradientUnsupported as why:
         return TrainingPart(reason=f"no derived gradient: {why}")
-    derived = derive(backward.forward, tile=tile)
+    derived = derive(backward.forward, tile=tile, chunked=False)
     forward = _triton(derived.cascade if derived.applied else backward.forward)
     if forward.fallback is not None or not forward.fused:
         return TrainingPart(reason="the forward that saves the statistics does not fuse: "
@@ -364,15 +364,20 @@ class Plan:
         self.options = {"rewrite": rewrite, "tile": tile, "train": train}
         self.training = _training(cascade, tile) if train else \
             TrainingPart(reason="compiled without --train")
-        self.rewritten: Rewritten | None = derive(cascade, tile=tile) if rewrite else None
+        # Rule 4's chunked form of a recurrence pays off in a kernel that keeps each
+        # chunk's attention on chip; one kernel per Einsum would write every chunk's
+        # C x C attention to memory. Until the schedules fuse it (issue 15) the Triton
+        # backends run the derivation without it: the recurrence as written.
+        self.rewritten: Rewritten | None = \
+            derive(cascade, tile=tile, chunked=False) if rewrite else None
         self.kernel = cascade
         self.note = "the spec's own cascade (rewrites off: --no-rewrite)" \
             if not rewrite else "the spec's own cascade (no rewrite applies)"
         if self.rewritten is None or not self.rewritten.applied:
             self.triton = _triton(cascade)
             return
-        change = self.rewritten.change()
         derived = _triton(self.rewritten.cascade)
+        change = self.rewritten.change()
         own = _triton(cascade) if derived.fused_source is None else None
         if own is not None and own.fused_source is not None:
             self.triton = own

@@ -133,6 +133,14 @@ def product_factors(expr: Expr) -> list[Expr]:
     return [expr]
 
 
+def product(factors: list[Expr]) -> Expr:
+    """[a, b, c] -> `a * b * c` (the inverse of `product_factors`); 1.0 for none."""
+    result = factors[0] if factors else Const(1.0)
+    for factor in factors[1:]:
+        result = Op("*", (result, factor))
+    return result
+
+
 def reads(expr: Expr) -> list[Read]:
     return [node for node in walk(expr) if isinstance(node, Read)]
 

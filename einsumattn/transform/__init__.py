@@ -13,7 +13,9 @@ The rules, in the order they run (docs/rewrites.md):
    `result.canonical_blocked` those refused; `result.steps` the others);
 1. factor out of a sum (factor.py): deferred division and scaling;
 2. separable moments (factor.py): sums of products split per factor;
-3. online max-shift (online.py): split the streamed rank and carry a running max.
+3. online max-shift (online.py): split the streamed rank and carry a running max;
+4. chunked form of a linear recurrence (chunked.py): a state over T in chunks of `tile`
+   steps, a masked attention inside each chunk and one state update per chunk.
 A step is kept only if no rank's pass count grows; rules 1 and 2 run to a fixed point
 before rule 3.
 """
@@ -29,6 +31,7 @@ from ..ir import Cascade
 from ..ir.memo import per_cascade
 from ..ir.printer import cascade_text
 from .canonical import canonicalize
+from .chunked import CHUNKED, chunk_recurrences
 from .factor import factor_sums
 from .online import ONLINE, SPLIT, online_max_shift, split_rank
 from .steps import Blocked, Step
@@ -97,14 +100,15 @@ def _worse(before: Cascade, after: Cascade) -> str | None:
 
 
 def rewrite(spec: "str | os.PathLike | Cascade", *, tile: int = DEFAULT_TILE,
-            online: bool = True, canonical: bool = True) -> Rewritten:
+            online: bool = True, canonical: bool = True, chunked: bool = True) -> Rewritten:
     """Derive the fewest-pass cascade. `tile` is the split factor the online max-shift
     gives the streamed rank (the key tile of the fused kernel: a power of two >= 16
-    there; any positive integer for the oracle). `canonical` runs rule 0 first."""
+    there; any positive integer for the oracle), and the chunk of rule 4. `canonical`
+    runs rule 0 first; `chunked` rule 4."""
     from ..loader import load
 
     original = spec if isinstance(spec, Cascade) else load(spec)
-    derived = _rewrite(original, tile, online, canonical)
+    derived = _rewrite(original, tile, online, canonical, chunked)
     # The same derivation, in lists of its own (the cascades are immutable and shared).
     return replace(derived, steps=list(derived.steps), blocked=list(derived.blocked),
                    canonical=list(derived.canonical),
@@ -112,7 +116,8 @@ def rewrite(spec: "str | os.PathLike | Cascade", *, tile: int = DEFAULT_TILE,
 
 
 @per_cascade
-def _rewrite(original: Cascade, tile: int, online: bool, canonical: bool) -> Rewritten:
+def _rewrite(original: Cascade, tile: int, online: bool, canonical: bool,
+             chunked: bool = True) -> Rewritten:
     """`rewrite` of a cascade, derived once per cascade and options: compiling asks for
     it from several stages, and what they derive from it is memoized on its cascades."""
     start, spelling, refused = canonicalize(original) if canonical else (original, [], [])
@@ -123,6 +128,11 @@ def _rewrite(original: Cascade, tile: int, online: bool, canonical: bool) -> Rew
     if online:
         cascade, more, notes = _online(cascade, tile)
         steps += more
+        blocked += notes
+    if chunked:
+        result, more, notes = chunk_recurrences(cascade, tile)
+        if more and not _worse(cascade, result):
+            cascade, steps = result, steps + more
         blocked += notes
     return Rewritten(original, cascade, steps, _still_relevant(cascade, blocked), spelling,
                      refused)
@@ -192,4 +202,4 @@ def _still_relevant(cascade: Cascade, blocked: list[Blocked]) -> list[Blocked]:
     return kept
 
 
-__all__ = ["rewrite", "Rewritten", "Step", "Blocked", "DEFAULT_TILE"]
+__all__ = ["rewrite", "Rewritten", "Step", "Blocked", "DEFAULT_TILE", "CHUNKED"]

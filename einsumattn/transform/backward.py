@@ -154,13 +154,13 @@ def _normalised_first(cascade: Cascade) -> tuple[Cascade, list[Step]]:
         d_read = einsum.body.args[1]
         name = current.fresh_name("A")
         a_indices = tuple(rows) + n.reduced
-        weights = Einsum(name, a_indices, ir.Op("/", (_product(scores), d_read)))
+        weights = Einsum(name, a_indices, ir.Op("/", (ir.product(scores), d_read)))
         a_read = ir.Read(name, tuple(ir.Index(v) for v in a_indices))
-        output = Einsum(einsum.tensor, einsum.indices, _product([a_read] + rest), "sum",
+        output = Einsum(einsum.tensor, einsum.indices, ir.product([a_read] + rest), "sum",
                         n.reduced, explicit_reduction=True)
         algebra = Algebra()
         try:
-            x, w, d = (algebra.to_sympy(_product(f)) for f in (scores, rest or
+            x, w, d = (algebra.to_sympy(ir.product(f)) for f in (scores, rest or
                                                                 [ir.Const(1)], [d_read]))
         except NotAlgebraic:
             return None
@@ -207,8 +207,8 @@ def _division_of_a_contraction(cascade: Cascade, einsum: Einsum, absent: set[str
             any(r in absent for e in (n, d) for r in e.reads):
         return None
     rows = [v for v in einsum.indices if ir.Index(v) in bottom.indices]
-    scores = [f for f in _factors(n.body) if set(ir.index_vars(f)) <= {*rows, *summed}]
-    rest = [f for f in _factors(n.body) if not set(ir.index_vars(f)) <= {*rows, *summed}]
+    scores = [f for f in ir.product_factors(n.body) if set(ir.index_vars(f)) <= {*rows, *summed}]
+    rest = [f for f in ir.product_factors(n.body) if not set(ir.index_vars(f)) <= {*rows, *summed}]
     if not scores or not rest:
         return None
     return n.tensor, d.tensor, rows, scores, rest
@@ -292,17 +292,6 @@ def _changed(change: tuple[str, sympy.Expr], value: sympy.Expr) -> sympy.Expr:
 
 
 # ---------------------------------------------------------------- 2. delta
-def _factors(expr: ir.Expr) -> list[ir.Expr]:
-    if isinstance(expr, ir.Op) and expr.op == "*":
-        return _factors(expr.args[0]) + _factors(expr.args[1])
-    return [expr]
-
-
-def _product(factors: list[ir.Expr]) -> ir.Expr:
-    result = factors[0]
-    for factor in factors[1:]:
-        result = ir.Op("*", (result, factor))
-    return result
 
 
 def _reassociate(grad: Cascade, forward: set[str]) -> tuple[Cascade, list[Step]]:
@@ -352,8 +341,8 @@ def _delta_for(grad: Cascade, einsum: Einsum, forward: set[str]):
         features = list(inner.reduced)
         if set(features) & set(einsum.variables):
             continue
-        outside = [f for f in _factors(inner.body) if not set(ir.index_vars(f)) & summed]
-        within = [f for f in _factors(inner.body) if set(ir.index_vars(f)) & summed]
+        outside = [f for f in ir.product_factors(inner.body) if not set(ir.index_vars(f)) & summed]
+        within = [f for f in ir.product_factors(inner.body) if set(ir.index_vars(f)) & summed]
         if not outside or not within:
             continue
         for candidate in grad.einsums:
@@ -366,7 +355,7 @@ def _delta_for(grad: Cascade, einsum: Einsum, forward: set[str]):
                 continue
             factor, identity = found
             output = ir.Read(candidate.tensor, _own(candidate))
-            body = _product(outside + [output])
+            body = ir.product(outside + [output])
             return read.tensor, body, features, factor, identity
     return None
 
@@ -388,7 +377,7 @@ def _ratio_free_of(grad: Cascade, einsum: Einsum, read: ir.Read, within: list[ir
         # A product divided by one of its factors, and the ratio of two products,
         # cancel as sympy builds them: `settled` only where they do not.
         g = _simplest(body / algebra.read(read))
-        w = algebra.to_sympy(_product(within))
+        w = algebra.to_sympy(ir.product(within))
         h = algebra.to_sympy(inline(grad, candidate.body, 4))
         if h == 0:
             return None

@@ -101,16 +101,9 @@ def _flatten(expr: ir.Expr, numerator: list, denominator: list, inverted=False) 
         (denominator if inverted else numerator).append(expr)
 
 
-def _product(factors: list[ir.Expr]) -> ir.Expr:
-    result = factors[0] if factors else ir.Const(1.0)
-    for factor in factors[1:]:
-        result = ir.Op("*", (result, factor))
-    return result
-
-
 def _ratio(numerator: list[ir.Expr], denominator: list[ir.Expr]) -> ir.Expr:
-    top = _product(numerator)
-    return ir.Op("/", (top, _product(denominator))) if denominator else top
+    top = ir.product(numerator)
+    return ir.Op("/", (top, ir.product(denominator))) if denominator else top
 
 
 def _rewrite_sum(cascade: Cascade, einsum: Einsum):

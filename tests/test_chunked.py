@@ -1,0 +1,178 @@
+"""Rule 4: the chunked form of a linear recurrence (transform/chunked.py), checked
+against the recurrence as written under the float64 oracle, at lengths that are not a
+multiple of the chunk, and refused with its reason where the recurrence is not linear
+attention's."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+import einsumattn
+from einsumattn.evaluate import evaluate
+from einsumattn.ir.printer import cascade_text
+from einsumattn.transform import CHUNKED, rewrite
+from einsumattn.transform.chunked import chunk_recurrences
+
+from conftest import ROOT
+
+GLA = ROOT / "examples" / "gla_recurrent.attn"
+
+# RetNet's retention as a recurrence: a decay per head, a constant (its log is taken).
+RETENTION = """attention retention_recurrent
+dims  B, H, T, D, F
+input Q[b, h, t, d], K[b, h, t, d], V[b, h, t, f]
+init S[b, h, 0, d, f] = 0
+S[b, h, t+1, d, f] = (1 - 2 ** (-5 - h)) * S[b, h, t, d, f] + K[b, h, t, d] * V[b, h, t, f]
+O[b, h, t, f] = Q[b, h, t, d] * S[b, h, t+1, d, f]
+output O
+"""
+
+# A gate per head and step (Mamba-2 / Lightning style), read from an input, and plain
+# causal linear attention (no gate: the state only accumulates).
+SCALAR_GATE = """attention scalar_gate
+dims  B, H, T, D, F
+input Q[b, h, t, d], K[b, h, t, d], V[b, h, t, f], A[b, h, t]
+init S[b, h, 0, d, f] = 0
+S[b, h, t+1, d, f] = exp(A[b, h, t]) * S[b, h, t, d, f] + K[b, h, t, d] * V[b, h, t, f]
+O[b, h, t, f] = Q[b, h, t, d] * S[b, h, t+1, d, f]
+output O
+"""
+
+NO_GATE = """attention causal_linear
+dims  B, T, D, F
+input Q[b, t, d], K[b, t, d], V[b, t, f]
+init S[b, 0, d, f] = 0
+S[b, t+1, d, f] = S[b, t, d, f] + K[b, t, d] * V[b, t, f]
+O[b, t, f] = Q[b, t, d] * S[b, t+1, d, f]
+output O
+"""
+
+
+def _inputs(cascade, sizes, seed, gate_scale=1.0):
+    rng = np.random.default_rng(seed)
+    values = {}
+    for tensor in cascade.inputs:
+        shape = tuple(sizes[r] for r in tensor.ranks)
+        if tensor.name in ("GK", "A"):
+            # log-sigmoid gates: in (0, 1) after exp; a large scale puts them near 0,
+            # a small one near 1/2, a negative shift near 1
+            values[tensor.name] = -np.logaddexp(0, -gate_scale * rng.normal(size=shape))
+        else:
+            values[tensor.name] = rng.normal(size=shape)
+    return values
+
+
+def _agree(spec, chunk, sizes, seed=0, gate_scale=1.0):
+    cascade = einsumattn.load(spec)
+    chunked, steps, blocked = chunk_recurrences(cascade, chunk)
+    assert [s.rule for s in steps] == [CHUNKED], blocked
+    again = einsumattn.load(cascade_text(chunked))       # the printed form parses back
+    inputs = _inputs(cascade, sizes, seed, gate_scale)
+    expected = evaluate(cascade, inputs)["O"]
+    for derived in (chunked, again):
+        np.testing.assert_allclose(evaluate(derived, inputs)["O"], expected,
+                                   rtol=1e-10, atol=1e-12)
+    return chunked
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 4])
+@pytest.mark.parametrize("length", [1, 4, 7, 13])
+def test_gla_s_chunked_form_agrees_with_the_recurrence(chunk, length):
+    _agree(GLA, chunk, dict(B=2, H=2, T=length, D=3, F=4), seed=length)
+
+
+@pytest.mark.parametrize("spec", [RETENTION, SCALAR_GATE, NO_GATE],
+                         ids=["retention", "scalar gate", "no gate"])
+def test_other_gates_agree(spec):
+    _agree(spec, 4, dict(B=1, H=3, T=11, D=3, F=2))
+
+
+@settings(deadline=None)
+@given(length=st.integers(1, 20), chunk=st.integers(1, 8), seed=st.integers(0, 2**16),
+       gate_scale=st.sampled_from([0.05, 1.0, 8.0]))
+def test_property_chunked_gla_agrees_at_any_length_and_chunk(length, chunk, seed,
+                                                            gate_scale):
+    """Gates near 1 (scale 0.05: log-gates near -0.7), and near 0 (scale 8: many gates
+    below 1e-3), every length against every chunk."""
+    _agree(GLA, chunk, dict(B=1, H=1, T=length, D=2, F=3), seed, gate_scale)
+
+
+def test_rewrite_prints_the_chunked_form_with_its_proof():
+    result = rewrite(GLA)
+    text = result.text()
+    assert "chunked form of a linear recurrence: S over T in chunks of 64 steps" in text
+    assert "#   proved:" in text and "exp(L[t] - L[s])" in text
+    chunked = einsumattn.load(text)
+    assert chunked.einsum("S_C").iterative is not None        # one update per chunk
+    attention = chunked.einsum("S_A")
+    assert set(attention.indices) >= {"t1", "t0", "tk"} and attention.filter is not None
+    # Every exponential in the chunked form is of a difference of one chunk's sums of
+    # log-gates or of one such sum: the cumulative sum never spans chunks.
+    assert chunked.einsum("S_L").reduced == ("tk",)
+
+
+def test_the_compiled_module_runs_the_recurrence_until_the_chunks_fuse():
+    """The Triton backends keep the recurrence in registers (one fused kernel) rather
+    than the chunked form's one kernel per Einsum, which would write every chunk's
+    attention to memory."""
+    from einsumattn.backends.module import Plan
+
+    plan = Plan(einsumattn.load(GLA))
+    assert "S_C" not in plan.kernel.tensors and plan.triton.fused
+
+
+def test_the_chunked_cascade_compiles_and_runs_on_torch_and_triton(tmp_path):
+    import torch
+
+    from einsumattn.codegen import compile_to_file
+    from einsumattn.codegen.compile import import_file
+
+    text = cascade_text(chunk_recurrences(einsumattn.load(GLA), 4)[0])
+    spec = tmp_path / "gla_chunked.attn"
+    spec.write_text(text)
+    module = import_file(compile_to_file(spec, tmp_path), "gla_chunked")
+    cascade = einsumattn.load(GLA)
+    sizes = dict(B=1, H=2, T=9, D=3, F=2)
+    inputs = _inputs(cascade, sizes, 5)
+    expected = evaluate(cascade, inputs)["O"]
+    tensors = [torch.tensor(inputs[t.name], dtype=torch.float32) for t in cascade.inputs]
+    for backend in ("torch", "triton"):
+        got = getattr(module, module.__all__[0])(backend=backend)(*tensors)
+        np.testing.assert_allclose(got.numpy(), expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("gate_ranks, body, reason", [
+    ("b, t, d", "S[b, t, d, f] * S[b, t, d, f] + K[b, t, d] * V[b, t, f]",
+     "read twice"),
+    ("b, t, d", "G[b, t, d] * S[b, t, d, f] + K[b, t, d] * V[b, t, f]",
+     "not an exponential"),
+    ("d, f", "exp(K[b, t, d]) * S[b, t, d, f] + K[b, t, d] * V[b, t, f] * G[d, f]",
+     "not a product of a factor free of f"),
+    ("b, t, f", "exp(G[b, t, f]) * S[b, t, d, f] + K[b, t, d] * V[b, t, f]",
+     "depends on f"),
+], ids=["quadratic", "a gate of any sign", "an update over d and f", "a gate over f"])
+def test_what_is_not_linear_attention_s_recurrence_is_refused_with_its_reason(
+        gate_ranks, body, reason):
+    spec = f"""attention refused
+dims  B, T, D, F
+input Q[b, t, d], K[b, t, d], V[b, t, f], G[{gate_ranks}]
+init S[b, 0, d, f] = 0
+S[b, t+1, d, f] = {body}
+O[b, t, f] = Q[b, t, d] * S[b, t+1, d, f]
+output O
+"""
+    _, steps, blocked = chunk_recurrences(einsumattn.load(spec), 4)
+    assert not steps and len(blocked) == 1 and reason in blocked[0].reason, blocked
+
+
+@pytest.mark.parametrize("change, reason", [
+    (("init S[b, 0, d, f] = 0", "init S[b, 0, d, f] = 1"), "does not start at 0"),
+    (("O[b, t, f] = Q[b, t, d] * S[b, t+1, d, f]", "O[b, t, f] = Q[b, t, d] * S[b, t, d, f]"),
+     "does not read S[.., t+1, ..]"),
+    (("output O", "P[b, t, f] = K[b, t, d] * S[b, t+1, d, f]\noutput O, P"),
+     "read by 2 Einsums"),
+], ids=["a state that starts elsewhere", "the state before the step", "two readers"])
+def test_a_state_read_otherwise_is_refused(change, reason):
+    spec = NO_GATE.replace(*change)
+    _, steps, blocked = chunk_recurrences(einsumattn.load(spec), 4)
+    assert not steps and reason in blocked[0].reason, blocked
