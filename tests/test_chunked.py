@@ -176,3 +176,16 @@ def test_a_state_read_otherwise_is_refused(change, reason):
     spec = NO_GATE.replace(*change)
     _, steps, blocked = chunk_recurrences(einsumattn.load(spec), 4)
     assert not steps and reason in blocked[0].reason, blocked
+
+
+def test_a_gate_per_head_leaves_the_chunk_s_attention_a_plain_contraction():
+    """With no feature rank in the gate, rule 0 (run again on what rule 4 wrote) moves
+    the decay out of the sum over d: q k^T, a matrix product, times the decay."""
+    cascade = einsumattn.load(SCALAR_GATE)
+    result = rewrite(cascade, tile=4)
+    scores = result.cascade.einsum("S_A_sum")
+    assert scores.reduced == ("d",)
+    assert {r.tensor for r in scores.accesses()} == {"Q", "K"}
+    inputs = _inputs(cascade, dict(B=1, H=2, T=10, D=3, F=2), 1)
+    np.testing.assert_allclose(evaluate(result.cascade, inputs)["O"],
+                               evaluate(cascade, inputs)["O"], rtol=1e-10, atol=1e-12)

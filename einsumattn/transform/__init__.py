@@ -132,7 +132,10 @@ def _rewrite(original: Cascade, tile: int, online: bool, canonical: bool,
     if chunked:
         result, more, notes = chunk_recurrences(cascade, tile)
         if more and not _worse(cascade, result):
-            cascade, steps = result, steps + more
+            # Rule 0 again on what rule 4 wrote: a decay per head (no feature rank)
+            # leaves the chunk's attention as a plain contraction, q k^T, times it.
+            tidied, spelled, _ = canonicalize(result) if canonical else (result, [], [])
+            cascade, steps = tidied, steps + more + spelled
         blocked += notes
     return Rewritten(original, cascade, steps, _still_relevant(cascade, blocked), spelling,
                      refused)
