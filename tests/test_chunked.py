@@ -13,7 +13,7 @@ from einsumattn.ir.printer import cascade_text
 from einsumattn.transform import CHUNKED, rewrite
 from einsumattn.transform.chunked import chunk_recurrences
 
-from conftest import ROOT
+from conftest import ROOT, examples
 
 GLA = ROOT / "examples" / "gla_recurrent.attn"
 
@@ -87,7 +87,7 @@ def test_other_gates_agree(spec):
     _agree(spec, 4, dict(B=1, H=3, T=11, D=3, F=2))
 
 
-@settings(deadline=None)
+@settings(max_examples=examples(30), deadline=None)
 @given(length=st.integers(1, 20), chunk=st.integers(1, 8), seed=st.integers(0, 2**16),
        gate_scale=st.sampled_from([0.05, 1.0, 8.0]))
 def test_property_chunked_gla_agrees_at_any_length_and_chunk(length, chunk, seed,

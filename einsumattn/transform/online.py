@@ -79,7 +79,21 @@ def split_rank(cascade: Cascade, rank: str, tile: int):
     ranks[outer] = Rank(outer, sympy.ceiling(parent.size / inner_size), None, rank)
     position = ir.Op("+", (ir.Op("*", (ir.Index(outer_var), ir.Dim(inner))),
                            ir.Index(inner_var)))
-    indexed = {t.name for t in cascade.tensors.values() if not t.is_input and rank in t.ranks}
+    # A tensor over the ranks of one input indexed by the rank (cosine attention's key
+    # norms SK[b, h, m], over K's ranks) is a per-key value computed from the inputs: it
+    # keeps the whole rank and is read at m1*M0 + m0 like an input, so that a kernel of
+    # its own can compute it before the loop (a split copy would be absent in the last
+    # tile's padding and could not cross a cut).
+    key_inputs = [set(t.ranks) for t in cascade.inputs if rank in t.ranks]
+    kept: set[str] = set()
+    for einsum in cascade.einsums:
+        own = set(cascade.tensors[einsum.tensor].ranks)
+        if rank in own and einsum.iterative is None and \
+                any(own <= these for these in key_inputs) and \
+                all(cascade.tensors[r].is_input or r in kept for r in einsum.reads):
+            kept.add(einsum.tensor)
+    indexed = {t.name for t in cascade.tensors.values()
+               if not t.is_input and rank in t.ranks and t.name not in kept}
 
     def split_vars(variables: tuple[str, ...]) -> tuple[str, ...]:
         result: list[str] = []
@@ -110,7 +124,8 @@ def split_rank(cascade: Cascade, rank: str, tile: int):
 
     einsums = []
     for einsum in cascade.einsums:
-        if var not in einsum.variables and not set(einsum.reads) & indexed:
+        if einsum.tensor in kept or \
+                var not in einsum.variables and not set(einsum.reads) & indexed:
             einsums.append(einsum)
             continue
         if einsum.iter_var == var:
