@@ -84,13 +84,26 @@ def split_rank(cascade: Cascade, rank: str, tile: int):
     # keeps the whole rank and is read at m1*M0 + m0 like an input, so that a kernel of
     # its own can compute it before the loop (a split copy would be absent in the last
     # tile's padding and could not cross a cut).
+    # Only where the scores are a matrix (a reader of it also reads a tensor over the
+    # rank and another: cosine's S[p, m] reads QK[p, m]); where the scores themselves are
+    # per key (Aaren: one query per head), the spec's passes are over a vector, cheaper
+    # than the online form's rescaled tiles (sm_90a: 822 instructions in the three
+    # passes' loops against 1253 and an 84 B spill in the one loop;
+    # benchmarks/results/sm90-per-key-2026-12-01-session32.txt), and the split stays.
     key_inputs = [set(t.ranks) for t in cascade.inputs if rank in t.ranks]
+
+    def matrix(name: str) -> bool:
+        ranks = set(cascade.tensors[name].ranks)
+        return rank in ranks and not any(ranks <= these for these in key_inputs)
+
     kept: set[str] = set()
     for einsum in cascade.einsums:
         own = set(cascade.tensors[einsum.tensor].ranks)
+        readers = [e for e in cascade.einsums if einsum.tensor in e.reads]
         if rank in own and einsum.iterative is None and \
                 any(own <= these for these in key_inputs) and \
-                all(cascade.tensors[r].is_input or r in kept for r in einsum.reads):
+                all(cascade.tensors[r].is_input or r in kept for r in einsum.reads) and \
+                readers and all(any(matrix(r) for r in e.reads) for e in readers):
             kept.add(einsum.tensor)
     indexed = {t.name for t in cascade.tensors.values()
                if not t.is_input and rank in t.ranks and t.name not in kept}
