@@ -311,3 +311,17 @@ def test_a_positive_factor_goes_through_abs_relu_and_sign_only():
     assert positive_factors_out(op["abs"](-e * x), t) == e * op["abs"](-x)
     for kept in (op["tanh"](e * x), op["abs"](x + e), op["relu"](t * x)):
         assert positive_factors_out(kept, t) == kept   # not homogeneous, a sum, t not > 0
+
+
+def test_a_reduction_of_the_inputs_over_a_feature_is_saved_not_recomputed():
+    """Cosine attention's query and key norms (SQ[p] = sum[e] Q Q, SK[m] = sum[e] K K)
+    are a value per row and per key that the forward computes in kernels of their own;
+    a backward stage's attention loop cannot reduce a feature, so they are saved (O(N))
+    and the stages read them. The scores and probabilities are still recomputed."""
+    from einsumattn.transform.backward import fast_backward
+
+    backward = fast_backward(einsumattn.load(ROOT / "examples" / "cosine_attention.attn"))
+    assert backward.saved["SQ"] == backward.saved["SK"] == \
+        "a reduction of the inputs over a feature rank"
+    assert {"QK", "A"} <= set(backward.recomputed)
+    assert "SQ" not in {e.tensor for e in backward.cascade.einsums}

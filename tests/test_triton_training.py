@@ -159,7 +159,8 @@ def test_check_compares_gradients_and_catches_a_wrong_backward(modules, monkeypa
 KERNEL_TRAINED = ["causal_softmax", "softmax_3pass", "alibi", "softcap",
                   "sliding_window_sinks", "sigmoid_attention", "linear_attention", "eca", "gqa",
                   "softmax_1pass", "diff_transformer", "relu_attention", "neighborhood_1d",
-                  "retention", "efficient_attention", "softpick", "squeeze_excitation"]
+                  "retention", "efficient_attention", "softpick", "squeeze_excitation",
+                  "cosine_attention"]
 
 
 @pytest.fixture(scope="module")

@@ -558,6 +558,17 @@ def _split(grad: Cascade, forward: Cascade, statistics: dict[str, tuple[str, str
     late -= absent_tensors(grad)
     # Nor is a recurrence (one position more than its rank: not an input's shape).
     late -= {name for name, t in grad.tensors.items() if t.iterative is not None}
+    # A reduction of the inputs over a feature rank into one input's other ranks
+    # (cosine attention's query and key norms, SQ[p] and SK[m]): a value per row or per
+    # key, which the forward computes in a kernel of its own; saved, it is not
+    # recomputed by every backward stage, whose attention loops cannot reduce features.
+    inputs_ranks = [set(t.ranks) for t in forward.inputs]
+    norms = {e.tensor for e in forward.einsums
+             if e.reduce_op is not None and rank not in e.reduced and e.iterative is None
+             and all(forward.tensors[r].is_input for r in e.reads)
+             and any(set(forward.tensors[e.tensor].ranks) < these for these in inputs_ranks)
+             and e.tensor not in absent_tensors(grad)}
+    late |= norms
     # From the outputs down: a forward tensor that is late and has no streamed rank is
     # saved (and what it reads is not needed for it); the other forward tensors reached
     # are recomputed.
@@ -571,12 +582,15 @@ def _split(grad: Cascade, forward: Cascade, statistics: dict[str, tuple[str, str
         reached.add(name)
         if grad.tensors[name].is_input:
             continue
-        if name in forward_names and name in late and rank not in grad.tensors[name].ranks:
+        if name in forward_names and name in late and \
+                (rank not in grad.tensors[name].ranks or name in norms):
             if name in statistics:
                 shift, normaliser = statistics[name]
                 saved[name] = f"{shift} + log({normaliser}): one value per row"
             elif name in forward.outputs:
                 saved[name] = "an output of the forward"
+            elif name in norms:
+                saved[name] = "a reduction of the inputs over a feature rank"
             else:
                 saved[name] = f"a per-row value that needs a whole pass over {rank}"
             continue
