@@ -160,7 +160,7 @@ KERNEL_TRAINED = ["causal_softmax", "softmax_3pass", "alibi", "softcap",
                   "sliding_window_sinks", "sigmoid_attention", "linear_attention", "eca", "gqa",
                   "softmax_1pass", "diff_transformer", "relu_attention", "neighborhood_1d",
                   "retention", "efficient_attention", "softpick", "squeeze_excitation",
-                  "cosine_attention"]
+                  "cosine_attention", "neighborhood_2d"]
 
 
 @pytest.fixture(scope="module")
