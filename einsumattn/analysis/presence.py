@@ -190,6 +190,7 @@ def _absent_tensors(cascade: Cascade) -> frozenset[str]:
     return frozenset(absent)
 
 
+@per_cascade
 def presence_key(cascade: Cascade, tensor: str) -> frozenset | None:
     """Where `tensor`'s points are present, in a canonical form: the conditions of its
     Einsum that decide a point, with each read of a tensor that may be absent replaced
@@ -199,11 +200,6 @@ def presence_key(cascade: Cascade, tensor: str) -> frozenset | None:
     present everywhere. None where this does not say: a `where` whose branches may be
     absent, a read of an absent tensor at other coordinates than its own variables, a
     recurrence."""
-    return _presence_key(cascade, tensor)
-
-
-@per_cascade
-def _presence_key(cascade: Cascade, tensor: str) -> frozenset | None:
     absent = _absent_tensors(cascade)
     if tensor not in absent:
         return frozenset()
@@ -223,7 +219,7 @@ def _conditions_key(cascade: Cascade, conditions) -> frozenset | None:
             if not all(isinstance(index, ir.Index) and cascade.var_rank(index.var) == rank
                        for index, rank in zip(read.indices, ranks)):
                 return None
-            inner = _presence_key(cascade, read.tensor)
+            inner = presence_key(cascade, read.tensor)
         elif condition.kind == "where":
             # Branches that are always present: the condition's own presence decides.
             inner = None if any(condition.parts[1:]) else \

@@ -343,10 +343,9 @@ def _quadratic_buffers(stage: Cascade, part: TritonPart, streamed: str | None,
     that input (squeeze-and-excitation's Z[b, c], beside X[b, c, h, w]): memory stays
     linear in the inputs' size, and it is not counted."""
     passed = [names.spec_name(o) for k in part.fused[:-1] for o in k.schedule.outputs]
-    inputs = [set(t.ranks) for t in stage.inputs if not t.buffer]
     return [name for name in passed
             if {streamed, own} <= set(stage.tensors[name].ranks) and streamed != own and
-            not any(set(stage.tensors[name].ranks) <= ranks for ranks in inputs)]
+            not stage.has_input_over(stage.tensors[name].ranks)]
 
 
 class Plan:
@@ -376,8 +375,8 @@ class Plan:
         if self.rewritten is None or not self.rewritten.applied:
             self.triton = _triton(cascade)
             return
-        derived = _triton(self.rewritten.cascade)
         change = self.rewritten.change()
+        derived = _triton(self.rewritten.cascade)
         own = _triton(cascade) if derived.fused_source is None else None
         if own is not None and own.fused_source is not None:
             self.triton = own

@@ -244,6 +244,14 @@ class Cascade:
         size = self.ranks[t.ranks[position]].size
         return size + 1 if t.iterative == position else size
 
+    def has_input_over(self, ranks, *, more: bool = False) -> bool:
+        """Whether an input (not an earlier stage's buffer) has every rank in `ranks`
+        (and, with `more`, others too): a tensor over `ranks` is then no larger than
+        that input, a value of it per row or per key rather than per pair."""
+        ranks = set(ranks)
+        return any(ranks < set(t.ranks) if more else ranks <= set(t.ranks)
+                   for t in self.inputs if not t.buffer)
+
     def consumers(self, tensor: str) -> list[str]:
         return list(self.graph.successors(tensor))
 

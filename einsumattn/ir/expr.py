@@ -141,6 +141,14 @@ def product(factors: list[Expr]) -> Expr:
     return result
 
 
+def total(terms: list[Expr]) -> Expr:
+    """[a, b, c] -> `a + b + c` (at least one term)."""
+    result = terms[0]
+    for term in terms[1:]:
+        result = Op("+", (result, term))
+    return result
+
+
 def reads(expr: Expr) -> list[Read]:
     return [node for node in walk(expr) if isinstance(node, Read)]
 

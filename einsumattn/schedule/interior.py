@@ -26,7 +26,7 @@ from ..analysis.presence import Condition
 from ..ir import expr as ir
 from . import kernel_ir as k
 from .bounds import stream_bound
-from .lowering import total
+from ..ir.expr import total
 from .masks import range_comparisons
 
 TRUE = k.Mask(())

@@ -49,7 +49,8 @@ from .interior import (NarrowIndices, NarrowOffsets, TmaLoads, advanced, carried
 from .biases import added_biases
 from .scales import folded_scales
 from .shifts import LOG2E, max_shifted
-from .lowering import LoweredKernel, Lowering, Offset, product, program_statements, total
+from ..ir.expr import total
+from .lowering import LoweredKernel, Lowering, Offset, product, program_statements
 from .model import Bound, Role
 from .stages import NotFusable
 

@@ -62,13 +62,6 @@ def product(factors: list[ir.Expr]) -> ir.Expr:
     return product
 
 
-def total(terms: list[ir.Expr]) -> ir.Expr:
-    total = terms[0]
-    for term in terms[1:]:
-        total = ir.Op("+", (total, term))
-    return total
-
-
 class Lowering:
     """What the lowerings share (and schedule/lower_attention.py's tiles): expressions with
     the kernel's names for index variables and sizes and a Load (or a register value)
@@ -275,7 +268,7 @@ class _Unfused(Lowering):
         # block (every lane but the first is masked off) so it matches the stored block.
         if not self.kept:
             terms.append(ir.Op("*", (ir.Const(0), Var("flat"))))
-        return Integer(total(terms))
+        return Integer(ir.total(terms))
 
 
 def lower_unfused(cascade: Cascade, einsum: Einsum, schedule: KernelSchedule,
@@ -468,7 +461,7 @@ class _Loops(Lowering):
         f = self.f
         einsum = self.cascade.einsum(name)
         layout = f.layouts[name]
-        offset = total([ir.Op("*", (self._index_at(var, layout), Var(f"{name}_s{position}")))
+        offset = ir.total([ir.Op("*", (self._index_at(var, layout), Var(f"{name}_s{position}")))
                        for position, var in enumerate(einsum.indices)])
         value = ir.Op("where", (Var(f"{name}_ok"), Var(name), ir.Const(0.0))) \
             if name in f.absent else Var(name)

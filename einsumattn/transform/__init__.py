@@ -117,7 +117,7 @@ def rewrite(spec: "str | os.PathLike | Cascade", *, tile: int = DEFAULT_TILE,
 
 @per_cascade
 def _rewrite(original: Cascade, tile: int, online: bool, canonical: bool,
-             chunked: bool = True) -> Rewritten:
+             chunked: bool) -> Rewritten:
     """`rewrite` of a cascade, derived once per cascade and options: compiling asks for
     it from several stages, and what they derive from it is memoized on its cascades."""
     start, spelling, refused = canonicalize(original) if canonical else (original, [], [])

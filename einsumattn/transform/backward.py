@@ -555,19 +555,19 @@ def _split(grad: Cascade, forward: Cascade, statistics: dict[str, tuple[str, str
     late = (late_tensors(forward, rank) if rank is not None else set()) | set(statistics)
     # A tensor with absent points is never saved: the forward returns an absent point as
     # 0, and the backward would read that 0 where the tensor has no value.
-    late -= absent_tensors(grad)
+    absent = absent_tensors(grad)
+    late -= absent
     # Nor is a recurrence (one position more than its rank: not an input's shape).
     late -= {name for name, t in grad.tensors.items() if t.iterative is not None}
     # A reduction of the inputs over a feature rank into one input's other ranks
     # (cosine attention's query and key norms, SQ[p] and SK[m]): a value per row or per
     # key, which the forward computes in a kernel of its own; saved, it is not
     # recomputed by every backward stage, whose attention loops cannot reduce features.
-    inputs_ranks = [set(t.ranks) for t in forward.inputs]
     norms = {e.tensor for e in forward.einsums
              if e.reduce_op is not None and rank not in e.reduced and e.iterative is None
              and all(forward.tensors[r].is_input for r in e.reads)
-             and any(set(forward.tensors[e.tensor].ranks) < these for these in inputs_ranks)
-             and e.tensor not in absent_tensors(grad)}
+             and forward.has_input_over(forward.tensors[e.tensor].ranks, more=True)
+             and e.tensor not in absent}
     late |= norms
     # From the outputs down: a forward tensor that is late and has no streamed rank is
     # saved (and what it reads is not needed for it); the other forward tensors reached

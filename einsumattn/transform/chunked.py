@@ -91,11 +91,7 @@ def _log_gate(gate: ir.Expr) -> ir.Expr | None:
     product of them, or the log of a positive constant (no tensor read)."""
     factors = ir.product_factors(gate)
     if all(isinstance(f, ir.Op) and f.op == "exp" for f in factors):
-        exponents = [f.args[0] for f in factors]
-        total = exponents[0]
-        for exponent in exponents[1:]:
-            total = ir.Op("+", (total, exponent))
-        return total
+        return ir.total([f.args[0] for f in factors])
     if not ir.reads(gate):
         algebra = Algebra()
         try:
@@ -124,6 +120,8 @@ def _positive(value: sympy.Expr) -> bool:
     try:
         lowest = minimum(value.xreplace({symbol: real}), real, sympy.Interval(0, sympy.oo))
     except (NotImplementedError, ValueError, TypeError):
+        # sympy's calculus gives up on what it cannot differentiate or solve (raising
+        # one of these): no proof of positivity, so the rule is refused with its reason.
         return False
     return bool(lowest.is_positive)
 
@@ -265,6 +263,9 @@ def _assembled(cascade: Cascade, state: Einsum, reader: Einsum, chunk: int,
                 indices.append(ir.Index(v))
         return ir.Read(names["L"], tuple(indices))
 
+    def plain(tensor: str, variables: tuple[str, ...]) -> ir.Read:
+        return ir.Read(tensor, tuple(ir.Index(v) for v in variables))
+
     def left(indices: tuple[str, ...], *, within: bool = True) -> tuple[str, ...]:
         result: list[str] = []
         for v in indices:
@@ -281,7 +282,7 @@ def _assembled(cascade: Cascade, state: Einsum, reader: Einsum, chunk: int,
     v_at = [chunk_of(f, xk) for f in values]
     q_at = [chunk_of(f, x0) for f in query]
     batch_left = [v for v in reader.indices if v != x and v not in vf]
-    attention_left = tuple(batch_left[:]) + (x1, x0, xk)
+    attention_left = tuple(batch_left) + (x1, x0, xk)
     # The state's ranks with the step replaced by the chunk, then the features.
     state_left = left(state.indices, within=False)
     einsums = [e for e in cascade.einsums if e.tensor not in (name, reader.tensor)]
@@ -295,19 +296,19 @@ def _assembled(cascade: Cascade, state: Einsum, reader: Einsum, chunk: int,
                "sum", tuple(v for v in state.indices if v in kd), causal,
                explicit_reduction=True),
         Einsum(names["intra"], left(reader.indices),
-               ir.product([ir.Read(names["A"], tuple(ir.Index(v) for v in attention_left))]
-                        + v_at), "sum", (xk,), explicit_reduction=True),
+               ir.product([plain(names["A"], attention_left)] + v_at), "sum", (xk,),
+               explicit_reduction=True),
         Einsum(names["KV"], state_left,
                ir.product([decay(cumulative(last), cumulative(ir.Index(xk)))] + k_at + v_at),
                "sum", (xk,), explicit_reduction=True),
         Einsum(names["C"], state_left,
-               ir.Op("+", (ir.Op("*", (ir.Op("exp", (cumulative(last),)), ir.Read(
-                   names["C"], tuple(ir.Index(v) for v in state_left)))),
-                   ir.Read(names["KV"], tuple(ir.Index(v) for v in state_left)))),
+               ir.Op("+", (ir.Op("*", (ir.Op("exp", (cumulative(last),)),
+                                       plain(names["C"], state_left))),
+                           plain(names["KV"], state_left))),
                iterative=state_left.index(x1), init=ir.Const(0)),
         Einsum(names["inter"], left(reader.indices),
                ir.product(q_at + [ir.Op("exp", (cumulative(ir.Index(x0)),)),
-                                ir.Read(names["C"], tuple(ir.Index(v) for v in state_left))]),
+                                  plain(names["C"], state_left)]),
                "sum", tuple(v for v in state.indices if v in kd), explicit_reduction=True),
     ]
     position = tuple(ir.Op("//", (ir.Index(x), ir.Dim(inner))) if v == x1 else

@@ -176,7 +176,7 @@ class _Deriver:
         if not absent_tensors(so_far) & set(terms) or (
                 None not in keys and len(keys) == 1 and
                 all(self.tensors[t].ranks == ranks for t in terms)):
-            self._define(name, ranks, Einsum(name, variables, _sum(reads)),
+            self._define(name, ranks, Einsum(name, variables, ir.total(reads)),
                          f"the cotangent of {tensor}: the sum of what its readers "
                          f"contribute")
             return name
@@ -323,8 +323,8 @@ class _Deriver:
             if factor != ZERO:
                 body.append(_mul(ir.Read(reverse, at(step)), substitute(factor, {var: back})))
         self._define(reverse, ranks,
-                     Einsum(reverse, einsum.indices, _sum(body) if body else ZERO,
-                            iterative=position, init=_sum(start) if start else ZERO),
+                     Einsum(reverse, einsum.indices, ir.total(body) if body else ZERO,
+                            iterative=position, init=ir.total(start) if start else ZERO),
                      f"the cotangent of {name} in reverse time: {reverse}[.., j] is that "
                      f"of {name} at step {rank} - j")
         self._contributions(einsum, ir.Read(reverse, at(back)))
@@ -573,10 +573,3 @@ def _mul(a: ir.Expr, b: ir.Expr) -> ir.Expr:
     if a == ZERO or b == ZERO:
         return ZERO
     return ir.Op("*", (a, b))
-
-
-def _sum(terms: list[ir.Expr]) -> ir.Expr:
-    total = terms[0]
-    for term in terms[1:]:
-        total = ir.Op("+", (total, term))
-    return total

@@ -90,18 +90,15 @@ def split_rank(cascade: Cascade, rank: str, tile: int):
     # than the online form's rescaled tiles (sm_90a: 822 instructions in the three
     # passes' loops against 1253 and an 84 B spill in the one loop;
     # benchmarks/results/sm90-per-key-2026-12-01-session32.txt), and the split stays.
-    key_inputs = [set(t.ranks) for t in cascade.inputs if rank in t.ranks]
-
     def matrix(name: str) -> bool:
-        ranks = set(cascade.tensors[name].ranks)
-        return rank in ranks and not any(ranks <= these for these in key_inputs)
+        ranks = cascade.tensors[name].ranks
+        return rank in ranks and not cascade.has_input_over(ranks)
 
     kept: set[str] = set()
     for einsum in cascade.einsums:
-        own = set(cascade.tensors[einsum.tensor].ranks)
-        readers = [e for e in cascade.einsums if einsum.tensor in e.reads]
-        if rank in own and einsum.iterative is None and \
-                any(own <= these for these in key_inputs) and \
+        own = cascade.tensors[einsum.tensor].ranks
+        readers = [cascade.einsum(r) for r in cascade.consumers(einsum.tensor)]
+        if rank in own and einsum.iterative is None and cascade.has_input_over(own) and \
                 all(cascade.tensors[r].is_input or r in kept for r in einsum.reads) and \
                 readers and all(any(matrix(r) for r in e.reads) for e in readers):
             kept.add(einsum.tensor)
