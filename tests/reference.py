@@ -142,6 +142,13 @@ def gla_recurrent(q, k, v, gk, scale=None):
     return torch.stack(out, dim=2)
 
 
+def gla(q, k, v, gx, scale=None):
+    """GLA with the paper's gates (Yang et al. 2024, section 4.1): alpha_t =
+    sigmoid(gx_t)^(1/16), log alpha_t = logsigmoid(gx_t) / 16 (flash-linear-attention's
+    gate_logit_normalizer 16), then the recurrent form above."""
+    return gla_recurrent(q, k, v, F.logsigmoid(gx) / 16, scale)
+
+
 def eca(x, conv_weight):
     """Efficient channel attention, Wang et al. 2020, "ECA-Net": global average pooling,
     a 1-D convolution of odd size k across channels with zero padding (k - 1) // 2 and no

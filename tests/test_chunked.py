@@ -111,14 +111,128 @@ def test_rewrite_prints_the_chunked_form_with_its_proof():
     assert chunked.einsum("S_L").reduced == ("tk",)
 
 
-def test_the_compiled_module_runs_the_recurrence_until_the_chunks_fuse():
-    """The Triton backends keep the recurrence in registers (one fused kernel) rather
-    than the chunked form's one kernel per Einsum, which would write every chunk's
-    attention to memory."""
+PAPER_GLA = ROOT / "examples" / "gla.attn"     # gates sigmoid(x)^(1/16): at most 1
+CHUNK_SPECS = {"gla": PAPER_GLA, "retention": RETENTION, "no gate": NO_GATE}
+
+
+def _module(spec, tmp_path, name):
+    from einsumattn.codegen import compile_to_file
+    from einsumattn.codegen.compile import import_file
+
+    path = spec if not isinstance(spec, str) else tmp_path / f"{name}.attn"
+    if isinstance(spec, str):
+        path.write_text(spec)
+    return import_file(compile_to_file(path, tmp_path), f"chunk_{name.replace(' ', '_')}")
+
+
+@pytest.mark.parametrize("name", CHUNK_SPECS)
+def test_gates_at_most_one_compile_to_the_chunk_kernel(tmp_path, name):
+    """One fused kernel walks the chunks (the state in registers), its contractions
+    tl.dots: q k^T (a gate per head or none), the chunk's attention times V, the
+    decayed keys times V into the state, the decayed queries times the state; GLA's
+    decay per feature keeps its chunk attention a C x C x D sum, chunks of 16."""
+    schedule = _module(CHUNK_SPECS[name], tmp_path, name).SCHEDULE
+    assert schedule["derived"] and "split T -> T1, T0 by C" in schedule["cascade"]
+    (kernel,) = schedule["kernels"]
+    assert kernel["form"] == "steps" and kernel["uses_dot"]
+    assert [loop["var"] for loop in kernel["loops"]] == ["t1"]
+    assert kernel["tensors"]["S_C"]["role"] == "carried"
+    assert kernel["grid"]["batch"] == tuple(v for v in ("b", "h") if v != "h" or
+                                            name != "no gate")
+    chunk = 16 if name == "gla" else 64
+    assert f"C = {chunk}" in schedule["cascade"]
+    assert kernel["dots"] == 4
+
+
+@pytest.mark.parametrize("spec, why", [
+    (GLA, "not provably at most 1"),
+    (SCALAR_GATE, "not provably at most 1"),
+], ids=["gla log-gates as given", "a gate per head as given"])
+def test_a_gate_that_may_exceed_1_keeps_the_recurrence_with_the_reason(spec, why):
+    """exp of a chunk's summed log-gates overflows float32 past 88 where gates exceed
+    1; the recurrence multiplies them into the state one step at a time."""
     from einsumattn.backends.module import Plan
 
-    plan = Plan(einsumattn.load(GLA))
+    plan = Plan(einsumattn.load(spec))
     assert "S_C" not in plan.kernel.tensors and plan.triton.fused
+    assert why in plan.summary()
+
+
+def _run(module, cascade, inputs, dtype):
+    import torch
+
+    tensors = [torch.tensor(inputs[t.name]).to(getattr(torch, dtype))
+               for t in cascade.inputs]
+    layer = getattr(module, module.__all__[0])(backend="triton")
+    return layer(*tensors).double().numpy()
+
+
+def _references(name):
+    """Hand-written torch references (tests/reference.py) of the specs."""
+    import torch
+
+    import reference as ref
+
+    def causal_linear(q, k, v):
+        mask = torch.tril(torch.ones(q.shape[-2], k.shape[-2], dtype=q.dtype))
+        return (q @ k.transpose(-1, -2) * mask) @ v
+
+    return {"gla": ref.gla,
+            "retention": lambda q, k, v: ref.retention(q, k, v, scale=1.0),
+            "no gate": causal_linear}[name]
+
+
+@pytest.mark.parametrize("length", [1, 17, 70])
+@pytest.mark.parametrize("name", CHUNK_SPECS)
+def test_the_chunk_kernel_matches_the_oracle_and_the_references(tmp_path, name, length):
+    """float32, at lengths that are not a multiple of the chunk (16 for GLA, 64 for the
+    others; 70 is two chunks of 64, five of 16): the oracle of the spec as written and a
+    hand-written reference."""
+    import torch
+
+    module = _module(CHUNK_SPECS[name], tmp_path, name)
+    cascade = einsumattn.load(CHUNK_SPECS[name])
+    sizes = dict(B=1, H=2, T=length, D=5, F=3)
+    inputs = _inputs(cascade, sizes, length)
+    expected = evaluate(cascade, inputs)["O"]
+    got = _run(module, cascade, inputs, "float32")
+    reference = _references(name)(*(torch.tensor(inputs[t.name]) for t in cascade.inputs))
+    # float32 against float64: sums of at most 70 products of values of order 1 and
+    # decays <= 1, each rounding ~6e-8 relative (the tl.dots in float32 here).
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(reference.numpy(), expected, rtol=1e-9, atol=1e-9)
+
+
+def _relative_rmse(got, expected):
+    """flash-linear-attention's comparison of a low-precision kernel: the RMS of the
+    error over the RMS of the reference."""
+    return float(np.sqrt(np.mean((got - expected) ** 2)) / np.sqrt(np.mean(expected ** 2)))
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("name", CHUNK_SPECS)
+def test_the_chunk_kernel_in_half_precision(tmp_path, name, dtype):
+    """float16/bfloat16 inputs at an odd length: within the oracle's bound, which adds
+    the first-order effect of exactly the dot operands the kernel rounds
+    (verify.compare with the module's DOT_ROUNDING), and the relative RMSE
+    flash-linear-attention's chunk tests allow (0.005 for float16: the output's own
+    rounding is 2**-11; 0.01 for bfloat16, 2**-8 = 0.0039 per rounded operand)."""
+    from einsumattn.verify import compare, dot_rounding
+
+    import torch
+
+    module = _module(CHUNK_SPECS[name], tmp_path, name)
+    cascade = einsumattn.load(CHUNK_SPECS[name])
+
+    inputs = _inputs(cascade, dict(B=1, H=2, T=37, D=5, F=3), 1)
+    inputs = {k: torch.tensor(v).to(getattr(torch, dtype)).double().numpy()
+              for k, v in inputs.items()}          # what the kernel is given, exactly
+    got = _run(module, cascade, inputs, dtype)
+    results = compare(cascade, inputs, torch.tensor(got), dtype,
+                      rounding=dot_rounding(cascade, module))
+    assert all(r.ok for r in results), [r.describe() for r in results]
+    bound = {"float16": 0.005, "bfloat16": 0.01}[dtype]
+    assert _relative_rmse(got, evaluate(cascade, inputs)["O"]) < bound
 
 
 def test_the_chunked_cascade_compiles_and_runs_on_torch_and_triton(tmp_path):

@@ -163,6 +163,7 @@ EXAMPLE_REGISTRY: dict[str, Example] = {
     "linear_attention": Example(ref.linear_attention, ATTN_SHAPES),
     # GK holds log-space forget gates: log(sigmoid(x)) < 0, as GLA's parametrisation.
     "gla_recurrent": Example(ref.gla_recurrent, GLA_SHAPES, {"GK": F.logsigmoid}),
+    "gla": Example(ref.gla, GLA_SHAPES),
     "eca": Example(ref.eca, ECA_SHAPES),
     "diff_transformer": Example(ref.diff_transformer, ATTN_SHAPES),
     "relu_attention": Example(ref.relu_attention, ATTN_SHAPES),

@@ -32,7 +32,7 @@ DEFAULT = dict(torch_scheduled.DEFAULT_TUNING)
 # Specs with no fused schedule: backend="torch" runs the reference for them (the
 # scheduled torch backend prints one kernel's schedule; the Differential Transformer's
 # is two stages, lambda then attention, as ECA's and linear attention's).
-UNSCHEDULED = {"eca", "gla_recurrent", "linear_attention", "diff_transformer",
+UNSCHEDULED = {"eca", "gla_recurrent", "gla", "linear_attention", "diff_transformer",
                "clipped_softmax", "squeeze_excitation", "stick_breaking", "cbam", "aaren",
                "efficient_attention", "cosine_attention"}
 

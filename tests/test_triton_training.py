@@ -94,8 +94,8 @@ def test_rows_that_see_no_key_train_to_zero_gradients(tmp_path):
 
 # stick_breaking: its saving forward does not fuse (Z read at another key's position), so
 # backward() is the torch backend's autograd; its derived gradient is tests/test_grad.py's.
-FINITE_DIFFERENCE_EXAMPLES = ["gla_recurrent", "softmax_1pass", "sliding_window_sinks",
-                              "stick_breaking"]
+FINITE_DIFFERENCE_EXAMPLES = ["gla_recurrent", "gla", "softmax_1pass",
+                              "sliding_window_sinks", "stick_breaking"]
 
 
 def test_every_example_trains_in_a_test():

@@ -24,6 +24,7 @@ from .printers import PythonScalarPrinter
 from .torch_reference import TorchEmitter
 from ..ir.printer import cascade_text
 from ..schedule.configs import candidates_table, rules_table
+from ..schedule.loops import CUBIC_CHUNK, LoopRoles
 from ..schedule.model import KernelSchedule, Schedule, kernel_data
 from ..schedule.stages import NotFusable
 from .registry import BACKENDS, choice_text
@@ -32,8 +33,9 @@ from .triton_fused import fuse_stages
 from .triton_kernel import FusedKernel, tuning_table
 from .triton_printer import HELPERS, Unsupported
 from .triton_unfused import TritonEmitter
-from ..transform import DEFAULT_TILE, Rewritten, rewrite as derive
+from ..transform import CHUNKED, DEFAULT_TILE, Rewritten, rewrite as derive
 from ..transform.backward import Backward, fast_backward
+from ..transform.chunked import decaying
 from ..transform.grad import GradientUnsupported
 from ..schedule.training import TrainingStages, training_stages
 from . import torch_scheduled
@@ -348,6 +350,35 @@ def _quadratic_buffers(stage: Cascade, part: TritonPart, streamed: str | None,
             not stage.has_input_over(stage.tensors[name].ranks)]
 
 
+def _derivation(cascade: Cascade, tile: int) -> tuple[Rewritten, str | None]:
+    """The derivation the Triton backends run, and why rule 4's chunked form is not in
+    it where the spec has a recurrence it applies to. That form pays off only in the
+    chunk form's one kernel, which keeps each chunk's attention on chip (one kernel per
+    Einsum would write every chunk's C x C attention to memory), and keeps float32 in
+    range only where the gates are at most 1 (transform/chunked.py's `decaying`). Its
+    chunks are of `tile` steps, or of CUBIC_CHUNK where a chunk's attention is a sum
+    over three tile dimensions (GLA's decay per feature)."""
+    plain = derive(cascade, tile=tile, chunked=False)
+    if all(e.iterative is None for e in cascade.einsums):
+        return plain, None
+    chunked = derive(cascade, tile=tile)
+    if not any(step.rule == CHUNKED for step in chunked.steps):
+        return plain, None
+    if not decaying(cascade):
+        return plain, ("the recurrence runs as written: its gates are not provably at most "
+                       "1, where the chunked form's exponentials could overflow (write the "
+                       "gate as exp(logsigmoid(x)), exp(-softplus(x)) or exp(min(x, 0)) for "
+                       "the chunked kernel; docs/rewrites.md, rule 4)")
+    try:
+        roles = LoopRoles(names.rename(chunked.cascade))
+    except NotFusable as why:
+        return plain, (f"the recurrence runs as written: the chunked form does not fuse "
+                       f"({spec_text(str(why))})")
+    if roles.cubic and tile > CUBIC_CHUNK:
+        return derive(cascade, tile=tile, chunk=CUBIC_CHUNK), None
+    return chunked, None
+
+
 class Plan:
     """Which cascade each backend runs, decided once per compile. The torch reference is
     always the spec's own cascade (the readable statement of the math); the Triton
@@ -363,12 +394,8 @@ class Plan:
         self.options = {"rewrite": rewrite, "tile": tile, "train": train}
         self.training = _training(cascade, tile) if train else \
             TrainingPart(reason="compiled without --train")
-        # Rule 4's chunked form of a recurrence pays off in a kernel that keeps each
-        # chunk's attention on chip; one kernel per Einsum would write every chunk's
-        # C x C attention to memory. Until the schedules fuse it (issue 15) the Triton
-        # backends run the derivation without it: the recurrence as written.
-        self.rewritten: Rewritten | None = \
-            derive(cascade, tile=tile, chunked=False) if rewrite else None
+        self.rewritten, self.unchunked = _derivation(cascade, tile) if rewrite else \
+            (None, None)
         self.kernel = cascade
         self.note = "the spec's own cascade (rewrites off: --no-rewrite)" \
             if not rewrite else "the spec's own cascade (no rewrite applies)"
@@ -384,7 +411,9 @@ class Plan:
                          f"not fuse ({derived.not_fused})")
         else:
             self.kernel, self.triton = self.rewritten.cascade, derived
-            self.note = f"the derived cascade ({change}; einsumattn rewrite prints it)"
+            chunks = "".join(f"{step.summary}; " for step in self.rewritten.steps
+                             if step.rule == CHUNKED)
+            self.note = f"the derived cascade ({change}; {chunks}einsumattn rewrite prints it)"
 
     @functools.cached_property
     def backends(self) -> dict[str, str | None]:
@@ -395,6 +424,7 @@ class Plan:
         return _backends_note(self.triton.fallback, len(self.kernel.einsums),
                               self.triton.schedule_note) + \
             f"\nTriton kernels compute {self.note}." + \
+            (f"\nRule 4, the chunked form: {self.unchunked}." if self.unchunked else "") + \
             (f"\n{spec_text(self.training.describe())}."
              if self.options["train"] else "")
 
@@ -497,9 +527,10 @@ def generate(cascade: Cascade, *, plan: Plan | None = None, **options) -> str:
     source_text = cascade.source.text if cascade.source else ""
     inputs = [t.name for t in cascade.inputs]
     cls = names.class_name(cascade.name)
-    fixed = {r.name: r.fixed for r in cascade.ranks.values()
+    # The kernels' cascade's fixed dims: the spec's and a rewrite's (rule 4's chunk C).
+    fixed = {r.name: r.fixed for r in kernel.ranks.values()
              if r.fixed is not None and r.name not in
-             {p for s in cascade.splits for p in (s.outer, s.inner)}}
+             {p for s in kernel.splits for p in (s.outer, s.inner)}}
     context = {
         "name": cascade.name,
         "class_name": cls,

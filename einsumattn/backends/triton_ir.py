@@ -83,6 +83,8 @@ class KernelPrinter(TritonPrinter):
                        for operand, ready in zip((node.left, node.right), node.converted))
         if node.transposed:
             right = f"tl.trans({right})"
+        if node.left_transposed:
+            left = f"tl.trans({left})"
         acc = "" if node.acc is None else f", acc={self(node.acc)}"
         return f"tl.dot({left}, {right}{acc}, input_precision=\"{node.precision}\")"
 

@@ -141,6 +141,7 @@ def tuning_table(schedule: KernelSchedule) -> dict:
              for knob in schedule.knobs}
     if schedule.splits is not None:
         table[schedule.splits] = None       # programs along the keys: chosen per call
+    table.update(schedule.launch)
     return table
 
 

@@ -212,6 +212,9 @@ class Dot:
     right: "Expr"
     transposed: bool = False
     rounded: int = 0
+    # `left` given as inner x rows (the chunk form's K-side tile of its state update,
+    # (tk, d), contracted over tk: tl.trans(left)).
+    left_transposed: bool = False
     precision: str = "ieee"
     converted: tuple[bool, bool] = (False, False)   # (left, right) already a DotOperand
     # The tile the products are added into (the matrix unit's accumulator; None: zeros):

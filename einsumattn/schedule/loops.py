@@ -29,15 +29,39 @@ reason.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from ..analysis.presence import Condition, absent_tensors, einsum_conditions, point_conditions
 from ..ir import Cascade, Einsum
 from ..ir import expr as ir
 from .kernel import loaded_inputs, scalars
-from .model import Form, KernelSchedule, Knob, Loop, LoopKind, Pass, Role, Store, TensorPlan
+from .model import (DotPlan, Form, KernelSchedule, Knob, Loop, LoopKind, Pass, Role,
+                    Store, TensorPlan)
 from .stages import Crossing, NotFusable
 
 BLOCK_ROW = 16     # points of the row rank per program
 BLOCK_LANES = 64   # points of the (flattened) loop ranks per tile
+# The chunk where a chunk's attention is a sum over (t0, tk, d), no tl.dot (GLA's decay
+# per key feature): 16 x 16 x D values a chunk, as flash-linear-attention's sub-chunks of
+# 16 (at 64 it would be 16 times as many registers).
+CUBIC_CHUNK = 16
+# The chunk form's tile of value features and its warps (sm90 static reports: at 64
+# features and 8 warps the fewest issue slots per token, no spill, GLA and RetNet).
+CHUNK_ROWS = 64
+CHUNK_WARPS = 8
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """The chunk form's variables: a step `var` of the split rank (t) is the chunk `step`
+    (t1, the recurrence's steps) and the step `within` it (t0: t = t1*T0 + t0, T0 the
+    rank `inner`); `key` (tk) a second step of the chunk, a held rank as large."""
+
+    var: str
+    step: str
+    within: str
+    key: str | None
+    inner: str
 
 
 class LoopRoles:
@@ -47,23 +71,38 @@ class LoopRoles:
     def __init__(self, cascade: Cascade):
         self.cascade = cascade
         einsums = cascade.einsums
-        if cascade.splits:
-            raise NotFusable("a split rank outside the attention schedule")
         steps = {e.iter_var for e in einsums if e.iterative is not None}
         if len(steps) > 1:
             raise NotFusable(f"recurrences over different ranks ({', '.join(sorted(steps))})")
         self.step = next(iter(steps), None)
-        common = set.intersection(*(set(e.indices) for e in einsums)) - {self.step}
+        self.chunk = self._chunk()
         order = [r.var for r in cascade.ranks.values()]
-        grid = [v for v in order if v in common]
+        if self.chunk is None:
+            common = set.intersection(*(set(e.indices) for e in einsums)) - {self.step}
+            grid = [v for v in order if v in common]
+        else:
+            # The chunk form's programs take the outputs' ranks but the steps: the batch
+            # (B, H) and tiles of the value features (F, last). An Einsum without some
+            # of them (the chunk's decays, per head and not per batch point; the chunk's
+            # attention, not per feature) is computed whole in each program.
+            output = cascade.einsum(cascade.outputs[0])
+            grid = [v for v in order if v in self.own(output.indices) and
+                    v not in (self.step, self.chunk.within)]
+            common = set(grid)
         if not grid:
             raise NotFusable("no rank that every tensor has, to spread programs over")
         self.row, self.batch = grid[-1], grid[:-1]
-        spaces = [[v for v in order if v in e.variables and v not in common
-                   and v != self.step] for e in einsums]
+        spaces = [[v for v in order if v in self.own(e.variables) and v not in common
+                   and v not in (self.step, self.row)] for e in einsums]
         # The loop: the largest iteration space beyond the grid (none with a recurrence).
         self.loop: list[str] = [] if self.step else max(spaces, key=len)
         self.held = [v for v in order if any(v in s for s in spaces) and v not in self.loop]
+        if self.chunk is not None:
+            # The chunk's steps first (its C x C attention is (t0, tk)), the features
+            # next, the value features last: every tl.dot of the chunk then takes its
+            # operands as held, but for one transposed (docs/codegen.md, the chunk form).
+            first = [v for v in (self.chunk.within, self.chunk.key) if v in self.held]
+            self.held = first + [v for v in self.held if v not in first]
         # The flattened loop index, named after the loop's first rank (names.py's rule).
         self.lanes = f"{self.loop[0]}_flat" if self.loop else "flat"
         self.absent = absent_tensors(cascade)
@@ -81,25 +120,62 @@ class LoopRoles:
                 raise NotFusable(f"the recurrence {output} is an output")
         self._passes()
 
+    # ---------------------------------------------------------------- the chunk form
+    def _chunk(self) -> Chunk | None:
+        """The chunk form (rule 4's chunked recurrence): the one split of the cascade,
+        its outer part the recurrence's steps; None without a split. Any other split is
+        the attention schedule's."""
+        cascade = self.cascade
+        if not cascade.splits:
+            return None
+        split = cascade.splits[0]
+        outer, var = cascade.ranks[split.outer].var, cascade.ranks[split.parent].var
+        inner = cascade.ranks[split.inner].var
+        size = cascade.ranks[split.inner].size
+        # The chunk's second step (the key's): a rank defined as large as the chunk.
+        keys = [r.var for r in cascade.ranks.values() if r.definition is not None and
+                r.size == size and r.name != split.inner]
+        # Rule 4's form: the recurrence steps over the chunks, a second step of the
+        # chunk, and outputs over the split rank itself (its steps reassembled). An
+        # online max-shift's split is the attention schedule's: its outputs are per row.
+        if len(cascade.splits) > 1 or self.step != outer or not keys or \
+                not all(var in cascade.einsum(o).indices for o in cascade.outputs):
+            raise NotFusable("a split rank outside the attention schedule")
+        return Chunk(var, outer, inner, keys[0], split.inner)
+
+    def own(self, variables) -> set[str]:
+        """The variables a tensor or expression spans in the kernel: in the chunk form
+        a step t is (t1, t0), the chunk and the step within it."""
+        found = set(variables)
+        if self.chunk is not None and self.chunk.var in found:
+            found = (found - {self.chunk.var}) | {self.chunk.step, self.chunk.within}
+        return found
+
     # ---------------------------------------------------------------- layouts
     @property
     def order(self) -> tuple[str, ...]:
-        """Every tile dimension, in the one order all layouts follow."""
+        """Every tile dimension, in the one order all layouts follow (the chunk form:
+        the value features last)."""
+        if self.chunk is not None:
+            return (*self.held, self.row)
         return (self.row, *self.held) + ((self.lanes,) if self.loop else ())
 
     def layout(self, variables) -> tuple[str, ...]:
-        dims = set(variables) | ({self.lanes} if set(variables) & set(self.loop) else set())
+        dims = self.own(variables)
+        dims |= {self.lanes} if dims & set(self.loop) else set()
         return tuple(d for d in self.order if d in dims)
 
     # ---------------------------------------------------------------- classification
     def _classify(self, einsum: Einsum) -> None:
-        name, left, reduced = einsum.tensor, set(einsum.indices), set(einsum.reduced)
+        name, left, reduced = einsum.tensor, self.own(einsum.indices), set(einsum.reduced)
         loop = set(self.loop)
         if self.step in reduced:
             raise NotFusable(f"{name} reduces over the steps of {self.step}")
         if einsum.iterative is not None:
             kind = Role.CARRIED
-            if name in self.absent:
+            if name in self.absent and self.chunk is None:
+                # (the chunk form carries the state's presence flags beside it: the
+                # last chunk's state is absent where it ends before the chunk does)
                 raise NotFusable(f"the recurrence {name} may be absent")
         elif self.step in left:
             kind = Role.STEP
@@ -129,12 +205,39 @@ class LoopRoles:
                     if self._step_form(read, index, einsum) is None:
                         raise NotFusable(f"{einsum.tensor} reads the recurrence "
                                          f"{read.tensor} at {ir.to_text(index)}")
+                elif self.chunk is not None and self.chunk_read(var, index, einsum):
+                    continue
                 elif index != ir.Index(var):
                     text = f"{einsum.tensor} reads {read.tensor} at {ir.to_text(index)}"
                     if var in self.batch or var == self.row:
                         raise Crossing(f"{text}, other points of {var} than its own: "
                                        f"another program computes them")
                     raise NotFusable(f"{text}, not at its own point")
+
+    def chunk_read(self, var: str, index: ir.Expr, reader: Einsum) -> str | None:
+        """How the chunk form reads a register value's rank `var` at `index`: 'own' (its
+        own point: the chunk and step of the reader's t, `t // T0` and `t % T0`),
+        'renamed' (at another held rank as large: L[t1, tk, d] beside L[t1, t0, d]),
+        'picked' (one point of a held rank: L[t1, T0 - 1, d], the chunk's last step);
+        None for anything else."""
+        chunk = self.chunk
+        t, size = ir.Index(chunk.var), ir.Dim(chunk.inner)
+        if chunk.var in reader.variables and (
+                (var == chunk.step and index == ir.Op("//", (t, size))) or
+                (var == chunk.within and index == ir.Op("%", (t, size)))):
+            return "own"
+        if var not in self.held:
+            return None
+        if isinstance(index, ir.Index) and index.var in self.held and index.var != var and \
+                self.cascade.ranks[self.cascade.var_rank(index.var)].size == \
+                self.cascade.ranks[self.cascade.var_rank(var)].size:
+            return "renamed"
+        if index == ir.Index(var):
+            return None
+        if not ir.index_vars(index) and not any(isinstance(node, ir.Read)
+                                                for node in ir.walk(index)):
+            return "picked"
+        return None
 
     def _step_form(self, read: ir.Read, index: ir.Expr, reader: Einsum) -> str | None:
         """'at' (before the step), 'now' (after it) or 'final'; None if not readable."""
@@ -181,6 +284,64 @@ class LoopRoles:
     def conditions(self, einsum: Einsum) -> list[Condition]:
         return einsum_conditions(self.cascade, einsum, self.absent)
 
+    # ---------------------------------------------------------------- the chunk's dots
+    def tile_dims(self, variables) -> set[str]:
+        """The tile dimensions an expression or condition over `variables` varies along."""
+        return self.own(variables) & set(self.order)
+
+    def dot_plan(self, einsum: Einsum) -> DotPlan | None:
+        """A sum over one held rank r into a 2-D tile (i, j) whose every factor and
+        condition lies on one side, (i, r) or (r, j), or after the sum, (i, j): one
+        tl.dot (the chunk form's products: q k^T, A V, (k decayed)^T v, (q decayed) S).
+        None where a factor spans all three (GLA's decay per feature inside the chunk's
+        attention: a C x C x D sum) or the form is not the chunk's."""
+        if self.chunk is None or einsum.reduce_op != "sum":
+            return None
+        layout = self.layouts[einsum.tensor]
+        space = self.layout(set(einsum.variables) - {self.step} - set(self.batch))
+        reduced = [d for d in space if d not in layout]
+        if len(layout) != 2 or len(reduced) != 1:
+            return None
+        sides: dict[str, list] = {"left": [], "right": [], "after": []}
+        for factor in ir.product_factors(einsum.body):
+            side = self.dot_side(einsum, self.tile_dims(ir.index_vars(factor)))
+            if side is None:
+                return None
+            sides[side].append(factor)
+        if any(self.dot_side(einsum, self.tile_dims(c.variables)) is None
+               for c in self.conditions(einsum)):
+            return None
+        inputs = {t.name for t in self.cascade.inputs}
+        exact = not sides["left"] or not sides["right"]
+        rounded = 0 if exact else \
+            sum(1 for side in ("left", "right")
+                if not (len(sides[side]) == 1 and isinstance(sides[side][0], ir.Read)
+                        and sides[side][0].tensor in inputs))
+        return DotPlan(einsum.tensor, tuple(sides["left"]), tuple(sides["right"]),
+                       tuple(sides["after"]), rounded, exact)
+
+    @property
+    def cubic(self) -> tuple[str, ...]:
+        """The chunk form's sums that are no tl.dot and span three tile dimensions (the
+        chunk's attention with a decay per feature: C x C x D values per chunk)."""
+        return tuple(e.tensor for e in self.cascade.einsums
+                     if self.chunk is not None and e.reduce_op is not None and
+                     self.dot_plan(e) is None and
+                     len(self.layout(set(e.variables) - {self.step} - set(self.batch))) > 2)
+
+    def dot_side(self, einsum: Einsum, dims: set[str]) -> str | None:
+        """Which operand of `einsum`'s dot a factor or condition over the tile dims `dims`
+        belongs to: 'left' (the reduced r and rows i), 'right' (r and columns j), 'after'
+        (no r: applied to the product); None if it spans i, r and j."""
+        i, j = self.layouts[einsum.tensor]
+        space = self.layout(set(einsum.variables) - {self.step} - set(self.batch))
+        r = next(d for d in space if d not in (i, j))
+        if r not in dims:
+            return "after" if dims <= {i, j} else None
+        if dims <= {i, r}:
+            return "left"
+        return "right" if dims <= {r, j} else None
+
     # ---------------------------------------------------------------- the schedule
     def pass_plan(self) -> list[tuple[int, list[Einsum], list[str], list[Einsum]]]:
         """Per pass over the tiles: its number, the reductions it finishes, the outputs it
@@ -211,7 +372,11 @@ class LoopRoles:
         tiles = {e.tensor for *_, needed in self.pass_plan() for e in needed}
         live = [e for e in cascade.einsums
                 if self.kinds[e.tensor] != Role.STREAM or e.tensor in tiles]
-        knobs = [Knob(f"{self.row}_BLOCK", BLOCK_ROW, "a power of two")]
+        # The chunk form's programs take 64 value features: each recomputes the chunk's
+        # attention, so the fewer programs per batch point the less work is repeated;
+        # with 8 warps nothing spills (sm90 static reports, docs/codegen.md).
+        row_block = CHUNK_ROWS if self.chunk is not None else BLOCK_ROW
+        knobs = [Knob(f"{self.row}_BLOCK", row_block, "a power of two")]
         if self.step is not None:
             loops = (Loop(self.step, cascade.var_rank(self.step), LoopKind.RECURRENCE_STEPS,
                           over=(self.step,)),)
@@ -227,6 +392,7 @@ class LoopRoles:
                            for number, reductions, _, tiles in self.pass_plan())
             if self.loop and self.passes:
                 knobs.append(Knob(tile, BLOCK_LANES, "a power of two"))
+        dots = tuple(plan for plan in (self.dot_plan(e) for e in live) if plan is not None)
         return KernelSchedule(
             name=name, form=Form.STEPS if self.step is not None else Form.TILES,
             batch=tuple(self.batch), row=self.row, loops=loops, held=tuple(self.held),
@@ -235,7 +401,11 @@ class LoopRoles:
             passes=passes, inputs=loaded_inputs(cascade, live),
             outputs=tuple(cascade.outputs), scalars=scalars(cascade, live),
             stores=tuple(self._store(o) for o in cascade.outputs), knobs=tuple(knobs),
-            uses_dot=False)
+            uses_dot=bool(dots), dots=dots,
+            # The chunk form's dots take computed values of no bound in float16's range
+            # (the state, the chunk's attention): float32 with float16 inputs.
+            buffered_dots=bool(dots),
+            launch=(("num_warps", CHUNK_WARPS),) if self.chunk is not None else ())
 
     def _store(self, output: str) -> Store:
         """An output that may be absent is stored as 0 where its point conditions fail."""

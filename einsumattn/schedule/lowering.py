@@ -22,9 +22,9 @@ from ..analysis.presence import (Condition, einsum_conditions, in_range_by_const
 from ..ir import Cascade, Einsum
 from ..ir import expr as ir
 from ..ir.printer import lhs_text, rhs_text
-from .kernel_ir import (Accumulate, Arange, Barrier, Cast, Choice, Comment, Coordinate, Expand,
-                        Full, IndexBlock, Integer, Kernel, Let, Load, Loop, Mask, ProgramId,
-                        Reduce, Store, Test, Unflatten, Unsupported, Var, Zeros)
+from .kernel_ir import (Accumulate, Arange, Barrier, Cast, Choice, Comment, Coordinate,
+                        Dot, Expand, Full, IndexBlock, Integer, Kernel, Let, Load, Loop, Mask,
+                        ProgramId, Reduce, Store, Test, Unflatten, Unsupported, Var, Zeros)
 from .loops import LoopRoles
 from .model import KernelSchedule, Role
 from .stages import NotFusable
@@ -309,6 +309,10 @@ class _Loops(Lowering):
     # ---------------------------------------------------------------- expressions
     def index(self, var: str, layout: tuple[str, ...]):
         f = self.f
+        if f.chunk is not None and var == f.chunk.var:
+            # the chunk form: step t of the split rank is t1*T0 + t0
+            return ir.Op("+", (ir.Op("*", (ir.Index(f.chunk.step), ir.Dim(f.chunk.inner))),
+                               self.index(f.chunk.within, layout)))
         if var in (f.row, *f.held) and var in layout:
             return IndexBlock(var, _axes((var,), layout))
         if var in f.loop and f.lanes in layout:
@@ -326,18 +330,53 @@ class _Loops(Lowering):
         if not tensor.is_input:
             name = node.tensor
             producer = self.cascade.einsum(name)
-            if producer.iterative is not None and not flag and \
+            if producer.iterative is not None and \
                     node.indices[producer.iterative] == ir.Index(f.step):
                 name += "_at"
-            axes = _axes(f.layouts[node.tensor], layout)
             value = Var(f"{name}_ok" if flag else name)
-            return Expand(value, axes) if axes else value
+            dims = f.layouts[node.tensor]
+            if f.chunk is not None:
+                value, dims = self._viewed(node, producer, value, flag)
+            axes = _axes(dims, layout)
+            # (a value picked down to one per program broadcasts as it is)
+            return Expand(value, axes) if axes and dims else value
         coordinates = self.coordinates(node, layout,
                                        lambda position: ir.Dim(tensor.ranks[position]))
         dims = f.layout(set(ir.index_vars(node)) - set(f.batch) - {f.step})
         # Masked on the tile dimensions the address has (a K[d] tile is loaded once, not
         # once per row), and broadcast where it is used; none for one address per program.
         return Load(node.tensor, coordinates, self._live(dims, layout) if dims else None)
+
+    def _viewed(self, node: ir.Read, producer: Einsum, value, flag: bool):
+        """A register tile read by the chunk form (LoopRoles.chunk_read): a held rank
+        read at another rank as large takes its name (the tile is the same, broadcast
+        along the other axis), one read at a fixed point is picked out of the tile (a
+        masked sum along it). The value and the dimensions it then has, in order."""
+        f = self.f
+        dims = list(f.layouts[node.tensor])
+        for index, var in zip(node.indices, producer.indices):
+            if var not in dims or index == ir.Index(var):
+                continue
+            if isinstance(index, ir.Index):
+                dims[dims.index(var)] = index.var
+                continue
+            if ir.index_vars(index):      # t % T0: the reader's own step in the chunk
+                continue
+            at = tuple(dims)
+            test = Mask((Test(self.expr(ir.Op("==", (ir.Index(var), index)), at),
+                              integer=True),))
+            if flag is True:        # the flags as 1.0 and 0.0 while they are picked
+                value = ir.Op("where", (Mask((test, value)), ir.Const(1.0), ir.Const(0.0)))
+                flag = "picked"
+            else:
+                value = ir.Op("where", (test, value, ir.Const(0.0)))
+            value = Reduce("sum", value, dims.index(var))
+            dims.remove(var)
+        if list(dims) != [d for d in f.order if d in dims]:
+            raise NotFusable(f"{ir.to_text(node)} reads {node.tensor}'s tile transposed")
+        if flag == "picked":
+            value = Test(ir.Op("!=", (value, ir.Const(0.0))), integer=False, scalar=not dims)
+        return value, tuple(dims)
 
     def scalar(self, condition: Condition, layout: tuple[str, ...]) -> bool:
         return not self.f.layout(condition.variables - set(self.f.batch) - {self.f.step})
@@ -387,7 +426,13 @@ class _Loops(Lowering):
             layout = f.layouts[einsum.tensor]
             found.append(Let(einsum.tensor, ir.Op("+", (self._expr(einsum.init, layout),
                                                         self._zeros(layout)))))
+        # A state that may be absent (the chunk form's, past the sequence's end) carries
+        # its presence flags beside it; its init is present.
+        flagged = [e.tensor for e in carried if e.tensor in f.absent]
+        found += [Let(f"{name}_ok", self._live(f.layouts[name], f.layouts[name]))
+                  for name in flagged]
         loop = [Let(f"{e.tensor}_at", Var(e.tensor), note=f"at step {f.step}") for e in carried]
+        loop += [Let(f"{name}_at_ok", Var(f"{name}_ok")) for name in flagged]
         for einsum in cascade.einsums:
             if f.kinds[einsum.tensor] in (Role.CARRIED, Role.STEP):
                 loop += self._compute(einsum)
@@ -432,7 +477,10 @@ class _Loops(Lowering):
         f, name = self.f, einsum.tensor
         layout = f.layouts[name]
         found = [Comment(f"{lhs_text(self.cascade, einsum)} = {rhs_text(einsum)}")]
-        if einsum.reduce_op is None:
+        plan = f.dot_plan(einsum)
+        if plan is not None and not accumulate:
+            found.append(Let(name, self._dot(einsum, plan)))
+        elif einsum.reduce_op is None:
             found.append(Let(name, ir.Op("+", (self._expr(einsum.body, layout),
                                                self._zeros(layout)))))
         else:
@@ -448,6 +496,37 @@ class _Loops(Lowering):
         if not accumulate:
             found += self._presence(einsum)
         return found
+
+    def _dot(self, einsum: Einsum, plan) -> ir.Expr:
+        """A sum as one tl.dot (LoopRoles.dot_plan): each operand the product of its
+        factors where its conditions and lanes hold (else 0), in its own 2-D layout
+        (transposed where the held order has the reduced rank second on the left, or
+        first on the right); the factors and conditions without the reduced rank
+        applied to the product."""
+        f = self.f
+        layout = f.layouts[einsum.tensor]
+        space = f.layout(set(einsum.variables) - {f.step} - set(f.batch))
+        reduced = next(d for d in space if d not in layout)
+        conditions = {"left": [], "right": [], "after": []}
+        for condition in f.conditions(einsum):
+            conditions[f.dot_side(einsum, f.tile_dims(condition.variables))].append(condition)
+
+        def operand(side: str, dims: set[str]):
+            at = tuple(d for d in f.order if d in dims)
+            value = self._expr(ir.product(list(getattr(plan, side))), at)
+            return ir.Op("where", (self._all(conditions[side], at), value,
+                                   ir.Const(0.0))), at
+        left, left_at = operand("left", {layout[0], reduced})
+        right, right_at = operand("right", {reduced, layout[1]})
+        product = Dot(left, right, transposed=right_at[0] != reduced, rounded=plan.rounded,
+                      left_transposed=left_at[0] == reduced,
+                      converted=(plan.exact, plan.exact))   # exact: float32 operands
+        if plan.after:
+            product = ir.Op("*", (product, self._expr(ir.product(list(plan.after)), layout)))
+        if conditions["after"]:
+            product = ir.Op("where", (self._all(conditions["after"], layout), product,
+                                      ir.Const(0.0)))
+        return product
 
     def _presence(self, einsum: Einsum) -> list:
         """`T_ok` for a tensor that may be absent: its point conditions."""
@@ -465,7 +544,12 @@ class _Loops(Lowering):
                        for position, var in enumerate(einsum.indices)])
         value = ir.Op("where", (Var(f"{name}_ok"), Var(name), ir.Const(0.0))) \
             if name in f.absent else Var(name)
-        return Store(name, Integer(offset), value, self._live(layout, layout))
+        mask = self._live(layout, layout)
+        if f.chunk is not None and f.chunk.var in einsum.indices:
+            # the last chunk's steps past the end are not the output's
+            end = ir.Op("<", (ir.Index(f.chunk.var), self._size(f.chunk.var)))
+            mask = Mask((mask, Test(self.expr(end, layout), integer=True)))
+        return Store(name, Integer(offset), value, mask)
 
     def _index_at(self, var: str, layout: tuple[str, ...]):
         index = self.index(var, layout)

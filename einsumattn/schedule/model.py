@@ -120,6 +120,9 @@ class DotPlan:
     right: tuple
     after: tuple = ()
     rounded: int = 0
+    # A sum under a mask (one operand only its 0/1 conditions: the chunk form's prefix
+    # sums of log-gates): run in float32, nothing rounded.
+    exact: bool = False
 
 
 @dataclass(frozen=True)
@@ -193,6 +196,9 @@ class KernelSchedule:
     buffered_dots: bool = False
     # The query heads of a group packed with the rows (GQA): None for one head a program.
     group: Group | None = None
+    # Triton launch options the schedule pins ((name, value) pairs: num_warps) where the
+    # configuration is not chosen per call (the chunk form's: schedule/loops.py).
+    launch: tuple[tuple[str, int], ...] = ()
     description: str = ""
     _roles: dict = field(default=None, compare=False, repr=False)
 

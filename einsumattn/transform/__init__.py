@@ -100,15 +100,16 @@ def _worse(before: Cascade, after: Cascade) -> str | None:
 
 
 def rewrite(spec: "str | os.PathLike | Cascade", *, tile: int = DEFAULT_TILE,
-            online: bool = True, canonical: bool = True, chunked: bool = True) -> Rewritten:
+            online: bool = True, canonical: bool = True, chunked: bool = True,
+            chunk: int | None = None) -> Rewritten:
     """Derive the fewest-pass cascade. `tile` is the split factor the online max-shift
     gives the streamed rank (the key tile of the fused kernel: a power of two >= 16
-    there; any positive integer for the oracle), and the chunk of rule 4. `canonical`
-    runs rule 0 first; `chunked` rule 4."""
+    there; any positive integer for the oracle), and the chunk of rule 4 unless `chunk`
+    says otherwise. `canonical` runs rule 0 first; `chunked` rule 4."""
     from ..loader import load
 
     original = spec if isinstance(spec, Cascade) else load(spec)
-    derived = _rewrite(original, tile, online, canonical, chunked)
+    derived = _rewrite(original, tile, online, canonical, chunked and (chunk or tile))
     # The same derivation, in lists of its own (the cascades are immutable and shared).
     return replace(derived, steps=list(derived.steps), blocked=list(derived.blocked),
                    canonical=list(derived.canonical),
@@ -117,7 +118,7 @@ def rewrite(spec: "str | os.PathLike | Cascade", *, tile: int = DEFAULT_TILE,
 
 @per_cascade
 def _rewrite(original: Cascade, tile: int, online: bool, canonical: bool,
-             chunked: bool) -> Rewritten:
+             chunked: int) -> Rewritten:
     """`rewrite` of a cascade, derived once per cascade and options: compiling asks for
     it from several stages, and what they derive from it is memoized on its cascades."""
     start, spelling, refused = canonicalize(original) if canonical else (original, [], [])
@@ -130,7 +131,7 @@ def _rewrite(original: Cascade, tile: int, online: bool, canonical: bool,
         steps += more
         blocked += notes
     if chunked:
-        result, more, notes = chunk_recurrences(cascade, tile)
+        result, more, notes = chunk_recurrences(cascade, chunked)
         if more and not _worse(cascade, result):
             # Rule 0 again on what rule 4 wrote: a decay per head (no feature rank)
             # leaves the chunk's attention as a plain contraction, q k^T, times it.
