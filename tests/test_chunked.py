@@ -203,6 +203,27 @@ def test_the_chunk_kernel_matches_the_oracle_and_the_references(tmp_path, name, 
     np.testing.assert_allclose(reference.numpy(), expected, rtol=1e-9, atol=1e-9)
 
 
+@pytest.mark.parametrize("gate", [-60.0, 60.0], ids=["gates near 0", "gates near 1"])
+def test_the_gla_chunk_kernel_at_extreme_gates(tmp_path, gate):
+    """GX far below 0: logsigmoid(GX) / 16 about -3.75 a step, gates about 0.024 and a
+    chunk's decays down to about 1e-26 (exponentials of non-positive numbers only: they
+    underflow towards 0, never overflow); far above 0: gates within 1e-27 of 1, the
+    state a plain running sum. float32 against the oracle, at an odd length."""
+    import torch
+
+    module = _module(PAPER_GLA, tmp_path, "gla_extreme")
+    cascade = einsumattn.load(PAPER_GLA)
+    inputs = _inputs(cascade, dict(B=1, H=1, T=37, D=5, F=3), 4)
+    inputs["GX"] = gate + np.random.default_rng(4).normal(size=inputs["GX"].shape)
+    expected = evaluate(cascade, inputs)["O"]
+    got = _run(module, cascade, inputs, "float32")
+    reference = _references("gla")(*(torch.tensor(inputs[t.name]) for t in cascade.inputs))
+    # float32 against float64, as above (the tiny decayed terms beside ones of order 1
+    # are below the absolute part of the tolerance either way).
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(reference.numpy(), expected, rtol=1e-9, atol=1e-9)
+
+
 def _relative_rmse(got, expected):
     """flash-linear-attention's comparison of a low-precision kernel: the RMS of the
     error over the RMS of the reference."""

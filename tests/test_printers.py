@@ -460,6 +460,20 @@ def test_tanh_is_odd_in_triton_as_in_the_oracle(tmp_path):
     _agrees(tree, inputs, params, run_triton(tree, inputs, params, tmp_path))
 
 
+@pytest.mark.parametrize("printer", ["torch", "triton"])
+def test_a_division_by_logsigmoid_of_infinity_is_minus_infinity(printer, tmp_path):
+    """logsigmoid(+inf) is -0.0 in the oracle (-softplus(-x): the limit from below), so
+    I / logsigmoid(Y) is -inf there; torch's logsigmoid gave +0.0, and +inf. Found by
+    the randomized profile (session 33) for the torch printer; the Triton printer's
+    _logsigmoid was -softplus(-x) already."""
+    tree = ir.Op("/", (ir.Dim("I"), ir.Op("logsigmoid", (Y,))))
+    inputs = _case(([0.0] * SIZE, [0.0] * (SIZE - 1) + [math.inf], 0.0))
+    params = {"c": 0.0, "d": 0.0}
+    run = run_torch if printer == "torch" else \
+        lambda *args: run_triton(*args, tmp_path)
+    _agrees(tree, inputs, params, run(tree, inputs, params))
+
+
 def test_a_power_of_minus_one_to_an_infinite_exponent_is_one_in_triton(tmp_path):
     """(-1) ** (+-inf) is 1 in numpy (C99's pow: |x| == 1), and so is 1 ** inf; _pow_f's
     2 ** (y log2 |x|) was 2 ** (inf * 0) = NaN there. Found by the randomized profile

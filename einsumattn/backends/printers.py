@@ -137,7 +137,7 @@ class TorchPrinter(PythonScalarPrinter):
               # version 1.1; softplus as the oracle's log(1 + exp(x)) at every x (torch's
               # softplus returns x itself above its threshold, 20: 2e-9 relative)
               "softplus": "torch.nn.functional.softplus",
-              "logsigmoid": "torch.nn.functional.logsigmoid", "log1p": "torch.log1p",
+              "log1p": "torch.log1p",
               "expm1": "torch.expm1", "silu": "torch.nn.functional.silu", "erf": "torch.erf"}
 
     def __init__(self, read, fixed=(), integer: bool = False):
@@ -181,6 +181,13 @@ class TorchPrinter(PythonScalarPrinter):
         if not isinstance(expr, ir.Op) or not self.tensor(expr):
             return super().print(expr, context)
         op, args = expr.op, expr.args
+        if op == "logsigmoid":
+            # -softplus(-x), as the oracle and the Triton printer: logsigmoid(+inf) is
+            # -0.0 (the limit from below), which a division by it keeps; torch's
+            # logsigmoid gives +0.0 there (the thorough hypothesis profile found
+            # `I / logsigmoid(inf)`: -inf, not inf).
+            return self.print(ir.Op("neg", (ir.Op("softplus", (ir.Op("neg", args),)),)),
+                              context)
         if op in self._TORCH:
             return f"{self._TORCH[op]}({self.print(args[0], 0)})"
         if op == "/" and not self.tensor(args[0]):
