@@ -60,7 +60,7 @@ class Chunk:
     var: str
     step: str
     within: str
-    key: str | None
+    key: str
     inner: str
 
 
@@ -214,15 +214,16 @@ class LoopRoles:
                                        f"another program computes them")
                     raise NotFusable(f"{text}, not at its own point")
 
-    def chunk_read(self, var: str, index: ir.Expr, reader: Einsum) -> str | None:
+    def chunk_read(self, var: str, index: ir.Expr, reader: Einsum | None = None
+                   ) -> str | None:
         """How the chunk form reads a register value's rank `var` at `index`: 'own' (its
-        own point: the chunk and step of the reader's t, `t // T0` and `t % T0`),
-        'renamed' (at another held rank as large: L[t1, tk, d] beside L[t1, t0, d]),
-        'picked' (one point of a held rank: L[t1, T0 - 1, d], the chunk's last step);
-        None for anything else."""
+        own point: the chunk and step of the reader's t, `t // T0` and `t % T0`; asked
+        with the `reader`), 'renamed' (at another held rank as large: L[t1, tk, d] beside
+        L[t1, t0, d]), 'picked' (one point of a held rank: L[t1, T0 - 1, d], the chunk's
+        last step); None for anything else."""
         chunk = self.chunk
         t, size = ir.Index(chunk.var), ir.Dim(chunk.inner)
-        if chunk.var in reader.variables and (
+        if reader is not None and chunk.var in reader.variables and (
                 (var == chunk.step and index == ir.Op("//", (t, size))) or
                 (var == chunk.within and index == ir.Op("%", (t, size)))):
             return "own"

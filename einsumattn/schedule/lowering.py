@@ -354,27 +354,27 @@ class _Loops(Lowering):
         masked sum along it). The value and the dimensions it then has, in order."""
         f = self.f
         dims = list(f.layouts[node.tensor])
+        picked = False
         for index, var in zip(node.indices, producer.indices):
-            if var not in dims or index == ir.Index(var):
-                continue
-            if isinstance(index, ir.Index):
+            kind = f.chunk_read(var, index) if var in dims else None
+            if kind == "renamed":
                 dims[dims.index(var)] = index.var
                 continue
-            if ir.index_vars(index):      # t % T0: the reader's own step in the chunk
+            if kind != "picked":          # its own point (t % T0: the reader's step)
                 continue
             at = tuple(dims)
             test = Mask((Test(self.expr(ir.Op("==", (ir.Index(var), index)), at),
                               integer=True),))
-            if flag is True:        # the flags as 1.0 and 0.0 while they are picked
+            if flag and not picked:   # flags are 1.0 and 0.0 while they are picked
                 value = ir.Op("where", (Mask((test, value)), ir.Const(1.0), ir.Const(0.0)))
-                flag = "picked"
             else:
                 value = ir.Op("where", (test, value, ir.Const(0.0)))
             value = Reduce("sum", value, dims.index(var))
             dims.remove(var)
+            picked = True
         if list(dims) != [d for d in f.order if d in dims]:
             raise NotFusable(f"{ir.to_text(node)} reads {node.tensor}'s tile transposed")
-        if flag == "picked":
+        if flag and picked:
             value = Test(ir.Op("!=", (value, ir.Const(0.0))), integer=False, scalar=not dims)
         return value, tuple(dims)
 
