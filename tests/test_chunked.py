@@ -3,6 +3,8 @@ against the recurrence as written under the float64 oracle, at lengths that are 
 multiple of the chunk, and refused with its reason where the recurrence is not linear
 attention's."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -131,7 +133,8 @@ def test_gates_at_most_one_compile_to_the_chunk_kernel(tmp_path, name):
     tl.dots: q k^T (a gate per head or none), the chunk's attention times V, the
     decayed keys times V into the state, the decayed queries times the state; GLA's
     decay per feature keeps its chunk attention a C x C x D sum, chunks of 16."""
-    schedule = _module(CHUNK_SPECS[name], tmp_path, name).SCHEDULE
+    module = _module(CHUNK_SPECS[name], tmp_path, name)
+    schedule = module.SCHEDULE
     assert schedule["derived"] and "split T -> T1, T0 by C" in schedule["cascade"]
     (kernel,) = schedule["kernels"]
     assert kernel["form"] == "steps" and kernel["uses_dot"]
@@ -142,6 +145,11 @@ def test_gates_at_most_one_compile_to_the_chunk_kernel(tmp_path, name):
     chunk = 16 if name == "gla" else 64
     assert f"C = {chunk}" in schedule["cascade"]
     assert kernel["dots"] == 4
+    # The chunk's decays as exp2 (ex2.ftz on the GPU). (With no gate they are
+    # exp(0): rule 4 keeps log-gates of 0 rather than dropping them, not yet pruned.)
+    source = Path(module.__file__).read_text()
+    loop = source[source.index(f"def {kernel['name']}("):source.index("TUNING_FUSED =")]
+    assert "tl.exp2(S_L" in loop
 
 
 @pytest.mark.parametrize("spec, why", [

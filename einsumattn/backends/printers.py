@@ -186,8 +186,9 @@ class TorchPrinter(PythonScalarPrinter):
             # -0.0 (the limit from below), which a division by it keeps; torch's
             # logsigmoid gives +0.0 there (the thorough hypothesis profile found
             # `I / logsigmoid(inf)`: -inf, not inf).
-            return self.print(ir.Op("neg", (ir.Op("softplus", (ir.Op("neg", args),)),)),
-                              context)
+            negated = args[0].args[0] if isinstance(args[0], ir.Op) and \
+                args[0].op == "neg" else ir.Op("neg", args)     # -(-x) is x exactly
+            return self.print(ir.Op("neg", (ir.Op("softplus", (negated,)),)), context)
         if op in self._TORCH:
             return f"{self._TORCH[op]}({self.print(args[0], 0)})"
         if op == "/" and not self.tensor(args[0]):

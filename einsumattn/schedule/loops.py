@@ -321,6 +321,19 @@ class LoopRoles:
         return DotPlan(einsum.tensor, tuple(sides["left"]), tuple(sides["right"]),
                        tuple(sides["after"]), rounded, exact)
 
+    def decay(self, exponent: ir.Expr) -> bool:
+        """Whether `exp(exponent)` is one of the chunk's decays: an exponent that reads
+        the chunk's prefix sums of log-gates only (rule 4's `S_L[t0] - S_L[tk]`,
+        `S_L[T0 - 1]`, ...: a sum over the chunk's key step under `tk <= t0`)."""
+        if self.chunk is None:
+            return False
+        causal = ir.Op("<=", (ir.Index(self.chunk.key), ir.Index(self.chunk.within)))
+        prefix = {e.tensor for e in self.cascade.einsums
+                  if e.reduce_op == "sum" and e.reduced == (self.chunk.key,) and
+                  causal in ir.conjuncts(e.filter)}
+        reads = ir.reads(exponent)
+        return bool(reads) and all(r.tensor in prefix for r in reads)
+
     @property
     def cubic(self) -> tuple[str, ...]:
         """The chunk form's sums that are no tl.dot and span three tile dimensions (the

@@ -48,7 +48,7 @@ from .interior import (NarrowIndices, NarrowOffsets, TmaLoads, advanced, carried
                        rows_clamped, without_masks)
 from .biases import added_biases
 from .scales import folded_scales
-from .shifts import LOG2E, max_shifted
+from .shifts import LOG2E, distributed, max_shifted
 from ..ir.expr import total
 from .lowering import LoweredKernel, Lowering, Offset, product, program_statements
 from .model import Bound, Role
@@ -180,7 +180,7 @@ class _Tiles(AttentionRoles, Lowering):
         if isinstance(expr, ir.Op) and expr.op == "sigmoid" and not in_index:
             # 1 / (1 + 2**(-x log2(e))), the factor distributed over the argument's terms
             # (where a scale of a tile takes it into its FMA: schedule/scales.py)
-            return k.SigmoidExp2(_times(super().expr(expr.args[0], at), -LOG2E))
+            return k.SigmoidExp2(distributed(super().expr(expr.args[0], at), -LOG2E))
         return super().expr(expr, at, in_index)
 
     def lowered(self, expr: ir.Expr, layout: tuple[str, ...], lanes):
@@ -1073,16 +1073,6 @@ def _as_stored(operand):
     if isinstance(operand, k.Load) and not operand.flag:
         return dataclasses.replace(operand, raw=True)
     return operand
-
-
-def _times(value, factor: float):
-    """`value * factor`, the constant distributed over sums and differences (each term
-    times it: the rounding of one multiply-add per term, against the product's one)."""
-    if isinstance(value, ir.Op) and value.op in ("+", "-") and len(value.args) == 2:
-        return ir.Op(value.op, tuple(_times(arg, factor) for arg in value.args))
-    if isinstance(value, ir.Op) and value.op == "neg":
-        return _times(value.args[0], -factor)
-    return ir.Op("*", (value, ir.Const(factor)))
 
 
 def _integer_test(op: str, left, right) -> k.Test:

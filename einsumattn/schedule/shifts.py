@@ -33,6 +33,16 @@ from ..transform.algebra import substitute
 LOG2E = 1.0 / math.log(2.0)
 
 
+def distributed(value, factor: float):
+    """`value * factor`, the constant distributed over sums and differences (each term
+    times it: the rounding of one multiply-add per term, against the product's one)."""
+    if isinstance(value, ir.Op) and value.op in ("+", "-") and len(value.args) == 2:
+        return ir.Op(value.op, tuple(distributed(arg, factor) for arg in value.args))
+    if isinstance(value, ir.Op) and value.op == "neg":
+        return distributed(value.args[0], -factor)
+    return ir.Op("*", (value, ir.Const(factor)))
+
+
 def max_shifted(cascade: Cascade, exponent: ir.Expr) -> bool:
     """Whether `exponent` is `A - B` with B >= A wherever A is present."""
     if not (isinstance(exponent, ir.Op) and exponent.op == "-" and len(exponent.args) == 2):
