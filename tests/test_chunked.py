@@ -145,11 +145,12 @@ def test_gates_at_most_one_compile_to_the_chunk_kernel(tmp_path, name):
     chunk = 16 if name == "gla" else 64
     assert f"C = {chunk}" in schedule["cascade"]
     assert kernel["dots"] == 4
-    # The chunk's decays as exp2 (ex2.ftz on the GPU). (With no gate they are
-    # exp(0): rule 4 keeps log-gates of 0 rather than dropping them, not yet pruned.)
+    # The chunk's decays as exp2 (ex2.ftz on the GPU); with no gate, none (rule 4
+    # writes no log-gates of 0).
     source = Path(module.__file__).read_text()
     loop = source[source.index(f"def {kernel['name']}("):source.index("TUNING_FUSED =")]
-    assert "tl.exp2(S_L" in loop
+    assert ("tl.exp2(S_L" in loop) == (name != "no gate")
+    assert ("S_L" in schedule["cascade"]) == (name != "no gate")
 
 
 @pytest.mark.parametrize("spec, why", [

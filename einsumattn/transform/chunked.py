@@ -370,7 +370,15 @@ def _assembled(cascade: Cascade, state: Einsum, reader: Einsum, chunk: int,
     names = {part: fresh(f"{name}_{part}") for part in ("L", "A", "KV", "C")}
     names["intra"] = fresh(f"{reader.tensor}_intra")
     names["inter"] = fresh(f"{reader.tensor}_inter")
-    decay = lambda a, b: ir.Op("exp", (ir.Op("-", (a, b)),))   # noqa: E731
+    # A gate of 1 (plain causal linear attention: log-gates of 0) has no decays: no
+    # cumulative log-gates, no exponentials of their differences (all exp(0)).
+    decayed = not is_zero(Algebra().to_sympy(log_gate))
+
+    def decay(a: ir.Expr, b: ir.Expr | None = None) -> list[ir.Expr]:
+        """[exp(a - b)] (exp(a) without b), or none where there is no decay."""
+        if not decayed:
+            return []
+        return [ir.Op("exp", (a if b is None else ir.Op("-", (a, b)),))]
     causal = ir.Op("<=", (ir.Index(xk), ir.Index(x0)))
     inside = ir.Op("<", (at(ir.Index(xk)), ir.Dim(rank)))
     k_at = [chunk_of(f, xk) for f in keys]
@@ -381,29 +389,30 @@ def _assembled(cascade: Cascade, state: Einsum, reader: Einsum, chunk: int,
     # The state's ranks with the step replaced by the chunk, then the features.
     state_left = left(state.indices, within=False)
     einsums = [e for e in cascade.einsums if e.tensor not in (name, reader.tensor)]
+    if decayed:
+        einsums.append(Einsum(
+            names["L"], left(tuple(v for v in state.indices if v == x or v in gated)),
+            chunk_of(log_gate, xk), "sum", (xk,), ir.Op("and", (causal, inside)),
+            explicit_reduction=True))
     einsums += [
-        Einsum(names["L"], left(tuple(v for v in state.indices if v == x or v in gated)),
-               chunk_of(log_gate, xk), "sum", (xk,), ir.Op("and", (causal, inside)),
-               explicit_reduction=True),
         Einsum(names["A"], attention_left,
-               ir.product(q_at + k_at + [decay(cumulative(ir.Index(x0)),
-                                             cumulative(ir.Index(xk)))]),
+               ir.product(q_at + k_at + decay(cumulative(ir.Index(x0)),
+                                              cumulative(ir.Index(xk)))),
                "sum", tuple(v for v in state.indices if v in kd), causal,
                explicit_reduction=True),
         Einsum(names["intra"], left(reader.indices),
                ir.product([plain(names["A"], attention_left)] + v_at), "sum", (xk,),
                explicit_reduction=True),
         Einsum(names["KV"], state_left,
-               ir.product([decay(cumulative(last), cumulative(ir.Index(xk)))] + k_at + v_at),
+               ir.product(decay(cumulative(last), cumulative(ir.Index(xk))) + k_at + v_at),
                "sum", (xk,), explicit_reduction=True),
         Einsum(names["C"], state_left,
-               ir.Op("+", (ir.Op("*", (ir.Op("exp", (cumulative(last),)),
-                                       plain(names["C"], state_left))),
+               ir.Op("+", (ir.product(decay(cumulative(last)) + [plain(names["C"], state_left)]),
                            plain(names["KV"], state_left))),
                iterative=state_left.index(x1), init=ir.Const(0)),
         Einsum(names["inter"], left(reader.indices),
-               ir.product(q_at + [ir.Op("exp", (cumulative(ir.Index(x0)),)),
-                                  plain(names["C"], state_left)]),
+               ir.product(q_at + decay(cumulative(ir.Index(x0))) +
+                          [plain(names["C"], state_left)]),
                "sum", tuple(v for v in state.indices if v in kd), explicit_reduction=True),
     ]
     position = tuple(ir.Op("//", (ir.Index(x), ir.Dim(inner))) if v == x1 else
@@ -415,5 +424,6 @@ def _assembled(cascade: Cascade, state: Einsum, reader: Einsum, chunk: int,
                       removable={name})
     words = f"{x} = {x1}*{inner} + {x0}, {inner} = {size} = {chunk}; {xk} a second step " \
             f"of the chunk"
-    return result, tuple(names[p] for p in ("L", "A", "intra", "KV", "C", "inter")) + \
-        (reader.tensor,), words
+    parts = ("L", "A", "intra", "KV", "C", "inter") if decayed else \
+        ("A", "intra", "KV", "C", "inter")
+    return result, tuple(names[p] for p in parts) + (reader.tensor,), words
