@@ -195,3 +195,24 @@ def test_a_split_index_leaves_its_rank_where_the_tile_does_not_divide_it():
     assert _not_positive_somewhere(sympy.expand(beyond))
     assert not provably_positive(beyond)
     assert provably_positive(M - (M - 1))
+
+
+T = sympy.Symbol("T", integer=True, positive=True)
+
+
+@pytest.mark.parametrize("value, positive", [
+    (sympy.ceiling(T / 64) - T / 64 + sympy.Rational(1, 64), True),    # a chunk count
+    (2 * sympy.ceiling(T / 16) - 2 * T / 16 + 1, True),
+    (T - 64 * sympy.ceiling(T / 64) + 1, False),      # the last chunk passes T
+    (sympy.floor(T / 64) - T / 64 + sympy.Rational(1, 64), False),
+    (T / 64 - sympy.floor(T / 64) + sympy.Rational(1, 64), True),
+], ids=str)
+def test_a_rounded_chunk_count_is_proved_without_simplify(monkeypatch, value, positive):
+    """ceiling(y) >= y and floor(y) <= y settle rule 4's chunk counts against their
+    steps (compiling examples/gla.attn asked sympy.simplify for them); the samples still
+    refute what is false, and the answer is sympy's."""
+    from einsumattn.ir.intervals import provably_positive
+
+    monkeypatch.setattr(sympy, "simplify", lambda value, *a, **k: pytest.fail(
+        f"simplify({value})") if positive else value)
+    assert provably_positive(value) is positive

@@ -42,7 +42,27 @@ def provably_positive(value: sympy.Expr) -> bool:
         return True
     if _not_positive_somewhere(expanded):
         return False
+    lower = _rounding_dropped(expanded)
+    if lower is not None and provably(sympy.expand(lower) > 0):
+        return True
     return provably(sympy.simplify(value) > 0)
+
+
+def _rounding_dropped(value: sympy.Expr) -> sympy.Expr | None:
+    """A lower bound of a sum without its roundings: ceiling(y) >= y where its coefficient
+    is positive, floor(y) <= y where it is negative (a chunk count against the steps it
+    covers: `ceiling(T/64) - T/64 + 1/64 > 0`); None where a rounding stands otherwise."""
+    terms = []
+    for term in sympy.Add.make_args(value):
+        coefficient, rest = term.as_coeff_Mul()
+        if isinstance(rest, (sympy.ceiling, sympy.floor)):
+            if (coefficient > 0) != isinstance(rest, sympy.ceiling):
+                return None
+            rest = rest.args[0]
+        elif rest.has(sympy.ceiling, sympy.floor):
+            return None
+        terms.append(coefficient * rest)
+    return sympy.Add(*terms)
 
 
 def _not_positive_somewhere(value: sympy.Expr) -> bool:
