@@ -11,11 +11,12 @@ from hypothesis import given, settings, strategies as st
 
 import einsumattn
 from einsumattn.evaluate import evaluate
+from einsumattn.ir import expr as ir
 from einsumattn.ir.printer import cascade_text
 from einsumattn.transform import CHUNKED, rewrite
 from einsumattn.transform.chunked import chunk_recurrences
 
-from conftest import ROOT, examples
+from conftest import ROOT, compiled_specs, examples
 
 GLA = ROOT / "examples" / "gla_recurrent.attn"
 
@@ -114,17 +115,12 @@ def test_rewrite_prints_the_chunked_form_with_its_proof():
 
 
 PAPER_GLA = ROOT / "examples" / "gla.attn"     # gates sigmoid(x)^(1/16): at most 1
-CHUNK_SPECS = {"gla": PAPER_GLA, "retention": RETENTION, "no gate": NO_GATE}
+CHUNK_SPECS = {"gla": PAPER_GLA.read_text(), "retention": RETENTION, "no_gate": NO_GATE}
 
 
-def _module(spec, tmp_path, name):
-    from einsumattn.codegen import compile_to_file
-    from einsumattn.codegen.compile import import_file
-
-    path = spec if not isinstance(spec, str) else tmp_path / f"{name}.attn"
-    if isinstance(spec, str):
-        path.write_text(spec)
-    return import_file(compile_to_file(path, tmp_path), f"chunk_{name.replace(' ', '_')}")
+def _compiled(tmp_path, name):
+    """(cascade, generated module) of one of CHUNK_SPECS."""
+    return compiled_specs(tmp_path, {name: CHUNK_SPECS[name]}, "chunk")[name]
 
 
 @pytest.mark.parametrize("name", CHUNK_SPECS)
@@ -133,7 +129,7 @@ def test_gates_at_most_one_compile_to_the_chunk_kernel(tmp_path, name):
     tl.dots: q k^T (a gate per head or none), the chunk's attention times V, the
     decayed keys times V into the state, the decayed queries times the state; GLA's
     decay per feature keeps its chunk attention a C x C x D sum, chunks of 16."""
-    module = _module(CHUNK_SPECS[name], tmp_path, name)
+    _, module = _compiled(tmp_path, name)
     schedule = module.SCHEDULE
     assert schedule["derived"] and "split T -> T1, T0 by C" in schedule["cascade"]
     (kernel,) = schedule["kernels"]
@@ -141,7 +137,7 @@ def test_gates_at_most_one_compile_to_the_chunk_kernel(tmp_path, name):
     assert [loop["var"] for loop in kernel["loops"]] == ["t1"]
     assert kernel["tensors"]["S_C"]["role"] == "carried"
     assert kernel["grid"]["batch"] == tuple(v for v in ("b", "h") if v != "h" or
-                                            name != "no gate")
+                                            name != "no_gate")
     chunk = 16 if name == "gla" else 64
     assert f"C = {chunk}" in schedule["cascade"]
     assert kernel["dots"] == 4
@@ -149,8 +145,8 @@ def test_gates_at_most_one_compile_to_the_chunk_kernel(tmp_path, name):
     # writes no log-gates of 0).
     source = Path(module.__file__).read_text()
     loop = source[source.index(f"def {kernel['name']}("):source.index("TUNING_FUSED =")]
-    assert ("tl.exp2(S_L" in loop) == (name != "no gate")
-    assert ("S_L" in schedule["cascade"]) == (name != "no gate")
+    assert ("tl.exp2(S_L" in loop) == (name != "no_gate")
+    assert ("S_L" in schedule["cascade"]) == (name != "no_gate")
 
 
 @pytest.mark.parametrize("spec, why", [
@@ -188,7 +184,7 @@ def _references(name):
 
     return {"gla": ref.gla,
             "retention": lambda q, k, v: ref.retention(q, k, v, scale=1.0),
-            "no gate": causal_linear}[name]
+            "no_gate": causal_linear}[name]
 
 
 @pytest.mark.parametrize("length", [1, 17, 70])
@@ -199,8 +195,7 @@ def test_the_chunk_kernel_matches_the_oracle_and_the_references(tmp_path, name, 
     hand-written reference."""
     import torch
 
-    module = _module(CHUNK_SPECS[name], tmp_path, name)
-    cascade = einsumattn.load(CHUNK_SPECS[name])
+    cascade, module = _compiled(tmp_path, name)
     sizes = dict(B=1, H=2, T=length, D=5, F=3)
     inputs = _inputs(cascade, sizes, length)
     expected = evaluate(cascade, inputs)["O"]
@@ -220,8 +215,7 @@ def test_the_gla_chunk_kernel_at_extreme_gates(tmp_path, gate):
     state a plain running sum. float32 against the oracle, at an odd length."""
     import torch
 
-    module = _module(PAPER_GLA, tmp_path, "gla_extreme")
-    cascade = einsumattn.load(PAPER_GLA)
+    cascade, module = _compiled(tmp_path, "gla")
     inputs = _inputs(cascade, dict(B=1, H=1, T=37, D=5, F=3), 4)
     inputs["GX"] = gate + np.random.default_rng(4).normal(size=inputs["GX"].shape)
     expected = evaluate(cascade, inputs)["O"]
@@ -251,9 +245,7 @@ def test_the_chunk_kernel_in_half_precision(tmp_path, name, dtype):
 
     import torch
 
-    module = _module(CHUNK_SPECS[name], tmp_path, name)
-    cascade = einsumattn.load(CHUNK_SPECS[name])
-
+    cascade, module = _compiled(tmp_path, name)
     inputs = _inputs(cascade, dict(B=1, H=2, T=37, D=5, F=3), 1)
     inputs = {k: torch.tensor(v).to(getattr(torch, dtype)).double().numpy()
               for k, v in inputs.items()}          # what the kernel is given, exactly
@@ -335,3 +327,41 @@ def test_a_gate_per_head_leaves_the_chunk_s_attention_a_plain_contraction():
     inputs = _inputs(cascade, dict(B=1, H=2, T=10, D=3, F=2), 1)
     np.testing.assert_allclose(evaluate(result.cascade, inputs)["O"],
                                evaluate(cascade, inputs)["O"], rtol=1e-10, atol=1e-12)
+
+
+SIGNED = einsumattn.load("""attention signed
+dims  T, S
+input X[t], Y[s]
+E[t] = exp(X[t])
+M[t] = max[s] exp(Y[s] + X[t])
+output E, M
+""")
+X = ir.Read("X", (ir.Index("t"),))
+
+
+@pytest.mark.parametrize("expr, expected", [
+    (ir.Op("logsigmoid", (X,)), -1),
+    (ir.Op("/", (ir.Op("logsigmoid", (X,)), ir.Const(16))), -1),
+    (ir.Op("neg", (ir.Op("softplus", (X,)),)), -1),
+    (ir.Op("min", (X, ir.Const(0))), -1),
+    (ir.Op("min", (ir.Op("exp", (X,)), ir.Const(0))), 0),      # min(>= 0, 0) is 0
+    (ir.Op("max", (X, ir.Const(0))), 1),
+    (ir.Read("E", (ir.Index("t"),)), 1),                        # exp(X), through E
+    (ir.Read("M", (ir.Index("t"),)), None),   # a max: -inf where it reduces nothing
+    (X, None),
+    (ir.Op("-", (X, X)), None),           # structural: not proved 0
+    (ir.Op("/", (ir.Const(1), ir.Op("-", (ir.Dim("T"), ir.Dim("T"))))), None),  # 1 / 0
+    (ir.Op("log", (ir.Op("-", (ir.Const(1), ir.Op("**", (ir.Const(2), ir.Op("-", (
+        ir.Const(-5), ir.Index("t"))))))),)), -1),              # RetNet's log-decay
+    (ir.Op("log", (ir.Op("exp", (X,)),)), None),
+    (ir.Op("where", (ir.Op("<", (X, ir.Const(0))), X, ir.Const(-1.0))), None),
+    (ir.Op("where", (ir.Op("<", (X, ir.Const(0))), ir.Op("logsigmoid", (X,)),
+                     ir.Const(-1.0))), -1),
+], ids=lambda value: ir.to_text(value) if isinstance(value, ir.Expr) else str(value))
+def test_sign_proves_only_what_holds(expr, expected):
+    """The sign analysis rule 4's kernel choice (log-gates <= 0) and the canonical
+    form's log rule (y >= 0) share: each claim holds at every value, and what it cannot
+    prove it says so (None)."""
+    from einsumattn.transform.algebra import sign
+
+    assert sign(SIGNED, expr) == expected

@@ -29,6 +29,7 @@ reason.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from ..analysis.presence import Condition, absent_tensors, einsum_conditions, point_conditions
@@ -286,6 +287,16 @@ class LoopRoles:
         return einsum_conditions(self.cascade, einsum, self.absent)
 
     # ---------------------------------------------------------------- the chunk's dots
+    def space(self, einsum: Einsum) -> tuple[str, ...]:
+        """The tile dimensions of an Einsum's iteration space (its left side and what it
+        reduces, but the batch and the step)."""
+        return self.layout(set(einsum.variables) - {self.step} - set(self.batch))
+
+    def reduced_tile(self, einsum: Einsum) -> list[str]:
+        """The tile dimensions an Einsum reduces inside a tile."""
+        layout = self.layouts[einsum.tensor]
+        return [d for d in self.space(einsum) if d not in layout]
+
     def tile_dims(self, variables) -> set[str]:
         """The tile dimensions an expression or condition over `variables` varies along."""
         return self.own(variables) & set(self.order)
@@ -298,10 +309,7 @@ class LoopRoles:
         attention: a C x C x D sum) or the form is not the chunk's."""
         if self.chunk is None or einsum.reduce_op != "sum":
             return None
-        layout = self.layouts[einsum.tensor]
-        space = self.layout(set(einsum.variables) - {self.step} - set(self.batch))
-        reduced = [d for d in space if d not in layout]
-        if len(layout) != 2 or len(reduced) != 1:
+        if len(self.layouts[einsum.tensor]) != 2 or len(self.reduced_tile(einsum)) != 1:
             return None
         sides: dict[str, list] = {"left": [], "right": [], "after": []}
         for factor in ir.product_factors(einsum.body):
@@ -325,14 +333,18 @@ class LoopRoles:
         """Whether `exp(exponent)` is one of the chunk's decays: an exponent that reads
         the chunk's prefix sums of log-gates only (rule 4's `S_L[t0] - S_L[tk]`,
         `S_L[T0 - 1]`, ...: a sum over the chunk's key step under `tk <= t0`)."""
-        if self.chunk is None:
-            return False
-        causal = ir.Op("<=", (ir.Index(self.chunk.key), ir.Index(self.chunk.within)))
-        prefix = {e.tensor for e in self.cascade.einsums
-                  if e.reduce_op == "sum" and e.reduced == (self.chunk.key,) and
-                  causal in ir.conjuncts(e.filter)}
         reads = ir.reads(exponent)
-        return bool(reads) and all(r.tensor in prefix for r in reads)
+        return bool(reads) and all(r.tensor in self.prefix_sums for r in reads)
+
+    @functools.cached_property
+    def prefix_sums(self) -> frozenset[str]:
+        """The chunk form's sums over the chunk's key step under `tk <= t0`."""
+        if self.chunk is None:
+            return frozenset()
+        causal = ir.Op("<=", (ir.Index(self.chunk.key), ir.Index(self.chunk.within)))
+        return frozenset(e.tensor for e in self.cascade.einsums
+                         if e.reduce_op == "sum" and e.reduced == (self.chunk.key,) and
+                         causal in ir.conjuncts(e.filter))
 
     @property
     def cubic(self) -> tuple[str, ...]:
@@ -340,16 +352,14 @@ class LoopRoles:
         chunk's attention with a decay per feature: C x C x D values per chunk)."""
         return tuple(e.tensor for e in self.cascade.einsums
                      if self.chunk is not None and e.reduce_op is not None and
-                     self.dot_plan(e) is None and
-                     len(self.layout(set(e.variables) - {self.step} - set(self.batch))) > 2)
+                     self.dot_plan(e) is None and len(self.space(e)) > 2)
 
     def dot_side(self, einsum: Einsum, dims: set[str]) -> str | None:
         """Which operand of `einsum`'s dot a factor or condition over the tile dims `dims`
         belongs to: 'left' (the reduced r and rows i), 'right' (r and columns j), 'after'
         (no r: applied to the product); None if it spans i, r and j."""
         i, j = self.layouts[einsum.tensor]
-        space = self.layout(set(einsum.variables) - {self.step} - set(self.batch))
-        r = next(d for d in space if d not in (i, j))
+        r = self.reduced_tile(einsum)[0]
         if r not in dims:
             return "after" if dims <= {i, j} else None
         if dims <= {i, r}:

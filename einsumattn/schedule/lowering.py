@@ -497,7 +497,7 @@ class _Loops(Lowering):
             found.append(Let(name, ir.Op("+", (self._expr(einsum.body, layout),
                                                self._zeros(layout)))))
         else:
-            space = f.layout(set(einsum.variables) - {f.step} - set(f.batch))
+            space = f.space(einsum)
             value = ir.Op("where", (self._all(f.conditions(einsum), space),
                                     self._expr(einsum.body, space),
                                     ir.Const(ir.REDUCTION_IDENTITY[einsum.reduce_op])))
@@ -518,8 +518,7 @@ class _Loops(Lowering):
         applied to the product."""
         f = self.f
         layout = f.layouts[einsum.tensor]
-        space = f.layout(set(einsum.variables) - {f.step} - set(f.batch))
-        reduced = next(d for d in space if d not in layout)
+        (reduced,) = f.reduced_tile(einsum)
         conditions = {"left": [], "right": [], "after": []}
         for condition in f.conditions(einsum):
             conditions[f.dot_side(einsum, f.tile_dims(condition.variables))].append(condition)

@@ -299,3 +299,80 @@ def prove_equal(before: ir.Expr, after: ir.Expr) -> bool:
     """The proof obligation of a step: `before - after` simplifies to zero."""
     algebra = Algebra()
     return is_zero(algebra.to_sympy(before) - algebra.to_sympy(after))
+
+
+_NONNEGATIVE = frozenset({"exp", "sigmoid", "softplus", "relu", "abs", "sqrt"})
+
+
+def sign(cascade, expr: ir.Expr) -> int | None:
+    """-1 where every value of `expr` is provably <= 0, 1 where >= 0, 0 where it is 0
+    (or NaN, in each case); None where neither is proved. Structural: exponentials,
+    square roots, sizes, indices and constants; sums, differences, products, quotients,
+    min, max and where of those; a read of an input may be anything, one of a tensor has
+    the sign of what its Einsum computes (elementwise or a sum, not a max or min, whose
+    empty identity is -inf or +inf, nor a recurrence). A constant without tensors or
+    params goes to sympy's assumptions (sizes and indices >= 0: RetNet's
+    `log(1 - 2 ** (-5 - h))` <= 0). The canonical form's `exp(x - log(y))` needs y >= 0,
+    rule 4's chunk kernel log-gates <= 0."""
+    if isinstance(expr, ir.Const):
+        value = expr.value
+        return None if value != value else (value > 0) - (value < 0)
+    if isinstance(expr, (ir.Index, ir.Dim)):
+        return 1
+    if isinstance(expr, ir.Read):
+        tensor = cascade.tensors[expr.tensor]
+        if tensor.is_input or tensor.iterative is not None:
+            return None
+        producer = cascade.einsum(expr.tensor)
+        return sign(cascade, producer.body) if producer.reduce_op in (None, "sum") else None
+    if not isinstance(expr, ir.Op):
+        return None
+    if not ir.reads(expr) and not any(isinstance(n, ir.Param) for n in ir.walk(expr)):
+        found = _constant_sign(expr)
+        if found is not None:
+            return found
+    op = expr.op
+    if op in _NONNEGATIVE:
+        return 1
+    if op == "logsigmoid":
+        return -1
+    if op == "log":        # log x <= 0 where x <= 1: 1 - x >= 0
+        return -1 if sign(cascade, ir.Op("-", (ir.Const(1), expr.args[0]))) in (0, 1) \
+            else None
+    signs = [sign(cascade, arg) for arg in expr.args]
+    if op == "neg":
+        return None if signs[0] is None else -signs[0]
+    if op in ("*", "/"):
+        if None in signs or (op == "/" and signs[1] == 0):     # x / 0: inf or NaN
+            return None
+        return signs[0] * signs[1]
+    if op == "-":
+        op, signs = "+", [signs[0], None if signs[1] is None else -signs[1]]
+    if op == "+":
+        if signs[0] == signs[1] or signs[1] == 0:
+            return signs[0]
+        return signs[1] if signs[0] == 0 else None
+    if op in ("min", "max"):
+        # min: of values all >= 0 (0 if one is 0), else <= 0 if one is; max mirrored.
+        low, high = (-1, 1) if op == "min" else (1, -1)
+        if all(found in (0, high) for found in signs):
+            return 0 if 0 in signs else high
+        return low if any(found in (0, low) for found in signs) else None
+    if op == "where":
+        return signs[1] if signs[1] == signs[2] else None
+    return None
+
+
+def _constant_sign(expr: ir.Expr) -> int | None:
+    """The sign of an expression without tensors or params, from sympy's assumptions."""
+    try:
+        value = Algebra().to_sympy(expr)
+    except NotAlgebraic:
+        return None
+    value = value.xreplace({v: sympy.Symbol(v.name, nonnegative=True, integer=True)
+                            for v in value.free_symbols})
+    if value.is_zero:
+        return 0
+    if value.is_nonpositive:
+        return -1
+    return 1 if value.is_nonnegative else None

@@ -109,7 +109,7 @@ from ..ir import Cascade, Einsum
 from ..ir import expr as ir
 from ..ir.intervals import interval, provably
 from .algebra import (Algebra, NotAlgebraic, is_zero, prove_equal, rebuild, replace_reads,
-                      substitute)
+                      sign, substitute)
 from .edit import assemble, fixed_point, fresh_name, with_body
 from .factor import _flatten, inline
 from .steps import Blocked, Step
@@ -350,31 +350,6 @@ def _sum_of(terms: list[tuple[int, ir.Expr]]) -> ir.Expr:
     return ir.Const(0.0) if result is None else result
 
 
-def _nonnegative(cascade: Cascade, expr: ir.Expr) -> bool:
-    """Whether every value of `expr` is >= 0 (or NaN): sums, products and quotients of
-    exponentials, square roots, sizes, nonnegative constants and of tensors so computed
-    (sums and elementwise, not a max or min, whose empty identity is -inf or +inf)."""
-    if isinstance(expr, ir.Const):
-        return expr.value >= 0
-    if isinstance(expr, ir.Dim):
-        return True
-    if isinstance(expr, ir.Read):
-        tensor = cascade.tensors[expr.tensor]
-        if tensor.is_input or tensor.iterative is not None:
-            return False
-        producer = cascade.einsum(expr.tensor)
-        return producer.reduce_op in (None, "sum") and _nonnegative(cascade, producer.body)
-    if not isinstance(expr, ir.Op):
-        return False
-    if expr.op in ("exp", "sqrt", "abs", "relu", "sigmoid", "softplus"):
-        return True
-    if expr.op in ("+", "*", "/", "min"):
-        return all(_nonnegative(cascade, a) for a in expr.args)
-    if expr.op == "max":
-        return any(_nonnegative(cascade, a) for a in expr.args)
-    return False
-
-
 def _log_out_of_exp(cascade: Cascade, einsum: Einsum):
     """`exp(x - log(y))` -> `exp(x) / y` and `exp(x + log(y))` -> `exp(x) * y`, after
     inlining the elementwise tensors of the exponent (the log-sum-exp spelling of
@@ -395,7 +370,7 @@ def _log_out_of_exp(cascade: Cascade, einsum: Einsum):
         else:
             continue
         for _, term in logs:
-            if not _nonnegative(cascade, term.args[0]):
+            if sign(cascade, term.args[0]) not in (0, 1):
                 return Blocked(LOG, einsum.tensor, f"{ir.to_text(term.args[0])} is not "
                                f"proved nonnegative: exp(x - log(y)) is NaN where y < 0, "
                                f"exp(x) / y is not")

@@ -59,7 +59,7 @@ import sympy
 
 from ..ir import Cascade, Einsum, Rank, Split
 from ..ir import expr as ir
-from .algebra import Algebra, NotAlgebraic, is_zero, substitute
+from .algebra import Algebra, NotAlgebraic, is_zero, sign, substitute
 from .edit import assemble, fresh_name
 from .steps import Blocked, Step
 
@@ -96,7 +96,7 @@ def decaying(cascade: Cascade) -> bool:
             continue
         parts = _gate_and_update(state)
         log_gate = None if parts is None else _log_gate(parts[0])
-        if log_gate is None or _sign(cascade, log_gate) not in (-1, 0):
+        if log_gate is None or sign(cascade, log_gate) not in (-1, 0):
             return False
     return True
 
@@ -115,70 +115,6 @@ def _gate_and_update(state: Einsum) -> tuple[ir.Expr, ir.Expr] | None:
     factors = ir.product_factors(with_state[0])
     factors.remove(previous)
     return ir.product(factors), update[0]
-
-
-_NONNEGATIVE = frozenset({"exp", "sigmoid", "softplus", "relu", "abs", "sqrt"})
-
-
-def _sign(cascade: Cascade, expr: ir.Expr) -> int | None:
-    """-1 where `expr` is provably <= 0 at every point, 1 where >= 0, 0 where it is 0;
-    None where neither is proved. Structural (a read of an input may be anything; one
-    of an intermediate has the sign of what its Einsum computes), with sympy for the
-    constants: sizes and indices are >= 0."""
-    if not ir.reads(expr) and not any(isinstance(n, ir.Param) for n in ir.walk(expr)):
-        try:
-            value = Algebra().to_sympy(expr)
-        except NotAlgebraic:
-            value = None
-        if value is not None:
-            value = value.xreplace({v: sympy.Symbol(v.name, nonnegative=True, integer=True)
-                                    for v in value.free_symbols})
-            if value.is_zero:
-                return 0
-            if value.is_nonpositive:
-                return -1
-            if value.is_nonnegative:
-                return 1
-    if isinstance(expr, (ir.Index, ir.Dim)):
-        return 1
-    if isinstance(expr, ir.Read):
-        tensor = cascade.tensors[expr.tensor]
-        if tensor.is_input:
-            return None
-        einsum = cascade.einsum(expr.tensor)
-        if einsum.iterative is not None or einsum.reduce_op not in (None, "sum", "max",
-                                                                    "min"):
-            return None
-        return _sign(cascade, einsum.body)
-    if not isinstance(expr, ir.Op):
-        return None
-    signs = [_sign(cascade, a) for a in expr.args]
-    op = expr.op
-    if op in _NONNEGATIVE:
-        return 1
-    if op == "logsigmoid":
-        return -1
-    if op == "log":        # log x <= 0 where x <= 1: 1 - x >= 0
-        return -1 if _sign(cascade, ir.Op("-", (ir.Const(1), expr.args[0]))) in (0, 1) \
-            else None
-    if op == "neg":
-        return None if signs[0] is None else -signs[0]
-    if op in ("*", "/"):
-        return None if None in signs else signs[0] * signs[1]
-    if op == "+":
-        return signs[0] if signs[0] == signs[1] else \
-            (signs[1] if signs[0] == 0 else signs[0] if signs[1] == 0 else None)
-    if op == "-":
-        flipped = None if signs[1] is None else -signs[1]
-        return signs[0] if signs[0] == flipped else \
-            (flipped if signs[0] == 0 else signs[0] if flipped == 0 else None)
-    if op == "min":
-        return -1 if -1 in signs or 0 in signs else None
-    if op == "max":
-        return 1 if 1 in signs or 0 in signs else None
-    if op == "where":
-        return signs[1] if signs[1] == signs[2] else None
-    return None
 
 
 def _variables(expr: ir.Expr) -> set[str]:
