@@ -214,6 +214,42 @@ def _rewrite_section(result, fmt: str):
     return "\n" + "\n".join(lines)
 
 
+def _merge_note(cascade, tile: int) -> str:
+    """compile --merge's line: what the module's partial states hold, or why none."""
+    from .transform.merge import Merge, derive_merge
+
+    merge = derive_merge(cascade, tile=tile)
+    if not isinstance(merge, Merge):
+        return f"no partial, merge, finish: {merge.reason}"
+    return (f"partial, merge, finish over ranges of {merge.rank}; the state is "
+            + ", ".join(part.name for part in merge.parts))
+
+
+def _merge_section(cascade, tile: int, fmt: str):
+    """analyze's account of the merge of partial states (transform/merge.py)."""
+    from .ir.printer import einsum_text
+    from .transform.merge import Merge, derive_merge
+
+    merge = derive_merge(cascade, tile=tile)
+    if fmt == "json":
+        if not isinstance(merge, Merge):
+            return {"refused": merge.reason, "tensor": merge.tensor}
+        return {"rank": merge.rank,
+                "state": [{"name": p.name, "kind": p.kind, "ranks": list(p.ranks),
+                           "shift": p.shift} for p in merge.parts],
+                "log_sum_exp": list(merge.lse) if merge.lse else None,
+                "merge": [einsum_text(merge.combine, e) for e in merge.combine.einsums],
+                "finish": [einsum_text(merge.finish, e) for e in merge.finish.einsums],
+                "proved": list(merge.proofs)}
+    title = "Merge of partial states (split-KV, context parallelism)"
+    lines = [f"  {line}" for line in merge.lines()] if isinstance(merge, Merge) else \
+        [f"  refused: {merge.explain()}"]
+    if fmt == "md":
+        return "\n## " + title + "\n\n" + "\n".join(
+            ("  - " if line.startswith("    ") else "- ") + line.strip() for line in lines)
+    return "\n" + "\n".join([title, *lines])
+
+
 def _cmd_analyze(args) -> int:
     import json
 
@@ -226,12 +262,14 @@ def _cmd_analyze(args) -> int:
     text = report.render(args.format)
     if args.format != "dot":
         section = _rewrite_section(rewrite(cascade, tile=args.tile), args.format)
+        merge = _merge_section(cascade, args.tile, args.format)
         if args.format == "json":
             data = json.loads(text)
             data["rewrite"] = section
+            data["merge"] = merge
             text = json.dumps(data, indent=2)
         else:
-            text = text.rstrip("\n") + "\n" + section
+            text = text.rstrip("\n") + "\n" + section + "\n" + merge
     if args.output:
         _write_text(args.output, text if text.endswith("\n") else text + "\n")
     else:
@@ -280,8 +318,11 @@ def _cmd_compile(args) -> int:
     plan = Plan(cascade, rewrite=not args.no_rewrite, tile=args.tile, train=args.train)
     with _writing_to(args.output, "give -o a folder you can write to"):
         path = compile_to_file(cascade, args.output, rewrite=not args.no_rewrite,
-                               tile=args.tile, train=args.train, plan=plan)
+                               tile=args.tile, train=args.train, merge=args.merge,
+                               plan=plan)
     print(f"wrote {path}")
+    if args.merge:
+        print(f"  merge: {_merge_note(cascade, args.tile)}")
     for line in plan.summary().splitlines():
         print(f"  {line}")
     return EXIT_OK
@@ -307,7 +348,9 @@ def _cmd_check(args) -> int:
                   "small sizes)")
     with _writing_to(cache_dir(), "set EINSUMATTN_CACHE_DIR to a folder you can write to"):
         module = compile_spec(Path(args.spec), rewrite=not args.no_rewrite, tile=args.tile,
-                              train=args.train)
+                              train=args.train, merge=args.merge)
+    if args.merge:
+        print(f"merge: {_merge_note(cascade, args.tile)}")
     backends = tuple(module.BACKENDS) if args.backend == "all" else (args.backend,)
     # A backend that does not apply to this spec (the module says why) is not checked.
     unavailable = [module.BACKENDS[b] for b in backends if module.BACKENDS[b] is not None]
@@ -401,6 +444,9 @@ def _rewrite_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train", action="store_true",
                    help="add the backward's kernels: backend='triton' trains with them "
                         "(docs/gradients.md, the fast backward)")
+    p.add_argument("--merge", action="store_true",
+                   help="add partial, merge and finish: the merge of partial states over "
+                        "key ranges, for split-KV and context parallelism (docs/merge.md)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -504,6 +504,28 @@ def _backward_kernels(module, training: dict, inputs: dict, case: Case):
                                    rounding=DotRounding(backward, rounded) if rounded else None)
 
 
+def merged_outputs(module, cascade: Cascade, inputs: dict):
+    """The outputs of a module compiled with --merge, through its public pieces: the
+    streamed rank cut into three ranges (fewer where it is shorter), `partial` on each,
+    `merge` left to right, `finish`."""
+    merge = module.MERGE
+    rank = merge["rank"]
+    holder = next(t for t in cascade.inputs if rank in t.ranks)
+    size = inputs[holder.name].shape[holder.ranks.index(rank)]
+    bounds = sorted({0, size // 3, 2 * size // 3, size})
+    state = None
+    for start, stop in zip(bounds, bounds[1:]):
+        shard = [value.narrow(t.ranks.index(rank), start, stop - start)
+                 if rank in t.ranks else value
+                 for t, value in zip(cascade.inputs, inputs.values())]
+        part = module.partial(*shard, **{merge["start"]: start, merge["count"]: size})
+        state = part if state is None else module.merge(state, part)
+    keywords = {name: {merge["start"]: 0, merge["count"]: size}[name]
+                for name in merge["finish_keywords"]}
+    return module.finish(state, *(inputs[name] for name in merge["finish_inputs"]),
+                         **keywords)
+
+
 def _detached(outputs):
     return tuple(o.detach() for o in outputs) if isinstance(outputs, tuple) else \
         outputs.detach()
@@ -578,6 +600,11 @@ def run_check(cascade: Cascade, module, backends: tuple[str, ...], examples: int
                 probe, feed, results = _backward_kernels(module, training, inputs, case)
                 judge(results, backend, case, " backward kernels", probe, feed, case.dtype,
                       "the backward ill-conditioned in float32")
+        if getattr(module, "MERGE", None) is not None:
+            results = compare(cascade, inputs, merged_outputs(module, cascade, inputs),
+                              case.dtype)
+            judge(results, "merge", case, " partial states of 3 ranges merged", cascade,
+                  inputs, case.dtype, "ill-conditioned in float32")
 
     def judge(results, backend: str, case: Case, what: str, probe: Cascade, inputs: dict,
               dtype: str, why: str) -> None:

@@ -334,13 +334,14 @@ def test_messages_in_generated_code_say_the_spec_names(example):
 def test_wrappers_read_only_their_arguments_and_the_names_they_reserve():
     """The public functions pass their arguments on and read nothing else but
     WRAPPER_NAMES: so any spec name not in that list is a valid argument name."""
-    tree = ast.parse(generate(einsumattn.load(ROOT / "examples" / "softcap.attn")))
+    tree = ast.parse(generate(einsumattn.load(ROOT / "examples" / "softcap.attn"),
+                              merge=True))
     functions = [n for n in tree.body if isinstance(n, ast.FunctionDef) and
-                 n.name in ("reference", "softcap")]
+                 n.name in ("reference", "softcap", "partial", "finish")]
     cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Softcap")
     functions += [n for n in cls.body if isinstance(n, ast.FunctionDef) and
                   n.name in ("__init__", "forward")]
-    assert len(functions) == 4
+    assert len(functions) == 6
     for function in functions:
         own = {a.arg for a in ast.walk(function.args) if isinstance(a, ast.arg)}
         read = {n.id for n in ast.walk(function) if isinstance(n, ast.Name)}
@@ -352,7 +353,7 @@ def test_module_level_names_are_listed(example):
     """What a generated module defines at its top level is MODULE_NAMES, its kernels,
     its class and its function: the list the class and function names avoid."""
     cascade = einsumattn.load(ROOT / "examples" / f"{example}.attn")
-    tree = ast.parse(generate(cascade))
+    tree = ast.parse(generate(cascade, merge=True))   # with the merge's pieces
     top = set()
     for node in _top_level(tree):
         if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
@@ -541,7 +542,7 @@ def test_the_cache_key_covers_every_input_of_generate():
     source, options = Source("spec text", "a.attn"), Options()
     key = cache_key(source, options)
     changes = {"text": "other text", "filename": "b.attn", "rewrite": False, "tile": 32,
-               "train": True, "module_name": "other"}
+               "train": True, "merge": True, "module_name": "other"}
     fields = [f.name for f in dataclasses.fields(Source) + dataclasses.fields(Options)]
     assert sorted(fields) == sorted(changes)
     for field in dataclasses.fields(Source):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import textwrap
 
 from .. import __version__
 from ..analysis import analyze
@@ -37,6 +38,7 @@ from ..transform import CHUNKED, DEFAULT_TILE, Rewritten, rewrite as derive
 from ..transform.backward import Backward, fast_backward
 from ..transform.chunked import decaying
 from ..transform.grad import GradientUnsupported
+from ..transform.merge import Merge, derive_merge
 from ..schedule.training import TrainingStages, training_stages
 from . import torch_scheduled
 
@@ -500,6 +502,7 @@ class Options:
     rewrite: bool = True
     tile: int = DEFAULT_TILE
     train: bool = False                # kernels for the backward (compile --train)
+    merge: bool = False                # partial, merge, finish (compile --merge)
     module_name: str | None = None     # for the docstring's `from NAME import ...`
 
 
@@ -518,6 +521,7 @@ def generate(cascade: Cascade, *, plan: Plan | None = None, **options) -> str:
         plan = Plan(cascade, **options)
     elif plan.cascade is not cascade or plan.options != options:
         raise ValueError("the plan was built for another cascade or other options")
+    options["merge"] = settings.merge  # the Plan does not depend on it
     kernel, triton = plan.kernel, plan.triton
     analysis = _pass_summary(analyze(cascade))
     if kernel is not cascade and plan.rewritten is not None:
@@ -527,10 +531,6 @@ def generate(cascade: Cascade, *, plan: Plan | None = None, **options) -> str:
     source_text = cascade.source.text if cascade.source else ""
     inputs = [t.name for t in cascade.inputs]
     cls = names.class_name(cascade.name)
-    # The kernels' cascade's fixed dims: the spec's and a rewrite's (rule 4's chunk C).
-    fixed = {r.name: r.fixed for r in kernel.ranks.values()
-             if r.fixed is not None and r.name not in
-             {p for s in kernel.splits for p in (s.outer, s.inner)}}
     context = {
         "name": cascade.name,
         "class_name": cls,
@@ -557,21 +557,84 @@ def generate(cascade: Cascade, *, plan: Plan | None = None, **options) -> str:
         **_signatures(inputs, list(cascade.params)),
         # The kernel cascade's ranks include the spec's, plus the splits a rewrite added.
         "ranks": [r for r in kernel.ranks if rank_used(kernel, r)],
-        # (rank, where its size comes from) for the template's binding prologues
-        "rank_sizes": [(r, f"sizes[{string_literal(r)}]") for r in kernel.ranks
-                       if rank_used(kernel, r)],
-        "first_input": inputs[0],
-        "fixed": fixed,
-        "bind_lines": _bind_lines(kernel),
         "body_lines": TorchEmitter(names.rename(cascade)).emit(),
         "absent": absent_tensors(cascade),
         "compile_options": options,
         "training": _training_fields(plan.training, cascade) if triton.fused else None,
         # backend="torch": the kernels' schedule as torch code (backends/torch_scheduled.py)
         "torch_schedule": torch_scheduled.schedule(kernel),
+        # How the forward binds its inputs and params: its ranks the kernels' cascade's.
+        "main": _piece("_bind", cascade, kernel),
+        "merge": _merge_fields(cascade, settings.tile) if settings.merge else None,
     }
     source = module_template().render(**context)
     return names.spec_comments(source)
+
+
+def _piece(bind: str, cascade: Cascade, kernel: Cascade | None = None) -> dict:
+    """What the template needs to bind a cascade's inputs and params in a function of its
+    own (`bind` names the binding function): the forward's (`main`, its ranks those of
+    the kernels' cascade `kernel`) and each piece of the merge."""
+    kernel = kernel or cascade
+    inputs = [t.name for t in cascade.inputs]
+    return {"bind": bind, "inputs": inputs, "args": ", ".join(mangle(i) for i in inputs),
+            "params": list(cascade.params), "first_input": inputs[0],
+            "fixed": _fixed_dims(kernel), "bind_lines": _bind_lines(kernel),
+            "rank_sizes": [(r, f"sizes[{string_literal(r)}]") for r in kernel.ranks
+                           if rank_used(kernel, r)]}
+
+
+def _fixed_dims(cascade: Cascade) -> dict[str, int]:
+    """The fixed dims of a cascade (the spec's, and a rewrite's such as rule 4's chunk
+    C), not the parts of a split."""
+    return {r.name: r.fixed for r in cascade.ranks.values()
+            if r.fixed is not None and r.name not in
+            {p for s in cascade.splits for p in (s.outer, s.inner)}}
+
+
+def _merge_fields(cascade: Cascade, tile: int) -> dict:
+    """What the template writes for compile --merge (docs/merge.md): the merge of
+    partial states (transform/merge.py) as three torch functions and their public
+    wrappers, or the reason there is none."""
+    merge = derive_merge(cascade, tile=tile)
+    if not isinstance(merge, Merge):
+        return {"refused": textwrap.wrap(f"No merge of partial states: {merge.explain()}",
+                                         86)}
+    parts = [part.name for part in merge.parts]
+    sides = [t.name for t in merge.combine.inputs]
+    pieces = []
+    for role, piece, returned in (
+            ("partial", merge.partial, [(p.name, p.end) for p in merge.parts]),
+            ("combine", merge.combine, [(name, name) for name in parts]),
+            ("finish", merge.finish, [(o, o) for o in merge.finish.outputs])):
+        pieces.append({**_piece(f"_merge_{role}_bind", piece), "role": role,
+                       "function": f"_merge_{role}",
+                       "body_lines": TorchEmitter(names.rename(piece)).emit(),
+                       "absent": absent_tensors(piece), "returned": returned})
+    public = names.public_names([t.name for t in cascade.inputs] + list(cascade.params))
+    extra = [merge.start, merge.count]
+    finish_inputs = [t.name for t in merge.finish.inputs if t.name not in parts]
+    extra_keywords = [p for p in extra if p in merge.finish.params] + \
+        [f"{public[p]}=None" for p in cascade.params]
+    return {
+        "refused": None, "rank": merge.rank, "start": merge.start, "count": merge.count,
+        "pieces": pieces,
+        "data": {"rank": merge.rank, "start": merge.start, "count": merge.count,
+                 "state": {p.name: p.kind if p.shift is None else f"{p.kind} by {p.shift}"
+                           for p in merge.parts},
+                 "log_sum_exp": merge.lse, "finish_inputs": tuple(finish_inputs),
+                 "finish_keywords": tuple(p for p in extra if p in merge.finish.params)},
+        "lse": merge.lse,
+        "combine_args": ", ".join(f"{'a' if n % 2 == 0 else 'b'}[{string_literal(p)}]"
+                                  for n, p in zip(range(len(sides)),
+                                                  [q for q in parts for _ in (0, 1)])),
+        "finish_signature": ", ".join(["state", *(public[i] for i in finish_inputs)]
+                                      + (["*"] if extra_keywords else []) + extra_keywords),
+        "finish_args": ", ".join(f"state[{string_literal(t.name)}]" if t.name in parts
+                                 else public[t.name] for t in merge.finish.inputs),
+        "finish_extra": [p for p in extra if p in merge.finish.params],
+        "proofs": list(merge.proofs),
+    }
 
 
 def _training_tuning(kernel: FusedKernel) -> dict:

@@ -1,4 +1,4 @@
-# einsumattn template key: f58ac7d75707787a8b9010516ed3a4adc0ec66837f517db6e9cd2db92cf50ec2
+# einsumattn template key: fdcbc208e636cabeb5a3b7d25e0e3ea40dbe37ddda4fb9e6eaa6cbb5547ba556
 # jinja2's compiled form of einsumattn/templates/module.py.j2, written by `python -m einsumattn.backends.templates` (see backends/templates.py). Do not edit.
 from jinja2.runtime import LoopContext, Macro, Markup, Namespace, TemplateNotFound, TemplateReference, TemplateRuntimeError, Undefined, escape, identity, internalcode, markup_join, missing, str_join
 name = 'module.py.j2'
@@ -12,6 +12,7 @@ def root(context, missing=missing):
     l_0_has_triton = resolve('has_triton')
     l_0_class_name = resolve('class_name')
     l_0_function_name = resolve('function_name')
+    l_0_merge = resolve('merge')
     l_0_spec_hash = resolve('spec_hash')
     l_0_version = resolve('version')
     l_0_inputs = resolve('inputs')
@@ -20,11 +21,10 @@ def root(context, missing=missing):
     l_0_compile_options = resolve('compile_options')
     l_0_triton_fallback = resolve('triton_fallback')
     l_0_schedule = resolve('schedule')
-    l_0_args = resolve('args')
-    l_0_fixed = resolve('fixed')
-    l_0_bind_lines = resolve('bind_lines')
+    l_0_main = resolve('main')
     l_0_backend_choices = resolve('backend_choices')
     l_0_torch_schedule = resolve('torch_schedule')
+    l_0_args = resolve('args')
     l_0_body_lines = resolve('body_lines')
     l_0_tuning = resolve('tuning')
     l_0_dot_rounding = resolve('dot_rounding')
@@ -36,8 +36,6 @@ def root(context, missing=missing):
     l_0_config_rules = resolve('config_rules')
     l_0_config_candidates = resolve('config_candidates')
     l_0_training_prologue = resolve('training_prologue')
-    l_0_first_input = resolve('first_input')
-    l_0_rank_sizes = resolve('rank_sizes')
     l_0_fused_host = resolve('fused_host')
     l_0_host_lines = resolve('host_lines')
     l_0_public_args = resolve('public_args')
@@ -47,7 +45,7 @@ def root(context, missing=missing):
     l_0_class_params = resolve('class_params')
     l_0_class_overrides = resolve('class_overrides')
     l_0_function_params = resolve('function_params')
-    l_0_doc = l_0_binding = l_0_torch_prologue = missing
+    l_0_doc = l_0_bind_function = l_0_binding = l_0_torch_prologue = missing
     try:
         t_1 = environment.filters['block']
     except KeyError:
@@ -166,7 +164,14 @@ def root(context, missing=missing):
     yield str(t_6((undefined(name='class_name') if l_0_class_name is missing else l_0_class_name)))
     yield ', '
     yield str(t_6((undefined(name='function_name') if l_0_function_name is missing else l_0_function_name)))
-    yield ', "reference"]\n\nSPEC_SHA256 = "'
+    yield ', "reference"'
+    if ((undefined(name='merge') if l_0_merge is missing else l_0_merge) and (not environment.getattr((undefined(name='merge') if l_0_merge is missing else l_0_merge), 'refused'))):
+        pass
+        yield ', "partial", "merge", "finish"'
+        if environment.getattr((undefined(name='merge') if l_0_merge is missing else l_0_merge), 'lse'):
+            pass
+            yield ', "log_sum_exp"'
+    yield ']\n\nSPEC_SHA256 = "'
     yield str((undefined(name='spec_hash') if l_0_spec_hash is missing else l_0_spec_hash))
     yield '"\nEINSUMATTN_VERSION = '
     yield str(t_6((undefined(name='version') if l_0_version is missing else l_0_version)))
@@ -199,40 +204,71 @@ def root(context, missing=missing):
     yield str(t_7(environment.getattr((undefined(name='schedule') if l_0_schedule is missing else l_0_schedule), 'backends')))
     yield '\n# What the kernels compute and how, as data: the kernels\' cascade (.attn text), and per\n# fused kernel its grid, loops, ranks held on chip, each tensor\'s role and layout, the\n# passes (what each accumulates and recomputes, the proved bounds of its key loop), the\n# masks at its stores and its knobs. SCHEDULE["describe"] says it in words. `einsumattn\n# check`, the benchmarks and the tests read it instead of rebuilding it.\nSCHEDULE = '
     yield str(t_7((undefined(name='schedule') if l_0_schedule is missing else l_0_schedule)))
-    yield '\n\n_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)\n_INT_DTYPES = (torch.int32, torch.int64)\n\n\ndef _take(sizes: dict, origin: dict, name: str, tensor, ranks: tuple, computed=()) -> None:\n    """Bind the sizes of `ranks` from one input\'s shape, or say what does not fit.\n    `computed`: ranks sized by other dims (`dims P = M`), never bound from an input:\n    `_bind` checks their extents once their sizes are computed."""\n    if not isinstance(tensor, torch.Tensor):\n        raise TypeError(f"input {name} must be a torch.Tensor, got {type(tensor).__name__}")\n    if tensor.dtype not in _FLOAT_DTYPES + _INT_DTYPES:\n        raise TypeError(f"input {name} has dtype {tensor.dtype}; use float16, bfloat16, "\n                        f"float32 (or int32/int64 for ids)")\n    if tensor.dim() != len(ranks):\n        raise ValueError(f"input {name} must have {len(ranks)} dimension(s) "\n                         f"({\', \'.join(ranks) or \'a scalar\'}), got shape {tuple(tensor.shape)}")\n    for position, (rank, size) in enumerate(zip(ranks, tensor.shape)):\n        if rank in computed:\n            continue\n        if rank in sizes and sizes[rank] != size:\n            raise ValueError(f"input {name}: dimension {position} is rank {rank}, expected "\n                             f"{sizes[rank]} (from {origin[rank]}), got {size}")\n        if size < 1:\n            raise ValueError(f"input {name}: dimension {position} (rank {rank}) is empty")\n        sizes[rank] = size\n        origin.setdefault(rank, f"input {name}")\n\n\ndef _bind('
-    yield str((undefined(name='args') if l_0_args is missing else l_0_args))
-    yield ', overrides: dict) -> tuple[dict, dict]:\n    """Rank sizes from the inputs\' shapes, and the params\' values."""\n    sizes = {'
-    l_1_loop = missing
-    for (l_1_r, l_1_size), l_1_loop in LoopContext(context.call(environment.getattr((undefined(name='fixed') if l_0_fixed is missing else l_0_fixed), 'items')), undefined):
-        _loop_vars = {}
+    yield '\n\n_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)\n_INT_DTYPES = (torch.int32, torch.int64)\n\n\ndef _take(sizes: dict, origin: dict, name: str, tensor, ranks: tuple, computed=()) -> None:\n    """Bind the sizes of `ranks` from one input\'s shape, or say what does not fit.\n    `computed`: ranks sized by other dims (`dims P = M`), never bound from an input:\n    `_bind` checks their extents once their sizes are computed."""\n    if not isinstance(tensor, torch.Tensor):\n        raise TypeError(f"input {name} must be a torch.Tensor, got {type(tensor).__name__}")\n    if tensor.dtype not in _FLOAT_DTYPES + _INT_DTYPES:\n        raise TypeError(f"input {name} has dtype {tensor.dtype}; use float16, bfloat16, "\n                        f"float32 (or int32/int64 for ids)")\n    if tensor.dim() != len(ranks):\n        raise ValueError(f"input {name} must have {len(ranks)} dimension(s) "\n                         f"({\', \'.join(ranks) or \'a scalar\'}), got shape {tuple(tensor.shape)}")\n    for position, (rank, size) in enumerate(zip(ranks, tensor.shape)):\n        if rank in computed:\n            continue\n        if rank in sizes and sizes[rank] != size:\n            raise ValueError(f"input {name}: dimension {position} is rank {rank}, expected "\n                             f"{sizes[rank]} (from {origin[rank]}), got {size}")\n        if size < 1:\n            raise ValueError(f"input {name}: dimension {position} (rank {rank}) is empty")\n        sizes[rank] = size\n        origin.setdefault(rank, f"input {name}")\n\n\n'
+    def macro(l_1_piece):
+        t_10 = []
+        if l_1_piece is missing:
+            l_1_piece = undefined("parameter 'piece' was not provided", name='piece')
         pass
-        yield str(t_6(l_1_r))
-        yield ': '
-        yield str(l_1_size)
-        if (not environment.getattr(l_1_loop, 'last')):
+        t_10.extend((
+            'def ',
+            str(environment.getattr(l_1_piece, 'bind')),
+            '(',
+            str(environment.getattr(l_1_piece, 'args')),
+            ', overrides: dict) -> tuple[dict, dict]:\n    """Rank sizes from the inputs\' shapes, and the params\' values."""\n    sizes = {',
+        ))
+        l_2_loop = missing
+        for (l_2_r, l_2_size), l_2_loop in LoopContext(context.call(environment.getattr(environment.getattr(l_1_piece, 'fixed'), 'items')), undefined):
+            _loop_vars = {}
             pass
-            yield ', '
-    l_1_loop = l_1_r = l_1_size = missing
-    yield '}\n    origin = {'
-    l_1_loop = missing
-    for l_1_r, l_1_loop in LoopContext((undefined(name='fixed') if l_0_fixed is missing else l_0_fixed), undefined):
-        _loop_vars = {}
-        pass
-        yield str(t_6(l_1_r))
-        yield ': "its fixed size in the spec"'
-        if (not environment.getattr(l_1_loop, 'last')):
+            t_10.extend((
+                str(t_6(l_2_r)),
+                ': ',
+                str(l_2_size),
+            ))
+            if (not environment.getattr(l_2_loop, 'last')):
+                pass
+                t_10.append(
+                    ', ',
+                )
+        l_2_loop = l_2_r = l_2_size = missing
+        t_10.append(
+            '}\n    origin = {',
+        )
+        l_2_loop = missing
+        for l_2_r, l_2_loop in LoopContext(environment.getattr(l_1_piece, 'fixed'), undefined):
+            _loop_vars = {}
             pass
-            yield ', '
-    l_1_loop = l_1_r = missing
-    yield '}\n'
-    for l_1_line in (undefined(name='bind_lines') if l_0_bind_lines is missing else l_0_bind_lines):
-        _loop_vars = {}
-        pass
-        yield '    '
-        yield str(l_1_line)
-        yield '\n'
-    l_1_line = missing
-    yield '    return sizes, params\n\n\ndef _check_params(overrides: dict) -> dict:\n    unknown = sorted(set(overrides) - set(PARAMS))\n    if unknown:\n        raise TypeError(f"unknown param {unknown[0]!r}; the params are {\', \'.join(PARAMS) or \'none\'}")\n    return {k: v for k, v in overrides.items() if v is not None}\n\n\ndef _outwards(value, rounding):\n    """A loop bound\'s offset computed from params, a whole number rounded outwards\n    (`rounding`: "floor" for a first key, "ceil" for a last), so a loop visits more key\n    tiles, never fewer. An infinite or NaN param (a window of W = inf keys) gives a\n    bound past every index: the loop visits every tile and the masks decide."""\n    if math.isnan(value):\n        return -2**62 if rounding == "floor" else 2**62\n    if math.isinf(value):\n        return 2**62 if value > 0 else -2**62\n    return max(-2**62, min(2**62, math.floor(value) if rounding == "floor" else math.ceil(value)))\n\n\ndef _backend(backend: str) -> str:\n    """The backend a call runs: `backend`, or torch (with a warning) where the Triton\n    backend cannot express the spec."""\n    if backend not in BACKENDS:\n        raise ValueError(f"backend must be '
+            t_10.extend((
+                str(t_6(l_2_r)),
+                ': "its fixed size in the spec"',
+            ))
+            if (not environment.getattr(l_2_loop, 'last')):
+                pass
+                t_10.append(
+                    ', ',
+                )
+        l_2_loop = l_2_r = missing
+        t_10.append(
+            '}\n',
+        )
+        for l_2_line in environment.getattr(l_1_piece, 'bind_lines'):
+            _loop_vars = {}
+            pass
+            t_10.extend((
+                '    ',
+                str(l_2_line),
+                '\n',
+            ))
+        l_2_line = missing
+        t_10.append(
+            '    return sizes, params\n',
+        )
+        return concat(t_10)
+    context.exported_vars.add('bind_function')
+    context.vars['bind_function'] = l_0_bind_function = Macro(environment, macro, 'bind_function', ('piece',), False, False, False, context.eval_ctx.autoescape)
+    yield str(context.call((undefined(name='bind_function') if l_0_bind_function is missing else l_0_bind_function), (undefined(name='main') if l_0_main is missing else l_0_main)))
+    yield '\n\ndef _check_params(overrides: dict) -> dict:\n    unknown = sorted(set(overrides) - set(PARAMS))\n    if unknown:\n        raise TypeError(f"unknown param {unknown[0]!r}; the params are {\', \'.join(PARAMS) or \'none\'}")\n    return {k: v for k, v in overrides.items() if v is not None}\n\n\ndef _outwards(value, rounding):\n    """A loop bound\'s offset computed from params, a whole number rounded outwards\n    (`rounding`: "floor" for a first key, "ceil" for a last), so a loop visits more key\n    tiles, never fewer. An infinite or NaN param (a window of W = inf keys) gives a\n    bound past every index: the loop visits every tile and the masks decide."""\n    if math.isnan(value):\n        return -2**62 if rounding == "floor" else 2**62\n    if math.isinf(value):\n        return 2**62 if value > 0 else -2**62\n    return max(-2**62, min(2**62, math.floor(value) if rounding == "floor" else math.ceil(value)))\n\n\ndef _backend(backend: str) -> str:\n    """The backend a call runs: `backend`, or torch (with a warning) where the Triton\n    backend cannot express the spec."""\n    if backend not in BACKENDS:\n        raise ValueError(f"backend must be '
     yield str((undefined(name='backend_choices') if l_0_backend_choices is missing else l_0_backend_choices))
     yield ', got {backend!r}")\n    if BACKENDS[backend] is not None:\n        warnings.warn(f"'
     yield str((undefined(name='class_name') if l_0_class_name is missing else l_0_class_name))
@@ -244,22 +280,26 @@ def root(context, missing=missing):
         pass
         yield '    if backend == "torch":\n        return _scheduled(*inputs, overrides)\n'
     yield '    return _reference(*inputs, overrides)\n\n\n'
-    def macro(l_1_rank_values, l_1_as_float):
-        t_10 = []
+    def macro(l_1_rank_values, l_1_as_float, l_1_piece):
+        t_11 = []
         if l_1_rank_values is missing:
             l_1_rank_values = undefined("parameter 'rank_values' was not provided", name='rank_values')
         if l_1_as_float is missing:
             l_1_as_float = undefined("parameter 'as_float' was not provided", name='as_float')
+        if l_1_piece is missing:
+            l_1_piece = undefined("parameter 'piece' was not provided", name='piece')
         pass
-        t_10.extend((
-            '    sizes, params = _bind(',
-            str((undefined(name='args') if l_0_args is missing else l_0_args)),
+        t_11.extend((
+            '    sizes, params = ',
+            str(environment.getattr(l_1_piece, 'bind')),
+            '(',
+            str(environment.getattr(l_1_piece, 'args')),
             ', overrides)\n',
         ))
         for (l_2_rank, l_2_value) in l_1_rank_values:
             _loop_vars = {}
             pass
-            t_10.extend((
+            t_11.extend((
                 '    ',
                 str(t_8(l_2_rank)),
                 ' = ',
@@ -267,53 +307,55 @@ def root(context, missing=missing):
                 '\n',
             ))
         l_2_rank = l_2_value = missing
-        for l_2_p in (undefined(name='params') if l_0_params is missing else l_0_params):
+        for l_2_p in environment.getattr(l_1_piece, 'params'):
             _loop_vars = {}
             pass
-            t_10.extend((
+            t_11.extend((
                 '    ',
                 str(t_3(l_2_p)),
                 ' = ',
             ))
             if l_1_as_float:
                 pass
-                t_10.extend((
+                t_11.extend((
                     'float(params[',
                     str(t_6(l_2_p)),
                     '])',
                 ))
             else:
                 pass
-                t_10.extend((
+                t_11.extend((
                     'params[',
                     str(t_6(l_2_p)),
                     ']',
                 ))
-            t_10.append(
+            t_11.append(
                 '\n',
             )
         l_2_p = missing
-        t_10.extend((
+        t_11.extend((
             '    device = ',
-            str(t_3((undefined(name='first_input') if l_0_first_input is missing else l_0_first_input))),
+            str(t_3(environment.getattr(l_1_piece, 'first_input'))),
             '.device\n    out_dtype = next((t.dtype for t in (',
-            str((undefined(name='args') if l_0_args is missing else l_0_args)),
+            str(environment.getattr(l_1_piece, 'args')),
             ',) if t.is_floating_point()), torch.float32)\n',
         ))
-        return concat(t_10)
+        return concat(t_11)
     context.exported_vars.add('binding')
-    context.vars['binding'] = l_0_binding = Macro(environment, macro, 'binding', ('rank_values', 'as_float'), False, False, False, context.eval_ctx.autoescape)
-    def macro():
-        t_11 = []
+    context.vars['binding'] = l_0_binding = Macro(environment, macro, 'binding', ('rank_values', 'as_float', 'piece'), False, False, False, context.eval_ctx.autoescape)
+    def macro(l_1_piece):
+        t_12 = []
+        if l_1_piece is missing:
+            l_1_piece = undefined("parameter 'piece' was not provided", name='piece')
         pass
-        t_11.extend((
-            str(context.call((undefined(name='binding') if l_0_binding is missing else l_0_binding), (undefined(name='rank_sizes') if l_0_rank_sizes is missing else l_0_rank_sizes), False)),
+        t_12.extend((
+            str(context.call((undefined(name='binding') if l_0_binding is missing else l_0_binding), environment.getattr(l_1_piece, 'rank_sizes'), False, l_1_piece)),
             '\n    def _full(value, shape, dtype=torch.float32):\n        return torch.as_tensor(value, device=device).to(dtype).expand(shape)\n\n    def _f32(value):\n        return torch.as_tensor(value, device=device).to(torch.float32)\n\n    def _grad_only(mask, value):\n        # `value` passing gradients only where `mask` holds (docs/codegen.md, Gradients).\n        if not (torch.is_grad_enabled() and value.requires_grad):\n            return value\n        return torch.where(mask, value, value.detach())\n\n    # Everything is computed in float32 (integer ids compare exactly below 2**24).\n',
         ))
-        for l_2_name in (undefined(name='inputs') if l_0_inputs is missing else l_0_inputs):
+        for l_2_name in environment.getattr(l_1_piece, 'inputs'):
             _loop_vars = {}
             pass
-            t_11.extend((
+            t_12.extend((
                 '    ',
                 str(t_3(l_2_name)),
                 ' = ',
@@ -321,13 +363,13 @@ def root(context, missing=missing):
                 '.to(torch.float32)\n',
             ))
         l_2_name = missing
-        return concat(t_11)
+        return concat(t_12)
     context.exported_vars.add('torch_prologue')
-    context.vars['torch_prologue'] = l_0_torch_prologue = Macro(environment, macro, 'torch_prologue', (), False, False, False, context.eval_ctx.autoescape)
+    context.vars['torch_prologue'] = l_0_torch_prologue = Macro(environment, macro, 'torch_prologue', ('piece',), False, False, False, context.eval_ctx.autoescape)
     yield '\ndef _reference('
     yield str((undefined(name='args') if l_0_args is missing else l_0_args))
     yield ', overrides: dict):\n    """The reference backend: the cascade as plain torch code, one block per Einsum.\n    Intermediates in float32; outputs in the dtype of the first floating input."""\n'
-    yield str(context.call((undefined(name='torch_prologue') if l_0_torch_prologue is missing else l_0_torch_prologue)))
+    yield str(context.call((undefined(name='torch_prologue') if l_0_torch_prologue is missing else l_0_torch_prologue), (undefined(name='main') if l_0_main is missing else l_0_main)))
     for l_1_line in (undefined(name='body_lines') if l_0_body_lines is missing else l_0_body_lines):
         _loop_vars = {}
         pass
@@ -368,7 +410,7 @@ def root(context, missing=missing):
         yield '\n\ndef _scheduled('
         yield str((undefined(name='args') if l_0_args is missing else l_0_args))
         yield ', overrides: dict):\n    """The scheduled torch backend: the fused kernel\'s schedule as torch code, a loop\n    over row blocks and key tiles with the online state held as tensors; memory does not\n    grow with the number of keys. Outputs in the dtype of the first floating input."""\n'
-        yield str(context.call((undefined(name='torch_prologue') if l_0_torch_prologue is missing else l_0_torch_prologue)))
+        yield str(context.call((undefined(name='torch_prologue') if l_0_torch_prologue is missing else l_0_torch_prologue), (undefined(name='main') if l_0_main is missing else l_0_main)))
         for l_1_line in environment.getattr((undefined(name='torch_schedule') if l_0_torch_schedule is missing else l_0_torch_schedule), 'lines'):
             _loop_vars = {}
             pass
@@ -445,30 +487,30 @@ def root(context, missing=missing):
             pass
             yield '\n'
             def macro():
-                t_12 = []
+                t_13 = []
                 pass
-                t_12.extend((
-                    str(context.call((undefined(name='binding') if l_0_binding is missing else l_0_binding), environment.getattr((undefined(name='training') if l_0_training is missing else l_0_training), 'ranks'), True)),
+                t_13.extend((
+                    str(context.call((undefined(name='binding') if l_0_binding is missing else l_0_binding), environment.getattr((undefined(name='training') if l_0_training is missing else l_0_training), 'ranks'), True, (undefined(name='main') if l_0_main is missing else l_0_main))),
                     '    dot_dtype = _dot_dtype(',
                     str((undefined(name='args') if l_0_args is missing else l_0_args)),
                     ')\n    stored_dtype = torch.float32   # what the backward reads stays float32\n',
                 ))
-                return concat(t_12)
+                return concat(t_13)
             context.exported_vars.add('training_prologue')
             context.vars['training_prologue'] = l_0_training_prologue = Macro(environment, macro, 'training_prologue', (), False, False, False, context.eval_ctx.autoescape)
             yield '\ndef _triton_saving('
             yield str((undefined(name='args') if l_0_args is missing else l_0_args))
             yield ', overrides: dict):\n    """The training forward: the fused kernels that compute the outputs and what the\n    backward reads, kept in float32. Returns (the outputs in the inputs\' dtype, saved):\n'
-            t_13 = 1
+            t_14 = 1
             for l_1_line in environment.getattr((undefined(name='training') if l_0_training is missing else l_0_training), 'saved_lines'):
                 _loop_vars = {}
                 pass
                 yield '    '
                 yield str(l_1_line)
                 yield '\n'
-                t_13 = 0
+                t_14 = 0
             l_1_line = missing
-            if t_13:
+            if t_14:
                 pass
                 yield '    nothing\n'
             yield '    """\n'
@@ -543,9 +585,9 @@ def root(context, missing=missing):
         yield '\ndef _triton_forward('
         yield str((undefined(name='args') if l_0_args is missing else l_0_args))
         yield ', overrides: dict, fused: bool = True):\n    """The Triton backend: the fused kernel when there is one (fused=True), else one\n    kernel launch per Einsum, in dataflow order."""\n    if triton is None:\n        raise RuntimeError("the Triton backend needs the triton package; use backend=\'torch\'")\n    if not '
-        yield str(t_3((undefined(name='first_input') if l_0_first_input is missing else l_0_first_input)))
+        yield str(t_3(environment.getattr((undefined(name='main') if l_0_main is missing else l_0_main), 'first_input')))
         yield '.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":\n        raise RuntimeError("the Triton backend runs on CUDA tensors (or on the CPU in Triton\'s "\n                           "interpreter: set TRITON_INTERPRET=1 before importing triton); "\n                           "use backend=\'torch\' on the CPU")\n'
-        yield str(context.call((undefined(name='binding') if l_0_binding is missing else l_0_binding), (undefined(name='rank_sizes') if l_0_rank_sizes is missing else l_0_rank_sizes), True))
+        yield str(context.call((undefined(name='binding') if l_0_binding is missing else l_0_binding), environment.getattr((undefined(name='main') if l_0_main is missing else l_0_main), 'rank_sizes'), True, (undefined(name='main') if l_0_main is missing else l_0_main)))
         if (undefined(name='fused_source') if l_0_fused_source is missing else l_0_fused_source):
             pass
             yield '    if fused:\n        dot_dtype = _dot_dtype('
@@ -633,6 +675,162 @@ def root(context, missing=missing):
     yield '), '
     yield str((undefined(name='public_args') if l_0_public_args is missing else l_0_public_args))
     yield ')\n'
+    if (undefined(name='merge') if l_0_merge is missing else l_0_merge):
+        pass
+        yield '\n\n# ---------------------------------------------------------------- partial states (compile --merge)\n'
+        if environment.getattr((undefined(name='merge') if l_0_merge is missing else l_0_merge), 'refused'):
+            pass
+            yield '\n'
+            for l_1_line in environment.getattr((undefined(name='merge') if l_0_merge is missing else l_0_merge), 'refused'):
+                _loop_vars = {}
+                pass
+                yield '# '
+                yield str(l_1_line)
+                yield '\n'
+            l_1_line = missing
+            yield 'MERGE = None\n'
+        else:
+            pass
+            yield '\n# The merge of partial states over ranges of '
+            yield str(environment.getattr((undefined(name='merge') if l_0_merge is missing else l_0_merge), 'rank'))
+            yield ' (docs/merge.md; `einsumattn analyze`\n# prints its derivation and proof): `partial` computes the state of one range of '
+            yield str(environment.getattr((undefined(name='merge') if l_0_merge is missing else l_0_merge), 'rank'))
+            yield ',\n# `merge` combines the states of two adjacent ranges (associative: any bracketing gives\n# the same state), `finish` turns the state of the whole of '
+            yield str(environment.getattr((undefined(name='merge') if l_0_merge is missing else l_0_merge), 'rank'))
+            yield ' into the outputs.\n# Split-KV decoding and context parallelism are built from these. Proved:\n'
+            for l_1_proof in environment.getattr((undefined(name='merge') if l_0_merge is missing else l_0_merge), 'proofs'):
+                _loop_vars = {}
+                pass
+                yield '#   '
+                yield str(l_1_proof)
+                yield '\n'
+            l_1_proof = missing
+            yield 'MERGE = '
+            yield str(t_7(environment.getattr((undefined(name='merge') if l_0_merge is missing else l_0_merge), 'data')))
+            yield '\n'
+            l_1_loop = missing
+            for l_1_piece, l_1_loop in LoopContext(environment.getattr((undefined(name='merge') if l_0_merge is missing else l_0_merge), 'pieces'), undefined):
+                _loop_vars = {}
+                pass
+                yield '\n\n'
+                yield str(context.call((undefined(name='bind_function') if l_0_bind_function is missing else l_0_bind_function), l_1_piece, _loop_vars=_loop_vars))
+                yield '\n\ndef '
+                yield str(environment.getattr(l_1_piece, 'function'))
+                yield '('
+                yield str(environment.getattr(l_1_piece, 'args'))
+                yield ', overrides: dict):\n    """The cascade of `'
+                yield str(environment.getattr(l_1_piece, 'role'))
+                yield '` (MERGE) as plain torch code, in float32."""\n'
+                yield str(context.call((undefined(name='torch_prologue') if l_0_torch_prologue is missing else l_0_torch_prologue), l_1_piece, _loop_vars=_loop_vars))
+                for l_2_line in environment.getattr(l_1_piece, 'body_lines'):
+                    _loop_vars = {}
+                    pass
+                    if l_2_line:
+                        pass
+                        yield '    '
+                        yield str(l_2_line)
+                    yield '\n'
+                l_2_line = missing
+                yield '\n    return {'
+                l_2_loop = missing
+                for (l_2_key, l_2_tensor), l_2_loop in LoopContext(environment.getattr(l_1_piece, 'returned'), undefined):
+                    _loop_vars = {}
+                    pass
+                    yield str(t_6(l_2_key))
+                    yield ': '
+                    if (l_2_tensor in environment.getattr(l_1_piece, 'absent')):
+                        pass
+                        yield 'torch.where('
+                        yield str(t_3(l_2_tensor))
+                        yield '_ok, '
+                        yield str(t_3(l_2_tensor))
+                        yield ', 0.0)'
+                    else:
+                        pass
+                        yield str(t_3(l_2_tensor))
+                    if (not environment.getattr(l_2_loop, 'last')):
+                        pass
+                        yield ', '
+                l_2_loop = l_2_key = l_2_tensor = missing
+                yield '}\n'
+            l_1_loop = l_1_piece = missing
+            yield '\n\ndef partial('
+            yield str((undefined(name='public_args') if l_0_public_args is missing else l_0_public_args))
+            yield ', *, '
+            yield str(environment.getattr((undefined(name='merge') if l_0_merge is missing else l_0_merge), 'start'))
+            yield ', '
+            yield str(environment.getattr((undefined(name='merge') if l_0_merge is missing else l_0_merge), 'count'))
+            yield str((undefined(name='function_params') if l_0_function_params is missing else l_0_function_params))
+            yield '):\n    """The state of the '
+            yield str(environment.getattr((undefined(name='merge') if l_0_merge is missing else l_0_merge), 'rank'))
+            yield ' range of the inputs given: positions '
+            yield str(environment.getattr((undefined(name='merge') if l_0_merge is missing else l_0_merge), 'start'))
+            yield ' ..\n    '
+            yield str(environment.getattr((undefined(name='merge') if l_0_merge is missing else l_0_merge), 'start'))
+            yield ' + (its length) - 1 of '
+            yield str(environment.getattr((undefined(name='merge') if l_0_merge is missing else l_0_merge), 'count'))
+            yield ' in all (masks and scores see those\n    positions; params whose default reads '
+            yield str(environment.getattr((undefined(name='merge') if l_0_merge is missing else l_0_merge), 'rank'))
+            yield ' read '
+            yield str(environment.getattr((undefined(name='merge') if l_0_merge is missing else l_0_merge), 'count'))
+            yield '). A dict of float32\n    tensors, MERGE["state"]."""\n    overrides = _check_params('
+            yield str((undefined(name='overrides') if l_0_overrides is missing else l_0_overrides))
+            yield ')\n    overrides.update({'
+            yield str(t_6(environment.getattr((undefined(name='merge') if l_0_merge is missing else l_0_merge), 'start')))
+            yield ': '
+            yield str(environment.getattr((undefined(name='merge') if l_0_merge is missing else l_0_merge), 'start'))
+            yield ', '
+            yield str(t_6(environment.getattr((undefined(name='merge') if l_0_merge is missing else l_0_merge), 'count')))
+            yield ': '
+            yield str(environment.getattr((undefined(name='merge') if l_0_merge is missing else l_0_merge), 'count'))
+            yield '})\n    return _merge_partial('
+            yield str((undefined(name='public_args') if l_0_public_args is missing else l_0_public_args))
+            yield ', overrides)\n\n\ndef merge(a, b):\n    """The state of two adjacent ranges, `a`\'s before `b`\'s, from theirs."""\n    return _merge_combine('
+            yield str(environment.getattr((undefined(name='merge') if l_0_merge is missing else l_0_merge), 'combine_args'))
+            yield ', {})\n\n\ndef finish('
+            yield str(environment.getattr((undefined(name='merge') if l_0_merge is missing else l_0_merge), 'finish_signature'))
+            yield '):\n    """The outputs ('
+            yield str(t_5(context.eval_ctx, (undefined(name='outputs') if l_0_outputs is missing else l_0_outputs), ', '))
+            yield '), in float32, from the state of the whole of '
+            yield str(environment.getattr((undefined(name='merge') if l_0_merge is missing else l_0_merge), 'rank'))
+            yield '."""\n    overrides = _check_params('
+            yield str((undefined(name='overrides') if l_0_overrides is missing else l_0_overrides))
+            yield ')\n'
+            for l_1_name in environment.getattr((undefined(name='merge') if l_0_merge is missing else l_0_merge), 'finish_extra'):
+                _loop_vars = {}
+                pass
+                yield '    overrides['
+                yield str(t_6(l_1_name))
+                yield '] = '
+                yield str(l_1_name)
+                yield '\n'
+            l_1_name = missing
+            yield '    result = _merge_finish('
+            yield str(environment.getattr((undefined(name='merge') if l_0_merge is missing else l_0_merge), 'finish_args'))
+            yield ', overrides)\n    return '
+            l_1_loop = missing
+            for l_1_o, l_1_loop in LoopContext((undefined(name='outputs') if l_0_outputs is missing else l_0_outputs), undefined):
+                _loop_vars = {}
+                pass
+                yield 'result['
+                yield str(t_6(l_1_o))
+                yield ']'
+                if (not environment.getattr(l_1_loop, 'last')):
+                    pass
+                    yield ', '
+            l_1_loop = l_1_o = missing
+            yield '\n'
+            if environment.getattr((undefined(name='merge') if l_0_merge is missing else l_0_merge), 'lse'):
+                pass
+                yield '\n\n\ndef log_sum_exp(state):\n    """The log-sum-exp of the scores over the keys the state holds ('
+                yield str(environment.getitem(environment.getattr((undefined(name='merge') if l_0_merge is missing else l_0_merge), 'lse'), 0))
+                yield ' + log '
+                yield str(environment.getitem(environment.getattr((undefined(name='merge') if l_0_merge is missing else l_0_merge), 'lse'), 1))
+                yield '):\n    -inf where it holds none."""\n    return state['
+                yield str(t_6(environment.getitem(environment.getattr((undefined(name='merge') if l_0_merge is missing else l_0_merge), 'lse'), 0)))
+                yield '] + torch.log(state['
+                yield str(t_6(environment.getitem(environment.getattr((undefined(name='merge') if l_0_merge is missing else l_0_merge), 'lse'), 1)))
+                yield '])\n'
 
 blocks = {}
-debug_info = '1=106&3=112&4=115&7=122&8=126&9=141&13=145&17=147&21=149&22=151&1=154&23=158&33=160&44=164&46=168&47=170&48=172&49=179&50=186&52=193&54=195&56=197&62=199&92=201&94=204&95=216&96=226&123=234&125=236&133=238&137=241&142=245&143=257&144=268&145=296&146=298&147=304&161=311&163=326&166=328&168=340&174=360&176=362&177=364&179=367&183=369&185=381&189=392&193=395&197=397&218=399&220=401&222=407&223=410&224=412&228=415&233=418&240=420&247=422&383=425&386=428&396=434&406=438&425=442&426=445&429=458&432=461&435=473&436=484&439=498&443=500&445=512&446=519&447=529&450=542&455=544&459=546&460=550&463=552&464=563&466=573&470=584&477=595&481=598&484=602&485=604&491=610&494=612&497=614&499=616&500=618&506=620&507=626&508=630'
+debug_info = '1=104&3=110&4=113&7=120&8=124&9=139&13=143&17=145&21=147&22=149&1=152&23=156&33=158&44=162&46=173&47=175&48=177&49=184&50=191&52=198&54=200&56=202&62=204&92=206&94=219&95=237&96=253&98=268&123=270&125=272&133=274&137=277&142=281&143=297&144=308&145=336&146=338&147=344&161=353&163=368&166=370&168=382&174=402&176=404&177=406&179=409&183=411&185=423&189=434&193=437&197=439&218=441&220=443&222=449&223=452&224=454&228=457&233=460&240=462&247=464&383=467&386=470&396=476&406=480&425=484&426=487&429=500&432=503&435=515&436=526&439=540&443=542&445=554&446=561&447=571&450=584&455=586&459=588&460=592&463=594&464=605&466=615&470=626&477=637&481=640&484=644&485=646&491=652&494=654&497=656&499=658&500=660&506=662&507=668&508=672&509=676&512=679&513=682&516=693&517=695&519=697&521=699&522=707&523=710&525=714&527=716&528=720&529=722&531=734&534=756&535=763&536=767&537=771&539=775&540=777&541=785&546=787&549=789&550=791&551=795&552=797&553=807&554=810&555=821&559=824&561=828'

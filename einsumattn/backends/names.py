@@ -232,7 +232,8 @@ def string_literal(text: str, *, multiline: bool = False) -> str:
 # one of them is spelled mangled in the public API instead. tests/test_names.py checks
 # the generated wrappers read nothing else.
 WRAPPER_NAMES = frozenset({"self", "backend", "more", "super", "_reference", "_forward",
-                           "_backend", "_check_params"})
+                           "_backend", "_check_params", "state", "overrides", "result",
+                           "_merge_partial", "_merge_finish"})
 
 # Names the generated module defines or imports at its top level (besides its kernels,
 # its class and its function). tests/test_names.py checks this list against modules.
@@ -250,7 +251,10 @@ MODULE_NAMES = frozenset({
     "_scheduled", "TORCH_TUNING", "TORCH_FALLBACK",    # backends/torch_scheduled.py
     # configurations per call (schedule/configs.py, templates/module.py.j2)
     "time", "CONFIG_RULES", "CONFIG_TARGET", "AUTOTUNE", "CONFIG_CANDIDATES", "_CONFIGS",
-    "_pow2_at_least", "_target", "_tuning", "_config", "_fastest", "_time"})
+    "_pow2_at_least", "_target", "_tuning", "_config", "_fastest", "_time",
+    # compile --merge (transform/merge.py, templates/module.py.j2)
+    "MERGE", "partial", "merge", "finish", "log_sum_exp", "_merge_partial", "_merge_combine",
+    "_merge_finish", "_merge_partial_bind", "_merge_combine_bind", "_merge_finish_bind"})
 
 
 def public_names(names: Iterable[str]) -> dict[str, str]:

@@ -139,13 +139,13 @@ def verified(path: Path, spec_text: str) -> str | None:
 # ---------------------------------------------------------------- compiling
 
 def compile_to_file(spec, out_dir: str | os.PathLike, *, rewrite: bool = True,
-                    tile: int = DEFAULT_TILE, train: bool = False,
+                    tile: int = DEFAULT_TILE, train: bool = False, merge: bool = False,
                     plan: Plan | None = None) -> Path:
     """Generate the module for a spec into `out_dir/<name>.py`; return its path. `plan`:
     the cascade's Plan with these options, when the caller has built it already."""
     cascade = spec if isinstance(spec, Cascade) else load(spec)
     text = generate(cascade, plan=plan, module_name=cascade.name, rewrite=rewrite,
-                    tile=tile, train=train)
+                    tile=tile, train=train, merge=merge)
     path = Path(out_dir) / f"{cascade.name}.py"
     write_atomically(path, text)
     return path
@@ -169,7 +169,8 @@ def import_file(path: Path, module_name: str, text: str | None = None) -> Module
 
 
 def compile(spec, *, backend: str = "triton", rewrite: bool = True,  # noqa: A001
-            tile: int = DEFAULT_TILE, train: bool = False) -> ModuleType:
+            tile: int = DEFAULT_TILE, train: bool = False,
+            merge: bool = False) -> ModuleType:
     """Compile a spec (path or text) and return the imported generated module.
 
     The module is cached (see the module docstring). `backend` is recorded as the
@@ -178,12 +179,16 @@ def compile(spec, *, backend: str = "triton", rewrite: bool = True,  # noqa: A00
     kernels; `tile` is the key tile the online rewrite splits the streamed rank by.
     `train=True` adds the backward's kernels (docs/gradients.md, "The fast backward"):
     `backend="triton"` then trains with them instead of differentiating the torch code.
+    `merge=True` adds `partial`, `merge` and `finish`, the merge of partial states over
+    ranges of the streamed rank (docs/merge.md), where the spec has one (else `MERGE` is
+    None and the module's comment says why).
     """
     if backend not in backend_names():
         raise ValueError(f"backend must be {choice_text()}, got {backend!r}")
     source = read_spec(spec)
     cascade = load_source(source)
-    options = Options(rewrite=rewrite, tile=tile, train=train, module_name=cascade.name)
+    options = Options(rewrite=rewrite, tile=tile, train=train, merge=merge,
+                      module_name=cascade.name)
     key = cache_key(source, options)
     path = cache_dir() / key / f"{cascade.name}.py"
     text = verified(path, source.text)
