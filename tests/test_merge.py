@@ -92,7 +92,7 @@ def test_every_example_merges_or_says_why():
         result = derive_merge(load(path))
         if path.stem in MERGED:
             assert isinstance(result, Merge), (path.stem, result)
-            assert len(result.proofs) == 3
+            assert len(result.proofs) == 4 and result.commutative
         else:
             assert not isinstance(result, Merge), path.stem
             assert REFUSED[path.stem] in result.reason, (path.stem, result.reason)

@@ -613,8 +613,10 @@ def _merge_fields(cascade: Cascade, tile: int) -> dict:
                        "absent": absent_tensors(piece), "returned": returned})
     public = names.public_names([t.name for t in cascade.inputs] + list(cascade.params))
     extra = [merge.start, merge.count]
+    offsets = [param for param in merge.offsets.values()]
     finish_inputs = [t.name for t in merge.finish.inputs if t.name not in parts]
     extra_keywords = [p for p in extra if p in merge.finish.params] + \
+        [f"{p}=0" for p in offsets if p in merge.finish.params] + \
         [f"{public[p]}=None" for p in cascade.params]
     return {
         "refused": None, "rank": merge.rank, "start": merge.start, "count": merge.count,
@@ -623,7 +625,12 @@ def _merge_fields(cascade: Cascade, tile: int) -> dict:
                  "state": {p.name: p.kind if p.shift is None else f"{p.kind} by {p.shift}"
                            for p in merge.parts},
                  "log_sum_exp": merge.lse, "finish_inputs": tuple(finish_inputs),
-                 "finish_keywords": tuple(p for p in extra if p in merge.finish.params)},
+                 "finish_keywords": tuple(p for p in extra if p in merge.finish.params),
+                 "offsets": merge.offsets, "commutative": merge.commutative,
+                 "input_ranks": {t.name: t.ranks for t in cascade.inputs},
+                 "output_ranks": {o: cascade.tensors[o].ranks for o in cascade.outputs}},
+        "offsets": [p for p in offsets if p in merge.partial.params],
+        "finish_offsets": [p for p in offsets if p in merge.finish.params],
         "lse": merge.lse,
         "combine_args": ", ".join(f"{'a' if n % 2 == 0 else 'b'}[{string_literal(p)}]"
                                   for n, p in zip(range(len(sides)),

@@ -1,4 +1,4 @@
-# einsumattn template key: fdcbc208e636cabeb5a3b7d25e0e3ea40dbe37ddda4fb9e6eaa6cbb5547ba556
+# einsumattn template key: 1e9cd6cce3d3af850afd8e37420e017171d4050585bfcdb816f217d4e3f70f8c
 # jinja2's compiled form of einsumattn/templates/module.py.j2, written by `python -m einsumattn.backends.templates` (see backends/templates.py). Do not edit.
 from jinja2.runtime import LoopContext, Macro, Markup, Namespace, TemplateNotFound, TemplateReference, TemplateRuntimeError, Undefined, escape, identity, internalcode, markup_join, missing, str_join
 name = 'module.py.j2'
@@ -760,6 +760,13 @@ def root(context, missing=missing):
             yield str(environment.getattr((undefined(name='merge') if l_0_merge is missing else l_0_merge), 'start'))
             yield ', '
             yield str(environment.getattr((undefined(name='merge') if l_0_merge is missing else l_0_merge), 'count'))
+            for l_1_o in environment.getattr((undefined(name='merge') if l_0_merge is missing else l_0_merge), 'offsets'):
+                _loop_vars = {}
+                pass
+                yield ', '
+                yield str(l_1_o)
+                yield '=0'
+            l_1_o = missing
             yield str((undefined(name='function_params') if l_0_function_params is missing else l_0_function_params))
             yield '):\n    """The state of the '
             yield str(environment.getattr((undefined(name='merge') if l_0_merge is missing else l_0_merge), 'rank'))
@@ -773,7 +780,13 @@ def root(context, missing=missing):
             yield str(environment.getattr((undefined(name='merge') if l_0_merge is missing else l_0_merge), 'rank'))
             yield ' read '
             yield str(environment.getattr((undefined(name='merge') if l_0_merge is missing else l_0_merge), 'count'))
-            yield '). A dict of float32\n    tensors, MERGE["state"]."""\n    overrides = _check_params('
+            yield ')'
+            if environment.getattr((undefined(name='merge') if l_0_merge is missing else l_0_merge), 'offsets'):
+                pass
+                yield '; '
+                yield str(t_5(context.eval_ctx, environment.getattr((undefined(name='merge') if l_0_merge is missing else l_0_merge), 'offsets'), ', '))
+                yield ': the\n    first position of the inputs\' other ranges (MERGE["offsets"])'
+            yield '. A dict of float32\n    tensors, MERGE["state"]."""\n    overrides = _check_params('
             yield str((undefined(name='overrides') if l_0_overrides is missing else l_0_overrides))
             yield ')\n    overrides.update({'
             yield str(t_6(environment.getattr((undefined(name='merge') if l_0_merge is missing else l_0_merge), 'start')))
@@ -783,6 +796,14 @@ def root(context, missing=missing):
             yield str(t_6(environment.getattr((undefined(name='merge') if l_0_merge is missing else l_0_merge), 'count')))
             yield ': '
             yield str(environment.getattr((undefined(name='merge') if l_0_merge is missing else l_0_merge), 'count'))
+            for l_1_o in environment.getattr((undefined(name='merge') if l_0_merge is missing else l_0_merge), 'offsets'):
+                _loop_vars = {}
+                pass
+                yield ', '
+                yield str(t_6(l_1_o))
+                yield ': '
+                yield str(l_1_o)
+            l_1_o = missing
             yield '})\n    return _merge_partial('
             yield str((undefined(name='public_args') if l_0_public_args is missing else l_0_public_args))
             yield ', overrides)\n\n\ndef merge(a, b):\n    """The state of two adjacent ranges, `a`\'s before `b`\'s, from theirs."""\n    return _merge_combine('
@@ -796,7 +817,7 @@ def root(context, missing=missing):
             yield '."""\n    overrides = _check_params('
             yield str((undefined(name='overrides') if l_0_overrides is missing else l_0_overrides))
             yield ')\n'
-            for l_1_name in environment.getattr((undefined(name='merge') if l_0_merge is missing else l_0_merge), 'finish_extra'):
+            for l_1_name in (environment.getattr((undefined(name='merge') if l_0_merge is missing else l_0_merge), 'finish_extra') + environment.getattr((undefined(name='merge') if l_0_merge is missing else l_0_merge), 'finish_offsets')):
                 _loop_vars = {}
                 pass
                 yield '    overrides['
@@ -833,4 +854,4 @@ def root(context, missing=missing):
                 yield '])\n'
 
 blocks = {}
-debug_info = '1=104&3=110&4=113&7=120&8=124&9=139&13=143&17=145&21=147&22=149&1=152&23=156&33=158&44=162&46=173&47=175&48=177&49=184&50=191&52=198&54=200&56=202&62=204&92=206&94=219&95=237&96=253&98=268&123=270&125=272&133=274&137=277&142=281&143=297&144=308&145=336&146=338&147=344&161=353&163=368&166=370&168=382&174=402&176=404&177=406&179=409&183=411&185=423&189=434&193=437&197=439&218=441&220=443&222=449&223=452&224=454&228=457&233=460&240=462&247=464&383=467&386=470&396=476&406=480&425=484&426=487&429=500&432=503&435=515&436=526&439=540&443=542&445=554&446=561&447=571&450=584&455=586&459=588&460=592&463=594&464=605&466=615&470=626&477=637&481=640&484=644&485=646&491=652&494=654&497=656&499=658&500=660&506=662&507=668&508=672&509=676&512=679&513=682&516=693&517=695&519=697&521=699&522=707&523=710&525=714&527=716&528=720&529=722&531=734&534=756&535=763&536=767&537=771&539=775&540=777&541=785&546=787&549=789&550=791&551=795&552=797&553=807&554=810&555=821&559=824&561=828'
+debug_info = '1=104&3=110&4=113&7=120&8=124&9=139&13=143&17=145&21=147&22=149&1=152&23=156&33=158&44=162&46=173&47=175&48=177&49=184&50=191&52=198&54=200&56=202&62=204&92=206&94=219&95=237&96=253&98=268&123=270&125=272&133=274&137=277&142=281&143=297&144=308&145=336&146=338&147=344&161=353&163=368&166=370&168=382&174=402&176=404&177=406&179=409&183=411&185=423&189=434&193=437&197=439&218=441&220=443&222=449&223=452&224=454&228=457&233=460&240=462&247=464&383=467&386=470&396=476&406=480&425=484&426=487&429=500&432=503&435=515&436=526&439=540&443=542&445=554&446=561&447=571&450=584&455=586&459=588&460=592&463=594&464=605&466=615&470=626&477=637&481=640&484=644&485=646&491=652&494=654&497=656&499=658&500=660&506=662&507=668&508=672&509=676&512=679&513=682&516=693&517=695&519=697&521=699&522=707&523=710&525=714&527=716&528=720&529=722&531=734&534=756&535=770&536=774&537=778&540=788&541=790&542=806&547=808&550=810&551=812&552=816&553=818&554=828&555=831&556=842&560=845&562=849'

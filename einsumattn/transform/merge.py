@@ -58,6 +58,7 @@ from .edit import assemble, splits_in_use
 from .steps import Blocked
 
 MERGE = "merge of partial states"
+COMMUTATIVE = "merge(a, b) = merge(b, a)"
 _KINDS = ("sum", "max", "min", "rescaled")
 _EMPTY = {"sum": 0.0, "max": -math.inf, "min": math.inf, "rescaled": 0.0}
 _NEG_INF = ir.Op("neg", (ir.Const(math.inf),))
@@ -94,7 +95,9 @@ class Merge:
 
     `partial` takes the spec's inputs over a range of `rank` (its extent the range's
     length) and the params `start` (the range's first position) and `count` (the rank's
-    whole size; a spec param's default that reads the rank's size reads it).
+    whole size; a spec param's default that reads the rank's size reads it), and for a
+    rank whose positions meet `rank`'s (the queries) an offset in `offsets` (0 unless
+    its positions are a range too).
     `combine` takes `A_<name>` and `B_<name>` for each part and returns the parts;
     `finish` takes the parts and the inputs it lists, and returns the spec's outputs."""
 
@@ -105,8 +108,14 @@ class Merge:
     finish: Cascade
     start: str
     count: str
+    offsets: dict[str, str]   # another rank whose positions meet `rank`'s -> its offset
     lse: tuple[str, str] | None   # (running max, its sum of exp): log-sum-exp = G + log S
     proofs: tuple[str, ...]
+
+    @property
+    def commutative(self) -> bool:
+        """Whether merge(a, b) = merge(b, a) was proved: ranges merge in any order."""
+        return any(proof.startswith(COMMUTATIVE) for proof in self.proofs)
 
     def params_for(self, piece: Cascade, count: int, start: int = 0) -> dict:
         """The params `piece` (partial or finish) needs beside the spec's for the range
@@ -119,6 +128,8 @@ class Merge:
         lines = [f"state over a range of {self.rank} (partial: the 1-pass cascade on the "
                  f"range; params {self.start} = its first position, {self.count} = "
                  f"{self.rank}):"]
+        lines += [f"  positions of {rank} offset by {param} (a range of it too)"
+                  for rank, param in self.offsets.items()]
         lines += [f"  {part.describe()}" for part in self.parts]
         if self.lse:
             lines.append(f"  log-sum-exp = {self.lse[0]} + log({self.lse[1]})")
@@ -156,7 +167,7 @@ def derive_merge(cascade: Cascade, *, tile: int | None = None) -> Merge | Blocke
     positioned = _positioned(cascade, rank)
     if isinstance(positioned, Blocked):
         return positioned
-    located, start, count = positioned
+    located, start, count, offsets = positioned
     derived = rewrite(located, tile=tile or DEFAULT_TILE).cascade
     passes = analyse_passes(derived)[rank].passes
     if passes > 1:
@@ -171,7 +182,7 @@ def derive_merge(cascade: Cascade, *, tile: int | None = None) -> Merge | Blocke
     if isinstance(proofs, Blocked):
         return proofs
     return Merge(rank, loop.parts, _partial_cascade(derived, loop), combine,
-                 _finish_cascade(derived, loop), start, count,
+                 _finish_cascade(derived, loop), start, count, offsets,
                  _log_sum_exp(derived, loop), proofs)
 
 
@@ -179,8 +190,11 @@ def derive_merge(cascade: Cascade, *, tile: int | None = None) -> Merge | Blocke
 def _positioned(cascade: Cascade, rank: str):
     """The cascade over a range of `rank`: every position of it used as a value (a mask
     `m <= p`, a bias `p - m`) becomes `m + start`, and its size used as a value becomes
-    `count`, two new params; inputs keep being read at the local `m`. Returns (cascade,
-    start, count, the params whose default reads the rank's size) or a Blocked."""
+    `count`, two new params; inputs keep being read at the local `m`. A rank whose
+    position is compared with or added to `rank`'s (the queries' `p` in `m <= p`) gets
+    an offset of its own, `p_start` (0 by default), so that its positions can be a
+    range too (context parallelism shards the queries). Returns (cascade, start, count,
+    {partner rank: its offset param}) or a Blocked."""
     var = cascade.ranks[rank].var
     for other in cascade.ranks.values():
         if other.definition is not None and any(
@@ -189,10 +203,16 @@ def _positioned(cascade: Cascade, rank: str):
                                               f"range of {rank} would resize it")
     start = cascade.fresh_name(f"{var}_start")
     count = cascade.fresh_name(f"{var}_count", {start})
+    taken = {start, count}
+    offsets: dict[str, str] = {}
+    for partner in _position_partners(cascade, var):
+        offsets[partner] = cascade.fresh_name(f"{partner}_start", taken)
+        taken.add(offsets[partner])
+    shifted = {var: start, **offsets}
 
     def local(node: ir.Expr):
-        if isinstance(node, ir.Index) and node.var == var:
-            return ir.Op("+", (node, ir.Param(start)))
+        if isinstance(node, ir.Index) and node.var in shifted:
+            return ir.Op("+", (node, ir.Param(shifted[node.var])))
         if isinstance(node, ir.Dim) and node.rank == rank:
             return ir.Param(count)
         if isinstance(node, ir.Read):
@@ -202,12 +222,13 @@ def _positioned(cascade: Cascade, rank: str):
     einsums = []
     for einsum in cascade.einsums:
         for read in einsum.accesses():
-            if cascade.tensors[read.tensor].is_input and any(
-                    var in ir.index_vars(index) and not (isinstance(index, ir.Index))
-                    for index in read.indices):
+            shift = next((v for index in read.indices for v in ir.index_vars(index)
+                          if v in shifted and not isinstance(index, ir.Index)), None)
+            if cascade.tensors[read.tensor].is_input and shift is not None:
                 return Blocked(MERGE, einsum.tensor,
                                f"{read.tensor} is read at {ir.to_text(read)}, beside "
-                               f"{var}: a range would need keys of its neighbour (a halo)")
+                               f"{shift}: a range would need positions of its neighbour "
+                               f"(a halo)")
         einsums.append(replace(einsum, body=rebuild(einsum.body, local),
                                filter=None if einsum.filter is None else
                                rebuild(einsum.filter, local)))
@@ -219,8 +240,35 @@ def _positioned(cascade: Cascade, rank: str):
               for name, decl in cascade.params.items()}
     params[start] = ParamDecl(start, ir.Const(0))
     params[count] = ParamDecl(count, None)
+    for offset in offsets.values():
+        params[offset] = ParamDecl(offset, ir.Const(0))
     located = replace(cascade, params=params, einsums=tuple(einsums))
-    return located, start, count
+    return located, start, count, {cascade.var_rank(v): p for v, p in offsets.items()}
+
+
+_POSITION_OPS = frozenset({"<", "<=", ">", ">=", "==", "!=", "+", "-"})
+
+
+def _position_partners(cascade: Cascade, var: str) -> list[str]:
+    """The index variables compared with, added to or subtracted from `var` outside
+    reads (`p` in `m <= p` and in ALiBi's `m - p`), in order of appearance."""
+    found: dict[str, None] = {}
+
+    def positions(node: ir.Expr) -> list[str]:
+        if isinstance(node, ir.Index):
+            return [node.var]
+        if isinstance(node, ir.Op) and node.op in _POSITION_OPS | {"*", "neg"}:
+            return [v for a in node.args for v in positions(a)]
+        return []
+
+    for einsum in cascade.einsums:
+        for expr in (einsum.body, einsum.filter):
+            for node in ir.walk(expr) if expr is not None else ():
+                if isinstance(node, ir.Op) and node.op in _POSITION_OPS:
+                    used = positions(node)
+                    if var in used:
+                        found.update(dict.fromkeys(v for v in used if v != var))
+    return list(found)
 
 
 # ------------------------------------------------------------------ the loop
@@ -661,13 +709,19 @@ class _Proof:
                     expected = self.merge(left, self.step(right, keys, "u"))
                     self._equal(got, expected, "step(merge(a, s), u) = "
                                                "merge(a, step(s, u))")
-        return (f"merge(e, a) = a = merge(a, e), e the empty state ({names} at their "
-                f"inits)",
-                "merge(merge(a, b), c) = merge(a, merge(b, c))",
-                f"step(merge(a, s), u) = merge(a, step(s, u)) for a tile u of "
-                f"{' or '.join(str(k) if k else 'no' for k in self.tiles)} present keys, "
-                f"a and s empty or not: the pass over A then B ends in "
-                f"merge(state(A), state(B))")
+        proved = [f"merge(e, a) = a = merge(a, e), e the empty state ({names} at their "
+                  f"inits)",
+                  "merge(merge(a, b), c) = merge(a, merge(b, c))",
+                  f"step(merge(a, s), u) = merge(a, step(s, u)) for a tile u of "
+                  f"{' or '.join(str(k) if k else 'no' for k in self.tiles)} present keys, "
+                  f"a and s empty or not: the pass over A then B ends in "
+                  f"merge(state(A), state(B))"]
+        # Not needed for a merge in order of the ranges; a ring merges in order of
+        # arrival, which is another order on every machine but the first.
+        flipped = self.merge(b, a)
+        if all(_identical(got, flipped[name]) for name, got in self.merge(a, b).items()):
+            proved.append(f"{COMMUTATIVE}: ranges may be merged in any order")
+        return tuple(proved)
 
     def _equal(self, got: dict, expected: dict, law: str) -> None:
         for part in self.loop.parts:
