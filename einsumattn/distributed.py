@@ -36,9 +36,11 @@ sends each received shard's gradient back to its sender along the reverse ring, 
 all-gather's is torch.distributed.nn's. Transport is torch.distributed only (gloo on the
 CPU, NCCL on GPUs).
 
-Linear recurrences (outputs indexed by the streamed rank) need LASP-2's prefix combine
-of the states, which transform/merge.py does not derive yet: such a module has
-`MERGE = None`, and context_parallel says so.
+Linear recurrences (outputs indexed by the streamed rank: `MERGE["kind"] == "prefix"`,
+transform/prefix.py) run as LASP-2: each process computes its state from a zero start,
+one all-gather exchanges the states (one per process), each merges the states before
+its own and computes its outputs from that entering state. The contiguous layout only:
+a position's output reads every position before it.
 """
 
 from __future__ import annotations
@@ -130,13 +132,48 @@ class _RingPass(torch.autograd.Function):
         return (None, None, None, *result)
 
 
-def _all_gather(tensor: torch.Tensor, group) -> list[torch.Tensor]:
-    if tensor.requires_grad:
-        import torch.distributed.nn.functional as collectives
+class _Anchor(torch.autograd.Function):
+    """`value`, with `others` in its graph: they get zero gradients, so that the
+    collective that made them runs its backward on every process."""
 
-        return list(collectives.all_gather(tensor.contiguous(), group=group))
-    gathered = [torch.empty_like(tensor) for _ in range(dist.get_world_size(group))]
-    dist.all_gather(gathered, tensor.contiguous(), group=group)
+    @staticmethod
+    def forward(ctx, value, *others):
+        ctx.shapes = [(o.shape, o.dtype, o.device) for o in others]
+        return value.view_as(value)
+
+    @staticmethod
+    def backward(ctx, gradient):
+        return (gradient, *(torch.zeros(shape, dtype=dtype, device=device)
+                            for shape, dtype, device in ctx.shapes))
+
+
+def _all_gather(tensors: dict, group) -> dict[str, list[torch.Tensor]]:
+    """Every process's value of each tensor, name -> [one per process]: one collective
+    per dtype (the tensors flattened into one buffer), differentiable where they need
+    gradients. One collective, not one per tensor: a collective's backward must run in
+    the same order on every process, and the autograd engine orders independent nodes
+    by when they become ready, which differs from process to process."""
+    world = dist.get_world_size(group)
+    gathered: dict[str, list] = {name: [None] * world for name in tensors}
+    groups: dict = {}
+    for name, value in tensors.items():
+        groups.setdefault(value.dtype, []).append(name)
+    for names in groups.values():
+        flat = torch.cat([tensors[n].contiguous().reshape(-1) for n in names])
+        if flat.requires_grad:
+            import torch.distributed.nn.functional as collectives
+
+            every = list(collectives.all_gather(flat, group=group))
+        else:
+            every = [torch.empty_like(flat) for _ in range(world)]
+            dist.all_gather(every, flat, group=group)
+        for process, buffer in enumerate(every):
+            offset = 0
+            for name in names:
+                size = tensors[name].numel()
+                gathered[name][process] = buffer[offset:offset + size].view(
+                    tensors[name].shape)
+                offset += size
     return gathered
 
 
@@ -165,6 +202,8 @@ def context_parallel(module, *inputs, group=None, strategy: str = "ring",
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
     traffic = traffic if traffic is not None else Traffic()
+    if info["kind"] == "prefix":
+        return _prefix_parallel(module, inputs, group, layout, traffic, params)
     world, me = dist.get_world_size(group), dist.get_rank(group)
     names = list(module.INPUTS)
     if queries is None:
@@ -217,7 +256,7 @@ def context_parallel(module, *inputs, group=None, strategy: str = "ring",
                     states.setdefault(q, []).append((start, state))
 
     if strategy == "allgather":
-        gathered = {name: _all_gather(value, group) for name, value in held.items()}
+        gathered = _all_gather(held, group)
         for other in range(world):
             traffic.bytes_sent += sum(v.numel() * v.element_size() for v in held.values()) \
                 if other != me else 0
@@ -264,6 +303,39 @@ def context_parallel(module, *inputs, group=None, strategy: str = "ring",
         joined.append((torch.cat(pieces, dim=axis) if axis is not None else pieces[0])
                       .to(dtype))
     return joined[0] if len(joined) == 1 else tuple(joined)
+
+
+def _prefix_parallel(module, inputs, group, layout: str, traffic: Traffic, params: dict):
+    """LASP-2: each process's state from a zero start, one all-gather of the states, the
+    prefix of those before it merged, and its outputs from that entering state."""
+    info = module.MERGE
+    if layout != "contiguous":
+        raise ValueError("a prefix combine needs the contiguous layout: the outputs at a "
+                         "position read the state of every position before it")
+    world, me = dist.get_world_size(group), dist.get_rank(group)
+    rank = info["rank"]
+    axes = _sharded_axes(module, list(module.INPUTS), {rank})
+    holder = next(iter(axes))
+    length = inputs[list(module.INPUTS).index(holder)].shape[axes[holder][1]]
+    keywords = {info["start"]: me * length, info["count"]: length * world}
+    state = module.partial(*inputs, **keywords, **params)
+    gathered = _all_gather(state, group)
+    traffic.bytes_sent += sum(v.numel() * v.element_size() for v in state.values())
+    traffic.messages += 1
+    entering = {name: torch.zeros_like(value) for name, value in state.items()}
+    for other in range(me):
+        earlier = {name: gathered[name][other] for name in state}
+        entering = earlier if other == 0 else module.merge(entering, earlier)
+    # The all-gather's backward is a collective: every process must run it, also those
+    # that read none of the gathered states (the first) or not all of them.
+    entering = {name: _Anchor.apply(value, *gathered[name])
+                for name, value in entering.items()}
+    result = module.finish(entering, *inputs, **{k: v for k, v in keywords.items()
+                                                 if k in info["finish_keywords"]}, **params)
+    dtype = next((t.dtype for t in inputs if t.is_floating_point()), torch.float32)
+    if isinstance(result, tuple):
+        return tuple(value.to(dtype) for value in result)
+    return result.to(dtype)
 
 
 def _chunk(value: torch.Tensor, axis: int, chunks: list, number: int) -> torch.Tensor:

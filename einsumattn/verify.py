@@ -507,19 +507,34 @@ def _backward_kernels(module, training: dict, inputs: dict, case: Case):
 def merged_outputs(module, cascade: Cascade, inputs: dict):
     """The outputs of a module compiled with --merge, through its public pieces: the
     streamed rank cut into three ranges (fewer where it is shorter), `partial` on each,
-    `merge` left to right, `finish`."""
+    `merge` left to right, `finish` (for a prefix combine, each range's outputs from the
+    merge of the states before it)."""
+    import torch
+
     merge = module.MERGE
     rank = merge["rank"]
     holder = next(t for t in cascade.inputs if rank in t.ranks)
     size = inputs[holder.name].shape[holder.ranks.index(rank)]
     bounds = sorted({0, size // 3, 2 * size // 3, size})
     state = None
+    pieces = []
     for start, stop in zip(bounds, bounds[1:]):
         shard = [value.narrow(t.ranks.index(rank), start, stop - start)
                  if rank in t.ranks else value
                  for t, value in zip(cascade.inputs, inputs.values())]
-        part = module.partial(*shard, **{merge["start"]: start, merge["count"]: size})
+        keywords = {merge["start"]: start, merge["count"]: size}
+        part = module.partial(*shard, **keywords)
+        if merge["kind"] == "prefix":   # this range's outputs from the state before it
+            entering = state if state is not None else \
+                {name: torch.zeros_like(value) for name, value in part.items()}
+            finished = module.finish(entering, *shard, **{
+                k: v for k, v in keywords.items() if k in merge["finish_keywords"]})
+            pieces.append(finished if isinstance(finished, tuple) else (finished,))
         state = part if state is None else module.merge(state, part)
+    if merge["kind"] == "prefix":
+        joined = tuple(torch.cat([p[n] for p in pieces], dim=merge["output_ranks"][o].index(
+            rank)) for n, o in enumerate(cascade.outputs))
+        return joined[0] if len(joined) == 1 else joined
     keywords = {name: {merge["start"]: 0, merge["count"]: size}[name]
                 for name in merge["finish_keywords"]}
     return module.finish(state, *(inputs[name] for name in merge["finish_inputs"]),

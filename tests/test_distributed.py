@@ -33,12 +33,16 @@ SPECS = {name: (ROOT / "examples" / f"{name}.attn").read_text()
 SPECS["document_causal"] = DOCUMENTS
 CASES = [(name, strategy, layout) for name in SPECS for strategy in ("ring", "allgather")
          for layout in ("contiguous", "balanced")]
+# Linear recurrences: LASP-2 (one all-gather of the states), contiguous layout.
+for name in ("gla", "gla_recurrent"):
+    SPECS[name] = (ROOT / "examples" / f"{name}.attn").read_text()
+    CASES.append((name, "prefix", "contiguous"))
 
 
 def _global_inputs(module, seed: int) -> list[torch.Tensor]:
     """Whole inputs: 16 positions (B=2, H=2, E=4, F=3); documents of 5, 6 and 5 tokens."""
     generator = torch.Generator().manual_seed(seed)
-    sizes = dict(B=2, H=2, P=16, M=16, E=4, F=3)
+    sizes = dict(B=2, H=2, P=16, M=16, E=4, F=3, T=16, D=4)
     values = []
     for name in module.INPUTS:
         ranks = module.MERGE["input_ranks"][name]
@@ -46,6 +50,8 @@ def _global_inputs(module, seed: int) -> list[torch.Tensor]:
             values.append(torch.tensor([0] * 5 + [1] * 6 + [2] * 5).repeat(2, 1))
         else:
             values.append(torch.randn([sizes[r] for r in ranks], generator=generator))
+        if name == "GK":       # gla_recurrent's log-space gates: decays below 1
+            values[-1] = torch.nn.functional.logsigmoid(values[-1])
     return values
 
 
@@ -63,7 +69,7 @@ def _worker(index: int, world: int, folder: str) -> None:
         module = import_file(path, f"distributed_{name}_{index}")
         whole = _global_inputs(module, seed=7)
         ranks = module.MERGE["input_ranks"]
-        sharded = {module.MERGE["rank"], "P"}
+        sharded = {module.MERGE["rank"], "P"}   # T for a prefix, M and P otherwise
 
         def cut(value, ranks_of):
             axis = next((a for a, r in enumerate(ranks_of) if r in sharded), None)
@@ -76,7 +82,8 @@ def _worker(index: int, world: int, folder: str) -> None:
         local = [cut(x.detach(), ranks[n]).requires_grad_(x.is_floating_point())
                  for x, n in zip(whole, module.INPUTS)]
         traffic = Traffic()
-        got = context_parallel(module, *local, strategy=strategy, layout=layout,
+        got = context_parallel(module, *local, layout=layout,
+                               strategy="ring" if strategy == "prefix" else strategy,
                                traffic=traffic,
                                queries="P" if name == "sigmoid_attention" else None)
         out_ranks = module.MERGE["output_ranks"][module.OUTPUTS[0]]
@@ -118,6 +125,8 @@ def test_sharded_forward_and_backward_equal_one_process(compiled, world, tmp_pat
             extra = 2 * 2 * 16 * 4 // world if name == "document_causal" else 0
             if strategy == "ring":   # W-1 shards of K and V (and the key-side ids)
                 assert result["bytes"] == (world - 1) * (key_bytes + extra)
+            if strategy == "prefix":  # one state (S and its decays P: B H D F) each
+                assert result["bytes"] == 2 * 2 * 2 * 4 * 3 * 4
 
 
 def test_the_documented_two_process_example_runs(tmp_path):
@@ -133,12 +142,13 @@ def test_the_documented_two_process_example_runs(tmp_path):
 def test_what_cannot_be_sharded_says_why(tmp_path):
     from einsumattn.distributed import chunk_starts, context_parallel
 
-    found = compiled_specs(tmp_path, {"gla": (ROOT / "examples" / "gla.attn").read_text(),
-                                      "plain": (ROOT / "examples" /
-                                                "sigmoid_attention.attn").read_text()},
+    found = compiled_specs(tmp_path, {name: (ROOT / "examples" / f"{name}.attn").read_text()
+                                      for name in ("clipped_softmax", "gla")},
                            "unsharded", merge=True)
     with pytest.raises(ValueError, match="no merge of partial states"):
-        context_parallel(found["gla"][1], torch.zeros(1))
+        context_parallel(found["clipped_softmax"][1], torch.zeros(1))
+    with pytest.raises(ValueError, match="needs the contiguous layout"):
+        context_parallel(found["gla"][1], torch.zeros(1), layout="balanced")
     with pytest.raises(ValueError, match="compile it with merge=True"):
         context_parallel(object(), torch.zeros(1))
     assert chunk_starts(16, 4, 1, "balanced") == [(2, 2), (12, 2)]

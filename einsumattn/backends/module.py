@@ -614,14 +614,19 @@ def _merge_fields(cascade: Cascade, tile: int) -> dict:
     public = names.public_names([t.name for t in cascade.inputs] + list(cascade.params))
     extra = [merge.start, merge.count]
     offsets = [param for param in merge.offsets.values()]
-    finish_inputs = [t.name for t in merge.finish.inputs if t.name not in parts]
+    # The finish's inputs that hold the state: the parts themselves, or for a prefix
+    # combine the state entering the range (input -> part).
+    state_of = {**{name: name for name in parts}, **merge.entering}
+    finish_inputs = [t.name for t in merge.finish.inputs if t.name not in state_of]
     extra_keywords = [p for p in extra if p in merge.finish.params] + \
         [f"{p}=0" for p in offsets if p in merge.finish.params] + \
         [f"{public[p]}=None" for p in cascade.params]
     return {
         "refused": None, "rank": merge.rank, "start": merge.start, "count": merge.count,
         "pieces": pieces,
-        "data": {"rank": merge.rank, "start": merge.start, "count": merge.count,
+        "kind": merge.kind,
+        "data": {"kind": merge.kind, "rank": merge.rank, "start": merge.start,
+                 "count": merge.count,
                  "state": {p.name: p.kind if p.shift is None else f"{p.kind} by {p.shift}"
                            for p in merge.parts},
                  "log_sum_exp": merge.lse, "finish_inputs": tuple(finish_inputs),
@@ -637,8 +642,9 @@ def _merge_fields(cascade: Cascade, tile: int) -> dict:
                                                   [q for q in parts for _ in (0, 1)])),
         "finish_signature": ", ".join(["state", *(public[i] for i in finish_inputs)]
                                       + (["*"] if extra_keywords else []) + extra_keywords),
-        "finish_args": ", ".join(f"state[{string_literal(t.name)}]" if t.name in parts
-                                 else public[t.name] for t in merge.finish.inputs),
+        "finish_args": ", ".join(f"state[{string_literal(state_of[t.name])}]"
+                                 if t.name in state_of else public[t.name]
+                                 for t in merge.finish.inputs),
         "finish_extra": [p for p in extra if p in merge.finish.params],
         "proofs": list(merge.proofs),
     }

@@ -1,4 +1,4 @@
-# einsumattn template key: 1e9cd6cce3d3af850afd8e37420e017171d4050585bfcdb816f217d4e3f70f8c
+# einsumattn template key: 291dbc7006dbdf6e86a04f9e380132a07d8805dd6150d27ad642e1807b61935c
 # jinja2's compiled form of einsumattn/templates/module.py.j2, written by `python -m einsumattn.backends.templates` (see backends/templates.py). Do not edit.
 from jinja2.runtime import LoopContext, Macro, Markup, Namespace, TemplateNotFound, TemplateReference, TemplateRuntimeError, Undefined, escape, identity, internalcode, markup_join, missing, str_join
 name = 'module.py.j2'
@@ -691,13 +691,23 @@ def root(context, missing=missing):
             yield 'MERGE = None\n'
         else:
             pass
-            yield '\n# The merge of partial states over ranges of '
-            yield str(environment.getattr((undefined(name='merge') if l_0_merge is missing else l_0_merge), 'rank'))
-            yield ' (docs/merge.md; `einsumattn analyze`\n# prints its derivation and proof): `partial` computes the state of one range of '
-            yield str(environment.getattr((undefined(name='merge') if l_0_merge is missing else l_0_merge), 'rank'))
-            yield ',\n# `merge` combines the states of two adjacent ranges (associative: any bracketing gives\n# the same state), `finish` turns the state of the whole of '
-            yield str(environment.getattr((undefined(name='merge') if l_0_merge is missing else l_0_merge), 'rank'))
-            yield ' into the outputs.\n# Split-KV decoding and context parallelism are built from these. Proved:\n'
+            yield '\n'
+            if (environment.getattr((undefined(name='merge') if l_0_merge is missing else l_0_merge), 'kind') == 'prefix'):
+                pass
+                yield '# The prefix combine of the states over ranges of '
+                yield str(environment.getattr((undefined(name='merge') if l_0_merge is missing else l_0_merge), 'rank'))
+                yield ' (LASP-2; docs/merge.md;\n# `einsumattn analyze` prints its derivation and proof): `partial` computes the state of\n# one range of '
+                yield str(environment.getattr((undefined(name='merge') if l_0_merge is missing else l_0_merge), 'rank'))
+                yield " from a zero start, `merge` combines the states of two adjacent\n# ranges (associative), `finish` computes a range's outputs from the state entering it\n# (the merge of the earlier ranges' states; zeros before the first). Proved:\n"
+            else:
+                pass
+                yield '# The merge of partial states over ranges of '
+                yield str(environment.getattr((undefined(name='merge') if l_0_merge is missing else l_0_merge), 'rank'))
+                yield ' (docs/merge.md; `einsumattn analyze`\n# prints its derivation and proof): `partial` computes the state of one range of '
+                yield str(environment.getattr((undefined(name='merge') if l_0_merge is missing else l_0_merge), 'rank'))
+                yield ',\n# `merge` combines the states of two adjacent ranges (associative: any bracketing gives\n# the same state), `finish` turns the state of the whole of '
+                yield str(environment.getattr((undefined(name='merge') if l_0_merge is missing else l_0_merge), 'rank'))
+                yield ' into the outputs.\n# Split-KV decoding and context parallelism are built from these. Proved:\n'
             for l_1_proof in environment.getattr((undefined(name='merge') if l_0_merge is missing else l_0_merge), 'proofs'):
                 _loop_vars = {}
                 pass
@@ -810,11 +820,22 @@ def root(context, missing=missing):
             yield str(environment.getattr((undefined(name='merge') if l_0_merge is missing else l_0_merge), 'combine_args'))
             yield ', {})\n\n\ndef finish('
             yield str(environment.getattr((undefined(name='merge') if l_0_merge is missing else l_0_merge), 'finish_signature'))
-            yield '):\n    """The outputs ('
-            yield str(t_5(context.eval_ctx, (undefined(name='outputs') if l_0_outputs is missing else l_0_outputs), ', '))
-            yield '), in float32, from the state of the whole of '
-            yield str(environment.getattr((undefined(name='merge') if l_0_merge is missing else l_0_merge), 'rank'))
-            yield '."""\n    overrides = _check_params('
+            yield '):\n'
+            if (environment.getattr((undefined(name='merge') if l_0_merge is missing else l_0_merge), 'kind') == 'prefix'):
+                pass
+                yield '    """The outputs ('
+                yield str(t_5(context.eval_ctx, (undefined(name='outputs') if l_0_outputs is missing else l_0_outputs), ', '))
+                yield ') of the '
+                yield str(environment.getattr((undefined(name='merge') if l_0_merge is missing else l_0_merge), 'rank'))
+                yield ' range of the inputs given, in float32,\n    from the state entering it (`merge` of the earlier ranges\' states)."""\n'
+            else:
+                pass
+                yield '    """The outputs ('
+                yield str(t_5(context.eval_ctx, (undefined(name='outputs') if l_0_outputs is missing else l_0_outputs), ', '))
+                yield '), in float32, from the state of the whole of '
+                yield str(environment.getattr((undefined(name='merge') if l_0_merge is missing else l_0_merge), 'rank'))
+                yield '."""\n'
+            yield '    overrides = _check_params('
             yield str((undefined(name='overrides') if l_0_overrides is missing else l_0_overrides))
             yield ')\n'
             for l_1_name in (environment.getattr((undefined(name='merge') if l_0_merge is missing else l_0_merge), 'finish_extra') + environment.getattr((undefined(name='merge') if l_0_merge is missing else l_0_merge), 'finish_offsets')):
@@ -854,4 +875,4 @@ def root(context, missing=missing):
                 yield '])\n'
 
 blocks = {}
-debug_info = '1=104&3=110&4=113&7=120&8=124&9=139&13=143&17=145&21=147&22=149&1=152&23=156&33=158&44=162&46=173&47=175&48=177&49=184&50=191&52=198&54=200&56=202&62=204&92=206&94=219&95=237&96=253&98=268&123=270&125=272&133=274&137=277&142=281&143=297&144=308&145=336&146=338&147=344&161=353&163=368&166=370&168=382&174=402&176=404&177=406&179=409&183=411&185=423&189=434&193=437&197=439&218=441&220=443&222=449&223=452&224=454&228=457&233=460&240=462&247=464&383=467&386=470&396=476&406=480&425=484&426=487&429=500&432=503&435=515&436=526&439=540&443=542&445=554&446=561&447=571&450=584&455=586&459=588&460=592&463=594&464=605&466=615&470=626&477=637&481=640&484=644&485=646&491=652&494=654&497=656&499=658&500=660&506=662&507=668&508=672&509=676&512=679&513=682&516=693&517=695&519=697&521=699&522=707&523=710&525=714&527=716&528=720&529=722&531=734&534=756&535=770&536=774&537=778&540=788&541=790&542=806&547=808&550=810&551=812&552=816&553=818&554=828&555=831&556=842&560=845&562=849'
+debug_info = '1=104&3=110&4=113&7=120&8=124&9=139&13=143&17=145&21=147&22=149&1=152&23=156&33=158&44=162&46=173&47=175&48=177&49=184&50=191&52=198&54=200&56=202&62=204&92=206&94=219&95=237&96=253&98=268&123=270&125=272&133=274&137=277&142=281&143=297&144=308&145=336&146=338&147=344&161=353&163=368&166=370&168=382&174=402&176=404&177=406&179=409&183=411&185=423&189=434&193=437&197=439&218=441&220=443&222=449&223=452&224=454&228=457&233=460&240=462&247=464&383=467&386=470&396=476&406=480&425=484&426=487&429=500&432=503&435=515&436=526&439=540&443=542&445=554&446=561&447=571&450=584&455=586&459=588&460=592&463=594&464=605&466=615&470=626&477=637&481=640&484=644&485=646&491=652&494=654&497=656&499=658&500=660&506=662&507=668&508=672&509=676&512=679&513=682&516=693&518=698&521=703&522=705&524=707&526=709&527=717&528=720&530=724&532=726&533=730&534=732&536=744&539=766&540=780&541=784&542=788&545=798&546=800&547=816&552=818&555=820&556=822&558=832&559=837&560=839&561=849&562=852&563=863&567=866&569=870'
