@@ -261,7 +261,7 @@ def context_parallel(module, *inputs, group=None, strategy: str = "ring",
             traffic.bytes_sent += sum(v.numel() * v.element_size() for v in held.values()) \
                 if other != me else 0
             absorb({name: gathered[name][other] for name in held}, other)
-        traffic.messages += 1
+        traffic.messages += world > 1
     else:
         for step in range(world):
             absorb(held, owner)
@@ -320,8 +320,9 @@ def _prefix_parallel(module, inputs, group, layout: str, traffic: Traffic, param
     keywords = {info["start"]: me * length, info["count"]: length * world}
     state = module.partial(*inputs, **keywords, **params)
     gathered = _all_gather(state, group)
-    traffic.bytes_sent += sum(v.numel() * v.element_size() for v in state.values())
-    traffic.messages += 1
+    if world > 1:
+        traffic.bytes_sent += sum(v.numel() * v.element_size() for v in state.values())
+        traffic.messages += 1
     entering = {name: torch.zeros_like(value) for name, value in state.items()}
     for other in range(me):
         earlier = {name: gathered[name][other] for name in state}

@@ -11,7 +11,7 @@ from einsumattn.evaluate import evaluate, overflowing
 from einsumattn.verify import (Case, case_inputs, compare, drawn_ranks, flushing_subnormals,
                                representable, run_check, well_conditioned)
 
-from conftest import EXAMPLES
+from conftest import EXAMPLES, ROOT
 
 SIGMOID = "dims I\ninput X[i]\nY[i] = sigmoid(X[i])\noutput Y\n"
 LOG_SIGMOID = "dims I\ninput X[i]\nY[i] = log(sigmoid(X[i]))\noutput Y\n"
@@ -184,3 +184,21 @@ def test_interpreted_cases_bound_the_programs_of_a_grid():
 
     run()
     assert largest["M"] == 17 and largest["E"] == 17   # not in every output: unbounded
+
+
+def test_a_float32_oracle_that_lost_every_digit_is_ill_conditioned():
+    """Linear attention at scale 100 (found by the derandomized check once its draws
+    changed): elu(x) + 1 of x below -17 is 0 or 6e-8 in float32 as rounding falls, so
+    a denominator is 0 in torch (NaN) and 1e-12 in numpy's float32 (-68 for an exact
+    62). compare() passes numpy's value, its tolerance scaled by the intermediates;
+    the case is ill-conditioned all the same, and says so."""
+    from einsumattn.verify import Case, _float32_agrees, case_inputs, well_conditioned
+
+    cascade = einsumattn.load(ROOT / "examples" / "linear_attention.attn")
+    case = Case(dict(B=4, H=8, P=7, M=2, E=8, F=1), "float32", 100.0, False, 154)
+    inputs = case_inputs(cascade, case)
+    assert _float32_agrees(cascade, cascade, inputs, "float32", None)
+    assert not well_conditioned(cascade, inputs, "float32")
+    # At scale 1 the same shapes keep their digits.
+    assert well_conditioned(cascade, case_inputs(cascade, Case(case.sizes, "float32", 1.0,
+                                                               False, 154)), "float32")
