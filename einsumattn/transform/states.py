@@ -378,6 +378,9 @@ class _Symbolic(Algebra):
         return super().function(op, args)
 
 
+_PROVED: dict = {}
+
+
 class _NotProvable(Exception):
     pass
 
@@ -484,10 +487,22 @@ class Proof:
         return {part.name: new[part.name] for part in loop.parts}
 
     def run(self) -> tuple[str, ...] | Blocked:
-        try:
-            return self._run()
-        except _NotProvable as why:
-            return Blocked(MERGE, self.derived.name, f"the merge cannot be proved: {why}")
+        # The proof is a function of the Einsums it reads (the loop's, in the order they
+        # run, the combine's) and of the parts: proved once per process for each such
+        # text (analyze, compile --merge and check each derive it; every softmax
+        # variant with the same loop shares one).
+        key = (tuple(einsum_text(self.derived, e) for e in self.loop.body
+                     if e.tensor in self.needed),
+               tuple(einsum_text(self.combine, e) for e in self.combine.einsums),
+               tuple((p.name, p.kind, p.shift) for p in self.loop.parts), self.tiles,
+               self.loop.inner, self.loop.outer)
+        if key not in _PROVED:
+            try:
+                _PROVED[key] = self._run()
+            except _NotProvable as why:
+                _PROVED[key] = f"the merge cannot be proved: {why}"
+        found = _PROVED[key]
+        return Blocked(MERGE, self.derived.name, found) if isinstance(found, str) else found
 
     def _run(self) -> tuple[str, ...]:
         names = ", ".join(part.name for part in self.loop.parts)
