@@ -378,3 +378,17 @@ def test_compile_merge_says_what_the_state_is(tmp_path, capsys):
         capsys.readouterr().out
     assert "\ndef partial(Q, K, V, *, m_start, m_count, scale=None, bias=None):" in \
         (tmp_path / "sigmoid_attention.py").read_text()
+
+
+def test_analyze_of_a_reduction_read_by_another_reduction_does_not_crash(tmp_path, capsys):
+    """The thorough profile's generated spec: T1 sums over every rank and T2 reads it;
+    the merge was looked up at a recurrence position T1 does not have (a TypeError)."""
+    from einsumattn.cli import main
+
+    spec = tmp_path / "gen.attn"
+    spec.write_text("attention gen_2e_bp\n\ndims  B = 1, P\ninput X0[b, p], X1[b], X2[b]\n\n"
+                    "T1 = sum[b, p] tanh(X0[b, p]) * 1\nT2 = tanh(tanh(T1) * 1)\n\n"
+                    "output T1, T2\n")
+    assert main(["analyze", str(spec)]) == 0
+    assert "  refused: merge of partial states does not apply to gen_2e_bp" in \
+        capsys.readouterr().out

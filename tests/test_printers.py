@@ -610,3 +610,17 @@ def test_a_zero_from_nested_maxima_is_probed_with_either_sign():
     reference = einsumattn.evaluate(cascade, inputs, params, intermediates=True)
     assert not _conditioned(cascade, inputs, params, reference["O"],
                             magnitude(reference.values()))
+
+
+def test_python_logsigmoid_of_inf_is_negative_zero():
+    """The thorough profile's `(I + X[i]) / logsigmoid(c)` at c = inf: the oracle's
+    -softplus(-inf) is -0.0, so the quotient is -inf; the scalar printer's
+    min(x, 0) - log1p(...) gave +0.0 and +inf."""
+    import math
+
+    from einsumattn.backends.printers import PythonScalarPrinter
+
+    text = PythonScalarPrinter({"c": "c"})(ir.Op("logsigmoid", (ir.Param("c"),)))
+    value = eval(text, {"math": math, "c": math.inf})  # noqa: S307 - our own printed code
+    assert value == 0.0 and math.copysign(1.0, value) == -1.0
+    assert eval(text, {"math": math, "c": -math.inf}) == -math.inf  # noqa: S307

@@ -74,13 +74,15 @@ class PythonScalarPrinter(Printer):
             return f"max({args[0]}, 0.0)"
         if op == "elu":
             return f"({x} if {x} > 0 else math.expm1({x}))"
-        if op in ("softplus", "logsigmoid"):
-            # max(x, 0) + log1p(exp(-|x|)), as the oracle's logaddexp(0, x): no overflow;
-            # logsigmoid(x) = -softplus(-x) = min(x, 0) - log1p(exp(-|x|)). A NaN `x` stays
-            # (max keeps a NaN first operand).
-            side = "max" if op == "softplus" else "min"
-            sign = "+" if op == "softplus" else "-"
-            return f"({side}({args[0]}, 0.0) {sign} math.log1p(math.exp(-abs({args[0]}))))"
+        if op == "softplus":
+            # max(x, 0) + log1p(exp(-|x|)), as the oracle's logaddexp(0, x): no overflow.
+            # A NaN `x` stays (max keeps a NaN first operand).
+            return f"(max({args[0]}, 0.0) + math.log1p(math.exp(-abs({args[0]}))))"
+        if op == "logsigmoid":
+            # -softplus(-x), as the oracle: at x = +inf that is -0.0, which a division by
+            # it keeps (min(x, 0) - log1p(...) gave +0.0: `I / logsigmoid(c)` with c = inf
+            # was +inf, found by the thorough hypothesis profile).
+            return f"(-(max(-{x}, 0.0) + math.log1p(math.exp(-abs({args[0]})))))"
         if op == "silu":
             return f"({x} * {self.function('sigmoid', args)})"
         if op == "sign":

@@ -140,7 +140,9 @@ def _loop_of(derived: Cascade, rank: str) -> Loop | Blocked:
     for einsum in readers:
         for read in einsum.accesses():
             if read.tensor not in names or read.tensor in parts:
-                if read.tensor in parts and not _at_end(derived, read, split):
+                if read.tensor in parts and \
+                        derived.tensors[read.tensor].iterative is not None and \
+                        not _at_end(derived, read, split):
                     return Blocked(MERGE, einsum.tensor,
                                    f"{ir.to_text(read)} is not the state at the end")
                 continue
