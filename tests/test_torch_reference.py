@@ -202,3 +202,23 @@ output O
               "W": torch.randn(3, 2, generator=generator)}
     results = compare(cascade, inputs, module.reference(*inputs.values()), "float32")
     assert all(r.ok for r in results), [r.describe() for r in results]
+
+
+def test_a_mask_read_from_a_tensor_of_other_ranks_is_expanded(tmp_path):
+    """The thorough profile's random cascade: T3[f, m] has the points of the scalar T2,
+    and the reference reused T2's 0-dimensional mask as T3's, then indexed it by f, m
+    (IndexError)."""
+    spec = tmp_path / "gen_5e_fpm.attn"
+    spec.write_text("attention gen_5e_fpm\n\ndims  F, P, M\ninput X0[f, p, m]\n"
+                    "param scale = 1 / sqrt(P)\n\n"
+                    "T1[m] = sum[f, p] tanh(X0[f, p, m]) where m < 1\n"
+                    "init R2[0] = -inf\nR2[m+1] = max(R2[m], T1[m])\nT2 = R2[M]\n"
+                    "T3[f, m] = sum[p] T2 / (1 + abs(X0[f, p, m])) - scale\n"
+                    "T4[m] = max[f] -T3[f, m] * 0.5\n\noutput T4\n")
+    module = einsumattn.compile(spec, backend="torch")
+    x = torch.randn(3, 2, 4)
+    expected = einsumattn.evaluate(einsumattn.load(spec), {"X0": x.double().numpy()})["T4"]
+    with torch.no_grad():
+        for backend in ("reference", "torch"):
+            got = getattr(module, module.__all__[0])(backend=backend)(x)
+            assert np.array_equal(got.double().numpy(), expected), backend

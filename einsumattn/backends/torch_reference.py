@@ -213,7 +213,10 @@ class TorchEmitter:
                 self.lines.append(f"{indent}    " + assign.format(masked))
         if ok_target is not None:
             mask = emitter.conjunction(points)
-            if re.fullmatch(r"\w+_ok", mask) and mask != ok_target:
+            source = self.cascade.tensors.get(mask[:-len("_ok")]) \
+                if re.fullmatch(r"\w+_ok", mask) else None
+            if source is not None and mask != ok_target and \
+                    source.ranks == self.cascade.tensors[einsum.tensor].ranks:
                 line = mask                      # the same points as a tensor it reads
             elif einsum.reduce_op is not None:
                 # Point conditions do not vary over the reduced axes (size 1 there).
