@@ -45,7 +45,7 @@ a position's output reads every position before it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
@@ -56,11 +56,11 @@ LAYOUTS = ("contiguous", "balanced")
 
 @dataclass
 class Traffic:
-    """What one call sent from this process: bytes of key shards, and messages."""
+    """What one call sent from this process: bytes (key shards or states) and the
+    exchanges that carried them (ring steps, collectives)."""
 
     bytes_sent: int = 0
     messages: int = 0
-    steps: list = field(default_factory=list)
 
 
 # ------------------------------------------------------------------ layouts
@@ -258,17 +258,16 @@ def context_parallel(module, *inputs, group=None, strategy: str = "ring",
     if strategy == "allgather":
         gathered = _all_gather(held, group)
         for other in range(world):
-            traffic.bytes_sent += sum(v.numel() * v.element_size() for v in held.values()) \
-                if other != me else 0
+            traffic.bytes_sent += _bytes(held.values()) if other != me else 0
             absorb({name: gathered[name][other] for name in held}, other)
-        traffic.messages += world > 1
+        traffic.messages += int(world > 1)
     else:
         for step in range(world):
             absorb(held, owner)
             if step == world - 1:
                 break
             sent = list(held.values())
-            traffic.bytes_sent += sum(v.numel() * v.element_size() for v in sent)
+            traffic.bytes_sent += _bytes(sent)
             traffic.messages += 1
             received = _RingPass.apply(group, (me + 1) % world, (me - 1) % world, *sent)
             held = dict(zip(held, received))
@@ -291,11 +290,11 @@ def context_parallel(module, *inputs, group=None, strategy: str = "ring",
             arguments.append(value)
         keywords = {name: total for name in info["finish_keywords"]}
         for rank, param in info["offsets"].items():
-            if param in _finish_parameters(module) and rank in query_chunks:
+            if param in info["finish_offsets"] and rank in query_chunks:
                 keywords[param] = query_chunks[rank][q][0]
         result = module.finish(state, *arguments, **keywords, **params)
         outputs.append(result if isinstance(result, tuple) else (result,))
-    dtype = next((t.dtype for t in inputs if t.is_floating_point()), torch.float32)
+    dtype = _output_dtype(inputs)
     joined = []
     for n, output in enumerate(module.OUTPUTS):
         axis = _output_axis(module, output, others)
@@ -321,7 +320,7 @@ def _prefix_parallel(module, inputs, group, layout: str, traffic: Traffic, param
     state = module.partial(*inputs, **keywords, **params)
     gathered = _all_gather(state, group)
     if world > 1:
-        traffic.bytes_sent += sum(v.numel() * v.element_size() for v in state.values())
+        traffic.bytes_sent += _bytes(state.values())
         traffic.messages += 1
     entering = {name: torch.zeros_like(value) for name, value in state.items()}
     for other in range(me):
@@ -333,21 +332,24 @@ def _prefix_parallel(module, inputs, group, layout: str, traffic: Traffic, param
                 for name, value in entering.items()}
     result = module.finish(entering, *inputs, **{k: v for k, v in keywords.items()
                                                  if k in info["finish_keywords"]}, **params)
-    dtype = next((t.dtype for t in inputs if t.is_floating_point()), torch.float32)
+    dtype = _output_dtype(inputs)
     if isinstance(result, tuple):
         return tuple(value.to(dtype) for value in result)
     return result.to(dtype)
 
 
+def _bytes(tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def _output_dtype(inputs) -> torch.dtype:
+    """The outputs' dtype, as the module's forward: the first floating input's."""
+    return next((t.dtype for t in inputs if t.is_floating_point()), torch.float32)
+
+
 def _chunk(value: torch.Tensor, axis: int, chunks: list, number: int) -> torch.Tensor:
     """Chunk `number` of a local tensor that holds `chunks` one after another."""
     return value.narrow(axis, sum(size for _, size in chunks[:number]), chunks[number][1])
-
-
-def _finish_parameters(module) -> set[str]:
-    import inspect
-
-    return set(inspect.signature(module.finish).parameters)
 
 
 def _sharded_axes(module, names: list[str], sharded: set[str]) \

@@ -601,7 +601,6 @@ def _merge_fields(cascade: Cascade, tile: int) -> dict:
         return {"refused": textwrap.wrap(f"No merge of partial states: {merge.explain()}",
                                          86)}
     parts = [part.name for part in merge.parts]
-    sides = [t.name for t in merge.combine.inputs]
     pieces = []
     for role, piece, returned in (
             ("partial", merge.partial, [(p.name, p.end) for p in merge.parts]),
@@ -612,14 +611,15 @@ def _merge_fields(cascade: Cascade, tile: int) -> dict:
                        "body_lines": TorchEmitter(names.rename(piece)).emit(),
                        "absent": absent_tensors(piece), "returned": returned})
     public = names.public_names([t.name for t in cascade.inputs] + list(cascade.params))
-    extra = [merge.start, merge.count]
-    offsets = [param for param in merge.offsets.values()]
+    # The finish's params beside the spec's: the range's start and the rank's size
+    # (required), the offsets of other ranks' positions (0 by default).
+    finish_required = [p for p in (merge.start, merge.count) if p in merge.finish.params]
+    finish_offsets = [p for p in merge.offsets.values() if p in merge.finish.params]
     # The finish's inputs that hold the state: the parts themselves, or for a prefix
     # combine the state entering the range (input -> part).
     state_of = {**{name: name for name in parts}, **merge.entering}
     finish_inputs = [t.name for t in merge.finish.inputs if t.name not in state_of]
-    extra_keywords = [p for p in extra if p in merge.finish.params] + \
-        [f"{p}=0" for p in offsets if p in merge.finish.params] + \
+    keywords = finish_required + [f"{p}=0" for p in finish_offsets] + \
         [f"{public[p]}=None" for p in cascade.params]
     return {
         "refused": None, "rank": merge.rank, "start": merge.start, "count": merge.count,
@@ -630,22 +630,21 @@ def _merge_fields(cascade: Cascade, tile: int) -> dict:
                  "state": {p.name: p.kind if p.shift is None else f"{p.kind} by {p.shift}"
                            for p in merge.parts},
                  "log_sum_exp": merge.lse, "finish_inputs": tuple(finish_inputs),
-                 "finish_keywords": tuple(p for p in extra if p in merge.finish.params),
+                 "finish_keywords": tuple(finish_required),
+                 "finish_offsets": tuple(finish_offsets),
                  "offsets": merge.offsets, "commutative": merge.commutative,
                  "input_ranks": {t.name: t.ranks for t in cascade.inputs},
                  "output_ranks": {o: cascade.tensors[o].ranks for o in cascade.outputs}},
-        "offsets": [p for p in offsets if p in merge.partial.params],
-        "finish_offsets": [p for p in offsets if p in merge.finish.params],
+        "offsets": [p for p in merge.offsets.values() if p in merge.partial.params],
+        "finish_passed": finish_required + finish_offsets,
         "lse": merge.lse,
-        "combine_args": ", ".join(f"{'a' if n % 2 == 0 else 'b'}[{string_literal(p)}]"
-                                  for n, p in zip(range(len(sides)),
-                                                  [q for q in parts for _ in (0, 1)])),
+        "combine_args": ", ".join(f"{side}[{string_literal(p)}]"
+                                  for p in parts for side in ("a", "b")),
         "finish_signature": ", ".join(["state", *(public[i] for i in finish_inputs)]
-                                      + (["*"] if extra_keywords else []) + extra_keywords),
+                                      + (["*"] if keywords else []) + keywords),
         "finish_args": ", ".join(f"state[{string_literal(state_of[t.name])}]"
                                  if t.name in state_of else public[t.name]
                                  for t in merge.finish.inputs),
-        "finish_extra": [p for p in extra if p in merge.finish.params],
         "proofs": list(merge.proofs),
     }
 

@@ -1,4 +1,4 @@
-# einsumattn template key: 291dbc7006dbdf6e86a04f9e380132a07d8805dd6150d27ad642e1807b61935c
+# einsumattn template key: 06a042cdfe999929d243f52f3e0bd00c1f2f3bf6b1014a42bc5c632eab0a7dc7
 # jinja2's compiled form of einsumattn/templates/module.py.j2, written by `python -m einsumattn.backends.templates` (see backends/templates.py). Do not edit.
 from jinja2.runtime import LoopContext, Macro, Markup, Namespace, TemplateNotFound, TemplateReference, TemplateRuntimeError, Undefined, escape, identity, internalcode, markup_join, missing, str_join
 name = 'module.py.j2'
@@ -838,7 +838,7 @@ def root(context, missing=missing):
             yield '    overrides = _check_params('
             yield str((undefined(name='overrides') if l_0_overrides is missing else l_0_overrides))
             yield ')\n'
-            for l_1_name in (environment.getattr((undefined(name='merge') if l_0_merge is missing else l_0_merge), 'finish_extra') + environment.getattr((undefined(name='merge') if l_0_merge is missing else l_0_merge), 'finish_offsets')):
+            for l_1_name in environment.getattr((undefined(name='merge') if l_0_merge is missing else l_0_merge), 'finish_passed'):
                 _loop_vars = {}
                 pass
                 yield '    overrides['

@@ -49,20 +49,28 @@ from dataclasses import replace
 
 from ..ir import Cascade, Einsum, Tensor
 from ..ir import expr as ir
+from ..ir.memo import per_cascade
 from ..ir.printer import einsum_text
 from .algebra import rebuild
 from .edit import assemble
+from .online import NEG_INF
 from .states import (COMMUTATIVE, MERGE, Loop, Merge, Proof, StatePart, combine_cascade,
                      partial_cascade, positioned, reads_of, trimmed)
 from .steps import Blocked
 
-_NEG_INF = ir.Op("neg", (ir.Const(math.inf),))
-
-
 def derive_merge(cascade: Cascade, *, tile: int | None = None) -> Merge | Blocked:
     """The merge of `cascade`'s partial states over ranges of its streamed rank (the
-    analysis's primary rank), derived from the cascade `rewrite` derives; or why not."""
-    from . import DEFAULT_TILE, rewrite
+    analysis's primary rank), derived from the cascade `rewrite` derives; or why not.
+    Derived once per cascade and tile (analyze, compile --merge and the CLI's summary
+    line each ask for it)."""
+    from . import DEFAULT_TILE
+
+    return _derive_merge(cascade, tile or DEFAULT_TILE)
+
+
+@per_cascade
+def _derive_merge(cascade: Cascade, tile: int) -> Merge | Blocked:
+    from . import rewrite
     from ..analysis import analyze
     from ..analysis.passes import analyse_passes
 
@@ -74,7 +82,7 @@ def derive_merge(cascade: Cascade, *, tile: int | None = None) -> Merge | Blocke
     if recurs and any(rank in cascade.tensors[o].ranks for o in cascade.outputs):
         from .prefix import derive_prefix
 
-        return derive_prefix(cascade, rank, tile or DEFAULT_TILE)
+        return derive_prefix(cascade, rank, tile)
     for output in cascade.outputs:
         if rank in cascade.tensors[output].ranks:
             why = ("each output reads the state of the steps before it, which needs a "
@@ -87,7 +95,7 @@ def derive_merge(cascade: Cascade, *, tile: int | None = None) -> Merge | Blocke
     if isinstance(ranged, Blocked):
         return ranged
     located, start, count, offsets = ranged
-    derived = rewrite(located, tile=tile or DEFAULT_TILE).cascade
+    derived = rewrite(located, tile=tile).cascade
     passes = analyse_passes(derived)[rank].passes
     if passes > 1:
         return Blocked(MERGE, cascade.name,
@@ -197,7 +205,7 @@ def _recurrence_part(derived: Cascade, einsum: Einsum, outer: str | None,
 
     body, init = einsum.body, einsum.init
     rest = other(body)
-    empty = {"max": _NEG_INF, "min": ir.Const(math.inf), "+": ir.Const(0.0)}
+    empty = {"max": NEG_INF, "min": ir.Const(math.inf), "+": ir.Const(0.0)}
     if isinstance(body, ir.Op) and body.op in ("max", "min", "+") and rest is not None \
             and init == empty[body.op] and name not in reads_of(rest):
         kind = "sum" if body.op == "+" else body.op

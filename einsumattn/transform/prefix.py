@@ -35,6 +35,7 @@ from dataclasses import replace
 
 from ..ir import Cascade, Einsum, Tensor
 from ..ir import expr as ir
+from ..ir.printer import einsum_text
 from .edit import assemble
 from .states import (MERGE, Loop, Merge, Proof, StatePart, combine_cascade,
                      partial_cascade, positioned, reads_of, trimmed)
@@ -62,7 +63,7 @@ def derive_prefix(cascade: Cascade, rank: str, tile: int) -> Merge | Blocked:
     products: list[Einsum] = []
     decays: dict[str, ir.Expr] = {}
     for einsum in recurrences:
-        form = _affine(einsum)
+        form = _affine(derived, einsum)
         if isinstance(form, str):
             return Blocked(MERGE, einsum.tensor, form)
         decay, _ = form
@@ -101,12 +102,13 @@ def derive_prefix(cascade: Cascade, rank: str, tile: int) -> Merge | Blocked:
                  proofs, kind="prefix", entering=entering)
 
 
-def _affine(einsum: Einsum):
+def _affine(derived: Cascade, einsum: Einsum):
     """(decay or None, the added term) of `S[x+1] = D * S[x] + L` (or `S[x] + L`, the
     product either way round) with init 0; else why not, as text."""
     name, position = einsum.tensor, einsum.iterative
-    why = (f"its update {einsum_text_line(einsum)} is not S[x+1] = D * S[x] + L with D "
-           f"and L free of {name}, from 0")
+    update = einsum_text(derived, einsum).splitlines()[-1]
+    why = (f"its update {update} is not S[x+1] = D * S[x] + L with D and L free of "
+           f"{name}, from 0")
 
     def own(node: ir.Expr) -> bool:
         return isinstance(node, ir.Read) and node.tensor == name and \
@@ -128,34 +130,27 @@ def _affine(einsum: Einsum):
     return why
 
 
-def einsum_text_line(einsum: Einsum) -> str:
-    from ..ir.printer import rhs_text
-
-    return f"{einsum.tensor}[...] = {rhs_text(einsum)}"
-
-
 def _resumed(derived: Cascade, parts: list[StatePart]) -> tuple[Cascade, dict[str, str]]:
     """The derived cascade with each recurrence starting from an input, the state
     entering the range: its outputs are the range's. Returns it and {input: part}."""
-    entering: dict[str, str] = {}
-    tensors = dict(derived.tensors)
+    holds: dict[str, str] = {}
+    entering: dict[str, Tensor] = {}
     einsums = []
     for einsum in derived.einsums:
         part = next((p for p in parts if p.name == einsum.tensor), None)
         if part is not None:
-            name = derived.fresh_name(f"{einsum.tensor}_in", set(entering))
-            entering[name] = part.name
-            tensors = {name: Tensor(name, part.ranks, True), **tensors}
+            name = derived.fresh_name(f"{einsum.tensor}_in", set(holds))
+            holds[name] = part.name
+            entering[name] = Tensor(name, part.ranks, True)
             indices = tuple(ir.Index(v) for n, v in enumerate(einsum.indices)
                             if n != einsum.iterative)
             einsum = replace(einsum, init=ir.Read(name, indices))
         einsums.append(einsum)
-    inputs = [t for t in derived.inputs] + [tensors[n] for n in entering]
-    ordered = {t.name: t for t in inputs}
-    ordered.update({n: t for n, t in tensors.items() if not t.is_input})
-    result = Cascade(derived.name, derived.ranks, derived.splits, derived.params, ordered,
-                     tuple(einsums), derived.outputs, derived.source)
-    return trimmed(result, f"{derived.name}_finish"), entering
+    # The entering state after the spec's inputs: the finish takes them in that order.
+    tensors = {**{t.name: t for t in derived.inputs}, **entering,
+               **{n: t for n, t in derived.tensors.items() if not t.is_input}}
+    result = replace(derived, tensors=tensors, einsums=tuple(einsums))
+    return trimmed(result, f"{derived.name}_finish"), holds
 
 
 __all__ = ["derive_prefix"]

@@ -21,14 +21,13 @@ from ..ir import expr as ir
 from ..ir.printer import einsum_text
 from .algebra import Algebra, is_zero, rebuild
 from .edit import assemble, splits_in_use
+from .online import NEG_INF
 from .steps import Blocked
 
 MERGE = "merge of partial states"
 COMMUTATIVE = "merge(a, b) = merge(b, a)"
-_KINDS = ("sum", "max", "min", "rescaled", "affine", "product")
 _EMPTY = {"sum": 0.0, "max": -math.inf, "min": math.inf, "rescaled": 0.0, "affine": 0.0,
           "product": 1.0}
-_NEG_INF = ir.Op("neg", (ir.Const(math.inf),))
 
 
 @dataclass(frozen=True)
@@ -38,7 +37,7 @@ class StatePart:
     output holding its value at the end of the range."""
 
     name: str
-    kind: str                  # one of _KINDS
+    kind: str                  # one of _EMPTY's keys
     ranks: tuple[str, ...]
     end: str
     # A rescaled sum: the running max it is relative to; an affine state (prefix.py):
@@ -301,7 +300,7 @@ def combine_cascade(derived: Cascade, parts: tuple[StatePart, ...]) -> Cascade:
             for side, weight in zip(sides[part.name], weights[part.name]):
                 old = _state_read(derived, side, part.ranks)
                 einsums.append(Einsum(weight, einsums[-1].indices, ir.Op("where", (
-                    ir.Op("==", (old, _NEG_INF)), ir.Const(0.0),
+                    ir.Op("==", (old, NEG_INF)), ir.Const(0.0),
                     ir.Op("exp", (ir.Op("-", (old, new)),))))))
     for einsum in einsums:
         tensors[einsum.tensor] = Tensor(einsum.tensor, tuple(
@@ -382,7 +381,7 @@ _PROVED: dict = {}
 
 
 class _NotProvable(Exception):
-    pass
+    """A law of the merge that sympy cannot show; its text names the law and the part."""
 
 
 class Proof:
