@@ -117,6 +117,22 @@ def test_benchmark_script_runs(tmp_path):
     assert all(r["max_diff_vs_peer"] < 1e-5 for r in rows if r["max_diff_vs_peer"] is not None)
 
 
+def test_decoding_benchmark_runs(tmp_path):
+    """benchmarks/decoding.py (split-KV against one split and SDPA) is for GPU sessions;
+    its smoke mode runs both forms in the interpreter and checks them against SDPA."""
+    out = tmp_path / "rows.json"
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "decoding.py"),
+                             "--smoke", "--device", "cpu", "--out-dir", str(tmp_path),
+                             "--json", str(out)], capture_output=True, text=True,
+                            env={**__import__("os").environ, "TRITON_INTERPRET": "1",
+                                 "EINSUMATTN_CACHE_DIR": str(tmp_path / "cache")})
+    assert result.returncode == 0, result.stderr
+    import json
+    rows = json.loads(out.read_text())
+    assert [r["splits"] for r in rows] == [2, 1]
+    assert all(r["max_diff_vs_sdpa"] < 1e-5 for r in rows)
+
+
 def test_the_command_collects_less_garbage(monkeypatch):
     """As the process's command (no argv), main() has gc.freeze run at exit, before
     Python's finalization collects every object, and collects its youngest generation

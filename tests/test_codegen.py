@@ -461,6 +461,7 @@ def _visited_tiles(module, pid: int, interior: bool = False, **values) -> range:
     masks alone)."""
     text = open(module.__file__).read()
     kernel = text[text.index("__fused("):]
+    kernel = kernel[:kernel.find("@triton.jit")]     # the fused kernel alone (split-KV's follow)
     loops = []
     for bounds in re.findall(r"for m1_ in range\((.*)\):", kernel):
         bounds = bounds.replace("tl.minimum", "min").replace("tl.maximum", "max").replace(

@@ -35,6 +35,7 @@ from .triton_kernel import FusedKernel, tuning_table
 from .triton_printer import HELPERS, Unsupported
 from .triton_unfused import TritonEmitter
 from ..transform import CHUNKED, DEFAULT_TILE, Rewritten, rewrite as derive
+from ..transform.algebra import replace_reads
 from ..transform.backward import Backward, fast_backward
 from ..transform.chunked import decaying
 from ..transform.grad import GradientUnsupported
@@ -213,7 +214,44 @@ class TritonPart:
                 "schedule_note": self.schedule_note}
 
 
-def _triton(cascade: Cascade) -> TritonPart:
+def _merged(cascade: Cascade, tile: int):
+    """What a split kernel's split-KV form needs of the derived merge
+    (transform/merge.py), in the kernels' names: each part's (register, kind, empty,
+    the combine's A and B inputs) and the combine cascade; None where the state does
+    not merge (a prefix combine is not split-KV's)."""
+    merge = derive_merge(cascade, tile=tile)
+    if not isinstance(merge, Merge) or merge.kind != "merge":
+        return None
+    parts = {p.name for p in merge.parts}
+    # The combine's own tensors (A_x, B_x, the weights) are the generator's: spelled as
+    # derived names (`A_x__merge`), never as a spec name could be.
+    own = {t: f"{names.mangle(t)}_merge" for t in merge.combine.tensors if t not in parts}
+    sides = {}
+    for name in own:
+        side, _, part = name.partition("_")
+        if side in ("A", "B") and part in parts:
+            sides.setdefault(part, {})[side] = own[name]
+    if any(set(sides.get(p, ())) != {"A", "B"} for p in parts):
+        return None
+    found = tuple((names.mangle(p.name), p.kind, p.empty, sides[p.name]["A"],
+                   sides[p.name]["B"]) for p in merge.parts)
+    return found, _tensors_renamed(names.rename(merge.combine),
+                                   {names.mangle(t): new for t, new in own.items()})
+
+
+def _tensors_renamed(cascade: Cascade, renamed: dict[str, str]) -> Cascade:
+    """`cascade` with its tensors renamed (old -> new), reads included."""
+    def name(tensor: str) -> str:
+        return renamed.get(tensor, tensor)
+    einsums = tuple(dataclasses.replace(e, tensor=name(e.tensor), body=replace_reads(
+        e.body, lambda read: dataclasses.replace(read, tensor=name(read.tensor))))
+        for e in cascade.einsums)
+    tensors = {name(n): dataclasses.replace(t, name=name(n)) for n, t in cascade.tensors.items()}
+    return dataclasses.replace(cascade, tensors=tensors, einsums=einsums,
+                               outputs=tuple(map(name, cascade.outputs)))
+
+
+def _triton(cascade: Cascade, merged=None) -> TritonPart:
     """The Triton part of the module, or the reason there is none. The emitters run on
     the cascade renamed into the spec's namespace (names.py), so the code they print
     cannot collide with the generator's own names; what they say (notes, reasons) is
@@ -228,7 +266,7 @@ def _triton(cascade: Cascade) -> TritonPart:
                           not_fused=spec_text(str(reason)))
     why = None
     try:
-        fused, cut = fuse_stages(renamed)
+        fused, cut = fuse_stages(renamed, merged)
     except NotFusable as reason:
         fused, cut, why = [], None, spec_text(str(reason))
     if len(fused) == 1:
@@ -244,7 +282,9 @@ def _triton(cascade: Cascade) -> TritonPart:
                       helpers=HELPERS.strip(), fused=tuple(fused),
                       cut=None if cut is None else spec_text(cut),
                       schedule_note=spec_text(note),
-                      kernel_names=tuple(k.name for k in kernels + list(fused)),
+                      kernel_names=tuple(k.name for k in kernels + list(fused)) + tuple(
+                          name for k in fused if k.split_kv is not None
+                          for name in (k.split_kv.partial_name, k.split_kv.merge_name)),
                       unfused=tuple(k.schedule for k in kernels))
 
 
@@ -401,11 +441,13 @@ class Plan:
         self.kernel = cascade
         self.note = "the spec's own cascade (rewrites off: --no-rewrite)" \
             if not rewrite else "the spec's own cascade (no rewrite applies)"
+        # Derived (and proved) only where a split kernel asks for it (triton_fused.fuse).
+        merged = functools.partial(_merged, cascade, tile) if rewrite else None
         if self.rewritten is None or not self.rewritten.applied:
-            self.triton = _triton(cascade)
+            self.triton = _triton(cascade, merged)
             return
         change = self.rewritten.change()
-        derived = _triton(self.rewritten.cascade)
+        derived = _triton(self.rewritten.cascade, merged)
         own = _triton(cascade) if derived.fused_source is None else None
         if own is not None and own.fused_source is not None:
             self.triton = own

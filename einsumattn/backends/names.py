@@ -246,7 +246,7 @@ MODULE_NAMES = frozenset({
     "_floordiv", "_mod", "_floordiv_f", "_mod_f", "_pow_f", "_to_dot", "_sigmoid", "_sigmoid_exp2",
     "_log1p", "_expm1", "_softplus", "_logsigmoid", "_tanh",
     "_FAST_RCP", "_coefficient_rows", "_key_columns", "_stored", "stored_dtype",
-    "_tma_suits", "_descriptor", "_splits", "_TritonTrained", "_buffer_dot",
+    "_tma_suits", "_descriptor", "_splits", "_kv_splits", "_TritonTrained", "_buffer_dot",
     "TensorDescriptor", "tma",
     "_scheduled", "TORCH_TUNING", "TORCH_FALLBACK",    # backends/torch_scheduled.py
     # configurations per call (schedule/configs.py, templates/module.py.j2)

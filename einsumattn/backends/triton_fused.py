@@ -13,23 +13,35 @@ from ..ir import Cascade
 from ..schedule.fused import lower_fused
 from ..schedule.lowering import LoweredKernel
 from ..schedule.model import Form
-from ..schedule.stages import cut_stages
+from ..schedule.split_kv import split_kv, state_cascade
+from ..schedule.stages import NotFusable, cut_stages
 from .names import spec_text
-from .triton_kernel import FusedKernel, printed
+from .triton_kernel import FusedKernel, printed, printed_split_kv
 
 
-def fuse(cascade: Cascade) -> FusedKernel:
+def fuse(cascade: Cascade, merged=None) -> FusedKernel:
     """The fused kernel for a cascade (schedule/fused.py's choice), printed; a split
-    stream's kernel with the host's check of its tile."""
+    stream's kernel with the host's check of its tile, and its split-KV form where
+    `merged()` (the derived merge's parts and combine, in the kernel's names: split_kv's
+    arguments; None where the state does not merge) merges its carried state."""
     lowered = lower_fused(cascade)
     checks = _split_tile_check(cascade, lowered) if lowered.schedule.form is Form.SPLIT \
         else []
+    found = merged() if merged is not None and lowered.schedule.form is Form.SPLIT else None
+    if found is not None:
+        try:
+            plan, partial, merge = split_kv(lowered, cascade, *found)
+            return printed_split_kv(cascade, lowered, state_cascade(cascade, plan), plan,
+                                    partial, merge, checks)
+        except NotFusable:
+            pass            # the kernel alone (SCHEDULE's kv_splits: None)
     return printed(cascade, lowered, checks)
 
 
-def fuse_stages(cascade: Cascade) -> tuple[list[FusedKernel], str | None]:
-    """The fused kernels of a cascade: one, or the stages of schedule/stages.py's cuts."""
-    return cut_stages(cascade, fuse)
+def fuse_stages(cascade: Cascade, merged=None) -> tuple[list[FusedKernel], str | None]:
+    """The fused kernels of a cascade: one, or the stages of schedule/stages.py's cuts
+    (with split-KV where `merged` fits a stage's kernel)."""
+    return cut_stages(cascade, lambda stage: fuse(stage, merged))
 
 
 def _split_tile_check(cascade: Cascade, lowered: LoweredKernel) -> list[str]:

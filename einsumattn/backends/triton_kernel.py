@@ -21,6 +21,35 @@ from .triton_printer import tile_asserts
 
 
 @dataclass
+class KernelCall:
+    """What the host passes to one printed kernel: the arguments' expressions, the
+    compile-time keywords (knobs, held tiles, the dot's precision, flags), and the lines
+    that compute them first (the TMA test)."""
+    args: list[str]
+    constants: list[str]
+    setup: list[str]
+
+    def lines(self, name: str, grid: str) -> list[str]:
+        return [*self.setup, f"grid = ({grid})", f"{name}[grid](",
+                f"    {', '.join(self.args)},", f"    {', '.join(self.constants)})"]
+
+
+@dataclass
+class SplitKernels:
+    """A split kernel's split-KV form (schedule/split_kv.py): the partial and merge
+    kernels, printed, and how the host calls them."""
+    plan: object                    # schedule.split_kv.SplitKV
+    partial_name: str
+    merge_name: str
+    partial: list[str]
+    merge: list[str]
+    partial_call: KernelCall
+    merge_call: KernelCall
+    ranks: dict                     # state buffer -> its ranks past the split's
+    bodies: tuple = ()              # the two kernels' IR statements
+
+
+@dataclass
 class FusedKernel:
     name: str
     source: list[str]
@@ -28,6 +57,7 @@ class FusedKernel:
     schedule: KernelSchedule        # what it computes and how, as data (its knobs'
     #                                 table in the module: tuning_table)
     body: tuple = ()                # the kernel IR statements its source was printed from
+    split_kv: SplitKernels | None = None
 
     @property
     def description(self) -> str:   # for the module's docstring
@@ -58,9 +88,8 @@ def kernel_source(name: str, args: list[str], blocks: list[str], knobs: list[str
             *tile_asserts(knobs, least)] + body
 
 
-def launch_lines(cascade: Cascade, schedule: KernelSchedule, host_args: list[str],
-                 checks: list[str] = (), dot: bool = False,
-                 flags: list[str] = ()) -> list[str]:
+def launch_lines(cascade: Cascade, schedule: KernelSchedule, call: KernelCall,
+                 checks: list[str] = (), split_kv: SplitKernels | None = None) -> list[str]:
     """Host lines: allocate the outputs, size the held ranks' tiles, take the kernel's
     configuration (`checks` run on it), launch one program per batch point and row tile.
     An attention kernel's configuration is chosen per call (`_tuning` in the module:
@@ -94,11 +123,6 @@ def launch_lines(cascade: Cascade, schedule: KernelSchedule, host_args: list[str
                   f'    raise ValueError(f"{schedule.name}: {{{rows}}} packed rows (the query '
                   f'heads of a group times the rows) do not fit its 32-bit row index; call it '
                   f'on fewer rows at a time")']
-    # The dot precision follows the inputs' dtype (_dot_dtype in the module); `flags`:
-    # keyword arguments the host computes per call (a param's sign).
-    dot_dtype = "_buffer_dot(dot_dtype)" if schedule.buffered_dots else "dot_dtype"
-    constants = ["**tuning", "**held"] + ([f"DOT_DTYPE={dot_dtype}"] if dot else []) + \
-        list(flags)
     tiles = f"-(-{rows} // tuning[\"{schedule.row}_BLOCK\"])"
     grid = f"{tiles}, {batch}"
     keys = cascade.root_rank(schedule.loops[0].extent) if schedule.loops else None
@@ -113,9 +137,10 @@ def launch_lines(cascade: Cascade, schedule: KernelSchedule, host_args: list[str
                  f"stored_dtype)",
                  f"if {knob} > 1:",
                  *(f"    {output}.zero_()" for output in schedule.outputs)]
-    call = [*split, f"grid = ({grid})", f"{schedule.name}[grid](",
-            f"    {', '.join(host_args)},",
-            f"    {', '.join(constants)})"]
+    call = [*split, *call.lines(schedule.name, grid)]
+    if split_kv is not None:
+        call = _split_kv_lines(split_kv, call, grid, f"{tiles} * {batch}",
+                               schedule.loops[0].extent)
     if not per_call_configuration(schedule):
         return lines + [f'tuning = dict(TUNING_FUSED["{schedule.name}"])', *checks, *call]
     lines.append("")
@@ -124,6 +149,26 @@ def launch_lines(cascade: Cascade, schedule: KernelSchedule, host_args: list[str
     lines.append("")
     lines.append(f'launch(_tuning("{schedule.name}", {rows}, {keys}, max(held.values(), '
                  f"default=0), out_dtype, device, launch))")
+    return lines
+
+
+def _split_kv_lines(split: SplitKernels, call: list[str], grid: str, programs: str,
+                    steps: str) -> list[str]:
+    """The launch with split-KV: the number of splits for this call (the module's
+    _kv_splits: a pinned TUNING_FUSED number, else from the programs the row tiles
+    give and the steps), then with more than one the partial kernel over them into
+    float32 state buffers and the merge kernel, else the kernel alone (`call`)."""
+    knob = split.plan.knob
+    lines = ["tuning = dict(tuning)       # (the knob taken out: not the kernel's)",
+             f'{knob} = _kv_splits(tuning.pop("{knob}", None), {programs}, {steps}, device)',
+             f"if {knob} > 1:"]
+    body = [f"{buffer} = torch.empty(({knob}, {', '.join(ranks)}), device=device, "
+            f"dtype=torch.float32)" for buffer, ranks in split.ranks.items()]
+    body += split.partial_call.lines(split.partial_name, f"{grid}, {knob}")
+    body += split.merge_call.lines(split.merge_name, grid)
+    lines += [f"    {line}" for line in body]
+    lines.append("else:")
+    lines += [f"    {line}" for line in call]
     return lines
 
 
@@ -139,8 +184,9 @@ def tuning_table(schedule: KernelSchedule) -> dict:
     per_call = per_call_configuration(schedule)
     table = {knob.name: None if per_call and not knob.fixed else knob.default
              for knob in schedule.knobs}
-    if schedule.splits is not None:
-        table[schedule.splits] = None       # programs along the keys: chosen per call
+    for knob in (schedule.splits, schedule.kv_splits):
+        if knob is not None:
+            table[knob] = None              # programs along the keys: chosen per call
     table.update(schedule.launch)
     return table
 
@@ -191,6 +237,40 @@ def printed(cascade: Cascade, lowered: LoweredKernel, checks: list[str] = ()) ->
     ranks' tiles as constexprs (the dot's precision where there is a dot), the checks
     of the tunable knobs, the statements; `checks`: host lines run on the tuning table.
     NotFusable where Triton cannot spell a statement (printers raise Unsupported)."""
+    source, call, body = printed_call(cascade, lowered)
+    schedule = lowered.schedule
+    return FusedKernel(schedule.name, source, launch_lines(cascade, schedule, call, checks),
+                       schedule, body)
+
+
+def printed_split_kv(cascade: Cascade, lowered: LoweredKernel, state: Cascade, plan,
+                     partial: LoweredKernel, merge: LoweredKernel,
+                     checks: list[str] = ()) -> FusedKernel:
+    """A split kernel printed with its split-KV form (schedule/split_kv.py): the partial
+    and merge kernels (`state`: the cascade with the state buffers as tensors), and the
+    host's launch choosing per call between them and the kernel alone."""
+    partial_source, partial_call, partial_body = printed_call(state, partial)
+    merge_source, merge_call, merge_body = printed_call(state, merge)
+    # The merge kernel takes the call's row tile and the held tiles; not its warps,
+    # stages or key tile.
+    row_knob = merge.schedule.knobs[0].name
+    merge_call.constants = [f'{row_knob}=tuning["{row_knob}"]'] + [
+        c for c in merge_call.constants if c != "**tuning"]
+    split = SplitKernels(plan, partial.schedule.name, merge.schedule.name, partial_source,
+                         merge_source, partial_call, merge_call,
+                         {p.buffer: tuple(cascade.var_rank(v) for v in p.indices)
+                          for p in plan.parts}, (partial_body, merge_body))
+    schedule = lowered.schedule.with_(kv_splits=plan.knob)
+    source, call, body = printed_call(cascade, lowered)
+    return FusedKernel(schedule.name, source + [""] + partial_source + [""] + merge_source,
+                       launch_lines(cascade, schedule, call, checks, split), schedule,
+                       body, split)
+
+
+def printed_call(cascade: Cascade, lowered: LoweredKernel) -> tuple[list[str], KernelCall,
+                                                                    tuple]:
+    """A lowered kernel's Triton source, what its host call passes, and the statements
+    it was printed from."""
     schedule = lowered.schedule
     args, host = kernel_arguments(cascade, schedule)
     offsets = {offset.name: f'_outwards({sympy.pycode(offset.value)}, "{offset.rounding}")'
@@ -232,10 +312,12 @@ def printed(cascade: Cascade, lowered: LoweredKernel, checks: list[str] = ()) ->
         raise NotFusable(str(reason)) from None
     source = kernel_source(schedule.name, args, blocks, knobs,
                            16 if schedule.uses_dot else 1, lines)
-    return FusedKernel(schedule.name, source,
-                       launch_lines(cascade, schedule, host, [*checks, *setup],
-                                    schedule.uses_dot, flags),
-                       schedule, body)
+    # The dot precision follows the inputs' dtype (_dot_dtype in the module); `flags`:
+    # keyword arguments the host computes per call (a param's sign).
+    dot_dtype = "_buffer_dot(dot_dtype)" if schedule.buffered_dots else "dot_dtype"
+    constants = ["**tuning", "**held"] + \
+        ([f"DOT_DTYPE={dot_dtype}"] if schedule.uses_dot else []) + flags
+    return source, KernelCall(host, constants, setup), body
 
 
 def index_bounds(cascade: Cascade, lowered: LoweredKernel, flag: str) -> tuple | None:

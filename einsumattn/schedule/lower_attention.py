@@ -218,7 +218,7 @@ class _PassLowering:
     """The attention schedule lowered to kernel IR statements: one key-tile loop per
     pass."""
 
-    def __init__(self, fuser: _Tiles):
+    def __init__(self, fuser: _Tiles, schedule=None):
         self.f = fuser
         self.cascade = fuser.cascade
         self.body: list = []                # the kernel's statements (kernel IR)
@@ -226,8 +226,8 @@ class _PassLowering:
         self.offsets: list[Offset] = []     # kernel arguments the host computes
         self.flags: dict = {}               # compile-time flags the host computes
         # Every decision (passes, bounds, dots and their rounded operands) is the
-        # schedule's: this lowers it.
-        self.schedule = fuser.kernel_schedule(f"{self.cascade.name}_fused")
+        # schedule's: this lowers it (`schedule`: the fuser's, already decided).
+        self.schedule = schedule or fuser.kernel_schedule(f"{self.cascade.name}_fused")
         self.loops_start: int | None = None  # where the first loop's statements begin
         self.window: dict = {}              # a monotone bound at a row -> its name
         fuser.hoist = self._hoisted
@@ -682,11 +682,8 @@ class _PassLowering:
         for name in self.cascade.outputs:
             layout = f.layouts[name]
             lanes = self._row_lanes(layout)
-            offset = [ir.Op("*", (_layout_block(layout, var) if var in layout else
-                                  f.index(var, (layout, lanes)) if f.group is not None and
-                                  var == f.group.var else k.Var(var),
-                                  k.Var(f"{name}_s{position}")))
-                      for position, var in enumerate(self.cascade.einsum(name).indices)]
+            offset = [ir.Op("*", (c.index, k.Var(f"{name}_s{position}"))) for position, c
+                      in enumerate(self.point(self.cascade.einsum(name).indices, layout))]
             value = k.Var(name)
             if f.row_masks.get(name):
                 absent = k.Mask(tuple(f.condition(c, (layout, lanes))
@@ -695,6 +692,17 @@ class _PassLowering:
             stores.append(k.Store(name, k.Integer(total(offset)), value, lanes, rounded=True,
                                   added=self.schedule.splits))
         return stores
+
+    def point(self, indices, layout: tuple[str, ...]) -> tuple[k.Coordinate, ...]:
+        """The coordinates of a row value's tile at `indices` (index variables): the
+        program's batch point, the rows and held features as blocks in `layout` (a
+        packed tile's query head per row)."""
+        f = self.f
+        lanes = self._row_lanes(layout)
+        return tuple(k.Coordinate(
+            _layout_block(layout, var) if var in layout else
+            f.index(var, (layout, lanes)) if f.group is not None and var == f.group.var
+            else k.Var(var)) for var in indices)
 
     # ---------------------------------------------------------------- interior tiles
     def _pass_loops(self, start, stop, tile: tuple, einsums: list, stream: str) -> list:
@@ -969,19 +977,36 @@ class _SplitLowering(_PassLowering):
                                   f.step_keys(),
                                   lambda first, last: self._loops(first, last, step, stream),
                                   steps=True)
+        start, stop = self._program_steps(start, stop, outer)
         self.body += self._loops(start, stop, step, stream)
-        self.body += self._rows_after_loops()
-        available.update(e.tensor for e in cascade.einsums if f.kinds[e.tensor] != Role.ROW)
-        self.body.append(k.Comment(""))
-        self.body += self._rows(available)
-        self._hoist()
-        self.body.append(k.Comment(""))
-        self.body += self._stores()
+        self.body += self._after_loop(available)
         return self._lowered(f"one fused kernel {name}: grid over {self._grid_text()}; "
                              f"one loop over "
                              f"{outer} tiles of {inner} keys with "
                              f"{', '.join(e.tensor for e in carried)} carried in registers; "
-                             f"{_range_text((lo, hi), f.loop, self.schedule.passes[0].bounds)}")
+                             f"{_range_text((lo, hi), f.loop, self.schedule.passes[0].bounds)}"
+                             f"{self._described_split()}")
+
+    def _program_steps(self, start, stop, outer: str):
+        """The steps this program runs of [start, stop): all of them (a split-KV partial
+        kernel takes its range of them: schedule/split_kv.py)."""
+        return start, stop
+
+    def _described_split(self) -> str:
+        return ""
+
+    def _after_loop(self, available: set[str]) -> list:
+        """What follows the loop: the row values that read the carried state (the
+        finish), then the outputs' stores."""
+        f, cascade = self.f, self.cascade
+        body = self._rows_after_loops()
+        available.update(e.tensor for e in cascade.einsums if f.kinds[e.tensor] != Role.ROW)
+        body.append(k.Comment(""))
+        body += self._rows(available)
+        self.body += body
+        self._hoist()
+        self.body.append(k.Comment(""))
+        return self._stores()
 
     def _loops(self, start, stop, step: tuple, stream: str) -> list:
         """The loop over the steps, with its interior steps (every mask of the tile true:

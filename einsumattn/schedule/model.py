@@ -191,6 +191,10 @@ class KernelSchedule:
     # (chosen per call), each summing a range of the keys into the outputs (atomic adds):
     # where the kernel's one pass only sums and stores its sums. None: one program.
     splits: str | None = None
+    # Split-KV (schedule/split_kv.py): this knob's number of programs per row tile split
+    # the steps, a partial kernel storing their states and a merge kernel finishing;
+    # chosen per call (one: this kernel alone). None: no split-KV form.
+    kv_splits: str | None = None
     # A dot reads an earlier stage's float32 buffer: with float16 inputs the kernel's
     # dots run in float32 (the module's _buffer_dot), bfloat16 holds float32's range.
     buffered_dots: bool = False
@@ -285,6 +289,7 @@ def kernel_data(kernel: KernelSchedule, spell=str) -> dict:
         "rounded": {spell(name): count for name, count in kernel.rounded},
         "skipping": None if kernel.skipping is None else spell(kernel.skipping),
         "splits": kernel.splits,
+        "kv_splits": kernel.kv_splits,
         "group": None if kernel.group is None else {
             "var": spell(kernel.group.var), "group": spell(kernel.group.group),
             "rank": spell(kernel.group.rank), "extent": spell(kernel.group.extent)},

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 from dataclasses import dataclass, field, replace
 
 import sympy
@@ -378,6 +379,9 @@ class _Symbolic(Algebra):
 
 
 _PROVED: dict = {}
+_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_NUMBERED = re.compile("\N{MATHEMATICAL LEFT ANGLE BRACKET}[0-9]+"
+                       "\N{MATHEMATICAL RIGHT ANGLE BRACKET}")
 
 
 class _NotProvable(Exception):
@@ -486,22 +490,49 @@ class Proof:
         return {part.name: new[part.name] for part in loop.parts}
 
     def run(self) -> tuple[str, ...] | Blocked:
-        # The proof is a function of the Einsums it reads (the loop's, in the order they
-        # run, the combine's) and of the parts: proved once per process for each such
-        # text (analyze, compile --merge and check each derive it; every softmax
-        # variant with the same loop shares one).
-        key = (tuple(einsum_text(self.derived, e) for e in self.loop.body
-                     if e.tensor in self.needed),
-               tuple(einsum_text(self.combine, e) for e in self.combine.einsums),
-               tuple((p.name, p.kind, p.shift) for p in self.loop.parts), self.tiles,
-               self.loop.inner, self.loop.outer)
+        # The proof is a function of the Einsums it evaluates (the loop's state and what
+        # it reduces over the tile, in the order they run; a value of the keys alone is
+        # a symbol named after its tensor, whatever computes it), the combine's, and
+        # the parts, up to the names of tensors, ranks, variables and params: proved
+        # once per process for each such text with its names numbered in order of
+        # appearance (analyze, compile and check each derive it; softmax variants
+        # that differ only in their scores, or only in their names, share one).
+        loop = self.loop
+        texts = [*(einsum_text(self.derived, e) for e in loop.body
+                   if e.tensor in self.needed and (e.tensor in loop.stateful or
+                                                   loop.inner in e.reduced)),
+                 *(einsum_text(self.combine, e) for e in self.combine.einsums),
+                 *(f"{p.name} {p.kind} {p.shift}" for p in loop.parts),
+                 f"{loop.inner} {loop.outer}"]
+        names = {*self.derived.tensors, *self.derived.params, *self.derived.ranks,
+                 *self.combine.tensors, *self.combine.ranks,
+                 *(v for c in (self.derived, self.combine) for e in c.einsums
+                   for v in e.variables)}
+        numbered: dict[str, str] = {}
+
+        def number(match) -> str:
+            word = match.group(0)
+            if word not in names:
+                return word
+            return numbered.setdefault(word, f"\N{MATHEMATICAL LEFT ANGLE BRACKET}"
+                                             f"{len(numbered)}\N{MATHEMATICAL RIGHT ANGLE BRACKET}")
+        key = (tuple(_WORD.sub(number, text) for text in texts), self.tiles)
         if key not in _PROVED:
             try:
-                _PROVED[key] = self._run()
+                found = self._run()
             except _NotProvable as why:
-                _PROVED[key] = f"the merge cannot be proved: {why}"
+                found = f"the merge cannot be proved: {why}"
+            # kept with the names numbered; given back in this cascade's names
+            _PROVED[key] = _WORD.sub(number, found) if isinstance(found, str) else \
+                tuple(_WORD.sub(number, line) for line in found)
+        named = {n: word for word, n in numbered.items()}
         found = _PROVED[key]
-        return Blocked(MERGE, self.derived.name, found) if isinstance(found, str) else found
+
+        def renamed(text: str) -> str:
+            return _NUMBERED.sub(lambda m: named.get(m.group(0), m.group(0)), text)
+        if isinstance(found, str):
+            return Blocked(MERGE, self.derived.name, renamed(found))
+        return tuple(renamed(line) for line in found)
 
     def _run(self) -> tuple[str, ...]:
         names = ", ".join(part.name for part in self.loop.parts)

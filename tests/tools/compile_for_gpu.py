@@ -78,10 +78,12 @@ def signature(module, kernel, dtype, tma=True):
             sig[name] = None
         elif name.endswith("__ok_ptr"):
             sig[name] = "*i8"
+        elif name.endswith("_state_ptr"):        # split-KV's float32 state buffers
+            sig[name] = "*fp32"
         elif name.endswith("__ptr"):
             tensor = name[:-4]
             sig[name] = f"*{dtype}" if tensor in inputs else "*fp32"
-        elif re.search(r"__s[0-9]+$", name):
+        elif re.search(r"__(state_)?s[0-9]+$", name):
             sig[name] = "i64"
         elif name in params:
             sig[name] = "fp32"
@@ -110,7 +112,12 @@ failures = 0
 for path in arguments:
     spec = importlib.util.spec_from_file_location("m", path)
     module = importlib.util.module_from_spec(spec); spec.loader.exec_module(module)
-    kinds = ("_fused",) if path in fused_only else ("__kernel", "_fused")
+    # A covering module's split-KV kernels too (schedule/split_kv.py: the partial
+    # kernel is the fused one with its steps split and its state stored; the merge
+    # kernel folds the states), in bf16 with TMA loads: their other branches are the
+    # fused kernel's.
+    kinds = ("_fused",) if path in fused_only else ("__kernel", "_fused", "__partial",
+                                                   "__merge")
     kernels = [getattr(module, n) for n in dir(module) if n.endswith(kinds)]
     for kernel in kernels:
         forms = [True, False] if "TMA" in kernel.arg_names else [True]
@@ -124,6 +131,8 @@ for path in arguments:
         # module was a third of the suite's, and the fused-only modules' fp32 compiles a
         # third of what was left.
         if path in fused_only:
+            dtypes, forms = ("bf16",), [True]
+        elif kernel.__name__.endswith(("__partial", "__merge")):
             dtypes, forms = ("bf16",), [True]
         elif kernel.__name__.endswith("_fused"):
             dtypes = DTYPES
