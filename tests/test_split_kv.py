@@ -9,9 +9,11 @@ holds NaN and inf."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 import warnings
 
+import numpy as np
 import pytest
 import torch
 
@@ -64,8 +66,8 @@ def modules(tmp_path_factory):
 
     def get(example):
         if example not in cache:
-            source = KV_CACHE_SPEC if example == "kv_cache" else \
-                ROOT / "examples" / f"{example}.attn"
+            source = {"kv_cache": KV_CACHE_SPEC, "causal_kv_cache": CAUSAL_KV_CACHE}.get(
+                example, ROOT / "examples" / f"{example}.attn")
             cache[example] = _module(tmp_path_factory, source, example)
         return cache[example]
     return get
@@ -181,6 +183,55 @@ def test_a_kv_cache_past_its_valid_length_never_reaches_the_output(modules, pois
     _check(cascade, module, inputs, out)
 
 
+# Two upper bounds of the keys: the diagonal and the valid length (the tighter is taken).
+CAUSAL_KV_CACHE = KV_CACHE_SPEC.replace("attention kv_cache", "attention causal_kv_cache") \
+    .replace("where m < LEN[b]", "where m < LEN[b] and m <= p")
+
+
+@contextlib.contextmanager
+def keys_read(tensors: dict):
+    """Yields name -> the set of (batch, key) points of each 4-d contiguous tensor in
+    `tensors` that a live lane of a kernel loaded (through pointers or TMA, which the
+    interpreter emulates with masked loads)."""
+    from triton.runtime import interpreter
+
+    load = interpreter.InterpreterBuilder.create_masked_load
+    found = {name: set() for name in tensors}
+
+    def recorded(self, pointers, mask, *rest, **options):
+        live = pointers.data[np.broadcast_to(mask.data, pointers.data.shape)]
+        for name, t in tensors.items():
+            start, size = t.data_ptr(), t.element_size()
+            inside = live[(live >= start) & (live < start + t.numel() * size)]
+            b, _, m, _ = np.unravel_index((inside.astype(np.int64) - start) // size, t.shape)
+            found[name] |= set(zip(b.tolist(), m.tolist()))
+        return load(self, pointers, mask, *rest, **options)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(interpreter.InterpreterBuilder, "create_masked_load", recorded)
+        yield found
+
+
+@pytest.mark.parametrize("splits", [1, 3])
+def test_a_kv_cache_is_read_up_to_its_valid_length_only(modules, splits):
+    """The loop over key tiles stops at the tile of the valid length (schedule/bounds.py:
+    `m < LEN[b]`, one bound per program): K and V are read up to the end of the tile
+    that holds the last valid key (a TMA load reads whole tiles; the masks keep the rest
+    out), and not at all for an empty cache; a split past the valid length runs no
+    step."""
+    cascade, module = modules("kv_cache")
+    inputs = case_inputs(cascade, Case(dict(B=3, H=2, P=2, M=150, E=16, F=16),
+                                       "float32", 1.0, True, 2))
+    inputs["LEN"] = torch.tensor([150.0, 40.0, 0.0])
+    with keys_read({"K": inputs["K"], "V": inputs["V"]}) as found:
+        _, out = _run(module, inputs, splits)
+    _check(cascade, module, inputs, out)
+    tile_end = {0: 150, 1: 48, 2: 0}        # tiles of 16 keys
+    for name in ("K", "V"):
+        assert {b for b, _ in found[name]} == {0, 1}
+        assert all(m < tile_end[b] for b, m in found[name])
+        assert {m for b, m in found[name] if b == 1} >= set(range(40))
+
+
 def test_the_host_splits_only_what_leaves_the_gpu_idle(modules, monkeypatch):
     """`_kv_splits`: pinned, at most one split per step; one in the interpreter; on an
     H100 (132 multiprocessors) one for as many row tiles as multiprocessors (prefill),
@@ -195,3 +246,18 @@ def test_the_host_splits_only_what_leaves_the_gpu_idle(modules, monkeypatch):
     assert module._kv_splits(None, 8, 1000, cpu) == 33         # ceil(264 / 8)
     assert module._kv_splits(None, 8, 40, cpu) == 10           # 4 steps each at least
     assert module._kv_splits(None, 64, 2, cpu) == 1
+
+
+@pytest.mark.parametrize("splits", [1, 3])
+def test_a_causal_kv_cache_stops_at_the_diagonal_or_the_valid_length(modules, splits):
+    """`m <= p and m < LEN[b]`: each row tile's loop ends at the nearer of its diagonal
+    and the valid length (70 rows and keys; lengths 70, 40, 0; tiles of 16)."""
+    cascade, module = modules("causal_kv_cache")
+    inputs = case_inputs(cascade, Case(dict(B=3, H=1, P=70, M=70, E=16, F=16),
+                                       "float32", 1.0, True, 3))
+    inputs["LEN"] = torch.tensor([70.0, 40.0, 0.0])
+    with keys_read({"K": inputs["K"]}) as found:
+        _, out = _run(module, inputs, splits)
+    _check(cascade, module, inputs, out)
+    assert {b for b, _ in found["K"]} == {0, 1}
+    assert max(m for b, m in found["K"] if b == 1) < 48

@@ -963,7 +963,7 @@ class _ScheduledPrinter:
         offsets, self.facts["skipping"] = f.split_skipping(reductions)
         lo, hi, end = "0", outer, keys
         sinks = None
-        for bound in offsets:
+        for bound in _same_for_the_batch(offsets):
             if bound.side == "upper":   # keys up to the last row + offset (rounded outwards)
                 hi = self._open_rows(bound, f"min({outer}, max(0, {self._keys_end(bound)} + "
                                             f"{inner} - 1) // {inner})", outer)
@@ -1025,7 +1025,7 @@ class _ScheduledPrinter:
                 self.line(f"{acc.tensor} = torch.full({shape}, "
                           f"{identity[acc.reduce_op]}, device=device)", 1)
             lo, hi, sinks = "0", stream, None
-            for bound in self.f.masking_offsets(accumulators):
+            for bound in _same_for_the_batch(self.f.masking_offsets(accumulators)):
                 if bound.side == "upper":
                     hi = self._open_rows(bound, f"min({stream}, max(0, "
                                                 f"{self._keys_end(bound)}))", stream)
@@ -1088,4 +1088,12 @@ class _ScheduledPrinter:
                 f"batched matmuls); {loops}; skipping: {self.facts['skipping']}{masks}.")
 
 
+def _same_for_the_batch(bounds) -> list:
+    """The bounds this schedule can take: it runs every batch element at once, so a
+    bound that reads a tensor (a KV cache's valid length, `m < LEN[b]`: one per batch
+    element) is left out, its keys visited and masked."""
+    return [b for b in bounds if b.function is None or not ir.reads(b.function)]
+
+
 __all__ = ["DEFAULT_TUNING", "TorchSchedule", "fold_constant_factors", "schedule"]
+

@@ -514,8 +514,10 @@ class AttentionRoles:
             if bound is not None:
                 found.append(Bound(*bound))
                 continue
-            # a clamped window: key >= f(row) with f never decreasing (neighborhood)
-            bound = monotone_bound(keyed, self.stream, self.row, keys, frozenset(self.batch))
+            # a clamped window: key >= f(row) with f never decreasing (neighborhood); a
+            # bound the same for every row (a KV cache's valid length: key < LEN[b])
+            bound = monotone_bound(keyed, self.stream, self.row, keys, frozenset(self.batch),
+                                   frozenset(t.name for t in self.cascade.inputs))
             if bound is not None:
                 found.append(Bound(bound[0], 0, bound[1]))
                 continue

@@ -116,15 +116,17 @@ def _affine(condition: ir.Expr, stream: str, row: str):
 
 
 def monotone_bound(condition: ir.Expr, stream: str, row: str, keys: ir.Expr,
-                   constant: frozenset = frozenset()):
+                   constant: frozenset = frozenset(), inputs: frozenset = frozenset()):
     """('lower', f) for key >= f(row), ('upper', f) for key <= f(row), with f a function
     of the row with integer values (floor and ceil taken) that never decreases as the
-    row grows (built from the row, sizes, params, numbers and `constant` variables, one
-    value per program, by +, -, * and // by positive numbers or sizes, min and max): a
-    clamped window, `m >= min(max(p - W // 2, 0), max(M - W, 0))`; the key may also be
-    its row of D keys, `key // D`. The keys of a tile of rows first..last then lie within f(first) ..
-    g(last): a row's bound is no tighter than the tile's. None otherwise (and for the
-    affine filters, which stream_bound reads). `keys`: the key rank's size."""
+    row grows (built from the row, sizes, params, numbers, `constant` variables and
+    reads of `inputs` at them, one value per program, by +, -, * and // by positive
+    numbers or sizes, min and max): a clamped window, `m >= min(max(p - W // 2, 0),
+    max(M - W, 0))`; or the same for every row: a KV cache's valid length, `m <
+    LEN[b]`. The key may also be its row of D keys, `key // D`. The keys of a tile of
+    rows first..last then lie within f(first) .. g(last): a row's bound is no tighter
+    than the tile's. None otherwise (and for the affine filters, which stream_bound
+    reads). `keys`: the key rank's size."""
     if not isinstance(condition, ir.Op) or condition.op not in ("<", "<=", ">", ">="):
         return None
     left, right = condition.args
@@ -134,7 +136,7 @@ def monotone_bound(condition: ir.Expr, stream: str, row: str, keys: ir.Expr,
         op = _MIRRORED[op]
     per_row = _key_rows(left, stream)
     if per_row is None or stream in ir.index_vars(right) or \
-            _rising(right, row, constant) != 1:
+            _rising(right, row, constant, inputs) not in (0, 1):
         return None
     # The integer keys the condition lets through, for a value that may be fractional
     # (a param W is a float): m >= f is m >= ceil(f), m > f is m >= floor(f) + 1,
@@ -195,16 +197,21 @@ def _is_key(expr: ir.Expr, stream: str) -> bool:
     return len(keys) == 1 and sympy.expand(value - keys[0]) == 0
 
 
-def _rising(expr: ir.Expr, row: str, constant: frozenset) -> int | None:
+def _rising(expr: ir.Expr, row: str, constant: frozenset,
+            inputs: frozenset = frozenset()) -> int | None:
     """1 if `expr` never decreases as `row` grows (and depends on it), 0 if it does not
-    depend on it, -1 if it never increases, None if unknown."""
+    depend on it (one value per program: a read of an input at `constant` variables
+    too), -1 if it never increases, None if unknown."""
     if isinstance(expr, ir.Index):
         return 1 if expr.var == row else 0 if expr.var in constant else None
     if isinstance(expr, (ir.Const, ir.Dim, ir.Param)):
         return 0
+    if isinstance(expr, ir.Read):
+        return 0 if expr.tensor in inputs and all(
+            isinstance(i, ir.Index) and i.var in constant for i in expr.indices) else None
     if not isinstance(expr, ir.Op):
         return None
-    args = [_rising(a, row, constant) for a in expr.args]
+    args = [_rising(a, row, constant, inputs) for a in expr.args]
     if None in args:
         return None
     if expr.op in ("+", "min", "max"):

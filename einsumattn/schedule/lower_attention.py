@@ -852,11 +852,12 @@ class _PassLowering:
         for bound in bounds:
             if bound.side == "upper":   # m <= row + offset: m < end row + offset
                 keys = ir.Dim(self.cascade.var_rank(f.stream))
-                hi = self._open_rows(bound, k.Extremum("min", keys, self._keys_end(bound)),
-                                     keys)
+                hi = _tighter("min", hi, self._open_rows(
+                    bound, k.Extremum("min", keys, self._keys_end(bound)), keys))
             else:                       # m >= row + offset
                 first = k.Extremum("max", ir.Const(0), self._keys_start(bound))
-                lo = k.Integer(ir.Op("*", (k.Quotient(first, block), block)))
+                lo = _tighter("max", lo, k.Integer(ir.Op("*", (k.Quotient(first, block),
+                                                               block))))
         return lo, hi
 
     def _open_rows(self, bound: Bound, end, every):
@@ -1063,10 +1064,11 @@ class _SplitLowering(_PassLowering):
                 steps = k.Quotient(k.Extremum("max", ir.Const(0),
                                               ir.Op("-", (last, ir.Const(1)))), tile)
                 outer = ir.Dim(cascade.var_rank(f.loop))
-                hi = self._open_rows(bound, k.Extremum("min", outer, steps), outer)
+                hi = _tighter("min", hi,
+                              self._open_rows(bound, k.Extremum("min", outer, steps), outer))
             else:                       # keys from the first row + offset
-                lo = k.Integer(k.Quotient(k.Extremum("max", ir.Const(0),
-                                                     self._keys_start(bound)), tile))
+                lo = _tighter("max", lo, k.Integer(k.Quotient(k.Extremum(
+                    "max", ir.Const(0), self._keys_start(bound)), tile)))
         return lo, hi
 
     def _key(self, grouped: bool = True):
@@ -1081,6 +1083,12 @@ class _SplitLowering(_PassLowering):
         if not self.f.padded:
             return live
         return k.Integer(ir.Op("&", (live.value, self.f.stream_in_rank().value)))
+
+
+def _tighter(op: str, bound, new):
+    """Two bounds of one side of a loop (a causal diagonal and a KV cache's valid
+    length): the tighter, `op` "min" for upper bounds, "max" for lower ones."""
+    return new if bound is None else k.Integer(k.Extremum(op, bound, new))
 
 
 def _unused(name: str, taken) -> str:

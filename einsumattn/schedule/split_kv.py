@@ -27,10 +27,11 @@ run to run.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from ..ir import Cascade, Einsum
+from ..ir import Cascade, Einsum, Tensor
 from ..ir import expr as ir
+from ..ir.printer import lhs_text, rhs_text
 from ..transform.algebra import replace_reads
 from . import kernel_ir as k
 from .lower_attention import _SplitLowering, _Tiles
@@ -109,13 +110,10 @@ def split_kv(lowered: LoweredKernel, cascade: Cascade,
 def state_cascade(cascade: Cascade, plan: SplitKV) -> Cascade:
     """`cascade` with the state buffers as tensors (their leading rank the split), so
     that the kernels' arguments (pointers, strides) are read off like any tensor's."""
-    from ..ir import Tensor
-
     tensors = dict(cascade.tensors)
     for part in plan.parts:
         ranks = tuple(cascade.var_rank(v) for v in part.indices)
         tensors[part.buffer] = Tensor(part.buffer, (plan.knob, *ranks), False)
-    from dataclasses import replace
     return replace(cascade, tensors=tensors)
 
 
@@ -214,7 +212,6 @@ class _MergeLowering(_SplitLowering):
                              f"tile merged in order, then finished")
 
     def _comment_combine(self, einsum: Einsum) -> k.Comment:
-        from ..ir.printer import lhs_text, rhs_text
         return k.Comment(f"{lhs_text(self.plan.combine, einsum)} = {rhs_text(einsum)}")
 
     def _combined(self, einsum: Einsum):
