@@ -73,16 +73,12 @@ def modules(tmp_path_factory):
     return get
 
 
-def _run(module, inputs, splits, rows=16, keys=16):
-    """The module's triton backend with the kernel pinned at these tiles and splits;
-    the kernels it launched, by name, and the outputs."""
-    kernel = _kernel(module)
-    table = module.TUNING_FUSED[kernel["name"]]
-    saved = dict(table)
-    table.update({"m1__SPLITS": splits, "p__BLOCK": rows, "m0__BLOCK": keys})
-    module._CONFIGS.clear()
+@contextlib.contextmanager
+def launches(module):
+    """Yields the (kernel name, grid) of each launch of the module's split kernel and its
+    split-KV kernels."""
+    prefix = _kernel(module)["name"].removesuffix("_fused")
     launched = []
-    names = [n for n in vars(module) if n.startswith(kernel["name"].removesuffix("_fused"))]
 
     class Recorded:
         def __init__(self, jitted, name):
@@ -91,19 +87,28 @@ def _run(module, inputs, splits, rows=16, keys=16):
         def __getitem__(self, grid):
             launched.append((self.name, grid))
             return self.jitted[grid]
-    originals = {n: getattr(module, n) for n in names}
+    with pytest.MonkeyPatch.context() as patch:
+        for name in [n for n in vars(module) if n.startswith(prefix)]:
+            patch.setattr(module, name, Recorded(getattr(module, name), name))
+        yield launched
+
+
+def _run(module, inputs, splits, rows=16, keys=16):
+    """The module's triton backend with the kernel pinned at these tiles and splits;
+    the kernels it launched, by name, and the outputs."""
+    table = module.TUNING_FUSED[_kernel(module)["name"]]
+    saved = dict(table)
+    table.update({"m1__SPLITS": splits, "p__BLOCK": rows, "m0__BLOCK": keys})
+    module._CONFIGS.clear()
     try:
-        for n in names:
-            setattr(module, n, Recorded(originals[n], n))
         cls = getattr(module, module.__all__[0])
-        with warnings.catch_warnings(), outside_the_tensors() as outside:
+        with warnings.catch_warnings(), outside_the_tensors() as outside, \
+                launches(module) as launched:
             warnings.simplefilter("ignore")
             out = cls(backend="triton")(*inputs.values())
         assert_inside_the_tensors(outside)
-        return launched, out
+        return [(name, grid) for name, grid in launched], out
     finally:
-        for n, jitted in originals.items():
-            setattr(module, n, jitted)
         table.clear()
         table.update(saved)
 
@@ -230,6 +235,25 @@ def test_a_kv_cache_is_read_up_to_its_valid_length_only(modules, splits):
         assert {b for b, _ in found[name]} == {0, 1}
         assert all(m < tile_end[b] for b, m in found[name])
         assert {m for b, m in found[name] if b == 1} >= set(range(40))
+
+
+def test_a_decoding_call_on_an_h100_picks_split_kv_by_itself(modules, monkeypatch):
+    """Nothing pinned, the module choosing as on an H100 (CONFIG_TARGET): a decoding call
+    (2 x 2 row tiles of one query, 600 keys) takes split-KV and matches the oracle (a
+    call whose row tiles fill the GPU does not split: the test below)."""
+    cascade, module = modules("softmax_3pass")
+    monkeypatch.setattr(module, "CONFIG_TARGET", ("cuda", 90))
+    module._CONFIGS.clear()
+    inputs = case_inputs(cascade, Case(dict(B=2, H=2, P=1, M=600, E=16, F=16), "float32",
+                                       1.0, True, 5))
+    with warnings.catch_warnings(), launches(module) as launched:
+        warnings.simplefilter("ignore")
+        out = module.Softmax3pass(backend="triton")(*inputs.values())
+    module._CONFIGS.clear()
+    ((partial, grid), (merge, _)) = launched
+    assert (partial, merge) == ("softmax_3pass__partial", "softmax_3pass__merge")
+    assert grid[2] > 1
+    _check(cascade, module, inputs, out)
 
 
 def test_the_host_splits_only_what_leaves_the_gpu_idle(modules, monkeypatch):
