@@ -54,6 +54,10 @@ if [ "$BENCH_SECONDS" -gt 0 ]; then
         --specs causal_softmax softmax_3pass sigmoid_attention \
         --seq 16384 --batch 1 --heads 16 --head-dim 128 --dtype bfloat16 \
         --progress --json "$OUT/bench_train_d128_bf16.json" >> "$OUT/bench.md" 2>&1
+    # Decoding (issue 16, split-KV): one query against KV caches of 4k-64k keys, the
+    # host's split against one split and SDPA.
+    timeout -s INT $((BENCH_SECONDS / 3)) python3 benchmarks/decoding.py \
+        --json "$OUT/bench_decoding.json" > "$OUT/decoding.md" 2>&1
 fi
 
 # 2. The whole suite, compiled for the GPU. test_readme installs from a package registry,
