@@ -222,3 +222,22 @@ def test_a_mask_read_from_a_tensor_of_other_ranks_is_expanded(tmp_path):
         for backend in ("reference", "torch"):
             got = getattr(module, module.__all__[0])(backend=backend)(x)
             assert np.array_equal(got.double().numpy(), expected), backend
+
+
+def test_gradients_flow_through_a_recurrence_read_by_integers(tmp_path):
+    """A running max over a 1-d sequence: its step read R2[m] as a view (an integer
+    index), which the step's own in-place write of R2[m + 1] changed before the backward
+    used it (max keeps its operands): RuntimeError in autograd. Checked against autograd
+    of the same function written directly."""
+    text = ("attention running\ndims M, F\ninput X[m], Y[f, m]\ninit R2[0] = -inf\n"
+            "R2[m+1] = max(R2[m], X[m])\nT2 = R2[M]\nT3[f, m] = Y[f, m] / T2\n"
+            "T4[m] = max[f] T3[f, m]\noutput T4\n")
+    _, module = build(text, tmp_path)
+    generator = torch.Generator().manual_seed(5)
+    x = (torch.rand(6, generator=generator) + 0.5).requires_grad_()
+    y = torch.randn(4, 6, generator=generator).requires_grad_()
+    module.reference(x, y).sum().backward()
+    got = x.grad.clone(), y.grad.clone()
+    x.grad, y.grad = None, None
+    (y / x.max()).amax(0).sum().backward()
+    assert torch.allclose(got[0], x.grad) and torch.allclose(got[1], y.grad)

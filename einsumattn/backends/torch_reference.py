@@ -54,15 +54,23 @@ class _EinsumEmitter:
         if self._is_plain_view(node):
             return f"{name or node.tensor}{self._view_slices(node)}"
         printer = TorchPrinter(self.read, self.fixed, integer=True)
-        parts = []
+        parts, gathered = [], False
         for position, index in enumerate(node.indices):
             text = printer(index)
+            gathered |= bool(printer.tensor(index))
             if not in_range_by_construction(self.cascade, node.tensor, position, index):
                 extent = self.extent_text(node.tensor, position)
                 text = f"({text}).clamp(0, {extent} - 1)" if printer.tensor(index) else \
                     f"min(max({text}, 0), {extent} - 1)"
             parts.append(text)
-        return f"{name or node.tensor}[{', '.join(parts)}]"
+        read = f"{name or node.tensor}[{', '.join(parts)}]"
+        if self.fixed and not gathered and \
+                self.cascade.tensors[node.tensor].iterative is not None:
+            # A recurrence's step reading one by integers: a view, which the step's own
+            # write (in place, the next position) would change under autograd's feet
+            # (max and * keep their operands for the backward): a copy.
+            read += ".clone()"
+        return read
 
     def extent_text(self, tensor: str, position: int) -> str:
         t = self.cascade.tensors[tensor]
