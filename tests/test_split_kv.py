@@ -29,10 +29,9 @@ from test_triton_ranges import assert_inside_the_tensors, outside_the_tensors
 # The examples whose split kernel merges (every state part a max, a sum or a rescaled
 # sum, transform/merge.py) and those that keep the kernel alone, with why.
 MERGED = {"alibi", "causal_softmax", "cosine_attention", "diff_transformer",
-          "efficient_attention", "gqa", "neighborhood_1d", "softcap", "softmax_1pass",
-          "softmax_3pass"}
-ALONE = {"sliding_window_sinks": "its sink tiles run in a loop of their own",
-         "sigmoid_attention": "a kernel of passes, whose sums split by atomic adds",
+          "efficient_attention", "gqa", "neighborhood_1d", "sliding_window_sinks", "softcap",
+          "softmax_1pass", "softmax_3pass"}
+ALONE = {"sigmoid_attention": "a kernel of passes, whose sums split by atomic adds",
          "linear_attention": "no merge of a kernel of passes",
          "gla": "a prefix combine (LASP-2), not a merge"}
 
@@ -93,9 +92,9 @@ def launches(module):
         yield launched
 
 
-def _run(module, inputs, splits, rows=16, keys=16):
-    """The module's triton backend with the kernel pinned at these tiles and splits;
-    the kernels it launched, by name, and the outputs."""
+def _run(module, inputs, splits, rows=16, keys=16, **params):
+    """The module's triton backend with the kernel pinned at these tiles and splits (and
+    these params); the kernels it launched, by name, and the outputs."""
     table = module.TUNING_FUSED[_kernel(module)["name"]]
     saved = dict(table)
     table.update({"m1__SPLITS": splits, "p__BLOCK": rows, "m0__BLOCK": keys})
@@ -105,7 +104,7 @@ def _run(module, inputs, splits, rows=16, keys=16):
         with warnings.catch_warnings(), outside_the_tensors() as outside, \
                 launches(module) as launched:
             warnings.simplefilter("ignore")
-            out = cls(backend="triton")(*inputs.values())
+            out = cls(backend="triton", **params)(*inputs.values())
         assert_inside_the_tensors(outside)
         return [(name, grid) for name, grid in launched], out
     finally:
@@ -113,8 +112,9 @@ def _run(module, inputs, splits, rows=16, keys=16):
         table.update(saved)
 
 
-def _check(cascade, module, inputs, out, dtype="float32"):
-    results = compare(cascade, inputs, out, dtype, rounding=dot_rounding(cascade, module))
+def _check(cascade, module, inputs, out, dtype="float32", **params):
+    results = compare(cascade, inputs, out, dtype, params=params or None,
+                      rounding=dot_rounding(cascade, module))
     assert all(r.ok for r in results), [r for r in results if not r.ok]
 
 
@@ -152,6 +152,19 @@ def test_causal_splits_past_the_diagonal_hold_the_empty_state(modules, rows):
     launched, out = _run(module, inputs, 3)
     assert len(launched) == 2
     _check(cascade, module, inputs, out)
+
+
+@pytest.mark.parametrize("window, sinks", [(4, 1), (20, 20)])
+def test_a_window_with_sinks_splits_both_of_its_ranges(modules, window, sinks):
+    """The sinks' steps and the window's are two loops: each program runs the part of
+    each in its range of steps (70 rows and keys, tiles of 16, 3 splits: 2, 2 and 1
+    steps; 20 sinks span two tiles, and two programs)."""
+    cascade, module = modules("sliding_window_sinks")
+    inputs = case_inputs(cascade, Case(dict(B=1, H=2, P=70, M=70, E=16, F=16),
+                                       "float32", 1.0, True, window))
+    launched, out = _run(module, inputs, 3, W=window, S=sinks)
+    assert len(launched) == 2
+    _check(cascade, module, inputs, out, W=window, S=sinks)
 
 
 def test_bfloat16_states_are_merged_in_float32(modules):

@@ -974,12 +974,13 @@ class _SplitLowering(_PassLowering):
                 step += self._row_value(einsum)
         start, stop = lo or _ZERO, hi or k.Integer(ir.Dim(outer))
         step = self._scales_folded(self._biases_added(tuple(step)))
+        mine = self._program_steps(outer)
         start = self._sinks_first(self.schedule.passes[0].bounds, start, stop,
                                   f.step_keys(),
-                                  lambda first, last: self._loops(first, last, step, stream),
+                                  lambda first, last: self._loops(*mine(first, last), step,
+                                                                  stream),
                                   steps=True)
-        start, stop = self._program_steps(start, stop, outer)
-        self.body += self._loops(start, stop, step, stream)
+        self.body += self._loops(*mine(start, stop), step, stream)
         self.body += self._after_loop(available)
         return self._lowered(f"one fused kernel {name}: grid over {self._grid_text()}; "
                              f"one loop over "
@@ -988,10 +989,11 @@ class _SplitLowering(_PassLowering):
                              f"{_range_text((lo, hi), f.loop, self.schedule.passes[0].bounds)}"
                              f"{self._described_split()}")
 
-    def _program_steps(self, start, stop, outer: str):
-        """The steps this program runs of [start, stop): all of them (a split-KV partial
-        kernel takes its range of them: schedule/split_kv.py)."""
-        return start, stop
+    def _program_steps(self, outer: str):
+        """The steps this program runs of a range [start, stop) of them, as a function of
+        the two: all of them (a split-KV partial kernel takes its range of them:
+        schedule/split_kv.py)."""
+        return lambda start, stop: (start, stop)
 
     def _described_split(self) -> str:
         return ""

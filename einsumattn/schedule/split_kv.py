@@ -87,8 +87,6 @@ def split_kv(lowered: LoweredKernel, cascade: Cascade,
     schedule = lowered.schedule
     if f.loop is None:
         raise NotFusable("the kernel streams its keys in passes, not one split loop")
-    if any(b.sinks is not None for b in schedule.passes[0].bounds):
-        raise NotFusable("a window with sinks runs its sink tiles in a loop of their own")
     carried = {e.tensor: e for e in cascade.einsums if f.kinds[e.tensor] == Role.CARRIED}
     if set(carried) != {part[0] for part in parts}:
         raise NotFusable(f"the kernel carries {', '.join(sorted(carried))}, the merge "
@@ -128,7 +126,7 @@ class _PartialLowering(_SplitLowering):
             name=f"{self.cascade.name}_partial", outputs=plan.buffers,
             scalars=(*self.schedule.scalars, plan.knob), stores=())
 
-    def _program_steps(self, start, stop, outer: str):
+    def _program_steps(self, outer: str):
         knob = ir.Dim(self.plan.knob)      # a size the host passes, as M1 is
         steps = ir.Dim(outer)
         chunk = k.Quotient(ir.total([steps, knob, ir.Const(-1)]), knob)
@@ -138,8 +136,11 @@ class _PartialLowering(_SplitLowering):
             k.Let("steps_first", k.Integer(ir.Op("*", (k.ProgramId(2), chunk)))),
             k.Let("steps_last", k.Integer(k.Extremum("min", steps, ir.total(
                 [k.Var("steps_first"), chunk]))))]
-        return (k.Integer(k.Extremum("max", start, k.Var("steps_first"))),
-                k.Integer(k.Extremum("min", stop, k.Var("steps_last"))))
+        # every range of steps the kernel loops over (the sinks', the window's) within
+        # this program's
+        return lambda start, stop: (
+            k.Integer(k.Extremum("max", start, k.Var("steps_first"))),
+            k.Integer(k.Extremum("min", stop, k.Var("steps_last"))))
 
     def _described_split(self) -> str:
         return (f"; the steps split over {self.plan.knob} programs per row tile, each "
