@@ -18,7 +18,7 @@ import einsumattn
 from einsumattn.codegen import compile_to_file, generate
 from einsumattn.codegen.compile import cache_dir, import_file
 from einsumattn.verify import (Case, case_inputs, compare, dot_rounding, drawn_ranks,
-                               run_check)
+                               run_check, well_conditioned)
 
 from conftest import EXAMPLES, GPU, ROOT, WINDOW, examples, kernels_env, load_generated
 from spec_generator import cascades
@@ -355,6 +355,11 @@ def test_triton_backend_agrees_on_random_cascades(tmp_path_factory, spec):
         sizes = {r: size + i % 2 for i, r in enumerate(cascade.ranks)
                  if cascade.ranks[r].fixed is None and cascade.ranks[r].split_of is None}
         inputs = case_inputs(cascade, Case(sizes, "float32", 1.0, contiguous, 0))
+        if not well_conditioned(cascade, inputs, "float32"):
+            # float32 arithmetic cannot reach the exact result here (the sign of a sum
+            # that cancels to rounding noise: tests/test_verify.py), so a mismatch says
+            # nothing about the kernels; `einsumattn check` skips such cases too
+            continue
         for backend in ("triton", "triton-unfused"):   # fused where it applies, and not
             results = compare(cascade, inputs, cls(backend=backend)(*inputs.values()),
                               "float32")

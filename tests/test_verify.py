@@ -85,6 +85,23 @@ def test_an_underflow_that_decides_the_result_makes_the_case_ill_conditioned():
     assert not result.ok
 
 
+def test_the_sign_of_a_sum_that_cancels_is_ill_conditioned():
+    """The thorough profile's random cascade: T2 sums tanh(y) and tanh(-y) over pairs,
+    exactly 0, but 5.6e-17 in the float64 oracle's order of additions: its sign is 1
+    there and 0 in a Triton kernel's order. float32 arithmetic cannot reach the sign of
+    rounding noise, so the case judges no backend (test_codegen's random Triton test
+    skips it, as `check` does); a sum that does not cancel judges."""
+    cascade = einsumattn.load("dims B, P\ninput X[b, p]\n"
+                              "T[b, p] = where(b < 1, X[b, p], -X[b, p])\n"
+                              "S = sum[b, p] tanh(T[b, p])\nY = sign(S)\noutput Y\n")
+    pairs = torch.tensor([[0.3, 0.7, 1.1], [0.3, 0.7, 1.1]])     # tanh(x) + tanh(-x)
+    exact = evaluate(cascade, {"X": pairs.double().numpy()}, intermediates=True)["S"]
+    assert abs(float(exact)) < 1e-15
+    assert not well_conditioned(cascade, {"X": pairs}, "float32")
+    assert well_conditioned(cascade, {"X": torch.tensor([[0.3, 0.7, 1.1], [0.0] * 3])},
+                            "float32")
+
+
 def test_check_passes_a_backend_that_flushes_subnormals(tmp_path, monkeypatch):
     """The reported false alarm: torch's float32 sigmoid flushes, the float32 oracle did
     not, and `check` reported MISMATCH (then spent minutes shrinking)."""
