@@ -74,6 +74,22 @@ def test_module_entry_point_runs():
     assert result.stdout.startswith("einsumattn ")
 
 
+def test_the_layout_keeps_grammars_and_templates_at_the_top_level():
+    """The project's layout: grammars/ and templates/ beside einsumattn/, not in it; the
+    package list in pyproject.toml is every package folder, plus the two mapped in."""
+    import tomllib
+
+    from einsumattn.resources import FOLDERS, folder
+    assert all((ROOT / name).is_dir() and not (ROOT / "einsumattn" / name).exists()
+               for name in FOLDERS)
+    assert folder("grammars") == ROOT / "grammars"
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    found = {".".join(p.relative_to(ROOT).parts)
+             for p in (ROOT / "einsumattn").rglob("__init__.py") for p in [p.parent]}
+    assert set(config["packages"]) == found | {f"einsumattn.{n}" for n in FOLDERS}
+    assert config["package-dir"] == {f"einsumattn.{n}": n for n in FOLDERS}
+
+
 @pytest.mark.slow
 def test_wheel_ships_the_grammar_and_templates(tmp_path):
     # An install from a wheel must find the grammar, its tables and the template.

@@ -19,7 +19,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "einsumattn"
 
 # The layer of each top-level part of the package (a folder or a module), lowest first.
 LAYERS = {
-    "defaults": 0, "diagnostics": 0,
+    "defaults": 0, "diagnostics": 0, "resources": 0,
     "frontend": 1,
     "ir": 2, "loader": 2,
     "analysis": 3, "transform": 3, "evaluate": 3,

@@ -27,10 +27,11 @@ from pathlib import Path
 
 import jinja2
 
+from ..resources import folder
 from .names import mangle, rank_spelling, string_literal
 
 TEMPLATE = "module.py.j2"
-TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+TEMPLATES = folder("templates")
 SHIPPED = Path(__file__).resolve().with_name("module_template.py")
 _SHIPPED_MODULE = f"{__package__}.module_template"
 _KEY_LINE = "# einsumattn template key: "
@@ -129,7 +130,7 @@ def compiled_source(environment: jinja2.Environment, name: str = TEMPLATE) -> st
     text = template_text(name)
     code = environment.compile(text, name, f"templates/{name}", raw=True, defer_init=True)
     return (f"{_KEY_LINE}{template_key(environment, text)}\n"
-            f"# jinja2's compiled form of einsumattn/templates/{name}, written by `python -m "
+            f"# jinja2's compiled form of templates/{name}, written by `python -m "
             f"einsumattn.backends.templates` (see backends/templates.py). Do not edit.\n"
             f"{code}\n")
 

@@ -37,6 +37,7 @@ from ..ir import Cascade
 from ..loader import load, load_source, read_spec
 from ..backends.module import Options, Plan, generate, spec_sha256
 from ..backends.registry import backend_names, choice_text
+from ..resources import FOLDERS, folder
 from ..transform import DEFAULT_TILE
 
 
@@ -47,10 +48,11 @@ def generator_fingerprint() -> str:
     within one version number (as during development)."""
     package = Path(__file__).resolve().parent.parent
     digest = hashlib.sha256()
-    for path in sorted(package.rglob("*")):
-        if path.suffix in (".py", ".j2", ".lark") and "__pycache__" not in path.parts:
-            digest.update(str(path.relative_to(package)).encode())
-            digest.update(path.read_bytes())
+    for root in (package, *map(folder, FOLDERS)):
+        for path in sorted(root.rglob("*")):
+            if path.suffix in (".py", ".j2", ".lark") and "__pycache__" not in path.parts:
+                digest.update(str(path.relative_to(root.parent)).encode())
+                digest.update(path.read_bytes())
     return digest.hexdigest()
 
 

@@ -19,6 +19,7 @@ from lark.exceptions import (UnexpectedCharacters, UnexpectedEOF, UnexpectedInpu
 
 from ..defaults import cache_dir
 from ..diagnostics import Source, SpecError, Span
+from ..resources import folder
 from . import ast, tables
 
 # Reserved words of the language: keywords and function names (LANGUAGE.md, "Lexical rules").
@@ -57,7 +58,7 @@ _TOKEN_WORDS = {
 }
 
 
-GRAMMAR = Path(__file__).resolve().parent.parent / "grammars" / "attn.lark"
+GRAMMAR = folder("grammars") / "attn.lark"
 
 
 def grammar_text() -> str:

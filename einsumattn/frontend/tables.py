@@ -27,7 +27,9 @@ from typing import Iterable
 from lark import Lark
 from lark import __version__ as lark_version
 
-SHIPPED_TABLE = Path(__file__).resolve().parent.parent / "grammars" / "attn.lalr"
+from ..resources import folder
+
+SHIPPED_TABLE = folder("grammars") / "attn.lalr"
 
 
 def table_key(grammar: str, options: dict, postlex) -> str:
