@@ -40,6 +40,7 @@ from ..transform.backward import Backward, fast_backward
 from ..transform.chunked import decaying
 from ..transform.grad import GradientUnsupported
 from ..transform.merge import Merge, derive_merge
+from ..transform.states import combine_sides
 from ..schedule.training import TrainingStages, training_stages
 from . import torch_scheduled
 
@@ -216,27 +217,20 @@ class TritonPart:
 
 def _merged(cascade: Cascade, tile: int):
     """What a split kernel's split-KV form needs of the derived merge
-    (transform/merge.py), in the kernels' names: each part's (register, kind, empty,
-    the combine's A and B inputs) and the combine cascade; None where the state does
-    not merge (a prefix combine is not split-KV's)."""
+    (transform/merge.py), in the kernels' names: each part's (register, empty, the
+    combine's A and B inputs) and the combine cascade; None where the state does not
+    merge (a prefix combine is not split-KV's)."""
     merge = derive_merge(cascade, tile=tile)
     if not isinstance(merge, Merge) or merge.kind != "merge":
         return None
-    parts = {p.name for p in merge.parts}
     # The combine's own tensors (A_x, B_x, the weights) are the generator's: spelled as
     # derived names (`A_x__merge`), never as a spec name could be.
-    own = {t: f"{names.mangle(t)}_merge" for t in merge.combine.tensors if t not in parts}
-    sides = {}
-    for name in own:
-        side, _, part = name.partition("_")
-        if side in ("A", "B") and part in parts:
-            sides.setdefault(part, {})[side] = own[name]
-    if any(set(sides.get(p, ())) != {"A", "B"} for p in parts):
-        return None
-    found = tuple((names.mangle(p.name), p.kind, p.empty, sides[p.name]["A"],
-                   sides[p.name]["B"]) for p in merge.parts)
-    return found, _tensors_renamed(names.rename(merge.combine),
-                                   {names.mangle(t): new for t, new in own.items()})
+    parts = {p.name for p in merge.parts}
+    own = {names.mangle(t): f"{names.mangle(t)}_merge" for t in merge.combine.tensors
+           if t not in parts}
+    found = tuple((names.mangle(p.name), p.empty, own[names.mangle(a)], own[names.mangle(b)])
+                  for p, (a, b) in zip(merge.parts, combine_sides(merge.combine)))
+    return found, _tensors_renamed(names.rename(merge.combine), own)
 
 
 def _tensors_renamed(cascade: Cascade, renamed: dict[str, str]) -> Cascade:
@@ -282,9 +276,8 @@ def _triton(cascade: Cascade, merged=None) -> TritonPart:
                       helpers=HELPERS.strip(), fused=tuple(fused),
                       cut=None if cut is None else spec_text(cut),
                       schedule_note=spec_text(note),
-                      kernel_names=tuple(k.name for k in kernels + list(fused)) + tuple(
-                          name for k in fused if k.split_kv is not None
-                          for name in (k.split_kv.partial_name, k.split_kv.merge_name)),
+                      kernel_names=tuple(k.name for k in kernels) +
+                      tuple(name for k in fused for name in k.names),
                       unfused=tuple(k.schedule for k in kernels))
 
 

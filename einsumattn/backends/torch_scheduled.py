@@ -1096,4 +1096,3 @@ def _same_for_the_batch(bounds) -> list:
 
 
 __all__ = ["DEFAULT_TUNING", "TorchSchedule", "fold_constant_factors", "schedule"]
-

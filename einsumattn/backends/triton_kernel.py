@@ -38,15 +38,12 @@ class KernelCall:
 class SplitKernels:
     """A split kernel's split-KV form (schedule/split_kv.py): the partial and merge
     kernels, printed, and how the host calls them."""
-    plan: object                    # schedule.split_kv.SplitKV
+    knob: str                       # the host's number of splits (schedule/split_kv.py)
     partial_name: str
     merge_name: str
-    partial: list[str]
-    merge: list[str]
     partial_call: KernelCall
     merge_call: KernelCall
     ranks: dict                     # state buffer -> its ranks past the split's
-    bodies: tuple = ()              # the two kernels' IR statements
 
 
 @dataclass
@@ -58,6 +55,13 @@ class FusedKernel:
     #                                 table in the module: tuning_table)
     body: tuple = ()                # the kernel IR statements its source was printed from
     split_kv: SplitKernels | None = None
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The kernel's name, and its split-KV form's."""
+        if self.split_kv is None:
+            return (self.name,)
+        return self.name, self.split_kv.partial_name, self.split_kv.merge_name
 
     @property
     def description(self) -> str:   # for the module's docstring
@@ -158,7 +162,7 @@ def _split_kv_lines(split: SplitKernels, call: list[str], grid: str, programs: s
     _kv_splits: a pinned TUNING_FUSED number, else from the programs the row tiles
     give and the steps), then with more than one the partial kernel over them into
     float32 state buffers and the merge kernel, else the kernel alone (`call`)."""
-    knob = split.plan.knob
+    knob = split.knob
     lines = ["tuning = dict(tuning)       # (the knob taken out: not the kernel's)",
              f'{knob} = _kv_splits(tuning.pop("{knob}", None), {programs}, {steps}, device)',
              f"if {knob} > 1:"]
@@ -249,17 +253,16 @@ def printed_split_kv(cascade: Cascade, lowered: LoweredKernel, state: Cascade, p
     """A split kernel printed with its split-KV form (schedule/split_kv.py): the partial
     and merge kernels (`state`: the cascade with the state buffers as tensors), and the
     host's launch choosing per call between them and the kernel alone."""
-    partial_source, partial_call, partial_body = printed_call(state, partial)
-    merge_source, merge_call, merge_body = printed_call(state, merge)
+    partial_source, partial_call, _ = printed_call(state, partial)
+    merge_source, merge_call, _ = printed_call(state, merge)
     # The merge kernel takes the call's row tile and the held tiles; not its warps,
     # stages or key tile.
     row_knob = merge.schedule.knobs[0].name
     merge_call.constants = [f'{row_knob}=tuning["{row_knob}"]'] + [
         c for c in merge_call.constants if c != "**tuning"]
-    split = SplitKernels(plan, partial.schedule.name, merge.schedule.name, partial_source,
-                         merge_source, partial_call, merge_call,
-                         {p.buffer: tuple(cascade.var_rank(v) for v in p.indices)
-                          for p in plan.parts}, (partial_body, merge_body))
+    split = SplitKernels(plan.knob, partial.schedule.name, merge.schedule.name,
+                         partial_call, merge_call,
+                         {b: state.tensors[b].ranks[1:] for b in plan.buffers})
     schedule = lowered.schedule.with_(kv_splits=plan.knob)
     source, call, body = printed_call(cascade, lowered)
     return FusedKernel(schedule.name, source + [""] + partial_source + [""] + merge_source,

@@ -34,13 +34,13 @@ from ..ir import expr as ir
 from ..ir.printer import lhs_text, rhs_text
 from ..transform.algebra import replace_reads
 from . import kernel_ir as k
-from .lower_attention import _SplitLowering, _Tiles
+from .lower_attention import _ZERO, _SplitLowering, _Tiles
 from .lowering import LoweredKernel
 from .model import Role
 from .stages import NotFusable
 
-# The kinds of state a split can merge: transform/states.py's, less a prefix combine's.
-MERGEABLE = ("sum", "max", "min", "rescaled")
+# The merge kernel's loop variable (the spec's variables are spelled with a trailing _).
+SPLIT = "split"
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,6 @@ class StateBuffer:
     (one more leading dimension: the split)."""
 
     register: str
-    kind: str
     indices: tuple[str, ...]
     empty: float
     before: str             # the combine's input for the state so far (A_x)
@@ -76,10 +75,10 @@ class SplitKV:
 
 
 def split_kv(lowered: LoweredKernel, cascade: Cascade,
-             parts: tuple[tuple[str, str, float, str, str], ...],
+             parts: tuple[tuple[str, float, str, str], ...],
              combine: Cascade) -> tuple[SplitKV, LoweredKernel, LoweredKernel]:
     """The split-KV form of the split kernel `lowered` of `cascade`: its plan, read off
-    the derived merge's parts ((register, kind, empty, A_x, B_x) in the kernel's names:
+    the derived merge's parts ((register, empty, A_x, B_x) in the kernel's names:
     the combine's inputs for the state so far and the split's) and its combine cascade,
     and the partial and merge kernels lowered. NotFusable with the reason where the
     kernel's carried state is not exactly the merged one."""
@@ -92,11 +91,9 @@ def split_kv(lowered: LoweredKernel, cascade: Cascade,
         raise NotFusable(f"the kernel carries {', '.join(sorted(carried))}, the merge "
                          f"combines {', '.join(part[0] for part in parts)}")
     buffers = []
-    for name, kind, empty, before, split in parts:
-        if kind not in MERGEABLE:
-            raise NotFusable(f"{name} is a {kind} state")
+    for name, empty, before, split in parts:
         einsum = carried[name]
-        buffers.append(StateBuffer(name, kind, tuple(v for v in einsum.indices
+        buffers.append(StateBuffer(name, tuple(v for v in einsum.indices
                                                      if v != einsum.iter_var), empty,
                                    before, split))
     plan = SplitKV(f"{f.loop}_SPLITS", tuple(buffers), combine)
@@ -174,7 +171,6 @@ class _MergeLowering(_SplitLowering):
             inputs=(*plan.buffers, *self.schedule.inputs),
             scalars=(*self.schedule.scalars, plan.knob), knobs=self.schedule.knobs[:1],
             skipping=None)
-        self.var = "split"      # (the spec's variables are spelled with a trailing _)
 
     def lower(self) -> LoweredKernel:
         f, cascade, plan = self.f, self.cascade, self.plan
@@ -198,14 +194,14 @@ class _MergeLowering(_SplitLowering):
         step = []
         for part in plan.parts:
             layout = f.layouts[part.register]
-            point = (k.Coordinate(k.Var(self.var)),) + self.point(part.indices, layout)
+            point = (k.Coordinate(k.Var(SPLIT)),) + self.point(part.indices, layout)
             step += [k.Let(part.before, k.Var(part.register)),
                      k.Let(part.split, k.Load(part.buffer, point,
                                                         self._row_lanes(layout)))]
         for einsum in plan.combine.einsums:
             step += [self._comment_combine(einsum),
                      k.Let(einsum.tensor, self._combined(einsum))]
-        self.body.append(k.Loop(self.var, _zero(), k.Integer(ir.Dim(plan.knob)), None,
+        self.body.append(k.Loop(SPLIT, _ZERO, k.Integer(ir.Dim(plan.knob)), None,
                                 tuple(step)))
         self.body += self._after_loop(available)
         return self._lowered(f"the merge kernel {self.schedule.name}: grid over "
@@ -216,10 +212,9 @@ class _MergeLowering(_SplitLowering):
         return k.Comment(f"{lhs_text(self.plan.combine, einsum)} = {rhs_text(einsum)}")
 
     def _combined(self, einsum: Einsum):
-        """A combine Einsum's body over the registers: A_x the state so far, B_x the
-        split's, the others the values just computed, broadcast into its layout."""
-        if einsum.reduce_op is not None or einsum.filter is not None:
-            raise NotFusable(f"the combine's {einsum.tensor} is not elementwise")
+        """A combine Einsum's body (elementwise: transform/states.py's combine_cascade)
+        over the registers: A_x the state so far, B_x the split's, the others the values
+        just computed, broadcast into its layout."""
         combine = self.plan.combine
         layout = self._layout([combine.var_rank(v) for v in einsum.indices])
 
@@ -238,6 +233,3 @@ class _MergeLowering(_SplitLowering):
         var = {self.cascade.var_rank(v): v for v in (f.row, *f.features)}
         return tuple(var[r] for r in ranks if r in var)
 
-
-def _zero():
-    return k.Integer(ir.Const(0))

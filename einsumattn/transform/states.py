@@ -259,6 +259,13 @@ def _state_read(derived: Cascade, name: str, ranks: tuple[str, ...]) -> ir.Read:
     return ir.Read(name, tuple(ir.Index(derived.ranks[r].var) for r in ranks))
 
 
+def combine_sides(combine: Cascade) -> list[tuple[str, str]]:
+    """The combine's inputs (A_x, B_x) for each part, in the parts' order (as
+    combine_cascade declares them)."""
+    inputs = [t.name for t in combine.inputs]
+    return list(zip(inputs[0::2], inputs[1::2]))
+
+
 def combine_cascade(derived: Cascade, parts: tuple[StatePart, ...]) -> Cascade:
     """merge(A, B) as a cascade: inputs A_<part> and B_<part>, outputs the parts."""
     by_name = {part.name: part for part in parts}
@@ -417,8 +424,7 @@ class Proof:
     # -- merge, on the combine cascade's own Einsums
     def merge(self, a: dict, b: dict) -> dict:
         values: dict = {}
-        inputs = [t.name for t in self.combine.inputs]
-        for part, side_a, side_b in zip(self.loop.parts, inputs[0::2], inputs[1::2]):
+        for part, (side_a, side_b) in zip(self.loop.parts, combine_sides(self.combine)):
             values[side_a], values[side_b] = a[part.name], b[part.name]
         algebra = _Symbolic(values, lambda read: read.tensor)
         for einsum in self.combine.einsums:
@@ -616,4 +622,5 @@ def _resolved(value: sympy.Expr) -> sympy.Expr:
 
 
 __all__ = ["MERGE", "COMMUTATIVE", "Merge", "StatePart", "Loop", "Proof", "positioned",
+           "combine_sides",
            "combine_cascade", "partial_cascade", "trimmed", "reads_of"]
