@@ -25,7 +25,8 @@ LAYERS = {
     "analysis": 3, "transform": 3, "evaluate": 3,
     "schedule": 4,
     "backends": 5,
-    "codegen": 6, "verify": 6, "distributed": 6, "cli": 6, "__main__": 6, "__init__": 6,
+    "codegen": 6, "verify": 6, "distributed": 6, "huggingface": 6, "cli": 6, "__main__": 6,
+    "__init__": 6,
 }
 # The version is assigned at the top of einsumattn/__init__.py before anything is
 # imported, so any layer may read it (the cache key and the generated module's header).

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import re
 import textwrap
 
 from .. import __version__
@@ -53,9 +54,10 @@ def _backends_note(fallback: str | None, count: int, schedule: str) -> str:
             f"Einsum, intermediates in global memory (see docs/codegen.md).")
 
 
-def _bind_lines(cascade: Cascade) -> list[str]:
-    """Statements of `_bind`: sizes from inputs, params, then the splits' sizes. The
-    `sizes` and `params` dicts are keyed by the spec's names (as strings)."""
+def _size_lines(cascade: Cascade) -> list[str]:
+    """Statements of `_bind` that size the spec's ranks from the inputs' shapes alone
+    (no params): the inputs' ranks, then the dims sized by other dims. `_shapes` (the
+    custom ops' fake implementations) runs just these."""
     lines = []
     for tensor in cascade.inputs:
         ranks = "".join(f"{string_literal(r)}, " for r in tensor.ranks)
@@ -64,10 +66,20 @@ def _bind_lines(cascade: Cascade) -> list[str]:
         computed = f", computed=({computed.rstrip(' ')})" if computed else ""
         lines.append(f"_take(sizes, origin, {string_literal(tensor.name)}, "
                      f"{mangle(tensor.name)}, ({ranks.rstrip(' ')}){computed})")
-    printer = PythonScalarPrinter({**{r: f"sizes[{string_literal(r)}]" for r in cascade.ranks},
-                                   **{p: f"params[{string_literal(p)}]"
-                                      for p in cascade.params}})
-    lines += _sized_lines(cascade, printer)
+    return lines + _sized_lines(cascade, _size_printer(cascade))
+
+
+def _size_printer(cascade: Cascade) -> PythonScalarPrinter:
+    return PythonScalarPrinter({**{r: f"sizes[{string_literal(r)}]" for r in cascade.ranks},
+                                **{p: f"params[{string_literal(p)}]"
+                                   for p in cascade.params}})
+
+
+def _bind_lines(cascade: Cascade) -> list[str]:
+    """Statements of `_bind`: sizes from inputs, params, then the splits' sizes. The
+    `sizes` and `params` dicts are keyed by the spec's names (as strings)."""
+    lines = _size_lines(cascade)
+    printer = _size_printer(cascade)
 
     def split_lines(param_factors: bool) -> None:
         for split in cascade.splits:
@@ -588,6 +600,7 @@ def generate(cascade: Cascade, *, plan: Plan | None = None, **options) -> str:
         "backends_note": plan.summary(),
         "inputs": inputs,
         "outputs": list(cascade.outputs),
+        "input_ranks": {t.name: t.ranks for t in cascade.inputs},
         "params": list(cascade.params),
         **_signatures(inputs, list(cascade.params)),
         # The kernel cascade's ranks include the spec's, plus the splits a rewrite added.
@@ -602,6 +615,9 @@ def generate(cascade: Cascade, *, plan: Plan | None = None, **options) -> str:
         "main": _piece("_bind", cascade, kernel),
         "merge": _merge_fields(cascade, settings.tile) if settings.merge else None,
     }
+    context["ops"] = _op_fields(
+        cascade, kernel, plan.training if context["training"] else None,
+        f"{context['spec_hash']}\0{options!r}\0{__version__}")
     source = module_template().render(**context)
     return names.spec_comments(source)
 
@@ -719,6 +735,56 @@ def _training_fields(training: TrainingPart, cascade: Cascade) -> dict | None:
         "saved_lines": [f"{n}: {why}" for n, why in backward.saved.items()],
         "recomputed": ", ".join(backward.recomputed),
     }
+
+
+def _op_fields(cascade: Cascade, kernel: Cascade, training: TrainingPart | None,
+               identity: str) -> dict:
+    """What the template writes for torch.compile (docs/torch_compile.md): the custom ops'
+    name and schemas, and the shapes their fake implementations give. `identity`: what
+    tells this module apart from others of the same spec name (its spec and options),
+    hashed into the ops' name. `training`: the training kernels, None where there are
+    none (the "train" ops then do not exist)."""
+    # The spec's names, as torch's messages about the ops' arguments show them; the
+    # mangled spelling where a name is the ops' own or one torch's schemas treat apart.
+    public = names.public_names([t.name for t in cascade.inputs] + list(cascade.params))
+    own = re.compile(r"backend|needs|cotangent\d+|saved\d+|self|out")
+    spelled = {n: mangle(n) if own.fullmatch(p) else p for n, p in public.items()}
+    inputs = [f"Tensor {spelled[t.name]}" for t in cascade.inputs]
+    params = [f"float? {spelled[p]}" for p in cascade.params]
+    cotangents = [f"Tensor cotangent{i}" for i in range(len(cascade.outputs))]
+
+    def schema(arguments: list[str], returned: int) -> str:
+        results = "Tensor" if returned == 1 else "(" + ", ".join(["Tensor"] * returned) + ")"
+        return "(" + ", ".join(arguments) + ") -> " + results
+
+    def shape(ranks: tuple[str, ...], sizes: dict[str, str]) -> str:
+        return "(" + "".join(f"{sizes[r]}, " for r in ranks) + ")"
+
+    spec_sizes = {r: f"sizes[{string_literal(r)}]" for r in kernel.ranks}
+    grads = len(cascade.inputs)
+    schemas = {
+        "forward": schema(inputs + ["str backend"] + params, len(cascade.outputs)),
+        "backward": schema(inputs + cotangents + ["str backend"] + params + ["bool[] needs"],
+                           grads)}
+    saved_shapes = []
+    if training is not None:
+        backward = training.backward
+        sizes = {**spec_sizes, **{name: str(rank.fixed) for name, rank
+                                  in backward.cascade.ranks.items()
+                                  if name not in spec_sizes and rank.fixed is not None}}
+        saved_shapes = [shape(backward.cascade.tensors[n].ranks, sizes)
+                        for n in backward.saved]
+        saved = [f"Tensor saved{i}" for i in range(len(backward.saved))]
+        schemas["train"] = schema(inputs + params, len(cascade.outputs) + len(saved))
+        schemas["train_backward"] = schema(inputs + saved + cotangents + params +
+                                           ["bool[] needs"], grads)
+    base = "".join(c if c.isalnum() else "_" for c in cascade.name)
+    return {"name": f"{base}_{hashlib.sha256(identity.encode()).hexdigest()[:8]}",
+            "schemas": schemas, "saved_count": len(saved_shapes),
+            "output_shapes": [shape(cascade.tensors[o].ranks, spec_sizes)
+                              for o in cascade.outputs],
+            "saved_shapes": saved_shapes,
+            "size_lines": _size_lines(kernel), "fixed": _fixed_dims(kernel)}
 
 
 __all__ = ["generate", "Options", "Plan", "spec_sha256"]

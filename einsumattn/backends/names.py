@@ -239,7 +239,7 @@ WRAPPER_NAMES = frozenset({"self", "backend", "more", "super", "_reference", "_f
 # its class and its function). tests/test_names.py checks this list against modules.
 MODULE_NAMES = frozenset({
     "__all__", "annotations", "math", "os", "warnings", "torch", "triton", "tl",
-    "SPEC_SHA256", "EINSUMATTN_VERSION", "INPUTS", "OUTPUTS", "PARAMS", "COMPILE_OPTIONS",
+    "SPEC_SHA256", "EINSUMATTN_VERSION", "INPUTS", "INPUT_RANKS", "OUTPUTS", "PARAMS", "COMPILE_OPTIONS",
     "TRITON_FALLBACK", "TUNING", "TUNING_FUSED", "DOT_ROUNDING", "BACKENDS", "SCHEDULE",
     "reference", "_reference", "_forward", "_backend", "_outwards", "_check_params", "_take", "_bind",
     "_triton_forward", "_dot_dtype", "_FLOAT_DTYPES", "_INT_DTYPES", "_INTERPRETED",
@@ -254,7 +254,14 @@ MODULE_NAMES = frozenset({
     "_pow2_at_least", "_target", "_tuning", "_config", "_fastest", "_time",
     # compile --merge (transform/merge.py, templates/module.py.j2)
     "MERGE", "partial", "merge", "finish", "log_sum_exp", "_merge_partial", "_merge_combine",
-    "_merge_finish", "_merge_partial_bind", "_merge_combine_bind", "_merge_finish_bind"})
+    "_merge_finish", "_merge_partial_bind", "_merge_combine_bind", "_merge_finish_bind",
+    "_run", "_replayed_grads",
+    # torch.compile: the custom ops (templates/module.py.j2, docs/torch_compile.md)
+    "OPS", "OP_NAME", "OP_SCHEMAS", "_compiling", "_shapes", "_as_op", "_cut", "_given", "_fresh",
+    "_returned", "_gradients", "_materialized", "_op_forward", "_fake_forward",
+    "_setup_forward", "_backward_forward", "_op_backward", "_fake_backward", "_op_train",
+    "_fake_train", "_setup_train", "_backward_train", "_op_train_backward",
+    "_register_ops"})
 
 
 def public_names(names: Iterable[str]) -> dict[str, str]:
