@@ -329,7 +329,10 @@ def _cmd_compile(args) -> int:
 
 
 def _cmd_check(args) -> int:
+    import time
+
     from .codegen.compile import cache_dir, compile as compile_spec
+    from .progress import bar
     from .verify import run_check
 
     # Triton's interpreter computes masked-off lanes too (0/0 there is never used); its
@@ -365,9 +368,88 @@ def _cmd_check(args) -> int:
         print(f"note: with float16/bfloat16 inputs the fused kernels round the computed "
               f"tl.dot operands of {', '.join(sorted(rounded))} to that dtype; their "
               f"tolerance adds the first-order bound of exactly that (docs/codegen.md)")
-    ok = run_check(cascade, module, backends, args.examples)
+    verdicts: list[dict] = []
+    said: list[str] = []
+    started = time.perf_counter()
+    # The bar (on a terminal) says which case is being tried; the lines go above it.
+    with bar(args.examples, f"{cascade.name}: check") as progress:
+        def report(line: str) -> None:
+            said.append(line)
+            progress.write(line)
+
+        def trying(case) -> None:
+            progress.set_description(f"{cascade.name}: {case.describe()}")
+            progress.update()
+
+        ok = run_check(cascade, module, backends, args.examples, report=report,
+                       record=verdicts.append, trying=trying)
     print("all cases agree" if ok else "MISMATCH: see the smallest failing case above")
+    if args.json:
+        _write_check_json(args, cascade, backends, ok, verdicts, said,
+                          time.perf_counter() - started)
     return EXIT_OK if ok else EXIT_INTERNAL
+
+
+def _write_check_json(args, cascade, backends, ok: bool, verdicts: list[dict],
+                      said: list[str], seconds: float) -> None:
+    """check --json: the summary CI reads (README, "Using it")."""
+    import json
+
+    counts = {v: sum(1 for r in verdicts if r["verdict"] == v)
+              for v in ("ok", "MISMATCH", "ERROR", "skip")}
+    smallest = said[said.index("smallest failing case:") + 1].strip() \
+        if "smallest failing case:" in said[:-1] else None
+    summary = {"einsumattn": __version__, "spec": args.spec, "attention": cascade.name,
+               "backends": list(backends), "examples": args.examples,
+               "options": {"rewrite": not args.no_rewrite, "tile": args.tile,
+                           "train": args.train, "merge": args.merge},
+               "ok": ok, "counts": counts, "smallest_failing_case": smallest,
+               "seconds": round(seconds, 3), "verdicts": verdicts}
+    path = Path(args.json)
+    with _writing_to(path, "give --json a file you can write"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+
+
+def _cmd_bench(args) -> int:
+    import json
+
+    from . import bench
+    from .codegen.compile import cache_dir
+
+    warnings.filterwarnings("ignore", category=RuntimeWarning,
+                            module="triton.runtime.interpreter")
+    cascade = _load(args)
+    lengths = [int(n) for n in args.lengths.split(",") if n.strip()]
+    if not lengths or min(lengths) < 1:
+        raise UsageError(f"--lengths: give sequence lengths of 1 or more, as 128,256, not "
+                         f"'{args.lengths}'")
+    given = _parse_assignments(args.shape, "--shape", int)
+    unknown = sorted(set(given) - set(cascade.ranks))
+    if unknown:
+        raise UsageError(f"--shape: {unknown[0]} is not a rank of {cascade.name} (its ranks: "
+                         f"{', '.join(cascade.ranks)})")
+    folder = Path(args.output)
+    with _writing_to(cache_dir(), "set EINSUMATTN_CACHE_DIR to a folder you can write to"):
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        result = bench.run(args.spec, lengths, given=given, dtype=args.dtype,
+                           device=device, repeats=args.repeats, progress=True)
+    table = bench.markdown(result)
+    print(table, end="")
+    with _writing_to(folder, "give -o a folder you can write"):
+        folder.mkdir(parents=True, exist_ok=True)
+        stem = folder / cascade.name
+        stem.with_suffix(".md").write_text(table, encoding="utf-8")
+        stem.with_suffix(".json").write_text(json.dumps(result.data(), indent=1) + "\n",
+                                             encoding="utf-8")
+        drawn = bench.plot(result, stem.with_suffix(".png"))
+    written = [stem.with_suffix(".md"), stem.with_suffix(".json")] + \
+        [stem.with_suffix(".png")] * drawn
+    print(f"wrote {', '.join(map(str, written))}" +
+          ("" if drawn else " (no plot: pip install 'einsumattn[plot]' for matplotlib)"))
+    return EXIT_OK
 
 
 def _integer_from(least: int):
@@ -518,8 +600,29 @@ def build_parser() -> argparse.ArgumentParser:
                                        "straight-line torch")
     p.add_argument("--examples", type=_positive, default=50,
                    help="cases to try (default 50)")
+    p.add_argument("--json", type=_output_file, metavar="FILE",
+                   help="also write a machine-readable summary (for CI): every verdict, "
+                        "the smallest failing case, the time taken")
     _rewrite_options(p)
     p.set_defaults(run=_cmd_check)
+
+    p = commands.add_parser("bench", help="time the compiled module against the peers that "
+                                          "compute the same thing (SDPA, FlexAttention, the "
+                                          "reference), over sequence lengths")
+    _spec_argument(p)
+    p.add_argument("--lengths", default="256,512,1024,2048", metavar="N,...",
+                   help="the sequence lengths of the sweep (ranks P, M, T, N; default "
+                        "256,512,1024,2048)")
+    p.add_argument("--shape", default="", metavar="R=N,...",
+                   help="sizes of the other ranks (default B=1, H=8, KH=2, E=F=D=64, "
+                        "others 16)")
+    p.add_argument("--dtype", choices=("float32", "float16", "bfloat16"),
+                   help="default bfloat16 on a GPU, float32 on the CPU")
+    p.add_argument("--repeats", type=_positive, default=5,
+                   help="timed calls per measurement on the CPU (default 5)")
+    p.add_argument("-o", "--output", type=_output_folder, default="bench", metavar="DIR",
+                   help="folder for <name>.md, <name>.json and <name>.png (default bench)")
+    p.set_defaults(run=_cmd_bench)
     return parser
 
 

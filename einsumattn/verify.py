@@ -572,11 +572,13 @@ def _detached(outputs):
 
 
 def run_check(cascade: Cascade, module, backends: tuple[str, ...], examples: int = 50,
-              report=print, shrink: bool = True) -> bool:
+              report=print, shrink: bool = True, record=None, trying=None) -> bool:
     """Compare each backend with the oracle on `examples` hypothesis cases; report each
     case, and on a mismatch the smallest failing case hypothesis finds (with
     `shrink=False`, the first it meets: a test that expects a mismatch needs no smaller
-    one). True if all pass."""
+    one). True if all pass. `record(dict)` receives each verdict as data (backend,
+    case, sizes, dtype, check, verdict: ok / MISMATCH / skip / ERROR, detail);
+    `trying(case)` is called as each case starts (a progress bar's text)."""
     import warnings
 
     from hypothesis import HealthCheck, Phase, given, reject, settings
@@ -601,11 +603,20 @@ def run_check(cascade: Cascade, module, backends: tuple[str, ...], examples: int
     training = module.SCHEDULE.get("training") if hasattr(module, "_triton_backward") \
         else None
 
+    def note(backend: str, case: Case, check: str, verdict: str, detail: str = "") -> None:
+        if record is not None:
+            record({"backend": backend, "case": case.describe(), "sizes": dict(case.sizes),
+                    "dtype": case.dtype, "check": check or "outputs", "verdict": verdict,
+                    "detail": detail})
+
     def run(case: Case) -> None:
+        if trying is not None:
+            trying(case)
         inputs = case_inputs(cascade, case, device)
         if not representable(cascade, inputs, case.dtype):
             report(f"  skip   {case.describe()}: exact values exceed float32 / "
                    f"{case.dtype} range")
+            note("", case, "", "skip", "exact values exceed the dtype's range")
             reject()
         # float32 cases check gradients too, from the same call: the inputs as leaves
         # (detached views: their strides and broadcasts stay).
@@ -623,6 +634,7 @@ def run_check(cascade: Cascade, module, backends: tuple[str, ...], examples: int
                 detail = f"raised {type(error).__name__}: {str(error).splitlines()[0][:300]}" \
                     if str(error) else f"raised {type(error).__name__}"
                 report(f"  {backend:<6} {case.describe()}: ERROR {detail}")
+                note(backend, case, "", "ERROR", detail)
                 failures.append(f"{backend}: {case.describe()}\n    {detail}")
                 raise AssertionError(detail) from None
             results = compare(cascade, inputs, _detached(outputs), case.dtype,
@@ -638,6 +650,8 @@ def run_check(cascade: Cascade, module, backends: tuple[str, ...], examples: int
                     # exp(qk) of a scale-100 case without a max-shift): no answer.
                     report(f"  {backend:<6} {case.describe()}, gradients: skip, exact "
                            f"values exceed float32 range")
+                    note(backend, case, "gradients", "skip",
+                         "exact values exceed float32's range")
                     continue
                 results = _gradients(outputs, leaves, cascade, grad, inputs, cotangents)
                 judge(results, backend, case, " gradients", grad.cascade, feed, "float32",
@@ -659,10 +673,12 @@ def run_check(cascade: Cascade, module, backends: tuple[str, ...], examples: int
         verdict = "ok" if all(r.ok for r in results) else "MISMATCH"
         if verdict != "ok" and not well_conditioned(probe, inputs, dtype):
             report(f"  skip   {case.describe()}: {why}")
+            note(backend, case, what.strip(), "skip", why)
             reject()
         report(f"  {backend:<6} {case.describe()}{what and ','}{what}: {verdict}")
+        detail = "; ".join(r.describe() for r in results if not r.ok)
+        note(backend, case, what.strip(), verdict, detail)
         if verdict != "ok":
-            detail = "; ".join(r.describe() for r in results if not r.ok)
             failures.append(f"{backend}{what}: {case.describe()}\n    {detail}")
             raise AssertionError(detail)
 

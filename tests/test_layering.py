@@ -19,13 +19,14 @@ PACKAGE = Path(__file__).resolve().parent.parent / "einsumattn"
 
 # The layer of each top-level part of the package (a folder or a module), lowest first.
 LAYERS = {
-    "defaults": 0, "diagnostics": 0, "resources": 0,
+    "defaults": 0, "diagnostics": 0, "resources": 0, "progress": 0,
     "frontend": 1,
     "ir": 2, "loader": 2,
     "analysis": 3, "transform": 3, "evaluate": 3,
     "schedule": 4,
     "backends": 5,
-    "codegen": 6, "verify": 6, "distributed": 6, "huggingface": 6, "cli": 6, "__main__": 6,
+    "codegen": 6, "verify": 6, "distributed": 6, "huggingface": 6, "bench": 6, "cli": 6,
+    "__main__": 6,
     "__init__": 6,
 }
 # The version is assigned at the top of einsumattn/__init__.py before anything is
