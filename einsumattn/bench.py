@@ -7,15 +7,16 @@ Peers, each kept only where it agrees with the module on the sweep's first lengt
   spec whose inputs are query, key and value (grouped-query heads included);
 - FlexAttention (on a GPU, compiled), plain, causal, and soft-capped where the spec has
   a `cap` param;
-- einsumattn's own straight-line reference (the spec as written, in torch), always.
-flash-linear-attention is named in the notes where a spec has a recurrence (not run:
-its kernels need a GPU and the package). Results: a Markdown table, JSON, and a PNG
+- flash-linear-attention's chunked GLA, where installed, for a gated recurrence of a
+  query, key, value and gate;
+- einsumattn's own straight-line reference (the spec as written, in torch), always. Results: a Markdown table, JSON, and a PNG
 plot (time and TFLOP/s against the length, one line per implementation) when
 matplotlib is installed. docs/bench.md says more.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import statistics
 import time
@@ -88,6 +89,34 @@ def _qkv_roles(module) -> bool:
     return len(ranks) == 3 and all(len(r) == 4 for r in ranks)
 
 
+def _fla_peers(module, cascade) -> list[Implementation]:
+    """flash-linear-attention's chunked GLA kernel, where installed, for a recurrence
+    whose inputs are a query, key, value and a gate of four ranks (batch, heads, time,
+    features): fla takes log-space decays, and which function of the gate input the spec
+    decays by is decided by agreement (the gate itself, log-sigmoid, or GLA's
+    log-sigmoid / 16)."""
+    ranks = list(module.INPUT_RANKS.values())
+    if not (any(e.iterative is not None for e in cascade.einsums) and len(ranks) == 4
+            and all(len(r) == 4 for r in ranks)):
+        return []
+    try:
+        from fla.ops.gla import chunk_gla
+    except Exception:           # noqa: BLE001 - not installed, or not for this platform
+        return []
+    import torch.nn.functional as F
+
+    def gla(decay):
+        def call(q, k, v, gate):
+            to_fla = [t.transpose(1, 2).contiguous() for t in (q, k, v, decay(gate))]
+            return chunk_gla(*to_fla)[0].transpose(1, 2)
+        return call
+
+    return [Implementation(f"fla chunk_gla ({name})", True, gla(decay))
+            for name, decay in (("log gates", lambda g: g),
+                                ("logsigmoid", F.logsigmoid),
+                                ("logsigmoid / 16", lambda g: F.logsigmoid(g) / 16))]
+
+
 def peers(module, cascade, device: str) -> list[Implementation]:
     """The candidate peers of a spec (each checked for agreement before it is timed)."""
     import torch
@@ -96,6 +125,7 @@ def peers(module, cascade, device: str) -> list[Implementation]:
     candidates = [Implementation("reference", True,
                                  lambda *x: module.reference(*x),
                                  "einsumattn's straight-line torch (the spec as written)")]
+    candidates += _fla_peers(module, cascade)
     if not _qkv_roles(module):
         return candidates
     scale_default = "scale" in module.PARAMS
@@ -204,9 +234,10 @@ def run(spec: str, lengths: list[int], *, given: dict | None = None, dtype: str 
         result.notes.append("backend triton: not timed without a GPU (Triton's interpreter "
                             "is not a timing); FlexAttention: timed on GPUs only (unfused "
                             "without torch.compile on the CPU)")
-    if any(e.iterative is not None for e in cascade.einsums):
+    if any(e.iterative is not None for e in cascade.einsums) and \
+            importlib.util.find_spec("fla") is None:
         result.notes.append("flash-linear-attention: the peer for linear recurrences, "
-                            "not run here")
+                            "not installed")
     cost = analyse_cost(cascade, torch.finfo(getattr(torch, dtype)).bits // 8)
     candidates = peers(module, cascade, device)
     implementations = ours + candidates
@@ -223,8 +254,9 @@ def run(spec: str, lengths: list[int], *, given: dict | None = None, dtype: str 
             except Exception as error:  # noqa: BLE001 - a peer that cannot run this
                 if not implementation.peer:
                     raise
-                result.notes.append(f"{implementation.name}: cannot run this spec "
-                                    f"({type(error).__name__})")
+                message = (str(error).splitlines() or [""])[0][:80]
+                result.notes.append(f"{implementation.name}: cannot run here "
+                                    f"({type(error).__name__}: {message})")
                 continue
             ok, error = _agrees(got, want, dtype)
             if ok:

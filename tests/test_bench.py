@@ -60,6 +60,21 @@ def test_bench_keeps_sdpa_for_grouped_query_heads(tmp_path):
         {"einsumattn torch", "reference", "SDPA"}
 
 
+def test_bench_names_the_linear_recurrences_peer(tmp_path):
+    """GLA's recurrence: SDPA is no peer (four inputs); flash-linear-attention is, where
+    installed (its kernels need a GPU), and the notes say what became of it."""
+    import importlib.util
+
+    data = _bench(tmp_path, "gla.attn", "--shape", "H=2,D=8,F=8")
+    assert {r["implementation"] for r in data["rows"]} == {"einsumattn torch", "reference"}
+    fla = [n for n in data["notes"] if "fla" in n or "flash-linear-attention" in n]
+    if importlib.util.find_spec("fla") is None:
+        assert fla == ["flash-linear-attention: the peer for linear recurrences, "
+                       "not installed"]
+    else:
+        assert fla
+
+
 def test_bench_refuses_a_rank_the_spec_does_not_have(tmp_path, capsys):
     assert cli.main(["bench", str(EXAMPLES / "softcap.attn"), "--shape", "KH=2",
                      "-o", str(tmp_path)]) == cli.EXIT_USER
