@@ -58,6 +58,15 @@ if [ "$BENCH_SECONDS" -gt 0 ]; then
     # host's split against one split and SDPA.
     timeout -s INT $((BENCH_SECONDS / 3)) python3 benchmarks/decoding.py \
         --json "$OUT/bench_decoding.json" > "$OUT/decoding.md" 2>&1
+    # einsumattn bench (issue 17): the CLI's sweep against SDPA and FlexAttention, table,
+    # JSON and plot (the plot where matplotlib is installed) per spec.
+    for run in "causal_softmax B=1,H=16,E=128,F=128" "gqa B=1,H=16,KH=4,E=128,F=128" \
+               "softcap B=1,H=16,E=128,F=128"; do
+        set -- $run
+        timeout -s INT $((BENCH_SECONDS / 4)) python3 -m einsumattn bench \
+            "examples/$1.attn" --lengths 1024,4096,16384 --shape "$2" \
+            -o "$OUT/bench-cli" >> "$OUT/bench-cli.md" 2>&1
+    done
 fi
 
 # 2. The whole suite, compiled for the GPU. test_readme installs from a package registry,
