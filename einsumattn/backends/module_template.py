@@ -1,4 +1,4 @@
-# einsumattn template key: a91fc019ab4c4defb30b0c4740825fcd9604d4f012b04b1c94ca97980847ac15
+# einsumattn template key: 1a800a6a9fb411fb501fd0a56d1e3224105c7333a0931f0d72a3040c88ab667c
 # jinja2's compiled form of templates/module.py.j2, written by `python -m einsumattn.backends.templates` (see backends/templates.py). Do not edit.
 from jinja2.runtime import LoopContext, Macro, Markup, Namespace, TemplateNotFound, TemplateReference, TemplateRuntimeError, Undefined, escape, identity, internalcode, markup_join, missing, str_join
 name = 'module.py.j2'
@@ -643,11 +643,14 @@ def root(context, missing=missing):
                 yield ', '
         l_1_loop = l_1_o = missing
         yield '\n\n'
-    yield "\n\n# ---------------------------------------------------------------- torch.compile\n# Under torch.compile a call runs as this module's custom ops (torch.library; see\n# docs/torch_compile.md in einsumattn): the compiler sees one opaque op per call, whose\n# fake implementation gives the outputs' shapes from the inputs' alone, so a model\n# traces with fullgraph=True, and compiles once for every sequence length with dynamic\n# shapes. The ops' autograd formulas are the eager ones: "
+    yield "\n\n# ---------------------------------------------------------------- torch.compile\n# Under torch.compile a call runs as this module's custom ops (torch.library; see\n# docs/torch_compile.md in einsumattn): the compiler sees one opaque op per call, whose\n# fake implementation gives the outputs' shapes from the inputs' alone, so a model\n# traces with fullgraph=True, and compiles once for every sequence length with dynamic\n# shapes. Their backward is the eager one: "
     if (undefined(name='training') if l_0_training is missing else l_0_training):
         pass
-        yield 'the training kernels (backend\n# "triton"), else '
-    yield 'autograd through the torch backend run again in the backward.\n# Eagerly a call runs the backends directly, without the dispatcher\'s overhead.\n\n# The ops\' names in the namespace "einsumattn": OP_NAME + "_<op>" (OPS[op].name() says\n# the name registered), the spec\'s name and a hash of its text and compile options.\nOP_NAME = '
+        yield 'the training kernels for backend="triton",\n# else autograd through the torch backend, run again on the saved inputs.'
+    else:
+        pass
+        yield 'autograd\n# through the torch backend, run again on the saved inputs.'
+    yield '\n# Eagerly a call runs the backends directly, without the dispatcher\'s overhead.\n\n# The ops\' names in the namespace "einsumattn": OP_NAME + "_<op>" (OPS[op].name() says\n# the name registered), the spec\'s name and a hash of its text and compile options.\nOP_NAME = '
     yield str(t_6(environment.getattr((undefined(name='ops') if l_0_ops is missing else l_0_ops), 'name')))
     yield '\n# Op -> its schema.\nOP_SCHEMAS = '
     yield str(t_7(environment.getattr((undefined(name='ops') if l_0_ops is missing else l_0_ops), 'schemas')))
@@ -952,4 +955,4 @@ def root(context, missing=missing):
                 yield '])\n'
 
 blocks = {}
-debug_info = '1=106&3=112&4=115&7=122&8=126&9=141&13=145&17=147&21=149&22=151&1=154&23=158&33=160&44=164&46=175&47=177&48=179&49=186&51=193&52=195&54=202&56=204&58=206&64=208&94=210&96=223&97=241&98=257&100=272&125=274&127=276&144=278&148=281&153=285&154=301&155=312&156=340&157=342&158=348&172=357&174=372&177=374&179=386&185=406&187=408&188=410&190=413&194=415&196=427&200=438&204=441&208=443&229=445&231=447&233=453&234=456&235=458&239=461&244=464&251=466&258=468&423=472&427=475&430=478&440=484&450=488&461=492&462=495&465=508&468=511&471=523&472=534&475=548&479=550&481=562&482=569&483=579&486=592&491=594&495=596&496=600&499=602&500=613&502=623&506=634&515=645&521=649&523=651&528=653&531=656&532=668&533=678&534=686&540=700&643=704&681=707&695=710&718=714&722=717&725=721&726=723&732=729&735=731&738=733&740=735&741=737&747=739&748=745&749=749&750=753&753=756&754=759&757=770&759=775&762=780&763=782&765=784&767=786&768=794&769=797&771=801&773=803&774=807&775=809&777=821&780=843&781=857&782=861&783=865&786=875&787=877&788=893&793=895&796=897&797=899&799=909&800=914&801=916&802=926&803=929&804=940&808=943&810=947'
+debug_info = '1=106&3=112&4=115&7=122&8=126&9=141&13=145&17=147&21=149&22=151&1=154&23=158&33=160&44=164&46=175&47=177&48=179&49=186&51=193&52=195&54=202&56=204&58=206&64=208&94=210&96=223&97=241&98=257&100=272&125=274&127=276&144=278&148=281&153=285&154=301&155=312&156=340&157=342&158=348&172=357&174=372&177=374&179=386&185=406&187=408&188=410&190=413&194=415&196=427&200=438&204=441&208=443&229=445&231=447&233=453&234=456&235=458&239=461&244=464&251=466&258=468&423=472&427=475&430=478&440=484&450=488&461=492&462=495&465=508&468=511&471=523&472=534&475=548&479=550&481=562&482=569&483=579&486=592&491=594&495=596&496=600&499=602&500=613&502=623&506=634&515=645&522=652&524=654&529=656&532=659&533=671&534=681&535=689&541=703&644=707&682=710&696=713&719=717&723=720&726=724&727=726&733=732&736=734&739=736&741=738&742=740&748=742&749=748&750=752&751=756&754=759&755=762&758=773&760=778&763=783&764=785&766=787&768=789&769=797&770=800&772=804&774=806&775=810&776=812&778=824&781=846&782=860&783=864&784=868&787=878&788=880&789=896&794=898&797=900&798=902&800=912&801=917&802=919&803=929&804=932&805=943&809=946&811=950'
